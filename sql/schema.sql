@@ -1,0 +1,46 @@
+-- The warehouse tables. Applied on every connect; CREATE ... IF NOT EXISTS keeps it idempotent.
+
+-- One row per pupil per trial, as delivered (after validation). pupil_key is the keyed hash of
+-- the school's pupil_id (HMAC-SHA256, key in MICROTRIALS_PUPIL_KEY); the raw id is never stored.
+CREATE TABLE IF NOT EXISTS pupils (
+    school_urn      VARCHAR NOT NULL,
+    pupil_key       VARCHAR NOT NULL,
+    intervention    VARCHAR NOT NULL,
+    outcome_measure VARCHAR NOT NULL,
+    arm             VARCHAR NOT NULL,   -- 'intervention' or 'control'
+    outcome         DOUBLE,             -- NULL: no post-test (attrition)
+    baseline        DOUBLE,
+    fsm             BOOLEAN,
+    gender          VARCHAR,
+    year_group      INTEGER,
+    send            BOOLEAN,
+    source_file     VARCHAR NOT NULL,
+    source_line     INTEGER NOT NULL,   -- as a spreadsheet shows it: header = line 1
+    delivery_id     VARCHAR NOT NULL    -- sha256 of the delivered file
+);
+
+-- Rows that broke a rule, with where and why. Never holds a pupil_id.
+CREATE TABLE IF NOT EXISTS quarantine (
+    delivery_id     VARCHAR NOT NULL,
+    source_file     VARCHAR NOT NULL,
+    line            INTEGER NOT NULL,
+    school_urn      VARCHAR,
+    column_name     VARCHAR,
+    reason          VARCHAR NOT NULL,
+    quarantined_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+-- What was loaded from what: one row per file seen.
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id      VARCHAR NOT NULL,
+    file_name        VARCHAR NOT NULL,
+    school_urn       VARCHAR,
+    trials           VARCHAR,           -- 'intervention / outcome_measure' entries joined by '; '
+    rows_read        INTEGER NOT NULL,
+    rows_loaded      INTEGER NOT NULL,
+    rows_quarantined INTEGER NOT NULL,
+    columns_dropped  VARCHAR,
+    status           VARCHAR NOT NULL,  -- 'loaded' | 'rejected' | 'unchanged'
+    reason           VARCHAR,
+    loaded_at        TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
