@@ -44,3 +44,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     reason           VARCHAR,
     loaded_at        TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
+
+-- Added for re-delivery: which trial a quarantined row named, so a school's new delivery of a
+-- trial replaces that trial's quarantine rows too. (ALTER ... IF NOT EXISTS upgrades older files.)
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS intervention VARCHAR;
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS outcome_measure VARCHAR;
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS rule VARCHAR;

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import random
+import time
 from functools import cache
 from pathlib import Path
 
 import duckdb
+import pandas as pd
+
+from microtrials.errors import MicrotrialsError
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
@@ -25,3 +30,59 @@ def connect(db_path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConn
     if not read_only:
         con.execute(sql("schema"))
     return con
+
+
+def is_lock_error(exc: BaseException) -> bool:
+    """True for DuckDB's error when another process holds the database file's lock."""
+    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+
+
+def connect_with_retry(
+    db_path: Path | str, timeout_s: float = 60.0, read_only: bool = False
+) -> duckdb.DuckDBPyConnection:
+    """:func:`connect`, waiting with back-off while another process holds the warehouse.
+
+    DuckDB allows one writing process per file. If the lock is still held after ``timeout_s``
+    seconds, raise :class:`MicrotrialsError` saying so, never the raw lock error.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        try:
+            return connect(db_path, read_only=read_only)
+        except duckdb.IOException as exc:
+            if not is_lock_error(exc):
+                raise MicrotrialsError(
+                    f"could not open the warehouse {db_path}: {exc}; check the path and its permissions"
+                ) from exc
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MicrotrialsError(
+                    f"another microtrials run holds the warehouse {db_path} (waited {timeout_s:g} s); "
+                    "wait for that run to finish, then run again"
+                ) from exc
+            time.sleep(min(remaining, delay * (0.5 + random.random())))
+            delay = min(delay * 2, 2.0)
+
+
+def save_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    """Replace ``table`` with the rows of ``frame`` (passed through Arrow, never as SQL text).
+
+    ``table`` must be one of the derived tables named in ``DERIVED_TABLES``.
+    """
+    if table not in DERIVED_TABLES:
+        raise ValueError(f"{table!r} is not a derived table")
+    con.register("frame_to_save", frame)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        con.execute(sql(f"replace_{table}"))
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("frame_to_save")
+
+
+# Tables rebuilt whole from a frame on each run.
+DERIVED_TABLES = ("load_report", "trial_results", "school_results")

@@ -1,0 +1,1 @@
+"""The assets: loading, trial results, publishing."""

@@ -1,0 +1,54 @@
+"""Resources: where the extracts, the warehouse and the publication live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from microtrials import warehouse
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_EXTRACTS = REPO_ROOT / "data" / "extracts"
+DEFAULT_OUT = REPO_ROOT / "data" / "published"
+DEFAULT_DB = REPO_ROOT / "data" / "warehouse.duckdb"
+
+
+class Settings(dg.ConfigurableResource):
+    """Folders the pipeline reads from and publishes to."""
+
+    extracts_dir: str
+    out_dir: str
+
+    @property
+    def extracts(self) -> Path:
+        return Path(self.extracts_dir)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.out_dir)
+
+
+class Warehouse(dg.ConfigurableResource):
+    """The DuckDB file; connections retry while another run holds the single-writer lock."""
+
+    db_path: str
+
+    def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        connect_with_retry = getattr(warehouse, "connect_with_retry", None)
+        if connect_with_retry is not None and not read_only:
+            return connect_with_retry(self.db_path)
+        return warehouse.connect(self.db_path, read_only=read_only)
+
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    """Resources from MICROTRIALS_EXTRACTS / MICROTRIALS_OUT / MICROTRIALS_DB, else data/."""
+    return {
+        "settings": Settings(
+            extracts_dir=os.environ.get("MICROTRIALS_EXTRACTS", str(DEFAULT_EXTRACTS)),
+            out_dir=os.environ.get("MICROTRIALS_OUT", str(DEFAULT_OUT)),
+        ),
+        "warehouse_db": Warehouse(db_path=os.environ.get("MICROTRIALS_DB", str(DEFAULT_DB))),
+    }

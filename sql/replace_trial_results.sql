@@ -1,0 +1,2 @@
+-- Rebuild the trial_results table from the registered frame `frame_to_save`.
+CREATE OR REPLACE TABLE trial_results AS SELECT * FROM frame_to_save

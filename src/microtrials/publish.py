@@ -1,0 +1,246 @@
+"""Publishing safely: atomic file and folder writes, small-number suppression, formula neutralising.
+
+Choices, so a reader (a school downloading the page, a spreadsheet opening a CSV) is never hurt:
+
+- **Atomic files.** ``write_atomic`` writes a temporary file in the target's folder, fsyncs it
+  and ``os.replace``-s it over the target: a reader sees the old file or the new one, never a
+  half-written one, and a crash leaves the old file.
+- **Atomic publications.** ``publish_folder`` writes the whole publication into a staging
+  folder beside ``out_dir`` (same file system), fsyncs it, then swaps the two folders. On Linux
+  the swap is one ``renameat2(RENAME_EXCHANGE)`` call, so there is no moment without a
+  publication; elsewhere it is two renames (old folder aside, staging folder in), leaving a gap of
+  microseconds where the folder is missing (a reader gets "not found", never a mix of old and new
+  files). Any failure before the swap removes the staging folder and leaves the last good
+  publication untouched. Stale files from an earlier publication never survive, because the whole
+  folder is replaced. ``out_dir`` stays a real folder (no symlink), so ``serve`` and tools that
+  copy or delete it behave as usual.
+- **Formula neutralising** (OWASP "CSV Injection"): text cells starting with ``=``, ``+``, ``-``,
+  ``@``, tab or carriage return get a leading single quote so a spreadsheet shows them as text.
+  Numeric cells are left alone, and so is text that is a plain number (``-0.25``), which a
+  spreadsheet reads as a number, never as a formula.
+- **Suppression**: every figure for a group of fewer than ``SUPPRESSION_THRESHOLD`` pupils is
+  blanked and a ``suppressed`` column says why, as official statistics do.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from microtrials.errors import MicrotrialsError
+from microtrials.guidance import SUPPRESSION_THRESHOLD
+
+#: First characters a spreadsheet treats as the start of a formula (OWASP CSV Injection).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort; not every file system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(path, FILE_MODE)
+
+
+def _as_bytes(data: bytes | str) -> bytes:
+    return data.encode("utf-8") if isinstance(data, str) else bytes(data)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` via a fsynced temp file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(_as_bytes(data))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _neutralise_cell(value: object) -> object:
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` whose text cells (and column names) cannot run as spreadsheet formulas.
+
+    Text starting with ``= + - @``, tab or carriage return gets a leading ``'`` (OWASP). Numeric
+    columns, numbers in mixed columns, and text that is a plain number are unchanged.
+    """
+    out = frame.copy()
+    for column in out.columns:
+        series = out[column]
+        if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+            continue
+        if pd.api.types.is_datetime64_any_dtype(series):
+            continue
+        mapped = series.map(_neutralise_cell, na_action="ignore")
+        out[column] = mapped.astype(series.dtype) if isinstance(series.dtype, pd.StringDtype) else mapped
+    out.columns = [_neutralise_cell(c) for c in out.columns]
+    return out
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    """The CSV a publication holds: formulas neutralised, UTF-8, no index, ``\\n`` line ends."""
+    return neutralise_formulas(frame).to_csv(index=False, lineterminator="\n").encode("utf-8")
+
+
+def write_csv_atomic(path: Path, frame: pd.DataFrame) -> None:
+    """Write ``frame`` as a publication CSV (see ``csv_bytes``) atomically to ``path``."""
+    write_atomic(path, csv_bytes(frame))
+
+
+def suppress_small_groups(
+    frame: pd.DataFrame,
+    count_columns: Iterable[str],
+    value_columns: Iterable[str],
+    threshold: int = SUPPRESSION_THRESHOLD,
+) -> pd.DataFrame:
+    """Blank every figure of a row whose group has fewer than ``threshold`` pupils.
+
+    A row is suppressed when any of ``count_columns`` (pupil counts, e.g. the two arms of a
+    school) is below ``threshold`` or missing. Its ``value_columns`` become blank (NaN) and the
+    ``suppressed`` column (added, or extended when present) gives the reason, e.g.
+    ``"fewer than 10 pupils (n_control = 7)"``; it is blank for rows published in full. The counts
+    themselves stay, so a reader sees why a school has no figure.
+    """
+    count_columns, value_columns = list(count_columns), list(value_columns)
+    missing = [c for c in count_columns + value_columns if c not in frame.columns]
+    if missing:
+        raise MicrotrialsError(f"cannot suppress small groups: columns {missing} are not in the table")
+    out = frame.copy()
+    reasons = pd.Series("", index=out.index, dtype=object)
+    small_any = pd.Series(False, index=out.index)
+    for column in count_columns:
+        counts = pd.to_numeric(out[column], errors="coerce")
+        small = counts.isna() | (counts < threshold)
+        shown = counts.map(lambda v: "missing" if pd.isna(v) else f"{v:g}")
+        text = f"{column} = " + shown.astype(str)
+        reasons = reasons.where(~small, np.where(reasons == "", text, reasons + "; " + text))
+        small_any |= small
+    for column in value_columns:
+        out[column] = pd.to_numeric(out[column], errors="coerce").astype("float64").where(~small_any)
+    new_reason = pd.Series(
+        np.where(small_any, f"fewer than {threshold} pupils (" + reasons + ")", ""), index=out.index, dtype=object
+    )
+    if "suppressed" in out.columns:
+        old = out["suppressed"].fillna("").astype(str)
+        new_reason = pd.Series(
+            np.where((old != "") & (new_reason != ""), old + "; " + new_reason, old + new_reason),
+            index=out.index, dtype=object,
+        )
+    out["suppressed"] = new_reason
+    return out
+
+
+def _safe_relative(name: str) -> PurePosixPath:
+    """A publication file name as a relative path that cannot leave the folder."""
+    path = PurePosixPath(name)
+    if (not name or "\\" in name or "\x00" in name or path.is_absolute()
+            or any(part in ("", ".", "..") for part in name.split("/"))):
+        raise MicrotrialsError(f"publication file name {name!r} is not a plain relative path")
+    return path
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux ``renameat2(RENAME_EXCHANGE)``; False if unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def publish_folder(out_dir: Path, files: Mapping[str, bytes | str]) -> Path:
+    """Replace the publication in ``out_dir`` with exactly ``files`` ({relative path: content}).
+
+    Builds ``.<name>.staging-<id>`` beside ``out_dir``, fsyncs every file and folder, then swaps
+    it in (see the module docstring). A failure before the swap leaves the old publication as it
+    was. Returns ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    parent = out_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    staging = parent / f".{out_dir.name}.staging-{token}"
+    old = parent / f".{out_dir.name}.old-{token}"
+    try:
+        staging.mkdir(mode=DIR_MODE)
+        os.chmod(staging, DIR_MODE)
+        folders = {staging}
+        for name, data in files.items():
+            target = staging / _safe_relative(name)
+            for folder in reversed(target.relative_to(staging).parents[:-1]):
+                if (staging / folder) not in folders:
+                    (staging / folder).mkdir(mode=DIR_MODE, exist_ok=True)
+                    folders.add(staging / folder)
+            _write_synced(target, _as_bytes(data))
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+            _fsync_dir(folder)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise MicrotrialsError(f"{out_dir} exists and is not a folder: move it away or choose another --out")
+        if out_dir.is_dir():
+            if not _exchange(staging, out_dir):
+                os.rename(out_dir, old)
+                try:
+                    os.rename(staging, out_dir)
+                except BaseException:
+                    os.rename(old, out_dir)
+                    raise
+            # after an exchange the staging name holds the old publication, removed below
+        else:
+            os.rename(staging, out_dir)
+        _fsync_dir(parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return out_dir

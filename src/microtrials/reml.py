@@ -1,0 +1,362 @@
+"""Exact REML for school random-intercept (and arm-slope) models from per-school sufficient statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import duckdb
+import numpy as np
+import pandas as pd
+from scipy import linalg, optimize
+
+from microtrials import warehouse
+from microtrials.errors import MicrotrialsError
+from microtrials.models import ARM, ARM_FSM, BASELINE, FSM, INTERCEPT, MixedFit, design_formula
+
+# The design columns the statistics carry, in order; the outcome is kept apart (Xty, yty).
+DESIGN_COLUMNS: tuple[str, ...] = (INTERCEPT, ARM, BASELINE, FSM, ARM_FSM)
+_SQL_NAMES = ("one", "arm", "baseline", "fsm", "armfsm", "y")  # suffixes of the s_<a>_<b> sums
+
+# lme4's isSingular(): a relative-covariance Cholesky diagonal below this is on the boundary.
+SINGULAR_TOL = 1e-4
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+@dataclass(frozen=True)
+class SchoolStats:
+    """Per-school cross-products of the design columns [1, arm, baseline, fsm, arm*fsm] and outcome y.
+
+    For school j with design rows X_j (n_j x 5) and outcomes y_j: ``XtX[j] = X_j'X_j``,
+    ``Xty[j] = X_j'y_j``, ``yty[j] = y_j'y_j``. The random-effect design Z_j is a subset of the
+    columns of X_j (intercept, and arm for a random slope), so Z'Z, Z'X and Z'y are selections.
+    ``fsm_known`` says whether pupils with unknown FSM were excluded (else they count as fsm = 0).
+    """
+
+    schools: np.ndarray  # school_urn per school, shape (J,)
+    n: np.ndarray  # pupils per school, shape (J,)
+    XtX: np.ndarray  # shape (J, 5, 5)
+    Xty: np.ndarray  # shape (J, 5)
+    yty: np.ndarray  # shape (J,)
+    use_baseline: bool
+    fsm_known: bool
+
+    @property
+    def n_obs(self) -> int:
+        """Total pupils analysed."""
+        return int(self.n.sum())
+
+    def select(self, columns: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(X'X, X'y) per school restricted to the named design columns: shapes (J,p,p), (J,p)."""
+        idx = [DESIGN_COLUMNS.index(c) for c in columns]
+        return self.XtX[:, idx][:, :, idx], self.Xty[:, idx]
+
+    def cross(self, rows: list[str], columns: list[str]) -> np.ndarray:
+        """Per-school cross-products between two sets of design columns, e.g. Z'X: shape (J,q,p)."""
+        r = [DESIGN_COLUMNS.index(c) for c in rows]
+        c = [DESIGN_COLUMNS.index(c) for c in columns]
+        return self.XtX[:, r][:, :, c]
+
+
+def school_stats(
+    con: duckdb.DuckDBPyConnection,
+    intervention: str,
+    outcome_measure: str,
+    *,
+    use_baseline: bool,
+    fsm_only: bool = False,
+    need_fsm: bool = False,
+) -> SchoolStats:
+    """Run ``sql/school_stats.sql`` for one trial: one GROUP BY over ``pupils``, one row per school."""
+    params = {
+        "intervention": intervention,
+        "outcome_measure": outcome_measure,
+        "use_baseline": use_baseline,
+        "fsm_only": fsm_only,
+        "need_fsm": need_fsm,
+    }
+    frame = con.execute(warehouse.sql("school_stats"), params).df()
+    return _from_sums(frame, use_baseline=use_baseline, fsm_known=need_fsm or fsm_only)
+
+
+def school_stats_from_frame(
+    data: pd.DataFrame,
+    *,
+    use_baseline: bool,
+    fsm_only: bool = False,
+    need_fsm: bool = False,
+) -> SchoolStats:
+    """The same statistics as :func:`school_stats` from a frame of one trial's pupils.
+
+    ``data`` has columns school_urn, outcome, arm (1/0), baseline, fsm (1/0/missing); the row
+    filters are those of the SQL (no outcome; no baseline when used; FSM only; FSM unknown).
+    """
+    keep = data["outcome"].notna()
+    if use_baseline:
+        keep &= data["baseline"].notna()
+    if fsm_only:
+        keep &= data["fsm"] == 1
+    if need_fsm:
+        keep &= data["fsm"].notna()
+    rows = data.loc[keep]
+    arm = rows["arm"].astype(float).to_numpy()
+    fsm = rows["fsm"].astype(float).fillna(0.0).to_numpy()
+    base = rows["baseline"].astype(float).to_numpy() if use_baseline else np.zeros(len(rows))
+    columns = np.column_stack([np.ones(len(rows)), arm, base, fsm, arm * fsm, rows["outcome"].astype(float)])
+    sums = {"school_urn": rows["school_urn"].astype(str).to_numpy(), "n": np.ones(len(rows), dtype=np.int64)}
+    for i, a in enumerate(_SQL_NAMES):
+        for k in range(i, len(_SQL_NAMES)):
+            sums[f"s_{a}_{_SQL_NAMES[k]}"] = columns[:, i] * columns[:, k]
+    frame = pd.DataFrame(sums).groupby("school_urn", sort=True).sum().reset_index()
+    return _from_sums(frame, use_baseline=use_baseline, fsm_known=need_fsm or fsm_only)
+
+
+def _from_sums(frame: pd.DataFrame, *, use_baseline: bool, fsm_known: bool) -> SchoolStats:
+    """Unpack the 21 upper-triangle sums s_<a>_<b> into symmetric per-school matrices."""
+    k = len(_SQL_NAMES)
+    full = np.zeros((len(frame), k, k))
+    for i, a in enumerate(_SQL_NAMES):
+        for m in range(i, k):
+            values = frame[f"s_{a}_{_SQL_NAMES[m]}"].to_numpy(dtype=float)
+            full[:, i, m] = values
+            full[:, m, i] = values
+    return SchoolStats(
+        schools=frame["school_urn"].astype(str).to_numpy(),
+        n=frame["n"].to_numpy(dtype=np.int64),
+        XtX=full[:, :5, :5].copy(),
+        Xty=full[:, :5, 5].copy(),
+        yty=full[:, 5, 5].copy(),
+        use_baseline=use_baseline,
+        fsm_known=fsm_known,
+    )
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """The statistics one fit needs: sums over schools plus the per-school Z-blocks."""
+
+    names: list[str]
+    n_obs: int
+    sum_XtX: np.ndarray  # (p, p)
+    sum_Xty: np.ndarray  # (p,)
+    sum_yty: float
+    ZtZ: np.ndarray  # (J, q, q)
+    ZtX: np.ndarray  # (J, q, p)
+    Zty: np.ndarray  # (J, q)
+
+
+@dataclass(frozen=True)
+class _Profile:
+    """Everything the profiled REML deviance computes at one theta."""
+
+    deviance: float
+    beta: np.ndarray
+    sigma2: float
+    A: np.ndarray  # X' Vt^-1 X
+    W: np.ndarray  # (J, q, q): Lambda M_j^-1 Lambda'
+
+
+def _lambda(theta: np.ndarray) -> np.ndarray:
+    """Relative covariance factor: Lambda = [[t0]] or [[t0, 0], [t1, t2]]; Sigma = sigma2 Lambda Lambda'."""
+    if len(theta) == 1:
+        return np.array([[theta[0]]])
+    return np.array([[theta[0], 0.0], [theta[1], theta[2]]])
+
+
+def _woodbury(theta: np.ndarray, ZtZ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per school W_j = Lambda M_j^-1 Lambda' and log|M_j|, with M_j = I + Lambda' Z_j'Z_j Lambda.
+
+    Then (I + Z_j Lambda Lambda' Z_j')^-1 = I - Z_j W_j Z_j' and log|I + Z Lambda Lambda' Z'| = log|M_j|.
+    Random intercept (q = 1): M_j = 1 + t0^2 n_j, W_j = c_j = t0^2 / (1 + t0^2 n_j), so
+    V_j^-1 = (I - c_j 11') / sigma2. Random slope (q = 2): the 2x2 inverse in closed form.
+    """
+    if len(theta) == 1:
+        t2 = theta[0] ** 2
+        m = 1.0 + t2 * ZtZ[:, 0, 0]
+        return (t2 / m)[:, None, None], np.log(m)
+    lam = _lambda(theta)
+    M = np.einsum("ab,jac,cd->jbd", lam, ZtZ, lam)
+    M[:, 0, 0] += 1.0
+    M[:, 1, 1] += 1.0
+    det = M[:, 0, 0] * M[:, 1, 1] - M[:, 0, 1] * M[:, 1, 0]
+    inv = np.empty_like(M)
+    inv[:, 0, 0] = M[:, 1, 1] / det
+    inv[:, 1, 1] = M[:, 0, 0] / det
+    inv[:, 0, 1] = -M[:, 0, 1] / det
+    inv[:, 1, 0] = -M[:, 1, 0] / det
+    W = np.einsum("ab,jbc,dc->jad", lam, inv, lam)
+    return W, np.log(det)
+
+
+def _profile(problem: _Problem, theta: np.ndarray) -> _Profile:
+    """Profiled REML deviance at theta (lme4's REML criterion, Bates et al. 2015, eq. 42).
+
+    With Vt = I + Z Lambda Lambda' Z' (so V = sigma2 Vt), per-school Woodbury sums give
+    A = X'Vt^-1 X, b = X'Vt^-1 y, y'Vt^-1 y; then beta = A^-1 b, r2 = y'Vt^-1 y - beta'b,
+    sigma2 = r2 / (N - p) and
+    -2 l_R = sum_j log|M_j| + log|A| + (N - p) (1 + log(2 pi r2 / (N - p))).
+    """
+    W, logdet_m = _woodbury(theta, problem.ZtZ)
+    WZtX = np.einsum("jqr,jrp->jqp", W, problem.ZtX)
+    A = problem.sum_XtX - np.einsum("jqp,jqs->ps", problem.ZtX, WZtX)
+    b = problem.sum_Xty - np.einsum("jqp,jq->p", WZtX, problem.Zty)
+    yvy = problem.sum_yty - np.einsum("jq,jqr,jr->", problem.Zty, W, problem.Zty)
+    p = len(b)
+    dof = problem.n_obs - p
+    try:
+        chol = linalg.cho_factor(A, lower=True)
+    except linalg.LinAlgError:
+        return _Profile(np.inf, np.full(p, np.nan), np.nan, A, W)
+    beta = linalg.cho_solve(chol, b)
+    r2 = float(yvy - beta @ b)
+    if not r2 > 0:
+        return _Profile(np.inf, beta, np.nan, A, W)
+    logdet_a = 2.0 * float(np.sum(np.log(np.diag(chol[0]))))
+    deviance = float(np.sum(logdet_m)) + logdet_a + dof * (1.0 + np.log(2.0 * np.pi * r2 / dof))
+    return _Profile(deviance, beta, r2 / dof, A, W)
+
+
+def _optimise_intercept(deviance: Callable[[np.ndarray], float]) -> tuple[np.ndarray, bool]:
+    """Minimise over t0 >= 0: a grid on log t0 to bracket the minimum, then bounded Brent."""
+    grid = np.concatenate([[0.0], np.logspace(-4, 2, 49)])
+    values = np.array([deviance(np.array([t])) for t in grid])
+    i = int(np.argmin(values))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    res = optimize.minimize_scalar(
+        lambda t: deviance(np.array([t])), bounds=(lo, hi), method="bounded", options={"xatol": 1e-12 * max(hi, 1.0)}
+    )
+    best = np.array([float(res.x)])
+    if values[0] <= res.fun:  # the boundary itself (t0 = 0) can beat every interior point
+        best = np.array([0.0])
+    return best, bool(res.success) and np.isfinite(min(values[0], res.fun))
+
+
+def _optimise_slope(deviance: Callable[[np.ndarray], float], theta0: float) -> tuple[np.ndarray, bool]:
+    """Minimise over (t0, t1, t2) with t0, t2 >= 0 by L-BFGS-B with central-difference gradients.
+
+    Starts from lme4's (1, 0, 1) and from the random-intercept optimum (t0, 0, 0.1); keeps the
+    better. Converged when the projected gradient at the optimum is below 1e-3 (deviance units).
+    """
+    bounds = [(0.0, None), (None, None), (0.0, None)]
+    best = None
+    for start in ([1.0, 0.0, 1.0], [max(theta0, 0.1), 0.0, 0.1]):
+        res = optimize.minimize(
+            deviance, np.array(start), method="L-BFGS-B", jac="3-point", bounds=bounds,
+            options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 1000, "finite_diff_rel_step": 1e-5},
+        )
+        if best is None or res.fun < best.fun:
+            best = res
+    theta = np.asarray(best.x, dtype=float)
+    return theta, bool(np.isfinite(best.fun)) and _projected_gradient(deviance, theta) < 1e-3
+
+
+def _projected_gradient(deviance: Callable[[np.ndarray], float], theta: np.ndarray) -> float:
+    """Largest |d deviance / d theta_i| by central differences, ignoring pushes against t0, t2 >= 0."""
+    worst = 0.0
+    for i in range(len(theta)):
+        h = 1e-6 * max(abs(theta[i]), 1e-2)
+        up, down = theta.copy(), theta.copy()
+        up[i] += h
+        down[i] = max(down[i] - h, 0.0) if i != 1 else down[i] - h
+        g = (deviance(up) - deviance(down)) / (up[i] - down[i])
+        if i != 1 and theta[i] == 0.0 and g > 0:  # on the bound, pushing outwards: fine
+            continue
+        worst = max(worst, abs(g))
+    return worst
+
+
+def _problem(stats: SchoolStats, covariates: list[str], random_slope: bool) -> _Problem:
+    """Check the requested model against the statistics and gather the sums it needs."""
+    unknown = [c for c in covariates if c not in DESIGN_COLUMNS[1:]]
+    if unknown:
+        raise MicrotrialsError(f"unknown covariate(s) {unknown}: use {list(DESIGN_COLUMNS[1:])}")
+    if BASELINE in covariates and not stats.use_baseline:
+        raise MicrotrialsError("baseline requested but the statistics were built with use_baseline=False")
+    if {FSM, ARM_FSM} & set(covariates) and not stats.fsm_known:
+        raise MicrotrialsError("fsm requested but the statistics were built without need_fsm=True")
+    names = [INTERCEPT, *covariates]
+    XtX, Xty = stats.select(names)
+    z = [INTERCEPT, ARM] if random_slope else [INTERCEPT]
+    return _Problem(
+        names=names,
+        n_obs=stats.n_obs,
+        sum_XtX=XtX.sum(axis=0),
+        sum_Xty=Xty.sum(axis=0),
+        sum_yty=float(stats.yty.sum()),
+        ZtZ=stats.cross(z, z),
+        ZtX=stats.cross(z, names),
+        Zty=stats.select(z)[1],
+    )
+
+
+def fit_reml(stats: SchoolStats, covariates: list[str], random_slope: bool = False) -> MixedFit:
+    """Fit ``outcome ~ covariates + (1 | school)`` (or ``(1 + arm | school)``) by REML from ``stats``.
+
+    Model: y_j = X_j beta + Z_j b_j + e_j, b_j ~ N(0, sigma2 Lambda Lambda'), e_j ~ N(0, sigma2 I).
+    sigma2 and beta are profiled out (see ``_profile``) and the REML deviance is minimised over
+    the Cholesky factor theta of the relative covariance (t0 >= 0, t2 >= 0), as lme4 does.
+    Reports cov_params = sigma2 A^-1 with A = X'Vt^-1 X (lme4's vcov), the REML log-likelihood
+    -deviance / 2 (lme4's and statsmodels' constant), BLUPs b_j = W_j (Z_j'y_j - Z_j'X_j beta),
+    and ``singular`` when a diagonal of theta is below 1e-4 (lme4's isSingular).
+    """
+    problem = _problem(stats, covariates, random_slope)
+    p = len(problem.names)
+    if problem.n_obs <= p:
+        raise MicrotrialsError(f"only {problem.n_obs} pupils for {p} fixed effects: too few to fit the model")
+
+    def deviance(theta: np.ndarray) -> float:
+        return _profile(problem, np.asarray(theta, dtype=float)).deviance
+
+    if random_slope:  # start the slope search from the random-intercept optimum (t1 = t2 = 0)
+        theta, _ = _optimise_intercept(lambda t: deviance(np.array([t[0], 0.0, 0.0])))
+        theta, converged = _optimise_slope(deviance, float(theta[0]))
+    else:
+        theta, converged = _optimise_intercept(deviance)
+    return _mixed_fit(stats, problem, theta, converged, random_slope)
+
+
+def fit_at(stats: SchoolStats, covariates: list[str], theta: np.ndarray, random_slope: bool = False) -> MixedFit:
+    """The model at given relative-covariance parameters theta (no optimising): beta, sigma2 profiled.
+
+    theta is the Cholesky factor of Sigma / sigma2 (``[t0]`` or ``[t0, t1, t2]``); useful to
+    evaluate the REML likelihood at another fitter's estimates.
+    """
+    problem = _problem(stats, covariates, random_slope)
+    return _mixed_fit(stats, problem, np.asarray(theta, dtype=float), True, random_slope)
+
+
+def _mixed_fit(
+    stats: SchoolStats, problem: _Problem, theta: np.ndarray, converged: bool, random_slope: bool
+) -> MixedFit:
+    """Package the fit at theta: Sigma = sigma2 Lambda Lambda', vcov = sigma2 A^-1, BLUPs."""
+    best = _profile(problem, theta)
+    if not np.isfinite(best.deviance):
+        raise MicrotrialsError("the design is rank-deficient (a covariate is constant or duplicated): drop it")
+    names = problem.names
+    lam = _lambda(theta)
+    sigma = best.sigma2 * lam @ lam.T
+    cov = pd.DataFrame(best.sigma2 * linalg.inv(best.A), index=names, columns=names)
+    resid = problem.Zty - np.einsum("jqp,p->jq", problem.ZtX, best.beta)
+    blups = pd.DataFrame(
+        np.einsum("jqr,jr->jq", best.W, resid),
+        index=pd.Index(stats.schools, name="school_urn"),
+        columns=["intercept", "arm"] if random_slope else ["intercept"],
+    )
+    diag = theta[[0, 2]] if random_slope else theta[:1]
+    return MixedFit(
+        formula=f"{design_formula(names[1:])} + ({'1 + arm' if random_slope else '1'} | school), REML",
+        params=dict(zip(names, map(float, best.beta))),
+        cov_params=cov,
+        var_school=float(sigma[0, 0]),
+        var_pupil=float(best.sigma2),
+        loglik_reml=-0.5 * best.deviance,
+        converged=converged,
+        singular=bool(np.any(diag < SINGULAR_TOL)),
+        n_obs=problem.n_obs,
+        n_groups=int(np.count_nonzero(stats.n)),
+        var_slope=float(sigma[1, 1]) if random_slope else None,
+        cov_school_slope=float(sigma[0, 1]) if random_slope else None,
+        blups=blups,
+        method="sufficient-statistics REML",
+        messages=(f"theta = {theta.tolist()}",),
+    )

@@ -1,0 +1,242 @@
+"""The extract contract: what is read, what each broken rule says, which files are rejected whole."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from microtrials.errors import MicrotrialsError
+from microtrials.extracts import ExtractRejected, read_extract, validate
+from tests.conftest import EXTRACT_HEADER, extract_csv, pupil_rows
+
+
+def check(path):
+    return validate(read_extract(path))
+
+
+def test_good_file_reads_every_row_typed(write_extract):
+    checked = check(write_extract("111601.csv", pupil_rows(4)))
+    assert checked.school_urn == "111601"
+    assert checked.trials == [("Reading", "NGRT")]
+    assert checked.rows_read == 4 and len(checked.good) == 4 and checked.quarantine.empty
+    row = checked.good.iloc[0]
+    assert (row["arm"], row["outcome"], row["baseline"], row["fsm"], row["gender"], row["year_group"], row["send"]) == (
+        "control", 81.0, 76.0, False, "M", 1, False,
+    )
+    assert checked.good["line"].tolist() == [2, 3, 4, 5]
+
+
+def test_header_case_spaces_bom_and_values_trimmed(write_extract):
+    header = [" School_URN ", "PUPIL_ID", "Intervention ", " outcome_measure", "ARM", "Outcome"]
+    text = "\ufeff" + extract_csv([[" 111601 ", " P1 ", " Reading ", "NGRT ", " InterVention ", " 12.5 "]], header)
+    checked = check(write_extract("a.csv", text))
+    row = checked.good.iloc[0]
+    assert (row["school_urn"], row["pupil_id"], row["intervention"], row["outcome_measure"], row["arm"]) == (
+        "111601", "P1", "Reading", "NGRT", "intervention",
+    )
+    assert row["outcome"] == 12.5
+    assert checked.columns_dropped == []
+    assert math.isnan(row["baseline"]) and row["fsm"] is None or str(row["fsm"]) == "<NA>"
+
+
+def test_blank_outcome_is_attrition_not_an_error(write_extract):
+    rows = pupil_rows(2)
+    rows[0][5] = ""
+    rows[1][6] = ""
+    checked = check(write_extract("a.csv", rows))
+    assert checked.quarantine.empty
+    assert math.isnan(checked.good["outcome"].iloc[0]) and math.isnan(checked.good["baseline"].iloc[1])
+
+
+COLUMN = {name: i for i, name in enumerate(EXTRACT_HEADER)}
+
+BAD_VALUES = [
+    ("arm", "treat", "arm must be 'intervention' or 'control', got 'treat'; correct the pupil's randomised arm"),
+    ("arm", "", "arm is empty; arm must be 'intervention' or 'control', got nothing; correct the pupil's randomised arm"),
+    ("outcome", "abc", "outcome must be a number or blank for no post-test, got 'abc'; use digits and a decimal point only"),
+    ("outcome", "12,5", "outcome must be a number or blank for no post-test, got '12,5'; use digits and a decimal point only"),
+    ("outcome", "inf", "outcome must be a number or blank for no post-test, got 'inf'; use digits and a decimal point only"),
+    ("outcome", "NaN", "outcome must be a number or blank for no post-test, got 'NaN'; use digits and a decimal point only"),
+    ("outcome", "1e999", "outcome must be a finite number, got '1e999'; correct the score"),
+    ("baseline", "n/a", "baseline must be a number or blank, got 'n/a'; use digits and a decimal point only"),
+    ("school_urn", "11601", "school_urn must be 6 digits, got '11601' (a spreadsheet may have dropped leading zeros: "
+     "format the column as text and re-enter the URN)"),
+    ("school_urn", "URN111601", "school_urn must be 6 digits, got 'URN111601'; correct it to the school's 6-digit URN"),
+    ("school_urn", "", "school_urn is empty; fill in the school's 6-digit URN"),
+    ("pupil_id", "", "pupil_id is empty; give every pupil the school's own pupil reference"),
+    ("intervention", "", "intervention is empty; name the intervention the pupil was in"),
+    ("outcome_measure", "", "outcome_measure is empty; name the assessment used as the outcome"),
+    ("fsm", "Yes", "fsm must be 'Y', 'N' or blank, got 'Yes'"),
+    ("send", "1", "send must be 'Y', 'N' or blank, got '1'"),
+    ("gender", "X", "gender must be 'F', 'M' or blank, got 'X'"),
+    ("year_group", "14", "year_group must be a whole number from 0 (Reception) to 13 or blank, got '14'"),
+    ("year_group", "-1", "year_group must be a whole number from 0 (Reception) to 13 or blank, got '-1'"),
+    ("year_group", "Y5", "year_group must be a whole number from 0 (Reception) to 13 or blank, got 'Y5'"),
+    ("year_group", "5.5", "year_group must be a whole number from 0 (Reception) to 13 or blank, got '5.5'"),
+]
+
+
+@pytest.mark.parametrize(("column", "value", "reason"), BAD_VALUES)
+def test_each_broken_rule_quarantines_the_row_with_its_reason(write_extract, column, value, reason):
+    rows = pupil_rows(3)
+    rows[1][COLUMN[column]] = value
+    checked = check(write_extract("111601.csv", rows))
+    assert checked.quarantine[["line", "column_name", "reason"]].values.tolist() == [[3, column, reason]]
+    assert checked.good["line"].tolist() == [2, 4]
+    assert checked.rows_read == 3 and checked.rows_quarantined == 1
+
+
+@pytest.mark.parametrize("value", ["control", "CONTROL", " Control ", "intervention", "INTERVENTION"])
+def test_arm_any_case(write_extract, value):
+    rows = pupil_rows(1)
+    rows[0][COLUMN["arm"]] = value
+    assert check(write_extract("a.csv", rows)).good["arm"].tolist() == [value.strip().lower()]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", 0), ("13", 13), ("", None)])
+def test_year_group_bounds(write_extract, value, expected):
+    rows = pupil_rows(1)
+    rows[0][COLUMN["year_group"]] = value
+    got = check(write_extract("a.csv", rows)).good["year_group"].iloc[0]
+    assert (got == expected) if expected is not None else str(got) == "<NA>"
+
+
+def test_both_rows_of_a_duplicate_pair_are_quarantined(write_extract):
+    rows = pupil_rows(4)
+    rows[3] = list(rows[1])
+    rows[3][COLUMN["outcome"]] = "99"
+    checked = check(write_extract("a.csv", rows))
+    assert checked.quarantine[["line", "column_name", "reason"]].values.tolist() == [
+        [3, "pupil_id", "the same school, pupil, intervention and outcome_measure are also on line 5; "
+         "keep one row per pupil per intervention and outcome_measure"],
+        [5, "pupil_id", "the same school, pupil, intervention and outcome_measure are also on line 3; "
+         "keep one row per pupil per intervention and outcome_measure"],
+    ]
+    assert checked.good["line"].tolist() == [2, 4]
+    assert checked.quarantined_by_reason() == {"duplicate pupil row": 2}
+
+
+def test_same_pupil_in_another_trial_is_not_a_duplicate(write_extract):
+    rows = pupil_rows(2) + pupil_rows(2, measure="Other test")
+    assert len(check(write_extract("a.csv", rows)).good) == 4
+
+
+def test_a_reason_never_quotes_a_pupil_id(write_extract):
+    rows = pupil_rows(3)
+    rows[0][COLUMN["arm"]] = rows[2][COLUMN["pupil_id"]]  # columns shifted: a pupil_id in arm
+    rows[1][COLUMN["gender"]] = rows[1][COLUMN["pupil_id"]]
+    checked = check(write_extract("a.csv", rows))
+    assert checked.quarantine["reason"].tolist() == [
+        "arm must be 'intervention' or 'control', got a pupil_id value (are the columns in the wrong order?); "
+        "correct the pupil's randomised arm",
+        "gender must be 'F', 'M' or blank, got a pupil_id value (are the columns in the wrong order?)",
+    ]
+
+
+def test_a_row_breaking_two_rules_has_two_entries_and_counts_once(write_extract):
+    rows = pupil_rows(2)
+    rows[0][COLUMN["arm"]] = "x"
+    rows[0][COLUMN["fsm"]] = "x"
+    checked = check(write_extract("a.csv", rows))
+    assert checked.quarantine["column_name"].tolist() == ["arm", "fsm"]
+    assert checked.rows_quarantined == 1
+
+
+def test_line_numbers_count_records_as_a_spreadsheet_shows_them(write_extract):
+    rows = pupil_rows(3)
+    rows[0][COLUMN["intervention"]] = "Reading\nwith a newline"  # one record over two physical lines
+    rows[2][COLUMN["arm"]] = "bad"
+    checked = check(write_extract("a.csv", rows))
+    assert checked.quarantine["line"].tolist() == [4]
+    assert checked.good["line"].tolist() == [2, 3]
+
+
+def test_blank_lines_are_skipped_but_still_counted_as_lines(write_extract):
+    text = extract_csv(pupil_rows(3))
+    head, *rest = text.splitlines(keepends=True)
+    rest[2] = rest[2].replace("intervention", "bad", 1) if "intervention" in rest[2] else rest[2].replace("control", "bad", 1)
+    text = head + rest[0] + "\n" + ",,,,,,,,,,\n" + rest[1] + rest[2] + "\n\n"
+    checked = check(write_extract("a.csv", text))
+    assert checked.rows_read == 3
+    assert checked.good["line"].tolist() == [2, 5]
+    assert checked.quarantine["line"].tolist() == [6]
+
+
+def test_a_row_with_the_wrong_number_of_values_is_quarantined(write_extract):
+    text = extract_csv(pupil_rows(3))
+    lines = text.splitlines(keepends=True)
+    lines[2] = lines[2].replace(",Reading,", ",Reading,extra,", 1)
+    lines[3] = lines[3].rsplit(",", 2)[0] + "\n"
+    checked = check(write_extract("a.csv", "".join(lines) + "\n"))
+    assert checked.good["line"].tolist() == [2]
+    assert checked.quarantine[["line", "reason"]].values.tolist() == [
+        [3, "the row has 12 values but the header has 11 columns; check for a missing or extra comma "
+         "(a value containing a comma must be in double quotes)"],
+        [4, "the row has 9 values but the header has 11 columns; check for a missing or extra comma "
+         "(a value containing a comma must be in double quotes)"],
+    ]
+    assert checked.rows_read == 3
+
+
+def test_columns_outside_the_contract_are_dropped_and_named(write_extract):
+    header = EXTRACT_HEADER + ("Pupil name", "DOB", "")
+    rows = [r + ["Alice Smith", "2015-01-01", "x"] for r in pupil_rows(2)]
+    extract = read_extract(write_extract("a.csv", rows, header=header))
+    assert extract.columns_dropped == ["Pupil name", "DOB", "(unnamed column 14)"]
+    assert "Alice Smith" not in extract.rows.to_csv()
+    assert set(extract.rows.columns) == set(EXTRACT_HEADER) | {"line"}
+
+
+def test_optional_columns_may_be_absent(write_extract):
+    header = EXTRACT_HEADER[:6]
+    checked = check(write_extract("a.csv", [r[:6] for r in pupil_rows(2)], header=header))
+    assert len(checked.good) == 2 and checked.good["fsm"].isna().all()
+
+
+GOOD = extract_csv(pupil_rows(2))
+SAVE = "in Excel use File > Save As > 'CSV UTF-8 (Comma delimited) (*.csv)' and send the file again"
+
+REJECTIONS = [
+    ("empty", b"", f"x.csv: the file is empty; {SAVE}"),
+    ("whitespace", b"\n \n", f"x.csv: the file is empty; {SAVE}"),
+    ("header only", extract_csv([]).encode(),
+     "x.csv: the file has a header row but no pupil rows; send the file with one row per pupil per intervention"),
+    ("header and blank lines", (extract_csv([]) + "\n,,,,\n").encode(),
+     "x.csv: the file has a header row but no pupil rows; send the file with one row per pupil per intervention"),
+    ("latin-1", GOOD.replace("Reading", "Lecture café").encode("latin-1"),
+     f"x.csv: the file is not UTF-8 text (line 2 has a character in another encoding, probably Windows 'ANSI'); {SAVE}"),
+    ("utf-16", GOOD.encode("utf-16"), f"x.csv: the file is UTF-16 text (Excel's 'Unicode Text'), not UTF-8; {SAVE}"),
+    ("xlsx", b"PK\x03\x04rest-of-zip", f"x.csv: this is an Excel workbook (.xlsx) or a zip file, not a CSV; {SAVE}"),
+    ("xls", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", f"x.csv: this is an old Excel workbook (.xls), not a CSV; {SAVE}"),
+    ("binary", b"school_urn,pupil_id\x00\x01\x02", f"x.csv: the file is binary (it contains NUL bytes), not CSV text; {SAVE}"),
+    ("semicolons", GOOD.replace(",", ";").encode(),
+     f"x.csv: the file is separated by semicolons, not commas; {SAVE} "
+     "(on a computer set to a European language, check the list separator is a comma)"),
+    ("tabs", GOOD.replace(",", "\t").encode(), f"x.csv: the file is separated by tabs, not commas; {SAVE}"),
+    ("missing arm", extract_csv([r[:4] + r[5:] for r in pupil_rows(2)], EXTRACT_HEADER[:4] + EXTRACT_HEADER[5:]).encode(),
+     "x.csv: required column 'arm' is missing from the header row; add it (required: school_urn, pupil_id, "
+     "intervention, outcome_measure, arm, outcome) and send the file again"),
+    ("no header", "\n".join(",".join(r) for r in pupil_rows(2)).encode(),
+     "x.csv: required columns 'school_urn', 'pupil_id', 'intervention', 'outcome_measure', 'arm', 'outcome' are "
+     "missing from the header row; add them (required: school_urn, pupil_id, intervention, outcome_measure, arm, "
+     "outcome) and send the file again"),
+    ("blank first line", ("\n" + GOOD).encode(),
+     "x.csv: the first line is blank; the first line must be the header row (school_urn, pupil_id, ...)"),
+    ("two arm columns", extract_csv([r + ["control"] for r in pupil_rows(1)], EXTRACT_HEADER + ("ARM",)).encode(),
+     "x.csv: the header has two 'arm' columns (columns 5 and 12); keep one and send the file again"),
+    ("two schools", extract_csv(pupil_rows(2) + pupil_rows(2, urn="111602")).encode(),
+     "x.csv: the file holds rows for 2 schools (URNs 111601, 111602); the contract is one file per school per "
+     "delivery: split it into one file per school"),
+    ("unclosed quote", (GOOD + '111601,P9,"Reading,NGRT,control,1,2,Y,F,3,N\n').encode(),
+     "x.csv: the file could not be read as CSV (unexpected end of data); check for a quote (\") that is opened "
+     f"but never closed, then {SAVE}"),
+]
+
+
+@pytest.mark.parametrize(("case", "content", "reason"), REJECTIONS, ids=[r[0] for r in REJECTIONS])
+def test_unreadable_files_are_rejected_whole_with_a_reason(write_extract, case, content, reason):
+    with pytest.raises(ExtractRejected) as caught:
+        check(write_extract("x.csv", content))
+    assert str(caught.value) == reason
+    assert isinstance(caught.value, MicrotrialsError)
