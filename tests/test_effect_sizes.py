@@ -148,3 +148,8 @@ def test_school_hedges_g_needs_two_pupils_per_arm():
     # means 6 and 5, both SDs sqrt(2): d = 1 / sqrt(2), J(2) = 1 / sqrt(pi)
     assert out["g"].iloc[0] == pytest.approx(1 / math.sqrt(2) / math.sqrt(math.pi))
     assert (out["n_intervention"].iloc[0], out["n_control"].iloc[0]) == (2, 2)
+
+
+def test_school_without_outcome_variation_is_left_out():
+    pupils = pd.DataFrame({"school_urn": ["100001"] * 4, "arm": [1, 1, 0, 0], "outcome": [3.0, 3.0, 3.0, 3.0]})
+    assert school_hedges_g(pupils).empty

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 
 from microtrials.errors import MicrotrialsError
@@ -37,7 +38,8 @@ def test_header_case_spaces_bom_and_values_trimmed(write_extract):
     )
     assert row["outcome"] == 12.5
     assert checked.columns_dropped == []
-    assert math.isnan(row["baseline"]) and row["fsm"] is None or str(row["fsm"]) == "<NA>"
+    assert math.isnan(row["baseline"])
+    assert pd.isna(row["fsm"]) and pd.isna(row["gender"]) and pd.isna(row["year_group"])
 
 
 def test_blank_outcome_is_attrition_not_an_error(write_extract):

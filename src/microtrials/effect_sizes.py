@@ -107,9 +107,10 @@ def hedges_g(
     Vectorised: each argument may be an array (one element per school).
     """
     n1, n2 = np.asarray(n1, dtype=float), np.asarray(n2, dtype=float)
-    s_pooled = np.sqrt(((n1 - 1) * np.square(sd1) + (n2 - 1) * np.square(sd2)) / (n1 + n2 - 2))
-    g = small_sample_correction(n1 + n2 - 2) * (np.asarray(mean1) - np.asarray(mean2)) / s_pooled
-    var = (n1 + n2) / (n1 * n2) + np.square(g) / (2 * (n1 + n2))
+    with np.errstate(divide="ignore", invalid="ignore"):  # s_pooled = 0 gives a non-finite g
+        s_pooled = np.sqrt(((n1 - 1) * np.square(sd1) + (n2 - 1) * np.square(sd2)) / (n1 + n2 - 2))
+        g = small_sample_correction(n1 + n2 - 2) * (np.asarray(mean1) - np.asarray(mean2)) / s_pooled
+        var = (n1 + n2) / (n1 * n2) + np.square(g) / (2 * (n1 + n2))
     return g, var
 
 
@@ -130,7 +131,8 @@ def school_hedges_g(pupils: pd.DataFrame, z: float = Z_975) -> pd.DataFrame:
         .unstack("arm")
     )
     columns = ["school_urn", "n_intervention", "n_control", "g", "var", "ci_low", "ci_high"]
-    if summary.empty or 1 not in summary.columns.get_level_values(1) or 0 not in summary.columns.get_level_values(1):
+    arms = set(summary.columns.get_level_values("arm")) if not summary.empty else set()
+    if not {0, 1} <= arms:
         return pd.DataFrame({c: pd.Series(dtype=object if c == "school_urn" else float) for c in columns})
     summary = summary[(summary[("count", 1)] >= MIN_PUPILS_PER_ARM) & (summary[("count", 0)] >= MIN_PUPILS_PER_ARM)]
     n1, n0 = summary[("count", 1)].to_numpy(float), summary[("count", 0)].to_numpy(float)

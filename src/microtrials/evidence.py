@@ -168,8 +168,8 @@ def attrition_rating(pct: float) -> int:
 
 
 def evidence_strength(
-    mdes_value: float,
-    attrition: float,
+    mdes_value: float | None,
+    attrition: float | None,
     baseline_difference: float | None,
     schools_both_arms: int,
     design_rating: int = DESIGN_RATING_RANDOMISED_WITHIN_SCHOOL,
@@ -182,6 +182,8 @@ def evidence_strength(
     |baseline difference| > 0.05 SD (the WWC "fine" limit), -1 when fewer than 5 schools have
     analysed pupils in both arms. ``baseline_difference`` None (no baseline) deducts nothing.
     """
+    mdes_value = float("nan") if mdes_value is None else float(mdes_value)
+    attrition = float("nan") if attrition is None else float(attrition)
     ratings = {
         "the design": (design_rating, "design: pupils randomised within schools" if design_rating == DESIGN_RATING_RANDOMISED_WITHIN_SCHOOL else "design"),
         "the MDES": (mdes_rating(mdes_value), f"MDES {mdes_value:.2f} SD" if math.isfinite(mdes_value) else "MDES could not be computed"),

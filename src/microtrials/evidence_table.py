@@ -1,6 +1,8 @@
-"""The evidence table: one row per trial, in the contract's columns and order."""
+"""The evidence table: one row per trial, in the contract's columns and order, and the per-school table."""
 
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 
@@ -14,14 +16,27 @@ COLUMNS = [
     "months_progress", "tau", "i2", "pi_low", "pi_high", "fsm_effect_size", "fsm_ci_low",
     "fsm_ci_high", "evidence_strength", "notes",
 ]
-NOT_YET_COMPUTED = ["tau", "i2", "pi_low", "pi_high", "fsm_effect_size", "fsm_ci_low",
-                    "fsm_ci_high", "evidence_strength"]
+SCHOOL_COLUMNS = ["school_urn", "n_intervention", "n_control", "g", "ci_low", "ci_high", "shrunken_g"]
+
+
+def _r(value: float | None, digits: int = 4) -> float | None:
+    """Round for publication; None (blank) for a missing or non-finite figure."""
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), digits)
 
 
 def evidence_row(result: TrialResult) -> dict[str, object]:
-    """The evidence-table row for one trial; each figure comes from ``TrialResult``."""
+    """The evidence-table row for one trial. Each figure is a field of ``TrialResult``:
+
+    effect_size/ci = result.headline (g on the unconditional total SD); p_value = result.p_value;
+    tau = sqrt(result.pool.tau2), i2 = result.pool.i2, pi = result.pool.pi_low/high (REML
+    two-stage pooling); fsm_* = result.fsm; evidence_strength = result.strength.score.
+    """
+    headline, pool, fsm, strength = result.headline, result.pool, result.fsm, result.strength
     notes = list(result.notes)
-    notes.append("not yet computed: " + ", ".join(NOT_YET_COMPUTED))
+    if strength is not None:
+        notes.append("evidence strength " + strength.reasons[0] + "".join("; " + r for r in strength.reasons[1:]))
     return {
         "intervention": result.intervention,
         "outcome_measure": result.outcome_measure,
@@ -29,19 +44,37 @@ def evidence_row(result: TrialResult) -> dict[str, object]:
         "schools_both_arms": result.schools_both_arms,
         "pupils_randomised": result.pupils_randomised,
         "pupils_analysed": result.pupils_analysed,
-        "attrition_pct": round(result.attrition_pct, 1),
-        "effect_size": round(result.effect_size, 4),
-        "ci_low": round(result.ci_low, 4),
-        "ci_high": round(result.ci_high, 4),
-        "p_value": float(f"{result.p_value:.4g}"),
-        "months_progress": months_progress(result.effect_size),
-        **{column: None for column in NOT_YET_COMPUTED},
+        "attrition_pct": _r(result.attrition.overall, 1),
+        "effect_size": _r(headline and headline.g),
+        "ci_low": _r(headline and headline.ci_low),
+        "ci_high": _r(headline and headline.ci_high),
+        "p_value": None if result.p_value is None else float(f"{result.p_value:.4g}"),
+        "months_progress": None if headline is None else months_progress(headline.g),
+        "tau": _r(pool and math.sqrt(max(pool.tau2, 0.0))),
+        "i2": _r(pool and pool.i2, 1),
+        "pi_low": _r(pool and pool.pi_low),
+        "pi_high": _r(pool and pool.pi_high),
+        "fsm_effect_size": _r(fsm and fsm.g),
+        "fsm_ci_low": _r(fsm and fsm.ci_low),
+        "fsm_ci_high": _r(fsm and fsm.ci_high),
+        "evidence_strength": None if strength is None else strength.score,
         "notes": "; ".join(notes),
     }
 
 
 def evidence_table(results: list[TrialResult]) -> pd.DataFrame:
     """Every trial's row, sorted by intervention then outcome_measure."""
-    rows = [evidence_row(r) for r in results]
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame([evidence_row(r) for r in results], columns=COLUMNS)
     return table.sort_values(["intervention", "outcome_measure"], kind="stable").reset_index(drop=True)
+
+
+def school_table(result: TrialResult) -> pd.DataFrame:
+    """Each school's own result for one trial (before small-group suppression)."""
+    if result.per_school.empty:
+        return pd.DataFrame(columns=["intervention", "outcome_measure", *SCHOOL_COLUMNS])
+    frame = result.per_school[SCHOOL_COLUMNS].copy()
+    for column in ("g", "ci_low", "ci_high", "shrunken_g"):
+        frame[column] = frame[column].astype(float).round(4)
+    frame.insert(0, "outcome_measure", result.outcome_measure)
+    frame.insert(0, "intervention", result.intervention)
+    return frame

@@ -158,7 +158,7 @@ def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
         {
             "file_name": r.file_name,
             "status": r.status,
-            "school_urn": r.school_urn,
+            "school_urn": r.school_urn or "",
             "trials": trials_text(r.trials),
             "rows_read": r.rows_read,
             "rows_loaded": r.rows_loaded,
@@ -174,6 +174,7 @@ def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
         {
             "file_name": "str",
             "status": "str",
+            "school_urn": "str",
             "trials": "str",
             "rows_read": "int64",
             "rows_loaded": "int64",

@@ -1,0 +1,238 @@
+"""Atomic writes, whole-folder publication, formula neutralising and small-number suppression."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from microtrials import publish
+from microtrials.errors import MicrotrialsError
+from microtrials.publish import (
+    neutralise_formulas,
+    publish_folder,
+    suppress_small_groups,
+    write_atomic,
+    write_csv_atomic,
+)
+
+
+def test_write_atomic_replaces_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "sub" / "page.html"
+    write_atomic(target, "first")
+    write_atomic(target, b"second \xe2\x80\x94 bytes")
+    assert target.read_bytes() == "second \u2014 bytes".encode()
+    assert [p.name for p in target.parent.iterdir()] == ["page.html"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_write_atomic_failure_keeps_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "evidence_table.csv"
+    write_atomic(target, "old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(publish.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["evidence_table.csv"]
+
+
+@pytest.mark.parametrize(
+    ("cell", "expected"),
+    [
+        ("=1+1", "'=1+1"),
+        ("+44 1642 000000", "'+44 1642 000000"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1:A9)", "'@SUM(A1:A9)"),
+        ("\tcmd", "'\tcmd"),
+        ("\rcmd", "'\rcmd"),
+        ("=HYPERLINK(\"http://evil\",\"x\")", "'=HYPERLINK(\"http://evil\",\"x\")"),
+        ("Reciprocal reading", "Reciprocal reading"),
+        ("a=b", "a=b"),
+        ("-0.25", "-0.25"),  # a plain number as text is read as a number, never a formula
+        ("", ""),
+    ],
+)
+def test_neutralise_text_cells(cell, expected):
+    frame = pd.DataFrame({"text": [cell]})
+    assert neutralise_formulas(frame)["text"].iloc[0] == expected
+
+
+def test_numbers_are_unchanged_and_input_not_modified():
+    frame = pd.DataFrame({
+        "g": [-0.25, 0.1, np.nan],
+        "n": [-3, 4, 5],
+        "mixed": [-1.5, "=cmd", None],
+        "name": ["=x", "ok", None],
+    })
+    before = frame.copy()
+    out = neutralise_formulas(frame)
+    pd.testing.assert_frame_equal(frame, before)
+    pd.testing.assert_series_equal(out["g"], frame["g"])
+    pd.testing.assert_series_equal(out["n"], frame["n"])
+    assert out["mixed"].tolist()[:2] == [-1.5, "'=cmd"] and pd.isna(out["mixed"].iloc[2])
+    assert out["name"].tolist()[:2] == ["'=x", "ok"]
+    assert out["name"].dtype == frame["name"].dtype
+
+
+def test_write_csv_atomic_neutralises_and_round_trips(tmp_path):
+    frame = pd.DataFrame({"intervention": ["=2+5", "Caf\u00e9 reading"], "effect_size": [-0.12, 0.3]})
+    path = tmp_path / "out.csv"
+    write_csv_atomic(path, frame)
+    raw = path.read_bytes()
+    assert raw.startswith(b"intervention,effect_size\n'=2+5,-0.12\n")
+    back = pd.read_csv(path)
+    assert back["intervention"].tolist() == ["'=2+5", "Caf\u00e9 reading"]
+    assert back["effect_size"].tolist() == [-0.12, 0.3]
+
+
+def test_suppress_small_groups():
+    frame = pd.DataFrame({
+        "school_urn": ["111201", "111202", "111203", "111204"],
+        "n_intervention": [12, 9, 10, 30],
+        "n_control": [10, 14, 0, np.nan],
+        "g": [0.3, 0.5, np.nan, 0.1],
+        "ci_low": [0.0, 0.1, np.nan, -0.2],
+    })
+    out = suppress_small_groups(frame, ["n_intervention", "n_control"], ["g", "ci_low"])
+    assert out["g"].iloc[0] == 0.3 and out["suppressed"].iloc[0] == ""
+    assert out[["g", "ci_low"]].iloc[1:].isna().all().all()
+    assert out["suppressed"].tolist()[1:] == [
+        "fewer than 10 pupils (n_intervention = 9)",
+        "fewer than 10 pupils (n_control = 0)",
+        "fewer than 10 pupils (n_control = missing)",
+    ]
+    assert out["n_intervention"].tolist() == frame["n_intervention"].tolist()  # counts stay
+    assert frame["g"].iloc[1] == 0.5  # input untouched
+
+
+def test_suppress_small_groups_threshold_and_existing_reason():
+    frame = pd.DataFrame({"n": [4, 6], "value": [1.0, 2.0], "suppressed": ["one arm", ""]})
+    out = suppress_small_groups(frame, ["n"], ["value"], threshold=5)
+    assert out["suppressed"].tolist() == ["one arm; fewer than 5 pupils (n = 4)", ""]
+    assert np.isnan(out["value"].iloc[0]) and out["value"].iloc[1] == 2.0
+    with pytest.raises(MicrotrialsError, match="not in the table"):
+        suppress_small_groups(frame, ["pupils"], ["value"])
+
+
+def _listing(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_publish_folder_replaces_whole_publication(tmp_path):
+    out = tmp_path / "published"
+    publish_folder(out, {"index.html": b"v1", "old-trial/index.html": b"gone soon", "evidence_table.csv": "a\n1\n"})
+    publish_folder(out, {"index.html": b"v2", "new-trial/schools.csv": b"x\n"})
+    assert _listing(out) == {"index.html": b"v2", "new-trial/schools.csv": b"x\n"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["published"]  # no staging or old folders left
+
+
+def test_publish_folder_works_without_renameat2(tmp_path, monkeypatch):
+    monkeypatch.setattr(publish, "_exchange", lambda a, b: False)
+    out = tmp_path / "published"
+    publish_folder(out, {"index.html": b"v1"})
+    publish_folder(out, {"index.html": b"v2", "t/index.html": b"t"})
+    assert _listing(out) == {"index.html": b"v2", "t/index.html": b"t"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["published"]
+
+
+class _Exploding(dict):
+    """A files mapping that fails half way through, like a crash while writing."""
+
+    def items(self):
+        yield "index.html", b"new"
+        raise RuntimeError("crash while writing")
+
+
+def test_failed_publication_keeps_last_good_one(tmp_path):
+    out = tmp_path / "published"
+    publish_folder(out, {"index.html": b"good", "evidence_table.csv": b"a\n1\n"})
+    with pytest.raises(RuntimeError, match="crash"):
+        publish_folder(out, _Exploding())
+    assert _listing(out) == {"index.html": b"good", "evidence_table.csv": b"a\n1\n"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["published"]
+
+
+@pytest.mark.parametrize("name", ["../escape.html", "/etc/passwd", "a/../../b", "", "a\\b", "a//b"])
+def test_publish_folder_refuses_unsafe_names(tmp_path, name):
+    out = tmp_path / "published"
+    publish_folder(out, {"index.html": b"good"})
+    with pytest.raises(MicrotrialsError, match="plain relative path"):
+        publish_folder(out, {name: b"x"})
+    assert _listing(out) == {"index.html": b"good"}
+    assert not (tmp_path / "escape.html").exists()
+
+
+def _exchange_supported(tmp_path) -> bool:
+    a, b = tmp_path / "probe-a", tmp_path / "probe-b"
+    a.mkdir()
+    b.mkdir()
+    try:
+        return publish._exchange(a, b)
+    finally:
+        a.rmdir()
+        b.rmdir()
+
+
+def test_readers_never_see_a_partial_publication(tmp_path):
+    """While publications are swapped repeatedly, every file read is one complete version.
+
+    With renameat2 (Linux) the folder is never missing; with the two-rename fallback a read may
+    find it missing for an instant, which is allowed (a "not found", never a partial file).
+    """
+    exchange = _exchange_supported(tmp_path)
+    out = tmp_path / "published"
+    body = lambda v: (f"version {v:03d} " * 2000).encode()  # noqa: E731 - big enough to be written in parts
+    files = lambda v: {"index.html": body(v), "evidence_table.csv": body(v), "t/index.html": body(v)}  # noqa: E731
+    publish_folder(out, files(0))
+    stop = threading.Event()
+    problems: list[str] = []
+    reads = [0]
+
+    def reader():
+        while not stop.is_set():
+            for name in ("index.html", "evidence_table.csv", "t/index.html"):
+                try:
+                    data = (out / name).read_bytes()
+                except FileNotFoundError:
+                    if exchange:
+                        problems.append(f"{name} missing")
+                    continue
+                reads[0] += 1
+                if len(data) != len(body(0)) or data != data[:12] * 2000:
+                    problems.append(f"partial {name}")
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for version in range(1, 40):
+        publish_folder(out, files(version))
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert problems == []
+    assert reads[0] > 0
+    assert (out / "index.html").read_bytes() == body(39)
+
+
+def test_publish_folder_refuses_a_file_in_the_way(tmp_path):
+    out = tmp_path / "published"
+    out.write_text("not a folder")
+    with pytest.raises(MicrotrialsError, match="not a folder"):
+        publish_folder(out, {"index.html": b"x"})
+    assert out.read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["published"]
+
+
+def test_csv_bytes_has_no_index_and_unix_newlines():
+    data = publish.csv_bytes(pd.DataFrame({"a": [1, 2]}))
+    assert data == b"a\n1\n2\n"
+    assert pd.read_csv(io.BytesIO(data))["a"].tolist() == [1, 2]
