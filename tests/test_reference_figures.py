@@ -58,3 +58,62 @@ def test_evidence_table_has_contract_columns_in_order(results):
     table = evidence_table(list(results.values()))
     assert list(table.columns[: len(names)]) == names
     assert list(table["intervention"]) == sorted(table["intervention"])
+
+
+@pytest.mark.parametrize("trial", sorted(EXPECTED))
+def test_random_slope_model_matches_lme4(results, trial):
+    expected = EXPECTED[trial]["ancova_random_slope"]
+    slope = results[trial].random_slope
+    assert slope.params["arm"] == pytest.approx(expected["beta"], rel=0.005)
+    assert slope.bse["arm"] == pytest.approx(expected["se"], rel=0.02)
+    assert slope.sd_slope == pytest.approx(expected["sd_slope"], rel=0.02)
+
+
+@pytest.mark.parametrize("trial", sorted(EXPECTED))
+def test_effect_sizes_match_reference(results, trial):
+    expected = EXPECTED[trial]["ancova_random_intercept"]
+    result = results[trial]
+    assert abs(result.headline.g - expected["g_total"]) <= 0.0005
+    assert abs(result.within.g - expected["g_within"]) <= 0.0005
+
+
+@pytest.mark.parametrize("trial", sorted(EXPECTED))
+def test_two_stage_pooling_matches_metafor(results, trial):
+    expected = EXPECTED[trial]["two_stage"]
+    pool = results[trial].pool
+    assert pool.k == expected["k"]
+    for ours, theirs in [
+        (pool.mu, expected["g"]), (pool.se, expected["se"]),
+        (pool.ci_low, expected["ci"][0]), (pool.ci_high, expected["ci"][1]),
+        (pool.tau2, expected["tau2"]), (pool.i2, expected["I2"]),
+        (pool.pi_low, expected["prediction_interval"][0]), (pool.pi_high, expected["prediction_interval"][1]),
+        (pool.knha_ci_low, expected["knapp_hartung_ci"][0]), (pool.knha_ci_high, expected["knapp_hartung_ci"][1]),
+    ]:
+        assert abs(ours - theirs) <= 0.001
+
+
+@pytest.mark.parametrize("trial", sorted(EXPECTED))
+def test_per_school_hedges_g_matches_metafor(results, trial):
+    expected = {s["school_urn"]: s for s in EXPECTED[trial]["two_stage"]["per_school"]}
+    ours = results[trial].per_school.dropna(subset=["g"]).set_index("school_urn")
+    assert sorted(ours.index) == sorted(expected)
+    for urn, school in expected.items():
+        assert abs(ours.loc[urn, "g"] - school["g"]) <= 0.0005
+        assert abs(ours.loc[urn, "var"] - school["var"]) <= 0.0005
+
+
+@pytest.mark.parametrize("trial", sorted(EXPECTED))
+def test_fsm_models_match_lme4(results, trial):
+    result = results[trial]
+    only = EXPECTED[trial]["fsm_only"]
+    assert result.fsm_model.n_obs == only["pupils"]
+    assert result.fsm_model.params["arm"] == pytest.approx(only["beta"], rel=0.005)
+    interaction = EXPECTED[trial]["fsm_interaction"]
+    assert result.interaction.params["arm:fsm"] == pytest.approx(interaction["beta_t_fsm"], rel=0.005)
+
+
+def test_one_arm_school_counts_but_is_not_pooled(results):
+    reading = results["Reciprocal reading"]
+    assert reading.schools - reading.schools_both_arms == 1
+    assert reading.pool.k == reading.schools_both_arms
+    assert any("only one arm" in note for note in reading.notes)

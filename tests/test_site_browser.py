@@ -139,7 +139,7 @@ def test_index_lists_every_trial_with_the_csv_numbers(browser, published, artifa
         assert cells[0].text == trial.outcome_measure
         shown_effect = cells[1].text.replace("\u2212", "-")
         if math.isnan(trial.effect_size):
-            assert shown_effect == "not available"
+            assert shown_effect == "not published"  # fewer than 10 pupils analysed
             continue
         assert shown_effect == f"{trial.effect_size:.2f}"
         assert float(cells[1].get_attribute("data-value")) == pytest.approx(trial.effect_size)

@@ -1,32 +1,50 @@
-"""Publishing: the evidence table and load report as CSV in the output folder."""
+"""Publishing: the evidence table, per-school CSVs, load report and the web page, swapped in atomically."""
+
+import datetime as dt
 
 import dagster as dg
+import pandas as pd
 
-from microtrials import publish, warehouse
-from microtrials.evidence_table import COLUMNS
+from microtrials import publish, site, warehouse
+from microtrials.evidence_table import COLUMNS, SCHOOL_COLUMNS
 from pipelines.resources import Settings, Warehouse
 
 
 @dg.asset(
     group_name="publishing",
-    kinds={"csv"},
+    kinds={"csv", "html"},
     deps=["trial_results"],
-    description="evidence_table.csv (the contract's columns, one row per trial) and "
-    "load_report.csv, written atomically to the output folder. Each figure is a column of the "
-    "`trial_results` table, computed by microtrials.evidence_table.evidence_row.",
+    description="The publication in the output folder: evidence_table.csv (the contract's columns, "
+    "one row per trial; every figure is a column of `trial_results`, made by "
+    "microtrials.evidence_table.evidence_row), <trial>/schools.csv with small groups suppressed, "
+    "load_report.csv and index.html with per-trial pages (microtrials.site.build_site). "
+    "The whole folder is replaced in one swap, so a failed run leaves the last good one.",
 )
 def evidence_table(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse) -> dg.MaterializeResult:
     with warehouse_db.connect() as con:
         table = con.execute(warehouse.sql("evidence_table")).df()[COLUMNS]
+        schools = con.execute(warehouse.sql("school_results")).df()
         load_report = con.execute(warehouse.sql("load_report")).df()
+        loaded_at = con.execute(warehouse.sql("data_date")).fetchone()[0]
+    per_trial = {
+        site.trial_slug(intervention, outcome_measure): group[SCHOOL_COLUMNS].reset_index(drop=True)
+        for (intervention, outcome_measure), group in schools.groupby(["intervention", "outcome_measure"])
+    }
+    data_date = loaded_at.strftime("%d %B %Y") if loaded_at is not None else "no data loaded"
+    run_date = dt.datetime.now(dt.timezone.utc).strftime("%d %B %Y %H:%M UTC")
+    files = site.build_site(table, per_trial, load_report, data_date, run_date)
+    publish.publish_folder(settings.out, files)
     path = settings.out / "evidence_table.csv"
-    publish.write_csv_atomic(path, table)
-    publish.write_csv_atomic(settings.out / "load_report.csv", load_report)
     context.log.info(f"evidence table written to {path}")
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
+            "page": dg.MetadataValue.path(str(settings.out / "index.html")),
+            "files": len(files),
             "dagster/row_count": len(table),
+            "dagster/column_schema": dg.TableSchema(
+                columns=[dg.TableColumn(name, str(dtype)) for name, dtype in table.dtypes.items()]
+            ),
             "preview": dg.MetadataValue.md(table.to_markdown(index=False)),
         }
     )

@@ -70,8 +70,8 @@ def _figure(per_school: pd.DataFrame, pooled: tuple[float, float, float], title:
                           closed=True, color=POOLED_COLOUR, zorder=3, label="All schools (95% CI)")
         ax.add_patch(diamond)
     for i in np.flatnonzero(~shown):
-        ax.text(0.0, y[i], "  not published (too few pupils or one arm)", va="center", ha="left",
-                fontsize=8, color=INK, transform=ax.get_yaxis_transform())
+        ax.text(0.02, y[i], "not published (too few pupils or one arm)", va="center", ha="left",
+                fontsize=8, color=INK, transform=ax.get_yaxis_transform(), style="italic")
     ax.axvline(0.0, color=GRID_COLOUR, linewidth=1)
     ax.set_yticks(list(y) + [0.5], labels + ["All schools"])
     ax.set_ylim(0, (y.max() if n else 0.5) + 0.8)

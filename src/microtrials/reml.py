@@ -228,7 +228,12 @@ def _gradient(problem: _Problem, theta: np.ndarray, prof: _Profile) -> np.ndarra
     G = problem.ZtZ - np.einsum("jqs,jst->jqt", ZtZW, problem.ZtZ)
     H = problem.ZtX - np.einsum("jqs,jsp->jqp", ZtZW, problem.ZtX)
     e = problem.Zty - np.einsum("jqs,js->jq", ZtZW, problem.Zty) - np.einsum("jqp,p->jq", H, prof.beta)
-    S = G.sum(axis=0) - np.einsum("jqp,ps,jrs->qr", H, linalg.inv(prof.A), H) - e.T @ e / prof.sigma2
+    # einsum, not e.T @ e: a threaded BLAS call here makes every later small operation slower.
+    S = (
+        G.sum(axis=0)
+        - np.einsum("jqp,ps,jrs->qr", H, linalg.inv(prof.A), H)
+        - np.einsum("jq,jr->qr", e, e) / prof.sigma2
+    )
     grad = 2.0 * S @ _lambda(theta)
     return np.array([grad[0, 0]]) if len(theta) == 1 else np.array([grad[0, 0], grad[1, 0], grad[1, 1]])
 

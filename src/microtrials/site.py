@@ -164,15 +164,15 @@ def _td(text: str, value: object = None, numeric: bool = True, blank: str = "not
 STYLE = """
 :root { color-scheme: light; }
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; color: #1b1b1b;
-  background: #ffffff; line-height: 1.5; margin: 0 auto; padding: 1rem 1.25rem 3rem; max-width: 78rem; }
+  background: #ffffff; line-height: 1.5; margin: 0 auto; padding: 1rem 1.25rem 3rem; max-width: 96rem; }
 a { color: #1d4f91; } a:visited { color: #5b2a86; }
 a:focus-visible, [tabindex]:focus-visible { outline: 3px solid #ffbf47; outline-offset: 2px; }
 h1 { font-size: 1.8rem; margin: 0.5rem 0; } h2 { font-size: 1.35rem; margin-top: 2rem; }
 .meta { color: #3d3d3d; }
 .table-wrap { overflow-x: auto; border: 1px solid #b1b4b6; }
-table { border-collapse: collapse; width: 100%; font-size: 0.95rem; }
+table { border-collapse: collapse; width: 100%; font-size: 0.92rem; }
 caption { text-align: left; font-weight: 600; padding: 0.5rem; }
-th, td { border-bottom: 1px solid #b1b4b6; padding: 0.45rem 0.6rem; vertical-align: top; text-align: left; }
+th, td { border-bottom: 1px solid #b1b4b6; padding: 0.45rem 0.5rem; vertical-align: top; text-align: left; }
 thead th { background: #f3f2f1; vertical-align: bottom; }
 tbody tr:nth-child(even) { background: #f8f8f8; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
@@ -182,7 +182,7 @@ nav.sort li[aria-current] { font-weight: 600; }
 dl.howto dt { font-weight: 600; margin-top: 0.75rem; } dl.howto dd { margin-left: 0; }
 dl.summary { display: grid; grid-template-columns: max-content 1fr; gap: 0.25rem 1rem; }
 dl.summary dt { font-weight: 600; } dl.summary dd { margin: 0; }
-figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #b1b4b6; }
+figure { margin: 1rem 0; } figure img { width: 100%; max-width: 60rem; height: auto; border: 1px solid #b1b4b6; }
 footer { margin-top: 3rem; border-top: 1px solid #b1b4b6; padding-top: 0.75rem; color: #3d3d3d; }
 """
 
@@ -248,7 +248,6 @@ HEADERS = [
     ("evidence_strength", "Evidence strength (out of 5)"),
     (None, "Schools (with both groups)"),
     (None, "Pupils analysed (of those randomised)"),
-    (None, "Pupils with no result"),
     (None, "What a new school could expect (prediction interval)"),
     (None, "Effect size for pupils eligible for free school meals"),
     (None, "Notes"),
@@ -279,26 +278,28 @@ def _evidence_row(row: pd.Series, slug: str) -> str:
     schools = _int(row.get("schools"))
     both = _int(row.get("schools_both_arms"))
     analysed, randomised = _int(row.get("pupils_analysed")), _int(row.get("pupils_randomised"))
-    attrition = _float(row.get("attrition_pct"))
     fsm = _fmt(row.get("fsm_effect_size"))
     fsm_ci = _interval(row.get("fsm_ci_low"), row.get("fsm_ci_high"))
     notes = [str(row.get("notes"))] if not _is_blank(row.get("notes")) and str(row.get("notes")) else []
-    if not _is_blank(row.get("suppressed")) and str(row.get("suppressed")):
+    suppressed = not _is_blank(row.get("suppressed")) and bool(str(row.get("suppressed")))
+    if suppressed:
         notes.append("Figures not published: " + str(row.get("suppressed")))
+    blank = "not published" if suppressed else "not available"
     cells = [
         f'<th scope="row" data-value="{_e(row["intervention"])}"><a href="{_e(slug)}/index.html">'
         f'{_e(row["intervention"])}</a></th>',
         _td(_e(row["outcome_measure"]), row["outcome_measure"], numeric=False),
-        _td(_fmt(row.get("effect_size")), row.get("effect_size")),
-        _td(_interval(row.get("ci_low"), row.get("ci_high")), f"{_data_value(row.get('ci_low'))} {_data_value(row.get('ci_high'))}".strip()),
-        _td(_months(row.get("months_progress")), row.get("months_progress")),
-        _td("" if strength is None else f"{strength:g} out of 5", row.get("evidence_strength")),
+        _td(_fmt(row.get("effect_size")), row.get("effect_size"), blank=blank),
+        _td(_interval(row.get("ci_low"), row.get("ci_high")),
+            f"{_data_value(row.get('ci_low'))} {_data_value(row.get('ci_high'))}".strip(), blank=blank),
+        _td(_months(row.get("months_progress")), row.get("months_progress"), blank=blank),
+        _td("" if strength is None else f"{strength:g} out of 5", row.get("evidence_strength"), blank=blank),
         _td(f"{schools} ({both})" if schools else "", row.get("schools")),
-        _td(f"{analysed} of {randomised}" if analysed else "", row.get("pupils_analysed")),
-        _td("" if attrition is None else f"{attrition:.1f}%", row.get("attrition_pct")),
+        _td(f"{analysed} of {randomised}" if analysed else "", row.get("pupils_analysed")),  # attrition: CSV, trial page
         _td(_interval(row.get("pi_low"), row.get("pi_high")),
-            f"{_data_value(row.get('pi_low'))} {_data_value(row.get('pi_high'))}".strip()),
-        _td(f"{fsm} ({fsm_ci})" if fsm and fsm_ci else fsm, row.get("fsm_effect_size"), blank="too few pupils"),
+            f"{_data_value(row.get('pi_low'))} {_data_value(row.get('pi_high'))}".strip(), blank=blank),
+        _td(f"{fsm} ({fsm_ci})" if fsm and fsm_ci else fsm, row.get("fsm_effect_size"),
+            blank="not published" if suppressed else "too few pupils"),
         _td(_e("; ".join(notes)), None, numeric=False, blank="none"),
     ]
     return f'<tr data-slug="{_e(slug)}">' + "".join(cells) + "</tr>"
