@@ -114,6 +114,13 @@ def test_suppress_small_groups():
     assert frame["g"].iloc[1] == 0.5  # input untouched
 
 
+def test_suppress_small_groups_keeps_whole_numbers_whole():
+    frame = pd.DataFrame({"n": [4, 20], "months": [3, -2], "strength": [5, 4]})
+    out = suppress_small_groups(frame, ["n"], ["months", "strength"])
+    assert out["months"].dtype == "Int64" and pd.isna(out["months"].iloc[0]) and out["months"].iloc[1] == -2
+    assert publish.csv_bytes(out).splitlines()[2] == b"20,-2,4,"
+
+
 def test_suppress_small_groups_threshold_and_existing_reason():
     frame = pd.DataFrame({"n": [4, 6], "value": [1.0, 2.0], "suppressed": ["one arm", ""]})
     out = suppress_small_groups(frame, ["n"], ["value"], threshold=5)
@@ -236,3 +243,14 @@ def test_csv_bytes_has_no_index_and_unix_newlines():
     data = publish.csv_bytes(pd.DataFrame({"a": [1, 2]}))
     assert data == b"a\n1\n2\n"
     assert pd.read_csv(io.BytesIO(data))["a"].tolist() == [1, 2]
+
+
+def test_publish_folder_refuses_a_symlink(tmp_path):
+    real = tmp_path / "real"
+    publish_folder(real, {"index.html": b"good"})
+    link = tmp_path / "published"
+    link.symlink_to(real)
+    with pytest.raises(MicrotrialsError, match="symbolic link"):
+        publish_folder(link, {"index.html": b"new"})
+    assert (real / "index.html").read_bytes() == b"good" and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["published", "real"]

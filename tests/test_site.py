@@ -56,6 +56,7 @@ def small_schools() -> dict[str, pd.DataFrame]:
     def frame(urns, n_int, n_con, g, se):
         g, se = np.asarray(g, dtype=float), np.asarray(se, dtype=float)
         return pd.DataFrame({"school_urn": urns, "n_intervention": n_int, "n_control": n_con, "g": g,
+                             "var": se**2,  # an extra figure: suppressed with the others
                              "ci_low": g - 1.96 * se, "ci_high": g + 1.96 * se, "shrunken_g": 0.5 * g + 0.1})
     return {
         trial_slug("Reciprocal reading", "NGRT standardised score"): frame(
@@ -238,10 +239,14 @@ def test_small_trial_and_small_schools_are_suppressed(site):
     tiny = evidence[evidence["intervention"] == "Tiny trial"].iloc[0]
     assert math.isnan(tiny["effect_size"]) and math.isnan(tiny["months_progress"])
     assert tiny["suppressed"] == "fewer than 10 pupils (pupils_analysed = 8)"
+    assert tiny["pupils_analysed"] == 8 and tiny["schools"] == 1
+    assert site["evidence_table.csv"].splitlines()[1].split(b",")[11] in (b"3", b"1", b"-2")  # months stay whole
     slug = trial_slug("Reciprocal reading", "NGRT standardised score")
     schools = pd.read_csv(io.BytesIO(site[f"{slug}/schools.csv"]), dtype={"school_urn": str})
     by_urn = schools.set_index("school_urn")
     assert math.isnan(by_urn.loc["111202", "g"]) and math.isnan(by_urn.loc["111202", "ci_low"])
+    assert math.isnan(by_urn.loc["111202", "var"]) and math.isnan(by_urn.loc["111202", "shrunken_g"])
+    assert by_urn.loc["111202", "n_control"] == 7  # counts stay: they say why
     assert by_urn.loc["111202", "suppressed"] == "fewer than 10 pupils (n_control = 7)"
     assert by_urn.loc["111201", "g"] == pytest.approx(0.31)
     assert pd.isna(by_urn.loc["111201", "suppressed"])
@@ -330,3 +335,29 @@ def test_server_serves_the_published_folder(tmp_path, site):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_forest_plot_png_and_svg_edge_cases():
+    from microtrials.plots import forest_plot, forest_plot_png
+
+    schools = small_schools()[trial_slug("Reciprocal reading", "NGRT standardised score")]
+    png = forest_plot_png(schools, (0.25, 0.1, 0.4), "Reciprocal reading", (-0.05, 0.55))
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5_000
+    svg = forest_plot(schools, (0.25, 0.1, 0.4), "Reciprocal reading")
+    assert svg == forest_plot(schools, (0.25, 0.1, 0.4), "Reciprocal reading")  # deterministic
+    html5lib.parse(svg.decode())  # well-formed enough to embed
+    empty = forest_plot(schools.iloc[:0], (math.nan, math.nan, math.nan), "No schools yet")
+    assert b"<svg" in empty and b"Forest plot of the effect size in 0 schools" in empty
+
+
+def test_server_reports_a_busy_port(tmp_path):
+    from microtrials.errors import MicrotrialsError
+
+    first = make_server(tmp_path, 0)
+    try:
+        with pytest.raises(MicrotrialsError, match="choose another --port"):
+            make_server(tmp_path, first.server_address[1])
+    finally:
+        first.server_close()
+    with pytest.raises(MicrotrialsError, match="not a folder"):
+        make_server(tmp_path / "missing", 0)

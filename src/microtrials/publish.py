@@ -13,7 +13,9 @@ Choices, so a reader (a school downloading the page, a spreadsheet opening a CSV
   files). Any failure before the swap removes the staging folder and leaves the last good
   publication untouched. Stale files from an earlier publication never survive, because the whole
   folder is replaced. ``out_dir`` stays a real folder (no symlink), so ``serve`` and tools that
-  copy or delete it behave as usual.
+  copy or delete it behave as usual. The old publication is deleted right after the swap, so a
+  request that resolved the old folder an instant before may get "not found" for one file; it
+  never gets a truncated file.
 - **Formula neutralising** (OWASP "CSV Injection"): text cells starting with ``=``, ``+``, ``-``,
   ``@``, tab or carriage return get a leading single quote so a spreadsheet shows them as text.
   Numeric cells are left alone, and so is text that is a plain number (``-0.25``), which a
@@ -136,7 +138,8 @@ def suppress_small_groups(
     """Blank every figure of a row whose group has fewer than ``threshold`` pupils.
 
     A row is suppressed when any of ``count_columns`` (pupil counts, e.g. the two arms of a
-    school) is below ``threshold`` or missing. Its ``value_columns`` become blank (NaN) and the
+    school) is below ``threshold`` or missing. Its ``value_columns`` become blank (NaN; integer
+    columns become nullable integers so whole numbers stay whole) and the
     ``suppressed`` column (added, or extended when present) gives the reason, e.g.
     ``"fewer than 10 pupils (n_control = 7)"``; it is blank for rows published in full. The counts
     themselves stay, so a reader sees why a school has no figure.
@@ -156,7 +159,12 @@ def suppress_small_groups(
         reasons = reasons.where(~small, np.where(reasons == "", text, reasons + "; " + text))
         small_any |= small
     for column in value_columns:
-        out[column] = pd.to_numeric(out[column], errors="coerce").astype("float64").where(~small_any)
+        values = out[column]
+        if pd.api.types.is_integer_dtype(values):
+            values = values.astype("Int64")  # keep whole numbers whole ("2", not "2.0") in the CSV
+        elif not pd.api.types.is_numeric_dtype(values):
+            values = pd.to_numeric(values, errors="coerce")
+        out[column] = values.mask(small_any)
     new_reason = pd.Series(
         np.where(small_any, f"fewer than {threshold} pupils (" + reasons + ")", ""), index=out.index, dtype=object
     )
@@ -226,6 +234,9 @@ def publish_folder(out_dir: Path, files: Mapping[str, bytes | str]) -> Path:
             _write_synced(target, _as_bytes(data))
         for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
             _fsync_dir(folder)
+        if out_dir.is_symlink():
+            raise MicrotrialsError(f"{out_dir} is a symbolic link: publish to the folder it points to, "
+                                   "or link your web root to the publication folder instead")
         if out_dir.exists() and not out_dir.is_dir():
             raise MicrotrialsError(f"{out_dir} exists and is not a folder: move it away or choose another --out")
         if out_dir.is_dir():

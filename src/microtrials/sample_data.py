@@ -21,7 +21,8 @@ How a score is made (all in standardised-score points, population mean 100, SD 1
   the outcome's school level is ``0.8 a_s + 0.6 N(0, 1)``, so schools keep most of their rank;
 - a pupil's baseline and outcome share a latent ability, correlation 0.65 within school
   (about 0.66 overall);
-- FSM pupils score 4.5 points (0.3 SD) lower on both tests; FSM rates vary by school, 10%-60%;
+- FSM pupils score 4.5 points (0.3 SD) lower on both tests; each school's FSM share is drawn
+  from 11%-60% and applied exactly (so every school's rate is between 10% and 60%);
 - the intervention adds ``15 * g_s`` points to the outcome, where the school's own effect
   ``g_s ~ N(g, tau)`` (the "planted g" and "tau" above, in SD units of 15 points); there is no
   FSM-specific difference in effect;
@@ -32,9 +33,10 @@ recovers g near, not exactly at, the planted value; with 4-15 schools the sampli
 (about 0.05-0.10) is larger than that difference.
 
 Pupils are randomised within school, half to each arm (a random permutation), except that
-one Maths mastery school (URN ``ALL_INTERVENTION_URN``) put every pupil in the intervention
-arm. About 3%-12% of pupils per school have a blank outcome (missing at random, both arms).
-Gender is F/M, SEND (on the SEN register) about 14%, ``send`` Y/N.
+one Maths mastery school (111571 with the default seed; ``all_intervention_urn()``) put every
+pupil in the intervention arm; its school level then shows up as a baseline imbalance between
+the arms of the whole trial. About 3%-12% of pupils per school have a blank outcome (missing
+at random, both arms). Gender is F/M, SEND (on the SEN register) about 14%, ``send`` Y/N.
 
 One CSV per school holds all of that school's trials. Run
 ``python -m microtrials.sample_data [--out data/extracts] [--seed 2026]``; the same seed gives
@@ -188,7 +190,7 @@ def sample_frame(seed: int = 2026) -> pd.DataFrame:
     primary, secondary = school_urns()
     fsm_by_school = dict(zip(primary + secondary, rng.uniform(*FSM_RANGE, len(primary) + len(secondary))))
     urn, interv, measure, g_block, years = [], [], [], [], []
-    all_intervention_urn = None
+    one_arm_urn = None
     covered: set[str] = set()
     for trial in TRIALS:
         pool = primary if trial.phase == "primary" else secondary
@@ -205,7 +207,7 @@ def sample_frame(seed: int = 2026) -> pd.DataFrame:
             g_block.append(g)
             years.append(trial.year_groups)
         if trial.intervention == ALL_INTERVENTION_TRIAL:
-            all_intervention_urn = chosen[int(rng.integers(trial.n_schools))]
+            one_arm_urn = chosen[int(rng.integers(trial.n_schools))]
     n_blocks = len(urn)
     urn_a = np.array(urn)
     sizes = rng.integers(PUPILS_RANGE[0], PUPILS_RANGE[1] + 1, n_blocks)
@@ -213,7 +215,7 @@ def sample_frame(seed: int = 2026) -> pd.DataFrame:
         rng, urn_a, np.array(interv), np.array(measure), sizes, np.array(g_block),
         np.array([fsm_by_school[u] for u in urn]), rng.uniform(*ATTRITION_RANGE, n_blocks), years,
     )
-    everyone_treated = (frame["school_urn"] == all_intervention_urn) & (frame["intervention"] == ALL_INTERVENTION_TRIAL)
+    everyone_treated = (frame["school_urn"] == one_arm_urn) & (frame["intervention"] == ALL_INTERVENTION_TRIAL)
     frame.loc[everyone_treated, "arm"] = "intervention"
     frame = frame.sort_values(["school_urn", "block", "seq"], kind="stable").reset_index(drop=True)
     # pupil ids: P + URN + 4-digit sequence, unique within the school across its trials

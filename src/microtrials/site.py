@@ -38,6 +38,11 @@ EVIDENCE_COLUMNS = [
     "fsm_ci_high", "evidence_strength", "notes",
 ]
 SCHOOL_COLUMNS = ["school_urn", "n_intervention", "n_control", "g", "ci_low", "ci_high", "shrunken_g"]
+# Counts that stay published when a group is small (they say why its figures are blank); every
+# other numeric column is a figure computed from pupils' scores and is suppressed with the group.
+EVIDENCE_COUNTS = ["schools", "schools_both_arms", "pupils_randomised", "pupils_analysed", "attrition_pct"]
+SCHOOL_COUNTS = ["n_intervention", "n_control"]
+# Figures even when a column arrives blank or as text.
 EVIDENCE_FIGURES = [
     "effect_size", "ci_low", "ci_high", "p_value", "months_progress", "tau", "i2", "pi_low",
     "pi_high", "fsm_effect_size", "fsm_ci_low", "fsm_ci_high", "evidence_strength",
@@ -177,11 +182,12 @@ thead th { background: #f3f2f1; vertical-align: bottom; }
 tbody tr:nth-child(even) { background: #f8f8f8; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .blank { color: #505a5f; font-style: italic; }
+td.notes { min-width: 15rem; font-size: 0.85rem; } td.notes ul { margin: 0; padding-left: 1rem; }
 nav.sort ul, ul.links { padding-left: 1.2rem; }
 nav.sort li[aria-current] { font-weight: 600; }
 dl.howto dt { font-weight: 600; margin-top: 0.75rem; } dl.howto dd { margin-left: 0; }
 dl.summary { display: grid; grid-template-columns: max-content 1fr; gap: 0.25rem 1rem; }
-dl.summary dt { font-weight: 600; } dl.summary dd { margin: 0; }
+dl.summary dt { font-weight: 600; } dl.summary dd { margin: 0; } dl.summary ul { margin: 0; padding-left: 1rem; }
 figure { margin: 1rem 0; } figure img { width: 100%; max-width: 60rem; height: auto; border: 1px solid #b1b4b6; }
 footer { margin-top: 3rem; border-top: 1px solid #b1b4b6; padding-top: 0.75rem; color: #3d3d3d; }
 """
@@ -223,23 +229,20 @@ def _drop_identifiers(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _sorted(evidence: pd.DataFrame, view: SortView) -> pd.DataFrame:
-    keys = [view.column, "effect_size", "intervention", "outcome_measure"]
-    keys = list(dict.fromkeys(keys))
-    ascending = [not view.descending if k == view.column else k in ("intervention", "outcome_measure")
-                 for k in keys]
-    if view.column == "intervention":
-        keys, ascending = ["intervention", "outcome_measure"], [True, True]
-    frame = evidence.copy()
-    sort_keys = {}
-    for k in keys:
-        sort_keys[k] = frame[k].astype(str).str.casefold() if k in ("intervention", "outcome_measure") \
-            else pd.to_numeric(frame[k], errors="coerce")
-    order = pd.DataFrame(sort_keys).sort_values(keys, ascending=ascending, na_position="last", kind="stable").index
-    return frame.loc[order]
+    """The evidence rows in the view's order; blanks last, ties broken by effect size then name."""
+    names = ["intervention", "outcome_measure"]
+    keys = list(dict.fromkeys([view.column, "effect_size", *names]))
+    ascending = [not view.descending if k == view.column else k in names for k in keys]
+    sort_frame = pd.DataFrame({
+        k: evidence[k].astype(str).str.casefold() if k in names else pd.to_numeric(evidence[k], errors="coerce")
+        for k in keys
+    })
+    order = sort_frame.sort_values(keys, ascending=ascending, na_position="last", kind="stable").index
+    return evidence.loc[order]
 
 
 HEADERS = [
-    # (column key for sorting or None, header text, tooltip-free explanation in the "how to read")
+    # (the column a header sorts by, or None; plain-English header text)
     ("intervention", "Intervention"),
     (None, "Measured by"),
     ("effect_size", "Effect size"),
@@ -273,6 +276,29 @@ def _header_row(view: SortView) -> str:
     return "<tr>" + "".join(cells) + "</tr>"
 
 
+def _split_notes(text: str) -> list[str]:
+    """Split notes on top-level "; " (not inside parentheses) into separate caveats."""
+    parts, depth, current = [], 0, []
+    for i, char in enumerate(text):
+        depth += (char == "(") - (char == ")")
+        if char == ";" and depth <= 0 and text[i + 1:i + 2] in (" ", ""):
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current).strip())
+    return [p for p in parts if p]
+
+
+def _notes_td(notes: list[str]) -> str:
+    items = [item for note in notes for item in _split_notes(note)]
+    if not items:
+        return '<td class="notes"><span class="blank">none</span></td>'
+    if len(items) == 1:
+        return f'<td class="notes">{_e(items[0])}</td>'
+    return '<td class="notes"><ul>' + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul></td>"
+
+
 def _evidence_row(row: pd.Series, slug: str) -> str:
     strength = _float(row.get("evidence_strength"))
     schools = _int(row.get("schools"))
@@ -300,7 +326,7 @@ def _evidence_row(row: pd.Series, slug: str) -> str:
             f"{_data_value(row.get('pi_low'))} {_data_value(row.get('pi_high'))}".strip(), blank=blank),
         _td(f"{fsm} ({fsm_ci})" if fsm and fsm_ci else fsm, row.get("fsm_effect_size"),
             blank="not published" if suppressed else "too few pupils"),
-        _td(_e("; ".join(notes)), None, numeric=False, blank="none"),
+        _notes_td(notes),
     ]
     return f'<tr data-slug="{_e(slug)}">' + "".join(cells) + "</tr>"
 
@@ -454,7 +480,15 @@ def _trial_page(row: pd.Series, schools: pd.DataFrame, svg_alt: str, area: str,
     if not _is_blank(row.get("suppressed")) and str(row.get("suppressed")):
         summary.append(("Figures not published", str(row.get("suppressed"))))
     not_available = '<span class="blank">not available</span>'
-    items = "\n".join(f"<dt>{_e(k)}</dt><dd>{_e(v) if v else not_available}</dd>" for k, v in summary)
+
+    def value(key: str, text: str) -> str:
+        if not text:
+            return not_available
+        notes = _split_notes(text) if key == "Notes" else [text]
+        if len(notes) > 1:
+            return "<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>"
+        return _e(text)
+    items = "\n".join(f"<dt>{_e(k)}</dt><dd>{value(k, v)}</dd>" for k, v in summary)
     n = len(schools)
     body = f"""
 <p><a href="../index.html">All trials</a></p>
@@ -525,14 +559,20 @@ def _load_report_page(load_report: pd.DataFrame, area: str, data_date: str, run_
 
 # --- the whole publication ---------------------------------------------------------------------
 
+def _figures(frame: pd.DataFrame, counts: list[str], figures: list[str]) -> list[str]:
+    """The named figures plus any other numeric column except the counts: what small groups lose."""
+    return [c for c in frame.columns if c in figures or (
+        c not in counts and c != "school_urn" and pd.api.types.is_numeric_dtype(frame[c])
+        and not pd.api.types.is_bool_dtype(frame[c]))]
+
+
 def _prepare_evidence(evidence: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in EVIDENCE_COLUMNS if c not in evidence.columns]
     if missing:
         raise MicrotrialsError(f"the evidence table lacks columns {missing}: rebuild it with microtrials.evidence_table")
     frame = _drop_identifiers(evidence).copy()
     frame = frame.sort_values(["intervention", "outcome_measure"], kind="stable").reset_index(drop=True)
-    figures = [c for c in EVIDENCE_FIGURES if c in frame.columns]
-    return suppress_small_groups(frame, ["pupils_analysed"], figures)
+    return suppress_small_groups(frame, ["pupils_analysed"], _figures(frame, EVIDENCE_COUNTS, EVIDENCE_FIGURES))
 
 
 def _prepare_schools(schools: pd.DataFrame | None) -> pd.DataFrame:
@@ -545,7 +585,7 @@ def _prepare_schools(schools: pd.DataFrame | None) -> pd.DataFrame:
     frame = _drop_identifiers(schools).copy()
     frame["school_urn"] = frame["school_urn"].astype(str)
     frame = frame.sort_values("school_urn", kind="stable").reset_index(drop=True)
-    return suppress_small_groups(frame, ["n_intervention", "n_control"], SCHOOL_FIGURES)
+    return suppress_small_groups(frame, SCHOOL_COUNTS, _figures(frame, SCHOOL_COUNTS, SCHOOL_FIGURES))
 
 
 def build_site(
@@ -632,7 +672,10 @@ def make_server(folder: Path, port: int = 0, quiet: bool = True) -> ThreadingHTT
     if not folder.is_dir():
         raise MicrotrialsError(f"{folder} is not a folder: run `microtrials run` first, or pass --out")
     handler = type("Handler", (_Handler,), {"quiet": quiet})
-    return ThreadingHTTPServer(("127.0.0.1", port), functools.partial(handler, directory=str(folder)))
+    try:
+        return ThreadingHTTPServer(("127.0.0.1", port), functools.partial(handler, directory=str(folder)))
+    except OSError as exc:
+        raise MicrotrialsError(f"cannot serve on 127.0.0.1:{port} ({exc.strerror}): choose another --port") from exc
 
 
 def serve(folder: Path, port: int = 8000) -> None:
