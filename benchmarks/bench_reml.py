@@ -154,8 +154,8 @@ def main() -> None:
               "(child process; not counted)")
 
         con = warehouse.connect(workdir / "bench.duckdb")
-        timed("load: DuckDB read_csv glob -> pupils", lambda: con.execute(LOAD_SQL, {"glob": str(folder / "*.csv")}),
-              results)
+        glob = {"glob": str(folder / "*.csv")}
+        timed("load: DuckDB read_csv glob -> pupils", lambda: con.execute(LOAD_SQL, glob), results)
         stored = con.execute("SELECT count(*) FROM pupils").fetchone()[0]
         print(f"  stored {stored:,} pupil rows")
 

@@ -296,17 +296,66 @@ def multisite(draw) -> pd.DataFrame:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=multisite())
-def test_agrees_with_statsmodels_on_random_data(data):
+@given(data=multisite(), random_slope=st.sampled_from([False, False, True]))
+def test_agrees_with_statsmodels_on_random_data(data, random_slope):
+    """Ours is never below statsmodels' log-likelihood; at a shared optimum the coefficients agree."""
     assume(data["arm"].nunique() == 2 and len(data) > 10)
     stats = school_stats_from_frame(data, use_baseline=True)
-    ours = fit_reml(stats, ANCOVA)
-    theirs = fit_mixedlm(data, ANCOVA)
+    ours = fit_reml(stats, ANCOVA, random_slope=random_slope)
+    try:
+        theirs = fit_mixedlm(data, ANCOVA, random_slope=random_slope)
+    except RuntimeError:  # every statsmodels optimiser failed: nothing to compare
+        assume(False)
     scale = max(1.0, abs(theirs.loglik_reml))
     assert ours.loglik_reml >= theirs.loglik_reml - 1e-9 * scale
-    at_theirs = fit_at(stats, ANCOVA, _theta_of(theirs, False))
-    assert at_theirs.loglik_reml == pytest.approx(theirs.loglik_reml, rel=1e-9)
-    if ours.loglik_reml - theirs.loglik_reml < 1e-8 * scale and ours.n_groups >= 3:
-        # Same optimum: the estimates agree as closely as the flat likelihood allows.
+    if not random_slope:
+        at_theirs = fit_at(stats, ANCOVA, _theta_of(theirs, False))
+        assert at_theirs.loglik_reml == pytest.approx(theirs.loglik_reml, rel=1e-9)
+    same_optimum = ours.loglik_reml - theirs.loglik_reml < 1e-8 * scale
+    if same_optimum and ours.n_groups >= 3:
+        # The estimates agree as closely as the flatness of the likelihood allows.
+        rel = 1e-3 if random_slope else 1e-4
         for name, value in theirs.params.items():
-            assert ours.params[name] == pytest.approx(value, rel=1e-4, abs=1e-4 * theirs.bse[name])
+            assert ours.params[name] == pytest.approx(value, rel=rel, abs=rel * theirs.bse[name])
+
+
+# ---------------------------------------------------------------- internals and edge cases
+
+
+@pytest.mark.parametrize("random_slope", [False, True])
+def test_gradient_matches_finite_differences(coded, random_slope):
+    from microtrials.reml import _gradient, _problem, _profile
+
+    stats = school_stats_from_frame(_trial(coded, TRIALS[0]), use_baseline=True)
+    problem = _problem(stats, ANCOVA, random_slope)
+    theta = np.array([0.5, -0.2, 0.3]) if random_slope else np.array([0.7])
+    exact = _gradient(problem, theta, _profile(problem, theta))
+    for i in range(len(theta)):
+        up, down = theta.copy(), theta.copy()
+        up[i] += 1e-5
+        down[i] -= 1e-5
+        numeric = (_profile(problem, up).deviance - _profile(problem, down).deviance) / 2e-5
+        assert exact[i] == pytest.approx(numeric, rel=1e-5, abs=1e-5)
+
+
+def test_identical_schools_give_a_singular_fit():
+    """Every school holds the same pupils, so the school variance estimate is exactly 0 (boundary)."""
+    one = pd.DataFrame({"arm": [0, 1, 0, 1, 1, 0], "outcome": [10.0, 13.0, 8.0, 15.0, 11.0, 9.0]})
+    data = pd.concat([one.assign(school_urn=f"10000{k}") for k in range(5)], ignore_index=True)
+    data["baseline"] = np.nan
+    data["fsm"] = np.nan
+    fit = fit_reml(school_stats_from_frame(data, use_baseline=False), [ARM])
+    assert fit.singular and fit.var_school == 0.0
+    assert fit.params[ARM] == pytest.approx(13.0 - 9.0)
+    np.testing.assert_allclose(fit.blups["intercept"], 0.0)
+    theirs = fit_mixedlm(data, [ARM])
+    assert fit.loglik_reml >= theirs.loglik_reml - 1e-9
+    assert fit.params[ARM] == pytest.approx(theirs.params[ARM], rel=1e-6)
+
+
+@pytest.mark.parametrize("trial", TRIALS)
+def test_random_slope_fits_at_least_as_well_as_random_intercept(coded, trial):
+    stats = school_stats_from_frame(_trial(coded, trial), use_baseline=True)
+    nested = fit_reml(stats, ANCOVA)
+    wider = fit_reml(stats, ANCOVA, random_slope=True)
+    assert wider.loglik_reml >= nested.loglik_reml - 1e-9

@@ -20,7 +20,8 @@ _SQL_NAMES = ("one", "arm", "baseline", "fsm", "armfsm", "y")  # suffixes of the
 
 # lme4's isSingular(): a relative-covariance Cholesky diagonal below this is on the boundary.
 SINGULAR_TOL = 1e-4
-_LOG_2PI = float(np.log(2.0 * np.pi))
+# Converged when the Newton step H^-1 g in theta is below this (lme4's checkConv uses 0.002).
+NEWTON_TOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -245,19 +246,23 @@ def _optimise_intercept(deviance: Callable[[np.ndarray], float]) -> tuple[np.nda
     i = int(np.argmin(values))
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
     res = optimize.minimize_scalar(
-        lambda t: deviance(np.array([t])), bounds=(lo, hi), method="bounded", options={"xatol": 1e-12 * max(hi, 1.0)}
+        lambda t: deviance(np.array([t])),
+        bounds=(lo, hi),
+        method="bounded",
+        options={"xatol": 1e-12 * max(hi, 1.0)},
     )
     best = np.array([float(res.x)])
-    if values[0] <= res.fun:  # the boundary itself (t0 = 0) can beat every interior point
+    if values[0] <= res.fun + 1e-12 * abs(res.fun):  # the boundary t0 = 0 is as good (to rounding)
         best = np.array([0.0])
-    return best, bool(res.success) and np.isfinite(min(values[0], res.fun))
+    at_grid_end = i == len(grid) - 1  # school SD over 100 x the pupil SD: not a trustworthy optimum
+    return best, bool(res.success) and np.isfinite(min(values[0], res.fun)) and not at_grid_end
 
 
 def _optimise_slope(problem: _Problem, theta0: float) -> tuple[np.ndarray, bool]:
     """Minimise over (t0, t1, t2) with t0, t2 >= 0 by L-BFGS-B with the exact gradient.
 
     Starts from lme4's (1, 0, 1) and from the random-intercept optimum (t0, 0, 0.1); keeps the
-    better. Converged when the projected gradient there is below 1e-3 (deviance units).
+    better. Converged when the Newton step there is below ``NEWTON_TOL`` (see ``_newton_step``).
     """
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -266,17 +271,64 @@ def _optimise_slope(problem: _Problem, theta0: float) -> tuple[np.ndarray, bool]
             return np.inf, np.zeros(3)
         return prof.deviance, _gradient(problem, theta, prof)
 
-    bounds = [(0.0, None), (None, None), (0.0, None)]
-    best = None
-    for start in ([1.0, 0.0, 1.0], [max(theta0, 0.1), 0.0, 0.1]):
-        res = optimize.minimize(objective, np.array(start), jac=True, method="L-BFGS-B", bounds=bounds,
-                                options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 1000})
-        if best is None or res.fun < best.fun:
-            best = res
+    def run(start: list[float]) -> optimize.OptimizeResult:
+        return optimize.minimize(objective, np.asarray(start, dtype=float), jac=True, method="L-BFGS-B",
+                                 bounds=_SLOPE_BOUNDS, options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 1000})
+
+    best = min((run(start) for start in ([1.0, 0.0, 1.0], [max(theta0, 0.1), 0.0, 0.1])), key=lambda r: r.fun)
     theta = np.asarray(best.x, dtype=float)
+    if theta[0] == 0.0 or theta[2] == 0.0:
+        theta = _escape_boundary(run, theta, float(best.fun))
+    return theta, bool(np.isfinite(best.fun)) and _newton_step(objective, theta) < NEWTON_TOL
+
+
+_SLOPE_BOUNDS = [(0.0, np.inf), (-np.inf, np.inf), (0.0, np.inf)]
+
+
+def _escape_boundary(
+    run: Callable[[list[float]], optimize.OptimizeResult],
+    theta: np.ndarray,
+    value: float,
+) -> np.ndarray:
+    """A singular optimum (t0 or t2 = 0) found by L-BFGS-B: restart just off the bound(s).
+
+    Near the boundary the Cholesky parametrisation is ill-conditioned (at t0 = 0 only t1^2 + t2^2
+    matters, so +t1 and -t1 are the same point there but lead off the bound in opposite
+    directions), so gradient steps can stall there; keep whichever point has the lowest deviance.
+    """
+    step = 0.1 * max(float(np.max(np.abs(theta))), 0.1)
+    t0, t1, t2 = theta
+    starts = [[step, t1, t2], [step, -t1, t2], [t0, t1, step], [step, t1, step], [step, -t1, step]]
+    for start in starts:
+        res = run(start)
+        if res.fun < value:
+            theta, value = np.asarray(res.x, dtype=float), float(res.fun)
+    return theta
+
+
+def _newton_step(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], theta: np.ndarray) -> float:
+    """lme4's convergence check: max |H^-1 g| over the free parameters at theta.
+
+    g is the exact gradient, H its central difference; a parameter at its bound (t0 or t2 = 0)
+    with the gradient pushing outwards is not free.
+    """
     grad = objective(theta)[1]
-    outward = (theta == 0.0) & (grad > 0) & np.array([True, False, True])  # pushing against a bound
-    return theta, bool(np.isfinite(best.fun)) and float(np.max(np.abs(grad[~outward]), initial=0.0)) < 1e-3
+    at_bound = (theta == 0.0) & (grad > 0) & np.array([True, False, True])
+    free = np.flatnonzero(~at_bound)
+    if free.size == 0:
+        return 0.0
+    hess = np.empty((len(theta), len(theta)))
+    for i in range(len(theta)):
+        h = 1e-5 * max(abs(theta[i]), 1e-2)
+        up, down = theta.copy(), theta.copy()
+        up[i] += h
+        down[i] = down[i] - h if (i == 1 or down[i] - h >= 0) else 0.0
+        hess[:, i] = (objective(up)[1] - objective(down)[1]) / (up[i] - down[i])
+    sub = 0.5 * (hess + hess.T)[np.ix_(free, free)]
+    try:
+        return float(np.max(np.abs(np.linalg.solve(sub, grad[free]))))
+    except np.linalg.LinAlgError:
+        return np.inf
 
 
 def _problem(stats: SchoolStats, covariates: list[str], random_slope: bool) -> _Problem:
@@ -285,9 +337,9 @@ def _problem(stats: SchoolStats, covariates: list[str], random_slope: bool) -> _
     if unknown:
         raise MicrotrialsError(f"unknown covariate(s) {unknown}: use {list(DESIGN_COLUMNS[1:])}")
     if BASELINE in covariates and not stats.use_baseline:
-        raise MicrotrialsError("baseline requested but the statistics were built with use_baseline=False")
+        raise MicrotrialsError("baseline requested: build the statistics with school_stats(..., use_baseline=True)")
     if {FSM, ARM_FSM} & set(covariates) and not stats.fsm_known:
-        raise MicrotrialsError("fsm requested but the statistics were built without need_fsm=True")
+        raise MicrotrialsError("fsm requested: build the statistics with school_stats(..., need_fsm=True)")
     names = [INTERCEPT, *covariates]
     XtX, Xty = stats.select(names)
     z = [INTERCEPT, ARM] if random_slope else [INTERCEPT]
