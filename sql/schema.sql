@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     rows_loaded      INTEGER NOT NULL,
     rows_quarantined INTEGER NOT NULL,
     columns_dropped  VARCHAR,
-    status           VARCHAR NOT NULL,  -- 'loaded' | 'rejected' | 'unchanged'
+    status           VARCHAR NOT NULL,  -- 'loaded' | 'rejected' (an unchanged re-load adds no row)
     reason           VARCHAR,
     loaded_at        TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
@@ -49,4 +49,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
 -- trial replaces that trial's quarantine rows too. (ALTER ... IF NOT EXISTS upgrades older files.)
 ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS intervention VARCHAR;
 ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS outcome_measure VARCHAR;
-ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS rule VARCHAR;
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS rule VARCHAR;  -- short rule name, as in the load report
+-- The file's load report as JSON (no pupil identifiers), so an unchanged file is reported without re-reading it.
+ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS report_json VARCHAR;

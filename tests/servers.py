@@ -39,7 +39,8 @@ def free_port() -> int:
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str,
                interval: float = 0.5, alive: Callable[[], None] | None = None) -> object:
-    """Poll ``predicate`` until it returns something truthy; ``alive`` may raise to stop early.
+    """Poll ``predicate`` until it returns something truthy; ``alive`` may raise to stop early,
+    and so may the predicate, by raising AssertionError (other exceptions mean "not yet").
 
     Raises TimeoutError naming ``what`` (with the predicate's last exception, if any).
     """
@@ -52,6 +53,8 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str,
             value = predicate()
             if value:
                 return value
+        except AssertionError:
+            raise  # the predicate saw something that will not get better (a failed run)
         except Exception as exc:  # noqa: BLE001 - the server may not answer yet
             last_error = exc
         if time.monotonic() >= deadline:
@@ -127,6 +130,9 @@ class ProcessGroup:
         for item in self.started:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 item.popen.wait(timeout=10)
+        settle = time.monotonic() + 10  # a SIGKILLed orphan takes a moment to leave /proc
+        while self.leftovers() and time.monotonic() < settle:
+            time.sleep(0.1)
         return killed
 
 
@@ -191,6 +197,16 @@ def postgres_bindir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
+# postgres_db setting -> the environment variable README "Shared deployment (PostgreSQL)" reads it from.
+POSTGRES_ENV = {
+    "username": "DAGSTER_POSTGRES_USER",
+    "password": "DAGSTER_POSTGRES_PASSWORD",
+    "hostname": "DAGSTER_POSTGRES_HOST",
+    "db_name": "DAGSTER_POSTGRES_DB",
+    "port": "DAGSTER_POSTGRES_PORT",
+}
+
+
 @dataclass
 class Postgres:
     """A running throwaway cluster: connect with these settings."""
@@ -204,13 +220,9 @@ class Postgres:
 
     def env(self) -> dict[str, str]:
         """The variables the documented dagster.yaml block reads (README "Shared deployment")."""
-        return {
-            "DAGSTER_POSTGRES_USER": self.username,
-            "DAGSTER_POSTGRES_PASSWORD": self.password,
-            "DAGSTER_POSTGRES_HOST": self.host,
-            "DAGSTER_POSTGRES_DB": self.db_name,
-            "DAGSTER_POSTGRES_PORT": str(self.port),
-        }
+        values = {"username": self.username, "password": self.password, "hostname": self.host,
+                  "db_name": self.db_name, "port": str(self.port)}
+        return {POSTGRES_ENV[key]: value for key, value in values.items()}
 
     def connect(self):
         import psycopg2

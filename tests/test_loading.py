@@ -7,6 +7,7 @@ import hmac
 import multiprocessing
 import time
 
+import duckdb
 import pandas as pd
 import pytest
 
@@ -137,13 +138,31 @@ def test_a_redelivery_replaces_only_that_schools_trials_in_the_file(con, write_e
 
 
 def test_a_redelivery_with_the_same_name_and_new_content_replaces(con, write_extract):
-    path = write_extract("111601.csv", pupil_rows(3))
+    rows = pupil_rows(3)
+    rows[2][COLUMN["arm"]] = "?"
+    path = write_extract("111601.csv", rows)
     load_file(con, path, KEY)
+    assert table(con, "quarantine")["line"].tolist() == [4]
     write_extract("111601.csv", pupil_rows(2, start=10))
     report = load_file(con, path, KEY)
     assert report.status == "loaded"
     assert sorted(table(con, "pupils")["pupil_key"]) == sorted(key_of(f"P111601-{i}") for i in (10, 11))
+    assert table(con, "quarantine").empty  # the corrected file's quarantine replaces the old one
     assert table(con, "deliveries")["status"].tolist() == ["loaded", "loaded"]
+
+
+def test_a_file_without_a_valid_urn_quarantines_every_row_and_a_fix_replaces_them(con, write_extract):
+    load_file(con, write_extract("111602.csv", pupil_rows(2, urn="111602")), KEY)
+    path = write_extract("school.csv", pupil_rows(2, urn="11601"))
+    report = load_file(con, path, KEY)
+    assert (report.status, report.school_urn, report.rows_loaded, report.rows_quarantined) == ("loaded", None, 0, 2)
+    assert table(con, "quarantine")[["line", "school_urn", "column_name"]].values.tolist() == [
+        [2, None, "school_urn"], [3, None, "school_urn"],
+    ]
+    write_extract("school.csv", pupil_rows(2, urn="111601"))
+    assert load_file(con, path, KEY).rows_loaded == 2
+    assert table(con, "quarantine").empty
+    assert table(con, "pupils")["school_urn"].value_counts().to_dict() == {"111601": 2, "111602": 2}
 
 
 def test_columns_outside_the_contract_and_raw_pupil_ids_are_never_stored(con, write_extract):
@@ -182,7 +201,7 @@ def test_a_failure_inside_the_write_rolls_everything_back(con, write_extract, mo
         return "SELECT no_such_column FROM deliveries" if name == "load_delivery" else real_sql(name)
 
     monkeypatch.setattr(warehouse, "sql", broken)
-    with pytest.raises(Exception):
+    with pytest.raises(duckdb.BinderException, match="no_such_column"):
         load_file(con, write_extract("111601_v2.csv", pupil_rows(2, start=20)), KEY)
     monkeypatch.setattr(warehouse, "sql", real_sql)
     after = snapshot(con) | {"deliveries": table(con, "deliveries")}
@@ -300,7 +319,6 @@ import csv  # noqa: E402
 import io  # noqa: E402
 import re  # noqa: E402
 
-import duckdb  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -371,3 +389,18 @@ def test_random_messy_files_never_crash_or_lose_a_good_row(tmp_path, case):
             assert report.rows_loaded == len(keys)
     finally:
         con.close()
+
+
+def test_an_older_file_left_in_the_folder_does_not_undo_a_newer_one(con, write_extract):
+    write_extract("111601_a.csv", pupil_rows(3))
+    folder = write_extract("111601_b.csv", pupil_rows(2, start=50)).parent
+    first = load_folder(con, folder, KEY)
+    assert [r.status for r in first] == ["loaded", "loaded"]
+    before = snapshot(con) | {"deliveries": table(con, "deliveries")}
+    assert sorted(before["pupils"]["source_file"]) == ["111601_b.csv", "111601_b.csv"]
+    again = load_folder(con, folder, KEY)
+    assert [r.status for r in again] == ["unchanged", "unchanged"]
+    assert again[0].rows_loaded == 3 and again[0].trials == [("Reading", "NGRT")]  # its stored report
+    after = snapshot(con) | {"deliveries": table(con, "deliveries")}
+    for name in before:
+        pd.testing.assert_frame_equal(before[name], after[name])

@@ -1,35 +1,40 @@
 """`microtrials run` on an instance whose run/event/schedule storage is PostgreSQL.
 
 Uses Debian's PostgreSQL server (scripts/install.sh installs it when root); skips when absent.
-The dagster.yaml is the repository's with the README's "Shared deployment" storage block.
+The dagster.yaml is the repository's with the storage block README "Shared deployment
+(PostgreSQL)" documents, read from the README itself.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import SHARED
-from tests.servers import VENV_BIN, postgres_bindir, postgres_server, write_instance_yaml
+from tests.servers import POSTGRES_ENV, REPO_ROOT, VENV_BIN, postgres_bindir, postgres_server, write_instance_yaml
 
-# The block README "Shared deployment (PostgreSQL)" documents, values from the environment.
-POSTGRES_STORAGE = {
-    "postgres": {
-        "postgres_db": {
-            "username": {"env": "DAGSTER_POSTGRES_USER"},
-            "password": {"env": "DAGSTER_POSTGRES_PASSWORD"},
-            "hostname": {"env": "DAGSTER_POSTGRES_HOST"},
-            "db_name": {"env": "DAGSTER_POSTGRES_DB"},
-            "port": {"env": "DAGSTER_POSTGRES_PORT"},
-            # SQLAlchemy 2.1 maps plain "postgresql" to psycopg 3; dagster-postgres ships psycopg2.
-            "scheme": "postgresql+psycopg2",
-        }
+
+def readme_storage_block() -> dict:
+    """The `storage:` block README "Shared deployment (PostgreSQL)" tells a deployment to use."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Shared deployment (PostgreSQL)", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1)
+    return yaml.safe_load(block)["storage"]
+
+
+def test_readme_block_reads_every_setting_from_the_environment():
+    db = readme_storage_block()["postgres"]["postgres_db"]
+    assert {key: value for key, value in db.items() if key != "scheme"} == {
+        key: {"env": variable} for key, variable in POSTGRES_ENV.items()
     }
-}
+    # SQLAlchemy 2.1 maps plain "postgresql" to psycopg 3; dagster-postgres ships psycopg2.
+    assert db["scheme"] == "postgresql+psycopg2"
 
 
 @pytest.fixture
@@ -47,7 +52,7 @@ def postgres():
 @pytest.mark.slow
 def test_microtrials_run_records_in_postgres(tmp_path: Path, postgres, monkeypatch):
     home = tmp_path / "dagster_home"
-    write_instance_yaml(home, storage=POSTGRES_STORAGE)
+    write_instance_yaml(home, storage=readme_storage_block())
     extracts = tmp_path / "extracts"
     shutil.copytree(SHARED / "reference" / "extracts", extracts)
     out, db = tmp_path / "published", tmp_path / "warehouse.duckdb"

@@ -48,3 +48,8 @@ def test_an_empty_key_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("MICROTRIALS_PUPIL_KEY", "  ")
     with pytest.raises(MicrotrialsError, match="MICROTRIALS_PUPIL_KEY is set but empty"):
         pupil_key_from_env(tmp_path, tmp_path)
+
+
+def test_missing_ids_stay_missing_and_numbers_hash_as_text():
+    keys = pseudonymise(pd.Series(["7", None, 7]), b"k")
+    assert keys[0] == keys[2] and pd.isna(keys[1])

@@ -35,14 +35,17 @@ def main(argv: list[str] | None = None) -> int:
 def use_instance_environment() -> None:
     """Point Dagster at the repository's dagster.yaml unless DAGSTER_HOME is already set.
 
-    The yaml's storage paths are relative to the repository root, so work from there.
+    The yaml's storage paths are relative, so work from the instance folder (DAGSTER_HOME): the
+    repository root by default, where they mean ``data/dagster/``.
     """
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT))
-    os.chdir(REPO_ROOT)
+    os.chdir(os.environ["DAGSTER_HOME"])
 
 
 def run_pipeline(extracts: Path, out: Path, db: Path) -> int:
-    """Materialise every asset in one Dagster run on the persistent instance."""
+    """Register a school partition for every extract file, then load them all and refresh the trial
+    results and the evidence table in one Dagster run (job ``load_and_refresh``) on the persistent
+    instance. With no school registered at all, only the refresh runs (job ``refresh``)."""
     extracts, out, db = extracts.resolve(), out.resolve(), db.resolve()
     os.environ["MICROTRIALS_EXTRACTS"] = str(extracts)
     os.environ["MICROTRIALS_OUT"] = str(out)
@@ -61,28 +64,63 @@ def run_pipeline(extracts: Path, out: Path, db: Path) -> int:
         return 2
 
     import dagster as dg
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-    from pipelines.definitions import ALL_ASSETS
-    from pipelines.resources import default_resources
+    from pipelines.definitions import defs
+    from pipelines.partitions import SCHOOLS, files_by_school
 
-    instance = dg.DagsterInstance.get()
-    result = dg.materialize(ALL_ASSETS, instance=instance, resources=default_resources(), raise_on_error=False)
+    try:
+        instance = dg.DagsterInstance.get()
+        schools = sorted(files_by_school(extracts))
+        registered = set(instance.get_dynamic_partitions(SCHOOLS))
+        new = [key for key in schools if key not in registered]
+        if new:
+            instance.add_dynamic_partitions(SCHOOLS, new)
+        # Every registered school, in partition order: a school whose file has gone loads nothing
+        # and keeps its rows (README "For officers").
+        every = list(instance.get_dynamic_partitions(SCHOOLS))
+        if every:
+            job = defs.resolve_job_def("load_and_refresh")
+            tags = {ASSET_PARTITION_RANGE_START_TAG: every[0], ASSET_PARTITION_RANGE_END_TAG: every[-1]}
+        else:
+            job, tags = defs.resolve_job_def("refresh"), {}
+        result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+    except MicrotrialsError as exc:
+        print(f"microtrials run failed: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     if not result.success:
         print(f"microtrials run failed: {_failure_reason(result)}", file=sys.stderr)
         return 1
-    print(f"evidence table written to {out / 'evidence_table.csv'} (Dagster run {result.run_id})")
+    print(f"evidence table written to {out / 'evidence_table.csv'} (Dagster run {result.run_id}, "
+          f"{len(files_by_school(extracts))} school partition(s) loaded)")
     return 0
 
 
 def _failure_reason(result) -> str:
-    """The first step failure's message, on one line."""
+    """The first failure's message, on one line: a step's error, else a failed blocking check."""
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data.error is not None:
             error = event.step_failure_data.error
             while error.cause is not None and "MicrotrialsError" not in error.cls_name:
                 error = error.cause
-            return f"{event.step_key}: " + " ".join(error.message.split())
-    return "the run did not succeed (see the Dagster UI)"
+            message = " ".join(error.message.split())
+            failed = _failed_checks(result)
+            return f"{event.step_key}: {message}" + (f" ({failed})" if failed else "")
+    failed = _failed_checks(result)
+    return failed or "the run did not succeed (see the Dagster UI)"
+
+
+def _failed_checks(result) -> str:
+    """Failed ERROR-severity checks of the run as 'asset:check: description; ...'."""
+    failed = []
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            if not evaluation.passed and evaluation.severity.value == "ERROR":
+                key = evaluation.asset_check_key
+                text = evaluation.description or "failed"
+                failed.append(f"check {key.asset_key.to_user_string()}:{key.name} {text}")
+    return "; ".join(failed)
 
 
 def start_ui(port: int) -> int:

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +33,8 @@ YEAR_GROUPS = range(0, 14)  # National Curriculum years; Reception is 0
 SAVE_AS_CSV = "in Excel use File > Save As > 'CSV UTF-8 (Comma delimited) (*.csv)' and send the file again"
 
 # A plain decimal number: 85, -3.5, .5, 1e3. Nothing else (no '1,5', no thousands separators).
-_NUMBER = r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$"
-_URN = r"^\d{6}$"
-_WHOLE = r"^\d+$"
+_NUMBER = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
+_URN = r"^[0-9]{6}$"
 _SHOWN_VALUE_CHARS = 40
 
 
@@ -46,55 +46,42 @@ class ExtractRejected(MicrotrialsError):
 class Extract:
     """A delivered file read into text columns (trimmed), before any rule is checked.
 
-    ``rows`` holds one column per contract column present (all ``str``) and ``line``: the line a
-    spreadsheet shows for the row. Blank rows are left out. ``format_errors`` are rows that could
-    not be split into the header's columns (quarantined, not loaded).
+    ``rows`` holds one string column per contract column present and ``line``: the line a
+    spreadsheet shows for the row. Blank rows are left out. ``format_errors`` holds rows that could
+    not be split into the header's columns, as quarantine entries (they are never loaded).
     """
 
     file_name: str
     delivery_id: str
-    rows: pd.DataFrame
+    rows: pa.Table
     columns_dropped: list[str]
-    format_errors: pd.DataFrame = field(default_factory=lambda: _empty_quarantine())
+    format_errors: pa.Table = field(default_factory=lambda: QUARANTINE_SCHEMA.empty_table())
 
 
 @dataclass
 class ValidatedExtract:
-    """The rows that keep every rule (typed) and one quarantine entry per broken rule per row."""
+    """The rows that keep every rule (typed, ``GOOD_SCHEMA``) and one quarantine entry per
+    broken rule per row (``QUARANTINE_SCHEMA``)."""
 
     file_name: str
     delivery_id: str
     school_urn: str | None
     trials: list[tuple[str, str]]
     rows_read: int
-    good: pd.DataFrame
-    quarantine: pd.DataFrame  # line, school_urn, intervention, outcome_measure, column_name, rule, reason
+    good: pa.Table
+    quarantine: pa.Table
     columns_dropped: list[str]
 
     @property
     def rows_quarantined(self) -> int:
-        return int(self.quarantine["line"].nunique())
+        return pc.count_distinct(self.quarantine.column("line")).as_py() if self.quarantine.num_rows else 0
 
     def quarantined_by_reason(self) -> dict[str, int]:
         """Rows per broken rule (a row breaking two rules counts under both)."""
-        if self.quarantine.empty:
+        if not self.quarantine.num_rows:
             return {}
-        counts = self.quarantine.drop_duplicates(["line", "rule"])["rule"].value_counts()
-        return {str(rule): int(n) for rule, n in counts.sort_index().items()}
-
-
-def _empty_quarantine() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "line": pd.Series([], dtype="int64"),
-            "school_urn": pd.Series([], dtype=object),
-            "intervention": pd.Series([], dtype=object),
-            "outcome_measure": pd.Series([], dtype=object),
-            "column_name": pd.Series([], dtype=object),
-            "rule": pd.Series([], dtype=object),
-            "reason": pd.Series([], dtype=object),
-        }
-    )
+        pairs = set(zip(self.quarantine.column("rule").to_pylist(), self.quarantine.column("line").to_pylist()))
+        return dict(sorted(Counter(rule for rule, _ in pairs).items()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,14 +93,18 @@ def normalise_header(name: str) -> str:
     return re.sub(r"[\s\-]+", "_", name.strip().lstrip("\ufeff").strip()).lower()
 
 
-def read_extract(path: Path) -> Extract:
-    """Read one delivered file into trimmed text columns, or raise :class:`ExtractRejected`."""
+def read_extract(path: Path, data: bytes | None = None) -> Extract:
+    """Read one delivered file (or its bytes, already read) into trimmed text columns, or raise
+    :class:`ExtractRejected`."""
     path = Path(path)
     name = path.name
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ExtractRejected(f"{name}: could not be opened ({exc.strerror}); check the file is readable") from exc
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ExtractRejected(
+                f"{name}: could not be opened ({exc.strerror}); check the file is readable"
+            ) from exc
     delivery_id = hashlib.sha256(data).hexdigest()
     text = _decode(name, data)
     if not text.strip():
@@ -124,11 +115,11 @@ def read_extract(path: Path) -> Extract:
     # Keep only contract columns: anything else may hold personal data and never goes further.
     kept = {column: records.column(index) for column, index in positions.items()}
     lines = records.column("line")
-    table = pa.table({**{c: pc.utf8_trim_whitespace(a) for c, a in kept.items()}, "line": lines})
-    rows = table.to_pandas()
-    if rows.empty and format_errors.empty:
+    rows = pa.table({**{c: pc.utf8_trim_whitespace(a) for c, a in kept.items()}, "line": lines})
+    if rows.num_rows == 0 and format_errors.num_rows == 0:
         raise ExtractRejected(
-            f"{name}: the file has a header row but no pupil rows; send the file with one row per pupil per intervention"
+            f"{name}: the file has a header row but no pupil rows; "
+            "send the file with one row per pupil per intervention"
         )
     return Extract(name, delivery_id, rows, dropped, format_errors)
 
@@ -206,7 +197,7 @@ def _match_columns(name: str, header: list[str], text: str) -> tuple[dict[str, i
     return positions, dropped
 
 
-def _parse_records(name: str, text: str, width: int) -> tuple[pa.Table, pd.DataFrame]:
+def _parse_records(name: str, text: str, width: int) -> tuple[pa.Table, pa.Table]:
     """Data records as string columns ``f0..`` plus ``line``; rows of the wrong width separately.
 
     Fast path: pyarrow's reader. When a row has the wrong number of values, the file is parsed
@@ -239,10 +230,10 @@ def _parse_records(name: str, text: str, width: int) -> tuple[pa.Table, pd.DataF
         return _parse_records_slowly(name, text, width)
     table = table.slice(1)  # the header
     table = table.append_column("line", pa.array(np.arange(2, table.num_rows + 2, dtype=np.int64)))
-    return _drop_blank(table, columns), _empty_quarantine()
+    return _drop_blank(table, columns), QUARANTINE_SCHEMA.empty_table()
 
 
-def _parse_records_slowly(name: str, text: str, width: int) -> tuple[pa.Table, pd.DataFrame]:
+def _parse_records_slowly(name: str, text: str, width: int) -> tuple[pa.Table, pa.Table]:
     """The csv module's reading, keeping rows of the wrong width as quarantine entries."""
     try:
         records = list(csv.reader(io.StringIO(text, newline=""), strict=True))
@@ -264,23 +255,26 @@ def _parse_records_slowly(name: str, text: str, width: int) -> tuple[pa.Table, p
         {c: pa.array([r[i] for r in good], type=pa.string()) for i, c in enumerate(columns)}
         | {"line": pa.array(good_lines, type=pa.int64())}
     )
-    errors = _empty_quarantine()
-    if bad_lines:
-        errors = pd.DataFrame(
-            {
-                "line": pd.Series(bad_lines, dtype="int64"),
-                "school_urn": None,
-                "intervention": None,
-                "outcome_measure": None,
-                "column_name": None,
-                "rule": "wrong number of values",
-                "reason": [
+    count = len(bad_lines)
+    errors = pa.table(
+        {
+            "line": pa.array(bad_lines, type=pa.int64()),
+            "school_urn": pa.nulls(count, pa.string()),
+            "intervention": pa.nulls(count, pa.string()),
+            "outcome_measure": pa.nulls(count, pa.string()),
+            "column_name": pa.nulls(count, pa.string()),
+            "rule": pa.array(["wrong number of values"] * count, type=pa.string()),
+            "reason": pa.array(
+                [
                     f"the row has {n} values but the header has {width} columns; check for a missing or "
                     "extra comma (a value containing a comma must be in double quotes)"
                     for n in bad_widths
                 ],
-            }
-        )
+                type=pa.string(),
+            ),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
     return _drop_blank(table, columns), errors
 
 
@@ -296,202 +290,307 @@ def _drop_blank(table: pa.Table, columns: list[str]) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------------------------
-# Validating
+# Validating (pyarrow compute over the whole file; reasons are built only for the rows flagged)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("line", pa.int64()),
+        ("school_urn", pa.string()),
+        ("intervention", pa.string()),
+        ("outcome_measure", pa.string()),
+        ("column_name", pa.string()),
+        ("rule", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+GOOD_SCHEMA = pa.schema(
+    [
+        ("school_urn", pa.string()),
+        ("pupil_id", pa.string()),
+        ("intervention", pa.string()),
+        ("outcome_measure", pa.string()),
+        ("arm", pa.string()),
+        ("outcome", pa.float64()),
+        ("baseline", pa.float64()),
+        ("fsm", pa.bool_()),
+        ("gender", pa.string()),
+        ("year_group", pa.int32()),
+        ("send", pa.bool_()),
+        ("line", pa.int64()),
+    ]
+)
+
+
+def school_of(path: Path) -> str | None:
+    """The one school a delivered file is for: its single valid URN; None when the file is
+    rejected, holds several schools, or has no valid URN. (For grouping files by school.)"""
+    try:
+        return validate(read_extract(path)).school_urn
+    except ExtractRejected:
+        return None
 
 
 def validate(extract: Extract) -> ValidatedExtract:
-    """Check every row against the contract's rules; raise :class:`ExtractRejected` for a file
-    holding several schools (the contract is one file per school per delivery)."""
-    rows = extract.rows.reset_index(drop=True)
-    for column in OPTIONAL_COLUMNS:
-        if column not in rows:
-            rows[column] = ""
-    rows = rows.astype({c: "str" for c in CONTRACT_COLUMNS})
-    n = len(rows)
-    entries: list[pd.DataFrame] = [extract.format_errors] if not extract.format_errors.empty else []
+    """Check every row against the contract's rules.
 
-    def shown(values: pd.Series) -> pd.Series:
-        """A bad value as it may appear in a reason: short, one line, and never a pupil_id."""
-        text = values.str.replace(r"[\r\n\t]+", " ", regex=True)
-        long = text.str.len() > _SHOWN_VALUE_CHARS
-        text = text.where(~long, text.str.slice(0, _SHOWN_VALUE_CHARS) + "...")
-        secret = values.isin(rows["pupil_id"]) & (values != "")
-        return ("'" + text + "'").where(~secret, "a pupil_id value (are the columns in the wrong order?)")
+    Raises :class:`ExtractRejected` for a file holding rows for several schools: the contract is
+    one file per school per delivery, and a re-delivery replaces by school.
+    """
+    rows = extract.rows
+    n = rows.num_rows
+    blank = pa.array([""] * n, type=pa.string())
+    col = {c: (rows.column(c).combine_chunks() if c in rows.column_names else blank) for c in CONTRACT_COLUMNS}
+    line = rows.column("line").combine_chunks()
+    empty = {c: pc.equal(pc.utf8_length(v), 0) for c, v in col.items()}
+    pupil_ids = pc.unique(col["pupil_id"])
+    entries: list[pa.Table] = [extract.format_errors] if extract.format_errors.num_rows else []
 
-    def flag(mask: pd.Series, column: str | None, rule: str, reason) -> None:
-        """Quarantine the rows in ``mask``; ``reason`` is text or a function giving the reasons."""
-        mask = mask.fillna(False).astype(bool)
-        if not mask.any():
+    def flag(mask, column: str, rule: str, reason) -> None:
+        """Quarantine the rows in ``mask``; ``reason(take)`` gives their reasons (text or array)."""
+        mask = pc.fill_null(mask, False)
+        if not pc.any(mask).as_py():
             return
-        if callable(reason):
-            reason = reason()
-        hit = rows[mask]
+        take = pc.indices_nonzero(mask)
+        count = len(take)
+        text = reason(take) if callable(reason) else reason
+        if isinstance(text, str):
+            text = pa.array([text] * count, type=pa.string())
         entries.append(
-            pd.DataFrame(
+            pa.table(
                 {
-                    "line": hit["line"].astype("int64"),
-                    "school_urn": None,
-                    "intervention": hit["intervention"],
-                    "outcome_measure": hit["outcome_measure"],
-                    "column_name": column,
-                    "rule": rule,
-                    "reason": reason[mask] if isinstance(reason, pd.Series) else reason,
-                }
+                    "line": line.take(take),
+                    "school_urn": pa.nulls(count, pa.string()),
+                    "intervention": col["intervention"].take(take),
+                    "outcome_measure": col["outcome_measure"].take(take),
+                    "column_name": pa.array([column] * count, type=pa.string()),
+                    "rule": pa.array([rule] * count, type=pa.string()),
+                    "reason": text,
+                },
+                schema=QUARANTINE_SCHEMA,
             )
         )
 
-    urn = rows["school_urn"]
-    bad_urn = ~urn.str.fullmatch(_URN)
+    def shown(column: str, take) -> pa.Array:
+        """Bad values as a reason may quote them: short, one line, and never a pupil_id."""
+        values = col[column].take(take)
+        text = pc.replace_substring_regex(values, r"[\r\n\t]+", " ")
+        long = pc.greater(pc.utf8_length(text), _SHOWN_VALUE_CHARS)
+        text = pc.if_else(long, _join(pc.utf8_slice_codeunits(text, 0, _SHOWN_VALUE_CHARS), "..."), text)
+        secret = pc.and_(pc.is_in(values, value_set=pupil_ids), pc.invert(empty[column].take(take)))
+        return pc.if_else(secret, "a pupil_id value (are the columns in the wrong order?)", _join("'", text, "'"))
+
+    # school_urn: 6 digits, kept as text
+    urn = col["school_urn"]
+    urn_ok = pc.match_substring_regex(urn, _URN)
     flag(
-        bad_urn & (urn == ""),
+        empty["school_urn"],
         "school_urn",
         "school_urn missing",
         "school_urn is empty; fill in the school's 6-digit URN",
     )
-    short = urn.str.fullmatch(r"\d{1,5}")
     flag(
-        bad_urn & (urn != ""),
+        pc.and_(pc.invert(urn_ok), pc.invert(empty["school_urn"])),
         "school_urn",
         "school_urn not 6 digits",
-        lambda: "school_urn must be 6 digits, got "
-        + shown(urn)
-        + np.where(
-            short,
-            " (a spreadsheet may have dropped leading zeros: format the column as text and re-enter the URN)",
-            "; correct it to the school's 6-digit URN",
+        lambda take: _join(
+            "school_urn must be 6 digits, got ",
+            shown("school_urn", take),
+            pc.if_else(
+                pc.match_substring_regex(urn.take(take), r"^[0-9]{1,5}$"),
+                " (a spreadsheet may have dropped leading zeros: format the column as text and re-enter the URN)",
+                "; correct it to the school's 6-digit URN",
+            ),
         ),
     )
-    flag(rows["pupil_id"] == "", "pupil_id", "pupil_id missing", "pupil_id is empty; give every pupil the school's own pupil reference")
-    flag(rows["intervention"] == "", "intervention", "intervention missing", "intervention is empty; name the intervention the pupil was in")
+    # required text
     flag(
-        rows["outcome_measure"] == "",
+        empty["pupil_id"],
+        "pupil_id",
+        "pupil_id missing",
+        "pupil_id is empty; give every pupil the school's own pupil reference",
+    )
+    flag(
+        empty["intervention"],
+        "intervention",
+        "intervention missing",
+        "intervention is empty; name the intervention the pupil was in",
+    )
+    flag(
+        empty["outcome_measure"],
         "outcome_measure",
         "outcome_measure missing",
         "outcome_measure is empty; name the assessment used as the outcome",
     )
-    arm = rows["arm"].str.lower()
+    # arm, any case
+    arm = pc.utf8_lower(col["arm"])
     flag(
-        ~arm.isin(ARMS),
+        pc.invert(pc.is_in(arm, value_set=pa.array(ARMS))),
         "arm",
         "arm not 'intervention' or 'control'",
-        lambda: np.where(rows["arm"] == "", "arm is empty; ", "")
-        + "arm must be 'intervention' or 'control', got "
-        + shown(rows["arm"]).where(rows["arm"] != "", "nothing")
-        + "; correct the pupil's randomised arm",
+        lambda take: pc.if_else(
+            empty["arm"].take(take),
+            "arm is empty; arm must be 'intervention' or 'control', got nothing; correct the pupil's randomised arm",
+            _join(
+                "arm must be 'intervention' or 'control', got ",
+                shown("arm", take),
+                "; correct the pupil's randomised arm",
+            ),
+        ),
     )
+    # scores: a plain decimal number, finite; blank allowed (outcome blank = attrition)
     numbers = {}
-    for column in ("outcome", "baseline"):
-        value = rows[column]
-        is_number = value.str.fullmatch(_NUMBER)
-        parsed = pd.to_numeric(value.where(is_number & (value != ""), None), errors="coerce").astype("float64")
-        blank_note = " or blank for no post-test" if column == "outcome" else " or blank"
+    for column, blank_note in (("outcome", " or blank for no post-test"), ("baseline", " or blank")):
+        is_number = pc.match_substring_regex(col[column], _NUMBER)
+        parsed = pc.cast(pc.if_else(is_number, col[column], pa.scalar(None, pa.string())), pa.float64())
         flag(
-            (value != "") & ~is_number,
+            pc.and_(pc.invert(empty[column]), pc.invert(is_number)),
             column,
             f"{column} not a number",
-            lambda: f"{column} must be a number{blank_note}, got " + shown(value) + "; use digits and a decimal point only",
+            lambda take, column=column, note=blank_note: _join(
+                f"{column} must be a number{note}, got ", shown(column, take), "; use digits and a decimal point only"
+            ),
         )
         flag(
-            is_number & ~np.isfinite(parsed.to_numpy()),
+            pc.and_(is_number, pc.invert(pc.is_finite(parsed))),
             column,
             f"{column} not finite",
-            lambda: f"{column} must be a finite number, got " + shown(value) + "; correct the score",
+            lambda take, column=column: _join(
+                f"{column} must be a finite number, got ", shown(column, take), "; correct the score"
+            ),
         )
         numbers[column] = parsed
+    # coded characteristics, any case
+    upper = {}
     for column, allowed, meaning in (
         ("fsm", ("Y", "N"), "'Y', 'N' or blank"),
         ("send", ("Y", "N"), "'Y', 'N' or blank"),
         ("gender", ("F", "M"), "'F', 'M' or blank"),
     ):
-        value = rows[column]
+        upper[column] = pc.utf8_upper(col[column])
         flag(
-            (value != "") & ~value.str.upper().isin(allowed),
+            pc.invert(pc.is_in(upper[column], value_set=pa.array(allowed + ("",)))),
             column,
             f"{column} not {meaning}",
-            lambda: f"{column} must be {meaning}, got " + shown(value),
+            lambda take, column=column, meaning=meaning: _join(
+                f"{column} must be {meaning}, got ", shown(column, take)
+            ),
         )
-    year = rows["year_group"]
-    whole = year.str.fullmatch(_WHOLE)
-    year_number = pd.to_numeric(year.where(whole, None), errors="coerce")
+    year_ok = pc.match_substring_regex(col["year_group"], _YEAR_GROUP)
     flag(
-        (year != "") & ~(whole & year_number.between(YEAR_GROUPS.start, YEAR_GROUPS.stop - 1)),
+        pc.and_(pc.invert(empty["year_group"]), pc.invert(year_ok)),
         "year_group",
         "year_group not 0 to 13",
-        lambda: "year_group must be a whole number from 0 (Reception) to 13 or blank, got " + shown(year),
+        lambda take: _join(
+            "year_group must be a whole number from 0 (Reception) to 13 or blank, got ", shown("year_group", take)
+        ),
     )
-    key = ["school_urn", "pupil_id", "intervention", "outcome_measure"]
-    keyed = (rows[key] != "").all(axis=1)
-    duplicate = keyed & rows.duplicated(key, keep=False)
-    if duplicate.any():
-        groups = rows[duplicate].groupby(key, sort=False)["line"]
-        all_lines = groups.transform(lambda s: ",".join(str(v) for v in s))
-        others = pd.Series(
-            [
-                ", ".join(x for x in lines.split(",") if x != str(line))
-                for lines, line in zip(all_lines, rows.loc[duplicate, "line"])
-            ],
-            index=all_lines.index,
-            dtype="str",
-        )
-        reasons = pd.Series("", index=rows.index, dtype="str")
-        reasons[duplicate] = (
-            "the same school, pupil, intervention and outcome_measure are also on line " + others
-            + "; keep one row per pupil per intervention and outcome_measure"
-        )
-        flag(duplicate, "pupil_id", "duplicate pupil row", reasons)
+    # one row per school, pupil, intervention and outcome_measure: both rows of a pair are quarantined
+    key_columns = ("school_urn", "pupil_id", "intervention", "outcome_measure")
+    keyed = pc.invert(
+        pc.or_(pc.or_(empty["school_urn"], empty["pupil_id"]), pc.or_(empty["intervention"], empty["outcome_measure"]))
+    )
+    key = pc.binary_join_element_wise(*(col[c] for c in key_columns), "\x1f")
+    keyed_count = pc.sum(keyed).as_py() or 0
+    if keyed_count and pc.count_distinct(key.filter(keyed)).as_py() < keyed_count:
+        _flag_duplicates(key, keyed, line, flag)
 
-    quarantine = pd.concat(entries, ignore_index=True) if entries else _empty_quarantine()
-    bad_lines = set(quarantine["line"].tolist())
-    good_mask = ~rows["line"].isin(bad_lines)
+    quarantine = (
+        pa.concat_tables(entries).sort_by([("line", "ascending"), ("column_name", "ascending")])
+        if entries
+        else QUARANTINE_SCHEMA.empty_table()
+    )
+    good_mask = pc.invert(pc.is_in(line, value_set=pc.unique(quarantine.column("line")))) if entries else None
 
-    schools = sorted(set(urn[~bad_urn].tolist()))
+    schools = sorted(pc.unique(urn.filter(urn_ok)).to_pylist())
     if len(schools) > 1:
-        shown_urns = ", ".join(schools[:5]) + (", ..." if len(schools) > 5 else "")
+        listed = ", ".join(schools[:5]) + (", ..." if len(schools) > 5 else "")
         raise ExtractRejected(
-            f"{extract.file_name}: the file holds rows for {len(schools)} schools (URNs {shown_urns}); "
+            f"{extract.file_name}: the file holds rows for {len(schools)} schools (URNs {listed}); "
             "the contract is one file per school per delivery: split it into one file per school"
         )
     school = schools[0] if schools else None
-    named = (rows["intervention"] != "") & (rows["outcome_measure"] != "")
-    trials = sorted(set(zip(rows.loc[named, "intervention"], rows.loc[named, "outcome_measure"])))
-
-    quarantine["school_urn"] = school
+    named = pc.invert(pc.or_(empty["intervention"], empty["outcome_measure"]))
+    distinct = (
+        pa.table({"intervention": col["intervention"], "outcome_measure": col["outcome_measure"]})
+        .filter(named)
+        .group_by(["intervention", "outcome_measure"], use_threads=False)
+        .aggregate([])
+    )
+    trials = sorted(zip(distinct.column("intervention").to_pylist(), distinct.column("outcome_measure").to_pylist()))
+    quarantine = quarantine.set_column(
+        quarantine.schema.get_field_index("school_urn"),
+        "school_urn",
+        pa.array([school] * quarantine.num_rows, pa.string()),
+    )
     for column in ("intervention", "outcome_measure"):
-        quarantine[column] = quarantine[column].where(quarantine[column].notna() & (quarantine[column] != ""), None)
-    quarantine = quarantine.sort_values(["line", "column_name"], na_position="first", kind="stable").reset_index(drop=True)
+        values = quarantine.column(column)
+        quarantine = quarantine.set_column(
+            quarantine.schema.get_field_index(column),
+            column,
+            pc.if_else(pc.equal(pc.utf8_length(values), 0), pa.scalar(None, pa.string()), values),
+        )
 
-    good = rows[good_mask]
-    typed = pd.DataFrame(
+    def good(values):
+        return values if good_mask is None else values.filter(good_mask)
+
+    def null_if_blank(column, values):
+        return pc.if_else(good(empty[column]), pa.scalar(None, values.type), good(values))
+
+    typed = pa.table(
         {
-            "school_urn": good["school_urn"],
-            "pupil_id": good["pupil_id"],
-            "intervention": good["intervention"],
-            "outcome_measure": good["outcome_measure"],
-            "arm": arm[good_mask],
-            "outcome": numbers["outcome"][good_mask],
-            "baseline": numbers["baseline"][good_mask],
-            "fsm": _yes_no(good["fsm"]),
-            "gender": good["gender"].str.upper().where(good["gender"] != "", None),
-            "year_group": year_number[good_mask].astype("Int32"),
-            "send": _yes_no(good["send"]),
-            "line": good["line"].astype("int64"),
-        }
-    ).reset_index(drop=True)
-    rows_read = n + (len(extract.format_errors) if not extract.format_errors.empty else 0)
+            "school_urn": good(urn),
+            "pupil_id": good(col["pupil_id"]),
+            "intervention": good(col["intervention"]),
+            "outcome_measure": good(col["outcome_measure"]),
+            "arm": good(arm),
+            "outcome": good(numbers["outcome"]),
+            "baseline": good(numbers["baseline"]),
+            "fsm": null_if_blank("fsm", pc.equal(upper["fsm"], "Y")),
+            "gender": null_if_blank("gender", upper["gender"]),
+            "year_group": pc.cast(null_if_blank("year_group", col["year_group"]), pa.int32()),
+            "send": null_if_blank("send", pc.equal(upper["send"], "Y")),
+            "line": good(line),
+        },
+        schema=GOOD_SCHEMA,
+    )
     return ValidatedExtract(
         extract.file_name,
         extract.delivery_id,
         school,
         trials,
-        rows_read,
+        n + extract.format_errors.num_rows,
         typed,
         quarantine,
         extract.columns_dropped,
     )
 
 
-def _yes_no(values: pd.Series) -> pd.Series:
-    upper = values.str.upper()
-    return pd.Series(
-        pd.array(np.where(upper == "Y", True, False), dtype="boolean"), index=values.index
-    ).mask(values == "")
+_YEAR_GROUP = r"^0*(?:[0-9]|1[0-3])$"  # 0 (Reception) to 13
+
+
+def _join(*parts) -> pa.Array:
+    """Concatenate strings element-wise (arrays and plain text)."""
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def _flag_duplicates(key: pa.Array, keyed: pa.Array, line: pa.Array, flag) -> None:
+    """Quarantine every row whose school + pupil + intervention + outcome_measure repeats, naming the other lines."""
+    frame = pd.DataFrame({"key": key.to_pylist(), "line": line.to_pylist(), "keyed": keyed.to_pylist()})
+    frame = frame[frame["keyed"]]
+    repeated = frame[frame["key"].duplicated(keep=False)]
+    lines_of = repeated.groupby("key")["line"].agg(list).to_dict()
+    reasons = {
+        row_line: "the same school, pupil, intervention and outcome_measure are also on line"
+        + ("s " if len(lines_of[k]) > 2 else " ")
+        + ", ".join(str(other) for other in lines_of[k] if other != row_line)
+        + "; keep one row per pupil per intervention and outcome_measure"
+        for k, row_line in zip(repeated["key"], repeated["line"])
+    }
+    mask = pc.is_in(line, value_set=pa.array(sorted(reasons), type=pa.int64()))
+    flag(
+        mask,
+        "pupil_id",
+        "duplicate pupil row",
+        lambda take: pa.array([reasons[v] for v in line.take(take).to_pylist()], type=pa.string()),
+    )

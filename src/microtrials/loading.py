@@ -10,8 +10,10 @@ Arrow tables and bound parameters.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -24,7 +26,7 @@ from microtrials.privacy import pseudonymise
 
 # Files in the extracts folder that look like a spreadsheet a school sent instead of a CSV:
 # reported as rejected so the officer knows to ask for a CSV.
-NOT_CSV_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".tsv", ".txt", ".numbers")
+NOT_CSV_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".tsv", ".numbers")
 TRANSACTION_ATTEMPTS = 5
 
 
@@ -50,73 +52,62 @@ def trials_text(trials: list[tuple[str, str]]) -> str:
 
 
 def load_file(con: duckdb.DuckDBPyConnection, path: Path, key: bytes) -> FileReport:
-    """Read, validate and load one school extract; a file that cannot be read is rejected whole."""
+    """Read, validate and load one school extract; a file that cannot be read is rejected whole.
+
+    A file already loaded (same name, same bytes) is not read again: its stored report comes back
+    with status ``unchanged`` and nothing changes.
+    """
     path = Path(path)
     try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return _record_rejection(con, path.name, "unreadable", f"{path.name}: could not be opened ({exc.strerror}); "
+                                 "check the file is readable")
+    delivery_id = hashlib.sha256(data).hexdigest()
+    earlier = _earlier_report(con, delivery_id, path.name)
+    if earlier is not None:
+        return earlier
+    try:
         if path.suffix.lower() in NOT_CSV_SUFFIXES:
-            raise extracts.ExtractRejected(
-                f"{path.name}: only .csv files are loaded; {extracts.SAVE_AS_CSV}"
-            )
-        extract = extracts.read_extract(path)
-        checked = extracts.validate(extract)
+            raise extracts.ExtractRejected(f"{path.name}: only .csv files are loaded; {extracts.SAVE_AS_CSV}")
+        checked = extracts.validate(extracts.read_extract(path, data))
     except extracts.ExtractRejected as exc:
-        return _record_rejection(con, path, str(exc))
+        return _record_rejection(con, path.name, delivery_id, str(exc))
     report = FileReport(
         file_name=checked.file_name,
         status="loaded",
         school_urn=checked.school_urn,
         trials=checked.trials,
         rows_read=checked.rows_read,
-        rows_loaded=len(checked.good),
+        rows_loaded=checked.good.num_rows,
         rows_quarantined=checked.rows_quarantined,
         quarantined_by_reason=checked.quarantined_by_reason(),
         columns_dropped=list(checked.columns_dropped),
     )
-    pupils = _pupil_table(checked.good, key)
-    quarantine = _quarantine_table(checked.quarantine)
-    trials = pa.table(
-        {
-            "intervention": pa.array([t[0] for t in checked.trials], type=pa.string()),
-            "outcome_measure": pa.array([t[1] for t in checked.trials], type=pa.string()),
-        }
-    )
-    params = {"delivery_id": checked.delivery_id, "file_name": checked.file_name}
-    delivery = params | {
-        "school_urn": report.school_urn,
-        "trials": trials_text(report.trials),
-        "rows_read": report.rows_read,
-        "rows_loaded": report.rows_loaded,
-        "rows_quarantined": report.rows_quarantined,
-        "columns_dropped": ", ".join(report.columns_dropped) or None,
-        "status": "loaded",
-        "reason": None,
+    frames = {
+        "delivery_pupils": _pupil_table(checked.good, key),
+        "delivery_quarantine": checked.quarantine,
+        "delivery_trials": pa.table(
+            {
+                "intervention": pa.array([t[0] for t in checked.trials], type=pa.string()),
+                "outcome_measure": pa.array([t[1] for t in checked.trials], type=pa.string()),
+            }
+        ),
     }
+    params = {"delivery_id": delivery_id, "file_name": checked.file_name}
+    school = {"school_urn": report.school_urn}  # None (no valid URN): no pupil rows to replace
 
     def write(cur: duckdb.DuckDBPyConnection) -> bool:
-        seen = cur.execute(warehouse.sql("delivery_seen"), params | {"status": "loaded"}).fetchall()[0][0]
-        if seen:
+        if _seen(cur, delivery_id, checked.file_name, "loaded"):  # another connection got there first
             return False
-        cur.register("delivery_pupils", pupils)
-        cur.register("delivery_quarantine", quarantine)
-        cur.register("delivery_trials", trials)
-        try:
-            if report.school_urn is not None:
-                school = {"school_urn": report.school_urn}
-                cur.execute(warehouse.sql("delete_school_trials"), school)
-                cur.execute(warehouse.sql("delete_school_quarantine"), school | {"file_name": checked.file_name})
-            else:
-                cur.execute(
-                    "DELETE FROM quarantine WHERE source_file = $file_name", {"file_name": checked.file_name}
-                )
-            cur.execute(warehouse.sql("load_pupils"), params)
-            cur.execute(warehouse.sql("load_quarantine"), params)
-            cur.execute(warehouse.sql("load_delivery"), delivery)
-        finally:
-            for name in ("delivery_pupils", "delivery_quarantine", "delivery_trials"):
-                cur.unregister(name)
+        cur.execute(warehouse.sql("delete_school_trials"), school)
+        cur.execute(warehouse.sql("delete_school_quarantine"), school | {"file_name": checked.file_name})
+        cur.execute(warehouse.sql("load_pupils"), params)
+        cur.execute(warehouse.sql("load_quarantine"), params)
+        cur.execute(warehouse.sql("load_delivery"), _delivery_row(delivery_id, report))
         return True
 
-    if not _in_transaction(con, write):
+    if not _in_transaction(con, write, frames):
         report.status = "unchanged"
     return report
 
@@ -189,95 +180,90 @@ def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 
 
-def _record_rejection(con: duckdb.DuckDBPyConnection, path: Path, reason: str) -> FileReport:
-    """Record a rejected file in ``deliveries`` (once per exact file); nothing else changes."""
-    try:
-        import hashlib
+def _seen(con: duckdb.DuckDBPyConnection, delivery_id: str, file_name: str, status: str) -> bool:
+    params = {"delivery_id": delivery_id, "file_name": file_name, "status": status}
+    return bool(con.execute(warehouse.sql("delivery_seen"), params).fetchall()[0][0])
 
-        delivery_id = hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        delivery_id = "unreadable"
-    params = {"delivery_id": delivery_id, "file_name": path.name}
+
+def _earlier_report(con: duckdb.DuckDBPyConnection, delivery_id: str, file_name: str) -> FileReport | None:
+    """The stored report of this exact file (same name and bytes), if it was loaded before.
+
+    (A rejected file is read again each time, so a fix in the rules reaches it; it is recorded once.)
+    """
+    found = con.execute(
+        warehouse.sql("delivery_report"), {"delivery_id": delivery_id, "file_name": file_name}
+    ).fetchall()
+    if not found or found[0][1] is None:
+        return None
+    fields = json.loads(found[0][1])
+    fields["trials"] = [tuple(t) for t in fields["trials"]]
+    return FileReport(**(fields | {"status": "unchanged"}))
+
+
+def _delivery_row(delivery_id: str, report: FileReport) -> dict:
+    """The deliveries row for a report (its JSON lets an unchanged re-run report without re-reading)."""
+    return {
+        "delivery_id": delivery_id,
+        "file_name": report.file_name,
+        "school_urn": report.school_urn,
+        "trials": trials_text(report.trials) or None,
+        "rows_read": report.rows_read,
+        "rows_loaded": report.rows_loaded,
+        "rows_quarantined": report.rows_quarantined,
+        "columns_dropped": ", ".join(report.columns_dropped) or None,
+        "status": report.status,
+        "reason": report.reason,
+        "report_json": json.dumps(asdict(report), ensure_ascii=False),
+    }
+
+
+def _record_rejection(con: duckdb.DuckDBPyConnection, file_name: str, delivery_id: str, reason: str) -> FileReport:
+    """Record a rejected file in ``deliveries`` (once per exact file); nothing else changes."""
+    report = FileReport(file_name=file_name, status="rejected", reason=reason)
 
     def write(cur: duckdb.DuckDBPyConnection) -> bool:
-        seen = cur.execute(warehouse.sql("delivery_seen"), params | {"status": "rejected"}).fetchall()[0][0]
-        if not seen:
-            cur.execute(
-                warehouse.sql("load_delivery"),
-                params
-                | {
-                    "school_urn": None,
-                    "trials": None,
-                    "rows_read": 0,
-                    "rows_loaded": 0,
-                    "rows_quarantined": 0,
-                    "columns_dropped": None,
-                    "status": "rejected",
-                    "reason": reason,
-                },
-            )
+        if not _seen(cur, delivery_id, file_name, "rejected"):
+            cur.execute(warehouse.sql("load_delivery"), _delivery_row(delivery_id, report))
         return True
 
     _in_transaction(con, write)
-    return FileReport(file_name=path.name, status="rejected", reason=reason)
+    return report
 
 
-def _in_transaction(con: duckdb.DuckDBPyConnection, work) -> bool:
-    """Run ``work(con)`` in one transaction, retrying a write-write conflict with back-off."""
+def _in_transaction(con: duckdb.DuckDBPyConnection, work, frames: dict[str, pa.Table] | None = None) -> bool:
+    """Run ``work(con)`` in one transaction, with ``frames`` registered as views for its SQL.
+
+    A write-write conflict with another connection of this process is retried with back-off;
+    any other error rolls back and is raised as it is.
+    """
+    frames = frames or {}
     delay = 0.05
     for attempt in range(TRANSACTION_ATTEMPTS):
-        con.execute("BEGIN TRANSACTION")
+        for name, frame in frames.items():
+            con.register(name, frame)
         try:
-            result = work(con)
-            con.execute("COMMIT")
-            return result
-        except duckdb.TransactionException:
-            con.execute("ROLLBACK")
-            if attempt == TRANSACTION_ATTEMPTS - 1:
-                raise MicrotrialsError(
-                    "another connection kept changing the same warehouse rows; run the load again"
-                ) from None
-            time.sleep(delay)
-            delay *= 2
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+            con.execute("BEGIN TRANSACTION")
+            try:
+                result = work(con)
+                con.execute("COMMIT")
+                return result
+            except BaseException as exc:
+                con.execute("ROLLBACK")
+                if not (isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower()):
+                    raise
+                if attempt == TRANSACTION_ATTEMPTS - 1:
+                    raise MicrotrialsError(
+                        "another connection kept changing the same warehouse rows; run the load again"
+                    ) from exc
+        finally:
+            for name in frames:
+                con.unregister(name)
+        time.sleep(delay)
+        delay *= 2
     raise AssertionError("unreachable")
 
 
-def _pupil_table(good: pd.DataFrame, key: bytes) -> pa.Table:
+def _pupil_table(good: pa.Table, key: bytes) -> pa.Table:
     """The rows to insert, pupil_id replaced by its keyed hash (the raw id goes no further)."""
-    return pa.table(
-        {
-            "school_urn": pa.array(good["school_urn"].tolist(), type=pa.string()),
-            "pupil_key": pa.array(pseudonymise(good["pupil_id"], key).tolist(), type=pa.string()),
-            "intervention": pa.array(good["intervention"].tolist(), type=pa.string()),
-            "outcome_measure": pa.array(good["outcome_measure"].tolist(), type=pa.string()),
-            "arm": pa.array(good["arm"].tolist(), type=pa.string()),
-            "outcome": pa.array(good["outcome"].to_numpy(dtype="float64", na_value=float("nan")), from_pandas=True),
-            "baseline": pa.array(good["baseline"].to_numpy(dtype="float64", na_value=float("nan")), from_pandas=True),
-            "fsm": pa.array(good["fsm"], type=pa.bool_(), from_pandas=True),
-            "gender": pa.array(good["gender"].tolist(), type=pa.string(), from_pandas=True),
-            "year_group": pa.array(good["year_group"], type=pa.int32(), from_pandas=True),
-            "send": pa.array(good["send"], type=pa.bool_(), from_pandas=True),
-            "line": pa.array(good["line"].to_numpy(dtype="int64"), type=pa.int64()),
-        }
-    )
-
-
-def _quarantine_table(quarantine: pd.DataFrame) -> pa.Table:
-    def text(column: str) -> pa.Array:
-        values = quarantine[column].astype(object).where(quarantine[column].notna(), None).tolist()
-        return pa.array(values, type=pa.string())
-
-    return pa.table(
-        {
-            "line": pa.array(quarantine["line"].to_numpy(dtype="int64"), type=pa.int64()),
-            "school_urn": text("school_urn"),
-            "intervention": text("intervention"),
-            "outcome_measure": text("outcome_measure"),
-            "column_name": text("column_name"),
-            "rule": text("rule"),
-            "reason": text("reason"),
-        }
-    )
+    keys = pseudonymise(good.column("pupil_id"), key)
+    return good.set_column(good.schema.get_field_index("pupil_id"), "pupil_key", keys)

@@ -48,12 +48,11 @@ def pseudonymise(pupil_ids, key: bytes):
     """
     if isinstance(key, str):
         key = key.encode("utf-8")
-    if isinstance(pupil_ids, pd.Series):
-        values = pupil_ids.astype("str").tolist()
-    elif isinstance(pupil_ids, (pa.Array, pa.ChunkedArray)):
+    if isinstance(pupil_ids, (pa.Array, pa.ChunkedArray)):
         values = pupil_ids.cast(pa.string()).to_pylist()
     else:
-        values = [str(v) for v in pupil_ids]
+        values = [None if v is None or pd.isna(v) else str(v) for v in pupil_ids]
+    # A missing id stays missing (the loader never passes one: an empty pupil_id is quarantined).
     digests = [None if v is None else hmac.new(key, v.encode("utf-8"), hashlib.sha256).hexdigest() for v in values]
     if isinstance(pupil_ids, pd.Series):
         return pd.Series(digests, index=pupil_ids.index, dtype="str", name=pupil_ids.name)

@@ -1,0 +1,224 @@
+"""Asset checks: what must hold before numbers are published (blocking) and what an officer should look at (WARN).
+
+Each check's description says what a failure means; README "For officers" says what to do.
+"""
+
+
+import re
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from microtrials import warehouse
+from pipelines.partitions import content_hash, extract_files, files_by_school
+from pipelines.resources import Settings, Warehouse
+
+# A school whose extract has more than this share of rows quarantined is flagged (WARN): the
+# file probably has a systematic problem (a shifted column, a wrong code list) worth a call.
+QUARANTINE_RATE_LIMIT = 0.05
+# Two-stage pooling and a between-school SD need at least two schools with pupils in both arms.
+MIN_SCHOOLS_BOTH_ARMS = 2
+# Column names that would identify pupils if they reached a published file.
+IDENTIFIER_COLUMNS = ("pupil_id", "pupil_key")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_TH = re.compile(r"<th[^>]*>\s*([^<]*?)\s*</th>", re.IGNORECASE)
+
+
+def _table(con, name: str) -> pd.DataFrame | None:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = $name", {"name": name}
+    ).fetchall()[0][0]
+    return con.execute(f"SELECT * FROM {name}").df() if exists else None  # name: a constant below
+
+
+def _md(frame: pd.DataFrame) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.to_markdown(index=False) if len(frame) else "(none)")
+
+
+def _run_schools(context: dg.AssetCheckExecutionContext) -> list[str] | None:
+    """The school partitions this run loaded, or None when the run is not partitioned (all schools)."""
+    try:
+        if context.has_partition_key or context.has_partition_key_range:
+            return list(context.partition_keys)
+    except Exception:  # an unpartitioned check in a run without partitions
+        return None
+    return None
+
+
+@dg.asset_check(
+    asset="pupils",
+    blocking=True,
+    description="Every extract file of the schools this run loaded (every file, when run on its own) has "
+    "a `deliveries` row for its exact content: loaded, or rejected with a reason. Fails when a file was "
+    "skipped or changed during the load; trial_results is then not refreshed from a partial load.",
+)
+def every_file_loaded_or_rejected(
+    context: dg.AssetCheckExecutionContext, settings: Settings, warehouse_db: Warehouse
+) -> dg.AssetCheckResult:
+    schools = _run_schools(context)
+    if schools is None:
+        files = extract_files(settings.extracts)
+    else:
+        by_school = files_by_school(settings.extracts)
+        files = [p for s in schools for p in by_school.get(s, [])]
+    with warehouse_db.connect() as con:
+        deliveries = _table(con, "deliveries")
+    expected = pd.DataFrame(
+        {"file_name": [p.name for p in files], "delivery_id": [content_hash(p) for p in files]}
+    )
+    if deliveries is None:
+        deliveries = pd.DataFrame(columns=["file_name", "delivery_id", "status", "reason"])
+    done = deliveries[
+        (deliveries["status"] == "loaded")
+        | ((deliveries["status"] == "rejected") & deliveries["reason"].fillna("").str.strip().ne(""))
+    ]
+    accounted = expected.merge(done[["file_name", "delivery_id"]].drop_duplicates(), how="left", indicator=True)
+    missing = accounted.loc[accounted["_merge"] == "left_only", ["file_name"]]
+    return dg.AssetCheckResult(
+        passed=missing.empty,
+        description=None if missing.empty else f"{len(missing)} file(s) neither loaded nor rejected with a reason",
+        metadata={"files_checked": len(expected), "files_not_accounted_for": _md(missing)},
+    )
+
+
+@dg.asset_check(
+    asset="pupils",
+    description=f"Per school, the share of delivered rows quarantined is at most {QUARANTINE_RATE_LIMIT:.0%} "
+    "(WARN): above that the file probably has a systematic fault worth raising with the school.",
+)
+def quarantine_rate_per_school(warehouse_db: Warehouse) -> dg.AssetCheckResult:
+    with warehouse_db.connect() as con:
+        report = _table(con, "load_report")
+    if report is None or report.empty:
+        return dg.AssetCheckResult(passed=True, metadata={"schools": 0})
+    read = report[(report["status"] != "rejected") & (report["school_urn"].fillna("") != "")]
+    per_school = read.groupby("school_urn", as_index=False)[["rows_read", "rows_quarantined"]].sum()
+    per_school["quarantine_rate"] = per_school["rows_quarantined"] / per_school["rows_read"].where(
+        per_school["rows_read"] > 0
+    )
+    over = per_school[per_school["quarantine_rate"] > QUARANTINE_RATE_LIMIT]
+    return dg.AssetCheckResult(
+        passed=over.empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=None if over.empty else f"{len(over)} school(s) above {QUARANTINE_RATE_LIMIT:.0%} quarantined",
+        metadata={
+            "schools": len(per_school),
+            "highest_rate": float(per_school["quarantine_rate"].max(skipna=True) or 0.0),
+            "schools_over_limit": _md(over.round({"quarantine_rate": 4})),
+        },
+    )
+
+
+@dg.asset_check(
+    asset="trial_results",
+    blocking=True,
+    description="Every fitted model converged (the `converged` column of `trial_results`). Blocking: "
+    "an unconverged fit's effect size is not published.",
+)
+def models_converged(warehouse_db: Warehouse) -> dg.AssetCheckResult:
+    with warehouse_db.connect() as con:
+        results = _table(con, "trial_results")
+    if results is None or "converged" not in results:
+        return dg.AssetCheckResult(passed=False, description="trial_results has no `converged` column")
+    bad = results.loc[~results["converged"].fillna(False).astype(bool), ["intervention", "outcome_measure"]]
+    return dg.AssetCheckResult(
+        passed=bad.empty,
+        description=None if bad.empty else f"{len(bad)} trial(s) whose model did not converge",
+        metadata={"trials": len(results), "not_converged": _md(bad)},
+    )
+
+
+@dg.asset_check(
+    asset="trial_results",
+    description=f"Each trial has at least {MIN_SCHOOLS_BOTH_ARMS} schools with pupils in both arms (WARN): "
+    "with fewer there is no between-school comparison and the trial is marked not ready.",
+)
+def trials_have_two_schools(warehouse_db: Warehouse) -> dg.AssetCheckResult:
+    with warehouse_db.connect() as con:
+        results = _table(con, "trial_results")
+    if results is None or "schools_both_arms" not in results:
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.WARN, description="trial_results has no schools_both_arms"
+        )
+    few = results.loc[
+        results["schools_both_arms"].fillna(0) < MIN_SCHOOLS_BOTH_ARMS,
+        ["intervention", "outcome_measure", "schools_both_arms"],
+    ]
+    return dg.AssetCheckResult(
+        passed=few.empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=None if few.empty else f"{len(few)} trial(s) with fewer than {MIN_SCHOOLS_BOTH_ARMS} schools in both arms",
+        metadata={"trials": len(results), "trials_too_few_schools": _md(few)},
+    )
+
+
+@dg.asset_check(
+    asset="evidence_table",
+    blocking=True,
+    description="evidence_table.csv has exactly one row per trial in `trial_results`.",
+)
+def one_row_per_trial(settings: Settings, warehouse_db: Warehouse) -> dg.AssetCheckResult:
+    path = settings.out / "evidence_table.csv"
+    with warehouse_db.connect() as con:
+        results = _table(con, "trial_results")
+    trials = 0 if results is None else len(results)
+    if not path.is_file():
+        return dg.AssetCheckResult(passed=False, description=f"{path} was not written", metadata={"trials": trials})
+    rows = len(pd.read_csv(path))
+    return dg.AssetCheckResult(
+        passed=rows == trials,
+        description=None if rows == trials else f"{rows} published row(s) for {trials} trial(s)",
+        metadata={"published_rows": rows, "trials": trials, "path": dg.MetadataValue.path(str(path))},
+    )
+
+
+@dg.asset_check(
+    asset="evidence_table",
+    blocking=True,
+    description="No file under the output folder holds a pupil_key of the warehouse or a column named "
+    f"{' or '.join(IDENTIFIER_COLUMNS)} (CSV headers, HTML table headers).",
+)
+def no_pupil_identifiers_published(settings: Settings, warehouse_db: Warehouse) -> dg.AssetCheckResult:
+    with warehouse_db.connect() as con:
+        keys = {row[0] for row in con.execute("SELECT DISTINCT pupil_key FROM pupils").fetchall()}
+    findings = published_identifiers(settings.out, keys)
+    return dg.AssetCheckResult(
+        passed=not findings,
+        description=None if not findings else f"{len(findings)} published file(s) hold pupil identifiers",
+        metadata={
+            "files_scanned": sum(1 for p in settings.out.rglob("*") if p.is_file()) if settings.out.is_dir() else 0,
+            "findings": _md(pd.DataFrame(findings, columns=["file", "found"])),
+        },
+    )
+
+
+def published_identifiers(out: Path, pupil_keys: set[str]) -> list[tuple[str, str]]:
+    """(file, what) for each published file holding a pupil_key value or an identifier column name."""
+    findings = []
+    if not Path(out).is_dir():
+        return findings
+    for path in sorted(p for p in Path(out).rglob("*") if p.is_file()):
+        text = path.read_bytes().decode("utf-8", errors="ignore")
+        hits = len(set(_HEX64.findall(text.lower())) & pupil_keys)
+        if hits:
+            findings.append((str(path.relative_to(out)), f"{hits} pupil_key value(s)"))
+        headers: list[str] = []
+        if path.suffix.lower() == ".csv":
+            headers = [h.strip().strip('"').lower() for h in text.lstrip("\ufeff").split("\n", 1)[0].split(",")]
+        elif path.suffix.lower() in (".html", ".htm"):
+            headers = [h.lower() for h in _TH.findall(text)]
+        named = sorted(set(headers) & set(IDENTIFIER_COLUMNS))
+        if named:
+            findings.append((str(path.relative_to(out)), "column " + ", ".join(named)))
+    return findings
+
+
+ALL_CHECKS = [
+    every_file_loaded_or_rejected,
+    quarantine_rate_per_school,
+    models_converged,
+    trials_have_two_schools,
+    one_row_per_trial,
+    no_pupil_identifiers_published,
+]

@@ -1,0 +1,78 @@
+"""School partitions: one dynamic partition per school (its URN), and which extract files belong to it.
+
+A file's partition key is the single valid 6-digit ``school_urn`` in it. A file with no usable URN
+(it cannot be read at all, holds several schools, or every URN is malformed) gets the key
+``file-<name stem>`` (characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``),
+so its rejection still appears, under its own name, in the UI's partition list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import dagster as dg
+
+from microtrials import extracts
+from microtrials.loading import NOT_CSV_SUFFIXES
+
+SCHOOLS = "schools"
+schools_partitions = dg.DynamicPartitionsDefinition(name=SCHOOLS)
+
+_URN = re.compile(r"\d{6}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def extract_files(folder: Path) -> list[Path]:
+    """The files ``microtrials.loading.load_folder`` would load, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        (
+            p
+            for p in folder.iterdir()
+            if p.is_file()
+            and not p.name.startswith((".", "~$"))
+            and p.suffix.lower() in (".csv",) + NOT_CSV_SUFFIXES
+        ),
+        key=lambda p: p.name,
+    )
+
+
+def file_key(path: Path) -> str:
+    """The key for a file without a usable URN: ``file-`` and its sanitised name stem."""
+    stem = _UNSAFE.sub("_", Path(path).stem).strip("_") or "unnamed"
+    return f"file-{stem}"
+
+
+def school_key(path: Path) -> str:
+    """The partition a file belongs to: its school's URN, else :func:`file_key`."""
+    path = Path(path)
+    if path.suffix.lower() in NOT_CSV_SUFFIXES:
+        return file_key(path)
+    try:
+        rows = extracts.read_extract(path).rows
+    except extracts.ExtractRejected:
+        return file_key(path)
+    column = rows["school_urn"]  # a pandas Series or a pyarrow array, depending on the reader
+    values = column.to_pylist() if hasattr(column, "to_pylist") else column.tolist()
+    urns = {u.strip() for u in values if isinstance(u, str) and _URN.fullmatch(u.strip())}
+    return urns.pop() if len(urns) == 1 else file_key(path)
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of the file's bytes (the warehouse's delivery_id); '' when it cannot be read."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def files_by_school(folder: Path) -> dict[str, list[Path]]:
+    """Partition key -> the extract files in ``folder`` that belong to it (sorted by name)."""
+    grouped: dict[str, list[Path]] = {}
+    for path in extract_files(folder):
+        grouped.setdefault(school_key(path), []).append(path)
+    return grouped

@@ -1,0 +1,199 @@
+"""The asset checks pass on the reference extracts and fail on the faults they are there to catch."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from microtrials import warehouse
+from pipelines import checks
+from pipelines.partitions import SCHOOLS, files_by_school
+from pipelines.resources import Settings, Warehouse
+from tests.conftest import SHARED, pupil_rows
+
+ALL_CHECK_NAMES = {
+    "every_file_loaded_or_rejected", "quarantine_rate_per_school", "models_converged",
+    "trials_have_two_schools", "one_row_per_trial", "no_pupil_identifiers_published",
+}
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """One load_and_refresh run of every reference school: (extracts, out, db, check results)."""
+    root = tmp_path_factory.mktemp("published")
+    extracts, out, db = root / "extracts", root / "out", root / "warehouse.duckdb"
+    shutil.copytree(SHARED / "reference" / "extracts", extracts)
+    from pipelines.definitions import defs
+
+    resources = {
+        "settings": Settings(extracts_dir=str(extracts), out_dir=str(out)),
+        "warehouse_db": Warehouse(db_path=str(db)),
+    }
+    with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+        # Built inside the instance context: Definitions look up the current instance's state.
+        job = dg.Definitions(
+            assets=defs.assets, asset_checks=defs.asset_checks, jobs=[*defs.jobs], resources=resources
+        ).resolve_job_def("load_and_refresh")
+        mp.setenv("MICROTRIALS_PUPIL_KEY", "test-key-not-secret")
+        keys = sorted(files_by_school(extracts))
+        instance.add_dynamic_partitions(SCHOOLS, keys)
+        result = job.execute_in_process(
+            instance=instance, tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+        )
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    return extracts, out, db, evaluations
+
+
+def copy_of(published, tmp_path: Path):
+    """A private copy of the published state to spoil: (settings, warehouse resource, out folder)."""
+    extracts, out, db, _ = published
+    shutil.copytree(out, tmp_path / "out")
+    shutil.copy(db, tmp_path / "warehouse.duckdb")
+    return (
+        Settings(extracts_dir=str(extracts), out_dir=str(tmp_path / "out")),
+        Warehouse(db_path=str(tmp_path / "warehouse.duckdb")),
+        tmp_path / "out",
+    )
+
+
+def test_every_check_runs_and_passes_on_the_reference_extracts(published):
+    *_, evaluations = published
+    assert set(evaluations) == ALL_CHECK_NAMES
+    failed = {name: e.description for name, e in evaluations.items() if not e.passed}
+    assert not failed
+    assert evaluations["one_row_per_trial"].metadata["published_rows"].value == 2
+    assert evaluations["every_file_loaded_or_rejected"].metadata["files_checked"].value == 25
+
+
+def test_blocking_where_wrong_numbers_would_follow():
+    blocking = {spec.name: spec.blocking for c in checks.ALL_CHECKS for spec in c.check_specs}
+    assert blocking == {
+        "every_file_loaded_or_rejected": True, "quarantine_rate_per_school": False, "models_converged": True,
+        "trials_have_two_schools": False, "one_row_per_trial": True, "no_pupil_identifiers_published": True,
+    }
+
+
+def test_a_published_pupil_key_or_identifier_column_fails(published, tmp_path):
+    settings, wh, out = copy_of(published, tmp_path)
+    assert checks.no_pupil_identifiers_published(settings=settings, warehouse_db=wh).passed
+    with wh.connect() as con:
+        key = con.execute("SELECT pupil_key FROM pupils LIMIT 1").fetchall()[0][0]
+    (out / "schools").mkdir()
+    (out / "schools" / "111601.csv").write_text(f"school_urn,score\n111601,{key}\n")
+    result = checks.no_pupil_identifiers_published(settings=settings, warehouse_db=wh)
+    assert not result.passed and "1 published file" in result.description
+    (out / "schools" / "111601.csv").unlink()
+    (out / "extra.csv").write_text("Pupil_ID,score\nA1,3\n")
+    assert not checks.no_pupil_identifiers_published(settings=settings, warehouse_db=wh).passed
+    (out / "extra.csv").unlink()
+    (out / "page.html").write_text("<table><tr><th> pupil_key </th></tr></table>")
+    assert not checks.no_pupil_identifiers_published(settings=settings, warehouse_db=wh).passed
+
+
+def test_wrong_row_count_fails(published, tmp_path):
+    settings, wh, out = copy_of(published, tmp_path)
+    assert checks.one_row_per_trial(settings=settings, warehouse_db=wh).passed
+    table = pd.read_csv(out / "evidence_table.csv")
+    table.iloc[:-1].to_csv(out / "evidence_table.csv", index=False)
+    result = checks.one_row_per_trial(settings=settings, warehouse_db=wh)
+    assert not result.passed and result.description == "1 published row(s) for 2 trial(s)"
+
+
+def _set_trial_results(wh: Warehouse, change) -> pd.DataFrame:
+    with wh.connect() as con:
+        table = change(con.execute("SELECT * FROM trial_results").df())
+        warehouse.save_frame(con, "trial_results", table)
+    return table
+
+
+def test_unconverged_model_and_too_few_schools_fail(published, tmp_path):
+    _, wh, _ = copy_of(published, tmp_path)
+    assert checks.models_converged(warehouse_db=wh).passed
+    assert checks.trials_have_two_schools(warehouse_db=wh).passed
+
+    def spoil(table):
+        table.loc[0, "converged"] = False
+        table.loc[1, "schools_both_arms"] = 1
+        return table
+
+    _set_trial_results(wh, spoil)
+    converged = checks.models_converged(warehouse_db=wh)
+    assert not converged.passed and converged.severity == dg.AssetCheckSeverity.ERROR
+    two = checks.trials_have_two_schools(warehouse_db=wh)
+    assert not two.passed and two.severity == dg.AssetCheckSeverity.WARN
+
+
+def test_unconverged_model_blocks_publishing(published, tmp_path):
+    """In a run, a failed models_converged check stops evidence_table from being written."""
+    from pipelines.assets.publishing import evidence_table
+
+    settings, wh, out = copy_of(published, tmp_path)
+    (out / "evidence_table.csv").unlink()
+
+    @dg.asset(name="trial_results")
+    def unconverged_trial_results(warehouse_db: Warehouse) -> None:
+        def spoil(table):
+            table.loc[0, "converged"] = False
+            return table
+
+        _set_trial_results(warehouse_db, spoil)
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [unconverged_trial_results, evidence_table, checks.models_converged],
+            resources={"settings": settings, "warehouse_db": wh},
+            instance=instance,
+            raise_on_error=False,
+        )
+    assert not result.success
+    assert not (out / "evidence_table.csv").exists()
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {"trial_results"}
+
+
+def test_quarantine_rate_over_the_limit_warns(tmp_path, write_extract):
+    good = pupil_rows(40, urn="111601")
+    bad = pupil_rows(40, urn="111602")
+    for row in bad[:4]:  # 10% of the school's rows with an arm the contract does not know
+        row[4] = "treatment"
+    write_extract("a.csv", good)
+    write_extract("b.csv", bad)
+    settings = Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(tmp_path / "out"))
+    wh = Warehouse(db_path=str(tmp_path / "w.duckdb"))
+    from pipelines.definitions import defs
+
+    with dg.instance_for_test() as instance:
+        job = dg.Definitions(
+            assets=defs.assets, asset_checks=defs.asset_checks,
+            jobs=[dg.define_asset_job("load_only", selection="pupils")],
+            resources={"settings": settings, "warehouse_db": wh},
+        ).resolve_job_def("load_only")
+        instance.add_dynamic_partitions(SCHOOLS, ["111601", "111602"])
+        result = job.execute_in_process(
+            instance=instance,
+            tags={ASSET_PARTITION_RANGE_START_TAG: "111601", ASSET_PARTITION_RANGE_END_TAG: "111602"},
+            raise_on_error=False,
+        )
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    rate = evaluations["quarantine_rate_per_school"]
+    assert not rate.passed and rate.severity == dg.AssetCheckSeverity.WARN
+    assert "111602" in rate.metadata["schools_over_limit"].value and "111601" not in rate.metadata["schools_over_limit"].value
+    assert evaluations["every_file_loaded_or_rejected"].passed
+
+
+def test_a_file_not_loaded_fails_the_load_check(tmp_path, write_extract):
+    write_extract("a.csv", pupil_rows(10, urn="111601"))
+    settings = Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(tmp_path / "out"))
+    wh = Warehouse(db_path=str(tmp_path / "w.duckdb"))
+    with wh.connect():
+        pass  # an empty warehouse: nothing recorded for a.csv
+    with dg.instance_for_test() as instance:
+        context = dg.build_asset_check_context(instance=instance)
+        result = checks.every_file_loaded_or_rejected(context, settings=settings, warehouse_db=wh)
+    assert not result.passed
+    assert "a.csv" in result.metadata["files_not_accounted_for"].value

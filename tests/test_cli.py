@@ -1,0 +1,93 @@
+"""`microtrials run` as an officer runs it: a subprocess on a persistent instance of its own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from tests.conftest import REPO_ROOT, SHARED, pupil_rows
+
+MICROTRIALS = Path(sys.executable).with_name("microtrials")
+
+
+def run_cli(tmp_path: Path, extracts: Path, key: str | None) -> subprocess.CompletedProcess:
+    """`microtrials run` with DAGSTER_HOME = tmp/home holding a copy of the repo's dagster.yaml
+    (its relative storage paths then land under tmp/home, not in the repository)."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MICROTRIALS_", "DAGSTER_"))}
+    env["DAGSTER_HOME"] = str(home)
+    if key is not None:
+        env["MICROTRIALS_PUPIL_KEY"] = key
+    command = [str(MICROTRIALS), "run", "--extracts", str(extracts), "--out", str(tmp_path / "out"),
+               "--db", str(tmp_path / "warehouse.duckdb")]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_run_loads_every_school_in_one_run_and_publishes(tmp_path, monkeypatch):
+    extracts = tmp_path / "extracts"
+    shutil.copytree(SHARED / "reference" / "extracts", extracts)
+    done = run_cli(tmp_path, extracts, "cli-test-key")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"evidence table written to {tmp_path / 'out' / 'evidence_table.csv'}" in done.stdout
+    table = pd.read_csv(tmp_path / "out" / "evidence_table.csv")
+    assert sorted(table["intervention"]) == ["Maths mastery", "Reciprocal reading"]
+    assert (tmp_path / "home" / "data" / "dagster" / "storage").is_dir(), "the instance is under DAGSTER_HOME"
+
+    # A second delivery from one school (one more pupil file) and a run again: still one run,
+    # every school's partition materialised twice, and the instance remembers the first run.
+    shutil.copy(extracts / "111601.csv", extracts / "111601-resend.csv")
+    again = run_cli(tmp_path, extracts, "cli-test-key")
+    assert again.returncode == 0, again.stderr[-3000:]
+    monkeypatch.chdir(tmp_path / "home")  # the yaml's storage paths are relative to it
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    instance = dg.DagsterInstance.get()
+    try:
+        runs = instance.get_runs()
+        assert len(runs) == 2 and {r.job_name for r in runs} == {"load_and_refresh"}
+        assert len(instance.get_dynamic_partitions("schools")) == 25
+        assert instance.get_materialized_partitions(dg.AssetKey("pupils")) == set(
+            instance.get_dynamic_partitions("schools"))
+    finally:
+        instance.dispose()
+
+
+def test_run_refuses_real_extracts_without_a_pupil_key(tmp_path, write_extract):
+    extracts = write_extract("school.csv", pupil_rows(4)).parent
+    done = run_cli(tmp_path, extracts, None)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "MICROTRIALS_PUPIL_KEY is not set" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_refuses_a_missing_folder(tmp_path):
+    done = run_cli(tmp_path, tmp_path / "missing", "k")
+    assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_the_instance_queues_runs_and_limits_the_warehouse_pool(tmp_path, monkeypatch):
+    from pipelines.assets.loading import pupils
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.chdir(home)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    instance = dg.DagsterInstance.get()
+    try:
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        config = instance.get_concurrency_config()
+        assert config.run_queue_config.max_concurrent_runs == 4
+        assert config.pool_config.default_pool_limit == 1
+        assert instance.event_log_storage.supports_global_concurrency_limits
+    finally:
+        instance.dispose()
+    assert pupils.op.pool == "warehouse"

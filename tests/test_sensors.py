@@ -1,0 +1,100 @@
+"""The extracts sensor: new, changed, unchanged and deleted files, through its cursor."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from pipelines.partitions import SCHOOLS
+from pipelines.resources import Settings
+from pipelines.sensors import extracts_sensor, run_blocks
+from tests.conftest import pupil_rows
+
+
+def tick(instance, extracts, cursor=None) -> dg.SensorResult:
+    """One evaluation; the partitions it asks for are added, as the daemon would."""
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"settings": Settings(extracts_dir=str(extracts), out_dir=str(extracts.parent / "out"))},
+    )
+    result = extracts_sensor(context)
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def schools_of(result: dg.SensorResult) -> list[list[str]]:
+    blocks = []
+    for request in result.run_requests or []:
+        if request.partition_key is not None:
+            blocks.append([request.partition_key])
+        else:
+            blocks.append([request.tags[ASSET_PARTITION_RANGE_START_TAG], request.tags[ASSET_PARTITION_RANGE_END_TAG]])
+    return blocks
+
+
+def test_sensor_settings():
+    assert extracts_sensor.name == "extracts_sensor"
+    assert extracts_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert extracts_sensor.minimum_interval_seconds == int(os.environ.get("MICROTRIALS_SENSOR_INTERVAL", "15"))
+
+
+def test_new_changed_unchanged_deleted(tmp_path, write_extract):
+    extracts = tmp_path / "extracts"
+    write_extract("a.csv", pupil_rows(4, urn="111601"))
+    write_extract("b.csv", pupil_rows(4, urn="111602"))
+    with dg.instance_for_test() as instance:
+        # New files: both schools registered, one run loads both (adjacent partitions) and refreshes.
+        first = tick(instance, extracts)
+        assert list(instance.get_dynamic_partitions(SCHOOLS)) == ["111601", "111602"]
+        assert schools_of(first) == [["111601", "111602"]]
+        assert first.run_requests[0].tags["microtrials/schools"] == "111601, 111602"
+        cursor = json.loads(first.cursor)
+        assert cursor["a.csv"]["school"] == "111601" and len(cursor["a.csv"]["sha256"]) == 64
+
+        # Unchanged folder: nothing requested, even when a file is touched (mtime is not content).
+        os.utime(extracts / "a.csv", (1_900_000_000, 1_900_000_000))
+        same = tick(instance, extracts, first.cursor)
+        assert not same.run_requests and not same.dynamic_partitions_requests
+        assert json.loads(same.cursor) == cursor
+
+        # Changed content of one file: only that school, no new partition.
+        write_extract("b.csv", pupil_rows(6, urn="111602"))
+        changed = tick(instance, extracts, same.cursor)
+        assert schools_of(changed) == [["111602"]]
+        assert not changed.dynamic_partitions_requests
+        assert json.loads(changed.cursor)["b.csv"]["sha256"] != cursor["b.csv"]["sha256"]
+
+        # A deleted file leaves the cursor; nothing is run and the partition stays.
+        (extracts / "a.csv").unlink()
+        deleted = tick(instance, extracts, changed.cursor)
+        assert not deleted.run_requests
+        assert set(json.loads(deleted.cursor)) == {"b.csv"}
+        assert "111601" in instance.get_dynamic_partitions(SCHOOLS)
+
+        # The same file put back is new again to the cursor, and is loaded (the load is a no-op).
+        write_extract("a.csv", pupil_rows(4, urn="111601"))
+        back = tick(instance, extracts, deleted.cursor)
+        assert schools_of(back) == [["111601"]]
+        assert not back.dynamic_partitions_requests
+
+
+def test_unreadable_file_gets_a_file_key(tmp_path, write_extract):
+    extracts = tmp_path / "extracts"
+    write_extract("Oak Primary (final).xlsx", b"PK\x03\x04 not really a workbook")
+    write_extract("two schools.csv", pupil_rows(2, urn="111601") + pupil_rows(2, urn="111602"))
+    with dg.instance_for_test() as instance:
+        result = tick(instance, extracts)
+    keys = json.loads(result.cursor)
+    assert keys["Oak Primary (final).xlsx"]["school"] == "file-Oak_Primary_final"
+    assert keys["two schools.csv"]["school"] == "file-two_schools"
+
+
+def test_changed_schools_far_apart_get_a_run_each():
+    order = ["111601", "111602", "111603", "111604"]
+    assert run_blocks(["111604", "111601", "111602"], order) == [["111601", "111602"], ["111604"]]
+    assert run_blocks(["111603"], order) == [["111603"]]
