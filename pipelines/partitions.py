@@ -54,7 +54,7 @@ def school_key(path: Path) -> str:
         return file_key(path)
     try:
         rows = extracts.read_extract(path).rows
-    except extracts.ExtractRejected:
+    except (extracts.ExtractRejected, OSError, ValueError):  # unreadable: the load will say why
         return file_key(path)
     column = rows["school_urn"]  # a pandas Series or a pyarrow array, depending on the reader
     values = column.to_pylist() if hasattr(column, "to_pylist") else column.tolist()

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster._utils.schedules import cron_string_iterator
 
 from pipelines.definitions import defs
 from pipelines.partitions import SCHOOLS
@@ -54,7 +55,5 @@ def test_termly_reload_fires_at_the_start_of_each_term():
     start = dt.datetime(2026, 8, 1, tzinfo=LONDON)
     ticks = []
     for cron in termly_full_reload.cron_schedule:
-        from dagster._utils.schedules import cron_string_iterator
-
         ticks.append(next(cron_string_iterator(start.timestamp(), cron, "Europe/London")))
     assert sorted((t.month, t.day, t.hour) for t in ticks) == [(1, 1, 5), (4, 20, 5), (9, 1, 5)]

@@ -97,29 +97,29 @@ def run_pipeline(extracts: Path, out: Path, db: Path) -> int:
 
 
 def _failure_reason(result) -> str:
-    """The first failure's message, on one line: a step's error, else a failed blocking check."""
+    """Why the run failed, on one line: the failed blocking checks, else the first step's error."""
+    failed = _failed_checks(result)
+    if failed:
+        return f"blocking check failed (README \"For officers\" says what to do): {failed}"
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data.error is not None:
             error = event.step_failure_data.error
             while error.cause is not None and "MicrotrialsError" not in error.cls_name:
                 error = error.cause
-            message = " ".join(error.message.split())
-            failed = _failed_checks(result)
-            return f"{event.step_key}: {message}" + (f" ({failed})" if failed else "")
-    failed = _failed_checks(result)
-    return failed or "the run did not succeed (see the Dagster UI)"
+            return f"{event.step_key}: " + " ".join(error.message.split())
+    return "the run did not succeed (see the Dagster UI)"
 
 
 def _failed_checks(result) -> str:
-    """Failed ERROR-severity checks of the run as 'asset:check: description; ...'."""
+    """Failed ERROR-severity checks of the run as 'asset:check (description); ...'."""
     failed = []
     for event in result.all_events:
         if event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
             if not evaluation.passed and evaluation.severity.value == "ERROR":
                 key = evaluation.asset_check_key
-                text = evaluation.description or "failed"
-                failed.append(f"check {key.asset_key.to_user_string()}:{key.name} {text}")
+                text = " ".join((evaluation.description or "failed").split())
+                failed.append(f"{key.asset_key.to_user_string()}:{key.name} ({text})")
     return "; ".join(failed)
 
 
