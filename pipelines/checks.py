@@ -4,12 +4,12 @@ Each check's description says what a failure means; README "For officers" says w
 """
 
 
-import re
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
+from microtrials import publish, warehouse
 from pipelines.partitions import content_hash, extract_files, files_by_school
 from pipelines.resources import Settings, Warehouse
 
@@ -18,17 +18,12 @@ from pipelines.resources import Settings, Warehouse
 QUARANTINE_RATE_LIMIT = 0.05
 # Two-stage pooling and a between-school SD need at least two schools with pupils in both arms.
 MIN_SCHOOLS_BOTH_ARMS = 2
-# Column names that would identify pupils if they reached a published file.
-IDENTIFIER_COLUMNS = ("pupil_id", "pupil_key")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_TH = re.compile(r"<th[^>]*>\s*([^<]*?)\s*</th>", re.IGNORECASE)
+IDENTIFIER_COLUMNS = publish.IDENTIFIER_COLUMNS
 
 
 def _table(con, name: str) -> pd.DataFrame | None:
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = $name", {"name": name}
-    ).fetchall()[0][0]
-    return con.execute(f"SELECT * FROM {name}").df() if exists else None  # name: a constant below
+    """The rows of a warehouse table through its query `sql/<name>.sql`, or None before it exists."""
+    return con.execute(warehouse.sql(name)).df() if warehouse.table_exists(con, name) else None
 
 
 def _md(frame: pd.DataFrame) -> dg.MetadataValue:
@@ -180,7 +175,7 @@ def one_row_per_trial(settings: Settings, warehouse_db: Warehouse) -> dg.AssetCh
 )
 def no_pupil_identifiers_published(settings: Settings, warehouse_db: Warehouse) -> dg.AssetCheckResult:
     with warehouse_db.connect() as con:
-        keys = {row[0] for row in con.execute("SELECT DISTINCT pupil_key FROM pupils").fetchall()}
+        keys = {row[0] for row in con.execute(warehouse.sql("pupil_keys")).fetchall()}
     findings = published_identifiers(settings.out, keys)
     return dg.AssetCheckResult(
         passed=not findings,
@@ -193,24 +188,11 @@ def no_pupil_identifiers_published(settings: Settings, warehouse_db: Warehouse) 
 
 
 def published_identifiers(out: Path, pupil_keys: set[str]) -> list[tuple[str, str]]:
-    """(file, what) for each published file holding a pupil_key value or an identifier column name."""
-    findings = []
+    """(file, what) for each file under ``out`` holding a pupil_key value or an identifier column name."""
     if not Path(out).is_dir():
-        return findings
-    for path in sorted(p for p in Path(out).rglob("*") if p.is_file()):
-        text = path.read_bytes().decode("utf-8", errors="ignore")
-        hits = len(set(_HEX64.findall(text.lower())) & pupil_keys)
-        if hits:
-            findings.append((str(path.relative_to(out)), f"{hits} pupil_key value(s)"))
-        headers: list[str] = []
-        if path.suffix.lower() == ".csv":
-            headers = [h.strip().strip('"').lower() for h in text.lstrip("\ufeff").split("\n", 1)[0].split(",")]
-        elif path.suffix.lower() in (".html", ".htm"):
-            headers = [h.lower() for h in _TH.findall(text)]
-        named = sorted(set(headers) & set(IDENTIFIER_COLUMNS))
-        if named:
-            findings.append((str(path.relative_to(out)), "column " + ", ".join(named)))
-    return findings
+        return []
+    files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(Path(out).rglob("*")) if p.is_file()}
+    return publish.identifier_findings(files, pupil_keys)
 
 
 ALL_CHECKS = [

@@ -62,9 +62,7 @@ def pupils(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: 
         report = loading.load_report_frame(reports)
         _update_load_report(con, report, {p.name for p in files}, {p.name for p in extract_files(settings.extracts)})
         urns = [s for s in schools if not s.startswith("file-")]
-        rows = con.execute(
-            "SELECT count(*) FROM pupils WHERE list_contains($urns, school_urn)", {"urns": urns}
-        ).fetchall()[0][0]
+        rows = con.execute(warehouse.sql("school_pupil_count"), {"urns": urns}).fetchall()[0][0]
         counts = con.execute(warehouse.sql("pupil_counts")).df()
     rejected = report[report["status"] == "rejected"]
     return dg.MaterializeResult(
@@ -86,10 +84,7 @@ def _update_load_report(con, report: pd.DataFrame, loaded: set[str], present: se
     Rows for the files just loaded replace their earlier rows; rows for files no longer in the
     folder are dropped (the `deliveries` table keeps their history).
     """
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'load_report'"
-    ).fetchall()[0][0]
-    if exists:
+    if warehouse.table_exists(con, "load_report"):
         earlier = con.execute(warehouse.sql("load_report")).df()
         if list(earlier.columns) == list(report.columns):  # else the report's shape changed: start afresh
             earlier = earlier[~earlier["file_name"].isin(loaded) & earlier["file_name"].isin(present)]

@@ -1,11 +1,13 @@
 """Publishing: the evidence table, per-school CSVs, load report and the web page, swapped in atomically."""
 
 import datetime as dt
+import io
 
 import dagster as dg
 import pandas as pd
 
 from microtrials import publish, site, warehouse
+from microtrials.errors import MicrotrialsError
 from microtrials.evidence_table import COLUMNS, SCHOOL_COLUMNS
 from pipelines.resources import Settings, Warehouse
 
@@ -25,7 +27,8 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
         table = con.execute(warehouse.sql("evidence_table")).df()[COLUMNS]
         schools = con.execute(warehouse.sql("school_results")).df()
         load_report = con.execute(warehouse.sql("load_report")).df()
-        loaded_at = con.execute(warehouse.sql("data_date")).fetchone()[0]
+        loaded_at = con.execute(warehouse.sql("data_date")).fetchall()[0][0]
+        pupil_keys = {row[0] for row in con.execute(warehouse.sql("pupil_keys")).fetchall()}
     per_trial = {
         site.trial_slug(intervention, outcome_measure): group[SCHOOL_COLUMNS].reset_index(drop=True)
         for (intervention, outcome_measure), group in schools.groupby(["intervention", "outcome_measure"])
@@ -33,6 +36,14 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     data_date = loaded_at.strftime("%d %B %Y") if loaded_at is not None else "no data loaded"
     run_date = dt.datetime.now(dt.timezone.utc).strftime("%d %B %Y %H:%M UTC")
     files = site.build_site(table, per_trial, load_report, data_date, run_date)
+    # The blocking checks run again on the folder afterwards; here the same tests stop a bad
+    # publication before it replaces the last good one.
+    findings = publish.identifier_findings(files, pupil_keys)
+    if findings:
+        raise MicrotrialsError(f"not published: pupil identifiers found in {findings}; the last good publication stays")
+    published_rows = len(pd.read_csv(io.BytesIO(files["evidence_table.csv"])))
+    if published_rows != len(table):
+        raise MicrotrialsError(f"not published: {published_rows} rows for {len(table)} trials")
     publish.publish_folder(settings.out, files)
     path = settings.out / "evidence_table.csv"
     context.log.info(f"evidence table written to {path}")

@@ -255,3 +255,32 @@ def publish_folder(out_dir: Path, files: Mapping[str, bytes | str]) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+# Column names that would identify pupils if they reached a published file.
+IDENTIFIER_COLUMNS = ("pupil_id", "pupil_key")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_TH = re.compile(r"<th[^>]*>\s*([^<]*?)\s*</th>", re.IGNORECASE)
+
+
+def identifier_findings(files: Mapping[str, bytes | str], pupil_keys: set[str]) -> list[tuple[str, str]]:
+    """(file, what) for each file holding a warehouse pupil_key or a column named pupil_id/pupil_key.
+
+    Scans CSV header rows and HTML table headers for the names, and every file's text for the
+    64-hex-digit keys. Used before a publication is swapped in and again by the asset check.
+    """
+    findings = []
+    for name, content in sorted(files.items()):
+        text = _as_bytes(content).decode("utf-8", errors="ignore")
+        hits = len(set(_HEX64.findall(text.lower())) & pupil_keys)
+        if hits:
+            findings.append((name, f"{hits} pupil_key value(s)"))
+        headers: list[str] = []
+        if name.lower().endswith(".csv"):
+            headers = [h.strip().strip('"').lower() for h in text.lstrip("\ufeff").split("\n", 1)[0].split(",")]
+        elif name.lower().endswith((".html", ".htm")):
+            headers = [h.lower() for h in _TH.findall(text)]
+        named = sorted(set(headers) & set(IDENTIFIER_COLUMNS))
+        if named:
+            findings.append((name, "column " + ", ".join(named)))
+    return findings

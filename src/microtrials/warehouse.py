@@ -65,6 +65,11 @@ def connect_with_retry(
             delay = min(delay * 2, 2.0)
 
 
+def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether ``table`` exists (the derived tables appear after their first run)."""
+    return con.execute(sql("table_exists"), {"name": table}).fetchall()[0][0] > 0
+
+
 def save_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
     """Replace ``table`` with the rows of ``frame`` (passed through Arrow, never as SQL text).
 
