@@ -64,6 +64,7 @@ def pupils(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: 
         urns = [s for s in schools if not s.startswith("file-")]
         rows = con.execute(warehouse.sql("school_pupil_count"), {"urns": urns}).fetchall()[0][0]
         counts = con.execute(warehouse.sql("pupil_counts")).df()
+        quarantined = con.execute(warehouse.sql("quarantine_for_files"), {"files": [p.name for p in files]}).df()
     rejected = report[report["status"] == "rejected"]
     return dg.MaterializeResult(
         metadata={
@@ -73,6 +74,9 @@ def pupils(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: 
             "files": len(reports),
             "files_rejected": len(rejected),
             "load_report": dg.MetadataValue.md(report.to_markdown(index=False)),
+            "quarantined_rows": dg.MetadataValue.md(
+                quarantined.to_markdown(index=False) if len(quarantined) else "(none)"
+            ),
             "warehouse_trials": dg.MetadataValue.md(counts.to_markdown(index=False)),
         }
     )

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The terminal shows Dagster's INFO lines and above; every DEBUG event is still in the run's log in the UI.
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +86,7 @@ def run_pipeline(extracts: Path, out: Path, db: Path) -> int:
             tags = {ASSET_PARTITION_RANGE_START_TAG: every[0], ASSET_PARTITION_RANGE_END_TAG: every[-1]}
         else:
             job, tags = defs.resolve_job_def("refresh"), {}
-        result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, run_config=QUIET)
     except MicrotrialsError as exc:
         print(f"microtrials run failed: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1

@@ -27,17 +27,12 @@ from pathlib import Path
 import pandas as pd
 
 from microtrials.errors import MicrotrialsError
+from microtrials.evidence_table import COLUMNS as EVIDENCE_COLUMNS
+from microtrials.evidence_table import SCHOOL_COLUMNS
 from microtrials.guidance import SUPPRESSION_THRESHOLD
 from microtrials.plots import describe, forest_plot
 from microtrials.publish import csv_bytes, suppress_small_groups
 
-EVIDENCE_COLUMNS = [
-    "intervention", "outcome_measure", "schools", "schools_both_arms", "pupils_randomised",
-    "pupils_analysed", "attrition_pct", "effect_size", "ci_low", "ci_high", "p_value",
-    "months_progress", "tau", "i2", "pi_low", "pi_high", "fsm_effect_size", "fsm_ci_low",
-    "fsm_ci_high", "evidence_strength", "notes",
-]
-SCHOOL_COLUMNS = ["school_urn", "n_intervention", "n_control", "g", "ci_low", "ci_high", "shrunken_g"]
 # Counts that stay published when a group is small (they say why its figures are blank); every
 # other numeric column is a figure computed from pupils' scores and is suppressed with the group.
 EVIDENCE_COUNTS = ["schools", "schools_both_arms", "pupils_randomised", "pupils_analysed", "attrition_pct"]
