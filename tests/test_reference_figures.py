@@ -117,3 +117,13 @@ def test_one_arm_school_counts_but_is_not_pooled(results):
     assert reading.schools - reading.schools_both_arms == 1
     assert reading.pool.k == reading.schools_both_arms
     assert any("only one arm" in note for note in reading.notes)
+
+
+def test_fsm_months_follow_the_toolkit_table(results):
+    # Reciprocal reading's FSM-only effect: beta 2.689 (lme4) over the headline total SD
+    # sqrt(52.79 + 193.06) = 15.680 gives 0.171, which the Toolkit table puts at 2 months.
+    row = evidence_table(list(results.values())).set_index("intervention").loc["Reciprocal reading"]
+    expected = EXPECTED["Reciprocal reading"]
+    sd_total = (expected["null_model"]["var_school"] + expected["null_model"]["var_pupil"]) ** 0.5
+    assert abs(row["fsm_effect_size"] - expected["fsm_only"]["beta"] / sd_total) <= 0.0005
+    assert row["fsm_months_progress"] == 2

@@ -8,7 +8,7 @@ import pandas as pd
 
 from microtrials import publish, site, warehouse
 from microtrials.errors import MicrotrialsError
-from microtrials.evidence_table import COLUMNS, SCHOOL_COLUMNS
+from microtrials.evidence_table import COLUMNS, EXTRA_COLUMNS, SCHOOL_COLUMNS
 from pipelines.resources import Settings, Warehouse
 
 
@@ -24,7 +24,7 @@ from pipelines.resources import Settings, Warehouse
 )
 def evidence_table(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse) -> dg.MaterializeResult:
     with warehouse_db.connect() as con:
-        table = con.execute(warehouse.sql("evidence_table")).df()[COLUMNS]
+        table = con.execute(warehouse.sql("evidence_table")).df()[COLUMNS + EXTRA_COLUMNS]
         schools = con.execute(warehouse.sql("school_results")).df()
         load_report = con.execute(warehouse.sql("load_report")).df()
         loaded_at = con.execute(warehouse.sql("data_date")).fetchall()[0][0]

@@ -40,6 +40,9 @@ def trial_results(context: dg.AssetExecutionContext, warehouse_db: Warehouse) ->
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(table),
+            "dagster/column_schema": dg.TableSchema(
+                columns=[dg.TableColumn(name, str(dtype)) for name, dtype in table.dtypes.items()]
+            ),
             "trials": dg.MetadataValue.md(_trials_markdown(table)),
             **{f"{r.intervention} / {r.outcome_measure}": dg.MetadataValue.md(trial_markdown(r)) for r in results},
         }
@@ -74,6 +77,7 @@ def stored_row(result: TrialResult) -> dict[str, object]:
         fsm_pupils=result.fsm_pupils,
         mdes=result.mdes,
         baseline_difference=None if result.balance is None else result.balance.difference,
+        baseline_balance=None if result.balance is None else result.balance.flag,
         attrition_intervention=result.attrition.intervention,
         attrition_control=result.attrition.control,
     )
@@ -125,6 +129,11 @@ def trial_markdown(result: TrialResult) -> str:
     plot = _forest_png(result)
     if plot is not None:
         parts.append(f"![forest plot](data:image/png;base64,{base64.b64encode(plot).decode()})")
+    a = result.attrition
+    parts.append(f"**Attrition**: {a.overall:.1f}% overall, {a.intervention:.1f}% intervention, {a.control:.1f}% control")
+    if result.balance is not None:
+        parts.append(f"**Baseline balance**: {result.balance.difference:.3f} SD between arms among analysed pupils "
+                     f"(WWC: {result.balance.flag}); MDES {result.mdes:.3f}")
     if result.strength is not None:
         parts.append(f"**Evidence strength {result.strength.score}/5**: " + "; ".join(result.strength.reasons))
     return "\n\n".join(parts)

@@ -16,6 +16,8 @@ COLUMNS = [
     "months_progress", "tau", "i2", "pi_low", "pi_high", "fsm_effect_size", "fsm_ci_low",
     "fsm_ci_high", "evidence_strength", "notes",
 ]
+# Published after the contract's columns (the contract allows more): months for the FSM effect.
+EXTRA_COLUMNS = ["fsm_months_progress"]
 SCHOOL_COLUMNS = ["school_urn", "n_intervention", "n_control", "g", "ci_low", "ci_high", "shrunken_g"]
 
 
@@ -59,12 +61,13 @@ def evidence_row(result: TrialResult) -> dict[str, object]:
         "fsm_ci_high": _r(fsm and fsm.ci_high),
         "evidence_strength": None if strength is None else strength.score,
         "notes": "; ".join(notes),
+        "fsm_months_progress": None if fsm is None else months_progress(fsm.g),
     }
 
 
 def evidence_table(results: list[TrialResult]) -> pd.DataFrame:
     """Every trial's row, sorted by intervention then outcome_measure."""
-    table = pd.DataFrame([evidence_row(r) for r in results], columns=COLUMNS)
+    table = pd.DataFrame([evidence_row(r) for r in results], columns=COLUMNS + EXTRA_COLUMNS)
     return table.sort_values(["intervention", "outcome_measure"], kind="stable").reset_index(drop=True)
 
 

@@ -40,7 +40,7 @@ SCHOOL_COUNTS = ["n_intervention", "n_control"]
 # Figures even when a column arrives blank or as text.
 EVIDENCE_FIGURES = [
     "effect_size", "ci_low", "ci_high", "p_value", "months_progress", "tau", "i2", "pi_low",
-    "pi_high", "fsm_effect_size", "fsm_ci_low", "fsm_ci_high", "evidence_strength",
+    "pi_high", "fsm_effect_size", "fsm_ci_low", "fsm_ci_high", "evidence_strength", "fsm_months_progress",
 ]
 SCHOOL_FIGURES = ["g", "ci_low", "ci_high", "shrunken_g"]
 
@@ -470,6 +470,7 @@ def _trial_page(row: pd.Series, schools: pd.DataFrame, svg_alt: str, area: str,
         ("What a new school could expect (95% prediction interval)", _interval(row.get("pi_low"), row.get("pi_high"))),
         ("Effect size for pupils eligible for free school meals", _fmt(row.get("fsm_effect_size"))),
         ("its 95% confidence interval", _interval(row.get("fsm_ci_low"), row.get("fsm_ci_high"))),
+        ("Months of extra progress for pupils eligible for free school meals", _months(row.get("fsm_months_progress"))),
         ("Notes", "" if _is_blank(row.get("notes")) else str(row.get("notes"))),
     ]
     if not _is_blank(row.get("suppressed")) and str(row.get("suppressed")):
