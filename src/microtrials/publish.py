@@ -140,9 +140,9 @@ def suppress_small_groups(
     A row is suppressed when any of ``count_columns`` (pupil counts, e.g. the two arms of a
     school) is below ``threshold`` or missing. Its ``value_columns`` become blank (NaN; integer
     columns become nullable integers so whole numbers stay whole) and the
-    ``suppressed`` column (added, or extended when present) gives the reason, e.g.
-    ``"fewer than 10 pupils (n_control = 7)"``; it is blank for rows published in full. The counts
-    themselves stay, so a reader sees why a school has no figure.
+    ``suppressed`` column (added, or extended when present) gives the reason without the count,
+    e.g. ``"fewer than 10 pupils (n_control)"``; it is blank for rows published in full. Pass the
+    count columns among ``value_columns`` too to blank the small counts themselves.
     """
     count_columns, value_columns = list(count_columns), list(value_columns)
     missing = [c for c in count_columns + value_columns if c not in frame.columns]
@@ -154,8 +154,7 @@ def suppress_small_groups(
     for column in count_columns:
         counts = pd.to_numeric(out[column], errors="coerce")
         small = counts.isna() | (counts < threshold)
-        shown = counts.map(lambda v: "missing" if pd.isna(v) else f"{v:g}")
-        text = f"{column} = " + shown.astype(str)
+        text = pd.Series(column, index=out.index, dtype=object)  # the count itself is not given away
         reasons = reasons.where(~small, np.where(reasons == "", text, reasons + "; " + text))
         small_any |= small
     for column in value_columns:

@@ -581,7 +581,8 @@ def _prepare_schools(schools: pd.DataFrame | None) -> pd.DataFrame:
     frame = _drop_identifiers(schools).copy()
     frame["school_urn"] = frame["school_urn"].astype(str)
     frame = frame.sort_values("school_urn", kind="stable").reset_index(drop=True)
-    return suppress_small_groups(frame, SCHOOL_COUNTS, _figures(frame, SCHOOL_COUNTS, SCHOOL_FIGURES))
+    # A school's pupil counts are figures of its small group too: blanked with the rest.
+    return suppress_small_groups(frame, SCHOOL_COUNTS, SCHOOL_COUNTS + _figures(frame, SCHOOL_COUNTS, SCHOOL_FIGURES))
 
 
 def build_site(
