@@ -222,7 +222,8 @@ def _random_slope(fit: Fitter, covariates: list[str]) -> tuple[MixedFit | None, 
     if not slope.converged:
         return slope, ["random-slope model did not converge: per-school shrunken estimates use the random-intercept model"]
     if slope.singular:
-        return slope, ["random-slope model is singular (slope SD or correlation on its boundary), as lme4 would flag"]
+        return slope, ["the effect did not measurably vary between schools (random-slope model singular: "
+                       "slope SD or correlation on its boundary, as lme4 flags)"]
     return slope, []
 
 
