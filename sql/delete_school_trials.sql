@@ -1,8 +1,10 @@
--- Remove a school's pupil rows for the trials in the registered frame `delivery_trials`
--- (a re-delivery replaces exactly those trials; the school's other trials stay).
+-- Remove the pupil rows each delivered file replaces: its school's rows for the trials it names
+-- (registered frame `batch_trials`: file_name, school_urn, intervention, outcome_measure).
+-- A re-delivery replaces exactly those trials; the school's other trials stay.
 DELETE FROM pupils
-WHERE school_urn = $school_urn
-  AND EXISTS (
-      SELECT 1 FROM delivery_trials AS t
-      WHERE t.intervention = pupils.intervention AND t.outcome_measure = pupils.outcome_measure
-  )
+WHERE EXISTS (
+    SELECT 1 FROM batch_trials AS t
+    WHERE t.school_urn = pupils.school_urn
+      AND t.intervention = pupils.intervention
+      AND t.outcome_measure = pupils.outcome_measure
+)

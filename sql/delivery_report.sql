@@ -1,6 +1,7 @@
--- The record of this exact file (same name, same content hash) if it was loaded: its stored report.
-SELECT status, report_json
-FROM deliveries
-WHERE delivery_id = $delivery_id AND file_name = $file_name AND status = 'loaded'
-ORDER BY loaded_at DESC
-LIMIT 1
+-- The records of these exact files (registered frame `batch_keys`: same name, same content hash)
+-- that were loaded: the latest stored report of each.
+SELECT d.delivery_id, d.file_name, d.report_json
+FROM deliveries AS d
+JOIN batch_keys AS k ON d.delivery_id = k.delivery_id AND d.file_name = k.file_name
+WHERE d.status = 'loaded'
+QUALIFY row_number() OVER (PARTITION BY d.delivery_id, d.file_name ORDER BY d.loaded_at DESC) = 1

@@ -249,6 +249,73 @@ def test_a_missing_folder_is_a_clear_error(con, tmp_path):
         load_folder(con, tmp_path / "nowhere", KEY)
 
 
+# ---- batches: load_folder shares transactions and worker processes between files ------------
+
+
+def _mixed_folder(write_extract):
+    """Files that exercise every path: two of one school (the later replaces a trial), quarantine,
+    no valid URN, rejected, a spreadsheet."""
+    first = pupil_rows(4, intervention="Reading") + pupil_rows(3, intervention="Maths", measure="PUMA")
+    first[0][COLUMN["arm"]] = "wrong"
+    write_extract("111601_a.csv", first)
+    later = pupil_rows(3, intervention="Reading", start=20)
+    later[1][COLUMN["fsm"]] = "?"
+    write_extract("111601_b.csv", later)
+    write_extract("111602.csv", pupil_rows(5, urn="111602"))
+    write_extract("111603.csv", pupil_rows(2, urn="111603"))
+    write_extract("school.csv", pupil_rows(2, urn="11604"))
+    write_extract("bad.csv", b"")
+    return write_extract("111605.xlsx", b"PK\x03\x04").parent
+
+
+def _everything(con) -> dict[str, pd.DataFrame]:
+    return snapshot(con) | {"deliveries": table(con, "deliveries", "file_name, status")}
+
+
+def test_a_batched_load_is_the_same_as_loading_file_by_file(tmp_path, write_extract, monkeypatch):
+    folder = _mixed_folder(write_extract)
+    one_by_one = warehouse.connect(tmp_path / "one_by_one.duckdb")
+    expected = [load_file(one_by_one, path, KEY) for path in sorted(folder.iterdir(), key=lambda p: p.name)]
+    monkeypatch.setattr(loading, "BATCH_FILES", 3)  # several chunks, staged ahead of their writes
+    monkeypatch.setattr(loading, "PARALLEL_MIN_FILES", 1)  # prepared by worker processes
+    batched = warehouse.connect(tmp_path / "batched.duckdb")
+    reports = load_folder(batched, folder, KEY)
+    assert reports == expected
+    want, got = _everything(one_by_one), _everything(batched)
+    for name in want:
+        pd.testing.assert_frame_equal(want[name], got[name])
+    again = load_folder(batched, folder, KEY)
+    assert [(r.file_name, r.status) for r in again] == [
+        (r.file_name, "rejected" if r.status == "rejected" else "unchanged") for r in expected
+    ]
+    after = _everything(batched)
+    for name in got:
+        pd.testing.assert_frame_equal(got[name], after[name])
+    one_by_one.close()
+    batched.close()
+
+
+def test_a_failing_file_in_a_shared_transaction_loses_no_other_file(con, write_extract, monkeypatch):
+    for urn in ("111601", "111602", "111603"):
+        folder = write_extract(f"{urn}.csv", pupil_rows(2, urn=urn)).parent
+    real_write = loading._write
+
+    def failing(cur, group):
+        if any(d.report.file_name == "111602.csv" for d in group):
+            raise duckdb.ConstraintException("simulated failure")
+        return real_write(cur, group)
+
+    monkeypatch.setattr(loading, "_write", failing)
+    with pytest.raises(duckdb.ConstraintException, match="simulated"):
+        load_folder(con, folder, KEY)
+    # the shared transaction was rolled back, then the file before the failing one went alone
+    assert table(con, "deliveries")["file_name"].tolist() == ["111601.csv"]
+    assert set(table(con, "pupils")["source_file"]) == {"111601.csv"}
+    monkeypatch.setattr(loading, "_write", real_write)
+    assert [r.status for r in load_folder(con, folder, KEY)] == ["unchanged", "loaded", "loaded"]
+    assert table(con, "pupils")["school_urn"].value_counts().to_dict() == {"111601": 2, "111602": 2, "111603": 2}
+
+
 # ---- concurrency: DuckDB allows one writing process per file ------------------------------
 
 

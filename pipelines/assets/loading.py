@@ -58,7 +58,7 @@ def pupils(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: 
             f"no file in {settings.extracts} for {', '.join(missing)}: the rows loaded before are kept"
         )
     with warehouse_db.connect() as con:
-        reports = [loading.load_file(con, path, key) for path in files]
+        reports = loading.load_files(con, files, key)
         report = loading.load_report_frame(reports)
         _update_load_report(con, report, {p.name for p in files}, {p.name for p in extract_files(settings.extracts)})
         urns = [s for s in schools if not s.startswith("file-")]

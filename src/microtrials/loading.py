@@ -6,13 +6,24 @@ leaves the warehouse as it was. Loading the same file (same name, same bytes) ag
 nothing and reports ``unchanged``. Every file seen gets a ``deliveries`` row, unless that exact
 file was already recorded with the same outcome. Data reaches DuckDB only through registered
 Arrow tables and bound parameters.
+
+For speed at national scale (:func:`load_files`), several files' replaces share one transaction and
+one INSERT per table: files for distinct schools only, so each file's delete + insert means what it
+would alone; if a shared transaction fails it is rolled back and its files are written one by one.
+A long list of files is read and validated by worker processes while this process writes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
+import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +39,10 @@ from microtrials.privacy import pseudonymise
 # reported as rejected so the officer knows to ask for a CSV.
 NOT_CSV_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".tsv", ".numbers")
 TRANSACTION_ATTEMPTS = 5
+# Files read and checked before their writes; the group of them for distinct schools shares a transaction.
+BATCH_FILES = 200
+# From this many files on, worker processes read and validate while this one writes.
+PARALLEL_MIN_FILES = 400
 
 
 @dataclass
@@ -57,59 +72,7 @@ def load_file(con: duckdb.DuckDBPyConnection, path: Path, key: bytes) -> FileRep
     A file already loaded (same name, same bytes) is not read again: its stored report comes back
     with status ``unchanged`` and nothing changes.
     """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return _record_rejection(con, path.name, "unreadable", f"{path.name}: could not be opened ({exc.strerror}); "
-                                 "check the file is readable")
-    delivery_id = hashlib.sha256(data).hexdigest()
-    earlier = _earlier_report(con, delivery_id, path.name)
-    if earlier is not None:
-        return earlier
-    try:
-        if path.suffix.lower() in NOT_CSV_SUFFIXES:
-            raise extracts.ExtractRejected(f"{path.name}: only .csv files are loaded; {extracts.SAVE_AS_CSV}")
-        checked = extracts.validate(extracts.read_extract(path, data))
-    except extracts.ExtractRejected as exc:
-        return _record_rejection(con, path.name, delivery_id, str(exc))
-    report = FileReport(
-        file_name=checked.file_name,
-        status="loaded",
-        school_urn=checked.school_urn,
-        trials=checked.trials,
-        rows_read=checked.rows_read,
-        rows_loaded=checked.good.num_rows,
-        rows_quarantined=checked.rows_quarantined,
-        quarantined_by_reason=checked.quarantined_by_reason(),
-        columns_dropped=list(checked.columns_dropped),
-    )
-    frames = {
-        "delivery_pupils": _pupil_table(checked.good, key),
-        "delivery_quarantine": checked.quarantine,
-        "delivery_trials": pa.table(
-            {
-                "intervention": pa.array([t[0] for t in checked.trials], type=pa.string()),
-                "outcome_measure": pa.array([t[1] for t in checked.trials], type=pa.string()),
-            }
-        ),
-    }
-    params = {"delivery_id": delivery_id, "file_name": checked.file_name}
-    school = {"school_urn": report.school_urn}  # None (no valid URN): no pupil rows to replace
-
-    def write(cur: duckdb.DuckDBPyConnection) -> bool:
-        if _seen(cur, delivery_id, checked.file_name, "loaded"):  # another connection got there first
-            return False
-        cur.execute(warehouse.sql("delete_school_trials"), school)
-        cur.execute(warehouse.sql("delete_school_quarantine"), school | {"file_name": checked.file_name})
-        cur.execute(warehouse.sql("load_pupils"), params)
-        cur.execute(warehouse.sql("load_quarantine"), params)
-        cur.execute(warehouse.sql("load_delivery"), _delivery_row(delivery_id, report))
-        return True
-
-    if not _in_transaction(con, write, frames):
-        report.status = "unchanged"
-    return report
+    return load_files(con, [path], key)[0]
 
 
 def load_folder(con: duckdb.DuckDBPyConnection, folder: Path, key: bytes) -> list[FileReport]:
@@ -128,7 +91,32 @@ def load_folder(con: duckdb.DuckDBPyConnection, folder: Path, key: bytes) -> lis
         ),
         key=lambda p: p.name,
     )
-    return [load_file(con, path, key) for path in files]
+    return load_files(con, files, key)
+
+
+def load_files(con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes) -> list[FileReport]:
+    """Load ``paths`` in the order given, as :func:`load_file` would one by one, but faster.
+
+    Files go in chunks of ``BATCH_FILES``: one query finds the chunk's unchanged files, the rest are
+    read and validated (by worker processes for a long list, the next chunk's while this one's is
+    written), and their writes share one transaction per group of files for distinct schools (so a
+    later file of a school still replaces an earlier one, in a later transaction). If a shared
+    transaction fails, it is rolled back and each file of it is written in its own.
+    """
+    paths = [Path(p) for p in paths]
+    chunks = [paths[first : first + BATCH_FILES] for first in range(0, len(paths), BATCH_FILES)]
+    reports: list[FileReport] = []
+    with _workers(len(paths)) as pool:
+        staged = None
+        for chunk in chunks:
+            # Staging looks up only this chunk's files, which the previous chunk's writes never name.
+            next_staged = _stage(con, chunk, key, pool)
+            if staged is not None:
+                reports += _finish(con, staged)
+            staged = next_staged
+        if staged is not None:
+            reports += _finish(con, staged)
+    return reports
 
 
 def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
@@ -180,24 +168,252 @@ def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 
 
-def _seen(con: duckdb.DuckDBPyConnection, delivery_id: str, file_name: str, status: str) -> bool:
-    params = {"delivery_id": delivery_id, "file_name": file_name, "status": status}
-    return bool(con.execute(warehouse.sql("delivery_seen"), params).fetchall()[0][0])
+@dataclass
+class _Delivery:
+    """One file read and checked, ready to write: its report and (when loaded) the rows to insert."""
+
+    delivery_id: str
+    report: FileReport
+    pupils: pa.Table | None = None  # pseudonymised, with source_file and delivery_id
+    quarantine: pa.Table | None = None  # with source_file and delivery_id
 
 
-def _earlier_report(con: duckdb.DuckDBPyConnection, delivery_id: str, file_name: str) -> FileReport | None:
-    """The stored report of this exact file (same name and bytes), if it was loaded before.
+@dataclass
+class _Staged:
+    """A chunk of files on its way: the unchanged ones' stored reports, the others being prepared."""
+
+    paths: list[Path]
+    earlier: dict[Path, FileReport]
+    prepared: Iterator[_Delivery]  # in the order of the paths not in ``earlier``
+
+
+@contextmanager
+def _workers(files: int):
+    """Worker processes for reading and validating a long list of files; None (work here) otherwise.
+
+    Workers are forked (Linux), so they never re-run the caller's script as ``spawn`` would (a
+    script without an ``if __name__ == "__main__"`` guard would load again in every worker). They
+    only read, validate and hash: the warehouse is written by this process alone. Where fork is
+    not the platform's way (macOS, Windows) the files are prepared here, one after another.
+    """
+    workers = min(os.cpu_count() or 1, 4)
+    if files < PARALLEL_MIN_FILES or workers < 2 or not sys.platform.startswith("linux"):
+        yield None
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        yield pool
+
+
+def _stage(con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes, pool) -> _Staged:
+    """Read a chunk's bytes, find its unchanged files (one query) and start preparing the rest."""
+    contents = {path: _read_bytes(path) for path in paths}
+    ids = {path: hashlib.sha256(data).hexdigest() for path, data in contents.items() if isinstance(data, bytes)}
+    reports = _earlier_reports(con, [(ids[p], p.name) for p in paths if p in ids])
+    earlier = {p: reports[ids[p], p.name] for p in paths if (ids.get(p), p.name) in reports}
+    jobs = [(p, contents[p], ids.get(p, "unreadable"), key) for p in paths if p not in earlier]
+    prepared = pool.map(_prepare_job, jobs, chunksize=25) if pool else map(_prepare_job, jobs)
+    return _Staged(paths, earlier, prepared)
+
+
+def _finish(con: duckdb.DuckDBPyConnection, staged: _Staged) -> list[FileReport]:
+    """Write a staged chunk's prepared files; their reports (and the unchanged ones') in path order."""
+    todo = [p for p in staged.paths if p not in staged.earlier]
+    prepared = dict(zip(todo, staged.prepared))
+    for group in _groups_of_distinct_schools(list(prepared.values())):
+        _write_group(con, group)
+    return [prepared[p].report if p in prepared else staged.earlier[p] for p in staged.paths]
+
+
+def _prepare_job(job: tuple) -> _Delivery:
+    """:func:`_prepare` for an executor's ``map`` (runs in a worker process)."""
+    return _prepare(*job)
+
+
+def _read_bytes(path: Path) -> bytes | OSError:
+    """The file's bytes, or the error that stopped them being read."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        return exc
+
+
+def _prepare(path: Path, data: bytes | OSError, delivery_id: str, key: bytes) -> _Delivery:
+    """Read and validate one file's bytes into the rows to write, or a rejection."""
+    if isinstance(data, OSError):
+        reason = f"{path.name}: could not be opened ({data.strerror}); check the file is readable"
+        return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=reason))
+    try:
+        if path.suffix.lower() in NOT_CSV_SUFFIXES:
+            raise extracts.ExtractRejected(f"{path.name}: only .csv files are loaded; {extracts.SAVE_AS_CSV}")
+        checked = extracts.validate(extracts.read_extract(path, data))
+    except extracts.ExtractRejected as exc:
+        return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=str(exc)))
+    report = FileReport(
+        file_name=checked.file_name,
+        status="loaded",
+        school_urn=checked.school_urn,
+        trials=checked.trials,
+        rows_read=checked.rows_read,
+        rows_loaded=checked.good.num_rows,
+        rows_quarantined=checked.rows_quarantined,
+        quarantined_by_reason=checked.quarantined_by_reason(),
+        columns_dropped=list(checked.columns_dropped),
+    )
+    source = {"source_file": checked.file_name, "delivery_id": delivery_id}
+    return _Delivery(
+        delivery_id,
+        report,
+        pupils=_with_source(_pupil_table(checked.good, key), source),
+        quarantine=_with_source(checked.quarantine, source),
+    )
+
+
+def _with_source(table: pa.Table, source: dict[str, str]) -> pa.Table:
+    """``table`` with constant text columns naming the file its rows came from."""
+    for name, value in source.items():
+        table = table.append_column(name, pa.array([value] * table.num_rows, type=pa.string()))
+    return table
+
+
+def _groups_of_distinct_schools(deliveries: list[_Delivery]) -> list[list[_Delivery]]:
+    """Consecutive groups in which no school and no file name comes twice, so one group can be
+    written at once: a file's deletes never touch another file's rows of the same group."""
+    groups: list[list[_Delivery]] = []
+    taken: set[tuple[str, str]] = set()
+    for delivery in deliveries:
+        names = {("file", delivery.report.file_name)}
+        if delivery.report.school_urn is not None:
+            names.add(("school", delivery.report.school_urn))
+        if not groups or names & taken:
+            groups.append([])
+            taken = set()
+        groups[-1].append(delivery)
+        taken |= names
+    return groups
+
+
+def _write_group(con: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> None:
+    """Write a group in one transaction; if that fails (not a conflict), each file in its own."""
+    try:
+        _write_once(con, group)
+    except duckdb.Error:
+        if len(group) == 1:
+            raise
+        for delivery in group:  # a failing file raises here, after the files before it are written
+            _write_once(con, [delivery])
+
+
+def _write_once(con: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> None:
+    """Write ``group`` in one transaction, leaving out files another connection recorded meanwhile
+    (a loaded one of those becomes ``unchanged``)."""
+    while group:
+        try:
+            _in_transaction(con, lambda cur: _write(cur, group), _frames(group))
+            return
+        except _AlreadyRecorded as recorded:
+            for delivery in group:
+                if _key(delivery) in recorded.files and delivery.report.status == "loaded":
+                    delivery.report.status = "unchanged"
+            group = [d for d in group if _key(d) not in recorded.files]
+
+
+class _AlreadyRecorded(Exception):
+    """Some files of a group were recorded by another connection since they were looked up."""
+
+    def __init__(self, files: set[tuple[str, str]]):
+        super().__init__(f"{len(files)} file(s) already recorded")
+        self.files = files
+
+
+def _key(delivery: _Delivery) -> tuple[str, str]:
+    return delivery.delivery_id, delivery.report.file_name
+
+
+def _frames(group: list[_Delivery]) -> dict[str, pa.Table]:
+    """The group's rows as the Arrow tables its SQL reads (registered as views)."""
+    loaded = [d for d in group if d.report.status == "loaded"]
+    frames = {
+        "batch_keys": _file_keys((d.delivery_id, d.report.file_name, d.report.status) for d in group),
+        "batch_deliveries": pa.Table.from_pylist([_delivery_row(d.delivery_id, d.report) for d in group]),
+    }
+    if loaded:
+        frames |= {
+            "batch_files": pa.table({"file_name": pa.array([d.report.file_name for d in loaded], pa.string())}),
+            "batch_trials": _trials_table(loaded),
+            "batch_pupils": pa.concat_tables([d.pupils for d in loaded]).combine_chunks(),
+            "batch_quarantine": pa.concat_tables([d.quarantine for d in loaded]).combine_chunks(),
+        }
+    return frames
+
+
+def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> None:
+    """Inside a transaction: replace each loaded file's school trials and quarantine, insert its
+    rows, and record every file in ``deliveries``."""
+    recorded = {(row[0], row[1]) for row in cur.execute(warehouse.sql("delivery_seen")).fetchall()}
+    if recorded:
+        raise _AlreadyRecorded(recorded)
+    if any(d.report.status == "loaded" for d in group):
+        cur.execute(warehouse.sql("delete_school_trials"))
+        cur.execute(warehouse.sql("delete_school_quarantine"))
+        cur.execute(warehouse.sql("load_pupils"))
+        cur.execute(warehouse.sql("load_quarantine"))
+    cur.execute(warehouse.sql("load_delivery"))
+
+
+def _trials_table(loaded: list[_Delivery]) -> pa.Table:
+    """One row per loaded file and trial it names: the rows a re-delivery replaces."""
+    rows = [
+        {"file_name": d.report.file_name, "school_urn": d.report.school_urn, "intervention": i, "outcome_measure": m}
+        for d in loaded
+        for i, m in d.report.trials
+    ]
+    schema = pa.schema([(c, pa.string()) for c in ("file_name", "school_urn", "intervention", "outcome_measure")])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+@contextmanager
+def _registered(cur: duckdb.DuckDBPyConnection, frames: dict[str, pa.Table]):
+    """``frames`` registered as views for the SQL run inside the ``with``."""
+    for name, frame in frames.items():
+        cur.register(name, frame)
+    try:
+        yield
+    finally:
+        for name in frames:
+            cur.unregister(name)
+
+
+def _file_keys(pairs) -> pa.Table:
+    """(delivery_id, file_name, status) rows as a table for the look-up queries."""
+    pairs = list(pairs)
+    return pa.table(
+        {
+            "delivery_id": pa.array([p[0] for p in pairs], type=pa.string()),
+            "file_name": pa.array([p[1] for p in pairs], type=pa.string()),
+            "status": pa.array([p[2] for p in pairs], type=pa.string()),
+        }
+    )
+
+
+def _earlier_reports(con: duckdb.DuckDBPyConnection, files: list[tuple[str, str]]) -> dict[tuple[str, str], FileReport]:
+    """The stored reports of these exact files (same name and bytes) that were loaded before, as
+    ``unchanged`` reports, keyed by (delivery_id, file_name); one query for them all.
 
     (A rejected file is read again each time, so a fix in the rules reaches it; it is recorded once.)
     """
-    found = con.execute(
-        warehouse.sql("delivery_report"), {"delivery_id": delivery_id, "file_name": file_name}
-    ).fetchall()
-    if not found or found[0][1] is None:
-        return None
-    fields = json.loads(found[0][1])
-    fields["trials"] = [tuple(t) for t in fields["trials"]]
-    return FileReport(**(fields | {"status": "unchanged"}))
+    if not files:
+        return {}
+    keys = _file_keys((delivery_id, name, "loaded") for delivery_id, name in files)
+    with _registered(con, {"batch_keys": keys}):
+        found = con.execute(warehouse.sql("delivery_report")).fetchall()
+    reports = {}
+    for delivery_id, file_name, report_json in found:
+        if report_json is None:
+            continue
+        fields = json.loads(report_json)
+        fields["trials"] = [tuple(t) for t in fields["trials"]]
+        reports[delivery_id, file_name] = FileReport(**(fields | {"status": "unchanged"}))
+    return reports
 
 
 def _delivery_row(delivery_id: str, report: FileReport) -> dict:
@@ -217,31 +433,15 @@ def _delivery_row(delivery_id: str, report: FileReport) -> dict:
     }
 
 
-def _record_rejection(con: duckdb.DuckDBPyConnection, file_name: str, delivery_id: str, reason: str) -> FileReport:
-    """Record a rejected file in ``deliveries`` (once per exact file); nothing else changes."""
-    report = FileReport(file_name=file_name, status="rejected", reason=reason)
-
-    def write(cur: duckdb.DuckDBPyConnection) -> bool:
-        if not _seen(cur, delivery_id, file_name, "rejected"):
-            cur.execute(warehouse.sql("load_delivery"), _delivery_row(delivery_id, report))
-        return True
-
-    _in_transaction(con, write)
-    return report
-
-
-def _in_transaction(con: duckdb.DuckDBPyConnection, work, frames: dict[str, pa.Table] | None = None) -> bool:
+def _in_transaction(con: duckdb.DuckDBPyConnection, work, frames: dict[str, pa.Table] | None = None):
     """Run ``work(con)`` in one transaction, with ``frames`` registered as views for its SQL.
 
     A write-write conflict with another connection of this process is retried with back-off;
     any other error rolls back and is raised as it is.
     """
-    frames = frames or {}
     delay = 0.05
-    for attempt in range(TRANSACTION_ATTEMPTS):
-        for name, frame in frames.items():
-            con.register(name, frame)
-        try:
+    with _registered(con, frames or {}):
+        for attempt in range(TRANSACTION_ATTEMPTS):
             con.execute("BEGIN TRANSACTION")
             try:
                 result = work(con)
@@ -255,11 +455,8 @@ def _in_transaction(con: duckdb.DuckDBPyConnection, work, frames: dict[str, pa.T
                     raise MicrotrialsError(
                         "another connection kept changing the same warehouse rows; run the load again"
                     ) from exc
-        finally:
-            for name in frames:
-                con.unregister(name)
-        time.sleep(delay)
-        delay *= 2
+            time.sleep(delay)
+            delay *= 2
     raise AssertionError("unreachable")
 
 

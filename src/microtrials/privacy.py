@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from pathlib import Path
@@ -53,7 +52,8 @@ def pseudonymise(pupil_ids, key: bytes):
     else:
         values = [None if v is None or pd.isna(v) else str(v) for v in pupil_ids]
     # A missing id stays missing (the loader never passes one: an empty pupil_id is quarantined).
-    digests = [None if v is None else hmac.new(key, v.encode("utf-8"), hashlib.sha256).hexdigest() for v in values]
+    # hmac.digest is the one-shot C path: about twice as fast as hmac.new(...).hexdigest(), same value.
+    digests = [None if v is None else hmac.digest(key, v.encode("utf-8"), "sha256").hex() for v in values]
     if isinstance(pupil_ids, pd.Series):
         return pd.Series(digests, index=pupil_ids.index, dtype="str", name=pupil_ids.name)
     if isinstance(pupil_ids, (pa.Array, pa.ChunkedArray)):
