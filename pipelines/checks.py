@@ -10,6 +10,7 @@ import dagster as dg
 import pandas as pd
 
 from microtrials import publish, warehouse
+from microtrials.guidance import READY_MIN_SCHOOLS_BOTH_ARMS
 from pipelines.partitions import content_hash, extract_files, files_by_school
 from pipelines.resources import Settings, Warehouse
 
@@ -17,7 +18,7 @@ from pipelines.resources import Settings, Warehouse
 # file probably has a systematic problem (a shifted column, a wrong code list) worth a call.
 QUARANTINE_RATE_LIMIT = 0.05
 # Two-stage pooling and a between-school SD need at least two schools with pupils in both arms.
-MIN_SCHOOLS_BOTH_ARMS = 2
+MIN_SCHOOLS_BOTH_ARMS = READY_MIN_SCHOOLS_BOTH_ARMS
 IDENTIFIER_COLUMNS = publish.IDENTIFIER_COLUMNS
 
 

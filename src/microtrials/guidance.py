@@ -43,6 +43,11 @@ MDES_POWER = 0.80
 WWC_BALANCE_FINE = 0.05
 WWC_BALANCE_ADJUST = 0.25
 
+# --- Readiness --------------------------------------------------------------------------------
+# Project rule (issue 6): a trial is published as ready only when at least this many schools have
+# analysed pupils in both arms; with fewer there is no between-school comparison.
+READY_MIN_SCHOOLS_BOTH_ARMS = 2
+
 # --- FSM subgroup -----------------------------------------------------------------------------
 # Project rule (docs/methods.md): the FSM effect size is left blank unless at least this many
 # schools have FSM pupils analysed in both arms and at least this many FSM pupils are analysed.

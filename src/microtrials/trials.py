@@ -29,7 +29,7 @@ from microtrials.evidence import (
     evidence_strength,
     mdes,
 )
-from microtrials.guidance import FSM_MIN_PUPILS, FSM_MIN_SCHOOLS_BOTH_ARMS
+from microtrials.guidance import FSM_MIN_PUPILS, FSM_MIN_SCHOOLS_BOTH_ARMS, READY_MIN_SCHOOLS_BOTH_ARMS
 from microtrials.models import ARM, ARM_FSM, BASELINE, FSM, MixedFit, fit_mixedlm
 from microtrials.pooling import RandomEffectsPool, pool_schools
 
@@ -72,8 +72,8 @@ class TrialResult:
 
     @property
     def ready(self) -> bool:
-        """Publishable: the model was estimated and at least 2 schools have both arms."""
-        return self.headline is not None and self.schools_both_arms >= 2
+        """Publishable: the model was estimated and enough schools have both arms (guidance)."""
+        return self.headline is not None and self.schools_both_arms >= READY_MIN_SCHOOLS_BOTH_ARMS
 
     @property
     def sd_total(self) -> float | None:
@@ -282,8 +282,8 @@ def _design_notes(pupils: pd.DataFrame, arms_per_school: pd.Series, uses_baselin
             f"{one_arm} school{'s' if one_arm > 1 else ''} had only one arm "
             "(counted in schools and the one-stage model, not in the two-stage pooling)"
         )
-    if int((arms_per_school == 2).sum()) < 2:
-        notes.append("NOT READY: fewer than 2 schools with analysed pupils in both arms")
+    if int((arms_per_school == 2).sum()) < READY_MIN_SCHOOLS_BOTH_ARMS:
+        notes.append(f"NOT READY: fewer than {READY_MIN_SCHOOLS_BOTH_ARMS} schools with analysed pupils in both arms")
     if uses_baseline:
         no_baseline = int((pupils["outcome"].notna() & pupils["baseline"].isna()).sum())
         if no_baseline:
