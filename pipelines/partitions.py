@@ -14,31 +14,17 @@ from pathlib import Path
 
 import dagster as dg
 
-from microtrials import extracts
-from microtrials.loading import NOT_CSV_SUFFIXES
+from microtrials import extracts, loading
 
 SCHOOLS = "schools"
 schools_partitions = dg.DynamicPartitionsDefinition(name=SCHOOLS)
 
-_URN = re.compile(r"\d{6}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def extract_files(folder: Path) -> list[Path]:
-    """The files ``microtrials.loading.load_folder`` would load, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(
-        (
-            p
-            for p in folder.iterdir()
-            if p.is_file()
-            and not p.name.startswith((".", "~$"))
-            and p.suffix.lower() in (".csv",) + NOT_CSV_SUFFIXES
-        ),
-        key=lambda p: p.name,
-    )
+    """The files ``microtrials.loading.load_folder`` would load, sorted by name; none for a missing folder."""
+    return loading.extract_files(folder) if Path(folder).is_dir() else []
 
 
 def file_key(path: Path) -> str:
@@ -48,18 +34,15 @@ def file_key(path: Path) -> str:
 
 
 def school_key(path: Path) -> str:
-    """The partition a file belongs to: its school's URN, else :func:`file_key`."""
+    """The partition a file belongs to: its school's URN (``extracts.school_of``), else :func:`file_key`."""
     path = Path(path)
-    if path.suffix.lower() in NOT_CSV_SUFFIXES:
+    if path.suffix.lower() in loading.NOT_CSV_SUFFIXES:
         return file_key(path)
     try:
-        rows = extracts.read_extract(path).rows
-    except (extracts.ExtractRejected, OSError, ValueError):  # unreadable: the load will say why
-        return file_key(path)
-    column = rows["school_urn"]  # a pandas Series or a pyarrow array, depending on the reader
-    values = column.to_pylist() if hasattr(column, "to_pylist") else column.tolist()
-    urns = {u.strip() for u in values if isinstance(u, str) and _URN.fullmatch(u.strip())}
-    return urns.pop() if len(urns) == 1 else file_key(path)
+        urn = extracts.school_of(path)
+    except (OSError, ValueError):  # unreadable: the load will say why
+        urn = None
+    return urn if urn is not None else file_key(path)
 
 
 def content_hash(path: Path) -> str:

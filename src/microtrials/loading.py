@@ -81,17 +81,22 @@ def load_folder(con: duckdb.DuckDBPyConnection, folder: Path, key: bytes) -> lis
     folder = Path(folder)
     if not folder.is_dir():
         raise MicrotrialsError(f"extracts folder {folder} does not exist: create it or point the run at another")
-    files = sorted(
+    return load_files(con, extract_files(folder), key)
+
+
+def extract_files(folder: Path) -> list[Path]:
+    """The files a load of ``folder`` considers, sorted by name: ``*.csv`` and the spreadsheet
+    formats reported as rejected; hidden files and Office lock files (``~$...``) are skipped."""
+    return sorted(
         (
             p
-            for p in folder.iterdir()
+            for p in Path(folder).iterdir()
             if p.is_file()
             and not p.name.startswith((".", "~$"))
             and p.suffix.lower() in (".csv",) + NOT_CSV_SUFFIXES
         ),
         key=lambda p: p.name,
     )
-    return load_files(con, files, key)
 
 
 def load_files(con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes) -> list[FileReport]:
