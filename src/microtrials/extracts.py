@@ -324,9 +324,16 @@ def school_of(path: Path) -> str | None:
     """The one school a delivered file is for: its single valid URN; None when the file is
     rejected, holds several schools, or has no valid URN. (For grouping files by school.)"""
     try:
-        return validate(read_extract(path)).school_urn
+        rows = read_extract(path).rows
     except ExtractRejected:
         return None
+    schools = valid_urns(rows.column("school_urn").combine_chunks())
+    return schools[0] if len(schools) == 1 else None
+
+
+def valid_urns(urn: pa.Array) -> list[str]:
+    """The distinct well-formed (6-digit) URNs in a ``school_urn`` column, sorted."""
+    return sorted(pc.unique(urn.filter(pc.match_substring_regex(urn, _URN))).to_pylist())
 
 
 def validate(extract: Extract) -> ValidatedExtract:
@@ -500,7 +507,7 @@ def validate(extract: Extract) -> ValidatedExtract:
     )
     good_mask = pc.invert(pc.is_in(line, value_set=pc.unique(quarantine.column("line")))) if entries else None
 
-    schools = sorted(pc.unique(urn.filter(urn_ok)).to_pylist())
+    schools = valid_urns(urn)
     if len(schools) > 1:
         listed = ", ".join(schools[:5]) + (", ..." if len(schools) > 5 else "")
         raise ExtractRejected(
