@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
+FIXTURES = REPO_ROOT / "tests" / "fixtures"  # copies of ../shared/reference*, so a clone tests alone
+SHARED = FIXTURES
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from microtrials.effect_sizes import (
     wald_p_value,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parent / "fixtures"
 REFERENCE = SHARED / "reference"
 EXPECTED = json.loads((REFERENCE / "expected.json").read_text())
 TRIALS = sorted(EXPECTED)

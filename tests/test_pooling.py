@@ -23,7 +23,7 @@ from microtrials.pooling import (
     typical_variance,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
 EXPECTED = json.loads((REFERENCE / "expected.json").read_text())
 TRIALS = sorted(EXPECTED)
 TOL = 0.001

@@ -12,7 +12,7 @@ from microtrials import loading, warehouse
 from microtrials.evidence_table import evidence_table
 from microtrials.trials import analyse_trial
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
 EXPECTED = json.loads((REFERENCE / "expected.json").read_text())
 KEY = b"reference-test-key"
 
@@ -49,7 +49,7 @@ def test_evidence_table_matches_reference(results, trial):
 
 
 def test_evidence_table_has_contract_columns_in_order(results):
-    contract = (REFERENCE.parent / "extract-format.md").read_text()
+    contract = (Path(__file__).resolve().parents[1] / "docs" / "extract-format.md").read_text()
     section = contract.split("## 2. The evidence table")[1]
     names = []
     for line in section.splitlines():

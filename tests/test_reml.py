@@ -16,7 +16,7 @@ from microtrials import warehouse
 from microtrials.models import ARM, ARM_FSM, BASELINE, FSM, MixedFit, fit_mixedlm
 from microtrials.reml import SchoolStats, fit_at, fit_reml, school_stats, school_stats_from_frame
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parent / "fixtures"
 REFERENCE = SHARED / "reference"
 EXPECTED = json.loads((REFERENCE / "expected.json").read_text())
 TRIALS = sorted(EXPECTED)
