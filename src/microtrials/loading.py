@@ -36,8 +36,9 @@ from microtrials.errors import MicrotrialsError
 from microtrials.privacy import pseudonymise
 
 # Files in the extracts folder that look like a spreadsheet a school sent instead of a CSV:
-# reported as rejected so the officer knows to ask for a CSV.
-NOT_CSV_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".tsv", ".numbers")
+# reported as rejected so the officer knows to ask for a CSV. (A .xlsx workbook is read:
+# extracts.WORKBOOK_SUFFIXES.)
+NOT_CSV_SUFFIXES = (".xlsm", ".xls", ".ods", ".tsv", ".numbers")
 TRANSACTION_ATTEMPTS = 5
 # Files read and checked before their writes; the group of them for distinct schools shares a transaction.
 BATCH_FILES = 200
@@ -59,6 +60,9 @@ class FileReport:
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
     columns_dropped: list[str] = field(default_factory=list)
     reason: str | None = None
+    rows_with_warnings: int = 0  # loaded rows with a value blanked or an outcome kept as no post-test
+    warned_by_reason: dict[str, int] = field(default_factory=dict)
+    file_warnings: list[str] = field(default_factory=list)  # e.g. read as Windows-1252
 
 
 def trials_text(trials: list[tuple[str, str]]) -> str:
@@ -76,8 +80,8 @@ def load_file(con: duckdb.DuckDBPyConnection, path: Path, key: bytes) -> FileRep
 
 
 def load_folder(con: duckdb.DuckDBPyConnection, folder: Path, key: bytes) -> list[FileReport]:
-    """Load every ``*.csv`` in ``folder`` (sorted by name; a later name wins when two files of one
-    school hold the same trial). Spreadsheet files sent instead of CSVs are reported as rejected."""
+    """Load every ``*.csv`` and ``*.xlsx`` in ``folder`` (sorted by name; a later name wins when two
+    files of one school hold the same trial). Other spreadsheet files are reported as rejected."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MicrotrialsError(f"extracts folder {folder} does not exist: create it or point the run at another")
@@ -85,15 +89,15 @@ def load_folder(con: duckdb.DuckDBPyConnection, folder: Path, key: bytes) -> lis
 
 
 def extract_files(folder: Path) -> list[Path]:
-    """The files a load of ``folder`` considers, sorted by name: ``*.csv`` and the spreadsheet
-    formats reported as rejected; hidden files and Office lock files (``~$...``) are skipped."""
+    """The files a load of ``folder`` considers, sorted by name: ``*.csv``, ``*.xlsx`` and the
+    spreadsheet formats reported as rejected; hidden files and Office lock files (``~$...``) are skipped."""
     return sorted(
         (
             p
             for p in Path(folder).iterdir()
             if p.is_file()
             and not p.name.startswith((".", "~$"))
-            and p.suffix.lower() in (".csv",) + NOT_CSV_SUFFIXES
+            and p.suffix.lower() in (".csv",) + extracts.WORKBOOK_SUFFIXES + NOT_CSV_SUFFIXES
         ),
         key=lambda p: p.name,
     )
@@ -135,6 +139,8 @@ def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
         "rows_loaded",
         "rows_quarantined",
         "quarantined_by_reason",
+        "rows_with_warnings",
+        "warnings",
         "columns_dropped",
         "reason",
     ]
@@ -148,6 +154,8 @@ def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
             "rows_loaded": r.rows_loaded,
             "rows_quarantined": r.rows_quarantined,
             "quarantined_by_reason": "; ".join(f"{k}: {v}" for k, v in r.quarantined_by_reason.items()),
+            "rows_with_warnings": r.rows_with_warnings,
+            "warnings": "; ".join(r.file_warnings + [f"{k}: {v}" for k, v in r.warned_by_reason.items()]),
             "columns_dropped": ", ".join(r.columns_dropped),
             "reason": r.reason or "",
         }
@@ -164,6 +172,8 @@ def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
             "rows_loaded": "int64",
             "rows_quarantined": "int64",
             "quarantined_by_reason": "str",
+            "rows_with_warnings": "int64",
+            "warnings": "str",
             "columns_dropped": "str",
             "reason": "str",
         }
@@ -181,6 +191,7 @@ class _Delivery:
     report: FileReport
     pupils: pa.Table | None = None  # pseudonymised, with source_file and delivery_id
     quarantine: pa.Table | None = None  # with source_file and delivery_id
+    warnings: pa.Table | None = None  # with source_file and delivery_id
 
 
 @dataclass
@@ -249,7 +260,9 @@ def _prepare(path: Path, data: bytes | OSError, delivery_id: str, key: bytes) ->
         return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=reason))
     try:
         if path.suffix.lower() in NOT_CSV_SUFFIXES:
-            raise extracts.ExtractRejected(f"{path.name}: only .csv files are loaded; {extracts.SAVE_AS_CSV}")
+            raise extracts.ExtractRejected(
+                f"{path.name}: only .csv and .xlsx files are loaded; {extracts.SAVE_AS_CSV}"
+            )
         checked = extracts.validate(extracts.read_extract(path, data))
     except extracts.ExtractRejected as exc:
         return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=str(exc)))
@@ -263,6 +276,9 @@ def _prepare(path: Path, data: bytes | OSError, delivery_id: str, key: bytes) ->
         rows_quarantined=checked.rows_quarantined,
         quarantined_by_reason=checked.quarantined_by_reason(),
         columns_dropped=list(checked.columns_dropped),
+        rows_with_warnings=checked.rows_with_warnings,
+        warned_by_reason=checked.warned_by_reason(),
+        file_warnings=checked.file_warnings(),
     )
     source = {"source_file": checked.file_name, "delivery_id": delivery_id}
     return _Delivery(
@@ -270,6 +286,7 @@ def _prepare(path: Path, data: bytes | OSError, delivery_id: str, key: bytes) ->
         report,
         pupils=_with_source(_pupil_table(checked.good, key), source),
         quarantine=_with_source(checked.quarantine, source),
+        warnings=_with_source(checked.warnings, source),
     )
 
 
@@ -347,6 +364,7 @@ def _frames(group: list[_Delivery]) -> dict[str, pa.Table]:
             "batch_trials": _trials_table(loaded),
             "batch_pupils": pa.concat_tables([d.pupils for d in loaded]).combine_chunks(),
             "batch_quarantine": pa.concat_tables([d.quarantine for d in loaded]).combine_chunks(),
+            "batch_warnings": pa.concat_tables([d.warnings for d in loaded]).combine_chunks(),
         }
     return frames
 
@@ -360,8 +378,10 @@ def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> None:
     if any(d.report.status == "loaded" for d in group):
         cur.execute(warehouse.sql("delete_school_trials"))
         cur.execute(warehouse.sql("delete_school_quarantine"))
+        cur.execute(warehouse.sql("delete_school_warnings"))
         cur.execute(warehouse.sql("load_pupils"))
         cur.execute(warehouse.sql("load_quarantine"))
+        cur.execute(warehouse.sql("load_warnings"))
     cur.execute(warehouse.sql("load_delivery"))
 
 

@@ -1,0 +1,67 @@
+"""A school's Excel workbook (.xlsx) read as the text a CSV of its first sheet would hold.
+
+Cells become the text a person typed: whole numbers Excel stores as floats lose the ``.0``
+(URN ``111601.0`` -> ``111601``, year ``7.0`` -> ``7``), text stays as it is (a URN typed as text
+keeps its leading zero), dates become ISO text, blanks become ``""``. The rows then go through
+the same validation as a CSV's. Read with openpyxl in read-only mode (values Excel last
+calculated, not formulas).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+
+from microtrials.errors import MicrotrialsError
+
+# Floats up to this size are written without a decimal point when they are whole numbers.
+_WHOLE_LIMIT = 1e15
+
+
+class WorkbookUnreadable(MicrotrialsError):
+    """The bytes are not an Excel workbook openpyxl can read (damaged, another kind of zip, encrypted)."""
+
+
+def cell_text(value) -> str:
+    """One cell's value as the text a CSV export would hold."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < _WHOLE_LIMIT:
+            return str(int(value))
+        return repr(value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    return str(value)
+
+
+def read_first_sheet(data: bytes) -> tuple[list[list[str]], list[int], int]:
+    """The first sheet's rows as text cells (header first), each row's sheet row number, and how
+    many sheets the workbook has. Trailing empty cells are cut; fully blank rows are kept (as
+    ``[]``) so row numbers stay as Excel shows them."""
+    import openpyxl  # imported here: only workbooks need it
+
+    try:
+        book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+    except Exception as exc:  # a parser of untrusted bytes: any failure means "not a workbook we can read"
+        raise WorkbookUnreadable(str(exc)) from exc
+    try:
+        sheets = len(book.worksheets)
+        if not sheets:
+            return [], [], 0
+        sheet = book.worksheets[0]
+        rows: list[list[str]] = []
+        numbers: list[int] = []
+        for number, values in enumerate(sheet.iter_rows(values_only=True), start=sheet.min_row or 1):
+            cells = [cell_text(v) for v in values]
+            while cells and not cells[-1].strip():
+                cells.pop()
+            rows.append(cells)
+            numbers.append(number)
+        return rows, numbers, sheets
+    finally:
+        book.close()
