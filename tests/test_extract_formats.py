@@ -59,7 +59,8 @@ def test_xlsx_and_windows_1252_give_the_same_rows_as_utf8(write_extract):
     utf8, utf8_rows = good_rows(write_extract("111601.csv", text))
     cp1252, cp1252_rows = good_rows(write_extract("111601_ansi.csv", text.encode("cp1252")))
     xlsx, xlsx_rows = good_rows(write_extract("111601.xlsx", workbook_bytes(EXTRACT_HEADER, rows)))
-    assert utf8_rows["intervention"].iloc[0] == "Café lecture" and utf8_rows["outcome_measure"].iloc[0] == "Évaluation"
+    assert utf8_rows["intervention"].iloc[0] == "Café lecture"
+    assert utf8_rows["outcome_measure"].iloc[0] == "Évaluation"
     assert utf8_rows["school_urn"].iloc[0] == "111601" and utf8_rows["year_group"].tolist() == [1, 2, 3, 4, 7, 6]
     pd.testing.assert_frame_equal(cp1252_rows, utf8_rows)
     pd.testing.assert_frame_equal(xlsx_rows, utf8_rows)

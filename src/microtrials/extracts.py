@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from microtrials import extract_checks as checks
 from microtrials import spellings, workbook
 from microtrials.errors import MicrotrialsError
 
@@ -39,21 +40,8 @@ SAVE_AS_CSV = "in Excel use File > Save As > 'CSV UTF-8 (Comma delimited) (*.csv
 
 # A plain decimal number: 85, -3.5, .5, 1e3. Nothing else (no '1,5', no thousands separators).
 _NUMBER = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
-_DECIMAL_COMMA = r"^[+-]?[0-9]+,[0-9]+$"
 _URN = r"^[0-9]{6}$"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-
-# Implausible scores: further than this many robust SDs (MAD x 1.4826, the normal-consistent
-# scale; Leys et al. 2013, J. Exp. Soc. Psych. 49:764) from the median of the trial's scores in
-# the file, judged only when the file has at least IMPLAUSIBLE_MIN_VALUES scores for the trial.
-IMPLAUSIBLE_ROBUST_SDS = 6.0
-IMPLAUSIBLE_MIN_VALUES = 10
-MAD_TO_SD = 1.4826
-
-# Swapped columns: a categorical column whose odd values differ on more than this share of its rows
-# (with at least SWAP_MIN_DISTINCT of them) looks like a column of pupil identifiers.
-SWAP_SHARE = 0.5
-SWAP_MIN_DISTINCT = 4
 
 # A value may be quoted in a reason only if it is in one of these coded/numeric columns, at most
 # this long, holds no run of 4 digits and equals no pupil_id in the file: never an identifier.
@@ -283,7 +271,8 @@ def _read_workbook(name: str, data: bytes) -> tuple[list[str], pa.Table, pa.Tabl
     except workbook.WorkbookUnreadable as exc:
         raise ExtractRejected(
             f"{name}: could not be read as an Excel workbook (.xlsx): it may be damaged, password-protected "
-            f"or another kind of zip file; open it in Excel and save it again, or {SAVE_AS_CSV.removeprefix('in Excel ')}"
+            "or another kind of zip file; open it in Excel and save it again, or "
+            f"{SAVE_AS_CSV.removeprefix('in Excel ')}"
         ) from exc
     if not any(any(cell.strip() for cell in row) for row in sheet_rows):
         raise ExtractRejected(f"{name}: the workbook's first sheet is empty; put the extract on the first sheet")
@@ -317,7 +306,8 @@ def _header(name: str, text: str) -> list[str]:
     first = _LINE_BREAK.split(text, maxsplit=1)[0]
     if first.count('"') % 2:
         raise ExtractRejected(
-            f'{name}: the header row has a quote (") that is not closed on the same line; remove it and send the file again'
+            f'{name}: the header row has a quote (") that is not closed on the same line; '
+            "remove it and send the file again"
         )
     header = next(csv.reader([first]), [])
     if not any(cell.strip() for cell in header):
@@ -507,9 +497,9 @@ def validate(extract: Extract) -> ValidatedExtract:
     """
     rows = extract.rows
     n = rows.num_rows
-    blank = pa.array([""] * n, type=pa.string())
-    col = {c: (rows.column(c).combine_chunks() if c in rows.column_names else blank) for c in CONTRACT_COLUMNS}
-    line = rows.column("line").combine_chunks()
+    blank = pa.repeat(pa.scalar("", pa.string()), n)
+    col = {c: (_one_array(rows.column(c)) if c in rows.column_names else blank) for c in CONTRACT_COLUMNS}
+    line = _one_array(rows.column("line"))
     empty = {c: pc.equal(pc.utf8_length(v), 0) for c, v in col.items()}
     pupil_ids = pc.unique(col["pupil_id"].filter(pc.invert(empty["pupil_id"])))
     quarantined: list[pa.Table] = [extract.format_errors] if extract.format_errors.num_rows else []
@@ -523,7 +513,8 @@ def validate(extract: Extract) -> ValidatedExtract:
     numbers, is_number = {}, {}
     for column in ("outcome", "baseline"):
         is_number[column] = pc.match_substring_regex(col[column], _NUMBER)
-        numbers[column] = pc.cast(pc.if_else(is_number[column], col[column], pa.scalar(None, pa.string())), pa.float64())
+        text = pc.if_else(is_number[column], col[column], pa.scalar(None, pa.string()))
+        numbers[column] = pc.cast(text, pa.float64())
     coded = {
         "fsm": spellings.yes_no(col["fsm"]),
         "send": spellings.send(col["send"]),
@@ -538,13 +529,18 @@ def validate(extract: Extract) -> ValidatedExtract:
         **{c: pc.invert(understood) for c, (_, understood) in coded.items()},
         **{c: pc.invert(empty[c]) for c in ("intervention", "outcome_measure", "round")},
     }
-    _reject_swapped_columns(extract.file_name, col, empty, odd, pupil_ids)
-    _reject_decimal_commas(extract.file_name, col["outcome"], empty["outcome"])
+    for problem in (
+        checks.swapped_columns(col, empty, odd, pupil_ids),
+        checks.decimal_commas(col["outcome"], odd["outcome"], empty["outcome"]),
+    ):
+        if problem:
+            raise ExtractRejected(f"{extract.file_name}: {problem}")
 
     def entry(into: list, mask, column: str, rule: str, reason) -> None:
         """Add an entry for each row in ``mask``; ``reason(take)`` gives their reasons (text or array)."""
-        mask = pc.fill_null(mask, False)
-        if not pc.any(mask).as_py():
+        if mask.null_count:
+            mask = pc.fill_null(mask, False)
+        if not mask.true_count:
             return
         take = pc.indices_nonzero(mask)
         count = len(take)
@@ -587,7 +583,12 @@ def validate(extract: Extract) -> ValidatedExtract:
         return pc.if_else(is_pupil_id, _PUPIL_ID_SHOWN, pc.if_else(safe, _join("'", text, "'"), _NOT_SHOWN))
 
     # ---- rules that keep a row out: school_urn, pupil_id, intervention, outcome_measure, arm, duplicates
-    flag(empty["school_urn"], "school_urn", "school_urn missing", "school_urn is empty; fill in the school's 6-digit URN")
+    flag(
+        empty["school_urn"],
+        "school_urn",
+        "school_urn missing",
+        "school_urn is empty; fill in the school's 6-digit URN",
+    )
     flag(
         odd["school_urn"],
         "school_urn",
@@ -636,7 +637,7 @@ def validate(extract: Extract) -> ValidatedExtract:
         _flag_duplicates(extract.file_name, key, keyed, line, flag)
 
     # ---- scores: a plain decimal number, finite, plausible. Blank outcome = no post-test (attrition).
-    trial = pc.binary_join_element_wise(col["intervention"], col["outcome_measure"], "\x1f")
+    trials_of_rows = checks.TrialCodes(col["intervention"], col["outcome_measure"])
     finite = {}
     for column, keeps in (("outcome", "kept as no post-test for this pupil (they still count as randomised)"),
                           ("baseline", "left blank for this pupil")):
@@ -658,7 +659,7 @@ def validate(extract: Extract) -> ValidatedExtract:
                 f"{column} is too large to be a score, got ", shown(column, take), f"; {keeps}. Correct the score"
             ),
         )
-    far = {column: _implausible(numbers[column], finite[column], trial) for column in ("outcome", "baseline")}
+    far = {c: checks.implausible(numbers[c], finite[c], trials_of_rows) for c in ("outcome", "baseline")}
     flag(
         far["outcome"][0],
         "outcome",
@@ -696,7 +697,8 @@ def validate(extract: Extract) -> ValidatedExtract:
     good_mask = pc.invert(pc.is_in(line, value_set=out_lines)) if len(out_lines) else None
     warnings = _combined(warned)
     if len(out_lines):  # a row kept out has its reasons in quarantine; warnings are for loaded rows
-        warnings = warnings.filter(pc.invert(pc.fill_null(pc.is_in(warnings.column("line"), value_set=out_lines), False)))
+        of_rows_out = pc.fill_null(pc.is_in(warnings.column("line"), value_set=out_lines), False)
+        warnings = warnings.filter(pc.invert(of_rows_out))
 
     schools = valid_urns(urn)
     if len(schools) > 1:
@@ -706,14 +708,11 @@ def validate(extract: Extract) -> ValidatedExtract:
             "the contract is one file per school per delivery: split it into one file per school"
         )
     school = schools[0] if schools else None
-    named = pc.invert(pc.or_(empty["intervention"], empty["outcome_measure"]))
-    distinct = (
-        pa.table({"intervention": col["intervention"], "outcome_measure": col["outcome_measure"]})
-        .filter(named)
-        .group_by(["intervention", "outcome_measure"], use_threads=False)
-        .aggregate([])
+    trials = sorted(
+        (intervention, measure)
+        for intervention, measure in (t.split("\x1f") for t in trials_of_rows.names())
+        if intervention and measure
     )
-    trials = sorted(zip(distinct.column("intervention").to_pylist(), distinct.column("outcome_measure").to_pylist()))
 
     def good(values):
         return values if good_mask is None else values.filter(good_mask)
@@ -757,11 +756,16 @@ def _combined(entries: list[pa.Table]) -> pa.Table:
     """Entries in line order (file-level ones, with no line, first)."""
     if not entries:
         return ENTRY_SCHEMA.empty_table()
-    return pa.concat_tables(entries).sort_by([("line", "ascending", "at_start"), ("column_name", "ascending", "at_start")])
+    if len(entries) == 1:  # one rule's entries: already in line order
+        return entries[0]
+    order = [("line", "ascending", "at_start"), ("column_name", "ascending", "at_start")]
+    return pa.concat_tables(entries).sort_by(order)
 
 
 def _with_school(entries: pa.Table, school: str | None) -> pa.Table:
     """Entries with the file's school, and blank trial names as null."""
+    if not entries.num_rows:
+        return entries
     entries = entries.set_column(
         entries.schema.get_field_index("school_urn"), "school_urn", pa.array([school] * entries.num_rows, pa.string())
     )
@@ -798,39 +802,15 @@ def _urn_reason(values: pa.Array) -> pa.Array:
     )
 
 
-def _implausible(values: pa.Array, finite: pa.Array, trial: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """Scores far from the rest of their trial in this file, and each row's trial median.
-
-    Per trial (intervention + outcome_measure) with at least ``IMPLAUSIBLE_MIN_VALUES`` finite
-    scores: flagged when |x - median| > 6 x 1.4826 x MAD, MAD = median(|x - median|). A trial whose
-    MAD is 0 (more than half its scores equal) is not judged. The loop is over trials, not pupils.
-    """
-    x = pc.if_else(finite, values, pa.scalar(np.nan)).to_numpy(zero_copy_only=False)
-    flagged = np.zeros(len(x), dtype=bool)
-    medians = np.full(len(x), np.nan)
-    if np.count_nonzero(~np.isnan(x)) < IMPLAUSIBLE_MIN_VALUES:
-        return pa.array(flagged), medians
-    codes = pc.dictionary_encode(trial).indices.to_numpy(zero_copy_only=False)
-    for code in np.unique(codes):
-        members = (codes == code) & ~np.isnan(x)
-        scores = x[members]
-        if len(scores) < IMPLAUSIBLE_MIN_VALUES:
-            continue
-        median = float(np.median(scores))
-        robust_sd = MAD_TO_SD * float(np.median(np.abs(scores - median)))
-        if robust_sd <= 0:
-            continue
-        far = members & (np.abs(x - median) > IMPLAUSIBLE_ROBUST_SDS * robust_sd)
-        flagged |= far
-        medians[members] = median
-    return pa.array(flagged), medians
+def _one_array(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _implausible_reason(column: str, medians: np.ndarray, take, then: str) -> pa.Array:
     """The reason for implausible scores: how far they are, never the value itself."""
     return pa.array(
         [
-            f"{column} is implausible: more than {IMPLAUSIBLE_ROBUST_SDS:g} robust SDs from the median "
+            f"{column} is implausible: more than {checks.IMPLAUSIBLE_ROBUST_SDS:g} robust SDs from the median "
             f"({medians[i]:.6g}) of this trial's {column} scores in the file; check it for a typing error "
             f"(e.g. extra digits); {then}"
             for i in take.to_pylist()
@@ -839,78 +819,13 @@ def _implausible_reason(column: str, medians: np.ndarray, take, then: str) -> pa
     )
 
 
-def _shape(values: pa.Array) -> pa.Array:
-    """Letters as 'A', digits as '9', other characters as they are: the pattern of an identifier."""
-    return pc.replace_substring_regex(pc.replace_substring_regex(values, r"[0-9]", "9"), r"[A-Za-z]", "A")
-
-
-def _reject_swapped_columns(name: str, col: dict, empty: dict, odd: dict, pupil_ids: pa.Array) -> None:
-    """Reject a file whose columns look swapped with ``pupil_id`` (their values would be stored or
-    published as trial names or codes), saying which column and why, never quoting a value.
-
-    A column's odd values (for the free-text trial names: all values) look like identifiers when
-    (a) at least 4 differ and they differ on more than half its rows, (b) at least 3 differ, there
-    are more of them than pupils and pupil_ids repeat (as a swapped-in code column's would), (c) at least 3 equal a pupil_id and they are more than half
-    its rows, or (d) at least 3 have the file's pupil_id pattern (e.g. 'A9999999999', the shape of
-    most pupil_ids when that shape has a digit and 5+ characters) and they are more than half its
-    rows. A genuine file with 1-3 interventions or a few odd codes never meets these.
-    """
-    pattern = None
-    if len(pupil_ids):
-        shapes = pc.value_counts(_shape(pupil_ids))
-        top = int(np.argmax(shapes.field("counts").to_numpy()))
-        candidate = shapes.field("values")[top].as_py()
-        if shapes.field("counts")[top].as_py() * 2 >= len(pupil_ids) and len(candidate) >= 5 and "9" in candidate:
-            pattern = candidate
-    pupils = len(pupil_ids)
-    ids_repeat = pupils < len(empty["pupil_id"]) - (pc.sum(empty["pupil_id"]).as_py() or 0)
-    for column in ("intervention", "outcome_measure", "round", "arm", "gender", "fsm", "send", "year_group",
-                   "school_urn", "outcome", "baseline"):
-        mask = odd[column]
-        if not pc.any(mask).as_py():
-            continue
-        rows = len(empty[column]) - (pc.sum(empty[column]).as_py() or 0)
-        values = col[column].filter(mask)
-        counts = pc.value_counts(values)
-        distinct = len(counts)
-        found = None
-        if distinct >= SWAP_MIN_DISTINCT and distinct > SWAP_SHARE * rows:
-            found = f"the '{column}' column has {distinct} different values in {rows} rows, as a column of pupil identifiers would"
-        elif distinct >= 3 and distinct > pupils and ids_repeat:
-            found = f"the '{column}' column has more different values ({distinct}) than the file has pupils ({pupils})"
-        else:
-            equal = pc.sum(pc.is_in(values, value_set=pupil_ids)).as_py() or 0
-            shaped = (pc.sum(pc.equal(_shape(values), pattern)).as_py() or 0) if pattern else 0
-            if equal >= 3 and equal > SWAP_SHARE * rows:
-                found = f"{equal} of the {rows} '{column}' values are pupil_id values of this file"
-            elif shaped >= 3 and shaped > SWAP_SHARE * rows:
-                found = f"{shaped} of the {rows} '{column}' values look like this file's pupil_ids"
-        if found:
-            raise ExtractRejected(
-                f"{name}: columns may be swapped: {found}; check that each header names the column below it "
-                f"(especially 'pupil_id' and '{column}') and send the file again"
-            )
-
-
-def _reject_decimal_commas(name: str, outcome: pa.Array, empty: pa.Array) -> None:
-    """Reject a file whose outcomes are mostly written with a decimal comma (12,5): loading them as
-    'no post-test' would silently empty the trial."""
-    rows = len(outcome) - (pc.sum(empty).as_py() or 0)
-    commas = pc.sum(pc.match_substring_regex(outcome, _DECIMAL_COMMA)).as_py() or 0
-    if commas >= 3 and commas > SWAP_SHARE * rows:
-        raise ExtractRejected(
-            f"{name}: {commas} of the {rows} outcome scores are written with a decimal comma (like 12,5); "
-            "write them with a decimal point (12.5) and send the file again"
-        )
-
-
 def _flag_duplicates(name: str, key: pa.Array, keyed: pa.Array, line: pa.Array, flag) -> None:
     """Quarantine every row whose school + pupil + intervention + outcome_measure (+ round) repeats,
     naming the other lines; a file where most rows repeat is rejected (columns swapped or rows pasted twice)."""
     frame = pd.DataFrame({"key": key.to_pylist(), "line": line.to_pylist(), "keyed": keyed.to_pylist()})
     frame = frame[frame["keyed"]]
     repeated = frame[frame["key"].duplicated(keep=False)]
-    if len(repeated) >= SWAP_MIN_DISTINCT and len(repeated) > SWAP_SHARE * len(frame):
+    if len(repeated) >= checks.SWAP_MIN_DISTINCT and len(repeated) > checks.SWAP_SHARE * len(frame):
         raise ExtractRejected(
             f"{name}: columns may be swapped, or rows repeated: {len(repeated)} of the {len(frame)} rows share "
             "their pupil_id with another row of the same trial; check that the 'pupil_id' header is above the "
