@@ -165,3 +165,16 @@ def test_a_folder_loads_xlsx_and_still_rejects_other_spreadsheets(tmp_path, writ
     assert stored == [("111602.csv", None, "read as Windows-1252")]
     assert con.execute("SELECT DISTINCT intervention FROM pupils ORDER BY 1").fetchall() == [("Café",), ("Reading",)]
     con.close()
+
+
+def test_the_load_asset_can_list_a_files_warnings(tmp_path, write_extract):
+    rows = pupil_rows(3, intervention="Café")
+    rows[1][COLUMN["gender"]] = "X"
+    write_extract("111601.csv", extract_csv(rows).encode("cp1252"))
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    load_folder(con, (tmp_path / "extracts"), KEY)
+    listed = con.execute(warehouse.sql("warnings_for_files"), {"files": ["111601.csv"]}).fetchall()
+    con.close()
+    assert [(file, line, column) for file, line, column, _ in listed] == [
+        ("111601.csv", None, None), ("111601.csv", 3, "gender"),
+    ]
