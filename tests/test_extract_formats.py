@@ -178,3 +178,19 @@ def test_the_load_asset_can_list_a_files_warnings(tmp_path, write_extract):
     assert [(file, line, column) for file, line, column, _ in listed] == [
         ("111601.csv", None, None), ("111601.csv", 3, "gender"),
     ]
+
+
+def test_a_file_mixing_utf8_and_windows_1252_is_rejected(write_extract):
+    text = extract_csv(pupil_rows(2, intervention="Café")).encode("utf-8")
+    mixed = text.replace(b",NGRT,", b",NGRT \xa3,", 1)  # a Windows-1252 pound sign beside UTF-8 "é"
+    with pytest.raises(ExtractRejected, match="mixes UTF-8 text with text in another encoding"):
+        read_extract(write_extract("111601.csv", mixed))
+
+
+def test_a_workbook_that_unpacks_too_large_is_refused_before_parsing(write_extract, monkeypatch):
+    from microtrials import workbook
+
+    monkeypatch.setattr(workbook, "MAX_UNPACKED_BYTES", 1000)
+    monkeypatch.setattr("openpyxl.load_workbook", lambda *a, **k: pytest.fail("parsed"))
+    with pytest.raises(ExtractRejected, match="the workbook unpacks to 0 MB, far more than an extract needs"):
+        read_extract(write_extract("111601.xlsx", workbook_bytes(EXTRACT_HEADER, pupil_rows(2))))

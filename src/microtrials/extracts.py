@@ -42,6 +42,8 @@ SAVE_AS_CSV = "in Excel use File > Save As > 'CSV UTF-8 (Comma delimited) (*.csv
 _NUMBER = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
 _URN = r"^[0-9]{6}$"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# A well-formed multi-byte UTF-8 character: in a file that is not UTF-8, a sign of mixed encodings.
+_UTF8_SEQUENCE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
 
 # A value may be quoted in a reason only if it is in one of these coded/numeric columns, at most
 # this long, holds no run of 4 digits and equals no pupil_id in the file: never an identifier.
@@ -249,6 +251,11 @@ def _decode(name: str, data: bytes) -> tuple[str, pa.Table]:
         return data.decode("utf-8"), no_warnings
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
+        if _UTF8_SEQUENCE.search(data):
+            raise ExtractRejected(
+                f"{name}: the file mixes UTF-8 text with text in another encoding (line {line}), so its "
+                f"accented letters cannot be read reliably; {SAVE_AS_CSV}"
+            ) from exc
         try:
             text = data.decode("cp1252")
         except UnicodeDecodeError:
@@ -268,6 +275,11 @@ def _read_workbook(name: str, data: bytes) -> tuple[list[str], pa.Table, pa.Tabl
     """The first sheet's header, records (``f0..`` and ``line``), no format errors, and warnings."""
     try:
         sheet_rows, numbers, sheets = workbook.read_first_sheet(data)
+    except workbook.WorkbookTooLarge as exc:
+        raise ExtractRejected(
+            f"{name}: the workbook unpacks to {exc}, far more than an extract needs; "
+            f"{SAVE_AS_CSV.removeprefix('in Excel ')}"
+        ) from exc
     except workbook.WorkbookUnreadable as exc:
         raise ExtractRejected(
             f"{name}: could not be read as an Excel workbook (.xlsx): it may be damaged, password-protected "

@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import zipfile
 
 from microtrials.errors import MicrotrialsError
 
 # Floats up to this size are written without a decimal point when they are whole numbers.
 _WHOLE_LIMIT = 1e15
+# A workbook that unpacks to more than this is refused before it is parsed (a "zip bomb" guard;
+# an extract of 10,000 pupils unpacks to a few MB).
+MAX_UNPACKED_BYTES = 200 * 1024 * 1024
 
 
 class WorkbookUnreadable(MicrotrialsError):
     """The bytes are not an Excel workbook openpyxl can read (damaged, another kind of zip, encrypted)."""
+
+
+class WorkbookTooLarge(MicrotrialsError):
+    """The workbook unpacks to more than ``MAX_UNPACKED_BYTES``."""
 
 
 def cell_text(value) -> str:
@@ -45,6 +53,12 @@ def read_first_sheet(data: bytes) -> tuple[list[list[str]], list[int], int]:
     ``[]``) so row numbers stay as Excel shows them."""
     import openpyxl  # imported here: only workbooks need it
 
+    try:
+        unpacked = sum(member.file_size for member in zipfile.ZipFile(io.BytesIO(data)).infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise WorkbookUnreadable(str(exc)) from exc
+    if unpacked > MAX_UNPACKED_BYTES:
+        raise WorkbookTooLarge(f"{unpacked // (1024 * 1024)} MB")
     try:
         book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except Exception as exc:  # a parser of untrusted bytes: any failure means "not a workbook we can read"
