@@ -446,7 +446,8 @@ def _parse_records_by_line(text: str, width: int) -> tuple[pa.Table, pa.Table]:
             raw = lines[line - 1]
             if not raw.strip(" \t,"):
                 continue
-            if raw.count('"') % 2:
+            record = _one_line_record(raw)
+            if record is None:
                 bad_lines.append(line)
                 bad_rules.append("unmatched quote")
                 bad_reasons.append(
@@ -455,7 +456,6 @@ def _parse_records_by_line(text: str, width: int) -> tuple[pa.Table, pa.Table]:
                     "(no value may run over two lines) and send the file again"
                 )
                 continue
-            record = next(csv.reader([raw]), [])
             if len(record) == width:
                 good.append(record)
                 good_lines.append(line)
@@ -468,6 +468,16 @@ def _parse_records_by_line(text: str, width: int) -> tuple[pa.Table, pa.Table]:
     )
     errors = _entries(bad_lines, bad_rules, bad_reasons, [None] * len(bad_lines))
     return _drop_blank(table, columns), errors.sort_by("line")
+
+
+def _one_line_record(raw: str) -> list[str] | None:
+    """One line read on its own as a CSV record; None when a quote on it is left open."""
+    if raw.count('"') % 2:
+        return None
+    try:
+        return next(csv.reader([raw], strict=True), [])
+    except csv.Error:
+        return None
 
 
 def _drop_blank(table: pa.Table, columns: list[str]) -> pa.Table:
