@@ -146,9 +146,11 @@ def swapped_columns(col: dict, empty: dict, odd: dict, pupil_ids: pa.Array) -> s
                 f"the '{column}' column has more different values ({len(values)}) than the pupil_id column "
                 f"({pupils})"
             )
-        elif many and (equal := weight(pc.is_in(values, value_set=pupil_ids))) > SWAP_SHARE * rows and equal >= 3:
+        elif many and (is_id := pc.is_in(values, value_set=pupil_ids)).true_count and (
+            (equal := weight(is_id)) >= 3 and equal > SWAP_SHARE * rows
+        ):
             found = f"{equal} of the {rows} '{column}' values are pupil_id values of this file"
-        elif many:
+        elif many and pc.match_substring_regex(values, "[0-9]").true_count:  # an id pattern has a digit
             shapes = shape(values)
             id_like = weight(pc.and_(pc.match_substring(shapes, "9"), pc.greater_equal(pc.utf8_length(shapes), 5)))
             if id_like >= 3 and id_like > SWAP_SHARE * rows:

@@ -71,6 +71,7 @@ ENTRY_SCHEMA = pa.schema(
 # A quarantined row (kept out) and a warning (the row loads, the value named is blank) look alike.
 QUARANTINE_SCHEMA = ENTRY_SCHEMA
 WARNING_SCHEMA = ENTRY_SCHEMA
+_NO_ENTRIES = ENTRY_SCHEMA.empty_table()  # Arrow tables are immutable: one empty table serves all
 
 GOOD_SCHEMA = pa.schema(
     [
@@ -232,7 +233,7 @@ def _decode(name: str, data: bytes) -> tuple[str, pa.Table]:
     Windows-1252 (what Excel's plain "CSV (Comma delimited)" writes on Windows) is read as such,
     with a warning; bytes that are neither are rejected.
     """
-    no_warnings = ENTRY_SCHEMA.empty_table()
+    no_warnings = _NO_ENTRIES
     if not data:
         raise ExtractRejected(f"{name}: the file is empty; {SAVE_AS_CSV}")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -304,14 +305,14 @@ def _read_workbook(name: str, data: bytes) -> tuple[list[str], pa.Table, pa.Tabl
         {c: pa.array([row[i] if i < len(row) else "" for row in body], type=pa.string()) for i, c in enumerate(columns)}
         | {"line": pa.array(numbers[1:], type=pa.int64())}
     )
-    warnings = ENTRY_SCHEMA.empty_table()
+    warnings = _NO_ENTRIES
     if sheets > 1:
         warnings = _entries(
             [None],
             ["workbook has several sheets"],
             [f"the workbook has {sheets} sheets; only the first was read, so put every pupil on the first sheet"],
         )
-    return header, _drop_blank(table, columns), ENTRY_SCHEMA.empty_table(), warnings
+    return header, _drop_blank(table, columns), _NO_ENTRIES, warnings
 
 
 def _header(name: str, text: str) -> list[str]:
@@ -403,7 +404,7 @@ def _parse_records(name: str, text: str, width: int) -> tuple[pa.Table, pa.Table
         return _parse_records_by_line(text, width)
     table = table.slice(1)  # the header
     table = table.append_column("line", pa.array(np.arange(2, table.num_rows + 2, dtype=np.int64)))
-    return _drop_blank(table, columns), ENTRY_SCHEMA.empty_table()
+    return _drop_blank(table, columns), _NO_ENTRIES
 
 
 def _parse_records_by_line(text: str, width: int) -> tuple[pa.Table, pa.Table]:
@@ -777,7 +778,7 @@ def validate(extract: Extract) -> ValidatedExtract:
 def _combined(entries: list[pa.Table]) -> pa.Table:
     """Entries in line order (file-level ones, with no line, first)."""
     if not entries:
-        return ENTRY_SCHEMA.empty_table()
+        return _NO_ENTRIES
     if len(entries) == 1:  # one rule's entries: already in line order
         return entries[0]
     order = [("line", "ascending", "at_start"), ("column_name", "ascending", "at_start")]
