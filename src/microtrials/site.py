@@ -421,9 +421,7 @@ def build_site(
             problems.append(f"trial '{key[0]}' / '{key[1]}': its page could not be built ({type(exc).__name__}: {exc})")
             files = {k: v for k, v in files.items() if not k.startswith(f"{folder}/")}
             files.update(_failed_trial_page(row, folder, exc, trial_common))
-            view = views.trial_view(row, folder)
-            view.message = "Its page could not be built in this run."
-            trial_views.append(view)
+            trial_views.append(views.fallback_view(row, folder, "Its page could not be built in this run."))
     for sort in SORT_VIEWS:
         ordered = [trial_views[i] for i in _sorted(table, sort)]
         files[sort.file] = render("index.html", trials=ordered, sort=sort, sorts=SORT_VIEWS,

@@ -270,6 +270,14 @@ def trial_view(row: pd.Series, folder: str) -> TrialView:
     )
 
 
+def fallback_view(row: pd.Series, folder: str, message: str) -> TrialView:
+    """A card for a trial whose view could not be built: its name and a plain message, nothing else."""
+    return TrialView(folder=folder, intervention=str(row["intervention"]), outcome_measure=str(row["outcome_measure"]),
+                     status="", status_text="", description="", months="", months_sign="blank", fsm_months="",
+                     strength=None, strength_text="", not_secure=False, cost_pounds="", cost_text="", national="",
+                     expect="", schools="", pupils="", caveats=[], notes=[], suppressed="", message=message)
+
+
 # --- a school --------------------------------------------------------------------------------
 
 @dataclass
