@@ -262,3 +262,10 @@ def test_publish_folder_refuses_a_symlink(tmp_path):
         publish_folder(link, {"index.html": b"new"})
     assert (real / "index.html").read_bytes() == b"good" and link.is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["published", "real"]
+
+
+def test_identifier_findings_allow_an_empty_template_but_not_data():
+    template = publish.csv_bytes(pd.DataFrame(columns=["school_urn", "pupil_id", "arm"]))
+    assert publish.identifier_findings({"send/t-template.csv": template}, set()) == []
+    leaked = publish.csv_bytes(pd.DataFrame({"school_urn": ["111201"], "pupil_id": ["P1"]}))
+    assert publish.identifier_findings({"x.csv": leaked}, set()) == [("x.csv", "column pupil_id")]

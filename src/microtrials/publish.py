@@ -298,8 +298,9 @@ _TH = re.compile(r"<th[^>]*>\s*([^<]*?)\s*</th>", re.IGNORECASE)
 def identifier_findings(files: Mapping[str, bytes | str], pupil_keys: set[str]) -> list[tuple[str, str]]:
     """(file, what) for each file holding a warehouse pupil_key or a column named pupil_id/pupil_key.
 
-    Scans CSV header rows and HTML table headers for the names, and every file's text for the
-    64-hex-digit keys. Used before a publication is swapped in and again by the asset check.
+    Scans CSV header rows (of files with data rows: an empty extract template for schools names
+    ``pupil_id`` as a column to fill, not a value) and HTML table headers for the names, and every
+    file's text for the 64-hex-digit keys. Used before a publication is swapped in and again by the asset check.
     """
     findings = []
     for name, content in sorted(files.items()):
@@ -309,7 +310,10 @@ def identifier_findings(files: Mapping[str, bytes | str], pupil_keys: set[str]) 
             findings.append((name, f"{hits} pupil_key value(s)"))
         headers: list[str] = []
         if name.lower().endswith(".csv"):
-            headers = [h.strip().strip('"').lower() for h in text.lstrip("\ufeff").split("\n", 1)[0].split(",")]
+            lines = [line for line in text.lstrip("\ufeff").split("\n") if line.strip()]
+            # A header with no data rows (an extract template for schools) holds no identifier.
+            if len(lines) > 1:
+                headers = [h.strip().strip('"').lower() for h in lines[0].split(",")]
         elif name.lower().endswith((".html", ".htm")):
             headers = [h.lower() for h in _TH.findall(text)]
         named = sorted(set(headers) & set(IDENTIFIER_COLUMNS))
