@@ -6,7 +6,7 @@ import io
 import dagster as dg
 import pandas as pd
 
-from microtrials import publish, site, warehouse
+from microtrials import dictionary, publish, site, warehouse
 from microtrials.errors import MicrotrialsError
 from microtrials.evidence_table import COLUMNS, EXTRA_COLUMNS, SCHOOL_COLUMNS
 from pipelines.resources import Settings, Warehouse
@@ -25,8 +25,10 @@ from pipelines.resources import Settings, Warehouse
 def evidence_table(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse) -> dg.MaterializeResult:
     with warehouse_db.connect() as con:
         stored = con.execute(warehouse.sql("evidence_table")).df()
-        # The contract's columns first, then whatever else the table holds (status, registry columns).
-        table = stored[COLUMNS + EXTRA_COLUMNS + [c for c in stored.columns if c not in COLUMNS + EXTRA_COLUMNS]]
+        # The contract's columns, then the published extras the table holds (status, registry columns);
+        # the model's working columns (beta, var_school, ...) stay in the warehouse.
+        extras = [c for c in stored.columns if c not in COLUMNS + EXTRA_COLUMNS and c in dictionary.BY_COLUMN]
+        table = stored[COLUMNS + EXTRA_COLUMNS + extras]
         schools = con.execute(warehouse.sql("school_results")).df()
         load_report = con.execute(warehouse.sql("load_report")).df()
         loaded_at = con.execute(warehouse.sql("data_date")).fetchall()[0][0]

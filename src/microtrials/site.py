@@ -290,7 +290,7 @@ def _trial_files(row: pd.Series, folder: str, schools: pd.DataFrame | None, comm
         try:
             with matplotlib.rc_context({"text.parse_math": False}):  # "$...$" in a name is text, not maths
                 files[f"{folder}/forest.svg"] = forest_plot(
-                    per_school.rename(columns={"eb_g": "shrunken_g"}), pooled, title,
+                    per_school.assign(shrunken_g=per_school["eb_g"]), pooled, title,
                     prediction if None not in prediction else None)
             plot_alt = describe(per_school, pooled)
         except Exception as exc:  # noqa: BLE001 - one plot never stops the publication
