@@ -388,6 +388,27 @@ def test_evidence_xlsx_is_readable(site):
     assert "<0.0001" in values and "0.2630" in values
 
 
+@pytest.mark.parametrize(("name", "shown"), [
+    ("111201.csv", True), ("111201_autumn_2026_v2.csv", True), ("Reciprocal Reading 111201 Y7.xlsx", True),
+    ("111201 Smith J pupils.csv", False), ("St Mary's RC 111201.csv", False), ("Jo Bloggs.csv", False),
+    ("", False),
+])
+def test_file_name_rule(name, shown):
+    from microtrials.views import public_file_name
+
+    assert (public_file_name(name, {"reciprocal", "reading"}) == name) is shown
+
+
+def test_xlsx_headers_are_dictionary_labels(site):
+    from openpyxl import load_workbook
+
+    from microtrials import dictionary
+
+    labels = {e.label for e in dictionary.ENTRIES}
+    headers = [c.value for c in load_workbook(io.BytesIO(site["evidence_table.xlsx"]))["Evidence table"][1]]
+    assert headers and set(headers) <= labels
+
+
 def test_build_is_deterministic():
     assert small_site() == small_site()
 

@@ -101,7 +101,7 @@ def test_no_page_is_wider_than_the_screen(browser, published, artifacts, screen,
             "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
         assert scroll <= viewport, (screen, page, scroll, viewport)
         wide = browser.execute_script(
-            "const w = document.documentElement.clientWidth; return [...document.querySelectorAll('main *')]"
+            "const w = document.documentElement.clientWidth; return [...document.querySelectorAll('body *')]"
             ".filter(e => e.getBoundingClientRect().right > w + 0.5).map(e => e.tagName + ':' + e.textContent.slice(0, 30))")
         assert not wide, (screen, page, wide[:5])
         if page in ("index.html", "reciprocal-reading--ngrt-standardised-score/index.html", "load-report.html"):
@@ -113,7 +113,15 @@ def test_no_page_is_wider_than_the_screen(browser, published, artifacts, screen,
             _emulate(browser, width, height, scale)
     # each trial's months and strength are visible (displayed, inside the screen's width)
     browser.get(base + "index.html")
+    evidence = pd.read_csv(io.BytesIO(site["evidence_table.csv"]), encoding="utf-8-sig").set_index("intervention")
     for card in browser.find_elements(By.CSS_SELECTOR, "#trials > li"):
+        name = card.find_element(By.CSS_SELECTOR, "h2").text
+        expected = evidence.loc[name, "months_progress"]
+        shown = card.find_element(By.CSS_SELECTOR, ".months").text.replace("\u2212", "-")
+        if pd.isna(expected):
+            assert shown in ("No result yet", "Not published"), (name, shown)
+        else:
+            assert shown.split()[0] == (f"{int(expected):+d}" if expected else "0"), (name, shown)
         months = card.find_element(By.CSS_SELECTOR, ".months")
         strength = card.find_element(By.CSS_SELECTOR, ".strength")
         for element in (months, strength):
