@@ -23,6 +23,7 @@ from microtrials.site import SORT_VIEWS, build_site, make_server, trial_folders,
 NASTY = "<script>alert('x')</script>"
 SQL = "'); DROP TABLE pupils; --"
 CAFE = "Café reading"
+LONG = "Supercalifragilisticexpialidocious" * 4  # one 136-letter word: must wrap, never widen a page
 PUPIL_IDS = ["P1111000001", "P1111000002", "SECRET-PUPIL-7"]
 BASE = dict(schools=4, schools_both_arms=4, pupils_randomised=260, pupils_analysed=241, attrition_pct=7.3,
             effect_size=0.2481, ci_low=0.1012, ci_high=0.3950, p_value=0.0009, months_progress=3, tau=0.0812,
@@ -56,6 +57,7 @@ def small_evidence() -> pd.DataFrame:
         _row("Pilot of a new thing", "KS2 reading", schools=1, schools_both_arms=1, pupils_randomised=40,
              pupils_analysed=38, status="not_estimable",
              notes="only one school has sent results so far; 3 pupils had no baseline", **blank),
+        _row(LONG, "Writing", schools=1, schools_both_arms=1, pupils_randomised=30, pupils_analysed=30),
     ]
     return pd.DataFrame(rows)
 
