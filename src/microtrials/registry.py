@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
+import pandas as pd
+
 from microtrials.extracts import normalise_header
 from microtrials.names import match_key
 
@@ -391,11 +393,11 @@ class OfficerMessage:
 class Matching:
     """Each delivered combination with its registered round and outcome role, and the messages."""
 
-    combos: "pd.DataFrame"
+    combos: pd.DataFrame
     messages: tuple[OfficerMessage, ...]
 
 
-def match_deliveries(registry: Registry, combos: "pd.DataFrame", today: date | None = None) -> Matching:
+def match_deliveries(registry: Registry, combos: pd.DataFrame, today: date | None = None) -> Matching:
     """Join each distinct delivered (intervention, outcome_measure, school_urn, round) to the registry.
 
     ``combos`` has columns intervention, outcome_measure, school_urn, rows and optionally round
@@ -417,8 +419,6 @@ def match_deliveries(registry: Registry, combos: "pd.DataFrame", today: date | N
     unresolved), ``outcome_role``, ``matched_by`` ('name' | 'alias') and ``round_rule``
     ('sent' | 'plan' | 'unplanned' | 'needs round').
     """
-    import pandas as pd
-
     today = today or date.today()
     index = name_index(registry)
     messages: list[OfficerMessage] = []
@@ -555,12 +555,10 @@ def round_status(planned: int, delivered: int, end_date: date | None, today: dat
     return "interim", f"round runs {until}: {delivered} of {planned} school{'s' if planned != 1 else ''} delivered so far"
 
 
-def plan_progress(registry: Registry, matched: "pd.DataFrame", today: date | None = None) -> "pd.DataFrame":
+def plan_progress(registry: Registry, matched: pd.DataFrame, today: date | None = None) -> pd.DataFrame:
     """Per registered round: schools planned, delivered (a planned school with primary-outcome rows
     joined to the round), awaited (planned, not delivered; URNs space-separated), unplanned
     schools that joined it, and :func:`round_status`."""
-    import pandas as pd
-
     today = today or date.today()
     rows = []
     done = matched[matched["outcome_role"] == PRIMARY] if len(matched) else matched
@@ -614,3 +612,40 @@ def outcome_switch_notes(
                 f"(registry read {read_at.date().isoformat()}), after results had arrived "
                 f"(first on {arrived.date().isoformat()})")
     return {key: "; ".join(texts) for key, texts in notes.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# As tables (for the warehouse and the load report)
+
+ROUND_COLUMNS = [
+    "sha256", "line", "intervention", "outcome_measure", "round", "start_date", "end_date", "schools",
+    "aliases", "secondary_outcomes", "registered_on", "toolkit_strand", "national_months",
+    "cost_per_pupil", "cost_rating", "description",
+]
+PROBLEM_COLUMNS = ["sha256", "line", "column_name", "problem", "action", "intervention"]
+
+
+def rounds_frame(registry: Registry) -> pd.DataFrame:
+    """One row per round (:data:`ROUND_COLUMNS`, as table ``registry_rounds``): URNs space-separated."""
+    rows = [{
+        "sha256": registry.sha256, "line": r.line, "intervention": r.intervention,
+        "outcome_measure": r.outcome_measure, "round": r.round, "start_date": r.start_date,
+        "end_date": r.end_date, "schools": " ".join(sorted(r.schools)), "aliases": "|".join(r.aliases),
+        "secondary_outcomes": "|".join(r.secondary_outcomes), "registered_on": r.registered_on,
+        "toolkit_strand": r.toolkit_strand, "national_months": r.national_months,
+        "cost_per_pupil": r.cost_per_pupil, "cost_rating": r.cost_rating, "description": r.description,
+    } for r in registry.rounds]
+    frame = pd.DataFrame(rows, columns=ROUND_COLUMNS)
+    for column in ("start_date", "end_date", "registered_on"):
+        frame[column] = pd.to_datetime(frame[column]).dt.date
+    frame["national_months"] = frame["national_months"].astype("Int64")
+    frame["cost_per_pupil"] = frame["cost_per_pupil"].astype("Float64")
+    return frame
+
+
+def problems_frame(registry: Registry) -> pd.DataFrame:
+    """One row per bad row's problem (:data:`PROBLEM_COLUMNS`, as table ``registry_problems``)."""
+    return pd.DataFrame([{
+        "sha256": registry.sha256, "line": p.line, "column_name": p.column, "problem": p.problem,
+        "action": p.action, "intervention": p.intervention,
+    } for p in registry.problems], columns=PROBLEM_COLUMNS)
