@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import date, datetime
 
 import pandas as pd
@@ -215,3 +216,70 @@ def test_primary_outcome_changed_after_results_is_noted():
     assert "from 'NGRT standardised score' to 'Reading age'" in notes[("reciprocal reading", "2025 autumn")]
     # A change before any results arrived is not outcome switching.
     assert reg.outcome_switch_notes(versions, {("reciprocal reading", "2025 autumn"): datetime(2026, 2, 1)}) == {}
+
+
+# ---- the Dagster asset and its checks -------------------------------------------------------
+
+
+def _materialize(tmp_path):
+    import dagster as dg
+
+    from pipelines.assets.registry import REGISTRY_CHECKS, registry
+    from pipelines.resources import Settings, Warehouse
+
+    (tmp_path / "data" / "extracts").mkdir(parents=True, exist_ok=True)
+    resources = {
+        "settings": Settings(extracts_dir=str(tmp_path / "data" / "extracts"), out_dir=str(tmp_path / "out")),
+        "warehouse_db": Warehouse(db_path=str(tmp_path / "w.duckdb")),
+    }
+    return dg.materialize([registry, *REGISTRY_CHECKS], resources=resources, raise_on_error=True)
+
+
+def _checks(result):
+    return {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_registry_asset_keeps_versions_and_names_bad_rows(tmp_path, monkeypatch):
+    import duckdb
+
+    monkeypatch.delenv("MICROTRIALS_TRIALS", raising=False)
+    trials = tmp_path / "data" / "trials.csv"
+    trials.parent.mkdir(parents=True)
+    trials.write_bytes(csv_bytes(GOOD, bom=True))
+    first = _materialize(tmp_path)
+    metadata = first.get_asset_materialization_events()[0].materialization.metadata
+    assert metadata["dagster/row_count"].value == 3 and metadata["new_version"].value is True
+    assert _checks(first) == {"registry_rows_valid": True, "registry_version_kept": True}
+
+    trials.write_bytes(csv_bytes([*GOOD, "Talk for writing,Writing,2026,2026-09-31,,111301,,,,,,,"]))
+    second = _materialize(tmp_path)
+    metadata = second.get_asset_materialization_events()[0].materialization.metadata
+    assert metadata["versions_kept"].value == 2 and metadata["rows_left_out"].value == 1
+    assert "2026-09-31" in metadata["problems"].value and re.search(r"\|\s+5 \| start_date", metadata["problems"].value)
+    assert _checks(second) == {"registry_rows_valid": False, "registry_version_kept": True}
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM registry_rounds").fetchone()[0] == 3
+        assert con.execute("SELECT count(*) FROM registry_versions").fetchone()[0] == 2
+
+
+def test_registry_asset_without_a_file_warns_and_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv("MICROTRIALS_TRIALS", raising=False)
+    result = _materialize(tmp_path)
+    metadata = result.get_asset_materialization_events()[0].materialization.metadata
+    assert metadata["registry"].value == "none"
+    assert "every intervention name is taken as a trial" in metadata["warning"].value
+    assert _checks(result) == {"registry_rows_valid": True, "registry_version_kept": True}
+
+
+def test_sample_registry_opens_cleanly_and_matches_the_sample_extracts():
+    root = reg.Path(__file__).resolve().parents[1] / "data"
+    data = (root / "trials.csv").read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf") and b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b"")
+    sample = reg.read_registry(data)
+    assert sample.problems == () and len(sample.rounds) == 4
+    delivered = pd.concat([pd.read_csv(p, dtype=str) for p in sorted((root / "extracts").glob("*.csv"))])
+    combos = delivered.groupby(["intervention", "outcome_measure", "school_urn"]).size().rename("rows").reset_index()
+    matched = reg.match_deliveries(sample, combos, today=date(2026, 11, 23))
+    assert matched.messages == () and set(matched.combos["outcome_role"]) == {"primary"}
+    progress = reg.plan_progress(sample, matched.combos, today=date(2026, 11, 23))
+    assert progress["awaited"].sum() == 0

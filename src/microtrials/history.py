@@ -43,7 +43,7 @@ def store_registry(con: duckdb.DuckDBPyConnection, registry: Registry, text: str
     Returns True when the version is new. ``text`` is the decoded file (kept for audit).
     """
     ensure_tables(con)
-    seen = con.execute("SELECT count(*) FROM registry_versions WHERE sha256 = ?", [registry.sha256]).fetchone()[0]
+    seen = version_kept(con, registry.sha256)
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(warehouse.sql("insert_registry_version"), {
@@ -66,7 +66,20 @@ def store_registry(con: duckdb.DuckDBPyConnection, registry: Registry, text: str
                 con.unregister(name)
             except Exception:  # not registered when an earlier statement failed
                 pass
-    return seen == 0
+    return not seen
+
+
+def version_kept(con: duckdb.DuckDBPyConnection, sha256: str) -> bool:
+    """Whether a registry version with this content hash is kept."""
+    ensure_tables(con)
+    return con.execute(warehouse.sql("registry_version_seen"), {"sha256": sha256}).fetchone()[0] > 0
+
+
+def clear_registry(con: duckdb.DuckDBPyConnection) -> None:
+    """No registry file: the current rounds and problems are emptied (kept versions stay)."""
+    ensure_tables(con)
+    con.execute(warehouse.sql("delete_registry_rounds"))
+    con.execute(warehouse.sql("delete_registry_problems"))
 
 
 def registry_versions(con: duckdb.DuckDBPyConnection) -> list[tuple[datetime, Registry]]:
@@ -242,8 +255,11 @@ def what_changed(previous_rows: pd.DataFrame | Iterable[Mapping[str, object]] | 
             effect = ""
             if old.get("effect_size") is not None and row.get("effect_size") is not None:
                 effect = f" (effect size {float(old['effect_size']):.2f} → {float(row['effect_size']):.2f})"
-            lead = "so the estimate moved" if clauses else "the estimate moved"
-            clauses.append(f"{lead} from {_months_text(m_old)} to {_months_text(m_new)}{effect}")
+            moved = f"the estimate moved from {_months_text(m_old)} to {_months_text(m_new)}{effect}"
+            if clauses:
+                clauses[-1] += ", so " + moved
+            else:
+                clauses.append(moved)
         s_old, s_new = old.get("evidence_strength"), row.get("evidence_strength")
         if s_old != s_new:
             clauses.append(f"evidence strength {'-' if s_old is None else int(s_old)} → {'-' if s_new is None else int(s_new)}")
