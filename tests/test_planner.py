@@ -102,3 +102,22 @@ def test_plan_text_says_mdes_months_strength_and_source():
 def test_too_few_schools_is_an_error_an_officer_can_act_on():
     with pytest.raises(planner.MicrotrialsError, match="at least 2 schools"):
         planner.plan("X", 1, 30, planner.default_parameters())
+
+
+def test_plan_for_uses_the_registry_name_and_earlier_rounds():
+    from microtrials.registry import read_registry
+
+    registry = read_registry(
+        b"intervention,outcome_measure,round,start_date,schools,aliases\r\n"
+        b"Reciprocal reading,NGRT,2025,2025-09-01,111101 111102,RR\r\n"
+        b"Reciprocal reading,NGRT,2026,2026-09-01,111101 111102 111103 111104,RR\r\n")
+    results = pd.DataFrame([["Reciprocal reading", "NGRT", "2025", 30.0, 170.0, 90.0, 4.0, 2, 110, 100, 8.0]],
+                           columns=["intervention", "outcome_measure", "round", "var_school_unconditional",
+                                    "var_pupil_unconditional", "var_pupil", "beta", "schools", "pupils_randomised",
+                                    "pupils_analysed", "attrition_pct"])
+    plan = planner.plan_for("rr", 10, None, results, registry)
+    assert plan.intervention == "Reciprocal reading" and plan.pupils_per_school == 55  # 110 pupils / 2 schools
+    assert plan.parameters.rho2 == pytest.approx(30 / 200) and "1 earlier round" in plan.parameters.source
+    pending = planner.round_plans(registry, results)
+    assert list(pending) == [("reciprocal reading", "2026")]  # the 2025 round has results
+    assert pending[("reciprocal reading", "2026")].schools == 4

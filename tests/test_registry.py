@@ -283,3 +283,17 @@ def test_sample_registry_opens_cleanly_and_matches_the_sample_extracts():
     assert matched.messages == () and set(matched.combos["outcome_role"]) == {"primary"}
     progress = reg.plan_progress(sample, matched.combos, today=date(2026, 11, 23))
     assert progress["awaited"].sum() == 0
+
+
+def test_matching_accepts_arrow_from_duckdb():
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE pupils (school_urn VARCHAR, intervention VARCHAR, outcome_measure VARCHAR, round VARCHAR)")
+    con.execute("INSERT INTO pupils VALUES ('111101', 'Reciprocal reading', 'NGRT standardised score', NULL), "
+                "('111101', 'Reciprocal reading', 'NGRT standardised score', NULL), "
+                "('111103', 'Reciprocal reading', 'NGRT standardised score', '2025 Autumn')")
+    combos = con.sql("SELECT intervention, outcome_measure, school_urn, round, count(*) AS rows "
+                         "FROM pupils GROUP BY ALL ORDER BY school_urn").to_arrow_table()
+    m = reg.match_deliveries(_registry(), combos, today=date(2026, 2, 1))
+    assert m.combos[["school_urn", "round", "rows"]].values.tolist() == [["111101", "2025 Autumn", 2], ["111103", "2025 Autumn", 1]]

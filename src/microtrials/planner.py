@@ -259,3 +259,48 @@ def plan_text(result: Plan) -> str:
         f"df = schools - 1 = {m.df:.0f}, multiplier {m.multiplier:.2f}).",
     ]
     return "\n".join(lines)
+
+
+DEFAULT_PUPILS_PER_SCHOOL = 60  # when no earlier round says how many pupils a school randomises
+
+
+def pupils_per_school(results: pd.DataFrame | None, intervention: str) -> int:
+    """Pupils randomised per school in the intervention's earlier rounds (total pupils_randomised /
+    total schools, cumulative rows left out), else :data:`DEFAULT_PUPILS_PER_SCHOOL`."""
+    if results is None or not len(results) or not {"pupils_randomised", "schools"} <= set(results):
+        return DEFAULT_PUPILS_PER_SCHOOL
+    rows = results[results["intervention"].map(match_key) == match_key(intervention)]
+    if "round" in rows:
+        rows = rows[rows["round"].fillna("").map(match_key) != "all rounds"]
+    pupils = pd.to_numeric(rows["pupils_randomised"], errors="coerce").sum()
+    schools = pd.to_numeric(rows["schools"], errors="coerce").sum()
+    return int(round(pupils / schools)) if schools > 0 and pupils > 0 else DEFAULT_PUPILS_PER_SCHOOL
+
+
+def plan_for(intervention: str, schools: int, pupils: int | None, results: pd.DataFrame | None,
+             registry=None) -> Plan:
+    """The plan the CLI prints: the registered name and primary outcome when ``registry`` knows the
+    intervention (by name or alias), design parameters from ``results`` (trial_results rows),
+    ``pupils`` per school or the earlier rounds' number."""
+    name, outcome = intervention, None
+    if registry is not None and registry.canonical(intervention):
+        rounds = registry.rounds_of(intervention)
+        name, outcome = rounds[-1].intervention, rounds[-1].outcome_measure
+    parameters = design_parameters(results, name, outcome)
+    return plan(name, schools, pupils or pupils_per_school(results, name), parameters)
+
+
+def round_plans(registry, results: pd.DataFrame | None) -> dict[tuple[str, str], Plan]:
+    """The plan figures for every registered round that has no results yet in ``results``
+    (keyed by (intervention, round) match keys): its planned schools, the earlier rounds'
+    pupils per school. Rounds with fewer than 2 planned schools are left out."""
+    done: set[tuple[str, str]] = set()
+    if results is not None and len(results) and "round" in results:
+        done = {(match_key(i), match_key(r or "")) for i, r in zip(results["intervention"], results["round"].fillna(""))}
+    plans = {}
+    for r in registry.rounds:
+        if r.key in done or len(r.schools) < 2:
+            continue
+        plans[r.key] = plan(r.intervention, len(r.schools), pupils_per_school(results, r.intervention),
+                            design_parameters(results, r.intervention, r.outcome_measure))
+    return plans

@@ -20,6 +20,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from microtrials.extracts import normalise_header
 from microtrials.names import match_key
@@ -397,11 +398,12 @@ class Matching:
     messages: tuple[OfficerMessage, ...]
 
 
-def match_deliveries(registry: Registry, combos: pd.DataFrame, today: date | None = None) -> Matching:
+def match_deliveries(registry: Registry, combos: pd.DataFrame | pa.Table, today: date | None = None) -> Matching:
     """Join each distinct delivered (intervention, outcome_measure, school_urn, round) to the registry.
 
-    ``combos`` has columns intervention, outcome_measure, school_urn, rows and optionally round
-    (blank/None when the school sent none). The rules (docs/registry.md):
+    ``combos`` (pandas or Arrow) has columns intervention, outcome_measure, school_urn, rows and
+    optionally round (blank/None when the school sent none) -- e.g. ``SELECT intervention,
+    outcome_measure, school_urn, round, count(*) AS rows FROM pupils GROUP BY ALL``. The rules (docs/registry.md):
 
     1. the intervention matches a registered name or alias by :func:`names.match_key`; otherwise it
        is unregistered ("not in the registry: add it, or correct the name") and never evidence;
@@ -423,7 +425,7 @@ def match_deliveries(registry: Registry, combos: pd.DataFrame, today: date | Non
     index = name_index(registry)
     messages: list[OfficerMessage] = []
     out = []
-    frame = combos.copy()
+    frame = combos.to_pandas() if isinstance(combos, pa.Table) else combos.copy()
     if "round" not in frame:
         frame["round"] = None
     unregistered: dict[str, dict] = {}
