@@ -297,3 +297,25 @@ def test_matching_accepts_arrow_from_duckdb():
                          "FROM pupils GROUP BY ALL ORDER BY school_urn").to_arrow_table()
     m = reg.match_deliveries(_registry(), combos, today=date(2026, 2, 1))
     assert m.combos[["school_urn", "round", "rows"]].values.tolist() == [["111101", "2025 Autumn", 2], ["111103", "2025 Autumn", 1]]
+
+
+def test_evidence_columns_and_local_and_national_text():
+    r = reg.read_registry(csv_bytes(GOOD))
+    cols = reg.evidence_columns(r, "reciprocal reading programme", "2026 Spring")
+    assert cols == {"round": "2026 Spring", "toolkit_strand": "Reading comprehension strategies",
+                    "national_months": 6, "cost_per_pupil": 35.0, "cost_rating": "£",
+                    "description": "Pupils take turns to lead."}
+    assert reg.evidence_columns(r, "Reciprocal reading", "all rounds")["round"] == "all rounds"
+    assert reg.evidence_columns(r, "Unknown", None) == dict.fromkeys(reg.EVIDENCE_COLUMNS)
+    # 0.21 -> +3 months, 0.12 -> +2, 0.30 -> +4 (EEF table in guidance.MONTHS_TABLE)
+    assert reg.local_and_national(0.21, 0.12, 0.30, "Reading comprehension strategies", 6) == (
+        "here: +3 months (+2 to +4); nationally (EEF Toolkit, Reading comprehension strategies): +6 months")
+    assert reg.local_and_national(None, None, None, None, 5) == "nationally (EEF Toolkit): +5 months"
+
+
+def test_rounds_with_different_primary_outcomes_are_noted():
+    r = reg.read_registry(csv_bytes([GOOD[0], GOOD[1].replace("NGRT standardised score", "Reading age", 1)]))
+    notes = reg.registry_notes(r)
+    assert [n.rule for n in notes] == ["rounds_differ"] and "Reading age" in notes[0].text
+    frame = reg.messages_frame(notes)
+    assert frame.columns.tolist() == reg.MESSAGE_COLUMNS and frame.loc[0, "intervention"] == "Reciprocal reading"

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from microtrials.effect_sizes import months_progress
 from microtrials.extracts import normalise_header
 from microtrials.names import match_key
 
@@ -651,3 +652,81 @@ def problems_frame(registry: Registry) -> pd.DataFrame:
         "sha256": registry.sha256, "line": p.line, "column_name": p.column, "problem": p.problem,
         "action": p.action, "intervention": p.intervention,
     } for p in registry.problems], columns=PROBLEM_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------
+# For the evidence table, the page and the load report
+
+#: Columns the registry adds to the evidence table (after the contract's columns).
+EVIDENCE_COLUMNS = ["round", "toolkit_strand", "national_months", "cost_per_pupil", "cost_rating", "description"]
+CUMULATIVE_ROUND = "all rounds"
+
+
+def evidence_columns(registry: Registry | None, intervention: str, round_name: str | None) -> dict[str, object]:
+    """The registry's columns for one evidence-table row (:data:`EVIDENCE_COLUMNS`).
+
+    ``round_name`` is a registered round, or ``"all rounds"`` for the cumulative row (then the
+    latest round's strand, months, cost and description are used). Blank (None) when the
+    registry does not know the intervention.
+    """
+    empty = dict.fromkeys(EVIDENCE_COLUMNS)
+    empty["round"] = round_name or None
+    rounds = registry.rounds_of(intervention) if registry is not None else []
+    if not rounds:
+        return empty
+    chosen = rounds[-1]
+    if round_name and match_key(round_name) != CUMULATIVE_ROUND:
+        chosen = next((r for r in rounds if match_key(r.round) == match_key(round_name)), chosen)
+    return {
+        "round": round_name or chosen.round or None, "toolkit_strand": chosen.toolkit_strand,
+        "national_months": chosen.national_months, "cost_per_pupil": chosen.cost_per_pupil,
+        "cost_rating": chosen.cost_rating, "description": chosen.description or None,
+    }
+
+
+def _signed_months(months: int | None) -> str:
+    return "?" if months is None else (f"{months:+d}" if months else "0")
+
+
+def local_and_national(effect_size: float | None, ci_low: float | None, ci_high: float | None,
+                       toolkit_strand: str | None, national_months: int | None) -> str:
+    """The page's comparison, e.g. "here: +3 months (+2 to +4); nationally (EEF Toolkit, Reading
+    comprehension strategies): +6 months". Months by :func:`effect_sizes.months_progress`; either
+    half is left out when unknown."""
+    parts = []
+    here = months_progress(effect_size) if effect_size is not None else None
+    if here is not None:
+        low = months_progress(ci_low) if ci_low is not None else None
+        high = months_progress(ci_high) if ci_high is not None else None
+        interval = f" ({_signed_months(low)} to {_signed_months(high)})" if low is not None and high is not None else ""
+        parts.append(f"here: {_signed_months(here)} month{'s' if abs(here) != 1 else ''}{interval}")
+    if national_months is not None:
+        strand = f", {toolkit_strand}" if toolkit_strand else ""
+        parts.append(f"nationally (EEF Toolkit{strand}): {_signed_months(national_months)} "
+                     f"month{'s' if abs(national_months) != 1 else ''}")
+    return "; ".join(parts)
+
+
+def registry_notes(registry: Registry) -> tuple[OfficerMessage, ...]:
+    """Warnings about the plan as a whole (rows are kept): rounds of one intervention that register
+    different primary outcomes cannot be pooled into one cumulative row."""
+    notes = []
+    for name in registry.interventions():
+        outcomes = {match_key(r.outcome_measure): r.outcome_measure for r in registry.rounds_of(name)}
+        if len(outcomes) > 1:
+            notes.append(OfficerMessage(
+                "warning", "rounds_differ",
+                f"the rounds of {name} register different primary outcomes ({', '.join(sorted(outcomes.values()))}): "
+                "each round is analysed on its own, but they are not pooled into an 'all rounds' row",
+                name))
+    return tuple(notes)
+
+
+MESSAGE_COLUMNS = ["level", "rule", "intervention", "school_urn", "message"]
+
+
+def messages_frame(messages: tuple[OfficerMessage, ...] | list[OfficerMessage]) -> pd.DataFrame:
+    """Officer messages as a table for the load report and the UI (:data:`MESSAGE_COLUMNS`)."""
+    return pd.DataFrame([{"level": m.level, "rule": m.rule, "intervention": m.intervention,
+                          "school_urn": m.school_urn, "message": m.text} for m in messages],
+                        columns=MESSAGE_COLUMNS)
