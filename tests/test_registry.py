@@ -319,3 +319,12 @@ def test_rounds_with_different_primary_outcomes_are_noted():
     assert [n.rule for n in notes] == ["rounds_differ"] and "Reading age" in notes[0].text
     frame = reg.messages_frame(notes)
     assert frame.columns.tolist() == reg.MESSAGE_COLUMNS and frame.loc[0, "intervention"] == "Reciprocal reading"
+
+
+def test_one_published_spelling_per_intervention():
+    r = reg.read_registry(csv_bytes([GOOD[0], GOOD[1].replace("Reciprocal reading", "reciprocal  Reading", 1)]))
+    assert [x.intervention for x in r.rounds] == ["Reciprocal reading", "Reciprocal reading"]
+    combos = _combos([["Reciprocal reading", "NGRT standardised score", "111104", None, 3]])
+    m = reg.match_deliveries(r, combos, today=date(2026, 2, 1))
+    progress = reg.plan_progress(r, m.combos, today=date(2026, 2, 1)).set_index("round")
+    assert progress.loc["2026 Spring", "delivered"] == 1

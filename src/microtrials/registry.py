@@ -15,7 +15,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 
@@ -229,6 +229,9 @@ def read_registry(data: bytes, path: str = FILE_NAME) -> Registry:
             problems.extend(row_problems)
             continue
         assert parsed is not None
+        first = owner.get(match_key(parsed.intervention))
+        if first is not None and first[0] != parsed.intervention:
+            parsed = replace(parsed, intervention=first[0])  # one published spelling per intervention
         seen[parsed.key] = index
         for name in (parsed.intervention, *parsed.aliases):
             owner.setdefault(match_key(name), (parsed.intervention, index))
