@@ -116,3 +116,15 @@ def test_registry_versions_are_kept_once_each(tmp_path):
     assert problems == [(3, "schools")]
     notes = registry.outcome_switch_notes(versions, {("reading", "2026"): datetime(2026, 1, 20)})
     assert "from 'NGRT' to 'Reading age'" in notes[("reading", "2026")]
+
+
+def test_cumulative_alt_text():
+    frame = pd.DataFrame({
+        "publication_id": ["a", "b"], "published_at": pd.to_datetime(["2026-03-01", "2026-06-01"]),
+        "intervention": ["Reading"] * 2, "outcome_measure": ["NGRT"] * 2, "round": ["all rounds"] * 2,
+        "effect_size": [0.38, 0.28], "ci_low": [0.1, 0.12], "ci_high": [0.66, 0.44],
+    })
+    assert history.describe_cumulative(frame, "Reading", "NGRT") == (
+        "Estimate for Reading (NGRT) over 2 publications: 0.38 (95% CI 0.10 to 0.66) on 01 Mar 2026, "
+        "then 0.28 (95% CI 0.12 to 0.44) on 01 Jun 2026.")
+    assert history.describe_cumulative(frame, "Other", "NGRT").startswith("No published estimate yet")

@@ -328,3 +328,11 @@ def test_one_published_spelling_per_intervention():
     m = reg.match_deliveries(r, combos, today=date(2026, 2, 1))
     progress = reg.plan_progress(r, m.combos, today=date(2026, 2, 1)).set_index("round")
     assert progress.loc["2026 Spring", "delivered"] == 1
+
+
+def test_line_numbers_are_spreadsheet_rows_when_a_cell_holds_a_line_break():
+    rows = [GOOD[0].replace("Pupils take turns to lead.", '"Pupils take turns\r\nto lead."'),
+            "Talk for writing,Writing,2026,2026-09-01,,1113O1,,,,,,,"]  # letter O in the URN
+    r = reg.read_registry(csv_bytes(rows))
+    assert r.rounds[0].description == "Pupils take turns to lead."
+    assert [(p.line, p.column) for p in r.problems] == [(3, "schools")]

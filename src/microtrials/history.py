@@ -282,6 +282,35 @@ def _escape(text: str) -> str:
     return str(text).replace("$", r"\$")
 
 
+def _matching(history: pd.DataFrame, intervention: str, outcome_measure: str, round_name: str | None) -> pd.DataFrame:
+    wanted = (match_key(intervention), match_key(outcome_measure), match_key(round_name or ""))
+    if not len(history):
+        return history
+    rows = history[[_key(r) == wanted for r in history.to_dict("records")]]
+    return rows.sort_values(["published_at", "publication_id"])
+
+
+def describe_cumulative(history: pd.DataFrame, intervention: str, outcome_measure: str,
+                        round_name: str | None = "all rounds") -> str:
+    """The cumulative plot's alt text: how the estimate moved from the first to the latest publication."""
+    rows = _matching(history, intervention, outcome_measure, round_name)
+    rows = rows[pd.to_numeric(rows.get("effect_size", pd.Series(dtype=float)), errors="coerce").notna()] if len(rows) else rows
+    if not len(rows):
+        return f"No published estimate yet for {intervention} ({outcome_measure})."
+    first, last = rows.iloc[0], rows.iloc[-1]
+
+    def said(row) -> str:
+        ci = ""
+        if pd.notna(row.get("ci_low")) and pd.notna(row.get("ci_high")):
+            ci = f" (95% CI {float(row['ci_low']):.2f} to {float(row['ci_high']):.2f})"
+        return f"{float(row['effect_size']):.2f}{ci} on {pd.Timestamp(row['published_at']).strftime('%d %b %Y')}"
+
+    if len(rows) == 1:
+        return f"Estimate for {intervention} ({outcome_measure}) at its one publication: {said(first)}."
+    return (f"Estimate for {intervention} ({outcome_measure}) over {len(rows)} publications: "
+            f"{said(first)}, then {said(last)}.")
+
+
 def cumulative_plot_png(history: pd.DataFrame, intervention: str, outcome_measure: str,
                         round_name: str | None = "all rounds", dpi: int = 110) -> bytes:
     """PNG bytes: the estimate (effect size, 95% CI) of one trial row at each publication, oldest left.
@@ -292,9 +321,7 @@ def cumulative_plot_png(history: pd.DataFrame, intervention: str, outcome_measur
     the number of schools, so a reader sees the interval narrow as schools join (a cumulative
     meta-analysis plot, publication by publication).
     """
-    wanted = (match_key(intervention), match_key(outcome_measure), match_key(round_name or ""))
-    rows = history[[_key(r) == wanted for r in history.to_dict("records")]] if len(history) else history
-    rows = rows.sort_values(["published_at", "publication_id"]) if len(rows) else rows
+    rows = _matching(history, intervention, outcome_measure, round_name)
     fig = Figure(figsize=(7.5, 3.6), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(rows))
