@@ -121,3 +121,11 @@ def test_plan_for_uses_the_registry_name_and_earlier_rounds():
     pending = planner.round_plans(registry, results)
     assert list(pending) == [("reciprocal reading", "2026")]  # the 2025 round has results
     assert pending[("reciprocal reading", "2026")].schools == 4
+
+
+def test_plan_from_an_empty_warehouse_uses_defaults(tmp_path):
+    from microtrials import warehouse
+
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    text = planner.plan_from_warehouse(con, "Reading", 10, 40)
+    assert text.startswith("Plan for Reading: 10 schools x 40 pupils") and "defaults (ICC 0.15" in text

@@ -304,3 +304,12 @@ def round_plans(registry, results: pd.DataFrame | None) -> dict[tuple[str, str],
         plans[r.key] = plan(r.intervention, len(r.schools), pupils_per_school(results, r.intervention),
                             design_parameters(results, r.intervention, r.outcome_measure))
     return plans
+
+
+def plan_from_warehouse(con, intervention: str, schools: int, pupils: int | None, registry=None) -> str:
+    """What ``microtrials plan`` prints: :func:`plan_text` of :func:`plan_for`, with earlier results
+    read from the warehouse's ``trial_results`` (none yet: the documented defaults)."""
+    from microtrials import warehouse
+
+    results = con.execute(warehouse.sql("trial_results")).df() if warehouse.table_exists(con, "trial_results") else None
+    return plan_text(plan_for(intervention, schools, pupils, results, registry))
