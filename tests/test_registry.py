@@ -336,3 +336,15 @@ def test_line_numbers_are_spreadsheet_rows_when_a_cell_holds_a_line_break():
     r = reg.read_registry(csv_bytes(rows))
     assert r.rounds[0].description == "Pupils take turns to lead."
     assert [(p.line, p.column) for p in r.problems] == [(3, "schools")]
+
+
+def test_first_results_per_round_from_extra_columns():
+    combos = _combos([
+        ["Reciprocal reading", "NGRT standardised score", "111101", None, 40],
+        ["Reciprocal reading", "NGRT standardised score", "111102", None, 40],
+        ["Reading Boost", "NGRT standardised score", "111101", None, 12],
+    ])
+    combos["first_loaded_at"] = pd.to_datetime(["2025-12-05", "2025-11-20", "2025-10-01"])
+    m = reg.match_deliveries(_registry(), combos, today=date(2026, 2, 1))
+    assert m.combos["first_loaded_at"].notna().all()
+    assert reg.first_results(m.combos) == {("reciprocal reading", "2025 autumn"): datetime(2025, 11, 20)}

@@ -423,7 +423,8 @@ def match_deliveries(registry: Registry, combos: pd.DataFrame | pa.Table, today:
     Output columns (:data:`MATCH_COLUMNS`): the delivered spelling, ``round_sent``, ``registered``,
     ``registered_intervention`` (canonical name), ``round`` (registered round name, None when
     unresolved), ``outcome_role``, ``matched_by`` ('name' | 'alias') and ``round_rule``
-    ('sent' | 'plan' | 'unplanned' | 'needs round').
+    ('sent' | 'plan' | 'unplanned' | 'needs round'); any other column of ``combos`` is carried
+    through unchanged.
     """
     today = today or date.today()
     index = name_index(registry)
@@ -437,6 +438,7 @@ def match_deliveries(registry: Registry, combos: pd.DataFrame | pa.Table, today:
     needs_round: set[tuple[str, str]] = set()
     unplanned: dict[tuple[str, str], str] = {}
     unknown_round: set[tuple[str, str, str]] = set()
+    extras = [c for c in frame.columns if c not in MATCH_COLUMNS and c != "round" and c.isidentifier()]
     for combo in frame.itertuples(index=False):
         spelling = str(combo.intervention)
         urn = str(combo.school_urn)
@@ -445,6 +447,7 @@ def match_deliveries(registry: Registry, combos: pd.DataFrame | pa.Table, today:
                "round_sent": sent or None, "rows": int(combo.rows), "registered": False,
                "registered_intervention": None, "round": None, "outcome_role": None,
                "matched_by": None, "round_rule": None}
+        row.update({c: getattr(combo, c) for c in extras})
         hit = index.get(match_key(spelling))
         if hit is None:
             entry = unregistered.setdefault(match_key(spelling), {"spelling": spelling, "schools": set(), "rows": 0})
@@ -514,7 +517,23 @@ def match_deliveries(registry: Registry, combos: pd.DataFrame | pa.Table, today:
             "as exploratory, not published as evidence; register it as a secondary outcome before results "
             "arrive if it was planned",
             canonical, ",".join(sorted(urns))))
-    return Matching(pd.DataFrame(out, columns=MATCH_COLUMNS), tuple(messages))
+    return Matching(pd.DataFrame(out, columns=MATCH_COLUMNS + extras), tuple(messages))
+
+
+def first_results(matched: pd.DataFrame, column: str = "first_loaded_at") -> dict[tuple[str, str], datetime]:
+    """When each registered round's first rows arrived: (match_key(intervention), match_key(round))
+    -> the earliest ``column`` among its matched combinations (pass e.g. ``min(loaded_at)`` per
+    combination as an extra column of ``combos``; extra columns are carried through matching).
+    The input of :func:`outcome_switch_notes`."""
+    if column not in matched or not len(matched):
+        return {}
+    done = matched[matched["registered"] & matched["round"].notna() & matched[column].notna()]
+    out: dict[tuple[str, str], datetime] = {}
+    for name, round_name, when in zip(done["registered_intervention"], done["round"], done[column]):
+        key = (match_key(name), match_key(round_name))
+        when = pd.Timestamp(when).to_pydatetime()
+        out[key] = min(out.get(key, when), when)
+    return out
 
 
 def latest_started(rounds: list[TrialRound], today: date) -> TrialRound:
