@@ -348,3 +348,14 @@ def test_first_results_per_round_from_extra_columns():
     m = reg.match_deliveries(_registry(), combos, today=date(2026, 2, 1))
     assert m.combos["first_loaded_at"].notna().all()
     assert reg.first_results(m.combos) == {("reciprocal reading", "2025 autumn"): datetime(2025, 11, 20)}
+
+
+@pytest.mark.parametrize("data,said", [
+    (b"PK\x03\x04rest-of-a-workbook", "an Excel workbook (.xlsx)"),
+    ("intervention\toutcome_measure\r\n".encode("utf-16"), "UTF-16 text"),
+    (b"intervention;outcome_measure;round;start_date;schools\r\nA;B;1;2026-01-01;111111\r\n", "semicolons"),
+])
+def test_files_that_are_not_comma_csv_say_how_to_save(data, said):
+    r = reg.read_registry(data)
+    assert r.rounds == () and len(r.problems) == 1
+    assert said in r.problems[0].message and "CSV UTF-8" in r.problems[0].message

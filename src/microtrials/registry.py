@@ -185,6 +185,22 @@ def decode(data: bytes) -> tuple[str, str]:
         return data.decode("cp1252", errors="replace"), "cp1252"
 
 
+SAVE_AS = "in Excel use File > Save As > 'CSV UTF-8 (Comma delimited) (*.csv)' and save it as trials.csv again"
+
+
+def _not_csv(data: bytes) -> str:
+    """What the file is when it is plainly not CSV text (else '')."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16 text (Excel's 'Unicode Text')"
+    if data.startswith(b"PK\x03\x04"):
+        return "an Excel workbook (.xlsx)"
+    if data.startswith(b"\xd0\xcf\x11\xe0"):
+        return "an old Excel workbook (.xls)"
+    if b"\x00" in data[:4096]:
+        return "a binary file"
+    return ""
+
+
 def read_registry(data: bytes, path: str = FILE_NAME) -> Registry:
     """Parse and validate the registry's bytes. Never raises for content: bad rows become problems.
 
@@ -192,17 +208,24 @@ def read_registry(data: bytes, path: str = FILE_NAME) -> Registry:
     break stays one row).
     """
     sha = hashlib.sha256(data).hexdigest()
+    kind = _not_csv(data)
+    if kind:
+        problem = RegistryProblem(0, "", f"the file is {kind}, not CSV text", SAVE_AS)
+        return Registry((), (problem,), sha, path, "")
     text, encoding = decode(data)
     try:
         records = list(csv.reader(io.StringIO(text, newline="")))
     except csv.Error as exc:
-        problem = RegistryProblem(0, "", f"the file could not be read as CSV ({exc})",
-                                  "in Excel use File > Save As > 'CSV UTF-8 (Comma delimited)'")
+        problem = RegistryProblem(0, "", f"the file could not be read as CSV ({exc})", SAVE_AS)
         return Registry((), (problem,), sha, path, encoding)
     if not records or not any(cell.strip() for cell in records[0]):
         problem = RegistryProblem(1, "", "the first row is not a header row",
                                   "put the column names (intervention, outcome_measure, round, ...) in row 1")
         return Registry((), (problem,), sha, path, encoding)
+    if len(records[0]) == 1 and records[0][0].count(";") >= 2:
+        problem = RegistryProblem(1, "", "the columns are separated by semicolons, not commas",
+                                  SAVE_AS + " (on a computer set to a European language, set the list separator to a comma)")
+        return Registry((), (problem,), sha, path, encoding, rows_read=len(records) - 1)
     header = [normalise_header(cell) for cell in records[0]]
     positions = {name: i for i, name in reversed(list(enumerate(header))) if name in COLUMNS}
     missing = [c for c in REQUIRED_COLUMNS if c not in positions]
