@@ -103,3 +103,14 @@ def test_unsafe_names_and_missing_urns_stay_inside_the_folder(tmp_path):
     path = feedback.feedback_path(tmp_path, None, "../../etc/pass wd.csv")
     assert path == tmp_path / "unknown-urn" / "pass_wd-what-to-fix.csv"
     assert feedback.feedback_path(tmp_path, "../x", "a.csv").parent == tmp_path / "unknown-urn"
+
+
+def test_an_unwritable_feedback_folder_is_a_plain_error(con, write_extract, tmp_path):
+    rows = pupil_rows(3)
+    rows[0][COL["arm"]] = "x"
+    folder = write_extract("111601.csv", rows).parent
+    reports = load_folder(con, folder, KEY)
+    blocked = tmp_path / "fb"
+    blocked.write_text("a file where the folder should be")
+    with pytest.raises(MicrotrialsError, match=r"could not write the feedback file .* the rows are loaded already"):
+        feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, blocked)

@@ -14,6 +14,7 @@ import dagster as dg
 import pandas as pd
 
 from microtrials import feedback, loading, privacy, warehouse
+from microtrials.errors import MicrotrialsError
 from pipelines.partitions import extract_files, files_by_school, schools_partitions
 from pipelines.resources import Settings, Warehouse
 
@@ -59,6 +60,7 @@ warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.Bet
 )
 def pupils(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse) -> dg.MaterializeResult:
     key = privacy.pupil_key_from_env(settings.extracts)
+    feedback.check_private(settings.feedback, settings.out)  # before anything is loaded
     by_school = files_by_school(settings.extracts)
     # A run without a partition (e.g. `dg.materialize` of every asset) loads every school's files.
     partitioned = context.has_partition_key or context.has_partition_key_range
@@ -72,7 +74,11 @@ def pupils(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: 
         reports = loading.load_files(con, files, key)
         present = {p.name for p in settings.extracts.iterdir()} if settings.extracts.is_dir() else set()
         _update_load_report(con, loading.load_report_frame(reports + ignored), {p.name for p in files} | {r.file_name for r in ignored}, present)
-        written = feedback.write_feedback(con, reports, {p.name: p for p in files}, settings.feedback, settings.out)
+        try:
+            written = feedback.write_feedback(con, reports, {p.name: p for p in files}, settings.feedback, settings.out)
+        except MicrotrialsError as exc:  # the load itself is committed: say so, and carry on
+            context.log.error(str(exc))
+            written = []
         urns = [s for s in schools if not s.startswith("file-")]
         held = con.execute(warehouse.sql("school_summary"), {"urns": urns}).df()
     by_name = {r.file_name: r for r in reports}

@@ -85,10 +85,16 @@ def write_feedback(
             if target.exists():
                 target.unlink()
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
         frame = publish.neutralise_formulas(rows[COLUMNS]).rename(columns=HEADERS)
         text = frame.to_csv(index=False, lineterminator="\r\n")
-        publish.write_atomic(target, "\ufeff" + text)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            publish.write_atomic(target, "\ufeff" + text)
+        except OSError as exc:
+            raise MicrotrialsError(
+                f"could not write the feedback file {target} ({exc.strerror}); check that the feedback folder "
+                "is writable (MICROTRIALS_FEEDBACK), then run again: the rows are loaded already"
+            ) from exc
         written.append(target)
     return written
 
@@ -106,10 +112,11 @@ def _rows(con: duckdb.DuckDBPyConnection, report, path: Path) -> pd.DataFrame:
         for row in problems.sort_values(["line", "column_name"], na_position="first").itertuples(index=False):
             reason, fix = _split(row.reason)
             column = row.column_name if isinstance(row.column_name, str) else ""
-            value = values.get((int(row.line), column), "")
+            line = "" if pd.isna(row.line) else int(row.line)
+            value = values.get((line, column), "")
             if column == "pupil_id" or value in pupil_ids:
                 value = HIDDEN if value else ""
-            out.append({"line": int(row.line), "column": column, "value": value, "reason": reason, "what_to_do": fix})
+            out.append({"line": line, "column": column, "value": value, "reason": reason, "what_to_do": fix})
     for trial, why in getattr(report, "trials_rejected", {}).items():
         reason, fix = _split(why)
         out.append({"line": "", "column": "", "value": "", "reason": f"{trial}: {reason}", "what_to_do": fix})
@@ -135,7 +142,7 @@ def _cells(path: Path, lines: set[int]) -> tuple[dict[tuple[int, str], str], set
     """(line, column) -> the cell as sent, for the given lines; and every pupil_id in the file."""
     try:
         rows = extracts.read_extract(path).rows
-    except (extracts.ExtractRejected, OSError):
+    except (extracts.ExtractRejected, OSError, ValueError):  # values unknown: the reasons still say what is wrong
         return {}, set()
     frame = rows.to_pandas()
     pupil_ids = set(frame["pupil_id"]) - {""} if "pupil_id" in frame else set()
