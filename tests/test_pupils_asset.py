@@ -120,3 +120,24 @@ def test_school_status_words():
     assert school_status([FileReport("c.csv", "rejected")]) == "rejected"
     assert school_status([ok, FileReport("c.csv", "rejected")]) == "partly rejected"
     assert school_status([FileReport("a.csv", "unchanged")]) == "unchanged"
+
+
+def test_a_run_under_another_key_stops_until_the_officer_says_new_key(tmp_path, write_extract, monkeypatch):
+    with dg.instance_for_test() as instance:
+        _run(tmp_path, instance, 2, write_extract, "extracts")
+        monkeypatch.setenv("MICROTRIALS_PUPIL_KEY", "another-key-for-this-test-5d2c8e1f7a9b4630")
+        extracts = tmp_path / "extracts"
+        resources = {
+            "settings": Settings(extracts_dir=str(extracts), out_dir=str(tmp_path / "extracts-out")),
+            "warehouse_db": Warehouse(db_path=str(tmp_path / "extracts.duckdb")),
+        }
+        job = dg.Definitions(
+            assets=[pupils], jobs=[dg.define_asset_job("load", selection="pupils")], resources=resources
+        ).resolve_job_def("load")
+        tags = {RANGE_START: _urn(0), RANGE_END: _urn(1)}
+        failed = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        assert not failed.success
+        [failure] = [e for e in failed.all_events if e.is_step_failure]
+        assert "not the key this warehouse was loaded with" in str(failure.step_failure_data.error)
+        monkeypatch.setenv("MICROTRIALS_NEW_PUPIL_KEY", "1")
+        assert job.execute_in_process(instance=instance, tags=tags).success
