@@ -52,3 +52,12 @@ ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS outcome_measure VARCHAR;
 ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS rule VARCHAR;  -- short rule name, as in the load report
 -- The file's load report as JSON (no pupil identifiers), so an unchanged file is reported without re-reading it.
 ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS report_json VARCHAR;
+
+-- The pupil key's fingerprint, HMAC-SHA256(key, a fixed label), never the key: a run under another
+-- key stops unless the officer asks for a new one. The latest version is the key in use.
+CREATE TABLE IF NOT EXISTS pupil_key_fingerprint (
+    version      INTEGER NOT NULL,
+    fingerprint  VARCHAR NOT NULL,
+    sample_key   BOOLEAN NOT NULL,     -- the public key of the bundled sample extracts
+    recorded_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
