@@ -169,7 +169,9 @@ def test_agrees_with_statsmodels(coded, trial, model):
         assert at_theirs.params[name] == pytest.approx(value, rel=1e-7, abs=1e-9)
     assert ours.loglik_reml >= theirs.loglik_reml - 1e-9
 
-    coef_tol, var_tol = (1e-4, 1e-3) if random_slope else (1e-6, 1e-5)
+    # statsmodels' lbfgs stops up to ~3e-6 short on the intercept (seen with the pinned versions on
+    # Reciprocal reading, where ours matches lme4's log-likelihood to 1e-6): 1e-5 on coefficients.
+    coef_tol, var_tol = (1e-4, 1e-3) if random_slope else (1e-5, 1e-5)
     if theirs.messages:  # statsmodels' lbfgs failed and its bfgs fallback stops up to ~7e-5 short
         coef_tol, var_tol = max(coef_tol, 1e-5), max(var_tol, 1e-4)
     for name, value in theirs.params.items():
@@ -256,7 +258,7 @@ def test_sql_path_matches_lme4(warehouse_con, trial):
 
 def test_sql_is_one_statement_with_bound_parameters():
     text = warehouse.sql("school_stats")
-    for name in ("$intervention", "$outcome_measure", "$use_baseline", "$fsm_only", "$need_fsm"):
+    for name in ("$interventions", "$outcome_measures"):
         assert name in text
     assert text.upper().count("GROUP BY") == 1
 
