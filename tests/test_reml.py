@@ -169,9 +169,10 @@ def test_agrees_with_statsmodels(coded, trial, model):
         assert at_theirs.params[name] == pytest.approx(value, rel=1e-7, abs=1e-9)
     assert ours.loglik_reml >= theirs.loglik_reml - 1e-9
 
-    # statsmodels' lbfgs stops up to ~3e-6 short on the intercept (seen with the pinned versions on
-    # Reciprocal reading, where ours matches lme4's log-likelihood to 1e-6): 1e-5 on coefficients.
-    coef_tol, var_tol = (1e-4, 1e-3) if random_slope else (1e-5, 1e-5)
+    # statsmodels' lbfgs (with the pinned versions) stops short on Reciprocal reading: 3e-6 on the
+    # intercept, 2e-4 on the school variance (34.4246 against lme4's 34.4168, which ours matches
+    # to 1e-6 in test_random_intercept_matches_lme4): 1e-5 on coefficients, 1e-3 on variances.
+    coef_tol, var_tol = (1e-4, 1e-3) if random_slope else (1e-5, 1e-3)
     if theirs.messages:  # statsmodels' lbfgs failed and its bfgs fallback stops up to ~7e-5 short
         coef_tol, var_tol = max(coef_tol, 1e-5), max(var_tol, 1e-4)
     for name, value in theirs.params.items():
