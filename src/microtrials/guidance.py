@@ -58,6 +58,9 @@ FSM_MIN_PUPILS = 30
 # A school enters two-stage pooling when it has at least this many analysed pupils in each arm
 # (a within-arm SD needs two pupils; metafor's escalc gives NA otherwise).
 MIN_PUPILS_PER_ARM = 2
+# Issue 12: a school's own ANCOVA estimate also needs at least this many analysed pupils in all
+# (with 4 pupils and 3-4 coefficients there are 0-1 residual degrees of freedom).
+MIN_PUPILS_PER_SCHOOL_ESTIMATE = 5
 
 # --- Disclosure control -----------------------------------------------------------------------
 # Small-number suppression: a published count or per-school figure based on fewer than 10 pupils
