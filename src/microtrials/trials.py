@@ -268,7 +268,7 @@ def _not_estimable(analysed: pd.DataFrame, counts: pd.DataFrame, base: dict, p: 
                 "are needed for a multi-school estimate")
     if n <= p:
         return f"only {n} pupils analysed for {p} fixed effects: too few to estimate the effect"
-    if not _within_variation(analysed) > 0:
+    if not _within_variation(analysed) > 1e-10 * float(analysed["sum_yy"].sum()):  # 0 up to rounding
         return "the outcome scores do not vary within schools (every pupil in a school's arm has the same score)"
     return ""
 
