@@ -44,7 +44,7 @@ WWC_BALANCE_FINE = 0.05
 WWC_BALANCE_ADJUST = 0.25
 
 # --- Readiness --------------------------------------------------------------------------------
-# Project rule (issue 6): a trial is published as ready only when at least this many schools have
+# Project rule (issue 6, issue 12): a trial is estimated (status not_estimable otherwise) only when at least this many schools have
 # analysed pupils in both arms; with fewer there is no between-school comparison.
 READY_MIN_SCHOOLS_BOTH_ARMS = 2
 
