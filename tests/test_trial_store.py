@@ -307,3 +307,28 @@ def test_one_arm_school_note_names_its_pupils():
     school = result.per_school.set_index("school_urn").loc["100003"]
     assert school["note"] == "one arm only (20 pupils in intervention)"
     assert pd.isna(school["g"]) and pd.isna(school["eb_g"])
+
+
+def test_memory_for_one_trial_does_not_grow_with_other_trials_pupils(tmp_path):
+    """Issue 13 point 3: a trial is analysed from its cell sums; other trials' pupils stay in DuckDB."""
+    import tracemalloc
+
+    small = _simulate("Small", 10, 30, seed=18)
+    spell = trials.TrialSpellings("Small", "Score", ("Small",), ("Score",), (("Small", "Score", len(small)),))
+
+    def peak(con) -> int:
+        trial_store.analyse_one(con, spell)  # warm caches (imports, SQL text)
+        tracemalloc.start()
+        trial_store.analyse_one(con, spell)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with _warehouse(tmp_path / "a", small) as con:
+        alone = peak(con)
+    with _warehouse(tmp_path / "b", small, _simulate("Big", 400, 500, seed=19)) as con:
+        crowded = peak(con)
+    print(f"peak Python memory for one trial: {alone} bytes alone, {crowded} with 200,000 other pupils")
+    assert crowded <= 1.2 * alone + 200_000, (alone, crowded)
