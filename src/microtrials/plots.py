@@ -1,4 +1,4 @@
-"""Forest plots of per-school effect sizes with the pooled estimate, as SVG (page) or PNG (Dagster UI)."""
+"""Forest plots of per-school effect sizes with the published estimate, as SVG (page) or PNG (Dagster UI)."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def describe(per_school: pd.DataFrame, pooled: tuple[float, float, float]) -> st
     if hidden:
         parts.append(f" ({hidden} not published: too few pupils or one arm)")
     if all(math.isfinite(float(v)) for v in pooled):
-        parts.append(f"; all schools together: {pooled_g:.2f} (95% CI {lo:.2f} to {hi:.2f})")
+        parts.append(f"; published effect size: {pooled_g:.2f} (95% CI {lo:.2f} to {hi:.2f})")
     if shown:
         parts.append(f"; school estimates range from {g.min():.2f} to {g.max():.2f}")
     return "".join(parts) + "."
@@ -131,12 +131,14 @@ def describe(per_school: pd.DataFrame, pooled: tuple[float, float, float]) -> st
 
 def forest_plot(per_school: pd.DataFrame, pooled: tuple[float, float, float], title: str,
                 prediction: tuple[float, float] | None = None) -> bytes:
-    """SVG bytes: one row per school (g with 95% CI, square sized by weight) and a pooled diamond.
+    """SVG bytes: one row per school (g with 95% CI, square sized by weight) and the published diamond.
 
-    ``per_school`` has columns school_urn, g, ci_low, ci_high and optionally n_intervention,
-    n_control, shrunken_g (drawn as open circles); rows with a blank g (suppressed, one arm) are
-    labelled "not published". ``pooled`` is (g, ci_low, ci_high); ``prediction`` (pi_low, pi_high)
-    is drawn as a dashed line through the diamond. The output is deterministic (fixed hash salt,
+    ``per_school`` has columns school_urn, g, ci_low, ci_high (each school's own ANCOVA effect on
+    the total-SD scale) and optionally n_intervention, n_control, eb_g (empirical-Bayes estimates,
+    drawn as labelled open circles) and note (shown for a row with a blank g: one arm, too few
+    pupils, suppressed; else "not published"). ``pooled`` is the published (effect_size, ci_low,
+    ci_high); ``prediction`` (pi_low, pi_high) is drawn as a labelled dashed line around it.
+    Titles and labels are shown literally (``$...$`` is not math text: ``escape_math``). The output is deterministic (fixed hash salt,
     no date), with text kept as text, a ``<title>`` and a ``<desc>``.
     """
     with matplotlib.rc_context(_SVG_SETTINGS):
