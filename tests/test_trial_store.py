@@ -332,3 +332,11 @@ def test_memory_for_one_trial_does_not_grow_with_other_trials_pupils(tmp_path):
         crowded = peak(con)
     print(f"peak Python memory for one trial: {alone} bytes alone, {crowded} with 200,000 other pupils")
     assert crowded <= 1.2 * alone + 200_000, (alone, crowded)
+
+
+def test_a_constant_baseline_is_not_used_and_the_trial_is_still_estimated():
+    frame = _simulate("T", 4, 20, seed=21)
+    frame["baseline"] = 100.0
+    result = analyse_trial(frame)
+    assert result.status == "published" and "baseline" not in result.primary.params
+    assert any("the baseline scores do not vary" in n for n in result.notes)

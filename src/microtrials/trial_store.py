@@ -42,7 +42,7 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "notes": "Plain-English caveats separated by '; ' (a not_estimable or not_refreshed reason comes first)",
     "fsm_months_progress": "Months of progress for the FSM effect size",
     "ready": "The trial was estimated with at least 2 schools with both arms",
-    "converged": "The primary and unconditional models converged (true when nothing was fitted)",
+    "converged": "The stored figures come from converged primary and unconditional models (true when nothing was fitted or the previous figures were kept)",
     "model": "The primary model's formula",
     "beta": "Arm coefficient of the primary model (outcome units)",
     "se": "Its standard error",
@@ -219,8 +219,10 @@ def _kept(
     if row.get("intervention") is None:
         reason = reason.replace("; figures from the previous run", "; no previous figures to keep")
     old_notes = row.get("notes")
+    # `converged` says whether the stored figures come from converged fits: the kept ones did, and
+    # a blank row publishes none; the failure itself is in `status` and `notes`.
     row.update(intervention=trial.intervention, outcome_measure=trial.outcome_measure, status=NOT_REFRESHED,
-               notes=reason + (f"; {old_notes}" if old_notes else ""))
+               notes=reason + (f"; {old_notes}" if old_notes else ""), converged=row.get("converged") is not False)
     if previous_schools is not None and len(previous_schools):
         keep = [_key(i, o) == key for i, o in zip(previous_schools["intervention"], previous_schools["outcome_measure"])]
         schools = previous_schools[keep].assign(intervention=trial.intervention, outcome_measure=trial.outcome_measure)

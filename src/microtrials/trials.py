@@ -200,7 +200,7 @@ def analyse_cells(cells: pd.DataFrame, intervention: str, outcome_measure: str) 
         pupils_no_baseline=no_baseline,
         attrition=attrition_from_counts(_by_arm(cells), _by_arm(analysed)),
     )
-    model_baseline = uses_baseline and len(with_base) > 0
+    model_baseline = uses_baseline and _varies(with_base)
     covariates = [ARM] + ([BASELINE] if model_baseline else []) + (
         [BASELINE_MISSING] if model_baseline and no_baseline else [])
     notes = _design_notes(counts, base, model_baseline)
@@ -247,6 +247,15 @@ def analyse_cells(cells: pd.DataFrame, intervention: str, outcome_measure: str) 
         strength=strength,
         notes=tuple(notes + pool_notes + slope_notes + fsm_notes),
     )
+
+
+def _varies(with_base: pd.DataFrame) -> bool:
+    """Whether the analysed pupils' baseline scores vary at all (a constant baseline cannot adjust)."""
+    n = float(with_base["n"].sum())
+    if n < 2:
+        return False
+    sb, sbb = float(with_base["sum_b"].sum()), float(with_base["sum_bb"].sum())
+    return sbb - sb * sb / n > 1e-10 * max(sbb, 1e-300)
 
 
 def _not_estimable(analysed: pd.DataFrame, counts: pd.DataFrame, base: dict, p: int) -> str:
@@ -418,7 +427,9 @@ def _design_notes(counts: pd.DataFrame, base: dict, model_baseline: bool) -> lis
         n = base["pupils_no_baseline"]
         notes.append(f"{n} pupil{'s' if n != 1 else ''} with an outcome but no baseline score "
                      f"{'were' if n != 1 else 'was'} analysed with a missing-baseline indicator")
-    if not model_baseline:
+    if not model_baseline and base["uses_baseline"]:
+        notes.append("the baseline scores do not vary: model not adjusted for prior attainment")
+    elif not model_baseline:
         notes.append("no baseline scores: model not adjusted for prior attainment")
     return notes
 
