@@ -165,8 +165,9 @@ def analyse_one(con: duckdb.DuckDBPyConnection, trial: TrialSpellings) -> TrialR
     result = trials.analyse_cells(cells, trial.intervention, trial.outcome_measure)
     notes = result.notes
     if trial.merged:
-        spelled = ", ".join(sorted({f"'{i}'" for i, _, _ in trial.rows} | {f"'{o}'" for _, o, _ in trial.rows}))
-        notes = (*notes, f"spellings merged as one trial: {spelled}")
+        parts = [", ".join(f"'{x}'" for x in spellings) for spellings in (trial.interventions, trial.outcome_measures)
+                 if len(spellings) > 1]
+        notes = (*notes, "spellings merged as one trial: " + "; ".join(parts))
     return _replace(result, notes=notes, spellings=trial.rows)
 
 
