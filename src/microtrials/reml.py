@@ -81,10 +81,11 @@ def trial_cells(
     return con.execute(warehouse.sql("school_stats"), params).df()
 
 
-def cells_from_frame(data: pd.DataFrame) -> pd.DataFrame:
+def cells_from_frame(data: pd.DataFrame, extra_keys: tuple[str, ...] = ()) -> pd.DataFrame:
     """The cell sums of ``sql/school_stats.sql`` from a frame of one trial's pupil rows.
 
-    ``data`` has columns school_urn, arm (1/0), outcome, baseline (may be missing), fsm (1/0/missing).
+    ``data`` has columns school_urn, arm (1/0), outcome, baseline (may be missing), fsm (1/0/missing),
+    and any ``extra_keys`` (e.g. ``round``) that split the cells further.
     """
     base = data["baseline"].astype(float) if "baseline" in data else pd.Series(np.nan, index=data.index)
     y = data["outcome"].astype(float)
@@ -94,6 +95,7 @@ def cells_from_frame(data: pd.DataFrame) -> pd.DataFrame:
         "fsm": data["fsm"].astype(float) if "fsm" in data else np.nan,
         "has_outcome": y.notna(),
         "has_baseline": base.notna(),
+        **{k: data[k] for k in extra_keys},
         "n": 1,
         "sum_b": base.fillna(0.0),
         "sum_bb": base.fillna(0.0) ** 2,
@@ -101,7 +103,7 @@ def cells_from_frame(data: pd.DataFrame) -> pd.DataFrame:
         "sum_yy": y.fillna(0.0) ** 2,
         "sum_by": (base * y).fillna(0.0),
     })
-    cells = frame.groupby(list(CELL_KEYS), dropna=False, sort=True).sum().reset_index()
+    cells = frame.groupby([*CELL_KEYS, *extra_keys], dropna=False, sort=True).sum().reset_index()
     cells["n"] = cells["n"].astype(np.int64)
     return cells
 
