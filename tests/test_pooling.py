@@ -176,3 +176,18 @@ def test_t_pooling_with_two_schools_has_no_prediction_interval():
     assert pool.ci_high - pool.mu == pytest.approx(12.7062047 * pool.se, rel=1e-6)
     with pytest.raises(MicrotrialsError):
         random_effects_reml_t([0.1], [0.02])
+
+
+def test_reml_pooling_of_20000_schools_needs_no_k_by_k_matrix():
+    """A national trial: P is never formed (a dense 20,000 x 20,000 P would need 3.2 GB)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    v = rng.uniform(0.02, 0.2, 20000)
+    y = 0.2 + rng.normal(0, 0.1, 20000) + rng.normal(0, np.sqrt(v))
+    tracemalloc.start()
+    fit = tau2_reml(y, v)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 50_000_000
+    assert fit.converged and abs(math.sqrt(fit.tau2) - 0.1) < 0.01

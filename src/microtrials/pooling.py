@@ -146,10 +146,8 @@ def tau2_reml(
     while change > threshold:
         iterations += 1
         old = tau2
-        p_matrix = _projection(v, tau2)
-        py = p_matrix @ y
-        pp = p_matrix @ p_matrix
-        adjust = (py @ py - np.trace(p_matrix)) / np.trace(pp)
+        py, tr_p, tr_pp = _projection_terms(y, v, tau2)
+        adjust = (py @ py - tr_p) / tr_pp
         while tau2 + adjust < 0:  # step-halving keeps tau2 >= 0
             adjust /= 2
         tau2 = tau2 + adjust
@@ -158,15 +156,21 @@ def tau2_reml(
             return Tau2Estimate(tau2=float(tau2), se_tau2=float("nan"), iterations=iterations, converged=False)
     if tau2 > threshold and reml_loglik(y, v, 0.0) - reml_loglik(y, v, tau2) > LL0_TOL:
         tau2 = 0.0  # Fisher scoring stuck at a local maximum: metafor's ll0check
-    p_matrix = _projection(v, tau2)
-    se_tau2 = math.sqrt(2.0 / float(np.sum(p_matrix * p_matrix)))
+    _, _, tr_pp = _projection_terms(y, v, tau2)
+    se_tau2 = math.sqrt(2.0 / tr_pp)
     return Tau2Estimate(tau2=float(max(tau2, 0.0)), se_tau2=se_tau2, iterations=iterations, converged=True)
 
 
-def _projection(v: np.ndarray, tau2: float) -> np.ndarray:
-    """P = W - W 1 (1' W 1)^-1 1' W for the intercept-only model, W = diag(1 / (v + tau2))."""
+def _projection_terms(y: np.ndarray, v: np.ndarray, tau2: float) -> tuple[np.ndarray, float, float]:
+    """Py, tr(P) and tr(PP) for P = W - w w' / sum(w), W = diag(w), w = 1 / (v + tau2), in O(k).
+
+    Py = w (y - mu_w); tr P = S1 - S2 / S1; tr PP = sum_ij P_ij^2 = S2 - 2 S3 / S1 + S2^2 / S1^2
+    with S_m = sum w^m (P is never formed, so 20,000 schools need no k x k matrix).
+    """
     w = 1.0 / (v + tau2)
-    return np.diag(w) - np.outer(w, w) / np.sum(w)
+    s1, s2, s3 = float(np.sum(w)), float(np.sum(w**2)), float(np.sum(w**3))
+    py = w * (y - float(np.sum(w * y)) / s1)
+    return py, s1 - s2 / s1, s2 - 2.0 * s3 / s1 + s2**2 / s1**2
 
 
 def cochran_q(yi: ArrayLike, vi: ArrayLike) -> HeterogeneityTest:
