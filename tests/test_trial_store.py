@@ -340,3 +340,14 @@ def test_a_constant_baseline_is_not_used_and_the_trial_is_still_estimated():
     result = analyse_trial(frame)
     assert result.status == "published" and "baseline" not in result.primary.params
     assert any("the baseline scores do not vary" in n for n in result.notes)
+
+
+def test_a_warehouse_of_only_unestimable_trials_keeps_numeric_columns(tmp_path):
+    with _warehouse(tmp_path, _simulate("Pilot", 1, 20, seed=22)) as con:
+        trial_store.store(con, trial_store.refresh(con))
+        types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
+                                 "WHERE table_name = 'trial_results'").fetchall())
+        row = con.execute(warehouse.sql("trial_results")).df().iloc[0]
+    assert types["effect_size"] == "DOUBLE" and types["pi_low"] == "DOUBLE"
+    assert types["schools"] == "BIGINT" and types["status"] == "VARCHAR" and types["converged"] == "BOOLEAN"
+    assert row["status"] == "not_estimable" and row["schools"] == 1

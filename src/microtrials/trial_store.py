@@ -72,6 +72,10 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "spellings": "The delivered spellings analysed as this trial, when more than one",
 }
 STORED_COLUMNS = list(COLUMN_DESCRIPTIONS)
+TEXT_COLUMNS = {"intervention", "outcome_measure", "status", "notes", "model", "baseline_balance", "spellings"}
+BOOL_COLUMNS = {"ready", "converged"}
+COUNT_COLUMNS = {"schools", "schools_both_arms", "pupils_randomised", "pupils_analysed", "months_progress",
+                 "evidence_strength", "fsm_months_progress", "pupils_no_baseline", "schools_pooled", "fsm_pupils"}
 
 
 def stored_row(result: TrialResult) -> dict[str, object]:
@@ -130,7 +134,17 @@ class Refresh:
 
     @property
     def trial_table(self) -> pd.DataFrame:
+        """The rows with stable types (a column that is blank for every trial is still numeric)."""
         table = pd.DataFrame(self.rows, columns=STORED_COLUMNS)
+        for column in STORED_COLUMNS:
+            if column in TEXT_COLUMNS:
+                table[column] = table[column].astype("string")
+            elif column in BOOL_COLUMNS:
+                table[column] = table[column].astype("boolean")
+            elif column in COUNT_COLUMNS:
+                table[column] = pd.to_numeric(table[column]).astype("Int64")
+            else:
+                table[column] = pd.to_numeric(table[column]).astype("float64")
         return table.sort_values(["intervention", "outcome_measure"], kind="stable").reset_index(drop=True)
 
     @property
