@@ -27,7 +27,7 @@ def _evidence(name, counts):
     return dict(intervention=name, outcome_measure="Test", schools=len(counts), schools_both_arms=len(counts),
                 pupils_randomised=analysed + 2, pupils_analysed=analysed, attrition_pct=1.0, effect_size=0.2,
                 ci_low=0.0, ci_high=0.4, p_value=0.05, months_progress=3, tau=0.0, i2=0.0, pi_low=np.nan,
-                pi_high=np.nan, fsm_effect_size=np.nan, fsm_ci_low=np.nan, fsm_ci_high=np.nan,
+                pi_high=np.nan, status="published", p_new_school_benefits=np.nan, fsm_effect_size=np.nan, fsm_ci_low=np.nan, fsm_ci_high=np.nan,
                 evidence_strength=3, notes="", fsm_months_progress=np.nan)
 
 

@@ -57,7 +57,7 @@ def _figure(per_school: pd.DataFrame, pooled: tuple[float, float, float], title:
         ax.hlines(y[shown], lo[shown], hi[shown], color=SCHOOL_COLOUR, linewidth=1.4)
         ax.scatter(g[shown], y[shown], marker="s", s=sizes, color=SCHOOL_COLOUR, zorder=3,
                    label="School's own effect (ANCOVA, 95% CI)")
-    eb_column = "eb_g" if "eb_g" in rows else ("shrunken_g" if "shrunken_g" in rows else None)
+    eb_column = "eb_g" if "eb_g" in rows else None
     if eb_column is not None:
         shrunk = pd.to_numeric(rows[eb_column], errors="coerce").to_numpy(dtype=float)
         ok = ~np.isnan(shrunk) & shown

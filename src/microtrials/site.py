@@ -187,8 +187,6 @@ def _prepare_schools(schools: pd.DataFrame | None) -> tuple[pd.DataFrame, list[s
     if schools is None or schools.empty:
         return pd.DataFrame(columns=SCHOOL_PUBLISHED + ["suppressed"]), []
     frame = _drop_identifiers(schools).copy()
-    if "eb_g" not in frame.columns and "shrunken_g" in frame.columns:  # before the empirical-Bayes column lands
-        frame = frame.rename(columns={"shrunken_g": "eb_g"})
     for column in SCHOOL_PUBLISHED:
         if column not in frame.columns:
             frame[column] = None if column == "note" else math.nan
@@ -290,7 +288,7 @@ def _trial_files(row: pd.Series, folder: str, schools: pd.DataFrame | None, comm
         try:
             with matplotlib.rc_context({"text.parse_math": False}):  # "$...$" in a name is text, not maths
                 files[f"{folder}/forest.svg"] = forest_plot(
-                    per_school.assign(shrunken_g=per_school["eb_g"]), pooled, title,
+                    per_school, pooled, title,
                     prediction if None not in prediction else None)
             plot_alt = describe(per_school, pooled)
         except Exception as exc:  # noqa: BLE001 - one plot never stops the publication
