@@ -14,6 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EXTRACTS = REPO_ROOT / "data" / "extracts"
 DEFAULT_OUT = REPO_ROOT / "data" / "published"
 DEFAULT_DB = REPO_ROOT / "data" / "warehouse.duckdb"
+DEFAULT_FEEDBACK = REPO_ROOT / "data" / "feedback"
 
 
 class Settings(dg.ConfigurableResource):
@@ -21,6 +22,8 @@ class Settings(dg.ConfigurableResource):
 
     extracts_dir: str
     out_dir: str
+    # Private "what to fix" files per school; "" means a `feedback` folder beside the published one.
+    feedback_dir: str = ""
 
     @property
     def extracts(self) -> Path:
@@ -29,6 +32,10 @@ class Settings(dg.ConfigurableResource):
     @property
     def out(self) -> Path:
         return Path(self.out_dir)
+
+    @property
+    def feedback(self) -> Path:
+        return Path(self.feedback_dir) if self.feedback_dir else self.out.parent / "feedback"
 
 
 class Warehouse(dg.ConfigurableResource):
@@ -44,11 +51,12 @@ class Warehouse(dg.ConfigurableResource):
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    """Resources from MICROTRIALS_EXTRACTS / MICROTRIALS_OUT / MICROTRIALS_DB, else data/."""
+    """Resources from MICROTRIALS_EXTRACTS / MICROTRIALS_OUT / MICROTRIALS_FEEDBACK / MICROTRIALS_DB, else data/."""
     return {
         "settings": Settings(
             extracts_dir=os.environ.get("MICROTRIALS_EXTRACTS", str(DEFAULT_EXTRACTS)),
             out_dir=os.environ.get("MICROTRIALS_OUT", str(DEFAULT_OUT)),
+            feedback_dir=os.environ.get("MICROTRIALS_FEEDBACK", ""),
         ),
         "warehouse_db": Warehouse(db_path=os.environ.get("MICROTRIALS_DB", str(DEFAULT_DB))),
     }

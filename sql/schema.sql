@@ -53,6 +53,15 @@ ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS rule VARCHAR;  -- short rule nam
 -- The file's load report as JSON (no pupil identifiers), so an unchanged file is reported without re-reading it.
 ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS report_json VARCHAR;
 
+-- The pupil key's fingerprint, HMAC-SHA256(key, a fixed label), never the key: a run under another
+-- key stops unless the officer asks for a new one. The latest version is the key in use.
+CREATE TABLE IF NOT EXISTS pupil_key_fingerprint (
+    version      INTEGER NOT NULL,
+    fingerprint  VARCHAR NOT NULL,
+    sample_key   BOOLEAN NOT NULL,     -- the public key of the bundled sample extracts
+    recorded_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
 -- Which registered round of a trial the pupil belongs to (the extract's optional `round` column).
 ALTER TABLE pupils ADD COLUMN IF NOT EXISTS round VARCHAR;
 

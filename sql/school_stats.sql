@@ -1,50 +1,26 @@
--- Per-school sufficient statistics for one trial's linear mixed model: n and the 21 sums of
--- products of the columns [1, arm, baseline, fsm, arm*fsm, outcome] (s_one_one = n).
--- arm: 'intervention' = 1, 'control' = 0; fsm: TRUE = 1, FALSE = 0 (NULL counts as 0 unless
--- $need_fsm or $fsm_only excludes those rows); baseline is 0 when $use_baseline is false.
--- Rows with NULL outcome are never analysed.
-WITH analysed AS (
-    SELECT
-        school_urn,
-        CASE WHEN arm = 'intervention' THEN 1.0 ELSE 0.0 END AS a,
-        CASE WHEN $use_baseline THEN baseline ELSE 0.0 END AS b,
-        CASE WHEN fsm THEN 1.0 ELSE 0.0 END AS f,
-        outcome AS y
-    FROM pupils
-    WHERE intervention = $intervention
-      AND outcome_measure = $outcome_measure
-      AND outcome IS NOT NULL
-      AND (NOT $use_baseline OR baseline IS NOT NULL)
-      AND (NOT $fsm_only OR fsm)
-      AND (NOT $need_fsm OR fsm IS NOT NULL)
-),
-cols AS (
-    SELECT school_urn, a, b, f, a * f AS af, y FROM analysed
-)
+-- Per-school cell sums for one trial: one row per (school, arm, fsm, outcome known, baseline
+-- known) with the pupil count and the sums of baseline b and outcome y, b^2, y^2 and b*y.
+-- Every figure the statistics need (counts, attrition by arm, baseline balance, the per-school
+-- ANCOVA and the sufficient statistics X'X, X'y, y'y of any model whose design columns are
+-- functions of arm, fsm, "baseline missing" and baseline) is a sum over these cells
+-- (microtrials.reml.stats_from_cells), so no pupil row leaves DuckDB.
+-- $interventions and $outcome_measures are the lists of spellings of the trial's two names
+-- (microtrials.names.match_key groups them); arm 'intervention' = 1, 'control' = 0;
+-- fsm TRUE = 1, FALSE = 0, NULL unknown. Sums over no values are 0, not NULL.
 SELECT
     school_urn,
-    count(*)        AS n,
-    count(*)::DOUBLE AS s_one_one,
-    sum(a)          AS s_one_arm,
-    sum(b)          AS s_one_baseline,
-    sum(f)          AS s_one_fsm,
-    sum(af)         AS s_one_armfsm,
-    sum(y)          AS s_one_y,
-    sum(a * a)      AS s_arm_arm,
-    sum(a * b)      AS s_arm_baseline,
-    sum(a * f)      AS s_arm_fsm,
-    sum(a * af)     AS s_arm_armfsm,
-    sum(a * y)      AS s_arm_y,
-    sum(b * b)      AS s_baseline_baseline,
-    sum(b * f)      AS s_baseline_fsm,
-    sum(b * af)     AS s_baseline_armfsm,
-    sum(b * y)      AS s_baseline_y,
-    sum(f * f)      AS s_fsm_fsm,
-    sum(f * af)     AS s_fsm_armfsm,
-    sum(f * y)      AS s_fsm_y,
-    sum(af * af)    AS s_armfsm_armfsm,
-    sum(af * y)     AS s_armfsm_y,
-    sum(y * y)      AS s_y_y
-FROM cols
-GROUP BY school_urn
-ORDER BY school_urn
+    CASE WHEN arm = 'intervention' THEN 1.0 ELSE 0.0 END AS arm,
+    CASE WHEN fsm IS NULL THEN NULL WHEN fsm THEN 1.0 ELSE 0.0 END AS fsm,
+    outcome IS NOT NULL AS has_outcome,
+    baseline IS NOT NULL AS has_baseline,
+    count(*) AS n,
+    coalesce(sum(baseline), 0.0) AS sum_b,
+    coalesce(sum(baseline * baseline), 0.0) AS sum_bb,
+    coalesce(sum(outcome), 0.0) AS sum_y,
+    coalesce(sum(outcome * outcome), 0.0) AS sum_yy,
+    coalesce(sum(baseline * outcome), 0.0) AS sum_by
+FROM pupils
+WHERE list_contains($interventions, intervention)
+  AND list_contains($outcome_measures, outcome_measure)
+GROUP BY ALL
+ORDER BY school_urn, arm, fsm NULLS LAST, has_outcome, has_baseline

@@ -10,13 +10,15 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT / "tests" / "fixtures"  # copies of ../shared/reference*, so a clone tests alone
 SHARED = FIXTURES
+# A key as strong as the loader demands (128 bits or more); public, so only for tests.
+TEST_PUPIL_KEY = "test-pupil-key-not-secret-7c1e9a04b25d36f8"
 
 
 @pytest.fixture(autouse=True)
 def _pupil_key(monkeypatch):
     """Every test runs with a pupil key set, as a deployment would."""
     if "MICROTRIALS_PUPIL_KEY" not in os.environ:
-        monkeypatch.setenv("MICROTRIALS_PUPIL_KEY", "test-key-not-secret")
+        monkeypatch.setenv("MICROTRIALS_PUPIL_KEY", TEST_PUPIL_KEY)
 
 
 # ---- school extract files built in tmp_path (used by test_extracts / test_loading) ----------

@@ -39,7 +39,7 @@ def published(tmp_path_factory):
         job = dg.Definitions(
             assets=defs.assets, asset_checks=defs.asset_checks, jobs=[*defs.jobs], resources=resources
         ).resolve_job_def("load_and_refresh")
-        mp.setenv("MICROTRIALS_PUPIL_KEY", "test-key-not-secret")
+        mp.setenv("MICROTRIALS_PUPIL_KEY", "test-pupil-key-not-secret-7c1e9a04b25d36f8")
         keys = sorted(files_by_school(extracts))
         instance.add_dynamic_partitions(SCHOOLS, keys)
         result = job.execute_in_process(

@@ -34,7 +34,7 @@ def run_cli(tmp_path: Path, extracts: Path, key: str | None) -> subprocess.Compl
 def test_run_loads_every_school_in_one_run_and_publishes(tmp_path, monkeypatch):
     extracts = tmp_path / "extracts"
     shutil.copytree(SHARED / "reference" / "extracts", extracts)
-    done = run_cli(tmp_path, extracts, "cli-test-key")
+    done = run_cli(tmp_path, extracts, "cli-test-key-not-secret-0b9e4d71a3c8f256")
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"evidence table written to {tmp_path / 'out' / 'evidence_table.csv'}" in done.stdout
     table = pd.read_csv(tmp_path / "out" / "evidence_table.csv")
@@ -44,7 +44,7 @@ def test_run_loads_every_school_in_one_run_and_publishes(tmp_path, monkeypatch):
     # A second delivery from one school (one more pupil file) and a run again: still one run,
     # every school's partition materialised twice, and the instance remembers the first run.
     shutil.copy(extracts / "111601.csv", extracts / "111601-resend.csv")
-    again = run_cli(tmp_path, extracts, "cli-test-key")
+    again = run_cli(tmp_path, extracts, "cli-test-key-not-secret-0b9e4d71a3c8f256")
     assert again.returncode == 0, again.stderr[-3000:]
     monkeypatch.chdir(tmp_path / "home")  # the yaml's storage paths are relative to it
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))

@@ -175,3 +175,20 @@ def test_evidence_strength_exact_thresholds_no_deduction():
     # 0.05 SD is not "above 0.05"; 5 schools is not "fewer than 5"
     result = evidence_strength(mdes_value=0.2, attrition=10.0, baseline_difference=0.05, schools_both_arms=5)
     assert result.score == 5
+
+
+def test_balance_from_summaries_by_hand():
+    from microtrials.evidence import balance_from_summaries
+
+    # n 10 / 12, means 100.5 / 100, variances 16 / 9: s_pooled^2 = (9*16 + 11*9) / 20 = 12.15,
+    # omega = 1 - 3 / (4*22 - 9) = 1 - 3/79; d = omega * 0.5 / sqrt(12.15) = 0.138.
+    balance = balance_from_summaries(10, 100.5, 16.0, 12, 100.0, 9.0)
+    assert balance.difference == pytest.approx((1 - 3 / 79) * 0.5 / math.sqrt(12.15))
+    assert balance.flag == "needs statistical adjustment (made: baseline is in the model)"
+
+
+def test_attrition_from_counts_by_hand():
+    from microtrials.evidence import attrition_from_counts
+
+    a = attrition_from_counts((50, 50), (45, 40))
+    assert (a.overall, a.intervention, a.control) == pytest.approx((15.0, 10.0, 20.0))

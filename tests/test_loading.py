@@ -219,7 +219,9 @@ def test_spreadsheets_in_the_folder_are_reported(con, write_extract):
     folder = write_extract("111602.xlsx", b"PK\x03\x04").parent
     (folder / "notes.md").write_text("not an extract")
     reports = load_folder(con, folder, KEY)
-    assert [(r.file_name, r.status) for r in reports] == [("111601.csv", "loaded"), ("111602.xlsx", "rejected")]
+    assert [(r.file_name, r.status) for r in reports] == [
+        ("111601.csv", "loaded"), ("111602.xlsx", "rejected"), ("notes.md", "ignored"),
+    ]
     assert reports[1].reason == (
         "111602.xlsx: could not be read as an Excel workbook (.xlsx): it may be damaged, password-protected or "
         "another kind of zip file; open it in Excel and save it again, or use File > Save As > "

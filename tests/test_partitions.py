@@ -7,11 +7,14 @@ from concurrent.futures import ProcessPoolExecutor
 
 import dagster as dg
 import pytest
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from microtrials import warehouse
 from pipelines.partitions import SCHOOLS, file_key, files_by_school, school_key
 from tests.conftest import pupil_rows
+
+# Dagster's documented run tags for a partition range (strings: no private import).
+ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 URNS = ["111601", "111602", "111603", "111604", "111605", "111606"]
 

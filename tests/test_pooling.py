@@ -133,3 +133,61 @@ def test_single_school_pools_to_itself():
 def test_no_schools_is_an_error():
     with pytest.raises(MicrotrialsError):
         random_effects_reml([], [])
+
+
+# ---------------------------------------------------------------- t-based pooling (heterogeneity.json)
+
+HETEROGENEITY = {t["intervention"]: t for t in json.loads((REFERENCE / "heterogeneity.json").read_text())}
+
+
+@pytest.mark.parametrize("trial", sorted(HETEROGENEITY))
+def test_t_pooling_matches_metafor_from_the_reference_d_and_v(trial):
+    """rma(yi, vi, method="REML", test="t"), predict and blup on the reference per-school d, v."""
+    from microtrials.pooling import random_effects_reml_t
+
+    expected = HETEROGENEITY[trial]
+    schools = pd.DataFrame(expected["per_school"])
+    pool = random_effects_reml_t(schools["d"], schools["v"])
+    assert pool.k == expected["k"] and pool.df == expected["df"]
+    for ours, theirs in [
+        (pool.mu, expected["mu"]), (pool.se, expected["se"]), (pool.tau2, expected["tau2"]),
+        (pool.ci_low, expected["ci"][0]), (pool.ci_high, expected["ci"][1]), (pool.q, expected["Q"]),
+        (pool.pi_low, expected["prediction_interval"][0]), (pool.pi_high, expected["prediction_interval"][1]),
+        (pool.p_new_positive, expected["p_new_school_benefits"]), (pool.i2, expected["I2"]),
+    ]:
+        assert ours == pytest.approx(theirs, abs=1e-6)
+    np.testing.assert_allclose(pool.blup, schools["blup"], atol=1e-6)
+
+
+def test_empirical_bayes_by_hand_lies_between_own_effect_and_mean():
+    from microtrials.pooling import empirical_bayes
+
+    # tau2 = 0.04, v = (0.04, 0.12): lambda = 1/2 and 1/4; mu = 0.2.
+    eb = empirical_bayes([0.6, -0.2], [0.04, 0.12], mu=0.2, tau2=0.04)
+    np.testing.assert_allclose(eb, [0.2 + 0.5 * 0.4, 0.2 + 0.25 * -0.4])
+
+
+def test_t_pooling_with_two_schools_has_no_prediction_interval():
+    from microtrials.pooling import random_effects_reml_t
+
+    pool = random_effects_reml_t([0.1, 0.3], [0.02, 0.03])
+    assert math.isnan(pool.pi_low) and math.isnan(pool.pi_high) and math.isnan(pool.p_new_positive)
+    # CI on 1 df: t_{1, 0.975} = 12.706
+    assert pool.ci_high - pool.mu == pytest.approx(12.7062047 * pool.se, rel=1e-6)
+    with pytest.raises(MicrotrialsError):
+        random_effects_reml_t([0.1], [0.02])
+
+
+def test_reml_pooling_of_20000_schools_needs_no_k_by_k_matrix():
+    """A national trial: P is never formed (a dense 20,000 x 20,000 P would need 3.2 GB)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    v = rng.uniform(0.02, 0.2, 20000)
+    y = 0.2 + rng.normal(0, 0.1, 20000) + rng.normal(0, np.sqrt(v))
+    tracemalloc.start()
+    fit = tau2_reml(y, v)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 50_000_000
+    assert fit.converged and abs(math.sqrt(fit.tau2) - 0.1) < 0.01

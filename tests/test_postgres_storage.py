@@ -60,7 +60,7 @@ def test_microtrials_run_records_in_postgres(tmp_path: Path, postgres, monkeypat
         **os.environ,
         **postgres.env(),
         "DAGSTER_HOME": str(home),
-        "MICROTRIALS_PUPIL_KEY": os.environ.get("MICROTRIALS_PUPIL_KEY", "test-key-not-secret"),
+        "MICROTRIALS_PUPIL_KEY": os.environ.get("MICROTRIALS_PUPIL_KEY", "test-pupil-key-not-secret-7c1e9a04b25d36f8"),
     }
 
     result = subprocess.run(

@@ -88,8 +88,8 @@ def test_write_csv_atomic_neutralises_and_round_trips(tmp_path):
     path = tmp_path / "out.csv"
     write_csv_atomic(path, frame)
     raw = path.read_bytes()
-    assert raw.startswith(b"intervention,effect_size\n'=2+5,-0.12\n")
-    back = pd.read_csv(path)
+    assert raw.startswith(b"\xef\xbb\xbfintervention,effect_size\n'=2+5,-0.12\n")
+    back = pd.read_csv(path, encoding="utf-8-sig")
     assert back["intervention"].tolist() == ["'=2+5", "Caf\u00e9 reading"]
     assert back["effect_size"].tolist() == [-0.12, 0.3]
 
@@ -118,7 +118,7 @@ def test_suppress_small_groups_keeps_whole_numbers_whole():
     frame = pd.DataFrame({"n": [4, 20], "months": [3, -2], "strength": [5, 4]})
     out = suppress_small_groups(frame, ["n"], ["months", "strength"])
     assert out["months"].dtype == "Int64" and pd.isna(out["months"].iloc[0]) and out["months"].iloc[1] == -2
-    assert publish.csv_bytes(out).splitlines()[2] == b"20,-2,4,"
+    assert publish.csv_bytes(out).splitlines()[2] == b"20,-2,4,"  # no "-2.0", and no BOM past line 1
 
 
 def test_suppress_small_groups_threshold_and_existing_reason():
@@ -241,8 +241,16 @@ def test_publish_folder_refuses_a_file_in_the_way(tmp_path):
 
 def test_csv_bytes_has_no_index_and_unix_newlines():
     data = publish.csv_bytes(pd.DataFrame({"a": [1, 2]}))
-    assert data == b"a\n1\n2\n"
-    assert pd.read_csv(io.BytesIO(data))["a"].tolist() == [1, 2]
+    assert data == b"\xef\xbb\xbfa\n1\n2\n"
+    assert pd.read_csv(io.BytesIO(data), encoding="utf-8-sig")["a"].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize(("value", "text"), [(1.69e-14, "0.0000000000000169"), (0.25, "0.25"), (3.0, "3"),
+                                             (-0.0, "0"), (1e20, "100000000000000000000"), (float("nan"), "")])
+def test_plain_number_never_uses_scientific_notation(value, text):
+    assert publish.plain_number(value) == text
+    if text:
+        assert float(text) == value  # full precision kept
 
 
 def test_publish_folder_refuses_a_symlink(tmp_path):
@@ -254,3 +262,10 @@ def test_publish_folder_refuses_a_symlink(tmp_path):
         publish_folder(link, {"index.html": b"new"})
     assert (real / "index.html").read_bytes() == b"good" and link.is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["published", "real"]
+
+
+def test_identifier_findings_allow_an_empty_template_but_not_data():
+    template = publish.csv_bytes(pd.DataFrame(columns=["school_urn", "pupil_id", "arm"]))
+    assert publish.identifier_findings({"send/t-template.csv": template}, set()) == []
+    leaked = publish.csv_bytes(pd.DataFrame({"school_urn": ["111201"], "pupil_id": ["P1"]}))
+    assert publish.identifier_findings({"x.csv": leaked}, set()) == [("x.csv", "column pupil_id")]

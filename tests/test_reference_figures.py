@@ -77,29 +77,45 @@ def test_effect_sizes_match_reference(results, trial):
     assert abs(result.within.g - expected["g_within"]) <= 0.0005
 
 
-@pytest.mark.parametrize("trial", sorted(EXPECTED))
-def test_two_stage_pooling_matches_metafor(results, trial):
-    expected = EXPECTED[trial]["two_stage"]
-    pool = results[trial].pool
-    assert pool.k == expected["k"]
-    for ours, theirs in [
-        (pool.mu, expected["g"]), (pool.se, expected["se"]),
-        (pool.ci_low, expected["ci"][0]), (pool.ci_high, expected["ci"][1]),
-        (pool.tau2, expected["tau2"]), (pool.i2, expected["I2"]),
-        (pool.pi_low, expected["prediction_interval"][0]), (pool.pi_high, expected["prediction_interval"][1]),
-        (pool.knha_ci_low, expected["knapp_hartung_ci"][0]), (pool.knha_ci_high, expected["knapp_hartung_ci"][1]),
-    ]:
-        assert abs(ours - theirs) <= 0.001
+HETEROGENEITY = {t["intervention"]: t for t in json.loads((REFERENCE / "heterogeneity.json").read_text())}
 
 
-@pytest.mark.parametrize("trial", sorted(EXPECTED))
-def test_per_school_hedges_g_matches_metafor(results, trial):
-    expected = {s["school_urn"]: s for s in EXPECTED[trial]["two_stage"]["per_school"]}
+@pytest.mark.parametrize("trial", sorted(HETEROGENEITY))
+def test_per_school_ancova_effects_match_metafor(results, trial):
+    """Per-school lm(outcome ~ arm + baseline) arm effect and variance over the total SD: within 1e-6."""
+    expected = {s["school_urn"]: s for s in HETEROGENEITY[trial]["per_school"]}
     ours = results[trial].per_school.dropna(subset=["g"]).set_index("school_urn")
     assert sorted(ours.index) == sorted(expected)
     for urn, school in expected.items():
-        assert abs(ours.loc[urn, "g"] - school["g"]) <= 0.0005
-        assert abs(ours.loc[urn, "var"] - school["var"]) <= 0.0005
+        assert abs(ours.loc[urn, "g"] - school["d"]) <= 1e-6
+        assert abs(ours.loc[urn, "var"] - school["v"]) <= 1e-6
+        assert ours.loc[urn, "n_intervention"] == school["n_intervention"]
+        assert ours.loc[urn, "n_control"] == school["n_control"]
+
+
+@pytest.mark.parametrize("trial", sorted(HETEROGENEITY))
+def test_heterogeneity_matches_metafor_t(results, trial):
+    """rma(yi, vi, method="REML", test="t"), predict and blup: tau, CI, PI, p_new within 0.001, I2 within 0.1."""
+    expected = HETEROGENEITY[trial]
+    result = results[trial]
+    pool = result.pool
+    assert result.sd_total == pytest.approx(expected["sd_total"], rel=1e-6)
+    assert pool.k == expected["k"] and pool.df == expected["df"]
+    assert abs(pool.i2 - expected["I2"]) <= 0.1
+    for ours, theirs in [
+        (pool.mu, expected["mu"]), (pool.se, expected["se"]), (pool.tau, expected["tau"]),
+        (pool.ci_low, expected["ci"][0]), (pool.ci_high, expected["ci"][1]),
+        (pool.pi_low, expected["prediction_interval"][0]), (pool.pi_high, expected["prediction_interval"][1]),
+        (pool.p_new_positive, expected["p_new_school_benefits"]),
+    ]:
+        assert abs(ours - theirs) <= 0.001
+    eb = result.per_school.set_index("school_urn")["eb_g"]
+    for school in expected["per_school"]:
+        assert abs(eb[school["school_urn"]] - school["blup"]) <= 0.001
+    row = evidence_table([result]).iloc[0]
+    assert abs(row["tau"] - expected["tau"]) <= 0.001
+    assert abs(row["p_new_school_benefits"] - expected["p_new_school_benefits"]) <= 0.001
+    assert row["status"] == "published"
 
 
 @pytest.mark.parametrize("trial", sorted(EXPECTED))
@@ -117,6 +133,10 @@ def test_one_arm_school_counts_but_is_not_pooled(results):
     assert reading.schools - reading.schools_both_arms == 1
     assert reading.pool.k == reading.schools_both_arms
     assert any("only one arm" in note for note in reading.notes)
+    one_arm = reading.per_school[reading.per_school["note"].str.startswith("one arm only")]
+    assert len(one_arm) == 1 and one_arm["g"].isna().all() and one_arm["eb_g"].isna().all()
+    n = int(one_arm["n_intervention"].iloc[0] or one_arm["n_control"].iloc[0])
+    assert f"({n} pupils in" in one_arm["note"].iloc[0]
 
 
 def test_fsm_months_follow_the_toolkit_table(results):

@@ -74,7 +74,7 @@ def deployment(tmp_path: Path):
         "MICROTRIALS_EXTRACTS": str(extracts),
         "MICROTRIALS_OUT": str(out),
         "MICROTRIALS_DB": str(tmp_path / "warehouse.duckdb"),
-        "MICROTRIALS_PUPIL_KEY": os.environ.get("MICROTRIALS_PUPIL_KEY", "test-key-not-secret"),
+        "MICROTRIALS_PUPIL_KEY": os.environ.get("MICROTRIALS_PUPIL_KEY", "test-pupil-key-not-secret-7c1e9a04b25d36f8"),
         "MICROTRIALS_SENSOR_INTERVAL": "2",
         "DAGSTER_DISABLE_TELEMETRY": "1",
         "PYTHONUNBUFFERED": "1",

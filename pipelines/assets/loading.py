@@ -1,13 +1,22 @@
-"""School extracts -> the warehouse's pupils, quarantine and deliveries tables, one partition per school."""
+"""School extracts -> the warehouse's pupils, quarantine and deliveries tables, one partition per school.
+
+Each school partition's materialization carries that school's own figures only (its files, rows,
+reasons, trials, status, where its feedback file is), so a run's storage grows linearly with the
+number of schools; the run-wide load report goes to the warehouse's `load_report` table (and the
+published `load_report.csv`), and the run's log gets one line of counts.
+"""
 
 import warnings
+from collections import Counter
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
-from microtrials import loading, privacy, warehouse
+from microtrials import feedback, loading, privacy, warehouse
+from microtrials.errors import MicrotrialsError
 from pipelines.partitions import extract_files, files_by_school, schools_partitions
-from pipelines.resources import DEFAULT_EXTRACTS, Settings, Warehouse
+from pipelines.resources import Settings, Warehouse
 
 PUPILS_SCHEMA = dg.TableSchema(
     columns=[
@@ -28,6 +37,9 @@ PUPILS_SCHEMA = dg.TableSchema(
     ]
 )
 
+# A partition's reasons are cut to this many characters in its metadata (the full text is in the
+# warehouse's `deliveries` table and the school's feedback file).
+REASON_CHARS = 300
 
 # BackfillPolicy is marked beta in Dagster 1.13; it is what lets one run load many schools.
 warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
@@ -42,51 +54,128 @@ warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.Bet
     metadata={"dagster/column_schema": PUPILS_SCHEMA},
     description="One partition per school (its URN; `file-<name>` for a file with no usable URN): the "
     "school's extract file(s) in the extracts folder, validated, pseudonymised and loaded into the "
-    "`pupils` table (bad rows to `quarantine`, one `deliveries` row per file). A partition whose file "
-    "has gone keeps the rows it loaded before.",
+    "`pupils` table (bad rows to `quarantine`, one `deliveries` row per file). Each partition's "
+    "`status` says what its files did: `loaded`, `unchanged`, `partly rejected`, `rejected` (nothing "
+    "new loaded; the rows loaded before are kept) or `no file`.",
 )
 def pupils(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse) -> dg.MaterializeResult:
-    key = privacy.pupil_key_from_env(settings.extracts, DEFAULT_EXTRACTS)
+    key = privacy.pupil_key_from_env(settings.extracts)
+    feedback.check_private(settings.feedback, settings.out)  # before anything is loaded
     by_school = files_by_school(settings.extracts)
     # A run without a partition (e.g. `dg.materialize` of every asset) loads every school's files.
     partitioned = context.has_partition_key or context.has_partition_key_range
     schools = list(context.partition_keys) if partitioned else sorted(by_school)
     files = sorted((p for s in schools for p in by_school.get(s, [])), key=lambda p: p.name)
-    missing = [s for s in schools if s not in by_school]
-    if missing:
-        context.log.warning(
-            f"no file in {settings.extracts} for {', '.join(missing)}: the rows loaded before are kept"
-        )
+    ignored = loading.ignored_entries(settings.extracts) if settings.extracts.is_dir() else []
     with warehouse_db.connect() as con:
+        note = privacy.check_key_unchanged(con, key, privacy.new_key_allowed())
+        if note:
+            context.log.warning(note)
         reports = loading.load_files(con, files, key)
-        report = loading.load_report_frame(reports)
-        _update_load_report(con, report, {p.name for p in files}, {p.name for p in extract_files(settings.extracts)})
+        present = {p.name for p in settings.extracts.iterdir()} if settings.extracts.is_dir() else set()
+        _update_load_report(con, loading.load_report_frame(reports + ignored), {p.name for p in files} | {r.file_name for r in ignored}, present)
+        try:
+            written = feedback.write_feedback(con, reports, {p.name: p for p in files}, settings.feedback, settings.out)
+        except MicrotrialsError as exc:  # the load itself is committed: say so, and carry on
+            context.log.error(str(exc))
+            written = []
         urns = [s for s in schools if not s.startswith("file-")]
-        rows = con.execute(warehouse.sql("school_pupil_count"), {"urns": urns}).fetchall()[0][0]
-        counts = con.execute(warehouse.sql("pupil_counts")).df()
-        quarantined = con.execute(warehouse.sql("quarantine_for_files"), {"files": [p.name for p in files]}).df()
-    rejected = report[report["status"] == "rejected"]
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": int(rows),
-            "dagster/column_schema": PUPILS_SCHEMA,
-            "schools": dg.MetadataValue.text(", ".join(schools)),
-            "files": len(reports),
-            "files_rejected": len(rejected),
-            "load_report": dg.MetadataValue.md(report.to_markdown(index=False)),
-            "quarantined_rows": dg.MetadataValue.md(
-                quarantined.to_markdown(index=False) if len(quarantined) else "(none)"
-            ),
-            "warehouse_trials": dg.MetadataValue.md(counts.to_markdown(index=False)),
-        }
+        held = con.execute(warehouse.sql("school_summary"), {"urns": urns}).df()
+    by_name = {r.file_name: r for r in reports}
+    statuses = Counter()
+    if partitioned:
+        for school in schools:
+            school_reports = [by_name[p.name] for p in by_school.get(school, []) if p.name in by_name]
+            metadata = school_metadata(school, school_reports, held[held["school_urn"] == school], settings.feedback)
+            statuses[metadata["status"]] += 1
+            context.add_asset_metadata(metadata, partition_key=school)
+    summary = {
+        "files": len(reports),
+        "files_rejected": sum(r.status == "rejected" for r in reports),
+        "entries_ignored": len(ignored),
+        "feedback_files_written": len(written),
+    }
+    context.log.info(
+        f"{len(schools)} school partition(s): "
+        + ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+        + f"; {summary['files']} file(s), {summary['files_rejected']} rejected, {len(ignored)} folder entr"
+        f"{'y' if len(ignored) == 1 else 'ies'} ignored, {len(written)} feedback file(s) in {settings.feedback}"
     )
+    # Metadata here would be copied onto every partition: only a run without partitions gets the counts.
+    return dg.MaterializeResult(metadata=None if partitioned else summary)
+
+
+def school_status(reports: list[loading.FileReport]) -> str:
+    """One word for what a school's files did this run (see the asset's description)."""
+    if not reports:
+        return "no file"
+    kinds = {r.status for r in reports}
+    some_held = any(r.trials_rejected for r in reports if r.status != "rejected")
+    if kinds == {"rejected"}:
+        return "rejected"
+    if "rejected" in kinds or some_held:
+        return "partly rejected"
+    if kinds == {"unchanged"}:
+        return "unchanged"
+    return "loaded"
+
+
+def school_metadata(school: str, reports: list[loading.FileReport], held: pd.DataFrame, feedback_dir: Path) -> dict:
+    """The figures of one school partition: its own files, rows, reasons and trials, nothing else."""
+    status = school_status(reports)
+    by_reason: Counter = Counter()
+    for report in reports:
+        by_reason.update(report.quarantined_by_reason)
+    files = pd.DataFrame(
+        [
+            {
+                "file": r.file_name,
+                "status": r.status,
+                "rows read": r.rows_read,
+                "loaded": r.rows_loaded,
+                "set aside": r.rows_quarantined,
+                "warnings": getattr(r, "rows_with_warnings", 0),
+                "reason": _cut(r.reason or ""),
+            }
+            for r in reports
+        ]
+    )
+    trials = held[["intervention", "outcome_measure", "pupils"]].rename(columns={"pupils": "pupils held"})
+    fix = [
+        str(feedback.feedback_path(feedback_dir, r.school_urn, r.file_name))
+        for r in reports
+        if r.status != "unchanged" and (r.rows_quarantined or getattr(r, "rows_with_warnings", 0) or r.trials_rejected)
+    ]
+    metadata = {
+        "status": status,
+        "school": school,
+        "dagster/row_count": int(held["pupils"].sum()) if len(held) else 0,
+        # the school's files as they stand (an unchanged file keeps the figures of its load)
+        "rows_read": sum(r.rows_read for r in reports),
+        "rows_loaded": sum(r.rows_loaded for r in reports),
+        "rows_quarantined": sum(r.rows_quarantined for r in reports),
+        "rows_with_warnings": sum(getattr(r, "rows_with_warnings", 0) for r in reports),
+        "files": dg.MetadataValue.md(files.to_markdown(index=False) if len(files) else "(no file in the extracts folder: the rows loaded before are kept)"),
+        "quarantined_by_reason": dg.MetadataValue.md(
+            "\n".join(f"- {reason}: {n}" for reason, n in sorted(by_reason.items())) or "(none)"
+        ),
+        "trials": dg.MetadataValue.md(trials.to_markdown(index=False) if len(trials) else "(none)"),
+    }
+    if fix:
+        metadata["what_to_fix"] = dg.MetadataValue.text("; ".join(fix))
+    return metadata
+
+
+def _cut(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
 
 
 def _update_load_report(con, report: pd.DataFrame, loaded: set[str], present: set[str]) -> None:
-    """The `load_report` table: the latest outcome of every file now in the extracts folder.
+    """The `load_report` table: the latest outcome of every entry now in the extracts folder.
 
-    Rows for the files just loaded replace their earlier rows; rows for files no longer in the
-    folder are dropped (the `deliveries` table keeps their history).
+    Rows for the files just loaded (and the entries ignored) replace their earlier rows; rows for
+    entries no longer in the folder are dropped (the `deliveries` table keeps their history).
     """
     if warehouse.table_exists(con, "load_report"):
         earlier = con.execute(warehouse.sql("load_report")).df()

@@ -5,9 +5,9 @@ import base64
 import dagster as dg
 import pandas as pd
 
-from microtrials import plots, warehouse
-from microtrials.evidence_table import evidence_row, school_table
-from microtrials.trials import TrialResult, analyse_trial, analysed_pupils, warehouse_fitter
+from microtrials import plots, trial_store
+from microtrials.evidence_table import evidence_row
+from microtrials.trials import TrialResult
 from pipelines.resources import Warehouse
 
 
@@ -16,84 +16,73 @@ from pipelines.resources import Warehouse
     kinds={"duckdb", "python"},
     pool="warehouse",
     deps=["pupils"],
-    description="Per trial (intervention x outcome_measure): the primary model "
-    "outcome ~ arm [+ baseline] + (1 | school) by exact REML from per-school sufficient "
-    "statistics computed in DuckDB, the random-slope, unconditional and FSM models, two-stage "
-    "pooling and evidence strength (microtrials.trials.analyse_trial). Rows of `trial_results` "
-    "are microtrials.evidence_table.evidence_row plus the model figures; `school_results` holds "
-    "each school's own effect.",
+    code_version=trial_store.CODE_VERSION,
+    description="Per trial (intervention x outcome_measure, spellings matched by names.match_key): "
+    "the primary model outcome ~ arm [+ baseline + baseline_missing] + (1 | school) by exact REML "
+    "from per-school cell sums computed in DuckDB (no pupil rows leave it), the unconditional, "
+    "random-slope and FSM models, per-school ANCOVA effects pooled by REML with t inference "
+    "(tau, I2, prediction interval, P(new school benefits), empirical-Bayes estimates) and "
+    "evidence strength. Each trial is analysed inside its own boundary: not_estimable trials get "
+    "a row with the reason; a numerical failure keeps that trial's previous row as not_refreshed. "
+    "Writes `trial_results`, `school_results` and `trial_spellings`.",
 )
 def trial_results(context: dg.AssetExecutionContext, warehouse_db: Warehouse) -> dg.MaterializeResult:
     with warehouse_db.connect() as con:
-        rows = con.execute(warehouse.sql("trial_pupils")).df()
-        results = []
-        for (intervention, outcome_measure), pupils in rows.groupby(["intervention", "outcome_measure"]):
-            _, uses_baseline = analysed_pupils(pupils)
-            fitter = warehouse_fitter(con, intervention, outcome_measure, uses_baseline)
-            results.append(analyse_trial(pupils, fitter))
-        table = pd.DataFrame([stored_row(r) for r in results])
-        schools = pd.concat([school_table(r) for r in results], ignore_index=True)
-        warehouse.save_frame(con, "trial_results", table)
-        warehouse.save_frame(con, "school_results", schools)
-    for r in results:
-        context.log.info(f"{r.intervention} / {r.outcome_measure}: {evidence_row(r)['notes']}")
+        run = trial_store.refresh(con)
+        trial_store.store(con, run)
+    table = run.trial_table
+    for r in run.results:
+        context.log.info(f"{r.intervention} / {r.outcome_measure} [{r.status}]: {evidence_row(r)['notes']}")
+    for label, reason in run.failures.items():
+        context.log.warning(f"{label}: {reason}")
+    merged = [t for t in run.spellings if t.merged]
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(table),
             "dagster/column_schema": dg.TableSchema(
-                columns=[dg.TableColumn(name, str(dtype)) for name, dtype in table.dtypes.items()]
+                columns=[dg.TableColumn(name, str(dtype), description=trial_store.COLUMN_DESCRIPTIONS.get(name))
+                         for name, dtype in table.dtypes.items()]
             ),
             "trials": dg.MetadataValue.md(_trials_markdown(table)),
-            **{f"{r.intervention} / {r.outcome_measure}": dg.MetadataValue.md(trial_markdown(r)) for r in results},
+            "not_refreshed": len(run.failures),
+            "not_estimable": int((table["status"] == "not_estimable").sum()),
+            "merged_spellings": dg.MetadataValue.md(_spellings_markdown(merged)) if merged else "none",
+            **_numeric_metadata(run.results),
+            **{f"{r.intervention} / {r.outcome_measure}": dg.MetadataValue.md(trial_markdown(r)) for r in run.results},
         }
     )
 
 
-def stored_row(result: TrialResult) -> dict[str, object]:
-    """The evidence-table row plus the figures behind it, as stored in `trial_results`."""
-    row = evidence_row(result)
-    fit, slope, pool = result.primary, result.random_slope, result.pool
-    row.update(
-        ready=result.ready,
-        converged=bool(fit is None or (fit.converged and result.unconditional.converged)),
-        model=None if fit is None else fit.formula,
-        beta=None if fit is None else fit.params["arm"],
-        se=None if fit is None else fit.bse["arm"],
-        var_school=None if fit is None else fit.var_school,
-        var_pupil=None if fit is None else fit.var_pupil,
-        var_school_unconditional=None if fit is None else result.unconditional.var_school,
-        var_pupil_unconditional=None if fit is None else result.unconditional.var_pupil,
-        g_within=None if result.within is None else result.within.g,
-        slope_beta=None if slope is None else slope.params["arm"],
-        slope_se=None if slope is None else slope.bse["arm"],
-        slope_sd=None if slope is None else slope.sd_slope,
-        pooled_g=None if pool is None else pool.mu,
-        pooled_se=None if pool is None else pool.se,
-        tau2=None if pool is None else pool.tau2,
-        q=None if pool is None else pool.q,
-        q_p=None if pool is None else pool.q_p,
-        knha_ci_low=None if pool is None else pool.knha_ci_low,
-        knha_ci_high=None if pool is None else pool.knha_ci_high,
-        fsm_pupils=result.fsm_pupils,
-        mdes=result.mdes,
-        baseline_difference=None if result.balance is None else result.balance.difference,
-        baseline_balance=None if result.balance is None else result.balance.flag,
-        attrition_intervention=result.attrition.intervention,
-        attrition_control=result.attrition.control,
-    )
-    return row
+def _numeric_metadata(results: list[TrialResult]) -> dict[str, float]:
+    """Small numbers per trial, so Dagster plots each trial's history across materializations."""
+    out: dict[str, float] = {}
+    for r in results:
+        if r.headline is None:
+            continue
+        label = f"{r.intervention} / {r.outcome_measure}"
+        figures = {"effect_size": r.headline.g, "ci_low": r.headline.ci_low, "ci_high": r.headline.ci_high,
+                   "tau": None if r.pool is None else r.pool.tau,
+                   "evidence_strength": None if r.strength is None else r.strength.score}
+        out.update({f"{label}: {k}": float(v) for k, v in figures.items() if v is not None})
+    return out
+
+
+def _spellings_markdown(merged) -> str:
+    rows = [(t.intervention, t.outcome_measure, i, o, n) for t in merged for i, o, n in t.rows]
+    return pd.DataFrame(rows, columns=["trial", "outcome_measure", "delivered intervention",
+                                       "delivered outcome_measure", "rows"]).to_markdown(index=False)
 
 
 def _trials_markdown(table: pd.DataFrame) -> str:
     columns = ["intervention", "outcome_measure", "schools", "pupils_analysed", "effect_size",
-               "ci_low", "ci_high", "tau", "evidence_strength", "ready"]
+               "ci_low", "ci_high", "tau", "evidence_strength", "status"]
     return table[columns].to_markdown(index=False)
 
 
 def trial_markdown(result: TrialResult) -> str:
     """What an evaluator wants for one trial: models, variance components, effects, schools, plot."""
     if result.primary is None:
-        return "Not estimable: " + "; ".join(result.notes)
+        return f"**{result.status}**: " + "; ".join(result.notes)
     parts = []
     for label, fit in (("Primary", result.primary), ("Unconditional", result.unconditional),
                        ("Random slope", result.random_slope), ("Arm x FSM", result.interaction),
@@ -120,12 +109,15 @@ def trial_markdown(result: TrialResult) -> str:
     parts += ["**Effect sizes**", effects.round(4).to_markdown(index=False)]
     if result.pool is not None:
         p = result.pool
+        pi = ("blank (fewer than 3 schools)" if p.pi_low != p.pi_low else f"{p.pi_low:.4f} to {p.pi_high:.4f}")
         parts.append(
-            f"**Two-stage pooling** (REML, k = {p.k}): g = {p.mu:.4f} (SE {p.se:.4f}; 95% CI {p.ci_low:.4f} to "
-            f"{p.ci_high:.4f}; Knapp-Hartung {p.knha_ci_low:.4f} to {p.knha_ci_high:.4f}); tau2 = {p.tau2:.4f}, "
-            f"I2 = {p.i2:.1f}%, Q = {p.q:.2f} (p = {p.q_p:.4f}); prediction interval {p.pi_low:.4f} to {p.pi_high:.4f}"
+            f"**Variation between schools** (each school's own ANCOVA / total SD, REML, t on {p.df} df, k = {p.k}): "
+            f"mean {p.mu:.4f} (SE {p.se:.4f}; 95% CI {p.ci_low:.4f} to {p.ci_high:.4f}); tau = {p.tau:.4f}, "
+            f"I2 = {p.i2:.1f}%, Q = {p.q:.2f} (p = {p.q_p:.4f}); prediction interval {pi}; "
+            f"P(new school benefits) = {p.p_new_positive:.3f}"
         )
-    parts += ["**Per-school effects**", result.per_school.round(4).to_markdown(index=False)]
+    parts += ["**Per-school effects** (g: the school's own ANCOVA / total SD; eb_g: empirical-Bayes estimate)",
+              result.per_school.round(4).to_markdown(index=False)]
     plot = _forest_png(result)
     if plot is not None:
         parts.append(f"![forest plot](data:image/png;base64,{base64.b64encode(plot).decode()})")
@@ -140,10 +132,11 @@ def trial_markdown(result: TrialResult) -> str:
 
 
 def _forest_png(result: TrialResult) -> bytes | None:
-    """The forest plot (per-school g and the pooled diamond) as PNG bytes."""
-    per_school = result.per_school.dropna(subset=["g"])
-    if result.pool is None or per_school.empty:
+    """The forest plot as published: the diamond is effect_size and its CI, the PI around it,
+    squares the per-school ANCOVA effects, circles their empirical-Bayes estimates."""
+    if result.headline is None:
         return None
-    p = result.pool
-    return plots.forest_plot_png(per_school, (p.mu, p.ci_low, p.ci_high),
-                                 f"{result.intervention} / {result.outcome_measure}", (p.pi_low, p.pi_high))
+    h, p = result.headline, result.pool
+    prediction = None if p is None or p.pi_low != p.pi_low else (p.pi_low, p.pi_high)
+    return plots.forest_plot_png(result.per_school, (h.g, h.ci_low, h.ci_high),
+                                 f"{result.intervention} / {result.outcome_measure}", prediction)

@@ -152,3 +152,61 @@ def school_hedges_g(pupils: pd.DataFrame, z: float = Z_975) -> pd.DataFrame:
     })
     out = out[np.isfinite(out["g"]) & np.isfinite(out["var"])]
     return out.sort_values("school_urn").reset_index(drop=True)
+
+
+def _identifiable(XtX: np.ndarray, order: list[int], tol: float = 1e-9) -> list[int]:
+    """The columns of ``order`` kept greedily while each adds information: a column is dropped
+    when its residual sum of squares after the columns already kept is below ``tol`` x its own."""
+    kept: list[int] = []
+    for i in order:
+        trial = kept + [i]
+        sub = XtX[np.ix_(trial, trial)]
+        if not kept:
+            ok = sub[0, 0] > 0
+        else:
+            a = XtX[np.ix_(kept, kept)]
+            b = XtX[np.ix_(kept, [i])]
+            try:
+                resid = float(sub[-1, -1] - (b.T @ np.linalg.solve(a, b))[0, 0])
+            except np.linalg.LinAlgError:
+                resid = 0.0
+            ok = resid > tol * max(float(sub[-1, -1]), 1e-300)
+        if ok:
+            kept.append(i)
+    return kept
+
+
+def school_ancova_effects(
+    XtX: np.ndarray, Xty: np.ndarray, yty: np.ndarray, n: np.ndarray, columns: list[str], sd_total: float,
+    arm: str = "arm",
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]:
+    """Each school's own least-squares ANCOVA arm effect on the total-SD scale, from its sums.
+
+    Per school: beta = (X'X)^-1 X'y over ``columns`` (e.g. [1, arm, baseline]),
+    s2 = (y'y - beta'X'y) / (n - p), SE(beta_arm) = sqrt(s2 [(X'X)^-1]_arm,arm); then
+    d = beta_arm / sd_total and v = SE^2 / sd_total^2 (as ``lm(outcome ~ arm + baseline)`` in that
+    school, divided by the trial's total SD). Columns the school cannot identify (baseline constant
+    within the school, a missing-baseline indicator that is all 0 or all 1) are dropped for that
+    school; the arm column is never dropped. Returns (d, v, the columns used per school); d and v
+    are NaN when the arm is not identifiable or the residual variance is 0.
+    """
+    J = len(n)
+    d, v = np.full(J, np.nan), np.full(J, np.nan)
+    used: list[tuple[str, ...]] = []
+    a = columns.index(arm)
+    for j in range(J):
+        kept = _identifiable(XtX[j], list(range(len(columns))))
+        used.append(tuple(columns[i] for i in kept))
+        p = len(kept)
+        if a not in kept or n[j] <= p:
+            continue
+        A, b = XtX[j][np.ix_(kept, kept)], Xty[j][kept]
+        inv = np.linalg.inv(A)
+        beta = inv @ b
+        rss = float(yty[j] - beta @ b)
+        if not rss > 1e-12 * max(float(yty[j]), 1e-300):
+            continue
+        k = kept.index(a)
+        d[j] = beta[k] / sd_total
+        v[j] = rss / (n[j] - p) * inv[k, k] / sd_total**2
+    return d, v, used

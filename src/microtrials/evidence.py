@@ -114,8 +114,15 @@ def baseline_balance(pupils: pd.DataFrame) -> BaselineBalance:
         raise MicrotrialsError("baseline balance needs at least 2 pupils with a baseline score in each arm; check the trial's baseline column")
     n1, m1, v1 = stats_by_arm.loc[1]
     n0, m0, v0 = stats_by_arm.loc[0]
+    return balance_from_summaries(n1, m1, v1, n0, m0, v0)
+
+
+def balance_from_summaries(n1: float, m1: float, v1: float, n0: float, m0: float, v0: float) -> BaselineBalance:
+    """:func:`baseline_balance` from each arm's count, mean and variance (ddof 1) of the baseline."""
+    if n1 < 2 or n0 < 2:
+        raise MicrotrialsError("baseline balance needs at least 2 pupils with a baseline score in each arm; check the trial's baseline column")
     n = n1 + n0
-    sd_pooled = math.sqrt(((n1 - 1) * v1 + (n0 - 1) * v0) / (n - 2))
+    sd_pooled = math.sqrt(max(((n1 - 1) * v1 + (n0 - 1) * v0) / (n - 2), 0.0))
     omega = 1 - 3 / (4 * n - 9)
     difference = omega * (m1 - m0) / sd_pooled if sd_pooled > 0 else 0.0
     return BaselineBalance(
@@ -144,6 +151,15 @@ def attrition_by_arm(randomised_arm: pd.Series, analysed_arm: pd.Series) -> Attr
         overall=attrition_pct(rand.size, done.size),
         intervention=attrition_pct(int(np.sum(rand == 1)), int(np.sum(done == 1))),
         control=attrition_pct(int(np.sum(rand == 0)), int(np.sum(done == 0))),
+    )
+
+
+def attrition_from_counts(randomised: tuple[int, int], analysed: tuple[int, int]) -> Attrition:
+    """Attrition overall and by arm from (intervention, control) counts of randomised and analysed pupils."""
+    return Attrition(
+        overall=attrition_pct(sum(randomised), sum(analysed)),
+        intervention=attrition_pct(randomised[0], analysed[0]),
+        control=attrition_pct(randomised[1], analysed[1]),
     )
 
 

@@ -13,12 +13,12 @@ from microtrials.trials import TrialResult
 COLUMNS = [
     "intervention", "outcome_measure", "schools", "schools_both_arms", "pupils_randomised",
     "pupils_analysed", "attrition_pct", "effect_size", "ci_low", "ci_high", "p_value",
-    "months_progress", "tau", "i2", "pi_low", "pi_high", "fsm_effect_size", "fsm_ci_low",
-    "fsm_ci_high", "evidence_strength", "notes",
+    "months_progress", "tau", "i2", "pi_low", "pi_high", "status", "p_new_school_benefits",
+    "fsm_effect_size", "fsm_ci_low", "fsm_ci_high", "evidence_strength", "notes",
 ]
 # Published after the contract's columns (the contract allows more): months for the FSM effect.
 EXTRA_COLUMNS = ["fsm_months_progress"]
-SCHOOL_COLUMNS = ["school_urn", "n_intervention", "n_control", "g", "ci_low", "ci_high", "shrunken_g"]
+SCHOOL_COLUMNS = ["school_urn", "n_intervention", "n_control", "g", "ci_low", "ci_high", "eb_g", "note"]
 
 
 def _r(value: float | None, digits: int = 4) -> float | None:
@@ -32,8 +32,10 @@ def evidence_row(result: TrialResult) -> dict[str, object]:
     """The evidence-table row for one trial. Each figure is a field of ``TrialResult``:
 
     effect_size/ci = result.headline (g on the unconditional total SD); p_value = result.p_value;
-    tau = sqrt(result.pool.tau2), i2 = result.pool.i2, pi = result.pool.pi_low/high (REML
-    two-stage pooling); fsm_* = result.fsm; evidence_strength = result.strength.score.
+    tau = sqrt(result.pool.tau2), i2 = result.pool.i2, pi = result.pool.pi_low/high and
+    p_new_school_benefits = result.pool.p_new_positive (t-based REML pooling of the per-school
+    ANCOVA effects); fsm_* = result.fsm; evidence_strength = result.strength.score; status =
+    result.status. A not_estimable row has every figure blank and its reason first in notes.
     """
     headline, pool, fsm, strength = result.headline, result.pool, result.fsm, result.strength
     notes = list(result.notes)
@@ -56,6 +58,8 @@ def evidence_row(result: TrialResult) -> dict[str, object]:
         "i2": _r(pool and pool.i2, 1),
         "pi_low": _r(pool and pool.pi_low),
         "pi_high": _r(pool and pool.pi_high),
+        "status": result.status,
+        "p_new_school_benefits": _r(pool and pool.p_new_positive),
         "fsm_effect_size": _r(fsm and fsm.g),
         "fsm_ci_low": _r(fsm and fsm.ci_low),
         "fsm_ci_high": _r(fsm and fsm.ci_high),
@@ -76,7 +80,7 @@ def school_table(result: TrialResult) -> pd.DataFrame:
     if result.per_school.empty:
         return pd.DataFrame(columns=["intervention", "outcome_measure", *SCHOOL_COLUMNS])
     frame = result.per_school[SCHOOL_COLUMNS].copy()
-    for column in ("g", "ci_low", "ci_high", "shrunken_g"):
+    for column in ("g", "ci_low", "ci_high", "eb_g"):
         frame[column] = frame[column].astype(float).round(4)
     frame.insert(0, "outcome_measure", result.outcome_measure)
     frame.insert(0, "intervention", result.intervention)

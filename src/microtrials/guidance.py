@@ -44,7 +44,7 @@ WWC_BALANCE_FINE = 0.05
 WWC_BALANCE_ADJUST = 0.25
 
 # --- Readiness --------------------------------------------------------------------------------
-# Project rule (issue 6): a trial is published as ready only when at least this many schools have
+# Project rule (issue 6, issue 12): a trial is estimated (status not_estimable otherwise) only when at least this many schools have
 # analysed pupils in both arms; with fewer there is no between-school comparison.
 READY_MIN_SCHOOLS_BOTH_ARMS = 2
 
@@ -58,6 +58,9 @@ FSM_MIN_PUPILS = 30
 # A school enters two-stage pooling when it has at least this many analysed pupils in each arm
 # (a within-arm SD needs two pupils; metafor's escalc gives NA otherwise).
 MIN_PUPILS_PER_ARM = 2
+# Issue 12: a school's own ANCOVA estimate also needs at least this many analysed pupils in all
+# (with 4 pupils and 3-4 coefficients there are 0-1 residual degrees of freedom).
+MIN_PUPILS_PER_SCHOOL_ESTIMATE = 5
 
 # --- Disclosure control -----------------------------------------------------------------------
 # Small-number suppression: a published count or per-school figure based on fewer than 10 pupils

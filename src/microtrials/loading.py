@@ -10,15 +10,26 @@ Arrow tables and bound parameters.
 For speed at national scale (:func:`load_files`), several files' replaces share one transaction and
 one INSERT per table: files for distinct schools only, so each file's delete + insert means what it
 would alone; if a shared transaction fails it is rolled back and its files are written one by one.
-A long list of files is read and validated by worker processes while this process writes.
+A long list of files is read and validated by worker processes while this process writes; the
+workers die with this process (Linux ``PR_SET_PDEATHSIG``), even when it is killed.
+
+A re-delivery only replaces what it can replace: when a school's new file brings no loadable rows
+for a trial it names, or fewer than half the rows the school has for that trial, the earlier rows
+stay and the file is reported as rejected for that trial, with the reason (``trials_rejected``).
+
+Before anything is written, the pupil key is compared with the fingerprint the warehouse holds
+(:func:`microtrials.privacy.check_key_unchanged`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -33,7 +44,7 @@ import pyarrow as pa
 
 from microtrials import extracts, warehouse
 from microtrials.errors import MicrotrialsError
-from microtrials.privacy import pseudonymise
+from microtrials.privacy import check_key_unchanged, pseudonymise
 
 # Files in the extracts folder that look like a spreadsheet a school sent instead of a CSV:
 # reported as rejected so the officer knows to ask for a CSV. (A .xlsx workbook is read:
@@ -60,6 +71,8 @@ class FileReport:
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
     columns_dropped: list[str] = field(default_factory=list)
     reason: str | None = None
+    # 'intervention / outcome_measure' -> why this file did not replace the school's earlier rows
+    trials_rejected: dict[str, str] = field(default_factory=dict)
     rows_with_warnings: int = 0  # loaded rows with a value blanked or an outcome kept as no post-test
     warned_by_reason: dict[str, int] = field(default_factory=dict)
     file_warnings: list[str] = field(default_factory=list)  # e.g. read as Windows-1252
@@ -70,22 +83,58 @@ def trials_text(trials: list[tuple[str, str]]) -> str:
     return "; ".join(f"{intervention} / {measure}" for intervention, measure in trials)
 
 
-def load_file(con: duckdb.DuckDBPyConnection, path: Path, key: bytes) -> FileReport:
+def load_file(con: duckdb.DuckDBPyConnection, path: Path, key: bytes, new_pupil_key: bool = False) -> FileReport:
     """Read, validate and load one school extract; a file that cannot be read is rejected whole.
 
     A file already loaded (same name, same bytes) is not read again: its stored report comes back
     with status ``unchanged`` and nothing changes.
     """
-    return load_files(con, [path], key)[0]
+    return load_files(con, [path], key, new_pupil_key)[0]
 
 
-def load_folder(con: duckdb.DuckDBPyConnection, folder: Path, key: bytes) -> list[FileReport]:
+def load_folder(
+    con: duckdb.DuckDBPyConnection, folder: Path, key: bytes, new_pupil_key: bool = False
+) -> list[FileReport]:
     """Load every ``*.csv`` and ``*.xlsx`` in ``folder`` (sorted by name; a later name wins when two
-    files of one school hold the same trial). Other spreadsheet files are reported as rejected."""
+    files of one school hold the same trial). Other spreadsheet files are reported as rejected;
+    every other entry (folders, other files, hidden files) as ``ignored``, with why."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MicrotrialsError(f"extracts folder {folder} does not exist: create it or point the run at another")
-    return load_files(con, extract_files(folder), key)
+    reports = load_files(con, extract_files(folder), key, new_pupil_key) + ignored_entries(folder)
+    return sorted(reports, key=lambda r: r.file_name)
+
+
+# Why an entry of the extracts folder is not a file to load, as the load report says it.
+IGNORED_FOLDER = "a folder: files inside folders are not loaded; move the school's file into the extracts folder itself"
+IGNORED_HIDDEN = (
+    "a hidden file (its name starts with '.'): not loaded; if it is a school's extract, rename it without the dot"
+)
+IGNORED_LOCK = "an Office lock file (~$...): Excel has the workbook open; close Excel, it goes away by itself"
+IGNORED_OTHER = "not an extract file: only .csv and .xlsx files are loaded; " + extracts.SAVE_AS_CSV
+IGNORED_SPECIAL = "not a regular file (a link to nowhere, a device or a pipe): not loaded"
+
+
+def ignored_entries(folder: Path) -> list[FileReport]:
+    """Every entry of ``folder`` that :func:`extract_files` leaves out, as an ``ignored`` report saying why."""
+    folder = Path(folder)
+    considered = {p.name for p in extract_files(folder)}
+    reports = []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name in considered:
+            continue
+        if entry.name.startswith("~$"):
+            reason = IGNORED_LOCK
+        elif entry.name.startswith("."):
+            reason = IGNORED_HIDDEN
+        elif entry.is_dir():
+            reason = IGNORED_FOLDER
+        elif entry.is_file():
+            reason = IGNORED_OTHER
+        else:
+            reason = IGNORED_SPECIAL
+        reports.append(FileReport(file_name=entry.name, status="ignored", reason=f"{entry.name}: {reason}"))
+    return reports
 
 
 def extract_files(folder: Path) -> list[Path]:
@@ -103,8 +152,13 @@ def extract_files(folder: Path) -> list[Path]:
     )
 
 
-def load_files(con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes) -> list[FileReport]:
+def load_files(
+    con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes, new_pupil_key: bool = False
+) -> list[FileReport]:
     """Load ``paths`` in the order given, as :func:`load_file` would one by one, but faster.
+
+    First the key is checked against the warehouse's fingerprint (a different key raises
+    :class:`MicrotrialsError` unless ``new_pupil_key``).
 
     Files go in chunks of ``BATCH_FILES``: one query finds the chunk's unchanged files, the rest are
     read and validated (by worker processes for a long list, the next chunk's while this one's is
@@ -112,6 +166,7 @@ def load_files(con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes) ->
     later file of a school still replaces an earlier one, in a later transaction). If a shared
     transaction fails, it is rolled back and each file of it is written in its own.
     """
+    check_key_unchanged(con, key, new_pupil_key)
     paths = [Path(p) for p in paths]
     chunks = [paths[first : first + BATCH_FILES] for first in range(0, len(paths), BATCH_FILES)]
     reports: list[FileReport] = []
@@ -216,8 +271,28 @@ def _workers(files: int):
     if files < PARALLEL_MIN_FILES or workers < 2 or not sys.platform.startswith("linux"):
         yield None
         return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         yield pool
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a worker: ask Linux to SIGKILL this process when its parent dies (a ``kill -9`` of the
+    run, a crash), so no worker outlives the load; exit at once if the parent is already gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl: the pool's own shutdown still ends the workers
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _stage(con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes, pool) -> _Staged:
@@ -330,10 +405,15 @@ def _write_once(con: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> None:
     (a loaded one of those becomes ``unchanged``)."""
     while group:
         try:
-            _in_transaction(con, lambda cur: _write(cur, group), _frames(group))
+            changed = _in_transaction(con, lambda cur: _write(cur, group), _frames(group))
+            for delivery in group:
+                if delivery.report.file_name in changed:
+                    delivery.report.__dict__.update(changed[delivery.report.file_name].__dict__)
             return
         except _AlreadyRecorded as recorded:
             for delivery in group:
+                if delivery.report.file_name in recorded.changed:  # e.g. a held file rejected again
+                    delivery.report.__dict__.update(recorded.changed[delivery.report.file_name].__dict__)
                 if _key(delivery) in recorded.files and delivery.report.status == "loaded":
                     delivery.report.status = "unchanged"
             group = [d for d in group if _key(d) not in recorded.files]
@@ -342,9 +422,10 @@ def _write_once(con: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> None:
 class _AlreadyRecorded(Exception):
     """Some files of a group were recorded by another connection since they were looked up."""
 
-    def __init__(self, files: set[tuple[str, str]]):
+    def __init__(self, files: set[tuple[str, str]], changed: dict[str, FileReport] | None = None):
         super().__init__(f"{len(files)} file(s) already recorded")
         self.files = files
+        self.changed = changed or {}
 
 
 def _key(delivery: _Delivery) -> tuple[str, str]:
@@ -369,12 +450,19 @@ def _frames(group: list[_Delivery]) -> dict[str, pa.Table]:
     return frames
 
 
-def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> None:
+def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> dict[str, FileReport]:
     """Inside a transaction: replace each loaded file's school trials and quarantine, insert its
-    rows, and record every file in ``deliveries``."""
+    rows, and record every file in ``deliveries``. Trials a file may not replace (it would lose
+    more than half of the school's rows: ``sql/redelivery_losses.sql``) keep their earlier rows;
+    returns the reports that changed because of that, by file name (applied once committed)."""
+    changed = _hold_losing_trials(cur, group)
+    # the deliveries rows and keys show the reports as they now are (registered afresh on each attempt)
+    final = [dataclasses.replace(d, report=changed.get(d.report.file_name, d.report)) for d in group]
+    cur.register("batch_deliveries", pa.Table.from_pylist([_delivery_row(d.delivery_id, d.report) for d in final]))
+    cur.register("batch_keys", _file_keys((d.delivery_id, d.report.file_name, d.report.status) for d in final))
     recorded = {(row[0], row[1]) for row in cur.execute(warehouse.sql("delivery_seen")).fetchall()}
     if recorded:
-        raise _AlreadyRecorded(recorded)
+        raise _AlreadyRecorded(recorded, changed)
     if any(d.report.status == "loaded" for d in group):
         cur.execute(warehouse.sql("delete_school_trials"))
         cur.execute(warehouse.sql("delete_school_quarantine"))
@@ -383,16 +471,71 @@ def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> None:
         cur.execute(warehouse.sql("load_quarantine"))
         cur.execute(warehouse.sql("load_warnings"))
     cur.execute(warehouse.sql("load_delivery"))
+    return changed
 
 
-def _trials_table(loaded: list[_Delivery]) -> pa.Table:
-    """One row per loaded file and trial it names: the rows a re-delivery replaces."""
+def _hold_losing_trials(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> dict[str, FileReport]:
+    """Mark (in the registered ``batch_trials``) the trials whose earlier rows stay, and return
+    the reports of their files rewritten to say so: rows not loaded, and ``rejected`` when no
+    trial of the file was replaced."""
+    loaded = [d for d in group if d.report.status == "loaded"]
+    if not any(d.report.school_urn for d in loaded):
+        return {}
+    cur.register("batch_trials", _trials_table(loaded))
+    losses = cur.execute(warehouse.sql("redelivery_losses")).fetchall()
+    if not losses:
+        return {}
+    held: dict[str, dict[tuple[str, str], tuple[int, int]]] = {}
+    for file_name, intervention, measure, rows_new, rows_before in losses:
+        held.setdefault(file_name, {})[intervention, measure] = (rows_new, rows_before)
+    cur.register("batch_trials", _trials_table(loaded, held))
+    changed = {}
+    for delivery in loaded:
+        mine = held.get(delivery.report.file_name)
+        if not mine:
+            continue
+        report = dataclasses.replace(delivery.report, trials_rejected=dict(delivery.report.trials_rejected))
+        for (intervention, measure), (rows_new, rows_before) in mine.items():
+            trial = trials_text([(intervention, measure)])
+            report.trials_rejected[trial] = (
+                f"this file has {rows_new} loadable row{'s' if rows_new != 1 else ''} for the trial, the school's "
+                f"earlier delivery {rows_before}: the earlier rows are kept; "
+                + (
+                    "see the rows set aside and why, correct them and send the file again"
+                    if report.rows_quarantined
+                    else "if pupils really left the trial, ask the data team to remove the earlier rows"
+                )
+            )
+            report.rows_loaded -= rows_new
+        if len(report.trials_rejected) == len(report.trials):
+            report.status = "rejected"
+        report.reason = "; ".join(
+            ([report.reason] if report.reason else [])
+            + [f"not replaced: {trial}: {why}" for trial, why in report.trials_rejected.items()]
+        )
+        changed[report.file_name] = report
+    return changed
+
+
+def _trials_table(loaded: list[_Delivery], held: dict[str, dict] | None = None) -> pa.Table:
+    """One row per loaded file and trial it names: the rows a re-delivery replaces, unless ``held``
+    (file name -> trials whose earlier rows stay)."""
+    held = held or {}
     rows = [
-        {"file_name": d.report.file_name, "school_urn": d.report.school_urn, "intervention": i, "outcome_measure": m}
+        {
+            "file_name": d.report.file_name,
+            "school_urn": d.report.school_urn,
+            "intervention": i,
+            "outcome_measure": m,
+            "held": (i, m) in held.get(d.report.file_name, {}),
+        }
         for d in loaded
         for i, m in d.report.trials
     ]
-    schema = pa.schema([(c, pa.string()) for c in ("file_name", "school_urn", "intervention", "outcome_measure")])
+    schema = pa.schema(
+        [(c, pa.string()) for c in ("file_name", "school_urn", "intervention", "outcome_measure")]
+        + [("held", pa.bool_())]
+    )
     return pa.Table.from_pylist(rows, schema=schema)
 
 

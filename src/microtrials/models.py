@@ -12,6 +12,8 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 # Names of the fixed effects, shared by every fitter so results can be compared by name.
 INTERCEPT, ARM, BASELINE, FSM, ARM_FSM = "Intercept", "arm", "baseline", "fsm", "arm:fsm"
+# 1 for a pupil analysed without a baseline score (missing-indicator method), else 0.
+BASELINE_MISSING = "baseline_missing"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Forest plots of per-school effect sizes with the pooled estimate, as SVG (page) or PNG (Dagster UI)."""
+"""Forest plots of per-school effect sizes with the published estimate, as SVG (page) or PNG (Dagster UI)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ POOLED_COLOUR = "#8a3b00"
 GRID_COLOUR = "#767676"
 
 _SVG_SETTINGS = {"svg.hashsalt": "microtrials", "svg.fonttype": "none", "font.size": 10}
+
+
+def escape_math(text: str) -> str:
+    """Text shown literally by matplotlib: every ``$`` escaped, so ``$...$`` is never math text."""
+    return str(text).replace("$", r"\$")
 
 
 def _figure(per_school: pd.DataFrame, pooled: tuple[float, float, float], title: str,
@@ -51,37 +56,42 @@ def _figure(per_school: pd.DataFrame, pooled: tuple[float, float, float], title:
         sizes = 20 + 80 * weight / weight.max()
         ax.hlines(y[shown], lo[shown], hi[shown], color=SCHOOL_COLOUR, linewidth=1.4)
         ax.scatter(g[shown], y[shown], marker="s", s=sizes, color=SCHOOL_COLOUR, zorder=3,
-                   label="School effect (95% CI)")
-    if "shrunken_g" in rows:
-        shrunk = pd.to_numeric(rows["shrunken_g"], errors="coerce").to_numpy(dtype=float)
+                   label="School's own effect (ANCOVA, 95% CI)")
+    eb_column = "eb_g" if "eb_g" in rows else None
+    if eb_column is not None:
+        shrunk = pd.to_numeric(rows[eb_column], errors="coerce").to_numpy(dtype=float)
         ok = ~np.isnan(shrunk) & shown
         if ok.any():
             ax.scatter(shrunk[ok], y[ok], marker="o", s=28, facecolor="white", edgecolor=INK, zorder=4,
-                       label="Shrunken estimate")
+                       label="Empirical-Bayes estimate (pulled towards the mean)")
     pooled_g, pooled_lo, pooled_hi = (float(v) for v in pooled)
     x_values = [v for v in np.concatenate([lo[shown], hi[shown]]) if np.isfinite(v)]
     x_values += [v for v in (pooled_lo, pooled_hi) if math.isfinite(v)]
     if prediction is not None and all(math.isfinite(float(v)) for v in prediction):
         ax.hlines(0.5, float(prediction[0]), float(prediction[1]), color=POOLED_COLOUR, linewidth=1.2,
-                  linestyle=(0, (4, 2)), label="Prediction interval (a new school)")
+                  linestyle=(0, (4, 2)), label="95% prediction interval (a new school)")
+        for end in prediction:
+            ax.vlines(float(end), 0.35, 0.65, color=POOLED_COLOUR, linewidth=1.2)
         x_values += [float(v) for v in prediction]
     if all(math.isfinite(v) for v in (pooled_g, pooled_lo, pooled_hi)):
         diamond = Polygon([(pooled_lo, 0.5), (pooled_g, 0.85), (pooled_hi, 0.5), (pooled_g, 0.15)],
-                          closed=True, color=POOLED_COLOUR, zorder=3, label="All schools (95% CI)")
+                          closed=True, color=POOLED_COLOUR, zorder=3, label="Published effect size (95% CI)")
         ax.add_patch(diamond)
+    notes = rows["note"].fillna("").astype(str).to_numpy() if "note" in rows else np.array([""] * n)
     for i in np.flatnonzero(~shown):
-        ax.text(0.02, y[i], "not published (too few pupils or one arm)", va="center", ha="left",
+        text = notes[i] or "not published (too few pupils or one arm)"
+        ax.text(0.02, y[i], escape_math(text), va="center", ha="left",
                 fontsize=8, color=INK, transform=ax.get_yaxis_transform(), style="italic")
     ax.axvline(0.0, color=GRID_COLOUR, linewidth=1)
-    ax.set_yticks(list(y) + [0.5], labels + ["All schools"])
+    ax.set_yticks(list(y) + [0.5], [escape_math(t) for t in labels] + ["All schools (published)"])
     ax.set_ylim(0, (y.max() if n else 0.5) + 0.8)
     if x_values:
         left, right = min(x_values + [0.0]), max(x_values + [0.0])
         pad = 0.08 * max(right - left, 0.2)
         ax.set_xlim(left - pad, right + pad)
-    ax.set_xlabel("Effect size (Hedges' g): right of 0 favours the intervention")
+    ax.set_xlabel("Effect size (total-SD scale): right of 0 favours the intervention")
     ax.set_ylabel("School (pupils: intervention / control)")
-    ax.set_title(title, loc="left", color=INK)
+    ax.set_title(escape_math(title), loc="left", color=INK)
     ax.tick_params(colors=INK)
     ax.grid(axis="x", color="#d0d0d0", linewidth=0.6)
     ax.set_axisbelow(True)
@@ -113,7 +123,7 @@ def describe(per_school: pd.DataFrame, pooled: tuple[float, float, float]) -> st
     if hidden:
         parts.append(f" ({hidden} not published: too few pupils or one arm)")
     if all(math.isfinite(float(v)) for v in pooled):
-        parts.append(f"; all schools together: {pooled_g:.2f} (95% CI {lo:.2f} to {hi:.2f})")
+        parts.append(f"; published effect size: {pooled_g:.2f} (95% CI {lo:.2f} to {hi:.2f})")
     if shown:
         parts.append(f"; school estimates range from {g.min():.2f} to {g.max():.2f}")
     return "".join(parts) + "."
@@ -121,12 +131,14 @@ def describe(per_school: pd.DataFrame, pooled: tuple[float, float, float]) -> st
 
 def forest_plot(per_school: pd.DataFrame, pooled: tuple[float, float, float], title: str,
                 prediction: tuple[float, float] | None = None) -> bytes:
-    """SVG bytes: one row per school (g with 95% CI, square sized by weight) and a pooled diamond.
+    """SVG bytes: one row per school (g with 95% CI, square sized by weight) and the published diamond.
 
-    ``per_school`` has columns school_urn, g, ci_low, ci_high and optionally n_intervention,
-    n_control, shrunken_g (drawn as open circles); rows with a blank g (suppressed, one arm) are
-    labelled "not published". ``pooled`` is (g, ci_low, ci_high); ``prediction`` (pi_low, pi_high)
-    is drawn as a dashed line through the diamond. The output is deterministic (fixed hash salt,
+    ``per_school`` has columns school_urn, g, ci_low, ci_high (each school's own ANCOVA effect on
+    the total-SD scale) and optionally n_intervention, n_control, eb_g (empirical-Bayes estimates,
+    drawn as labelled open circles) and note (shown for a row with a blank g: one arm, too few
+    pupils, suppressed; else "not published"). ``pooled`` is the published (effect_size, ci_low,
+    ci_high); ``prediction`` (pi_low, pi_high) is drawn as a labelled dashed line around it.
+    Titles and labels are shown literally (``$...$`` is not math text: ``escape_math``). The output is deterministic (fixed hash salt,
     no date), with text kept as text, a ``<title>`` and a ``<desc>``.
     """
     with matplotlib.rc_context(_SVG_SETTINGS):

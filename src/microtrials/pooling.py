@@ -146,10 +146,8 @@ def tau2_reml(
     while change > threshold:
         iterations += 1
         old = tau2
-        p_matrix = _projection(v, tau2)
-        py = p_matrix @ y
-        pp = p_matrix @ p_matrix
-        adjust = (py @ py - np.trace(p_matrix)) / np.trace(pp)
+        py, tr_p, tr_pp = _projection_terms(y, v, tau2)
+        adjust = (py @ py - tr_p) / tr_pp
         while tau2 + adjust < 0:  # step-halving keeps tau2 >= 0
             adjust /= 2
         tau2 = tau2 + adjust
@@ -158,15 +156,21 @@ def tau2_reml(
             return Tau2Estimate(tau2=float(tau2), se_tau2=float("nan"), iterations=iterations, converged=False)
     if tau2 > threshold and reml_loglik(y, v, 0.0) - reml_loglik(y, v, tau2) > LL0_TOL:
         tau2 = 0.0  # Fisher scoring stuck at a local maximum: metafor's ll0check
-    p_matrix = _projection(v, tau2)
-    se_tau2 = math.sqrt(2.0 / float(np.sum(p_matrix * p_matrix)))
+    _, _, tr_pp = _projection_terms(y, v, tau2)
+    se_tau2 = math.sqrt(2.0 / tr_pp)
     return Tau2Estimate(tau2=float(max(tau2, 0.0)), se_tau2=se_tau2, iterations=iterations, converged=True)
 
 
-def _projection(v: np.ndarray, tau2: float) -> np.ndarray:
-    """P = W - W 1 (1' W 1)^-1 1' W for the intercept-only model, W = diag(1 / (v + tau2))."""
+def _projection_terms(y: np.ndarray, v: np.ndarray, tau2: float) -> tuple[np.ndarray, float, float]:
+    """Py, tr(P) and tr(PP) for P = W - w w' / sum(w), W = diag(w), w = 1 / (v + tau2), in O(k).
+
+    Py = w (y - mu_w); tr P = S1 - S2 / S1; tr PP = sum_ij P_ij^2 = S2 - 2 S3 / S1 + S2^2 / S1^2
+    with S_m = sum w^m (P is never formed, so 20,000 schools need no k x k matrix).
+    """
     w = 1.0 / (v + tau2)
-    return np.diag(w) - np.outer(w, w) / np.sum(w)
+    s1, s2, s3 = float(np.sum(w)), float(np.sum(w**2)), float(np.sum(w**3))
+    py = w * (y - float(np.sum(w * y)) / s1)
+    return py, s1 - s2 / s1, s2 - 2.0 * s3 / s1 + s2**2 / s1**2
 
 
 def cochran_q(yi: ArrayLike, vi: ArrayLike) -> HeterogeneityTest:
@@ -286,3 +290,80 @@ def random_effects_reml(yi: ArrayLike, vi: ArrayLike, level: float = 0.95) -> Ra
 def pool_schools(per_school: pd.DataFrame, level: float = 0.95) -> RandomEffectsPool:
     """REML pooling of a per-school table from ``effect_sizes.school_hedges_g`` (columns g, var)."""
     return random_effects_reml(per_school["g"].to_numpy(), per_school["var"].to_numpy(), level)
+
+
+@dataclass(frozen=True)
+class TPool:
+    """REML random-effects pooling with t-based inference on k - 1 df, as metafor
+    ``rma(yi, vi, method="REML", test="t")`` and ``predict``/``blup`` of that fit.
+
+    ``ci_*``: mu -/+ t_{k-1} SE; ``pi_*``: mu -/+ t_{k-1} sqrt(tau2 + SE^2) (NaN when k < 3,
+    see ``PI_MIN_SCHOOLS``); ``p_new_positive`` = P(true effect in a new school > 0) =
+    F_{t, k-1}(mu / sqrt(tau2 + SE^2)); ``blup`` each study's empirical-Bayes estimate.
+    """
+
+    k: int
+    mu: float
+    se: float
+    df: int
+    ci_low: float
+    ci_high: float
+    p_value: float
+    tau2: float
+    i2: float
+    q: float
+    q_p: float
+    pi_low: float
+    pi_high: float
+    p_new_positive: float
+    blup: np.ndarray
+    converged: bool
+
+    @property
+    def tau(self) -> float:
+        """SD of the true effects across schools, sqrt(tau2)."""
+        return math.sqrt(max(self.tau2, 0.0))
+
+
+# A prediction interval on k - 1 = 1 df (two schools) spans most of the real line: left blank.
+PI_MIN_SCHOOLS = 3
+
+
+def empirical_bayes(yi: ArrayLike, vi: ArrayLike, mu: float, tau2: float) -> np.ndarray:
+    """Empirical-Bayes (BLUP) estimates: mu + lambda_i (y_i - mu), lambda_i = tau2 / (tau2 + v_i).
+
+    Each lies between the study's own estimate and mu (0 <= lambda_i < 1). metafor ``blup.rma.uni``;
+    Raudenbush & Bryk (2002) ch. 3.
+    """
+    y, v = _as_arrays(yi, vi)
+    return mu + tau2 / (tau2 + v) * (y - mu)
+
+
+def random_effects_reml_t(yi: ArrayLike, vi: ArrayLike, level: float = 0.95) -> TPool:
+    """REML random-effects pooling with t inference: metafor ``rma(method="REML", test="t")``.
+
+    tau2 by ``tau2_reml``; mu = sum w y / sum w and SE = 1 / sqrt(sum w), w = 1 / (v + tau2) (the SE is
+    not rescaled: test="t" is not Knapp-Hartung); CI and p from t on k - 1 df; I^2 as
+    ``i2_statistic``; prediction interval mu -/+ t_{k-1, 0.975} sqrt(tau2 + SE^2) (metafor
+    ``predict``; Higgins, Thompson & Spiegelhalter 2009 use k - 2 df) and P(new effect > 0) from the
+    same predictive t distribution; empirical-Bayes estimates by ``empirical_bayes``.
+    """
+    y, v = _as_arrays(yi, vi)
+    k = int(y.size)
+    if k < 2:
+        raise MicrotrialsError("t-based pooling needs at least 2 schools with an estimate")
+    fit = tau2_reml(y, v)
+    mu, se = weighted_mean(y, 1.0 / (v + fit.tau2))
+    df = k - 1
+    crit = float(stats.t.ppf(0.5 + level / 2, df))
+    heterogeneity = cochran_q(y, v)
+    sd_new = math.sqrt(fit.tau2 + se**2)
+    nan = float("nan")
+    pi = (mu - crit * sd_new, mu + crit * sd_new) if k >= PI_MIN_SCHOOLS else (nan, nan)
+    return TPool(
+        k=k, mu=mu, se=se, df=df, ci_low=mu - crit * se, ci_high=mu + crit * se,
+        p_value=float(2 * stats.t.sf(abs(mu / se), df)), tau2=fit.tau2, i2=i2_statistic(fit.tau2, v),
+        q=heterogeneity.q, q_p=heterogeneity.p_value, pi_low=pi[0], pi_high=pi[1],
+        p_new_positive=float(stats.t.cdf(mu / sd_new, df)) if k >= PI_MIN_SCHOOLS else nan,
+        blup=empirical_bayes(y, v, mu, fit.tau2), converged=fit.converged,
+    )

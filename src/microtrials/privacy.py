@@ -1,42 +1,197 @@
-"""The pupil key: schools' pupil_ids are stored only as an HMAC-SHA256 keyed by MICROTRIALS_PUPIL_KEY."""
+"""The pupil key: schools' pupil_ids are stored only as an HMAC-SHA256 keyed by MICROTRIALS_PUPIL_KEY.
+
+Three rules protect the key (README "The pupil key"):
+
+- it must carry at least ``MIN_KEY_BITS`` (128) bits, counted as :func:`key_bits` says;
+- the documented sample key is used only when every file to load is, byte for byte, one of the
+  bundled sample extracts (their sha256 in :mod:`microtrials.sample_manifest`);
+- the warehouse keeps a fingerprint of the key, ``HMAC-SHA256(key, FINGERPRINT_LABEL)`` (never the
+  key), and a load under a different key stops unless the officer asks for a new key
+  (``--new-pupil-key`` / ``MICROTRIALS_NEW_PUPIL_KEY=1``).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import math
 import os
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 
 from microtrials.errors import MicrotrialsError
 
 KEY_VARIABLE = "MICROTRIALS_PUPIL_KEY"
+NEW_KEY_VARIABLE = "MICROTRIALS_NEW_PUPIL_KEY"
 
 # Documented, public, and therefore no secret: used only for the bundled sample extracts in
-# data/extracts, so the project runs out of the box. Real extracts need a key of their own.
+# data/extracts (matched by content hash), so the project runs out of the box.
 SAMPLE_KEY = "microtrials-sample-key-for-bundled-data-only"
 
-_HOW_TO_SET = (
+# NIST SP 800-107 r1 section 5.3.4: an HMAC key should carry at least the security strength wanted;
+# 128 bits is the floor NIST SP 800-57 part 1 accepts beyond 2030.
+MIN_KEY_BITS = 128
+# A key with fewer distinct characters than this is a pattern, not a random string (a random
+# 32-hex-digit key has fewer than 8 distinct digits with probability below 1e-6).
+MIN_DISTINCT_CHARACTERS = 8
+FINGERPRINT_LABEL = b"microtrials pupil key fingerprint v1"
+
+_HEX = re.compile(r"[0-9a-fA-F]+")
+_BASE64 = re.compile(r"[A-Za-z0-9+/=_-]+")
+
+HOW_TO_SET = (
     f"set {KEY_VARIABLE} to a long random secret, e.g. "
-    f"export {KEY_VARIABLE}=$(python -c 'import secrets; print(secrets.token_hex(32))'), "
+    f"export {KEY_VARIABLE}=$(python3 -c 'import secrets; print(secrets.token_hex(32))'), "
     "keep it somewhere safe and use the same key on every run so re-deliveries match the same pupils"
 )
 
 
-def pupil_key_from_env(extracts_dir: Path, sample_dir: Path) -> bytes:
-    """The key from MICROTRIALS_PUPIL_KEY; when unset, the sample key, but only for the bundled sample folder."""
-    value = os.environ.get(KEY_VARIABLE)
+def key_bits(key: str) -> int:
+    """How many bits of secret a key is counted as carrying: length x bits per character.
+
+    Hex digits count 4 bits each (``secrets.token_hex``); text drawn only from the base64 alphabet
+    (letters, digits, ``+/-_=``: ``secrets.token_urlsafe``, ``openssl rand -base64``) counts 6;
+    any other text (spaces, punctuation, accents: typed by a person) counts 4, deliberately low,
+    because a phrase a person chose carries far less than the characters could.
+    """
+    if _HEX.fullmatch(key):
+        per_character = 4
+    elif _BASE64.fullmatch(key):
+        per_character = 6
+    else:
+        per_character = 4
+    return len(key) * per_character
+
+
+def check_key_strength(key: str) -> None:
+    """Raise :class:`MicrotrialsError` unless ``key`` carries ``MIN_KEY_BITS`` (see :func:`key_bits`)
+    and is not the public sample key."""
+    if key == SAMPLE_KEY:
+        raise MicrotrialsError(
+            f"{KEY_VARIABLE} is the documented sample key, which is public and protects nothing; {HOW_TO_SET}"
+        )
+    bits = key_bits(key)
+    if bits < MIN_KEY_BITS:
+        hex_needed = math.ceil(MIN_KEY_BITS / 4)
+        raise MicrotrialsError(
+            f"{KEY_VARIABLE} is too short: it carries about {bits} bits and needs at least {MIN_KEY_BITS} "
+            f"(e.g. {hex_needed} hex characters; a short key can be recovered from one stored hash); {HOW_TO_SET}"
+        )
+    if len(set(key)) < MIN_DISTINCT_CHARACTERS:
+        raise MicrotrialsError(
+            f"{KEY_VARIABLE} repeats a few characters ({len(set(key))} different ones): it is a pattern, "
+            f"not a random secret; {HOW_TO_SET}"
+        )
+
+
+def sample_hashes() -> dict[str, str]:
+    """sha256 -> file name of every bundled sample extract (from :mod:`microtrials.sample_manifest`)."""
+    from microtrials.sample_manifest import SAMPLE_SHA256
+
+    return {digest: name for name, digest in SAMPLE_SHA256.items()}
+
+
+def is_sample_file(path: Path) -> bool:
+    """Whether ``path`` holds, byte for byte, one of the bundled sample extracts."""
+    try:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return False
+    return digest in sample_hashes()
+
+
+def pupil_key(files: Iterable[Path], environ: Mapping[str, str] | None = None) -> bytes:
+    """The key for loading ``files``: ``MICROTRIALS_PUPIL_KEY`` (checked by :func:`check_key_strength`),
+    else the sample key when every file is a bundled sample extract, else an error saying how to set it."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(KEY_VARIABLE)
     if value is not None and value.strip():
+        value = value.strip()
+        check_key_strength(value)
         return value.encode("utf-8")
     if value is not None:
-        raise MicrotrialsError(f"{KEY_VARIABLE} is set but empty: {_HOW_TO_SET}")
-    if Path(extracts_dir).resolve() == Path(sample_dir).resolve():
+        raise MicrotrialsError(f"{KEY_VARIABLE} is set but empty: {HOW_TO_SET}")
+    others = [Path(p).name for p in files if not is_sample_file(p)]
+    if not others:
         return SAMPLE_KEY.encode("utf-8")
+    shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
     raise MicrotrialsError(
-        f"{KEY_VARIABLE} is not set, and {extracts_dir} is not the bundled sample folder: pupil_ids are "
-        f"stored only as a keyed hash, so a key is needed; {_HOW_TO_SET}"
+        f"{KEY_VARIABLE} is not set, and {shown} {'is' if len(others) == 1 else 'are'} not among the bundled "
+        f"sample extracts (the public sample key is only for those exact files): pupil_ids are stored only "
+        f"as a keyed hash, so a secret key is needed; {HOW_TO_SET}"
     )
+
+
+def pupil_key_from_env(extracts_dir: Path, sample_dir: Path | None = None) -> bytes:
+    """:func:`pupil_key` for every file a load of ``extracts_dir`` would read.
+
+    (``sample_dir`` is accepted for older callers and not used: the sample key now depends on the
+    files' content, not on the folder they are in.)
+    """
+    from microtrials.loading import extract_files
+
+    folder = Path(extracts_dir)
+    return pupil_key(extract_files(folder) if folder.is_dir() else [])
+
+
+def new_key_allowed(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the officer asked for a new pupil key (``MICROTRIALS_NEW_PUPIL_KEY=1``, set by
+    ``microtrials run --new-pupil-key``)."""
+    environ = os.environ if environ is None else environ
+    return environ.get(NEW_KEY_VARIABLE, "").strip().lower() in ("1", "true", "yes")
+
+
+def fingerprint(key: bytes) -> str:
+    """``HMAC-SHA256(key, FINGERPRINT_LABEL)`` in hex: tells keys apart without revealing the key."""
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    return hmac.digest(key, FINGERPRINT_LABEL, "sha256").hex()
+
+
+def check_key_unchanged(con: duckdb.DuckDBPyConnection, key: bytes, new_key: bool = False) -> str | None:
+    """Compare ``key`` with the fingerprint the warehouse holds, and record it when there is none.
+
+    - Same key, or a first load: nothing to say (None).
+    - The warehouse was loaded under the public sample key: the new key replaces it (the sample
+      pupils were never secret); returns a note saying so.
+    - Any other change: raises :class:`MicrotrialsError`, unless ``new_key`` (the officer's
+      ``--new-pupil-key``), which records the new fingerprint and returns a note.
+    - A load under the sample key into a warehouse keyed by a secret: raises (never switch back).
+    """
+    from microtrials import warehouse
+
+    wanted = fingerprint(key)
+    sample = fingerprint(SAMPLE_KEY.encode("utf-8"))
+    stored = con.execute(warehouse.sql("pupil_key_fingerprint")).fetchall()
+    current = stored[0][0] if stored else None
+    if current == wanted:
+        return None
+    note = None
+    if current is not None:
+        if wanted == sample:
+            raise MicrotrialsError(
+                f"the warehouse was loaded with a secret pupil key, and this run has none ({KEY_VARIABLE} is "
+                f"not set): set {KEY_VARIABLE} to the deployment's key and run again"
+            )
+        if current != sample and not new_key:
+            raise MicrotrialsError(
+                f"{KEY_VARIABLE} is not the key this warehouse was loaded with (its fingerprint differs): "
+                "use the deployment's key and run again; only if the key really must change, run "
+                "`microtrials run --new-pupil-key` (or set MICROTRIALS_NEW_PUPIL_KEY=1): every pupil of a "
+                "later delivery will then look like a new pupil"
+            )
+        note = (
+            "the pupil key changed from the public sample key: later deliveries are keyed by the secret key"
+            if current == sample
+            else "a new pupil key was accepted (--new-pupil-key): pupils in later deliveries look like new pupils"
+        )
+    con.execute(warehouse.sql("record_pupil_key_fingerprint"), {"fingerprint": wanted, "sample": wanted == sample})
+    return note
 
 
 def pseudonymise(pupil_ids, key: bytes):

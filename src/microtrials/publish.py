@@ -21,7 +21,9 @@ Choices, so a reader (a school downloading the page, a spreadsheet opening a CSV
   Numeric cells are left alone, and so is text that is a plain number (``-0.25``), which a
   spreadsheet reads as a number, never as a formula.
 - **Suppression**: every figure for a group of fewer than ``SUPPRESSION_THRESHOLD`` pupils is
-  blanked and a ``suppressed`` column says why, as official statistics do.
+  blanked and a ``suppressed`` column says why, as official statistics do; the secondary
+  suppression that stops a sum giving a blanked count back is in ``microtrials.disclosure``.
+- **CSV for Excel**: UTF-8 with a byte-order mark, numbers in positional notation (``csv_bytes``).
 """
 
 from __future__ import annotations
@@ -119,9 +121,40 @@ def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def plain_number(value: float) -> str:
+    """A float as positional decimal text, full precision, never scientific notation.
+
+    ``1.69e-14`` -> ``"0.0000000000000169"``, ``0.25`` -> ``"0.25"``, ``3.0`` -> ``"3"``; NaN -> ``""``.
+    The shortest digits that round-trip (``repr``), so a machine reading the file loses nothing.
+    """
+    if value is None or not np.isfinite(value):
+        return ""
+    text = np.format_float_positional(float(value), trim="-")
+    return "0" if text == "-0" else text
+
+
+def _plain_cell(value: object) -> object:
+    if isinstance(value, (float, np.floating)):
+        return plain_number(float(value))
+    return value
+
+
+#: The byte-order mark Excel needs to read a CSV as UTF-8 (without it, "Café" shows as "CafÃ©").
+BOM = "\ufeff"
+
+
 def csv_bytes(frame: pd.DataFrame) -> bytes:
-    """The CSV a publication holds: formulas neutralised, UTF-8, no index, ``\\n`` line ends."""
-    return neutralise_formulas(frame).to_csv(index=False, lineterminator="\n").encode("utf-8")
+    """The CSV a publication holds: UTF-8 with BOM, formulas neutralised, no index, ``\\n`` line ends.
+
+    Floats are written positionally at full precision (``plain_number``): no scientific notation,
+    which Excel would otherwise show as ``1.69E-14`` or turn a code into a number.
+    """
+    out = neutralise_formulas(frame)
+    for column in out.columns:
+        series = out[column]
+        if pd.api.types.is_float_dtype(series) or series.dtype == object:
+            out[column] = series.map(_plain_cell).astype(object)
+    return (BOM + out.to_csv(index=False, lineterminator="\n")).encode("utf-8")
 
 
 def write_csv_atomic(path: Path, frame: pd.DataFrame) -> None:
@@ -265,8 +298,9 @@ _TH = re.compile(r"<th[^>]*>\s*([^<]*?)\s*</th>", re.IGNORECASE)
 def identifier_findings(files: Mapping[str, bytes | str], pupil_keys: set[str]) -> list[tuple[str, str]]:
     """(file, what) for each file holding a warehouse pupil_key or a column named pupil_id/pupil_key.
 
-    Scans CSV header rows and HTML table headers for the names, and every file's text for the
-    64-hex-digit keys. Used before a publication is swapped in and again by the asset check.
+    Scans CSV header rows (of files with data rows: an empty extract template for schools names
+    ``pupil_id`` as a column to fill, not a value) and HTML table headers for the names, and every
+    file's text for the 64-hex-digit keys. Used before a publication is swapped in and again by the asset check.
     """
     findings = []
     for name, content in sorted(files.items()):
@@ -276,7 +310,10 @@ def identifier_findings(files: Mapping[str, bytes | str], pupil_keys: set[str]) 
             findings.append((name, f"{hits} pupil_key value(s)"))
         headers: list[str] = []
         if name.lower().endswith(".csv"):
-            headers = [h.strip().strip('"').lower() for h in text.lstrip("\ufeff").split("\n", 1)[0].split(",")]
+            lines = [line for line in text.lstrip("\ufeff").split("\n") if line.strip()]
+            # A header with no data rows (an extract template for schools) holds no identifier.
+            if len(lines) > 1:
+                headers = [h.strip().strip('"').lower() for h in lines[0].split(",")]
         elif name.lower().endswith((".html", ".htm")):
             headers = [h.lower() for h in _TH.findall(text)]
         named = sorted(set(headers) & set(IDENTIFIER_COLUMNS))

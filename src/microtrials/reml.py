@@ -12,11 +12,14 @@ from scipy import linalg, optimize
 
 from microtrials import warehouse
 from microtrials.errors import MicrotrialsError
-from microtrials.models import ARM, ARM_FSM, BASELINE, FSM, INTERCEPT, MixedFit, design_formula
+from microtrials.models import ARM, ARM_FSM, BASELINE, BASELINE_MISSING, FSM, INTERCEPT, MixedFit, design_formula
 
-# The design columns the statistics carry, in order; the outcome is kept apart (Xty, yty).
+# The columns of the per-school cell table (sql/school_stats.sql, ``cells_from_frame``): the keys
+# of a cell, then its pupil count and sums. A design column is a function of the keys times 1 or b.
+CELL_KEYS: tuple[str, ...] = ("school_urn", "arm", "fsm", "has_outcome", "has_baseline")
+CELL_SUMS: tuple[str, ...] = ("n", "sum_b", "sum_bb", "sum_y", "sum_yy", "sum_by")
+# The usual design columns, in the order the statistics carry them when nothing else is asked.
 DESIGN_COLUMNS: tuple[str, ...] = (INTERCEPT, ARM, BASELINE, FSM, ARM_FSM)
-_SQL_NAMES = ("one", "arm", "baseline", "fsm", "armfsm", "y")  # suffixes of the s_<a>_<b> sums
 
 # lme4's isSingular(): a relative-covariance Cholesky diagonal below this is on the boundary.
 SINGULAR_TOL = 1e-4
@@ -26,37 +29,171 @@ NEWTON_TOL = 1e-4
 
 @dataclass(frozen=True)
 class SchoolStats:
-    """Per-school cross-products of the design columns [1, arm, baseline, fsm, arm*fsm] and outcome y.
+    """Per-group cross-products of named design columns and the outcome y.
 
-    For school j with design rows X_j (n_j x 5) and outcomes y_j: ``XtX[j] = X_j'X_j``,
-    ``Xty[j] = X_j'y_j``, ``yty[j] = y_j'y_j``. The random-effect design Z_j is a subset of the
-    columns of X_j (intercept, and arm for a random slope), so Z'Z, Z'X and Z'y are selections.
-    ``fsm_known`` says whether pupils with unknown FSM were excluded (else they count as fsm = 0).
+    For group j (a school, or a school within a round) with design rows X_j (n_j x p, columns
+    ``columns``) and outcomes y_j: ``XtX[j] = X_j'X_j``, ``Xty[j] = X_j'y_j``, ``yty[j] = y_j'y_j``.
+    The random-effect design Z_j is a subset of the columns of X_j (intercept, and arm for a
+    random slope), so Z'Z, Z'X and Z'y are selections. Any column (a missing-baseline indicator,
+    round dummies) is one more column; any grouping is one more set of groups.
     """
 
-    schools: np.ndarray  # school_urn per school, shape (J,)
-    n: np.ndarray  # pupils per school, shape (J,)
-    XtX: np.ndarray  # shape (J, 5, 5)
-    Xty: np.ndarray  # shape (J, 5)
+    schools: np.ndarray  # group label per group (school_urn), shape (J,)
+    n: np.ndarray  # pupils per group, shape (J,)
+    XtX: np.ndarray  # shape (J, p, p)
+    Xty: np.ndarray  # shape (J, p)
     yty: np.ndarray  # shape (J,)
-    use_baseline: bool
-    fsm_known: bool
+    columns: tuple[str, ...] = DESIGN_COLUMNS
 
     @property
     def n_obs(self) -> int:
         """Total pupils analysed."""
         return int(self.n.sum())
 
+    def _index(self, names: list[str]) -> list[int]:
+        missing = [c for c in names if c not in self.columns]
+        if missing:
+            raise MicrotrialsError(
+                f"the statistics have no column(s) {missing} (they hold {list(self.columns)}); "
+                "build them with that column (for fsm: need_fsm=True; for baseline: use_baseline=True)"
+            )
+        return [self.columns.index(c) for c in names]
+
     def select(self, columns: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(X'X, X'y) per school restricted to the named design columns: shapes (J,p,p), (J,p)."""
-        idx = [DESIGN_COLUMNS.index(c) for c in columns]
+        """(X'X, X'y) per group restricted to the named design columns: shapes (J,p,p), (J,p)."""
+        idx = self._index(columns)
         return self.XtX[:, idx][:, :, idx], self.Xty[:, idx]
 
     def cross(self, rows: list[str], columns: list[str]) -> np.ndarray:
-        """Per-school cross-products between two sets of design columns, e.g. Z'X: shape (J,q,p)."""
-        r = [DESIGN_COLUMNS.index(c) for c in rows]
-        c = [DESIGN_COLUMNS.index(c) for c in columns]
+        """Per-group cross-products between two sets of design columns, e.g. Z'X: shape (J,q,p)."""
+        r, c = self._index(rows), self._index(columns)
         return self.XtX[:, r][:, :, c]
+
+
+def trial_cells(
+    con: duckdb.DuckDBPyConnection, interventions: list[str], outcome_measures: list[str]
+) -> pd.DataFrame:
+    """One trial's cell sums from ``sql/school_stats.sql`` (one GROUP BY over ``pupils``).
+
+    ``interventions`` / ``outcome_measures``: every spelling of the trial's two names.
+    """
+    params = {"interventions": list(interventions), "outcome_measures": list(outcome_measures)}
+    return con.execute(warehouse.sql("school_stats"), params).df()
+
+
+def cells_from_frame(data: pd.DataFrame, extra_keys: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The cell sums of ``sql/school_stats.sql`` from a frame of one trial's pupil rows.
+
+    ``data`` has columns school_urn, arm (1/0), outcome, baseline (may be missing), fsm (1/0/missing),
+    and any ``extra_keys`` (e.g. ``round``) that split the cells further.
+    """
+    base = data["baseline"].astype(float) if "baseline" in data else pd.Series(np.nan, index=data.index)
+    y = data["outcome"].astype(float)
+    frame = pd.DataFrame({
+        "school_urn": data["school_urn"].astype(str),
+        "arm": data["arm"].astype(float),
+        "fsm": data["fsm"].astype(float) if "fsm" in data else np.nan,
+        "has_outcome": y.notna(),
+        "has_baseline": base.notna(),
+        **{k: data[k] for k in extra_keys},
+        "n": 1,
+        "sum_b": base.fillna(0.0),
+        "sum_bb": base.fillna(0.0) ** 2,
+        "sum_y": y.fillna(0.0),
+        "sum_yy": y.fillna(0.0) ** 2,
+        "sum_by": (base * y).fillna(0.0),
+    })
+    cells = frame.groupby([*CELL_KEYS, *extra_keys], dropna=False, sort=True).sum().reset_index()
+    cells["n"] = cells["n"].astype(np.int64)
+    return cells
+
+
+def _design_column(cells: pd.DataFrame, name: str, baseline_fill: float) -> tuple[np.ndarray, np.ndarray]:
+    """A design column over the cells as (c, d): each pupil's value is c + d * baseline.
+
+    Intercept 1; arm; baseline (a pupil without one takes ``baseline_fill``); baseline_missing
+    1/0; fsm (unknown counts as 0) and arm:fsm; any other name is a 0/1 (or numeric) column of
+    ``cells`` itself, e.g. a round dummy.
+    """
+    ones = np.ones(len(cells))
+    arm = cells["arm"].to_numpy(dtype=float)
+    fsm = cells["fsm"].astype(float).fillna(0.0).to_numpy()
+    has_b = cells["has_baseline"].to_numpy(dtype=bool)
+    if name == INTERCEPT:
+        return ones, 0 * ones
+    if name == ARM:
+        return arm, 0 * ones
+    if name == BASELINE:
+        return np.where(has_b, 0.0, baseline_fill), has_b.astype(float)
+    if name == BASELINE_MISSING:
+        return (~has_b).astype(float), 0 * ones
+    if name == FSM:
+        return fsm, 0 * ones
+    if name == ARM_FSM:
+        return arm * fsm, 0 * ones
+    if name in cells:
+        return cells[name].to_numpy(dtype=float), 0 * ones
+    raise MicrotrialsError(f"unknown design column {name!r}: add it to the cell table first")
+
+
+def stats_from_cells(
+    cells: pd.DataFrame,
+    columns: list[str] | tuple[str, ...],
+    *,
+    baseline_fill: float = 0.0,
+    group: str = "school_urn",
+) -> SchoolStats:
+    """X'X, X'y, y'y per group for the named design columns, from cell sums (rows already chosen).
+
+    Each cell holds n pupils who share every design value except baseline b, so with a column
+    written as c + d b, and M = [[n, Sb, Sy], [Sb, Sbb, Sby], [Sy, Sby, Syy]] the cell's moments
+    of (1, b, y): [X y]'[X y] = L M L' with L's rows (c, d, 0) per column and (0, 0, 1) for y;
+    groups sum their cells. A pupil without a baseline has b = ``baseline_fill`` (Sb etc. of such
+    cells are 0 in the table, so the fill enters only through c).
+    """
+    columns = tuple(columns)
+    k = len(columns)
+    L = np.zeros((len(cells), k + 1, 3))
+    for i, name in enumerate(columns):
+        L[:, i, 0], L[:, i, 1] = _design_column(cells, name, baseline_fill)
+    L[:, k, 2] = 1.0
+    s = {c: cells[c].to_numpy(dtype=float) for c in CELL_SUMS}
+    M = np.stack([
+        np.stack([s["n"], s["sum_b"], s["sum_y"]], axis=-1),
+        np.stack([s["sum_b"], s["sum_bb"], s["sum_by"]], axis=-1),
+        np.stack([s["sum_y"], s["sum_by"], s["sum_yy"]], axis=-1),
+    ], axis=1)
+    per_cell = np.einsum("cia,cab,cjb->cij", L, M, L)
+    labels, where = np.unique(cells[group].astype(str).to_numpy(), return_inverse=True)
+    full = np.zeros((len(labels), k + 1, k + 1))
+    np.add.at(full, where, per_cell)
+    n = np.zeros(len(labels), dtype=np.int64)
+    np.add.at(n, where, cells["n"].to_numpy(dtype=np.int64))
+    return SchoolStats(
+        schools=labels, n=n, XtX=full[:, :k, :k].copy(), Xty=full[:, :k, k].copy(),
+        yty=full[:, k, k].copy(), columns=columns,
+    )
+
+
+def choose_cells(
+    cells: pd.DataFrame, *, use_baseline: bool, fsm_only: bool = False, need_fsm: bool = False,
+    complete_baseline: bool = True,
+) -> pd.DataFrame:
+    """The cells of the pupils a model analyses: an outcome; a baseline when ``use_baseline`` and
+    ``complete_baseline`` (else pupils without one stay, for the missing-indicator method); FSM
+    pupils only; FSM known."""
+    keep = cells["has_outcome"].to_numpy(dtype=bool) & (cells["n"].to_numpy() > 0)
+    if use_baseline and complete_baseline:
+        keep &= cells["has_baseline"].to_numpy(dtype=bool)
+    if fsm_only:
+        keep &= (cells["fsm"] == 1).to_numpy()
+    if need_fsm:
+        keep &= cells["fsm"].notna().to_numpy()
+    return cells.loc[keep]
+
+
+def _standard_columns(use_baseline: bool, fsm_known: bool) -> list[str]:
+    return [INTERCEPT, ARM] + ([BASELINE] if use_baseline else []) + ([FSM, ARM_FSM] if fsm_known else [])
 
 
 def school_stats(
@@ -68,16 +205,13 @@ def school_stats(
     fsm_only: bool = False,
     need_fsm: bool = False,
 ) -> SchoolStats:
-    """Run ``sql/school_stats.sql`` for one trial: one GROUP BY over ``pupils``, one row per school."""
-    params = {
-        "intervention": intervention,
-        "outcome_measure": outcome_measure,
-        "use_baseline": use_baseline,
-        "fsm_only": fsm_only,
-        "need_fsm": need_fsm,
-    }
-    frame = con.execute(warehouse.sql("school_stats"), params).df()
-    return _from_sums(frame, use_baseline=use_baseline, fsm_known=need_fsm or fsm_only)
+    """Complete-case statistics of one trial from the warehouse (sql/school_stats.sql).
+
+    Columns [1, arm, baseline (when used), fsm, arm:fsm (when FSM is known or FSM only)].
+    """
+    cells = choose_cells(trial_cells(con, [intervention], [outcome_measure]),
+                         use_baseline=use_baseline, fsm_only=fsm_only, need_fsm=need_fsm)
+    return stats_from_cells(cells, _standard_columns(use_baseline, need_fsm or fsm_only))
 
 
 def school_stats_from_frame(
@@ -90,46 +224,10 @@ def school_stats_from_frame(
     """The same statistics as :func:`school_stats` from a frame of one trial's pupils.
 
     ``data`` has columns school_urn, outcome, arm (1/0), baseline, fsm (1/0/missing); the row
-    filters are those of the SQL (no outcome; no baseline when used; FSM only; FSM unknown).
+    filters are those of :func:`choose_cells` (no outcome; no baseline when used; FSM only; FSM unknown).
     """
-    keep = data["outcome"].notna()
-    if use_baseline:
-        keep &= data["baseline"].notna()
-    if fsm_only:
-        keep &= data["fsm"] == 1
-    if need_fsm:
-        keep &= data["fsm"].notna()
-    rows = data.loc[keep]
-    arm = rows["arm"].astype(float).to_numpy()
-    fsm = rows["fsm"].astype(float).fillna(0.0).to_numpy()
-    base = rows["baseline"].astype(float).to_numpy() if use_baseline else np.zeros(len(rows))
-    columns = np.column_stack([np.ones(len(rows)), arm, base, fsm, arm * fsm, rows["outcome"].astype(float)])
-    sums = {"school_urn": rows["school_urn"].astype(str).to_numpy(), "n": np.ones(len(rows), dtype=np.int64)}
-    for i, a in enumerate(_SQL_NAMES):
-        for k in range(i, len(_SQL_NAMES)):
-            sums[f"s_{a}_{_SQL_NAMES[k]}"] = columns[:, i] * columns[:, k]
-    frame = pd.DataFrame(sums).groupby("school_urn", sort=True).sum().reset_index()
-    return _from_sums(frame, use_baseline=use_baseline, fsm_known=need_fsm or fsm_only)
-
-
-def _from_sums(frame: pd.DataFrame, *, use_baseline: bool, fsm_known: bool) -> SchoolStats:
-    """Unpack the 21 upper-triangle sums s_<a>_<b> into symmetric per-school matrices."""
-    k = len(_SQL_NAMES)
-    full = np.zeros((len(frame), k, k))
-    for i, a in enumerate(_SQL_NAMES):
-        for m in range(i, k):
-            values = frame[f"s_{a}_{_SQL_NAMES[m]}"].to_numpy(dtype=float)
-            full[:, i, m] = values
-            full[:, m, i] = values
-    return SchoolStats(
-        schools=frame["school_urn"].astype(str).to_numpy(),
-        n=frame["n"].to_numpy(dtype=np.int64),
-        XtX=full[:, :5, :5].copy(),
-        Xty=full[:, :5, 5].copy(),
-        yty=full[:, 5, 5].copy(),
-        use_baseline=use_baseline,
-        fsm_known=fsm_known,
-    )
+    cells = choose_cells(cells_from_frame(data), use_baseline=use_baseline, fsm_only=fsm_only, need_fsm=need_fsm)
+    return stats_from_cells(cells, _standard_columns(use_baseline, need_fsm or fsm_only))
 
 
 @dataclass(frozen=True)
@@ -333,12 +431,9 @@ def _newton_step(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], th
 
 def _problem(stats: SchoolStats, covariates: list[str], random_slope: bool) -> _Problem:
     """Check the requested model against the statistics and gather the sums it needs."""
-    unknown = [c for c in covariates if c not in DESIGN_COLUMNS[1:]]
-    if unknown:
-        raise MicrotrialsError(f"unknown covariate(s) {unknown}: use {list(DESIGN_COLUMNS[1:])}")
-    if BASELINE in covariates and not stats.use_baseline:
+    if BASELINE in covariates and BASELINE not in stats.columns:
         raise MicrotrialsError("baseline requested: build the statistics with school_stats(..., use_baseline=True)")
-    if {FSM, ARM_FSM} & set(covariates) and not stats.fsm_known:
+    if {FSM, ARM_FSM} & set(covariates) and not {FSM, ARM_FSM} <= set(stats.columns):
         raise MicrotrialsError("fsm requested: build the statistics with school_stats(..., need_fsm=True)")
     names = [INTERCEPT, *covariates]
     XtX, Xty = stats.select(names)

@@ -3,46 +3,59 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-import duckdb
 import numpy as np
 import pandas as pd
 
-from microtrials import reml
+from microtrials import names, reml
 from microtrials.effect_sizes import (
     EffectSize,
     hedges_g_total,
     hedges_g_within,
-    school_hedges_g,
+    school_ancova_effects,
     standardised_effect,
     wald_p_value,
 )
+from microtrials.errors import MicrotrialsError
 from microtrials.evidence import (
     Attrition,
     BaselineBalance,
     EvidenceStrength,
-    attrition_by_arm,
-    baseline_balance,
+    attrition_from_counts,
+    balance_from_summaries,
     evidence_strength,
     mdes,
 )
-from microtrials.guidance import FSM_MIN_PUPILS, FSM_MIN_SCHOOLS_BOTH_ARMS, READY_MIN_SCHOOLS_BOTH_ARMS
-from microtrials.models import ARM, ARM_FSM, BASELINE, FSM, MixedFit, fit_mixedlm
-from microtrials.pooling import RandomEffectsPool, pool_schools
+from microtrials.guidance import (
+    FSM_MIN_PUPILS,
+    FSM_MIN_SCHOOLS_BOTH_ARMS,
+    MIN_PUPILS_PER_ARM,
+    MIN_PUPILS_PER_SCHOOL_ESTIMATE,
+    READY_MIN_SCHOOLS_BOTH_ARMS,
+    Z_975,
+)
+from microtrials.models import ARM, ARM_FSM, BASELINE, BASELINE_MISSING, FSM, INTERCEPT, MixedFit
+from microtrials.pooling import PI_MIN_SCHOOLS, TPool, random_effects_reml_t
 
-Subset = Literal["all", "fsm", "fsm_known"]
-# fitter(covariates, random_slope=..., subset=...) -> MixedFit, on one trial's analysed pupils.
-Fitter = Callable[..., MixedFit]
+Status = Literal["published", "interim", "not_estimable", "not_refreshed"]
+PUBLISHED, INTERIM, NOT_ESTIMABLE, NOT_REFRESHED = "published", "interim", "not_estimable", "not_refreshed"
+# Columns of TrialResult.per_school (school_results adds the trial's names before them).
+SCHOOL_FIELDS = ["school_urn", "n_intervention", "n_control", "g", "var", "ci_low", "ci_high", "eb_g", "note"]
+
+
+class ModelFailure(Exception):
+    """A numerical failure of an estimable trial's primary or unconditional model."""
 
 
 @dataclass(frozen=True)
 class TrialResult:
     """Everything computed for one trial (intervention x outcome_measure).
 
-    Model-based fields are None when the model could not be estimated; ``notes`` says why.
+    ``status`` is ``published`` (estimated), ``not_estimable`` (the data cannot identify the
+    effect: ``reason`` says why in plain words and every model-based field is None) or, set by
+    the caller, ``interim`` / ``not_refreshed``.
     """
 
     intervention: str
@@ -53,6 +66,9 @@ class TrialResult:
     pupils_randomised: int
     pupils_analysed: int
     attrition: Attrition
+    status: Status = PUBLISHED
+    reason: str = ""
+    pupils_no_baseline: int = 0
     primary: MixedFit | None = None
     unconditional: MixedFit | None = None
     random_slope: MixedFit | None = None
@@ -63,12 +79,13 @@ class TrialResult:
     p_value: float | None = None
     fsm: EffectSize | None = None
     fsm_pupils: int = 0
-    pool: RandomEffectsPool | None = None
-    per_school: pd.DataFrame = field(default_factory=pd.DataFrame)
+    pool: TPool | None = None
+    per_school: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SCHOOL_FIELDS))
     balance: BaselineBalance | None = None
     mdes: float | None = None
     strength: EvidenceStrength | None = None
     notes: tuple[str, ...] = ()
+    spellings: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def ready(self) -> bool:
@@ -80,99 +97,132 @@ class TrialResult:
         """Total SD of the unconditional model: sqrt(var_school + var_pupil)."""
         return None if self.headline is None else self.headline.sd
 
+    @property
+    def converged(self) -> bool:
+        """The primary and unconditional models converged (True when nothing was fitted)."""
+        return all(f is None or f.converged for f in (self.primary, self.unconditional))
 
-def analysed_pupils(pupils: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
-    """The pupils in the primary model, and whether it adjusts for baseline.
 
-    The trial uses baseline when any delivered pupil has a baseline score (the contract's
-    "when the trial has baseline scores"); then pupils need both an outcome and a baseline.
+@dataclass(frozen=True)
+class TrialSpellings:
+    """One trial's published names and every delivered spelling that matched them (names.match_key)."""
+
+    intervention: str
+    outcome_measure: str
+    interventions: tuple[str, ...]
+    outcome_measures: tuple[str, ...]
+    rows: tuple[tuple[str, str, int], ...]  # (intervention, outcome_measure, rows) as delivered
+
+    @property
+    def merged(self) -> bool:
+        """More than one spelling was delivered for this trial."""
+        return len(self.rows) > 1
+
+
+def group_spellings(spellings: pd.DataFrame) -> list[TrialSpellings]:
+    """Group delivered (intervention, outcome_measure, rows) by ``names.match_key`` of both names.
+
+    The published names are ``names.display_name`` of each name's spellings (most rows wins);
+    sorted by the published names.
     """
-    uses_baseline = bool(pupils["baseline"].notna().any())
-    needed = ["outcome", "baseline"] if uses_baseline else ["outcome"]
-    return pupils.dropna(subset=needed), uses_baseline
+    groups: dict[tuple[str, str], list[tuple[str, str, int]]] = {}
+    for i, o, n in spellings[["intervention", "outcome_measure", "rows"]].itertuples(index=False):
+        groups.setdefault((names.match_key(i), names.match_key(o)), []).append((str(i), str(o), int(n)))
+    trials = []
+    for rows in groups.values():
+        rows.sort()
+        trials.append(TrialSpellings(
+            intervention=names.display_name((i, n) for i, _, n in rows),
+            outcome_measure=names.display_name((o, n) for _, o, n in rows),
+            interventions=tuple(sorted({i for i, _, _ in rows})),
+            outcome_measures=tuple(sorted({o for _, o, _ in rows})),
+            rows=tuple(rows),
+        ))
+    return sorted(trials, key=lambda t: (t.intervention, t.outcome_measure))
 
 
-def frame_fitter(analysed: pd.DataFrame, uses_baseline: bool) -> Fitter:
-    """REML from sufficient statistics computed from a frame of one trial's analysed pupils."""
-
-    def fit(covariates: list[str], random_slope: bool = False, subset: Subset = "all") -> MixedFit:
-        stats = reml.school_stats_from_frame(
-            analysed, use_baseline=uses_baseline, fsm_only=subset == "fsm", need_fsm=subset == "fsm_known"
-        )
-        return reml.fit_reml(stats, covariates, random_slope=random_slope)
-
-    return fit
+def analyse_trial(pupils: pd.DataFrame) -> TrialResult:
+    """Analyse one trial from a frame of its delivered rows (school_urn, arm 1/0, outcome, baseline,
+    fsm 1/0/NaN, intervention, outcome_measure): :func:`analyse_cells` on ``reml.cells_from_frame``."""
+    return analyse_cells(
+        reml.cells_from_frame(pupils), str(pupils["intervention"].iloc[0]), str(pupils["outcome_measure"].iloc[0])
+    )
 
 
-def warehouse_fitter(
-    con: duckdb.DuckDBPyConnection, intervention: str, outcome_measure: str, uses_baseline: bool
-) -> Fitter:
-    """REML from sufficient statistics computed in DuckDB (sql/school_stats.sql): no pupil rows leave it."""
-
-    def fit(covariates: list[str], random_slope: bool = False, subset: Subset = "all") -> MixedFit:
-        stats = reml.school_stats(
-            con, intervention, outcome_measure, use_baseline=uses_baseline,
-            fsm_only=subset == "fsm", need_fsm=subset == "fsm_known",
-        )
-        return reml.fit_reml(stats, covariates, random_slope=random_slope)
-
-    return fit
+def _by_arm(cells: pd.DataFrame) -> tuple[int, int]:
+    """(intervention, control) pupil counts of some cells."""
+    arm = cells["arm"].to_numpy(dtype=float)
+    n = cells["n"].to_numpy(dtype=np.int64)
+    return int(n[arm == 1].sum()), int(n[arm == 0].sum())
 
 
-def statsmodels_fitter(analysed: pd.DataFrame) -> Fitter:
-    """statsmodels MixedLM on the pupil rows: the cross-check of the REML fitter."""
-
-    def fit(covariates: list[str], random_slope: bool = False, subset: Subset = "all") -> MixedFit:
-        rows = analysed
-        if subset == "fsm":
-            rows = analysed[analysed[FSM] == 1]
-        elif subset == "fsm_known":
-            rows = analysed[analysed[FSM].notna()]
-        return fit_mixedlm(rows, covariates, random_slope=random_slope)
-
-    return fit
+def _school_arm_counts(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per school: analysed pupils in intervention (n1) and control (n0)."""
+    table = cells.pivot_table(index="school_urn", columns="arm", values="n", aggfunc="sum", fill_value=0)
+    table = table.reindex(columns=[1.0, 0.0], fill_value=0)
+    return pd.DataFrame({"n1": table[1.0].astype(int), "n0": table[0.0].astype(int)}, index=table.index.astype(str))
 
 
-def analyse_trial(pupils: pd.DataFrame, fitter: Fitter | None = None) -> TrialResult:
-    """Analyse one trial's delivered rows (school_urn, arm 1/0, outcome, baseline, fsm 1/0/NaN).
+def _within_variation(cells: pd.DataFrame) -> float:
+    """Sum over school x arm of the outcome's sum of squares about its mean: 0 when no outcome
+    varies within any school's arm (then no model can separate pupils from schools)."""
+    g = cells.groupby(["school_urn", "arm"])[["n", "sum_y", "sum_yy"]].sum()
+    return float((g["sum_yy"] - g["sum_y"] ** 2 / g["n"]).clip(lower=0).sum())
 
-    Headline g = beta_arm / sqrt(var_school + var_pupil), the variances from the unconditional
-    model ``outcome ~ 1 + (1 | school)`` on the analysed pupils; 95% CI (beta +/- 1.96 SE) / SD;
-    p-value two-sided from z = beta / SE. See docs/methods.md for every other figure.
+
+def analyse_cells(cells: pd.DataFrame, intervention: str, outcome_measure: str) -> TrialResult:
+    """Analyse one trial from its cell sums (``reml.trial_cells`` / ``reml.cells_from_frame``).
+
+    Who is analysed: every pupil with an outcome. When the trial has baseline scores (any
+    delivered pupil has one), a pupil without a baseline stays in the model with baseline set to
+    the mean baseline of the analysed pupils and an indicator "baseline missing" (White &
+    Thompson 2005; Groenwold et al. 2012). Headline g = beta_arm / sqrt(var_school + var_pupil),
+    the variances from the unconditional model ``outcome ~ 1 + (1 | school)`` on the analysed
+    pupils; 95% CI (beta +/- 1.96 SE) / SD; p two-sided from z = beta / SE. Raises
+    ``ModelFailure`` when the primary or unconditional model of an estimable trial does not
+    converge. See docs/methods.md for every other figure.
     """
-    intervention = str(pupils["intervention"].iloc[0])
-    outcome_measure = str(pupils["outcome_measure"].iloc[0])
-    analysed, uses_baseline = analysed_pupils(pupils)
-    arms_per_school = analysed.groupby("school_urn")[ARM].nunique()
+    cells = cells[cells["n"] > 0]
+    analysed = cells[cells["has_outcome"].astype(bool)]
+    uses_baseline = bool(cells["has_baseline"].astype(bool).any())
+    with_base = analysed[analysed["has_baseline"].astype(bool)]
+    no_baseline = int(analysed["n"].sum() - with_base["n"].sum()) if uses_baseline else 0
+    counts = _school_arm_counts(analysed) if len(analysed) else pd.DataFrame(columns=["n1", "n0"])
+    both = (counts["n1"] > 0) & (counts["n0"] > 0)
     base = dict(
         intervention=intervention,
         outcome_measure=outcome_measure,
         uses_baseline=uses_baseline,
-        schools=int(len(arms_per_school)),
-        schools_both_arms=int((arms_per_school == 2).sum()),
-        pupils_randomised=int(len(pupils)),
-        pupils_analysed=int(len(analysed)),
-        attrition=attrition_by_arm(pupils[ARM], analysed[ARM]),
+        schools=int(len(counts)),
+        schools_both_arms=int(both.sum()),
+        pupils_randomised=int(cells["n"].sum()),
+        pupils_analysed=int(analysed["n"].sum()),
+        pupils_no_baseline=no_baseline,
+        attrition=attrition_from_counts(_by_arm(cells), _by_arm(analysed)),
     )
-    notes = _design_notes(pupils, arms_per_school, uses_baseline)
-    if analysed[ARM].nunique() < 2 or len(arms_per_school) < 1:
-        notes.append("not estimable: the analysed pupils are all in one arm")
-        return TrialResult(**base, notes=tuple(notes))
-    fit = fitter or frame_fitter(analysed, uses_baseline)
-    covariates = [ARM, BASELINE] if uses_baseline else [ARM]
-    primary = fit(covariates)
-    unconditional = fit([])
+    model_baseline = uses_baseline and _varies(with_base)
+    covariates = [ARM] + ([BASELINE] if model_baseline else []) + (
+        [BASELINE_MISSING] if model_baseline and no_baseline else [])
+    notes = _design_notes(counts, base, model_baseline)
+    reason = _not_estimable(analysed, counts, base, len(covariates) + 1)
+    per_school = _school_rows(counts)
+    if reason:
+        return TrialResult(**base, status=NOT_ESTIMABLE, reason=reason, per_school=per_school,
+                           notes=(reason, *notes))
+    fill = float(with_base["sum_b"].sum() / with_base["n"].sum()) if model_baseline else 0.0
+    stats = reml.stats_from_cells(analysed, [INTERCEPT, *covariates], baseline_fill=fill)
+    primary, unconditional = reml.fit_reml(stats, covariates), reml.fit_reml(stats, [])
+    for label, fit in (("primary", primary), ("unconditional", unconditional)):
+        if not fit.converged:
+            raise ModelFailure(f"the {label} model did not converge ({fit.formula})")
     notes += _fit_notes("primary", primary) + _fit_notes("unconditional", unconditional)
     beta, se = primary.params[ARM], primary.bse[ARM]
     headline = hedges_g_total(beta, se, unconditional.var_school, unconditional.var_pupil)
-    slope, slope_notes = _random_slope(fit, covariates)
-    per_school = _per_school(analysed, primary, slope, headline.sd)
-    pool = pool_schools(per_school.dropna(subset=["g"])) if per_school["g"].notna().sum() >= 2 else None
-    if pool is None:
-        notes.append("two-stage pooling needs at least 2 schools with 2 analysed pupils in each arm")
-    fsm_model, fsm, fsm_pupils, fsm_notes = _fsm_effect(fit, analysed, covariates, headline.sd)
-    interaction = _optional(fit, [ARM, FSM, ARM_FSM] + covariates[1:], subset="fsm_known")
-    balance = baseline_balance(analysed) if uses_baseline else None
+    slope, slope_notes = _random_slope(stats, covariates)
+    per_school, pool, pool_notes = _heterogeneity(stats, counts, [INTERCEPT, *covariates], headline.sd)
+    fsm_model, fsm, fsm_pupils, fsm_notes = _fsm_effect(analysed, covariates, fill, headline.sd)
+    interaction = _interaction(analysed, covariates, fill)
+    balance = _balance(with_base) if model_baseline else None
     mdes_value = mdes(se, headline.sd)
     strength = evidence_strength(
         mdes_value, base["attrition"].overall, None if balance is None else balance.difference,
@@ -195,106 +245,197 @@ def analyse_trial(pupils: pd.DataFrame, fitter: Fitter | None = None) -> TrialRe
         balance=balance,
         mdes=mdes_value,
         strength=strength,
-        notes=tuple(notes + slope_notes + fsm_notes),
+        notes=tuple(notes + pool_notes + slope_notes + fsm_notes),
     )
 
 
-def _optional(fit: Fitter, covariates: list[str], **kwargs) -> MixedFit | None:
+def _varies(with_base: pd.DataFrame) -> bool:
+    """Whether the analysed pupils' baseline scores vary at all (a constant baseline cannot adjust)."""
+    n = float(with_base["n"].sum())
+    if n < 2:
+        return False
+    sb, sbb = float(with_base["sum_b"].sum()), float(with_base["sum_bb"].sum())
+    return sbb - sb * sb / n > 1e-10 * max(sbb, 1e-300)
+
+
+def _not_estimable(analysed: pd.DataFrame, counts: pd.DataFrame, base: dict, p: int) -> str:
+    """The plain reason a trial cannot be estimated, or "" when it can.
+
+    Not estimable: no outcomes; one school; fewer than ``READY_MIN_SCHOOLS_BOTH_ARMS`` (2) schools
+    with analysed pupils in both arms (one school's comparison is not a multi-school estimate);
+    no more pupils than fixed effects; outcomes that do not vary within any school's arm.
+    """
+    n = base["pupils_analysed"]
+    if n == 0:
+        return "no pupil has an outcome score yet"
+    if base["schools"] == 1:
+        return "only one school has sent results so far"
+    if base["schools_both_arms"] == 0:
+        return "no school has analysed pupils in both arms, so intervention and control cannot be compared"
+    if base["schools_both_arms"] < READY_MIN_SCHOOLS_BOTH_ARMS:
+        return (f"only one school has analysed pupils in both arms; at least {READY_MIN_SCHOOLS_BOTH_ARMS} "
+                "are needed for a multi-school estimate")
+    if n <= p:
+        return f"only {n} pupils analysed for {p} fixed effects: too few to estimate the effect"
+    if not _within_variation(analysed) > 1e-10 * float(analysed["sum_yy"].sum()):  # 0 up to rounding
+        return "the outcome scores do not vary within schools (every pupil in a school's arm has the same score)"
+    return ""
+
+
+def _school_rows(counts: pd.DataFrame) -> pd.DataFrame:
+    """One row per school with its arm counts and a note; the figures filled by ``_heterogeneity``."""
+    frame = pd.DataFrame({
+        "school_urn": counts.index.astype(str),
+        "n_intervention": counts["n1"].to_numpy(dtype=int),
+        "n_control": counts["n0"].to_numpy(dtype=int),
+    })
+    for column in ("g", "var", "ci_low", "ci_high", "eb_g"):
+        frame[column] = np.nan
+    frame["note"] = [_school_note(a, b) for a, b in zip(frame["n_intervention"], frame["n_control"])]
+    return frame.sort_values("school_urn").reset_index(drop=True)[SCHOOL_FIELDS]
+
+
+def _school_note(n1: int, n0: int) -> str:
+    """Why a school has no own estimate, in plain words ("" when it may have one)."""
+    if n0 == 0:
+        return f"one arm only ({n1} pupil{'s' if n1 != 1 else ''} in intervention)"
+    if n1 == 0:
+        return f"one arm only ({n0} pupil{'s' if n0 != 1 else ''} in control)"
+    if min(n1, n0) < MIN_PUPILS_PER_ARM or n1 + n0 < MIN_PUPILS_PER_SCHOOL_ESTIMATE:
+        return (f"too few pupils for its own estimate ({n1} intervention, {n0} control; needs "
+                f"{MIN_PUPILS_PER_ARM} in each arm and {MIN_PUPILS_PER_SCHOOL_ESTIMATE} in all)")
+    return ""
+
+
+def _heterogeneity(
+    stats: reml.SchoolStats, counts: pd.DataFrame, columns: list[str], sd_total: float
+) -> tuple[pd.DataFrame, TPool | None, list[str]]:
+    """Per-school ANCOVA effects on the headline scale, their t-based REML pooling and EB estimates.
+
+    Schools with at least 2 analysed pupils in each arm and 5 in all get d = beta_arm / SD_total
+    and v = SE^2 / SD_total^2 from their own least-squares ``outcome ~ arm [+ baseline]``
+    (``effect_sizes.school_ancova_effects``), a 95% CI d -/+ 1.96 sqrt(v); these are pooled by
+    ``pooling.random_effects_reml_t`` and each gets its empirical-Bayes estimate eb_g.
+    """
+    frame = _school_rows(counts).set_index("school_urn")
+    XtX, Xty = stats.select(columns)
+    d, v, _ = school_ancova_effects(XtX, Xty, stats.yty, stats.n, columns, sd_total)
+    own = pd.DataFrame({"g": d, "var": v}, index=pd.Index(stats.schools.astype(str)))
+    eligible = frame["note"] == ""
+    frame.loc[eligible, "g"] = own["g"].reindex(frame.index[eligible])
+    frame.loc[eligible, "var"] = own["var"].reindex(frame.index[eligible])
+    flat = eligible & frame["g"].isna()
+    frame.loc[flat, "note"] = "outcomes do not vary within this school: no estimate of its own"
+    half = Z_975 * np.sqrt(frame["var"])
+    frame["ci_low"], frame["ci_high"] = frame["g"] - half, frame["g"] + half
+    pooled = frame.dropna(subset=["g", "var"])
+    notes: list[str] = []
+    pool = None
+    if len(pooled) >= 2:
+        pool = random_effects_reml_t(pooled["g"].to_numpy(), pooled["var"].to_numpy())
+        frame.loc[pooled.index, "eb_g"] = pool.blup
+        if pool.k < PI_MIN_SCHOOLS:
+            notes.append(f"prediction interval left blank: only {pool.k} schools have their own estimate "
+                         f"(needs {PI_MIN_SCHOOLS})")
+    else:
+        notes.append(f"variation between schools not estimated: {len(pooled)} school(s) with at least "
+                     f"{MIN_PUPILS_PER_ARM} analysed pupils in each arm and {MIN_PUPILS_PER_SCHOOL_ESTIMATE} in all "
+                     "(needs 2)")
+    return frame.reset_index()[SCHOOL_FIELDS], pool, notes
+
+
+def _optional(stats: reml.SchoolStats, covariates: list[str], random_slope: bool = False) -> MixedFit | None:
     """A secondary model, or None when its data cannot identify it (e.g. no variation in a column)."""
     try:
-        result = fit(covariates, **kwargs)
-    except (ValueError, np.linalg.LinAlgError, ArithmeticError) + _user_errors():
+        result = reml.fit_reml(stats, covariates, random_slope=random_slope)
+    except (ValueError, np.linalg.LinAlgError, ArithmeticError, MicrotrialsError):
         return None
     return result if all(math.isfinite(v) for v in result.params.values()) else None
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    from microtrials.errors import MicrotrialsError
-
-    return (MicrotrialsError,)
-
-
-def _random_slope(fit: Fitter, covariates: list[str]) -> tuple[MixedFit | None, list[str]]:
-    """The multisite model (1 + arm | school), as eefAnalytics mstFREQ; falls back visibly."""
-    slope = _optional(fit, covariates, random_slope=True)
+def _random_slope(stats: reml.SchoolStats, covariates: list[str]) -> tuple[MixedFit | None, list[str]]:
+    """The multisite model (1 + arm | school), as eefAnalytics mstFREQ: reported for evaluators."""
+    slope = _optional(stats, covariates, random_slope=True)
     if slope is None:
-        return None, ["random-slope model could not be fitted: per-school shrunken estimates use the random-intercept model"]
+        return None, ["random-slope model could not be fitted (the evaluators' cross-check; the published figures do not use it)"]
     if not slope.converged:
-        return slope, ["random-slope model did not converge: per-school shrunken estimates use the random-intercept model"]
-    if slope.singular:
-        return slope, ["the effect did not measurably vary between schools (random-slope model singular: "
-                       "slope SD or correlation on its boundary, as lme4 flags)"]
+        return slope, ["random-slope model did not converge (the evaluators' cross-check; the published figures do not use it)"]
     return slope, []
 
 
-def _per_school(analysed: pd.DataFrame, primary: MixedFit, slope: MixedFit | None, sd_total: float) -> pd.DataFrame:
-    """Each school's own Hedges' g with CI, and its shrunken estimate in effect-size units.
-
-    shrunken_g = (beta_arm + u_arm,j) / sd_total from the random-slope model when it converged;
-    otherwise the random-intercept model has no school-specific arm effect, so every school's
-    shrunken estimate is beta_arm / sd_total.
-    """
-    counts = analysed.groupby(["school_urn", ARM]).size().unstack(ARM).reindex(columns=[1.0, 0.0]).fillna(0)
-    frame = pd.DataFrame({
-        "school_urn": counts.index.astype(str),
-        "n_intervention": counts[1.0].astype(int).to_numpy(),
-        "n_control": counts[0.0].astype(int).to_numpy(),
-    })
-    own = school_hedges_g(analysed).drop(columns=["n_intervention", "n_control"])
-    frame = frame.merge(own, on="school_urn", how="left")
-    if slope is not None and slope.converged and "arm" in slope.blups.columns:
-        shrunken = (slope.params[ARM] + slope.blups["arm"]) / sd_total
-        frame["shrunken_g"] = frame["school_urn"].map(shrunken.rename(index=str)).astype(float)
-    else:
-        frame["shrunken_g"] = primary.params[ARM] / sd_total
-    return frame.sort_values("school_urn").reset_index(drop=True)
+def _subset_covariates(cells: pd.DataFrame, covariates: list[str]) -> list[str]:
+    """Drop the missing-baseline indicator where no pupil of these cells lacks a baseline."""
+    if BASELINE_MISSING in covariates and cells["has_baseline"].astype(bool).all():
+        return [c for c in covariates if c != BASELINE_MISSING]
+    return covariates
 
 
 def _fsm_effect(
-    fit: Fitter, analysed: pd.DataFrame, covariates: list[str], sd_total: float
+    analysed: pd.DataFrame, covariates: list[str], fill: float, sd_total: float
 ) -> tuple[MixedFit | None, EffectSize | None, int, list[str]]:
     """The primary model on FSM pupils only, standardised by the headline's total SD.
 
     Blank when fewer than 2 schools have FSM pupils in both arms or fewer than 30 FSM pupils
     are analysed (guidance.FSM_MIN_SCHOOLS_BOTH_ARMS, FSM_MIN_PUPILS).
     """
-    fsm_rows = analysed[analysed[FSM] == 1]
-    schools = int((fsm_rows.groupby("school_urn")[ARM].nunique() == 2).sum())
-    if schools < FSM_MIN_SCHOOLS_BOTH_ARMS or len(fsm_rows) < FSM_MIN_PUPILS:
-        return None, None, len(fsm_rows), [
-            f"FSM effect not estimated: {len(fsm_rows)} FSM pupils analysed in {schools} schools with both "
+    fsm_cells = analysed[analysed["fsm"] == 1]
+    pupils = int(fsm_cells["n"].sum())
+    counts = _school_arm_counts(fsm_cells) if len(fsm_cells) else pd.DataFrame(columns=["n1", "n0"])
+    schools = int(((counts["n1"] > 0) & (counts["n0"] > 0)).sum())
+    if schools < FSM_MIN_SCHOOLS_BOTH_ARMS or pupils < FSM_MIN_PUPILS:
+        return None, None, pupils, [
+            f"FSM effect not estimated: {pupils} FSM pupils analysed in {schools} schools with both "
             f"arms (needs at least {FSM_MIN_PUPILS} pupils and {FSM_MIN_SCHOOLS_BOTH_ARMS} schools)"
         ]
-    model = _optional(fit, covariates, subset="fsm")
+    cov = _subset_covariates(fsm_cells, covariates)
+    model = _optional(reml.stats_from_cells(fsm_cells, [INTERCEPT, *cov], baseline_fill=fill), cov)
     if model is None:
-        return None, None, len(fsm_rows), ["FSM effect not estimated: the FSM-only model could not be fitted"]
+        return None, None, pupils, ["FSM effect not estimated: the FSM-only model could not be fitted"]
     effect = standardised_effect(model.params[ARM], model.bse[ARM], sd_total)
-    notes = _fit_notes("FSM-only", model)
-    return model, effect, len(fsm_rows), notes
+    return model, effect, pupils, _fit_notes("FSM-only", model)
 
 
-def _design_notes(pupils: pd.DataFrame, arms_per_school: pd.Series, uses_baseline: bool) -> list[str]:
+def _interaction(analysed: pd.DataFrame, covariates: list[str], fill: float) -> MixedFit | None:
+    """``outcome ~ arm * fsm [+ baseline] + (1 | school)`` on pupils with known FSM (evaluators' model)."""
+    known = analysed[analysed["fsm"].notna()]
+    if known.empty:
+        return None
+    cov = [ARM, FSM, ARM_FSM] + _subset_covariates(known, covariates)[1:]
+    return _optional(reml.stats_from_cells(known, [INTERCEPT, *cov], baseline_fill=fill), cov)
+
+
+def _balance(with_base: pd.DataFrame) -> BaselineBalance | None:
+    """Baseline balance between arms among analysed pupils with a baseline, from the cell sums."""
+    g = with_base.groupby("arm")[["n", "sum_b", "sum_bb"]].sum()
+    if not {0.0, 1.0} <= set(g.index) or (g["n"] < 2).any():
+        return None
+    mean = g["sum_b"] / g["n"]
+    var = (g["sum_bb"] - g["n"] * mean**2) / (g["n"] - 1)
+    return balance_from_summaries(g.loc[1.0, "n"], mean[1.0], var[1.0], g.loc[0.0, "n"], mean[0.0], var[0.0])
+
+
+def _design_notes(counts: pd.DataFrame, base: dict, model_baseline: bool) -> list[str]:
     """Plain-English caveats about the design and the data."""
     notes = []
-    one_arm = int((arms_per_school < 2).sum())
+    one_arm = int(((counts["n1"] == 0) | (counts["n0"] == 0)).sum())
     if one_arm:
         notes.append(
             f"{one_arm} school{'s' if one_arm > 1 else ''} had only one arm "
-            "(counted in schools and the one-stage model, not in the two-stage pooling)"
+            "(counted in schools and the one-stage model, not in the variation between schools)"
         )
-    if int((arms_per_school == 2).sum()) < READY_MIN_SCHOOLS_BOTH_ARMS:
-        notes.append(f"NOT READY: fewer than {READY_MIN_SCHOOLS_BOTH_ARMS} schools with analysed pupils in both arms")
-    if uses_baseline:
-        no_baseline = int((pupils["outcome"].notna() & pupils["baseline"].isna()).sum())
-        if no_baseline:
-            notes.append(f"{no_baseline} pupils with an outcome but no baseline were not analysed")
-    else:
+    if base["pupils_no_baseline"]:
+        n = base["pupils_no_baseline"]
+        notes.append(f"{n} pupil{'s' if n != 1 else ''} with an outcome but no baseline score "
+                     f"{'were' if n != 1 else 'was'} analysed with a missing-baseline indicator")
+    if not model_baseline and base["uses_baseline"]:
+        notes.append("the baseline scores do not vary: model not adjusted for prior attainment")
+    elif not model_baseline:
         notes.append("no baseline scores: model not adjusted for prior attainment")
     return notes
 
 
 def _fit_notes(label: str, fit: MixedFit) -> list[str]:
-    """Say when a model did not converge or is singular (school variance on the boundary)."""
+    """Say when a model is singular (school variance on the boundary) or did not converge."""
     notes = []
     if not fit.converged:
         notes.append(f"{label} model did not converge")

@@ -1,0 +1,108 @@
+"""The trial registry asset: read trials.csv, keep every version, store the current rounds and bad rows; its checks."""
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from microtrials import history, warehouse
+from microtrials.registry import decode, no_registry_warning, read_registry, registry_path
+from pipelines.resources import Settings, Warehouse
+
+
+def trials_file(settings: Settings) -> Path:
+    """Where the registry is: Settings.trials (when the lead adds it), else MICROTRIALS_TRIALS,
+    else <extracts>/../trials.csv (microtrials.registry.registry_path)."""
+    return registry_path(settings.extracts, getattr(settings, "trials", None) or None, os.environ)
+
+
+def _md(frame: pd.DataFrame) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.to_markdown(index=False) if len(frame) else "(none)")
+
+
+@dg.asset(
+    group_name="loading",
+    kinds={"duckdb", "python"},
+    pool="warehouse",
+    description="The trial registry trials.csv (one row per trial round; docs/registry.md), read and "
+    "validated like an extract: bad rows are named (line, column, what to do) and left out. Every "
+    "version read is kept in `registry_versions` (sha256, first read, text); the current rounds are "
+    "in `registry_rounds` and the bad rows in `registry_problems`. With no file the run goes on and "
+    "every intervention name is taken as a trial, as before.",
+)
+def registry(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse) -> dg.MaterializeResult:
+    path = trials_file(settings)
+    with warehouse_db.connect() as con:
+        history.ensure_tables(con)
+        if not path.is_file():
+            history.clear_registry(con)
+            warning = no_registry_warning(path)
+            context.log.warning(warning)
+            return dg.MaterializeResult(metadata={"path": str(path), "registry": "none", "warning": warning,
+                                                  "dagster/row_count": 0})
+        data = path.read_bytes()
+        parsed = read_registry(data, str(path))
+        text, _ = decode(data)
+        new = history.store_registry(con, parsed, text, datetime.now(timezone.utc).replace(tzinfo=None))
+        versions = len(con.execute(warehouse.sql("registry_versions")).fetchall())
+        rounds = con.execute(warehouse.sql("registry_rounds")).df()
+        problems = con.execute(warehouse.sql("registry_problems")).df()
+    for problem in parsed.problems:
+        context.log.warning(problem.message)
+    return dg.MaterializeResult(
+        metadata={
+            "path": str(path),
+            "sha256": parsed.sha256,
+            "encoding": parsed.encoding,
+            "new_version": new,
+            "versions_kept": int(versions),
+            "rows_read": parsed.rows_read,
+            "rows_left_out": len({p.line for p in parsed.problems}),
+            "dagster/row_count": len(parsed.rounds),
+            "rounds": _md(rounds[["intervention", "round", "outcome_measure", "start_date", "end_date", "schools",
+                                   "toolkit_strand", "national_months", "cost_per_pupil", "cost_rating"]]),
+            "problems": _md(problems[["line", "column_name", "problem", "action"]]),
+        }
+    )
+
+
+@dg.asset_check(
+    asset="registry",
+    description="Every row of trials.csv is usable. WARN lists each bad row (line, column, what is wrong, "
+    "what to do); those rows are left out and the rest of the registry is used.",
+)
+def registry_rows_valid(warehouse_db: Warehouse) -> dg.AssetCheckResult:
+    with warehouse_db.connect() as con:
+        history.ensure_tables(con)
+        problems = con.execute(warehouse.sql("registry_problems")).df()
+    return dg.AssetCheckResult(
+        passed=problems.empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"rows_left_out": int(problems["line"].nunique()) if len(problems) else 0,
+                  "problems": _md(problems[["line", "column_name", "problem", "action"]])},
+    )
+
+
+@dg.asset_check(
+    asset="registry",
+    blocking=True,
+    description="The registry in use is kept: the current trials.csv's sha256 is in `registry_versions`, "
+    "so every published result can be traced to the plan it was judged against. Passes with no registry.",
+)
+def registry_version_kept(settings: Settings, warehouse_db: Warehouse) -> dg.AssetCheckResult:
+    path = trials_file(settings)
+    if not path.is_file():
+        return dg.AssetCheckResult(passed=True, metadata={"registry": "none", "path": str(path)})
+    sha = read_registry(path.read_bytes(), str(path)).sha256
+    with warehouse_db.connect() as con:
+        kept = history.version_kept(con, sha)
+    return dg.AssetCheckResult(
+        passed=bool(kept),
+        description=None if kept else "trials.csv changed since the registry asset ran; materialize `registry` again",
+        metadata={"sha256": sha, "path": str(path)},
+    )
+
+
+REGISTRY_CHECKS = [registry_rows_valid, registry_version_kept]

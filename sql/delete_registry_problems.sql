@@ -1,0 +1,2 @@
+-- Clear the current registry's problems before the new version's are inserted.
+DELETE FROM registry_problems

@@ -1,0 +1,156 @@
+"""Private "what to fix" files for schools: one CSV per delivery with rows set aside or warnings.
+
+``<feedback>/<urn>/<file stem>-what-to-fix.csv`` (``unknown-urn`` when the file named no valid
+URN), UTF-8 with a byte-order mark so Excel shows accents, formulas neutralised, written
+atomically. Columns: line (as a spreadsheet shows it), column, value (the cell as the school sent
+it, shown only when it cannot be a pupil identifier), reason, what to do. Never written under the
+published folder: these files go back to the school, not to the public.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from microtrials import extracts, publish, warehouse
+from microtrials.errors import MicrotrialsError
+
+COLUMNS = ["line", "column", "value", "reason", "what_to_do"]
+HEADERS = {
+    "line": "Line",
+    "column": "Column",
+    "value": "Value sent",
+    "reason": "What is wrong",
+    "what_to_do": "What to do",
+}
+HIDDEN = "(not shown: it could identify a pupil)"
+NO_URN = "unknown-urn"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_GENERAL_FIX = "correct the value in your file and send the whole file again"
+
+
+def feedback_path(folder: Path, school_urn: str | None, file_name: str) -> Path:
+    """Where a delivery's feedback goes: ``<folder>/<urn>/<file stem>-what-to-fix.csv``."""
+    stem = _UNSAFE.sub("_", Path(file_name).stem).strip("_") or "file"
+    urn = school_urn if school_urn and re.fullmatch(r"[0-9]{6}", school_urn) else NO_URN
+    return Path(folder) / urn / f"{stem}-what-to-fix.csv"
+
+
+def check_private(folder: Path, published: Path | None) -> None:
+    """Raise :class:`MicrotrialsError` when ``folder`` is, or is inside, the published folder."""
+    if published is None:
+        return
+    folder, published = Path(folder).resolve(), Path(published).resolve()
+    if folder == published or folder.is_relative_to(published) or published.is_relative_to(folder):
+        raise MicrotrialsError(
+            f"the feedback folder {folder} overlaps the published folder {published}: feedback files name "
+            "schools' problem rows and must stay private; set MICROTRIALS_FEEDBACK to a folder outside it"
+        )
+
+
+def write_feedback(
+    con: duckdb.DuckDBPyConnection,
+    reports: Iterable,
+    paths: dict[str, Path],
+    folder: Path,
+    published: Path | None = None,
+) -> list[Path]:
+    """Write the feedback file of every report (``microtrials.loading.FileReport``) that was loaded
+    or rejected in this run and has rows set aside, warnings, or trials it did not replace; remove
+    an earlier feedback file of the same name when the new delivery has nothing to fix.
+
+    ``paths`` maps file names to the delivered files (read again for the values shown).
+    Returns the files written.
+    """
+    check_private(folder, published)
+    written = []
+    for report in reports:
+        if report.file_name not in paths:
+            continue
+        target = feedback_path(folder, report.school_urn, report.file_name)
+        if report.status == "unchanged":  # its feedback was written when it loaded; drop it if now stale
+            clean = not (report.rows_quarantined or getattr(report, "rows_with_warnings", 0) or report.trials_rejected)
+            if clean and target.exists():
+                target.unlink()
+            continue
+        if report.status not in ("loaded", "rejected"):
+            continue
+        path = paths[report.file_name]
+        rows = _rows(con, report, path)
+        if rows.empty:
+            if target.exists():
+                target.unlink()
+            continue
+        frame = publish.neutralise_formulas(rows[COLUMNS]).rename(columns=HEADERS)
+        text = frame.to_csv(index=False, lineterminator="\r\n")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            publish.write_atomic(target, "\ufeff" + text)
+        except OSError as exc:
+            raise MicrotrialsError(
+                f"could not write the feedback file {target} ({exc.strerror}); check that the feedback folder "
+                "is writable (MICROTRIALS_FEEDBACK), then run again: the rows are loaded already"
+            ) from exc
+        written.append(target)
+    return written
+
+
+def _rows(con: duckdb.DuckDBPyConnection, report, path: Path) -> pd.DataFrame:
+    """The report's problems, one row each: quarantine entries, warnings, trials not replaced."""
+    delivery_id = _delivery_id(path)
+    parts = [con.execute(warehouse.sql("feedback_quarantine"), {"id": delivery_id, "file": report.file_name}).df()]
+    if warehouse.table_exists(con, "load_warnings"):
+        parts.append(con.execute(warehouse.sql("feedback_warnings"), {"id": delivery_id, "file": report.file_name}).df())
+    problems = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else None
+    out = []
+    if problems is not None:
+        values, pupil_ids = _cells(path, set(problems["line"].dropna().astype(int)))
+        for row in problems.sort_values(["line", "column_name"], na_position="first").itertuples(index=False):
+            reason, fix = _split(row.reason)
+            column = row.column_name if isinstance(row.column_name, str) else ""
+            line = "" if pd.isna(row.line) else int(row.line)
+            value = values.get((line, column), "")
+            if column == "pupil_id" or value in pupil_ids:
+                value = HIDDEN if value else ""
+            out.append({"line": line, "column": column, "value": value, "reason": reason, "what_to_do": fix})
+    for trial, why in getattr(report, "trials_rejected", {}).items():
+        reason, fix = _split(why)
+        out.append({"line": "", "column": "", "value": "", "reason": f"{trial}: {reason}", "what_to_do": fix})
+    return pd.DataFrame(out, columns=COLUMNS)
+
+
+def _split(reason: str) -> tuple[str, str]:
+    """'what is wrong; what to do' -> the two parts (a reason without a ';' gets a general fix)."""
+    head, sep, tail = str(reason).partition("; ")
+    return (head, tail) if sep else (head, _GENERAL_FIX)
+
+
+def _delivery_id(path: Path) -> str:
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def _cells(path: Path, lines: set[int]) -> tuple[dict[tuple[int, str], str], set[str]]:
+    """(line, column) -> the cell as sent, for the given lines; and every pupil_id in the file."""
+    try:
+        rows = extracts.read_extract(path).rows
+    except (extracts.ExtractRejected, OSError, ValueError):  # values unknown: the reasons still say what is wrong
+        return {}, set()
+    frame = rows.to_pandas()
+    pupil_ids = set(frame["pupil_id"]) - {""} if "pupil_id" in frame else set()
+    wanted = frame[frame["line"].isin(lines)]
+    cells = {}
+    for column in frame.columns:
+        if column == "line":
+            continue
+        for line, value in zip(wanted["line"], wanted[column]):
+            cells[int(line), column] = value
+    return cells, pupil_ids

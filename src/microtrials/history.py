@@ -1,0 +1,355 @@
+"""The project's memory: registry versions, the evidence history, "what changed" in words, and the cumulative plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+import duckdb
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from microtrials import warehouse  # noqa: E402
+from microtrials.effect_sizes import months_progress  # noqa: E402
+from microtrials.names import match_key  # noqa: E402
+from microtrials.registry import Registry, problems_frame, read_registry, rounds_frame  # noqa: E402
+
+KEY_COLUMNS = ("intervention", "outcome_measure", "round")
+INK, ESTIMATE_COLOUR, GRID_COLOUR = "#1b1b1b", "#1d4f91", "#767676"
+
+
+def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the registry and history tables (``sql/registry_schema.sql``) when missing."""
+    con.execute(warehouse.sql("registry_schema"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry versions
+
+
+def store_registry(con: duckdb.DuckDBPyConnection, registry: Registry, text: str, read_at: datetime) -> bool:
+    """Keep this registry version (once per sha256) and make it the current rounds/problems.
+
+    Returns True when the version is new. ``text`` is the decoded file (kept for audit).
+    """
+    ensure_tables(con)
+    seen = version_kept(con, registry.sha256)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(warehouse.sql("insert_registry_version"), {
+            "sha256": registry.sha256, "read_at": read_at, "path": registry.path, "encoding": registry.encoding,
+            "rounds": len(registry.rounds), "problems": len(registry.problems), "content": text,
+        })
+        con.register("registry_rounds_frame", rounds_frame(registry))
+        con.register("registry_problems_frame", problems_frame(registry))
+        con.execute(warehouse.sql("delete_registry_rounds"))
+        con.execute(warehouse.sql("insert_registry_rounds"))
+        con.execute(warehouse.sql("delete_registry_problems"))
+        con.execute(warehouse.sql("insert_registry_problems"))
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        for name in ("registry_rounds_frame", "registry_problems_frame"):
+            try:
+                con.unregister(name)
+            except Exception:  # not registered when an earlier statement failed
+                pass
+    return not seen
+
+
+def version_kept(con: duckdb.DuckDBPyConnection, sha256: str) -> bool:
+    """Whether a registry version with this content hash is kept."""
+    ensure_tables(con)
+    return con.execute(warehouse.sql("registry_version_seen"), {"sha256": sha256}).fetchone()[0] > 0
+
+
+def clear_registry(con: duckdb.DuckDBPyConnection) -> None:
+    """No registry file: the current rounds and problems are emptied (kept versions stay)."""
+    ensure_tables(con)
+    con.execute(warehouse.sql("delete_registry_rounds"))
+    con.execute(warehouse.sql("delete_registry_problems"))
+
+
+def registry_versions(con: duckdb.DuckDBPyConnection) -> list[tuple[datetime, Registry]]:
+    """Every stored registry version, re-read from its kept text, with the time it was first read
+    (oldest first) -- the input of :func:`microtrials.registry.outcome_switch_notes`."""
+    ensure_tables(con)
+    rows = con.execute(warehouse.sql("registry_versions")).fetchall()
+    out = []
+    for sha, read_at, path, encoding, _, _, content in rows:
+        parsed = read_registry(content.encode("utf-8"), path)
+        out.append((read_at, dataclasses.replace(parsed, sha256=sha, encoding=encoding)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Evidence history
+
+
+def _plain(value: object) -> object:
+    """A JSON-safe cell: None for NaN/NA, Python numbers, ISO text for dates."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def _key(row: Mapping[str, object]) -> tuple[str, str, str]:
+    return tuple(match_key(str(row.get(c) or "")) for c in KEY_COLUMNS)  # type: ignore[return-value]
+
+
+def append_history(con: duckdb.DuckDBPyConnection, table: pd.DataFrame, published_at: datetime,
+                   schools: pd.DataFrame | None = None) -> str:
+    """Append every row of a published evidence table to ``evidence_history``; return the publication id.
+
+    The id is ``<published_at ISO>/<first 8 hex of sha256 of the rows>``; appending the same
+    publication again replaces its rows (idempotent). ``schools`` (optional: intervention,
+    outcome_measure, [round], school_urn -- the school_results rows) adds each row's
+    ``school_urns`` (sorted, space-separated), so :func:`what_changed` can name new schools.
+    """
+    ensure_tables(con)
+    rows = []
+    urns: dict[tuple[str, str, str], set[str]] = {}
+    if schools is not None and len(schools):
+        for school in schools.to_dict("records"):
+            urns.setdefault(_key(school), set()).add(str(school["school_urn"]))
+    for record in table.to_dict("records"):
+        row = {k: _plain(v) for k, v in record.items()}
+        if urns:
+            row["school_urns"] = " ".join(sorted(urns.get(_key(row), set())))
+        rows.append(row)
+    body = json.dumps(rows, sort_keys=True, default=str)
+    publication_id = f"{published_at.isoformat(timespec='seconds')}/{hashlib.sha256(body.encode()).hexdigest()[:8]}"
+    frame = pd.DataFrame({
+        "publication_id": publication_id,
+        "published_at": [published_at] * len(rows),
+        "intervention": [str(r.get("intervention") or "") for r in rows],
+        "outcome_measure": [str(r.get("outcome_measure") or "") for r in rows],
+        "round": [None if r.get("round") in (None, "") else str(r["round"]) for r in rows],
+        "row_json": [json.dumps(r, sort_keys=True, default=str) for r in rows],
+    })
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(warehouse.sql("delete_evidence_history"), {"publication_id": publication_id})
+        con.register("history_frame", frame)
+        con.execute(warehouse.sql("insert_evidence_history"))
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        try:
+            con.unregister("history_frame")
+        except Exception:
+            pass
+    return publication_id
+
+
+def read_history(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Every history row expanded: publication_id, published_at, then the row as published."""
+    ensure_tables(con)
+    stored = con.execute(warehouse.sql("evidence_history")).df()
+    if stored.empty:
+        return pd.DataFrame(columns=["publication_id", "published_at", *KEY_COLUMNS])
+    rows = [{"publication_id": p, "published_at": t, **json.loads(j)}
+            for p, t, j in zip(stored["publication_id"], stored["published_at"], stored["row_json"])]
+    return pd.DataFrame(rows)
+
+
+def publications(history: pd.DataFrame) -> list[pd.DataFrame]:
+    """The history split per publication, oldest first."""
+    if history.empty:
+        return []
+    order = history.drop_duplicates("publication_id").sort_values(["published_at", "publication_id"])
+    return [history[history["publication_id"] == pid].reset_index(drop=True) for pid in order["publication_id"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# What changed, in words
+
+
+def _records(rows: pd.DataFrame | Iterable[Mapping[str, object]] | None) -> list[dict]:
+    if rows is None:
+        return []
+    if isinstance(rows, pd.DataFrame):
+        return [{k: _plain(v) for k, v in r.items()} for r in rows.to_dict("records")]
+    return [dict(r) for r in rows]
+
+
+def _label(row: Mapping[str, object]) -> str:
+    parts = [str(row.get("outcome_measure") or "")]
+    if row.get("round"):
+        parts.append(str(row["round"]))
+    return f"{row.get('intervention')} ({', '.join(p for p in parts if p)})"
+
+
+def _months_text(months: object) -> str:
+    if months is None:
+        return "no estimate"
+    m = int(months)  # type: ignore[arg-type]
+    return f"{m:+d} month{'s' if abs(m) != 1 else ''}" if m else "0 months"
+
+
+def _months_of(row: Mapping[str, object]) -> int | None:
+    months = row.get("months_progress")
+    if months is None and row.get("effect_size") is not None:
+        months = months_progress(float(row["effect_size"]))  # type: ignore[arg-type]
+    return None if months is None else int(months)  # type: ignore[arg-type]
+
+
+def _urn_list(text: object) -> set[str]:
+    return set(str(text).split()) if text else set()
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def what_changed(previous_rows: pd.DataFrame | Iterable[Mapping[str, object]] | None,
+                 current_rows: pd.DataFrame | Iterable[Mapping[str, object]]) -> list[str]:
+    """One plain sentence per trial row that changed between two publications (none when nothing did).
+
+    Rows are matched by (intervention, outcome_measure, round) match keys. A sentence names new
+    or departed schools (by URN, from ``school_urns`` when the history kept them, else the count),
+    a move in months of progress ("moved from +2 to +3 months, effect size 0.17 -> 0.21"), an
+    evidence-strength change ("strength 3 -> 4") and a status change ("status interim ->
+    published"). A row new to the table says "first published"; a row gone says so.
+    """
+    before = {_key(r): r for r in _records(previous_rows)}
+    after = {_key(r): r for r in _records(current_rows)}
+    sentences = []
+    for key, row in after.items():
+        old = before.get(key)
+        label = _label(row)
+        if old is None:
+            strength = row.get("evidence_strength")
+            sentences.append(f"{label}: first published, {_months_text(_months_of(row))}"
+                             + (f", evidence strength {int(strength)} of 5." if strength is not None else "."))
+            continue
+        clauses = []
+        new_urns = sorted(_urn_list(row.get("school_urns")) - _urn_list(old.get("school_urns")))
+        gone_urns = sorted(_urn_list(old.get("school_urns")) - _urn_list(row.get("school_urns")))
+        if new_urns:
+            clauses.append(f"school{'s' if len(new_urns) > 1 else ''} {_join(new_urns)} joined")
+        if gone_urns:
+            clauses.append(f"school{'s' if len(gone_urns) > 1 else ''} {_join(gone_urns)} no longer counted")
+        if not new_urns and not gone_urns and row.get("schools") != old.get("schools") and row.get("schools") is not None:
+            clauses.append(f"schools {old.get('schools')} → {row.get('schools')}")
+        m_old, m_new = _months_of(old), _months_of(row)
+        if m_old != m_new:
+            effect = ""
+            if old.get("effect_size") is not None and row.get("effect_size") is not None:
+                effect = f" (effect size {float(old['effect_size']):.2f} → {float(row['effect_size']):.2f})"
+            moved = f"the estimate moved from {_months_text(m_old)} to {_months_text(m_new)}{effect}"
+            if clauses:
+                clauses[-1] += ", so " + moved
+            else:
+                clauses.append(moved)
+        s_old, s_new = old.get("evidence_strength"), row.get("evidence_strength")
+        if s_old != s_new:
+            clauses.append(f"evidence strength {'-' if s_old is None else int(s_old)} → {'-' if s_new is None else int(s_new)}")
+        if old.get("status") != row.get("status") and row.get("status") is not None:
+            clauses.append(f"status {old.get('status') or '-'} → {row.get('status')}")
+        if clauses:
+            sentences.append(f"{label}: {'; '.join(clauses)}.")
+    for key, old in before.items():
+        if key not in after:
+            sentences.append(f"{_label(old)}: no longer in the evidence table.")
+    return sentences
+
+
+# ---------------------------------------------------------------------------------------------
+# Cumulative meta-analysis plot
+
+
+def _escape(text: str) -> str:
+    """Text matplotlib draws literally: '$' escaped so it never starts math text."""
+    return str(text).replace("$", r"\$")
+
+
+def _matching(history: pd.DataFrame, intervention: str, outcome_measure: str, round_name: str | None) -> pd.DataFrame:
+    wanted = (match_key(intervention), match_key(outcome_measure), match_key(round_name or ""))
+    if not len(history):
+        return history
+    rows = history[[_key(r) == wanted for r in history.to_dict("records")]]
+    return rows.sort_values(["published_at", "publication_id"])
+
+
+def describe_cumulative(history: pd.DataFrame, intervention: str, outcome_measure: str,
+                        round_name: str | None = "all rounds") -> str:
+    """The cumulative plot's alt text: how the estimate moved from the first to the latest publication."""
+    rows = _matching(history, intervention, outcome_measure, round_name)
+    rows = rows[pd.to_numeric(rows.get("effect_size", pd.Series(dtype=float)), errors="coerce").notna()] if len(rows) else rows
+    if not len(rows):
+        return f"No published estimate yet for {intervention} ({outcome_measure})."
+    first, last = rows.iloc[0], rows.iloc[-1]
+
+    def said(row) -> str:
+        ci = ""
+        if pd.notna(row.get("ci_low")) and pd.notna(row.get("ci_high")):
+            ci = f" (95% CI {float(row['ci_low']):.2f} to {float(row['ci_high']):.2f})"
+        return f"{float(row['effect_size']):.2f}{ci} on {pd.Timestamp(row['published_at']).strftime('%d %b %Y')}"
+
+    if len(rows) == 1:
+        return f"Estimate for {intervention} ({outcome_measure}) at its one publication: {said(first)}."
+    return (f"Estimate for {intervention} ({outcome_measure}) over {len(rows)} publications: "
+            f"{said(first)}, then {said(last)}.")
+
+
+def cumulative_plot_png(history: pd.DataFrame, intervention: str, outcome_measure: str,
+                        round_name: str | None = "all rounds", dpi: int = 110) -> bytes:
+    """PNG bytes: the estimate (effect size, 95% CI) of one trial row at each publication, oldest left.
+
+    ``history`` is :func:`read_history` (or any frame with publication_id, published_at,
+    intervention, outcome_measure, round, effect_size, ci_low, ci_high, schools). Rows match by
+    :func:`names.match_key`; ``round_name`` None takes rows with no round. Points are labelled with
+    the number of schools, so a reader sees the interval narrow as schools join (a cumulative
+    meta-analysis plot, publication by publication).
+    """
+    rows = _matching(history, intervention, outcome_measure, round_name)
+    fig = Figure(figsize=(7.5, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(rows))
+    g = pd.to_numeric(rows.get("effect_size", pd.Series(dtype=float)), errors="coerce").to_numpy(dtype=float)
+    lo = pd.to_numeric(rows.get("ci_low", pd.Series(dtype=float)), errors="coerce").to_numpy(dtype=float)
+    hi = pd.to_numeric(rows.get("ci_high", pd.Series(dtype=float)), errors="coerce").to_numpy(dtype=float)
+    shown = ~np.isnan(g) if len(rows) else np.array([], dtype=bool)
+    if shown.any():
+        ax.vlines(x[shown], lo[shown], hi[shown], color=ESTIMATE_COLOUR, linewidth=1.6)
+        ax.plot(x[shown], g[shown], marker="o", color=ESTIMATE_COLOUR, linewidth=1, label="Estimate (95% CI)")
+        schools = rows.get("schools", pd.Series([None] * len(rows))).tolist()
+        for xi, gi, n in zip(x[shown], g[shown], [s for s, ok in zip(schools, shown) if ok]):
+            if n is not None and not (isinstance(n, float) and math.isnan(n)):
+                ax.annotate(f"{int(n)} schools", (xi, gi), textcoords="offset points", xytext=(6, 4),
+                            fontsize=8, color=INK)
+    else:
+        ax.text(0.5, 0.5, "no published estimate yet", ha="center", va="center", transform=ax.transAxes, color=INK)
+    ax.axhline(0.0, color=GRID_COLOUR, linewidth=1)
+    labels = [pd.Timestamp(t).strftime("%d %b %Y") for t in rows.get("published_at", [])]
+    ax.set_xticks(list(x), [_escape(label) for label in labels])
+    if len(rows):
+        ax.set_xlim(-0.5, len(rows) - 0.5)
+    ax.set_ylabel("Effect size (Hedges' g)")
+    ax.set_xlabel("Publication")
+    title = f"{intervention} ({outcome_measure}{', ' + round_name if round_name else ''}): estimate at each publication"
+    ax.set_title(_escape(title), loc="left", color=INK, fontsize=10)
+    ax.grid(axis="y", color="#d0d0d0", linewidth=0.6)
+    ax.set_axisbelow(True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+    return buffer.getvalue()

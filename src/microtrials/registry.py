@@ -1,0 +1,777 @@
+"""The trial registry `trials.csv`: read and validate it like an extract, one typed round per good row.
+
+An LA officer keeps one row per trial round (columns in :data:`COLUMNS`; docs/registry.md). A bad
+row is named (line as a spreadsheet shows it, column, what is wrong, what to do) and left out;
+nothing else stops. The file may be UTF-8 with or without a byte-order mark, or Windows-1252
+("ANSI", as older Excel saves "CSV (Comma delimited)").
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from microtrials.effect_sizes import months_progress
+from microtrials.extracts import normalise_header
+from microtrials.names import match_key
+
+FILE_NAME = "trials.csv"
+ENV_VAR = "MICROTRIALS_TRIALS"
+COLUMNS = (
+    "intervention", "outcome_measure", "round", "start_date", "end_date", "schools", "aliases",
+    "secondary_outcomes", "registered_on", "toolkit_strand", "national_months", "cost_per_pupil",
+    "description",
+)
+REQUIRED_COLUMNS = ("intervention", "outcome_measure", "start_date", "schools")
+
+# EEF Teaching and Learning Toolkit cost bands, pounds per pupil per year (EEF, "Teaching and
+# Learning Toolkit: guide to the Toolkit", cost rating): (upper limit, rating). Under £80 -> £,
+# up to £200 -> ££, up to £720 -> £££, up to £1,200 -> ££££, above -> £££££.
+COST_BANDS: tuple[tuple[float, str], ...] = ((80.0, "£"), (200.0, "££"), (720.0, "£££"), (1200.0, "££££"))
+COST_TOP_BAND = "£££££"
+
+_URN = re.compile(r"^[0-9]{6}$")
+_SCHOOL_SEPARATORS = re.compile(r"[\s;,]+")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_UK_DATE = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
+_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
+
+
+@dataclass(frozen=True)
+class RegistryProblem:
+    """One bad row (or a whole-file problem, line 0): where, what is wrong, what to do."""
+
+    line: int
+    column: str
+    problem: str
+    action: str
+    intervention: str = ""
+
+    @property
+    def message(self) -> str:
+        where = f"{FILE_NAME} line {self.line}" if self.line else FILE_NAME
+        if self.column:
+            where += f", column {self.column}"
+        return f"{where}: {self.problem}; {self.action}"
+
+
+@dataclass(frozen=True)
+class TrialRound:
+    """One registered round of a trial, as the officer wrote it (names trimmed, lists split)."""
+
+    intervention: str
+    outcome_measure: str
+    round: str
+    start_date: date
+    end_date: date | None
+    schools: frozenset[str]
+    aliases: tuple[str, ...] = ()
+    secondary_outcomes: tuple[str, ...] = ()
+    registered_on: date | None = None
+    toolkit_strand: str | None = None
+    national_months: int | None = None
+    cost_per_pupil: float | None = None
+    description: str = ""
+    line: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(intervention, round) as matching keys (:func:`microtrials.names.match_key`)."""
+        return match_key(self.intervention), match_key(self.round)
+
+    @property
+    def cost_rating(self) -> str | None:
+        """The Toolkit cost band of ``cost_per_pupil`` (see :func:`cost_rating`)."""
+        return cost_rating(self.cost_per_pupil)
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The rounds of every good row, the problems of the bad ones, and the file's identity."""
+
+    rounds: tuple[TrialRound, ...]
+    problems: tuple[RegistryProblem, ...]
+    sha256: str
+    path: str = ""
+    encoding: str = "utf-8"
+    rows_read: int = 0
+
+    def interventions(self) -> list[str]:
+        """Canonical intervention names, in file order, each once."""
+        seen: dict[str, str] = {}
+        for r in self.rounds:
+            seen.setdefault(match_key(r.intervention), r.intervention)
+        return list(seen.values())
+
+    def rounds_of(self, intervention: str) -> list[TrialRound]:
+        """The rounds of one intervention (by name or alias), ordered by start_date then file order."""
+        canonical = self.canonical(intervention)
+        if canonical is None:
+            return []
+        key = match_key(canonical)
+        return sorted((r for r in self.rounds if match_key(r.intervention) == key), key=lambda r: (r.start_date, r.line))
+
+    def canonical(self, spelling: str) -> str | None:
+        """The registered name a spelling means (by name, then alias; case, spacing and Unicode
+        form ignored), or None when it is not in the registry."""
+        return name_index(self).get(match_key(spelling), (None, ""))[0]
+
+
+def cost_rating(cost_per_pupil: float | None) -> str | None:
+    """EEF Toolkit cost rating per pupil per year: £ under £80, ££ up to £200, £££ up to £720,
+    ££££ up to £1,200, £££££ above; None when the cost is unknown.
+
+    "Under £80" is strict (£80 itself is ££); the other limits belong to their band (£200 is ££).
+    """
+    if cost_per_pupil is None or not math.isfinite(float(cost_per_pupil)):
+        return None
+    cost = float(cost_per_pupil)
+    if cost < COST_BANDS[0][0]:
+        return COST_BANDS[0][1]
+    for upper, rating in COST_BANDS[1:]:
+        if cost <= upper:
+            return rating
+    return COST_TOP_BAND
+
+
+def registry_path(extracts: Path | str, explicit: Path | str | None = None,
+                  environ: Mapping[str, str] | None = None) -> Path:
+    """Where the registry is: ``explicit`` (``--trials FILE``), else ``$MICROTRIALS_TRIALS``, else
+    ``<extracts>/../trials.csv`` (so ``data/trials.csv`` for ``data/extracts/``)."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ if environ is None else environ
+    if env.get(ENV_VAR):
+        return Path(env[ENV_VAR])
+    return Path(extracts).absolute().parent / FILE_NAME
+
+
+def no_registry_warning(path: Path | str) -> str:
+    """What to say when there is no registry: the run goes on, and how to add one."""
+    return (
+        f"no trial registry at {path}: every intervention name is taken as a trial, as before. "
+        f"To register trials, write {FILE_NAME} there (one row per trial round: intervention, "
+        "outcome_measure, round, start_date, end_date, schools, ...; see docs/registry.md), or give "
+        f"its place with --trials FILE or {ENV_VAR}"
+    )
+
+
+def load_registry(path: Path | str) -> Registry | None:
+    """The registry at ``path``, or None when there is no such file (see :func:`no_registry_warning`)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return read_registry(path.read_bytes(), str(path))
+
+
+def decode(data: bytes) -> tuple[str, str]:
+    """The text and its encoding: UTF-8 (byte-order mark dropped), else Windows-1252."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        return data[3:].decode("utf-8", errors="replace"), "utf-8-sig"
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace"), "cp1252"
+
+
+SAVE_AS = "in Excel use File > Save As > 'CSV UTF-8 (Comma delimited) (*.csv)' and save it as trials.csv again"
+
+
+def _not_csv(data: bytes) -> str:
+    """What the file is when it is plainly not CSV text (else '')."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16 text (Excel's 'Unicode Text')"
+    if data.startswith(b"PK\x03\x04"):
+        return "an Excel workbook (.xlsx)"
+    if data.startswith(b"\xd0\xcf\x11\xe0"):
+        return "an old Excel workbook (.xls)"
+    if b"\x00" in data[:4096]:
+        return "a binary file"
+    return ""
+
+
+def read_registry(data: bytes, path: str = FILE_NAME) -> Registry:
+    """Parse and validate the registry's bytes. Never raises for content: bad rows become problems.
+
+    Line numbers are spreadsheet rows (header = 1, blank rows counted, a quoted cell with a line
+    break stays one row).
+    """
+    sha = hashlib.sha256(data).hexdigest()
+    kind = _not_csv(data)
+    if kind:
+        problem = RegistryProblem(0, "", f"the file is {kind}, not CSV text", SAVE_AS)
+        return Registry((), (problem,), sha, path, "")
+    text, encoding = decode(data)
+    try:
+        records = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        problem = RegistryProblem(0, "", f"the file could not be read as CSV ({exc})", SAVE_AS)
+        return Registry((), (problem,), sha, path, encoding)
+    if not records or not any(cell.strip() for cell in records[0]):
+        problem = RegistryProblem(1, "", "the first row is not a header row",
+                                  "put the column names (intervention, outcome_measure, round, ...) in row 1")
+        return Registry((), (problem,), sha, path, encoding)
+    if len(records[0]) == 1 and records[0][0].count(";") >= 2:
+        problem = RegistryProblem(1, "", "the columns are separated by semicolons, not commas",
+                                  SAVE_AS + " (on a computer set to a European language, set the list separator to a comma)")
+        return Registry((), (problem,), sha, path, encoding, rows_read=len(records) - 1)
+    header = [normalise_header(cell) for cell in records[0]]
+    positions = {name: i for i, name in reversed(list(enumerate(header))) if name in COLUMNS}
+    missing = [c for c in REQUIRED_COLUMNS if c not in positions]
+    if missing:
+        problem = RegistryProblem(
+            1, ", ".join(missing), f"the header row has no {', '.join(missing)} column",
+            f"add {'them' if len(missing) > 1 else 'it'} to row 1 (columns: {', '.join(COLUMNS)})")
+        return Registry((), (problem,), sha, path, encoding, rows_read=len(records) - 1)
+
+    problems: list[RegistryProblem] = []
+    rounds: list[TrialRound] = []
+    seen: dict[tuple[str, str], int] = {}
+    owner: dict[str, tuple[str, int]] = {}  # name/alias key -> (canonical, line)
+    rows_read = 0
+    for index, record in enumerate(records[1:], start=2):
+        if not any(cell.strip() for cell in record):
+            continue
+        rows_read += 1
+        cells = {name: (record[i].strip() if i < len(record) else "") for name, i in positions.items()}
+        parsed, row_problems = _parse_row(index, cells)
+        if parsed is not None:
+            row_problems += _conflicts(parsed, seen, owner)
+        if row_problems:
+            problems.extend(row_problems)
+            continue
+        assert parsed is not None
+        first = owner.get(match_key(parsed.intervention))
+        if first is not None and first[0] != parsed.intervention:
+            parsed = replace(parsed, intervention=first[0])  # one published spelling per intervention
+        seen[parsed.key] = index
+        for name in (parsed.intervention, *parsed.aliases):
+            owner.setdefault(match_key(name), (parsed.intervention, index))
+        rounds.append(parsed)
+    return Registry(tuple(rounds), tuple(problems), sha, path, encoding, rows_read)
+
+
+def _parse_row(line: int, cells: dict[str, str]) -> tuple[TrialRound | None, list[RegistryProblem]]:
+    """One row as a round, or the problems that leave it out."""
+    name = cells.get("intervention", "")
+    problems: list[RegistryProblem] = []
+
+    def bad(column: str, problem: str, action: str) -> None:
+        problems.append(RegistryProblem(line, column, problem, action, name))
+
+    if not name:
+        bad("intervention", "the intervention name is blank", "write the name as it should be published")
+    outcome = cells.get("outcome_measure", "")
+    if not outcome:
+        bad("outcome_measure", "the primary outcome is blank",
+            "write the outcome measure the schools will send (fixed before results arrive)")
+    start = _date(cells.get("start_date", ""), "start_date", True, bad)
+    end = _date(cells.get("end_date", ""), "end_date", False, bad)
+    registered = _date(cells.get("registered_on", ""), "registered_on", False, bad)
+    if start is not None and end is not None and end < start:
+        bad("end_date", f"the round ends ({end.isoformat()}) before it starts ({start.isoformat()})",
+            "correct start_date or end_date")
+    schools = _schools(cells.get("schools", ""), bad)
+    months = _number(cells.get("national_months", ""), "national_months", bad, whole=True)
+    cost = _number(cells.get("cost_per_pupil", "").replace("£", "").replace(",", "").strip(),
+                   "cost_per_pupil", bad, whole=False)
+    if cost is not None and cost < 0:
+        bad("cost_per_pupil", "the cost per pupil is negative", "write pounds per pupil per year, e.g. 150")
+        cost = None
+    if problems or start is None:
+        return None, problems
+    return TrialRound(
+        intervention=_clean(name),
+        outcome_measure=_clean(outcome),
+        round=_clean(cells.get("round", "")),
+        start_date=start,
+        end_date=end,
+        schools=schools,
+        aliases=_split_bar(cells.get("aliases", "")),
+        secondary_outcomes=_split_bar(cells.get("secondary_outcomes", "")),
+        registered_on=registered,
+        toolkit_strand=_clean(cells.get("toolkit_strand", "")) or None,
+        national_months=None if months is None else int(months),
+        cost_per_pupil=cost,
+        description=_clean(cells.get("description", "")),
+        line=line,
+    ), problems
+
+
+def _conflicts(parsed: TrialRound, seen: dict[tuple[str, str], int],
+               owner: dict[str, tuple[str, int]]) -> list[RegistryProblem]:
+    """A duplicate (intervention, round), or a name/alias already used by another intervention."""
+    problems = []
+    if parsed.key in seen:
+        what = f"round '{parsed.round}'" if parsed.round else "a round with no name"
+        problems.append(RegistryProblem(
+            parsed.line, "round", f"{parsed.intervention} {what} is already on line {seen[parsed.key]}",
+            "give each round of an intervention its own name (e.g. 2026 Autumn), or delete the repeated row",
+            parsed.intervention))
+    for name in (parsed.intervention, *parsed.aliases):
+        other = owner.get(match_key(name))
+        if other is not None and match_key(other[0]) != match_key(parsed.intervention):
+            column = "intervention" if name == parsed.intervention else "aliases"
+            problems.append(RegistryProblem(
+                parsed.line, column, f"'{name}' already names {other[0]} (line {other[1]})",
+                "use each name or alias for one intervention only", parsed.intervention))
+    return problems
+
+
+def _clean(text: str) -> str:
+    """Trimmed, inner whitespace collapsed (a published name never carries stray spaces)."""
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _split_bar(text: str) -> tuple[str, ...]:
+    return tuple(part for part in (_clean(p) for p in text.split("|")) if part)
+
+
+def _date(text: str, column: str, required: bool, bad) -> date | None:
+    """An ISO date (2026-09-01), or a UK date as Excel shows it (01/09/2026 = 1 September)."""
+    if not text:
+        if required:
+            bad(column, f"{column} is blank", "write the date as YYYY-MM-DD, e.g. 2026-09-01")
+        return None
+    try:
+        if _ISO_DATE.match(text):
+            return date.fromisoformat(text)
+        uk = _UK_DATE.match(text)
+        if uk:
+            return date(int(uk.group(3)), int(uk.group(2)), int(uk.group(1)))
+        if re.match(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}", text):
+            return datetime.fromisoformat(text).date()
+    except ValueError:
+        pass
+    bad(column, f"'{text[:40]}' is not a date", "write the date as YYYY-MM-DD, e.g. 2026-09-01")
+    return None
+
+
+def _schools(text: str, bad) -> frozenset[str]:
+    tokens = [t for t in _SCHOOL_SEPARATORS.split(text) if t]
+    if not tokens:
+        bad("schools", "no schools are listed", "list the planned schools' URNs, separated by spaces or semicolons")
+        return frozenset()
+    wrong = [t for t in tokens if not _URN.match(t)]
+    if wrong:
+        shown = ", ".join(f"'{t[:12]}'" for t in wrong[:3]) + (" ..." if len(wrong) > 3 else "")
+        bad("schools", f"{shown} {'is not a URN' if len(wrong) == 1 else 'are not URNs'} (a URN has 6 digits)",
+            "write each school's 6-digit URN, separated by spaces or semicolons")
+    return frozenset(tokens)
+
+
+def _number(text: str, column: str, bad, whole: bool) -> float | None:
+    if not text:
+        return None
+    if not _NUMBER.match(text):
+        bad(column, f"'{text[:20]}' is not a number",
+            "write a whole number of months, e.g. 6 or -1" if whole else "write pounds per pupil per year, e.g. 150")
+        return None
+    value = float(text)
+    if whole and value != int(value):
+        bad(column, f"'{text}' is not a whole number of months", "write the Toolkit's months, e.g. 6")
+        return None
+    return value
+
+
+def name_index(registry: Registry) -> dict[str, tuple[str, str]]:
+    """match_key of every registered name and alias -> (canonical name, 'name' or 'alias')."""
+    index: dict[str, tuple[str, str]] = {}
+    for r in registry.rounds:
+        index[match_key(r.intervention)] = (r.intervention, "name")
+    for r in registry.rounds:
+        for alias in r.aliases:
+            index.setdefault(match_key(alias), (r.intervention, "alias"))
+    return index
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching delivered rows to registered rounds
+
+PRIMARY, SECONDARY, EXPLORATORY = "primary", "secondary", "exploratory"
+MATCH_COLUMNS = [
+    "intervention", "outcome_measure", "school_urn", "round_sent", "rows", "registered",
+    "registered_intervention", "round", "outcome_role", "matched_by", "round_rule",
+]
+
+
+@dataclass(frozen=True)
+class OfficerMessage:
+    """Something the officer should see in the load report and the UI (never stops a run)."""
+
+    level: str  # "warning" (acted on, check it) or "error" (rows kept but not used as evidence)
+    rule: str  # short rule name: unregistered, round_needed, round_unknown, unplanned_school, exploratory
+    text: str
+    intervention: str = ""
+    school_urn: str = ""
+
+
+@dataclass(frozen=True)
+class Matching:
+    """Each delivered combination with its registered round and outcome role, and the messages."""
+
+    combos: pd.DataFrame
+    messages: tuple[OfficerMessage, ...]
+
+
+def match_deliveries(registry: Registry, combos: pd.DataFrame | pa.Table, today: date | None = None) -> Matching:
+    """Join each distinct delivered (intervention, outcome_measure, school_urn, round) to the registry.
+
+    ``combos`` (pandas or Arrow) has columns intervention, outcome_measure, school_urn, rows and
+    optionally round (blank/None when the school sent none) -- e.g. ``SELECT intervention,
+    outcome_measure, school_urn, round, count(*) AS rows FROM pupils GROUP BY ALL``. The rules (docs/registry.md):
+
+    1. the intervention matches a registered name or alias by :func:`names.match_key`; otherwise it
+       is unregistered ("not in the registry: add it, or correct the name") and never evidence;
+    2. a ``round`` the school sent that names a registered round of that intervention wins;
+    3. else a school listed in exactly one round of the intervention belongs to that round;
+    4. a school listed in several rounds must send ``round``: until it does, its rows join no round;
+    5. a school not in the plan joins the latest round started by ``today`` (start_date <= today),
+       else the earliest round, with a warning;
+    6. the outcome is ``primary`` when it matches the round's outcome_measure, ``secondary`` when it
+       matches one of its secondary_outcomes, otherwise ``exploratory`` (shown to evaluators, not
+       published as evidence).
+
+    Output columns (:data:`MATCH_COLUMNS`): the delivered spelling, ``round_sent``, ``registered``,
+    ``registered_intervention`` (canonical name), ``round`` (registered round name, None when
+    unresolved), ``outcome_role``, ``matched_by`` ('name' | 'alias') and ``round_rule``
+    ('sent' | 'plan' | 'unplanned' | 'needs round'); any other column of ``combos`` is carried
+    through unchanged.
+    """
+    today = today or date.today()
+    index = name_index(registry)
+    messages: list[OfficerMessage] = []
+    out = []
+    frame = combos.to_pandas() if isinstance(combos, pa.Table) else combos.copy()
+    if "round" not in frame:
+        frame["round"] = None
+    unregistered: dict[str, dict] = {}
+    exploratory: dict[tuple[str, str, str], set[str]] = {}
+    needs_round: set[tuple[str, str]] = set()
+    unplanned: dict[tuple[str, str], str] = {}
+    unknown_round: set[tuple[str, str, str]] = set()
+    extras = [c for c in frame.columns if c not in MATCH_COLUMNS and c != "round" and c.isidentifier()]
+    for combo in frame.itertuples(index=False):
+        spelling = str(combo.intervention)
+        urn = str(combo.school_urn)
+        sent = "" if combo.round is None or (isinstance(combo.round, float) and math.isnan(combo.round)) else _clean(str(combo.round))
+        row = {"intervention": spelling, "outcome_measure": combo.outcome_measure, "school_urn": urn,
+               "round_sent": sent or None, "rows": int(combo.rows), "registered": False,
+               "registered_intervention": None, "round": None, "outcome_role": None,
+               "matched_by": None, "round_rule": None}
+        row.update({c: getattr(combo, c) for c in extras})
+        hit = index.get(match_key(spelling))
+        if hit is None:
+            entry = unregistered.setdefault(match_key(spelling), {"spelling": spelling, "schools": set(), "rows": 0})
+            entry["schools"].add(urn)
+            entry["rows"] += int(combo.rows)
+            out.append(row)
+            continue
+        canonical, how = hit
+        row.update(registered=True, registered_intervention=canonical, matched_by=how)
+        rounds = registry.rounds_of(canonical)
+        chosen: TrialRound | None = None
+        if sent:
+            chosen = next((r for r in rounds if match_key(r.round) == match_key(sent)), None)
+            if chosen is not None:
+                row["round_rule"] = "sent"
+            else:
+                unknown_round.add((canonical, urn, sent))
+        if chosen is None:
+            planned = [r for r in rounds if urn in r.schools]
+            if len(planned) == 1:
+                chosen, row["round_rule"] = planned[0], "plan"
+            elif len(planned) > 1:
+                row["round_rule"] = "needs round"
+                needs_round.add((canonical, urn))
+            else:
+                chosen, row["round_rule"] = latest_started(rounds, today), "unplanned"
+                unplanned[(canonical, urn)] = chosen.round
+        if chosen is not None:
+            row["round"] = chosen.round
+            row["outcome_role"] = outcome_role(chosen, str(combo.outcome_measure))
+            if row["outcome_role"] == EXPLORATORY:
+                exploratory.setdefault((canonical, chosen.round, str(combo.outcome_measure)), set()).add(urn)
+        out.append(row)
+
+    for entry in unregistered.values():
+        schools = sorted(entry["schools"])
+        messages.append(OfficerMessage(
+            "error", "unregistered",
+            f"'{entry['spelling']}' is not in the registry: add it, or correct the name "
+            f"({entry['rows']} rows from school{'s' if len(schools) > 1 else ''} {', '.join(schools)}; "
+            "loaded, not published as evidence)",
+            entry["spelling"], ",".join(schools)))
+    for canonical, urn, sent in sorted(unknown_round):
+        names = ", ".join(f"'{r.round}'" for r in registry.rounds_of(canonical)) or "none"
+        messages.append(OfficerMessage(
+            "warning", "round_unknown",
+            f"school {urn} sent round '{sent}' for {canonical}, which is not one of its registered rounds "
+            f"({names}): correct the round in the extract, or add the round to {FILE_NAME}",
+            canonical, urn))
+    for canonical, urn in sorted(needs_round):
+        names = ", ".join(r.round for r in registry.rounds_of(canonical) if urn in r.schools)
+        messages.append(OfficerMessage(
+            "error", "round_needed",
+            f"school {urn} is planned in several rounds of {canonical} ({names}): its extract must say which "
+            "in a `round` column; until then its rows join no round",
+            canonical, urn))
+    for (canonical, urn), round_name in sorted(unplanned.items()):
+        messages.append(OfficerMessage(
+            "warning", "unplanned_school",
+            f"school {urn} is not in the plan for {canonical}: its rows joined the latest round "
+            f"('{round_name}'); add the school to that round in {FILE_NAME} if that is right",
+            canonical, urn))
+    for (canonical, round_name, outcome), urns in sorted(exploratory.items()):
+        messages.append(OfficerMessage(
+            "warning", "exploratory",
+            f"'{outcome}' is not a registered outcome of {canonical} ('{round_name}'): shown to evaluators "
+            "as exploratory, not published as evidence; register it as a secondary outcome before results "
+            "arrive if it was planned",
+            canonical, ",".join(sorted(urns))))
+    return Matching(pd.DataFrame(out, columns=MATCH_COLUMNS + extras), tuple(messages))
+
+
+def first_results(matched: pd.DataFrame, column: str = "first_loaded_at") -> dict[tuple[str, str], datetime]:
+    """When each registered round's first rows arrived: (match_key(intervention), match_key(round))
+    -> the earliest ``column`` among its matched combinations (pass e.g. ``min(loaded_at)`` per
+    combination as an extra column of ``combos``; extra columns are carried through matching).
+    The input of :func:`outcome_switch_notes`."""
+    if column not in matched or not len(matched):
+        return {}
+    done = matched[matched["registered"] & matched["round"].notna() & matched[column].notna()]
+    out: dict[tuple[str, str], datetime] = {}
+    for name, round_name, when in zip(done["registered_intervention"], done["round"], done[column]):
+        key = (match_key(name), match_key(round_name))
+        when = pd.Timestamp(when).to_pydatetime()
+        out[key] = min(out.get(key, when), when)
+    return out
+
+
+def latest_started(rounds: list[TrialRound], today: date) -> TrialRound:
+    """The latest round with start_date <= today; the earliest round when none has started."""
+    ordered = sorted(rounds, key=lambda r: (r.start_date, r.line))
+    started = [r for r in ordered if r.start_date <= today]
+    return started[-1] if started else ordered[0]
+
+
+def outcome_role(trial_round: TrialRound, outcome_measure: str) -> str:
+    """'primary' (the round's outcome_measure), 'secondary' (a registered secondary outcome) or
+    'exploratory' (anything else), matching spellings by :func:`names.match_key`."""
+    key = match_key(outcome_measure)
+    if key == match_key(trial_round.outcome_measure):
+        return PRIMARY
+    if key in {match_key(s) for s in trial_round.secondary_outcomes}:
+        return SECONDARY
+    return EXPLORATORY
+
+
+# ---------------------------------------------------------------------------------------------
+# Deliveries against the plan
+
+PROGRESS_COLUMNS = [
+    "intervention", "round", "start_date", "end_date", "planned", "delivered", "awaited",
+    "awaited_urns", "unplanned_urns", "status", "status_note",
+]
+
+
+def round_status(planned: int, delivered: int, end_date: date | None, today: date) -> tuple[str | None, str]:
+    """(status, note) for a round from its deliveries.
+
+    Schools still awaited after ``end_date`` -> ("interim", "awaiting 3 of 12 schools"). Before
+    ``end_date`` (or with no end date) a round that awaits schools is still running -> ("interim",
+    "round runs until 2026-12-19: 9 of 12 schools delivered so far"). With every planned school
+    delivered: (None, "") -- the analysis decides the status.
+    """
+    awaited = max(planned - delivered, 0)
+    if awaited == 0:
+        return None, ""
+    if end_date is not None and end_date < today:
+        return "interim", f"awaiting {awaited} of {planned} school{'s' if planned != 1 else ''}"
+    until = f"until {end_date.isoformat()}" if end_date is not None else "with no end date yet"
+    return "interim", f"round runs {until}: {delivered} of {planned} school{'s' if planned != 1 else ''} delivered so far"
+
+
+def plan_progress(registry: Registry, matched: pd.DataFrame, today: date | None = None) -> pd.DataFrame:
+    """Per registered round: schools planned, delivered (a planned school with primary-outcome rows
+    joined to the round), awaited (planned, not delivered; URNs space-separated), unplanned
+    schools that joined it, and :func:`round_status`."""
+    today = today or date.today()
+    rows = []
+    done = matched[matched["outcome_role"] == PRIMARY] if len(matched) else matched
+    for r in sorted(registry.rounds, key=lambda r: (match_key(r.intervention), r.start_date, r.line)):
+        joined = set()
+        if len(done):
+            mine = done[(done["registered_intervention"] == r.intervention) & (done["round"] == r.round)]
+            joined = set(mine["school_urn"].astype(str))
+        delivered = joined & r.schools
+        awaited = sorted(r.schools - delivered)
+        status, note = round_status(len(r.schools), len(delivered), r.end_date, today)
+        rows.append({
+            "intervention": r.intervention, "round": r.round, "start_date": r.start_date,
+            "end_date": r.end_date, "planned": len(r.schools), "delivered": len(delivered),
+            "awaited": len(awaited), "awaited_urns": " ".join(awaited),
+            "unplanned_urns": " ".join(sorted(joined - r.schools)), "status": status, "status_note": note,
+        })
+    return pd.DataFrame(rows, columns=PROGRESS_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outcome switching across registry versions
+
+
+def outcome_switch_notes(
+    versions: list[tuple[datetime, Registry]],
+    first_results: Mapping[tuple[str, str], datetime],
+) -> dict[tuple[str, str], str]:
+    """Notes for rounds whose primary outcome changed after results had arrived.
+
+    ``versions``: every registry version the pipeline has read, with the time it was read (any
+    order). ``first_results``: (match_key(intervention), match_key(round)) -> when that round's
+    first results (rows of its then-primary outcome, or any rows) were delivered. For each pair of
+    consecutive versions, a round whose outcome_measure differs, where the first results arrived
+    before the later version was read, gets "primary outcome changed from 'A' to 'B' (registry of
+    2026-11-02), after results had arrived (first on 2026-10-20)". Keys are as in ``first_results``.
+    """
+    notes: dict[tuple[str, str], list[str]] = {}
+    ordered = sorted(versions, key=lambda v: v[0])
+    for (_, before), (read_at, after) in zip(ordered, ordered[1:]):
+        old = {r.key: r for r in before.rounds}
+        for r in after.rounds:
+            previous = old.get(r.key)
+            if previous is None or match_key(previous.outcome_measure) == match_key(r.outcome_measure):
+                continue
+            arrived = first_results.get(r.key)
+            if arrived is None or arrived > read_at:
+                continue
+            notes.setdefault(r.key, []).append(
+                f"primary outcome changed from '{previous.outcome_measure}' to '{r.outcome_measure}' "
+                f"(registry read {read_at.date().isoformat()}), after results had arrived "
+                f"(first on {arrived.date().isoformat()})")
+    return {key: "; ".join(texts) for key, texts in notes.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# As tables (for the warehouse and the load report)
+
+ROUND_COLUMNS = [
+    "sha256", "line", "intervention", "outcome_measure", "round", "start_date", "end_date", "schools",
+    "aliases", "secondary_outcomes", "registered_on", "toolkit_strand", "national_months",
+    "cost_per_pupil", "cost_rating", "description",
+]
+PROBLEM_COLUMNS = ["sha256", "line", "column_name", "problem", "action", "intervention"]
+
+
+def rounds_frame(registry: Registry) -> pd.DataFrame:
+    """One row per round (:data:`ROUND_COLUMNS`, as table ``registry_rounds``): URNs space-separated."""
+    rows = [{
+        "sha256": registry.sha256, "line": r.line, "intervention": r.intervention,
+        "outcome_measure": r.outcome_measure, "round": r.round, "start_date": r.start_date,
+        "end_date": r.end_date, "schools": " ".join(sorted(r.schools)), "aliases": "|".join(r.aliases),
+        "secondary_outcomes": "|".join(r.secondary_outcomes), "registered_on": r.registered_on,
+        "toolkit_strand": r.toolkit_strand, "national_months": r.national_months,
+        "cost_per_pupil": r.cost_per_pupil, "cost_rating": r.cost_rating, "description": r.description,
+    } for r in registry.rounds]
+    frame = pd.DataFrame(rows, columns=ROUND_COLUMNS)
+    for column in ("start_date", "end_date", "registered_on"):
+        frame[column] = pd.to_datetime(frame[column]).dt.date
+    frame["national_months"] = frame["national_months"].astype("Int64")
+    frame["cost_per_pupil"] = frame["cost_per_pupil"].astype("Float64")
+    return frame
+
+
+def problems_frame(registry: Registry) -> pd.DataFrame:
+    """One row per bad row's problem (:data:`PROBLEM_COLUMNS`, as table ``registry_problems``)."""
+    return pd.DataFrame([{
+        "sha256": registry.sha256, "line": p.line, "column_name": p.column, "problem": p.problem,
+        "action": p.action, "intervention": p.intervention,
+    } for p in registry.problems], columns=PROBLEM_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------
+# For the evidence table, the page and the load report
+
+#: Columns the registry adds to the evidence table (after the contract's columns).
+EVIDENCE_COLUMNS = ["round", "toolkit_strand", "national_months", "cost_per_pupil", "cost_rating", "description"]
+CUMULATIVE_ROUND = "all rounds"
+
+
+def evidence_columns(registry: Registry | None, intervention: str, round_name: str | None) -> dict[str, object]:
+    """The registry's columns for one evidence-table row (:data:`EVIDENCE_COLUMNS`).
+
+    ``round_name`` is a registered round, or ``"all rounds"`` for the cumulative row (then the
+    latest round's strand, months, cost and description are used). Blank (None) when the
+    registry does not know the intervention.
+    """
+    empty = dict.fromkeys(EVIDENCE_COLUMNS)
+    empty["round"] = round_name or None
+    rounds = registry.rounds_of(intervention) if registry is not None else []
+    if not rounds:
+        return empty
+    chosen = rounds[-1]
+    if round_name and match_key(round_name) != CUMULATIVE_ROUND:
+        chosen = next((r for r in rounds if match_key(r.round) == match_key(round_name)), chosen)
+    return {
+        "round": round_name or chosen.round or None, "toolkit_strand": chosen.toolkit_strand,
+        "national_months": chosen.national_months, "cost_per_pupil": chosen.cost_per_pupil,
+        "cost_rating": chosen.cost_rating, "description": chosen.description or None,
+    }
+
+
+def _signed_months(months: int | None) -> str:
+    return "?" if months is None else (f"{months:+d}" if months else "0")
+
+
+def local_and_national(effect_size: float | None, ci_low: float | None, ci_high: float | None,
+                       toolkit_strand: str | None, national_months: int | None) -> str:
+    """The page's comparison, e.g. "here: +3 months (+2 to +4); nationally (EEF Toolkit, Reading
+    comprehension strategies): +6 months". Months by :func:`effect_sizes.months_progress`; either
+    half is left out when unknown."""
+    parts = []
+    here = months_progress(effect_size) if effect_size is not None else None
+    if here is not None:
+        low = months_progress(ci_low) if ci_low is not None else None
+        high = months_progress(ci_high) if ci_high is not None else None
+        interval = f" ({_signed_months(low)} to {_signed_months(high)})" if low is not None and high is not None else ""
+        parts.append(f"here: {_signed_months(here)} month{'s' if abs(here) != 1 else ''}{interval}")
+    if national_months is not None:
+        strand = f", {toolkit_strand}" if toolkit_strand else ""
+        parts.append(f"nationally (EEF Toolkit{strand}): {_signed_months(national_months)} "
+                     f"month{'s' if abs(national_months) != 1 else ''}")
+    return "; ".join(parts)
+
+
+def registry_notes(registry: Registry) -> tuple[OfficerMessage, ...]:
+    """Warnings about the plan as a whole (rows are kept): rounds of one intervention that register
+    different primary outcomes cannot be pooled into one cumulative row."""
+    notes = []
+    for name in registry.interventions():
+        outcomes = {match_key(r.outcome_measure): r.outcome_measure for r in registry.rounds_of(name)}
+        if len(outcomes) > 1:
+            notes.append(OfficerMessage(
+                "warning", "rounds_differ",
+                f"the rounds of {name} register different primary outcomes ({', '.join(sorted(outcomes.values()))}): "
+                "each round is analysed on its own, but they are not pooled into an 'all rounds' row",
+                name))
+    return tuple(notes)
+
+
+MESSAGE_COLUMNS = ["level", "rule", "intervention", "school_urn", "message"]
+
+
+def messages_frame(messages: tuple[OfficerMessage, ...] | list[OfficerMessage]) -> pd.DataFrame:
+    """Officer messages as a table for the load report and the UI (:data:`MESSAGE_COLUMNS`)."""
+    return pd.DataFrame([{"level": m.level, "rule": m.rule, "intervention": m.intervention,
+                          "school_urn": m.school_urn, "message": m.text} for m in messages],
+                        columns=MESSAGE_COLUMNS)

@@ -1,0 +1,141 @@
+"""Excel workbooks the site publishes: the readable evidence table and per-trial extract templates (openpyxl).
+
+Workbooks are written deterministically (fixed creation time) so a rebuild from the same data
+gives the same bytes. Text cells are formula-neutralised like the CSVs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import re
+import zipfile
+
+import pandas as pd
+from openpyxl import Workbook
+from openpyxl.styles import Alignment, Font, PatternFill
+from openpyxl.utils import get_column_letter
+from openpyxl.worksheet.datavalidation import DataValidation
+
+from microtrials.publish import _neutralise_cell
+
+_FIXED_TIME = dt.datetime(2000, 1, 1)
+_HEADER_FILL = PatternFill("solid", fgColor="F3F2F1")
+#: Rows of a template that carry the drop-down lists (a school's trial rarely exceeds this).
+TEMPLATE_ROWS = 2000
+
+
+def _save(book: Workbook) -> bytes:
+    book.properties.created = _FIXED_TIME
+    book.properties.modified = _FIXED_TIME
+    book.properties.creator = "microtrials"
+    buffer = io.BytesIO()
+    book.save(buffer)
+    return _fixed_zip_times(buffer.getvalue())
+
+
+def _fixed_zip_times(data: bytes) -> bytes:
+    """The same zip with every entry dated 1980-01-01, so equal workbooks are equal bytes."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type = zipfile.ZIP_DEFLATED
+            fixed.external_attr = info.external_attr
+            content = source.read(info.filename)
+            if info.filename == "docProps/core.xml":  # openpyxl stamps the save time here
+                content = re.sub(rb"(<dcterms:modified[^>]*>)[^<]*(<)", rb"\g<1>2000-01-01T00:00:00Z\g<2>", content)
+            target.writestr(fixed, content)
+    return out.getvalue()
+
+
+def _missing(value: object) -> bool:
+    try:
+        return value is None or bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _header(sheet, headers: list[str], widths: list[float]) -> None:
+    sheet.append(headers)
+    for index, width in enumerate(widths, start=1):
+        cell = sheet.cell(row=1, column=index)
+        cell.font = Font(bold=True)
+        cell.fill = _HEADER_FILL
+        cell.alignment = Alignment(wrap_text=True, vertical="top")
+        sheet.column_dimensions[get_column_letter(index)].width = width
+    sheet.freeze_panes = "A2"
+
+
+def table_xlsx(frame: pd.DataFrame, sheet_title: str, notes: list[tuple[str, str]] | None = None) -> bytes:
+    """One sheet holding ``frame`` (already formatted for people) with a bold, frozen header row.
+
+    Column widths follow the longest value (10 to 60 characters); long text wraps. ``notes``
+    (heading, text) rows go on a second sheet "About".
+    """
+    book = Workbook()
+    sheet = book.active
+    sheet.title = sheet_title[:31]
+    headers = [str(c) for c in frame.columns]
+    widths = []
+    for column in frame.columns:
+        longest = max([len(str(column))] + [len(str(v)) for v in frame[column] if not _missing(v)])
+        widths.append(float(min(max(longest + 2, 10), 60)))
+    _header(sheet, headers, widths)
+    for row in frame.itertuples(index=False, name=None):
+        sheet.append([None if _missing(v) else _neutralise_cell(v.item() if hasattr(v, "item") else v) for v in row])
+    for row in sheet.iter_rows(min_row=2):
+        for cell in row:
+            if isinstance(cell.value, str) and len(cell.value) > 60:
+                cell.alignment = Alignment(wrap_text=True, vertical="top")
+    if notes:
+        about = book.create_sheet("About")
+        _header(about, ["", ""], [28, 100])
+        about.delete_rows(1)
+        for heading, text in notes:
+            about.append([heading, text])
+            about.cell(row=about.max_row, column=1).font = Font(bold=True)
+            about.cell(row=about.max_row, column=2).alignment = Alignment(wrap_text=True, vertical="top")
+    return _save(book)
+
+
+def template_xlsx(columns: list[str], intervention: str, outcome_measure: str,
+                  choices: dict[str, list[str]], help_rows: list[tuple[str, str]]) -> bytes:
+    """An empty extract for one trial: the format's headers, drop-down lists, a "How to fill" sheet.
+
+    ``choices`` maps a column to its allowed values (e.g. arm: intervention, control); each gets a
+    list validation on rows 2..TEMPLATE_ROWS that refuses anything else. ``intervention`` and
+    ``outcome_measure`` get a one-value list with the trial's exact spelling.
+    """
+    book = Workbook()
+    sheet = book.active
+    sheet.title = "Pupils"
+    widths = [max(len(c) + 4, 14) for c in columns]
+    for name, value in (("intervention", intervention), ("outcome_measure", outcome_measure)):
+        if name in columns:
+            widths[columns.index(name)] = min(max(len(value) + 4, 16), 50)
+    _header(sheet, list(columns), widths)
+    lists = book.create_sheet("Lists")
+    all_choices = dict(choices)
+    all_choices.update({"intervention": [intervention], "outcome_measure": [outcome_measure]})
+    for offset, (column, values) in enumerate(all_choices.items(), start=1):
+        if column not in columns:
+            continue
+        lists.cell(row=1, column=offset, value=column)
+        for r, value in enumerate(values, start=2):
+            lists.cell(row=r, column=offset, value=_neutralise_cell(value))
+        letter = get_column_letter(offset)
+        source = f"Lists!${letter}$2:${letter}${len(values) + 1}"
+        validation = DataValidation(type="list", formula1=source, allow_blank=True, showErrorMessage=True,
+                                    errorTitle=f"{column}: not allowed",
+                                    error=f"Choose {column} from the list: " + ", ".join(values)[:200])
+        target = get_column_letter(columns.index(column) + 1)
+        validation.add(f"{target}2:{target}{TEMPLATE_ROWS}")
+        sheet.add_data_validation(validation)
+    lists.sheet_state = "hidden"
+    help_sheet = book.create_sheet("How to fill")
+    _header(help_sheet, ["Column", "What to put"], [20, 100])
+    for column, text in help_rows:
+        help_sheet.append([column, text])
+        help_sheet.cell(row=help_sheet.max_row, column=2).alignment = Alignment(wrap_text=True, vertical="top")
+    return _save(book)

@@ -1,0 +1,110 @@
+"""Disclosure control survives subtraction: no published total gives a blanked school's count back."""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from microtrials.disclosure import protect_schools, protect_totals
+from microtrials.site import build_site, trial_slug
+
+T = 10
+
+
+def _schools(counts):
+    return pd.DataFrame({"school_urn": [f"1110{i:02d}" for i in range(len(counts))],
+                         "n_intervention": [a for a, _ in counts], "n_control": [b for _, b in counts],
+                         "g": [0.1] * len(counts), "ci_low": [-0.1] * len(counts), "ci_high": [0.3] * len(counts),
+                         "eb_g": [0.1] * len(counts), "note": [""] * len(counts)})
+
+
+def _evidence(name, counts):
+    analysed = sum(a + b for a, b in counts)
+    return dict(intervention=name, outcome_measure="Test", schools=len(counts), schools_both_arms=len(counts),
+                pupils_randomised=analysed + 2, pupils_analysed=analysed, attrition_pct=1.0, effect_size=0.2,
+                ci_low=0.0, ci_high=0.4, p_value=0.05, months_progress=3, tau=0.0, i2=0.0, pi_low=np.nan,
+                pi_high=np.nan, status="published", p_new_school_benefits=np.nan, fsm_effect_size=np.nan, fsm_ci_low=np.nan, fsm_ci_high=np.nan,
+                evidence_strength=3, notes="", fsm_months_progress=np.nan)
+
+
+CASES = {
+    "one small school (the issue's 148 - 144)": [(40, 38), (30, 32), (2, 2), (1, 3)][:3] + [(0, 0)][:0],
+    "one small school of four": [(40, 38), (35, 31), (30, 29), (2, 2)],
+    "two tiny schools": [(40, 38), (3, 2), (2, 2), (50, 41)],
+    "all small": [(3, 2), (2, 2), (4, 1)],
+    "one school": [(3, 3)],
+    "one big school": [(30, 25)],
+    "nothing small": [(20, 21), (30, 31)],
+}
+
+
+def _published():
+    evidence = pd.DataFrame([_evidence(name, counts) for name, counts in CASES.items()])
+    schools = {(name, "Test"): _schools(counts) for name, counts in CASES.items()}
+    report = pd.DataFrame({"file_name": [], "status": [], "school_urn": []})
+    return build_site(evidence, schools, report, "d", "r")
+
+
+def test_no_published_total_reveals_a_blanked_school():
+    files = _published()
+    table = pd.read_csv(io.BytesIO(files["evidence_table.csv"]), encoding="utf-8-sig")
+    for row in table.itertuples():
+        parts = pd.read_csv(io.BytesIO(files[f"{trial_slug(row.intervention, 'Test')}/schools.csv"]),
+                            encoding="utf-8-sig", dtype={"school_urn": str})
+        counts = parts[["n_intervention", "n_control"]]
+        # every published count is 0 or at least T
+        for value in list(counts.to_numpy().ravel()) + [row.pupils_analysed, row.pupils_randomised]:
+            assert pd.isna(value) or value == 0 or value >= T, (row.intervention, value)
+        blanked = counts.isna().any(axis=1)
+        if pd.isna(row.pupils_analysed):
+            continue
+        difference = row.pupils_analysed - counts.fillna(0).to_numpy().sum()
+        if len(parts) == 0:
+            continue  # a one-school trial publishes no per-school rows
+        # differencing the total against the published parts gives back only a group of >= 2 schools, >= T pupils
+        if blanked.any():
+            assert blanked.sum() >= 2 and difference >= T, row.intervention
+        else:
+            assert difference == 0, row.intervention
+        # and no subset of published parts plus the total isolates one blanked school
+        published = counts[~blanked].sum(axis=1).tolist()
+        for k in range(len(published) + 1):
+            for subset in itertools.combinations(published, k):
+                rest = row.pupils_analysed - sum(subset)
+                assert not (0 < rest < T), row.intervention
+
+
+def test_one_school_trial_publishes_no_school_rows_and_no_small_counts():
+    files = _published()
+    for name in ("one school", "one big school"):
+        parts = pd.read_csv(io.BytesIO(files[f"{trial_slug(name, 'Test')}/schools.csv"]), encoding="utf-8-sig")
+        assert len(parts) == 0
+        assert b"111000" not in files[f"{trial_slug(name, 'Test')}/index.html"]
+    table = pd.read_csv(io.BytesIO(files["evidence_table.csv"]), encoding="utf-8-sig").set_index("intervention")
+    assert pd.isna(table.loc["one school", "pupils_analysed"]) and pd.isna(table.loc["one school", "attrition_pct"])
+    assert table.loc["one big school", "pupils_analysed"] == 55
+
+
+def test_secondary_suppression_picks_the_next_smallest_school():
+    out, blanked = protect_schools(_schools([(40, 38), (35, 31), (30, 29), (2, 2)]))
+    assert blanked == ["111002", "111003"]  # the small one, then the next smallest (59 pupils)
+    row = out.set_index("school_urn").loc["111002"]
+    assert pd.isna(row["n_intervention"]) and pd.isna(row["g"]) and "subtraction" in row["suppressed"]
+    assert "59" not in row["note"] and "2" not in row["note"]
+
+
+def test_a_blanked_note_never_quotes_a_small_count():
+    frame = _schools([(7, 0), (40, 38), (35, 30)])
+    frame.loc[0, "note"] = "one arm only (7 pupils in intervention)"
+    out, _ = protect_schools(frame)
+    assert "7" not in " ".join(out["note"].astype(str))
+
+
+@pytest.mark.parametrize(("analysed", "blank"), [(8, True), (10, False), (0, False)])
+def test_small_totals_are_blanked_with_attrition(analysed, blank):
+    out = protect_totals({"pupils_randomised": 40, "pupils_analysed": analysed, "attrition_pct": 5.0})
+    assert (out["pupils_analysed"] is None) == blank and (out["attrition_pct"] is None) == blank

@@ -1,0 +1,116 @@
+"""Private feedback files: what each school should fix, readable in Excel, never published."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+
+import pytest
+
+from microtrials import feedback, warehouse
+from microtrials.errors import MicrotrialsError
+from microtrials.loading import load_folder
+from tests.conftest import EXTRACT_HEADER, pupil_rows
+
+KEY = b"test-key"
+COL = {name: i for i, name in enumerate(EXTRACT_HEADER)}
+
+
+@pytest.fixture
+def con(tmp_path):
+    connection = warehouse.connect(tmp_path / "warehouse.duckdb")
+    yield connection
+    connection.close()
+
+
+def read_as_excel(path) -> list[dict]:
+    data = path.read_bytes()
+    assert data.startswith(codecs.BOM_UTF8)  # Excel takes the file as UTF-8 only with the mark
+    return list(csv.DictReader(io.StringIO(data[3:].decode("utf-8"), newline="")))
+
+
+def test_a_school_gets_line_column_value_reason_and_what_to_do(con, write_extract, tmp_path):
+    rows = pupil_rows(6, intervention="Lecture Café")
+    rows[1][COL["arm"]] = "treat"
+    rows[2][COL["outcome"]] = "=1+2"
+    rows[3][COL["gender"]] = rows[3][COL["pupil_id"]]  # columns mixed up: an id where gender goes
+    rows[4][COL["pupil_id"]] = ""
+    folder = write_extract("111601.csv", rows).parent
+    write_extract("111602.csv", pupil_rows(3, urn="111602"))  # nothing to fix: no file
+    reports = load_folder(con, folder, KEY)
+    out = tmp_path / "feedback"
+    written = feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, out, tmp_path / "published")
+    assert written == [out / "111601" / "111601-what-to-fix.csv"]
+    lines = read_as_excel(written[0])
+    assert list(lines[0]) == ["Line", "Column", "Value sent", "What is wrong", "What to do"]
+    by_line = {(r["Line"], r["Column"]): r for r in lines}
+    assert by_line["3", "arm"]["Value sent"] == "treat"
+    assert by_line["3", "arm"]["What is wrong"] == "arm must be 'intervention' or 'control', got 'treat'"
+    assert by_line["3", "arm"]["What to do"] == "correct the pupil's randomised arm"
+    assert by_line["4", "outcome"]["Value sent"] == "'=1+2"  # a formula is shown as text, never run
+    assert by_line["5", "gender"]["Value sent"] == feedback.HIDDEN  # equals a pupil_id in the file
+    assert by_line["6", "pupil_id"]["Value sent"] == ""
+    text = written[0].read_bytes().decode("utf-8-sig")
+    assert "P111601-4" not in text  # no pupil identifier, however it got there
+    assert not (out / "111602").exists()
+
+
+def test_trials_not_replaced_are_explained(con, write_extract, tmp_path):
+    folder = write_extract("111601.csv", pupil_rows(10)).parent
+    load_folder(con, folder, KEY)
+    bad = [r[: COL["arm"]] + ["I"] + r[COL["arm"] + 1 :] for r in pupil_rows(10)]
+    write_extract("111601.csv", bad)
+    reports = load_folder(con, folder, KEY)
+    written = feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, tmp_path / "fb")
+    lines = read_as_excel(written[0])
+    assert len(lines) == 11
+    assert lines[-1]["Line"] == "" and lines[-1]["What is wrong"].startswith("Reading / NGRT: this file has 0 loadable")
+    # a corrected file with nothing to fix removes the old feedback
+    write_extract("111601.csv", pupil_rows(10, start=1))
+    reports = load_folder(con, folder, KEY)
+    assert feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, tmp_path / "fb") == []
+    assert not written[0].exists()
+
+
+def test_warnings_are_included_when_the_table_exists(con, write_extract, tmp_path):
+    folder = write_extract("111601.csv", pupil_rows(3)).parent
+    reports = load_folder(con, folder, KEY)
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS load_warnings (delivery_id VARCHAR, source_file VARCHAR, line INTEGER, school_urn VARCHAR,"
+        " column_name VARCHAR, rule VARCHAR, reason VARCHAR, intervention VARCHAR, outcome_measure VARCHAR)"
+    )
+    delivery = con.execute("SELECT delivery_id FROM deliveries").fetchone()[0]
+    con.execute(
+        "INSERT INTO load_warnings VALUES (?, '111601.csv', 3, '111601', 'year_group', 'odd', "
+        "'year_group 6 is unusual for this trial; check it', 'Reading', 'NGRT')",
+        [delivery],
+    )
+    written = feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, tmp_path / "fb")
+    [line] = read_as_excel(written[0])
+    assert (line["Line"], line["Column"], line["What is wrong"], line["What to do"]) == (
+        "3", "year_group", "year_group 6 is unusual for this trial", "check it",
+    )
+
+
+def test_feedback_never_goes_under_the_published_folder(con, tmp_path):
+    for folder in (tmp_path / "published", tmp_path / "published" / "feedback", tmp_path):
+        with pytest.raises(MicrotrialsError, match="must stay private"):
+            feedback.write_feedback(con, [], {}, folder, tmp_path / "published")
+
+
+def test_unsafe_names_and_missing_urns_stay_inside_the_folder(tmp_path):
+    path = feedback.feedback_path(tmp_path, None, "../../etc/pass wd.csv")
+    assert path == tmp_path / "unknown-urn" / "pass_wd-what-to-fix.csv"
+    assert feedback.feedback_path(tmp_path, "../x", "a.csv").parent == tmp_path / "unknown-urn"
+
+
+def test_an_unwritable_feedback_folder_is_a_plain_error(con, write_extract, tmp_path):
+    rows = pupil_rows(3)
+    rows[0][COL["arm"]] = "x"
+    folder = write_extract("111601.csv", rows).parent
+    reports = load_folder(con, folder, KEY)
+    blocked = tmp_path / "fb"
+    blocked.write_text("a file where the folder should be")
+    with pytest.raises(MicrotrialsError, match=r"could not write the feedback file .* the rows are loaded already"):
+        feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, blocked)

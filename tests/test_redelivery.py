@@ -1,0 +1,211 @@
+"""A re-delivery only replaces what it can replace; every folder entry is in the report; workers die with the loader."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from microtrials import warehouse
+from microtrials.loading import load_file, load_folder, load_report_frame
+from tests.conftest import EXTRACT_HEADER, REPO_ROOT, pupil_rows
+
+KEY = b"test-key"
+ARM = EXTRACT_HEADER.index("arm")
+
+
+@pytest.fixture
+def con(tmp_path):
+    connection = warehouse.connect(tmp_path / "warehouse.duckdb")
+    yield connection
+    connection.close()
+
+
+def coded(rows):
+    """The rows with arm coded I/C, as some MIS exports do: every row breaks the arm rule."""
+    return [r[:ARM] + [r[ARM][0].upper()] + r[ARM + 1 :] for r in rows]
+
+
+def pupils_of(con, urn="111601"):
+    return con.execute(
+        "SELECT intervention, count(*), min(source_file) FROM pupils WHERE school_urn = ? GROUP BY 1 ORDER BY 1",
+        [urn],
+    ).fetchall()
+
+
+def test_an_all_quarantined_redelivery_keeps_the_70_good_rows(con, write_extract):
+    load_file(con, write_extract("111601.csv", pupil_rows(70)), KEY)
+    assert pupils_of(con) == [("Reading", 70, "111601.csv")]
+    report = load_file(con, write_extract("111601_resent.csv", coded(pupil_rows(70))), KEY)
+    assert pupils_of(con) == [("Reading", 70, "111601.csv")]  # the earlier rows survive
+    assert (report.status, report.rows_read, report.rows_loaded, report.rows_quarantined) == ("rejected", 70, 0, 70)
+    assert list(report.trials_rejected) == ["Reading / NGRT"]
+    assert "this file has 0 loadable rows for the trial, the school's earlier delivery 70" in report.reason
+    assert "the earlier rows are kept" in report.reason
+    # the officer sees it in the load report, and the deliveries table says the same
+    frame = load_report_frame([report])
+    assert frame[["status", "reason"]].values.tolist() == [["rejected", report.reason]]
+    deliveries = con.execute("SELECT file_name, status, rows_loaded, reason FROM deliveries ORDER BY loaded_at").fetchall()
+    assert deliveries[-1] == ("111601_resent.csv", "rejected", 0, report.reason)
+    # the new file's rows set aside stay visible (what to fix); the kept delivery's quarantine is untouched
+    lines = con.execute("SELECT count(*) FROM quarantine WHERE source_file = '111601_resent.csv'").fetchone()[0]
+    assert lines == 70
+    # seen again: still rejected, recorded once
+    again = load_file(con, write_extract("111601_resent.csv", coded(pupil_rows(70))), KEY)
+    assert again.status == "rejected" and pupils_of(con) == [("Reading", 70, "111601.csv")]
+    assert con.execute("SELECT count(*) FROM deliveries WHERE file_name = '111601_resent.csv'").fetchone()[0] == 1
+
+
+def test_losing_more_than_half_keeps_the_earlier_rows_half_replaces(con, write_extract):
+    load_file(con, write_extract("111601.csv", pupil_rows(70)), KEY)
+    fewer = load_file(con, write_extract("111601_v2.csv", pupil_rows(34)), KEY)  # 34 < 70 / 2
+    assert fewer.status == "rejected" and "this file has 34 loadable rows" in fewer.reason
+    assert "ask the data team" in fewer.reason  # no row was set aside: perhaps pupils really left
+    assert pupils_of(con) == [("Reading", 70, "111601.csv")]
+    half = load_file(con, write_extract("111601_v3.csv", pupil_rows(35)), KEY)  # exactly half: replaces
+    assert (half.status, half.rows_loaded, half.trials_rejected) == ("loaded", 35, {})
+    assert pupils_of(con) == [("Reading", 35, "111601_v3.csv")]
+
+
+def test_only_the_losing_trial_is_kept_the_others_are_replaced(con, write_extract):
+    first = pupil_rows(40) + pupil_rows(40, intervention="Maths", measure="PUMA")
+    load_file(con, write_extract("111601.csv", first), KEY)
+    second = coded(pupil_rows(40)) + pupil_rows(38, intervention="Maths", measure="PUMA", start=100)
+    report = load_file(con, write_extract("111601.csv", second), KEY)  # same name, new content
+    assert report.status == "loaded" and report.rows_loaded == 38
+    assert list(report.trials_rejected) == ["Reading / NGRT"]
+    assert report.reason.startswith("not replaced: Reading / NGRT: this file has 0 loadable rows")
+    assert pupils_of(con) == [("Maths", 38, "111601.csv"), ("Reading", 40, "111601.csv")]
+    kept = con.execute("SELECT count(DISTINCT delivery_id) FROM pupils WHERE intervention = 'Reading'").fetchone()[0]
+    assert kept == 1
+    # the stored report of this (unchanged) file says the same on the next run
+    again = load_file(con, write_extract("111601.csv", second), KEY)
+    assert again.status == "unchanged" and again.trials_rejected == report.trials_rejected
+
+
+def test_a_first_delivery_with_no_good_rows_is_still_a_load(con, write_extract):
+    report = load_file(con, write_extract("111601.csv", coded(pupil_rows(5))), KEY)
+    assert (report.status, report.rows_loaded, report.trials_rejected) == ("loaded", 0, {})
+
+
+# ---- every entry of the folder is accounted for ----------------------------------------------
+
+
+def test_every_entry_that_is_not_an_extract_is_reported_as_ignored(con, write_extract):
+    folder = write_extract("111601.csv", pupil_rows(2)).parent
+    (folder / "old deliveries").mkdir()
+    (folder / "old deliveries" / "111601.csv").write_text("not looked at")
+    (folder / "notes.txt").write_text("call the school")
+    (folder / ".DS_Store").write_bytes(b"\0")
+    (folder / ".111602.csv").write_text("hidden")
+    (folder / "~$111603.xlsx").write_bytes(b"lock")
+    (folder / "111604.xls").write_bytes(b"\xd0\xcf\x11\xe0")
+    (folder / "gone.csv").symlink_to(folder / "nowhere.csv")
+    reports = {r.file_name: r for r in load_folder(con, folder, KEY)}
+    assert {name: r.status for name, r in reports.items()} == {
+        "111601.csv": "loaded",
+        "111604.xls": "rejected",  # a spreadsheet sent instead of a CSV: a delivery, rejected
+        "old deliveries": "ignored",
+        "notes.txt": "ignored",
+        ".DS_Store": "ignored",
+        ".111602.csv": "ignored",
+        "~$111603.xlsx": "ignored",
+        "gone.csv": "ignored",
+    }
+    assert "a folder: files inside folders are not loaded" in reports["old deliveries"].reason
+    assert "only .csv and .xlsx files are loaded" in reports["notes.txt"].reason
+    assert "hidden file" in reports[".111602.csv"].reason and "rename it without the dot" in reports[".111602.csv"].reason
+    assert "lock file" in reports["~$111603.xlsx"].reason
+    assert "not a regular file" in reports["gone.csv"].reason
+    frame = load_report_frame(list(reports.values()))
+    ignored = frame[frame["status"] == "ignored"]
+    assert len(ignored) == 6 and ignored["reason"].str.len().gt(0).all()
+    # ignored entries are not deliveries
+    assert con.execute("SELECT count(*) FROM deliveries WHERE status = 'ignored'").fetchone()[0] == 0
+
+
+# ---- loader workers die with their parent ----------------------------------------------------
+
+_CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from microtrials import loading, warehouse
+
+    pids = Path(sys.argv[2])
+    real_prepare = loading._prepare
+
+    def slow_prepare(*args):  # the test hook: each worker says who it is, then takes its time
+        (pids / str(os.getpid())).write_text("")
+        time.sleep(120)
+        return real_prepare(*args)
+
+    loading._prepare = slow_prepare
+    loading.PARALLEL_MIN_FILES = 1
+    con = warehouse.connect(Path(sys.argv[3]))
+    loading.load_folder(con, Path(sys.argv[1]), b"test-key")
+    """
+)
+
+
+def _children(parent: int) -> list[int]:
+    """PIDs whose parent is ``parent`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2, reason="forked workers: Linux, 2+ cores")
+def test_loader_workers_die_when_the_loader_is_killed(tmp_path, write_extract):
+    for i in range(4):
+        folder = write_extract(f"11160{i}.csv", pupil_rows(3, urn=f"11160{i}")).parent
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = os.environ | {"PYTHONPATH": str(REPO_ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(folder), str(pids), str(tmp_path / "w.duckdb")], env=env
+    )
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not list(pids.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        busy = [int(p.name) for p in pids.iterdir()]
+        assert busy, "no worker started"
+        workers = sorted(set(busy) | set(_children(child.pid)))  # the busy one and any idle ones
+        assert len(workers) >= 2, f"expected a pool of workers, found {workers}"
+        assert all(_alive(pid) for pid in workers)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survivors = [pid for pid in workers if _alive(pid)]
+        assert survivors == [], f"loader workers outlived their parent: {survivors}"
+    finally:
+        if child.poll() is None:
+            child.kill()
+        for pid in set(workers) | {int(p.name) for p in pids.iterdir()}:  # no stray worker, even on failure
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

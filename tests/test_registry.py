@@ -1,0 +1,361 @@
+"""The trial registry: reading trials.csv, validating rows, matching deliveries, plan progress, outcome switching."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import date, datetime
+
+import pandas as pd
+import pytest
+
+from microtrials import registry as reg
+
+HEADER = ("intervention,outcome_measure,round,start_date,end_date,schools,aliases,secondary_outcomes,"
+          "registered_on,toolkit_strand,national_months,cost_per_pupil,description")
+GOOD = [
+    "Reciprocal reading,NGRT standardised score,2025 Autumn,2025-09-01,2025-12-19,111101 111102;111103,"
+    "Reciprocal Reading Programme|RR,Reading age,2025-07-01,Reading comprehension strategies,6,£35,Pupils take turns to lead.",
+    "Reciprocal reading,NGRT standardised score,2026 Spring,2026-01-05,2026-04-01,111103 111104,,,2025-12-01,"
+    "Reading comprehension strategies,+6,35,Pupils take turns to lead.",
+    "Maths mastery,PUMA standardised score,,2025-09-01,,111201;111202,,,,Mastery learning,5,\"£1,250\",Whole-class mastery.",
+]
+
+
+def csv_bytes(rows, header=HEADER, encoding="utf-8", bom=False, newline="\r\n") -> bytes:
+    data = newline.join([header, *rows]) + newline
+    return (b"\xef\xbb\xbf" if bom else b"") + data.encode(encoding)
+
+
+def test_reads_every_column_typed():
+    r = reg.read_registry(csv_bytes(GOOD, bom=True))
+    assert r.problems == ()
+    assert [x.round for x in r.rounds] == ["2025 Autumn", "2026 Spring", ""]
+    first = r.rounds[0]
+    assert first.schools == frozenset({"111101", "111102", "111103"})
+    assert first.aliases == ("Reciprocal Reading Programme", "RR")
+    assert first.secondary_outcomes == ("Reading age",)
+    assert first.start_date == date(2025, 9, 1) and first.end_date == date(2025, 12, 19)
+    assert first.registered_on == date(2025, 7, 1)
+    assert first.national_months == 6 and first.cost_per_pupil == 35.0 and first.cost_rating == "£"
+    assert first.toolkit_strand == "Reading comprehension strategies"
+    assert first.description == "Pupils take turns to lead."
+    assert first.line == 2
+    assert r.rounds[2].end_date is None and r.rounds[2].cost_per_pupil == 1250.0 and r.rounds[2].cost_rating == "£££££"
+    assert r.sha256 == hashlib.sha256(csv_bytes(GOOD, bom=True)).hexdigest()
+    assert r.encoding == "utf-8-sig"
+    assert r.interventions() == ["Reciprocal reading", "Maths mastery"]
+
+
+def test_windows_1252_and_plain_utf8_read_the_same():
+    rows = [GOOD[0].replace("Pupils take turns to lead.", "Pupils’ café – £35")]
+    ansi = reg.read_registry(csv_bytes(rows, encoding="cp1252"))
+    utf8 = reg.read_registry(csv_bytes(rows, newline="\n"))
+    assert ansi.encoding == "cp1252" and utf8.encoding == "utf-8"
+    assert ansi.rounds[0].description == utf8.rounds[0].description == "Pupils’ café – £35"
+
+
+def test_each_bad_row_is_named_and_left_out_and_the_rest_works():
+    bad = [
+        GOOD[0],
+        "Talk for writing,Writing assessment,2026,2026-13-01,,111301,,,,,,,",              # line 3 bad date
+        "Talk for writing,Writing assessment,2027,2026-09-01,,11130,,,,,,,",               # line 4 5-digit URN
+        "Reciprocal reading,NGRT standardised score,2025 autumn,2025-09-01,,111105,,,,,,,",  # line 5 duplicate round
+        ",NGRT,2026,2026-09-01,,111106,,,,,,,",                                            # line 6 no intervention
+        "Tutoring,,2026,2026-09-01,,111107,,,,,,,",                                        # line 7 no outcome
+        "Tutoring,GL PTM,2026,2026-09-01,,111107,,,,,six,lots,",                           # line 8 two bad numbers
+        "Tutoring,GL PTM,2027,2026-09-01,2026-08-01,111107,,,,,,,",                        # line 9 end before start
+        "",                                                                                  # line 10 blank (skipped)
+        GOOD[2],                                                                             # line 11 fine
+    ]
+    r = reg.read_registry(csv_bytes(bad))
+    found = {(p.line, p.column) for p in r.problems}
+    assert found == {(3, "start_date"), (4, "schools"), (5, "round"), (6, "intervention"),
+                     (7, "outcome_measure"), (8, "national_months"), (8, "cost_per_pupil"), (9, "end_date")}
+    assert [x.line for x in r.rounds] == [2, 11]
+    by_line = {p.line: p for p in r.problems}
+    assert "2026-13-01" in by_line[3].message and "YYYY-MM-DD" in by_line[3].message
+    assert "6 digits" in by_line[4].message and "'11130'" in by_line[4].message
+    assert "Reciprocal reading round '2025 autumn' is already on line 2" in by_line[5].message
+    assert by_line[9].message.startswith("trials.csv line 9, column end_date: the round ends")
+    assert all(p.action for p in r.problems)
+
+
+def test_uk_dates_as_excel_saves_them_are_read():
+    row = GOOD[0].replace("2025-09-01,2025-12-19", "01/09/2025,19/12/2025")
+    r = reg.read_registry(csv_bytes([row]))
+    assert r.problems == () and r.rounds[0].start_date == date(2025, 9, 1) and r.rounds[0].end_date == date(2025, 12, 19)
+
+
+def test_missing_required_header_is_one_problem_not_a_crash():
+    r = reg.read_registry(b"intervention,round\r\nA,1\r\n")
+    assert r.rounds == () and len(r.problems) == 1
+    assert "outcome_measure" in r.problems[0].message and r.problems[0].line == 1
+
+
+def test_alias_of_another_intervention_is_a_problem():
+    rows = [GOOD[2], GOOD[0].replace("Reciprocal Reading Programme|RR", "maths  MASTERY")]
+    r = reg.read_registry(csv_bytes(rows))
+    assert [(p.line, p.column) for p in r.problems] == [(3, "aliases")]
+
+
+@pytest.mark.parametrize("cost,rating", [(0, "£"), (79.99, "£"), (80, "££"), (200, "££"), (200.01, "£££"),
+                                         (720, "£££"), (721, "££££"), (1200, "££££"), (1200.5, "£££££"), (None, None)])
+def test_cost_rating_toolkit_bands(cost, rating):
+    assert reg.cost_rating(cost) == rating
+
+
+def test_registry_path_rule(tmp_path):
+    extracts = tmp_path / "data" / "extracts"
+    assert reg.registry_path(extracts, environ={}) == tmp_path / "data" / "trials.csv"
+    assert reg.registry_path(extracts, environ={"MICROTRIALS_TRIALS": "/x/t.csv"}) == reg.Path("/x/t.csv")
+    assert reg.registry_path(extracts, "/y/u.csv", environ={"MICROTRIALS_TRIALS": "/x/t.csv"}) == reg.Path("/y/u.csv")
+    assert reg.load_registry(tmp_path / "data" / "trials.csv") is None
+    warning = reg.no_registry_warning(tmp_path / "data" / "trials.csv")
+    assert "every intervention name is taken as a trial" in warning and "--trials" in warning
+
+
+# ---- matching -------------------------------------------------------------------------------
+
+
+def _registry():
+    rows = [
+        "Reciprocal reading,NGRT standardised score,2025 Autumn,2025-09-01,2025-12-19,111101 111102 111103,"
+        "Reciprocal Reading Programme,Reading age,,,,,",
+        "Reciprocal reading,NGRT standardised score,2026 Spring,2026-01-05,2026-04-01,111103 111104 111105,,,,,,,",
+        "Reciprocal reading,NGRT standardised score,2026 Autumn,2026-09-01,2026-12-18,111106,,,,,,,",
+    ]
+    return reg.read_registry(csv_bytes(rows))
+
+
+def _combos(rows):
+    return pd.DataFrame(rows, columns=["intervention", "outcome_measure", "school_urn", "round", "rows"])
+
+
+def test_matching_rules():
+    combos = _combos([
+        ["Reciprocal reading", "NGRT standardised score", "111101", None, 40],        # planned once
+        ["reciprocal  READING programme", "NGRT standardised score", "111102", None, 30],  # alias spelling
+        ["Reciprocal reading", "NGRT standardised score", "111103", None, 20],        # in two rounds, no round
+        ["Reciprocal reading", "NGRT standardised score", "111103", "2026 spring", 25],  # sends round
+        ["Reciprocal reading", "Reading age", "111104", None, 10],                    # secondary outcome? (not in round 2)
+        ["Reciprocal reading", "NGRT standardised score", "111199", None, 15],        # unplanned school
+        ["Reading Boost", "NGRT standardised score", "111101", None, 12],             # unregistered
+    ])
+    m = reg.match_deliveries(_registry(), combos, today=date(2026, 2, 1))
+    out = m.combos.set_index(["school_urn", "intervention", "outcome_measure", m.combos["round_sent"].fillna("")])
+    assert tuple(out.loc[("111101", "Reciprocal reading", "NGRT standardised score", "")][["round", "outcome_role", "matched_by", "round_rule"]]) == ("2025 Autumn", "primary", "name", "plan")
+    alias = out.loc[("111102", "reciprocal  READING programme", "NGRT standardised score", "")]
+    assert (alias["registered_intervention"], alias["round"], alias["matched_by"]) == ("Reciprocal reading", "2025 Autumn", "alias")
+    ambiguous = out.loc[("111103", "Reciprocal reading", "NGRT standardised score", "")]
+    assert pd.isna(ambiguous["round"]) and ambiguous["round_rule"] == "needs round"
+    sent = out.loc[("111103", "Reciprocal reading", "NGRT standardised score", "2026 spring")]
+    assert (sent["round"], sent["round_rule"]) == ("2026 Spring", "sent")
+    assert out.loc[("111104", "Reciprocal reading", "Reading age", "")]["outcome_role"] == "exploratory"
+    unplanned = out.loc[("111199", "Reciprocal reading", "NGRT standardised score", "")]
+    assert (unplanned["round"], unplanned["round_rule"]) == ("2026 Spring", "unplanned")  # latest started by 2026-02-01
+    boost = out.loc[("111101", "Reading Boost", "NGRT standardised score", "")]
+    assert not boost["registered"] and pd.isna(boost["round"]) and pd.isna(boost["outcome_role"])
+
+    rules = {msg.rule: msg for msg in m.messages}
+    assert set(rules) == {"unregistered", "round_needed", "unplanned_school", "exploratory"}
+    assert "'Reading Boost' is not in the registry: add it, or correct the name" in rules["unregistered"].text
+    assert "111103" in rules["round_needed"].text and "2025 Autumn, 2026 Spring" in rules["round_needed"].text
+    assert "111199" in rules["unplanned_school"].text and "2026 Spring" in rules["unplanned_school"].text
+
+
+def test_secondary_outcome_and_unknown_round():
+    combos = _combos([
+        ["Reciprocal reading", "reading AGE", "111101", None, 40],
+        ["Reciprocal reading", "NGRT standardised score", "111106", "2030", 40],
+    ])
+    m = reg.match_deliveries(_registry(), combos, today=date(2026, 2, 1))
+    assert list(m.combos["outcome_role"]) == ["secondary", "primary"]
+    assert m.combos["round"].tolist() == ["2025 Autumn", "2026 Autumn"]  # unknown round falls back to the plan
+    assert [msg.rule for msg in m.messages] == ["round_unknown"]
+
+
+def test_unplanned_school_before_any_round_started_joins_the_earliest():
+    combos = _combos([["Reciprocal reading", "NGRT standardised score", "111199", None, 5]])
+    m = reg.match_deliveries(_registry(), combos, today=date(2025, 1, 1))
+    assert m.combos["round"].tolist() == ["2025 Autumn"]
+
+
+def test_plan_progress_and_interim_status():
+    combos = _combos([
+        ["Reciprocal reading", "NGRT standardised score", "111101", None, 40],
+        ["Reciprocal reading", "NGRT standardised score", "111102", None, 40],
+        ["Reciprocal reading", "NGRT standardised score", "111104", None, 40],
+        ["Reciprocal reading", "NGRT standardised score", "111199", None, 40],
+    ])
+    today = date(2026, 2, 1)
+    m = reg.match_deliveries(_registry(), combos, today=today)
+    progress = reg.plan_progress(_registry(), m.combos, today=today).set_index("round")
+    autumn = progress.loc["2025 Autumn"]
+    assert (autumn["planned"], autumn["delivered"], autumn["awaited_urns"]) == (3, 2, "111103")
+    assert (autumn["status"], autumn["status_note"]) == ("interim", "awaiting 1 of 3 schools")
+    spring = progress.loc["2026 Spring"]
+    assert (spring["delivered"], spring["unplanned_urns"]) == (1, "111199")
+    assert spring["status"] == "interim" and "until 2026-04-01" in spring["status_note"]
+    assert reg.round_status(12, 9, date(2026, 1, 1), today) == ("interim", "awaiting 3 of 12 schools")
+    assert reg.round_status(12, 12, date(2026, 1, 1), today) == (None, "")
+
+
+def test_primary_outcome_changed_after_results_is_noted():
+    before = _registry()
+    after_bytes = csv_bytes([
+        "Reciprocal reading,Reading age,2025 Autumn,2025-09-01,2025-12-19,111101 111102 111103,,,,,,,",
+        "Reciprocal reading,NGRT standardised score,2026 Spring,2026-01-05,2026-04-01,111103 111104 111105,,,,,,,",
+        "Reciprocal reading,GL reading,2026 Autumn,2026-09-01,2026-12-18,111106,,,,,,,",
+    ])
+    after = reg.read_registry(after_bytes)
+    versions = [(datetime(2026, 1, 20), after), (datetime(2025, 8, 1), before)]  # any order
+    first = {("reciprocal reading", "2025 autumn"): datetime(2025, 12, 1)}  # 2026 Autumn has no results yet
+    notes = reg.outcome_switch_notes(versions, first)
+    assert list(notes) == [("reciprocal reading", "2025 autumn")]
+    assert "from 'NGRT standardised score' to 'Reading age'" in notes[("reciprocal reading", "2025 autumn")]
+    # A change before any results arrived is not outcome switching.
+    assert reg.outcome_switch_notes(versions, {("reciprocal reading", "2025 autumn"): datetime(2026, 2, 1)}) == {}
+
+
+# ---- the Dagster asset and its checks -------------------------------------------------------
+
+
+def _materialize(tmp_path):
+    import dagster as dg
+
+    from pipelines.assets.registry import REGISTRY_CHECKS, registry
+    from pipelines.resources import Settings, Warehouse
+
+    (tmp_path / "data" / "extracts").mkdir(parents=True, exist_ok=True)
+    resources = {
+        "settings": Settings(extracts_dir=str(tmp_path / "data" / "extracts"), out_dir=str(tmp_path / "out")),
+        "warehouse_db": Warehouse(db_path=str(tmp_path / "w.duckdb")),
+    }
+    return dg.materialize([registry, *REGISTRY_CHECKS], resources=resources, raise_on_error=True)
+
+
+def _checks(result):
+    return {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_registry_asset_keeps_versions_and_names_bad_rows(tmp_path, monkeypatch):
+    import duckdb
+
+    monkeypatch.delenv("MICROTRIALS_TRIALS", raising=False)
+    trials = tmp_path / "data" / "trials.csv"
+    trials.parent.mkdir(parents=True)
+    trials.write_bytes(csv_bytes(GOOD, bom=True))
+    first = _materialize(tmp_path)
+    metadata = first.get_asset_materialization_events()[0].materialization.metadata
+    assert metadata["dagster/row_count"].value == 3 and metadata["new_version"].value is True
+    assert _checks(first) == {"registry_rows_valid": True, "registry_version_kept": True}
+
+    trials.write_bytes(csv_bytes([*GOOD, "Talk for writing,Writing,2026,2026-09-31,,111301,,,,,,,"]))
+    second = _materialize(tmp_path)
+    metadata = second.get_asset_materialization_events()[0].materialization.metadata
+    assert metadata["versions_kept"].value == 2 and metadata["rows_left_out"].value == 1
+    assert "2026-09-31" in metadata["problems"].value and re.search(r"\|\s+5 \| start_date", metadata["problems"].value)
+    assert _checks(second) == {"registry_rows_valid": False, "registry_version_kept": True}
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM registry_rounds").fetchone()[0] == 3
+        assert con.execute("SELECT count(*) FROM registry_versions").fetchone()[0] == 2
+
+
+def test_registry_asset_without_a_file_warns_and_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv("MICROTRIALS_TRIALS", raising=False)
+    result = _materialize(tmp_path)
+    metadata = result.get_asset_materialization_events()[0].materialization.metadata
+    assert metadata["registry"].value == "none"
+    assert "every intervention name is taken as a trial" in metadata["warning"].value
+    assert _checks(result) == {"registry_rows_valid": True, "registry_version_kept": True}
+
+
+def test_sample_registry_opens_cleanly_and_matches_the_sample_extracts():
+    root = reg.Path(__file__).resolve().parents[1] / "data"
+    data = (root / "trials.csv").read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf") and b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b"")
+    sample = reg.read_registry(data)
+    assert sample.problems == () and len(sample.rounds) == 4
+    delivered = pd.concat([pd.read_csv(p, dtype=str) for p in sorted((root / "extracts").glob("*.csv"))])
+    combos = delivered.groupby(["intervention", "outcome_measure", "school_urn"]).size().rename("rows").reset_index()
+    matched = reg.match_deliveries(sample, combos, today=date(2026, 11, 23))
+    assert matched.messages == () and set(matched.combos["outcome_role"]) == {"primary"}
+    progress = reg.plan_progress(sample, matched.combos, today=date(2026, 11, 23))
+    assert progress["awaited"].sum() == 0
+
+
+def test_matching_accepts_arrow_from_duckdb():
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE pupils (school_urn VARCHAR, intervention VARCHAR, outcome_measure VARCHAR, round VARCHAR)")
+    con.execute("INSERT INTO pupils VALUES ('111101', 'Reciprocal reading', 'NGRT standardised score', NULL), "
+                "('111101', 'Reciprocal reading', 'NGRT standardised score', NULL), "
+                "('111103', 'Reciprocal reading', 'NGRT standardised score', '2025 Autumn')")
+    combos = con.sql("SELECT intervention, outcome_measure, school_urn, round, count(*) AS rows "
+                         "FROM pupils GROUP BY ALL ORDER BY school_urn").to_arrow_table()
+    m = reg.match_deliveries(_registry(), combos, today=date(2026, 2, 1))
+    assert m.combos[["school_urn", "round", "rows"]].values.tolist() == [["111101", "2025 Autumn", 2], ["111103", "2025 Autumn", 1]]
+
+
+def test_evidence_columns_and_local_and_national_text():
+    r = reg.read_registry(csv_bytes(GOOD))
+    cols = reg.evidence_columns(r, "reciprocal reading programme", "2026 Spring")
+    assert cols == {"round": "2026 Spring", "toolkit_strand": "Reading comprehension strategies",
+                    "national_months": 6, "cost_per_pupil": 35.0, "cost_rating": "£",
+                    "description": "Pupils take turns to lead."}
+    assert reg.evidence_columns(r, "Reciprocal reading", "all rounds")["round"] == "all rounds"
+    assert reg.evidence_columns(r, "Unknown", None) == dict.fromkeys(reg.EVIDENCE_COLUMNS)
+    # 0.21 -> +3 months, 0.12 -> +2, 0.30 -> +4 (EEF table in guidance.MONTHS_TABLE)
+    assert reg.local_and_national(0.21, 0.12, 0.30, "Reading comprehension strategies", 6) == (
+        "here: +3 months (+2 to +4); nationally (EEF Toolkit, Reading comprehension strategies): +6 months")
+    assert reg.local_and_national(None, None, None, None, 5) == "nationally (EEF Toolkit): +5 months"
+
+
+def test_rounds_with_different_primary_outcomes_are_noted():
+    r = reg.read_registry(csv_bytes([GOOD[0], GOOD[1].replace("NGRT standardised score", "Reading age", 1)]))
+    notes = reg.registry_notes(r)
+    assert [n.rule for n in notes] == ["rounds_differ"] and "Reading age" in notes[0].text
+    frame = reg.messages_frame(notes)
+    assert frame.columns.tolist() == reg.MESSAGE_COLUMNS and frame.loc[0, "intervention"] == "Reciprocal reading"
+
+
+def test_one_published_spelling_per_intervention():
+    r = reg.read_registry(csv_bytes([GOOD[0], GOOD[1].replace("Reciprocal reading", "reciprocal  Reading", 1)]))
+    assert [x.intervention for x in r.rounds] == ["Reciprocal reading", "Reciprocal reading"]
+    combos = _combos([["Reciprocal reading", "NGRT standardised score", "111104", None, 3]])
+    m = reg.match_deliveries(r, combos, today=date(2026, 2, 1))
+    progress = reg.plan_progress(r, m.combos, today=date(2026, 2, 1)).set_index("round")
+    assert progress.loc["2026 Spring", "delivered"] == 1
+
+
+def test_line_numbers_are_spreadsheet_rows_when_a_cell_holds_a_line_break():
+    rows = [GOOD[0].replace("Pupils take turns to lead.", '"Pupils take turns\r\nto lead."'),
+            "Talk for writing,Writing,2026,2026-09-01,,1113O1,,,,,,,"]  # letter O in the URN
+    r = reg.read_registry(csv_bytes(rows))
+    assert r.rounds[0].description == "Pupils take turns to lead."
+    assert [(p.line, p.column) for p in r.problems] == [(3, "schools")]
+
+
+def test_first_results_per_round_from_extra_columns():
+    combos = _combos([
+        ["Reciprocal reading", "NGRT standardised score", "111101", None, 40],
+        ["Reciprocal reading", "NGRT standardised score", "111102", None, 40],
+        ["Reading Boost", "NGRT standardised score", "111101", None, 12],
+    ])
+    combos["first_loaded_at"] = pd.to_datetime(["2025-12-05", "2025-11-20", "2025-10-01"])
+    m = reg.match_deliveries(_registry(), combos, today=date(2026, 2, 1))
+    assert m.combos["first_loaded_at"].notna().all()
+    assert reg.first_results(m.combos) == {("reciprocal reading", "2025 autumn"): datetime(2025, 11, 20)}
+
+
+@pytest.mark.parametrize("data,said", [
+    (b"PK\x03\x04rest-of-a-workbook", "an Excel workbook (.xlsx)"),
+    ("intervention\toutcome_measure\r\n".encode("utf-16"), "UTF-16 text"),
+    (b"intervention;outcome_measure;round;start_date;schools\r\nA;B;1;2026-01-01;111111\r\n", "semicolons"),
+])
+def test_files_that_are_not_comma_csv_say_how_to_save(data, said):
+    r = reg.read_registry(data)
+    assert r.rounds == () and len(r.problems) == 1
+    assert said in r.problems[0].message and "CSV UTF-8" in r.problems[0].message
