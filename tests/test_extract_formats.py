@@ -41,8 +41,10 @@ def workbook_bytes(header, rows, typed=True, sheets=1) -> bytes:
     sheet.append(list(header))
     for row in rows:
         sheet.append([as_number(v) if typed else v for v in row])
-    for n in range(1, sheets):
-        book.create_sheet(f"Notes {n}").append(["not read"])
+    for n in range(1, sheets):  # more pupils on other sheets (the load reads the first only)
+        other = book.create_sheet(f"Year {n + 6}")
+        other.append(list(header))
+        other.append(rows[0])
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()
@@ -110,12 +112,34 @@ def test_workbook_rows_keep_sheet_row_numbers_and_blank_rows_are_skipped(write_e
     assert result.rows_read == 3
 
 
-def test_extra_sheets_are_not_read_and_the_report_says_so(write_extract):
+def test_pupils_on_other_sheets_are_not_read_and_the_report_says_so(write_extract):
     result, got = good_rows(write_extract("111601.xlsx", workbook_bytes(EXTRACT_HEADER, pupil_rows(2), sheets=3)))
     assert len(got) == 2
     assert result.file_warnings() == [
-        "the workbook has 3 sheets; only the first was read, so put every pupil on the first sheet"
+        "2 other sheets of the workbook have a pupil_id column; only the first sheet was read, so put every "
+        "pupil on the first sheet and send the file again"
     ]
+
+
+def test_the_sites_own_xlsx_template_filled_in_loads_without_warnings(write_extract):
+    from microtrials import dictionary
+    from microtrials.site import FORMAT_CHOICES, FORMAT_HELP
+    from microtrials.workbooks import template_xlsx
+
+    columns = list(dictionary.TEMPLATE_COLUMNS)
+    book = openpyxl.load_workbook(io.BytesIO(template_xlsx(columns, "Café lecture", "Évaluation", FORMAT_CHOICES,
+                                                           FORMAT_HELP)))
+    assert len(book.worksheets) == 3  # pupils, the hidden lists, "How to fill"
+    rows = rows_with_accents()
+    for row in rows:
+        values = dict(zip(EXTRACT_HEADER, row))
+        book.active.append([as_number(values[c]) if c in values else None for c in columns])
+    out = io.BytesIO()
+    book.save(out)
+    result, got = good_rows(write_extract("111601.xlsx", out.getvalue()))
+    _, expected = good_rows(write_extract("111601.csv", extract_csv(rows)))
+    assert result.file_warnings() == [] and result.warnings.num_rows == 0 and result.quarantine.num_rows == 0
+    pd.testing.assert_frame_equal(got, expected)
 
 
 def test_columns_outside_the_contract_in_a_workbook_are_dropped(write_extract):
@@ -188,7 +212,7 @@ def test_a_file_mixing_utf8_and_windows_1252_is_rejected(write_extract):
 
 
 def test_a_workbook_that_unpacks_too_large_is_refused_before_parsing(write_extract, monkeypatch):
-    from microtrials import workbook
+    from microtrials import extract_workbook as workbook
 
     monkeypatch.setattr(workbook, "MAX_UNPACKED_BYTES", 1000)
     monkeypatch.setattr("openpyxl.load_workbook", lambda *a, **k: pytest.fail("parsed"))

@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from microtrials import extract_checks as checks
-from microtrials import spellings, workbook
+from microtrials import extract_workbook as workbook
+from microtrials import spellings
 from microtrials.errors import MicrotrialsError
 
 REQUIRED_COLUMNS = ("school_urn", "pupil_id", "intervention", "outcome_measure", "arm", "outcome")
@@ -275,7 +276,7 @@ def _decode(name: str, data: bytes) -> tuple[str, pa.Table]:
 def _read_workbook(name: str, data: bytes) -> tuple[list[str], pa.Table, pa.Table, pa.Table]:
     """The first sheet's header, records (``f0..`` and ``line``), no format errors, and warnings."""
     try:
-        sheet_rows, numbers, sheets = workbook.read_first_sheet(data)
+        sheet_rows, numbers, other_pupil_sheets = workbook.read_first_sheet(data)
     except workbook.WorkbookTooLarge as exc:
         raise ExtractRejected(
             f"{name}: the workbook unpacks to {exc}, far more than an extract needs; "
@@ -306,11 +307,15 @@ def _read_workbook(name: str, data: bytes) -> tuple[list[str], pa.Table, pa.Tabl
         | {"line": pa.array(numbers[1:], type=pa.int64())}
     )
     warnings = _NO_ENTRIES
-    if sheets > 1:
+    if other_pupil_sheets:
         warnings = _entries(
             [None],
-            ["workbook has several sheets"],
-            [f"the workbook has {sheets} sheets; only the first was read, so put every pupil on the first sheet"],
+            ["pupils on another sheet"],
+            [
+                f"{other_pupil_sheets} other sheet{'s' if other_pupil_sheets > 1 else ''} of the workbook "
+                f"{'have' if other_pupil_sheets > 1 else 'has'} a pupil_id column; only the first sheet was read, "
+                "so put every pupil on the first sheet and send the file again"
+            ],
         )
     return header, _drop_blank(table, columns), _NO_ENTRIES, warnings
 

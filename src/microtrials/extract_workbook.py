@@ -49,8 +49,9 @@ def cell_text(value) -> str:
 
 def read_first_sheet(data: bytes) -> tuple[list[list[str]], list[int], int]:
     """The first sheet's rows as text cells (header first), each row's sheet row number, and how
-    many sheets the workbook has. Trailing empty cells are cut; fully blank rows are kept (as
-    ``[]``) so row numbers stay as Excel shows them."""
+    many *other* visible sheets have a ``pupil_id`` header (pupils the load would not see; a
+    template's hidden lists and help sheets do not count). Trailing empty cells are cut; fully
+    blank rows are kept (as ``[]``) so row numbers stay as Excel shows them."""
     import openpyxl  # imported here: only workbooks need it
 
     try:
@@ -64,10 +65,10 @@ def read_first_sheet(data: bytes) -> tuple[list[list[str]], list[int], int]:
     except Exception as exc:  # a parser of untrusted bytes: any failure means "not a workbook we can read"
         raise WorkbookUnreadable(str(exc)) from exc
     try:
-        sheets = len(book.worksheets)
-        if not sheets:
+        if not book.worksheets:
             return [], [], 0
         sheet = book.worksheets[0]
+        other_pupil_sheets = sum(1 for other in book.worksheets[1:] if _has_pupil_header(other))
         rows: list[list[str]] = []
         numbers: list[int] = []
         for number, values in enumerate(sheet.iter_rows(values_only=True), start=sheet.min_row or 1):
@@ -76,6 +77,17 @@ def read_first_sheet(data: bytes) -> tuple[list[list[str]], list[int], int]:
                 cells.pop()
             rows.append(cells)
             numbers.append(number)
-        return rows, numbers, sheets
+        return rows, numbers, other_pupil_sheets
     finally:
         book.close()
+
+
+def _has_pupil_header(sheet) -> bool:
+    """A visible sheet whose first row names a ``pupil_id`` column (any case, spaces or hyphens)."""
+    if getattr(sheet, "sheet_state", "visible") != "visible":
+        return False
+    for values in sheet.iter_rows(min_row=1, max_row=1, values_only=True):
+        return any(
+            isinstance(v, str) and "_".join(v.strip().lower().replace("-", " ").split()) == "pupil_id" for v in values
+        )
+    return False
