@@ -2,11 +2,11 @@
 -- except those of a trial the delivery may not replace (`batch_trials.held`).
 INSERT INTO pupils (
     school_urn, pupil_key, intervention, outcome_measure, arm, outcome, baseline,
-    fsm, gender, year_group, send, source_file, source_line, delivery_id
+    fsm, gender, year_group, send, source_file, source_line, delivery_id, round
 )
 SELECT
     school_urn, pupil_key, intervention, outcome_measure, arm, outcome, baseline,
-    fsm, gender, year_group, send, source_file, line, delivery_id
+    fsm, gender, year_group, send, source_file, line, delivery_id, round
 FROM batch_pupils AS b
 WHERE NOT EXISTS (
     SELECT 1 FROM batch_trials AS t

@@ -61,3 +61,20 @@ CREATE TABLE IF NOT EXISTS pupil_key_fingerprint (
     sample_key   BOOLEAN NOT NULL,     -- the public key of the bundled sample extracts
     recorded_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
+
+-- Which registered round of a trial the pupil belongs to (the extract's optional `round` column).
+ALTER TABLE pupils ADD COLUMN IF NOT EXISTS round VARCHAR;
+
+-- Warnings about loaded rows (a value blanked, an outcome kept as no post-test) and about whole
+-- files (line NULL, e.g. read as Windows-1252), beside quarantine. Never holds a pupil_id.
+CREATE TABLE IF NOT EXISTS load_warnings (
+    delivery_id     VARCHAR NOT NULL,
+    source_file     VARCHAR NOT NULL,
+    line            INTEGER,            -- as the file shows it (header = line 1); NULL for the whole file
+    school_urn      VARCHAR,
+    column_name     VARCHAR,
+    rule            VARCHAR NOT NULL,
+    reason          VARCHAR NOT NULL,
+    intervention    VARCHAR,
+    outcome_measure VARCHAR
+);

@@ -77,7 +77,7 @@ def test_warnings_are_included_when_the_table_exists(con, write_extract, tmp_pat
     folder = write_extract("111601.csv", pupil_rows(3)).parent
     reports = load_folder(con, folder, KEY)
     con.execute(
-        "CREATE TABLE load_warnings (delivery_id VARCHAR, source_file VARCHAR, line INTEGER, school_urn VARCHAR,"
+        "CREATE TABLE IF NOT EXISTS load_warnings (delivery_id VARCHAR, source_file VARCHAR, line INTEGER, school_urn VARCHAR,"
         " column_name VARCHAR, rule VARCHAR, reason VARCHAR, intervention VARCHAR, outcome_measure VARCHAR)"
     )
     delivery = con.execute("SELECT delivery_id FROM deliveries").fetchone()[0]

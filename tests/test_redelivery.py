@@ -119,7 +119,7 @@ def test_every_entry_that_is_not_an_extract_is_reported_as_ignored(con, write_ex
         "gone.csv": "ignored",
     }
     assert "a folder: files inside folders are not loaded" in reports["old deliveries"].reason
-    assert "only .csv files are loaded" in reports["notes.txt"].reason
+    assert "only .csv and .xlsx files are loaded" in reports["notes.txt"].reason
     assert "hidden file" in reports[".111602.csv"].reason and "rename it without the dot" in reports[".111602.csv"].reason
     assert "lock file" in reports["~$111603.xlsx"].reason
     assert "not a regular file" in reports["gone.csv"].reason

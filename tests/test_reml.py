@@ -215,7 +215,7 @@ def _pupils_table(extracts: pd.DataFrame) -> pd.DataFrame:
 def warehouse_con(extracts, tmp_path_factory):
     con = warehouse.connect(tmp_path_factory.mktemp("reml") / "warehouse.duckdb")
     con.register("frame", _pupils_table(extracts))
-    con.execute("INSERT INTO pupils SELECT * FROM frame")
+    con.execute("INSERT INTO pupils BY NAME SELECT * FROM frame")  # by name: pupils also has round
     con.unregister("frame")
     yield con
     con.close()

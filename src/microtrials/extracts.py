@@ -1,9 +1,12 @@
-"""The school extract contract: read a delivered CSV, validate every row, say why rows are quarantined.
+"""The school extract contract: read a delivered file, validate every row, say why rows are set aside.
 
-The contract is ``../shared/extract-format.md``. A file that cannot be read as that contract says
-is rejected whole (:class:`ExtractRejected`); a row that breaks a rule is quarantined with its line
-number (as a spreadsheet shows it: header = line 1) and a plain-English reason, and the rest of the
-file loads. Validation is vectorised over the file's rows; no reason ever quotes a pupil_id.
+The contract is ``docs/extract-format.md``; the rules are listed in ``docs/loading.md``. A file
+that cannot be read as the contract says is rejected whole (:class:`ExtractRejected`). A row that
+breaks a rule for a required column is quarantined with its line number (the file's physical line,
+as a text editor or spreadsheet shows it: header = line 1) and a plain-English reason; an optional
+value that is not understood is blanked with a *warning* and the row loads. Validation is
+vectorised over the file's rows (pyarrow compute). No reason ever quotes a value that could be a
+pupil identifier.
 """
 
 from __future__ import annotations
@@ -22,46 +25,114 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from microtrials import extract_checks as checks
+from microtrials import extract_workbook as workbook
+from microtrials import spellings
 from microtrials.errors import MicrotrialsError
 
 REQUIRED_COLUMNS = ("school_urn", "pupil_id", "intervention", "outcome_measure", "arm", "outcome")
-OPTIONAL_COLUMNS = ("baseline", "fsm", "gender", "year_group", "send")
+OPTIONAL_COLUMNS = ("baseline", "fsm", "gender", "year_group", "send", "round")
 CONTRACT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
 ARMS = ("intervention", "control")
 YEAR_GROUPS = range(0, 14)  # National Curriculum years; Reception is 0
+WORKBOOK_SUFFIXES = (".xlsx",)  # read with openpyxl, first sheet
 SAVE_AS_CSV = "in Excel use File > Save As > 'CSV UTF-8 (Comma delimited) (*.csv)' and send the file again"
 
 # A plain decimal number: 85, -3.5, .5, 1e3. Nothing else (no '1,5', no thousands separators).
 _NUMBER = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
 _URN = r"^[0-9]{6}$"
-_SHOWN_VALUE_CHARS = 40
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# A well-formed multi-byte UTF-8 character: in a file that is not UTF-8, a sign of mixed encodings.
+_UTF8_SEQUENCE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+
+# A value may be quoted in a reason only if it is in one of these coded/numeric columns, at most
+# this long, holds no run of 4 digits and equals no pupil_id in the file: never an identifier.
+_QUOTABLE = ("arm", "fsm", "gender", "send", "year_group", "outcome", "baseline")
+_SHOWN_VALUE_CHARS = 12
+_NOT_SHOWN = "a value not shown here (it could identify a pupil)"
+_PUPIL_ID_SHOWN = "a pupil_id value (are the columns in the wrong order?)"
 
 
 class ExtractRejected(MicrotrialsError):
     """A whole file that cannot be read as the extract contract says; nothing from it is loaded."""
 
 
+ENTRY_SCHEMA = pa.schema(
+    [
+        ("line", pa.int64()),
+        ("school_urn", pa.string()),
+        ("intervention", pa.string()),
+        ("outcome_measure", pa.string()),
+        ("column_name", pa.string()),
+        ("rule", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+# A quarantined row (kept out) and a warning (the row loads, the value named is blank) look alike.
+QUARANTINE_SCHEMA = ENTRY_SCHEMA
+WARNING_SCHEMA = ENTRY_SCHEMA
+_NO_ENTRIES = ENTRY_SCHEMA.empty_table()  # Arrow tables are immutable: one empty table serves all
+
+GOOD_SCHEMA = pa.schema(
+    [
+        ("school_urn", pa.string()),
+        ("pupil_id", pa.string()),
+        ("intervention", pa.string()),
+        ("outcome_measure", pa.string()),
+        ("arm", pa.string()),
+        ("outcome", pa.float64()),
+        ("baseline", pa.float64()),
+        ("fsm", pa.bool_()),
+        ("gender", pa.string()),
+        ("year_group", pa.int32()),
+        ("send", pa.bool_()),
+        ("round", pa.string()),
+        ("line", pa.int64()),
+    ]
+)
+
+
+def _entries(lines, rules, reasons, columns=None) -> pa.Table:
+    """Quarantine/warning entries for whole lines (no trial known yet)."""
+    count = len(lines)
+    return pa.table(
+        {
+            "line": pa.array(lines, type=pa.int64()),
+            "school_urn": pa.nulls(count, pa.string()),
+            "intervention": pa.nulls(count, pa.string()),
+            "outcome_measure": pa.nulls(count, pa.string()),
+            "column_name": pa.array(columns if columns is not None else [None] * count, type=pa.string()),
+            "rule": pa.array(rules, type=pa.string()),
+            "reason": pa.array(reasons, type=pa.string()),
+        },
+        schema=ENTRY_SCHEMA,
+    )
+
+
 @dataclass
 class Extract:
     """A delivered file read into text columns (trimmed), before any rule is checked.
 
-    ``rows`` holds one string column per contract column present and ``line``: the line a
-    spreadsheet shows for the row. Blank rows are left out. ``format_errors`` holds rows that could
-    not be split into the header's columns, as quarantine entries (they are never loaded).
+    ``rows`` holds one string column per contract column present and ``line``: the file's line
+    for the row (a workbook's row number). Blank rows are left out. ``format_errors`` holds the
+    lines that could not be read as a row of the header's columns (never loaded); ``warnings``
+    holds file-level warnings (e.g. read as Windows-1252), with no line.
     """
 
     file_name: str
     delivery_id: str
     rows: pa.Table
     columns_dropped: list[str]
-    format_errors: pa.Table = field(default_factory=lambda: QUARANTINE_SCHEMA.empty_table())
+    format_errors: pa.Table = field(default_factory=ENTRY_SCHEMA.empty_table)
+    warnings: pa.Table = field(default_factory=ENTRY_SCHEMA.empty_table)
 
 
 @dataclass
 class ValidatedExtract:
-    """The rows that keep every rule (typed, ``GOOD_SCHEMA``) and one quarantine entry per
-    broken rule per row (``QUARANTINE_SCHEMA``)."""
+    """The rows that keep every rule (typed, ``GOOD_SCHEMA``), one quarantine entry per broken
+    rule per row kept out (``QUARANTINE_SCHEMA``), and one warning per value blanked in a loaded
+    row or per file-level concern (``WARNING_SCHEMA``; file-level ones have no line)."""
 
     file_name: str
     delivery_id: str
@@ -71,17 +142,46 @@ class ValidatedExtract:
     good: pa.Table
     quarantine: pa.Table
     columns_dropped: list[str]
+    warnings: pa.Table = field(default_factory=WARNING_SCHEMA.empty_table)
 
     @property
     def rows_quarantined(self) -> int:
-        return pc.count_distinct(self.quarantine.column("line")).as_py() if self.quarantine.num_rows else 0
+        return _distinct_lines(self.quarantine)
+
+    @property
+    def rows_with_warnings(self) -> int:
+        """Loaded rows with at least one warning."""
+        return _distinct_lines(self.warnings)
 
     def quarantined_by_reason(self) -> dict[str, int]:
         """Rows per broken rule (a row breaking two rules counts under both)."""
-        if not self.quarantine.num_rows:
-            return {}
-        pairs = set(zip(self.quarantine.column("rule").to_pylist(), self.quarantine.column("line").to_pylist()))
-        return dict(sorted(Counter(rule for rule, _ in pairs).items()))
+        return _rows_by_rule(self.quarantine)
+
+    def warned_by_reason(self) -> dict[str, int]:
+        """Loaded rows per warning rule (file-level warnings are in :meth:`file_warnings`)."""
+        return _rows_by_rule(self.warnings)
+
+    def file_warnings(self) -> list[str]:
+        """Warnings about the whole file (no line), as plain sentences."""
+        if not self.warnings.num_rows:
+            return []
+        return self.warnings.filter(pc.is_null(self.warnings.column("line"))).column("reason").to_pylist()
+
+
+def _distinct_lines(entries: pa.Table) -> int:
+    lines = entries.column("line").drop_null()
+    return pc.count_distinct(lines).as_py() if len(lines) else 0
+
+
+def _rows_by_rule(entries: pa.Table) -> dict[str, int]:
+    if not entries.num_rows:
+        return {}
+    pairs = {
+        (rule, line)
+        for rule, line in zip(entries.column("rule").to_pylist(), entries.column("line").to_pylist())
+        if line is not None
+    }
+    return dict(sorted(Counter(rule for rule, _ in pairs).items()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +195,8 @@ def normalise_header(name: str) -> str:
 
 def read_extract(path: Path, data: bytes | None = None) -> Extract:
     """Read one delivered file (or its bytes, already read) into trimmed text columns, or raise
-    :class:`ExtractRejected`."""
+    :class:`ExtractRejected`. A ``.xlsx`` workbook (or a file with a workbook's bytes) is read
+    from its first sheet; anything else as CSV text."""
     path = Path(path)
     name = path.name
     if data is None:
@@ -106,34 +207,42 @@ def read_extract(path: Path, data: bytes | None = None) -> Extract:
                 f"{name}: could not be opened ({exc.strerror}); check the file is readable"
             ) from exc
     delivery_id = hashlib.sha256(data).hexdigest()
-    text = _decode(name, data)
-    if not text.strip():
-        raise ExtractRejected(f"{name}: the file is empty; {SAVE_AS_CSV}")
-    header = _header(name, text)
-    positions, dropped = _match_columns(name, header, text)
-    records, format_errors = _parse_records(name, text, len(header))
+    if path.suffix.lower() in WORKBOOK_SUFFIXES or data.startswith(b"PK\x03\x04"):
+        header, records, format_errors, warnings = _read_workbook(name, data)
+    else:
+        text, warnings = _decode(name, data)
+        if not text.strip():
+            raise ExtractRejected(f"{name}: the file is empty; {SAVE_AS_CSV}")
+        header = _header(name, text)
+        records, format_errors = _parse_records(name, text, len(header))
+    positions, dropped = _match_columns(name, header)
     # Keep only contract columns: anything else may hold personal data and never goes further.
     kept = {column: records.column(index) for column, index in positions.items()}
-    lines = records.column("line")
-    rows = pa.table({**{c: pc.utf8_trim_whitespace(a) for c, a in kept.items()}, "line": lines})
+    rows = pa.table({**{c: pc.utf8_trim_whitespace(a) for c, a in kept.items()}, "line": records.column("line")})
     if rows.num_rows == 0 and format_errors.num_rows == 0:
         raise ExtractRejected(
             f"{name}: the file has a header row but no pupil rows; "
             "send the file with one row per pupil per intervention"
         )
-    return Extract(name, delivery_id, rows, dropped, format_errors)
+    return Extract(name, delivery_id, rows, dropped, format_errors, warnings)
 
 
-def _decode(name: str, data: bytes) -> str:
-    """The file's text, or a rejection saying what the file looks like instead."""
+def _decode(name: str, data: bytes) -> tuple[str, pa.Table]:
+    """The file's text and file-level warnings, or a rejection saying what the file looks like instead.
+
+    UTF-8 (with or without a BOM) is the contract. Text that is not UTF-8 but decodes as
+    Windows-1252 (what Excel's plain "CSV (Comma delimited)" writes on Windows) is read as such,
+    with a warning; bytes that are neither are rejected.
+    """
+    no_warnings = _NO_ENTRIES
     if not data:
         raise ExtractRejected(f"{name}: the file is empty; {SAVE_AS_CSV}")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ExtractRejected(f"{name}: the file is UTF-16 text (Excel's 'Unicode Text'), not UTF-8; {SAVE_AS_CSV}")
-    if data.startswith(b"PK\x03\x04"):
-        raise ExtractRejected(f"{name}: this is an Excel workbook (.xlsx) or a zip file, not a CSV; {SAVE_AS_CSV}")
     if data.startswith(b"\xd0\xcf\x11\xe0"):
-        raise ExtractRejected(f"{name}: this is an old Excel workbook (.xls), not a CSV; {SAVE_AS_CSV}")
+        raise ExtractRejected(
+            f"{name}: this is an old Excel workbook (.xls) or a password-protected one, not a CSV; {SAVE_AS_CSV}"
+        )
     if data.startswith(b"%PDF"):
         raise ExtractRejected(f"{name}: this is a PDF, not a CSV; {SAVE_AS_CSV}")
     if b"\x00" in data:
@@ -141,21 +250,84 @@ def _decode(name: str, data: bytes) -> str:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8"), no_warnings
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
+        if _UTF8_SEQUENCE.search(data):
+            raise ExtractRejected(
+                f"{name}: the file mixes UTF-8 text with text in another encoding (line {line}), so its "
+                f"accented letters cannot be read reliably; {SAVE_AS_CSV}"
+            ) from exc
+        try:
+            text = data.decode("cp1252")
+        except UnicodeDecodeError:
+            raise ExtractRejected(
+                f"{name}: the file is neither UTF-8 nor Windows-1252 text (line {line} has a byte that is "
+                f"not a character in either); {SAVE_AS_CSV}"
+            ) from exc
+    reason = (
+        f"the file is not UTF-8 (first on line {line}); it was read as Windows-1252 ('ANSI'), so check that "
+        "accented letters (such as é) came out right; next time save it in Excel with File > Save As > "
+        "'CSV UTF-8 (Comma delimited) (*.csv)'"
+    )
+    return text, _entries([None], ["read as Windows-1252"], [reason])
+
+
+def _read_workbook(name: str, data: bytes) -> tuple[list[str], pa.Table, pa.Table, pa.Table]:
+    """The first sheet's header, records (``f0..`` and ``line``), no format errors, and warnings."""
+    try:
+        sheet_rows, numbers, other_pupil_sheets = workbook.read_first_sheet(data)
+    except workbook.WorkbookTooLarge as exc:
         raise ExtractRejected(
-            f"{name}: the file is not UTF-8 text (line {line} has a character in another encoding, "
-            f"probably Windows 'ANSI'); {SAVE_AS_CSV}"
+            f"{name}: the workbook unpacks to {exc}, far more than an extract needs; "
+            f"{SAVE_AS_CSV.removeprefix('in Excel ')}"
         ) from exc
-    return text
+    except workbook.WorkbookUnreadable as exc:
+        raise ExtractRejected(
+            f"{name}: could not be read as an Excel workbook (.xlsx): it may be damaged, password-protected "
+            "or another kind of zip file; open it in Excel and save it again, or "
+            f"{SAVE_AS_CSV.removeprefix('in Excel ')}"
+        ) from exc
+    if not any(any(cell.strip() for cell in row) for row in sheet_rows):
+        raise ExtractRejected(f"{name}: the workbook's first sheet is empty; put the extract on the first sheet")
+    header = sheet_rows[0]
+    if not any(cell.strip() for cell in header):
+        raise ExtractRejected(
+            f"{name}: the first row of the first sheet is blank; the first row must be the header row "
+            "(school_urn, pupil_id, ...)"
+        )
+    width = len(header)
+    body = sheet_rows[1:]
+    extra = sorted({i for row in body for i in range(width, len(row)) if row[i].strip()})
+    header = header + [""] * (max(extra) + 1 - width if extra else 0)  # unnamed columns, dropped by name
+    width = len(header)
+    columns = [f"f{i}" for i in range(width)]
+    table = pa.table(
+        {c: pa.array([row[i] if i < len(row) else "" for row in body], type=pa.string()) for i, c in enumerate(columns)}
+        | {"line": pa.array(numbers[1:], type=pa.int64())}
+    )
+    warnings = _NO_ENTRIES
+    if other_pupil_sheets:
+        warnings = _entries(
+            [None],
+            ["pupils on another sheet"],
+            [
+                f"{other_pupil_sheets} other sheet{'s' if other_pupil_sheets > 1 else ''} of the workbook "
+                f"{'have' if other_pupil_sheets > 1 else 'has'} a pupil_id column; only the first sheet was read, "
+                "so put every pupil on the first sheet and send the file again"
+            ],
+        )
+    return header, _drop_blank(table, columns), _NO_ENTRIES, warnings
 
 
 def _header(name: str, text: str) -> list[str]:
-    try:
-        header = next(csv.reader(io.StringIO(text, newline="")), [])
-    except csv.Error as exc:
-        raise ExtractRejected(f"{name}: the header row could not be read as CSV ({exc}); {SAVE_AS_CSV}") from exc
+    first = _LINE_BREAK.split(text, maxsplit=1)[0]
+    if first.count('"') % 2:
+        raise ExtractRejected(
+            f'{name}: the header row has a quote (") that is not closed on the same line; '
+            "remove it and send the file again"
+        )
+    header = next(csv.reader([first]), [])
     if not any(cell.strip() for cell in header):
         raise ExtractRejected(
             f"{name}: the first line is blank; the first line must be the header row (school_urn, pupil_id, ...)"
@@ -163,7 +335,7 @@ def _header(name: str, text: str) -> list[str]:
     return header
 
 
-def _match_columns(name: str, header: list[str], text: str) -> tuple[dict[str, int], list[str]]:
+def _match_columns(name: str, header: list[str]) -> tuple[dict[str, int], list[str]]:
     """Contract column -> position in the file, and the names of the columns to drop."""
     positions: dict[str, int] = {}
     dropped: list[str] = []
@@ -180,7 +352,7 @@ def _match_columns(name: str, header: list[str], text: str) -> tuple[dict[str, i
             dropped.append(cell.strip() or f"(unnamed column {index + 1})")
     missing = [c for c in REQUIRED_COLUMNS if c not in positions]
     if missing:
-        first_line = text.split("\n", 1)[0]
+        first_line = ",".join(header)
         if len(header) <= 2 and first_line.count(";") >= 2:
             raise ExtractRejected(
                 f"{name}: the file is separated by semicolons, not commas; {SAVE_AS_CSV} "
@@ -197,11 +369,18 @@ def _match_columns(name: str, header: list[str], text: str) -> tuple[dict[str, i
     return positions, dropped
 
 
-def _parse_records(name: str, text: str, width: int) -> tuple[pa.Table, pa.Table]:
-    """Data records as string columns ``f0..`` plus ``line``; rows of the wrong width separately.
+def physical_lines(text: str) -> int:
+    """Lines in ``text`` as an editor counts them (``\\r\\n``, ``\\r`` or ``\\n`` ends a line)."""
+    breaks = text.count("\n") + text.count("\r") - text.count("\r\n")
+    return breaks + (0 if text.endswith(("\n", "\r")) else 1)
 
-    Fast path: pyarrow's reader. When a row has the wrong number of values, the file is parsed
-    again with the csv module so every record keeps its spreadsheet line number.
+
+def _parse_records(name: str, text: str, width: int) -> tuple[pa.Table, pa.Table]:
+    """Data records as string columns ``f0..`` plus ``line``, and the lines that are not records.
+
+    Fast path: pyarrow's reader, kept only when every record is one physical line of the header's
+    width (records == physical lines). Otherwise (a ragged row, a quoted value running over lines,
+    an unclosed quote) the file is read line by line so no line is lost silently.
     """
     invalid: list[int] = []
 
@@ -226,56 +405,85 @@ def _parse_records(name: str, text: str, width: int) -> tuple[pa.Table, pa.Table
     except (pa.ArrowInvalid, pa.ArrowException):
         invalid.append(-1)
         table = None
-    if invalid or table is None:
-        return _parse_records_slowly(name, text, width)
+    if invalid or table is None or table.num_rows != physical_lines(text):
+        return _parse_records_by_line(text, width)
     table = table.slice(1)  # the header
     table = table.append_column("line", pa.array(np.arange(2, table.num_rows + 2, dtype=np.int64)))
-    return _drop_blank(table, columns), QUARANTINE_SCHEMA.empty_table()
+    return _drop_blank(table, columns), _NO_ENTRIES
 
 
-def _parse_records_slowly(name: str, text: str, width: int) -> tuple[pa.Table, pa.Table]:
-    """The csv module's reading, keeping rows of the wrong width as quarantine entries."""
-    try:
-        records = list(csv.reader(io.StringIO(text, newline=""), strict=True))
-    except csv.Error as exc:
-        raise ExtractRejected(
-            f"{name}: the file could not be read as CSV ({exc}); check for a quote (\") that is opened "
-            f"but never closed, then {SAVE_AS_CSV}"
-        ) from exc
-    good, good_lines, bad_lines, bad_widths = [], [], [], []
-    for line, record in enumerate(records[1:], start=2):
-        if len(record) == width:
-            good.append(record)
-            good_lines.append(line)
-        elif any(cell.strip() for cell in record):
-            bad_lines.append(line)
-            bad_widths.append(len(record))
+def _parse_records_by_line(text: str, width: int) -> tuple[pa.Table, pa.Table]:
+    """The csv module's reading with every physical line accounted for.
+
+    A record that runs over several lines (a quote opened and closed on different lines, or never
+    closed) is not kept: each of its lines is read on its own instead; a line with an unmatched
+    quote is set aside naming the lines that ran together, and the others load. A record of the
+    wrong width is set aside with its width.
+    """
+    lines = _LINE_BREAK.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()
+    reader = csv.reader(iter(lines), strict=False)
+    good, good_lines = [], []
+    bad_lines, bad_rules, bad_reasons = [], [], []
+
+    def wrong_width(line: int, values: int) -> None:
+        bad_lines.append(line)
+        bad_rules.append("wrong number of values")
+        bad_reasons.append(
+            f"the row has {values} values but the header has {width} columns; check for a missing or "
+            "extra comma (a value containing a comma must be in double quotes)"
+        )
+
+    previous = 0
+    for record in reader:
+        start, end = previous + 1, reader.line_num
+        previous = end
+        if start == 1:
+            continue  # the header (checked to be one line)
+        if start == end:
+            if len(record) == width:
+                good.append(record)
+                good_lines.append(start)
+            elif any(cell.strip() for cell in record):
+                wrong_width(start, len(record))
+            continue
+        for line in range(start, end + 1):
+            raw = lines[line - 1]
+            if not raw.strip(" \t,"):
+                continue
+            record = _one_line_record(raw)
+            if record is None:
+                bad_lines.append(line)
+                bad_rules.append("unmatched quote")
+                bad_reasons.append(
+                    f'this line has a quote (") that is not closed on the same line, so lines {start} to {end} '
+                    "ran together as one value; each line was read on its own instead. Remove the stray quote "
+                    "(no value may run over two lines) and send the file again"
+                )
+                continue
+            if len(record) == width:
+                good.append(record)
+                good_lines.append(line)
+            else:
+                wrong_width(line, len(record))
     columns = [f"f{i}" for i in range(width)]
     table = pa.table(
         {c: pa.array([r[i] for r in good], type=pa.string()) for i, c in enumerate(columns)}
         | {"line": pa.array(good_lines, type=pa.int64())}
     )
-    count = len(bad_lines)
-    errors = pa.table(
-        {
-            "line": pa.array(bad_lines, type=pa.int64()),
-            "school_urn": pa.nulls(count, pa.string()),
-            "intervention": pa.nulls(count, pa.string()),
-            "outcome_measure": pa.nulls(count, pa.string()),
-            "column_name": pa.nulls(count, pa.string()),
-            "rule": pa.array(["wrong number of values"] * count, type=pa.string()),
-            "reason": pa.array(
-                [
-                    f"the row has {n} values but the header has {width} columns; check for a missing or "
-                    "extra comma (a value containing a comma must be in double quotes)"
-                    for n in bad_widths
-                ],
-                type=pa.string(),
-            ),
-        },
-        schema=QUARANTINE_SCHEMA,
-    )
-    return _drop_blank(table, columns), errors
+    errors = _entries(bad_lines, bad_rules, bad_reasons, [None] * len(bad_lines))
+    return _drop_blank(table, columns), errors.sort_by("line")
+
+
+def _one_line_record(raw: str) -> list[str] | None:
+    """One line read on its own as a CSV record; None when a quote on it is left open."""
+    if raw.count('"') % 2:
+        return None
+    try:
+        return next(csv.reader([raw], strict=True), [])
+    except csv.Error:
+        return None
 
 
 def _drop_blank(table: pa.Table, columns: list[str]) -> pa.Table:
@@ -289,35 +497,6 @@ def _drop_blank(table: pa.Table, columns: list[str]) -> pa.Table:
 
 # ---------------------------------------------------------------------------------------------
 # Validating (pyarrow compute over the whole file; reasons are built only for the rows flagged)
-
-QUARANTINE_SCHEMA = pa.schema(
-    [
-        ("line", pa.int64()),
-        ("school_urn", pa.string()),
-        ("intervention", pa.string()),
-        ("outcome_measure", pa.string()),
-        ("column_name", pa.string()),
-        ("rule", pa.string()),
-        ("reason", pa.string()),
-    ]
-)
-
-GOOD_SCHEMA = pa.schema(
-    [
-        ("school_urn", pa.string()),
-        ("pupil_id", pa.string()),
-        ("intervention", pa.string()),
-        ("outcome_measure", pa.string()),
-        ("arm", pa.string()),
-        ("outcome", pa.float64()),
-        ("baseline", pa.float64()),
-        ("fsm", pa.bool_()),
-        ("gender", pa.string()),
-        ("year_group", pa.int32()),
-        ("send", pa.bool_()),
-        ("line", pa.int64()),
-    ]
-)
 
 
 def school_of(path: Path) -> str | None:
@@ -337,31 +516,66 @@ def valid_urns(urn: pa.Array) -> list[str]:
 
 
 def validate(extract: Extract) -> ValidatedExtract:
-    """Check every row against the contract's rules.
+    """Check every row against the contract's rules (listed in ``docs/loading.md``).
 
-    Raises :class:`ExtractRejected` for a file holding rows for several schools: the contract is
-    one file per school per delivery, and a re-delivery replaces by school.
+    Raises :class:`ExtractRejected` for a file holding rows for several schools (the contract is
+    one file per school per delivery, and a re-delivery replaces by school), and for a file whose
+    columns look swapped (a column that should hold a few codes or trial names holds values like
+    pupil identifiers), so no identifier is ever stored or published as a trial name or a code.
     """
     rows = extract.rows
     n = rows.num_rows
-    blank = pa.array([""] * n, type=pa.string())
-    col = {c: (rows.column(c).combine_chunks() if c in rows.column_names else blank) for c in CONTRACT_COLUMNS}
-    line = rows.column("line").combine_chunks()
+    blank = pa.repeat(pa.scalar("", pa.string()), n)
+    col = {c: (_one_array(rows.column(c)) if c in rows.column_names else blank) for c in CONTRACT_COLUMNS}
+    line = _one_array(rows.column("line"))
     empty = {c: pc.equal(pc.utf8_length(v), 0) for c, v in col.items()}
-    pupil_ids = pc.unique(col["pupil_id"])
-    entries: list[pa.Table] = [extract.format_errors] if extract.format_errors.num_rows else []
+    pupil_ids = pc.unique(col["pupil_id"].filter(pc.invert(empty["pupil_id"])))
+    quarantined: list[pa.Table] = [extract.format_errors] if extract.format_errors.num_rows else []
+    warned: list[pa.Table] = [extract.warnings] if extract.warnings.num_rows else []
 
-    def flag(mask, column: str, rule: str, reason) -> None:
-        """Quarantine the rows in ``mask``; ``reason(take)`` gives their reasons (text or array)."""
-        mask = pc.fill_null(mask, False)
-        if not pc.any(mask).as_py():
+    # What each column's values mean, and which are understood (blank counts as understood).
+    urn = col["school_urn"]
+    urn_ok = pc.match_substring_regex(urn, _URN)
+    arm = pc.utf8_lower(col["arm"])
+    arm_ok = pc.is_in(arm, value_set=pa.array(ARMS))
+    numbers, is_number = {}, {}
+    for column in ("outcome", "baseline"):
+        is_number[column] = pc.match_substring_regex(col[column], _NUMBER)
+        text = pc.if_else(is_number[column], col[column], pa.scalar(None, pa.string()))
+        numbers[column] = pc.cast(text, pa.float64())
+    coded = {
+        "fsm": spellings.yes_no(col["fsm"]),
+        "send": spellings.send(col["send"]),
+        "gender": spellings.gender(col["gender"]),
+        "year_group": spellings.year_group(col["year_group"]),
+    }
+    odd = {  # non-blank values a column should not hold; free-text columns: every value
+        "school_urn": pc.invert(pc.or_(urn_ok, empty["school_urn"])),
+        "arm": pc.invert(pc.or_(arm_ok, empty["arm"])),
+        "outcome": pc.invert(pc.or_(is_number["outcome"], empty["outcome"])),
+        "baseline": pc.invert(pc.or_(is_number["baseline"], empty["baseline"])),
+        **{c: pc.invert(understood) for c, (_, understood) in coded.items()},
+        **{c: pc.invert(empty[c]) for c in ("intervention", "outcome_measure", "round")},
+    }
+    for problem in (
+        checks.swapped_columns(col, empty, odd, pupil_ids),
+        checks.decimal_commas(col["outcome"], odd["outcome"], empty["outcome"]),
+    ):
+        if problem:
+            raise ExtractRejected(f"{extract.file_name}: {problem}")
+
+    def entry(into: list, mask, column: str, rule: str, reason) -> None:
+        """Add an entry for each row in ``mask``; ``reason(take)`` gives their reasons (text or array)."""
+        if mask.null_count:
+            mask = pc.fill_null(mask, False)
+        if not mask.true_count:
             return
         take = pc.indices_nonzero(mask)
         count = len(take)
         text = reason(take) if callable(reason) else reason
         if isinstance(text, str):
             text = pa.array([text] * count, type=pa.string())
-        entries.append(
+        into.append(
             pa.table(
                 {
                     "line": line.take(take),
@@ -372,22 +586,31 @@ def validate(extract: Extract) -> ValidatedExtract:
                     "rule": pa.array([rule] * count, type=pa.string()),
                     "reason": text,
                 },
-                schema=QUARANTINE_SCHEMA,
+                schema=ENTRY_SCHEMA,
             )
         )
 
-    def shown(column: str, take) -> pa.Array:
-        """Bad values as a reason may quote them: short, one line, and never a pupil_id."""
-        values = col[column].take(take)
-        text = pc.replace_substring_regex(values, r"[\r\n\t]+", " ")
-        long = pc.greater(pc.utf8_length(text), _SHOWN_VALUE_CHARS)
-        text = pc.if_else(long, _join(pc.utf8_slice_codeunits(text, 0, _SHOWN_VALUE_CHARS), "..."), text)
-        secret = pc.and_(pc.is_in(values, value_set=pupil_ids), pc.invert(empty[column].take(take)))
-        return pc.if_else(secret, "a pupil_id value (are the columns in the wrong order?)", _join("'", text, "'"))
+    def flag(mask, column, rule, reason) -> None:
+        entry(quarantined, mask, column, rule, reason)
 
-    # school_urn: 6 digits, kept as text
-    urn = col["school_urn"]
-    urn_ok = pc.match_substring_regex(urn, _URN)
+    def warn(mask, column, rule, reason) -> None:
+        entry(warned, mask, column, rule, reason)
+
+    def shown(column: str, take) -> pa.Array:
+        """Bad values as a reason may quote them: only short values of coded or numeric columns that
+        cannot be an identifier (no run of 4 digits, equal to no pupil_id in the file)."""
+        values = col[column].take(take)
+        is_pupil_id = pc.and_(pc.is_in(values, value_set=pupil_ids), pc.invert(empty[column].take(take)))
+        if column not in _QUOTABLE:
+            return pc.if_else(is_pupil_id, _PUPIL_ID_SHOWN, _NOT_SHOWN)
+        text = pc.replace_substring_regex(values, r"[\r\n\t]+", " ")
+        safe = pc.and_(
+            pc.less_equal(pc.utf8_length(text), _SHOWN_VALUE_CHARS),
+            pc.invert(pc.match_substring_regex(text, r"[0-9]{4}")),
+        )
+        return pc.if_else(is_pupil_id, _PUPIL_ID_SHOWN, pc.if_else(safe, _join("'", text, "'"), _NOT_SHOWN))
+
+    # ---- rules that keep a row out: school_urn, pupil_id, intervention, outcome_measure, arm, duplicates
     flag(
         empty["school_urn"],
         "school_urn",
@@ -395,20 +618,11 @@ def validate(extract: Extract) -> ValidatedExtract:
         "school_urn is empty; fill in the school's 6-digit URN",
     )
     flag(
-        pc.and_(pc.invert(urn_ok), pc.invert(empty["school_urn"])),
+        odd["school_urn"],
         "school_urn",
         "school_urn not 6 digits",
-        lambda take: _join(
-            "school_urn must be 6 digits, got ",
-            shown("school_urn", take),
-            pc.if_else(
-                pc.match_substring_regex(urn.take(take), r"^[0-9]{1,5}$"),
-                " (a spreadsheet may have dropped leading zeros: format the column as text and re-enter the URN)",
-                "; correct it to the school's 6-digit URN",
-            ),
-        ),
+        lambda take: _urn_reason(urn.take(take)),
     )
-    # required text
     flag(
         empty["pupil_id"],
         "pupil_id",
@@ -427,10 +641,8 @@ def validate(extract: Extract) -> ValidatedExtract:
         "outcome_measure missing",
         "outcome_measure is empty; name the assessment used as the outcome",
     )
-    # arm, any case
-    arm = pc.utf8_lower(col["arm"])
     flag(
-        pc.invert(pc.is_in(arm, value_set=pa.array(ARMS))),
+        pc.invert(arm_ok),
         "arm",
         "arm not 'intervention' or 'control'",
         lambda take: pc.if_else(
@@ -443,69 +655,78 @@ def validate(extract: Extract) -> ValidatedExtract:
             ),
         ),
     )
-    # scores: a plain decimal number, finite; blank allowed (outcome blank = attrition)
-    numbers = {}
-    for column, blank_note in (("outcome", " or blank for no post-test"), ("baseline", " or blank")):
-        is_number = pc.match_substring_regex(col[column], _NUMBER)
-        parsed = pc.cast(pc.if_else(is_number, col[column], pa.scalar(None, pa.string())), pa.float64())
-        flag(
-            pc.and_(pc.invert(empty[column]), pc.invert(is_number)),
-            column,
-            f"{column} not a number",
-            lambda take, column=column, note=blank_note: _join(
-                f"{column} must be a number{note}, got ", shown(column, take), "; use digits and a decimal point only"
-            ),
-        )
-        flag(
-            pc.and_(is_number, pc.invert(pc.is_finite(parsed))),
-            column,
-            f"{column} not finite",
-            lambda take, column=column: _join(
-                f"{column} must be a finite number, got ", shown(column, take), "; correct the score"
-            ),
-        )
-        numbers[column] = parsed
-    # coded characteristics, any case
-    upper = {}
-    for column, allowed, meaning in (
-        ("fsm", ("Y", "N"), "'Y', 'N' or blank"),
-        ("send", ("Y", "N"), "'Y', 'N' or blank"),
-        ("gender", ("F", "M"), "'F', 'M' or blank"),
-    ):
-        upper[column] = pc.utf8_upper(col[column])
-        flag(
-            pc.invert(pc.is_in(upper[column], value_set=pa.array(allowed + ("",)))),
-            column,
-            f"{column} not {meaning}",
-            lambda take, column=column, meaning=meaning: _join(
-                f"{column} must be {meaning}, got ", shown(column, take)
-            ),
-        )
-    year_ok = pc.match_substring_regex(col["year_group"], _YEAR_GROUP)
-    flag(
-        pc.and_(pc.invert(empty["year_group"]), pc.invert(year_ok)),
-        "year_group",
-        "year_group not 0 to 13",
-        lambda take: _join(
-            "year_group must be a whole number from 0 (Reception) to 13 or blank, got ", shown("year_group", take)
-        ),
-    )
-    # one row per school, pupil, intervention and outcome_measure: both rows of a pair are quarantined
-    key_columns = ("school_urn", "pupil_id", "intervention", "outcome_measure")
+    key_columns = ("school_urn", "pupil_id", "intervention", "outcome_measure", "round")
     keyed = pc.invert(
         pc.or_(pc.or_(empty["school_urn"], empty["pupil_id"]), pc.or_(empty["intervention"], empty["outcome_measure"]))
     )
     key = pc.binary_join_element_wise(*(col[c] for c in key_columns), "\x1f")
     keyed_count = pc.sum(keyed).as_py() or 0
     if keyed_count and pc.count_distinct(key.filter(keyed)).as_py() < keyed_count:
-        _flag_duplicates(key, keyed, line, flag)
+        _flag_duplicates(extract.file_name, key, keyed, line, flag)
 
-    quarantine = (
-        pa.concat_tables(entries).sort_by([("line", "ascending"), ("column_name", "ascending")])
-        if entries
-        else QUARANTINE_SCHEMA.empty_table()
+    # ---- scores: a plain decimal number, finite, plausible. Blank outcome = no post-test (attrition).
+    trials_of_rows = checks.TrialCodes(col["intervention"], col["outcome_measure"])
+    finite = {}
+    for column, keeps in (("outcome", "kept as no post-test for this pupil (they still count as randomised)"),
+                          ("baseline", "left blank for this pupil")):
+        finite[column] = pc.fill_null(pc.is_finite(numbers[column]), False)
+        warn(
+            odd[column],
+            column,
+            f"{column} not a number",
+            lambda take, column=column, keeps=keeps: _join(
+                f"{column} is not a number, got ", shown(column, take),
+                f"; {keeps}. If the pupil has a score, write it with digits and a decimal point only",
+            ),
+        )
+        warn(
+            pc.and_(is_number[column], pc.invert(finite[column])),
+            column,
+            f"{column} not a number",
+            lambda take, column=column, keeps=keeps: _join(
+                f"{column} is too large to be a score, got ", shown(column, take), f"; {keeps}. Correct the score"
+            ),
+        )
+    far = {c: checks.implausible(numbers[c], finite[c], trials_of_rows) for c in ("outcome", "baseline")}
+    flag(
+        far["outcome"][0],
+        "outcome",
+        "implausible value",
+        lambda take: _implausible_reason("outcome", far["outcome"][1], take, "send the file again"),
     )
-    good_mask = pc.invert(pc.is_in(line, value_set=pc.unique(quarantine.column("line")))) if entries else None
+    warn(
+        far["baseline"][0],
+        "baseline",
+        "implausible value",
+        lambda take: _implausible_reason(
+            "baseline", far["baseline"][1], take, "it was left blank for this pupil; correct it and send the file again"
+        ),
+    )
+
+    # ---- coded characteristics: understood spellings are read, anything else blanked with a warning
+    for column, meaning in (
+        ("fsm", "'Y' or 'N' (also Yes/No, True/False, 1/0)"),
+        ("send", "'Y' or 'N' (also Yes/No, 1/0, or the census codes K and E)"),
+        ("gender", "'F' or 'M' (also Female/Male, Girl/Boy)"),
+        ("year_group", "a year from 0 (Reception) to 13 (also 'Year 7', 'Y7', 'R')"),
+    ):
+        warn(
+            odd[column],
+            column,
+            f"{column} not understood",
+            lambda take, column=column, meaning=meaning: _join(
+                f"{column} should be {meaning} or blank, got ", shown(column, take),
+                "; it was left blank for this pupil, whose results still count",
+            ),
+        )
+
+    quarantine = _combined(quarantined)
+    out_lines = pc.unique(quarantine.column("line").drop_null())
+    good_mask = pc.invert(pc.is_in(line, value_set=out_lines)) if len(out_lines) else None
+    warnings = _combined(warned)
+    if len(out_lines):  # a row kept out has its reasons in quarantine; warnings are for loaded rows
+        of_rows_out = pc.fill_null(pc.is_in(warnings.column("line"), value_set=out_lines), False)
+        warnings = warnings.filter(pc.invert(of_rows_out))
 
     schools = valid_urns(urn)
     if len(schools) > 1:
@@ -515,32 +736,18 @@ def validate(extract: Extract) -> ValidatedExtract:
             "the contract is one file per school per delivery: split it into one file per school"
         )
     school = schools[0] if schools else None
-    named = pc.invert(pc.or_(empty["intervention"], empty["outcome_measure"]))
-    distinct = (
-        pa.table({"intervention": col["intervention"], "outcome_measure": col["outcome_measure"]})
-        .filter(named)
-        .group_by(["intervention", "outcome_measure"], use_threads=False)
-        .aggregate([])
+    trials = sorted(
+        (intervention, measure)
+        for intervention, measure in (t.split("\x1f") for t in trials_of_rows.names())
+        if intervention and measure
     )
-    trials = sorted(zip(distinct.column("intervention").to_pylist(), distinct.column("outcome_measure").to_pylist()))
-    quarantine = quarantine.set_column(
-        quarantine.schema.get_field_index("school_urn"),
-        "school_urn",
-        pa.array([school] * quarantine.num_rows, pa.string()),
-    )
-    for column in ("intervention", "outcome_measure"):
-        values = quarantine.column(column)
-        quarantine = quarantine.set_column(
-            quarantine.schema.get_field_index(column),
-            column,
-            pc.if_else(pc.equal(pc.utf8_length(values), 0), pa.scalar(None, pa.string()), values),
-        )
 
     def good(values):
         return values if good_mask is None else values.filter(good_mask)
 
-    def null_if_blank(column, values):
-        return pc.if_else(good(empty[column]), pa.scalar(None, values.type), good(values))
+    def known(values, keep):
+        """``values`` where ``keep`` holds, else null (blank, not understood, not finite, implausible)."""
+        return good(pc.if_else(pc.fill_null(keep, False), values, pa.scalar(None, values.type)))
 
     typed = pa.table(
         {
@@ -549,12 +756,13 @@ def validate(extract: Extract) -> ValidatedExtract:
             "intervention": good(col["intervention"]),
             "outcome_measure": good(col["outcome_measure"]),
             "arm": good(arm),
-            "outcome": good(numbers["outcome"]),
-            "baseline": good(numbers["baseline"]),
-            "fsm": null_if_blank("fsm", pc.equal(upper["fsm"], "Y")),
-            "gender": null_if_blank("gender", upper["gender"]),
-            "year_group": pc.cast(null_if_blank("year_group", col["year_group"]), pa.int32()),
-            "send": null_if_blank("send", pc.equal(upper["send"], "Y")),
+            "outcome": known(numbers["outcome"], finite["outcome"]),
+            "baseline": known(numbers["baseline"], pc.and_(finite["baseline"], pc.invert(far["baseline"][0]))),
+            "fsm": good(coded["fsm"][0]),
+            "gender": good(coded["gender"][0]),
+            "year_group": good(coded["year_group"][0]),
+            "send": good(coded["send"][0]),
+            "round": known(col["round"], pc.invert(empty["round"])),
             "line": good(line),
         },
         schema=GOOD_SCHEMA,
@@ -566,12 +774,37 @@ def validate(extract: Extract) -> ValidatedExtract:
         trials,
         n + extract.format_errors.num_rows,
         typed,
-        quarantine,
+        _with_school(quarantine, school),
         extract.columns_dropped,
+        _with_school(warnings, school),
     )
 
 
-_YEAR_GROUP = r"^0*(?:[0-9]|1[0-3])$"  # 0 (Reception) to 13
+def _combined(entries: list[pa.Table]) -> pa.Table:
+    """Entries in line order (file-level ones, with no line, first)."""
+    if not entries:
+        return _NO_ENTRIES
+    if len(entries) == 1:  # one rule's entries: already in line order
+        return entries[0]
+    order = [("line", "ascending", "at_start"), ("column_name", "ascending", "at_start")]
+    return pa.concat_tables(entries).sort_by(order)
+
+
+def _with_school(entries: pa.Table, school: str | None) -> pa.Table:
+    """Entries with the file's school, and blank trial names as null."""
+    if not entries.num_rows:
+        return entries
+    entries = entries.set_column(
+        entries.schema.get_field_index("school_urn"), "school_urn", pa.array([school] * entries.num_rows, pa.string())
+    )
+    for column in ("intervention", "outcome_measure"):
+        values = entries.column(column)
+        entries = entries.set_column(
+            entries.schema.get_field_index(column),
+            column,
+            pc.if_else(pc.fill_null(pc.equal(pc.utf8_length(values), 0), True), pa.scalar(None, pa.string()), values),
+        )
+    return entries
 
 
 def _join(*parts) -> pa.Array:
@@ -579,11 +812,53 @@ def _join(*parts) -> pa.Array:
     return pc.binary_join_element_wise(*parts, "")
 
 
-def _flag_duplicates(key: pa.Array, keyed: pa.Array, line: pa.Array, flag) -> None:
-    """Quarantine every row whose school + pupil + intervention + outcome_measure repeats, naming the other lines."""
+def _urn_reason(values: pa.Array) -> pa.Array:
+    """Why a school_urn is not 6 digits, described by its shape (a URN column may hold pupil ids)."""
+    digits_only = pc.match_substring_regex(values, r"^[0-9]+$")
+    length = pc.cast(pc.utf8_length(values), pa.string())
+    return pc.if_else(
+        pc.match_substring_regex(values, r"^[0-9]{1,5}$"),
+        _join(
+            "school_urn must be 6 digits, got ", length, " digits (a spreadsheet may have dropped leading zeros: "
+            "format the column as text and re-enter the URN)",
+        ),
+        pc.if_else(
+            digits_only,
+            _join("school_urn must be 6 digits, got ", length, " digits; correct it to the school's 6-digit URN"),
+            "school_urn must be 6 digits, got other characters; correct it to the school's 6-digit URN",
+        ),
+    )
+
+
+def _one_array(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def _implausible_reason(column: str, medians: np.ndarray, take, then: str) -> pa.Array:
+    """The reason for implausible scores: how far they are, never the value itself."""
+    return pa.array(
+        [
+            f"{column} is implausible: more than {checks.IMPLAUSIBLE_ROBUST_SDS:g} robust SDs from the median "
+            f"({medians[i]:.6g}) of this trial's {column} scores in the file; check it for a typing error "
+            f"(e.g. extra digits); {then}"
+            for i in take.to_pylist()
+        ],
+        type=pa.string(),
+    )
+
+
+def _flag_duplicates(name: str, key: pa.Array, keyed: pa.Array, line: pa.Array, flag) -> None:
+    """Quarantine every row whose school + pupil + intervention + outcome_measure (+ round) repeats,
+    naming the other lines; a file where most rows repeat is rejected (columns swapped or rows pasted twice)."""
     frame = pd.DataFrame({"key": key.to_pylist(), "line": line.to_pylist(), "keyed": keyed.to_pylist()})
     frame = frame[frame["keyed"]]
     repeated = frame[frame["key"].duplicated(keep=False)]
+    if len(repeated) >= checks.SWAP_MIN_DISTINCT and len(repeated) > checks.SWAP_SHARE * len(frame):
+        raise ExtractRejected(
+            f"{name}: columns may be swapped, or rows repeated: {len(repeated)} of the {len(frame)} rows share "
+            "their pupil_id with another row of the same trial; check that the 'pupil_id' header is above the "
+            "pupils' references and that no rows were pasted twice, then send the file again"
+        )
     lines_of = repeated.groupby("key")["line"].agg(list).to_dict()
     reasons = {
         row_line: "the same school, pupil, intervention and outcome_measure are also on line"

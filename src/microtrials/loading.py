@@ -47,8 +47,9 @@ from microtrials.errors import MicrotrialsError
 from microtrials.privacy import check_key_unchanged, pseudonymise
 
 # Files in the extracts folder that look like a spreadsheet a school sent instead of a CSV:
-# reported as rejected so the officer knows to ask for a CSV.
-NOT_CSV_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".tsv", ".numbers")
+# reported as rejected so the officer knows to ask for a CSV. (A .xlsx workbook is read:
+# extracts.WORKBOOK_SUFFIXES.)
+NOT_CSV_SUFFIXES = (".xlsm", ".xls", ".ods", ".tsv", ".numbers")
 TRANSACTION_ATTEMPTS = 5
 # Files read and checked before their writes; the group of them for distinct schools shares a transaction.
 BATCH_FILES = 200
@@ -72,6 +73,9 @@ class FileReport:
     reason: str | None = None
     # 'intervention / outcome_measure' -> why this file did not replace the school's earlier rows
     trials_rejected: dict[str, str] = field(default_factory=dict)
+    rows_with_warnings: int = 0  # loaded rows with a value blanked or an outcome kept as no post-test
+    warned_by_reason: dict[str, int] = field(default_factory=dict)
+    file_warnings: list[str] = field(default_factory=list)  # e.g. read as Windows-1252
 
 
 def trials_text(trials: list[tuple[str, str]]) -> str:
@@ -91,8 +95,8 @@ def load_file(con: duckdb.DuckDBPyConnection, path: Path, key: bytes, new_pupil_
 def load_folder(
     con: duckdb.DuckDBPyConnection, folder: Path, key: bytes, new_pupil_key: bool = False
 ) -> list[FileReport]:
-    """Load every ``*.csv`` in ``folder`` (sorted by name; a later name wins when two files of one
-    school hold the same trial). Spreadsheet files sent instead of CSVs are reported as rejected;
+    """Load every ``*.csv`` and ``*.xlsx`` in ``folder`` (sorted by name; a later name wins when two
+    files of one school hold the same trial). Other spreadsheet files are reported as rejected;
     every other entry (folders, other files, hidden files) as ``ignored``, with why."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -107,7 +111,7 @@ IGNORED_HIDDEN = (
     "a hidden file (its name starts with '.'): not loaded; if it is a school's extract, rename it without the dot"
 )
 IGNORED_LOCK = "an Office lock file (~$...): Excel has the workbook open; close Excel, it goes away by itself"
-IGNORED_OTHER = "not an extract file: only .csv files are loaded; " + extracts.SAVE_AS_CSV
+IGNORED_OTHER = "not an extract file: only .csv and .xlsx files are loaded; " + extracts.SAVE_AS_CSV
 IGNORED_SPECIAL = "not a regular file (a link to nowhere, a device or a pipe): not loaded"
 
 
@@ -134,15 +138,15 @@ def ignored_entries(folder: Path) -> list[FileReport]:
 
 
 def extract_files(folder: Path) -> list[Path]:
-    """The files a load of ``folder`` considers, sorted by name: ``*.csv`` and the spreadsheet
-    formats reported as rejected; hidden files and Office lock files (``~$...``) are skipped."""
+    """The files a load of ``folder`` considers, sorted by name: ``*.csv``, ``*.xlsx`` and the
+    spreadsheet formats reported as rejected; hidden files and Office lock files (``~$...``) are skipped."""
     return sorted(
         (
             p
             for p in Path(folder).iterdir()
             if p.is_file()
             and not p.name.startswith((".", "~$"))
-            and p.suffix.lower() in (".csv",) + NOT_CSV_SUFFIXES
+            and p.suffix.lower() in (".csv",) + extracts.WORKBOOK_SUFFIXES + NOT_CSV_SUFFIXES
         ),
         key=lambda p: p.name,
     )
@@ -190,6 +194,8 @@ def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
         "rows_loaded",
         "rows_quarantined",
         "quarantined_by_reason",
+        "rows_with_warnings",
+        "warnings",
         "columns_dropped",
         "reason",
     ]
@@ -203,6 +209,8 @@ def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
             "rows_loaded": r.rows_loaded,
             "rows_quarantined": r.rows_quarantined,
             "quarantined_by_reason": "; ".join(f"{k}: {v}" for k, v in r.quarantined_by_reason.items()),
+            "rows_with_warnings": r.rows_with_warnings,
+            "warnings": "; ".join(r.file_warnings + [f"{k}: {v}" for k, v in r.warned_by_reason.items()]),
             "columns_dropped": ", ".join(r.columns_dropped),
             "reason": r.reason or "",
         }
@@ -219,6 +227,8 @@ def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
             "rows_loaded": "int64",
             "rows_quarantined": "int64",
             "quarantined_by_reason": "str",
+            "rows_with_warnings": "int64",
+            "warnings": "str",
             "columns_dropped": "str",
             "reason": "str",
         }
@@ -236,6 +246,7 @@ class _Delivery:
     report: FileReport
     pupils: pa.Table | None = None  # pseudonymised, with source_file and delivery_id
     quarantine: pa.Table | None = None  # with source_file and delivery_id
+    warnings: pa.Table | None = None  # with source_file and delivery_id
 
 
 @dataclass
@@ -324,7 +335,9 @@ def _prepare(path: Path, data: bytes | OSError, delivery_id: str, key: bytes) ->
         return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=reason))
     try:
         if path.suffix.lower() in NOT_CSV_SUFFIXES:
-            raise extracts.ExtractRejected(f"{path.name}: only .csv files are loaded; {extracts.SAVE_AS_CSV}")
+            raise extracts.ExtractRejected(
+                f"{path.name}: only .csv and .xlsx files are loaded; {extracts.SAVE_AS_CSV}"
+            )
         checked = extracts.validate(extracts.read_extract(path, data))
     except extracts.ExtractRejected as exc:
         return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=str(exc)))
@@ -338,6 +351,9 @@ def _prepare(path: Path, data: bytes | OSError, delivery_id: str, key: bytes) ->
         rows_quarantined=checked.rows_quarantined,
         quarantined_by_reason=checked.quarantined_by_reason(),
         columns_dropped=list(checked.columns_dropped),
+        rows_with_warnings=checked.rows_with_warnings,
+        warned_by_reason=checked.warned_by_reason(),
+        file_warnings=checked.file_warnings(),
     )
     source = {"source_file": checked.file_name, "delivery_id": delivery_id}
     return _Delivery(
@@ -345,6 +361,7 @@ def _prepare(path: Path, data: bytes | OSError, delivery_id: str, key: bytes) ->
         report,
         pupils=_with_source(_pupil_table(checked.good, key), source),
         quarantine=_with_source(checked.quarantine, source),
+        warnings=_with_source(checked.warnings, source),
     )
 
 
@@ -428,6 +445,7 @@ def _frames(group: list[_Delivery]) -> dict[str, pa.Table]:
             "batch_trials": _trials_table(loaded),
             "batch_pupils": pa.concat_tables([d.pupils for d in loaded]).combine_chunks(),
             "batch_quarantine": pa.concat_tables([d.quarantine for d in loaded]).combine_chunks(),
+            "batch_warnings": pa.concat_tables([d.warnings for d in loaded]).combine_chunks(),
         }
     return frames
 
@@ -448,8 +466,10 @@ def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> dict[str, 
     if any(d.report.status == "loaded" for d in group):
         cur.execute(warehouse.sql("delete_school_trials"))
         cur.execute(warehouse.sql("delete_school_quarantine"))
+        cur.execute(warehouse.sql("delete_school_warnings"))
         cur.execute(warehouse.sql("load_pupils"))
         cur.execute(warehouse.sql("load_quarantine"))
+        cur.execute(warehouse.sql("load_warnings"))
     cur.execute(warehouse.sql("load_delivery"))
     return changed
 

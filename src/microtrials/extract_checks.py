@@ -1,0 +1,181 @@
+"""Checks on a whole extract's columns: swapped columns, decimal commas, implausible scores.
+
+Each works on a file's columns at once (pyarrow compute on the distinct values, numpy sorts for
+medians) and gives a plain reason or the rows it flags; :mod:`microtrials.extracts` turns them
+into a rejection, quarantine entries or warnings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Implausible scores: further than this many robust SDs (MAD x 1.4826, the normal-consistent
+# scale; Leys et al. 2013, J. Exp. Soc. Psych. 49:764) from the median of the trial's scores in
+# the file, judged only when the file has at least IMPLAUSIBLE_MIN_VALUES scores for the trial.
+IMPLAUSIBLE_ROBUST_SDS = 6.0
+IMPLAUSIBLE_MIN_VALUES = 10
+MAD_TO_SD = 1.4826
+
+# Swapped columns: a categorical column whose odd values differ on more than this share of its rows
+# (with at least SWAP_MIN_DISTINCT of them) looks like a column of pupil identifiers.
+SWAP_SHARE = 0.5
+SWAP_MIN_DISTINCT = 4
+
+_DECIMAL_COMMA = r"^[+-]?[0-9]+,[0-9]+$"
+
+
+class TrialCodes:
+    """Each row's trial (intervention + outcome_measure) as a small integer, and the trials' names."""
+
+    def __init__(self, intervention: pa.Array, outcome_measure: pa.Array):
+        encoded = pc.dictionary_encode(pc.binary_join_element_wise(intervention, outcome_measure, "\x1f"))
+        self._encoded = encoded
+        self._codes: np.ndarray | None = None
+
+    def __call__(self) -> np.ndarray:
+        if self._codes is None:
+            self._codes = self._encoded.indices.to_numpy(zero_copy_only=False)
+        return self._codes
+
+    def names(self) -> list[str]:
+        """The distinct trials, as 'intervention\x1foutcome_measure'."""
+        return self._encoded.dictionary.to_pylist()
+
+
+def group_medians(codes: np.ndarray, values: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Median of ``values`` per code (0..groups-1) and the count per code, by one sort (no loop)."""
+    order = np.lexsort((values, codes))
+    ordered = values[order]
+    counts = np.bincount(codes, minlength=groups)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    last = len(ordered) - 1
+    low = np.minimum(starts + (counts - 1) // 2, last)
+    high = np.minimum(starts + counts // 2, last)
+    medians = np.where(counts > 0, (ordered[low] + ordered[high]) / 2, np.nan)
+    return medians, counts
+
+
+def implausible(values: pa.Array, finite: pa.Array, trial_codes) -> tuple[pa.Array, np.ndarray]:
+    """Scores far from the rest of their trial in this file, and each row's trial median.
+
+    Per trial (intervention + outcome_measure) with at least ``IMPLAUSIBLE_MIN_VALUES`` finite
+    scores: flagged when |x - median| > 6 x 1.4826 x MAD, MAD = median(|x - median|). A trial whose
+    MAD is 0 (more than half its scores equal) is not judged. Medians per trial come from one sort.
+    """
+    flagged = np.zeros(len(values), dtype=bool)
+    medians = np.full(len(values), np.nan)
+    if finite.true_count < IMPLAUSIBLE_MIN_VALUES:
+        return pa.array(flagged), medians
+    scored = np.flatnonzero(finite.to_numpy(zero_copy_only=False))
+    x = values.to_numpy(zero_copy_only=False)[scored]
+    codes = trial_codes()[scored]
+    groups = int(codes.max()) + 1
+    median, counts = group_medians(codes, x, groups)
+    deviation = np.abs(x - median[codes])
+    mad, _ = group_medians(codes, deviation, groups)
+    robust_sd = MAD_TO_SD * mad
+    judged = (counts >= IMPLAUSIBLE_MIN_VALUES) & (robust_sd > 0)
+    far = judged[codes] & (deviation > IMPLAUSIBLE_ROBUST_SDS * robust_sd[codes])
+    flagged[scored[far]] = True
+    medians[scored] = median[codes]
+    return pa.array(flagged), medians
+
+
+def shape(values: pa.Array) -> pa.Array:
+    """Letters as 'A', digits as '9', other characters as they are: the pattern of an identifier."""
+    return pc.replace_substring_regex(pc.replace_substring_regex(values, r"[0-9]", "9"), r"[A-Za-z]", "A")
+
+
+# Columns checked for identifiers, in the order their reasons are given.
+SWAP_CHECKED = (
+    "intervention", "outcome_measure", "round", "arm", "gender", "fsm", "send", "year_group",
+    "school_urn", "outcome", "baseline",
+)
+
+
+def pupil_id_pattern(pupil_ids: pa.Array) -> str | None:
+    """The shape most of the file's distinct pupil_ids share (see :func:`shape`), when it is
+    distinctive enough to recognise an identifier by: it has a digit and at least 5 characters."""
+    if not len(pupil_ids):
+        return None
+    shapes = pc.value_counts(shape(pupil_ids))
+    top = int(np.argmax(shapes.field("counts").to_numpy()))
+    candidate = shapes.field("values")[top].as_py()
+    common = shapes.field("counts")[top].as_py() * 2 >= len(pupil_ids)
+    return candidate if common and len(candidate) >= 5 and "9" in candidate else None
+
+
+def swapped_columns(col: dict, empty: dict, odd: dict, pupil_ids: pa.Array) -> str | None:
+    """Why a file's columns look swapped with ``pupil_id`` (their values would be stored or published
+    as trial names or codes), naming the column and counts, never a value; None when they do not.
+
+    A column's odd values (for the free-text trial names: all its values) look like identifiers when
+    (a) at least 4 differ and they differ on more than half its non-blank rows; (b) at least 3
+    differ, there are more of them than distinct pupil_ids, and pupil_ids repeat (a small file whose
+    ``pupil_id`` column holds codes or trial names); (c) at least 3 equal a pupil_id of the file and
+    they are more than half its rows; or (d) at least 3 have the file's pupil_id pattern
+    (:func:`pupil_id_pattern`) and they are more than half its rows. A genuine file with 1-3
+    interventions or a few odd codes meets none of these.
+    """
+    pupils = len(pupil_ids)
+    ids_repeat = pupils < len(empty["pupil_id"]) - empty["pupil_id"].true_count
+    pattern: list[str | None] = []  # worked out only when a column could match it
+    for column in SWAP_CHECKED:
+        mask = odd[column]
+        if not mask.true_count:
+            continue
+        rows = len(empty[column]) - empty[column].true_count
+        counts = pc.value_counts(col[column].filter(mask))
+        values, times = counts.field("values"), counts.field("counts")
+        many = mask.true_count >= 3 and mask.true_count > SWAP_SHARE * rows
+
+        def weight(where) -> int:
+            """Rows whose value is one of the distinct values ``where`` marks."""
+            return pc.sum(pc.if_else(where, times, 0)).as_py() or 0
+
+        found = None
+        if len(values) >= SWAP_MIN_DISTINCT and len(values) > SWAP_SHARE * rows:
+            found = (
+                f"the '{column}' column has {len(values)} different values in {rows} rows, "
+                "as a column of pupil identifiers would"
+            )
+        elif len(values) >= 3 and len(values) > pupils and ids_repeat:
+            found = (
+                f"the '{column}' column has more different values ({len(values)}) than the pupil_id column "
+                f"({pupils})"
+            )
+        elif many and (is_id := pc.is_in(values, value_set=pupil_ids)).true_count and (
+            (equal := weight(is_id)) >= 3 and equal > SWAP_SHARE * rows
+        ):
+            found = f"{equal} of the {rows} '{column}' values are pupil_id values of this file"
+        elif many and pc.match_substring_regex(values, "[0-9]").true_count:  # an id pattern has a digit
+            shapes = shape(values)
+            id_like = weight(pc.and_(pc.match_substring(shapes, "9"), pc.greater_equal(pc.utf8_length(shapes), 5)))
+            if id_like >= 3 and id_like > SWAP_SHARE * rows:
+                if not pattern:
+                    pattern.append(pupil_id_pattern(pupil_ids))
+                shaped = weight(pc.equal(shapes, pattern[0])) if pattern[0] else 0
+                if shaped >= 3 and shaped > SWAP_SHARE * rows:
+                    found = f"{shaped} of the {rows} '{column}' values look like this file's pupil_ids"
+        if found:
+            return (
+                f"columns may be swapped: {found}; check that each header names the column below it "
+                f"(especially 'pupil_id' and '{column}') and send the file again"
+            )
+    return None
+
+
+def decimal_commas(outcome: pa.Array, odd: pa.Array, empty: pa.Array) -> str | None:
+    """Why a file whose outcomes are mostly written with a decimal comma (12,5) is refused (loading
+    them as 'no post-test' would silently empty the trial); None otherwise."""
+    rows = len(outcome) - empty.true_count
+    if odd.true_count < 3 or odd.true_count <= SWAP_SHARE * rows:
+        return None
+    commas = pc.sum(pc.match_substring_regex(outcome.filter(odd), _DECIMAL_COMMA)).as_py() or 0
+    if commas >= 3 and commas > SWAP_SHARE * rows:
+        return (
+            f"{commas} of the {rows} outcome scores are written with a decimal comma (like 12,5); "
+            "write them with a decimal point (12.5) and send the file again"
+        )
