@@ -6,10 +6,10 @@ import json
 import os
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from pipelines.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START
 from pipelines.partitions import SCHOOLS
-from pipelines.resources import Settings
+from pipelines.resources import Settings, Warehouse
 from pipelines.sensors import extracts_sensor, run_blocks
 from tests.conftest import pupil_rows
 
@@ -19,7 +19,10 @@ def tick(instance, extracts, cursor=None) -> dg.SensorResult:
     context = dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
-        resources={"settings": Settings(extracts_dir=str(extracts), out_dir=str(extracts.parent / "out"))},
+        resources={
+            "settings": Settings(extracts_dir=str(extracts), out_dir=str(extracts.parent / "out")),
+            "warehouse_db": Warehouse(db_path=str(extracts.parent / "warehouse.duckdb")),
+        },
     )
     result = extracts_sensor(context)
     for request in result.dynamic_partitions_requests or []:
@@ -33,7 +36,7 @@ def schools_of(result: dg.SensorResult) -> list[list[str]]:
         if request.partition_key is not None:
             blocks.append([request.partition_key])
         else:
-            blocks.append([request.tags[ASSET_PARTITION_RANGE_START_TAG], request.tags[ASSET_PARTITION_RANGE_END_TAG]])
+            blocks.append([request.tags[PARTITION_RANGE_START], request.tags[PARTITION_RANGE_END]])
     return blocks
 
 
