@@ -36,7 +36,7 @@ def test_run_loads_every_school_in_one_run_and_publishes(tmp_path, monkeypatch):
     shutil.copytree(SHARED / "reference" / "extracts", extracts)
     done = run_cli(tmp_path, extracts, "cli-test-key")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"evidence table written to {tmp_path / 'out' / 'evidence_table.csv'}" in done.stdout
+    assert f"evidence table: {tmp_path / 'out' / 'evidence_table.csv'}" in done.stdout
     table = pd.read_csv(tmp_path / "out" / "evidence_table.csv")
     assert sorted(table["intervention"]) == ["Maths mastery", "Reciprocal reading"]
     assert (tmp_path / "home" / "data" / "dagster" / "storage").is_dir(), "the instance is under DAGSTER_HOME"
