@@ -91,3 +91,44 @@ def test_the_instance_queues_runs_and_limits_the_warehouse_pool(tmp_path, monkey
     finally:
         instance.dispose()
     assert pupils.op.pool == "warehouse"
+
+
+def test_after_a_run_the_sensors_first_tick_has_nothing_to_do_and_the_summary_names_rejections(tmp_path, monkeypatch):
+    from pipelines.resources import Settings, Warehouse
+    from pipelines.sensors import extracts_sensor
+
+    extracts = tmp_path / "extracts"
+    shutil.copytree(SHARED / "reference" / "extracts", extracts)
+    (extracts / "Oak Primary.xlsx").write_bytes(b"PK\x03\x04 a workbook, not a CSV")
+    done = run_cli(tmp_path, extracts, "cli-test-key")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out"
+    assert "files: 26 in" in done.stdout and "25 loaded" in done.stdout and "1 rejected" in done.stdout
+    assert "  rejected Oak Primary.xlsx: only .csv files are loaded" in done.stdout
+    assert "rows set aside (quarantine): 0" in done.stdout
+    assert f"site: {out / 'index.html'} (preview: microtrials serve --out {out})" in done.stdout
+
+    monkeypatch.chdir(tmp_path / "home")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    instance = dg.DagsterInstance.get()
+    try:
+        context = dg.build_sensor_context(
+            instance=instance,
+            cursor=None,  # the UI's first tick: the sensor has never run on this instance
+            resources={"settings": Settings(extracts_dir=str(extracts), out_dir=str(out)),
+                       "warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb"))},
+        )
+        first = extracts_sensor(context)
+        assert not first.run_requests
+        assert "26 file(s) already loaded by another run" in first.skip_reason.skip_message
+        assert not first.dynamic_partitions_requests  # `microtrials run` registered every school
+        # A school that then sends a changed file is loaded, and only that school.
+        (extracts / "111601.csv").write_text((extracts / "111601.csv").read_text() + "\n")
+        second = extracts_sensor(dg.build_sensor_context(
+            instance=instance, cursor=first.cursor,
+            resources={"settings": Settings(extracts_dir=str(extracts), out_dir=str(out)),
+                       "warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb"))},
+        ))
+        assert [r.partition_key for r in second.run_requests] == ["111601"]
+    finally:
+        instance.dispose()

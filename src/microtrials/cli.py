@@ -213,7 +213,8 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
             f"{status.get('unchanged', 0)} unchanged since their last load, {len(rejected)} rejected"
         )
         for _, row in rejected.head(10).iterrows():
-            lines.append(f"  rejected {row['file_name']}: {' '.join(str(row['reason']).split())}")
+            reason = " ".join(str(row["reason"]).split()).removeprefix(f"{row['file_name']}: ")
+            lines.append(f"  rejected {row['file_name']}: {reason}")
         if len(rejected) > 10:
             lines.append(f"  ... and {len(rejected) - 10} more rejected files (load_report.csv lists them all)")
         set_aside = int(report["rows_quarantined"].fillna(0).sum())
