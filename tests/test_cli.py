@@ -132,3 +132,29 @@ def test_after_a_run_the_sensors_first_tick_has_nothing_to_do_and_the_summary_na
         assert [r.partition_key for r in second.run_requests] == ["111601"]
     finally:
         instance.dispose()
+
+
+def test_the_summary_names_trials_not_estimable_or_not_refreshed_and_fails_only_when_none_refreshed(tmp_path):
+    from microtrials import cli, warehouse
+
+    warehouse.connect(tmp_path / "w.duckdb").close()
+    out = tmp_path / "out"
+    out.mkdir()
+    table = pd.DataFrame({
+        "intervention": ["Reading", "Maths", "Pilot"],
+        "outcome_measure": ["NGRT", "PUMA", "NGRT"],
+        "status": ["published", "not_refreshed", "not_estimable"],
+        "notes": ["", "the model did not converge this run; last figures kept",
+                  "only one school has sent results so far"],
+    })
+    table.to_csv(out / "evidence_table.csv", index=False)
+    lines, nothing_new = cli.summary(tmp_path / "extracts", out, tmp_path / "w.duckdb", "run-1")
+    assert "trials: 3 (1 published, 1 not_refreshed, 1 not_estimable)" in lines
+    assert "  not refreshed (last figures kept): Maths / PUMA: the model did not converge this run" in lines
+    assert "  not estimable yet: Pilot / NGRT: only one school has sent results so far" in lines
+    assert not nothing_new
+
+    table.loc[0, "status"] = "not_refreshed"
+    table.to_csv(out / "evidence_table.csv", index=False)
+    _, nothing_new = cli.summary(tmp_path / "extracts", out, tmp_path / "w.duckdb", "run-2")
+    assert nothing_new, "every estimable trial kept old figures: nothing new was published"
