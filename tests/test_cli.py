@@ -157,4 +157,4 @@ def test_the_summary_names_trials_not_estimable_or_not_refreshed_and_fails_only_
     table.loc[0, "status"] = "not_refreshed"
     table.to_csv(out / "evidence_table.csv", index=False)
     _, nothing_new = cli.summary(tmp_path / "extracts", out, tmp_path / "w.duckdb", "run-2")
-    assert nothing_new, "every estimable trial kept old figures: nothing new was published"
+    assert nothing_new == "Reading / NGRT (no reason recorded); Maths / PUMA (the model did not converge this run)"

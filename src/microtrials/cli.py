@@ -144,9 +144,13 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
     if not published(result):
         print(f"microtrials run failed: {failure_reason(result)}", file=sys.stderr)
         return FAILED
-    lines, not_refreshed_only = summary(extracts, out, db, result.run_id)
+    lines, nothing_new = summary(extracts, out, db, result.run_id)
     print("\n".join(lines))
-    return FAILED if not_refreshed_only else 0
+    if nothing_new:
+        print(f"microtrials run failed: no trial could be refreshed, the last published figures stay: {nothing_new}",
+              file=sys.stderr)
+        return FAILED
+    return 0
 
 
 def _execute(extracts: Path):
@@ -182,10 +186,11 @@ def _execute(extracts: Path):
         instance.dispose()
 
 
-def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str], bool]:
+def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str], str]:
     """What the run did, for the terminal: files loaded / rejected (named), rows set aside, warnings,
-    trials not estimable or not refreshed, where the feedback and the site are; and whether every
-    estimable trial failed to refresh (nothing new could be published)."""
+    trials not estimable or not refreshed, where the feedback and the site are; and, when every
+    estimable trial failed to refresh (nothing new could be published), those trials with their
+    reasons on one line (else '')."""
     import pandas as pd
 
     from microtrials import warehouse
@@ -229,10 +234,19 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
     evidence = out / "evidence_table.csv"
     table = pd.read_csv(evidence) if evidence.is_file() else pd.DataFrame()
     statuses = table["status"] if "status" in table else pd.Series(dtype=str)
-    not_refreshed_only = bool(
-        (statuses == "not_refreshed").any() and not statuses.isin(["published", "interim"]).any()
-    )
-    return lines, not_refreshed_only
+    nothing_new = ""
+    if (statuses == "not_refreshed").any() and not statuses.isin(["published", "interim"]).any():
+        stale = table[statuses == "not_refreshed"]
+        nothing_new = "; ".join(
+            f"{row['intervention']} / {row['outcome_measure']} ({_reason(row.get('notes'))})" for _, row in stale.iterrows()
+        )
+    return lines, nothing_new
+
+
+def _reason(notes: object) -> str:
+    """The plain reason a not_estimable or not_refreshed row carries first in its notes."""
+    text = "" if notes is None or (isinstance(notes, float) and notes != notes) else str(notes)
+    return text.split(";")[0].strip() or "no reason recorded"
 
 
 def _feedback_folder() -> Path:
@@ -258,8 +272,7 @@ def _trial_lines(out: Path) -> list[str]:
     lines = [f"trials: {len(table)} ({', '.join(f'{n} {s}' for s, n in counts.items())})"]
     for label, status in (("not estimable yet", "not_estimable"), ("not refreshed (last figures kept)", "not_refreshed")):
         for _, row in table[table["status"] == status].iterrows():
-            reason = str(row.get("notes", "") or "").split(";")[0].strip() or "no reason recorded"
-            lines.append(f"  {label}: {row['intervention']} / {row['outcome_measure']}: {reason}")
+            lines.append(f"  {label}: {row['intervention']} / {row['outcome_measure']}: {_reason(row.get('notes'))}")
     return lines
 
 
