@@ -5,7 +5,8 @@ and one dropped column per school), runs the real `microtrials run` command as a
 fresh Dagster instance (a copy of the repository's dagster.yaml in a temporary DAGSTER_HOME) and
 prints: wall time, peak memory of the whole process tree (sum of resident memory of
 `microtrials run` and its children, sampled every 0.1 s, and the largest single process), Dagster
-storage bytes per school, then the loader benchmark (microtrials.loading.load_folder into a fresh
+storage bytes per school, the time of a one-school update afterwards (what the sensor starts for
+one changed file), then the loader benchmark (microtrials.loading.load_folder into a fresh
 warehouse) on the same files.
 
 Run: .venv/bin/python benchmarks/bench_pipeline.py --schools 400 --pupils 100
@@ -26,6 +27,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(REPO_ROOT))
 
 from bench_load import write_files  # noqa: E402
 
@@ -94,6 +96,35 @@ def run_pipeline(root: Path, extracts: Path) -> dict[str, float]:
     }
 
 
+def one_school_update(root: Path, extracts: Path) -> float:
+    """Seconds for what the sensor starts when one school sends a changed file: `load_and_refresh` for
+    that school's partition (load it, refit every trial, republish), run here in process on the same
+    instance, as the daemon's run worker would (without the daemon's launch and queue delay)."""
+    first = sorted(extracts.glob("*.csv"))[0]
+    text = first.read_text(encoding="utf-8").splitlines(keepends=True)
+    first.write_text("".join(text[:-1]), encoding="utf-8")  # the school withdrew its last pupil row
+    os.environ.update(DAGSTER_HOME=str(root / "home"), MICROTRIALS_PUPIL_KEY=KEY, MICROTRIALS_EXTRACTS=str(extracts),
+                      MICROTRIALS_OUT=str(root / "out"), MICROTRIALS_DB=str(root / "warehouse.duckdb"))
+    os.chdir(root / "home")
+    import dagster as dg
+
+    from pipelines.definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    try:
+        started = time.perf_counter()
+        result = defs.resolve_job_def("load_and_refresh").execute_in_process(
+            instance=instance, partition_key=first.stem, raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+        elapsed = time.perf_counter() - started
+    finally:
+        instance.dispose()
+    if not result.success:
+        raise SystemExit("the one-school run failed")
+    return elapsed
+
+
 def run_loader(root: Path, extracts: Path) -> float:
     """The loader alone (microtrials.loading.load_folder) on the same files into a fresh warehouse: seconds."""
     from microtrials import loading, warehouse
@@ -127,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.generate_only:
             return 0
         figures = run_pipeline(root, extracts)
+        one_school = one_school_update(root, extracts)
         loader = run_loader(root, extracts)
     mb = 1024 * 1024
     print(f"microtrials run end to end: {figures['wall']:.1f} s")
@@ -134,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(largest single process {figures['peak_process'] / mb:,.0f} MB)")
     print(f"Dagster storage: {figures['storage'] / 1e6:,.1f} MB = {figures['storage'] / args.schools / 1024:,.1f} KB "
           f"per school; warehouse {figures['warehouse'] / 1e6:,.0f} MB")
+    print(f"one changed school file afterwards (the sensor's load_and_refresh run for its partition, in "
+          f"process, without the daemon's launch): {one_school:.1f} s")
     print(f"loader alone on the same files: {loader:.1f} s "
           f"(microtrials run = {figures['wall'] / loader:.1f} x the loader)")
     return 0
