@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench_load import write_files  # noqa: E402
 
-KEY = "benchmark-key-not-secret"
+KEY = "benchmark-key-not-secret-3f6b0d92c7a1e584"
 
 
 def tree_rss_bytes(pid: int) -> tuple[int, int]:

@@ -29,7 +29,7 @@ def environment(tmp_path: Path, **extra: str) -> dict[str, str]:
     home.mkdir(exist_ok=True)
     shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MICROTRIALS_", "DAGSTER_"))}
-    env.update(DAGSTER_HOME=str(home), MICROTRIALS_PUPIL_KEY="recovery-test-key", **extra)
+    env.update(DAGSTER_HOME=str(home), MICROTRIALS_PUPIL_KEY="recovery-test-key-not-secret-5d2a9c7e41b38f06", **extra)
     return env
 
 

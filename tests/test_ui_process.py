@@ -27,7 +27,7 @@ def environment(tmp_path: Path) -> dict[str, str]:
     shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
     (tmp_path / "extracts").mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MICROTRIALS_", "DAGSTER_"))}
-    env.update(DAGSTER_HOME=str(home), MICROTRIALS_PUPIL_KEY="ui-test-key",
+    env.update(DAGSTER_HOME=str(home), MICROTRIALS_PUPIL_KEY="ui-test-key-not-secret-9a4c1e7b2d5f8036",
                MICROTRIALS_EXTRACTS=str(tmp_path / "extracts"), MICROTRIALS_OUT=str(tmp_path / "out"),
                MICROTRIALS_DB=str(tmp_path / "warehouse.duckdb"))
     return env
