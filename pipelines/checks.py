@@ -1,6 +1,9 @@
 """Asset checks: what must hold before numbers are published (blocking) and what an officer should look at (WARN).
 
-Each check's description says what a failure means; README "For officers" says what to do.
+Blocking checks guard what no run may publish wrongly: pupil identifiers, one row per trial, every
+file accounted for. What happens to one trial (not estimable yet, not refreshed) is data in that
+trial's row, reported by WARN checks: it never stops the other trials publishing. Each check's
+description says what a failure means; README "For officers" says what to do.
 """
 
 
@@ -105,46 +108,85 @@ def quarantine_rate_per_school(warehouse_db: Warehouse) -> dg.AssetCheckResult:
     )
 
 
+def _trial_names(frame: pd.DataFrame) -> list[str]:
+    return [f"{i} / {o}" for i, o in zip(frame["intervention"], frame["outcome_measure"])]
+
+
+def _first_note(notes: object) -> str:
+    """The plain reason a not_estimable or not_refreshed row carries first in its notes."""
+    text = "" if notes is None or (isinstance(notes, float) and pd.isna(notes)) else str(notes)
+    return text.split(";")[0].strip() or "no reason recorded"
+
+
+def _with_reasons(frame: pd.DataFrame) -> pd.DataFrame:
+    """intervention, outcome_measure and the reason (first note) of each row."""
+    notes = frame["notes"] if "notes" in frame else pd.Series([None] * len(frame), index=frame.index)
+    return pd.DataFrame(
+        {"intervention": frame["intervention"], "outcome_measure": frame["outcome_measure"],
+         "reason": [_first_note(n) for n in notes]}
+    )
+
+
+def _listing(frame: pd.DataFrame, limit: int = 5) -> str:
+    """'A / B (reason); C / D (reason)' for the first ``limit`` rows, then how many more."""
+    items = [f"{name} ({reason})" for name, reason in zip(_trial_names(frame), frame["reason"])]
+    more = f"; and {len(items) - limit} more" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
+
+
 @dg.asset_check(
     asset="trial_results",
-    blocking=True,
-    description="Every fitted model converged (the `converged` column of `trial_results`). Blocking: "
-    "an unconverged fit's effect size is not published.",
+    description="Every trial that can be estimated was refreshed in this run (WARN). A trial whose model "
+    "failed numerically keeps its last published row, marked `not_refreshed` with the reason; the other "
+    "trials still publish. Lists those trials with their reasons.",
 )
-def models_converged(warehouse_db: Warehouse) -> dg.AssetCheckResult:
+def trials_refreshed(warehouse_db: Warehouse) -> dg.AssetCheckResult:
     with warehouse_db.connect() as con:
         results = _table(con, "trial_results")
-    if results is None or "converged" not in results:
-        return dg.AssetCheckResult(passed=False, description="trial_results has no `converged` column")
-    bad = results.loc[~results["converged"].fillna(False).astype(bool), ["intervention", "outcome_measure"]]
+    if results is None or results.empty:
+        return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.WARN, metadata={"trials": 0})
+    if "status" in results:
+        stale = results[results["status"] == "not_refreshed"]
+    elif "converged" in results:  # before trial_results had a status column
+        stale = results[~results["converged"].fillna(False).astype(bool)]
+    else:
+        stale = results.iloc[0:0]
+    stale = _with_reasons(stale)
     return dg.AssetCheckResult(
-        passed=bad.empty,
-        description=None if bad.empty else f"{len(bad)} trial(s) whose model did not converge",
-        metadata={"trials": len(results), "not_converged": _md(bad)},
+        passed=stale.empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=None if stale.empty else f"{len(stale)} trial(s) not refreshed, their last published "
+        f"figures stay: {_listing(stale)}",
+        metadata={"trials": len(results), "not_refreshed": _md(stale)},
     )
 
 
 @dg.asset_check(
     asset="trial_results",
-    description=f"Each trial has at least {MIN_SCHOOLS_BOTH_ARMS} schools with pupils in both arms (WARN): "
-    "with fewer there is no between-school comparison and the trial is marked not ready.",
+    description=f"Each trial can be estimated: at least {MIN_SCHOOLS_BOTH_ARMS} schools with pupils in both arms "
+    "(WARN). A trial that cannot yet be estimated is published as `not_estimable` with blank figures and "
+    "the reason; lists those trials in plain words.",
 )
 def trials_have_two_schools(warehouse_db: Warehouse) -> dg.AssetCheckResult:
     with warehouse_db.connect() as con:
         results = _table(con, "trial_results")
-    if results is None or "schools_both_arms" not in results:
-        return dg.AssetCheckResult(
-            passed=False, severity=dg.AssetCheckSeverity.WARN, description="trial_results has no schools_both_arms"
-        )
-    few = results.loc[
-        results["schools_both_arms"].fillna(0) < MIN_SCHOOLS_BOTH_ARMS,
-        ["intervention", "outcome_measure", "schools_both_arms"],
-    ]
+    if results is None or results.empty:
+        return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.WARN, metadata={"trials": 0})
+    if "status" in results:
+        few = results[results["status"] == "not_estimable"]
+    elif "schools_both_arms" in results:  # before trial_results had a status column
+        few = results[results["schools_both_arms"].fillna(0) < MIN_SCHOOLS_BOTH_ARMS]
+    else:
+        few = results.iloc[0:0]
+    listed = _with_reasons(few)
+    if "schools_both_arms" in few:
+        listed["schools_both_arms"] = few["schools_both_arms"].to_numpy()
     return dg.AssetCheckResult(
-        passed=few.empty,
+        passed=listed.empty,
         severity=dg.AssetCheckSeverity.WARN,
-        description=None if few.empty else f"{len(few)} trial(s) with fewer than {MIN_SCHOOLS_BOTH_ARMS} schools in both arms",
-        metadata={"trials": len(results), "trials_too_few_schools": _md(few)},
+        description=None if listed.empty else f"{len(listed)} trial(s) cannot be estimated yet and are "
+        f"published without figures: {_listing(listed)}",
+        metadata={"trials": len(results), "not_estimable": _md(listed)},
     )
 
 
@@ -199,7 +241,7 @@ def published_identifiers(out: Path, pupil_keys: set[str]) -> list[tuple[str, st
 ALL_CHECKS = [
     every_file_loaded_or_rejected,
     quarantine_rate_per_school,
-    models_converged,
+    trials_refreshed,
     trials_have_two_schools,
     one_row_per_trial,
     no_pupil_identifiers_published,

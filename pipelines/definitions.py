@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import dagster as dg
 
 from pipelines.assets.loading import pupils
@@ -10,10 +12,21 @@ from pipelines.assets.trials import trial_results
 from pipelines.checks import ALL_CHECKS
 from pipelines.jobs import ALL_JOBS
 from pipelines.resources import default_resources
-from pipelines.schedules import ALL_SCHEDULES
+from pipelines.schedules import ALL_SCHEDULES, TIMEZONE
 from pipelines.sensors import ALL_SENSORS
+from pipelines.tables import ALL_TABLE_ASSETS
 
-ALL_ASSETS = [pupils, trial_results, evidence_table]
+# The evidence table is promised weekly (`weekly_refresh`, Mondays 06:00 UK time): by 09:00 each
+# Monday it must have been republished within the last 7 days, else the UI marks it overdue
+# (Dagster's freshness daemon, on by default since 1.12, evaluates the policy).
+EVIDENCE_FRESHNESS = dg.FreshnessPolicy.cron(
+    deadline_cron="0 9 * * 1", lower_bound_delta=dt.timedelta(days=7), timezone=TIMEZONE
+)
+
+[evidence_table_weekly] = dg.map_asset_specs(
+    lambda spec: dg.apply_freshness_policy(spec, EVIDENCE_FRESHNESS), [evidence_table]
+)
+ALL_ASSETS = [pupils, trial_results, evidence_table_weekly, *ALL_TABLE_ASSETS]
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,

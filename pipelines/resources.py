@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -46,8 +48,34 @@ class Warehouse(dg.ConfigurableResource):
     def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         connect_with_retry = getattr(warehouse, "connect_with_retry", None)
         if connect_with_retry is not None and not read_only:
-            return connect_with_retry(self.db_path)
-        return warehouse.connect(self.db_path, read_only=read_only)
+            con = connect_with_retry(self.db_path)
+        else:
+            con = warehouse.connect(self.db_path, read_only=read_only)
+        if not read_only:
+            _test_hook(con)
+        return con
+
+
+# Test hook, for the crash and full-disk tests only (tests/test_recovery.py): MICROTRIALS_TEST_HOOK
+# = "pause:<seconds>" makes every writing connection wait that long once open (a run then sits
+# inside its `warehouse` pool slot, holding the lock, until killed), "enospc" makes it fail as a
+# full disk does. MICROTRIALS_TEST_HOOK_FILE, when set, is touched first, so a test knows the run
+# has reached this point.
+TEST_HOOK = "MICROTRIALS_TEST_HOOK"
+
+
+def _test_hook(con: duckdb.DuckDBPyConnection) -> None:
+    hook = os.environ.get(TEST_HOOK, "")
+    if not hook:
+        return
+    marker = os.environ.get(f"{TEST_HOOK}_FILE")
+    if marker:
+        Path(marker).touch()
+    if hook.startswith("pause:"):
+        time.sleep(float(hook.split(":", 1)[1]))
+    elif hook == "enospc":
+        con.close()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(marker or ".").parent))
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-
-from pipelines.jobs import load_and_refresh, refresh
+from pipelines.jobs import load_and_refresh, partition_range_tags, refresh
 from pipelines.partitions import SCHOOLS
 
 TIMEZONE = "Europe/London"
@@ -39,7 +37,7 @@ def termly_full_reload(context: dg.ScheduleEvaluationContext):
         return dg.SkipReason("no school partitions registered yet (the extracts sensor adds them)")
     return dg.RunRequest(
         run_key=f"termly-{context.scheduled_execution_time:%Y-%m-%d}",
-        tags={ASSET_PARTITION_RANGE_START_TAG: schools[0], ASSET_PARTITION_RANGE_END_TAG: schools[-1]},
+        tags=partition_range_tags(schools[0], schools[-1]),
     )
 
 

@@ -8,16 +8,16 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from microtrials import warehouse
 from pipelines import checks
+from pipelines.jobs import partition_range_tags
 from pipelines.partitions import SCHOOLS, files_by_school
 from pipelines.resources import Settings, Warehouse
 from tests.conftest import SHARED, pupil_rows
 
 ALL_CHECK_NAMES = {
-    "every_file_loaded_or_rejected", "quarantine_rate_per_school", "models_converged",
+    "every_file_loaded_or_rejected", "quarantine_rate_per_school", "trials_refreshed",
     "trials_have_two_schools", "one_row_per_trial", "no_pupil_identifiers_published",
 }
 
@@ -43,7 +43,7 @@ def published(tmp_path_factory):
         keys = sorted(files_by_school(extracts))
         instance.add_dynamic_partitions(SCHOOLS, keys)
         result = job.execute_in_process(
-            instance=instance, tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+            instance=instance, tags=partition_range_tags(keys[0], keys[-1])
         )
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     return extracts, out, db, evaluations
@@ -73,7 +73,7 @@ def test_every_check_runs_and_passes_on_the_reference_extracts(published):
 def test_blocking_where_wrong_numbers_would_follow():
     blocking = {spec.name: spec.blocking for c in checks.ALL_CHECKS for spec in c.check_specs}
     assert blocking == {
-        "every_file_loaded_or_rejected": True, "quarantine_rate_per_school": False, "models_converged": True,
+        "every_file_loaded_or_rejected": True, "quarantine_rate_per_school": False, "trials_refreshed": False,
         "trials_have_two_schools": False, "one_row_per_trial": True, "no_pupil_identifiers_published": True,
     }
 
@@ -111,49 +111,77 @@ def _set_trial_results(wh: Warehouse, change) -> pd.DataFrame:
     return table
 
 
-def test_unconverged_model_and_too_few_schools_fail(published, tmp_path):
+def test_not_refreshed_and_not_estimable_trials_warn_with_names_and_reasons(published, tmp_path):
     _, wh, _ = copy_of(published, tmp_path)
-    assert checks.models_converged(warehouse_db=wh).passed
+    assert checks.trials_refreshed(warehouse_db=wh).passed
     assert checks.trials_have_two_schools(warehouse_db=wh).passed
 
     def spoil(table):
+        table["status"] = "published"
+        table.loc[0, ["status", "notes"]] = ["not_refreshed", "the model did not converge this run; last figures kept"]
+        table.loc[1, ["status", "notes"]] = ["not_estimable", "only one school has sent results so far"]
+        return table
+
+    table = _set_trial_results(wh, spoil)
+    refreshed = checks.trials_refreshed(warehouse_db=wh)
+    assert not refreshed.passed and refreshed.severity == dg.AssetCheckSeverity.WARN
+    first = f"{table.loc[0, 'intervention']} / {table.loc[0, 'outcome_measure']}"
+    second = f"{table.loc[1, 'intervention']} / {table.loc[1, 'outcome_measure']}"
+    assert f"{first} (the model did not converge this run)" in refreshed.description
+    assert second not in refreshed.description
+    two = checks.trials_have_two_schools(warehouse_db=wh)
+    assert not two.passed and two.severity == dg.AssetCheckSeverity.WARN
+    assert f"{second} (only one school has sent results so far)" in two.description
+    assert "cannot be estimated yet" in two.description and first not in two.description
+
+
+def test_without_a_status_column_the_checks_read_converged_and_school_counts(published, tmp_path):
+    """Until trial_results carries `status`, an unconverged fit and a one-school trial still warn."""
+    _, wh, _ = copy_of(published, tmp_path)
+
+    def spoil(table):
+        table = table.drop(columns=[c for c in ["status"] if c in table])
         table.loc[0, "converged"] = False
         table.loc[1, "schools_both_arms"] = 1
         return table
 
     _set_trial_results(wh, spoil)
-    converged = checks.models_converged(warehouse_db=wh)
-    assert not converged.passed and converged.severity == dg.AssetCheckSeverity.ERROR
-    two = checks.trials_have_two_schools(warehouse_db=wh)
-    assert not two.passed and two.severity == dg.AssetCheckSeverity.WARN
+    assert not checks.trials_refreshed(warehouse_db=wh).passed
+    assert not checks.trials_have_two_schools(warehouse_db=wh).passed
 
 
-def test_unconverged_model_blocks_publishing(published, tmp_path):
-    """In a run, a failed models_converged check stops evidence_table from being written."""
+def test_one_trial_not_refreshed_never_stops_the_others_publishing(published, tmp_path):
+    """In a run, a trial marked not_refreshed or not_estimable leaves evidence_table published."""
     from pipelines.assets.publishing import evidence_table
 
     settings, wh, out = copy_of(published, tmp_path)
     (out / "evidence_table.csv").unlink()
 
     @dg.asset(name="trial_results")
-    def unconverged_trial_results(warehouse_db: Warehouse) -> None:
+    def one_trial_failed(warehouse_db: Warehouse) -> None:
         def spoil(table):
-            table.loc[0, "converged"] = False
+            table["status"] = "published"
+            table.loc[0, ["status", "notes", "converged"]] = ["not_refreshed", "the model did not converge", False]
+            table.loc[1, ["status", "notes"]] = ["not_estimable", "only one school has sent results so far"]
             return table
 
         _set_trial_results(warehouse_db, spoil)
 
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [unconverged_trial_results, evidence_table, checks.models_converged],
+            [one_trial_failed, evidence_table, checks.trials_refreshed, checks.trials_have_two_schools,
+             checks.one_row_per_trial],
             resources={"settings": settings, "warehouse_db": wh},
             instance=instance,
             raise_on_error=False,
         )
-    assert not result.success
-    assert not (out / "evidence_table.csv").exists()
+    assert result.success
+    assert (out / "evidence_table.csv").is_file()
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {"trial_results"}
+    assert materialized == {"trial_results", "evidence_table"}
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not evaluations["trials_refreshed"].passed and not evaluations["trials_have_two_schools"].passed
+    assert evaluations["one_row_per_trial"].passed
 
 
 def test_quarantine_rate_over_the_limit_warns(tmp_path, write_extract):
@@ -176,7 +204,7 @@ def test_quarantine_rate_over_the_limit_warns(tmp_path, write_extract):
         instance.add_dynamic_partitions(SCHOOLS, ["111601", "111602"])
         result = job.execute_in_process(
             instance=instance,
-            tags={ASSET_PARTITION_RANGE_START_TAG: "111601", ASSET_PARTITION_RANGE_END_TAG: "111602"},
+            tags=partition_range_tags("111601", "111602"),
             raise_on_error=False,
         )
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}

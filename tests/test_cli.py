@@ -36,7 +36,7 @@ def test_run_loads_every_school_in_one_run_and_publishes(tmp_path, monkeypatch):
     shutil.copytree(SHARED / "reference" / "extracts", extracts)
     done = run_cli(tmp_path, extracts, "cli-test-key-not-secret-0b9e4d71a3c8f256")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"evidence table written to {tmp_path / 'out' / 'evidence_table.csv'}" in done.stdout
+    assert f"evidence table: {tmp_path / 'out' / 'evidence_table.csv'}" in done.stdout
     table = pd.read_csv(tmp_path / "out" / "evidence_table.csv")
     assert sorted(table["intervention"]) == ["Maths mastery", "Reciprocal reading"]
     assert (tmp_path / "home" / "data" / "dagster" / "storage").is_dir(), "the instance is under DAGSTER_HOME"
@@ -91,3 +91,70 @@ def test_the_instance_queues_runs_and_limits_the_warehouse_pool(tmp_path, monkey
     finally:
         instance.dispose()
     assert pupils.op.pool == "warehouse"
+
+
+def test_after_a_run_the_sensors_first_tick_has_nothing_to_do_and_the_summary_names_rejections(tmp_path, monkeypatch):
+    from pipelines.resources import Settings, Warehouse
+    from pipelines.sensors import extracts_sensor
+
+    extracts = tmp_path / "extracts"
+    shutil.copytree(SHARED / "reference" / "extracts", extracts)
+    (extracts / "Oak Primary.xlsx").write_bytes(b"PK\x03\x04 a workbook, not a CSV")
+    done = run_cli(tmp_path, extracts, "cli-test-key-not-secret-0b9e4d71a3c8f256")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out"
+    assert "files: 26 in" in done.stdout and "25 loaded" in done.stdout and "1 rejected" in done.stdout
+    assert "  rejected Oak Primary.xlsx: only .csv files are loaded" in done.stdout
+    assert "rows set aside (quarantine): 0" in done.stdout
+    assert f"site: {out / 'index.html'} (preview: microtrials serve --out {out})" in done.stdout
+
+    monkeypatch.chdir(tmp_path / "home")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    instance = dg.DagsterInstance.get()
+    try:
+        context = dg.build_sensor_context(
+            instance=instance,
+            cursor=None,  # the UI's first tick: the sensor has never run on this instance
+            resources={"settings": Settings(extracts_dir=str(extracts), out_dir=str(out)),
+                       "warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb"))},
+        )
+        first = extracts_sensor(context)
+        assert not first.run_requests
+        assert "26 file(s) already loaded by another run" in first.skip_reason.skip_message
+        assert not first.dynamic_partitions_requests  # `microtrials run` registered every school
+        # A school that then sends a changed file is loaded, and only that school.
+        (extracts / "111601.csv").write_text((extracts / "111601.csv").read_text() + "\n")
+        second = extracts_sensor(dg.build_sensor_context(
+            instance=instance, cursor=first.cursor,
+            resources={"settings": Settings(extracts_dir=str(extracts), out_dir=str(out)),
+                       "warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb"))},
+        ))
+        assert [r.partition_key for r in second.run_requests] == ["111601"]
+    finally:
+        instance.dispose()
+
+
+def test_the_summary_names_trials_not_estimable_or_not_refreshed_and_fails_only_when_none_refreshed(tmp_path):
+    from microtrials import cli, warehouse
+
+    warehouse.connect(tmp_path / "w.duckdb").close()
+    out = tmp_path / "out"
+    out.mkdir()
+    table = pd.DataFrame({
+        "intervention": ["Reading", "Maths", "Pilot"],
+        "outcome_measure": ["NGRT", "PUMA", "NGRT"],
+        "status": ["published", "not_refreshed", "not_estimable"],
+        "notes": ["", "the model did not converge this run; last figures kept",
+                  "only one school has sent results so far"],
+    })
+    table.to_csv(out / "evidence_table.csv", index=False)
+    lines, nothing_new = cli.summary(tmp_path / "extracts", out, tmp_path / "w.duckdb", "run-1")
+    assert "trials: 3 (1 published, 1 not_refreshed, 1 not_estimable)" in lines
+    assert "  not refreshed (last figures kept): Maths / PUMA: the model did not converge this run" in lines
+    assert "  not estimable yet: Pilot / NGRT: only one school has sent results so far" in lines
+    assert not nothing_new
+
+    table.loc[0, "status"] = "not_refreshed"
+    table.to_csv(out / "evidence_table.csv", index=False)
+    _, nothing_new = cli.summary(tmp_path / "extracts", out, tmp_path / "w.duckdb", "run-2")
+    assert nothing_new == "Reading / NGRT (no reason recorded); Maths / PUMA (the model did not converge this run)"

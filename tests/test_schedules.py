@@ -6,10 +6,9 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-from dagster._utils.schedules import cron_string_iterator
 
 from pipelines.definitions import defs
+from pipelines.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START
 from pipelines.partitions import SCHOOLS
 from pipelines.schedules import termly_full_reload, weekly_refresh
 
@@ -22,7 +21,7 @@ def test_weekly_refresh_runs_the_refresh_job_on_monday_mornings():
     assert weekly_refresh.execution_timezone == "Europe/London"
     assert weekly_refresh.cron_schedule == "0 6 * * 1"
     job = defs.resolve_job_def(weekly_refresh.job_name)
-    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {"trial_results", "evidence_table"}
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {"trial_results", "school_results", "evidence_table"}
     with dg.instance_for_test() as instance:
         context = dg.build_schedule_context(
             instance=instance, scheduled_execution_time=dt.datetime(2026, 11, 23, 6, tzinfo=LONDON)
@@ -36,7 +35,8 @@ def test_termly_reload_reloads_every_school_in_one_run():
     assert termly_full_reload.execution_timezone == "Europe/London"
     job = defs.resolve_job_def(termly_full_reload.job_name)
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
-        "pupils", "trial_results", "evidence_table"}
+        "pupils", "deliveries", "quarantine", "load_report", "load_warnings", "trial_results", "school_results",
+        "evidence_table"}
     when = dt.datetime(2026, 9, 1, 5, tzinfo=LONDON)
     with dg.instance_for_test() as instance:
         empty = termly_full_reload.evaluate_tick(dg.build_schedule_context(instance=instance, scheduled_execution_time=when))
@@ -46,14 +46,15 @@ def test_termly_reload_reloads_every_school_in_one_run():
             dg.build_schedule_context(instance=instance, scheduled_execution_time=when)
         )
     [request] = result.run_requests
-    assert request.tags[ASSET_PARTITION_RANGE_START_TAG] == "111601"
-    assert request.tags[ASSET_PARTITION_RANGE_END_TAG] == "file-broken"
+    assert request.tags[PARTITION_RANGE_START] == "111601"
+    assert request.tags[PARTITION_RANGE_END] == "file-broken"
     assert request.run_key == "termly-2026-09-01"
 
 
 def test_termly_reload_fires_at_the_start_of_each_term():
-    start = dt.datetime(2026, 8, 1, tzinfo=LONDON)
-    ticks = []
-    for cron in termly_full_reload.cron_schedule:
-        ticks.append(next(cron_string_iterator(start.timestamp(), cron, "Europe/London")))
-    assert sorted((t.month, t.day, t.hour) for t in ticks) == [(1, 1, 5), (4, 20, 5), (9, 1, 5)]
+    """Three cron strings, each once a year at 05:00 (UK time) on the first day of a term."""
+    ticks = list(termly_full_reload.cron_schedule)
+    # Each cron string fires once a year at 05:00 on its day: minute 0, hour 5, day, month, any weekday.
+    fields = sorted((int(c.split()[3]), int(c.split()[2]), int(c.split()[1])) for c in ticks)
+    assert fields == [(1, 1, 5), (4, 20, 5), (9, 1, 5)]
+    assert all(c.split()[0] == "0" and c.split()[4] == "*" for c in ticks)

@@ -6,10 +6,10 @@ import json
 import os
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from pipelines.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START
 from pipelines.partitions import SCHOOLS
-from pipelines.resources import Settings
+from pipelines.resources import Settings, Warehouse
 from pipelines.sensors import extracts_sensor, run_blocks
 from tests.conftest import pupil_rows
 
@@ -19,7 +19,10 @@ def tick(instance, extracts, cursor=None) -> dg.SensorResult:
     context = dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
-        resources={"settings": Settings(extracts_dir=str(extracts), out_dir=str(extracts.parent / "out"))},
+        resources={
+            "settings": Settings(extracts_dir=str(extracts), out_dir=str(extracts.parent / "out")),
+            "warehouse_db": Warehouse(db_path=str(extracts.parent / "warehouse.duckdb")),
+        },
     )
     result = extracts_sensor(context)
     for request in result.dynamic_partitions_requests or []:
@@ -33,7 +36,7 @@ def schools_of(result: dg.SensorResult) -> list[list[str]]:
         if request.partition_key is not None:
             blocks.append([request.partition_key])
         else:
-            blocks.append([request.tags[ASSET_PARTITION_RANGE_START_TAG], request.tags[ASSET_PARTITION_RANGE_END_TAG]])
+            blocks.append([request.tags[PARTITION_RANGE_START], request.tags[PARTITION_RANGE_END]])
     return blocks
 
 
@@ -98,3 +101,33 @@ def test_changed_schools_far_apart_get_a_run_each():
     order = ["111601", "111602", "111603", "111604"]
     assert run_blocks(["111604", "111601", "111602"], order) == [["111601", "111602"], ["111604"]]
     assert run_blocks(["111603"], order) == [["111603"]]
+
+
+def test_a_busy_warehouse_postpones_the_tick_without_losing_the_files(tmp_path, write_extract):
+    """While another process writes the warehouse, the tick skips and keeps its cursor: nothing is missed."""
+    import subprocess
+    import sys
+
+    from microtrials import warehouse
+
+    extracts = tmp_path / "extracts"
+    write_extract("a.csv", pupil_rows(4, urn="111601"))
+    warehouse.connect(tmp_path / "warehouse.duckdb").close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('open', flush=True); "
+         "time.sleep(60)", str(tmp_path / "warehouse.duckdb")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with dg.instance_for_test() as instance:
+            busy = tick(instance, extracts)
+            assert not busy.run_requests and busy.cursor is None
+            assert "warehouse is busy" in busy.skip_reason.skip_message
+            holder.kill()
+            holder.wait(timeout=10)
+            after = tick(instance, extracts)
+            assert schools_of(after) == [["111601"]]
+    finally:
+        if holder.poll() is None:
+            holder.kill()

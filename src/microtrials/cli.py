@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The terminal shows Dagster's INFO lines and above; every DEBUG event is still in the run's log in the UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+# Exit codes: 0 published; 1 the run failed, nothing new published; 2 nothing started (bad input or setup).
+FAILED, NOT_STARTED = 1, 2
+# Seconds `microtrials ui` gives Dagster's processes to stop after SIGTERM before killing them.
+UI_STOP_SECONDS = 8
+
+
+class SetupError(Exception):
+    """Something to fix before a run can start: the message says what and how."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--extracts", type=Path, default=REPO_ROOT / "data" / "extracts")
     run.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "published")
     run.add_argument("--db", type=Path, default=REPO_ROOT / "data" / "warehouse.duckdb")
+    run.add_argument("--new-pupil-key", action="store_true",
+                     help="MICROTRIALS_PUPIL_KEY was changed on purpose: accept the new key for this run "
+                     "(every pupil then looks new to the warehouse)")
     ui = commands.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     serve = commands.add_parser("serve", help="serve the published folder on 127.0.0.1")
@@ -28,51 +43,130 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "published")
     args = parser.parse_args(argv)
     if args.command == "run":
-        return run_pipeline(args.extracts, args.out, args.db)
+        return run_pipeline(args.extracts, args.out, args.db, new_pupil_key=args.new_pupil_key)
     if args.command == "ui":
         return start_ui(args.port)
     return serve_folder(args.out, args.port)
 
 
-def use_instance_environment() -> None:
-    """Point Dagster at the repository's dagster.yaml unless DAGSTER_HOME is already set.
+def use_instance_environment() -> Path:
+    """Point Dagster at the repository's dagster.yaml unless DAGSTER_HOME is already set; the instance folder.
 
     The yaml's storage paths are relative, so work from the instance folder (DAGSTER_HOME): the
-    repository root by default, where they mean ``data/dagster/``.
+    repository root by default, where they mean ``data/dagster/``. A DAGSTER_HOME that is not a
+    folder holding a dagster.yaml is refused with what to do.
     """
-    os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT))
-    os.chdir(os.environ["DAGSTER_HOME"])
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT)))
+    if not home.is_dir():
+        raise SetupError(
+            f"DAGSTER_HOME={home} is not a folder: create it and copy the repository's dagster.yaml into it "
+            f"(mkdir -p {home} && cp {REPO_ROOT / 'dagster.yaml'} {home}/), or unset DAGSTER_HOME to use the "
+            "repository's"
+        )
+    if not (home / "dagster.yaml").is_file():
+        raise SetupError(
+            f"DAGSTER_HOME={home} has no dagster.yaml: copy the repository's into it "
+            f"(cp {REPO_ROOT / 'dagster.yaml'} {home}/; it sets the storage and the warehouse pool), or unset "
+            "DAGSTER_HOME to use the repository's"
+        )
+    os.chdir(home)
+    return home
 
 
-def run_pipeline(extracts: Path, out: Path, db: Path) -> int:
+def check_extracts_folder(extracts: Path) -> None:
+    """The extracts folder exists and can be listed; else a SetupError saying what to do."""
+    if not extracts.exists():
+        raise SetupError(f"extracts folder {extracts} does not exist: create it or pass --extracts")
+    if not extracts.is_dir():
+        raise SetupError(f"{extracts} is a file, not a folder: pass the folder holding the extracts with --extracts")
+    try:
+        os.listdir(extracts)
+    except OSError as exc:
+        raise SetupError(
+            f"cannot read the extracts folder {extracts} ({exc.strerror or exc}): give the account running "
+            "microtrials read access to it (ask IT), or pass another folder with --extracts"
+        ) from exc
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops a run as Ctrl-C does: the step is interrupted, its transaction rolled back, the run marked failed."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = False) -> int:
     """Register a school partition for every extract file, then load them all and refresh the trial
     results and the evidence table in one Dagster run (job ``load_and_refresh``) on the persistent
-    instance. With no school registered at all, only the refresh runs (job ``refresh``)."""
+    instance. With no school registered at all, only the refresh runs (job ``refresh``).
+
+    Before starting, runs of an earlier `microtrials run` whose process died are marked failed and
+    their pool slots freed. Ends with a summary of what was loaded and where the results are.
+    """
     extracts, out, db = extracts.resolve(), out.resolve(), db.resolve()
     os.environ["MICROTRIALS_EXTRACTS"] = str(extracts)
     os.environ["MICROTRIALS_OUT"] = str(out)
     os.environ["MICROTRIALS_DB"] = str(db)
-    use_instance_environment()
+    if new_pupil_key:
+        os.environ["MICROTRIALS_NEW_PUPIL_KEY"] = "1"
 
     from microtrials.errors import MicrotrialsError
     from microtrials.privacy import pupil_key_from_env
 
     try:
-        if not extracts.is_dir():
-            raise MicrotrialsError(f"extracts folder {extracts} does not exist: create it or pass --extracts")
+        use_instance_environment()
+        check_extracts_folder(extracts)
         pupil_key_from_env(extracts, REPO_ROOT / "data" / "extracts")
-    except MicrotrialsError as exc:
-        print(f"microtrials run: {exc}", file=sys.stderr)
-        return 2
+    except (SetupError, MicrotrialsError) as exc:
+        print(f"microtrials run: {' '.join(str(exc).split())}", file=sys.stderr)
+        return NOT_STARTED
 
+    _stop_on_sigterm()
+    stopped = ("microtrials run: stopped (Ctrl-C or SIGTERM); the warehouse keeps only what was committed "
+               "before the stop and the last good publication stays; run again to finish")
+    try:
+        result = _execute(extracts)
+    except KeyboardInterrupt:
+        print(stopped, file=sys.stderr)
+        return 130
+    except (MicrotrialsError, OSError) as exc:
+        from pipelines.runs import plain_error
+
+        print(f"microtrials run failed: {plain_error(type(exc).__name__, str(exc))}", file=sys.stderr)
+        return FAILED
+    from pipelines.runs import failure_reason, interrupted, published
+
+    if interrupted(result):
+        print(stopped, file=sys.stderr)
+        return 130
+    if not published(result):
+        print(f"microtrials run failed: {failure_reason(result)}", file=sys.stderr)
+        return FAILED
+    lines, nothing_new = summary(extracts, out, db, result.run_id)
+    print("\n".join(lines))
+    if nothing_new:
+        print(f"microtrials run failed: no trial could be refreshed, the last published figures stay: {nothing_new}",
+              file=sys.stderr)
+        return FAILED
+    return 0
+
+
+def _execute(extracts: Path):
+    """One in-process Dagster run of every school (or the refresh alone) on the persistent instance."""
     import dagster as dg
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     from pipelines.definitions import defs
+    from pipelines.jobs import partition_range_tags
     from pipelines.partitions import SCHOOLS, files_by_school
+    from pipelines.runs import process_tags, recover_dead_runs
 
+    instance = dg.DagsterInstance.get()
     try:
-        instance = dg.DagsterInstance.get()
+        for run_id in recover_dead_runs(instance):
+            print(f"note: run {run_id} had been left unfinished by a process that is gone; marked failed",
+                  file=sys.stderr)
         schools = sorted(files_by_school(extracts))
         registered = set(instance.get_dynamic_partitions(SCHOOLS))
         new = [key for key in schools if key not in registered]
@@ -82,55 +176,204 @@ def run_pipeline(extracts: Path, out: Path, db: Path) -> int:
         # and keeps its rows (README "For officers").
         every = list(instance.get_dynamic_partitions(SCHOOLS))
         if every:
-            job = defs.resolve_job_def("load_and_refresh")
-            tags = {ASSET_PARTITION_RANGE_START_TAG: every[0], ASSET_PARTITION_RANGE_END_TAG: every[-1]}
+            job, tags = defs.resolve_job_def("load_and_refresh"), partition_range_tags(every[0], every[-1])
         else:
             job, tags = defs.resolve_job_def("refresh"), {}
-        result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, run_config=QUIET)
-    except MicrotrialsError as exc:
-        print(f"microtrials run failed: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    if not result.success:
-        print(f"microtrials run failed: {_failure_reason(result)}", file=sys.stderr)
-        return 1
-    print(f"evidence table written to {out / 'evidence_table.csv'} (Dagster run {result.run_id}, "
-          f"{len(files_by_school(extracts))} school partition(s) loaded)")
-    return 0
+        return job.execute_in_process(
+            instance=instance, tags=tags | process_tags(), raise_on_error=False, run_config=QUIET
+        )
+    finally:
+        instance.dispose()
 
 
-def _failure_reason(result) -> str:
-    """Why the run failed, on one line: the failed blocking checks, else the first step's error."""
-    failed = _failed_checks(result)
-    if failed:
-        return f"blocking check failed (README \"For officers\" says what to do): {failed}"
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data.error is not None:
-            error = event.step_failure_data.error
-            while error.cause is not None and "MicrotrialsError" not in error.cls_name:
-                error = error.cause
-            return f"{event.step_key}: " + " ".join(error.message.split())
-    return "the run did not succeed (see the Dagster UI)"
+def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str], str]:
+    """What the run did, for the terminal: files loaded / rejected (named), rows set aside, warnings,
+    trials not estimable or not refreshed, where the feedback and the site are; and, when every
+    estimable trial failed to refresh (nothing new could be published), those trials with their
+    reasons on one line (else '')."""
+    import pandas as pd
+
+    from microtrials import warehouse
+
+    lines = [f"microtrials run finished (Dagster run {run_id})"]
+    con = warehouse.connect_with_retry(db, read_only=True, timeout_s=30)
+    try:
+        report = con.execute(warehouse.sql("load_report")).df() if warehouse.table_exists(con, "load_report") else None
+        warning_rows = None
+        if report is not None and "rows_with_warnings" in report:
+            warning_rows = int(report["rows_with_warnings"].fillna(0).sum())
+        elif warehouse.table_exists(con, "load_warnings") and report is not None:
+            warning_rows = con.execute(
+                warehouse.sql("load_warning_count"), {"files": list(report["file_name"])}
+            ).fetchall()[0][0]
+    finally:
+        con.close()
+    if report is None or report.empty:
+        lines.append(f"files: none in {extracts}")
+    else:
+        status = report["status"].value_counts()
+        rejected = report[report["status"] == "rejected"]
+        lines.append(
+            f"files: {len(report)} in {extracts}: {status.get('loaded', 0)} loaded, "
+            f"{status.get('unchanged', 0)} unchanged since their last load, {len(rejected)} rejected"
+        )
+        for _, row in rejected.head(10).iterrows():
+            reason = " ".join(str(row["reason"]).split()).removeprefix(f"{row['file_name']}: ")
+            lines.append(f"  rejected {row['file_name']}: {reason}")
+        if len(rejected) > 10:
+            lines.append(f"  ... and {len(rejected) - 10} more rejected files (load_report.csv lists them all)")
+        set_aside = int(report["rows_quarantined"].fillna(0).sum())
+        lines.append(f"rows set aside (quarantine): {set_aside:,}" + (
+            "" if warning_rows is None else f"; rows loaded with a warning: {warning_rows:,}"))
+    feedback = _feedback_folder()
+    if feedback.is_dir() and any(feedback.rglob("*.csv")):
+        lines.append(f"what each school should fix: {feedback}/<URN>/ (private: send each school only its own)")
+    lines += _trial_lines(out)
+    lines.append(f"evidence table: {out / 'evidence_table.csv'}")
+    lines.append(f"site: {out / 'index.html'} (preview: microtrials serve --out {out})")
+    evidence = out / "evidence_table.csv"
+    table = pd.read_csv(evidence) if evidence.is_file() else pd.DataFrame()
+    statuses = table["status"] if "status" in table else pd.Series(dtype=str)
+    nothing_new = ""
+    if (statuses == "not_refreshed").any() and not statuses.isin(["published", "interim"]).any():
+        stale = table[statuses == "not_refreshed"]
+        nothing_new = "; ".join(
+            f"{row['intervention']} / {row['outcome_measure']} ({_reason(row.get('notes'))})" for _, row in stale.iterrows()
+        )
+    return lines, nothing_new
 
 
-def _failed_checks(result) -> str:
-    """Failed ERROR-severity checks of the run as 'asset:check (description); ...'."""
-    failed = []
-    for event in result.all_events:
-        if event.event_type_value == "ASSET_CHECK_EVALUATION":
-            evaluation = event.event_specific_data
-            if not evaluation.passed and evaluation.severity.value == "ERROR":
-                key = evaluation.asset_check_key
-                text = " ".join((evaluation.description or "failed").split())
-                failed.append(f"{key.asset_key.to_user_string()}:{key.name} ({text})")
-    return "; ".join(failed)
+def _reason(notes: object) -> str:
+    """The plain reason a not_estimable or not_refreshed row carries first in its notes."""
+    text = "" if notes is None or (isinstance(notes, float) and notes != notes) else str(notes)
+    return text.split(";")[0].strip() or "no reason recorded"
+
+
+def _feedback_folder() -> Path:
+    """Where the private per-school feedback files go (pipelines.resources.Settings, else data/feedback)."""
+    from pipelines.resources import default_resources
+
+    settings = default_resources()["settings"]
+    folder = getattr(settings, "feedback", None)
+    return Path(folder) if folder is not None else REPO_ROOT / "data" / "feedback"
+
+
+def _trial_lines(out: Path) -> list[str]:
+    """One line per trial that is not estimable yet or was not refreshed, naming it with its reason."""
+    import pandas as pd
+
+    path = out / "evidence_table.csv"
+    if not path.is_file():
+        return []
+    table = pd.read_csv(path)
+    if "status" not in table:
+        return [f"trials: {len(table)}"]
+    counts = table["status"].value_counts()
+    lines = [f"trials: {len(table)} ({', '.join(f'{n} {s}' for s, n in counts.items())})"]
+    for label, status in (("not estimable yet", "not_estimable"), ("not refreshed (last figures kept)", "not_refreshed")):
+        for _, row in table[table["status"] == status].iterrows():
+            lines.append(f"  {label}: {row['intervention']} / {row['outcome_measure']}: {_reason(row.get('notes'))}")
+    return lines
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.errno in (errno.EADDRINUSE, errno.EACCES)
+    return False
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def start_ui(port: int) -> int:
-    """`dagster dev` on 127.0.0.1 with the same instance and definitions."""
-    use_instance_environment()
+    """`dagster dev` on 127.0.0.1 with the same instance and definitions, in a process group of its own.
+
+    A busy port is refused with one line (exit 1). SIGTERM or SIGINT stop the webserver, the daemon
+    and the code server: SIGTERM to the group, then SIGKILL to whatever of it is left after
+    ``UI_STOP_SECONDS``.
+    """
+    try:
+        use_instance_environment()
+    except SetupError as exc:
+        print(f"microtrials ui: {exc}", file=sys.stderr)
+        return NOT_STARTED
+    if port_in_use(port):
+        print(f"microtrials ui: port {port} on 127.0.0.1 is already in use (another `microtrials ui`?): stop "
+              f"that program, or pass another port, e.g. --port {port + 1}", file=sys.stderr)
+        return FAILED
     command = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port),
                "-m", "pipelines.definitions"]
-    return subprocess.call(command)
+    child = subprocess.Popen(command, start_new_session=True)
+    stopping = []
+
+    def stop(signum, frame):
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while child.poll() is None and not stopping:
+        time.sleep(0.2)
+    if child.poll() is not None:
+        return child.returncode
+    _stop_group(child)
+    return 0
+
+
+def _stop_group(child: subprocess.Popen) -> None:
+    """SIGTERM to the child's process group, SIGKILL to any of it (or its descendants) still alive after the grace."""
+    tree = descendants(child.pid) | {child.pid}
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + UI_STOP_SECONDS
+    while time.monotonic() < deadline:
+        child.poll()
+        tree |= descendants(child.pid) if child.returncode is None else set()
+        if not any(_alive(pid) for pid in tree):
+            return
+        time.sleep(0.2)
+    for pid in tree:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    child.wait(timeout=5)
 
 
 def serve_folder(out: Path, port: int) -> int:

@@ -1,0 +1,159 @@
+"""The warehouse tables officers and evaluators read, in the asset graph: specs with column descriptions, observed after each run.
+
+The tables are written by the `pupils` and `trial_results` assets (their library code); here they
+are declared as observable assets downstream of their writer, so the UI shows their lineage, their
+columns (descriptions from `sql/schema.sql` and the contracts in `docs/extract-format.md`) and,
+after each run, their row counts. Observing reads the warehouse and writes nothing.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import dagster as dg
+
+from microtrials import warehouse
+
+# multi_observable_source_asset is marked beta in Dagster 1.13; it is the public way to observe
+# several tables in one step.
+warnings.filterwarnings("ignore", message=".*multi_observable_source_asset.*", category=dg.BetaWarning)
+
+C = dg.TableColumn
+
+DELIVERIES_COLUMNS = [
+    C("delivery_id", "VARCHAR", description="sha256 of the delivered file's bytes (same bytes, same id)"),
+    C("file_name", "VARCHAR", description="the file's name in the extracts folder"),
+    C("school_urn", "VARCHAR", description="the school's 6-digit URN; blank when the file could not be read"),
+    C("trials", "VARCHAR", description="the trials the file holds, 'intervention / outcome_measure' joined by '; '"),
+    C("rows_read", "INTEGER", description="data lines read from the file (header not counted)"),
+    C("rows_loaded", "INTEGER", description="rows loaded into `pupils`"),
+    C("rows_quarantined", "INTEGER", description="rows set aside in `quarantine` (a required value broke a rule)"),
+    C("columns_dropped", "VARCHAR", description="columns outside the contract, dropped unread (they may hold personal data)"),
+    C("status", "VARCHAR", description="'loaded' or 'rejected' (an unchanged re-load adds no row)"),
+    C("reason", "VARCHAR", description="why a file was rejected whole, in plain words"),
+    C("loaded_at", "TIMESTAMP", description="when the file was seen (UTC)"),
+    C("report_json", "VARCHAR", description="the file's load report as JSON (no pupil identifiers)"),
+]
+
+QUARANTINE_COLUMNS = [
+    C("delivery_id", "VARCHAR", description="sha256 of the file the row came from"),
+    C("source_file", "VARCHAR", description="the file's name"),
+    C("line", "INTEGER", description="the line as a spreadsheet shows it (header = line 1)"),
+    C("school_urn", "VARCHAR", description="the school's URN, when the row had a valid one"),
+    C("column_name", "VARCHAR", description="the column whose value broke a rule"),
+    C("reason", "VARCHAR", description="what is wrong, in plain words; never quotes a pupil_id"),
+    C("quarantined_at", "TIMESTAMP", description="when the row was set aside (UTC)"),
+    C("intervention", "VARCHAR", description="the trial the row named, so a re-delivery of the trial replaces it"),
+    C("outcome_measure", "VARCHAR", description="the trial's outcome measure, as delivered"),
+    C("rule", "VARCHAR", description="short name of the rule broken, as in the load report"),
+]
+
+LOAD_REPORT_COLUMNS = [
+    C("file_name", "VARCHAR", description="a file now in the extracts folder"),
+    C("status", "VARCHAR", description="'loaded', 'unchanged' (same bytes seen before) or 'rejected'"),
+    C("school_urn", "VARCHAR", description="the school's URN; blank when the file could not be read"),
+    C("trials", "VARCHAR", description="the trials the file holds, 'intervention / outcome_measure' joined by '; '"),
+    C("rows_read", "BIGINT", description="data lines read"),
+    C("rows_loaded", "BIGINT", description="rows loaded into `pupils`"),
+    C("rows_quarantined", "BIGINT", description="rows set aside in `quarantine`"),
+    C("rows_with_warnings", "BIGINT", description="rows loaded with an optional value blanked or an outcome kept as no post-test (`load_warnings`)"),
+    C("quarantined_by_reason", "VARCHAR", description="rows set aside per rule, 'rule: count' joined by '; '"),
+    C("columns_dropped", "VARCHAR", description="columns outside the contract, dropped unread"),
+    C("reason", "VARCHAR", description="why the file was rejected whole, in plain words"),
+]
+
+LOAD_WARNINGS_COLUMNS = [
+    C("delivery_id", "VARCHAR", description="sha256 of the file the row came from"),
+    C("source_file", "VARCHAR", description="the file's name"),
+    C("line", "INTEGER", description="the line as a spreadsheet shows it (header = line 1)"),
+    C("school_urn", "VARCHAR", description="the school's URN"),
+    C("column_name", "VARCHAR", description="the column whose value was not understood or odd"),
+    C("rule", "VARCHAR", description="short name of the rule, as in the load report"),
+    C("reason", "VARCHAR", description="what was odd and what was done (value blanked, outcome kept as no post-test); never quotes a pupil_id"),
+    C("intervention", "VARCHAR", description="the trial the row named"),
+    C("outcome_measure", "VARCHAR", description="the trial's outcome measure, as delivered"),
+]
+
+SCHOOL_RESULTS_COLUMNS = [
+    C("intervention", "VARCHAR", description="the trial's intervention"),
+    C("outcome_measure", "VARCHAR", description="the trial's outcome measure"),
+    C("school_urn", "VARCHAR", description="the school's URN"),
+    C("n_intervention", "BIGINT", description="analysed pupils of the school in the intervention arm"),
+    C("n_control", "BIGINT", description="analysed pupils of the school in the control arm"),
+    C("g", "DOUBLE", description="the school's own ANCOVA arm effect (outcome ~ arm [+ baseline]) divided by the "
+      "trial's total SD: the same scale as the trial's effect_size"),
+    C("ci_low", "DOUBLE", description="lower end of the 95% confidence interval of g"),
+    C("ci_high", "DOUBLE", description="upper end of the 95% confidence interval of g"),
+    C("eb_g", "DOUBLE", description="the school's empirical-Bayes estimate from the REML pooling (metafor blup): g "
+      "pulled towards the trial's mean by tau2 / (tau2 + its variance)"),
+    C("note", "VARCHAR", description="plain words, e.g. 'one arm only (23 pupils in intervention)'"),
+]
+
+TABLES = {
+    "deliveries": (DELIVERIES_COLUMNS, "Every file ever seen, one row per file name and content (sha256), "
+                   "loaded or rejected with the reason: the history of what each school sent."),
+    "quarantine": (QUARANTINE_COLUMNS, "Each row kept out of `pupils`: file, line, column and the rule it broke "
+                   "(never a pupil_id), to send back to the school."),
+    "load_report": (LOAD_REPORT_COLUMNS, "The latest outcome of every file now in the extracts folder; published as "
+                    "load_report.csv."),
+    "load_warnings": (LOAD_WARNINGS_COLUMNS, "Rows loaded with an optional value blanked or an outcome that is not a "
+                      "number kept as no post-test: file, line, column, reason, so the school can fix its next file."),
+    "school_results": (SCHOOL_RESULTS_COLUMNS, "Per trial and school: the school's own effect on the effect_size scale "
+                       "and its empirical-Bayes estimate; published as each trial's schools.csv."),
+}
+WRITTEN_BY = {"deliveries": "pupils", "quarantine": "pupils", "load_report": "pupils", "load_warnings": "pupils",
+              "school_results": "trial_results"}
+
+
+def table_spec(name: str) -> dg.AssetSpec:
+    """The asset spec of warehouse table ``name``: its writer as upstream, its columns with descriptions."""
+    columns, description = TABLES[name]
+    return dg.AssetSpec(
+        name,
+        deps=[WRITTEN_BY[name]],
+        description=f"Warehouse table `{name}` (written by `{WRITTEN_BY[name]}`). {description}",
+        group_name="warehouse",
+        kinds={"duckdb"},
+        metadata={"dagster/column_schema": dg.TableSchema(columns=columns), "dagster/table_name": name},
+    )
+
+
+def _observe(context, names: list[str]):
+    """One observation per table: its row count (0 before the table exists)."""
+    with context.resources.warehouse_db.connect() as con:
+        for name in names:
+            rows = 0
+            if warehouse.table_exists(con, name):
+                rows = con.execute(warehouse.sql("table_row_count"), {"name": name}).fetchall()[0][0]
+            yield dg.ObserveResult(
+                asset_key=name,
+                data_version=dg.DataVersion(str(rows)),
+                metadata={"dagster/row_count": int(rows)},
+            )
+
+
+LOADING_TABLES = ["deliveries", "quarantine", "load_report", "load_warnings"]
+RESULT_TABLES = ["school_results"]
+
+
+@dg.multi_observable_source_asset(
+    name="loading_tables",
+    specs=[table_spec(name) for name in LOADING_TABLES],
+    required_resource_keys={"warehouse_db"},
+    description="Observes the loading tables' row counts after `pupils` has run.",
+)
+def loading_tables(context):
+    yield from _observe(context, LOADING_TABLES)
+
+
+@dg.multi_observable_source_asset(
+    name="result_tables",
+    specs=[table_spec(name) for name in RESULT_TABLES],
+    required_resource_keys={"warehouse_db"},
+    description="Observes `school_results`' row count after `trial_results` has run.",
+)
+def result_tables(context):
+    yield from _observe(context, RESULT_TABLES)
+
+
+ALL_TABLE_ASSETS = [loading_tables, result_tables]
