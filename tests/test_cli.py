@@ -99,12 +99,12 @@ def test_after_a_run_the_sensors_first_tick_has_nothing_to_do_and_the_summary_na
 
     extracts = tmp_path / "extracts"
     shutil.copytree(SHARED / "reference" / "extracts", extracts)
-    (extracts / "Oak Primary.xlsx").write_bytes(b"PK\x03\x04 a workbook, not a CSV")
+    (extracts / "Oak Primary.xls").write_bytes(b"\xd0\xcf\x11\xe0 an old Excel workbook")
     done = run_cli(tmp_path, extracts, "cli-test-key-not-secret-0b9e4d71a3c8f256")
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "out"
     assert "files: 26 in" in done.stdout and "25 loaded" in done.stdout and "1 rejected" in done.stdout
-    assert "  rejected Oak Primary.xlsx: only .csv files are loaded" in done.stdout
+    assert "  rejected Oak Primary.xls: only .csv and .xlsx files are loaded" in done.stdout
     assert "rows set aside (quarantine): 0" in done.stdout
     assert f"site: {out / 'index.html'} (preview: microtrials serve --out {out})" in done.stdout
 
