@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
 
-from microtrials import reml, trial_store, trials, warehouse
+from microtrials import reml, trial_store, trials, units, warehouse
 from microtrials.evidence_table import evidence_table
 from microtrials.models import fit_mixedlm
 from microtrials.trials import analyse_trial
@@ -131,10 +131,10 @@ def test_a_failing_trial_keeps_its_previous_row_and_the_others_are_stored(tmp_pa
         con.execute("UPDATE pupils SET outcome = outcome + 5 * (arm = 'intervention')::INT")
         real = trials.analyse_cells
 
-        def failing(cells, intervention, outcome_measure):
+        def failing(cells, intervention, outcome_measure, **kwargs):
             if intervention == "Beta":
                 raise trials.ModelFailure("the primary model did not converge (forced)")
-            return real(cells, intervention, outcome_measure)
+            return real(cells, intervention, outcome_measure, **kwargs)
 
         monkeypatch.setattr(trials, "analyse_cells", failing)
         run = trial_store.refresh(con)
@@ -161,10 +161,10 @@ def test_the_asset_stores_every_trial_when_one_fails(tmp_path, monkeypatch):
         pass
     real = trials.analyse_cells
 
-    def failing(cells, intervention, outcome_measure):
+    def failing(cells, intervention, outcome_measure, **kwargs):
         if intervention == "Alpha":
             raise FloatingPointError("forced")
-        return real(cells, intervention, outcome_measure)
+        return real(cells, intervention, outcome_measure, **kwargs)
 
     monkeypatch.setattr(trials, "analyse_cells", failing)
     result = dg.materialize([trial_results], resources={"warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb"))})
@@ -314,9 +314,10 @@ def test_memory_for_one_trial_does_not_grow_with_other_trials_pupils(tmp_path):
     import tracemalloc
 
     small = _simulate("Small", 10, 30, seed=18)
-    spell = trials.TrialSpellings("Small", "Score", ("Small",), ("Score",), (("Small", "Score", len(small)),))
 
     def peak(con) -> int:
+        combos = con.execute(warehouse.sql("delivered_combos")).df()
+        [spell] = [u for u in units.units_without_registry(combos) if u.intervention == "Small"]
         trial_store.analyse_one(con, spell)  # warm caches (imports, SQL text)
         tracemalloc.start()
         trial_store.analyse_one(con, spell)
