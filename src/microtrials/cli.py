@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--extracts", type=Path, default=REPO_ROOT / "data" / "extracts")
     run.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "published")
     run.add_argument("--db", type=Path, default=REPO_ROOT / "data" / "warehouse.duckdb")
+    run.add_argument("--trials", type=Path, default=None, metavar="FILE",
+                     help="the trial registry (default: $MICROTRIALS_TRIALS, else trials.csv beside the extracts "
+                     "folder, i.e. <extracts>/../trials.csv)")
     run.add_argument("--new-pupil-key", action="store_true",
                      help="MICROTRIALS_PUPIL_KEY was changed on purpose: accept the new key for this run "
                      "(every pupil then looks new to the warehouse)")
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "published")
     args = parser.parse_args(argv)
     if args.command == "run":
-        return run_pipeline(args.extracts, args.out, args.db, new_pupil_key=args.new_pupil_key)
+        return run_pipeline(args.extracts, args.out, args.db, new_pupil_key=args.new_pupil_key, trials=args.trials)
     if args.command == "ui":
         return start_ui(args.port)
     return serve_folder(args.out, args.port)
@@ -97,7 +100,7 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = False) -> int:
+def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = False, trials: Path | None = None) -> int:
     """Register a school partition for every extract file, then load them all and refresh the trial
     results and the evidence table in one Dagster run (job ``load_and_refresh``) on the persistent
     instance. With no school registered at all, only the refresh runs (job ``refresh``).
@@ -109,6 +112,8 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
     os.environ["MICROTRIALS_EXTRACTS"] = str(extracts)
     os.environ["MICROTRIALS_OUT"] = str(out)
     os.environ["MICROTRIALS_DB"] = str(db)
+    if trials is not None:
+        os.environ["MICROTRIALS_TRIALS"] = str(trials.resolve())
     if new_pupil_key:
         os.environ["MICROTRIALS_NEW_PUPIL_KEY"] = "1"
 

@@ -370,8 +370,9 @@ def store(con: duckdb.DuckDBPyConnection, run: Refresh) -> None:
     warehouse.save_frame(con, "school_results", run.school_table)
     warehouse.save_frame(con, "trial_spellings", run.spelling_table)
     warehouse.save_frame(con, "registry_messages", run.messages.astype("string"))
-    progress = run.progress.assign(start_date=run.progress["start_date"].astype("string"),
-                                   end_date=run.progress["end_date"].astype("string"))
+    counts = ["planned", "delivered", "awaited"]
+    progress = run.progress.astype({c: "string" for c in reg.PROGRESS_COLUMNS if c not in counts})
+    progress = progress.astype({c: "Int64" for c in counts})
     warehouse.save_frame(con, "registry_progress", progress)
 
 
