@@ -33,10 +33,15 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
         load_report = con.execute(warehouse.sql("load_report")).df()
         loaded_at = con.execute(warehouse.sql("data_date")).fetchall()[0][0]
         pupil_keys = {row[0] for row in con.execute(warehouse.sql("pupil_keys")).fetchall()}
+    # Keyed by (intervention, outcome_measure, round): a trial's rounds and its "all rounds" row
+    # each have their own folder (round None without a registry).
+    if "round" not in schools.columns:
+        schools["round"] = None
     per_trial = {
-        (str(intervention), str(outcome_measure)): group[[c for c in group.columns if c in SCHOOL_COLUMNS
-                                                          or c in site.SCHOOL_PUBLISHED]].reset_index(drop=True)
-        for (intervention, outcome_measure), group in schools.groupby(["intervention", "outcome_measure"])
+        (str(intervention), str(outcome_measure), None if pd.isna(round_name) else str(round_name)):
+            group[[c for c in group.columns if c in SCHOOL_COLUMNS or c in site.SCHOOL_PUBLISHED]].reset_index(drop=True)
+        for (intervention, outcome_measure, round_name), group in
+        schools.groupby(["intervention", "outcome_measure", "round"], dropna=False)
     }
     data_date = loaded_at.strftime("%d %B %Y") if loaded_at is not None else "no data loaded"
     run_date = dt.datetime.now(dt.timezone.utc).strftime("%d %B %Y %H:%M UTC")

@@ -49,7 +49,14 @@ ENTRIES: tuple[Entry, ...] = (
     # --- the evidence table -------------------------------------------------------------------
     Entry("intervention", "Intervention", "The approach being trialled, as schools name it.", "text", f"{_E}; {_S}"),
     Entry("outcome_measure", "Measured by", "The test used to compare the two groups.", "text", f"{_E}; {_S}"),
-    Entry("round", "Round", "Which registered round of the trial the figures come from.", "text", _E),
+    Entry("round", "Round", "Which registered round of the trial the figures come from (from the trial registry); "
+          "\"all rounds\" for the row that analyses every round together (round as a fixed effect, schools "
+          "within rounds). Blank when there is no registry.", "text", _E),
+    Entry("outcome_role", "Primary or secondary", "primary: the outcome registered before results arrived, the "
+          "headline; secondary: another outcome registered in advance. Outcomes nobody registered are not "
+          "published.", "code", _E),
+    Entry("school_round", "School's round", "The round this school's pupils took part in (a school in two rounds "
+          "has a row for each in the \"all rounds\" results).", "text", _S),
     Entry("description", "What it is", "A one-line description of the intervention, from the trial registry.",
           "text", _E),
     Entry("toolkit_strand", "Toolkit strand", "The Education Endowment Foundation Toolkit strand this "
@@ -103,8 +110,9 @@ ENTRIES: tuple[Entry, ...] = (
           "progress for this strand, nationally.", "months", _E),
     Entry("cost_per_pupil", "Cost per pupil", "Approximate cost per pupil per year, from the trial registry.",
           "pounds", _E),
-    Entry("cost_rating", "Cost rating", "Cost on the Toolkit's scale, 1 (very low) to 5 (very high), shown as "
-          "£ signs.", "£ (1 to 5)", _E),
+    Entry("cost_rating", "Cost rating", "Cost on the Education Endowment Foundation Toolkit's scale, from the cost "
+          "per pupil per year: £ under £80, ££ up to £200, £££ up to £720, ££££ up to £1,200, £££££ above.",
+          "£ signs (1 to 5)", _E),
     Entry("suppressed", "Why figures are blank", "Why figures in this row are not published (small groups, "
           "see the disclosure rule); blank when all are published.", "text", f"{_E}; {_S}"),
     # --- per school ---------------------------------------------------------------------------

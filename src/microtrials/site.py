@@ -45,8 +45,9 @@ PUPIL_IDENTIFIER = re.compile(r"^(pupil|pupil_?(id|key|ref|reference|hash|name)|
 # Counts that stay published when a trial is small (they say why its figures are blank).
 EVIDENCE_COUNTS = ["schools", "schools_both_arms", "pupils_randomised", "pupils_analysed", "attrition_pct"]
 TEXT_COLUMNS = {"intervention", "outcome_measure", "status", "notes", "round", "toolkit_strand", "description",
-                "suppressed"}
-SCHOOL_PUBLISHED = ["school_urn", "n_intervention", "n_control", "g", "ci_low", "ci_high", "eb_g", "note"]
+                "suppressed", "outcome_role", "cost_rating", "school_round"}
+SCHOOL_PUBLISHED = ["school_urn", "school_round", "n_intervention", "n_control", "g", "ci_low", "ci_high", "eb_g",
+                    "note"]
 # Scripts are never needed; forbidding them stops injected markup from running even if escaping failed.
 # (No default-src/img-src: Chrome does not treat file:// as 'self', and the pages must work offline.)
 CSP = "script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'"
@@ -56,7 +57,7 @@ EVIDENCE_ORDER = [
     "intervention", "outcome_measure", "schools", "schools_both_arms", "pupils_randomised", "pupils_analysed",
     "attrition_pct", "effect_size", "ci_low", "ci_high", "p_value", "months_progress", "tau", "i2", "pi_low",
     "pi_high", "status", "p_new_school_benefits", "fsm_effect_size", "fsm_ci_low", "fsm_ci_high",
-    "evidence_strength", "notes", "fsm_months_progress", "round", "toolkit_strand", "national_months",
+    "evidence_strength", "notes", "fsm_months_progress", "round", "outcome_role", "toolkit_strand", "national_months",
     "cost_per_pupil", "cost_rating", "description",
 ]
 
@@ -78,8 +79,8 @@ SORT_VIEWS = (
 )
 
 
-def trial_slug(intervention: str, outcome_measure: str) -> str:
-    """A safe lowercase folder name for a trial: ``<intervention>--<outcome-measure>``.
+def trial_slug(intervention: str, outcome_measure: str, round_name: str | None = None) -> str:
+    """A safe lowercase folder name for a trial: ``<intervention>--<outcome-measure>[--<round>]``.
 
     Letters are folded to ASCII, anything else becomes ``-``; each part is at most 50 characters.
     Two different trials can share this base name ("Maths: mastery" / "Maths mastery");
@@ -89,39 +90,44 @@ def trial_slug(intervention: str, outcome_measure: str) -> str:
         ascii_text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii")
         cleaned = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
         return cleaned[:SLUG_PART].strip("-") or "trial"
-    return f"{part(intervention)}--{part(outcome_measure)}"
+    base = f"{part(intervention)}--{part(outcome_measure)}"
+    return f"{base}--{part(round_name)}" if round_name else base
 
 
-def _trial_hash(intervention: str, outcome_measure: str) -> str:
-    exact = f"{intervention}\x1f{outcome_measure}".encode("utf-8")
+def _trial_hash(intervention: str, outcome_measure: str, round_name: str | None = None) -> str:
+    exact = "\x1f".join([intervention, outcome_measure] + ([round_name] if round_name else [])).encode("utf-8")
     return hashlib.sha256(exact).hexdigest()[:8]
 
 
-def trial_folders(trials: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+def trial_folders(trials: list[tuple[str, str]] | list[tuple[str, str, str | None]]) -> tuple[list[str], list[str]]:
     """Each trial's folder name, and plain messages about names that had to be told apart.
+
+    A trial is (intervention, outcome_measure) or, with a registry, (intervention,
+    outcome_measure, round); a round adds ``--<round>`` to the folder name.
 
     A trial whose base name (``trial_slug``) is unique keeps it; trials sharing one get
     ``-<first 8 hex of sha256(intervention, outcome_measure)>`` appended, so every trial
     keeps a page. Names equal apart from capitals, spaces or Unicode form are one trial by the
     project's naming rule (``names.match_key``): they are still published apart, with a message.
     """
-    bases = [trial_slug(i, o) for i, o in trials]
+    trials = [(t[0], t[1], t[2] if len(t) > 2 and not _blank(t[2]) else None) for t in trials]
+    bases = [trial_slug(i, o, r) for i, o, r in trials]
     counts: dict[str, int] = {}
     for base in bases:
         counts[base] = counts.get(base, 0) + 1
     folders, messages, seen = [], [], {}
-    for (intervention, outcome), base in zip(trials, bases, strict=True):
-        folder = base if counts[base] == 1 else f"{base}-{_trial_hash(intervention, outcome)}"
+    for (intervention, outcome, round_name), base in zip(trials, bases, strict=True):
+        folder = base if counts[base] == 1 else f"{base}-{_trial_hash(intervention, outcome, round_name)}"
         if folder in seen:  # the very same names twice: number them so nothing is overwritten
             folder = f"{folder}-{len(seen)}"
-        seen[folder] = (intervention, outcome)
+        seen[folder] = (intervention, outcome, round_name)
         folders.append(folder)
     for base, n in counts.items():
         if n < 2:
             continue
         names = [t for t, b in zip(trials, bases, strict=True) if b == base]
-        shown = " and ".join(f"'{i}' / '{o}'" for i, o in names)
-        if len({(match_key(i), match_key(o)) for i, o in names}) < len(names):
+        shown = " and ".join(f"'{i}' / '{o}'" + (f" / '{r}'" if r else "") for i, o, r in names)
+        if len({(match_key(i), match_key(o), match_key(r or "")) for i, o, r in names}) < len(names):
             messages.append(f"trials {shown} differ only in capitals, spaces or accents, so they are one trial "
                             "by the naming rule: correct the spelling in the extracts; published apart for now")
         else:
@@ -129,6 +135,15 @@ def trial_folders(trials: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
                             "punctuation, accents or after the first 50 characters): each got a short code "
                             "added to its folder name")
     return folders, messages
+
+
+def _blank(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) or str(value) == ""
+
+
+def _round_of(row: pd.Series) -> str | None:
+    value = row.get("round") if "round" in row.index else None
+    return None if _blank(value) else str(value)
 
 
 # --- the template environment -----------------------------------------------------------------
@@ -328,10 +343,14 @@ FORMAT_HELP = [
 def _send_files(table: pd.DataFrame, folders: list[str], common: dict) -> tuple[dict[str, bytes], list[dict]]:
     files, trials = {}, []
     columns = list(dictionary.TEMPLATE_COLUMNS)
+    sent: set[tuple[str, str]] = set()
     for position, folder in enumerate(folders):
         row = table.iloc[position]
         intervention, outcome = str(row["intervention"]), str(row["outcome_measure"])
-        base = f"send/{folder}-template"
+        if (match_key(intervention), match_key(outcome)) in sent:  # one template per trial, not per round
+            continue
+        sent.add((match_key(intervention), match_key(outcome)))
+        base = f"send/{folder if _round_of(row) is None else trial_slug(intervention, outcome)}-template"
         files[f"{base}.csv"] = csv_bytes(pd.DataFrame(columns=columns))
         files[f"{base}.xlsx"] = template_xlsx(columns, intervention, outcome, FORMAT_CHOICES, FORMAT_HELP)
         trials.append({"intervention": intervention, "outcome_measure": outcome,
@@ -370,7 +389,8 @@ def build_site(
     """Every file of the publication, ``{relative path: bytes}``.
 
     ``evidence`` has the contract's evidence-table columns (optional: status,
-    p_new_school_benefits and the registry's columns); ``schools[(intervention, outcome_measure)]``
+    p_new_school_benefits and the registry's columns); ``schools[(intervention, outcome_measure, round)]``
+    (round None without a registry; 2-tuples are still accepted)
     the per-school figures (school_urn, n_intervention, n_control, g, ci_low, ci_high, eb_g, note).
     Files: ``index.html`` and the other sort views, ``evidence_table.csv`` (machines, full
     precision), ``evidence_table.xlsx`` (people), ``data_dictionary.csv`` and
@@ -381,8 +401,9 @@ def build_site(
     """
     problems = [] if problems is None else problems
     table = _prepare_evidence(evidence, problems)
-    folders, messages = trial_folders(list(zip(table["intervention"].astype(str),
-                                               table["outcome_measure"].astype(str), strict=True)))
+    rounds = table["round"] if "round" in table.columns else pd.Series([None] * len(table), index=table.index)
+    folders, messages = trial_folders(list(zip(table["intervention"].astype(str), table["outcome_measure"].astype(str),
+                                               [None if _blank(r) else str(r) for r in rounds], strict=True)))
     problems.extend(messages)
     common = _common(area, data_date, run_date, "")
     trial_words = {w for name in pd.concat([table["intervention"], table["outcome_measure"]]).astype(str)
@@ -407,11 +428,12 @@ def build_site(
     trial_common = _common(area, data_date, run_date, "../")
     for position, folder in enumerate(folders):
         row = table.iloc[position]
-        key = (str(row["intervention"]), str(row["outcome_measure"]))
-        per_school = schools.get(key)
+        key = (str(row["intervention"]), str(row["outcome_measure"]), _round_of(row))
+        per_school = schools.get(key) if key[2] is not None else schools.get(key[:2], schools.get(key))
         if per_school is None:  # keys may use other spellings of the same trial
-            per_school = next((f for (i, o), f in schools.items()
-                               if (match_key(i), match_key(o)) == (match_key(key[0]), match_key(key[1]))), None)
+            wanted = tuple(match_key(k or "") for k in key)
+            per_school = next((f for k, f in schools.items()
+                               if tuple(match_key(x or "") for x in (*k, None)[:3]) == wanted), None)
         try:
             files.update(_trial_files(row, folder, per_school, trial_common))
             trial_views.append(views.trial_view(row, folder))

@@ -215,6 +215,18 @@ EVALUATOR_FIGURES = [
 ]
 
 
+def measure_text(row: pd.Series) -> str:
+    """The outcome measure as shown, with the registry's round and a secondary outcome said in words:
+    "NGRT standardised score, round 2025 Autumn", "..., all rounds together", "... (secondary outcome)"."""
+    text = str(row["outcome_measure"])
+    if str(row.get("outcome_role") or "") == "secondary":
+        text += " (secondary outcome)"
+    round_name = row.get("round")
+    if not is_blank(round_name):
+        text += ", all rounds together" if str(round_name) == "all rounds" else f", round {round_name}"
+    return text
+
+
 def trial_view(row: pd.Series, folder: str) -> TrialView:
     """The view of one evidence-table row (after disclosure control)."""
     status = _status(row)
@@ -225,7 +237,9 @@ def trial_view(row: pd.Series, folder: str) -> TrialView:
     fsm = number(row.get("fsm_months_progress"))
     if fsm is None and number(row.get("fsm_effect_size")) is not None:
         fsm = months_progress(number(row.get("fsm_effect_size")))
-    cost = number(row.get("cost_rating"))
+    rating = row.get("cost_rating")
+    # The registry publishes the Toolkit's band as pound signs ("££"); older tables held 1 to 5.
+    cost = float(str(rating).count("\u00a3")) if isinstance(rating, str) and "\u00a3" in rating else number(rating)
     cost_int = None if cost is None else max(1, min(5, int(round(cost))))
     pupils = number(row.get("pupils_analysed"))
     schools = number(row.get("schools"))
@@ -247,7 +261,7 @@ def trial_view(row: pd.Series, folder: str) -> TrialView:
     return TrialView(
         folder=folder,
         intervention=str(row["intervention"]),
-        outcome_measure=str(row["outcome_measure"]),
+        outcome_measure=measure_text(row),
         status=status,
         status_text=status_text,
         description="" if is_blank(row.get("description")) else str(row.get("description")),
@@ -272,7 +286,7 @@ def trial_view(row: pd.Series, folder: str) -> TrialView:
 
 def fallback_view(row: pd.Series, folder: str, message: str) -> TrialView:
     """A card for a trial whose view could not be built: its name and a plain message, nothing else."""
-    return TrialView(folder=folder, intervention=str(row["intervention"]), outcome_measure=str(row["outcome_measure"]),
+    return TrialView(folder=folder, intervention=str(row["intervention"]), outcome_measure=measure_text(row),
                      status="", status_text="", description="", months="", months_sign="blank", fsm_months="",
                      strength=None, strength_text="", not_secure=False, cost_pounds="", cost_text="", national="",
                      expect="", schools="", pupils="", caveats=[], notes=[], suppressed="", message=message)
