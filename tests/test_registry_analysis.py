@@ -167,3 +167,33 @@ def test_without_a_registry_every_intervention_is_a_trial(tmp_path):
         table = trial_store.refresh(con).trial_table
     assert list(table["intervention"]) == ["Maths mastery", "Reciprocal reading"]
     assert table["round"].isna().all() and table["outcome_role"].isna().all()
+
+
+def test_the_site_has_a_folder_per_round_and_the_officer_report(run):
+    """Per-trial folders key on (intervention, outcome_measure, round); the load report page and
+    registry_report.csv name the unregistered intervention, the unplanned school and the awaited URNs."""
+    from microtrials import dictionary, site
+    from microtrials.evidence_table import COLUMNS, EXTRA_COLUMNS
+
+    _, stored, _ = run
+    schools = stored["school_results"]
+    per_trial = {(i, o, r): g for (i, o, r), g in schools.groupby(["intervention", "outcome_measure", "round"])}
+    rows = site.registry_report(stored["registry_messages"], stored["registry_progress"])
+    files = site.build_site(stored["trial_results"][COLUMNS + EXTRA_COLUMNS], per_trial, pd.DataFrame(),
+                            "1 November 2026", "now", registry_rows=rows)
+    folders = sorted({name.split("/")[0] for name in files if name.endswith("/schools.csv")})
+    assert folders == ["reciprocal-reading--ngrt-standardised-score--2025-autumn",
+                       "reciprocal-reading--ngrt-standardised-score--2026-spring",
+                       "reciprocal-reading--ngrt-standardised-score--all-rounds"]
+    cumulative = pd.read_csv(pd.io.common.BytesIO(files[f"{folders[2]}/schools.csv"]), dtype=str, encoding="utf-8-sig")
+    assert set(cumulative["school_round"]) == {AUTUMN, SPRING}
+    evidence = pd.read_csv(pd.io.common.BytesIO(files["evidence_table.csv"]), encoding="utf-8-sig")
+    assert list(evidence["round"]) == [AUTUMN, SPRING, registry.CUMULATIVE_ROUND]
+    assert list(evidence["outcome_role"]) == ["primary"] * 3 and "Maths mastery" not in set(evidence["intervention"])
+    report = pd.read_csv(pd.io.common.BytesIO(files["registry_report.csv"]), dtype=str, encoding="utf-8-sig")
+    assert list(report.columns) == site.REGISTRY_REPORT_COLUMNS
+    assert all(c in dictionary.BY_COLUMN for c in report.columns)
+    text = " ".join(report["What to do"])
+    assert "'Maths mastery' is not in the registry" in text and f"school {UNPLANNED} is not in the plan" in text
+    assert f"still awaited: {' '.join(sorted([AWAITED, BOTH]))}" in text
+    assert AWAITED in files["load-report.html"].decode()

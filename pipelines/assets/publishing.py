@@ -33,6 +33,14 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
         load_report = con.execute(warehouse.sql("load_report")).df()
         loaded_at = con.execute(warehouse.sql("data_date")).fetchall()[0][0]
         pupil_keys = {row[0] for row in con.execute(warehouse.sql("pupil_keys")).fetchall()}
+        # With a registry in use, what the officer should act on goes beside the load report.
+        progress = (con.execute(warehouse.sql("registry_progress")).df()
+                    if warehouse.table_exists(con, "registry_progress") else None)
+        messages = (con.execute(warehouse.sql("registry_messages")).df()
+                    if warehouse.table_exists(con, "registry_messages") else None)
+    registry_rows = None
+    if progress is not None and len(progress) or messages is not None and len(messages):
+        registry_rows = site.registry_report(messages, progress)
     # Keyed by (intervention, outcome_measure, round): a trial's rounds and its "all rounds" row
     # each have their own folder (round None without a registry).
     if "round" not in schools.columns:
@@ -46,7 +54,8 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     data_date = loaded_at.strftime("%d %B %Y") if loaded_at is not None else "no data loaded"
     run_date = dt.datetime.now(dt.timezone.utc).strftime("%d %B %Y %H:%M UTC")
     problems: list[str] = []
-    files = site.build_site(table, per_trial, load_report, data_date, run_date, problems=problems)
+    files = site.build_site(table, per_trial, load_report, data_date, run_date, problems=problems,
+                            registry_rows=registry_rows)
     for problem in problems:  # one trial's trouble is reported, never a reason to stop the others
         context.log.warning(problem)
     # The blocking checks run again on the folder afterwards; here the same tests stop a bad

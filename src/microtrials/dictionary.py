@@ -30,6 +30,7 @@ SCHOOLS = "<trial>/schools.csv"
 LOAD = "load_report.csv"
 TEMPLATE = "send/<trial>-template.csv"
 DICTIONARY = "data_dictionary.csv"
+REGISTRY = "registry_report.csv"
 
 #: What each published file is for: machines (full precision) or people (rounded, plain headers).
 FILES: tuple[tuple[str, str], ...] = (
@@ -40,6 +41,8 @@ FILES: tuple[tuple[str, str], ...] = (
     (SCHOOLS, "For machines and analysts: each school's figures for one trial, full precision, "
               "small groups blanked."),
     (LOAD, "For people: each school file received, problem files first, with plain headers."),
+    (REGISTRY, "For people: what the files mean for the registered trials (trials.csv): names not in the "
+               "registry, schools not in the plan, rounds still awaiting planned schools."),
     (TEMPLATE, "For schools: an empty extract with the right headers (also as .xlsx with drop-down lists)."),
     (DICTIONARY, "This dictionary."),
 )
@@ -130,7 +133,8 @@ ENTRIES: tuple[Entry, ...] = (
     # --- the public load report ---------------------------------------------------------------
     Entry("File", "File", "The school file's name, or \"file from school <URN>\" when the name carries more "
           "than a URN, a date and plain words (see the rule on the load report page).", "text", LOAD),
-    Entry("School URN", "School URN", "The URN the file is for.", "text", LOAD),
+    Entry("School URN", "School URN", "The URN the file is for (in registry_report.csv: the school(s) concerned, "
+          "or the schools still awaited).", "text", f"{LOAD}; {REGISTRY}"),
     Entry("Status", "Status", "loaded, unchanged (seen before), or rejected (nothing loaded).", "text", LOAD),
     Entry("What went wrong", "What went wrong", "Why the file or some of its rows were set aside.", "text", LOAD),
     Entry("Trials", "Trials", "The trials the file holds.", "text", LOAD),
@@ -142,6 +146,12 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("Rows with warnings", "Rows with warnings", "Rows loaded with an odd optional value blanked.", "rows", LOAD),
     Entry("Columns dropped", "Columns dropped", "Columns outside the format, dropped unread (they may hold "
           "personal data).", "text", LOAD),
+    # --- the registry report -------------------------------------------------------------------
+    Entry("Trial", "Trial", "The registered intervention, or the name a school used that is not in the registry.",
+          "text", REGISTRY),
+    Entry("Round", "Round", "The registered round still awaiting schools (blank for other messages).", "text",
+          REGISTRY),
+    Entry("What to do", "What to do", "What happened and what to do, in plain words.", "text", REGISTRY),
     # --- the extract template -----------------------------------------------------------------
     Entry("pupil_id", "Pupil reference", "The school's own pupil reference; scrambled on arrival, never "
           "published.", "text", TEMPLATE),

@@ -221,6 +221,29 @@ LOAD_COLUMNS = {  # warehouse column -> plain header (data_dictionary.csv descri
 }
 
 
+REGISTRY_REPORT_COLUMNS = ["Trial", "Round", "School URN", "What to do"]
+
+
+def registry_report(messages: pd.DataFrame | None, progress: pd.DataFrame | None) -> pd.DataFrame:
+    """What the officer should act on after matching deliveries to the trial registry
+    (``registry_report.csv``): messages that are errors (rows not used as evidence), then
+    warnings, then each round still awaiting planned schools with their URNs."""
+    rows = []
+    if messages is not None and len(messages):
+        ordered = messages.assign(_rank=(messages["level"].astype(str) != "error").astype(int)).sort_values(
+            ["_rank", "intervention", "school_urn"], kind="stable")
+        for m in ordered.itertuples(index=False):
+            rows.append({"Trial": m.intervention, "Round": "", "School URN": m.school_urn or "", "What to do": m.message})
+    if progress is not None and len(progress):
+        waiting = progress[pd.to_numeric(progress["awaited"], errors="coerce").fillna(0) > 0]
+        for p in waiting.itertuples(index=False):
+            note = f"{p.delivered} of {p.planned} planned schools have sent results; still awaited: {p.awaited_urns}"
+            if not views.is_blank(p.status_note):
+                note += f" ({p.status_note})"
+            rows.append({"Trial": p.intervention, "Round": p.round, "School URN": p.awaited_urns, "What to do": note})
+    return pd.DataFrame(rows, columns=REGISTRY_REPORT_COLUMNS)
+
+
 def public_load_report(load_report: pd.DataFrame, trial_words: set[str]) -> pd.DataFrame:
     """The load report as published: problem files first, plain headers, no revealing file names.
 
@@ -385,6 +408,7 @@ def build_site(
     run_date: str,
     area: str = "Middlesbrough",
     problems: list[str] | None = None,
+    registry_rows: pd.DataFrame | None = None,
 ) -> dict[str, bytes]:
     """Every file of the publication, ``{relative path: bytes}``.
 
@@ -398,6 +422,8 @@ def build_site(
     ``send-your-results.html``, ``extract-format.html``, ``send/<trial>-template.csv|xlsx``, and
     per trial ``<trial>/index.html``, ``<trial>/schools.csv``, ``<trial>/forest.svg``.
     Messages about trials that needed attention are appended to ``problems`` when given.
+    ``registry_rows`` (:func:`registry_report`), when given, is published as
+    ``registry_report.csv`` and shown on the load report page.
     """
     problems = [] if problems is None else problems
     table = _prepare_evidence(evidence, problems)
@@ -416,11 +442,16 @@ def build_site(
         "data_dictionary.csv": csv_bytes(dictionary.dictionary_frame()),
         "load_report.csv": csv_bytes(report),
         "load-report.html": render("load_report.html", rows=report.fillna("").to_dict("records"),
-                                   columns=list(report.columns), **common),
+                                   columns=list(report.columns),
+                                   registry_rows=(None if registry_rows is None
+                                                  else registry_rows.fillna("").to_dict("records")),
+                                   registry_columns=REGISTRY_REPORT_COLUMNS, **common),
         "data-dictionary.html": render("dictionary.html", entries=dictionary.ENTRIES, file_notes=dictionary.FILES,
                                        **common),
         "extract-format.html": render("format.html", help=FORMAT_HELP, choices=FORMAT_CHOICES, **common),
     }
+    if registry_rows is not None:
+        files["registry_report.csv"] = csv_bytes(registry_rows[REGISTRY_REPORT_COLUMNS])
     send_files, send_trials = _send_files(table, folders, common)
     files.update(send_files)
     files["send-your-results.html"] = render("send.html", trials=send_trials, **common)
