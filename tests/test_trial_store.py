@@ -155,7 +155,7 @@ def test_a_failing_trial_keeps_its_previous_row_and_the_others_are_stored(tmp_pa
 
 def test_the_asset_stores_every_trial_when_one_fails(tmp_path, monkeypatch):
     from pipelines.assets.trials import trial_results
-    from pipelines.resources import Warehouse
+    from pipelines.resources import Settings, Warehouse
 
     with _warehouse(tmp_path, _simulate("Alpha", 5, 20, seed=6), _simulate("Beta", 5, 20, seed=7)):
         pass
@@ -167,7 +167,10 @@ def test_the_asset_stores_every_trial_when_one_fails(tmp_path, monkeypatch):
         return real(cells, intervention, outcome_measure, **kwargs)
 
     monkeypatch.setattr(trials, "analyse_cells", failing)
-    result = dg.materialize([trial_results], resources={"warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb"))})
+    result = dg.materialize([trial_results], resources={
+        "warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb")),
+        "settings": Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(tmp_path / "out")),  # no registry
+    })
     assert result.success
     metadata = result.asset_materializations_for_node("trial_results")[0].metadata
     assert metadata["not_refreshed"].value == 1
