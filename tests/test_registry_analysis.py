@@ -197,3 +197,24 @@ def test_the_site_has_a_folder_per_round_and_the_officer_report(run):
     assert "'Maths mastery' is not in the registry" in text and f"school {UNPLANNED} is not in the plan" in text
     assert f"still awaited: {' '.join(sorted([AWAITED, BOTH]))}" in text
     assert AWAITED in files["load-report.html"].decode()
+
+
+def test_a_primary_outcome_changed_after_results_arrived_is_noted(tmp_path):
+    """Outcome switching is visible: the plan read before results named another primary outcome."""
+    from datetime import datetime, timedelta
+
+    _fixture(tmp_path / "extracts")
+    before = registry.read_registry(REGISTRY.replace("NGRT standardised score", "Reading age").encode())
+    after = registry.read_registry(REGISTRY.encode())
+    now = datetime.now()
+    versions = [(now - timedelta(days=400), before), (now + timedelta(days=1), after)]
+    with warehouse.connect(tmp_path / "warehouse.duckdb") as con:
+        loading.load_folder(con, tmp_path / "extracts", KEY)
+        table = trial_store.refresh(con, after, today=TODAY, versions=versions).trial_table.set_index("round")
+    for round_name in (AUTUMN, SPRING, registry.CUMULATIVE_ROUND):
+        assert "primary outcome changed from 'Reading age' to 'NGRT standardised score'" in table.loc[round_name, "notes"]
+    # Read before any results arrived, the same change is no switch.
+    early = [(now - timedelta(days=400), before), (now - timedelta(days=300), after)]
+    with warehouse.connect(tmp_path / "warehouse.duckdb") as con:
+        table = trial_store.refresh(con, after, today=TODAY, versions=early).trial_table
+    assert not table["notes"].str.contains("primary outcome changed").any()
