@@ -109,7 +109,7 @@ def quarantine_rate_per_school(warehouse_db: Warehouse) -> dg.AssetCheckResult:
 
 
 def _trial_names(frame: pd.DataFrame) -> list[str]:
-    return [f"{i} / {o}" for i, o in zip(frame["intervention"], frame["outcome_measure"])]
+    return [f"{i} / {o}" + (f" / {r}" if r else "") for i, o, r in _trial_keys(frame)]
 
 
 def _first_note(notes: object) -> str:
@@ -123,6 +123,7 @@ def _with_reasons(frame: pd.DataFrame) -> pd.DataFrame:
     notes = frame["notes"] if "notes" in frame else pd.Series([None] * len(frame), index=frame.index)
     return pd.DataFrame(
         {"intervention": frame["intervention"], "outcome_measure": frame["outcome_measure"],
+         **({"round": frame["round"]} if "round" in frame else {}),
          "reason": [_first_note(n) for n in notes]}
     )
 

@@ -218,3 +218,19 @@ def test_a_primary_outcome_changed_after_results_arrived_is_noted(tmp_path):
     with warehouse.connect(tmp_path / "warehouse.duckdb") as con:
         table = trial_store.refresh(con, after, today=TODAY, versions=early).trial_table
     assert not table["notes"].str.contains("primary outcome changed").any()
+
+
+def test_secondary_outcomes_are_published_marked_and_exploratory_ones_are_not(tmp_path):
+    from tests.test_trial_store import _simulate, _warehouse
+
+    frames = [_simulate("Alpha", 6, 30, seed=31, measure=m) for m in ("Score", "Extra", "Other")]
+    plan = registry.read_registry(
+        ("intervention,outcome_measure,round,start_date,end_date,schools,secondary_outcomes\n"
+         "Alpha,Score,2026,2026-01-05,,100000 100001 100002 100003 100004 100005,Extra\n").encode())
+    with _warehouse(tmp_path, *frames) as con:
+        run = trial_store.refresh(con, plan, today=TODAY)
+    table = run.trial_table
+    assert list(zip(table["outcome_measure"], table["outcome_role"])) == [("Extra", "secondary"), ("Score", "primary")]
+    assert list(zip(run.exploratory_table["outcome_measure"], run.exploratory_table["outcome_role"])) == [
+        ("Other", "exploratory")]
+    assert (table["round"] == "2026").all() and table["effect_size"].notna().all()
