@@ -234,3 +234,14 @@ def test_secondary_outcomes_are_published_marked_and_exploratory_ones_are_not(tm
     assert list(zip(run.exploratory_table["outcome_measure"], run.exploratory_table["outcome_role"])) == [
         ("Other", "exploratory")]
     assert (table["round"] == "2026").all() and table["effect_size"].notna().all()
+
+
+def test_run_with_a_trials_file_that_does_not_exist_stops_before_starting(tmp_path, monkeypatch, capsys):
+    from microtrials import cli
+
+    for name in ("MICROTRIALS_EXTRACTS", "MICROTRIALS_OUT", "MICROTRIALS_DB", "MICROTRIALS_TRIALS"):
+        monkeypatch.setenv(name, "unchanged")
+    code = cli.main(["run", "--extracts", str(REFERENCE), "--out", str(tmp_path / "out"), "--db",
+                     str(tmp_path / "w.duckdb"), "--trials", str(tmp_path / "trails.csv")])
+    assert code == cli.NOT_STARTED and "trails.csv: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -113,6 +113,10 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
     os.environ["MICROTRIALS_OUT"] = str(out)
     os.environ["MICROTRIALS_DB"] = str(db)
     if trials is not None:
+        if not trials.is_file():  # named on purpose: a typo should not silently publish without the plan
+            print(f"microtrials run: --trials {trials}: no such file. Give the path of the trial registry "
+                  "(trials.csv), or leave --trials out to use trials.csv beside the extracts folder", file=sys.stderr)
+            return NOT_STARTED
         os.environ["MICROTRIALS_TRIALS"] = str(trials.resolve())
     if new_pupil_key:
         os.environ["MICROTRIALS_NEW_PUPIL_KEY"] = "1"
