@@ -254,8 +254,21 @@ def test_registry_columns_render_when_present():
     files = build_site(evidence, {}, small_load_report(), "d", "r")
     page = text_of(files[f"{folder('Reciprocal reading', 'NGRT standardised score')}/index.html"].decode())
     assert "Pupils read in small groups, taking turns to lead." in page
-    assert "very low cost" in page and "National Toolkit figure: +6 months" in page
+    assert "very low cost" in page
+    # effect 0.25 (0.10 to 0.40) is +3 months (+2 to +5) on the EEF months table (0.19-0.26 -> 3,
+    # 0.10-0.18 -> 2, 0.36-0.44 -> 5): the local figure beside the Toolkit's national one
+    assert "Here: +3 months (+2 to +5); nationally (EEF Toolkit, Reading comprehension): +6 months" in page
     assert "description" in read_csv(files["evidence_table.csv"]).columns
+
+
+def test_registry_cost_band_and_round_render_as_the_registry_gives_them():
+    evidence = small_evidence().iloc[:1].assign(cost_rating="£££", round="2026 Autumn", national_months=-1,
+                                                toolkit_strand="Setting or streaming")
+    files = build_site(evidence, {}, small_load_report(), "d", "r")
+    page = text_of(files[f"{folder('Reciprocal reading', 'NGRT standardised score')}/index.html"].decode())
+    assert "moderate cost" in page and "(2026 Autumn)" in page
+    assert "nationally (EEF Toolkit, Setting or streaming): \u22121 month" in page
+    assert read_csv(files["evidence_table.csv"])["cost_rating"].tolist() == ["£££"]
 
 
 def test_school_table_uses_eb_g_and_one_arm_note(site):

@@ -30,7 +30,7 @@ import matplotlib
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from microtrials import dictionary, disclosure, views
+from microtrials import dictionary, disclosure, history, views
 from microtrials.errors import MicrotrialsError
 from microtrials.evidence_table import COLUMNS as EVIDENCE_COLUMNS
 from microtrials.guidance import SUPPRESSION_THRESHOLD
@@ -45,7 +45,7 @@ PUPIL_IDENTIFIER = re.compile(r"^(pupil|pupil_?(id|key|ref|reference|hash|name)|
 # Counts that stay published when a trial is small (they say why its figures are blank).
 EVIDENCE_COUNTS = ["schools", "schools_both_arms", "pupils_randomised", "pupils_analysed", "attrition_pct"]
 TEXT_COLUMNS = {"intervention", "outcome_measure", "status", "notes", "round", "toolkit_strand", "description",
-                "suppressed"}
+                "suppressed", "cost_rating", "outcome_role"}
 SCHOOL_PUBLISHED = ["school_urn", "n_intervention", "n_control", "g", "ci_low", "ci_high", "eb_g", "note"]
 # Scripts are never needed; forbidding them stops injected markup from running even if escaping failed.
 # (No default-src/img-src: Chrome does not treat file:// as 'self', and the pages must work offline.)
@@ -183,6 +183,12 @@ def _prepare_evidence(evidence: pd.DataFrame, problems: list[str]) -> pd.DataFra
          if c in frame.columns})
 
 
+def published_table(evidence: pd.DataFrame) -> pd.DataFrame:
+    """The evidence table exactly as ``evidence_table.csv`` publishes it (columns the dictionary
+    describes, in order, after disclosure control): what the evidence history keeps."""
+    return _prepare_evidence(evidence, [])
+
+
 def _prepare_schools(schools: pd.DataFrame | None) -> tuple[pd.DataFrame, list[str]]:
     if schools is None or schools.empty:
         return pd.DataFrame(columns=SCHOOL_PUBLISHED + ["suppressed"]), []
@@ -274,8 +280,29 @@ def _common(area: str, data_date: str, run_date: str, root: str) -> dict:
     return {"area": area, "data_date": data_date, "run_date": run_date, "root": root}
 
 
-def _trial_files(row: pd.Series, folder: str, schools: pd.DataFrame | None, common: dict) -> dict[str, bytes]:
-    """One trial's page, schools.csv and forest plot; a failing plot costs only the figure."""
+def _round_of(row: pd.Series) -> str | None:
+    return None if views.is_blank(row.get("round")) else str(row.get("round"))
+
+
+def _history_files(row: pd.Series, folder: str, kept: pd.DataFrame | None) -> tuple[dict[str, bytes], object, str]:
+    """The trial row's history view and, from two publications with an estimate on, its cumulative
+    plot ``<folder>/history.svg``; a failing plot costs only the figure (its message is returned)."""
+    intervention, outcome = str(row["intervention"]), str(row["outcome_measure"])
+    found = history.trial_history(kept, intervention, outcome, _round_of(row))
+    view = views.history_view(found.rows, found.changes, found.alt)
+    files: dict[str, bytes] = {}
+    estimates = pd.to_numeric(found.rows.get("effect_size", pd.Series(dtype=float)), errors="coerce").notna().sum()
+    if estimates >= 2:
+        try:
+            files[f"{folder}/history.svg"] = history.cumulative_plot_svg(kept, intervention, outcome, _round_of(row))
+        except Exception as exc:  # noqa: BLE001 - one plot never stops the publication
+            return files, view, f"The chart of earlier publications could not be drawn this time ({type(exc).__name__})."
+    return files, view, ""
+
+
+def _trial_files(row: pd.Series, folder: str, schools: pd.DataFrame | None, common: dict,
+                 kept: pd.DataFrame | None = None, plan: str = "") -> dict[str, bytes]:
+    """One trial's page, schools.csv, forest plot and history plot; a failing plot costs only the figure."""
     view = views.trial_view(row, folder)
     per_school, blanked = _prepare_schools(schools)
     files = {f"{folder}/schools.csv": csv_bytes(per_school)}
@@ -294,10 +321,13 @@ def _trial_files(row: pd.Series, folder: str, schools: pd.DataFrame | None, comm
         except Exception as exc:  # noqa: BLE001 - one plot never stops the publication
             plot_error = f"The chart could not be drawn this time ({type(exc).__name__})."
     single_school = schools is not None and len(schools) == 1
+    history_files, past, history_error = _history_files(row, folder, kept)
+    files.update(history_files)
     files[f"{folder}/index.html"] = render(
         "trial.html", trial=view, schools=views.school_views(per_school), plot_alt=plot_alt,
         plot_error=plot_error, has_plot=f"{folder}/forest.svg" in files, single_school=single_school,
-        blanked=len(blanked) if not single_school else 0, **common)
+        blanked=len(blanked) if not single_school else 0, past=past, has_history_plot=f"{folder}/history.svg" in files,
+        history_error=history_error, plan=plan, **common)
     return files
 
 
@@ -366,6 +396,8 @@ def build_site(
     run_date: str,
     area: str = "Middlesbrough",
     problems: list[str] | None = None,
+    history: pd.DataFrame | None = None,
+    plans: list[dict] | None = None,
 ) -> dict[str, bytes]:
     """Every file of the publication, ``{relative path: bytes}``.
 
@@ -378,6 +410,13 @@ def build_site(
     ``send-your-results.html``, ``extract-format.html``, ``send/<trial>-template.csv|xlsx``, and
     per trial ``<trial>/index.html``, ``<trial>/schools.csv``, ``<trial>/forest.svg``.
     Messages about trials that needed attention are appended to ``problems`` when given.
+
+    ``history`` (``microtrials.history.read_history`` plus this publication, e.g. from
+    ``history.publication_frame``) adds to each trial page how its estimate moved publication by
+    publication (``<trial>/history.svg`` from two estimates on, with a table as its text
+    alternative) and what changed since the last publication. ``plans`` (dicts with
+    intervention, round, outcome_measure, text: ``planner.round_plans`` worded) lists registered
+    rounds with no results yet, and what they could detect, on the send page.
     """
     problems = [] if problems is None else problems
     table = _prepare_evidence(evidence, problems)
@@ -402,7 +441,7 @@ def build_site(
     }
     send_files, send_trials = _send_files(table, folders, common)
     files.update(send_files)
-    files["send-your-results.html"] = render("send.html", trials=send_trials, **common)
+    files["send-your-results.html"] = render("send.html", trials=send_trials, plans=plans or [], **common)
     trial_views = []
     trial_common = _common(area, data_date, run_date, "../")
     for position, folder in enumerate(folders):
@@ -413,7 +452,9 @@ def build_site(
             per_school = next((f for (i, o), f in schools.items()
                                if (match_key(i), match_key(o)) == (match_key(key[0]), match_key(key[1]))), None)
         try:
-            files.update(_trial_files(row, folder, per_school, trial_common))
+            planned = " ".join(f"Next round{' ' + p['round'] if p.get('round') else ''} (no results yet): {p['text']}"
+                               for p in plans or [] if match_key(str(p["intervention"])) == match_key(key[0]))
+            files.update(_trial_files(row, folder, per_school, trial_common, history, planned))
             trial_views.append(views.trial_view(row, folder))
         except Exception as exc:  # noqa: BLE001 - one trial's failure never costs the others
             problems.append(f"trial '{key[0]}' / '{key[1]}': its page could not be built ({type(exc).__name__}: {exc})")
