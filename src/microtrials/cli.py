@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "published")
     plan = commands.add_parser(
         "plan", help="what a next round could detect: MDES, evidence strength, schools needed",
-        description="Plan a round of INTERVENTION: the smallest effect it could reliably detect (80%% power, "
-        "5%% two-sided; PowerUpR mdes.bira2, pupils randomised within schools), the evidence strength it "
+        description="Plan a round of INTERVENTION: the smallest effect it could reliably detect (80% power, "
+        "5% two-sided; PowerUpR mdes.bira2, pupils randomised within schools), the evidence strength it "
         "would earn, and the schools needed for strengths 4 and 5, using what earlier rounds in the "
         "warehouse showed (else the network's trials on the same outcome, else documented defaults).")
     plan.add_argument("intervention", help="the intervention's registered name (or an alias)")
@@ -90,11 +90,11 @@ def plan_round(intervention: str, schools: int, pupils: int | None, db: Path, tr
             if (registry is None or registry.canonical(intervention) is None) and match_key(intervention) not in known:
                 names = ", ".join(sorted(known.values())) or "none yet"
                 raise MicrotrialsError(
-                    f"'{intervention}' is not a registered intervention nor a trial in the warehouse {db} "
+                    f"'{intervention}' is neither a registered intervention nor a trial in the warehouse {db} "
                     f"(known: {names}): check the spelling, or register it in trials.csv first")
             if con is None:
-                print(f"note: no warehouse at {db}, so the plan uses the documented defaults")
                 text = planner.plan_text(planner.plan_for(intervention, schools, pupils, None, registry))
+                text += f"\n(No warehouse at {db} yet, so nothing earlier was learnt from.)"
             else:
                 text = planner.plan_from_warehouse(con, intervention, schools, pupils, registry)
         finally:
