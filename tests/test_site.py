@@ -478,3 +478,32 @@ def test_server_reports_a_busy_port(tmp_path):
         first.server_close()
     with pytest.raises(MicrotrialsError, match="not a folder"):
         make_server(tmp_path / "missing", 0)
+
+
+def test_rounds_without_results_show_what_they_could_detect():
+    plans = [{"intervention": "reciprocal  READING", "round": "2026 Autumn", "outcome_measure": "NGRT standardised score",
+              "text": "8 schools of about 60 pupils could detect an effect of 0.21 SD (about +3 months) or more."}]
+    files = build_site(small_evidence(), {}, small_load_report(), "d", "r", plans=plans)
+    send = text_of(files["send-your-results.html"].decode())
+    assert "Rounds planned, no results yet" in send
+    assert "reciprocal READING (2026 Autumn) : 8 schools of about 60 pupils could detect" in send  # text_of spaces tags
+    page = text_of(files[f"{folder('Reciprocal reading', 'NGRT standardised score')}/index.html"].decode())
+    assert "Next round 2026 Autumn (no results yet): 8 schools of about 60 pupils" in page
+    other = text_of(files[f"{folder('Tiny trial', 'Writing assessment')}/index.html"].decode())
+    assert "Next round" not in other
+
+
+def test_history_section_only_with_a_history():
+    from datetime import datetime
+
+    from microtrials import history
+
+    evidence = small_evidence()
+    plain = build_site(evidence, {}, small_load_report(), "d", "r")
+    page = plain[f"{folder('Reciprocal reading', 'NGRT standardised score')}/index.html"].decode()
+    assert "How the estimate has moved" not in page
+    first = history.publication_frame(site_module.published_table(evidence), datetime(2026, 10, 1, 9))
+    files = build_site(evidence, {}, small_load_report(), "d", "r", history=first)
+    page = text_of(files[f"{folder('Reciprocal reading', 'NGRT standardised score')}/index.html"].decode())
+    assert "This is the first publication of this result" in page
+    assert f"{folder('Reciprocal reading', 'NGRT standardised score')}/history.svg" not in files
