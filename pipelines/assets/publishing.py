@@ -80,7 +80,7 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     if not unchanged:
         with warehouse_db.connect() as con:
             publication_id = history.append_history(con, published, published_at, school_urns)
-    changes = [] if unchanged else _changes(shown, published)
+    changes = [] if unchanged else _changes(shown)
     for change in changes:
         context.log.info(f"since the last publication: {change}")
     return dg.MaterializeResult(
@@ -109,13 +109,12 @@ def _row_round(row: dict) -> str | None:
     return None if value is None or (isinstance(value, float) and value != value) or value == "" else str(value)
 
 
-def _changes(shown: pd.DataFrame, published: pd.DataFrame) -> list[str]:
-    """What changed in every published row since the publication before the latest one."""
-    changes: list[str] = []
-    for row in published.to_dict("records"):
-        found = history.trial_history(shown, str(row["intervention"]), str(row["outcome_measure"]), _row_round(row))
-        changes += found.changes
-    return changes
+def _changes(shown: pd.DataFrame) -> list[str]:
+    """What changed between the last two publications kept (rows new, changed or gone), in words."""
+    kept = history.publications(shown)
+    if not kept:
+        return []
+    return history.what_changed(kept[-2] if len(kept) > 1 else None, kept[-1])
 
 
 def _history_markdown(shown: pd.DataFrame, published: pd.DataFrame) -> str:
