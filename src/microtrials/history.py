@@ -357,7 +357,8 @@ def _cumulative_figure(history: pd.DataFrame, intervention: str, outcome_measure
                        round_name: str | None) -> Figure:
     """The cumulative meta-analysis plot of one trial row as a matplotlib Figure (see :func:`cumulative_plot_png`)."""
     rows = _matching(history, intervention, outcome_measure, round_name)
-    fig = Figure(figsize=(7.5, 3.6), layout="constrained")
+    # 5.5 x 3.4 in: narrow enough that its text stays readable when a phone shrinks it to 360 px
+    fig = Figure(figsize=(5.5, 3.4), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(rows))
     g = pd.to_numeric(rows.get("effect_size", pd.Series(dtype=float)), errors="coerce").to_numpy(dtype=float)
@@ -368,10 +369,12 @@ def _cumulative_figure(history: pd.DataFrame, intervention: str, outcome_measure
         ax.vlines(x[shown], lo[shown], hi[shown], color=ESTIMATE_COLOUR, linewidth=1.6)
         ax.plot(x[shown], g[shown], marker="o", color=ESTIMATE_COLOUR, linewidth=1, label="Estimate (95% CI)")
         schools = rows.get("schools", pd.Series([None] * len(rows))).tolist()
-        for xi, gi, n in zip(x[shown], g[shown], [s for s, ok in zip(schools, shown) if ok]):
-            if n is not None and not (isinstance(n, float) and math.isnan(n)):
-                ax.annotate(f"{int(n)} schools", (xi, gi), textcoords="offset points", xytext=(6, 4),
-                            fontsize=8, color=INK)
+        tops = np.where(np.isnan(hi), g, hi)
+        for xi, top, n in zip(x[shown], tops[shown], [s for s, ok in zip(schools, shown) if ok]):
+            if n is not None and not (isinstance(n, float) and math.isnan(n)):  # above the interval, centred
+                ax.annotate(f"{int(n)} schools", (xi, top), textcoords="offset points", xytext=(0, 3),
+                            ha="center", va="bottom", fontsize=8, color=INK)
+        ax.margins(y=0.18)
     else:
         ax.text(0.5, 0.5, "no published estimate yet", ha="center", va="center", transform=ax.transAxes, color=INK)
     ax.axhline(0.0, color=GRID_COLOUR, linewidth=1)
@@ -379,12 +382,14 @@ def _cumulative_figure(history: pd.DataFrame, intervention: str, outcome_measure
     if len(set(labels)) < len(labels):  # several publications on one day: add the time
         labels = [pd.Timestamp(t).strftime("%d %b %H:%M") for t in rows.get("published_at", [])]
     ax.set_xticks(list(x), [_escape(label) for label in labels])
+    if len(labels) > 3:  # many publications: slanted dates do not overlap
+        ax.tick_params(axis="x", labelrotation=40, labelsize=8)
     if len(rows):
         ax.set_xlim(-0.5, len(rows) - 0.5)
     ax.set_ylabel("Effect size (Hedges' g)")
     ax.set_xlabel("Publication")
-    title = f"{intervention} ({outcome_measure}{', ' + round_name if round_name else ''}): estimate at each publication"
-    ax.set_title(_escape(title), loc="left", color=INK, fontsize=10)
+    title = f"{intervention} ({outcome_measure}{', ' + round_name if round_name else ''})"
+    ax.set_title(_escape(title), loc="left", color=INK, fontsize=10, wrap=True)
     ax.grid(axis="y", color="#d0d0d0", linewidth=0.6)
     ax.set_axisbelow(True)
     return fig
