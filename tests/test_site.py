@@ -507,3 +507,25 @@ def test_history_section_only_with_a_history():
     page = text_of(files[f"{folder('Reciprocal reading', 'NGRT standardised score')}/index.html"].decode())
     assert "This is the first publication of this result" in page
     assert f"{folder('Reciprocal reading', 'NGRT standardised score')}/history.svg" not in files
+
+
+def test_rounds_of_one_intervention_get_pages_of_their_own():
+    base = small_evidence().iloc[:1]
+    evidence = pd.concat([base.assign(round="2025 Autumn"), base.assign(round="2026 Summer", effect_size=0.1),
+                          base.assign(round="all rounds")], ignore_index=True)
+    schools = {("Reciprocal reading", "NGRT standardised score", "2025 Autumn"): pd.DataFrame(
+                   {"school_urn": ["111001", "111002"], "n_intervention": [20, 21], "n_control": [20, 19],
+                    "g": [0.2, 0.3], "ci_low": [0.0, 0.1], "ci_high": [0.4, 0.5], "eb_g": [0.2, 0.3], "note": ["", ""]}),
+               ("Reciprocal reading", "NGRT standardised score", "2026 Summer"): pd.DataFrame(
+                   {"school_urn": ["111003", "111004"], "n_intervention": [20, 21], "n_control": [20, 19],
+                    "g": [0.2, 0.3], "ci_low": [0.0, 0.1], "ci_high": [0.4, 0.5], "eb_g": [0.2, 0.3], "note": ["", ""]})}
+    problems = []
+    files = build_site(evidence, schools, small_load_report(), "d", "r", problems=problems)
+    main = folder("Reciprocal reading", "NGRT standardised score")
+    assert not problems
+    # the cumulative row keeps the intervention's page; each round gets its own folder
+    assert {f"{main}/index.html", f"{main}--2025-autumn/index.html", f"{main}--2026-summer/index.html"} <= set(files)
+    autumn = files[f"{main}--2025-autumn/schools.csv"].decode("utf-8-sig")
+    summer = files[f"{main}--2026-summer/schools.csv"].decode("utf-8-sig")
+    assert "111001" in autumn and "111003" not in autumn and "111003" in summer
+    assert "(2026 Summer)" in text_of(files[f"{main}--2026-summer/index.html"].decode())

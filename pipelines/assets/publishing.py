@@ -41,10 +41,13 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
         loaded_at = con.execute(warehouse.sql("data_date")).fetchall()[0][0]
         pupil_keys = {row[0] for row in con.execute(warehouse.sql("pupil_keys")).fetchall()}
         kept = history.read_history(con)
+    # One school table per published row: per (intervention, outcome_measure), and per round once
+    # school_results carries rounds (site.build_site accepts either key).
+    by = ["intervention", "outcome_measure"] + (["round"] if "round" in schools and schools["round"].notna().any() else [])
     per_trial = {
-        (str(intervention), str(outcome_measure)): group[[c for c in group.columns if c in SCHOOL_COLUMNS
-                                                          or c in site.SCHOOL_PUBLISHED]].reset_index(drop=True)
-        for (intervention, outcome_measure), group in schools.groupby(["intervention", "outcome_measure"])
+        tuple("" if pd.isna(k) else str(k) for k in keys): group[[c for c in group.columns if c in SCHOOL_COLUMNS
+                                                                 or c in site.SCHOOL_PUBLISHED]].reset_index(drop=True)
+        for keys, group in schools.groupby(by, dropna=False)
     }
     data_date = loaded_at.strftime("%d %B %Y") if loaded_at is not None else "no data loaded"
     now = dt.datetime.now(dt.timezone.utc)

@@ -78,8 +78,9 @@ SORT_VIEWS = (
 )
 
 
-def trial_slug(intervention: str, outcome_measure: str) -> str:
-    """A safe lowercase folder name for a trial: ``<intervention>--<outcome-measure>``.
+def trial_slug(intervention: str, outcome_measure: str, round_name: str | None = None) -> str:
+    """A safe lowercase folder name for a trial: ``<intervention>--<outcome-measure>``, and
+    ``--<round>`` for one round of an intervention published in several rows.
 
     Letters are folded to ASCII, anything else becomes ``-``; each part is at most 50 characters.
     Two different trials can share this base name ("Maths: mastery" / "Maths mastery");
@@ -89,15 +90,35 @@ def trial_slug(intervention: str, outcome_measure: str) -> str:
         ascii_text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii")
         cleaned = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
         return cleaned[:SLUG_PART].strip("-") or "trial"
-    return f"{part(intervention)}--{part(outcome_measure)}"
+    base = f"{part(intervention)}--{part(outcome_measure)}"
+    return f"{base}--{part(round_name)}" if round_name else base
 
 
-def _trial_hash(intervention: str, outcome_measure: str) -> str:
-    exact = f"{intervention}\x1f{outcome_measure}".encode("utf-8")
+def _trial_hash(*names: str) -> str:
+    exact = "\x1f".join(names).encode("utf-8")
     return hashlib.sha256(exact).hexdigest()[:8]
 
 
-def trial_folders(trials: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+def page_names(table: pd.DataFrame) -> list[tuple[str, ...]]:
+    """What each evidence-table row's folder is named from: (intervention, outcome_measure), plus
+    the round when the intervention and outcome have several rows (its rounds) -- the cumulative
+    ``all rounds`` row keeps the plain name, so an intervention's main page stays where it was."""
+    pairs = list(zip(table["intervention"].astype(str), table["outcome_measure"].astype(str), strict=True))
+    rounds = table["round"] if "round" in table.columns else pd.Series([None] * len(table), index=table.index)
+    counts: dict[tuple[str, str], int] = {}
+    for i, o in pairs:
+        counts[(match_key(i), match_key(o))] = counts.get((match_key(i), match_key(o)), 0) + 1
+    names: list[tuple[str, ...]] = []
+    for (i, o), r in zip(pairs, rounds, strict=True):
+        several = counts[(match_key(i), match_key(o))] > 1
+        if several and not views.is_blank(r) and match_key(str(r)) != match_key("all rounds"):
+            names.append((i, o, str(r)))
+        else:
+            names.append((i, o))
+    return names
+
+
+def trial_folders(trials: list[tuple[str, ...]]) -> tuple[list[str], list[str]]:
     """Each trial's folder name, and plain messages about names that had to be told apart.
 
     A trial whose base name (``trial_slug``) is unique keeps it; trials sharing one get
@@ -105,23 +126,23 @@ def trial_folders(trials: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
     keeps a page. Names equal apart from capitals, spaces or Unicode form are one trial by the
     project's naming rule (``names.match_key``): they are still published apart, with a message.
     """
-    bases = [trial_slug(i, o) for i, o in trials]
+    bases = [trial_slug(*t) for t in trials]
     counts: dict[str, int] = {}
     for base in bases:
         counts[base] = counts.get(base, 0) + 1
     folders, messages, seen = [], [], {}
-    for (intervention, outcome), base in zip(trials, bases, strict=True):
-        folder = base if counts[base] == 1 else f"{base}-{_trial_hash(intervention, outcome)}"
+    for names, base in zip(trials, bases, strict=True):
+        folder = base if counts[base] == 1 else f"{base}-{_trial_hash(*names)}"
         if folder in seen:  # the very same names twice: number them so nothing is overwritten
             folder = f"{folder}-{len(seen)}"
-        seen[folder] = (intervention, outcome)
+        seen[folder] = names
         folders.append(folder)
     for base, n in counts.items():
         if n < 2:
             continue
         names = [t for t, b in zip(trials, bases, strict=True) if b == base]
-        shown = " and ".join(f"'{i}' / '{o}'" for i, o in names)
-        if len({(match_key(i), match_key(o)) for i, o in names}) < len(names):
+        shown = " and ".join(" / ".join(f"'{n}'" for n in t) for t in names)
+        if len({tuple(match_key(n) for n in t) for t in names}) < len(names):
             messages.append(f"trials {shown} differ only in capitals, spaces or accents, so they are one trial "
                             "by the naming rule: correct the spelling in the extracts; published apart for now")
         else:
@@ -390,7 +411,7 @@ def _display_evidence(table: pd.DataFrame) -> pd.DataFrame:
 
 def build_site(
     evidence: pd.DataFrame,
-    schools: dict[tuple[str, str], pd.DataFrame],
+    schools: dict[tuple[str, ...], pd.DataFrame],
     load_report: pd.DataFrame,
     data_date: str,
     run_date: str,
@@ -403,7 +424,7 @@ def build_site(
 
     ``evidence`` has the contract's evidence-table columns (optional: status,
     p_new_school_benefits and the registry's columns); ``schools[(intervention, outcome_measure)]``
-    the per-school figures (school_urn, n_intervention, n_control, g, ci_low, ci_high, eb_g, note).
+    (or ``[(intervention, outcome_measure, round)]`` once rows have rounds) the per-school figures (school_urn, n_intervention, n_control, g, ci_low, ci_high, eb_g, note).
     Files: ``index.html`` and the other sort views, ``evidence_table.csv`` (machines, full
     precision), ``evidence_table.xlsx`` (people), ``data_dictionary.csv`` and
     ``data-dictionary.html``, ``load_report.csv`` and ``load-report.html``,
@@ -420,8 +441,7 @@ def build_site(
     """
     problems = [] if problems is None else problems
     table = _prepare_evidence(evidence, problems)
-    folders, messages = trial_folders(list(zip(table["intervention"].astype(str),
-                                               table["outcome_measure"].astype(str), strict=True)))
+    folders, messages = trial_folders(page_names(table))
     problems.extend(messages)
     common = _common(area, data_date, run_date, "")
     trial_words = {w for name in pd.concat([table["intervention"], table["outcome_measure"]]).astype(str)
@@ -447,10 +467,18 @@ def build_site(
     for position, folder in enumerate(folders):
         row = table.iloc[position]
         key = (str(row["intervention"]), str(row["outcome_measure"]))
-        per_school = schools.get(key)
-        if per_school is None:  # keys may use other spellings of the same trial
-            per_school = next((f for (i, o), f in schools.items()
-                               if (match_key(i), match_key(o)) == (match_key(key[0]), match_key(key[1]))), None)
+        # keys are (intervention, outcome_measure) or, once rounds are published, with the round too;
+        # they may use other spellings of the same trial
+        with_round = (*key, _round_of(row) or "")
+        wanted = tuple(match_key(k) for k in with_round)
+        per_school = schools.get(with_round) if _round_of(row) else None
+        if per_school is None:
+            per_school = schools.get(key)
+        if per_school is None:
+            per_school = next((f for k, f in schools.items() if tuple(match_key(n) for n in k) == wanted), None)
+        if per_school is None:
+            per_school = next((f for k, f in schools.items() if len(k) == 2
+                               and tuple(match_key(n) for n in k) == wanted[:2]), None)
         try:
             planned = " ".join(f"Next round{' ' + p['round'] if p.get('round') else ''} (no results yet): {p['text']}"
                                for p in plans or [] if match_key(str(p["intervention"])) == match_key(key[0]))
