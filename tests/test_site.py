@@ -529,3 +529,5 @@ def test_rounds_of_one_intervention_get_pages_of_their_own():
     summer = files[f"{main}--2026-summer/schools.csv"].decode("utf-8-sig")
     assert "111001" in autumn and "111003" not in autumn and "111003" in summer
     assert "(2026 Summer)" in text_of(files[f"{main}--2026-summer/index.html"].decode())
+    # schools send one file per trial, whichever round: one template, named for the trial
+    assert [f for f in files if f.startswith(f"send/{main}")] == [f"send/{main}-template.csv", f"send/{main}-template.xlsx"]

@@ -376,13 +376,21 @@ FORMAT_HELP = [
 ]
 
 
-def _send_files(table: pd.DataFrame, folders: list[str], common: dict) -> tuple[dict[str, bytes], list[dict]]:
+def _send_files(table: pd.DataFrame, folders: list[str], names: list[tuple[str, ...]],
+                common: dict) -> tuple[dict[str, bytes], list[dict]]:
     files, trials = {}, []
     columns = list(dictionary.TEMPLATE_COLUMNS)
+    seen: set[tuple[str, str]] = set()
     for position, folder in enumerate(folders):
         row = table.iloc[position]
         intervention, outcome = str(row["intervention"]), str(row["outcome_measure"])
-        base = f"send/{folder}-template"
+        if (match_key(intervention), match_key(outcome)) in seen:  # one template per trial, not per round
+            continue
+        seen.add((match_key(intervention), match_key(outcome)))
+        # a round's folder is <trial>--<round>: the template is the trial's, without the round
+        plain = next((f for f, n in zip(folders, names, strict=True) if len(n) == 2
+                      and (match_key(n[0]), match_key(n[1])) == (match_key(intervention), match_key(outcome))), None)
+        base = f"send/{plain or (folder.rsplit('--', 1)[0] if len(names[position]) == 3 else folder)}-template"
         files[f"{base}.csv"] = csv_bytes(pd.DataFrame(columns=columns))
         files[f"{base}.xlsx"] = template_xlsx(columns, intervention, outcome, FORMAT_CHOICES, FORMAT_HELP)
         trials.append({"intervention": intervention, "outcome_measure": outcome,
@@ -441,7 +449,8 @@ def build_site(
     """
     problems = [] if problems is None else problems
     table = _prepare_evidence(evidence, problems)
-    folders, messages = trial_folders(page_names(table))
+    names = page_names(table)
+    folders, messages = trial_folders(names)
     problems.extend(messages)
     common = _common(area, data_date, run_date, "")
     trial_words = {w for name in pd.concat([table["intervention"], table["outcome_measure"]]).astype(str)
@@ -459,7 +468,7 @@ def build_site(
                                        **common),
         "extract-format.html": render("format.html", help=FORMAT_HELP, choices=FORMAT_CHOICES, **common),
     }
-    send_files, send_trials = _send_files(table, folders, common)
+    send_files, send_trials = _send_files(table, folders, names, common)
     files.update(send_files)
     files["send-your-results.html"] = render("send.html", trials=send_trials, plans=plans or [], **common)
     trial_views = []
