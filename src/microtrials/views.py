@@ -335,7 +335,13 @@ def history_view(rows: pd.DataFrame, changes: list[str], alt: str) -> HistoryVie
             schools=whole(record.get("schools")) or "\u2013",
             strength="\u2013" if strength is None else f"{int(round(strength))} of 5",
         ))
-    return HistoryView(points, list(changes), alt, first=len(points) == 1)
+    return HistoryView(points, [_unlabelled(c) for c in changes], alt, first=len(points) == 1)
+
+
+def _unlabelled(sentence: str) -> str:
+    """On the trial's own page a change needs no "Trial (outcome): " label: "School 111597 joined; ..."."""
+    head, sep, rest = sentence.partition("): ")
+    return rest[:1].upper() + rest[1:] if sep and rest else sentence
 
 
 # --- a school --------------------------------------------------------------------------------
