@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from microtrials import history, warehouse
+from microtrials import history, planner, warehouse
 from microtrials.registry import decode, no_registry_warning, read_registry, registry_path
 from pipelines.resources import Settings, Warehouse
 
@@ -49,6 +49,9 @@ def registry(context: dg.AssetExecutionContext, settings: Settings, warehouse_db
         versions = len(con.execute(warehouse.sql("registry_versions")).fetchall())
         rounds = con.execute(warehouse.sql("registry_rounds")).df()
         problems = con.execute(warehouse.sql("registry_problems")).df()
+        results = con.execute(warehouse.sql("trial_results")).df() if warehouse.table_exists(con, "trial_results") else None
+    # What each registered round with no results yet could detect (microtrials plan, worded).
+    plans = planner.plans_for_page(planner.round_plans(parsed, results), parsed)
     for problem in parsed.problems:
         context.log.warning(problem.message)
     return dg.MaterializeResult(
@@ -64,6 +67,8 @@ def registry(context: dg.AssetExecutionContext, settings: Settings, warehouse_db
             "rounds": _md(rounds[["intervention", "round", "outcome_measure", "start_date", "end_date", "schools",
                                    "toolkit_strand", "national_months", "cost_per_pupil", "cost_rating"]]),
             "problems": _md(problems[["line", "column_name", "problem", "action"]]),
+            "plans": dg.MetadataValue.md("\n".join(f"- {p['intervention']} ({p['round']}): {p['text']}" for p in plans)
+                                         or "every registered round has results"),
         }
     )
 
