@@ -121,6 +121,16 @@ def test_plan_for_uses_the_registry_name_and_earlier_rounds():
     pending = planner.round_plans(registry, results)
     assert list(pending) == [("reciprocal reading", "2026")]  # the 2025 round has results
     assert pending[("reciprocal reading", "2026")].schools == 4
+    # results stored before rounds existed (no round column) count for every round of the intervention
+    assert planner.round_plans(registry, results.drop(columns="round")) == {}
+    # a row with no pupils analysed is not a result: that round still gets a plan
+    assert list(planner.round_plans(registry, results.assign(pupils_analysed=0))) == [
+        ("reciprocal reading", "2025"), ("reciprocal reading", "2026")]
+    page = planner.plans_for_page(pending, registry)
+    assert page == [{"intervention": "Reciprocal reading", "round": "2026", "outcome_measure": "NGRT",
+                     "text": planner.plan_summary(pending[("reciprocal reading", "2026")])}]
+    assert page[0]["text"].startswith("4 schools of about 55 pupils could detect an effect of ")
+    assert "evidence strength" in page[0]["text"]
 
 
 def test_plan_from_an_empty_warehouse_uses_defaults(tmp_path):

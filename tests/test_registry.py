@@ -276,13 +276,27 @@ def test_sample_registry_opens_cleanly_and_matches_the_sample_extracts():
     data = (root / "trials.csv").read_bytes()
     assert data.startswith(b"\xef\xbb\xbf") and b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b"")
     sample = reg.read_registry(data)
-    assert sample.problems == () and len(sample.rounds) == 4
+    assert sample.problems == () and len(sample.rounds) == 5
+    assert [r.round for r in sample.rounds_of("Reciprocal reading")] == ["2025 Autumn", "2026 Summer"]
     delivered = pd.concat([pd.read_csv(p, dtype=str) for p in sorted((root / "extracts").glob("*.csv"))])
-    combos = delivered.groupby(["intervention", "outcome_measure", "school_urn"]).size().rename("rows").reset_index()
+    combos = delivered.groupby(["intervention", "outcome_measure", "school_urn", "round"], dropna=False
+                               ).size().rename("rows").reset_index()
+    combos["round"] = combos["round"].astype(object).where(combos["round"].notna(), None)
     matched = reg.match_deliveries(sample, combos, today=date(2026, 11, 23))
-    assert matched.messages == () and set(matched.combos["outcome_role"]) == {"primary"}
+    # the sample's planted registry cases (data/README.md): one unregistered intervention, one
+    # unplanned school, and nothing else the officer must act on
+    assert sorted((m.rule, m.intervention, m.school_urn) for m in matched.messages) == [
+        ("unplanned_school", "Tutoring in Year 7 maths", "111459"),
+        ("unregistered", "Philosophy for Children", "111114,111397,111493")]
+    registered = matched.combos[matched.combos["registered"].astype(bool)]
+    assert set(registered["outcome_role"]) == {"primary"}
+    assert registered.loc[registered["matched_by"] == "alias", "school_urn"].tolist() == ["111114"]
+    both = registered[registered["round_rule"] == "sent"]
+    assert sorted(set(both["school_urn"])) == ["111109", "111304", "111595"]
+    assert sorted(set(both["round"])) == ["2025 Autumn", "2026 Summer"]
     progress = reg.plan_progress(sample, matched.combos, today=date(2026, 11, 23))
-    assert progress["awaited"].sum() == 0
+    assert progress["awaited"].sum() == 1
+    assert progress.loc[progress["awaited"] == 1, "status_note"].tolist() == ["awaiting 1 of 11 schools"]
 
 
 def test_matching_accepts_arrow_from_duckdb():

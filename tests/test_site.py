@@ -254,8 +254,21 @@ def test_registry_columns_render_when_present():
     files = build_site(evidence, {}, small_load_report(), "d", "r")
     page = text_of(files[f"{folder('Reciprocal reading', 'NGRT standardised score')}/index.html"].decode())
     assert "Pupils read in small groups, taking turns to lead." in page
-    assert "very low cost" in page and "National Toolkit figure: +6 months" in page
+    assert "very low cost" in page
+    # effect 0.25 (0.10 to 0.40) is +3 months (+2 to +5) on the EEF months table (0.19-0.26 -> 3,
+    # 0.10-0.18 -> 2, 0.36-0.44 -> 5): the local figure beside the Toolkit's national one
+    assert "Here: +3 months (+2 to +5); nationally (EEF Toolkit, Reading comprehension): +6 months" in page
     assert "description" in read_csv(files["evidence_table.csv"]).columns
+
+
+def test_registry_cost_band_and_round_render_as_the_registry_gives_them():
+    evidence = small_evidence().iloc[:1].assign(cost_rating="£££", round="2026 Autumn", national_months=-1,
+                                                toolkit_strand="Setting or streaming")
+    files = build_site(evidence, {}, small_load_report(), "d", "r")
+    page = text_of(files[f"{folder('Reciprocal reading', 'NGRT standardised score')}/index.html"].decode())
+    assert "moderate cost" in page and "(2026 Autumn)" in page
+    assert "nationally (EEF Toolkit, Setting or streaming): \u22121 month" in page
+    assert read_csv(files["evidence_table.csv"])["cost_rating"].tolist() == ["£££"]
 
 
 def test_school_table_uses_eb_g_and_one_arm_note(site):
@@ -465,3 +478,56 @@ def test_server_reports_a_busy_port(tmp_path):
         first.server_close()
     with pytest.raises(MicrotrialsError, match="not a folder"):
         make_server(tmp_path / "missing", 0)
+
+
+def test_rounds_without_results_show_what_they_could_detect():
+    plans = [{"intervention": "reciprocal  READING", "round": "2026 Autumn", "outcome_measure": "NGRT standardised score",
+              "text": "8 schools of about 60 pupils could detect an effect of 0.21 SD (about +3 months) or more."}]
+    files = build_site(small_evidence(), {}, small_load_report(), "d", "r", plans=plans)
+    send = text_of(files["send-your-results.html"].decode())
+    assert "Rounds planned, no results yet" in send
+    assert "reciprocal READING (2026 Autumn) : 8 schools of about 60 pupils could detect" in send  # text_of spaces tags
+    page = text_of(files[f"{folder('Reciprocal reading', 'NGRT standardised score')}/index.html"].decode())
+    assert "Next round 2026 Autumn (no results yet): 8 schools of about 60 pupils" in page
+    other = text_of(files[f"{folder('Tiny trial', 'Writing assessment')}/index.html"].decode())
+    assert "Next round" not in other
+
+
+def test_history_section_only_with_a_history():
+    from datetime import datetime
+
+    from microtrials import history
+
+    evidence = small_evidence()
+    plain = build_site(evidence, {}, small_load_report(), "d", "r")
+    page = plain[f"{folder('Reciprocal reading', 'NGRT standardised score')}/index.html"].decode()
+    assert "How the estimate has moved" not in page
+    first = history.publication_frame(site_module.published_table(evidence), datetime(2026, 10, 1, 9))
+    files = build_site(evidence, {}, small_load_report(), "d", "r", history=first)
+    page = text_of(files[f"{folder('Reciprocal reading', 'NGRT standardised score')}/index.html"].decode())
+    assert "This is the first publication of this result" in page
+    assert f"{folder('Reciprocal reading', 'NGRT standardised score')}/history.svg" not in files
+
+
+def test_rounds_of_one_intervention_get_pages_of_their_own():
+    base = small_evidence().iloc[:1]
+    evidence = pd.concat([base.assign(round="2025 Autumn"), base.assign(round="2026 Summer", effect_size=0.1),
+                          base.assign(round="all rounds")], ignore_index=True)
+    schools = {("Reciprocal reading", "NGRT standardised score", "2025 Autumn"): pd.DataFrame(
+                   {"school_urn": ["111001", "111002"], "n_intervention": [20, 21], "n_control": [20, 19],
+                    "g": [0.2, 0.3], "ci_low": [0.0, 0.1], "ci_high": [0.4, 0.5], "eb_g": [0.2, 0.3], "note": ["", ""]}),
+               ("Reciprocal reading", "NGRT standardised score", "2026 Summer"): pd.DataFrame(
+                   {"school_urn": ["111003", "111004"], "n_intervention": [20, 21], "n_control": [20, 19],
+                    "g": [0.2, 0.3], "ci_low": [0.0, 0.1], "ci_high": [0.4, 0.5], "eb_g": [0.2, 0.3], "note": ["", ""]})}
+    problems = []
+    files = build_site(evidence, schools, small_load_report(), "d", "r", problems=problems)
+    main = folder("Reciprocal reading", "NGRT standardised score")
+    assert not problems
+    # the cumulative row keeps the intervention's page; each round gets its own folder
+    assert {f"{main}/index.html", f"{main}--2025-autumn/index.html", f"{main}--2026-summer/index.html"} <= set(files)
+    autumn = files[f"{main}--2025-autumn/schools.csv"].decode("utf-8-sig")
+    summer = files[f"{main}--2026-summer/schools.csv"].decode("utf-8-sig")
+    assert "111001" in autumn and "111003" not in autumn and "111003" in summer
+    assert "(2026 Summer)" in text_of(files[f"{main}--2026-summer/index.html"].decode())
+    # schools send one file per trial, whichever round: one template, named for the trial
+    assert [f for f in files if f.startswith(f"send/{main}")] == [f"send/{main}-template.csv", f"send/{main}-template.xlsx"]

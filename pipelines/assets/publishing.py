@@ -6,10 +6,14 @@ import io
 import dagster as dg
 import pandas as pd
 
-from microtrials import dictionary, publish, site, warehouse
+from microtrials import dictionary, history, planner, publish, site, warehouse
 from microtrials.errors import MicrotrialsError
 from microtrials.evidence_table import COLUMNS, EXTRA_COLUMNS, SCHOOL_COLUMNS
+from microtrials.registry import load_registry
+from pipelines.assets.registry import trials_file
 from pipelines.resources import Settings, Warehouse
+
+HISTORY_ROWS_SHOWN = 6  # publications per trial in the UI's history table
 
 
 @dg.asset(
@@ -20,7 +24,10 @@ from pipelines.resources import Settings, Warehouse
     "one row per trial; every figure is a column of `trial_results`, made by "
     "microtrials.evidence_table.evidence_row), <trial>/schools.csv with small groups suppressed, "
     "load_report.csv and index.html with per-trial pages (microtrials.site.build_site). "
-    "The whole folder is replaced in one swap, so a failed run leaves the last good one.",
+    "The whole folder is replaced in one swap, so a failed run leaves the last good one. Once swapped "
+    "in, the publication's rows are appended to `evidence_history` (when any figure, school or status "
+    "changed since the last one); each trial page shows how its estimate moved publication by "
+    "publication and what changed since the last publication.",
 )
 def evidence_table(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse) -> dg.MaterializeResult:
     with warehouse_db.connect() as con:
@@ -38,24 +45,34 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
                     if warehouse.table_exists(con, "registry_progress") else None)
         messages = (con.execute(warehouse.sql("registry_messages")).df()
                     if warehouse.table_exists(con, "registry_messages") else None)
+        kept = history.read_history(con)
     registry_rows = None
     if progress is not None and len(progress) or messages is not None and len(messages):
         registry_rows = site.registry_report(messages, progress)
-    # Keyed by (intervention, outcome_measure, round): a trial's rounds and its "all rounds" row
-    # each have their own folder (round None without a registry).
-    if "round" not in schools.columns:
-        schools["round"] = None
+    # One school table per published row: per (intervention, outcome_measure), and per round once
+    # school_results carries rounds (site.build_site accepts either key).
+    by = ["intervention", "outcome_measure"] + (["round"] if "round" in schools and schools["round"].notna().any() else [])
     per_trial = {
-        (str(intervention), str(outcome_measure), None if pd.isna(round_name) else str(round_name)):
-            group[[c for c in group.columns if c in SCHOOL_COLUMNS or c in site.SCHOOL_PUBLISHED]].reset_index(drop=True)
-        for (intervention, outcome_measure, round_name), group in
-        schools.groupby(["intervention", "outcome_measure", "round"], dropna=False)
+        tuple("" if pd.isna(k) else str(k) for k in keys): group[[c for c in group.columns if c in SCHOOL_COLUMNS
+                                                                 or c in site.SCHOOL_PUBLISHED]].reset_index(drop=True)
+        for keys, group in schools.groupby(by, dropna=False)
     }
     data_date = loaded_at.strftime("%d %B %Y") if loaded_at is not None else "no data loaded"
-    run_date = dt.datetime.now(dt.timezone.utc).strftime("%d %B %Y %H:%M UTC")
+    now = dt.datetime.now(dt.timezone.utc)
+    run_date = now.strftime("%d %B %Y %H:%M UTC")
+    published_at = now.replace(tzinfo=None)
+    # The rows exactly as evidence_table.csv will hold them (after disclosure control): what the
+    # history keeps and the pages plot.
+    published = site.published_table(table)
+    school_urns = schools[[c for c in ("intervention", "outcome_measure", "round", "school_urn") if c in schools]]
+    unchanged = history.same_as_latest(kept, published, school_urns)
+    shown = kept if unchanged else pd.concat(
+        [kept, history.publication_frame(published, published_at, school_urns)], ignore_index=True)
+    registry = load_registry(trials_file(settings))
+    plans = planner.plans_for_page(planner.round_plans(registry, stored), registry) if registry is not None else []
     problems: list[str] = []
     files = site.build_site(table, per_trial, load_report, data_date, run_date, problems=problems,
-                            registry_rows=registry_rows)
+                            history=shown, plans=plans, registry_rows=registry_rows)
     for problem in problems:  # one trial's trouble is reported, never a reason to stop the others
         context.log.warning(problem)
     # The blocking checks run again on the folder afterwards; here the same tests stop a bad
@@ -69,12 +86,26 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     publish.publish_folder(settings.out, files)
     path = settings.out / "evidence_table.csv"
     context.log.info(f"evidence table written to {path}")
+    # Only a publication that was swapped in is remembered.
+    publication_id = ""
+    if not unchanged:
+        with warehouse_db.connect() as con:
+            publication_id = history.append_history(con, published, published_at, school_urns)
+    changes = [] if unchanged else _changes(shown)
+    for change in changes:
+        context.log.info(f"since the last publication: {change}")
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
             "page": dg.MetadataValue.path(str(settings.out / "index.html")),
             "files": len(files),
             "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
+            "publication_id": publication_id or "unchanged: no new history entry",
+            "publications_kept": len(history.publications(shown)),
+            "what_changed": dg.MetadataValue.md("\n".join(f"- {c}" for c in changes) or "nothing since the last publication"),
+            "history": dg.MetadataValue.md(_history_markdown(shown, published)),
+            "plans": dg.MetadataValue.md("\n".join(f"- {p['intervention']} ({p['round']}): {p['text']}" for p in plans)
+                                         or "no registered round is waiting for its first results"),
             "dagster/row_count": len(table),
             "dagster/column_schema": dg.TableSchema(
                 columns=[dg.TableColumn(name, str(dtype)) for name, dtype in table.dtypes.items()]
@@ -82,3 +113,31 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
             "preview": dg.MetadataValue.md(table.to_markdown(index=False)),
         }
     )
+
+
+def _row_round(row: dict) -> str | None:
+    value = row.get("round")
+    return None if value is None or (isinstance(value, float) and value != value) or value == "" else str(value)
+
+
+def _changes(shown: pd.DataFrame) -> list[str]:
+    """What changed between the last two publications kept (rows new, changed or gone), in words."""
+    kept = history.publications(shown)
+    if not kept:
+        return []
+    return history.what_changed(kept[-2] if len(kept) > 1 else None, kept[-1])
+
+
+def _history_markdown(shown: pd.DataFrame, published: pd.DataFrame) -> str:
+    """Per published row, its estimate at each of the latest publications (the cumulative plot as a table)."""
+    parts = []
+    for row in published.to_dict("records"):
+        found = history.trial_history(shown, str(row["intervention"]), str(row["outcome_measure"]), _row_round(row))
+        if found.rows.empty:
+            continue
+        rows = found.rows.tail(HISTORY_ROWS_SHOWN)
+        columns = [c for c in ("published_at", "effect_size", "ci_low", "ci_high", "months_progress", "schools",
+                               "evidence_strength", "status") if c in rows]
+        label = f"{row['intervention']} ({row['outcome_measure']}{', ' + _row_round(row) if _row_round(row) else ''})"
+        parts.append(f"**{label}**: {found.alt}\n\n" + rows[columns].to_markdown(index=False, floatfmt=".3f"))
+    return "\n\n".join(parts) or "no publication kept yet"

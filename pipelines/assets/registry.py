@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from microtrials import history, warehouse
+from microtrials import history, planner, warehouse
 from microtrials.registry import (
     decode,
     match_deliveries,
@@ -62,11 +62,14 @@ def registry(context: dg.AssetExecutionContext, settings: Settings, warehouse_db
         problems = con.execute(warehouse.sql("registry_problems")).df()
         combos = (con.execute(warehouse.sql("delivered_combos")).df() if warehouse.table_exists(con, "pupils")
                   else None)
+        results = con.execute(warehouse.sql("trial_results")).df() if warehouse.table_exists(con, "trial_results") else None
     plan = messages = None
     if combos is not None:
         matching = match_deliveries(parsed, combos)
         plan = plan_progress(parsed, matching.combos)
         messages = messages_frame(matching.messages)
+    # What each registered round with no results yet could detect (microtrials plan, worded).
+    plans = planner.plans_for_page(planner.round_plans(parsed, results), parsed)
     for problem in parsed.problems:
         context.log.warning(problem.message)
     return dg.MaterializeResult(
@@ -88,6 +91,8 @@ def registry(context: dg.AssetExecutionContext, settings: Settings, warehouse_db
                                   "awaited_urns", "unplanned_urns", "status_note"]]),
                 "officer_messages": _md(messages[["level", "rule", "message"]]),
             }),
+            "plans": dg.MetadataValue.md("\n".join(f"- {p['intervention']} ({p['round']}): {p['text']}" for p in plans)
+                                         or "every registered round has results"),
         }
     )
 

@@ -44,12 +44,70 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="serve the published folder on 127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "published")
+    plan = commands.add_parser(
+        "plan", help="what a next round could detect: MDES, evidence strength, schools needed",
+        description="Plan a round of INTERVENTION: the smallest effect it could reliably detect (80% power, "
+        "5% two-sided; PowerUpR mdes.bira2, pupils randomised within schools), the evidence strength it "
+        "would earn, and the schools needed for strengths 4 and 5, using what earlier rounds in the "
+        "warehouse showed (else the network's trials on the same outcome, else documented defaults).")
+    plan.add_argument("intervention", help="the intervention's registered name (or an alias)")
+    plan.add_argument("--schools", type=int, required=True, help="schools in the round")
+    plan.add_argument("--pupils-per-school", type=int, default=None,
+                      help="pupils randomised per school (default: as in the earlier rounds, else 60)")
+    plan.add_argument("--db", type=Path, default=REPO_ROOT / "data" / "warehouse.duckdb",
+                      help="the warehouse to learn from (opened read-only)")
+    plan.add_argument("--trials", type=Path, default=None,
+                      help="the registry (default: $MICROTRIALS_TRIALS, else data/trials.csv)")
     args = parser.parse_args(argv)
+    if args.command == "plan":
+        return plan_round(args.intervention, args.schools, args.pupils_per_school, args.db, args.trials)
     if args.command == "run":
         return run_pipeline(args.extracts, args.out, args.db, new_pupil_key=args.new_pupil_key, trials=args.trials)
     if args.command == "ui":
         return start_ui(args.port)
     return serve_folder(args.out, args.port)
+
+
+def plan_round(intervention: str, schools: int, pupils: int | None, db: Path, trials: Path | None) -> int:
+    """`microtrials plan`: print :func:`microtrials.planner.plan_from_warehouse` for the intervention.
+
+    The warehouse is opened read-only (a run may be writing; nothing is changed). An intervention
+    that is neither registered (name or alias) nor analysed in the warehouse is refused with one
+    line naming the known ones (exit 2); so is a plan of fewer than 2 schools or pupils.
+    """
+    from microtrials import planner, warehouse
+    from microtrials.errors import MicrotrialsError
+    from microtrials.names import match_key
+    from microtrials.registry import load_registry, registry_path
+
+    try:
+        registry = load_registry(registry_path(REPO_ROOT / "data" / "extracts", trials))
+        con = warehouse.connect_with_retry(db, read_only=True, timeout_s=30) if db.is_file() else None
+        try:
+            analysed = set()
+            if con is not None and warehouse.table_exists(con, "trial_results"):
+                analysed = {str(i) for (i,) in con.execute(warehouse.sql("trial_interventions")).fetchall()}
+            known = {match_key(i): i for i in analysed}
+            if registry is not None:
+                known.update({match_key(i): i for i in registry.interventions()})
+            if (registry is None or registry.canonical(intervention) is None) and match_key(intervention) not in known:
+                names = ", ".join(sorted(known.values())) or "none yet"
+                raise MicrotrialsError(
+                    f"'{intervention}' is neither a registered intervention nor a trial in the warehouse {db} "
+                    f"(known: {names}): check the spelling, or register it in trials.csv first")
+            if con is None:
+                text = planner.plan_text(planner.plan_for(intervention, schools, pupils, None, registry))
+                text += f"\n(No warehouse at {db} yet, so nothing earlier was learnt from.)"
+            else:
+                text = planner.plan_from_warehouse(con, intervention, schools, pupils, registry)
+        finally:
+            if con is not None:
+                con.close()
+    except MicrotrialsError as exc:
+        print(f"microtrials plan: {' '.join(str(exc).split())}", file=sys.stderr)
+        return NOT_STARTED
+    print(text)
+    return 0
 
 
 def use_instance_environment() -> Path:

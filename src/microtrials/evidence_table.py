@@ -10,7 +10,7 @@ from microtrials import trials
 from microtrials.effect_sizes import months_progress
 from microtrials.trials import TrialResult
 
-# The contract's columns, in order (../shared/extract-format.md, section 2).
+# The contract's columns, in order (docs/extract-format.md, section 2).
 COLUMNS = [
     "intervention", "outcome_measure", "schools", "schools_both_arms", "pupils_randomised",
     "pupils_analysed", "attrition_pct", "effect_size", "ci_low", "ci_high", "p_value",

@@ -113,6 +113,58 @@ def _key(row: Mapping[str, object]) -> tuple[str, str, str]:
     return tuple(match_key(str(row.get(c) or "")) for c in KEY_COLUMNS)  # type: ignore[return-value]
 
 
+def _publication_rows(table: pd.DataFrame, schools: pd.DataFrame | None) -> list[dict]:
+    """The published rows as JSON-safe dicts, each with ``school_urns`` when ``schools`` is given."""
+    urns: dict[tuple[str, str, str], set[str]] = {}
+    if schools is not None and len(schools):
+        for school in schools.to_dict("records"):
+            urns.setdefault(_key(school), set()).add(str(school["school_urn"]))
+    rows = []
+    for record in table.to_dict("records"):
+        row = {k: _plain(v) for k, v in record.items()}
+        if schools is not None:
+            row["school_urns"] = " ".join(sorted(urns.get(_key(row), set())))
+        rows.append(row)
+    return rows
+
+
+def _figures(row: Mapping[str, object]) -> str:
+    """A row's content without the bookkeeping and blank cells (what two publications are compared on;
+    history rows of different publications share one frame, so a column a row never had is blank)."""
+    def same(v: object) -> object:  # 3.0 and 3 are one figure (a frame turns ints with blanks into floats)
+        return int(v) if isinstance(v, float) and v.is_integer() else v
+    return json.dumps({k: same(v) for k, v in ((k, _plain(v)) for k, v in row.items())
+                       if k not in ("publication_id", "published_at") and v is not None},
+                      sort_keys=True, default=str)
+
+
+def publication_frame(table: pd.DataFrame, published_at: datetime, schools: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One publication as :func:`read_history` returns it (publication_id, published_at, the rows
+    with ``school_urns``), before it is stored: so a page can show the history including itself."""
+    rows = _publication_rows(table, schools)
+    publication_id = _publication_id(rows, published_at)
+    return pd.DataFrame([{"publication_id": publication_id, "published_at": published_at, **r} for r in rows])
+
+
+def _publication_id(rows: list[dict], published_at: datetime) -> str:
+    body = json.dumps(rows, sort_keys=True, default=str)
+    return f"{published_at.isoformat(timespec='seconds')}/{hashlib.sha256(body.encode()).hexdigest()[:8]}"
+
+
+def same_as_latest(history: pd.DataFrame, table: pd.DataFrame, schools: pd.DataFrame | None = None) -> bool:
+    """Whether ``table`` (with its schools) holds exactly the rows of the latest kept publication.
+
+    A run that changes nothing publishes again (new run date) but adds no history entry, so the
+    cumulative plot gains a point only when a figure, a school or a status changed.
+    """
+    kept = publications(history)
+    if not kept:
+        return False
+    latest = [_figures(r) for r in kept[-1].to_dict("records")]
+    current = [_figures(r) for r in _publication_rows(table, schools)]
+    return sorted(latest) == sorted(current)
+
+
 def append_history(con: duckdb.DuckDBPyConnection, table: pd.DataFrame, published_at: datetime,
                    schools: pd.DataFrame | None = None) -> str:
     """Append every row of a published evidence table to ``evidence_history``; return the publication id.
@@ -123,18 +175,8 @@ def append_history(con: duckdb.DuckDBPyConnection, table: pd.DataFrame, publishe
     ``school_urns`` (sorted, space-separated), so :func:`what_changed` can name new schools.
     """
     ensure_tables(con)
-    rows = []
-    urns: dict[tuple[str, str, str], set[str]] = {}
-    if schools is not None and len(schools):
-        for school in schools.to_dict("records"):
-            urns.setdefault(_key(school), set()).add(str(school["school_urn"]))
-    for record in table.to_dict("records"):
-        row = {k: _plain(v) for k, v in record.items()}
-        if urns:
-            row["school_urns"] = " ".join(sorted(urns.get(_key(row), set())))
-        rows.append(row)
-    body = json.dumps(rows, sort_keys=True, default=str)
-    publication_id = f"{published_at.isoformat(timespec='seconds')}/{hashlib.sha256(body.encode()).hexdigest()[:8]}"
+    rows = _publication_rows(table, schools)
+    publication_id = _publication_id(rows, published_at)
     frame = pd.DataFrame({
         "publication_id": publication_id,
         "published_at": [published_at] * len(rows),
@@ -311,18 +353,12 @@ def describe_cumulative(history: pd.DataFrame, intervention: str, outcome_measur
             f"{said(first)}, then {said(last)}.")
 
 
-def cumulative_plot_png(history: pd.DataFrame, intervention: str, outcome_measure: str,
-                        round_name: str | None = "all rounds", dpi: int = 110) -> bytes:
-    """PNG bytes: the estimate (effect size, 95% CI) of one trial row at each publication, oldest left.
-
-    ``history`` is :func:`read_history` (or any frame with publication_id, published_at,
-    intervention, outcome_measure, round, effect_size, ci_low, ci_high, schools). Rows match by
-    :func:`names.match_key`; ``round_name`` None takes rows with no round. Points are labelled with
-    the number of schools, so a reader sees the interval narrow as schools join (a cumulative
-    meta-analysis plot, publication by publication).
-    """
+def _cumulative_figure(history: pd.DataFrame, intervention: str, outcome_measure: str,
+                       round_name: str | None) -> Figure:
+    """The cumulative meta-analysis plot of one trial row as a matplotlib Figure (see :func:`cumulative_plot_png`)."""
     rows = _matching(history, intervention, outcome_measure, round_name)
-    fig = Figure(figsize=(7.5, 3.6), layout="constrained")
+    # 5.5 x 3.4 in: narrow enough that its text stays readable when a phone shrinks it to 360 px
+    fig = Figure(figsize=(5.5, 3.4), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(rows))
     g = pd.to_numeric(rows.get("effect_size", pd.Series(dtype=float)), errors="coerce").to_numpy(dtype=float)
@@ -333,23 +369,94 @@ def cumulative_plot_png(history: pd.DataFrame, intervention: str, outcome_measur
         ax.vlines(x[shown], lo[shown], hi[shown], color=ESTIMATE_COLOUR, linewidth=1.6)
         ax.plot(x[shown], g[shown], marker="o", color=ESTIMATE_COLOUR, linewidth=1, label="Estimate (95% CI)")
         schools = rows.get("schools", pd.Series([None] * len(rows))).tolist()
-        for xi, gi, n in zip(x[shown], g[shown], [s for s, ok in zip(schools, shown) if ok]):
-            if n is not None and not (isinstance(n, float) and math.isnan(n)):
-                ax.annotate(f"{int(n)} schools", (xi, gi), textcoords="offset points", xytext=(6, 4),
-                            fontsize=8, color=INK)
+        tops = np.where(np.isnan(hi), g, hi)
+        for xi, top, n in zip(x[shown], tops[shown], [s for s, ok in zip(schools, shown) if ok]):
+            if n is not None and not (isinstance(n, float) and math.isnan(n)):  # above the interval, centred
+                ax.annotate(f"{int(n)} schools", (xi, top), textcoords="offset points", xytext=(0, 3),
+                            ha="center", va="bottom", fontsize=8, color=INK)
+        ax.margins(y=0.18)
     else:
         ax.text(0.5, 0.5, "no published estimate yet", ha="center", va="center", transform=ax.transAxes, color=INK)
     ax.axhline(0.0, color=GRID_COLOUR, linewidth=1)
     labels = [pd.Timestamp(t).strftime("%d %b %Y") for t in rows.get("published_at", [])]
+    if len(set(labels)) < len(labels):  # several publications on one day: add the time
+        labels = [pd.Timestamp(t).strftime("%d %b %H:%M") for t in rows.get("published_at", [])]
     ax.set_xticks(list(x), [_escape(label) for label in labels])
+    if len(labels) > 3:  # many publications: slanted dates do not overlap
+        ax.tick_params(axis="x", labelrotation=40, labelsize=8)
     if len(rows):
         ax.set_xlim(-0.5, len(rows) - 0.5)
     ax.set_ylabel("Effect size (Hedges' g)")
     ax.set_xlabel("Publication")
-    title = f"{intervention} ({outcome_measure}{', ' + round_name if round_name else ''}): estimate at each publication"
-    ax.set_title(_escape(title), loc="left", color=INK, fontsize=10)
+    title = f"{intervention} ({outcome_measure}{', ' + round_name if round_name else ''})"
+    ax.set_title(_escape(title), loc="left", color=INK, fontsize=10, wrap=True)
     ax.grid(axis="y", color="#d0d0d0", linewidth=0.6)
     ax.set_axisbelow(True)
+    return fig
+
+
+def cumulative_plot_png(history: pd.DataFrame, intervention: str, outcome_measure: str,
+                        round_name: str | None = "all rounds", dpi: int = 110) -> bytes:
+    """PNG bytes: the estimate (effect size, 95% CI) of one trial row at each publication, oldest left.
+
+    ``history`` is :func:`read_history` (or any frame with publication_id, published_at,
+    intervention, outcome_measure, round, effect_size, ci_low, ci_high, schools). Rows match by
+    :func:`names.match_key`; ``round_name`` None takes rows with no round. Points are labelled with
+    the number of schools, so a reader sees the interval narrow as schools join (a cumulative
+    meta-analysis plot, publication by publication).
+    """
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+    _cumulative_figure(history, intervention, outcome_measure, round_name).savefig(
+        buffer, format="png", dpi=dpi, metadata={"Software": None})
     return buffer.getvalue()
+
+
+def cumulative_plot_svg(history: pd.DataFrame, intervention: str, outcome_measure: str,
+                        round_name: str | None = "all rounds") -> bytes:
+    """The same plot as :func:`cumulative_plot_png`, as SVG for the page (text kept as text,
+    no date stamp, fixed ids: the same history gives the same bytes)."""
+    buffer = io.BytesIO()
+    with matplotlib.rc_context({"svg.hashsalt": "microtrials", "svg.fonttype": "none", "font.size": 10,
+                                "text.parse_math": False}):
+        _cumulative_figure(history, intervention, outcome_measure, round_name).savefig(
+            buffer, format="svg", metadata={"Date": None, "Creator": None})
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# One trial row's history, for the page and the UI
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialHistory:
+    """One trial row's publications (oldest first) and what changed at the latest one, in words."""
+
+    rows: pd.DataFrame            # that row at each publication it was in
+    publications: int             # publications kept in all (the row may be in fewer)
+    changes: list[str]            # what_changed between the previous publication and the latest
+    alt: str                      # describe_cumulative
+
+
+def trial_history(history: pd.DataFrame | None, intervention: str, outcome_measure: str,
+                  round_name: str | None) -> TrialHistory:
+    """The history of one evidence-table row, keyed by (intervention, outcome_measure, round or blank).
+
+    ``changes`` compares the row in the latest publication with the same row in the publication
+    before it (a row absent there is "first published"); empty when only one publication is kept.
+    """
+    if history is None or history.empty:
+        return TrialHistory(pd.DataFrame(), 0, [], "")
+    kept = publications(history)
+    rows = _matching(history, intervention, outcome_measure, round_name)
+    changes: list[str] = []
+    if len(kept) >= 2:
+        wanted = (match_key(intervention), match_key(outcome_measure), match_key(round_name or ""))
+
+        def this_row(publication: pd.DataFrame) -> list[dict]:
+            return [r for r in _records(publication) if _key(r) == wanted]
+
+        latest = this_row(kept[-1])
+        if latest:
+            changes = what_changed(this_row(kept[-2]), latest)
+    return TrialHistory(rows.reset_index(drop=True), len(kept), changes,
+                        describe_cumulative(history, intervention, outcome_measure, round_name))

@@ -261,6 +261,27 @@ def plan_text(result: Plan) -> str:
     return "\n".join(lines)
 
 
+def plan_summary(result: Plan) -> str:
+    """One sentence for the page: what a planned round could detect and the strength it would earn."""
+    m = result.mdes
+    five = (f"; {result.schools_for_5} schools would earn 5 of 5" if result.schools_for_5 is not None
+            and result.strength.score < 5 else "")
+    return (f"{result.schools} schools of about {result.pupils_per_school} pupils could detect an effect of "
+            f"{m.mdes:.2f} SD{_months(m.mdes)} or more (80% power, 5% two-sided), evidence strength "
+            f"{result.strength.score} of 5{five}.")
+
+
+def plans_for_page(plans: dict[tuple[str, str], Plan], registry) -> list[dict]:
+    """:func:`round_plans` as the site lists them: intervention, round, outcome_measure, text."""
+    by_key = {r.key: r for r in registry.rounds} if registry is not None else {}
+    out = []
+    for key, result in plans.items():
+        r = by_key.get(key)
+        out.append({"intervention": result.intervention, "round": r.round if r else "",
+                    "outcome_measure": r.outcome_measure if r else "", "text": plan_summary(result)})
+    return out
+
+
 DEFAULT_PUPILS_PER_SCHOOL = 60  # when no earlier round says how many pupils a school randomises
 
 
@@ -295,11 +316,19 @@ def round_plans(registry, results: pd.DataFrame | None) -> dict[tuple[str, str],
     (keyed by (intervention, round) match keys): its planned schools, the earlier rounds'
     pupils per school. Rounds with fewer than 2 planned schools are left out."""
     done: set[tuple[str, str]] = set()
-    if results is not None and len(results) and "round" in results:
-        done = {(match_key(i), match_key(r or "")) for i, r in zip(results["intervention"], results["round"].fillna(""))}
+    done_names: set[str] = set()
+    if results is not None and len(results):
+        has = results
+        if "pupils_analysed" in has:  # a row with no pupils analysed is not a result yet
+            has = has[pd.to_numeric(has["pupils_analysed"], errors="coerce").fillna(0) > 0]
+        names = [match_key(registry.canonical(str(i)) or str(i)) for i in has["intervention"]]
+        if "round" in has:
+            done = {(n, match_key(r or "")) for n, r in zip(names, has["round"].fillna(""))}
+        else:  # results before rounds were recorded: every round of an analysed intervention counts as done
+            done_names = set(names)
     plans = {}
     for r in registry.rounds:
-        if r.key in done or len(r.schools) < 2:
+        if r.key in done or r.key[0] in done_names or len(r.schools) < 2:
             continue
         plans[r.key] = plan(r.intervention, len(r.schools), pupils_per_school(results, r.intervention),
                             design_parameters(results, r.intervention, r.outcome_measure))

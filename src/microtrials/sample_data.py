@@ -38,6 +38,12 @@ pupil in the intervention arm; its school level then shows up as a baseline imba
 the arms of the whole trial. About 3%-12% of pupils per school have a blank outcome (missing
 at random, both arms). Gender is F/M, SEND (on the SEN register) about 14%, ``send`` Y/N.
 
+The registry's cases (``data/trials.csv`` registers them; data/README.md lists the schools),
+drawn from a generator of their own so the four trials above are unchanged: Reciprocal reading
+runs a second round of 6 schools (3 also in the first round; their files send the optional
+``round`` column), one Maths mastery school writes the alias "Mathematics mastery", and three
+primary schools deliver "Philosophy for Children", which nobody registered.
+
 One CSV per school holds all of that school's trials. Run
 ``python -m microtrials.sample_data [--out data/extracts] [--seed 2026]``; the same seed gives
 byte-identical files. ``write_synthetic`` makes one-trial files at scale for benchmarks.
@@ -93,6 +99,17 @@ TRIALS: tuple[PlantedTrial, ...] = (
 
 #: The Maths mastery school that put every pupil in the intervention arm.
 ALL_INTERVENTION_TRIAL = "Maths mastery"
+
+# --- the registry's cases (data/trials.csv registers these; docs/registry.md) ---------------
+#: Reciprocal reading runs in two rounds: the 14 schools above are its first round; a second
+#: round of 6 schools follows, 3 of them also in the first (their files send ``round``).
+ROUNDS = ("2025 Autumn", "2026 Summer")
+SECOND_ROUND = PlantedTrial("Reciprocal reading", "NGRT standardised score", "primary", (2, 3, 4, 5, 6), 6, 0.25, 0.10)
+SCHOOLS_IN_BOTH_ROUNDS = 3
+#: An intervention nobody registered: loaded, listed for the officer, never published as evidence.
+UNREGISTERED = PlantedTrial("Philosophy for Children", "NGRT standardised score", "primary", (3, 4, 5), 3, 0.10, 0.05)
+#: One Maths mastery school writes the registered alias instead of the name.
+ALIAS = ("Maths mastery", "Mathematics mastery")
 
 
 def school_urns() -> tuple[list[str], list[str]]:
@@ -217,11 +234,59 @@ def sample_frame(seed: int = 2026) -> pd.DataFrame:
     )
     everyone_treated = (frame["school_urn"] == one_arm_urn) & (frame["intervention"] == ALL_INTERVENTION_TRIAL)
     frame.loc[everyone_treated, "arm"] = "intervention"
+    frame = pd.concat([frame, _registry_cases(seed, frame, primary, fsm_by_school, n_blocks, one_arm_urn)],
+                      ignore_index=True)
     frame = frame.sort_values(["school_urn", "block", "seq"], kind="stable").reset_index(drop=True)
     # pupil ids: P + URN + 4-digit sequence, unique within the school across its trials
     within_school = frame.groupby("school_urn").cumcount() + 1
     frame["pupil_id"] = "P" + frame["school_urn"] + within_school.map("{:04d}".format)
-    return frame[COLUMNS]
+    return frame[COLUMNS + ["round"]]
+
+
+def _registry_cases(seed: int, frame: pd.DataFrame, primary: list[str], fsm_by_school: dict[str, float],
+                    first_block: int, one_arm_urn: str | None) -> pd.DataFrame:
+    """The blocks the registry's cases add, from a generator of their own (so the four trials'
+    pupils stay exactly as before): Reciprocal reading's second round, the unregistered
+    intervention; and, in ``frame`` itself, the alias spelling and the ``round`` column of the
+    schools in both rounds."""
+    rng = np.random.default_rng([seed, 11])
+    first_round = sorted(frame.loc[frame["intervention"] == SECOND_ROUND.intervention, "school_urn"].unique())
+    both = sorted(rng.choice(first_round, SCHOOLS_IN_BOTH_ROUNDS, replace=False))
+    others = [u for u in rng.permutation(primary) if u not in first_round]
+    second = sorted(both + others[:SECOND_ROUND.n_schools - SCHOOLS_IN_BOTH_ROUNDS])
+    unregistered = sorted(rng.choice(primary, UNREGISTERED.n_schools, replace=False))
+    maths = sorted(u for u in frame.loc[frame["intervention"] == ALIAS[0], "school_urn"].unique() if u != one_arm_urn)
+    alias_urn = maths[int(rng.integers(len(maths)))]
+    frame.loc[(frame["school_urn"] == alias_urn) & (frame["intervention"] == ALIAS[0]), "intervention"] = ALIAS[1]
+    frame["round"] = ""
+    frame.loc[frame["school_urn"].isin(both) & (frame["intervention"] == SECOND_ROUND.intervention), "round"] = ROUNDS[0]
+    urn, interv, measure, g_block, years = [], [], [], [], []
+    for trial, schools in ((SECOND_ROUND, second), (UNREGISTERED, unregistered)):
+        for school, g in zip(schools, trial.g + trial.tau * rng.standard_normal(len(schools))):
+            urn.append(school)
+            interv.append(trial.intervention)
+            measure.append(trial.outcome_measure)
+            g_block.append(g)
+            years.append(trial.year_groups)
+    sizes = rng.integers(PUPILS_RANGE[0], PUPILS_RANGE[1] + 1, len(urn))
+    extra = _pupils(rng, np.array(urn), np.array(interv), np.array(measure), sizes, np.array(g_block),
+                    np.array([fsm_by_school[u] for u in urn]), rng.uniform(*ATTRITION_RANGE, len(urn)), years)
+    extra["block"] += first_block
+    extra["round"] = ""
+    extra.loc[extra["school_urn"].isin(both) & (extra["intervention"] == SECOND_ROUND.intervention), "round"] = ROUNDS[1]
+    return extra
+
+
+def registry_cases(seed: int = 2026) -> dict[str, object]:
+    """Which schools the registry's cases fell on (for data/trials.csv and data/README.md)."""
+    frame = sample_frame(seed)
+    reading = frame[frame["intervention"] == SECOND_ROUND.intervention]
+    both = sorted(reading.loc[reading["round"] != "", "school_urn"].unique())
+    return {
+        "both_rounds": both,
+        "alias_school": sorted(frame.loc[frame["intervention"] == ALIAS[1], "school_urn"].unique()),
+        "unregistered_schools": sorted(frame.loc[frame["intervention"] == UNREGISTERED.intervention, "school_urn"].unique()),
+    }
 
 
 def all_intervention_urn(seed: int = 2026) -> str:
@@ -247,7 +312,8 @@ def write_extracts(folder: Path, seed: int = 2026) -> list[Path]:
     paths = []
     for urn, rows in frame.groupby("school_urn", sort=True):
         path = folder / f"{urn}.csv"
-        _write_frame(path, rows)
+        # only a school in both rounds of a trial sends the optional round column
+        _write_frame(path, rows if (rows["round"] != "").any() else rows[COLUMNS])
         paths.append(path)
     return paths
 

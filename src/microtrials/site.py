@@ -30,7 +30,7 @@ import matplotlib
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from microtrials import dictionary, disclosure, views
+from microtrials import dictionary, disclosure, history, views
 from microtrials.errors import MicrotrialsError
 from microtrials.evidence_table import COLUMNS as EVIDENCE_COLUMNS
 from microtrials.guidance import SUPPRESSION_THRESHOLD
@@ -80,7 +80,8 @@ SORT_VIEWS = (
 
 
 def trial_slug(intervention: str, outcome_measure: str, round_name: str | None = None) -> str:
-    """A safe lowercase folder name for a trial: ``<intervention>--<outcome-measure>[--<round>]``.
+    """A safe lowercase folder name for a trial: ``<intervention>--<outcome-measure>``, and
+    ``--<round>`` for one round of an intervention published in several rows.
 
     Letters are folded to ASCII, anything else becomes ``-``; each part is at most 50 characters.
     Two different trials can share this base name ("Maths: mastery" / "Maths mastery");
@@ -94,12 +95,31 @@ def trial_slug(intervention: str, outcome_measure: str, round_name: str | None =
     return f"{base}--{part(round_name)}" if round_name else base
 
 
-def _trial_hash(intervention: str, outcome_measure: str, round_name: str | None = None) -> str:
-    exact = "\x1f".join([intervention, outcome_measure] + ([round_name] if round_name else [])).encode("utf-8")
+def _trial_hash(*names: str) -> str:
+    exact = "\x1f".join(names).encode("utf-8")
     return hashlib.sha256(exact).hexdigest()[:8]
 
 
-def trial_folders(trials: list[tuple[str, str]] | list[tuple[str, str, str | None]]) -> tuple[list[str], list[str]]:
+def page_names(table: pd.DataFrame) -> list[tuple[str, ...]]:
+    """What each evidence-table row's folder is named from: (intervention, outcome_measure), plus
+    the round when the intervention and outcome have several rows (its rounds) -- the cumulative
+    ``all rounds`` row keeps the plain name, so an intervention's main page stays where it was."""
+    pairs = list(zip(table["intervention"].astype(str), table["outcome_measure"].astype(str), strict=True))
+    rounds = table["round"] if "round" in table.columns else pd.Series([None] * len(table), index=table.index)
+    counts: dict[tuple[str, str], int] = {}
+    for i, o in pairs:
+        counts[(match_key(i), match_key(o))] = counts.get((match_key(i), match_key(o)), 0) + 1
+    names: list[tuple[str, ...]] = []
+    for (i, o), r in zip(pairs, rounds, strict=True):
+        several = counts[(match_key(i), match_key(o))] > 1
+        if several and not views.is_blank(r) and match_key(str(r)) != match_key("all rounds"):
+            names.append((i, o, str(r)))
+        else:
+            names.append((i, o))
+    return names
+
+
+def trial_folders(trials: list[tuple[str, ...]]) -> tuple[list[str], list[str]]:
     """Each trial's folder name, and plain messages about names that had to be told apart.
 
     A trial is (intervention, outcome_measure) or, with a registry, (intervention,
@@ -110,24 +130,23 @@ def trial_folders(trials: list[tuple[str, str]] | list[tuple[str, str, str | Non
     keeps a page. Names equal apart from capitals, spaces or Unicode form are one trial by the
     project's naming rule (``names.match_key``): they are still published apart, with a message.
     """
-    trials = [(t[0], t[1], t[2] if len(t) > 2 and not _blank(t[2]) else None) for t in trials]
-    bases = [trial_slug(i, o, r) for i, o, r in trials]
+    bases = [trial_slug(*t) for t in trials]
     counts: dict[str, int] = {}
     for base in bases:
         counts[base] = counts.get(base, 0) + 1
     folders, messages, seen = [], [], {}
-    for (intervention, outcome, round_name), base in zip(trials, bases, strict=True):
-        folder = base if counts[base] == 1 else f"{base}-{_trial_hash(intervention, outcome, round_name)}"
+    for names, base in zip(trials, bases, strict=True):
+        folder = base if counts[base] == 1 else f"{base}-{_trial_hash(*names)}"
         if folder in seen:  # the very same names twice: number them so nothing is overwritten
             folder = f"{folder}-{len(seen)}"
-        seen[folder] = (intervention, outcome, round_name)
+        seen[folder] = names
         folders.append(folder)
     for base, n in counts.items():
         if n < 2:
             continue
         names = [t for t, b in zip(trials, bases, strict=True) if b == base]
-        shown = " and ".join(f"'{i}' / '{o}'" + (f" / '{r}'" if r else "") for i, o, r in names)
-        if len({(match_key(i), match_key(o), match_key(r or "")) for i, o, r in names}) < len(names):
+        shown = " and ".join(" / ".join(f"'{n}'" for n in t) for t in names)
+        if len({tuple(match_key(n) for n in t) for t in names}) < len(names):
             messages.append(f"trials {shown} differ only in capitals, spaces or accents, so they are one trial "
                             "by the naming rule: correct the spelling in the extracts; published apart for now")
         else:
@@ -135,15 +154,6 @@ def trial_folders(trials: list[tuple[str, str]] | list[tuple[str, str, str | Non
                             "punctuation, accents or after the first 50 characters): each got a short code "
                             "added to its folder name")
     return folders, messages
-
-
-def _blank(value: object) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) or str(value) == ""
-
-
-def _round_of(row: pd.Series) -> str | None:
-    value = row.get("round") if "round" in row.index else None
-    return None if _blank(value) else str(value)
 
 
 # --- the template environment -----------------------------------------------------------------
@@ -196,6 +206,12 @@ def _prepare_evidence(evidence: pd.DataFrame, problems: list[str]) -> pd.DataFra
     return pd.DataFrame(rows, columns=frame.columns).astype(
         {c: "Int64" for c in ("schools", "schools_both_arms", "pupils_randomised", "pupils_analysed")
          if c in frame.columns})
+
+
+def published_table(evidence: pd.DataFrame) -> pd.DataFrame:
+    """The evidence table exactly as ``evidence_table.csv`` publishes it (columns the dictionary
+    describes, in order, after disclosure control): what the evidence history keeps."""
+    return _prepare_evidence(evidence, [])
 
 
 def _prepare_schools(schools: pd.DataFrame | None) -> tuple[pd.DataFrame, list[str]]:
@@ -312,8 +328,29 @@ def _common(area: str, data_date: str, run_date: str, root: str) -> dict:
     return {"area": area, "data_date": data_date, "run_date": run_date, "root": root}
 
 
-def _trial_files(row: pd.Series, folder: str, schools: pd.DataFrame | None, common: dict) -> dict[str, bytes]:
-    """One trial's page, schools.csv and forest plot; a failing plot costs only the figure."""
+def _round_of(row: pd.Series) -> str | None:
+    return None if views.is_blank(row.get("round")) else str(row.get("round"))
+
+
+def _history_files(row: pd.Series, folder: str, kept: pd.DataFrame | None) -> tuple[dict[str, bytes], object, str]:
+    """The trial row's history view and, from two publications with an estimate on, its cumulative
+    plot ``<folder>/history.svg``; a failing plot costs only the figure (its message is returned)."""
+    intervention, outcome = str(row["intervention"]), str(row["outcome_measure"])
+    found = history.trial_history(kept, intervention, outcome, _round_of(row))
+    view = views.history_view(found.rows, found.changes, found.alt)
+    files: dict[str, bytes] = {}
+    estimates = pd.to_numeric(found.rows.get("effect_size", pd.Series(dtype=float)), errors="coerce").notna().sum()
+    if estimates >= 2:
+        try:
+            files[f"{folder}/history.svg"] = history.cumulative_plot_svg(kept, intervention, outcome, _round_of(row))
+        except Exception as exc:  # noqa: BLE001 - one plot never stops the publication
+            return files, view, f"The chart of earlier publications could not be drawn this time ({type(exc).__name__})."
+    return files, view, ""
+
+
+def _trial_files(row: pd.Series, folder: str, schools: pd.DataFrame | None, common: dict,
+                 kept: pd.DataFrame | None = None, plan: str = "") -> dict[str, bytes]:
+    """One trial's page, schools.csv, forest plot and history plot; a failing plot costs only the figure."""
     view = views.trial_view(row, folder)
     per_school, blanked = _prepare_schools(schools)
     files = {f"{folder}/schools.csv": csv_bytes(per_school)}
@@ -332,10 +369,13 @@ def _trial_files(row: pd.Series, folder: str, schools: pd.DataFrame | None, comm
         except Exception as exc:  # noqa: BLE001 - one plot never stops the publication
             plot_error = f"The chart could not be drawn this time ({type(exc).__name__})."
     single_school = schools is not None and len(schools) == 1
+    history_files, past, history_error = _history_files(row, folder, kept)
+    files.update(history_files)
     files[f"{folder}/index.html"] = render(
         "trial.html", trial=view, schools=views.school_views(per_school), plot_alt=plot_alt,
         plot_error=plot_error, has_plot=f"{folder}/forest.svg" in files, single_school=single_school,
-        blanked=len(blanked) if not single_school else 0, **common)
+        blanked=len(blanked) if not single_school else 0, past=past, has_history_plot=f"{folder}/history.svg" in files,
+        history_error=history_error, plan=plan, **common)
     return files
 
 
@@ -363,17 +403,21 @@ FORMAT_HELP = [
 ]
 
 
-def _send_files(table: pd.DataFrame, folders: list[str], common: dict) -> tuple[dict[str, bytes], list[dict]]:
+def _send_files(table: pd.DataFrame, folders: list[str], names: list[tuple[str, ...]],
+                common: dict) -> tuple[dict[str, bytes], list[dict]]:
     files, trials = {}, []
     columns = list(dictionary.TEMPLATE_COLUMNS)
-    sent: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str]] = set()
     for position, folder in enumerate(folders):
         row = table.iloc[position]
         intervention, outcome = str(row["intervention"]), str(row["outcome_measure"])
-        if (match_key(intervention), match_key(outcome)) in sent:  # one template per trial, not per round
+        if (match_key(intervention), match_key(outcome)) in seen:  # one template per trial, not per round
             continue
-        sent.add((match_key(intervention), match_key(outcome)))
-        base = f"send/{folder if _round_of(row) is None else trial_slug(intervention, outcome)}-template"
+        seen.add((match_key(intervention), match_key(outcome)))
+        # a round's folder is <trial>--<round>: the template is the trial's, without the round
+        plain = next((f for f, n in zip(folders, names, strict=True) if len(n) == 2
+                      and (match_key(n[0]), match_key(n[1])) == (match_key(intervention), match_key(outcome))), None)
+        base = f"send/{plain or (folder.rsplit('--', 1)[0] if len(names[position]) == 3 else folder)}-template"
         files[f"{base}.csv"] = csv_bytes(pd.DataFrame(columns=columns))
         files[f"{base}.xlsx"] = template_xlsx(columns, intervention, outcome, FORMAT_CHOICES, FORMAT_HELP)
         trials.append({"intervention": intervention, "outcome_measure": outcome,
@@ -402,34 +446,41 @@ def _display_evidence(table: pd.DataFrame) -> pd.DataFrame:
 
 def build_site(
     evidence: pd.DataFrame,
-    schools: dict[tuple[str, str], pd.DataFrame],
+    schools: dict[tuple[str, ...], pd.DataFrame],
     load_report: pd.DataFrame,
     data_date: str,
     run_date: str,
     area: str = "Middlesbrough",
     problems: list[str] | None = None,
     registry_rows: pd.DataFrame | None = None,
+    history: pd.DataFrame | None = None,
+    plans: list[dict] | None = None,
 ) -> dict[str, bytes]:
     """Every file of the publication, ``{relative path: bytes}``.
 
     ``evidence`` has the contract's evidence-table columns (optional: status,
-    p_new_school_benefits and the registry's columns); ``schools[(intervention, outcome_measure, round)]``
-    (round None without a registry; 2-tuples are still accepted)
-    the per-school figures (school_urn, n_intervention, n_control, g, ci_low, ci_high, eb_g, note).
+    p_new_school_benefits and the registry's columns); ``schools[(intervention, outcome_measure)]``
+    (or ``[(intervention, outcome_measure, round)]`` once rows have rounds) the per-school figures (school_urn, n_intervention, n_control, g, ci_low, ci_high, eb_g, note).
     Files: ``index.html`` and the other sort views, ``evidence_table.csv`` (machines, full
     precision), ``evidence_table.xlsx`` (people), ``data_dictionary.csv`` and
     ``data-dictionary.html``, ``load_report.csv`` and ``load-report.html``,
     ``send-your-results.html``, ``extract-format.html``, ``send/<trial>-template.csv|xlsx``, and
     per trial ``<trial>/index.html``, ``<trial>/schools.csv``, ``<trial>/forest.svg``.
     Messages about trials that needed attention are appended to ``problems`` when given.
+
+    ``history`` (``microtrials.history.read_history`` plus this publication, e.g. from
+    ``history.publication_frame``) adds to each trial page how its estimate moved publication by
+    publication (``<trial>/history.svg`` from two estimates on, with a table as its text
+    alternative) and what changed since the last publication. ``plans`` (dicts with
+    intervention, round, outcome_measure, text: ``planner.round_plans`` worded) lists registered
+    rounds with no results yet, and what they could detect, on the send page.
     ``registry_rows`` (:func:`registry_report`), when given, is published as
     ``registry_report.csv`` and shown on the load report page.
     """
     problems = [] if problems is None else problems
     table = _prepare_evidence(evidence, problems)
-    rounds = table["round"] if "round" in table.columns else pd.Series([None] * len(table), index=table.index)
-    folders, messages = trial_folders(list(zip(table["intervention"].astype(str), table["outcome_measure"].astype(str),
-                                               [None if _blank(r) else str(r) for r in rounds], strict=True)))
+    names = page_names(table)
+    folders, messages = trial_folders(names)
     problems.extend(messages)
     common = _common(area, data_date, run_date, "")
     trial_words = {w for name in pd.concat([table["intervention"], table["outcome_measure"]]).astype(str)
@@ -452,21 +503,30 @@ def build_site(
     }
     if registry_rows is not None:
         files["registry_report.csv"] = csv_bytes(registry_rows[REGISTRY_REPORT_COLUMNS])
-    send_files, send_trials = _send_files(table, folders, common)
+    send_files, send_trials = _send_files(table, folders, names, common)
     files.update(send_files)
-    files["send-your-results.html"] = render("send.html", trials=send_trials, **common)
+    files["send-your-results.html"] = render("send.html", trials=send_trials, plans=plans or [], **common)
     trial_views = []
     trial_common = _common(area, data_date, run_date, "../")
     for position, folder in enumerate(folders):
         row = table.iloc[position]
-        key = (str(row["intervention"]), str(row["outcome_measure"]), _round_of(row))
-        per_school = schools.get(key) if key[2] is not None else schools.get(key[:2], schools.get(key))
-        if per_school is None:  # keys may use other spellings of the same trial
-            wanted = tuple(match_key(k or "") for k in key)
-            per_school = next((f for k, f in schools.items()
-                               if tuple(match_key(x or "") for x in (*k, None)[:3]) == wanted), None)
+        key = (str(row["intervention"]), str(row["outcome_measure"]))
+        # keys are (intervention, outcome_measure) or, once rounds are published, with the round too;
+        # they may use other spellings of the same trial
+        with_round = (*key, _round_of(row) or "")
+        wanted = tuple(match_key(k) for k in with_round)
+        per_school = schools.get(with_round) if _round_of(row) else None
+        if per_school is None:
+            per_school = schools.get(key)
+        if per_school is None:
+            per_school = next((f for k, f in schools.items() if tuple(match_key(n) for n in k) == wanted), None)
+        if per_school is None:
+            per_school = next((f for k, f in schools.items() if len(k) == 2
+                               and tuple(match_key(n) for n in k) == wanted[:2]), None)
         try:
-            files.update(_trial_files(row, folder, per_school, trial_common))
+            planned = " ".join(f"Next round{' ' + p['round'] if p.get('round') else ''} (no results yet): {p['text']}"
+                               for p in plans or [] if match_key(str(p["intervention"])) == match_key(key[0]))
+            files.update(_trial_files(row, folder, per_school, trial_common, history, planned))
             trial_views.append(views.trial_view(row, folder))
         except Exception as exc:  # noqa: BLE001 - one trial's failure never costs the others
             problems.append(f"trial '{key[0]}' / '{key[1]}': its page could not be built ({type(exc).__name__}: {exc})")

@@ -15,6 +15,7 @@ import pandas as pd
 
 from microtrials.effect_sizes import months_progress
 from microtrials.guidance import MIN_SCHOOLS_BOTH_ARMS, SUPPRESSION_THRESHOLD
+from microtrials.registry import local_and_national
 
 MINUS = "\u2212"
 NOT_SECURE_AT_MOST = 2  # padlocks: 0 to 2 are shown as "not yet secure"
@@ -150,6 +151,8 @@ class TrialView:
     suppressed: str
     evaluator_figures: list[Figure] = field(default_factory=list)
     message: str = ""  # set when this trial's page or plot could not be built
+    round: str = ""
+    here_and_national: str = ""  # "here: +3 months (+2 to +4); nationally (EEF Toolkit, ...): +6 months"
 
 
 def _caveats(row: pd.Series, notes: list[str]) -> list[str]:
@@ -216,14 +219,11 @@ EVALUATOR_FIGURES = [
 
 
 def measure_text(row: pd.Series) -> str:
-    """The outcome measure as shown, with the registry's round and a secondary outcome said in words:
-    "NGRT standardised score, round 2025 Autumn", "..., all rounds together", "... (secondary outcome)"."""
+    """The outcome measure as shown, a registered secondary outcome said in words:
+    "Reading age (secondary outcome)". (The round is the view's own ``round``.)"""
     text = str(row["outcome_measure"])
     if str(row.get("outcome_role") or "") == "secondary":
         text += " (secondary outcome)"
-    round_name = row.get("round")
-    if not is_blank(round_name):
-        text += ", all rounds together" if str(round_name) == "all rounds" else f", round {round_name}"
     return text
 
 
@@ -237,9 +237,9 @@ def trial_view(row: pd.Series, folder: str) -> TrialView:
     fsm = number(row.get("fsm_months_progress"))
     if fsm is None and number(row.get("fsm_effect_size")) is not None:
         fsm = months_progress(number(row.get("fsm_effect_size")))
-    rating = row.get("cost_rating")
-    # The registry publishes the Toolkit's band as pound signs ("££"); older tables held 1 to 5.
-    cost = float(str(rating).count("\u00a3")) if isinstance(rating, str) and "\u00a3" in rating else number(rating)
+    cost = number(row.get("cost_rating"))
+    if cost is None and not is_blank(row.get("cost_rating")) and set(str(row.get("cost_rating")).strip()) == {"\u00a3"}:
+        cost = len(str(row.get("cost_rating")).strip())  # the registry's Toolkit band, "£££"
     cost_int = None if cost is None else max(1, min(5, int(round(cost))))
     pupils = number(row.get("pupils_analysed"))
     schools = number(row.get("schools"))
@@ -281,7 +281,21 @@ def trial_view(row: pd.Series, folder: str) -> TrialView:
         notes=notes,
         suppressed=suppressed,
         evaluator_figures=[Figure(label, code, get(row)) for label, code, get in EVALUATOR_FIGURES],
+        round="" if is_blank(row.get("round")) else str(row.get("round")),
+        here_and_national=_here_and_national(row),
     )
+
+
+def _here_and_national(row: pd.Series) -> str:
+    """The local estimate beside the Toolkit's national figure (``registry.local_and_national``),
+    only when the registry gives a national figure; true minus signs."""
+    national = number(row.get("national_months"))
+    if national is None:
+        return ""
+    strand = None if is_blank(row.get("toolkit_strand")) else str(row.get("toolkit_strand"))
+    text = local_and_national(number(row.get("effect_size")), number(row.get("ci_low")), number(row.get("ci_high")),
+                              strand, int(round(national)))
+    return text[0].upper() + text[1:].replace("-", MINUS) if text else ""
 
 
 def fallback_view(row: pd.Series, folder: str, message: str) -> TrialView:
@@ -290,6 +304,53 @@ def fallback_view(row: pd.Series, folder: str, message: str) -> TrialView:
                      status="", status_text="", description="", months="", months_sign="blank", fsm_months="",
                      strength=None, strength_text="", not_secure=False, cost_pounds="", cost_text="", national="",
                      expect="", schools="", pupils="", caveats=[], notes=[], suppressed="", message=message)
+
+
+# --- a trial's history ------------------------------------------------------------------------
+
+@dataclass
+class PublicationPoint:
+    """One publication of a trial row, worded: date, estimate, interval, months, schools, strength."""
+
+    date: str
+    effect: str
+    ci: str
+    months: str
+    schools: str
+    strength: str
+
+
+@dataclass
+class HistoryView:
+    """How a trial row's estimate moved publication by publication, and what changed at the latest."""
+
+    points: list[PublicationPoint]
+    changes: list[str]
+    alt: str
+    first: bool  # the latest publication is this row's first
+
+
+def history_view(rows: pd.DataFrame, changes: list[str], alt: str) -> HistoryView:
+    """The view of :func:`microtrials.history.trial_history` for the trial page (oldest first)."""
+    points = []
+    for record in rows.to_dict("records") if len(rows) else []:
+        when = pd.Timestamp(record["published_at"])
+        strength = number(record.get("evidence_strength"))
+        points.append(PublicationPoint(
+            date=when.strftime("%d %B %Y %H:%M"),
+            effect=fmt(record.get("effect_size")) or "not published",
+            ci=interval(record.get("ci_low"), record.get("ci_high")) or "\u2013",
+            months=months(record.get("months_progress")) or "\u2013",
+            schools=whole(record.get("schools")) or "\u2013",
+            strength="\u2013" if strength is None else f"{int(round(strength))} of 5",
+        ))
+    return HistoryView(points, [_unlabelled(c) for c in changes], alt, first=len(points) == 1)
+
+
+def _unlabelled(sentence: str) -> str:
+    """On the trial's own page a change needs no "Trial (outcome): " label: "School 111597 joined; ..."."""
+    head, sep, rest = sentence.partition("): ")
+    return rest[:1].upper() + rest[1:] if sep and rest else sentence
 
 
 # --- a school --------------------------------------------------------------------------------

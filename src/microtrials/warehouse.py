@@ -37,12 +37,23 @@ def is_lock_error(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
 
 
+def _is_being_created(exc: BaseException, path: Path) -> bool:
+    """True when another process is creating the file right now: DuckDB sees a half-written header."""
+    if "not a valid duckdb database file" not in str(exc).lower():
+        return False
+    try:
+        return time.time() - path.stat().st_mtime < 10.0
+    except OSError:
+        return False
+
+
 def connect_with_retry(
     db_path: Path | str, timeout_s: float = 60.0, read_only: bool = False
 ) -> duckdb.DuckDBPyConnection:
     """:func:`connect`, waiting with back-off while another process holds the warehouse.
 
-    DuckDB allows one writing process per file. If the lock is still held after ``timeout_s``
+    DuckDB allows one writing process per file (and a file another process is creating this
+    moment reads as invalid for a few milliseconds). If the lock is still held after ``timeout_s``
     seconds, raise :class:`MicrotrialsError` saying so, never the raw lock error.
     """
     deadline = time.monotonic() + timeout_s
@@ -50,8 +61,8 @@ def connect_with_retry(
     while True:
         try:
             return connect(db_path, read_only=read_only)
-        except duckdb.IOException as exc:
-            if not is_lock_error(exc):
+        except duckdb.Error as exc:
+            if not (is_lock_error(exc) or _is_being_created(exc, Path(db_path))):
                 raise MicrotrialsError(
                     f"could not open the warehouse {db_path}: {exc}; check the path and its permissions"
                 ) from exc
