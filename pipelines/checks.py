@@ -109,7 +109,7 @@ def quarantine_rate_per_school(warehouse_db: Warehouse) -> dg.AssetCheckResult:
 
 
 def _trial_names(frame: pd.DataFrame) -> list[str]:
-    return [f"{i} / {o}" for i, o in zip(frame["intervention"], frame["outcome_measure"])]
+    return [f"{i} / {o}" + (f" / {r}" if r else "") for i, o, r in _trial_keys(frame)]
 
 
 def _first_note(notes: object) -> str:
@@ -123,6 +123,7 @@ def _with_reasons(frame: pd.DataFrame) -> pd.DataFrame:
     notes = frame["notes"] if "notes" in frame else pd.Series([None] * len(frame), index=frame.index)
     return pd.DataFrame(
         {"intervention": frame["intervention"], "outcome_measure": frame["outcome_measure"],
+         **({"round": frame["round"]} if "round" in frame else {}),
          "reason": [_first_note(n) for n in notes]}
     )
 
@@ -190,23 +191,37 @@ def trials_have_two_schools(warehouse_db: Warehouse) -> dg.AssetCheckResult:
     )
 
 
+def _trial_keys(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(intervention, outcome_measure, round) per row, round blank without a registry."""
+    rounds = frame["round"] if "round" in frame.columns else pd.Series([None] * len(frame), index=frame.index)
+    return [(str(i), str(o), "" if pd.isna(r) else str(r))
+            for i, o, r in zip(frame["intervention"], frame["outcome_measure"], rounds)]
+
+
 @dg.asset_check(
     asset="evidence_table",
     blocking=True,
-    description="evidence_table.csv has exactly one row per trial in `trial_results`.",
+    description="evidence_table.csv has exactly one row per trial in `trial_results`: the same "
+    "(intervention, outcome_measure, round) keys, none twice.",
 )
 def one_row_per_trial(settings: Settings, warehouse_db: Warehouse) -> dg.AssetCheckResult:
     path = settings.out / "evidence_table.csv"
     with warehouse_db.connect() as con:
         results = _table(con, "trial_results")
-    trials = 0 if results is None else len(results)
+    trials = [] if results is None else _trial_keys(results)
     if not path.is_file():
-        return dg.AssetCheckResult(passed=False, description=f"{path} was not written", metadata={"trials": trials})
-    rows = len(pd.read_csv(path))
+        return dg.AssetCheckResult(passed=False, description=f"{path} was not written", metadata={"trials": len(trials)})
+    published = _trial_keys(pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig"))
+    twice = sorted({k for k in published if published.count(k) > 1})
+    missing = sorted(set(trials) - set(published))
+    extra = sorted(set(published) - set(trials))
+    passed = not twice and not missing and not extra and len(published) == len(trials)
+    problems = ([f"published twice: {twice}"] if twice else []) + ([f"not published: {missing}"] if missing else []) \
+        + ([f"not a trial: {extra}"] if extra else [])
     return dg.AssetCheckResult(
-        passed=rows == trials,
-        description=None if rows == trials else f"{rows} published row(s) for {trials} trial(s)",
-        metadata={"published_rows": rows, "trials": trials, "path": dg.MetadataValue.path(str(path))},
+        passed=passed,
+        description=None if passed else f"{len(published)} published row(s) for {len(trials)} trial(s); " + "; ".join(problems),
+        metadata={"published_rows": len(published), "trials": len(trials), "path": dg.MetadataValue.path(str(path))},
     )
 
 

@@ -8,6 +8,7 @@ import dagster as dg
 
 from pipelines.assets.loading import pupils
 from pipelines.assets.publishing import evidence_table
+from pipelines.assets.registry import REGISTRY_CHECKS, registry
 from pipelines.assets.trials import trial_results
 from pipelines.checks import ALL_CHECKS
 from pipelines.jobs import ALL_JOBS
@@ -26,11 +27,11 @@ EVIDENCE_FRESHNESS = dg.FreshnessPolicy.cron(
 [evidence_table_weekly] = dg.map_asset_specs(
     lambda spec: dg.apply_freshness_policy(spec, EVIDENCE_FRESHNESS), [evidence_table]
 )
-ALL_ASSETS = [pupils, trial_results, evidence_table_weekly, *ALL_TABLE_ASSETS]
+ALL_ASSETS = [pupils, registry, trial_results, evidence_table_weekly, *ALL_TABLE_ASSETS]
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
-    asset_checks=ALL_CHECKS,
+    asset_checks=[*ALL_CHECKS, *REGISTRY_CHECKS],
     jobs=ALL_JOBS,
     schedules=ALL_SCHEDULES,
     sensors=ALL_SENSORS,

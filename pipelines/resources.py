@@ -26,6 +26,8 @@ class Settings(dg.ConfigurableResource):
     out_dir: str
     # Private "what to fix" files per school; "" means a `feedback` folder beside the published one.
     feedback_dir: str = ""
+    # The trial registry (--trials FILE / MICROTRIALS_TRIALS); "" means <extracts>/../trials.csv.
+    trials_file: str = ""
 
     @property
     def extracts(self) -> Path:
@@ -34,6 +36,13 @@ class Settings(dg.ConfigurableResource):
     @property
     def out(self) -> Path:
         return Path(self.out_dir)
+
+    @property
+    def trials(self) -> Path:
+        """The registry file: trials_file, else ``<extracts>/../trials.csv`` (microtrials.registry.registry_path)."""
+        from microtrials.registry import registry_path
+
+        return registry_path(self.extracts, self.trials_file or None, environ={})
 
     @property
     def feedback(self) -> Path:
@@ -79,12 +88,14 @@ def _test_hook(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    """Resources from MICROTRIALS_EXTRACTS / MICROTRIALS_OUT / MICROTRIALS_FEEDBACK / MICROTRIALS_DB, else data/."""
+    """Resources from MICROTRIALS_EXTRACTS / MICROTRIALS_OUT / MICROTRIALS_FEEDBACK / MICROTRIALS_TRIALS /
+    MICROTRIALS_DB, else data/ (the registry: <extracts>/../trials.csv)."""
     return {
         "settings": Settings(
             extracts_dir=os.environ.get("MICROTRIALS_EXTRACTS", str(DEFAULT_EXTRACTS)),
             out_dir=os.environ.get("MICROTRIALS_OUT", str(DEFAULT_OUT)),
             feedback_dir=os.environ.get("MICROTRIALS_FEEDBACK", ""),
+            trials_file=os.environ.get("MICROTRIALS_TRIALS", ""),
         ),
         "warehouse_db": Warehouse(db_path=os.environ.get("MICROTRIALS_DB", str(DEFAULT_DB))),
     }

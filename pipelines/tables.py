@@ -77,6 +77,8 @@ LOAD_WARNINGS_COLUMNS = [
 SCHOOL_RESULTS_COLUMNS = [
     C("intervention", "VARCHAR", description="the trial's intervention"),
     C("outcome_measure", "VARCHAR", description="the trial's outcome measure"),
+    C("round", "VARCHAR", description="the trial row's registered round ('all rounds' for the cumulative row; blank without a registry)"),
+    C("school_round", "VARCHAR", description="the round this school's pupils belong to (in the cumulative row a school of two rounds has a row per round)"),
     C("school_urn", "VARCHAR", description="the school's URN"),
     C("n_intervention", "BIGINT", description="analysed pupils of the school in the intervention arm"),
     C("n_control", "BIGINT", description="analysed pupils of the school in the control arm"),
@@ -87,6 +89,44 @@ SCHOOL_RESULTS_COLUMNS = [
     C("eb_g", "DOUBLE", description="the school's empirical-Bayes estimate from the REML pooling (metafor blup): g "
       "pulled towards the trial's mean by tau2 / (tau2 + its variance)"),
     C("note", "VARCHAR", description="plain words, e.g. 'one arm only (23 pupils in intervention)'"),
+]
+
+def _stored_type(name: str) -> str:
+    from microtrials import trial_store
+
+    if name in trial_store.TEXT_COLUMNS:
+        return "VARCHAR"
+    if name in trial_store.BOOL_COLUMNS:
+        return "BOOLEAN"
+    return "BIGINT" if name in trial_store.COUNT_COLUMNS else "DOUBLE"
+
+
+def _exploratory_columns() -> list[dg.TableColumn]:
+    from microtrials import trial_store
+
+    return [C(name, _stored_type(name), description=text) for name, text in trial_store.COLUMN_DESCRIPTIONS.items()]
+
+
+EXPLORATORY_COLUMNS = _exploratory_columns()
+REGISTRY_MESSAGE_COLUMNS = [
+    C("level", "VARCHAR", description="'error' (rows kept but not used as evidence) or 'warning' (acted on: check it)"),
+    C("rule", "VARCHAR", description="unregistered, round_needed, round_unknown, unplanned_school, exploratory or rounds_differ"),
+    C("intervention", "VARCHAR", description="the registered name, or the spelling that is not in the registry"),
+    C("school_urn", "VARCHAR", description="the school(s) concerned, comma-separated"),
+    C("message", "VARCHAR", description="what happened and what to do, in plain words"),
+]
+REGISTRY_PROGRESS_COLUMNS = [
+    C("intervention", "VARCHAR", description="the registered intervention"),
+    C("round", "VARCHAR", description="the registered round"),
+    C("start_date", "VARCHAR", description="the round's start date (ISO)"),
+    C("end_date", "VARCHAR", description="the round's end date (ISO), blank when not set"),
+    C("planned", "BIGINT", description="schools planned in the round"),
+    C("delivered", "BIGINT", description="planned schools whose primary-outcome rows joined the round"),
+    C("awaited", "BIGINT", description="planned schools not yet delivered"),
+    C("awaited_urns", "VARCHAR", description="their URNs, space-separated"),
+    C("unplanned_urns", "VARCHAR", description="schools not in the plan whose rows joined this round"),
+    C("status", "VARCHAR", description="'interim' while schools are awaited; blank when every planned school delivered"),
+    C("status_note", "VARCHAR", description="e.g. 'awaiting 3 of 12 schools'"),
 ]
 
 TABLES = {
@@ -100,9 +140,18 @@ TABLES = {
                       "number kept as no post-test: file, line, column, reason, so the school can fix its next file."),
     "school_results": (SCHOOL_RESULTS_COLUMNS, "Per trial and school: the school's own effect on the effect_size scale "
                        "and its empirical-Bayes estimate; published as each trial's schools.csv."),
+    "exploratory_results": (EXPLORATORY_COLUMNS, "Exploratory outcomes (neither the registered primary nor a "
+                            "registered secondary outcome) and interventions not in the registry, analysed as "
+                            "`trial_results` is, for evaluators only: never in the evidence table."),
+    "registry_messages": (REGISTRY_MESSAGE_COLUMNS, "What the officer should act on after matching deliveries to the "
+                          "registry: interventions not in the registry, schools not in the plan, schools in several "
+                          "rounds that sent no round, exploratory outcomes."),
+    "registry_progress": (REGISTRY_PROGRESS_COLUMNS, "Per registered round: schools planned, delivered and awaited "
+                          "(with their URNs), unplanned schools that joined it, and its status."),
 }
 WRITTEN_BY = {"deliveries": "pupils", "quarantine": "pupils", "load_report": "pupils", "load_warnings": "pupils",
-              "school_results": "trial_results"}
+              "school_results": "trial_results", "exploratory_results": "trial_results",
+              "registry_messages": "trial_results", "registry_progress": "trial_results"}
 
 
 def table_spec(name: str) -> dg.AssetSpec:
@@ -133,7 +182,7 @@ def _observe(context, names: list[str]):
 
 
 LOADING_TABLES = ["deliveries", "quarantine", "load_report", "load_warnings"]
-RESULT_TABLES = ["school_results"]
+RESULT_TABLES = ["school_results", "exploratory_results", "registry_messages", "registry_progress"]
 
 
 @dg.multi_observable_source_asset(

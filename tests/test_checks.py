@@ -19,6 +19,7 @@ from tests.conftest import SHARED, pupil_rows
 ALL_CHECK_NAMES = {
     "every_file_loaded_or_rejected", "quarantine_rate_per_school", "trials_refreshed",
     "trials_have_two_schools", "one_row_per_trial", "no_pupil_identifiers_published",
+    "registry_rows_valid", "registry_version_kept",
 }
 
 
@@ -101,7 +102,17 @@ def test_wrong_row_count_fails(published, tmp_path):
     table = pd.read_csv(out / "evidence_table.csv")
     table.iloc[:-1].to_csv(out / "evidence_table.csv", index=False)
     result = checks.one_row_per_trial(settings=settings, warehouse_db=wh)
-    assert not result.passed and result.description == "1 published row(s) for 2 trial(s)"
+    assert not result.passed and result.description.startswith("1 published row(s) for 2 trial(s)")
+    assert "not published: [('Reciprocal reading'" in result.description
+
+
+def test_a_trial_published_twice_with_right_count_fails(published, tmp_path):
+    """The check keys on (intervention, outcome_measure, round): a duplicated row in place of another fails."""
+    settings, wh, out = copy_of(published, tmp_path)
+    table = pd.read_csv(out / "evidence_table.csv")
+    pd.concat([table.iloc[:1], table.iloc[:1]]).to_csv(out / "evidence_table.csv", index=False)
+    result = checks.one_row_per_trial(settings=settings, warehouse_db=wh)
+    assert not result.passed and "published twice" in result.description
 
 
 def _set_trial_results(wh: Warehouse, change) -> pd.DataFrame:

@@ -21,7 +21,9 @@ def test_weekly_refresh_runs_the_refresh_job_on_monday_mornings():
     assert weekly_refresh.execution_timezone == "Europe/London"
     assert weekly_refresh.cron_schedule == "0 6 * * 1"
     job = defs.resolve_job_def(weekly_refresh.job_name)
-    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {"trial_results", "school_results", "evidence_table"}
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
+        "registry", "trial_results", "school_results", "exploratory_results", "registry_messages", "registry_progress",
+        "evidence_table"}
     with dg.instance_for_test() as instance:
         context = dg.build_schedule_context(
             instance=instance, scheduled_execution_time=dt.datetime(2026, 11, 23, 6, tzinfo=LONDON)
@@ -35,7 +37,8 @@ def test_termly_reload_reloads_every_school_in_one_run():
     assert termly_full_reload.execution_timezone == "Europe/London"
     job = defs.resolve_job_def(termly_full_reload.job_name)
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
-        "pupils", "deliveries", "quarantine", "load_report", "load_warnings", "trial_results", "school_results",
+        "pupils", "deliveries", "quarantine", "load_report", "load_warnings", "registry", "trial_results", "school_results",
+        "exploratory_results", "registry_messages", "registry_progress",
         "evidence_table"}
     when = dt.datetime(2026, 9, 1, 5, tzinfo=LONDON)
     with dg.instance_for_test() as instance:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
 
-from microtrials import reml, trial_store, trials, warehouse
+from microtrials import reml, trial_store, trials, units, warehouse
 from microtrials.evidence_table import evidence_table
 from microtrials.models import fit_mixedlm
 from microtrials.trials import analyse_trial
@@ -131,10 +131,10 @@ def test_a_failing_trial_keeps_its_previous_row_and_the_others_are_stored(tmp_pa
         con.execute("UPDATE pupils SET outcome = outcome + 5 * (arm = 'intervention')::INT")
         real = trials.analyse_cells
 
-        def failing(cells, intervention, outcome_measure):
+        def failing(cells, intervention, outcome_measure, **kwargs):
             if intervention == "Beta":
                 raise trials.ModelFailure("the primary model did not converge (forced)")
-            return real(cells, intervention, outcome_measure)
+            return real(cells, intervention, outcome_measure, **kwargs)
 
         monkeypatch.setattr(trials, "analyse_cells", failing)
         run = trial_store.refresh(con)
@@ -155,19 +155,22 @@ def test_a_failing_trial_keeps_its_previous_row_and_the_others_are_stored(tmp_pa
 
 def test_the_asset_stores_every_trial_when_one_fails(tmp_path, monkeypatch):
     from pipelines.assets.trials import trial_results
-    from pipelines.resources import Warehouse
+    from pipelines.resources import Settings, Warehouse
 
     with _warehouse(tmp_path, _simulate("Alpha", 5, 20, seed=6), _simulate("Beta", 5, 20, seed=7)):
         pass
     real = trials.analyse_cells
 
-    def failing(cells, intervention, outcome_measure):
+    def failing(cells, intervention, outcome_measure, **kwargs):
         if intervention == "Alpha":
             raise FloatingPointError("forced")
-        return real(cells, intervention, outcome_measure)
+        return real(cells, intervention, outcome_measure, **kwargs)
 
     monkeypatch.setattr(trials, "analyse_cells", failing)
-    result = dg.materialize([trial_results], resources={"warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb"))})
+    result = dg.materialize([trial_results], resources={
+        "warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb")),
+        "settings": Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(tmp_path / "out")),  # no registry
+    })
     assert result.success
     metadata = result.asset_materializations_for_node("trial_results")[0].metadata
     assert metadata["not_refreshed"].value == 1
@@ -314,9 +317,10 @@ def test_memory_for_one_trial_does_not_grow_with_other_trials_pupils(tmp_path):
     import tracemalloc
 
     small = _simulate("Small", 10, 30, seed=18)
-    spell = trials.TrialSpellings("Small", "Score", ("Small",), ("Score",), (("Small", "Score", len(small)),))
 
     def peak(con) -> int:
+        combos = con.execute(warehouse.sql("delivered_combos")).df()
+        [spell] = [u for u in units.units_without_registry(combos) if u.intervention == "Small"]
         trial_store.analyse_one(con, spell)  # warm caches (imports, SQL text)
         tracemalloc.start()
         trial_store.analyse_one(con, spell)

@@ -40,7 +40,15 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
         load_report = con.execute(warehouse.sql("load_report")).df()
         loaded_at = con.execute(warehouse.sql("data_date")).fetchall()[0][0]
         pupil_keys = {row[0] for row in con.execute(warehouse.sql("pupil_keys")).fetchall()}
+        # With a registry in use, what the officer should act on goes beside the load report.
+        progress = (con.execute(warehouse.sql("registry_progress")).df()
+                    if warehouse.table_exists(con, "registry_progress") else None)
+        messages = (con.execute(warehouse.sql("registry_messages")).df()
+                    if warehouse.table_exists(con, "registry_messages") else None)
         kept = history.read_history(con)
+    registry_rows = None
+    if progress is not None and len(progress) or messages is not None and len(messages):
+        registry_rows = site.registry_report(messages, progress)
     # One school table per published row: per (intervention, outcome_measure), and per round once
     # school_results carries rounds (site.build_site accepts either key).
     by = ["intervention", "outcome_measure"] + (["round"] if "round" in schools and schools["round"].notna().any() else [])
@@ -64,7 +72,7 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     plans = planner.plans_for_page(planner.round_plans(registry, stored), registry) if registry is not None else []
     problems: list[str] = []
     files = site.build_site(table, per_trial, load_report, data_date, run_date, problems=problems,
-                            history=shown, plans=plans)
+                            history=shown, plans=plans, registry_rows=registry_rows)
     for problem in problems:  # one trial's trouble is reported, never a reason to stop the others
         context.log.warning(problem)
     # The blocking checks run again on the folder afterwards; here the same tests stop a bad

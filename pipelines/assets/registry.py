@@ -8,14 +8,22 @@ import dagster as dg
 import pandas as pd
 
 from microtrials import history, planner, warehouse
-from microtrials.registry import decode, no_registry_warning, read_registry, registry_path
+from microtrials.registry import (
+    decode,
+    match_deliveries,
+    messages_frame,
+    no_registry_warning,
+    plan_progress,
+    read_registry,
+    registry_path,
+)
 from pipelines.resources import Settings, Warehouse
 
 
 def trials_file(settings: Settings) -> Path:
-    """Where the registry is: Settings.trials (when the lead adds it), else MICROTRIALS_TRIALS,
-    else <extracts>/../trials.csv (microtrials.registry.registry_path)."""
-    return registry_path(settings.extracts, getattr(settings, "trials", None) or None, os.environ)
+    """Where the registry is: Settings.trials_file (--trials FILE, MICROTRIALS_TRIALS), else
+    <extracts>/../trials.csv (microtrials.registry.registry_path)."""
+    return registry_path(settings.extracts, settings.trials_file or None, os.environ)
 
 
 def _md(frame: pd.DataFrame) -> dg.MetadataValue:
@@ -26,10 +34,13 @@ def _md(frame: pd.DataFrame) -> dg.MetadataValue:
     group_name="loading",
     kinds={"duckdb", "python"},
     pool="warehouse",
+    deps=["pupils"],
     description="The trial registry trials.csv (one row per trial round; docs/registry.md), read and "
     "validated like an extract: bad rows are named (line, column, what to do) and left out. Every "
     "version read is kept in `registry_versions` (sha256, first read, text); the current rounds are "
-    "in `registry_rounds` and the bad rows in `registry_problems`. With no file the run goes on and "
+    "in `registry_rounds` and the bad rows in `registry_problems`. The metadata shows each round's "
+    "schools planned, delivered and awaited (URNs) against the pupils loaded so far, and what the "
+    "officer should act on (interventions not in the registry, schools not in the plan). With no file the run goes on and "
     "every intervention name is taken as a trial, as before.",
 )
 def registry(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse) -> dg.MaterializeResult:
@@ -49,7 +60,14 @@ def registry(context: dg.AssetExecutionContext, settings: Settings, warehouse_db
         versions = len(con.execute(warehouse.sql("registry_versions")).fetchall())
         rounds = con.execute(warehouse.sql("registry_rounds")).df()
         problems = con.execute(warehouse.sql("registry_problems")).df()
+        combos = (con.execute(warehouse.sql("delivered_combos")).df() if warehouse.table_exists(con, "pupils")
+                  else None)
         results = con.execute(warehouse.sql("trial_results")).df() if warehouse.table_exists(con, "trial_results") else None
+    plan = messages = None
+    if combos is not None:
+        matching = match_deliveries(parsed, combos)
+        plan = plan_progress(parsed, matching.combos)
+        messages = messages_frame(matching.messages)
     # What each registered round with no results yet could detect (microtrials plan, worded).
     plans = planner.plans_for_page(planner.round_plans(parsed, results), parsed)
     for problem in parsed.problems:
@@ -67,6 +85,12 @@ def registry(context: dg.AssetExecutionContext, settings: Settings, warehouse_db
             "rounds": _md(rounds[["intervention", "round", "outcome_measure", "start_date", "end_date", "schools",
                                    "toolkit_strand", "national_months", "cost_per_pupil", "cost_rating"]]),
             "problems": _md(problems[["line", "column_name", "problem", "action"]]),
+            **({} if plan is None else {
+                "schools_awaited": int(plan["awaited"].sum()),
+                "plan": _md(plan[["intervention", "round", "end_date", "planned", "delivered", "awaited",
+                                  "awaited_urns", "unplanned_urns", "status_note"]]),
+                "officer_messages": _md(messages[["level", "rule", "message"]]),
+            }),
             "plans": dg.MetadataValue.md("\n".join(f"- {p['intervention']} ({p['round']}): {p['text']}" for p in plans)
                                          or "every registered round has results"),
         }

@@ -5,19 +5,26 @@ import base64
 import dagster as dg
 import pandas as pd
 
-from microtrials import plots, trial_store
+from microtrials import history, plots, registry as reg, trial_store
 from microtrials.evidence_table import evidence_row
 from microtrials.trials import TrialResult
-from pipelines.resources import Warehouse
+from pipelines.assets.registry import trials_file
+from pipelines.resources import Settings, Warehouse
 
 
 @dg.asset(
     group_name="statistics",
     kinds={"duckdb", "python"},
     pool="warehouse",
-    deps=["pupils"],
+    deps=["pupils", "registry"],
     code_version=trial_store.CODE_VERSION,
-    description="Per trial (intervention x outcome_measure, spellings matched by names.match_key): "
+    description="Per trial: with a registry (trials.csv), each registered round of an intervention "
+    "(names and aliases matched by names.match_key, schools by the plan or the extract's round) and, "
+    "for an intervention with two or more rounds with results, a cumulative row ('all rounds': "
+    "outcome ~ arm + baseline + round + (1 | school:round)); primary and registered secondary outcomes "
+    "are published, exploratory outcomes and unregistered interventions go to `exploratory_results` "
+    "for evaluators only, and the officer's messages to `registry_messages`. Without a registry every "
+    "(intervention x outcome_measure, spellings matched by names.match_key) is a trial. Each: "
     "the primary model outcome ~ arm [+ baseline + baseline_missing] + (1 | school) by exact REML "
     "from per-school cell sums computed in DuckDB (no pupil rows leave it), the unconditional, "
     "random-slope and FSM models, per-school ANCOVA effects pooled by REML with t inference "
@@ -26,18 +33,33 @@ from pipelines.resources import Warehouse
     "a row with the reason; a numerical failure keeps that trial's previous row as not_refreshed. "
     "Writes `trial_results`, `school_results` and `trial_spellings`.",
 )
-def trial_results(context: dg.AssetExecutionContext, warehouse_db: Warehouse) -> dg.MaterializeResult:
+def trial_results(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse) -> dg.MaterializeResult:
+    path = trials_file(settings)
+    registry = reg.load_registry(path)
+    if registry is None:
+        context.log.warning(reg.no_registry_warning(path))
     with warehouse_db.connect() as con:
-        run = trial_store.refresh(con)
+        versions = history.registry_versions(con) if registry is not None else []
+        run = trial_store.refresh(con, registry, versions=versions)
         trial_store.store(con, run)
     table = run.trial_table
     for r in run.results:
-        context.log.info(f"{r.intervention} / {r.outcome_measure} [{r.status}]: {evidence_row(r)['notes']}")
+        context.log.info(f"{_label(r)} [{r.status}]: {evidence_row(r)['notes']}")
     for label, reason in run.failures.items():
         context.log.warning(f"{label}: {reason}")
+    for message in run.messages.itertuples(index=False):
+        (context.log.warning if message.level == "error" else context.log.info)(message.message)
     merged = [t for t in run.spellings if t.merged]
+    exploratory = run.exploratory_table
     return dg.MaterializeResult(
         metadata={
+            "registry": str(path) if registry is not None else reg.no_registry_warning(path),
+            "officer_messages": _md(run.messages[["level", "rule", "message"]]),
+            "plan": _md(run.progress[["intervention", "round", "end_date", "planned", "delivered", "awaited",
+                                      "awaited_urns", "unplanned_urns", "status_note"]]),
+            "exploratory (evaluators only, not published)": _md(
+                exploratory[["intervention", "outcome_measure", "round", "outcome_role", "schools", "pupils_analysed",
+                             "effect_size", "ci_low", "ci_high", "status"]]),
             "dagster/row_count": len(table),
             "dagster/column_schema": dg.TableSchema(
                 columns=[dg.TableColumn(name, str(dtype), description=trial_store.COLUMN_DESCRIPTIONS.get(name))
@@ -48,9 +70,23 @@ def trial_results(context: dg.AssetExecutionContext, warehouse_db: Warehouse) ->
             "not_estimable": int((table["status"] == "not_estimable").sum()),
             "merged_spellings": dg.MetadataValue.md(_spellings_markdown(merged)) if merged else "none",
             **_numeric_metadata(run.results),
-            **{f"{r.intervention} / {r.outcome_measure}": dg.MetadataValue.md(trial_markdown(r)) for r in run.results},
+            **{_label(r): dg.MetadataValue.md(trial_markdown(r)) for r in run.results},
         }
     )
+
+
+def _label(result: TrialResult) -> str:
+    """A trial's name in logs and metadata: intervention / outcome_measure [/ round] [(exploratory)]."""
+    label = f"{result.intervention} / {result.outcome_measure}"
+    if result.round:
+        label += f" / {result.round}"
+    if result.outcome_role in ("exploratory", "unregistered"):
+        label += f" ({result.outcome_role}, not published)"
+    return label
+
+
+def _md(frame: pd.DataFrame) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.to_markdown(index=False) if len(frame) else "(none)")
 
 
 def _numeric_metadata(results: list[TrialResult]) -> dict[str, float]:
@@ -59,7 +95,7 @@ def _numeric_metadata(results: list[TrialResult]) -> dict[str, float]:
     for r in results:
         if r.headline is None:
             continue
-        label = f"{r.intervention} / {r.outcome_measure}"
+        label = _label(r)
         figures = {"effect_size": r.headline.g, "ci_low": r.headline.ci_low, "ci_high": r.headline.ci_high,
                    "tau": None if r.pool is None else r.pool.tau,
                    "evidence_strength": None if r.strength is None else r.strength.score}
@@ -74,7 +110,7 @@ def _spellings_markdown(merged) -> str:
 
 
 def _trials_markdown(table: pd.DataFrame) -> str:
-    columns = ["intervention", "outcome_measure", "schools", "pupils_analysed", "effect_size",
+    columns = ["intervention", "outcome_measure", "round", "outcome_role", "schools", "pupils_analysed", "effect_size",
                "ci_low", "ci_high", "tau", "evidence_strength", "status"]
     return table[columns].to_markdown(index=False)
 
@@ -139,4 +175,4 @@ def _forest_png(result: TrialResult) -> bytes | None:
     h, p = result.headline, result.pool
     prediction = None if p is None or p.pi_low != p.pi_low else (p.pi_low, p.pi_high)
     return plots.forest_plot_png(result.per_school, (h.g, h.ci_low, h.ci_high),
-                                 f"{result.intervention} / {result.outcome_measure}", prediction)
+                                 _label(result), prediction)

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--extracts", type=Path, default=REPO_ROOT / "data" / "extracts")
     run.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "published")
     run.add_argument("--db", type=Path, default=REPO_ROOT / "data" / "warehouse.duckdb")
+    run.add_argument("--trials", type=Path, default=None, metavar="FILE",
+                     help="the trial registry (default: $MICROTRIALS_TRIALS, else trials.csv beside the extracts "
+                     "folder, i.e. <extracts>/../trials.csv)")
     run.add_argument("--new-pupil-key", action="store_true",
                      help="MICROTRIALS_PUPIL_KEY was changed on purpose: accept the new key for this run "
                      "(every pupil then looks new to the warehouse)")
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "plan":
         return plan_round(args.intervention, args.schools, args.pupils_per_school, args.db, args.trials)
     if args.command == "run":
-        return run_pipeline(args.extracts, args.out, args.db, new_pupil_key=args.new_pupil_key)
+        return run_pipeline(args.extracts, args.out, args.db, new_pupil_key=args.new_pupil_key, trials=args.trials)
     if args.command == "ui":
         return start_ui(args.port)
     return serve_folder(args.out, args.port)
@@ -155,7 +158,7 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = False) -> int:
+def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = False, trials: Path | None = None) -> int:
     """Register a school partition for every extract file, then load them all and refresh the trial
     results and the evidence table in one Dagster run (job ``load_and_refresh``) on the persistent
     instance. With no school registered at all, only the refresh runs (job ``refresh``).
@@ -167,6 +170,12 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
     os.environ["MICROTRIALS_EXTRACTS"] = str(extracts)
     os.environ["MICROTRIALS_OUT"] = str(out)
     os.environ["MICROTRIALS_DB"] = str(db)
+    if trials is not None:
+        if not trials.is_file():  # named on purpose: a typo should not silently publish without the plan
+            print(f"microtrials run: --trials {trials}: no such file. Give the path of the trial registry "
+                  "(trials.csv), or leave --trials out to use trials.csv beside the extracts folder", file=sys.stderr)
+            return NOT_STARTED
+        os.environ["MICROTRIALS_TRIALS"] = str(trials.resolve())
     if new_pupil_key:
         os.environ["MICROTRIALS_NEW_PUPIL_KEY"] = "1"
 

@@ -30,6 +30,7 @@ SCHOOLS = "<trial>/schools.csv"
 LOAD = "load_report.csv"
 TEMPLATE = "send/<trial>-template.csv"
 DICTIONARY = "data_dictionary.csv"
+REGISTRY = "registry_report.csv"
 
 #: What each published file is for: machines (full precision) or people (rounded, plain headers).
 FILES: tuple[tuple[str, str], ...] = (
@@ -40,6 +41,8 @@ FILES: tuple[tuple[str, str], ...] = (
     (SCHOOLS, "For machines and analysts: each school's figures for one trial, full precision, "
               "small groups blanked."),
     (LOAD, "For people: each school file received, problem files first, with plain headers."),
+    (REGISTRY, "For people: what the files mean for the registered trials (trials.csv): names not in the "
+               "registry, schools not in the plan, rounds still awaiting planned schools."),
     (TEMPLATE, "For schools: an empty extract with the right headers (also as .xlsx with drop-down lists)."),
     (DICTIONARY, "This dictionary."),
 )
@@ -49,7 +52,14 @@ ENTRIES: tuple[Entry, ...] = (
     # --- the evidence table -------------------------------------------------------------------
     Entry("intervention", "Intervention", "The approach being trialled, as schools name it.", "text", f"{_E}; {_S}"),
     Entry("outcome_measure", "Measured by", "The test used to compare the two groups.", "text", f"{_E}; {_S}"),
-    Entry("round", "Round", "Which registered round of the trial the figures come from.", "text", _E),
+    Entry("round", "Round", "Which registered round of the trial the figures come from (from the trial registry); "
+          "\"all rounds\" for the row that analyses every round together (round as a fixed effect, schools "
+          "within rounds). Blank when there is no registry.", "text", _E),
+    Entry("outcome_role", "Primary or secondary", "primary: the outcome registered before results arrived, the "
+          "headline; secondary: another outcome registered in advance. Outcomes nobody registered are not "
+          "published.", "code", _E),
+    Entry("school_round", "School's round", "The round this school's pupils took part in (a school in two rounds "
+          "has a row for each in the \"all rounds\" results).", "text", _S),
     Entry("description", "What it is", "A one-line description of the intervention, from the trial registry.",
           "text", _E),
     Entry("toolkit_strand", "Toolkit strand", "The Education Endowment Foundation Toolkit strand this "
@@ -103,8 +113,9 @@ ENTRIES: tuple[Entry, ...] = (
           "progress for this strand, nationally.", "months", _E),
     Entry("cost_per_pupil", "Cost per pupil", "Approximate cost per pupil per year, from the trial registry.",
           "pounds", _E),
-    Entry("cost_rating", "Cost rating", "Cost on the Toolkit's scale, 1 (very low) to 5 (very high), shown as "
-          "£ signs.", "£ (1 to 5)", _E),
+    Entry("cost_rating", "Cost rating", "Cost on the Education Endowment Foundation Toolkit's scale, from the cost "
+          "per pupil per year: £ under £80, ££ up to £200, £££ up to £720, ££££ up to £1,200, £££££ above.",
+          "£ signs (1 to 5)", _E),
     Entry("suppressed", "Why figures are blank", "Why figures in this row are not published (small groups, "
           "see the disclosure rule); blank when all are published.", "text", f"{_E}; {_S}"),
     # --- per school ---------------------------------------------------------------------------
@@ -122,7 +133,8 @@ ENTRIES: tuple[Entry, ...] = (
     # --- the public load report ---------------------------------------------------------------
     Entry("File", "File", "The school file's name, or \"file from school <URN>\" when the name carries more "
           "than a URN, a date and plain words (see the rule on the load report page).", "text", LOAD),
-    Entry("School URN", "School URN", "The URN the file is for.", "text", LOAD),
+    Entry("School URN", "School URN", "The URN the file is for (in registry_report.csv: the school(s) concerned, "
+          "or the schools still awaited).", "text", f"{LOAD}; {REGISTRY}"),
     Entry("Status", "Status", "loaded, unchanged (seen before), or rejected (nothing loaded).", "text", LOAD),
     Entry("What went wrong", "What went wrong", "Why the file or some of its rows were set aside.", "text", LOAD),
     Entry("Trials", "Trials", "The trials the file holds.", "text", LOAD),
@@ -134,6 +146,12 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("Rows with warnings", "Rows with warnings", "Rows loaded with an odd optional value blanked.", "rows", LOAD),
     Entry("Columns dropped", "Columns dropped", "Columns outside the format, dropped unread (they may hold "
           "personal data).", "text", LOAD),
+    # --- the registry report -------------------------------------------------------------------
+    Entry("Trial", "Trial", "The registered intervention, or the name a school used that is not in the registry.",
+          "text", REGISTRY),
+    Entry("Round", "Round", "The registered round still awaiting schools (blank for other messages).", "text",
+          REGISTRY),
+    Entry("What to do", "What to do", "What happened and what to do, in plain words.", "text", REGISTRY),
     # --- the extract template -----------------------------------------------------------------
     Entry("pupil_id", "Pupil reference", "The school's own pupil reference; scrambled on arrival, never "
           "published.", "text", TEMPLATE),

@@ -54,7 +54,7 @@ def is_small(value: object, threshold: int = SUPPRESSION_THRESHOLD) -> bool:
 def protect_schools(schools: pd.DataFrame, threshold: int = SUPPRESSION_THRESHOLD) -> tuple[pd.DataFrame, list[str]]:
     """One trial's per-school rows after disclosure control, and which URNs were blanked.
 
-    Blanked rows keep their URN; every other column except ``note`` and ``school_urn`` becomes
+    Blanked rows keep their URN and round; every other column except ``note``, ``school_urn`` and ``school_round`` becomes
     blank, ``suppressed`` gives the reason without the count, and ``note`` is replaced by one that
     quotes no count. A single-school trial returns no rows.
     """
@@ -76,7 +76,7 @@ def protect_schools(schools: pd.DataFrame, threshold: int = SUPPRESSION_THRESHOL
             nxt = order.pop(0)
             blanked.add(nxt)
             reasons[nxt] = SECONDARY
-    figure_columns = [c for c in out.columns if c not in ("school_urn", "suppressed", "note")]
+    figure_columns = [c for c in out.columns if c not in ("school_urn", "school_round", "suppressed", "note")]
     for column in figure_columns:
         values = out[column]
         if pd.api.types.is_integer_dtype(values):

@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from microtrials import trials
 from microtrials.effect_sizes import months_progress
 from microtrials.trials import TrialResult
 
@@ -16,8 +17,12 @@ COLUMNS = [
     "months_progress", "tau", "i2", "pi_low", "pi_high", "status", "p_new_school_benefits",
     "fsm_effect_size", "fsm_ci_low", "fsm_ci_high", "evidence_strength", "notes",
 ]
-# Published after the contract's columns (the contract allows more): months for the FSM effect.
-EXTRA_COLUMNS = ["fsm_months_progress"]
+# Published after the contract's columns (the contract allows more): months for the FSM effect,
+# the round and outcome role of the row, and the registry's columns (registry.EVIDENCE_COLUMNS).
+REGISTRY_COLUMNS = ["toolkit_strand", "national_months", "cost_per_pupil", "cost_rating", "description"]
+EXTRA_COLUMNS = ["fsm_months_progress", "round", "outcome_role", *REGISTRY_COLUMNS]
+# Rows sort by intervention, outcome_measure, then round by start_date with "all rounds" last.
+ROW_ORDER = ["intervention", "outcome_measure", "round_order"]
 SCHOOL_COLUMNS = ["school_urn", "n_intervention", "n_control", "g", "ci_low", "ci_high", "eb_g", "note"]
 
 
@@ -66,22 +71,31 @@ def evidence_row(result: TrialResult) -> dict[str, object]:
         "evidence_strength": None if strength is None else strength.score,
         "notes": "; ".join(notes),
         "fsm_months_progress": None if fsm is None else months_progress(fsm.g),
+        "round": result.round,
+        "outcome_role": result.outcome_role,
+        **{c: result.extras.get(c) for c in REGISTRY_COLUMNS},
     }
 
 
 def evidence_table(results: list[TrialResult]) -> pd.DataFrame:
-    """Every trial's row, sorted by intervention then outcome_measure."""
+    """Every trial's row, sorted by intervention, outcome_measure, then round (by start_date, "all rounds" last)."""
     table = pd.DataFrame([evidence_row(r) for r in results], columns=COLUMNS + EXTRA_COLUMNS)
-    return table.sort_values(["intervention", "outcome_measure"], kind="stable").reset_index(drop=True)
+    order = pd.Series([r.extras.get("round_order", 0) for r in results], dtype="float64")
+    table = table.assign(_order=order.fillna(0).to_numpy() if len(results) else [])
+    return (table.sort_values(["intervention", "outcome_measure", "_order"], kind="stable")
+            .drop(columns="_order").reset_index(drop=True))
 
 
 def school_table(result: TrialResult) -> pd.DataFrame:
     """Each school's own result for one trial (before small-group suppression)."""
     if result.per_school.empty:
-        return pd.DataFrame(columns=["intervention", "outcome_measure", *SCHOOL_COLUMNS])
+        return pd.DataFrame(columns=["intervention", "outcome_measure", "round", "school_round", *SCHOOL_COLUMNS])
     frame = result.per_school[SCHOOL_COLUMNS].copy()
     for column in ("g", "ci_low", "ci_high", "eb_g"):
         frame[column] = frame[column].astype(float).round(4)
+    frame.insert(0, "school_round", [trials.split_unit(u)[1] or result.round for u in frame["school_urn"]])
+    frame["school_urn"] = [trials.split_unit(u)[0] for u in frame["school_urn"]]
+    frame.insert(0, "round", result.round)
     frame.insert(0, "outcome_measure", result.outcome_measure)
     frame.insert(0, "intervention", result.intervention)
     return frame

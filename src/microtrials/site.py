@@ -45,8 +45,9 @@ PUPIL_IDENTIFIER = re.compile(r"^(pupil|pupil_?(id|key|ref|reference|hash|name)|
 # Counts that stay published when a trial is small (they say why its figures are blank).
 EVIDENCE_COUNTS = ["schools", "schools_both_arms", "pupils_randomised", "pupils_analysed", "attrition_pct"]
 TEXT_COLUMNS = {"intervention", "outcome_measure", "status", "notes", "round", "toolkit_strand", "description",
-                "suppressed", "cost_rating", "outcome_role"}
-SCHOOL_PUBLISHED = ["school_urn", "n_intervention", "n_control", "g", "ci_low", "ci_high", "eb_g", "note"]
+                "suppressed", "outcome_role", "cost_rating", "school_round"}
+SCHOOL_PUBLISHED = ["school_urn", "school_round", "n_intervention", "n_control", "g", "ci_low", "ci_high", "eb_g",
+                    "note"]
 # Scripts are never needed; forbidding them stops injected markup from running even if escaping failed.
 # (No default-src/img-src: Chrome does not treat file:// as 'self', and the pages must work offline.)
 CSP = "script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'"
@@ -56,7 +57,7 @@ EVIDENCE_ORDER = [
     "intervention", "outcome_measure", "schools", "schools_both_arms", "pupils_randomised", "pupils_analysed",
     "attrition_pct", "effect_size", "ci_low", "ci_high", "p_value", "months_progress", "tau", "i2", "pi_low",
     "pi_high", "status", "p_new_school_benefits", "fsm_effect_size", "fsm_ci_low", "fsm_ci_high",
-    "evidence_strength", "notes", "fsm_months_progress", "round", "toolkit_strand", "national_months",
+    "evidence_strength", "notes", "fsm_months_progress", "round", "outcome_role", "toolkit_strand", "national_months",
     "cost_per_pupil", "cost_rating", "description",
 ]
 
@@ -120,6 +121,9 @@ def page_names(table: pd.DataFrame) -> list[tuple[str, ...]]:
 
 def trial_folders(trials: list[tuple[str, ...]]) -> tuple[list[str], list[str]]:
     """Each trial's folder name, and plain messages about names that had to be told apart.
+
+    A trial is (intervention, outcome_measure) or, with a registry, (intervention,
+    outcome_measure, round); a round adds ``--<round>`` to the folder name.
 
     A trial whose base name (``trial_slug``) is unique keeps it; trials sharing one get
     ``-<first 8 hex of sha256(intervention, outcome_measure)>`` appended, so every trial
@@ -231,6 +235,29 @@ LOAD_COLUMNS = {  # warehouse column -> plain header (data_dictionary.csv descri
     "rows_quarantined": "Rows set aside", "quarantined_by_reason": "Rows set aside, by reason",
     "rows_with_warnings": "Rows with warnings", "columns_dropped": "Columns dropped",
 }
+
+
+REGISTRY_REPORT_COLUMNS = ["Trial", "Round", "School URN", "What to do"]
+
+
+def registry_report(messages: pd.DataFrame | None, progress: pd.DataFrame | None) -> pd.DataFrame:
+    """What the officer should act on after matching deliveries to the trial registry
+    (``registry_report.csv``): messages that are errors (rows not used as evidence), then
+    warnings, then each round still awaiting planned schools with their URNs."""
+    rows = []
+    if messages is not None and len(messages):
+        ordered = messages.assign(_rank=(messages["level"].astype(str) != "error").astype(int)).sort_values(
+            ["_rank", "intervention", "school_urn"], kind="stable")
+        for m in ordered.itertuples(index=False):
+            rows.append({"Trial": m.intervention, "Round": "", "School URN": m.school_urn or "", "What to do": m.message})
+    if progress is not None and len(progress):
+        waiting = progress[pd.to_numeric(progress["awaited"], errors="coerce").fillna(0) > 0]
+        for p in waiting.itertuples(index=False):
+            note = f"{p.delivered} of {p.planned} planned schools have sent results; still awaited: {p.awaited_urns}"
+            if not views.is_blank(p.status_note):
+                note += f" ({p.status_note})"
+            rows.append({"Trial": p.intervention, "Round": p.round, "School URN": p.awaited_urns, "What to do": note})
+    return pd.DataFrame(rows, columns=REGISTRY_REPORT_COLUMNS)
 
 
 def public_load_report(load_report: pd.DataFrame, trial_words: set[str]) -> pd.DataFrame:
@@ -425,6 +452,7 @@ def build_site(
     run_date: str,
     area: str = "Middlesbrough",
     problems: list[str] | None = None,
+    registry_rows: pd.DataFrame | None = None,
     history: pd.DataFrame | None = None,
     plans: list[dict] | None = None,
 ) -> dict[str, bytes]:
@@ -446,6 +474,8 @@ def build_site(
     alternative) and what changed since the last publication. ``plans`` (dicts with
     intervention, round, outcome_measure, text: ``planner.round_plans`` worded) lists registered
     rounds with no results yet, and what they could detect, on the send page.
+    ``registry_rows`` (:func:`registry_report`), when given, is published as
+    ``registry_report.csv`` and shown on the load report page.
     """
     problems = [] if problems is None else problems
     table = _prepare_evidence(evidence, problems)
@@ -463,11 +493,16 @@ def build_site(
         "data_dictionary.csv": csv_bytes(dictionary.dictionary_frame()),
         "load_report.csv": csv_bytes(report),
         "load-report.html": render("load_report.html", rows=report.fillna("").to_dict("records"),
-                                   columns=list(report.columns), **common),
+                                   columns=list(report.columns),
+                                   registry_rows=(None if registry_rows is None
+                                                  else registry_rows.fillna("").to_dict("records")),
+                                   registry_columns=REGISTRY_REPORT_COLUMNS, **common),
         "data-dictionary.html": render("dictionary.html", entries=dictionary.ENTRIES, file_notes=dictionary.FILES,
                                        **common),
         "extract-format.html": render("format.html", help=FORMAT_HELP, choices=FORMAT_CHOICES, **common),
     }
+    if registry_rows is not None:
+        files["registry_report.csv"] = csv_bytes(registry_rows[REGISTRY_REPORT_COLUMNS])
     send_files, send_trials = _send_files(table, folders, names, common)
     files.update(send_files)
     files["send-your-results.html"] = render("send.html", trials=send_trials, plans=plans or [], **common)

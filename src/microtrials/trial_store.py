@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
 
 import duckdb
 import pandas as pd
 
-from microtrials import names, reml, trials, warehouse
+from microtrials import names, registry as reg, trials, units, warehouse
 from microtrials.evidence_table import COLUMNS, EXTRA_COLUMNS, SCHOOL_COLUMNS, evidence_row, school_table
-from microtrials.trials import NOT_REFRESHED, TrialResult, TrialSpellings
+from microtrials.trials import INTERIM, NOT_REFRESHED, PUBLISHED, TrialResult, TrialSpellings
+from microtrials.units import Unit
 
 # Bump when a change of method changes the stored figures (Dagster's code_version marks them stale).
-CODE_VERSION = "trial-results-2026-11-heterogeneity-t"
+CODE_VERSION = "trial-results-2026-11-registry-rounds"
 
 # What each stored column of `trial_results` means (Dagster column descriptions; docs/methods.md).
 COLUMN_DESCRIPTIONS: dict[str, str] = {
@@ -70,12 +72,23 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "attrition_intervention": "Attrition (%) in the intervention arm",
     "attrition_control": "Attrition (%) in the control arm",
     "spellings": "The delivered spellings analysed as this trial, when more than one",
+    "round": "The registered round the row analyses; 'all rounds' for the cumulative row (outcome ~ arm + baseline + round + (1 | school:round)); blank without a registry",
+    "outcome_role": "primary (the round's registered outcome, the headline) or secondary (a registered secondary outcome); blank without a registry. Exploratory outcomes and unregistered interventions are in `exploratory_results`, never published",
+    "toolkit_strand": "The EEF Teaching and Learning Toolkit strand, from the registry",
+    "national_months": "The Toolkit's national impact in months for that strand, from the registry",
+    "cost_per_pupil": "Pounds per pupil per year, from the registry",
+    "cost_rating": "The Toolkit's cost band of cost_per_pupil: £ under £80, ££ to £200, £££ to £720, ££££ to £1,200, £££££ above",
+    "description": "One plain sentence saying what the intervention is, from the registry",
+    "round_order": "Sort position of the round (by start_date; the cumulative row last)",
 }
 STORED_COLUMNS = list(COLUMN_DESCRIPTIONS)
-TEXT_COLUMNS = {"intervention", "outcome_measure", "status", "notes", "model", "baseline_balance", "spellings"}
+TEXT_COLUMNS = {"intervention", "outcome_measure", "status", "notes", "model", "baseline_balance", "spellings",
+                "round", "outcome_role", "toolkit_strand", "cost_rating", "description"}
 BOOL_COLUMNS = {"ready", "converged"}
 COUNT_COLUMNS = {"schools", "schools_both_arms", "pupils_randomised", "pupils_analysed", "months_progress",
-                 "evidence_strength", "fsm_months_progress", "pupils_no_baseline", "schools_pooled", "fsm_pupils"}
+                 "evidence_strength", "fsm_months_progress", "pupils_no_baseline", "schools_pooled", "fsm_pupils",
+                 "national_months", "round_order"}
+SORT_COLUMNS = ["intervention", "outcome_measure", "round_order"]
 
 
 def stored_row(result: TrialResult) -> dict[str, object]:
@@ -112,6 +125,7 @@ def stored_row(result: TrialResult) -> dict[str, object]:
         attrition_intervention=result.attrition.intervention,
         attrition_control=result.attrition.control,
         spellings=_spelling_text(result.spellings),
+        round_order=result.extras.get("round_order"),
     )
     return {c: row.get(c) for c in STORED_COLUMNS}
 
@@ -126,16 +140,19 @@ def _spelling_text(rows: tuple[tuple[str, str, int], ...]) -> str | None:
 class Refresh:
     """One refresh of every trial: the rows to store and what happened to each trial."""
 
-    results: list[TrialResult] = field(default_factory=list)  # the trials analysed afresh
-    rows: list[dict[str, object]] = field(default_factory=list)  # trial_results, one per trial
+    results: list[TrialResult] = field(default_factory=list)  # the trials analysed afresh (published and not)
+    rows: list[dict[str, object]] = field(default_factory=list)  # trial_results, one per published row
     schools: list[pd.DataFrame] = field(default_factory=list)  # school_results parts
-    failures: dict[str, str] = field(default_factory=dict)  # "intervention / outcome" -> reason
+    failures: dict[str, str] = field(default_factory=dict)  # unit label -> reason
     spellings: list[TrialSpellings] = field(default_factory=list)
+    exploratory: list[dict[str, object]] = field(default_factory=list)  # evaluators only: never published
+    messages: pd.DataFrame = field(default_factory=lambda: reg.messages_frame(()))  # for the officer
+    progress: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=reg.PROGRESS_COLUMNS))
+    registry: bool = False  # a registry was used
 
-    @property
-    def trial_table(self) -> pd.DataFrame:
-        """The rows with stable types (a column that is blank for every trial is still numeric)."""
-        table = pd.DataFrame(self.rows, columns=STORED_COLUMNS)
+    @staticmethod
+    def _typed(rows: list[dict[str, object]]) -> pd.DataFrame:
+        table = pd.DataFrame(rows, columns=STORED_COLUMNS)
         for column in STORED_COLUMNS:
             if column in TEXT_COLUMNS:
                 table[column] = table[column].astype("string")
@@ -145,11 +162,23 @@ class Refresh:
                 table[column] = pd.to_numeric(table[column]).astype("Int64")
             else:
                 table[column] = pd.to_numeric(table[column]).astype("float64")
-        return table.sort_values(["intervention", "outcome_measure"], kind="stable").reset_index(drop=True)
+        return table.sort_values(SORT_COLUMNS, kind="stable", na_position="first").reset_index(drop=True)
+
+    @property
+    def trial_table(self) -> pd.DataFrame:
+        """The published rows with stable types (a column that is blank for every trial is still
+        numeric), sorted by intervention, outcome_measure, then round by start_date ("all rounds" last)."""
+        return self._typed(self.rows)
+
+    @property
+    def exploratory_table(self) -> pd.DataFrame:
+        """Exploratory outcomes and unregistered interventions, analysed for evaluators (table
+        `exploratory_results`, same columns); never in the evidence table."""
+        return self._typed(self.exploratory)
 
     @property
     def school_table(self) -> pd.DataFrame:
-        columns = ["intervention", "outcome_measure", *SCHOOL_COLUMNS]
+        columns = ["intervention", "outcome_measure", "round", "school_round", *SCHOOL_COLUMNS]
         parts = [p.reindex(columns=columns) for p in self.schools if not p.empty]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
@@ -165,70 +194,149 @@ class Refresh:
                                            "delivered_outcome_measure", "rows", "merged"])
 
 
-def _key(intervention: object, outcome_measure: object) -> tuple[str, str]:
-    return names.match_key(str(intervention)), names.match_key(str(outcome_measure))
+def _key(intervention: object, outcome_measure: object, round_name: object = None) -> tuple[str, str, str]:
+    blank = round_name is None or round_name is pd.NA or (isinstance(round_name, float) and math.isnan(round_name))
+    return (names.match_key(str(intervention)), names.match_key(str(outcome_measure)),
+            "" if blank else names.match_key(str(round_name)))
 
 
 def _previous(con: duckdb.DuckDBPyConnection, table: str) -> pd.DataFrame | None:
     return con.execute(warehouse.sql(table)).df() if warehouse.table_exists(con, table) else None
 
 
-def analyse_one(con: duckdb.DuckDBPyConnection, trial: TrialSpellings) -> TrialResult:
-    """One trial from its cell sums in DuckDB (sql/school_stats.sql over every spelling)."""
-    cells = reml.trial_cells(con, list(trial.interventions), list(trial.outcome_measures))
-    result = trials.analyse_cells(cells, trial.intervention, trial.outcome_measure)
+def unit_cells(con: duckdb.DuckDBPyConnection, unit: Unit) -> pd.DataFrame:
+    """The unit's cell sums (sql/matched_cells.sql per round, bound keys), with a ``round`` column."""
+    parts = [con.execute(warehouse.sql("matched_cells"), {"keys": list(keys)}).df().assign(round=name)
+             for name, keys in unit.parts]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _spelling_group(unit: Unit) -> TrialSpellings:
+    return TrialSpellings(unit.intervention, unit.outcome_measure,
+                          tuple(sorted({i for i, _, _ in unit.spellings})),
+                          tuple(sorted({o for _, o, _ in unit.spellings})), unit.spellings)
+
+
+def analyse_one(con: duckdb.DuckDBPyConnection, unit: Unit) -> TrialResult:
+    """One unit from its cell sums in DuckDB: a round (or a trial without a registry) on its own,
+    or the cumulative model over every round (:func:`trials.analyse_cells` with ``rounds``)."""
+    cells = unit_cells(con, unit)
+    result = trials.analyse_cells(cells, unit.intervention, unit.outcome_measure,
+                                  rounds=unit.rounds if unit.cumulative else None)
     notes = result.notes
-    if trial.merged:
+    trial = _spelling_group(unit)
+    if unit.outcome_role is None and trial.merged:
         parts = [", ".join(f"'{x}'" for x in spellings) for spellings in (trial.interventions, trial.outcome_measures)
                  if len(spellings) > 1]
-        notes = (*notes, "spellings merged as one trial: " + "; ".join(parts))
-    return _replace(result, notes=notes, spellings=trial.rows)
+        if parts:
+            notes = (*notes, "spellings merged as one trial: " + "; ".join(parts))
+    elif len(trial.interventions) > 1 or any(i != unit.intervention for i in trial.interventions):
+        others = [i for i in trial.interventions if i != unit.intervention]
+        if others:
+            notes = (*notes, "also sent as " + ", ".join(f"'{x}'" for x in others) + " (registered names and aliases)")
+    return replace(result, notes=notes, spellings=trial.rows, round=unit.round, outcome_role=unit.outcome_role)
 
 
-def _replace(result: TrialResult, **changes) -> TrialResult:
-    from dataclasses import replace
+def _plan_status(unit: Unit, progress: pd.DataFrame) -> tuple[str | None, list[str]]:
+    """(interim or None, notes) from the rounds' deliveries against the plan (registry.round_status)."""
+    if progress.empty or unit.round is None:
+        return None, []
+    rows = progress[(progress["intervention"] == unit.intervention) & progress["round"].isin(unit.rounds)]
+    rows = rows[rows["status"] == INTERIM]
+    if rows.empty:
+        return None, []
+    if unit.cumulative:
+        return INTERIM, [f"round {r}: {note}" for r, note in zip(rows["round"], rows["status_note"])]
+    return INTERIM, list(rows["status_note"])
 
-    return replace(result, **changes)
+
+def _registry_extras(registry: reg.Registry | None, unit: Unit) -> dict[str, object]:
+    columns = reg.evidence_columns(registry, unit.intervention, unit.round) if unit.outcome_role != units.UNREGISTERED \
+        else reg.evidence_columns(None, unit.intervention, unit.round)
+    columns["round_order"] = None if unit.round is None else unit.order
+    return columns
 
 
-def refresh(con: duckdb.DuckDBPyConnection) -> Refresh:
-    """Analyse every trial inside its own boundary.
+def plan(con: duckdb.DuckDBPyConnection, registry: reg.Registry | None, today: date | None = None,
+         versions: list[tuple[datetime, reg.Registry]] | None = None) -> tuple[list[Unit], Refresh, dict]:
+    """The units to analyse, an empty Refresh holding the officer's messages and the plan's
+    progress, and the outcome-switching notes by (match_key(intervention), match_key(round))."""
+    combos = con.execute(warehouse.sql("delivered_combos")).df()
+    out = Refresh(registry=registry is not None)
+    if registry is None:
+        return units.units_without_registry(combos), out, {}
+    today = today or date.today()
+    matching = reg.match_deliveries(registry, combos, today)
+    out.messages = reg.messages_frame((*matching.messages, *reg.registry_notes(registry)))
+    out.progress = reg.plan_progress(registry, matching.combos, today)
+    switches = reg.outcome_switch_notes(versions or [], reg.first_results(matching.combos))
+    return units.units_from_matching(registry, matching.combos), out, switches
 
-    A trial that cannot be estimated is a ``not_estimable`` row (no failure). A numerical failure
-    (an exception, or a primary/unconditional model that did not converge) keeps that trial's
-    previous `trial_results` row and `school_results` rows with status ``not_refreshed`` and the
-    reason first in notes (blank figures when there is no previous row); other trials are stored.
+
+def refresh(con: duckdb.DuckDBPyConnection, registry: reg.Registry | None = None, *, today: date | None = None,
+            versions: list[tuple[datetime, reg.Registry]] | None = None) -> Refresh:
+    """Analyse every unit (a trial round, the cumulative row, or a trial without a registry)
+    inside its own boundary.
+
+    Published rows (registered primary and secondary outcomes; every trial without a registry)
+    go to ``rows``; exploratory outcomes and unregistered interventions to ``exploratory``. A
+    round still awaiting planned schools is ``interim`` with "awaiting 3 of 12 schools"; a primary
+    outcome changed after results arrived gets a note. A trial that cannot be estimated is a
+    ``not_estimable`` row. A numerical failure keeps that unit's previous row and school rows with
+    status ``not_refreshed`` and the reason first in notes (blank figures when there is none).
     """
-    out = Refresh(spellings=trials.group_spellings(con.execute(warehouse.sql("trial_spellings")).df()))
+    todo, out, switches = plan(con, registry, today, versions)
     previous_trials = _previous(con, "trial_results")
     previous_schools = _previous(con, "school_results")
-    for trial in out.spellings:
-        label = f"{trial.intervention} / {trial.outcome_measure}"
+    for unit in todo:
+        out.spellings.append(_spelling_group(unit))
         try:
-            result = analyse_one(con, trial)
+            result = analyse_one(con, unit)
         except Exception as exc:  # the boundary: one trial's failure is data, not an escape
             reason = f"not refreshed: the model failed this run ({type(exc).__name__}: {exc}); figures from the previous run"
-            out.failures[label] = reason
-            row, schools = _kept(trial, reason, previous_trials, previous_schools)
-            out.rows.append(row)
-            out.schools.append(schools)
+            out.failures[unit.label] = reason
+            if unit.published:
+                row, schools = _kept(unit, reason, previous_trials, previous_schools)
+                row.update({k: v for k, v in _registry_extras(registry, unit).items() if k in row})
+                out.rows.append(row)
+                out.schools.append(schools)
             continue
+        status, plan_notes = _plan_status(unit, out.progress)
+        switch = [switches[k] for k in _switch_keys(unit) if k in switches] if unit.outcome_role == reg.PRIMARY else []
+        notes = result.notes
+        if status == INTERIM and result.status == PUBLISHED:
+            result = replace(result, status=INTERIM)
+            notes = (*plan_notes, *notes)
+        elif plan_notes:
+            notes = (*notes, *plan_notes)
+        result = replace(result, notes=(*notes, *switch), extras=_registry_extras(registry, unit))
         out.results.append(result)
-        out.rows.append(stored_row(result))
-        out.schools.append(school_table(result))
+        if unit.published:
+            out.rows.append(stored_row(result))
+            out.schools.append(school_table(result))
+        else:
+            out.exploratory.append(stored_row(result))
     return out
 
 
+def _switch_keys(unit: Unit) -> list[tuple[str, str]]:
+    return [(names.match_key(unit.intervention), names.match_key(r)) for r in unit.rounds]
+
+
 def _kept(
-    trial: TrialSpellings, reason: str, previous_trials: pd.DataFrame | None, previous_schools: pd.DataFrame | None
+    unit: Unit, reason: str, previous_trials: pd.DataFrame | None, previous_schools: pd.DataFrame | None
 ) -> tuple[dict[str, object], pd.DataFrame]:
-    """The previous row of a trial whose refresh failed, marked not_refreshed, and its school rows."""
-    key = (names.match_key(trial.intervention), names.match_key(trial.outcome_measure))
+    """The previous row of a unit whose refresh failed, marked not_refreshed, and its school rows."""
+    key = _key(unit.intervention, unit.outcome_measure, unit.round)
+
+    def matches(frame: pd.DataFrame) -> list[bool]:
+        rounds = frame["round"] if "round" in frame else [None] * len(frame)
+        return [_key(i, o, r) == key for i, o, r in zip(frame["intervention"], frame["outcome_measure"], rounds)]
+
     row: dict[str, object] = {c: None for c in STORED_COLUMNS}
     schools = pd.DataFrame()
     if previous_trials is not None and len(previous_trials):
-        match = previous_trials[[_key(i, o) == key for i, o in zip(previous_trials["intervention"],
-                                                                   previous_trials["outcome_measure"])]]
+        match = previous_trials[matches(previous_trials)]
         if len(match):
             row.update({c: _plain(v) for c, v in match.iloc[0].items() if c in row})
     if row.get("intervention") is None:
@@ -236,11 +344,12 @@ def _kept(
     old_notes = row.get("notes")
     # `converged` says whether the stored figures come from converged fits: the kept ones did, and
     # a blank row publishes none; the failure itself is in `status` and `notes`.
-    row.update(intervention=trial.intervention, outcome_measure=trial.outcome_measure, status=NOT_REFRESHED,
+    row.update(intervention=unit.intervention, outcome_measure=unit.outcome_measure, round=unit.round,
+               outcome_role=unit.outcome_role, status=NOT_REFRESHED,
                notes=reason + (f"; {old_notes}" if old_notes else ""), converged=row.get("converged") is not False)
     if previous_schools is not None and len(previous_schools):
-        keep = [_key(i, o) == key for i, o in zip(previous_schools["intervention"], previous_schools["outcome_measure"])]
-        schools = previous_schools[keep].assign(intervention=trial.intervention, outcome_measure=trial.outcome_measure)
+        schools = previous_schools[matches(previous_schools)].assign(
+            intervention=unit.intervention, outcome_measure=unit.outcome_measure, round=unit.round)
     return row, schools
 
 
@@ -254,10 +363,17 @@ def _plain(value: object) -> object:
 
 
 def store(con: duckdb.DuckDBPyConnection, run: Refresh) -> None:
-    """Replace `trial_results`, `school_results` and `trial_spellings` with this refresh."""
+    """Replace `trial_results`, `exploratory_results`, `school_results`, `trial_spellings`,
+    `registry_messages` and `registry_progress` with this refresh."""
     warehouse.save_frame(con, "trial_results", run.trial_table)
+    warehouse.save_frame(con, "exploratory_results", run.exploratory_table)
     warehouse.save_frame(con, "school_results", run.school_table)
     warehouse.save_frame(con, "trial_spellings", run.spelling_table)
+    warehouse.save_frame(con, "registry_messages", run.messages.astype("string"))
+    counts = ["planned", "delivered", "awaited"]
+    progress = run.progress.astype({c: "string" for c in reg.PROGRESS_COLUMNS if c not in counts})
+    progress = progress.astype({c: "Int64" for c in counts})
+    warehouse.save_frame(con, "registry_progress", progress)
 
 
 __all__ = ["CODE_VERSION", "COLUMN_DESCRIPTIONS", "Refresh", "refresh", "store", "stored_row",

@@ -86,6 +86,9 @@ class TrialResult:
     strength: EvidenceStrength | None = None
     notes: tuple[str, ...] = ()
     spellings: tuple[tuple[str, str, int], ...] = ()
+    round: str | None = None  # the registered round, "all rounds" (cumulative) or None (no registry)
+    outcome_role: str | None = None  # primary / secondary (published), exploratory / unregistered
+    extras: dict = field(default_factory=dict)  # the registry's columns (registry.evidence_columns), round_order
 
     @property
     def ready(self) -> bool:
@@ -170,8 +173,41 @@ def _within_variation(cells: pd.DataFrame) -> float:
     return float((g["sum_yy"] - g["sum_y"] ** 2 / g["n"]).clip(lower=0).sum())
 
 
-def analyse_cells(cells: pd.DataFrame, intervention: str, outcome_measure: str) -> TrialResult:
+# Between a school's URN and its round in the group label of the cumulative model (school:round).
+UNIT_SEP = " | "
+
+
+def round_dummies(rounds: list[str] | tuple[str, ...]) -> list[str]:
+    """The design columns of the round fixed effect: a 0/1 column per round but the first."""
+    return [f"round[{r}]" for r in rounds[1:]]
+
+
+def split_unit(label: str) -> tuple[str, str | None]:
+    """A cumulative group label back as (school_urn, round); (label, None) for a plain school."""
+    urn, sep, round_name = str(label).partition(UNIT_SEP)
+    return (urn, round_name) if sep else (urn, None)
+
+
+def _with_rounds(cells: pd.DataFrame, rounds: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Cells of several rounds (a ``round`` column) as school:round groups with round dummies."""
+    cells = cells.copy()
+    labels = cells["round"].astype(str)
+    cells["school_urn"] = cells["school_urn"].astype(str) + UNIT_SEP + labels
+    dummies = round_dummies(rounds)
+    for name, column in zip(rounds[1:], dummies):
+        cells[column] = (labels == name).astype(float)
+    return cells, dummies
+
+
+def analyse_cells(cells: pd.DataFrame, intervention: str, outcome_measure: str,
+                  rounds: list[str] | tuple[str, ...] | None = None) -> TrialResult:
     """Analyse one trial from its cell sums (``reml.trial_cells`` / ``reml.cells_from_frame``).
+
+    With ``rounds`` (two or more round names, oldest first; ``cells`` then has a ``round``
+    column) this is the cumulative analysis of every round: the primary model
+    ``outcome ~ arm + baseline + round + (1 | school:round)`` (round as 0/1 dummies, the first
+    round the reference), standardised by the total SD of ``outcome ~ round + (1 | school:round)``,
+    and the two-stage heterogeneity pools every school:round unit's own ANCOVA effect.
 
     Who is analysed: every pupil with an outcome. When the trial has baseline scores (any
     delivered pupil has one), a pupil without a baseline stays in the model with baseline set to
@@ -183,6 +219,9 @@ def analyse_cells(cells: pd.DataFrame, intervention: str, outcome_measure: str) 
     converge. See docs/methods.md for every other figure.
     """
     cells = cells[cells["n"] > 0]
+    dummies: list[str] = []
+    if rounds:
+        cells, dummies = _with_rounds(cells, list(rounds))
     analysed = cells[cells["has_outcome"].astype(bool)]
     uses_baseline = bool(cells["has_baseline"].astype(bool).any())
     with_base = analysed[analysed["has_baseline"].astype(bool)]
@@ -202,8 +241,11 @@ def analyse_cells(cells: pd.DataFrame, intervention: str, outcome_measure: str) 
     )
     model_baseline = uses_baseline and _varies(with_base)
     covariates = [ARM] + ([BASELINE] if model_baseline else []) + (
-        [BASELINE_MISSING] if model_baseline and no_baseline else [])
+        [BASELINE_MISSING] if model_baseline and no_baseline else []) + dummies
     notes = _design_notes(counts, base, model_baseline)
+    if rounds:
+        notes.insert(0, f"all {len(rounds)} rounds together ({', '.join(rounds)}): round as a fixed effect and "
+                        "a random intercept per school in each round")
     reason = _not_estimable(analysed, counts, base, len(covariates) + 1)
     per_school = _school_rows(counts)
     if reason:
@@ -211,7 +253,9 @@ def analyse_cells(cells: pd.DataFrame, intervention: str, outcome_measure: str) 
                            notes=(reason, *notes))
     fill = float(with_base["sum_b"].sum() / with_base["n"].sum()) if model_baseline else 0.0
     stats = reml.stats_from_cells(analysed, [INTERCEPT, *covariates], baseline_fill=fill)
-    primary, unconditional = reml.fit_reml(stats, covariates), reml.fit_reml(stats, [])
+    primary, unconditional = reml.fit_reml(stats, covariates), reml.fit_reml(stats, dummies)
+    if rounds:
+        primary, unconditional = _school_round(primary), _school_round(unconditional)
     for label, fit in (("primary", primary), ("unconditional", unconditional)):
         if not fit.converged:
             raise ModelFailure(f"the {label} model did not converge ({fit.formula})")
@@ -219,7 +263,10 @@ def analyse_cells(cells: pd.DataFrame, intervention: str, outcome_measure: str) 
     beta, se = primary.params[ARM], primary.bse[ARM]
     headline = hedges_g_total(beta, se, unconditional.var_school, unconditional.var_pupil)
     slope, slope_notes = _random_slope(stats, covariates)
-    per_school, pool, pool_notes = _heterogeneity(stats, counts, [INTERCEPT, *covariates], headline.sd)
+    if rounds and slope is not None:
+        slope = _school_round(slope)
+    own_columns = [INTERCEPT, *(c for c in covariates if c not in dummies)]  # a round is constant within a unit
+    per_school, pool, pool_notes = _heterogeneity(stats, counts, own_columns, headline.sd)
     fsm_model, fsm, fsm_pupils, fsm_notes = _fsm_effect(analysed, covariates, fill, headline.sd)
     interaction = _interaction(analysed, covariates, fill)
     balance = _balance(with_base) if model_baseline else None
@@ -364,10 +411,27 @@ def _random_slope(stats: reml.SchoolStats, covariates: list[str]) -> tuple[Mixed
 
 
 def _subset_covariates(cells: pd.DataFrame, covariates: list[str]) -> list[str]:
-    """Drop the missing-baseline indicator where no pupil of these cells lacks a baseline."""
+    """Drop the missing-baseline indicator where no pupil of these cells lacks a baseline, and a
+    round dummy whose round has no pupil among them (or only them)."""
     if BASELINE_MISSING in covariates and cells["has_baseline"].astype(bool).all():
-        return [c for c in covariates if c != BASELINE_MISSING]
-    return covariates
+        covariates = [c for c in covariates if c != BASELINE_MISSING]
+    n = cells["n"].to_numpy(dtype=float)
+    keep = []
+    for c in covariates:
+        if c.startswith("round[") and c in cells:
+            share = float((cells[c].to_numpy(dtype=float) * n).sum())
+            if share == 0 or share == n.sum():
+                continue
+        keep.append(c)
+    return keep
+
+
+def _school_round(fit: MixedFit) -> MixedFit:
+    """Say in the formula that the random intercept is per school within round."""
+    from dataclasses import replace
+
+    return replace(fit, formula=fit.formula.replace("(1 | school)", "(1 | school:round)")
+                   .replace("(1 + arm | school)", "(1 + arm | school:round)"))
 
 
 def _fsm_effect(

@@ -218,6 +218,15 @@ EVALUATOR_FIGURES = [
 ]
 
 
+def measure_text(row: pd.Series) -> str:
+    """The outcome measure as shown, a registered secondary outcome said in words:
+    "Reading age (secondary outcome)". (The round is the view's own ``round``.)"""
+    text = str(row["outcome_measure"])
+    if str(row.get("outcome_role") or "") == "secondary":
+        text += " (secondary outcome)"
+    return text
+
+
 def trial_view(row: pd.Series, folder: str) -> TrialView:
     """The view of one evidence-table row (after disclosure control)."""
     status = _status(row)
@@ -252,7 +261,7 @@ def trial_view(row: pd.Series, folder: str) -> TrialView:
     return TrialView(
         folder=folder,
         intervention=str(row["intervention"]),
-        outcome_measure=str(row["outcome_measure"]),
+        outcome_measure=measure_text(row),
         status=status,
         status_text=status_text,
         description="" if is_blank(row.get("description")) else str(row.get("description")),
@@ -291,7 +300,7 @@ def _here_and_national(row: pd.Series) -> str:
 
 def fallback_view(row: pd.Series, folder: str, message: str) -> TrialView:
     """A card for a trial whose view could not be built: its name and a plain message, nothing else."""
-    return TrialView(folder=folder, intervention=str(row["intervention"]), outcome_measure=str(row["outcome_measure"]),
+    return TrialView(folder=folder, intervention=str(row["intervention"]), outcome_measure=measure_text(row),
                      status="", status_text="", description="", months="", months_sign="blank", fsm_months="",
                      strength=None, strength_text="", not_secure=False, cost_pounds="", cost_text="", national="",
                      expect="", schools="", pupils="", caveats=[], notes=[], suppressed="", message=message)

@@ -101,4 +101,5 @@ def save_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) 
 
 
 # Tables rebuilt whole from a frame on each run.
-DERIVED_TABLES = ("load_report", "trial_results", "school_results", "trial_spellings")
+DERIVED_TABLES = ("load_report", "trial_results", "school_results", "trial_spellings",
+                  "exploratory_results", "registry_messages", "registry_progress")
