@@ -273,6 +273,8 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
             warning_rows = con.execute(
                 warehouse.sql("load_warning_count"), {"files": list(report["file_name"])}
             ).fetchall()[0][0]
+        registry_messages = (con.execute(warehouse.sql("registry_messages")).df()
+                             if warehouse.table_exists(con, "registry_messages") else None)
     finally:
         con.close()
     if report is None or report.empty:
@@ -292,6 +294,7 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
         set_aside = int(report["rows_quarantined"].fillna(0).sum())
         lines.append(f"rows set aside (quarantine): {set_aside:,}" + (
             "" if warning_rows is None else f"; rows loaded with a warning: {warning_rows:,}"))
+    lines += _registry_lines(registry_messages, out)
     feedback = _feedback_folder()
     if feedback.is_dir() and any(feedback.rglob("*.csv")):
         lines.append(f"what each school should fix: {feedback}/<URN>/ (private: send each school only its own)")
@@ -308,6 +311,17 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
             f"{row['intervention']} / {row['outcome_measure']} ({_reason(row.get('notes'))})" for _, row in stale.iterrows()
         )
     return lines, nothing_new
+
+
+def _registry_lines(messages, out: Path, shown: int = 5) -> list[str]:
+    """The registry's messages for the officer (unregistered names, unplanned schools, ...), first few in full."""
+    if messages is None or messages.empty:
+        return []
+    lines = [f"registry: {len(messages)} thing(s) to check (all in {out / 'registry_report.csv'}):"]
+    lines += [f"  {row['level']}: {' '.join(str(row['message']).split())}" for _, row in messages.head(shown).iterrows()]
+    if len(messages) > shown:
+        lines.append(f"  ... and {len(messages) - shown} more")
+    return lines
 
 
 def _reason(notes: object) -> str:
