@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import signal
 import socket
@@ -149,6 +150,66 @@ def check_extracts_folder(extracts: Path) -> None:
         ) from exc
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (both resolved)."""
+    return path == folder or folder in path.parents
+
+
+def instance_folders(home: Path) -> list[Path]:
+    """DAGSTER_HOME's storage folders: every ``base_dir`` its dagster.yaml names (relative to DAGSTER_HOME)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((home / "dagster.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    found: list[Path] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "base_dir" and isinstance(value, str):
+                    found.append((home / value).resolve())
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
+def check_output_folder(out: Path, extracts: Path, db: Path, feedback: Path, home: Path,
+                        trials: Path | None = None) -> None:
+    """A SetupError when publishing to ``out`` could delete or mix with data: every path resolved.
+
+    Each publication replaces the whole ``out`` folder, so ``out`` may not be, contain or lie inside
+    the extracts folder or the private feedback folder; may not be or contain the warehouse file,
+    the registry file or DAGSTER_HOME; and may not overlap a storage folder of the Dagster instance
+    (its run history). ``out`` inside DAGSTER_HOME is allowed: the default instance folder is the
+    repository root, which holds ``data/published``.
+    """
+    def refuse(what: str) -> SetupError:
+        return SetupError(
+            f"--out {out} {what}; each publication replaces the whole --out folder, so it must be a folder "
+            f"of its own: choose another, e.g. --out {extracts.parent / 'published'} (nothing was changed)")
+
+    for name, folder in (("the extracts folder", extracts), ("the feedback folder", feedback)):
+        if out == folder:
+            raise refuse(f"is {name}")
+        if _inside(folder, out):
+            raise refuse(f"holds {name} {folder}")
+        if _inside(out, folder):
+            raise refuse(f"is inside {name} {folder}")
+    for name, path in (("the warehouse", db), ("the trial registry", trials), ("DAGSTER_HOME", home)):
+        if path is not None and _inside(path, out):
+            raise refuse(f"holds {name} {path}" if path != out else f"is {name}")
+    for folder in instance_folders(home):
+        if _inside(folder, out) or _inside(out, folder):
+            raise refuse(f"overlaps the Dagster instance's storage {folder} (run history, logs)")
+
+
 def _stop_on_sigterm() -> None:
     """SIGTERM stops a run as Ctrl-C does: the step is interrupted, its transaction rolled back, the run marked failed."""
 
@@ -179,13 +240,19 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
     if new_pupil_key:
         os.environ["MICROTRIALS_NEW_PUPIL_KEY"] = "1"
 
+    from microtrials import publish
     from microtrials.errors import MicrotrialsError
     from microtrials.privacy import pupil_key_from_env
+    from microtrials.registry import registry_path
 
     try:
-        use_instance_environment()
+        home = use_instance_environment().resolve()
         check_extracts_folder(extracts)
-        pupil_key_from_env(extracts, REPO_ROOT / "data" / "extracts")
+        check_output_folder(out, extracts, db, _feedback_folder().resolve(), home, registry_path(extracts).resolve())
+        publish.check_replaceable(out)  # before loading anything: publishing would refuse it anyway
+        key = pupil_key_from_env(extracts, REPO_ROOT / "data" / "extracts")
+        if os.environ.get("MICROTRIALS_TEST_SKIP_KEY_PRECHECK") != "1":  # tests/test_cli_safety.py: the load's own test
+            check_key_matches(db, key, new_pupil_key)
     except (SetupError, MicrotrialsError) as exc:
         print(f"microtrials run: {' '.join(str(exc).split())}", file=sys.stderr)
         return NOT_STARTED
@@ -208,8 +275,12 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
     if interrupted(result):
         print(stopped, file=sys.stderr)
         return 130
-    if not published(result):
-        print(f"microtrials run failed: {failure_reason(result)}", file=sys.stderr)
+    if not result.success or not published(result):
+        reason = failure_reason(result)
+        if published(result):  # a blocking check on the publication itself failed after the swap
+            reason += (f"; the publication in {out} was replaced before this check failed: do not share it "
+                       "until a run passes")
+        print(f"microtrials run failed: {reason}", file=sys.stderr)
         return FAILED
     lines, nothing_new = summary(extracts, out, db, result.run_id)
     print("\n".join(lines))
@@ -218,6 +289,59 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
               file=sys.stderr)
         return FAILED
     return 0
+
+
+def check_key_matches(db: Path, key: bytes, new_key: bool) -> None:
+    """Refuse before starting (MicrotrialsError) a pupil key the warehouse at ``db`` was not loaded with.
+
+    The same test the load makes (:func:`microtrials.privacy.check_key_unchanged`) on a read-only
+    connection, so a changed key is a setup error (exit 2), not a failed step. Where the load would
+    record a fingerprint (a first load, an accepted new key), the read-only connection refuses the
+    write and nothing is said; a warehouse busy with another run is left to the load's own test.
+    """
+    import duckdb
+
+    from microtrials import privacy, warehouse
+    from microtrials.errors import MicrotrialsError
+
+    if not db.is_file():
+        return
+    try:
+        con = warehouse.connect_with_retry(db, read_only=True, timeout_s=5)
+    except (MicrotrialsError, duckdb.Error, OSError):  # busy or unreadable: the load says so in its own words
+        return
+    try:
+        privacy.check_key_unchanged(con, key, new_key)
+    except duckdb.Error:
+        pass
+    finally:
+        con.close()
+
+
+class _OfficerConsole(logging.Filter):
+    """Dagster's console lines as an officer needs them; every event stays whole in the run's log.
+
+    A step or run failure caused by a MicrotrialsError (a message written for the officer) loses its
+    stack trace: the first line stays, and `microtrials run` ends with the plain reason. The
+    "Dependencies for step ... Not executing" lines that follow any failure are dropped. Other
+    errors (a bug) keep their trace for whoever reports it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR and "Dependencies for step" in message and "Not executing" in message:
+            return False
+        if "MicrotrialsError" in message and "\n" in message:
+            record.msg, record.args = message.split("\n", 1)[0] + " (the reason is below; details in the Dagster UI)", ()
+        return True
+
+
+class _OfficerLogger(logging.Logger):
+    """The logger class Dagster's console logger is built from during `microtrials run` (see _OfficerConsole)."""
+
+    def __init__(self, name: str, level: int | str = logging.NOTSET) -> None:
+        super().__init__(name, level)
+        self.addFilter(_OfficerConsole())
 
 
 def _execute(extracts: Path):
@@ -246,9 +370,14 @@ def _execute(extracts: Path):
             job, tags = defs.resolve_job_def("load_and_refresh"), partition_range_tags(every[0], every[-1])
         else:
             job, tags = defs.resolve_job_def("refresh"), {}
-        return job.execute_in_process(
-            instance=instance, tags=tags | process_tags(), raise_on_error=False, run_config=QUIET
-        )
+        previous = logging.getLoggerClass()
+        logging.setLoggerClass(_OfficerLogger)  # Dagster builds its console logger from this class
+        try:
+            return job.execute_in_process(
+                instance=instance, tags=tags | process_tags(), raise_on_error=False, run_config=QUIET
+            )
+        finally:
+            logging.setLoggerClass(previous)
     finally:
         instance.dispose()
 

@@ -248,29 +248,35 @@ MARKER_TEXT = ("This folder is a microtrials publication. `microtrials run` repl
                "publication: keep nothing else in it (extracts, the warehouse, Dagster's folder).\n")
 
 
-def _earlier_publication(out_dir: Path, files: Mapping[str, bytes | str]) -> bool:
+#: What a publication is made of: a folder holding anything else is never taken for an unmarked one.
+PUBLICATION_SUFFIXES = frozenset({".html", ".csv", ".xlsx", ".svg", ".png", ".json", ".css", ".js", ".txt"})
+
+
+def _earlier_publication(out_dir: Path, suffixes: Iterable[str]) -> bool:
     """Whether a folder without the marker is a publication from before markers were written.
 
     It must hold ``evidence_table.csv`` and ``index.html`` at its top, and every file in it must have
-    a suffix this publication also writes (.html, .csv, ...): a folder holding anything else (a
-    warehouse, extracts in another format, Dagster's storage) is never taken for one.
+    one of ``suffixes`` (.html, .csv, ...): a folder holding anything else (a warehouse, Dagster's
+    storage, someone's documents) is never taken for one.
     """
     if not ((out_dir / "evidence_table.csv").is_file() and (out_dir / "index.html").is_file()):
         return False
-    suffixes = {PurePosixPath(name).suffix.lower() for name in files}
-    for _, folders, names in os.walk(out_dir):
-        if any(Path(name).suffix.lower() not in suffixes for name in names):
+    allowed = {s.lower() for s in suffixes}
+    for _, _, names in os.walk(out_dir):
+        if any(Path(name).suffix.lower() not in allowed for name in names):
             return False
     return True
 
 
-def check_replaceable(out_dir: Path, files: Mapping[str, bytes | str]) -> None:
+def check_replaceable(out_dir: Path, suffixes: Iterable[str] = PUBLICATION_SUFFIXES) -> None:
     """Raise a MicrotrialsError unless ``out_dir`` may be replaced by a publication.
 
     Replaceable: a path that does not exist, an empty folder, a folder holding :data:`MARKER` (an
-    earlier publication), or an earlier publication from before markers (``_earlier_publication``).
-    Anything else may be someone's data (the extracts, the warehouse, DAGSTER_HOME): never deleted.
+    earlier publication), or an earlier publication from before markers (``_earlier_publication``,
+    files with ``suffixes`` only). Anything else may be someone's data (the extracts, the
+    warehouse, DAGSTER_HOME): it is never deleted.
     """
+    out_dir = Path(out_dir)
     if out_dir.is_symlink():
         raise MicrotrialsError(f"{out_dir} is a symbolic link: publish to the folder it points to, "
                                "or link your web root to the publication folder instead")
@@ -278,7 +284,7 @@ def check_replaceable(out_dir: Path, files: Mapping[str, bytes | str]) -> None:
         return
     if not out_dir.is_dir():
         raise MicrotrialsError(f"{out_dir} exists and is not a folder: move it away or choose another --out")
-    if (out_dir / MARKER).is_file() or not any(out_dir.iterdir()) or _earlier_publication(out_dir, files):
+    if (out_dir / MARKER).is_file() or not any(out_dir.iterdir()) or _earlier_publication(out_dir, suffixes):
         return
     raise MicrotrialsError(
         f"{out_dir} already holds files that are not a microtrials publication (it has no {MARKER} file), "
@@ -295,7 +301,8 @@ def publish_folder(out_dir: Path, files: Mapping[str, bytes | str]) -> Path:
     the old publication as it was. Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
-    check_replaceable(out_dir, files)
+    suffixes = {PurePosixPath(name).suffix for name in files} & PUBLICATION_SUFFIXES
+    check_replaceable(out_dir, suffixes)
     parent = out_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:12]
@@ -315,7 +322,7 @@ def publish_folder(out_dir: Path, files: Mapping[str, bytes | str]) -> Path:
         _write_synced(staging / MARKER, MARKER_TEXT.encode("utf-8"))
         for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
             _fsync_dir(folder)
-        check_replaceable(out_dir, files)  # again, just before the swap: nothing may have moved in meanwhile
+        check_replaceable(out_dir, suffixes)  # again, just before the swap: nothing may have moved in meanwhile
         if out_dir.is_dir():
             if not _exchange(staging, out_dir):
                 os.rename(out_dir, old)
