@@ -407,7 +407,7 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
     finally:
         con.close()
     if report is None or report.empty:
-        lines.append(f"files: none in {extracts}")
+        lines.append(f"files: none in {extracts} (put the schools' extract files there and run again)")
     else:
         status = report["status"].value_counts()
         rejected = report[report["status"] == "rejected"]
@@ -478,6 +478,8 @@ def _trial_lines(out: Path) -> list[str]:
     table = pd.read_csv(path)
     if "status" not in table:
         return [f"trials: {len(table)}"]
+    if table.empty:
+        return ["trials: none yet (an empty evidence table was published)"]
     counts = table["status"].value_counts()
     lines = [f"trials: {len(table)} ({', '.join(f'{n} {s}' for s, n in counts.items())})"]
     for label, status in (("not estimable yet", "not_estimable"), ("not refreshed (last figures kept)", "not_refreshed")):
