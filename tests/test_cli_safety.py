@@ -164,3 +164,27 @@ def test_the_file_check_passes_on_an_empty_extracts_folder(tmp_path):
         settings=Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(tmp_path / "out")),
         warehouse_db=Warehouse(db_path=str(tmp_path / "w.duckdb")))
     assert result.passed and result.metadata["files_checked"].value == 0
+
+
+def test_a_run_that_failed_after_publishing_exits_1(tmp_path, monkeypatch, capsys):
+    """A blocking check on the publication fails after the swap (red-team case D): the run failed, so exit 1."""
+    from types import SimpleNamespace
+
+    from microtrials import cli
+    from pipelines import runs
+
+    for name in ("DAGSTER_HOME", "MICROTRIALS_EXTRACTS", "MICROTRIALS_OUT", "MICROTRIALS_DB", "MICROTRIALS_FEEDBACK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(home_at(tmp_path / "home")))
+    for name in ("MICROTRIALS_EXTRACTS", "MICROTRIALS_OUT", "MICROTRIALS_DB"):
+        monkeypatch.setenv(name, "")  # restored after the test: run_pipeline sets them
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "_execute", lambda extracts: SimpleNamespace(success=False, run_id="r1"))
+    monkeypatch.setattr(runs, "interrupted", lambda result: False)
+    monkeypatch.setattr(runs, "published", lambda result: True)
+    monkeypatch.setattr(runs, "failure_reason", lambda result: "blocking check failed: evidence_table:one_row_per_trial")
+    code = cli.run_pipeline(some_extracts(tmp_path / "extracts"), tmp_path / "out", tmp_path / "w.duckdb")
+    err = capsys.readouterr().err
+    assert code == cli.FAILED, err
+    assert "microtrials run failed: blocking check failed: evidence_table:one_row_per_trial" in err
+    assert "do not share it until a run passes" in err
