@@ -188,3 +188,19 @@ def test_a_run_that_failed_after_publishing_exits_1(tmp_path, monkeypatch, capsy
     assert code == cli.FAILED, err
     assert "microtrials run failed: blocking check failed: evidence_table:one_row_per_trial" in err
     assert "do not share it until a run passes" in err
+
+
+def test_the_summary_counts_ignored_entries_and_names_whole_file_warnings(tmp_path):
+    extracts = some_extracts(tmp_path / "extracts")
+    lines = (extracts / "111601.csv").read_text().splitlines()
+    lines = [lines[0] + ',"teacher"'] + [line + ',"Mme Gérard"' for line in lines[1:]]
+    (extracts / "111601.csv").write_bytes(("\r\n".join(lines) + "\r\n").encode("cp1252"))  # saved as 'ANSI'
+    (extracts / "old").mkdir()
+    (extracts / "notes.txt").write_text("ring school on Monday")
+    done = run(extracts, tmp_path / "out", tmp_path / "w.duckdb", home_at(tmp_path / "home"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = next(line for line in done.stdout.splitlines() if line.startswith("files: "))
+    assert files.startswith("files: 6 in ") and "4 loaded" in files and "2 ignored" in files, done.stdout
+    assert "  ignored: notes.txt, old" in done.stdout
+    assert "  warning 111601.csv: the file is not UTF-8" in done.stdout, done.stdout
+    assert "files with a warning about the whole file: 1" in done.stdout

@@ -397,7 +397,7 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
         report = con.execute(warehouse.sql("load_report")).df() if warehouse.table_exists(con, "load_report") else None
         warning_rows = None
         if report is not None and "rows_with_warnings" in report:
-            warning_rows = int(report["rows_with_warnings"].fillna(0).sum())
+            warning_rows = -1  # counted below, over this run's files
         elif warehouse.table_exists(con, "load_warnings") and report is not None:
             warning_rows = con.execute(
                 warehouse.sql("load_warning_count"), {"files": list(report["file_name"])}
@@ -406,23 +406,19 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
                              if warehouse.table_exists(con, "registry_messages") else None)
     finally:
         con.close()
+    if report is not None:
+        # This run's folder only: the warehouse may hold the report of another folder loaded meanwhile.
+        try:
+            present = set(os.listdir(extracts))
+        except OSError:
+            present = set(report["file_name"])
+        report = report[report["file_name"].isin(present)]
+        if warning_rows == -1:
+            warning_rows = int(pd.to_numeric(report["rows_with_warnings"], errors="coerce").fillna(0).sum())
     if report is None or report.empty:
         lines.append(f"files: none in {extracts} (put the schools' extract files there and run again)")
     else:
-        status = report["status"].value_counts()
-        rejected = report[report["status"] == "rejected"]
-        lines.append(
-            f"files: {len(report)} in {extracts}: {status.get('loaded', 0)} loaded, "
-            f"{status.get('unchanged', 0)} unchanged since their last load, {len(rejected)} rejected"
-        )
-        for _, row in rejected.head(10).iterrows():
-            reason = " ".join(str(row["reason"]).split()).removeprefix(f"{row['file_name']}: ")
-            lines.append(f"  rejected {row['file_name']}: {reason}")
-        if len(rejected) > 10:
-            lines.append(f"  ... and {len(rejected) - 10} more rejected files (load_report.csv lists them all)")
-        set_aside = int(report["rows_quarantined"].fillna(0).sum())
-        lines.append(f"rows set aside (quarantine): {set_aside:,}" + (
-            "" if warning_rows is None else f"; rows loaded with a warning: {warning_rows:,}"))
+        lines += _file_lines(report, extracts, warning_rows)
     lines += _registry_lines(registry_messages, out)
     feedback = _feedback_folder()
     if feedback.is_dir() and any(feedback.rglob("*.csv")):
@@ -440,6 +436,45 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
             f"{row['intervention']} / {row['outcome_measure']} ({_reason(row.get('notes'))})" for _, row in stale.iterrows()
         )
     return lines, nothing_new
+
+
+def _file_lines(report, extracts: Path, warning_rows: int | None, shown: int = 10) -> list[str]:
+    """The load report in a few lines: files by status (ignored entries too), each rejected file and
+    each file-level warning (e.g. read as Windows-1252) named with its reason, rows set aside, rows
+    and files with a warning."""
+    import pandas as pd
+
+    status = report["status"].value_counts()
+    rejected = report[report["status"] == "rejected"]
+    counts = [f"{status.get('loaded', 0)} loaded", f"{status.get('unchanged', 0)} unchanged since their last load",
+              f"{len(rejected)} rejected"]
+    if status.get("ignored", 0):
+        counts.append(f"{status['ignored']} ignored (not extracts: folders, hidden or other files)")
+    counts += [f"{n} {s}" for s, n in status.items() if s not in ("loaded", "unchanged", "rejected", "ignored")]
+    lines = [f"files: {len(report)} in {extracts}: {', '.join(counts)}"]
+    for _, row in rejected.head(shown).iterrows():
+        reason = " ".join(str(row["reason"]).split()).removeprefix(f"{row['file_name']}: ")
+        lines.append(f"  rejected {row['file_name']}: {reason}")
+    if len(rejected) > shown:
+        lines.append(f"  ... and {len(rejected) - shown} more rejected files (load_report.csv lists them all)")
+    ignored = report[report["status"] == "ignored"]
+    if len(ignored):
+        names = ", ".join(str(n) for n in ignored["file_name"].head(5))
+        lines.append(f"  ignored: {names}" + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""))
+    warned = report.iloc[0:0]
+    if "warnings" in report:
+        warned = report[report["warnings"].fillna("").astype(str).str.strip().ne("") & (report["status"] != "rejected")]
+    for _, row in warned.head(shown).iterrows():
+        lines.append(f"  warning {row['file_name']}: {' '.join(str(row['warnings']).split())}")
+    if len(warned) > shown:
+        lines.append(f"  ... and {len(warned) - shown} more files with a warning (in each school's feedback file)")
+    set_aside = int(pd.to_numeric(report["rows_quarantined"], errors="coerce").fillna(0).sum())
+    text = f"rows set aside (quarantine): {set_aside:,}"
+    if warning_rows is not None:
+        text += f"; rows loaded with a warning: {warning_rows:,}"
+    if "warnings" in report:
+        text += f"; files with a warning about the whole file: {len(warned):,}"
+    return lines + [text]
 
 
 def _registry_lines(messages, out: Path, shown: int = 5) -> list[str]:
