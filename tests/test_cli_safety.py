@@ -204,3 +204,48 @@ def test_the_summary_counts_ignored_entries_and_names_whole_file_warnings(tmp_pa
     assert "  ignored: notes.txt, old" in done.stdout
     assert "  warning 111601.csv: the file is not UTF-8" in done.stdout, done.stdout
     assert "files with a warning about the whole file: 1" in done.stdout
+
+
+def test_runs_at_once_on_a_fresh_dagster_home_all_finish(tmp_path):
+    """They create the instance's SQLite storage at the same moment: no raw 'table ... already exists'.
+    (Three runs, so that without the lock the race is lost most times, not just now and then.)"""
+    home = home_at(tmp_path / "home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MICROTRIALS_", "DAGSTER_"))}
+    env |= {"DAGSTER_HOME": str(home), "MICROTRIALS_PUPIL_KEY": KEY}
+    children = []
+    for n, names in enumerate((SCHOOLS[:2], SCHOOLS[2:3], SCHOOLS[3:])):
+        extracts = some_extracts(tmp_path / f"e{n}", names)
+        command = [str(MICROTRIALS), "run", "--extracts", str(extracts), "--out", str(tmp_path / f"o{n}"),
+                   "--db", str(tmp_path / f"w{n}.duckdb")]
+        children.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [child.communicate(timeout=240) for child in children]
+    for child, (out, err) in zip(children, results):
+        assert "OperationalError" not in err and "Traceback" not in err, err[-3000:]
+        assert child.returncode == 0, err[-3000:]
+    # Each summary describes its own folder's files.
+    assert "files: 2 in " + str(tmp_path / "e0") in results[0][0]
+    assert "files: 1 in " + str(tmp_path / "e1") in results[1][0]
+
+
+def test_many_processes_opening_a_fresh_instance_at_once_all_succeed(tmp_path):
+    """The lock itself: six processes, imports done, released at the same instant onto a fresh instance."""
+    import time
+
+    home = home_at(tmp_path / "home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MICROTRIALS_", "DAGSTER_"))}
+    env["DAGSTER_HOME"] = str(home)
+    go = tmp_path / "go"
+    code = ("import os, sys, time, pathlib, dagster; from microtrials import cli; "
+            "home = pathlib.Path(os.environ['DAGSTER_HOME']); os.chdir(home); "
+            "pathlib.Path(sys.argv[1] + '.ready').touch(); "
+            "exec('while not os.path.exists(sys.argv[2]): time.sleep(0.005)'); "
+            "cli.open_instance(home).dispose()")
+    children = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"p{n}"), str(go)], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(6)]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("p*.ready"))) < len(children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    for child in children:
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err[-2000:]

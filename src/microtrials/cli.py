@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -344,6 +345,56 @@ class _OfficerLogger(logging.Logger):
         self.addFilter(_OfficerConsole())
 
 
+#: In DAGSTER_HOME: held while a `microtrials run` opens the instance (see instance_lock).
+INSTANCE_LOCK = ".microtrials-instance.lock"
+
+
+@contextlib.contextmanager
+def instance_lock(home: Path, timeout_s: float = 120.0):
+    """Hold an exclusive lock on ``DAGSTER_HOME/.microtrials-instance.lock`` (fcntl; a no-op where there is none).
+
+    Two runs starting at once on a fresh DAGSTER_HOME would both create the instance's SQLite
+    tables and one would die with "table ... already exists"; they take turns instead (for a
+    second or so; the runs themselves still run side by side). After ``timeout_s`` the run goes
+    on without the lock rather than wait for ever.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    handle = open(home / INSTANCE_LOCK, "a")
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def open_instance(home: Path):
+    """The Dagster instance of DAGSTER_HOME ``home``, its storage created (tables and all) under :func:`instance_lock`."""
+    import dagster as dg
+
+    with instance_lock(home):
+        instance = dg.DagsterInstance.get()
+        try:  # touch the run, event-log and schedule storage: each creates its tables now
+            instance.get_runs(limit=1)
+            instance.all_instigator_state()
+            instance.event_log_storage.get_maximum_record_id()
+        except BaseException:
+            instance.dispose()
+            raise
+    return instance
+
+
 def _execute(extracts: Path):
     """One in-process Dagster run of every school (or the refresh alone) on the persistent instance."""
     import dagster as dg
@@ -353,19 +404,21 @@ def _execute(extracts: Path):
     from pipelines.partitions import SCHOOLS, files_by_school
     from pipelines.runs import process_tags, recover_dead_runs
 
-    instance = dg.DagsterInstance.get()
+    home = Path(os.environ["DAGSTER_HOME"])
+    instance = open_instance(home)
     try:
-        for run_id in recover_dead_runs(instance):
-            print(f"note: run {run_id} had been left unfinished by a process that is gone; marked failed",
-                  file=sys.stderr)
-        schools = sorted(files_by_school(extracts))
-        registered = set(instance.get_dynamic_partitions(SCHOOLS))
-        new = [key for key in schools if key not in registered]
-        if new:
-            instance.add_dynamic_partitions(SCHOOLS, new)
-        # Every registered school, in partition order: a school whose file has gone loads nothing
-        # and keeps its rows (README "For officers").
-        every = list(instance.get_dynamic_partitions(SCHOOLS))
+        with instance_lock(home):  # two runs registering the same new schools at once take turns too
+            for run_id in recover_dead_runs(instance):
+                print(f"note: run {run_id} had been left unfinished by a process that is gone; marked failed",
+                      file=sys.stderr)
+            schools = sorted(files_by_school(extracts))
+            registered = set(instance.get_dynamic_partitions(SCHOOLS))
+            new = [key for key in schools if key not in registered]
+            if new:
+                instance.add_dynamic_partitions(SCHOOLS, new)
+            # Every registered school, in partition order: a school whose file has gone loads nothing
+            # and keeps its rows (README "For officers").
+            every = list(instance.get_dynamic_partitions(SCHOOLS))
         if every:
             job, tags = defs.resolve_job_def("load_and_refresh"), partition_range_tags(every[0], every[-1])
         else:
