@@ -108,7 +108,7 @@ def test_a_changed_pupil_key_is_a_setup_error_in_one_line(tmp_path):
     assert listing(tmp_path / "out") == published
 
 
-def test_a_microtrials_error_inside_a_step_has_no_traceback_on_the_terminal(tmp_path):
+def test_a_microtrials_error_inside_a_step_has_no_traceback_on_the_terminal(tmp_path, monkeypatch):
     """The key test inside the load (the pre-check cannot see a warehouse busy with another run):
     exit 1, no stack trace, the reason without the error's class name."""
     extracts = some_extracts(tmp_path / "extracts")
@@ -126,6 +126,20 @@ def test_a_microtrials_error_inside_a_step_has_no_traceback_on_the_terminal(tmp_
     assert last.startswith("microtrials run failed: pupils: MICROTRIALS_PUPIL_KEY is not the key"), last
     assert "MicrotrialsError" not in last
     assert len(done.stderr.strip().splitlines()) < 40
+    # The whole error, stack trace and all, stays in the run's event log for whoever investigates.
+    import dagster as dg
+
+    monkeypatch.chdir(home)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    instance = dg.DagsterInstance.get()
+    try:
+        failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+        assert len(failed) == 1
+        events = instance.all_logs(failed[0].run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        errors = [e.dagster_event.step_failure_data.error for e in events]
+        assert errors and any(e.stack or (e.cause is not None and e.cause.stack) for e in errors)
+    finally:
+        instance.dispose()
 
 
 @pytest.mark.parametrize("reuse", [False, True])
