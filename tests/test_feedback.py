@@ -114,3 +114,32 @@ def test_an_unwritable_feedback_folder_is_a_plain_error(con, write_extract, tmp_
     blocked.write_text("a file where the folder should be")
     with pytest.raises(MicrotrialsError, match=r"could not write the feedback file .* the rows are loaded already"):
         feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, blocked)
+
+
+def test_value_sent_and_reasons_obey_the_identifier_rule(con, write_extract, tmp_path):
+    """Finding 7: no long number, UPN, other pupil's id or name is shown, in the file or the reasons."""
+    rows = pupil_rows(12)
+    secrets = {
+        "fsm": "K801234567890",
+        "year_group": "UPN A12345678901B",
+        "send": rows[9][COL["pupil_id"]],
+        "gender": "Jane Smith",
+        "arm": "Jane Smith",
+        "outcome": "Jane Smith",
+    }
+    for i, (column, value) in enumerate(secrets.items()):
+        rows[i][COL[column]] = value
+    rows[7][COL["gender"]] = "X"  # a short code is still shown, so the school can find it
+    folder = write_extract("111601.csv", rows).parent
+    reports = load_folder(con, folder, KEY)
+    out = tmp_path / "feedback"
+    written = feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, out, tmp_path / "pub")
+    text = written[0].read_bytes().decode("utf-8-sig")
+    stored = "".join(
+        con.execute(f"SELECT string_agg(reason, '|') FROM {t}").fetchone()[0] or "" for t in ("quarantine", "load_warnings")
+    )
+    for value in set(secrets.values()) | {"Jane", "12345678"}:
+        assert value not in text and value not in stored
+    by_line = {(r["Line"], r["Column"]): r for r in read_as_excel(written[0])}
+    assert by_line["2", "fsm"]["Value sent"] == feedback.HIDDEN
+    assert by_line["9", "gender"]["Value sent"] == "X"

@@ -167,6 +167,42 @@ def swapped_columns(col: dict, empty: dict, odd: dict, pupil_ids: pa.Array) -> s
     return None
 
 
+# Trial names (intervention, outcome_measure): a cell longer than this is not a name.
+NAME_MAX_CHARS = 100
+# A rare trial name (on at most this many rows) in a file whose most common name has at least
+# NAME_DOMINANT_ROWS rows is set aside when it also holds a date, a run of 4 digits, 'DOB'/'born'
+# or an e-mail '@': the shape of a pupil's details typed into the wrong cell.
+NAME_RARE_ROWS = 2
+NAME_DOMINANT_ROWS = 10
+_PERSONAL = r"[0-9]{4}|[0-9]{1,2}[/.-][0-9]{1,2}[/.-][0-9]{2,4}|(?i:\bdob\b|\bborn\b|d\.o\.b)|@"
+
+
+def identifier_like_names(values: pa.Array, empty: pa.Array, pupil_ids: pa.Array) -> pa.Array:
+    """Rows whose trial-name cell looks like a pupil identifier or a pupil's details, not a name.
+
+    A non-blank cell is flagged when it (a) equals a pupil_id of the file, (b) has the file's
+    pupil_id shape (:func:`pupil_id_pattern`), (c) is over ``NAME_MAX_CHARS`` characters, or (d) is
+    rare -- on at most ``NAME_RARE_ROWS`` rows while the file's most common value has at least
+    ``NAME_DOMINANT_ROWS`` -- and holds a date, a run of 4 digits, 'DOB'/'born' or '@'. A genuine
+    file naming one or two interventions by their names meets none of these: every name it uses is
+    on many rows or holds no digits run or date, and none has the shape of its pupil_ids.
+    """
+    present = pc.invert(empty)
+    flagged = pc.and_(present, pc.is_in(values, value_set=pupil_ids))
+    flagged = pc.or_(flagged, pc.greater(pc.utf8_length(values), NAME_MAX_CHARS))
+    pattern = pupil_id_pattern(pupil_ids)
+    if pattern:
+        flagged = pc.or_(flagged, pc.and_(present, pc.equal(shape(values), pattern)))
+    counts = pc.value_counts(values.filter(present))
+    if len(counts):
+        times = counts.field("counts")
+        if pc.max(times).as_py() >= NAME_DOMINANT_ROWS:
+            rare_values = counts.field("values").filter(pc.less_equal(times, NAME_RARE_ROWS))
+            personal = pc.match_substring_regex(values, _PERSONAL)
+            flagged = pc.or_(flagged, pc.and_(pc.is_in(values, value_set=rare_values), personal))
+    return pc.fill_null(pc.and_(present, flagged), False)
+
+
 def decimal_commas(outcome: pa.Array, odd: pa.Array, empty: pa.Array) -> str | None:
     """Why a file whose outcomes are mostly written with a decimal comma (12,5) is refused (loading
     them as 'no post-test' would silently empty the trial); None otherwise."""

@@ -54,6 +54,27 @@ _NOT_SHOWN = "a value not shown here (it could identify a pupil)"
 _PUPIL_ID_SHOWN = "a pupil_id value (are the columns in the wrong order?)"
 
 
+# Two words of letters ("Jane Smith"): a name, never quoted even when short.
+_TWO_WORDS = r"\pL{2,}[\s.,]+\pL{2,}"
+
+
+def quotable(column: str, values: pa.Array, pupil_ids: pa.Array) -> pa.Array:
+    """Which of a column's values a reason or a feedback file may show (the identifier rule).
+
+    Only values of a coded or numeric column (``_QUOTABLE``) that are at most 12 characters, hold
+    no run of 4 digits, are not two words of letters (a name) and equal no pupil_id of the file.
+    """
+    values = pc.cast(values, pa.string())
+    if column not in _QUOTABLE:
+        return pa.repeat(pa.scalar(False), len(values))
+    text = pc.replace_substring_regex(values, r"[\r\n\t]+", " ")
+    safe = pc.and_(
+        pc.less_equal(pc.utf8_length(text), _SHOWN_VALUE_CHARS),
+        pc.invert(pc.or_(pc.match_substring_regex(text, r"[0-9]{4}"), pc.match_substring_regex(text, _TWO_WORDS))),
+    )
+    return pc.fill_null(pc.and_(safe, pc.invert(pc.is_in(values, value_set=pupil_ids))), False)
+
+
 class ExtractRejected(MicrotrialsError):
     """A whole file that cannot be read as the extract contract says; nothing from it is loaded."""
 
@@ -563,6 +584,14 @@ def validate(extract: Extract) -> ValidatedExtract:
     ):
         if problem:
             raise ExtractRejected(f"{extract.file_name}: {problem}")
+    # A trial-name cell that looks like a pupil identifier, a name or a date never becomes a trial:
+    # its row is set aside and the cell is blanked here, so no table, report or reason carries it.
+    bad_name = {
+        c: checks.identifier_like_names(col[c], empty[c], pupil_ids) for c in ("intervention", "outcome_measure")
+    }
+    for c, mask in bad_name.items():
+        if mask.true_count:
+            col[c] = pc.if_else(mask, pa.scalar("", pa.string()), col[c])
 
     def entry(into: list, mask, column: str, rule: str, reason) -> None:
         """Add an entry for each row in ``mask``; ``reason(take)`` gives their reasons (text or array)."""
@@ -597,17 +626,11 @@ def validate(extract: Extract) -> ValidatedExtract:
         entry(warned, mask, column, rule, reason)
 
     def shown(column: str, take) -> pa.Array:
-        """Bad values as a reason may quote them: only short values of coded or numeric columns that
-        cannot be an identifier (no run of 4 digits, equal to no pupil_id in the file)."""
+        """Bad values as a reason may quote them: only those :func:`quotable` allows."""
         values = col[column].take(take)
         is_pupil_id = pc.and_(pc.is_in(values, value_set=pupil_ids), pc.invert(empty[column].take(take)))
-        if column not in _QUOTABLE:
-            return pc.if_else(is_pupil_id, _PUPIL_ID_SHOWN, _NOT_SHOWN)
         text = pc.replace_substring_regex(values, r"[\r\n\t]+", " ")
-        safe = pc.and_(
-            pc.less_equal(pc.utf8_length(text), _SHOWN_VALUE_CHARS),
-            pc.invert(pc.match_substring_regex(text, r"[0-9]{4}")),
-        )
+        safe = quotable(column, values, pupil_ids)
         return pc.if_else(is_pupil_id, _PUPIL_ID_SHOWN, pc.if_else(safe, _join("'", text, "'"), _NOT_SHOWN))
 
     # ---- rules that keep a row out: school_urn, pupil_id, intervention, outcome_measure, arm, duplicates
@@ -641,6 +664,14 @@ def validate(extract: Extract) -> ValidatedExtract:
         "outcome_measure missing",
         "outcome_measure is empty; name the assessment used as the outcome",
     )
+    for c, mask in bad_name.items():
+        flag(
+            mask,
+            c,
+            f"{c} looks like an identifier",
+            f"{c} holds a value that looks like a pupil identifier, a name or a date (or is over "
+            f"{checks.NAME_MAX_CHARS} characters), not shown here; write the {c} as the trial names it",
+        )
     flag(
         pc.invert(arm_ok),
         "arm",

@@ -114,13 +114,21 @@ def _rows(con: duckdb.DuckDBPyConnection, report, path: Path) -> pd.DataFrame:
             column = row.column_name if isinstance(row.column_name, str) else ""
             line = "" if pd.isna(row.line) else int(row.line)
             value = values.get((line, column), "")
-            if column == "pupil_id" or value in pupil_ids:
-                value = HIDDEN if value else ""
+            if value and not _quotable(column, value, pupil_ids):
+                value = HIDDEN
             out.append({"line": line, "column": column, "value": value, "reason": reason, "what_to_do": fix})
     for trial, why in getattr(report, "trials_rejected", {}).items():
         reason, fix = _split(why)
         out.append({"line": "", "column": "", "value": "", "reason": f"{trial}: {reason}", "what_to_do": fix})
     return pd.DataFrame(out, columns=COLUMNS)
+
+
+def _quotable(column: str, value: str, pupil_ids: set[str]) -> bool:
+    """The identifier rule of :func:`microtrials.extracts.quotable`, for one cell."""
+    import pyarrow as pa
+
+    ids = pa.array(sorted(pupil_ids), type=pa.string())
+    return bool(extracts.quotable(column, pa.array([value], type=pa.string()), ids)[0].as_py())
 
 
 def _split(reason: str) -> tuple[str, str]:
