@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+
+import duckdb
+import pytest
+
 from microtrials import warehouse
 from microtrials.extracts import read_extract, validate
 from microtrials.loading import load_file, load_report_frame
-from tests.conftest import EXTRACT_HEADER, pupil_rows
+from tests.conftest import EXTRACT_HEADER, SHARED, pupil_rows
+from tests.test_cli import run_cli
 
 COLUMN = {c: i for i, c in enumerate(EXTRACT_HEADER)}
 KEY = b"k" * 32
@@ -61,3 +67,42 @@ def test_a_small_file_of_one_rare_dated_trial_is_not_judged_rare(write_extract):
     rows = pupil_rows(4, intervention="Reading 2024")
     result = validate(read_extract(write_extract("111601.csv", rows)))
     assert result.quarantine.num_rows == 0
+
+
+@pytest.mark.slow
+def test_no_identifier_name_reaches_any_output_of_a_run(tmp_path):
+    """After `microtrials run`: the raw id and the dated name are in no published file, warehouse
+    table, feedback file or Dagster storage, nor on the terminal."""
+    extracts = tmp_path / "extracts"
+    shutil.copytree(SHARED / "reference" / "extracts", extracts)
+    path = extracts / "111601.csv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    other_id = lines[12].split(",")[1].strip('"')
+    cells = lines[5].split(",")
+    cells[2] = f'"{other_id}"'
+    lines[5] = ",".join(cells)
+    cells = lines[6].split(",")
+    cells[3] = f'"{DOB}"'
+    lines[6] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    done = run_cli(tmp_path, extracts, "test-pupil-key-not-secret-7c1e9a04b25d36f8")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "out" / "evidence_table.csv").is_file()
+    secrets = [other_id, DOB, "01/02/2015"]
+    leaks = []
+    for found in tmp_path.rglob("*"):
+        if found.is_file() and not found.is_relative_to(extracts):
+            data = found.read_bytes()
+            leaks += [(str(found.relative_to(tmp_path)), s) for s in secrets if s.encode() in data]
+            leaks += [(str(found.relative_to(tmp_path)), s) for s in secrets if s in found.name]
+    assert not leaks, leaks[:5]
+    assert not [s for s in secrets if s in done.stdout + done.stderr]
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True)
+    try:
+        stored = stored_text(con)
+        rules = con.execute("SELECT line, column_name, rule FROM quarantine WHERE source_file = '111601.csv'").fetchall()
+    finally:
+        con.close()
+    assert not [s for s in secrets if s in stored]
+    assert (6, "intervention", "intervention looks like an identifier") in rules
+    assert (7, "outcome_measure", "outcome_measure looks like an identifier") in rules
