@@ -209,3 +209,35 @@ def test_loader_workers_die_when_the_loader_is_killed(tmp_path, write_extract):
         for pid in set(workers) | {int(p.name) for p in pids.iterdir()}:  # no stray worker, even on failure
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_redelivery_spelled_differently_replaces_never_duplicates(con, write_extract):
+    """Finding 4: `reciprocal  Reading` is the same trial as `Reciprocal reading` (names.match_key)."""
+    load_file(con, write_extract("111601.csv", pupil_rows(20, intervention="Reciprocal reading")), KEY)
+    report = load_file(con, write_extract("111601-v2.csv", pupil_rows(20, intervention="reciprocal  Reading")), KEY)
+    assert report.status == "loaded"
+    assert pupils_of(con) == [("reciprocal  Reading", 20, "111601-v2.csv")]
+
+
+def test_a_smaller_redelivery_spelled_differently_is_held(con, write_extract):
+    load_file(con, write_extract("111601.csv", pupil_rows(20, intervention="Reciprocal reading")), KEY)
+    report = load_file(con, write_extract("111601-v2.csv", pupil_rows(4, intervention="RECIPROCAL READING")), KEY)
+    assert report.status == "rejected"
+    assert pupils_of(con) == [("Reciprocal reading", 20, "111601.csv")]
+
+
+def test_a_redelivery_losing_most_outcomes_keeps_the_earlier_rows(con, write_extract):
+    """Finding 5: every outcome blank (same pupils) would wipe the school's results: held, said why."""
+    load_file(con, write_extract("111601.csv", pupil_rows(20)), KEY)
+    blank = pupil_rows(20)
+    for row in blank:
+        row[EXTRACT_HEADER.index("outcome")] = ""
+    report = load_file(con, write_extract("111601-v2.csv", blank), KEY)
+    assert report.status == "rejected"
+    assert "0 outcome scores for the trial, the school's earlier delivery 20" in report.reason
+    assert con.execute("SELECT count(outcome) FROM pupils").fetchone() == (20,)
+    half = pupil_rows(20)
+    for row in half[:9]:
+        row[EXTRACT_HEADER.index("outcome")] = ""
+    assert load_file(con, write_extract("111601-v3.csv", half), KEY).status == "loaded"  # 11 of 20: replaces
+    assert con.execute("SELECT count(outcome), count(*) FROM pupils").fetchone() == (11, 20)

@@ -44,6 +44,7 @@ import pyarrow as pa
 
 from microtrials import extracts, warehouse
 from microtrials.errors import MicrotrialsError
+from microtrials.names import match_key
 from microtrials.privacy import check_key_unchanged, pseudonymise
 
 # Files in the extracts folder that look like a spreadsheet a school sent instead of a CSV:
@@ -477,32 +478,50 @@ def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> dict[str, 
 def _hold_losing_trials(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> dict[str, FileReport]:
     """Mark (in the registered ``batch_trials``) the trials whose earlier rows stay, and return
     the reports of their files rewritten to say so: rows not loaded, and ``rejected`` when no
-    trial of the file was replaced."""
+    trial of the file was replaced.
+
+    ``batch_trials`` first gains a row for every spelling the warehouse holds for the school that
+    has the same :func:`microtrials.names.match_key` as a trial of the file (``reciprocal  Reading``
+    replaces ``Reciprocal reading``)."""
     loaded = [d for d in group if d.report.status == "loaded"]
     if not any(d.report.school_urn for d in loaded):
         return {}
     cur.register("batch_trials", _trials_table(loaded))
+    stored = cur.execute(warehouse.sql("school_spellings")).fetchall()
+    spellings: dict[tuple, list[tuple[str, str]]] = {}
+    for school, intervention, measure in stored:
+        spellings.setdefault((school, match_key(intervention), match_key(measure)), []).append((intervention, measure))
+    cur.register("batch_trials", _trials_table(loaded, spellings=spellings))
     losses = cur.execute(warehouse.sql("redelivery_losses")).fetchall()
     if not losses:
         return {}
-    held: dict[str, dict[tuple[str, str], tuple[int, int]]] = {}
-    for file_name, intervention, measure, rows_new, rows_before in losses:
-        held.setdefault(file_name, {})[intervention, measure] = (rows_new, rows_before)
-    cur.register("batch_trials", _trials_table(loaded, held))
+    held: dict[str, dict[tuple[str, str], tuple[int, int, int, int]]] = {}
+    for file_name, intervention, measure, *counts in losses:
+        held.setdefault(file_name, {})[intervention, measure] = tuple(counts)
+    cur.register("batch_trials", _trials_table(loaded, held, spellings))
     changed = {}
     for delivery in loaded:
         mine = held.get(delivery.report.file_name)
         if not mine:
             continue
         report = dataclasses.replace(delivery.report, trials_rejected=dict(delivery.report.trials_rejected))
-        for (intervention, measure), (rows_new, rows_before) in mine.items():
+        for (intervention, measure), (rows_new, rows_before, outcomes_new, outcomes_before) in mine.items():
             trial = trials_text([(intervention, measure)])
+            if 2 * rows_new < rows_before:
+                lost = (
+                    f"this file has {rows_new} loadable row{'s' if rows_new != 1 else ''} for the trial, the "
+                    f"school's earlier delivery {rows_before}"
+                )
+            else:
+                lost = (
+                    f"this file has {outcomes_new} outcome score{'s' if outcomes_new != 1 else ''} for the trial, "
+                    f"the school's earlier delivery {outcomes_before}"
+                )
             report.trials_rejected[trial] = (
-                f"this file has {rows_new} loadable row{'s' if rows_new != 1 else ''} for the trial, the school's "
-                f"earlier delivery {rows_before}: the earlier rows are kept; "
+                f"{lost}: the earlier rows are kept; "
                 + (
                     "see the rows set aside and why, correct them and send the file again"
-                    if report.rows_quarantined
+                    if report.rows_quarantined or report.rows_with_warnings
                     else "if pupils really left the trial, ask the data team to remove the earlier rows"
                 )
             )
@@ -517,23 +536,35 @@ def _hold_losing_trials(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) 
     return changed
 
 
-def _trials_table(loaded: list[_Delivery], held: dict[str, dict] | None = None) -> pa.Table:
-    """One row per loaded file and trial it names: the rows a re-delivery replaces, unless ``held``
-    (file name -> trials whose earlier rows stay)."""
+def _trials_table(
+    loaded: list[_Delivery], held: dict[str, dict] | None = None, spellings: dict[tuple, list] | None = None
+) -> pa.Table:
+    """One row per loaded file, trial it names and stored spelling of that trial (the file's own
+    spelling, plus each school spelling in ``spellings`` with the same match key): the rows a
+    re-delivery replaces, unless ``held`` (file name -> the file's trials whose earlier rows stay)."""
     held = held or {}
-    rows = [
-        {
-            "file_name": d.report.file_name,
-            "school_urn": d.report.school_urn,
-            "intervention": i,
-            "outcome_measure": m,
-            "held": (i, m) in held.get(d.report.file_name, {}),
-        }
-        for d in loaded
-        for i, m in d.report.trials
-    ]
+    spellings = spellings or {}
+    rows = []
+    for d in loaded:
+        for i, m in d.report.trials:
+            same = spellings.get((d.report.school_urn, match_key(i), match_key(m)), [])
+            for stored_i, stored_m in dict.fromkeys([(i, m), *same]):
+                rows.append(
+                    {
+                        "file_name": d.report.file_name,
+                        "school_urn": d.report.school_urn,
+                        "intervention": stored_i,
+                        "outcome_measure": stored_m,
+                        "file_intervention": i,
+                        "file_outcome_measure": m,
+                        "held": (i, m) in held.get(d.report.file_name, {}),
+                    }
+                )
     schema = pa.schema(
-        [(c, pa.string()) for c in ("file_name", "school_urn", "intervention", "outcome_measure")]
+        [
+            (c, pa.string())
+            for c in ("file_name", "school_urn", "intervention", "outcome_measure", "file_intervention", "file_outcome_measure")
+        ]
         + [("held", pa.bool_())]
     )
     return pa.Table.from_pylist(rows, schema=schema)
