@@ -89,9 +89,10 @@ def test_only_the_losing_trial_is_kept_the_others_are_replaced(con, write_extrac
     assert again.status == "unchanged" and again.trials_rejected == report.trials_rejected
 
 
-def test_a_first_delivery_with_no_good_rows_is_still_a_load(con, write_extract):
+def test_a_first_delivery_with_no_good_rows_is_rejected(con, write_extract):
+    """Red-team finding 11: a file of which nothing loads is rejected (it was 'loaded', 0 rows)."""
     report = load_file(con, write_extract("111601.csv", coded(pupil_rows(5))), KEY)
-    assert (report.status, report.rows_loaded, report.trials_rejected) == ("loaded", 0, {})
+    assert (report.status, report.rows_loaded, report.trials_rejected) == ("rejected", 0, {})
 
 
 # ---- every entry of the folder is accounted for ----------------------------------------------
@@ -241,3 +242,16 @@ def test_a_redelivery_losing_most_outcomes_keeps_the_earlier_rows(con, write_ext
         row[EXTRACT_HEADER.index("outcome")] = ""
     assert load_file(con, write_extract("111601-v3.csv", half), KEY).status == "loaded"  # 11 of 20: replaces
     assert con.execute("SELECT count(outcome), count(*) FROM pupils").fetchone() == (11, 20)
+
+
+def test_a_file_with_no_row_loaded_is_rejected_saying_why(con, write_extract):
+    """Finding 11: arm coded Treatment/Comparison on every row: nothing loads, so the file is rejected."""
+    rows = [r[:ARM] + [("Treatment", "Comparison")[i % 2]] + r[ARM + 1 :] for i, r in enumerate(pupil_rows(71))]
+    report = load_file(con, write_extract("111601.csv", rows), KEY)
+    assert report.status == "rejected"
+    assert report.reason.startswith("111601.csv: none of the file's 71 rows could be loaded (arm not ")
+    frame = load_report_frame([report])
+    assert frame.loc[0, "status"] == "rejected" and "none of the file's 71 rows" in frame.loc[0, "reason"]
+    assert con.execute("SELECT status FROM deliveries").fetchall() == [("rejected",)]
+    assert con.execute("SELECT count(*) FROM quarantine").fetchone() == (71,)  # the school is told each line
+    assert load_file(con, write_extract("111601.csv", rows), KEY).status == "rejected"  # and again next run

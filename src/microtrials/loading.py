@@ -457,6 +457,10 @@ def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> dict[str, 
     more than half of the school's rows: ``sql/redelivery_losses.sql``) keep their earlier rows;
     returns the reports that changed because of that, by file name (applied once committed)."""
     changed = _hold_losing_trials(cur, group)
+    for delivery in group:  # a file that loads no row at all is rejected, its rows set aside explained
+        report = changed.get(delivery.report.file_name, delivery.report)
+        if report.status == "loaded" and report.rows_loaded == 0:
+            changed[report.file_name] = _nothing_loaded(report)
     # the deliveries rows and keys show the reports as they now are (registered afresh on each attempt)
     final = [dataclasses.replace(d, report=changed.get(d.report.file_name, d.report)) for d in group]
     cur.register("batch_deliveries", pa.Table.from_pylist([_delivery_row(d.delivery_id, d.report) for d in final]))
@@ -473,6 +477,19 @@ def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> dict[str, 
         cur.execute(warehouse.sql("load_warnings"))
     cur.execute(warehouse.sql("load_delivery"))
     return changed
+
+
+def _nothing_loaded(report: FileReport) -> FileReport:
+    """``report`` (a file none of whose rows loaded) as a rejection saying why."""
+    reasons = ", ".join(f"{rule}: {rows}" for rule, rows in report.quarantined_by_reason.items())
+    why = (
+        f"{report.file_name}: none of the file's {report.rows_read} rows could be loaded"
+        + (f" ({reasons})" if reasons else "")
+        + "; see the rows set aside and why, correct them and send the file again"
+    )
+    return dataclasses.replace(
+        report, status="rejected", reason="; ".join([why] + ([report.reason] if report.reason else []))
+    )
 
 
 def _hold_losing_trials(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> dict[str, FileReport]:
