@@ -167,7 +167,11 @@ class ValidatedExtract:
 
     @property
     def rows_quarantined(self) -> int:
-        return _distinct_lines(self.quarantine)
+        """Rows kept out (a loaded row whose implausible outcome was set aside is not one)."""
+        lines = self.quarantine.column("line").drop_null()
+        if len(lines) and self.good.num_rows:
+            lines = lines.filter(pc.invert(pc.is_in(lines, value_set=self.good.column("line"))))
+        return pc.count_distinct(lines).as_py() if len(lines) else 0
 
     @property
     def rows_with_warnings(self) -> int:
@@ -552,6 +556,7 @@ def validate(extract: Extract) -> ValidatedExtract:
     empty = {c: pc.equal(pc.utf8_length(v), 0) for c, v in col.items()}
     pupil_ids = pc.unique(col["pupil_id"].filter(pc.invert(empty["pupil_id"])))
     quarantined: list[pa.Table] = [extract.format_errors] if extract.format_errors.num_rows else []
+    set_aside: list[pa.Table] = []  # values set aside (recorded in quarantine) from rows that load
     warned: list[pa.Table] = [extract.warnings] if extract.warnings.num_rows else []
 
     # What each column's values mean, and which are understood (blank counts as understood).
@@ -719,11 +724,17 @@ def validate(extract: Extract) -> ValidatedExtract:
             ),
         )
     far = {c: checks.implausible(numbers[c], finite[c], trials_of_rows) for c in ("outcome", "baseline")}
-    flag(
+    # An implausible outcome is set aside as a value (recorded in quarantine), not as a pupil: the
+    # outcome is blanked and the pupil still counts as randomised (intention to treat).
+    entry(
+        set_aside,
         far["outcome"][0],
         "outcome",
         "implausible value",
-        lambda take: _implausible_reason("outcome", far["outcome"][1], take, "send the file again"),
+        lambda take: _implausible_reason(
+            "outcome", far["outcome"][1], take,
+            "the score was left out (the pupil still counts as randomised); correct it and send the file again",
+        ),
     )
     warn(
         far["baseline"][0],
@@ -754,6 +765,10 @@ def validate(extract: Extract) -> ValidatedExtract:
     quarantine = _combined(quarantined)
     out_lines = pc.unique(quarantine.column("line").drop_null())
     good_mask = pc.invert(pc.is_in(line, value_set=out_lines)) if len(out_lines) else None
+    if set_aside:  # a row kept out has its reasons already; a loaded row's value set aside is recorded too
+        kept = [t if not len(out_lines) else t.filter(pc.invert(pc.is_in(t.column("line"), value_set=out_lines)))
+                for t in set_aside]
+        quarantine = _combined(([quarantine] if quarantine.num_rows else []) + kept)
     warnings = _combined(warned)
     if len(out_lines):  # a row kept out has its reasons in quarantine; warnings are for loaded rows
         of_rows_out = pc.fill_null(pc.is_in(warnings.column("line"), value_set=out_lines), False)
@@ -787,7 +802,7 @@ def validate(extract: Extract) -> ValidatedExtract:
             "intervention": good(col["intervention"]),
             "outcome_measure": good(col["outcome_measure"]),
             "arm": good(arm),
-            "outcome": known(numbers["outcome"], finite["outcome"]),
+            "outcome": known(numbers["outcome"], pc.and_(finite["outcome"], pc.invert(far["outcome"][0]))),
             "baseline": known(numbers["baseline"], pc.and_(finite["baseline"], pc.invert(far["baseline"][0]))),
             "fsm": good(coded["fsm"][0]),
             "gender": good(coded["gender"][0]),
