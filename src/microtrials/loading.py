@@ -39,11 +39,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from microtrials import extracts, warehouse
 from microtrials.errors import MicrotrialsError
+from microtrials.extract_checks import IMPLAUSIBLE_MIN_VALUES, IMPLAUSIBLE_ROBUST_SDS, MAD_TO_SD
 from microtrials.names import match_key
 from microtrials.privacy import check_key_unchanged, pseudonymise
 
@@ -311,9 +313,131 @@ def _finish(con: duckdb.DuckDBPyConnection, staged: _Staged) -> list[FileReport]
     """Write a staged chunk's prepared files; their reports (and the unchanged ones') in path order."""
     todo = [p for p in staged.paths if p not in staged.earlier]
     prepared = dict(zip(todo, staged.prepared))
+    _judge_against_trials(con, list(prepared.values()))
     for group in _groups_of_distinct_schools(list(prepared.values())):
         _write_group(con, group)
     return [prepared[p].report if p in prepared else staged.earlier[p] for p in staged.paths]
+
+
+# A file's scores for a trial are judged as a whole (another scale?) from this many on.
+SCALE_MIN_SCORES = 5
+
+
+def _trial_key(intervention: str, measure: str) -> str:
+    return f"{match_key(intervention)}\x1f{match_key(measure)}"
+
+
+def _judge_against_trials(con: duckdb.DuckDBPyConnection, deliveries: list[_Delivery]) -> None:
+    """Judge each loaded file's outcomes against its trial's scores at other schools (in place).
+
+    For a trial (matched by ``names.match_key``) with at least ``IMPLAUSIBLE_MIN_VALUES`` scores
+    in the warehouse from other schools and a non-zero spread (median M, robust SD s = 1.4826 x
+    MAD): when the file's median for the trial is more than 6 s from M, the whole trial of the file
+    is on another scale (e.g. scores x 10) and, with at least ``SCALE_MIN_SCORES`` scores, is not loaded (``trials_rejected``; earlier rows
+    stay); otherwise each score more than 6 s from M is set aside as a value (outcome blanked,
+    recorded in quarantine as "implausible value"; the pupil stays randomised). The file's own
+    check (:func:`microtrials.extract_checks.implausible`) has already run.
+    """
+    loaded = [d for d in deliveries if d.report.status == "loaded" and d.pupils is not None and d.pupils.num_rows]
+    if not loaded:
+        return
+    wanted = {_trial_key(i, m) for d in loaded for i, m in d.report.trials}
+    spellings = [
+        (i, m, _trial_key(i, m)) for i, m, _ in con.execute(warehouse.sql("trial_spellings")).fetchall()
+    ]
+    spellings = [s for s in spellings if s[2] in wanted]
+    if not spellings:
+        return
+    frames = {
+        "spelling_keys": pa.table(
+            {name: pa.array([s[k] for s in spellings], pa.string())
+             for k, name in enumerate(("intervention", "outcome_measure", "trial_key"))}
+        ),
+        "batch_schools": pa.table({"school_urn": pa.array(sorted({d.report.school_urn or "" for d in loaded}))}),
+    }
+    with _registered(con, frames):
+        spread = {
+            key: (median, MAD_TO_SD * mad)
+            for key, median, scores, mad in con.execute(warehouse.sql("trial_outcome_spread")).fetchall()
+            if scores >= IMPLAUSIBLE_MIN_VALUES and mad and mad > 0
+        }
+    for delivery in loaded:
+        _judge_file(delivery, spread)
+
+
+def _judge_file(delivery: _Delivery, spread: dict[str, tuple[float, float]]) -> None:
+    """:func:`_judge_against_trials` for one file (vectorised over its rows)."""
+    pupils = delivery.pupils
+    frame = pupils.select(["intervention", "outcome_measure", "outcome", "line"]).to_pandas()
+    keys = {(i, m): _trial_key(i, m) for i, m in delivery.report.trials}
+    frame["key"] = [keys.get(pair, "") for pair in zip(frame["intervention"], frame["outcome_measure"])]
+    frame["median"] = frame["key"].map(lambda k: spread.get(k, (np.nan, np.nan))[0])
+    frame["sd"] = frame["key"].map(lambda k: spread.get(k, (np.nan, np.nan))[1])
+    judged = frame[frame["sd"].notna()]
+    if judged.empty:
+        return
+    by_trial = judged.groupby(["intervention", "outcome_measure"])["outcome"]
+    file_median, file_scores = by_trial.median(), by_trial.count()
+    report = delivery.report
+    other_scale = []
+    for (intervention, measure), middle in file_median.items():
+        median, sd = spread[keys[intervention, measure]]
+        enough = file_scores[intervention, measure] >= SCALE_MIN_SCORES  # fewer: each score is judged alone
+        if enough and abs(middle - median) > IMPLAUSIBLE_ROBUST_SDS * sd:
+            other_scale.append((intervention, measure))
+            report.trials_rejected[trials_text([(intervention, measure)])] = (
+                f"this file's {measure} scores for the trial have a median of {middle:.6g}, more than "
+                f"{IMPLAUSIBLE_ROBUST_SDS:g} robust SDs from the median ({median:.6g}) of the trial's scores at "
+                "other schools, as if they were on another scale (e.g. multiplied by 10 or out of another total); "
+                "they were not loaded; check the scores are the assessment's standardised scores and send the "
+                "file again"
+            )
+    drop = frame[["intervention", "outcome_measure"]].apply(tuple, axis=1).isin(other_scale).to_numpy()
+    far = (~drop) & frame["sd"].notna().to_numpy() & (
+        (frame["outcome"] - frame["median"]).abs() > IMPLAUSIBLE_ROBUST_SDS * frame["sd"]
+    ).to_numpy()
+    if far.any():
+        outcome = pupils.column("outcome").to_numpy(zero_copy_only=False).copy()
+        outcome[far] = np.nan
+        pupils = pupils.set_column(
+            pupils.schema.get_field_index("outcome"), "outcome", pa.array(outcome, pa.float64(), from_pandas=True)
+        )
+        picked = frame[far]
+        entries = pa.table(
+            {
+                "line": pa.array(picked["line"], pa.int64()),
+                "school_urn": pa.array([report.school_urn] * len(picked), pa.string()),
+                "intervention": pa.array(picked["intervention"], pa.string()),
+                "outcome_measure": pa.array(picked["outcome_measure"], pa.string()),
+                "column_name": pa.array(["outcome"] * len(picked), pa.string()),
+                "rule": pa.array(["implausible value"] * len(picked), pa.string()),
+                "reason": pa.array(
+                    [
+                        f"outcome is implausible: more than {IMPLAUSIBLE_ROBUST_SDS:g} robust SDs from the median "
+                        f"({m:.6g}) of this trial's outcome scores at other schools; the score was left out (the "
+                        "pupil still counts as randomised); correct it and send the file again"
+                        for m in picked["median"]
+                    ],
+                    pa.string(),
+                ),
+                "source_file": pa.array([report.file_name] * len(picked), pa.string()),
+                "delivery_id": pa.array([delivery.delivery_id] * len(picked), pa.string()),
+            }
+        ).cast(delivery.quarantine.schema)
+        delivery.quarantine = pa.concat_tables([delivery.quarantine, entries])
+        report.quarantined_by_reason["implausible value"] = (
+            report.quarantined_by_reason.get("implausible value", 0) + int(far.sum())
+        )
+    if drop.any():
+        pupils = pupils.filter(pa.array(~drop))
+        report.rows_loaded -= int(drop.sum())
+        report.reason = "; ".join(
+            ([report.reason] if report.reason else [])
+            + [f"not loaded: {trials_text([t])}: {report.trials_rejected[trials_text([t])]}" for t in other_scale]
+        )
+        if len(other_scale) == len(report.trials):
+            report.status = "rejected"
+    delivery.pupils = pupils
 
 
 def _prepare_job(job: tuple) -> _Delivery:
@@ -524,6 +648,9 @@ def _hold_losing_trials(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) 
         report = dataclasses.replace(delivery.report, trials_rejected=dict(delivery.report.trials_rejected))
         for (intervention, measure), (rows_new, rows_before, outcomes_new, outcomes_before) in mine.items():
             trial = trials_text([(intervention, measure)])
+            if trial in delivery.report.trials_rejected:  # already not loaded (another scale): its reason stands
+                report.rows_loaded -= rows_new
+                continue
             if 2 * rows_new < rows_before:
                 lost = (
                     f"this file has {rows_new} loadable row{'s' if rows_new != 1 else ''} for the trial, the "
@@ -547,7 +674,11 @@ def _hold_losing_trials(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) 
             report.status = "rejected"
         report.reason = "; ".join(
             ([report.reason] if report.reason else [])
-            + [f"not replaced: {trial}: {why}" for trial, why in report.trials_rejected.items()]
+            + [
+                f"not replaced: {trial}: {why}"
+                for trial, why in report.trials_rejected.items()
+                if trial not in delivery.report.trials_rejected
+            ]
         )
         changed[report.file_name] = report
     return changed
