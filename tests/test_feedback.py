@@ -143,3 +143,18 @@ def test_value_sent_and_reasons_obey_the_identifier_rule(con, write_extract, tmp
     by_line = {(r["Line"], r["Column"]): r for r in read_as_excel(written[0])}
     assert by_line["2", "fsm"]["Value sent"] == feedback.HIDDEN
     assert by_line["9", "gender"]["Value sent"] == "X"
+
+
+def test_a_missing_feedback_file_is_written_again_for_an_unchanged_delivery(con, write_extract, tmp_path):
+    """Finding 12: a run killed after loading left no feedback file; the next run (file unchanged) writes it."""
+    rows = pupil_rows(6)
+    rows[1][COL["arm"]] = "treat"
+    folder = write_extract("111601.csv", rows).parent
+    load_folder(con, folder, KEY)  # loaded, then the run died before the feedback was written
+    reports = load_folder(con, folder, KEY)
+    assert reports[0].status == "unchanged"
+    out = tmp_path / "feedback"
+    written = feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, out, tmp_path / "pub")
+    assert written == [out / "111601" / "111601-what-to-fix.csv"]
+    assert [r["Line"] for r in read_as_excel(written[0])] == ["3"]
+    assert feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, out, tmp_path / "pub") == []

@@ -61,7 +61,8 @@ def write_feedback(
 ) -> list[Path]:
     """Write the feedback file of every report (``microtrials.loading.FileReport``) that was loaded
     or rejected in this run and has rows set aside, warnings, or trials it did not replace; remove
-    an earlier feedback file of the same name when the new delivery has nothing to fix.
+    an earlier feedback file of the same name when the new delivery has nothing to fix. An
+    ``unchanged`` delivery's file is written again when it is missing (a run killed after loading).
 
     ``paths`` maps file names to the delivered files (read again for the values shown).
     Returns the files written.
@@ -72,12 +73,19 @@ def write_feedback(
         if report.file_name not in paths:
             continue
         target = feedback_path(folder, report.school_urn, report.file_name)
-        if report.status == "unchanged":  # its feedback was written when it loaded; drop it if now stale
-            clean = not (report.rows_quarantined or getattr(report, "rows_with_warnings", 0) or report.trials_rejected)
+        if report.status == "unchanged":  # written when it loaded: drop it if stale, write it if missing
+            clean = not (
+                report.rows_quarantined
+                or getattr(report, "rows_with_warnings", 0)
+                or report.trials_rejected
+                or getattr(report, "quarantined_by_reason", None)
+                or getattr(report, "file_warnings", None)
+            )
             if clean and target.exists():
                 target.unlink()
-            continue
-        if report.status not in ("loaded", "rejected"):
+            if clean or target.exists():  # (a run killed after loading never wrote it)
+                continue
+        elif report.status not in ("loaded", "rejected"):
             continue
         path = paths[report.file_name]
         rows = _rows(con, report, path)
