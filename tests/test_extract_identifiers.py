@@ -106,3 +106,22 @@ def test_no_identifier_name_reaches_any_output_of_a_run(tmp_path):
     assert not [s for s in secrets if s in stored]
     assert (6, "intervention", "intervention looks like an identifier") in rules
     assert (7, "outcome_measure", "outcome_measure looks like an identifier") in rules
+
+
+def test_bidi_and_control_characters_are_stripped_from_names_with_a_warning(write_extract):
+    """Finding 16: a U+202E override would show a trial name reversed on the site."""
+    rows = pupil_rows(12, intervention="Reading")
+    for row in rows[:3]:
+        row[COLUMN["intervention"]] = "\u202eReading\u202c"
+    rows[3][COLUMN["outcome_measure"]] = "NG\u200bRT"
+    result = validate(read_extract(write_extract("111601.csv", rows)))
+    assert result.trials == [("Reading", "NGRT")]
+    assert set(result.good["intervention"].to_pylist()) == {"Reading"}
+    w = result.warnings.to_pandas()
+    assert w[["line", "column_name", "rule"]].values.tolist() == [
+        [2, "intervention", "intervention had invisible characters"],
+        [3, "intervention", "intervention had invisible characters"],
+        [4, "intervention", "intervention had invisible characters"],
+        [5, "outcome_measure", "outcome_measure had invisible characters"],
+    ]
+    assert result.quarantine.num_rows == 0

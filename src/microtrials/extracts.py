@@ -54,6 +54,8 @@ _NOT_SHOWN = "a value not shown here (it could identify a pupil)"
 _PUPIL_ID_SHOWN = "a pupil_id value (are the columns in the wrong order?)"
 
 
+# Bidi overrides/isolates/marks, zero-width characters, the BOM and C0/C1 controls (tab included).
+_INVISIBLE = "[\u200b-\u200f\u202a-\u202e\u2060-\u2069\u061c\ufeff\x00-\x1f\x7f-\x9f]"
 # Two words of letters ("Jane Smith"): a name, never quoted even when short.
 _TWO_WORDS = r"\pL{2,}[\s.,]+\pL{2,}"
 
@@ -553,6 +555,13 @@ def validate(extract: Extract) -> ValidatedExtract:
     blank = pa.repeat(pa.scalar("", pa.string()), n)
     col = {c: (_one_array(rows.column(c)) if c in rows.column_names else blank) for c in CONTRACT_COLUMNS}
     line = _one_array(rows.column("line"))
+    # Invisible direction/control characters (a U+202E override reverses the text a page shows) are
+    # removed from names before anything else reads them; the row loads with a warning.
+    invisible = {}
+    for c in ("intervention", "outcome_measure", "round"):
+        invisible[c] = pc.match_substring_regex(col[c], _INVISIBLE)
+        if invisible[c].true_count:
+            col[c] = pc.utf8_trim_whitespace(pc.replace_substring_regex(col[c], _INVISIBLE, ""))
     empty = {c: pc.equal(pc.utf8_length(v), 0) for c, v in col.items()}
     pupil_ids = pc.unique(col["pupil_id"].filter(pc.invert(empty["pupil_id"])))
     quarantined: list[pa.Table] = [extract.format_errors] if extract.format_errors.num_rows else []
@@ -744,6 +753,15 @@ def validate(extract: Extract) -> ValidatedExtract:
             "baseline", far["baseline"][1], take, "it was left blank for this pupil; correct it and send the file again"
         ),
     )
+
+    for c, mask in invisible.items():
+        warn(
+            mask,
+            c,
+            f"{c} had invisible characters",
+            f"{c} held invisible text-direction or control characters (they can make a name show reversed "
+            "or differently on a page); they were removed and the row loaded; remove them from your file",
+        )
 
     # ---- coded characteristics: understood spellings are read, anything else blanked with a warning
     for column, meaning in (
