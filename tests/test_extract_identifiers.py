@@ -10,7 +10,7 @@ import pytest
 from microtrials import warehouse
 from microtrials.extracts import read_extract, validate
 from microtrials.loading import load_file, load_report_frame
-from tests.conftest import EXTRACT_HEADER, SHARED, pupil_rows
+from tests.conftest import EXTRACT_HEADER, SHARED, extract_csv, pupil_rows
 from tests.test_cli import run_cli
 
 COLUMN = {c: i for i, c in enumerate(EXTRACT_HEADER)}
@@ -125,3 +125,16 @@ def test_bidi_and_control_characters_are_stripped_from_names_with_a_warning(writ
         [5, "outcome_measure", "outcome_measure had invisible characters"],
     ]
     assert result.quarantine.num_rows == 0
+
+
+def test_a_file_without_a_final_line_break_warns_it_may_be_cut_off(write_extract):
+    """Finding 8: `78` cut to `7` at the end of a file reads as a number; the officer is warned."""
+    text = extract_csv(pupil_rows(12))
+    cut = text[:-2]  # last outcome/... value cut short, no final line break
+    result = validate(read_extract(write_extract("111601.csv", cut)))
+    w = result.warnings.to_pandas()
+    assert w[["line", "rule"]].values.tolist() == [[13, "no line break at the end"]]
+    assert "line 13, the last line" in w["reason"][0] and "may have been cut off" in w["reason"][0]
+    assert result.good.num_rows == 12 and result.rows_with_warnings == 1
+    whole = validate(read_extract(write_extract("111602.csv", text)))
+    assert whole.warnings.num_rows == 0

@@ -242,6 +242,7 @@ def read_extract(path: Path, data: bytes | None = None) -> Extract:
             raise ExtractRejected(f"{name}: the file is empty; {SAVE_AS_CSV}")
         header = _header(name, text)
         records, format_errors = _parse_records(name, text, len(header))
+        warnings = _concat_entries(warnings, _cut_off(text, records))
     positions, dropped = _match_columns(name, header)
     # Keep only contract columns: anything else may hold personal data and never goes further.
     kept = {column: records.column(index) for column, index in positions.items()}
@@ -298,6 +299,33 @@ def _decode(name: str, data: bytes) -> tuple[str, pa.Table]:
         "'CSV UTF-8 (Comma delimited) (*.csv)'"
     )
     return text, _entries([None], ["read as Windows-1252"], [reason])
+
+
+def _cut_off(text: str, records: pa.Table) -> pa.Table:
+    """A warning on the last row when the file does not end with a line break although its other
+    lines do: a copy or upload cut short ends like that, and a score cut from 78 to 7 reads as a
+    plain number. The row still loads (a file saved by a tool that writes no final line break
+    would otherwise always lose its last pupil); the warning names its line so it can be checked."""
+    if text.endswith(("\n", "\r")) or not records.num_rows:
+        return _NO_ENTRIES
+    last = physical_lines(text)
+    if records.column("line")[-1].as_py() != last:  # the last line was not a row (blank or set aside)
+        return _NO_ENTRIES
+    return _entries(
+        [last],
+        ["no line break at the end"],
+        [
+            f"line {last}, the last line, does not end with a line break while the file's other lines do: the file "
+            "may have been cut off, so this row's last value may be incomplete; the row was loaded; check it "
+            "against your records and send the whole file again if it was cut"
+        ],
+        [None],
+    )
+
+
+def _concat_entries(*tables: pa.Table) -> pa.Table:
+    kept = [t for t in tables if t.num_rows]
+    return pa.concat_tables(kept) if len(kept) > 1 else (kept[0] if kept else _NO_ENTRIES)
 
 
 def _read_workbook(name: str, data: bytes) -> tuple[list[str], pa.Table, pa.Table, pa.Table]:
