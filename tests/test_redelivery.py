@@ -255,3 +255,16 @@ def test_a_file_with_no_row_loaded_is_rejected_saying_why(con, write_extract):
     assert con.execute("SELECT status FROM deliveries").fetchall() == [("rejected",)]
     assert con.execute("SELECT count(*) FROM quarantine").fetchone() == (71,)  # the school is told each line
     assert load_file(con, write_extract("111601.csv", rows), KEY).status == "rejected"  # and again next run
+
+
+def test_a_redelivery_under_a_registered_alias_replaces(con, write_extract):
+    """Finding 4: the registry stored in the warehouse says `RR` is an alias of `Reciprocal reading`."""
+    con.execute(warehouse.sql("registry_schema"))
+    con.execute(
+        "INSERT INTO registry_rounds (sha256, line, intervention, outcome_measure, round, start_date, schools, aliases) "
+        "VALUES ('x', 2, 'Reciprocal reading', 'NGRT', 'Round 1', DATE '2025-09-01', '111601', 'RR|Recip. reading')"
+    )
+    load_file(con, write_extract("111601.csv", pupil_rows(20, intervention="Reciprocal reading")), KEY)
+    report = load_file(con, write_extract("111601-v2.csv", pupil_rows(20, intervention="rr")), KEY)
+    assert report.status == "loaded"
+    assert pupils_of(con) == [("rr", 20, "111601-v2.csv")]

@@ -629,17 +629,19 @@ def _hold_losing_trials(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) 
         return {}
     cur.register("batch_trials", _trials_table(loaded))
     stored = cur.execute(warehouse.sql("school_spellings")).fetchall()
+    intervention_key = _intervention_keys(cur)
     spellings: dict[tuple, list[tuple[str, str]]] = {}
     for school, intervention, measure in stored:
-        spellings.setdefault((school, match_key(intervention), match_key(measure)), []).append((intervention, measure))
-    cur.register("batch_trials", _trials_table(loaded, spellings=spellings))
+        key = (school, intervention_key(intervention), match_key(measure))
+        spellings.setdefault(key, []).append((intervention, measure))
+    cur.register("batch_trials", _trials_table(loaded, spellings=spellings, intervention_key=intervention_key))
     losses = cur.execute(warehouse.sql("redelivery_losses")).fetchall()
     if not losses:
         return {}
     held: dict[str, dict[tuple[str, str], tuple[int, int, int, int]]] = {}
     for file_name, intervention, measure, *counts in losses:
         held.setdefault(file_name, {})[intervention, measure] = tuple(counts)
-    cur.register("batch_trials", _trials_table(loaded, held, spellings))
+    cur.register("batch_trials", _trials_table(loaded, held, spellings, intervention_key))
     changed = {}
     for delivery in loaded:
         mine = held.get(delivery.report.file_name)
@@ -684,18 +686,40 @@ def _hold_losing_trials(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) 
     return changed
 
 
+def _intervention_keys(cur: duckdb.DuckDBPyConnection):
+    """A function giving an intervention spelling's matching key: the match key of its registered
+    name when the registry last stored in the warehouse (``registry_rounds``) lists it as a name or
+    an alias, else its own match key."""
+    canonical: dict[str, str] = {}
+    if warehouse.table_exists(cur, "registry_rounds"):
+        for name, aliases in cur.execute(warehouse.sql("registry_names")).fetchall():
+            for spelling in [name, *(aliases or "").split("|")]:
+                if spelling.strip():
+                    canonical.setdefault(match_key(spelling), match_key(name))
+
+    def key(intervention: str) -> str:
+        own = match_key(intervention)
+        return canonical.get(own, own)
+
+    return key
+
+
 def _trials_table(
-    loaded: list[_Delivery], held: dict[str, dict] | None = None, spellings: dict[tuple, list] | None = None
+    loaded: list[_Delivery],
+    held: dict[str, dict] | None = None,
+    spellings: dict[tuple, list] | None = None,
+    intervention_key=match_key,
 ) -> pa.Table:
     """One row per loaded file, trial it names and stored spelling of that trial (the file's own
-    spelling, plus each school spelling in ``spellings`` with the same match key): the rows a
+    spelling, plus each school spelling in ``spellings`` with the same match key, the intervention
+    read through the registry's aliases by ``intervention_key``): the rows a
     re-delivery replaces, unless ``held`` (file name -> the file's trials whose earlier rows stay)."""
     held = held or {}
     spellings = spellings or {}
     rows = []
     for d in loaded:
         for i, m in d.report.trials:
-            same = spellings.get((d.report.school_urn, match_key(i), match_key(m)), [])
+            same = spellings.get((d.report.school_urn, intervention_key(i), match_key(m)), [])
             for stored_i, stored_m in dict.fromkeys([(i, m), *same]):
                 rows.append(
                     {
