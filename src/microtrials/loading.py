@@ -370,9 +370,11 @@ def _judge_file(delivery: _Delivery, spread: dict[str, tuple[float, float]]) -> 
     pupils = delivery.pupils
     frame = pupils.select(["intervention", "outcome_measure", "outcome", "line"]).to_pandas()
     keys = {(i, m): _trial_key(i, m) for i, m in delivery.report.trials}
-    frame["key"] = [keys.get(pair, "") for pair in zip(frame["intervention"], frame["outcome_measure"])]
-    frame["median"] = frame["key"].map(lambda k: spread.get(k, (np.nan, np.nan))[0])
-    frame["sd"] = frame["key"].map(lambda k: spread.get(k, (np.nan, np.nan))[1])
+    trials = pd.DataFrame(
+        [(i, m, spread.get(k, (np.nan, np.nan))[0], spread.get(k, (np.nan, np.nan))[1]) for (i, m), k in keys.items()],
+        columns=["intervention", "outcome_measure", "median", "sd"],
+    )
+    frame = frame.merge(trials, on=["intervention", "outcome_measure"], how="left")  # keeps the row order
     judged = frame[frame["sd"].notna()]
     if judged.empty:
         return
@@ -392,7 +394,8 @@ def _judge_file(delivery: _Delivery, spread: dict[str, tuple[float, float]]) -> 
                 "they were not loaded; check the scores are the assessment's standardised scores and send the "
                 "file again"
             )
-    drop = frame[["intervention", "outcome_measure"]].apply(tuple, axis=1).isin(other_scale).to_numpy()
+    scale = pd.DataFrame(other_scale, columns=["intervention", "outcome_measure"]).assign(other_scale=True)
+    drop = frame.merge(scale, on=["intervention", "outcome_measure"], how="left")["other_scale"].eq(True).to_numpy()
     far = (~drop) & frame["sd"].notna().to_numpy() & (
         (frame["outcome"] - frame["median"]).abs() > IMPLAUSIBLE_ROBUST_SDS * frame["sd"]
     ).to_numpy()
