@@ -185,22 +185,25 @@ def identifier_like_names(values: pa.Array, empty: pa.Array, pupil_ids: pa.Array
     rare -- on at most ``NAME_RARE_ROWS`` rows while the file's most common value has at least
     ``NAME_DOMINANT_ROWS`` -- and holds a date, a run of 4 digits, 'DOB'/'born' or '@'. A genuine
     file naming one or two interventions by their names meets none of these: every name it uses is
-    on many rows or holds no digits run or date, and none has the shape of its pupil_ids.
+    on many rows or holds no digits run or date, and none has the shape of its pupil_ids. The
+    tests run on the column's distinct values (a file has a few), then mark their rows.
     """
-    present = pc.invert(empty)
-    flagged = pc.and_(present, pc.is_in(values, value_set=pupil_ids))
-    flagged = pc.or_(flagged, pc.greater(pc.utf8_length(values), NAME_MAX_CHARS))
-    pattern = pupil_id_pattern(pupil_ids)
-    if pattern:
-        flagged = pc.or_(flagged, pc.and_(present, pc.equal(shape(values), pattern)))
-    counts = pc.value_counts(values.filter(present))
-    if len(counts):
-        times = counts.field("counts")
-        if pc.max(times).as_py() >= NAME_DOMINANT_ROWS:
-            rare_values = counts.field("values").filter(pc.less_equal(times, NAME_RARE_ROWS))
-            personal = pc.match_substring_regex(values, _PERSONAL)
-            flagged = pc.or_(flagged, pc.and_(pc.is_in(values, value_set=rare_values), personal))
-    return pc.fill_null(pc.and_(present, flagged), False)
+    counts = pc.value_counts(values.filter(pc.invert(empty)))
+    if not len(counts):
+        return pa.repeat(pa.scalar(False), len(values))
+    names, times = counts.field("values"), counts.field("counts")
+    bad = pc.or_(pc.is_in(names, value_set=pupil_ids), pc.greater(pc.utf8_length(names), NAME_MAX_CHARS))
+    shaped = pc.and_(pc.match_substring_regex(names, "[0-9]"), pc.greater_equal(pc.utf8_length(names), 5))
+    if shaped.true_count:  # only a name with a digit can have an identifier's shape
+        pattern = pupil_id_pattern(pupil_ids)
+        if pattern:
+            bad = pc.or_(bad, pc.equal(shape(names), pattern))
+    if pc.max(times).as_py() >= NAME_DOMINANT_ROWS:
+        rare = pc.less_equal(times, NAME_RARE_ROWS)
+        bad = pc.or_(bad, pc.and_(rare, pc.match_substring_regex(names, _PERSONAL)))
+    if not bad.true_count:
+        return pa.repeat(pa.scalar(False), len(values))
+    return pc.fill_null(pc.and_(pc.invert(empty), pc.is_in(values, value_set=names.filter(bad))), False)
 
 
 def decimal_commas(outcome: pa.Array, odd: pa.Array, empty: pa.Array) -> str | None:

@@ -587,8 +587,10 @@ def validate(extract: Extract) -> ValidatedExtract:
     # removed from names before anything else reads them; the row loads with a warning.
     invisible = {}
     for c in ("intervention", "outcome_measure", "round"):
-        invisible[c] = pc.match_substring_regex(col[c], _INVISIBLE)
-        if invisible[c].true_count:
+        distinct = pc.unique(col[c])  # a few names: test them, not every row
+        odd_names = distinct.filter(pc.match_substring_regex(distinct, _INVISIBLE))
+        if len(odd_names):
+            invisible[c] = pc.is_in(col[c], value_set=odd_names)
             col[c] = pc.utf8_trim_whitespace(pc.replace_substring_regex(col[c], _INVISIBLE, ""))
     empty = {c: pc.equal(pc.utf8_length(v), 0) for c, v in col.items()}
     pupil_ids = pc.unique(col["pupil_id"].filter(pc.invert(empty["pupil_id"])))
