@@ -167,10 +167,13 @@ def test_the_asset_stores_every_trial_when_one_fails(tmp_path, monkeypatch):
         return real(cells, intervention, outcome_measure, **kwargs)
 
     monkeypatch.setattr(trials, "analyse_cells", failing)
-    result = dg.materialize([trial_results], resources={
-        "warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb")),
-        "settings": Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(tmp_path / "out")),  # no registry
-    })
+    # An instance of our own: without one, Dagster may resolve the definitions against a test
+    # instance an earlier test left behind ("undefined DagsterInstance weakref").
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([trial_results], instance=instance, resources={
+            "warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb")),
+            "settings": Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(tmp_path / "out")),  # no registry
+        })
     assert result.success
     metadata = result.asset_materializations_for_node("trial_results")[0].metadata
     assert metadata["not_refreshed"].value == 1
