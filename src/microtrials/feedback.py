@@ -67,6 +67,10 @@ def write_feedback(
     Returns the files written.
     """
     check_private(folder, published)
+    reports = list(reports)
+    ids = {r.file_name: _delivery_id(paths[r.file_name]) for r in reports
+           if r.file_name in paths and r.status in ("loaded", "rejected")}
+    problems = _problems(con, ids)
     written = []
     for report in reports:
         if report.file_name not in paths:
@@ -80,7 +84,7 @@ def write_feedback(
         if report.status not in ("loaded", "rejected"):
             continue
         path = paths[report.file_name]
-        rows = _rows(con, report, path)
+        rows = _rows(problems.get((ids[report.file_name], report.file_name)), report, path)
         if rows.empty:
             if target.exists():
                 target.unlink()
@@ -99,13 +103,25 @@ def write_feedback(
     return written
 
 
-def _rows(con: duckdb.DuckDBPyConnection, report, path: Path) -> pd.DataFrame:
-    """The report's problems, one row each: quarantine entries, warnings, trials not replaced."""
-    delivery_id = _delivery_id(path)
-    parts = [con.execute(warehouse.sql("feedback_quarantine"), {"id": delivery_id, "file": report.file_name}).df()]
+def _problems(con: duckdb.DuckDBPyConnection, ids: dict[str, str]) -> dict[tuple[str, str], pd.DataFrame]:
+    """(delivery_id, file name) -> its quarantine entries and warnings (line, column_name, reason),
+    for every file in ``ids`` (file name -> delivery_id) in one query per table, not one per file."""
+    if not ids:
+        return {}
+    wanted = sorted(set(ids.values()))
+    parts = [con.execute(warehouse.sql("feedback_quarantine_many"), {"ids": wanted}).df()]
     if warehouse.table_exists(con, "load_warnings"):
-        parts.append(con.execute(warehouse.sql("feedback_warnings"), {"id": delivery_id, "file": report.file_name}).df())
-    problems = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else None
+        parts.append(con.execute(warehouse.sql("feedback_warnings_many"), {"ids": wanted}).df())
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return {}
+    frame = pd.concat(parts, ignore_index=True)
+    return {(str(d), str(f)): group[["line", "column_name", "reason"]].reset_index(drop=True)
+            for (d, f), group in frame.groupby(["delivery_id", "source_file"], sort=False)}
+
+
+def _rows(problems: pd.DataFrame | None, report, path: Path) -> pd.DataFrame:
+    """The report's problems, one row each: quarantine entries, warnings, trials not replaced."""
     out = []
     if problems is not None:
         values, pupil_ids = _cells(path, set(problems["line"].dropna().astype(int)))
