@@ -295,6 +295,26 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TH = re.compile(r"<th[^>]*>\s*([^<]*?)\s*</th>", re.IGNORECASE)
 
 
+def hex_candidates(files: Mapping[str, bytes | str]) -> set[str]:
+    """Every 64-hex-digit run in the files' text (lowercased): the only strings that could be pupil keys."""
+    found: set[str] = set()
+    for content in files.values():
+        found.update(_HEX64.findall(_as_bytes(content).decode("utf-8", errors="ignore").lower()))
+    return found
+
+
+def pupil_keys_in(con, files: Mapping[str, bytes | str]) -> set[str]:
+    """The warehouse's pupil keys that occur in ``files``: one lookup of the files' 64-hex-digit
+    strings in `pupils` (sql/pupil_keys_among.sql), so a national warehouse's millions of keys are
+    never loaded into memory. Pass the result to ``identifier_findings``."""
+    candidates = sorted(hex_candidates(files))
+    if not candidates:
+        return set()
+    from microtrials import warehouse
+
+    return {row[0] for row in con.execute(warehouse.sql("pupil_keys_among"), {"keys": candidates}).fetchall()}
+
+
 def identifier_findings(files: Mapping[str, bytes | str], pupil_keys: set[str]) -> list[tuple[str, str]]:
     """(file, what) for each file holding a warehouse pupil_key or a column named pupil_id/pupil_key.
 
