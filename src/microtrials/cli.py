@@ -165,7 +165,7 @@ def _execute(extracts: Path):
     from pipelines.definitions import defs
     from pipelines.jobs import partition_range_tags
     from pipelines.partitions import SCHOOLS, files_by_school
-    from pipelines.runs import process_tags, recover_dead_runs
+    from pipelines.runs import partitions_fixed_for_the_run, process_tags, recover_dead_runs
 
     instance = dg.DagsterInstance.get()
     try:
@@ -184,9 +184,10 @@ def _execute(extracts: Path):
             job, tags = defs.resolve_job_def("load_and_refresh"), partition_range_tags(every[0], every[-1])
         else:
             job, tags = defs.resolve_job_def("refresh"), {}
-        return job.execute_in_process(
-            instance=instance, tags=tags | process_tags(), raise_on_error=False, run_config=QUIET
-        )
+        with partitions_fixed_for_the_run(instance, SCHOOLS):
+            return job.execute_in_process(
+                instance=instance, tags=tags | process_tags(), raise_on_error=False, run_config=QUIET
+            )
     finally:
         instance.dispose()
 

@@ -78,8 +78,12 @@ def _as_bytes(data: bytes | str) -> bytes:
     return data.encode("utf-8") if isinstance(data, str) else bytes(data)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``data`` (text as UTF-8) to ``path`` via a fsynced temp file and ``os.replace``."""
+def write_atomic(path: Path, data: bytes | str, sync: bool = True) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` via a fsynced temp file and ``os.replace``.
+
+    ``sync=False`` skips both fsyncs, for a caller writing many files that syncs once after the
+    last (``os.sync``): the replace is still atomic, only durability waits for that sync.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -87,13 +91,15 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(_as_bytes(data))
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if sync:
+        _fsync_dir(path.parent)
 
 
 def _neutralise_cell(value: object) -> object:
