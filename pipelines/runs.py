@@ -106,16 +106,19 @@ def partitions_fixed_for_the_run(instance: dg.DagsterInstance, name: str) -> Ite
         cache.pop(partitions_def_name, None)
         return real_delete(partitions_def_name, partition_key)
 
-    instance.get_dynamic_partitions = get_dynamic_partitions
-    instance.has_dynamic_partition = has_dynamic_partition
-    instance.add_dynamic_partitions = add_dynamic_partitions
-    instance.delete_dynamic_partition = delete_dynamic_partition
+    replaced = {"get_dynamic_partitions": get_dynamic_partitions, "has_dynamic_partition": has_dynamic_partition,
+                "add_dynamic_partitions": add_dynamic_partitions, "delete_dynamic_partition": delete_dynamic_partition}
+    before = {attr: instance.__dict__[attr] for attr in replaced if attr in instance.__dict__}
+    for attr, function in replaced.items():
+        setattr(instance, attr, function)
     try:
         yield
     finally:
-        for attribute in ("get_dynamic_partitions", "has_dynamic_partition", "add_dynamic_partitions",
-                          "delete_dynamic_partition"):
-            instance.__dict__.pop(attribute, None)
+        for attr in replaced:
+            if attr in before:
+                setattr(instance, attr, before[attr])
+            else:
+                instance.__dict__.pop(attr, None)
 
 
 DISK_FULL = ("no space left on device", "disk is full", "database or disk is full")
