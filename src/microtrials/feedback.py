@@ -129,7 +129,9 @@ def _rows(problems: pd.DataFrame | None, report, path: Path) -> pd.DataFrame:
     """The report's problems, one row each: quarantine entries, warnings, trials not replaced."""
     out = []
     if problems is not None:
-        values, pupil_ids = _cells(path, set(problems["line"].dropna().astype(int)))
+        lines = set(problems["line"].dropna().astype(int))
+        kept = getattr(report, "problem_cells", None)  # what the load kept; else read the file again
+        values, pupil_ids = kept[:2] if kept is not None and lines <= kept[2] else _cells(path, lines)
         for row in problems.sort_values(["line", "column_name"], na_position="first").itertuples(index=False):
             reason, fix = _split(row.reason)
             column = row.column_name if isinstance(row.column_name, str) else ""
@@ -160,18 +162,29 @@ def _delivery_id(path: Path) -> str:
 
 
 def _cells(path: Path, lines: set[int]) -> tuple[dict[tuple[int, str], str], set[str]]:
-    """(line, column) -> the cell as sent, for the given lines; and every pupil_id in the file."""
+    """``problem_cells`` of the delivered file read again (when the load did not keep them)."""
     try:
         rows = extracts.read_extract(path).rows
     except (extracts.ExtractRejected, OSError, ValueError):  # values unknown: the reasons still say what is wrong
         return {}, set()
-    pupil_ids = set(rows.column("pupil_id").to_pylist()) - {"", None} if "pupil_id" in rows.column_names else set()
-    # only the lines named go to pandas, not the whole file
-    wanted = rows.filter(pc.is_in(rows.column("line"), value_set=pa.array(sorted(lines), type=rows.schema.field("line").type))).to_pandas()
+    return problem_cells(rows, lines)
+
+
+def problem_cells(rows: pa.Table, lines: set[int]) -> tuple[dict[tuple[int, str], str], set[str]]:
+    """(line, column) -> the cell as sent, for the given lines of an extract's rows
+    (``extracts.Extract.rows``); and which of those cells' values are a pupil_id of the file (never
+    shown). The loader keeps this for each file it reads (``FileReport.problem_cells``, in memory
+    only), so the feedback files need not read every file again."""
+    if not lines or "line" not in rows.column_names:
+        return {}, set()
+    wanted = rows.filter(pc.is_in(rows.column("line"), value_set=pa.array(sorted(lines), type=rows.schema.field("line").type)))
     cells = {}
-    for column in wanted.columns:
+    for column in wanted.column_names:
         if column == "line":
             continue
-        for line, value in zip(wanted["line"], wanted[column]):
+        for line, value in zip(wanted.column("line").to_pylist(), wanted.column(column).to_pylist()):
             cells[int(line), column] = value
-    return cells, pupil_ids
+    if "pupil_id" not in rows.column_names:
+        return cells, set()
+    pupil_ids = set(rows.column("pupil_id").to_pylist()) - {"", None}
+    return cells, {v for v in cells.values() if v in pupil_ids}
