@@ -39,7 +39,6 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
         schools = con.execute(warehouse.sql("school_results")).df()
         load_report = con.execute(warehouse.sql("load_report")).df()
         loaded_at = con.execute(warehouse.sql("data_date")).fetchall()[0][0]
-        pupil_keys = {row[0] for row in con.execute(warehouse.sql("pupil_keys")).fetchall()}
         # With a registry in use, what the officer should act on goes beside the load report.
         progress = (con.execute(warehouse.sql("registry_progress")).df()
                     if warehouse.table_exists(con, "registry_progress") else None)
@@ -77,6 +76,8 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
         context.log.warning(problem)
     # The blocking checks run again on the folder afterwards; here the same tests stop a bad
     # publication before it replaces the last good one.
+    with warehouse_db.connect() as con:  # only the 64-hex strings the files hold are looked up
+        pupil_keys = publish.pupil_keys_in(con, files)
     findings = publish.identifier_findings(files, pupil_keys)
     if findings:
         raise MicrotrialsError(f"not published: pupil identifiers found in {findings}; the last good publication stays")
