@@ -439,6 +439,16 @@ def _history_files(row: pd.Series, folder: str, kept: pd.DataFrame | None) -> tu
     return files, view, ""
 
 
+PLOT_LABEL = 24
+
+
+def plot_label(text: object) -> str:
+    """A school's label on the forest plot: at most ``PLOT_LABEL`` characters, cut with "…" (the
+    school table on the page gives it in full), so the plot never clips it."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= PLOT_LABEL else text[: PLOT_LABEL - 1].rstrip() + "…"
+
+
 def _trial_files(row: pd.Series, folder: str, schools: pd.DataFrame | None, common: dict,
                  kept: pd.DataFrame | None = None, plan: str = "") -> dict[str, bytes]:
     """One trial's page, schools.csv, forest plot and history plot; a failing plot costs only the figure."""
@@ -454,7 +464,7 @@ def _trial_files(row: pd.Series, folder: str, schools: pd.DataFrame | None, comm
         try:
             with matplotlib.rc_context({"text.parse_math": False}):  # "$...$" in a name is text, not maths
                 files[f"{folder}/forest.svg"] = forest_plot(
-                    per_school, pooled, title,
+                    per_school.assign(school_urn=per_school["school_urn"].map(plot_label)), pooled, title,
                     prediction if None not in prediction else None)
             plot_alt = describe(per_school, pooled)
         except Exception as exc:  # noqa: BLE001 - one plot never stops the publication
