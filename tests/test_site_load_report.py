@@ -134,12 +134,13 @@ def test_without_counts():
 
 def test_merged_spellings_listed_for_published_trials_only():
     spellings = pd.DataFrame({
-        "intervention": ["Reciprocal reading", "Reciprocal reading", "P1111090007"],
-        "outcome_measure": ["NGRT standardised score"] * 3,
-        "delivered_intervention": ["Reciprocal reading", "reciprocal  Reading", "p1111090007"],
-        "delivered_outcome_measure": ["NGRT standardised score"] * 3,
-        "merged": [True, True, True]})
-    assert merged_spellings(spellings, EVIDENCE) == ["'reciprocal  Reading' analysed as 'Reciprocal reading'"]
+        "intervention": ["Reciprocal reading", "Reciprocal reading", "P1111090007", "Reciprocal reading"],
+        "outcome_measure": ["NGRT standardised score"] * 4,
+        "delivered_intervention": ["Reciprocal reading", "reciprocal  Reading", "p1111090007", "Reciprocal reading"],
+        "delivered_outcome_measure": ["NGRT standardised score"] * 3 + ["NGRT standardised  score"],
+        "merged": [True, True, True, True]})
+    assert merged_spellings(spellings, EVIDENCE) == ["'reciprocal  Reading' analysed as 'Reciprocal reading'",
+                                                     "'NGRT standardised  score' analysed as 'NGRT standardised score'"]
     page = site_files(report(), spellings)["load-report.html"].decode()
     assert "spellings merged: <span class=\"spelling\">&#39;reciprocal  Reading&#39; analysed as " \
            "&#39;Reciprocal reading&#39;</span>" in page

@@ -382,8 +382,9 @@ def public_load_report(load_report: pd.DataFrame, trial_words: set[str]) -> pd.D
 def merged_spellings(spellings: pd.DataFrame | None, table: pd.DataFrame) -> list[str]:
     """Plain sentences for the delivered spellings analysed as another spelling of a published trial
     (table `trial_spellings`, ``merged`` true), e.g. "'reciprocal  Reading' analysed as 'Reciprocal
-    reading'". Only published trials' names appear: a spelling of anything else (which could be a
-    stray identifier) is never shown."""
+    reading'" (capitals, spaces or accents; or a registry alias). Only spellings analysed as a
+    published trial appear: a value grouped into no published trial (which could be a stray
+    identifier) is never shown."""
     if spellings is None or not len(spellings) or "merged" not in spellings.columns:
         return []
     published = {(match_key(str(i)), match_key(str(o)))
@@ -394,7 +395,7 @@ def merged_spellings(spellings: pd.DataFrame | None, table: pd.DataFrame) -> lis
             continue
         for delivered, name in ((s.delivered_intervention, s.intervention),
                                 (s.delivered_outcome_measure, s.outcome_measure)):
-            if str(delivered) != str(name) and match_key(str(delivered)) == match_key(str(name)):
+            if not views.is_blank(delivered) and str(delivered) != str(name):
                 sentence = f"'{delivered}' analysed as '{name}'"
                 if sentence not in out:
                     out.append(sentence)
