@@ -45,6 +45,8 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
         messages = (con.execute(warehouse.sql("registry_messages")).df()
                     if warehouse.table_exists(con, "registry_messages") else None)
         kept = history.read_history(con)
+        spellings = (con.execute(warehouse.sql("merged_spellings")).df()
+                     if warehouse.table_exists(con, "trial_spellings") else None)
     registry_rows = None
     if progress is not None and len(progress) or messages is not None and len(messages):
         registry_rows = site.registry_report(messages, progress)
@@ -71,7 +73,8 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     plans = planner.plans_for_page(planner.round_plans(registry, stored), registry) if registry is not None else []
     problems: list[str] = []
     files = site.build_site(table, per_trial, load_report, data_date, run_date, problems=problems,
-                            history=shown, plans=plans, registry_rows=registry_rows)
+                            history=shown, plans=plans, registry_rows=registry_rows,
+                            spellings=spellings)
     for problem in problems:  # one trial's trouble is reported, never a reason to stop the others
         context.log.warning(problem)
     # The blocking checks run again on the folder afterwards; here the same tests stop a bad

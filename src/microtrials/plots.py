@@ -6,6 +6,7 @@ import html
 import io
 import math
 import re
+import textwrap
 
 import matplotlib
 
@@ -33,6 +34,16 @@ MAX_LABELLED_SCHOOLS = 60
 def escape_math(text: str) -> str:
     """Text shown literally by matplotlib: every ``$`` escaped, so ``$...$`` is never math text."""
     return str(text).replace("$", r"\$")
+
+
+def wrap_title(title: str, width: int = 70, lines: int = 3) -> str:
+    """``title`` on at most ``lines`` lines of ``width`` characters (long words split), the last
+    ending in "…" when it is cut: a long trial name is never clipped by the figure's edge."""
+    wrapped = textwrap.wrap(" ".join(str(title).split()), width, break_long_words=True) or [""]
+    if len(wrapped) > lines:
+        wrapped = wrapped[:lines]
+        wrapped[-1] = wrapped[-1][: width - 1].rstrip() + "…"
+    return "\n".join(wrapped)
 
 
 def _figure(per_school: pd.DataFrame, pooled: tuple[float, float, float], title: str,
@@ -99,7 +110,7 @@ def _figure(per_school: pd.DataFrame, pooled: tuple[float, float, float], title:
         ax.set_xlim(left - pad, right + pad)
     ax.set_xlabel("Effect size (total-SD scale): right of 0 favours the intervention")
     ax.set_ylabel("School (pupils: intervention / control)")
-    ax.set_title(escape_math(title), loc="left", color=INK)
+    ax.set_title(escape_math(wrap_title(title)), loc="left", color=INK)
     ax.tick_params(colors=INK)
     ax.grid(axis="x", color="#d0d0d0", linewidth=0.6)
     ax.set_axisbelow(True)
