@@ -158,3 +158,23 @@ def test_a_missing_feedback_file_is_written_again_for_an_unchanged_delivery(con,
     assert written == [out / "111601" / "111601-what-to-fix.csv"]
     assert [r["Line"] for r in read_as_excel(written[0])] == ["3"]
     assert feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, out, tmp_path / "pub") == []
+
+
+def test_feedback_uses_the_cells_the_load_kept_without_reading_files_again(con, write_extract, tmp_path, monkeypatch):
+    rows = pupil_rows(6)
+    rows[1][COL["arm"]] = "treat"
+    rows[3][COL["gender"]] = rows[3][COL["pupil_id"]]
+    folder = write_extract("111601.csv", rows).parent
+    reports = load_folder(con, folder, KEY)
+
+    def no_second_read(path, lines):
+        raise AssertionError(f"{path} read again")
+
+    monkeypatch.setattr(feedback, "_cells", no_second_read)
+    out = tmp_path / "feedback"
+    [written] = feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, out)
+    by_line = {(r["Line"], r["Column"]): r for r in read_as_excel(written)}
+    assert by_line["3", "arm"]["Value sent"] == "treat"
+    assert by_line["5", "gender"]["Value sent"] == feedback.HIDDEN  # still hidden: it is a pupil_id
+    stored = con.execute("SELECT report_json FROM deliveries").fetchall()[0][0]
+    assert "problem_cells" not in stored and rows[3][COL["pupil_id"]] not in stored  # kept in memory only

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from microtrials import extracts, warehouse
+from microtrials import extracts, feedback, warehouse
 from microtrials.errors import MicrotrialsError
 from microtrials.extract_checks import IMPLAUSIBLE_MIN_VALUES, IMPLAUSIBLE_ROBUST_SDS, MAD_TO_SD
 from microtrials.names import match_key
@@ -466,7 +466,8 @@ def _prepare(path: Path, data: bytes | OSError, delivery_id: str, key: bytes) ->
             raise extracts.ExtractRejected(
                 f"{path.name}: only .csv and .xlsx files are loaded; {extracts.SAVE_AS_CSV}"
             )
-        checked = extracts.validate(extracts.read_extract(path, data))
+        extract = extracts.read_extract(path, data)
+        checked = extracts.validate(extract)
     except extracts.ExtractRejected as exc:
         return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=str(exc)))
     report = FileReport(
@@ -483,6 +484,11 @@ def _prepare(path: Path, data: bytes | OSError, delivery_id: str, key: bytes) ->
         warned_by_reason=checked.warned_by_reason(),
         file_warnings=checked.file_warnings(),
     )
+    # The cells of the lines set aside or warned about, for the school's feedback file (in memory
+    # only: an attribute, not a field, so never in the stored report_json).
+    lines = {n for table in (checked.quarantine, checked.warnings) if "line" in table.column_names
+             for n in table.column("line").to_pylist() if n is not None}
+    report.problem_cells = (*feedback.problem_cells(extract.rows, lines), lines)
     source = {"source_file": checked.file_name, "delivery_id": delivery_id}
     return _Delivery(
         delivery_id,
