@@ -64,28 +64,37 @@ def write_feedback(
 ) -> list[Path]:
     """Write the feedback file of every report (``microtrials.loading.FileReport``) that was loaded
     or rejected in this run and has rows set aside, warnings, or trials it did not replace; remove
-    an earlier feedback file of the same name when the new delivery has nothing to fix.
+    an earlier feedback file of the same name when the new delivery has nothing to fix. An
+    ``unchanged`` delivery's file is written again when it is missing (a run killed after loading).
 
     ``paths`` maps file names to the delivered files (read again for the values shown).
     Returns the files written.
     """
     check_private(folder, published)
-    reports = list(reports)
-    ids = {r.file_name: _delivery_id(paths[r.file_name]) for r in reports
-           if r.file_name in paths and r.status in ("loaded", "rejected")}
-    problems = _problems(con, ids)
-    written = []
+    todo = []
     for report in reports:
         if report.file_name not in paths:
             continue
         target = feedback_path(folder, report.school_urn, report.file_name)
-        if report.status == "unchanged":  # its feedback was written when it loaded; drop it if now stale
-            clean = not (report.rows_quarantined or getattr(report, "rows_with_warnings", 0) or report.trials_rejected)
+        if report.status == "unchanged":  # written when it loaded: drop it if stale, write it if missing
+            clean = not (
+                report.rows_quarantined
+                or getattr(report, "rows_with_warnings", 0)
+                or report.trials_rejected
+                or getattr(report, "quarantined_by_reason", None)
+                or getattr(report, "file_warnings", None)
+            )
             if clean and target.exists():
                 target.unlink()
+            if clean or target.exists():  # (a run killed after loading never wrote it)
+                continue
+        elif report.status not in ("loaded", "rejected"):
             continue
-        if report.status not in ("loaded", "rejected"):
-            continue
+        todo.append((report, target))
+    ids = {r.file_name: _delivery_id(paths[r.file_name]) for r, _ in todo}
+    problems = _problems(con, ids)
+    written = []
+    for report, target in todo:
         path = paths[report.file_name]
         rows = _rows(problems.get((ids[report.file_name], report.file_name)), report, path)
         if rows.empty:
@@ -132,18 +141,24 @@ def _rows(problems: pd.DataFrame | None, report, path: Path) -> pd.DataFrame:
         lines = set(problems["line"].dropna().astype(int))
         kept = getattr(report, "problem_cells", None)  # what the load kept; else read the file again
         values, pupil_ids = kept[:2] if kept is not None and lines <= kept[2] else _cells(path, lines)
+        ids = pa.array(sorted(pupil_ids), type=pa.string())
         for row in problems.sort_values(["line", "column_name"], na_position="first").itertuples(index=False):
             reason, fix = _split(row.reason)
             column = row.column_name if isinstance(row.column_name, str) else ""
             line = "" if pd.isna(row.line) else int(row.line)
             value = values.get((line, column), "")
-            if column == "pupil_id" or value in pupil_ids:
-                value = HIDDEN if value else ""
+            if value and not _quotable(column, value, ids):
+                value = HIDDEN
             out.append({"line": line, "column": column, "value": value, "reason": reason, "what_to_do": fix})
     for trial, why in getattr(report, "trials_rejected", {}).items():
         reason, fix = _split(why)
         out.append({"line": "", "column": "", "value": "", "reason": f"{trial}: {reason}", "what_to_do": fix})
     return pd.DataFrame(out, columns=COLUMNS)
+
+
+def _quotable(column: str, value: str, pupil_ids: pa.Array) -> bool:
+    """The identifier rule of :func:`microtrials.extracts.quotable`, for one cell."""
+    return bool(extracts.quotable(column, pa.array([str(value)], type=pa.string()), pupil_ids)[0].as_py())
 
 
 def _split(reason: str) -> tuple[str, str]:
