@@ -233,9 +233,7 @@ def one_row_per_trial(settings: Settings, warehouse_db: Warehouse) -> dg.AssetCh
     f"{' or '.join(IDENTIFIER_COLUMNS)} (CSV headers, HTML table headers).",
 )
 def no_pupil_identifiers_published(settings: Settings, warehouse_db: Warehouse) -> dg.AssetCheckResult:
-    with warehouse_db.connect() as con:
-        keys = {row[0] for row in con.execute(warehouse.sql("pupil_keys")).fetchall()}
-    findings = published_identifiers(settings.out, keys)
+    findings = published_identifiers(settings.out, warehouse_db)
     return dg.AssetCheckResult(
         passed=not findings,
         description=None if not findings else f"{len(findings)} published file(s) hold pupil identifiers",
@@ -246,11 +244,14 @@ def no_pupil_identifiers_published(settings: Settings, warehouse_db: Warehouse) 
     )
 
 
-def published_identifiers(out: Path, pupil_keys: set[str]) -> list[tuple[str, str]]:
-    """(file, what) for each file under ``out`` holding a pupil_key value or an identifier column name."""
+def published_identifiers(out: Path, warehouse_db: Warehouse) -> list[tuple[str, str]]:
+    """(file, what) for each file under ``out`` holding a pupil_key of the warehouse or an identifier
+    column name (the files' 64-hex-digit strings are looked up in `pupils`: publish.pupil_keys_in)."""
     if not Path(out).is_dir():
         return []
     files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(Path(out).rglob("*")) if p.is_file()}
+    with warehouse_db.connect() as con:
+        pupil_keys = publish.pupil_keys_in(con, files)
     return publish.identifier_findings(files, pupil_keys)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -70,6 +72,60 @@ def recover_dead_runs(instance: dg.DagsterInstance) -> list[str]:
 
 # "microtrials.errors.MicrotrialsError: " before a message written for the officer: not for the officer.
 _ERROR_CLASS = re.compile(r"^(?:[\w.]+\.)?MicrotrialsError: ")
+
+
+@contextlib.contextmanager
+def partitions_fixed_for_the_run(instance: dg.DagsterInstance, name: str) -> Iterator[None]:
+    """While one run executes in this process, answer the instance's questions about the dynamic
+    partitions ``name`` from one read taken when the run starts.
+
+    Dagster checks every ``context.add_asset_metadata(..., partition_key=...)`` against the run's
+    partition range by listing every partition from storage: at 20,000 schools that is 20,000
+    listings of 20,000 keys (minutes). A run's partitions are fixed when it starts; a partition
+    another process adds meanwhile is outside this run's range anyway. Adding or deleting
+    partitions through this instance refreshes the read. Restored when the run ends.
+    """
+    real_get, real_has = instance.get_dynamic_partitions, instance.has_dynamic_partition
+    real_add, real_delete = instance.add_dynamic_partitions, instance.delete_dynamic_partition
+    cache: dict[str, tuple[list[str], set[str]]] = {}
+
+    def read(partitions_def_name: str) -> tuple[list[str], set[str]]:
+        if partitions_def_name not in cache:
+            keys = list(real_get(partitions_def_name))
+            cache[partitions_def_name] = (keys, set(keys))
+        return cache[partitions_def_name]
+
+    def get_dynamic_partitions(partitions_def_name: str) -> list[str]:
+        return list(read(partitions_def_name)[0]) if partitions_def_name == name else real_get(partitions_def_name)
+
+    def has_dynamic_partition(partitions_def_name: str, partition_key: str) -> bool:
+        if partitions_def_name != name:
+            return real_has(partitions_def_name, partition_key)
+        return partition_key in read(partitions_def_name)[1]
+
+    def add_dynamic_partitions(partitions_def_name: str, partition_keys):
+        cache.pop(partitions_def_name, None)
+        return real_add(partitions_def_name, partition_keys)
+
+    def delete_dynamic_partition(partitions_def_name: str, partition_key: str):
+        cache.pop(partitions_def_name, None)
+        return real_delete(partitions_def_name, partition_key)
+
+    replaced = {"get_dynamic_partitions": get_dynamic_partitions, "has_dynamic_partition": has_dynamic_partition,
+                "add_dynamic_partitions": add_dynamic_partitions, "delete_dynamic_partition": delete_dynamic_partition}
+    before = {attr: instance.__dict__[attr] for attr in replaced if attr in instance.__dict__}
+    for attr, function in replaced.items():
+        setattr(instance, attr, function)
+    try:
+        yield
+    finally:
+        for attr in replaced:
+            if attr in before:
+                setattr(instance, attr, before[attr])
+            else:
+                instance.__dict__.pop(attr, None)
+
+
 DISK_FULL = ("no space left on device", "disk is full", "database or disk is full")
 
 

@@ -1,27 +1,28 @@
--- Trials a delivery must not replace: the school already has rows for the trial and the new file
--- brings none of them, or fewer than half as many (registered frames `batch_trials` and
--- `batch_pupils`). The school's earlier rows for those trials are kept.
+-- Trials a delivery must not replace: the school already has rows for the trial (under any spelling
+-- with the same match key: `batch_trials` has one row per stored spelling, with the file's own
+-- spelling in file_intervention / file_outcome_measure) and the new file brings fewer than half as
+-- many rows, or fewer than half as many outcomes (registered frames `batch_trials`, `batch_pupils`).
+-- The school's earlier rows for those trials are kept.
 WITH incoming AS (
-    SELECT school_urn, intervention, outcome_measure, count(*) AS rows_new
+    SELECT school_urn, intervention, outcome_measure, count(*) AS rows_new, count(outcome) AS outcomes_new
     FROM batch_pupils
     GROUP BY school_urn, intervention, outcome_measure
 ),
-held AS (
-    SELECT p.school_urn, p.intervention, p.outcome_measure, count(*) AS rows_before
-    FROM pupils AS p
-    WHERE EXISTS (
-        SELECT 1 FROM batch_trials AS t
-        WHERE t.school_urn = p.school_urn
-          AND t.intervention = p.intervention
-          AND t.outcome_measure = p.outcome_measure
-    )
-    GROUP BY p.school_urn, p.intervention, p.outcome_measure
+earlier AS (
+    SELECT t.file_name, t.school_urn, t.file_intervention, t.file_outcome_measure,
+           count(*) AS rows_before, count(p.outcome) AS outcomes_before
+    FROM batch_trials AS t
+    JOIN pupils AS p
+      ON p.school_urn = t.school_urn AND p.intervention = t.intervention AND p.outcome_measure = t.outcome_measure
+    GROUP BY t.file_name, t.school_urn, t.file_intervention, t.file_outcome_measure
 )
-SELECT t.file_name, t.intervention, t.outcome_measure, coalesce(i.rows_new, 0) AS rows_new, h.rows_before
-FROM batch_trials AS t
-JOIN held AS h
-  ON h.school_urn = t.school_urn AND h.intervention = t.intervention AND h.outcome_measure = t.outcome_measure
+SELECT e.file_name, e.file_intervention, e.file_outcome_measure,
+       coalesce(i.rows_new, 0) AS rows_new, e.rows_before,
+       coalesce(i.outcomes_new, 0) AS outcomes_new, e.outcomes_before
+FROM earlier AS e
 LEFT JOIN incoming AS i
-  ON i.school_urn = t.school_urn AND i.intervention = t.intervention AND i.outcome_measure = t.outcome_measure
-WHERE 2 * coalesce(i.rows_new, 0) < h.rows_before
-ORDER BY t.file_name, t.intervention, t.outcome_measure
+  ON i.school_urn = e.school_urn AND i.intervention = e.file_intervention
+ AND i.outcome_measure = e.file_outcome_measure
+WHERE 2 * coalesce(i.rows_new, 0) < e.rows_before
+   OR 2 * coalesce(i.outcomes_new, 0) < e.outcomes_before
+ORDER BY e.file_name, e.file_intervention, e.file_outcome_measure

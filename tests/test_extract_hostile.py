@@ -196,10 +196,14 @@ def test_an_outcome_typo_is_quarantined_and_the_rest_loads_unchanged(write_extra
     ]
     reason = result.quarantine["reason"][0].as_py()
     assert "99999999" not in reason and "more than 6 robust SDs from the median" in reason
-    # The analysis sees exactly the file without that row: whatever effect size it gives is unchanged.
-    without = checked(write_extract("without.csv", rows[:5] + rows[6:])).good.to_pandas()
+    # Finding 19: the value is set aside, not the pupil. The analysis sees exactly the file with that
+    # outcome blank (no post-test): the pupil still counts as randomised, the effect size is that of
+    # the file without the typed score.
+    rows[5][COLUMN["outcome"]] = ""
+    blanked = checked(write_extract("blanked.csv", rows)).good.to_pandas()
     got = result.good.to_pandas()
-    pd.testing.assert_frame_equal(got.drop(columns="line"), without.drop(columns="line"))
+    assert len(got) == 30 and result.rows_quarantined == 0
+    pd.testing.assert_frame_equal(got.drop(columns="line"), blanked.drop(columns="line"))
 
 
 def test_the_median_and_mad_rule_by_hand(write_extract):

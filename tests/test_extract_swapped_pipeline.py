@@ -36,7 +36,7 @@ def test_swapped_files_leave_no_raw_id_anywhere(tmp_path):
     }
     for n, (other, pupil_ids) in enumerate(ids.items()):
         (extracts / f"99990{n}.csv").write_text(swapped_file(f"99990{n}", other, pupil_ids), encoding="utf-8")
-    done = run_cli(tmp_path, extracts, "0123456789abcdef" * 4)
+    done = run_cli(tmp_path, extracts, "swap-test-key-not-secret-3f9b0c7e15d2a648")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "out" / "evidence_table.csv").is_file()  # the good schools were published
     everything = [i for pupil_ids in ids.values() for i in pupil_ids]

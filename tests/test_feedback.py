@@ -114,3 +114,67 @@ def test_an_unwritable_feedback_folder_is_a_plain_error(con, write_extract, tmp_
     blocked.write_text("a file where the folder should be")
     with pytest.raises(MicrotrialsError, match=r"could not write the feedback file .* the rows are loaded already"):
         feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, blocked)
+
+
+def test_value_sent_and_reasons_obey_the_identifier_rule(con, write_extract, tmp_path):
+    """Finding 7: no long number, UPN, other pupil's id or name is shown, in the file or the reasons."""
+    rows = pupil_rows(12)
+    secrets = {
+        "fsm": "K801234567890",
+        "year_group": "UPN A12345678901B",
+        "send": rows[9][COL["pupil_id"]],
+        "gender": "Jane Smith",
+        "arm": "Jane Smith",
+        "outcome": "Jane Smith",
+    }
+    for i, (column, value) in enumerate(secrets.items()):
+        rows[i][COL[column]] = value
+    rows[7][COL["gender"]] = "X"  # a short code is still shown, so the school can find it
+    folder = write_extract("111601.csv", rows).parent
+    reports = load_folder(con, folder, KEY)
+    out = tmp_path / "feedback"
+    written = feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, out, tmp_path / "pub")
+    text = written[0].read_bytes().decode("utf-8-sig")
+    stored = "".join(
+        con.execute(f"SELECT string_agg(reason, '|') FROM {t}").fetchone()[0] or "" for t in ("quarantine", "load_warnings")
+    )
+    for value in set(secrets.values()) | {"Jane", "12345678"}:
+        assert value not in text and value not in stored
+    by_line = {(r["Line"], r["Column"]): r for r in read_as_excel(written[0])}
+    assert by_line["2", "fsm"]["Value sent"] == feedback.HIDDEN
+    assert by_line["9", "gender"]["Value sent"] == "X"
+
+
+def test_a_missing_feedback_file_is_written_again_for_an_unchanged_delivery(con, write_extract, tmp_path):
+    """Finding 12: a run killed after loading left no feedback file; the next run (file unchanged) writes it."""
+    rows = pupil_rows(6)
+    rows[1][COL["arm"]] = "treat"
+    folder = write_extract("111601.csv", rows).parent
+    load_folder(con, folder, KEY)  # loaded, then the run died before the feedback was written
+    reports = load_folder(con, folder, KEY)
+    assert reports[0].status == "unchanged"
+    out = tmp_path / "feedback"
+    written = feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, out, tmp_path / "pub")
+    assert written == [out / "111601" / "111601-what-to-fix.csv"]
+    assert [r["Line"] for r in read_as_excel(written[0])] == ["3"]
+    assert feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, out, tmp_path / "pub") == []
+
+
+def test_feedback_uses_the_cells_the_load_kept_without_reading_files_again(con, write_extract, tmp_path, monkeypatch):
+    rows = pupil_rows(6)
+    rows[1][COL["arm"]] = "treat"
+    rows[3][COL["gender"]] = rows[3][COL["pupil_id"]]
+    folder = write_extract("111601.csv", rows).parent
+    reports = load_folder(con, folder, KEY)
+
+    def no_second_read(path, lines):
+        raise AssertionError(f"{path} read again")
+
+    monkeypatch.setattr(feedback, "_cells", no_second_read)
+    out = tmp_path / "feedback"
+    [written] = feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, out)
+    by_line = {(r["Line"], r["Column"]): r for r in read_as_excel(written)}
+    assert by_line["3", "arm"]["Value sent"] == "treat"
+    assert by_line["5", "gender"]["Value sent"] == feedback.HIDDEN  # still hidden: it is a pupil_id
+    stored = con.execute("SELECT report_json FROM deliveries").fetchall()[0][0]
+    assert "problem_cells" not in stored and rows[3][COL["pupil_id"]] not in stored  # kept in memory only

@@ -160,7 +160,7 @@ def test_a_file_without_a_valid_urn_quarantines_every_row_and_a_fix_replaces_the
     load_file(con, write_extract("111602.csv", pupil_rows(2, urn="111602")), KEY)
     path = write_extract("school.csv", pupil_rows(2, urn="11601"))
     report = load_file(con, path, KEY)
-    assert (report.status, report.school_urn, report.rows_loaded, report.rows_quarantined) == ("loaded", None, 0, 2)
+    assert (report.status, report.school_urn, report.rows_loaded, report.rows_quarantined) == ("rejected", None, 0, 2)
     assert table(con, "quarantine")[["line", "school_urn", "column_name"]].values.tolist() == [
         [2, None, "school_urn"], [3, None, "school_urn"],
     ]

@@ -73,6 +73,12 @@ def test_key_bits_counts_what_a_generator_gives(key, bits):
         ("0123456789abcdef0123456789abcde", "too short"),  # 31 hex characters: 124 bits
         ("correct horse battery staple", "too short"),
         ("ab" * 40, "repeats a few characters"),
+        # Red-team finding 14: patterns long enough to pass the bit count
+        ("0123456789abcdef0123456789abcdef", "a pattern, not a random secret: it repeats the same 16 characters"),
+        ("01234567" * 4, "a pattern, not a random secret: it repeats the same 8 characters"),
+        ("correct horse battery staple!!!!", "a pattern, not a random secret: it is mostly words"),
+        ("fedcba9876543210zyxwvutsrqponmlk", "a pattern, not a random secret: 32 of its 32 characters are runs"),
+        ("0123456789abcdef5170ca68f3234086", "16 of its 32 characters are runs"),
         (SAMPLE_KEY, "the documented sample key"),
     ],
 )
@@ -202,3 +208,9 @@ def test_leaving_the_sample_key_is_allowed_returning_to_it_is_not(con):
     assert note and "public sample key" in note
     with pytest.raises(MicrotrialsError, match="loaded with a secret pupil key, and this run has none"):
         privacy.check_key_unchanged(con, sample, new_key=True)
+
+
+def test_generated_keys_are_never_taken_for_patterns():
+    """A key from secrets (hex or urlsafe) passes the pattern rules: 20,000 of each tried."""
+    assert not [k for k in (secrets.token_hex(16) for _ in range(20000)) if privacy.weak_pattern(k)]
+    assert not [k for k in (secrets.token_urlsafe(16) for _ in range(20000)) if privacy.weak_pattern(k)]

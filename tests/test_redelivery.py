@@ -89,9 +89,10 @@ def test_only_the_losing_trial_is_kept_the_others_are_replaced(con, write_extrac
     assert again.status == "unchanged" and again.trials_rejected == report.trials_rejected
 
 
-def test_a_first_delivery_with_no_good_rows_is_still_a_load(con, write_extract):
+def test_a_first_delivery_with_no_good_rows_is_rejected(con, write_extract):
+    """Red-team finding 11: a file of which nothing loads is rejected (it was 'loaded', 0 rows)."""
     report = load_file(con, write_extract("111601.csv", coded(pupil_rows(5))), KEY)
-    assert (report.status, report.rows_loaded, report.trials_rejected) == ("loaded", 0, {})
+    assert (report.status, report.rows_loaded, report.trials_rejected) == ("rejected", 0, {})
 
 
 # ---- every entry of the folder is accounted for ----------------------------------------------
@@ -209,3 +210,61 @@ def test_loader_workers_die_when_the_loader_is_killed(tmp_path, write_extract):
         for pid in set(workers) | {int(p.name) for p in pids.iterdir()}:  # no stray worker, even on failure
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_redelivery_spelled_differently_replaces_never_duplicates(con, write_extract):
+    """Finding 4: `reciprocal  Reading` is the same trial as `Reciprocal reading` (names.match_key)."""
+    load_file(con, write_extract("111601.csv", pupil_rows(20, intervention="Reciprocal reading")), KEY)
+    report = load_file(con, write_extract("111601-v2.csv", pupil_rows(20, intervention="reciprocal  Reading")), KEY)
+    assert report.status == "loaded"
+    assert pupils_of(con) == [("reciprocal  Reading", 20, "111601-v2.csv")]
+
+
+def test_a_smaller_redelivery_spelled_differently_is_held(con, write_extract):
+    load_file(con, write_extract("111601.csv", pupil_rows(20, intervention="Reciprocal reading")), KEY)
+    report = load_file(con, write_extract("111601-v2.csv", pupil_rows(4, intervention="RECIPROCAL READING")), KEY)
+    assert report.status == "rejected"
+    assert pupils_of(con) == [("Reciprocal reading", 20, "111601.csv")]
+
+
+def test_a_redelivery_losing_most_outcomes_keeps_the_earlier_rows(con, write_extract):
+    """Finding 5: every outcome blank (same pupils) would wipe the school's results: held, said why."""
+    load_file(con, write_extract("111601.csv", pupil_rows(20)), KEY)
+    blank = pupil_rows(20)
+    for row in blank:
+        row[EXTRACT_HEADER.index("outcome")] = ""
+    report = load_file(con, write_extract("111601-v2.csv", blank), KEY)
+    assert report.status == "rejected"
+    assert "0 outcome scores for the trial, the school's earlier delivery 20" in report.reason
+    assert con.execute("SELECT count(outcome) FROM pupils").fetchone() == (20,)
+    half = pupil_rows(20)
+    for row in half[:9]:
+        row[EXTRACT_HEADER.index("outcome")] = ""
+    assert load_file(con, write_extract("111601-v3.csv", half), KEY).status == "loaded"  # 11 of 20: replaces
+    assert con.execute("SELECT count(outcome), count(*) FROM pupils").fetchone() == (11, 20)
+
+
+def test_a_file_with_no_row_loaded_is_rejected_saying_why(con, write_extract):
+    """Finding 11: arm coded Treatment/Comparison on every row: nothing loads, so the file is rejected."""
+    rows = [r[:ARM] + [("Treatment", "Comparison")[i % 2]] + r[ARM + 1 :] for i, r in enumerate(pupil_rows(71))]
+    report = load_file(con, write_extract("111601.csv", rows), KEY)
+    assert report.status == "rejected"
+    assert report.reason.startswith("111601.csv: none of the file's 71 rows could be loaded (arm not ")
+    frame = load_report_frame([report])
+    assert frame.loc[0, "status"] == "rejected" and "none of the file's 71 rows" in frame.loc[0, "reason"]
+    assert con.execute("SELECT status FROM deliveries").fetchall() == [("rejected",)]
+    assert con.execute("SELECT count(*) FROM quarantine").fetchone() == (71,)  # the school is told each line
+    assert load_file(con, write_extract("111601.csv", rows), KEY).status == "rejected"  # and again next run
+
+
+def test_a_redelivery_under_a_registered_alias_replaces(con, write_extract):
+    """Finding 4: the registry stored in the warehouse says `RR` is an alias of `Reciprocal reading`."""
+    con.execute(warehouse.sql("registry_schema"))
+    con.execute(
+        "INSERT INTO registry_rounds (sha256, line, intervention, outcome_measure, round, start_date, schools, aliases) "
+        "VALUES ('x', 2, 'Reciprocal reading', 'NGRT', 'Round 1', DATE '2025-09-01', '111601', 'RR|Recip. reading')"
+    )
+    load_file(con, write_extract("111601.csv", pupil_rows(20, intervention="Reciprocal reading")), KEY)
+    report = load_file(con, write_extract("111601-v2.csv", pupil_rows(20, intervention="rr")), KEY)
+    assert report.status == "loaded"
+    assert pupils_of(con) == [("rr", 20, "111601-v2.csv")]

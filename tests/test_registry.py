@@ -232,7 +232,8 @@ def _materialize(tmp_path):
         "settings": Settings(extracts_dir=str(tmp_path / "data" / "extracts"), out_dir=str(tmp_path / "out")),
         "warehouse_db": Warehouse(db_path=str(tmp_path / "w.duckdb")),
     }
-    return dg.materialize([registry, *REGISTRY_CHECKS], resources=resources, raise_on_error=True)
+    with dg.instance_for_test() as instance:
+        return dg.materialize([registry, *REGISTRY_CHECKS], resources=resources, raise_on_error=True, instance=instance)
 
 
 def _checks(result):

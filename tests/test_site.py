@@ -349,10 +349,10 @@ def test_math_text_in_a_name_does_not_break_the_plot():
 
 def test_load_report_puts_problems_first_and_hides_revealing_names(site):
     report = read_csv(site["load_report.csv"], dtype=str)
-    assert list(report.columns[:3]) == ["File", "What went wrong", "Status"]
-    assert report["Status"].tolist()[0] == "rejected"
+    assert list(report.columns[:4]) == ["File", "School URN", "Status", "What went wrong"]
+    assert report["Status"].tolist()[:2] == ["rejected: nothing loaded", "partly loaded: some rows set aside"]
     assert report["File"].tolist()[:2] == ["111999.csv", "file 1 from school 111202"]
-    assert "3 rows set aside" in report["What went wrong"].iloc[1]
+    assert "rows set aside (arm not understood)" in report["What went wrong"].iloc[1]
     assert "111203_reciprocal_reading_2026-11.csv" in report["File"].tolist()  # date + trial words: shown
     for name, data in site.items():
         assert b"Smith" not in data, name

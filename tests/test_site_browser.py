@@ -159,3 +159,52 @@ def test_xlsx_cells_are_never_scientific():
                 for row in sheet.iter_rows(values_only=True):
                     for value in row:
                         assert not (isinstance(value, str) and SCIENTIFIC.match(value)), (name, value)
+
+
+WORD_BREAKS = """
+const out = [];
+for (const cell of document.querySelectorAll('table th, table td')) {
+  const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+  let node;
+  while ((node = walker.nextNode())) {
+    if (node.parentElement.closest('.token')) continue;  // long tokens may break anywhere
+    const re = /[^\\s\\-\\u2013]+/g;  // a break at a space or hyphen is a normal line break
+    let m;
+    while ((m = re.exec(node.data))) {
+      const range = document.createRange();
+      range.setStart(node, m.index);
+      range.setEnd(node, m.index + m[0].length);
+      const lines = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+      if (lines.size > 1) out.push(m[0]);
+    }
+  }
+}
+return out;
+"""
+
+
+@pytest.mark.slow
+def test_load_report_never_breaks_a_word_inside_itself_at_1366(browser, tmp_path):
+    """Red-team 16: at 1366 px the load report showed "1111 / 09.c / sv" and "St/at/us"."""
+    from microtrials.site import build_site
+    from tests.test_site import small_evidence
+    from tests.test_site_load_report import report
+
+    frame = report(file_name=["111109.csv", "111135_reciprocal_reading_2026-11-20_final_v2.csv", "222230.csv",
+                              "111201.csv"])
+    frame["columns_dropped"] = ["teacher_comments, pupil_notes, attendance_percentage", "", "", "notes"]
+    out = publish_folder(tmp_path / "published", build_site(small_evidence(), {}, frame, "d", "r"))
+    server = make_server(out, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _emulate(browser, 1366, 900, 1)
+        browser.get(f"http://127.0.0.1:{server.server_address[1]}/load-report.html")
+        assert browser.execute_script(WORD_BREAKS) == []
+        scroll, viewport = browser.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert scroll <= viewport
+        tokens = browser.execute_script("return [...document.querySelectorAll('.token')].map(e => e.textContent)")
+        assert "111135_reciprocal_reading_2026-11-20_final_v2.csv" in tokens
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -95,6 +95,7 @@ def test_one_school_pilot_is_not_estimable_and_the_good_trial_is_unchanged(tmp_p
         ("one_both_arms", "only one school has analysed pupils in both arms"),
         ("flat", "do not vary within schools"),
         ("four_pupils", "only 4 pupils analysed for 4 fixed effects"),
+        ("one_per_arm", "too few pupils in each school's arms to measure how scores vary within schools"),
     ],
 )
 def test_unestimable_designs_say_why(case, reason):
@@ -105,6 +106,11 @@ def test_unestimable_designs_say_why(case, reason):
         frame.loc[frame["school_urn"] != "100000", "arm"] = 1.0
     elif case == "flat":  # issue 15: no variance within schools gave g 1.99 with a zero-width CI
         frame["outcome"] = frame["school_urn"].astype(float) / 1000 + 5 * frame["arm"]
+    elif case == "one_per_arm":  # red-team 17: 3 schools x (1 intervention + 1 control), scores all differ
+        frame = pd.DataFrame({"intervention": "T", "outcome_measure": "Score",
+                              "school_urn": ["100000", "100000", "100001", "100001", "100002", "100002"],
+                              "arm": [1.0, 0.0] * 3, "outcome": [10.0, 8.0, 12.0, 9.0, 11.0, 7.0],
+                              "baseline": np.nan, "fsm": np.nan})
     else:  # issue 15: "only 2 pupils for 3 fixed effects" stopped publication; here 4 for 4
         frame = pd.DataFrame({"intervention": "T", "outcome_measure": "Score",
                               "school_urn": ["100000", "100000", "100001", "100001"], "arm": [1.0, 0.0, 1.0, 0.0],
@@ -112,6 +118,7 @@ def test_unestimable_designs_say_why(case, reason):
     result = analyse_trial(frame)
     assert result.status == "not_estimable"
     assert reason in result.reason and result.notes[0] == result.reason
+    assert "same score" not in result.reason or case == "flat"
     row = evidence_table([result]).iloc[0]
     assert row["status"] == "not_estimable" and pd.isna(row["effect_size"]) and pd.isna(row["ci_low"])
     assert row["notes"].startswith(result.reason)
@@ -167,10 +174,13 @@ def test_the_asset_stores_every_trial_when_one_fails(tmp_path, monkeypatch):
         return real(cells, intervention, outcome_measure, **kwargs)
 
     monkeypatch.setattr(trials, "analyse_cells", failing)
-    result = dg.materialize([trial_results], resources={
-        "warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb")),
-        "settings": Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(tmp_path / "out")),  # no registry
-    })
+    # An instance of our own: without one, Dagster may resolve the definitions against a test
+    # instance an earlier test left behind ("undefined DagsterInstance weakref").
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([trial_results], instance=instance, resources={
+            "warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb")),
+            "settings": Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(tmp_path / "out")),  # no registry
+        })
     assert result.success
     metadata = result.asset_materializations_for_node("trial_results")[0].metadata
     assert metadata["not_refreshed"].value == 1

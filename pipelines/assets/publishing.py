@@ -41,13 +41,14 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
         load_report = (con.execute(warehouse.sql("load_report")).df() if warehouse.table_exists(con, "load_report")
                        else loading.load_report_frame([]))
         loaded_at = con.execute(warehouse.sql("data_date")).fetchall()[0][0]
-        pupil_keys = {row[0] for row in con.execute(warehouse.sql("pupil_keys")).fetchall()}
         # With a registry in use, what the officer should act on goes beside the load report.
         progress = (con.execute(warehouse.sql("registry_progress")).df()
                     if warehouse.table_exists(con, "registry_progress") else None)
         messages = (con.execute(warehouse.sql("registry_messages")).df()
                     if warehouse.table_exists(con, "registry_messages") else None)
         kept = history.read_history(con)
+        spellings = (con.execute(warehouse.sql("merged_spellings")).df()
+                     if warehouse.table_exists(con, "trial_spellings") else None)
     registry_rows = None
     if progress is not None and len(progress) or messages is not None and len(messages):
         registry_rows = site.registry_report(messages, progress)
@@ -74,11 +75,14 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     plans = planner.plans_for_page(planner.round_plans(registry, stored), registry) if registry is not None else []
     problems: list[str] = []
     files = site.build_site(table, per_trial, load_report, data_date, run_date, problems=problems,
-                            history=shown, plans=plans, registry_rows=registry_rows)
+                            history=shown, plans=plans, registry_rows=registry_rows,
+                            spellings=spellings)
     for problem in problems:  # one trial's trouble is reported, never a reason to stop the others
         context.log.warning(problem)
     # The blocking checks run again on the folder afterwards; here the same tests stop a bad
     # publication before it replaces the last good one.
+    with warehouse_db.connect() as con:  # only the 64-hex strings the files hold are looked up
+        pupil_keys = publish.pupil_keys_in(con, files)
     findings = publish.identifier_findings(files, pupil_keys)
     if findings:
         raise MicrotrialsError(f"not published: pupil identifiers found in {findings}; the last good publication stays")

@@ -11,6 +11,10 @@ from microtrials.trials import TrialResult
 from pipelines.assets.registry import trials_file
 from pipelines.resources import Settings, Warehouse
 
+# A trial with more schools than this gets no per-school table or PNG forest plot in its metadata
+# (they would grow the run's event log with every school): the extremes and where to find the rest.
+METADATA_SCHOOLS = 50
+
 
 @dg.asset(
     group_name="statistics",
@@ -152,11 +156,7 @@ def trial_markdown(result: TrialResult) -> str:
             f"I2 = {p.i2:.1f}%, Q = {p.q:.2f} (p = {p.q_p:.4f}); prediction interval {pi}; "
             f"P(new school benefits) = {p.p_new_positive:.3f}"
         )
-    parts += ["**Per-school effects** (g: the school's own ANCOVA / total SD; eb_g: empirical-Bayes estimate)",
-              result.per_school.round(4).to_markdown(index=False)]
-    plot = _forest_png(result)
-    if plot is not None:
-        parts.append(f"![forest plot](data:image/png;base64,{base64.b64encode(plot).decode()})")
+    parts += _school_parts(result)
     a = result.attrition
     parts.append(f"**Attrition**: {a.overall:.1f}% overall, {a.intervention:.1f}% intervention, {a.control:.1f}% control")
     if result.balance is not None:
@@ -165,6 +165,29 @@ def trial_markdown(result: TrialResult) -> str:
     if result.strength is not None:
         parts.append(f"**Evidence strength {result.strength.score}/5**: " + "; ".join(result.strength.reasons))
     return "\n\n".join(parts)
+
+
+def _school_parts(result: TrialResult) -> list[str]:
+    """The per-school table and forest plot PNG for a trial of at most METADATA_SCHOOLS schools; for a
+    larger one the 5 highest and 5 lowest school effects and where every school is (the metadata of a
+    materialization stays a few KB however many schools a trial has)."""
+    schools = result.per_school
+    heading = "**Per-school effects** (g: the school's own ANCOVA / total SD; eb_g: empirical-Bayes estimate)"
+    if len(schools) <= METADATA_SCHOOLS:
+        parts = [heading, schools.round(4).to_markdown(index=False)]
+        plot = _forest_png(result)
+        if plot is not None:
+            parts.append(f"![forest plot](data:image/png;base64,{base64.b64encode(plot).decode()})")
+        return parts
+    ranked = schools.sort_values("g", ascending=False, na_position="last", kind="stable")
+    ranked = ranked[ranked["g"].notna()]
+    shown = pd.concat([ranked.head(5), ranked.tail(5)]).drop_duplicates()
+    return [
+        f"{heading}: {len(schools):,} schools, {len(ranked):,} with their own estimate; the 5 highest and the "
+        "5 lowest g. Every school is in the warehouse table `school_results` and the trial's published "
+        "schools.csv; its forest plot (all schools, ranked) is forest.svg on the trial's page of the site.",
+        shown.round(4).to_markdown(index=False),
+    ]
 
 
 def _forest_png(result: TrialResult) -> bytes | None:

@@ -135,15 +135,14 @@ ENTRIES: tuple[Entry, ...] = (
           "than a URN, a date and plain words (see the rule on the load report page).", "text", LOAD),
     Entry("School URN", "School URN", "The URN the file is for (in registry_report.csv: the school(s) concerned, "
           "or the schools still awaited).", "text", f"{LOAD}; {REGISTRY}"),
-    Entry("Status", "Status", "loaded, unchanged (seen before), or rejected (nothing loaded).", "text", LOAD),
-    Entry("What went wrong", "What went wrong", "Why the file or some of its rows were set aside.", "text", LOAD),
+    Entry("Status", "Status", "In plain words: rejected (nothing loaded), partly loaded (some rows set aside), "
+          "loaded with warnings, ignored (not a school file), unchanged since it was last loaded, or loaded.",
+          "text", LOAD),
+    Entry("What went wrong", "What went wrong", "Why the file or some of its rows were set aside, and what to do. "
+          "No numbers of rows or pupils are published (they would reveal small schools' figures).", "text", LOAD),
+    Entry("Warnings", "Warnings", "What was odd but loaded, e.g. \"read as Windows-1252\" or an optional value "
+          "blanked because it was not understood.", "text", LOAD),
     Entry("Trials", "Trials", "The trials the file holds.", "text", LOAD),
-    Entry("Rows read", "Rows read", "Data rows in the file.", "rows", LOAD),
-    Entry("Rows loaded", "Rows loaded", "Rows stored for analysis.", "rows", LOAD),
-    Entry("Rows set aside", "Rows set aside", "Rows not loaded because a required value was wrong.", "rows", LOAD),
-    Entry("Rows set aside, by reason", "Rows set aside, by reason", "How many rows were set aside for each "
-          "reason.", "text", LOAD),
-    Entry("Rows with warnings", "Rows with warnings", "Rows loaded with an odd optional value blanked.", "rows", LOAD),
     Entry("Columns dropped", "Columns dropped", "Columns outside the format, dropped unread (they may hold "
           "personal data).", "text", LOAD),
     # --- the registry report -------------------------------------------------------------------

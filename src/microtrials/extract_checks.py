@@ -167,6 +167,45 @@ def swapped_columns(col: dict, empty: dict, odd: dict, pupil_ids: pa.Array) -> s
     return None
 
 
+# Trial names (intervention, outcome_measure): a cell longer than this is not a name.
+NAME_MAX_CHARS = 100
+# A rare trial name (on at most this many rows) in a file whose most common name has at least
+# NAME_DOMINANT_ROWS rows is set aside when it also holds a date, a run of 4 digits, 'DOB'/'born'
+# or an e-mail '@': the shape of a pupil's details typed into the wrong cell.
+NAME_RARE_ROWS = 2
+NAME_DOMINANT_ROWS = 10
+_PERSONAL = r"[0-9]{4}|[0-9]{1,2}[/.-][0-9]{1,2}[/.-][0-9]{2,4}|(?i:\bdob\b|\bborn\b|d\.o\.b)|@"
+
+
+def identifier_like_names(values: pa.Array, empty: pa.Array, pupil_ids: pa.Array) -> pa.Array:
+    """Rows whose trial-name cell looks like a pupil identifier or a pupil's details, not a name.
+
+    A non-blank cell is flagged when it (a) equals a pupil_id of the file, (b) has the file's
+    pupil_id shape (:func:`pupil_id_pattern`), (c) is over ``NAME_MAX_CHARS`` characters, or (d) is
+    rare -- on at most ``NAME_RARE_ROWS`` rows while the file's most common value has at least
+    ``NAME_DOMINANT_ROWS`` -- and holds a date, a run of 4 digits, 'DOB'/'born' or '@'. A genuine
+    file naming one or two interventions by their names meets none of these: every name it uses is
+    on many rows or holds no digits run or date, and none has the shape of its pupil_ids. The
+    tests run on the column's distinct values (a file has a few), then mark their rows.
+    """
+    counts = pc.value_counts(values.filter(pc.invert(empty)))
+    if not len(counts):
+        return pa.repeat(pa.scalar(False), len(values))
+    names, times = counts.field("values"), counts.field("counts")
+    bad = pc.or_(pc.is_in(names, value_set=pupil_ids), pc.greater(pc.utf8_length(names), NAME_MAX_CHARS))
+    shaped = pc.and_(pc.match_substring_regex(names, "[0-9]"), pc.greater_equal(pc.utf8_length(names), 5))
+    if shaped.true_count:  # only a name with a digit can have an identifier's shape
+        pattern = pupil_id_pattern(pupil_ids)
+        if pattern:
+            bad = pc.or_(bad, pc.equal(shape(names), pattern))
+    if pc.max(times).as_py() >= NAME_DOMINANT_ROWS:
+        rare = pc.less_equal(times, NAME_RARE_ROWS)
+        bad = pc.or_(bad, pc.and_(rare, pc.match_substring_regex(names, _PERSONAL)))
+    if not bad.true_count:
+        return pa.repeat(pa.scalar(False), len(values))
+    return pc.fill_null(pc.and_(pc.invert(empty), pc.is_in(values, value_set=names.filter(bad))), False)
+
+
 def decimal_commas(outcome: pa.Array, odd: pa.Array, empty: pa.Array) -> str | None:
     """Why a file whose outcomes are mostly written with a decimal comma (12,5) is refused (loading
     them as 'no post-test' would silently empty the trial); None otherwise."""

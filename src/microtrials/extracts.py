@@ -54,6 +54,29 @@ _NOT_SHOWN = "a value not shown here (it could identify a pupil)"
 _PUPIL_ID_SHOWN = "a pupil_id value (are the columns in the wrong order?)"
 
 
+# Bidi overrides/isolates/marks, zero-width characters, the BOM and C0/C1 controls (tab included).
+_INVISIBLE = "[\u200b-\u200f\u202a-\u202e\u2060-\u2069\u061c\ufeff\x00-\x1f\x7f-\x9f]"
+# Two words of letters ("Jane Smith"): a name, never quoted even when short.
+_TWO_WORDS = r"\pL{2,}[\s.,]+\pL{2,}"
+
+
+def quotable(column: str, values: pa.Array, pupil_ids: pa.Array) -> pa.Array:
+    """Which of a column's values a reason or a feedback file may show (the identifier rule).
+
+    Only values of a coded or numeric column (``_QUOTABLE``) that are at most 12 characters, hold
+    no run of 4 digits, are not two words of letters (a name) and equal no pupil_id of the file.
+    """
+    values = pc.cast(values, pa.string())
+    if column not in _QUOTABLE:
+        return pa.repeat(pa.scalar(False), len(values))
+    text = pc.replace_substring_regex(values, r"[\r\n\t]+", " ")
+    safe = pc.and_(
+        pc.less_equal(pc.utf8_length(text), _SHOWN_VALUE_CHARS),
+        pc.invert(pc.or_(pc.match_substring_regex(text, r"[0-9]{4}"), pc.match_substring_regex(text, _TWO_WORDS))),
+    )
+    return pc.fill_null(pc.and_(safe, pc.invert(pc.is_in(values, value_set=pupil_ids))), False)
+
+
 class ExtractRejected(MicrotrialsError):
     """A whole file that cannot be read as the extract contract says; nothing from it is loaded."""
 
@@ -146,7 +169,11 @@ class ValidatedExtract:
 
     @property
     def rows_quarantined(self) -> int:
-        return _distinct_lines(self.quarantine)
+        """Rows kept out (a loaded row whose implausible outcome was set aside is not one)."""
+        lines = self.quarantine.column("line").drop_null()
+        if len(lines) and self.good.num_rows:
+            lines = lines.filter(pc.invert(pc.is_in(lines, value_set=self.good.column("line"))))
+        return pc.count_distinct(lines).as_py() if len(lines) else 0
 
     @property
     def rows_with_warnings(self) -> int:
@@ -215,6 +242,7 @@ def read_extract(path: Path, data: bytes | None = None) -> Extract:
             raise ExtractRejected(f"{name}: the file is empty; {SAVE_AS_CSV}")
         header = _header(name, text)
         records, format_errors = _parse_records(name, text, len(header))
+        warnings = _concat_entries(warnings, _cut_off(text, records))
     positions, dropped = _match_columns(name, header)
     # Keep only contract columns: anything else may hold personal data and never goes further.
     kept = {column: records.column(index) for column, index in positions.items()}
@@ -271,6 +299,33 @@ def _decode(name: str, data: bytes) -> tuple[str, pa.Table]:
         "'CSV UTF-8 (Comma delimited) (*.csv)'"
     )
     return text, _entries([None], ["read as Windows-1252"], [reason])
+
+
+def _cut_off(text: str, records: pa.Table) -> pa.Table:
+    """A warning on the last row when the file does not end with a line break although its other
+    lines do: a copy or upload cut short ends like that, and a score cut from 78 to 7 reads as a
+    plain number. The row still loads (a file saved by a tool that writes no final line break
+    would otherwise always lose its last pupil); the warning names its line so it can be checked."""
+    if text.endswith(("\n", "\r")) or not records.num_rows:
+        return _NO_ENTRIES
+    last = physical_lines(text)
+    if records.column("line")[-1].as_py() != last:  # the last line was not a row (blank or set aside)
+        return _NO_ENTRIES
+    return _entries(
+        [last],
+        ["no line break at the end"],
+        [
+            f"line {last}, the last line, does not end with a line break while the file's other lines do: the file "
+            "may have been cut off, so this row's last value may be incomplete; the row was loaded; check it "
+            "against your records and send the whole file again if it was cut"
+        ],
+        [None],
+    )
+
+
+def _concat_entries(*tables: pa.Table) -> pa.Table:
+    kept = [t for t in tables if t.num_rows]
+    return pa.concat_tables(kept) if len(kept) > 1 else (kept[0] if kept else _NO_ENTRIES)
 
 
 def _read_workbook(name: str, data: bytes) -> tuple[list[str], pa.Table, pa.Table, pa.Table]:
@@ -528,9 +583,19 @@ def validate(extract: Extract) -> ValidatedExtract:
     blank = pa.repeat(pa.scalar("", pa.string()), n)
     col = {c: (_one_array(rows.column(c)) if c in rows.column_names else blank) for c in CONTRACT_COLUMNS}
     line = _one_array(rows.column("line"))
+    # Invisible direction/control characters (a U+202E override reverses the text a page shows) are
+    # removed from names before anything else reads them; the row loads with a warning.
+    invisible = {}
+    for c in ("intervention", "outcome_measure", "round"):
+        distinct = pc.unique(col[c])  # a few names: test them, not every row
+        odd_names = distinct.filter(pc.match_substring_regex(distinct, _INVISIBLE))
+        if len(odd_names):
+            invisible[c] = pc.is_in(col[c], value_set=odd_names)
+            col[c] = pc.utf8_trim_whitespace(pc.replace_substring_regex(col[c], _INVISIBLE, ""))
     empty = {c: pc.equal(pc.utf8_length(v), 0) for c, v in col.items()}
     pupil_ids = pc.unique(col["pupil_id"].filter(pc.invert(empty["pupil_id"])))
     quarantined: list[pa.Table] = [extract.format_errors] if extract.format_errors.num_rows else []
+    set_aside: list[pa.Table] = []  # values set aside (recorded in quarantine) from rows that load
     warned: list[pa.Table] = [extract.warnings] if extract.warnings.num_rows else []
 
     # What each column's values mean, and which are understood (blank counts as understood).
@@ -563,6 +628,14 @@ def validate(extract: Extract) -> ValidatedExtract:
     ):
         if problem:
             raise ExtractRejected(f"{extract.file_name}: {problem}")
+    # A trial-name cell that looks like a pupil identifier, a name or a date never becomes a trial:
+    # its row is set aside and the cell is blanked here, so no table, report or reason carries it.
+    bad_name = {
+        c: checks.identifier_like_names(col[c], empty[c], pupil_ids) for c in ("intervention", "outcome_measure")
+    }
+    for c, mask in bad_name.items():
+        if mask.true_count:
+            col[c] = pc.if_else(mask, pa.scalar("", pa.string()), col[c])
 
     def entry(into: list, mask, column: str, rule: str, reason) -> None:
         """Add an entry for each row in ``mask``; ``reason(take)`` gives their reasons (text or array)."""
@@ -597,17 +670,11 @@ def validate(extract: Extract) -> ValidatedExtract:
         entry(warned, mask, column, rule, reason)
 
     def shown(column: str, take) -> pa.Array:
-        """Bad values as a reason may quote them: only short values of coded or numeric columns that
-        cannot be an identifier (no run of 4 digits, equal to no pupil_id in the file)."""
+        """Bad values as a reason may quote them: only those :func:`quotable` allows."""
         values = col[column].take(take)
         is_pupil_id = pc.and_(pc.is_in(values, value_set=pupil_ids), pc.invert(empty[column].take(take)))
-        if column not in _QUOTABLE:
-            return pc.if_else(is_pupil_id, _PUPIL_ID_SHOWN, _NOT_SHOWN)
         text = pc.replace_substring_regex(values, r"[\r\n\t]+", " ")
-        safe = pc.and_(
-            pc.less_equal(pc.utf8_length(text), _SHOWN_VALUE_CHARS),
-            pc.invert(pc.match_substring_regex(text, r"[0-9]{4}")),
-        )
+        safe = quotable(column, values, pupil_ids)
         return pc.if_else(is_pupil_id, _PUPIL_ID_SHOWN, pc.if_else(safe, _join("'", text, "'"), _NOT_SHOWN))
 
     # ---- rules that keep a row out: school_urn, pupil_id, intervention, outcome_measure, arm, duplicates
@@ -641,6 +708,14 @@ def validate(extract: Extract) -> ValidatedExtract:
         "outcome_measure missing",
         "outcome_measure is empty; name the assessment used as the outcome",
     )
+    for c, mask in bad_name.items():
+        flag(
+            mask,
+            c,
+            f"{c} looks like an identifier",
+            f"{c} holds a value that looks like a pupil identifier, a name or a date (or is over "
+            f"{checks.NAME_MAX_CHARS} characters), not shown here; write the {c} as the trial names it",
+        )
     flag(
         pc.invert(arm_ok),
         "arm",
@@ -688,11 +763,17 @@ def validate(extract: Extract) -> ValidatedExtract:
             ),
         )
     far = {c: checks.implausible(numbers[c], finite[c], trials_of_rows) for c in ("outcome", "baseline")}
-    flag(
+    # An implausible outcome is set aside as a value (recorded in quarantine), not as a pupil: the
+    # outcome is blanked and the pupil still counts as randomised (intention to treat).
+    entry(
+        set_aside,
         far["outcome"][0],
         "outcome",
         "implausible value",
-        lambda take: _implausible_reason("outcome", far["outcome"][1], take, "send the file again"),
+        lambda take: _implausible_reason(
+            "outcome", far["outcome"][1], take,
+            "the score was left out (the pupil still counts as randomised); correct it and send the file again",
+        ),
     )
     warn(
         far["baseline"][0],
@@ -702,6 +783,15 @@ def validate(extract: Extract) -> ValidatedExtract:
             "baseline", far["baseline"][1], take, "it was left blank for this pupil; correct it and send the file again"
         ),
     )
+
+    for c, mask in invisible.items():
+        warn(
+            mask,
+            c,
+            f"{c} had invisible characters",
+            f"{c} held invisible text-direction or control characters (they can make a name show reversed "
+            "or differently on a page); they were removed and the row loaded; remove them from your file",
+        )
 
     # ---- coded characteristics: understood spellings are read, anything else blanked with a warning
     for column, meaning in (
@@ -723,6 +813,10 @@ def validate(extract: Extract) -> ValidatedExtract:
     quarantine = _combined(quarantined)
     out_lines = pc.unique(quarantine.column("line").drop_null())
     good_mask = pc.invert(pc.is_in(line, value_set=out_lines)) if len(out_lines) else None
+    if set_aside:  # a row kept out has its reasons already; a loaded row's value set aside is recorded too
+        kept = [t if not len(out_lines) else t.filter(pc.invert(pc.is_in(t.column("line"), value_set=out_lines)))
+                for t in set_aside]
+        quarantine = _combined(([quarantine] if quarantine.num_rows else []) + kept)
     warnings = _combined(warned)
     if len(out_lines):  # a row kept out has its reasons in quarantine; warnings are for loaded rows
         of_rows_out = pc.fill_null(pc.is_in(warnings.column("line"), value_set=out_lines), False)
@@ -756,7 +850,7 @@ def validate(extract: Extract) -> ValidatedExtract:
             "intervention": good(col["intervention"]),
             "outcome_measure": good(col["outcome_measure"]),
             "arm": good(arm),
-            "outcome": known(numbers["outcome"], finite["outcome"]),
+            "outcome": known(numbers["outcome"], pc.and_(finite["outcome"], pc.invert(far["outcome"][0]))),
             "baseline": known(numbers["baseline"], pc.and_(finite["baseline"], pc.invert(far["baseline"][0]))),
             "fsm": good(coded["fsm"][0]),
             "gender": good(coded["gender"][0]),

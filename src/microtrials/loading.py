@@ -39,11 +39,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from microtrials import extracts, warehouse
+from microtrials import extracts, feedback, warehouse
 from microtrials.errors import MicrotrialsError
+from microtrials.extract_checks import IMPLAUSIBLE_MIN_VALUES, IMPLAUSIBLE_ROBUST_SDS, MAD_TO_SD
+from microtrials.names import match_key
 from microtrials.privacy import check_key_unchanged, pseudonymise
 
 # Files in the extracts folder that look like a spreadsheet a school sent instead of a CSV:
@@ -310,9 +313,134 @@ def _finish(con: duckdb.DuckDBPyConnection, staged: _Staged) -> list[FileReport]
     """Write a staged chunk's prepared files; their reports (and the unchanged ones') in path order."""
     todo = [p for p in staged.paths if p not in staged.earlier]
     prepared = dict(zip(todo, staged.prepared))
+    _judge_against_trials(con, list(prepared.values()))
     for group in _groups_of_distinct_schools(list(prepared.values())):
         _write_group(con, group)
     return [prepared[p].report if p in prepared else staged.earlier[p] for p in staged.paths]
+
+
+# A file's scores for a trial are judged as a whole (another scale?) from this many on.
+SCALE_MIN_SCORES = 5
+
+
+def _trial_key(intervention: str, measure: str) -> str:
+    return f"{match_key(intervention)}\x1f{match_key(measure)}"
+
+
+def _judge_against_trials(con: duckdb.DuckDBPyConnection, deliveries: list[_Delivery]) -> None:
+    """Judge each loaded file's outcomes against its trial's scores at other schools (in place).
+
+    For a trial (matched by ``names.match_key``) with at least ``IMPLAUSIBLE_MIN_VALUES`` scores
+    in the warehouse from other schools and a non-zero spread (median M, robust SD s = 1.4826 x
+    MAD): when the file's median for the trial is more than 6 s from M, the whole trial of the file
+    is on another scale (e.g. scores x 10) and, with at least ``SCALE_MIN_SCORES`` scores, is not loaded (``trials_rejected``; earlier rows
+    stay); otherwise each score more than 6 s from M is set aside as a value (outcome blanked,
+    recorded in quarantine as "implausible value"; the pupil stays randomised). The file's own
+    check (:func:`microtrials.extract_checks.implausible`) has already run.
+    """
+    loaded = [d for d in deliveries if d.report.status == "loaded" and d.pupils is not None and d.pupils.num_rows]
+    if not loaded:
+        return
+    wanted = {_trial_key(i, m) for d in loaded for i, m in d.report.trials}
+    spellings = [
+        (i, m, _trial_key(i, m)) for i, m, _ in con.execute(warehouse.sql("trial_spellings")).fetchall()
+    ]
+    spellings = [s for s in spellings if s[2] in wanted]
+    if not spellings:
+        return
+    frames = {
+        "spelling_keys": pa.table(
+            {name: pa.array([s[k] for s in spellings], pa.string())
+             for k, name in enumerate(("intervention", "outcome_measure", "trial_key"))}
+        ),
+        "batch_schools": pa.table({"school_urn": pa.array(sorted({d.report.school_urn or "" for d in loaded}))}),
+    }
+    with _registered(con, frames):
+        spread = {
+            key: (median, MAD_TO_SD * mad)
+            for key, median, scores, mad in con.execute(warehouse.sql("trial_outcome_spread")).fetchall()
+            if scores >= IMPLAUSIBLE_MIN_VALUES and mad and mad > 0
+        }
+    for delivery in loaded:
+        _judge_file(delivery, spread)
+
+
+def _judge_file(delivery: _Delivery, spread: dict[str, tuple[float, float]]) -> None:
+    """:func:`_judge_against_trials` for one file (vectorised over its rows)."""
+    pupils = delivery.pupils
+    frame = pupils.select(["intervention", "outcome_measure", "outcome", "line"]).to_pandas()
+    keys = {(i, m): _trial_key(i, m) for i, m in delivery.report.trials}
+    trials = pd.DataFrame(
+        [(i, m, spread.get(k, (np.nan, np.nan))[0], spread.get(k, (np.nan, np.nan))[1]) for (i, m), k in keys.items()],
+        columns=["intervention", "outcome_measure", "median", "sd"],
+    )
+    frame = frame.merge(trials, on=["intervention", "outcome_measure"], how="left")  # keeps the row order
+    judged = frame[frame["sd"].notna()]
+    if judged.empty:
+        return
+    by_trial = judged.groupby(["intervention", "outcome_measure"])["outcome"]
+    file_median, file_scores = by_trial.median(), by_trial.count()
+    report = delivery.report
+    other_scale = []
+    for (intervention, measure), middle in file_median.items():
+        median, sd = spread[keys[intervention, measure]]
+        enough = file_scores[intervention, measure] >= SCALE_MIN_SCORES  # fewer: each score is judged alone
+        if enough and abs(middle - median) > IMPLAUSIBLE_ROBUST_SDS * sd:
+            other_scale.append((intervention, measure))
+            report.trials_rejected[trials_text([(intervention, measure)])] = (
+                f"this file's {measure} scores for the trial have a median of {middle:.6g}, more than "
+                f"{IMPLAUSIBLE_ROBUST_SDS:g} robust SDs from the median ({median:.6g}) of the trial's scores at "
+                "other schools, as if they were on another scale (e.g. multiplied by 10 or out of another total); "
+                "they were not loaded; check the scores are the assessment's standardised scores and send the "
+                "file again"
+            )
+    scale = pd.DataFrame(other_scale, columns=["intervention", "outcome_measure"]).assign(other_scale=True)
+    drop = frame.merge(scale, on=["intervention", "outcome_measure"], how="left")["other_scale"].eq(True).to_numpy()
+    far = (~drop) & frame["sd"].notna().to_numpy() & (
+        (frame["outcome"] - frame["median"]).abs() > IMPLAUSIBLE_ROBUST_SDS * frame["sd"]
+    ).to_numpy()
+    if far.any():
+        outcome = pupils.column("outcome").to_numpy(zero_copy_only=False).copy()
+        outcome[far] = np.nan
+        pupils = pupils.set_column(
+            pupils.schema.get_field_index("outcome"), "outcome", pa.array(outcome, pa.float64(), from_pandas=True)
+        )
+        picked = frame[far]
+        entries = pa.table(
+            {
+                "line": pa.array(picked["line"], pa.int64()),
+                "school_urn": pa.array([report.school_urn] * len(picked), pa.string()),
+                "intervention": pa.array(picked["intervention"], pa.string()),
+                "outcome_measure": pa.array(picked["outcome_measure"], pa.string()),
+                "column_name": pa.array(["outcome"] * len(picked), pa.string()),
+                "rule": pa.array(["implausible value"] * len(picked), pa.string()),
+                "reason": pa.array(
+                    [
+                        f"outcome is implausible: more than {IMPLAUSIBLE_ROBUST_SDS:g} robust SDs from the median "
+                        f"({m:.6g}) of this trial's outcome scores at other schools; the score was left out (the "
+                        "pupil still counts as randomised); correct it and send the file again"
+                        for m in picked["median"]
+                    ],
+                    pa.string(),
+                ),
+                "source_file": pa.array([report.file_name] * len(picked), pa.string()),
+                "delivery_id": pa.array([delivery.delivery_id] * len(picked), pa.string()),
+            }
+        ).cast(delivery.quarantine.schema)
+        delivery.quarantine = pa.concat_tables([delivery.quarantine, entries])
+        report.quarantined_by_reason["implausible value"] = (
+            report.quarantined_by_reason.get("implausible value", 0) + int(far.sum())
+        )
+    if drop.any():
+        pupils = pupils.filter(pa.array(~drop))
+        report.rows_loaded -= int(drop.sum())
+        report.reason = "; ".join(
+            ([report.reason] if report.reason else [])
+            + [f"not loaded: {trials_text([t])}: {report.trials_rejected[trials_text([t])]}" for t in other_scale]
+        )
+        if len(other_scale) == len(report.trials):
+            report.status = "rejected"
+    delivery.pupils = pupils
 
 
 def _prepare_job(job: tuple) -> _Delivery:
@@ -338,7 +466,8 @@ def _prepare(path: Path, data: bytes | OSError, delivery_id: str, key: bytes) ->
             raise extracts.ExtractRejected(
                 f"{path.name}: only .csv and .xlsx files are loaded; {extracts.SAVE_AS_CSV}"
             )
-        checked = extracts.validate(extracts.read_extract(path, data))
+        extract = extracts.read_extract(path, data)
+        checked = extracts.validate(extract)
     except extracts.ExtractRejected as exc:
         return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=str(exc)))
     report = FileReport(
@@ -355,6 +484,11 @@ def _prepare(path: Path, data: bytes | OSError, delivery_id: str, key: bytes) ->
         warned_by_reason=checked.warned_by_reason(),
         file_warnings=checked.file_warnings(),
     )
+    # The cells of the lines set aside or warned about, for the school's feedback file (in memory
+    # only: an attribute, not a field, so never in the stored report_json).
+    lines = {n for table in (checked.quarantine, checked.warnings) if "line" in table.column_names
+             for n in table.column("line").to_pylist() if n is not None}
+    report.problem_cells = (*feedback.problem_cells(extract.rows, lines), lines)
     source = {"source_file": checked.file_name, "delivery_id": delivery_id}
     return _Delivery(
         delivery_id,
@@ -456,6 +590,10 @@ def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> dict[str, 
     more than half of the school's rows: ``sql/redelivery_losses.sql``) keep their earlier rows;
     returns the reports that changed because of that, by file name (applied once committed)."""
     changed = _hold_losing_trials(cur, group)
+    for delivery in group:  # a file that loads no row at all is rejected, its rows set aside explained
+        report = changed.get(delivery.report.file_name, delivery.report)
+        if report.status == "loaded" and report.rows_loaded == 0:
+            changed[report.file_name] = _nothing_loaded(report)
     # the deliveries rows and keys show the reports as they now are (registered afresh on each attempt)
     final = [dataclasses.replace(d, report=changed.get(d.report.file_name, d.report)) for d in group]
     cur.register("batch_deliveries", pa.Table.from_pylist([_delivery_row(d.delivery_id, d.report) for d in final]))
@@ -474,35 +612,71 @@ def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> dict[str, 
     return changed
 
 
+def _nothing_loaded(report: FileReport) -> FileReport:
+    """``report`` (a file none of whose rows loaded) as a rejection saying why."""
+    reasons = ", ".join(f"{rule}: {rows}" for rule, rows in report.quarantined_by_reason.items())
+    why = (
+        f"{report.file_name}: none of the file's {report.rows_read} rows could be loaded"
+        + (f" ({reasons})" if reasons else "")
+        + "; see the rows set aside and why, correct them and send the file again"
+    )
+    return dataclasses.replace(
+        report, status="rejected", reason="; ".join([why] + ([report.reason] if report.reason else []))
+    )
+
+
 def _hold_losing_trials(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> dict[str, FileReport]:
     """Mark (in the registered ``batch_trials``) the trials whose earlier rows stay, and return
     the reports of their files rewritten to say so: rows not loaded, and ``rejected`` when no
-    trial of the file was replaced."""
+    trial of the file was replaced.
+
+    ``batch_trials`` first gains a row for every spelling the warehouse holds for the school that
+    has the same :func:`microtrials.names.match_key` as a trial of the file (``reciprocal  Reading``
+    replaces ``Reciprocal reading``)."""
     loaded = [d for d in group if d.report.status == "loaded"]
     if not any(d.report.school_urn for d in loaded):
         return {}
     cur.register("batch_trials", _trials_table(loaded))
+    stored = cur.execute(warehouse.sql("school_spellings")).fetchall()
+    intervention_key = _intervention_keys(cur)
+    spellings: dict[tuple, list[tuple[str, str]]] = {}
+    for school, intervention, measure in stored:
+        key = (school, intervention_key(intervention), match_key(measure))
+        spellings.setdefault(key, []).append((intervention, measure))
+    cur.register("batch_trials", _trials_table(loaded, spellings=spellings, intervention_key=intervention_key))
     losses = cur.execute(warehouse.sql("redelivery_losses")).fetchall()
     if not losses:
         return {}
-    held: dict[str, dict[tuple[str, str], tuple[int, int]]] = {}
-    for file_name, intervention, measure, rows_new, rows_before in losses:
-        held.setdefault(file_name, {})[intervention, measure] = (rows_new, rows_before)
-    cur.register("batch_trials", _trials_table(loaded, held))
+    held: dict[str, dict[tuple[str, str], tuple[int, int, int, int]]] = {}
+    for file_name, intervention, measure, *counts in losses:
+        held.setdefault(file_name, {})[intervention, measure] = tuple(counts)
+    cur.register("batch_trials", _trials_table(loaded, held, spellings, intervention_key))
     changed = {}
     for delivery in loaded:
         mine = held.get(delivery.report.file_name)
         if not mine:
             continue
         report = dataclasses.replace(delivery.report, trials_rejected=dict(delivery.report.trials_rejected))
-        for (intervention, measure), (rows_new, rows_before) in mine.items():
+        for (intervention, measure), (rows_new, rows_before, outcomes_new, outcomes_before) in mine.items():
             trial = trials_text([(intervention, measure)])
+            if trial in delivery.report.trials_rejected:  # already not loaded (another scale): its reason stands
+                report.rows_loaded -= rows_new
+                continue
+            if 2 * rows_new < rows_before:
+                lost = (
+                    f"this file has {rows_new} loadable row{'s' if rows_new != 1 else ''} for the trial, the "
+                    f"school's earlier delivery {rows_before}"
+                )
+            else:
+                lost = (
+                    f"this file has {outcomes_new} outcome score{'s' if outcomes_new != 1 else ''} for the trial, "
+                    f"the school's earlier delivery {outcomes_before}"
+                )
             report.trials_rejected[trial] = (
-                f"this file has {rows_new} loadable row{'s' if rows_new != 1 else ''} for the trial, the school's "
-                f"earlier delivery {rows_before}: the earlier rows are kept; "
+                f"{lost}: the earlier rows are kept; "
                 + (
                     "see the rows set aside and why, correct them and send the file again"
-                    if report.rows_quarantined
+                    if report.rows_quarantined or report.rows_with_warnings
                     else "if pupils really left the trial, ask the data team to remove the earlier rows"
                 )
             )
@@ -511,29 +685,67 @@ def _hold_losing_trials(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) 
             report.status = "rejected"
         report.reason = "; ".join(
             ([report.reason] if report.reason else [])
-            + [f"not replaced: {trial}: {why}" for trial, why in report.trials_rejected.items()]
+            + [
+                f"not replaced: {trial}: {why}"
+                for trial, why in report.trials_rejected.items()
+                if trial not in delivery.report.trials_rejected
+            ]
         )
         changed[report.file_name] = report
     return changed
 
 
-def _trials_table(loaded: list[_Delivery], held: dict[str, dict] | None = None) -> pa.Table:
-    """One row per loaded file and trial it names: the rows a re-delivery replaces, unless ``held``
-    (file name -> trials whose earlier rows stay)."""
+def _intervention_keys(cur: duckdb.DuckDBPyConnection):
+    """A function giving an intervention spelling's matching key: the match key of its registered
+    name when the registry last stored in the warehouse (``registry_rounds``) lists it as a name or
+    an alias, else its own match key."""
+    canonical: dict[str, str] = {}
+    if warehouse.table_exists(cur, "registry_rounds"):
+        for name, aliases in cur.execute(warehouse.sql("registry_names")).fetchall():
+            for spelling in [name, *(aliases or "").split("|")]:
+                if spelling.strip():
+                    canonical.setdefault(match_key(spelling), match_key(name))
+
+    def key(intervention: str) -> str:
+        own = match_key(intervention)
+        return canonical.get(own, own)
+
+    return key
+
+
+def _trials_table(
+    loaded: list[_Delivery],
+    held: dict[str, dict] | None = None,
+    spellings: dict[tuple, list] | None = None,
+    intervention_key=match_key,
+) -> pa.Table:
+    """One row per loaded file, trial it names and stored spelling of that trial (the file's own
+    spelling, plus each school spelling in ``spellings`` with the same match key, the intervention
+    read through the registry's aliases by ``intervention_key``): the rows a
+    re-delivery replaces, unless ``held`` (file name -> the file's trials whose earlier rows stay)."""
     held = held or {}
-    rows = [
-        {
-            "file_name": d.report.file_name,
-            "school_urn": d.report.school_urn,
-            "intervention": i,
-            "outcome_measure": m,
-            "held": (i, m) in held.get(d.report.file_name, {}),
-        }
-        for d in loaded
-        for i, m in d.report.trials
-    ]
+    spellings = spellings or {}
+    rows = []
+    for d in loaded:
+        for i, m in d.report.trials:
+            same = spellings.get((d.report.school_urn, intervention_key(i), match_key(m)), [])
+            for stored_i, stored_m in dict.fromkeys([(i, m), *same]):
+                rows.append(
+                    {
+                        "file_name": d.report.file_name,
+                        "school_urn": d.report.school_urn,
+                        "intervention": stored_i,
+                        "outcome_measure": stored_m,
+                        "file_intervention": i,
+                        "file_outcome_measure": m,
+                        "held": (i, m) in held.get(d.report.file_name, {}),
+                    }
+                )
     schema = pa.schema(
-        [(c, pa.string()) for c in ("file_name", "school_urn", "intervention", "outcome_measure")]
+        [
+            (c, pa.string())
+            for c in ("file_name", "school_urn", "intervention", "outcome_measure", "file_intervention", "file_outcome_measure")
+        ]
         + [("held", pa.bool_())]
     )
     return pa.Table.from_pylist(rows, schema=schema)

@@ -6,6 +6,7 @@ import html
 import io
 import math
 import re
+import textwrap
 
 import matplotlib
 
@@ -24,15 +25,33 @@ GRID_COLOUR = "#767676"
 
 _SVG_SETTINGS = {"svg.hashsalt": "microtrials", "svg.fonttype": "none", "font.size": 10}
 
+# Above this many schools a plot with one labelled row per school is too tall to read (0.32 inch a
+# row) and slow to draw (seconds per 1,000 rows): the schools are drawn instead as one ranked band
+# without labels (ranked_figure), every school still shown, the names in the trial's schools.csv.
+MAX_LABELLED_SCHOOLS = 60
+
 
 def escape_math(text: str) -> str:
     """Text shown literally by matplotlib: every ``$`` escaped, so ``$...$`` is never math text."""
     return str(text).replace("$", r"\$")
 
 
+def wrap_title(title: str, width: int = 70, lines: int = 3) -> str:
+    """``title`` on at most ``lines`` lines of ``width`` characters (long words split), the last
+    ending in "…" when it is cut: a long trial name is never clipped by the figure's edge."""
+    wrapped = textwrap.wrap(" ".join(str(title).split()), width, break_long_words=True) or [""]
+    if len(wrapped) > lines:
+        wrapped = wrapped[:lines]
+        wrapped[-1] = wrapped[-1][: width - 1].rstrip() + "…"
+    return "\n".join(wrapped)
+
+
 def _figure(per_school: pd.DataFrame, pooled: tuple[float, float, float], title: str,
             prediction: tuple[float, float] | None) -> Figure:
-    """The forest plot as a matplotlib Figure (no pyplot: no global state, thread-safe)."""
+    """The forest plot as a matplotlib Figure (no pyplot: no global state, thread-safe); with more
+    than MAX_LABELLED_SCHOOLS schools, the ranked plot (``ranked_figure``)."""
+    if len(per_school) > MAX_LABELLED_SCHOOLS:
+        return ranked_figure(per_school, pooled, title, prediction)
     rows = per_school.reset_index(drop=True)
     n = len(rows)
     height = 2.4 + 0.32 * (n + 2)
@@ -91,12 +110,72 @@ def _figure(per_school: pd.DataFrame, pooled: tuple[float, float, float], title:
         ax.set_xlim(left - pad, right + pad)
     ax.set_xlabel("Effect size (total-SD scale): right of 0 favours the intervention")
     ax.set_ylabel("School (pupils: intervention / control)")
-    ax.set_title(escape_math(title), loc="left", color=INK)
+    ax.set_title(escape_math(wrap_title(title)), loc="left", color=INK)
     ax.tick_params(colors=INK)
     ax.grid(axis="x", color="#d0d0d0", linewidth=0.6)
     ax.set_axisbelow(True)
     if ax.get_legend_handles_labels()[0]:
         fig.legend(loc="outside lower center", ncols=2, frameon=False, fontsize=8)
+    return fig
+
+
+def ranked_figure(per_school: pd.DataFrame, pooled: tuple[float, float, float], title: str,
+                  prediction: tuple[float, float] | None) -> Figure:
+    """The forest plot for many schools: every school with its own estimate, ranked by g from the
+    highest at the top, as a line (95% CI) and a dot, without a label per school; the published
+    diamond and prediction interval below, as in ``_figure``. A fixed size, whatever the number of
+    schools; the school layer is drawn as an image inside an SVG (text stays text). Schools
+    without their own estimate are counted in the y-axis label (their reasons are in schools.csv).
+    """
+    rows = per_school.reset_index(drop=True)
+    g = pd.to_numeric(rows.get("g"), errors="coerce").to_numpy(dtype=float)
+    lo = pd.to_numeric(rows.get("ci_low"), errors="coerce").to_numpy(dtype=float)
+    hi = pd.to_numeric(rows.get("ci_high"), errors="coerce").to_numpy(dtype=float)
+    shown = ~np.isnan(g)
+    order = np.flatnonzero(shown)[np.argsort(-g[shown], kind="stable")]
+    k = len(order)
+    fig = Figure(figsize=(7.5, 6.4), layout="constrained")
+    ax = fig.add_subplot()
+    y = np.linspace(10.0, 1.5, k) if k > 1 else np.full(k, 5.0)  # highest g at the top; pooled row at 0.5
+    x_values: list[float] = []
+    if k:
+        ax.hlines(y, lo[order], hi[order], color=SCHOOL_COLOUR, linewidth=0.6, alpha=0.5, rasterized=True)
+        ax.scatter(g[order], y, marker="s", s=4, color=SCHOOL_COLOUR, zorder=3, rasterized=True,
+                   label="School's own effect (ANCOVA, 95% CI), ranked")
+        x_values += [v for v in np.concatenate([lo[order], hi[order]]) if np.isfinite(v)]
+        if "eb_g" in rows:
+            shrunk = pd.to_numeric(rows["eb_g"], errors="coerce").to_numpy(dtype=float)[order]
+            ok = ~np.isnan(shrunk)
+            if ok.any():
+                ax.scatter(shrunk[ok], y[ok], marker="o", s=3, facecolor="none", edgecolor=INK, linewidth=0.4,
+                           zorder=4, rasterized=True, label="Empirical-Bayes estimate (pulled towards the mean)")
+    pooled_g, pooled_lo, pooled_hi = (float(v) for v in pooled)
+    x_values += [v for v in (pooled_lo, pooled_hi) if math.isfinite(v)]
+    if prediction is not None and all(math.isfinite(float(v)) for v in prediction):
+        ax.hlines(0.5, float(prediction[0]), float(prediction[1]), color=POOLED_COLOUR, linewidth=1.2,
+                  linestyle=(0, (4, 2)), label="95% prediction interval (a new school)")
+        x_values += [float(v) for v in prediction]
+    if all(math.isfinite(v) for v in (pooled_g, pooled_lo, pooled_hi)):
+        ax.add_patch(Polygon([(pooled_lo, 0.5), (pooled_g, 0.85), (pooled_hi, 0.5), (pooled_g, 0.15)],
+                             closed=True, color=POOLED_COLOUR, zorder=5, label="Published effect size (95% CI)"))
+    ax.axvline(0.0, color=GRID_COLOUR, linewidth=1)
+    ax.set_yticks([0.5], ["All schools (published)"])
+    ax.set_ylim(0.0, 10.5)
+    if x_values:
+        left, right = min(x_values + [0.0]), max(x_values + [0.0])
+        pad = 0.08 * max(right - left, 0.2)
+        ax.set_xlim(left - pad, right + pad)
+    hidden = len(rows) - k
+    ax.set_ylabel(f"{k:,} schools, ranked: highest effect at the top\n"
+                  + (f"({hidden:,} without their own estimate not drawn; " if hidden else "(")
+                  + "names and figures in schools.csv)", fontsize=9)
+    ax.set_xlabel("Effect size (total-SD scale): right of 0 favours the intervention")
+    ax.set_title(escape_math(title), loc="left", color=INK)
+    ax.tick_params(colors=INK)
+    ax.grid(axis="x", color="#d0d0d0", linewidth=0.6)
+    ax.set_axisbelow(True)
+    if ax.get_legend_handles_labels()[0]:
+        fig.legend(loc="outside lower center", ncols=2, frameon=False, fontsize=8, markerscale=3)
     return fig
 
 

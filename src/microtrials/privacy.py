@@ -87,6 +87,42 @@ def check_key_strength(key: str) -> None:
             f"{KEY_VARIABLE} repeats a few characters ({len(set(key))} different ones): it is a pattern, "
             f"not a random secret; {HOW_TO_SET}"
         )
+    pattern = weak_pattern(key)
+    if pattern:
+        raise MicrotrialsError(f"{KEY_VARIABLE} is a pattern, not a random secret: {pattern}; {HOW_TO_SET}")
+
+
+# Weak-key patterns (red-team finding 14). A run is 4 or more characters each one step up or down
+# the sequence 0-9 then a-z, in one case ("0123", "9abc", "fedc", "WXYZ"); a key is refused when runs cover
+# more than a quarter of it. A repeated block is a key that is some shorter text over and over. A
+# phrase is text split by spaces whose letters-only words make up more than half of it: chosen
+# words carry far fewer bits than their characters (a random 64-hex key meets none of these).
+_SEQUENCE = "0123456789abcdefghijklmnopqrstuvwxyz"
+RUN_MIN = 4
+RUN_MAX_SHARE = 0.25
+
+
+def weak_pattern(key: str) -> str | None:
+    """Why ``key`` is a pattern rather than a random secret (plain words), or None."""
+    period = next((p for p in range(1, len(key) // 2 + 1) if key[p:] == key[:-p]), None)
+    if period is not None:
+        return f"it repeats the same {period} characters"
+    steps = [_SEQUENCE.find(c.lower()) + (100 if c.isupper() else 0) if c.lower() in _SEQUENCE else -1 for c in key]
+    in_runs, start = 0, 0
+    for i in range(1, len(key) + 1):
+        step = steps[i] - steps[i - 1] if i < len(key) and min(steps[i], steps[i - 1]) >= 0 else None
+        direction = steps[start + 1] - steps[start] if start + 1 < len(key) else None
+        if i < len(key) and step in (1, -1) and (i == start + 1 or step == direction):
+            continue
+        if i - start >= RUN_MIN:
+            in_runs += i - start
+        start = i if i < len(key) and step not in (1, -1) else i - 1
+    if in_runs > RUN_MAX_SHARE * len(key):
+        return f"{in_runs} of its {len(key)} characters are runs such as 0123 or abcd"
+    words = [w for w in key.split() if len(w) >= 2 and w.isalpha()]
+    if len(key.split()) >= 2 and sum(map(len, words)) * 2 > len(key):
+        return "it is mostly words separated by spaces, which carry far fewer bits than their length"
+    return None
 
 
 def sample_hashes() -> dict[str, str]:

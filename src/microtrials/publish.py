@@ -80,8 +80,12 @@ def _as_bytes(data: bytes | str) -> bytes:
     return data.encode("utf-8") if isinstance(data, str) else bytes(data)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``data`` (text as UTF-8) to ``path`` via a fsynced temp file and ``os.replace``."""
+def write_atomic(path: Path, data: bytes | str, sync: bool = True) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` via a fsynced temp file and ``os.replace``.
+
+    ``sync=False`` skips both fsyncs, for a caller writing many files that syncs once after the
+    last (``os.sync``): the replace is still atomic, only durability waits for that sync.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -89,13 +93,15 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(_as_bytes(data))
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if sync:
+        _fsync_dir(path.parent)
 
 
 def _neutralise_cell(value: object) -> object:
@@ -345,6 +351,26 @@ def publish_folder(out_dir: Path, files: Mapping[str, bytes | str]) -> Path:
 IDENTIFIER_COLUMNS = ("pupil_id", "pupil_key")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TH = re.compile(r"<th[^>]*>\s*([^<]*?)\s*</th>", re.IGNORECASE)
+
+
+def hex_candidates(files: Mapping[str, bytes | str]) -> set[str]:
+    """Every 64-hex-digit run in the files' text (lowercased): the only strings that could be pupil keys."""
+    found: set[str] = set()
+    for content in files.values():
+        found.update(_HEX64.findall(_as_bytes(content).decode("utf-8", errors="ignore").lower()))
+    return found
+
+
+def pupil_keys_in(con, files: Mapping[str, bytes | str]) -> set[str]:
+    """The warehouse's pupil keys that occur in ``files``: one lookup of the files' 64-hex-digit
+    strings in `pupils` (sql/pupil_keys_among.sql), so a national warehouse's millions of keys are
+    never loaded into memory. Pass the result to ``identifier_findings``."""
+    candidates = sorted(hex_candidates(files))
+    if not candidates:
+        return set()
+    from microtrials import warehouse
+
+    return {row[0] for row in con.execute(warehouse.sql("pupil_keys_among"), {"keys": candidates}).fetchall()}
 
 
 def identifier_findings(files: Mapping[str, bytes | str], pupil_keys: set[str]) -> list[tuple[str, str]]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup, escape
 
 from microtrials import dictionary, disclosure, history, views
 from microtrials.errors import MicrotrialsError
@@ -163,7 +164,20 @@ def _environment() -> Environment:
     env = Environment(loader=PackageLoader("microtrials", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.globals.update(csp=CSP, threshold=SUPPRESSION_THRESHOLD)
+    env.filters["long_tokens"] = long_tokens
     return env
+
+
+LONG_TOKEN = 20
+
+
+def long_tokens(text: object) -> Markup:
+    """``text`` escaped, each run of more than ``LONG_TOKEN`` non-space characters (a file name, a
+    long code) in ``<span class="token">``, the only text a table cell may break inside
+    (``overflow-wrap: anywhere``); ordinary words never break inside themselves."""
+    parts = re.split(r"(\S{%d,})" % (LONG_TOKEN + 1), str(text))
+    return Markup("").join(Markup('<span class="token">%s</span>') % part if i % 2 else escape(part)
+                           for i, part in enumerate(parts))
 
 
 def render(template: str, **context: object) -> bytes:
@@ -229,13 +243,64 @@ def _prepare_schools(schools: pd.DataFrame | None) -> tuple[pd.DataFrame, list[s
 
 # --- the public load report -------------------------------------------------------------------
 
-LOAD_COLUMNS = {  # warehouse column -> plain header (data_dictionary.csv describes each)
-    "file_name": "File", "reason": "What went wrong", "status": "Status", "school_urn": "School URN",
-    "trials": "Trials", "rows_read": "Rows read", "rows_loaded": "Rows loaded",
-    "rows_quarantined": "Rows set aside", "quarantined_by_reason": "Rows set aside, by reason",
-    "rows_with_warnings": "Rows with warnings", "columns_dropped": "Columns dropped",
+#: The public load report's columns (data_dictionary.csv describes each). It publishes no row counts:
+#: a count per file is a count per school, and would undo the suppression of small schools'
+#: figures (BRIEF; red-team finding 6). Exact counts stay in the warehouse's `load_report` table,
+#: the Dagster UI and each school's private feedback file.
+LOAD_COLUMNS = ["File", "School URN", "Status", "What went wrong", "Warnings", "Trials", "Columns dropped"]
+#: Status words, in the order the page lists files (problems first).
+LOAD_STATUS = {
+    "rejected": "rejected: nothing loaded",
+    "partly": "partly loaded: some rows set aside",
+    "warned": "loaded, with warnings",
+    "ignored": "ignored: not a school file",
+    "unchanged": "unchanged since it was last loaded",
+    "loaded": "loaded",
 }
+_COUNTS = [  # (pattern, replacement): sentences of the loader that carry a count, said without it
+    (re.compile(r"this file has \d+ loadable rows? for the trial, the school's earlier delivery \d+"),
+     "this file has fewer loadable rows for the trial than the school's earlier delivery"),
+    (re.compile(r"has \d+ different values in \d+ rows"), "has a different value in every row"),
+    (re.compile(r"\blines? \d+(?:(?:,\s*| and | to |-)\d+)*"), "some lines"),
+    (re.compile(r"\s*\(\d+\)"), ""),
+    (re.compile(r":\s*\d+(?=;|$|\))"), ""),  # "rule: 3" (a count per reason)
+    (re.compile(r"\b\d{1,5}\s+(?=(?:\w+\s+){0,2}(?:rows?|pupils?|values?|outcomes?|lines?)\b)"), ""),
+    (re.compile(r"\b(?:of|from|to|were|was|only|has|had|with)\s+\d{1,5}\b(?![-./]\d)"), "…"),
+]
 
+
+def without_counts(text: str) -> str:
+    """``text`` with every count of rows, pupils or values taken out ("arm not understood: 3" ->
+    "arm not understood"; "71 different values in 71 rows" -> "a different value in every row")."""
+    out = str(text)
+    for pattern, replacement in _COUNTS:
+        out = pattern.sub(replacement, out)
+    return re.sub(r"\s{2,}", " ", out).strip()
+
+
+def _load_status(row: dict) -> str:
+    """Which of ``LOAD_STATUS`` a warehouse load-report row is (a file with rows but none loaded is
+    rejected, whatever the loader called it)."""
+    def count(column: str) -> int:
+        x = views.number(row.get(column))
+        return 0 if x is None else int(x)
+    status = str(row.get("status", "")).strip().casefold()
+    if status == "rejected" or (status == "loaded" and count("rows_read") > 0 and count("rows_loaded") == 0):
+        return "rejected"
+    if status == "ignored":
+        return "ignored"
+    if count("rows_quarantined") or not views.is_blank(row.get("quarantined_by_reason")):
+        return "partly"
+    if count("rows_with_warnings") or not views.is_blank(row.get("warnings")):
+        return "warned"
+    return "unchanged" if status == "unchanged" else "loaded"
+
+
+def _rules(text: object) -> str:
+    """"arm not understood: 3; implausible value: 1" -> "arm not understood; implausible value"."""
+    if views.is_blank(text):
+        return ""
+    return "; ".join(without_counts(part) for part in str(text).split("; ") if part.strip())
 
 REGISTRY_REPORT_COLUMNS = ["Trial", "Round", "School URN", "What to do"]
 
@@ -261,53 +326,80 @@ def registry_report(messages: pd.DataFrame | None, progress: pd.DataFrame | None
 
 
 def public_load_report(load_report: pd.DataFrame, trial_words: set[str]) -> pd.DataFrame:
-    """The load report as published: problem files first, plain headers, no revealing file names.
+    """The load report as published: problem files first, plain words, no counts, no revealing names.
 
-    Order: rejected files, then files with rows set aside or warnings, then the rest (each by URN
-    and file). "What went wrong" is the file's reason, else a count of rows set aside/with
-    warnings. A file name that is not safe (``views.public_file_name``) becomes
-    "file N from school <URN>".
+    One row per file: its label, school URN, status in plain words (``LOAD_STATUS``), what went
+    wrong and what to do, its warnings (e.g. "read as Windows-1252"), trials and dropped columns.
+    No row counts: a file's counts are its school's pupil numbers, and publishing them would undo
+    the suppression of a small school's figures (a one-school pilot would show its size). Counts
+    in the loader's sentences are taken out (:func:`without_counts`).
+
+    Order: rejected, then partly loaded, then loaded with warnings, then ignored entries, then the
+    rest (each by URN and file). A file name that is not safe (``views.public_file_name``)
+    becomes "file N from school <URN>", in its own cell and wherever the reasons name it.
     """
     frame = _drop_identifiers(load_report).copy()
-    for column in LOAD_COLUMNS:
+    for column in ("file_name", "status", "school_urn", "trials", "quarantined_by_reason", "warnings",
+                   "columns_dropped", "reason"):
         if column not in frame.columns:
-            frame[column] = 0 if column.startswith("rows_") else ""
-    frame = frame[list(LOAD_COLUMNS)]
+            frame[column] = ""
+    records = frame.to_dict("records")
+    kinds = [_load_status(r) for r in records]
+    order = list(LOAD_STATUS)
+    ranked = sorted(range(len(records)), key=lambda i: (order.index(kinds[i]), str(records[i]["school_urn"]),
+                                                        str(records[i]["file_name"])))
+    rows, per_school = [], {}
+    for i in ranked:
+        r, kind = records[i], kinds[i]
+        name = "" if views.is_blank(r["file_name"]) else str(r["file_name"])
+        urn = "" if views.is_blank(r["school_urn"]) else str(r["school_urn"])
+        label = views.public_file_name(name, trial_words)
+        if label is None:
+            per_school[urn] = per_school.get(urn, 0) + 1
+            label = (f"file {per_school[urn]} from school {urn}" if urn
+                     else f"file {per_school[urn]} with no school URN")
+        reason = "" if views.is_blank(r["reason"]) else str(r["reason"])
+        if name and reason.startswith(f"{name}: "):  # the File column already names it
+            reason = reason[len(name) + 2:]
+        if name:
+            reason = reason.replace(name, label)
+        parts = [without_counts(reason)] if reason.strip() else []
+        set_aside = _rules(r["quarantined_by_reason"])
+        if set_aside:
+            parts.append(f"rows set aside ({set_aside}): the school has been sent each row to fix")
+        if kind == "rejected" and not reason.strip():
+            parts.append("no row could be loaded: the school has been sent each row to fix")
+        warnings = _rules(r["warnings"])
+        rows.append({
+            "File": label, "School URN": urn, "Status": LOAD_STATUS[kind], "What went wrong": "; ".join(parts),
+            "Warnings": warnings.replace(name, label) if name else warnings,
+            "Trials": "" if views.is_blank(r["trials"]) else str(r["trials"]),
+            "Columns dropped": "" if views.is_blank(r["columns_dropped"]) else str(r["columns_dropped"]),
+        })
+    return pd.DataFrame(rows, columns=LOAD_COLUMNS)
 
-    def count(value: object) -> int:
-        x = views.number(value)
-        return 0 if x is None else int(x)
 
-    set_aside = frame["rows_quarantined"].map(count)
-    warned = frame["rows_with_warnings"].map(count)
-    rejected = frame["status"].astype(str).str.casefold().eq("rejected")
-    rank = (~rejected).astype(int) + ((set_aside == 0) & (warned == 0) & ~rejected).astype(int)
-    frame = frame.assign(_rank=rank, _urn=frame["school_urn"].astype(str)).sort_values(
-        ["_rank", "_urn", "file_name"], kind="stable").drop(columns=["_rank", "_urn"])
-    labels, per_school = [], {}
-    for name, urn in zip(frame["file_name"], frame["school_urn"], strict=True):
-        safe = views.public_file_name(str(name), trial_words)
-        if safe is None:
-            urn_text = "" if views.is_blank(urn) else str(urn)
-            per_school[urn_text] = per_school.get(urn_text, 0) + 1
-            safe = (f"file {per_school[urn_text]} from school {urn_text}" if urn_text
-                    else f"file {per_school[urn_text]} with no school URN")
-        labels.append(safe)
-    frame["file_name"] = labels
-
-    def what(row) -> str:
-        if not views.is_blank(row["reason"]):
-            return str(row["reason"])
-        parts = []
-        if count(row["rows_quarantined"]):
-            n = count(row["rows_quarantined"])
-            parts.append(f"{n} row{'s' if n != 1 else ''} set aside ({row['quarantined_by_reason']})")
-        if count(row["rows_with_warnings"]):
-            n = count(row["rows_with_warnings"])
-            parts.append(f"{n} row{'s' if n != 1 else ''} loaded with a value blanked")
-        return "; ".join(parts)
-    frame["reason"] = frame.apply(what, axis=1) if len(frame) else frame["reason"]
-    return frame.rename(columns=LOAD_COLUMNS).reset_index(drop=True)
+def merged_spellings(spellings: pd.DataFrame | None, table: pd.DataFrame) -> list[str]:
+    """Plain sentences for the delivered spellings analysed as another spelling of a published trial
+    (table `trial_spellings`, ``merged`` true), e.g. "'reciprocal  Reading' analysed as 'Reciprocal
+    reading'" (capitals, spaces or accents; or a registry alias). Only spellings analysed as a
+    published trial appear: a value grouped into no published trial (which could be a stray
+    identifier) is never shown."""
+    if spellings is None or not len(spellings) or "merged" not in spellings.columns:
+        return []
+    published = {(match_key(str(i)), match_key(str(o)))
+                 for i, o in zip(table["intervention"], table["outcome_measure"], strict=True)}
+    out: list[str] = []
+    for s in spellings.itertuples(index=False):
+        if not bool(s.merged) or (match_key(str(s.intervention)), match_key(str(s.outcome_measure))) not in published:
+            continue
+        for delivered, name in ((s.delivered_intervention, s.intervention),
+                                (s.delivered_outcome_measure, s.outcome_measure)):
+            if not views.is_blank(delivered) and str(delivered) != str(name):
+                sentence = f"'{delivered}' analysed as '{name}'"
+                if sentence not in out:
+                    out.append(sentence)
+    return out
 
 
 # --- pages -------------------------------------------------------------------------------------
@@ -348,6 +440,16 @@ def _history_files(row: pd.Series, folder: str, kept: pd.DataFrame | None) -> tu
     return files, view, ""
 
 
+PLOT_LABEL = 24
+
+
+def plot_label(text: object) -> str:
+    """A school's label on the forest plot: at most ``PLOT_LABEL`` characters, cut with "…" (the
+    school table on the page gives it in full), so the plot never clips it."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= PLOT_LABEL else text[: PLOT_LABEL - 1].rstrip() + "…"
+
+
 def _trial_files(row: pd.Series, folder: str, schools: pd.DataFrame | None, common: dict,
                  kept: pd.DataFrame | None = None, plan: str = "") -> dict[str, bytes]:
     """One trial's page, schools.csv, forest plot and history plot; a failing plot costs only the figure."""
@@ -363,7 +465,7 @@ def _trial_files(row: pd.Series, folder: str, schools: pd.DataFrame | None, comm
         try:
             with matplotlib.rc_context({"text.parse_math": False}):  # "$...$" in a name is text, not maths
                 files[f"{folder}/forest.svg"] = forest_plot(
-                    per_school, pooled, title,
+                    per_school.assign(school_urn=per_school["school_urn"].map(plot_label)), pooled, title,
                     prediction if None not in prediction else None)
             plot_alt = describe(per_school, pooled)
         except Exception as exc:  # noqa: BLE001 - one plot never stops the publication
@@ -455,6 +557,7 @@ def build_site(
     registry_rows: pd.DataFrame | None = None,
     history: pd.DataFrame | None = None,
     plans: list[dict] | None = None,
+    spellings: pd.DataFrame | None = None,
 ) -> dict[str, bytes]:
     """Every file of the publication, ``{relative path: bytes}``.
 
@@ -475,7 +578,8 @@ def build_site(
     intervention, round, outcome_measure, text: ``planner.round_plans`` worded) lists registered
     rounds with no results yet, and what they could detect, on the send page.
     ``registry_rows`` (:func:`registry_report`), when given, is published as
-    ``registry_report.csv`` and shown on the load report page.
+    ``registry_report.csv`` and shown on the load report page. ``spellings`` (table
+    `trial_spellings`) lists on the load report page the spellings merged into a published trial.
     """
     problems = [] if problems is None else problems
     table = _prepare_evidence(evidence, problems)
@@ -493,7 +597,7 @@ def build_site(
         "data_dictionary.csv": csv_bytes(dictionary.dictionary_frame()),
         "load_report.csv": csv_bytes(report),
         "load-report.html": render("load_report.html", rows=report.fillna("").to_dict("records"),
-                                   columns=list(report.columns),
+                                   columns=list(report.columns), merged=merged_spellings(spellings, table),
                                    registry_rows=(None if registry_rows is None
                                                   else registry_rows.fillna("").to_dict("records")),
                                    registry_columns=REGISTRY_REPORT_COLUMNS, **common),

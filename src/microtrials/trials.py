@@ -310,7 +310,8 @@ def _not_estimable(analysed: pd.DataFrame, counts: pd.DataFrame, base: dict, p: 
 
     Not estimable: no outcomes; one school; fewer than ``READY_MIN_SCHOOLS_BOTH_ARMS`` (2) schools
     with analysed pupils in both arms (one school's comparison is not a multi-school estimate);
-    no more pupils than fixed effects; outcomes that do not vary within any school's arm.
+    no more pupils than fixed effects; at most one pupil in every school's arm (nothing to measure
+    within-school variation from); outcomes that do not vary within any school's arm.
     """
     n = base["pupils_analysed"]
     if n == 0:
@@ -324,6 +325,9 @@ def _not_estimable(analysed: pd.DataFrame, counts: pd.DataFrame, base: dict, p: 
                 "are needed for a multi-school estimate")
     if n <= p:
         return f"only {n} pupils analysed for {p} fixed effects: too few to estimate the effect"
+    if bool(((counts["n1"] <= 1) & (counts["n0"] <= 1)).all()):  # no school:arm has 2 pupils to compare
+        return ("too few pupils in each school's arms to measure how scores vary within schools: every school "
+                "has at most one analysed pupil in each arm (at least 2 in an arm are needed)")
     if not _within_variation(analysed) > 1e-10 * float(analysed["sum_yy"].sum()):  # 0 up to rounding
         return "the outcome scores do not vary within schools (every pupil in a school's arm has the same score)"
     return ""

@@ -1,7 +1,10 @@
 """Excel workbooks the site publishes: the readable evidence table and per-trial extract templates (openpyxl).
 
 Workbooks are written deterministically (fixed creation time) so a rebuild from the same data
-gives the same bytes. Text cells are formula-neutralised like the CSVs.
+gives the same bytes. Text that starts like a formula (``=``, ``+``, ``-``, ``@``, tab, CR) is
+written as a string cell (``t="inlineStr"``, never ``<f>``) with Excel's quote-prefix style: Excel
+cannot run a string cell as a formula, shows the name as sent (no visible leading ``'``), and
+keeps it text if someone edits the cell. (A CSV has no cell types, so the CSVs add the ``'``.)
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.datavalidation import DataValidation
 
-from microtrials.publish import _neutralise_cell
+from microtrials.publish import FORMULA_TRIGGERS
 
 _FIXED_TIME = dt.datetime(2000, 1, 1)
 _HEADER_FILL = PatternFill("solid", fgColor="F3F2F1")
@@ -56,10 +59,20 @@ def _missing(value: object) -> bool:
         return False
 
 
+def _put(cell, value: object) -> None:
+    """Write ``value`` into ``cell``; text that starts like a formula becomes a quote-prefixed
+    string cell (openpyxl would otherwise type ``=...`` as a formula)."""
+    cell.value = value
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        cell.data_type = "s"
+        cell.quotePrefix = True
+
+
 def _header(sheet, headers: list[str], widths: list[float]) -> None:
-    sheet.append(headers)
     for index, width in enumerate(widths, start=1):
         cell = sheet.cell(row=1, column=index)
+        if index <= len(headers):
+            _put(cell, headers[index - 1])
         cell.font = Font(bold=True)
         cell.fill = _HEADER_FILL
         cell.alignment = Alignment(wrap_text=True, vertical="top")
@@ -82,8 +95,10 @@ def table_xlsx(frame: pd.DataFrame, sheet_title: str, notes: list[tuple[str, str
         longest = max([len(str(column))] + [len(str(v)) for v in frame[column] if not _missing(v)])
         widths.append(float(min(max(longest + 2, 10), 60)))
     _header(sheet, headers, widths)
-    for row in frame.itertuples(index=False, name=None):
-        sheet.append([None if _missing(v) else _neutralise_cell(v.item() if hasattr(v, "item") else v) for v in row])
+    for r, row in enumerate(frame.itertuples(index=False, name=None), start=2):
+        for c, v in enumerate(row, start=1):
+            if not _missing(v):
+                _put(sheet.cell(row=r, column=c), v.item() if hasattr(v, "item") else v)
     for row in sheet.iter_rows(min_row=2):
         for cell in row:
             if isinstance(cell.value, str) and len(cell.value) > 60:
@@ -123,7 +138,7 @@ def template_xlsx(columns: list[str], intervention: str, outcome_measure: str,
             continue
         lists.cell(row=1, column=offset, value=column)
         for r, value in enumerate(values, start=2):
-            lists.cell(row=r, column=offset, value=_neutralise_cell(value))
+            _put(lists.cell(row=r, column=offset), value)
         letter = get_column_letter(offset)
         source = f"Lists!${letter}$2:${letter}${len(values) + 1}"
         validation = DataValidation(type="list", formula1=source, allow_blank=True, showErrorMessage=True,
