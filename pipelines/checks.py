@@ -62,16 +62,17 @@ def every_file_loaded_or_rejected(
         files = [p for s in schools for p in by_school.get(s, [])]
     with warehouse_db.connect() as con:
         deliveries = _table(con, "deliveries")
+    # Text keys on both sides, also when either is empty (no files yet: pandas would guess float64).
     expected = pd.DataFrame(
-        {"file_name": [p.name for p in files], "delivery_id": [content_hash(p) for p in files]}
+        {"file_name": [p.name for p in files], "delivery_id": [content_hash(p) for p in files]}, dtype=object
     )
     if deliveries is None:
-        deliveries = pd.DataFrame(columns=["file_name", "delivery_id", "status", "reason"])
+        deliveries = pd.DataFrame(columns=["file_name", "delivery_id", "status", "reason"], dtype=object)
     done = deliveries[
         (deliveries["status"] == "loaded")
-        | ((deliveries["status"] == "rejected") & deliveries["reason"].fillna("").str.strip().ne(""))
-    ]
-    accounted = expected.merge(done[["file_name", "delivery_id"]].drop_duplicates(), how="left", indicator=True)
+        | ((deliveries["status"] == "rejected") & deliveries["reason"].fillna("").astype(str).str.strip().ne(""))
+    ][["file_name", "delivery_id"]].astype(object).drop_duplicates()
+    accounted = expected.merge(done, how="left", indicator=True)
     missing = accounted.loc[accounted["_merge"] == "left_only", ["file_name"]]
     return dg.AssetCheckResult(
         passed=missing.empty,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,10 @@ def recover_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     return dead
 
 
+# "microtrials.errors.MicrotrialsError: " before a message written for the officer: not for the officer.
+_ERROR_CLASS = re.compile(r"^(?:[\w.]+\.)?MicrotrialsError: ")
+
+
 @contextlib.contextmanager
 def partitions_fixed_for_the_run(instance: dg.DagsterInstance, name: str) -> Iterator[None]:
     """While one run executes in this process, answer the instance's questions about the dynamic
@@ -125,8 +130,9 @@ DISK_FULL = ("no space left on device", "disk is full", "database or disk is ful
 
 
 def plain_error(cls_name: str, message: str) -> str:
-    """An error's message in one line, with what to do for the errors an officer can meet (a full disk)."""
-    text = " ".join(message.split())
+    """An error's message in one line (without the MicrotrialsError class name), with what to do for the
+    errors an officer can meet (a full disk)."""
+    text = _ERROR_CLASS.sub("", " ".join(message.split()), count=1)
     if f"[errno {errno.ENOSPC}]" in text.lower() or any(s in text.lower() for s in DISK_FULL):
         return (f"the disk is full ({text}): free some space on the disk holding the warehouse, the published "
                 "folder and DAGSTER_HOME, then run again (nothing was half-written: the last good publication stays)")

@@ -131,7 +131,9 @@ def test_suppress_small_groups_threshold_and_existing_reason():
 
 
 def _listing(folder):
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    """The publication's files, without the marker every publication carries (tested on its own)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and p.name != publish.MARKER}
 
 
 def test_publish_folder_replaces_whole_publication(tmp_path):
@@ -269,3 +271,39 @@ def test_identifier_findings_allow_an_empty_template_but_not_data():
     assert publish.identifier_findings({"send/t-template.csv": template}, set()) == []
     leaked = publish.csv_bytes(pd.DataFrame({"school_urn": ["111201"], "pupil_id": ["P1"]}))
     assert publish.identifier_findings({"x.csv": leaked}, set()) == [("x.csv", "column pupil_id")]
+
+
+def test_publish_folder_marks_its_publication(tmp_path):
+    out = publish_folder(tmp_path / "published", {"index.html": b"v1"})
+    assert (out / publish.MARKER).read_text() == publish.MARKER_TEXT
+
+
+@pytest.mark.parametrize("content", [
+    {"school-1.csv": b"pupil_id,arm\n", "school-2.csv": b"pupil_id,arm\n"},  # --out = the extracts folder
+    {"extracts/school-1.csv": b"pupil_id,arm\n"},  # --out = a folder above the extracts
+    {"warehouse.duckdb": b"DUCK", "index.html": b"x", "evidence_table.csv": b"a\n"},  # --db inside --out
+    {"home/dagster.yaml": b"storage:\n"},  # DAGSTER_HOME inside --out
+])
+def test_publish_folder_never_replaces_a_folder_that_is_not_a_publication(tmp_path, content):
+    out = tmp_path / "data"
+    for name, data in content.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    with pytest.raises(MicrotrialsError, match="not a microtrials publication"):
+        publish_folder(out, {"index.html": b"x", "evidence_table.csv": b"a\n1\n"})
+    assert _listing(out) == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no staging folder left
+
+
+def test_publish_folder_replaces_an_empty_folder_and_an_unmarked_earlier_publication(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    publish_folder(empty, {"index.html": b"new"})
+    assert _listing(empty) == {"index.html": b"new"}
+    # A publication written before markers existed: only publication files (html, csv) in it.
+    earlier = tmp_path / "earlier"
+    (earlier / "trial").mkdir(parents=True)
+    for name in ("index.html", "evidence_table.csv", "trial/index.html", "trial/schools.csv"):
+        (earlier / name).write_bytes(b"old")
+    publish_folder(earlier, {"index.html": b"new", "evidence_table.csv": b"a\n1\n"})
+    assert _listing(earlier) == {"index.html": b"new", "evidence_table.csv": b"a\n1\n"}

@@ -6,7 +6,7 @@ import io
 import dagster as dg
 import pandas as pd
 
-from microtrials import dictionary, history, planner, publish, site, warehouse
+from microtrials import dictionary, history, loading, planner, publish, site, warehouse
 from microtrials.errors import MicrotrialsError
 from microtrials.evidence_table import COLUMNS, EXTRA_COLUMNS, SCHOOL_COLUMNS
 from microtrials.registry import load_registry
@@ -37,7 +37,9 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
         extras = [c for c in stored.columns if c not in COLUMNS + EXTRA_COLUMNS and c in dictionary.BY_COLUMN]
         table = stored[COLUMNS + EXTRA_COLUMNS + extras]
         schools = con.execute(warehouse.sql("school_results")).df()
-        load_report = con.execute(warehouse.sql("load_report")).df()
+        # No load_report before the first school's load (an empty extracts folder on day one).
+        load_report = (con.execute(warehouse.sql("load_report")).df() if warehouse.table_exists(con, "load_report")
+                       else loading.load_report_frame([]))
         loaded_at = con.execute(warehouse.sql("data_date")).fetchall()[0][0]
         # With a registry in use, what the officer should act on goes beside the load report.
         progress = (con.execute(warehouse.sql("registry_progress")).df()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import logging
 import os
 import signal
 import socket
@@ -154,6 +156,66 @@ def check_extracts_folder(extracts: Path) -> None:
         ) from exc
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (both resolved)."""
+    return path == folder or folder in path.parents
+
+
+def instance_folders(home: Path) -> list[Path]:
+    """DAGSTER_HOME's storage folders: every ``base_dir`` its dagster.yaml names (relative to DAGSTER_HOME)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((home / "dagster.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    found: list[Path] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "base_dir" and isinstance(value, str):
+                    found.append((home / value).resolve())
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
+def check_output_folder(out: Path, extracts: Path, db: Path, feedback: Path, home: Path,
+                        trials: Path | None = None) -> None:
+    """A SetupError when publishing to ``out`` could delete or mix with data: every path resolved.
+
+    Each publication replaces the whole ``out`` folder, so ``out`` may not be, contain or lie inside
+    the extracts folder or the private feedback folder; may not be or contain the warehouse file,
+    the registry file or DAGSTER_HOME; and may not overlap a storage folder of the Dagster instance
+    (its run history). ``out`` inside DAGSTER_HOME is allowed: the default instance folder is the
+    repository root, which holds ``data/published``.
+    """
+    def refuse(what: str) -> SetupError:
+        return SetupError(
+            f"--out {out} {what}; each publication replaces the whole --out folder, so it must be a folder "
+            f"of its own: choose another, e.g. --out {extracts.parent / 'published'} (nothing was changed)")
+
+    for name, folder in (("the extracts folder", extracts), ("the feedback folder", feedback)):
+        if out == folder:
+            raise refuse(f"is {name}")
+        if _inside(folder, out):
+            raise refuse(f"holds {name} {folder}")
+        if _inside(out, folder):
+            raise refuse(f"is inside {name} {folder}")
+    for name, path in (("the warehouse", db), ("the trial registry", trials), ("DAGSTER_HOME", home)):
+        if path is not None and _inside(path, out):
+            raise refuse(f"holds {name} {path}" if path != out else f"is {name}")
+    for folder in instance_folders(home):
+        if _inside(folder, out) or _inside(out, folder):
+            raise refuse(f"overlaps the Dagster instance's storage {folder} (run history, logs)")
+
+
 def _stop_on_sigterm() -> None:
     """SIGTERM stops a run as Ctrl-C does: the step is interrupted, its transaction rolled back, the run marked failed."""
 
@@ -184,13 +246,19 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
     if new_pupil_key:
         os.environ["MICROTRIALS_NEW_PUPIL_KEY"] = "1"
 
+    from microtrials import publish
     from microtrials.errors import MicrotrialsError
     from microtrials.privacy import pupil_key_from_env
+    from microtrials.registry import registry_path
 
     try:
-        use_instance_environment()
+        home = use_instance_environment().resolve()
         check_extracts_folder(extracts)
-        pupil_key_from_env(extracts, REPO_ROOT / "data" / "extracts")
+        check_output_folder(out, extracts, db, _feedback_folder().resolve(), home, registry_path(extracts).resolve())
+        publish.check_replaceable(out)  # before loading anything: publishing would refuse it anyway
+        key = pupil_key_from_env(extracts, REPO_ROOT / "data" / "extracts")
+        if os.environ.get("MICROTRIALS_TEST_SKIP_KEY_PRECHECK") != "1":  # tests/test_cli_safety.py: the load's own test
+            check_key_matches(db, key, new_pupil_key)
     except (SetupError, MicrotrialsError) as exc:
         print(f"microtrials run: {' '.join(str(exc).split())}", file=sys.stderr)
         return NOT_STARTED
@@ -213,8 +281,12 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
     if interrupted(result):
         print(stopped, file=sys.stderr)
         return 130
-    if not published(result):
-        print(f"microtrials run failed: {failure_reason(result)}", file=sys.stderr)
+    if not result.success or not published(result):
+        reason = failure_reason(result)
+        if published(result):  # a blocking check on the publication itself failed after the swap
+            reason += (f"; the publication in {out} was replaced before this check failed: do not share it "
+                       "until a run passes")
+        print(f"microtrials run failed: {reason}", file=sys.stderr)
         return FAILED
     lines, nothing_new = summary(extracts, out, db, result.run_id)
     print("\n".join(lines))
@@ -223,6 +295,109 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
               file=sys.stderr)
         return FAILED
     return 0
+
+
+def check_key_matches(db: Path, key: bytes, new_key: bool) -> None:
+    """Refuse before starting (MicrotrialsError) a pupil key the warehouse at ``db`` was not loaded with.
+
+    The same test the load makes (:func:`microtrials.privacy.check_key_unchanged`) on a read-only
+    connection, so a changed key is a setup error (exit 2), not a failed step. Where the load would
+    record a fingerprint (a first load, an accepted new key), the read-only connection refuses the
+    write and nothing is said; a warehouse busy with another run is left to the load's own test.
+    """
+    import duckdb
+
+    from microtrials import privacy, warehouse
+    from microtrials.errors import MicrotrialsError
+
+    if not db.is_file():
+        return
+    try:
+        con = warehouse.connect_with_retry(db, read_only=True, timeout_s=5)
+    except (MicrotrialsError, duckdb.Error, OSError):  # busy or unreadable: the load says so in its own words
+        return
+    try:
+        privacy.check_key_unchanged(con, key, new_key)
+    except duckdb.Error:
+        pass
+    finally:
+        con.close()
+
+
+class _OfficerConsole(logging.Filter):
+    """Dagster's console lines as an officer needs them; every event stays whole in the run's log.
+
+    A step or run failure caused by a MicrotrialsError (a message written for the officer) loses its
+    stack trace: the first line stays, and `microtrials run` ends with the plain reason. The
+    "Dependencies for step ... Not executing" lines that follow any failure are dropped. Other
+    errors (a bug) keep their trace for whoever reports it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR and "Dependencies for step" in message and "Not executing" in message:
+            return False
+        if "MicrotrialsError" in message and "\n" in message:
+            record.msg, record.args = message.split("\n", 1)[0] + " (the reason is below; details in the Dagster UI)", ()
+        return True
+
+
+class _OfficerLogger(logging.Logger):
+    """The logger class Dagster's console logger is built from during `microtrials run` (see _OfficerConsole)."""
+
+    def __init__(self, name: str, level: int | str = logging.NOTSET) -> None:
+        super().__init__(name, level)
+        self.addFilter(_OfficerConsole())
+
+
+#: In DAGSTER_HOME: held while a `microtrials run` opens the instance (see instance_lock).
+INSTANCE_LOCK = ".microtrials-instance.lock"
+
+
+@contextlib.contextmanager
+def instance_lock(home: Path, timeout_s: float = 120.0):
+    """Hold an exclusive lock on ``DAGSTER_HOME/.microtrials-instance.lock`` (fcntl; a no-op where there is none).
+
+    Two runs starting at once on a fresh DAGSTER_HOME would both create the instance's SQLite
+    tables and one would die with "table ... already exists"; they take turns instead (for a
+    second or so; the runs themselves still run side by side). After ``timeout_s`` the run goes
+    on without the lock rather than wait for ever.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    handle = open(home / INSTANCE_LOCK, "a")
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def open_instance(home: Path):
+    """The Dagster instance of DAGSTER_HOME ``home``, its storage created (tables and all) under :func:`instance_lock`."""
+    import dagster as dg
+
+    with instance_lock(home):
+        instance = dg.DagsterInstance.get()
+        try:  # touch the run, event-log and schedule storage: each creates its tables now
+            instance.get_runs(limit=1)
+            instance.all_instigator_state()
+            instance.event_log_storage.get_maximum_record_id()
+        except BaseException:
+            instance.dispose()
+            raise
+    return instance
 
 
 def _execute(extracts: Path):
@@ -234,27 +409,34 @@ def _execute(extracts: Path):
     from pipelines.partitions import SCHOOLS, files_by_school
     from pipelines.runs import partitions_fixed_for_the_run, process_tags, recover_dead_runs
 
-    instance = dg.DagsterInstance.get()
+    home = Path(os.environ["DAGSTER_HOME"])
+    instance = open_instance(home)
     try:
-        for run_id in recover_dead_runs(instance):
-            print(f"note: run {run_id} had been left unfinished by a process that is gone; marked failed",
-                  file=sys.stderr)
-        schools = sorted(files_by_school(extracts))
-        registered = set(instance.get_dynamic_partitions(SCHOOLS))
-        new = [key for key in schools if key not in registered]
-        if new:
-            instance.add_dynamic_partitions(SCHOOLS, new)
-        # Every registered school, in partition order: a school whose file has gone loads nothing
-        # and keeps its rows (README "For officers").
-        every = list(instance.get_dynamic_partitions(SCHOOLS))
+        with instance_lock(home):  # two runs registering the same new schools at once take turns too
+            for run_id in recover_dead_runs(instance):
+                print(f"note: run {run_id} had been left unfinished by a process that is gone; marked failed",
+                      file=sys.stderr)
+            schools = sorted(files_by_school(extracts))
+            registered = set(instance.get_dynamic_partitions(SCHOOLS))
+            new = [key for key in schools if key not in registered]
+            if new:
+                instance.add_dynamic_partitions(SCHOOLS, new)
+            # Every registered school, in partition order: a school whose file has gone loads nothing
+            # and keeps its rows (README "For officers").
+            every = list(instance.get_dynamic_partitions(SCHOOLS))
         if every:
             job, tags = defs.resolve_job_def("load_and_refresh"), partition_range_tags(every[0], every[-1])
         else:
             job, tags = defs.resolve_job_def("refresh"), {}
-        with partitions_fixed_for_the_run(instance, SCHOOLS):
-            return job.execute_in_process(
-                instance=instance, tags=tags | process_tags(), raise_on_error=False, run_config=QUIET
-            )
+        previous = logging.getLoggerClass()
+        logging.setLoggerClass(_OfficerLogger)  # Dagster builds its console logger from this class
+        try:
+            with partitions_fixed_for_the_run(instance, SCHOOLS):
+                return job.execute_in_process(
+                    instance=instance, tags=tags | process_tags(), raise_on_error=False, run_config=QUIET
+                )
+        finally:
+            logging.setLoggerClass(previous)
     finally:
         instance.dispose()
 
@@ -274,7 +456,7 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
         report = con.execute(warehouse.sql("load_report")).df() if warehouse.table_exists(con, "load_report") else None
         warning_rows = None
         if report is not None and "rows_with_warnings" in report:
-            warning_rows = int(report["rows_with_warnings"].fillna(0).sum())
+            warning_rows = -1  # counted below, over this run's files
         elif warehouse.table_exists(con, "load_warnings") and report is not None:
             warning_rows = con.execute(
                 warehouse.sql("load_warning_count"), {"files": list(report["file_name"])}
@@ -283,23 +465,19 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
                              if warehouse.table_exists(con, "registry_messages") else None)
     finally:
         con.close()
+    if report is not None:
+        # This run's folder only: the warehouse may hold the report of another folder loaded meanwhile.
+        try:
+            present = set(os.listdir(extracts))
+        except OSError:
+            present = set(report["file_name"])
+        report = report[report["file_name"].isin(present)]
+        if warning_rows == -1:
+            warning_rows = int(pd.to_numeric(report["rows_with_warnings"], errors="coerce").fillna(0).sum())
     if report is None or report.empty:
-        lines.append(f"files: none in {extracts}")
+        lines.append(f"files: none in {extracts} (put the schools' extract files there and run again)")
     else:
-        status = report["status"].value_counts()
-        rejected = report[report["status"] == "rejected"]
-        lines.append(
-            f"files: {len(report)} in {extracts}: {status.get('loaded', 0)} loaded, "
-            f"{status.get('unchanged', 0)} unchanged since their last load, {len(rejected)} rejected"
-        )
-        for _, row in rejected.head(10).iterrows():
-            reason = " ".join(str(row["reason"]).split()).removeprefix(f"{row['file_name']}: ")
-            lines.append(f"  rejected {row['file_name']}: {reason}")
-        if len(rejected) > 10:
-            lines.append(f"  ... and {len(rejected) - 10} more rejected files (load_report.csv lists them all)")
-        set_aside = int(report["rows_quarantined"].fillna(0).sum())
-        lines.append(f"rows set aside (quarantine): {set_aside:,}" + (
-            "" if warning_rows is None else f"; rows loaded with a warning: {warning_rows:,}"))
+        lines += _file_lines(report, extracts, warning_rows)
     lines += _registry_lines(registry_messages, out)
     feedback = _feedback_folder()
     if feedback.is_dir() and any(feedback.rglob("*.csv")):
@@ -317,6 +495,45 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
             f"{row['intervention']} / {row['outcome_measure']} ({_reason(row.get('notes'))})" for _, row in stale.iterrows()
         )
     return lines, nothing_new
+
+
+def _file_lines(report, extracts: Path, warning_rows: int | None, shown: int = 10) -> list[str]:
+    """The load report in a few lines: files by status (ignored entries too), each rejected file and
+    each file-level warning (e.g. read as Windows-1252) named with its reason, rows set aside, rows
+    and files with a warning."""
+    import pandas as pd
+
+    status = report["status"].value_counts()
+    rejected = report[report["status"] == "rejected"]
+    counts = [f"{status.get('loaded', 0)} loaded", f"{status.get('unchanged', 0)} unchanged since their last load",
+              f"{len(rejected)} rejected"]
+    if status.get("ignored", 0):
+        counts.append(f"{status['ignored']} ignored (not extracts: folders, hidden or other files)")
+    counts += [f"{n} {s}" for s, n in status.items() if s not in ("loaded", "unchanged", "rejected", "ignored")]
+    lines = [f"files: {len(report)} in {extracts}: {', '.join(counts)}"]
+    for _, row in rejected.head(shown).iterrows():
+        reason = " ".join(str(row["reason"]).split()).removeprefix(f"{row['file_name']}: ")
+        lines.append(f"  rejected {row['file_name']}: {reason}")
+    if len(rejected) > shown:
+        lines.append(f"  ... and {len(rejected) - shown} more rejected files (load_report.csv lists them all)")
+    ignored = report[report["status"] == "ignored"]
+    if len(ignored):
+        names = ", ".join(str(n) for n in ignored["file_name"].head(5))
+        lines.append(f"  ignored: {names}" + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""))
+    warned = report.iloc[0:0]
+    if "warnings" in report:
+        warned = report[report["warnings"].fillna("").astype(str).str.strip().ne("") & (report["status"] != "rejected")]
+    for _, row in warned.head(shown).iterrows():
+        lines.append(f"  warning {row['file_name']}: {' '.join(str(row['warnings']).split())}")
+    if len(warned) > shown:
+        lines.append(f"  ... and {len(warned) - shown} more files with a warning (in each school's feedback file)")
+    set_aside = int(pd.to_numeric(report["rows_quarantined"], errors="coerce").fillna(0).sum())
+    text = f"rows set aside (quarantine): {set_aside:,}"
+    if warning_rows is not None:
+        text += f"; rows loaded with a warning: {warning_rows:,}"
+    if "warnings" in report:
+        text += f"; files with a warning about the whole file: {len(warned):,}"
+    return lines + [text]
 
 
 def _registry_lines(messages, out: Path, shown: int = 5) -> list[str]:
@@ -355,6 +572,8 @@ def _trial_lines(out: Path) -> list[str]:
     table = pd.read_csv(path)
     if "status" not in table:
         return [f"trials: {len(table)}"]
+    if table.empty:
+        return ["trials: none yet (an empty evidence table was published)"]
     counts = table["status"].value_counts()
     lines = [f"trials: {len(table)} ({', '.join(f'{n} {s}' for s, n in counts.items())})"]
     for label, status in (("not estimable yet", "not_estimable"), ("not refreshed (last figures kept)", "not_refreshed")):

@@ -12,10 +12,12 @@ Choices, so a reader (a school downloading the page, a spreadsheet opening a CSV
   microseconds where the folder is missing (a reader gets "not found", never a mix of old and new
   files). Any failure before the swap removes the staging folder and leaves the last good
   publication untouched. Stale files from an earlier publication never survive, because the whole
-  folder is replaced. ``out_dir`` stays a real folder (no symlink), so ``serve`` and tools that
-  copy or delete it behave as usual. The old publication is deleted right after the swap, so a
-  request that resolved the old folder an instant before may get "not found" for one file; it
-  never gets a truncated file.
+  folder is replaced. So only a folder that is new, empty or marked as a publication (the
+  ``.microtrials-publication`` file every publication carries) is ever replaced: a mistyped
+  ``--out`` naming the extracts or the warehouse's folder is refused, never emptied. ``out_dir``
+  stays a real folder (no symlink), so ``serve`` and tools that copy or delete it behave as usual.
+  The old publication is deleted right after the swap, so a request that resolved the old folder
+  an instant before may get "not found" for one file; it never gets a truncated file.
 - **Formula neutralising** (OWASP "CSV Injection"): text cells starting with ``=``, ``+``, ``-``,
   ``@``, tab or carriage return get a leading single quote so a spreadsheet shows them as text.
   Numeric cells are left alone, and so is text that is a plain number (``-0.25``), which a
@@ -246,14 +248,67 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def publish_folder(out_dir: Path, files: Mapping[str, bytes | str]) -> Path:
-    """Replace the publication in ``out_dir`` with exactly ``files`` ({relative path: content}).
+#: Written into every publication; a folder is only ever replaced if it holds this file (or is new or empty).
+MARKER = ".microtrials-publication"
+MARKER_TEXT = ("This folder is a microtrials publication. `microtrials run` replaces it whole at every\n"
+               "publication: keep nothing else in it (extracts, the warehouse, Dagster's folder).\n")
 
-    Builds ``.<name>.staging-<id>`` beside ``out_dir``, fsyncs every file and folder, then swaps
-    it in (see the module docstring). A failure before the swap leaves the old publication as it
-    was. Returns ``out_dir``.
+
+#: What a publication is made of: a folder holding anything else is never taken for an unmarked one.
+PUBLICATION_SUFFIXES = frozenset({".html", ".csv", ".xlsx", ".svg", ".png", ".json", ".css", ".js", ".txt"})
+
+
+def _earlier_publication(out_dir: Path, suffixes: Iterable[str]) -> bool:
+    """Whether a folder without the marker is a publication from before markers were written.
+
+    It must hold ``evidence_table.csv`` and ``index.html`` at its top, and every file in it must have
+    one of ``suffixes`` (.html, .csv, ...): a folder holding anything else (a warehouse, Dagster's
+    storage, someone's documents) is never taken for one.
+    """
+    if not ((out_dir / "evidence_table.csv").is_file() and (out_dir / "index.html").is_file()):
+        return False
+    allowed = {s.lower() for s in suffixes}
+    for _, _, names in os.walk(out_dir):
+        if any(Path(name).suffix.lower() not in allowed for name in names):
+            return False
+    return True
+
+
+def check_replaceable(out_dir: Path, suffixes: Iterable[str] = PUBLICATION_SUFFIXES) -> None:
+    """Raise a MicrotrialsError unless ``out_dir`` may be replaced by a publication.
+
+    Replaceable: a path that does not exist, an empty folder, a folder holding :data:`MARKER` (an
+    earlier publication), or an earlier publication from before markers (``_earlier_publication``,
+    files with ``suffixes`` only). Anything else may be someone's data (the extracts, the
+    warehouse, DAGSTER_HOME): it is never deleted.
     """
     out_dir = Path(out_dir)
+    if out_dir.is_symlink():
+        raise MicrotrialsError(f"{out_dir} is a symbolic link: publish to the folder it points to, "
+                               "or link your web root to the publication folder instead")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise MicrotrialsError(f"{out_dir} exists and is not a folder: move it away or choose another --out")
+    if (out_dir / MARKER).is_file() or not any(out_dir.iterdir()) or _earlier_publication(out_dir, suffixes):
+        return
+    raise MicrotrialsError(
+        f"{out_dir} already holds files that are not a microtrials publication (it has no {MARKER} file), "
+        "and publishing replaces the whole folder: choose an empty or new folder with --out (nothing was changed)")
+
+
+def publish_folder(out_dir: Path, files: Mapping[str, bytes | str]) -> Path:
+    """Replace the publication in ``out_dir`` with exactly ``files`` ({relative path: content}) and
+    the :data:`MARKER` file.
+
+    Refuses (MicrotrialsError, nothing changed) a folder that is not replaceable
+    (:func:`check_replaceable`). Builds ``.<name>.staging-<id>`` beside ``out_dir``, fsyncs every
+    file and folder, then swaps it in (see the module docstring). A failure before the swap leaves
+    the old publication as it was. Returns ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    suffixes = {PurePosixPath(name).suffix for name in files} & PUBLICATION_SUFFIXES
+    check_replaceable(out_dir, suffixes)
     parent = out_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:12]
@@ -270,13 +325,10 @@ def publish_folder(out_dir: Path, files: Mapping[str, bytes | str]) -> Path:
                     (staging / folder).mkdir(mode=DIR_MODE, exist_ok=True)
                     folders.add(staging / folder)
             _write_synced(target, _as_bytes(data))
+        _write_synced(staging / MARKER, MARKER_TEXT.encode("utf-8"))
         for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
             _fsync_dir(folder)
-        if out_dir.is_symlink():
-            raise MicrotrialsError(f"{out_dir} is a symbolic link: publish to the folder it points to, "
-                                   "or link your web root to the publication folder instead")
-        if out_dir.exists() and not out_dir.is_dir():
-            raise MicrotrialsError(f"{out_dir} exists and is not a folder: move it away or choose another --out")
+        check_replaceable(out_dir, suffixes)  # again, just before the swap: nothing may have moved in meanwhile
         if out_dir.is_dir():
             if not _exchange(staging, out_dir):
                 os.rename(out_dir, old)
