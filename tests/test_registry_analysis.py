@@ -246,3 +246,36 @@ def test_run_with_a_trials_file_that_does_not_exist_stops_before_starting(tmp_pa
                      str(tmp_path / "w.duckdb"), "--trials", str(tmp_path / "trails.csv")])
     assert code == cli.NOT_STARTED and "trails.csv: no such file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_registry_rows_are_named_in_the_load_report_and_the_rest_works(tmp_path):
+    """Issue 11: a registry row with a bad date, an unknown URN format or a duplicate round is named
+    (line, column, what to do) in the officer's load report; the good rounds are still analysed."""
+    from microtrials import site
+
+    bad = (REGISTRY
+           + "Reciprocal reading,NGRT standardised score,2026 Summer,2026-31-04,2026-07-01,111601,,,2026-01-01,,,,x\n"
+           + "Maths mastery,PUMA standardised score,2025-26,2025-09-01,2026-07-01,11160,,,2025-07-01,,,,x\n"
+           + f"Reciprocal reading,NGRT standardised score,{AUTUMN},2025-09-01,2025-12-19,111601,,,2025-07-01,,,,x\n")
+    _fixture(tmp_path / "extracts")
+    (tmp_path / "trials.csv").write_text(bad, encoding="utf-8")
+    reg = registry.load_registry(registry.registry_path(tmp_path / "extracts", environ={}))
+    assert sorted(p.line for p in reg.problems) == [4, 5, 6] and len(reg.rounds) == 2
+    with warehouse.connect(tmp_path / "warehouse.duckdb") as con:
+        loading.load_folder(con, tmp_path / "extracts", KEY)
+        result = trial_store.refresh(con, reg, today=TODAY)
+        trial_store.store(con, result)
+        messages = con.execute(warehouse.sql("registry_messages")).df()
+        progress = con.execute(warehouse.sql("registry_progress")).df()
+        table = con.execute(warehouse.sql("trial_results")).df()
+    # the good rounds still give their rows
+    assert {AUTUMN, SPRING} <= set(table["round"])
+    rows = site.registry_report(messages, progress)
+    files = site.build_site(pd.DataFrame(columns=table.columns), {}, pd.DataFrame(), "1 November 2026", "now",
+                            registry_rows=rows)
+    report = pd.read_csv(pd.io.common.BytesIO(files["registry_report.csv"]), dtype=str, encoding="utf-8-sig")
+    text = " ".join(report["What to do"])
+    page = files["load-report.html"].decode()
+    for line, column in ((4, "start_date"), (5, "schools"), (6, "round")):
+        assert f"trials.csv line {line}, column {column}" in text, (line, column, text)
+        assert f"trials.csv line {line}, column {column}" in page

@@ -411,7 +411,7 @@ class OfficerMessage:
     """Something the officer should see in the load report and the UI (never stops a run)."""
 
     level: str  # "warning" (acted on, check it) or "error" (rows kept but not used as evidence)
-    rule: str  # short rule name: unregistered, round_needed, round_unknown, unplanned_school, exploratory
+    rule: str  # short rule name: unregistered, round_needed, round_unknown, unplanned_school, exploratory, registry_row, rounds_differ
     text: str
     intervention: str = ""
     school_urn: str = ""
@@ -753,9 +753,10 @@ def local_and_national(effect_size: float | None, ci_low: float | None, ci_high:
 
 
 def registry_notes(registry: Registry) -> tuple[OfficerMessage, ...]:
-    """Warnings about the plan as a whole (rows are kept): rounds of one intervention that register
-    different primary outcomes cannot be pooled into one cumulative row."""
-    notes = []
+    """What the officer should fix in trials.csv itself: each bad row left out (line, column, what is
+    wrong, what to do), and warnings about the plan as a whole (rows are kept): rounds of one
+    intervention that register different primary outcomes cannot be pooled into one cumulative row."""
+    notes = [OfficerMessage("error", "registry_row", p.message, p.intervention) for p in registry.problems]
     for name in registry.interventions():
         outcomes = {match_key(r.outcome_measure): r.outcome_measure for r in registry.rounds_of(name)}
         if len(outcomes) > 1:
