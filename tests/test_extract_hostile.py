@@ -249,3 +249,18 @@ def test_each_trial_is_judged_on_its_own_scores(write_extract):
         row[COLUMN["outcome"]] = str(1000 + i)  # another scale: fine within its own trial
     result = checked(write_extract("111601.csv", reading + maths))
     assert result.quarantine.num_rows == 0 and result.good.num_rows == 24
+
+
+def test_an_identifier_in_the_round_column_is_blanked_with_a_warning_and_the_pupil_kept(write_extract):
+    header = EXTRACT_HEADER + ("round",)
+    rows = [row + ["2025 Autumn"] for row in pupil_rows(20)]
+    other_pupil = rows[3][1]
+    rows[5][-1] = other_pupil  # another pupil's id typed into round
+    rows[6][-1] = "x" * 150
+    result = checked(write_extract("111601.csv", rows, header=header))
+    assert result.quarantine.num_rows == 0 and result.good.num_rows == 20
+    rounds = result.good["round"].to_pylist()
+    assert rounds[5] in (None, "") and rounds[6] in (None, "") and rounds[0] == "2025 Autumn"
+    warnings = result.warnings.to_pandas()
+    assert warnings[warnings["rule"] == "round looks like an identifier"]["line"].tolist() == [7, 8]
+    assert other_pupil not in " ".join(warnings["reason"]) and "xxxxx" not in " ".join(warnings["reason"])

@@ -374,3 +374,20 @@ def test_files_that_are_not_comma_csv_say_how_to_save(data, said):
     r = reg.read_registry(data)
     assert r.rounds == () and len(r.problems) == 1
     assert said in r.problems[0].message and "CSV UTF-8" in r.problems[0].message
+
+
+def test_rare_unregistered_names_and_unknown_rounds_are_never_quoted():
+    """A name, id or date typed into one or two rows' intervention cell (or any round value) must not
+    reach the officer's report, which is published; a common unregistered name is still quoted."""
+    combos = _combos([
+        ["Jane Smith", "NGRT standardised score", "111101", None, 1],
+        ["P1111010007", "NGRT standardised score", "111101", None, 2],
+        ["Reading Boost", "NGRT standardised score", "111102", None, reg.QUOTE_NAME_MIN_ROWS],
+        ["Reciprocal reading", "NGRT standardised score", "111106", "Bob Jones 2015-02-01", 40],
+    ])
+    m = reg.match_deliveries(_registry(), combos, today=date(2026, 2, 1))
+    frame = reg.messages_frame(m.messages)
+    text = " ".join(frame.astype(str).to_numpy().ravel())
+    assert "Jane Smith" not in text and "P1111010007" not in text and "Bob Jones" not in text
+    assert "'Reading Boost' is not in the registry" in text
+    assert sorted(frame["rule"]) == ["round_unknown", "unregistered", "unregistered", "unregistered"]

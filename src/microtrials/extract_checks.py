@@ -177,7 +177,7 @@ NAME_DOMINANT_ROWS = 10
 _PERSONAL = r"[0-9]{4}|[0-9]{1,2}[/.-][0-9]{1,2}[/.-][0-9]{2,4}|(?i:\bdob\b|\bborn\b|d\.o\.b)|@"
 
 
-def identifier_like_names(values: pa.Array, empty: pa.Array, pupil_ids: pa.Array) -> pa.Array:
+def identifier_like_names(values: pa.Array, empty: pa.Array, pupil_ids: pa.Array, rare_rule: bool = True) -> pa.Array:
     """Rows whose trial-name cell looks like a pupil identifier or a pupil's details, not a name.
 
     A non-blank cell is flagged when it (a) equals a pupil_id of the file, (b) has the file's
@@ -187,6 +187,7 @@ def identifier_like_names(values: pa.Array, empty: pa.Array, pupil_ids: pa.Array
     file naming one or two interventions by their names meets none of these: every name it uses is
     on many rows or holds no digits run or date, and none has the shape of its pupil_ids. The
     tests run on the column's distinct values (a file has a few), then mark their rows.
+    ``rare_rule=False`` leaves out (d), for the `round` column, whose genuine values carry years.
     """
     counts = pc.value_counts(values.filter(pc.invert(empty)))
     if not len(counts):
@@ -198,7 +199,7 @@ def identifier_like_names(values: pa.Array, empty: pa.Array, pupil_ids: pa.Array
         pattern = pupil_id_pattern(pupil_ids)
         if pattern:
             bad = pc.or_(bad, pc.equal(shape(names), pattern))
-    if pc.max(times).as_py() >= NAME_DOMINANT_ROWS:
+    if rare_rule and pc.max(times).as_py() >= NAME_DOMINANT_ROWS:
         rare = pc.less_equal(times, NAME_RARE_ROWS)
         bad = pc.or_(bad, pc.and_(rare, pc.match_substring_regex(names, _PERSONAL)))
     if not bad.true_count:

@@ -636,6 +636,11 @@ def validate(extract: Extract) -> ValidatedExtract:
     for c, mask in bad_name.items():
         if mask.true_count:
             col[c] = pc.if_else(mask, pa.scalar("", pa.string()), col[c])
+    # The optional `round` column: such a cell is blanked (the pupil keeps their row) with a warning.
+    bad_round = checks.identifier_like_names(col["round"], empty["round"], pupil_ids, rare_rule=False)
+    if bad_round.true_count:
+        col["round"] = pc.if_else(bad_round, pa.scalar("", pa.string()), col["round"])
+        empty["round"] = pc.or_(empty["round"], bad_round)
 
     def entry(into: list, mask, column: str, rule: str, reason) -> None:
         """Add an entry for each row in ``mask``; ``reason(take)`` gives their reasons (text or array)."""
@@ -792,6 +797,14 @@ def validate(extract: Extract) -> ValidatedExtract:
             f"{c} held invisible text-direction or control characters (they can make a name show reversed "
             "or differently on a page); they were removed and the row loaded; remove them from your file",
         )
+
+    warn(
+        bad_round,
+        "round",
+        "round looks like an identifier",
+        f"round held a value that looks like a pupil identifier (or is over {checks.NAME_MAX_CHARS} characters), "
+        "not shown here; it was left blank and the row loaded; write the round as the trial registry names it",
+    )
 
     # ---- coded characteristics: understood spellings are read, anything else blanked with a warning
     for column, meaning in (

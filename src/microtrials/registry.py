@@ -507,17 +507,23 @@ def match_deliveries(registry: Registry, combos: pd.DataFrame | pa.Table, today:
 
     for entry in unregistered.values():
         schools = sorted(entry["schools"])
-        messages.append(OfficerMessage(
-            "error", "unregistered",
-            f"'{entry['spelling']}' is not in the registry: add it, or correct the name "
-            f"({entry['rows']} rows from school{'s' if len(schools) > 1 else ''} {', '.join(schools)}; "
-            "loaded, not published as evidence)",
-            entry["spelling"], ",".join(schools)))
-    for canonical, urn, sent in sorted(unknown_round):
+        where = f"school{'s' if len(schools) > 1 else ''} {', '.join(schools)}"
+        if entry["rows"] < QUOTE_NAME_MIN_ROWS:  # so few rows could be a pupil's details typed in the wrong cell
+            text = (f"an intervention name on fewer than {QUOTE_NAME_MIN_ROWS} rows from {where} is not in the "
+                    "registry (not shown here: it could be a pupil's details in the wrong column); check the "
+                    "file's intervention column, then correct it or add the intervention (loaded, not published "
+                    "as evidence)")
+            named = ""
+        else:
+            text = (f"'{entry['spelling']}' is not in the registry: add it, or correct the name "
+                    f"({entry['rows']} rows from {where}; loaded, not published as evidence)")
+            named = entry["spelling"]
+        messages.append(OfficerMessage("error", "unregistered", text, named, ",".join(schools)))
+    for canonical, urn, _sent in sorted(unknown_round):  # what was sent is never quoted: it could be anything
         names = ", ".join(f"'{r.round}'" for r in registry.rounds_of(canonical)) or "none"
         messages.append(OfficerMessage(
             "warning", "round_unknown",
-            f"school {urn} sent round '{sent}' for {canonical}, which is not one of its registered rounds "
+            f"school {urn} sent a round for {canonical} that is not one of its registered rounds "
             f"({names}): correct the round in the extract, or add the round to {FILE_NAME}",
             canonical, urn))
     for canonical, urn in sorted(needs_round):
@@ -767,6 +773,10 @@ def registry_notes(registry: Registry) -> tuple[OfficerMessage, ...]:
                 name))
     return tuple(notes)
 
+
+# An unregistered intervention name on fewer rows than this is not quoted to the officer's (public)
+# report: a name, id or date typed into the intervention cell of one or two rows looks just like it.
+QUOTE_NAME_MIN_ROWS = 10
 
 MESSAGE_COLUMNS = ["level", "rule", "intervention", "school_urn", "message"]
 
