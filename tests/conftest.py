@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = REPO_ROOT / "tests" / "fixtures"  # copies of ../shared/reference*, so a clone tests alone
+FIXTURES = REPO_ROOT / "tests" / "fixtures"  # copies of the network's reference set, so a clone tests alone
 SHARED = FIXTURES
 # A key as strong as the loader demands (128 bits or more); public, so only for tests.
 TEST_PUPIL_KEY = "test-pupil-key-not-secret-7c1e9a04b25d36f8"
