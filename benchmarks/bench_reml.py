@@ -35,7 +35,8 @@ STATSMODELS_MAX_ROWS = 1_000_000
 # DuckDB reads the glob of extracts straight into the schema's pupils table (dummy pupil key:
 # md5 of the id; the line number is the row's position in its file + 1 for the header).
 LOAD_SQL = """
-INSERT INTO pupils
+INSERT INTO pupils (school_urn, pupil_key, intervention, outcome_measure, arm, outcome, baseline, fsm,
+                    gender, year_group, send, source_file, source_line, delivery_id)
 SELECT
     school_urn,
     md5(pupil_id),
