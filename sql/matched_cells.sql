@@ -1,8 +1,13 @@
--- Per-school cell sums (as sql/school_stats.sql) of the pupils of one trial round: the delivered
--- combinations that matching assigned to it. $keys holds each combination as
--- intervention, outcome_measure, school_urn and round (blank when none was sent) joined by the
--- unit separator chr(31) (microtrials.units.combo_key), so a school's rows of another round or
--- of an unregistered spelling never enter.
+-- Per-school cell sums of one trial (or one trial round): one row per (school, arm, fsm, outcome
+-- known, baseline known) with the pupil count and the sums of baseline b and outcome y, b^2, y^2
+-- and b*y. Every figure the statistics need (counts, attrition by arm, baseline balance, the
+-- per-school ANCOVA and the sufficient statistics X'X, X'y, y'y of any model whose design columns
+-- are functions of arm, fsm, "baseline missing" and baseline) is a sum over these cells
+-- (microtrials.reml.stats_from_cells), so no pupil row leaves DuckDB.
+-- $keys holds the delivered combinations to take: intervention, outcome_measure, school_urn and
+-- round (blank when none was sent) joined by the unit separator chr(31) (microtrials.units.combo_key),
+-- so a school's rows of another round or of an unregistered spelling never enter.
+-- arm 'intervention' = 1, 'control' = 0; fsm TRUE = 1, FALSE = 0, NULL unknown. Sums over no values are 0.
 WITH wanted AS (SELECT unnest($keys) AS key)
 SELECT
     school_urn,

@@ -14,7 +14,7 @@ from microtrials import warehouse
 from microtrials.errors import MicrotrialsError
 from microtrials.models import ARM, ARM_FSM, BASELINE, BASELINE_MISSING, FSM, INTERCEPT, MixedFit, design_formula
 
-# The columns of the per-school cell table (sql/school_stats.sql, ``cells_from_frame``): the keys
+# The columns of the per-school cell table (sql/matched_cells.sql, ``cells_from_frame``): the keys
 # of a cell, then its pupil count and sums. A design column is a function of the keys times 1 or b.
 CELL_KEYS: tuple[str, ...] = ("school_urn", "arm", "fsm", "has_outcome", "has_baseline")
 CELL_SUMS: tuple[str, ...] = ("n", "sum_b", "sum_bb", "sum_y", "sum_yy", "sum_by")
@@ -73,16 +73,23 @@ class SchoolStats:
 def trial_cells(
     con: duckdb.DuckDBPyConnection, interventions: list[str], outcome_measures: list[str]
 ) -> pd.DataFrame:
-    """One trial's cell sums from ``sql/school_stats.sql`` (one GROUP BY over ``pupils``).
+    """One trial's cell sums, by the pipeline's own query ``sql/matched_cells.sql``.
 
-    ``interventions`` / ``outcome_measures``: every spelling of the trial's two names.
+    ``interventions`` / ``outcome_measures``: every spelling of the trial's two names; every
+    delivered (spelling, school, round) combination of them (``sql/delivered_combos.sql``) is taken.
     """
-    params = {"interventions": list(interventions), "outcome_measures": list(outcome_measures)}
-    return con.execute(warehouse.sql("school_stats"), params).df()
+    from microtrials.units import combo_key  # units imports the registry; keep it out of import time
+
+    combos = con.execute(warehouse.sql("delivered_combos")).df()
+    wanted = combos[combos["intervention"].isin(list(interventions))
+                    & combos["outcome_measure"].isin(list(outcome_measures))]
+    keys = [combo_key(i, o, u, r) for i, o, u, r in
+            zip(wanted["intervention"], wanted["outcome_measure"], wanted["school_urn"], wanted["round"])]
+    return con.execute(warehouse.sql("matched_cells"), {"keys": keys}).df()
 
 
 def cells_from_frame(data: pd.DataFrame, extra_keys: tuple[str, ...] = ()) -> pd.DataFrame:
-    """The cell sums of ``sql/school_stats.sql`` from a frame of one trial's pupil rows.
+    """The cell sums of ``sql/matched_cells.sql`` from a frame of one trial's pupil rows.
 
     ``data`` has columns school_urn, arm (1/0), outcome, baseline (may be missing), fsm (1/0/missing),
     and any ``extra_keys`` (e.g. ``round``) that split the cells further.
@@ -205,7 +212,7 @@ def school_stats(
     fsm_only: bool = False,
     need_fsm: bool = False,
 ) -> SchoolStats:
-    """Complete-case statistics of one trial from the warehouse (sql/school_stats.sql).
+    """Complete-case statistics of one trial from the warehouse (:func:`trial_cells`).
 
     Columns [1, arm, baseline (when used), fsm, arm:fsm (when FSM is known or FSM only)].
     """
