@@ -12,8 +12,11 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from microtrials import gate as publication_gate
 from microtrials import publish, warehouse
 from microtrials.guidance import READY_MIN_SCHOOLS_BOTH_ARMS
+from microtrials.registry import load_registry
+from pipelines.assets.registry import trials_file
 from pipelines.partitions import content_hash, extract_files, files_by_school
 from pipelines.resources import Settings, Warehouse
 
@@ -209,7 +212,9 @@ def one_row_per_trial(settings: Settings, warehouse_db: Warehouse) -> dg.AssetCh
     path = settings.out / "evidence_table.csv"
     with warehouse_db.connect() as con:
         results = _table(con, "trial_results")
-    trials = [] if results is None else _trial_keys(results)
+        gate = publication_gate.from_warehouse(con, load_registry(trials_file(settings)))
+    # rows whose names the publication gate withholds are not published (microtrials.gate)
+    trials = [] if results is None else _trial_keys(publication_gate.withhold(results, gate)[0])
     if not path.is_file():
         return dg.AssetCheckResult(passed=False, description=f"{path} was not written", metadata={"trials": len(trials)})
     published = _trial_keys(pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig"))

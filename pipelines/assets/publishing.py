@@ -7,6 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from microtrials import dictionary, history, loading, planner, publish, site, warehouse
+from microtrials import gate as publication_gate
 from microtrials.errors import MicrotrialsError
 from microtrials.evidence_table import COLUMNS, EXTRA_COLUMNS, SCHOOL_COLUMNS
 from microtrials.registry import load_registry
@@ -49,6 +50,11 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
         kept = history.read_history(con)
         spellings = (con.execute(warehouse.sql("merged_spellings")).df()
                      if warehouse.table_exists(con, "trial_spellings") else None)
+        registry = load_registry(trials_file(settings))
+        # Every delivered name passes the publication gate: a trial row whose name is neither
+        # registered nor carried widely is not published (microtrials.gate).
+        gate = publication_gate.from_warehouse(con, registry)
+    table, withheld = publication_gate.withhold(table, gate)
     registry_rows = None
     if progress is not None and len(progress) or messages is not None and len(messages):
         registry_rows = site.registry_report(messages, progress)
@@ -71,12 +77,13 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     unchanged = history.same_as_latest(kept, published, school_urns)
     shown = kept if unchanged else pd.concat(
         [kept, history.publication_frame(published, published_at, school_urns)], ignore_index=True)
-    registry = load_registry(trials_file(settings))
     plans = planner.plans_for_page(planner.round_plans(registry, stored), registry) if registry is not None else []
     problems: list[str] = []
     files = site.build_site(table, per_trial, load_report, data_date, run_date, problems=problems,
                             history=shown, plans=plans, registry_rows=registry_rows,
-                            spellings=spellings)
+                            spellings=spellings, gate=gate)
+    if withheld:
+        context.log.info(f"{withheld} trial row(s) withheld by the publication gate (names not registered or not carried widely)")
     for problem in problems:  # one trial's trouble is reported, never a reason to stop the others
         context.log.warning(problem)
     # The blocking checks run again on the folder afterwards; here the same tests stop a bad

@@ -32,12 +32,15 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from microtrials import dictionary, disclosure, history, views
+from microtrials import gate as publication_gate
+from microtrials.gate import Origin
 from microtrials.errors import MicrotrialsError
 from microtrials.evidence_table import COLUMNS as EVIDENCE_COLUMNS
 from microtrials.guidance import SUPPRESSION_THRESHOLD
 from microtrials.names import match_key
 from microtrials.plots import describe, forest_plot
 from microtrials.publish import csv_bytes, suppress_small_groups
+from microtrials.registry import FILE_NAME
 from microtrials.workbooks import table_xlsx, template_xlsx
 
 #: Column names that could hold a pupil identifier; never published.
@@ -325,7 +328,38 @@ def registry_report(messages: pd.DataFrame | None, progress: pd.DataFrame | None
     return pd.DataFrame(rows, columns=REGISTRY_REPORT_COLUMNS)
 
 
-def public_load_report(load_report: pd.DataFrame, trial_words: set[str]) -> pd.DataFrame:
+_QUOTED = re.compile(r"'([^']*)'")
+WITHHELD_NAME = "a name not shown here"
+
+
+def gated_text(text: object, gate: publication_gate.Gate) -> str:
+    """A sentence of ours that quotes delivered names ('...'), each quoted name kept only when the
+    gate shows it as a trial, outcome or round name (else "a name not shown here")."""
+    if views.is_blank(text):
+        return ""
+
+    def keep(match: re.Match) -> str:
+        name = match.group(1)
+        shown = any(gate.allows(name, origin) for origin in publication_gate.NAMES)
+        return match.group(0) if shown or name in dictionary.TEMPLATE_COLUMNS else WITHHELD_NAME
+    return _QUOTED.sub(keep, str(text))
+
+
+def gated_registry_report(rows: pd.DataFrame, gate: publication_gate.Gate) -> pd.DataFrame:
+    """:func:`registry_report` rows through the gate: a trial or round the gate does not show is left
+    blank, and every quoted name in "What to do" is kept only when the gate shows it."""
+    out = rows.copy()
+    out["Trial"] = out["Trial"].map(lambda v: gate.show(v, Origin.TRIAL) or "" if not views.is_blank(v) else "")
+    out["Round"] = out["Round"].map(lambda v: gate.show(v, Origin.ROUND) or "" if not views.is_blank(v) else "")
+    out["School URN"] = out["School URN"].map(
+        lambda v: " ".join(u for u in re.split(r"[\s,;]+", str(v)) if gate.allows(u, Origin.URN))
+        if not views.is_blank(v) else "")
+    officer = out["What to do"].astype(str).str.startswith(FILE_NAME)  # about trials.csv itself: the officer's text
+    out["What to do"] = [v if own else gated_text(v, gate) for v, own in zip(out["What to do"], officer, strict=True)]
+    return out
+
+
+def public_load_report(load_report: pd.DataFrame, gate: publication_gate.Gate | None = None) -> pd.DataFrame:
     """The load report as published: problem files first, plain words, no counts, no revealing names.
 
     One row per file: its label, school URN, status in plain words (``LOAD_STATUS``), what went
@@ -334,10 +368,15 @@ def public_load_report(load_report: pd.DataFrame, trial_words: set[str]) -> pd.D
     the suppression of a small school's figures (a one-school pilot would show its size). Counts
     in the loader's sentences are taken out (:func:`without_counts`).
 
+    Every string passes the publication gate (:mod:`microtrials.gate`): a file name is never shown
+    ("file N from school <URN>" stands in for it, in its own cell and wherever the reasons name it);
+    dropped columns are counted, never named; a trial name only when ``gate`` shows it (by default
+    none is).
+
     Order: rejected, then partly loaded, then loaded with warnings, then ignored entries, then the
-    rest (each by URN and file). A file name that is not safe (``views.public_file_name``)
-    becomes "file N from school <URN>", in its own cell and wherever the reasons name it.
+    rest (each by URN and file).
     """
+    gate = publication_gate.CLOSED if gate is None else gate
     frame = _drop_identifiers(load_report).copy()
     for column in ("file_name", "status", "school_urn", "trials", "quarantined_by_reason", "warnings",
                    "columns_dropped", "reason"):
@@ -352,39 +391,63 @@ def public_load_report(load_report: pd.DataFrame, trial_words: set[str]) -> pd.D
     for i in ranked:
         r, kind = records[i], kinds[i]
         name = "" if views.is_blank(r["file_name"]) else str(r["file_name"])
-        urn = "" if views.is_blank(r["school_urn"]) else str(r["school_urn"])
-        label = views.public_file_name(name, trial_words)
-        if label is None:
-            per_school[urn] = per_school.get(urn, 0) + 1
-            label = (f"file {per_school[urn]} from school {urn}" if urn
-                     else f"file {per_school[urn]} with no school URN")
-        reason = "" if views.is_blank(r["reason"]) else str(r["reason"])
-        if name and reason.startswith(f"{name}: "):  # the File column already names it
-            reason = reason[len(name) + 2:]
-        if name:
-            reason = reason.replace(name, label)
-        parts = [without_counts(reason)] if reason.strip() else []
-        set_aside = _rules(r["quarantined_by_reason"])
-        if set_aside:
-            parts.append(f"rows set aside ({set_aside}): the school has been sent each row to fix")
-        if kind == "rejected" and not reason.strip():
-            parts.append("no row could be loaded: the school has been sent each row to fix")
-        warnings = _rules(r["warnings"])
+        urn = gate.show("" if views.is_blank(r["school_urn"]) else str(r["school_urn"]).strip(), Origin.URN) or ""
+        per_school[urn] = per_school.get(urn, 0) + 1
+        label = publication_gate.file_label(urn, per_school[urn])
         rows.append({
-            "File": label, "School URN": urn, "Status": LOAD_STATUS[kind], "What went wrong": "; ".join(parts),
-            "Warnings": warnings.replace(name, label) if name else warnings,
-            "Trials": "" if views.is_blank(r["trials"]) else str(r["trials"]),
-            "Columns dropped": "" if views.is_blank(r["columns_dropped"]) else str(r["columns_dropped"]),
+            "File": label, "School URN": urn, "Status": LOAD_STATUS[kind],
+            "What went wrong": _what_went_wrong(r, kind, name, label),
+            "Warnings": _unnamed(_rules(r["warnings"]), name, label),
+            "Trials": publication_gate.names_text(gate, _trial_pairs(r["trials"])),
+            "Columns dropped": publication_gate.dropped_columns_text(_count_dropped(r["columns_dropped"])),
         })
     return pd.DataFrame(rows, columns=LOAD_COLUMNS)
 
 
-def merged_spellings(spellings: pd.DataFrame | None, table: pd.DataFrame) -> list[str]:
+def _unnamed(text: str, name: str, label: str) -> str:
+    """``text`` with the file's name replaced by its label (the gate never shows a file name)."""
+    return text.replace(name, label) if name else text
+
+
+def _what_went_wrong(r: dict, kind: str, name: str, label: str) -> str:
+    reason = "" if views.is_blank(r["reason"]) else str(r["reason"])
+    if name and reason.startswith(f"{name}: "):  # the File column already names it
+        reason = reason[len(name) + 2:]
+    parts = [without_counts(_unnamed(reason, name, label))] if reason.strip() else []
+    set_aside = _rules(r["quarantined_by_reason"])
+    if set_aside:
+        parts.append(f"rows set aside ({set_aside}): the school has been sent each row to fix")
+    if kind == "rejected" and not reason.strip():
+        parts.append("no row could be loaded: the school has been sent each row to fix")
+    return "; ".join(parts)
+
+
+def _trial_pairs(text: object) -> list[tuple[str, str]]:
+    """'intervention / outcome; ...' (``loading.trials_text``) back into pairs; a piece that does not
+    split cleanly stays whole, so the gate judges (and withholds) it as it is."""
+    if views.is_blank(text):
+        return []
+    pairs = []
+    for part in str(text).split("; "):
+        intervention, _, outcome = part.rpartition(" / ")
+        pairs.append((intervention, outcome) if intervention else (part, ""))
+    return pairs
+
+
+def _count_dropped(text: object) -> int:
+    """How many columns a load-report ``columns_dropped`` cell lists (headers joined by ", ")."""
+    return 0 if views.is_blank(text) else len(str(text).split(", "))
+
+
+def merged_spellings(spellings: pd.DataFrame | None, table: pd.DataFrame,
+                     gate: publication_gate.Gate | None = None) -> list[str]:
     """Plain sentences for the delivered spellings analysed as another spelling of a published trial
     (table `trial_spellings`, ``merged`` true), e.g. "'reciprocal  Reading' analysed as 'Reciprocal
     reading'" (capitals, spaces or accents; or a registry alias). Only spellings analysed as a
     published trial appear: a value grouped into no published trial (which could be a stray
-    identifier) is never shown."""
+    identifier) is never shown, nor a spelling the publication gate withholds (``gate``; by default
+    only the names of ``table`` are shown)."""
+    gate = publication_gate.trusting(table) if gate is None else gate
     if spellings is None or not len(spellings) or "merged" not in spellings.columns:
         return []
     published = {(match_key(str(i)), match_key(str(o)))
@@ -393,9 +456,9 @@ def merged_spellings(spellings: pd.DataFrame | None, table: pd.DataFrame) -> lis
     for s in spellings.itertuples(index=False):
         if not bool(s.merged) or (match_key(str(s.intervention)), match_key(str(s.outcome_measure))) not in published:
             continue
-        for delivered, name in ((s.delivered_intervention, s.intervention),
-                                (s.delivered_outcome_measure, s.outcome_measure)):
-            if not views.is_blank(delivered) and str(delivered) != str(name):
+        for delivered, name, origin in ((s.delivered_intervention, s.intervention, Origin.TRIAL),
+                                        (s.delivered_outcome_measure, s.outcome_measure, Origin.OUTCOME)):
+            if not views.is_blank(delivered) and str(delivered) != str(name) and gate.allows(delivered, origin):
                 sentence = f"'{delivered}' analysed as '{name}'"
                 if sentence not in out:
                     out.append(sentence)
@@ -558,6 +621,7 @@ def build_site(
     history: pd.DataFrame | None = None,
     plans: list[dict] | None = None,
     spellings: pd.DataFrame | None = None,
+    gate: publication_gate.Gate | None = None,
 ) -> dict[str, bytes]:
     """Every file of the publication, ``{relative path: bytes}``.
 
@@ -580,16 +644,24 @@ def build_site(
     ``registry_rows`` (:func:`registry_report`), when given, is published as
     ``registry_report.csv`` and shown on the load report page. ``spellings`` (table
     `trial_spellings`) lists on the load report page the spellings merged into a published trial.
+
+    ``gate`` (:func:`microtrials.gate.build`) decides which delivered names may be published; rows
+    whose names it withholds are left out. Without one, the names in ``evidence`` are taken as
+    declared (:func:`microtrials.gate.trusting`) and any other delivered name is withheld.
     """
     problems = [] if problems is None else problems
+    gate = publication_gate.trusting(evidence) if gate is None else gate
+    evidence, withheld = publication_gate.withhold(evidence, gate)
+    if withheld:
+        problems.append(f"{withheld} trial row(s) not published: their names are neither registered nor carried by "
+                        f"{publication_gate.MIN_PUPILS} or more pupils in {publication_gate.MIN_SCHOOLS} or more schools")
     table = _prepare_evidence(evidence, problems)
     names = page_names(table)
     folders, messages = trial_folders(names)
     problems.extend(messages)
     common = _common(area, data_date, run_date, "")
-    trial_words = {w for name in pd.concat([table["intervention"], table["outcome_measure"]]).astype(str)
-                   for w in re.split(r"[^a-z0-9]+", name.casefold()) if w}
-    report = public_load_report(load_report, trial_words)
+    report = public_load_report(load_report, gate)
+    registry_rows = None if registry_rows is None else gated_registry_report(registry_rows, gate)
     files: dict[str, bytes] = {
         "evidence_table.csv": csv_bytes(table),
         "evidence_table.xlsx": table_xlsx(_display_evidence(table), "Evidence table",
@@ -597,7 +669,7 @@ def build_site(
         "data_dictionary.csv": csv_bytes(dictionary.dictionary_frame()),
         "load_report.csv": csv_bytes(report),
         "load-report.html": render("load_report.html", rows=report.fillna("").to_dict("records"),
-                                   columns=list(report.columns), merged=merged_spellings(spellings, table),
+                                   columns=list(report.columns), merged=merged_spellings(spellings, table, gate),
                                    registry_rows=(None if registry_rows is None
                                                   else registry_rows.fillna("").to_dict("records")),
                                    registry_columns=REGISTRY_REPORT_COLUMNS, **common),
