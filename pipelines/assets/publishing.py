@@ -72,16 +72,22 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     published_at = now.replace(tzinfo=None)
     # The rows exactly as evidence_table.csv will hold them (after disclosure control): what the
     # history keeps and the pages plot.
-    published = site.published_table(table)
-    school_urns = schools[[c for c in ("intervention", "outcome_measure", "round", "school_urn") if c in schools]]
+    # Disclosure control covers every table of this publication together and its differences from
+    # the last ones (site.protected_publication): the same counts the pages then show.
+    previous = site.previous_counts(settings.out, kept)
+    published, protected_schools = site.protected_publication(table, per_trial, previous)
+    # A school is named ("school 111109 joined") only when its own figures are published.
+    school_urns = site.published_schools(published, protected_schools)
     unchanged = history.same_as_latest(kept, published, school_urns)
     shown = kept if unchanged else pd.concat(
         [kept, history.publication_frame(published, published_at, school_urns)], ignore_index=True)
-    plans = planner.plans_for_page(planner.round_plans(registry, stored), registry) if registry is not None else []
+    # The planner's "schools of about N pupils" comes from published counts only.
+    plans = (planner.plans_for_page(planner.round_plans(registry, site.with_published_counts(stored, published)),
+                                    registry) if registry is not None else [])
     problems: list[str] = []
     files = site.build_site(table, per_trial, load_report, data_date, run_date, problems=problems,
                             history=shown, plans=plans, registry_rows=registry_rows,
-                            spellings=spellings, gate=gate)
+                            spellings=spellings, gate=gate, previous=previous)
     if withheld:
         context.log.info(f"{withheld} trial row(s) withheld by the publication gate (names not registered or not carried widely)")
     for problem in problems:  # one trial's trouble is reported, never a reason to stop the others

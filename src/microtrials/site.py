@@ -40,7 +40,7 @@ from microtrials.guidance import SUPPRESSION_THRESHOLD
 from microtrials.names import match_key
 from microtrials.plots import describe, forest_plot
 from microtrials.publish import csv_bytes, suppress_small_groups
-from microtrials.registry import FILE_NAME
+from microtrials.registry import CUMULATIVE_ROUND, FILE_NAME
 from microtrials.workbooks import table_xlsx, template_xlsx
 
 #: Column names that could hold a pupil identifier; never published.
@@ -210,6 +210,8 @@ def _prepare_evidence(evidence: pd.DataFrame, problems: list[str]) -> pd.DataFra
     frame = frame[[c for c in EVIDENCE_ORDER if c in known] + [c for c in known if c not in EVIDENCE_ORDER]].copy()
     if "suppressed" in frame.columns:
         frame = frame.drop(columns="suppressed")
+    if "notes" in frame.columns:  # a count of pupils in a note is a published count too
+        frame["notes"] = frame["notes"].map(disclosure.without_pupil_counts)
     frame = frame.sort_values(["intervention", "outcome_measure"], kind="stable").reset_index(drop=True)
     for column in _numeric_figures(frame):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
@@ -225,15 +227,19 @@ def _prepare_evidence(evidence: pd.DataFrame, problems: list[str]) -> pd.DataFra
          if c in frame.columns})
 
 
-def published_table(evidence: pd.DataFrame) -> pd.DataFrame:
+def published_table(evidence: pd.DataFrame, schools: dict[tuple[str, ...], pd.DataFrame] | None = None,
+                    previous: dict[tuple, float] | None = None) -> pd.DataFrame:
     """The evidence table exactly as ``evidence_table.csv`` publishes it (columns the dictionary
     describes, in order, after disclosure control): what the evidence history keeps."""
-    return _prepare_evidence(evidence, [])
+    return protected_publication(evidence, schools or {}, previous)[0]
 
 
 def _prepare_schools(schools: pd.DataFrame | None) -> tuple[pd.DataFrame, list[str]]:
     if schools is None or schools.empty:
         return pd.DataFrame(columns=SCHOOL_PUBLISHED + ["suppressed"]), []
+    if schools.attrs.get(PROTECTED):  # already through protected_publication
+        blanked = schools["suppressed"].fillna("").astype(str) != ""
+        return schools, sorted(schools.loc[blanked, "school_urn"].astype(str))
     frame = _drop_identifiers(schools).copy()
     for column in SCHOOL_PUBLISHED:
         if column not in frame.columns:
@@ -242,6 +248,159 @@ def _prepare_schools(schools: pd.DataFrame | None) -> tuple[pd.DataFrame, list[s
     frame["school_urn"] = frame["school_urn"].astype(str)
     frame = frame.sort_values("school_urn", kind="stable").reset_index(drop=True)
     return disclosure.protect_schools(frame)
+
+
+# --- disclosure control across the publication and over time -----------------------------------
+
+PROTECTED, SINGLE_SCHOOL = "microtrials_protected", "microtrials_single_school"
+COUNT_CELLS = ("pupils_analysed", "pupils_randomised")
+SCHOOL_CELLS = ("n_intervention", "n_control")
+
+
+def _row_key(row: dict | pd.Series) -> tuple[str, str, str]:
+    """An evidence row's identity across tables and publications: its names' match keys."""
+    return tuple(match_key("" if views.is_blank(row.get(c)) else str(row.get(c)))  # type: ignore[return-value]
+                 for c in ("intervention", "outcome_measure", "round"))
+
+
+def _school_key(row_key: tuple, school: dict | pd.Series) -> tuple:
+    return (*row_key, str(school.get("school_urn")),
+            match_key("" if views.is_blank(school.get("school_round")) else str(school.get("school_round"))))
+
+
+def _linked_cells(table: pd.DataFrame, raw: dict[tuple, dict], per_school: list[pd.DataFrame],
+                  raw_schools: list[pd.DataFrame | None]) -> disclosure.Linked:
+    """Every published pupil count with its true value, and the sums that hold between them:
+    each row's total over its schools, an intervention's all-rounds row over its rounds, and an
+    all-rounds school row equal to the same school in its round's table."""
+    linked = disclosure.Linked()
+    keys = [_row_key(r) for r in table.to_dict("records")]
+    for position, key in enumerate(keys):
+        shown = table.iloc[position]
+        for column in COUNT_CELLS:
+            if column in table.columns:
+                linked.add((*key, column), raw.get(key, {}).get(column), ("E", key, column),
+                           views.is_blank(shown[column]))
+        # randomised = analysed + pupils lost: a loss of 1 to 9 must not be had by subtraction
+        linked.relations.append(disclosure.Relation((*key, "pupils_randomised"), [(*key, "pupils_analysed")],
+                                                    prefer_total=True))
+        published, source = per_school[position], raw_schools[position]
+        if source is None or not len(published):
+            continue
+        true = {_school_key(key, r): r for r in source.to_dict("records")}
+        parts = []
+        for school in published.to_dict("records"):
+            skey = _school_key(key, school)
+            for column in SCHOOL_CELLS:
+                linked.add((*skey, column), true.get(skey, {}).get(column), ("S", skey),
+                           views.is_blank(school.get(column)))
+                parts.append((*skey, column))
+        linked.relations.append(disclosure.Relation((*key, "pupils_analysed"), parts))
+    cumulative = match_key(CUMULATIVE_ROUND)
+    for position, key in enumerate(keys):
+        if key[2] != cumulative:
+            continue
+        rounds = [k for k in keys if k[:2] == key[:2] and k[2] not in ("", cumulative)]
+        for column in COUNT_CELLS:
+            linked.relations.append(disclosure.Relation((*key, column), [(*k, column) for k in rounds]))
+        for school in per_school[position].to_dict("records"):
+            skey = _school_key(key, school)
+            same = (key[0], key[1], skey[4], skey[3], skey[4])
+            for column in SCHOOL_CELLS:
+                if (*same, column) in linked.values:
+                    linked.relations.append(disclosure.Relation((*skey, column), [(*same, column)]))
+    return linked
+
+
+def protected_publication(evidence: pd.DataFrame, schools: dict[tuple[str, ...], pd.DataFrame],
+                          previous: dict[tuple, float] | None = None, problems: list[str] | None = None,
+                          ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """The evidence table and each row's per-school table as published, after disclosure control
+    over all of them together and against ``previous`` (:func:`previous_counts`): no difference
+    between any published counts, in this publication or between it and the last, gives back a
+    group of 1 to 9 pupils (``disclosure.link``; docs/methods.md, "Disclosure control")."""
+    problems = [] if problems is None else problems
+    table = _prepare_evidence(evidence, problems)
+    raw = {_row_key(r): r for r in evidence.to_dict("records")}
+    raw_schools = [_schools_for(table.iloc[i], schools) for i in range(len(table))]
+    per_school = []
+    for source in raw_schools:
+        frame, _ = _prepare_schools(source)
+        frame = frame.copy()
+        frame.attrs[SINGLE_SCHOOL] = source is not None and len(source) == 1
+        per_school.append(frame)
+    linked = _linked_cells(table, raw, per_school, raw_schools)
+    blanked, unprotected = disclosure.link(linked, previous)
+    if unprotected:
+        problems.append(f"disclosure control: {len(unprotected)} sum(s) of published counts could not be protected")
+    for position, key in enumerate(_row_key(r) for r in table.to_dict("records")):
+        hidden = [c for c in COUNT_CELLS if (*key, c) in blanked]
+        for column in hidden + (["attrition_pct"] if hidden else []):
+            if column in table.columns:
+                table.at[position, column] = pd.NA if str(table[column].dtype) == "Int64" else math.nan
+        frame = per_school[position]
+        for i, school in enumerate(frame.to_dict("records")):
+            if (*_school_key(key, school), SCHOOL_CELLS[0]) in blanked:
+                frame.iloc[i] = disclosure.blank_row(frame.iloc[i])
+        frame.attrs[PROTECTED] = True
+    return table, per_school
+
+
+def published_schools(table: pd.DataFrame, per_school: list[pd.DataFrame]) -> pd.DataFrame:
+    """(intervention, outcome_measure, round, school_urn) of every school whose figures are published
+    (what the evidence history keeps, so "what changed" names no school whose group is small)."""
+    rows = []
+    for position, frame in enumerate(per_school):
+        row = table.iloc[position]
+        shown = frame[frame["suppressed"].fillna("").astype(str) == ""] if "suppressed" in frame else frame
+        rows += [{"intervention": row["intervention"], "outcome_measure": row["outcome_measure"],
+                  "round": _round_of(row), "school_urn": str(u)} for u in shown["school_urn"]]
+    return pd.DataFrame(rows, columns=["intervention", "outcome_measure", "round", "school_urn"])
+
+
+def with_published_counts(results: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """``results`` (trial_results) with each row's pupil counts as published (blank where blanked)."""
+    shown = {_row_key(r): r for r in published.to_dict("records")}
+    out = results.copy()
+    for column in COUNT_CELLS:
+        if column in out.columns:
+            out[column] = [views.number(shown.get(_row_key(r), {}).get(column)) for r in results.to_dict("records")]
+            out[column] = pd.to_numeric(out[column], errors="coerce")
+    return out
+
+
+def previous_counts(out_dir: Path | None, kept: pd.DataFrame | None) -> dict[tuple, float]:
+    """The counts earlier publications showed, as :func:`protected_publication` keys them: each
+    evidence row's counts as last published (the evidence history, so a count blanked once stays
+    compared with the value shown before it), and every school count of the publication in
+    ``out_dir`` (its ``<trial>/schools.csv``)."""
+    counts: dict[tuple, float] = {}
+    folder = Path(out_dir) if out_dir is not None else None
+    if folder is not None and (folder / "evidence_table.csv").is_file():
+        try:
+            shown = pd.read_csv(folder / "evidence_table.csv", encoding="utf-8-sig", dtype={"round": str})
+            names = page_names(shown)
+            folders, _ = trial_folders(names)
+            for row, name in zip(shown.to_dict("records"), folders, strict=True):
+                _counts_of(counts, _row_key(row), row)
+                path = folder / name / "schools.csv"
+                if path.is_file():
+                    for school in pd.read_csv(path, encoding="utf-8-sig", dtype={"school_urn": str}).to_dict("records"):
+                        _counts_of(counts, _school_key(_row_key(row), school), school, SCHOOL_CELLS)
+        except (OSError, ValueError, KeyError, pd.errors.ParserError):
+            pass  # an unreadable earlier publication: the history still holds its evidence rows
+    if kept is not None and len(kept):
+        for publication in history.publications(kept):
+            for row in publication.to_dict("records"):
+                _counts_of(counts, _row_key(row), row)
+    return counts
+
+
+def _counts_of(counts: dict[tuple, float], key: tuple, row: dict, columns: tuple[str, ...] = COUNT_CELLS) -> None:
+    for column in columns:
+        value = views.number(row.get(column))
+        if value is not None:
+            counts[(*key, column)] = value
 
 
 # --- the public load report -------------------------------------------------------------------
@@ -479,6 +638,23 @@ def _sorted(table: pd.DataFrame, view: SortView) -> list[int]:
     return list(sort_frame.sort_values(keys, ascending=ascending, na_position="last", kind="stable").index)
 
 
+def _schools_for(row: pd.Series, schools: dict[tuple[str, ...], pd.DataFrame]) -> pd.DataFrame | None:
+    """The per-school table of an evidence row: keys are (intervention, outcome_measure) or, once
+    rounds are published, with the round too; they may use other spellings of the same trial."""
+    key = (str(row["intervention"]), str(row["outcome_measure"]))
+    with_round = (*key, _round_of(row) or "")
+    wanted = tuple(match_key(k) for k in with_round)
+    per_school = schools.get(with_round) if _round_of(row) else None
+    if per_school is None:
+        per_school = schools.get(key)
+    if per_school is None:
+        per_school = next((f for k, f in schools.items() if tuple(match_key(n) for n in k) == wanted), None)
+    if per_school is None:
+        per_school = next((f for k, f in schools.items() if len(k) == 2
+                           and tuple(match_key(n) for n in k) == wanted[:2]), None)
+    return per_school
+
+
 def _common(area: str, data_date: str, run_date: str, root: str) -> dict:
     return {"area": area, "data_date": data_date, "run_date": run_date, "root": root}
 
@@ -533,7 +709,7 @@ def _trial_files(row: pd.Series, folder: str, schools: pd.DataFrame | None, comm
             plot_alt = describe(per_school, pooled)
         except Exception as exc:  # noqa: BLE001 - one plot never stops the publication
             plot_error = f"The chart could not be drawn this time ({type(exc).__name__})."
-    single_school = schools is not None and len(schools) == 1
+    single_school = schools is not None and (len(schools) == 1 or bool(schools.attrs.get(SINGLE_SCHOOL)))
     history_files, past, history_error = _history_files(row, folder, kept)
     files.update(history_files)
     files[f"{folder}/index.html"] = render(
@@ -622,6 +798,7 @@ def build_site(
     plans: list[dict] | None = None,
     spellings: pd.DataFrame | None = None,
     gate: publication_gate.Gate | None = None,
+    previous: dict[tuple, float] | None = None,
 ) -> dict[str, bytes]:
     """Every file of the publication, ``{relative path: bytes}``.
 
@@ -648,6 +825,8 @@ def build_site(
     ``gate`` (:func:`microtrials.gate.build`) decides which delivered names may be published; rows
     whose names it withholds are left out. Without one, the names in ``evidence`` are taken as
     declared (:func:`microtrials.gate.trusting`) and any other delivered name is withheld.
+    ``previous`` (:func:`previous_counts`) holds the counts the last publications showed: disclosure
+    control then also covers differences between them and this one (:func:`protected_publication`).
     """
     problems = [] if problems is None else problems
     gate = publication_gate.trusting(evidence) if gate is None else gate
@@ -655,7 +834,7 @@ def build_site(
     if withheld:
         problems.append(f"{withheld} trial row(s) not published: their names are neither registered nor carried by "
                         f"{publication_gate.MIN_PUPILS} or more pupils in {publication_gate.MIN_SCHOOLS} or more schools")
-    table = _prepare_evidence(evidence, problems)
+    table, protected_schools = protected_publication(evidence, schools, previous, problems)
     names = page_names(table)
     folders, messages = trial_folders(names)
     problems.extend(messages)
@@ -687,18 +866,7 @@ def build_site(
     for position, folder in enumerate(folders):
         row = table.iloc[position]
         key = (str(row["intervention"]), str(row["outcome_measure"]))
-        # keys are (intervention, outcome_measure) or, once rounds are published, with the round too;
-        # they may use other spellings of the same trial
-        with_round = (*key, _round_of(row) or "")
-        wanted = tuple(match_key(k) for k in with_round)
-        per_school = schools.get(with_round) if _round_of(row) else None
-        if per_school is None:
-            per_school = schools.get(key)
-        if per_school is None:
-            per_school = next((f for k, f in schools.items() if tuple(match_key(n) for n in k) == wanted), None)
-        if per_school is None:
-            per_school = next((f for k, f in schools.items() if len(k) == 2
-                               and tuple(match_key(n) for n in k) == wanted[:2]), None)
+        per_school = protected_schools[position]
         try:
             planned = " ".join(f"Next round{' ' + p['round'] if p.get('round') else ''} (no results yet): {p['text']}"
                                for p in plans or [] if match_key(str(p["intervention"])) == match_key(key[0]))
