@@ -252,7 +252,7 @@ def _prepare_schools(schools: pd.DataFrame | None) -> tuple[pd.DataFrame, list[s
 
 # --- disclosure control across the publication and over time -----------------------------------
 
-PROTECTED, SINGLE_SCHOOL = "microtrials_protected", "microtrials_single_school"
+PROTECTED, SINGLE_SCHOOL, UNPUBLISHED = "microtrials_protected", "microtrials_single_school", "microtrials_unpublished"
 COUNT_CELLS = ("pupils_analysed", "pupils_randomised")
 SCHOOL_CELLS = ("n_intervention", "n_control")
 
@@ -328,6 +328,8 @@ def protected_publication(evidence: pd.DataFrame, schools: dict[tuple[str, ...],
         frame, _ = _prepare_schools(source)
         frame = frame.copy()
         frame.attrs[SINGLE_SCHOOL] = source is not None and len(source) == 1
+        if frame.attrs[SINGLE_SCHOOL]:
+            frame.attrs[UNPUBLISHED] = [str(u) for u in source["school_urn"]]
         per_school.append(frame)
     linked = _linked_cells(table, raw, per_school, raw_schools)
     blanked, unprotected = disclosure.link(linked, previous)
@@ -347,15 +349,17 @@ def protected_publication(evidence: pd.DataFrame, schools: dict[tuple[str, ...],
 
 
 def published_schools(table: pd.DataFrame, per_school: list[pd.DataFrame]) -> pd.DataFrame:
-    """(intervention, outcome_measure, round, school_urn) of every school whose figures are published
-    (what the evidence history keeps, so "what changed" names no school whose group is small)."""
+    """(intervention, outcome_measure, round, school_urn, blanked) of every school of every published
+    row: what the evidence history keeps, so "what changed" names no school whose figures are blanked."""
     rows = []
     for position, frame in enumerate(per_school):
         row = table.iloc[position]
-        shown = frame[frame["suppressed"].fillna("").astype(str) == ""] if "suppressed" in frame else frame
+        blanked = (frame["suppressed"].fillna("").astype(str) != "") if "suppressed" in frame else [False] * len(frame)
+        schools = list(zip(frame["school_urn"].astype(str), map(bool, blanked), strict=True))
+        schools += [(urn, True) for urn in frame.attrs.get(UNPUBLISHED, [])]  # a one-school trial's school
         rows += [{"intervention": row["intervention"], "outcome_measure": row["outcome_measure"],
-                  "round": _round_of(row), "school_urn": str(u)} for u in shown["school_urn"]]
-    return pd.DataFrame(rows, columns=["intervention", "outcome_measure", "round", "school_urn"])
+                  "round": _round_of(row), "school_urn": urn, "blanked": hidden} for urn, hidden in schools]
+    return pd.DataFrame(rows, columns=["intervention", "outcome_measure", "round", "school_urn", "blanked"])
 
 
 def with_published_counts(results: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
