@@ -71,8 +71,8 @@ def read_first_sheet(data: bytes) -> tuple[list[list[str]], list[int], int, list
     The sheet is read by its real extent, never the ``<dimension>`` it declares (which a program
     may understate or overstate). A value beyond :data:`MAX_SHEET_ROWS` rows or
     :data:`MAX_SHEET_COLUMNS` columns raises :class:`SheetTooLarge` naming the cell, before the
-    rest is read. Trailing empty cells are cut; fully blank rows are kept (as ``[]``) so row
-    numbers stay as Excel shows them; blank rows after the last value are dropped.
+    rest is read. Trailing empty cells are cut; blank rows are left out (each row keeps its
+    sheet row number, as Excel shows it), except row 1, which must be the header.
     """
     formulas = _check_size(data)
     book = _open(data, data_only=True)
@@ -118,11 +118,15 @@ def _open(data: bytes, data_only: bool):
 
 
 def _sheet_rows(sheet) -> tuple[list[list[str]], list[int]]:
-    """Every row of ``sheet`` as text cells with its row number, within the caps (else SheetTooLarge)."""
+    """The rows of ``sheet`` holding a value, as text cells, with their row numbers (row 1 always,
+    blank or not: it must be the header), within the caps (else SheetTooLarge). Empty rows cost
+    one test each: a sheet whose one value is in row 1,048,576 is walked in about a second."""
     rows: list[list[str]] = []
     numbers: list[int] = []
     try:
         for number, values in enumerate(sheet.iter_rows(values_only=True), start=1):
+            if not values and number > 1:
+                continue
             cells = [cell_text(v) for v in values[:MAX_SHEET_COLUMNS]]
             while cells and not cells[-1].strip():
                 cells.pop()
@@ -132,8 +136,9 @@ def _sheet_rows(sheet) -> tuple[list[list[str]], list[int]]:
                 raise SheetTooLarge(f"{_column(far + 1)}{number}", "columns")
             if cells and number > MAX_SHEET_ROWS:
                 raise SheetTooLarge(f"{_column(len(cells))}{number}", "rows")
-            rows.append(cells)
-            numbers.append(number)
+            if cells or number == 1:
+                rows.append(cells)
+                numbers.append(number)
     except SheetTooLarge:
         raise
     except Exception as exc:  # a damaged sheet part: not a workbook we can read
