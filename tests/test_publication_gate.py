@@ -156,6 +156,7 @@ def test_every_byte_of_a_built_site_is_free_of_the_planted_names():
     files = build_site(evidence, {}, hostile_report(), "d", "r", problems=problems, registry_rows=registry_rows,
                        spellings=spellings, gate=gate)
     assert planted_in(files_texts(files)) == []
+    assert b"12 rows" not in files["registry_report.csv"]  # a count of one school's rows is a count of pupils
     shown = pd.read_csv(io.BytesIO(files["evidence_table.csv"]), encoding="utf-8-sig")
     assert shown["intervention"].tolist() == ["Reciprocal reading"]
     assert any("3 trial row(s) not published" in p for p in problems)

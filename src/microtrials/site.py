@@ -492,6 +492,7 @@ def registry_report(messages: pd.DataFrame | None, progress: pd.DataFrame | None
 
 
 _QUOTED = re.compile(r"'([^']*)'")
+_ROWS_FROM = re.compile(r"\b\d+ rows? from")
 WITHHELD_NAME = "a name not shown here"
 
 
@@ -518,7 +519,9 @@ def gated_registry_report(rows: pd.DataFrame, gate: publication_gate.Gate) -> pd
         lambda v: " ".join(u for u in re.split(r"[\s,;]+", str(v)) if gate.allows(u, Origin.URN))
         if not views.is_blank(v) else "")
     officer = out["What to do"].astype(str).str.startswith(FILE_NAME)  # about trials.csv itself: the officer's text
-    out["What to do"] = [v if own else gated_text(v, gate) for v, own in zip(out["What to do"], officer, strict=True)]
+    # no count of a school's rows either (a count of pupils): "(202 rows from schools ...)" -> "(rows from schools ...)"
+    out["What to do"] = [v if own else _ROWS_FROM.sub("rows from", gated_text(v, gate))
+                         for v, own in zip(out["What to do"], officer, strict=True)]
     return out
 
 
