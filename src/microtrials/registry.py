@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +31,7 @@ ENV_VAR = "MICROTRIALS_TRIALS"
 COLUMNS = (
     "intervention", "outcome_measure", "round", "start_date", "end_date", "schools", "aliases",
     "secondary_outcomes", "registered_on", "toolkit_strand", "national_months", "cost_per_pupil",
-    "description",
+    "description", "results_due",
 )
 REQUIRED_COLUMNS = ("intervention", "outcome_measure", "start_date", "schools")
 
@@ -84,6 +84,7 @@ class TrialRound:
     cost_per_pupil: float | None = None
     description: str = ""
     line: int = 0
+    results_due: date | None = None  # when schools' results are due; None: end_date + the workspace's days
 
     @property
     def key(self) -> tuple[str, str]:
@@ -252,6 +253,7 @@ def read_registry(data: bytes, path: str = FILE_NAME) -> Registry:
             problems.extend(row_problems)
             continue
         assert parsed is not None
+        parsed = _with_results_due(parsed, cells.get("results_due", ""), problems)
         first = owner.get(match_key(parsed.intervention))
         if first is not None and first[0] != parsed.intervention:
             parsed = replace(parsed, intervention=first[0])  # one published spelling per intervention
@@ -307,6 +309,31 @@ def _parse_row(line: int, cells: dict[str, str]) -> tuple[TrialRound | None, lis
         description=_clean(cells.get("description", "")),
         line=line,
     ), problems
+
+
+def _with_results_due(parsed: TrialRound, text: str, problems: list[RegistryProblem]) -> TrialRound:
+    """The round with its results_due date; a bad one is reported and ignored (the round is kept)."""
+    found: list[RegistryProblem] = []
+
+    def bad(column: str, problem: str, action: str) -> None:
+        found.append(RegistryProblem(parsed.line, column, problem,
+                                     action + " (the round is kept; until then its results are due end_date plus "
+                                     "the workspace's results_due_days)", parsed.intervention))
+
+    due = _date(text.strip(), "results_due", False, bad)
+    if due is not None and due < parsed.start_date:
+        bad("results_due", f"results are due ({due.isoformat()}) before the round starts "
+            f"({parsed.start_date.isoformat()})", "correct results_due")
+        due = None
+    problems.extend(found)
+    return replace(parsed, results_due=due)
+
+
+def results_due(trial_round: TrialRound, days_after_end: int) -> date | None:
+    """When a round's results are due: its results_due, else end_date + ``days_after_end``, else None."""
+    if trial_round.results_due is not None:
+        return trial_round.results_due
+    return None if trial_round.end_date is None else trial_round.end_date + timedelta(days=days_after_end)
 
 
 def _conflicts(parsed: TrialRound, seen: dict[tuple[str, str], int],
