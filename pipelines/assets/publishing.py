@@ -103,14 +103,7 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     changes = [] if unchanged else _changes(shown)
     for change in changes:
         context.log.info(f"since the last publication: {change}")
-    missing = ws.contact.missing() if ws else []
-    if missing:
-        context.log.warning(f"schools are not told {', '.join(missing)}: fill in [schools] in {ws.config_file}")
-    with warehouse_db.connect() as con:
-        facts = summary.gather(con, published, settings.extracts, settings.feedback, missing,
-                               ws is None and settings.extracts.resolve() == DEFAULT_EXTRACTS.resolve(),
-                               str(settings.out / "registry_report.csv"))
-    to_do = summary.todo_lines(facts)
+    to_do = _officer_to_do(context, settings, warehouse_db, ws, published)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
@@ -131,6 +124,20 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
             "preview": dg.MetadataValue.md(table.to_markdown(index=False)),
         }
     )
+
+
+def _officer_to_do(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse,
+                   ws: workspace.Workspace | None, published: pd.DataFrame) -> list[str]:
+    """The officer's to-do list (microtrials.summary), as `microtrials run` prints it; blank [schools]
+    settings of the workspace are also a warning in the run's log."""
+    missing = ws.contact.missing() if ws else []
+    if missing:
+        context.log.warning(f"schools are not told {', '.join(missing)}: fill in [schools] in {ws.config_file}")
+    with warehouse_db.connect() as con:
+        facts = summary.gather(con, published, settings.extracts, settings.feedback, missing,
+                               ws is None and settings.extracts.resolve() == DEFAULT_EXTRACTS.resolve(),
+                               str(settings.out / "registry_report.csv"))
+    return summary.todo_lines(facts)
 
 
 def _row_round(row: dict) -> str | None:
