@@ -14,6 +14,7 @@ import pandas as pd
 
 from microtrials import publish, warehouse
 from microtrials.guidance import READY_MIN_SCHOOLS_BOTH_ARMS
+from microtrials.ingest.trial_key import TrialKey, plain_key
 from pipelines.partitions import content_hash, extract_files, files_by_school
 from pipelines.resources import Settings, Warehouse
 
@@ -110,7 +111,9 @@ def quarantine_rate_per_school(warehouse_db: Warehouse) -> dg.AssetCheckResult:
 
 
 def _trial_names(frame: pd.DataFrame) -> list[str]:
-    return [f"{i} / {o}" + (f" / {r}" if r else "") for i, o, r in _trial_keys(frame)]
+    rounds = frame["round"] if "round" in frame.columns else pd.Series([None] * len(frame), index=frame.index)
+    return [f"{i} / {o}" + (f" / {r}" if isinstance(r, str) and r else "")
+            for i, o, r in zip(frame["intervention"], frame["outcome_measure"], rounds)]
 
 
 def _first_note(notes: object) -> str:
@@ -192,11 +195,10 @@ def trials_have_two_schools(warehouse_db: Warehouse) -> dg.AssetCheckResult:
     )
 
 
-def _trial_keys(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """(intervention, outcome_measure, round) per row, round blank without a registry."""
+def _trial_keys(frame: pd.DataFrame) -> list[TrialKey]:
+    """The trial key of each row (:func:`microtrials.ingest.trial_key.plain_key`), round '' without a registry."""
     rounds = frame["round"] if "round" in frame.columns else pd.Series([None] * len(frame), index=frame.index)
-    return [(str(i), str(o), "" if pd.isna(r) else str(r))
-            for i, o, r in zip(frame["intervention"], frame["outcome_measure"], rounds)]
+    return [plain_key(i, o, r) for i, o, r in zip(frame["intervention"], frame["outcome_measure"], rounds)]
 
 
 @dg.asset_check(
@@ -217,8 +219,8 @@ def one_row_per_trial(settings: Settings, warehouse_db: Warehouse) -> dg.AssetCh
     missing = sorted(set(trials) - set(published))
     extra = sorted(set(published) - set(trials))
     passed = not twice and not missing and not extra and len(published) == len(trials)
-    problems = ([f"published twice: {twice}"] if twice else []) + ([f"not published: {missing}"] if missing else []) \
-        + ([f"not a trial: {extra}"] if extra else [])
+    problems = [f"{what}: {'; '.join(k.text for k in keys)}" for what, keys in
+                (("published twice", twice), ("not published", missing), ("not a trial", extra)) if keys]
     return dg.AssetCheckResult(
         passed=passed,
         description=None if passed else f"{len(published)} published row(s) for {len(trials)} trial(s); " + "; ".join(problems),

@@ -527,6 +527,7 @@ def _file_lines(report, extracts: Path, warning_rows: int | None, shown: int = 1
         lines.append(f"  warning {row['file_name']}: {' '.join(str(row['warnings']).split())}")
     if len(warned) > shown:
         lines.append(f"  ... and {len(warned) - shown} more files with a warning (in each school's feedback file)")
+    lines += _change_lines(report)
     set_aside = int(pd.to_numeric(report["rows_quarantined"], errors="coerce").fillna(0).sum())
     text = f"rows set aside (quarantine): {set_aside:,}"
     if warning_rows is not None:
@@ -534,6 +535,23 @@ def _file_lines(report, extracts: Path, warning_rows: int | None, shown: int = 1
     if "warnings" in report:
         text += f"; files with a warning about the whole file: {len(warned):,}"
     return lines + [text]
+
+
+def _change_lines(report, shown: int = 40) -> list[str]:
+    """What the files did to the warehouse, one line per school trial round (held changes first),
+    the first ``shown`` of them."""
+    from microtrials.change_sets import HELD_MARK
+
+    if "changes" not in report:
+        return []
+    changes = [line for cell in report["changes"].fillna("").astype(str) for line in cell.split("\n") if line.strip()]
+    held = [line for line in changes if HELD_MARK in line]
+    ordered = held + [line for line in changes if line not in held]
+    lines = ["changes to the warehouse:" if ordered else "changes to the warehouse: none"]
+    lines += [f"  {line}" for line in ordered[:shown]]
+    if len(ordered) > shown:
+        lines.append(f"  ... and {len(ordered) - shown} more changes (load_report.csv lists them all)")
+    return lines
 
 
 def _registry_lines(messages, out: Path, shown: int = 5) -> list[str]:
