@@ -139,3 +139,101 @@ def test_a_held_change_set_keeps_the_earlier_rows_exactly_and_others_apply(con, 
     states = con.execute("SELECT state, count(*) FROM change_sets WHERE file_name = '222005_v2.csv' GROUP BY 1 "
                          "ORDER BY 1").fetchall()
     assert states == [("applied", 1), ("held", 1)]
+
+
+# ---- accept and withdraw -----------------------------------------------------------------------
+
+
+def test_accept_applies_a_held_change_on_purpose_and_records_it(con, write_extract, tmp_path):
+    from microtrials.loading import accept_file
+
+    load_file(con, write_extract("222005.csv", pupil_rows(40, urn="222005", intervention="Café Readers")), KEY)
+    fewer = write_extract("222005_v2.csv", pupil_rows(10, urn="222005", intervention="Café Readers"))
+    assert load_file(con, fewer, KEY).status == "held"
+    assert load_file(con, fewer, KEY).status == "held"  # a run never applies it
+    accepted = accept_file(con, fewer, KEY)
+    assert accepted.status == "loaded" and accepted.rows_loaded == 10
+    assert accepted.changes == ["222005 Café Readers 2026 Autumn: 40 pupils replaced by 10 (30 removed); "
+                                "accepted by the officer"]
+    assert pupils(con, "222005") == [("", 10, 10)]
+    assert load_file(con, fewer, KEY).status == "unchanged"  # the next run: applied, nothing to do
+    assert accept_file(con, fewer, KEY).status == "unchanged"
+    states = con.execute("SELECT state FROM change_sets WHERE file_name = '222005_v2.csv' ORDER BY recorded_at").fetchall()
+    assert states == [("held",), ("accepted",)]
+
+
+def test_accept_applies_only_what_was_held(con, write_extract):
+    from microtrials.loading import accept_file
+
+    both = pupil_rows(40, urn="222005", intervention="Café Readers") + pupil_rows(
+        30, urn="222005", intervention="Maths", measure="PUMA", start=100)
+    load_file(con, write_extract("222005.csv", both), KEY)
+    part = write_extract("222005_v2.csv", pupil_rows(10, urn="222005", intervention="Café Readers")
+                         + pupil_rows(30, urn="222005", intervention="Maths", measure="PUMA", start=100))
+    assert load_file(con, part, KEY).status == "partly held"
+    later = pupil_rows(31, urn="222005", intervention="Maths", measure="PUMA", start=100)
+    load_file(con, write_extract("222005_maths.csv", later), KEY)  # a later Maths file
+    accepted = accept_file(con, part, KEY)
+    assert [line.split(":")[0] for line in accepted.changes] == ["222005 Café Readers 2026 Autumn"]
+    assert con.execute("SELECT intervention, count(*), min(source_file) FROM pupils GROUP BY 1 ORDER BY 1").fetchall() \
+        == [("Café Readers", 10, "222005_v2.csv"), ("Maths", 31, "222005_maths.csv")]  # the later file stands
+
+
+def test_accept_of_a_file_with_nothing_held_changes_nothing(con, write_extract):
+    from microtrials.loading import accept_file
+
+    path = write_extract("222005.csv", pupil_rows(10, urn="222005", intervention="Café Readers"))
+    report = accept_file(con, path, KEY)
+    assert report.status == "not held" and "there is nothing to accept" in report.reason
+    assert pupils(con, "222005") == [] and con.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
+
+
+def test_withdraw_removes_a_school_or_one_round_and_records_it(con, write_extract):
+    from microtrials.loading import withdraw
+
+    load_file(con, write_extract("222006_a.csv", rows_in_round(30, "222006", "2025 Autumn"), header=ROUND_HEADER), KEY)
+    bad = rows_in_round(20, "222006", "2026 Spring", start=500)
+    bad[0][ARM] = "?"
+    load_file(con, write_extract("222006_b.csv", bad, header=ROUND_HEADER), KEY)
+    load_file(con, write_extract("222005.csv", pupil_rows(12, urn="222005", intervention="Café Readers")), KEY)
+    assert withdraw(con, "222006", "Unknown trial") == []
+    done = withdraw(con, "222006", "CR", "2026 spring")
+    assert [c.message for c in done] == ["222006 Café Readers 2026 Spring: withdrawn, 19 pupils removed"]
+    assert pupils(con, "222006") == [("2025 Autumn", 30, 30)]
+    assert con.execute("SELECT count(*) FROM quarantine WHERE school_urn = '222006'").fetchone() == (0,)
+    done = withdraw(con, "222006")
+    assert [c.message for c in done] == ["222006 Café Readers 2025 Autumn: withdrawn, 30 pupils removed"]
+    assert pupils(con, "222006") == [] and pupils(con, "222005") == [("", 12, 12)]
+    recorded = con.execute("SELECT school_urn, round, state, pupils_before, pupils_after, removed FROM change_sets "
+                           "WHERE state = 'withdrawn' ORDER BY recorded_at").fetchall()
+    assert recorded == [("222006", "2026 Spring", "withdrawn", 19, 0, 19), ("222006", "2025 Autumn", "withdrawn", 30, 0, 30)]
+    # the school's file left in the folder does not bring it back; a new file does
+    assert load_file(con, write_extract("222006_a.csv", rows_in_round(30, "222006", "2025 Autumn"),
+                                        header=ROUND_HEADER), KEY).status == "unchanged"
+    assert pupils(con, "222006") == []
+
+
+def test_the_accept_and_withdraw_commands(con, write_extract, tmp_path, capsys, monkeypatch):
+    from microtrials import cli
+
+    from microtrials.privacy import pupil_key
+
+    db = tmp_path / "warehouse.duckdb"
+    first = write_extract("222005.csv", pupil_rows(40, urn="222005", intervention="Café Readers"))
+    fewer = write_extract("222005_v2.csv", pupil_rows(10, urn="222005", intervention="Café Readers"))
+    key = pupil_key([first, fewer])  # as a run reads it: MICROTRIALS_PUPIL_KEY
+    load_file(con, first, key)
+    assert load_file(con, fewer, key).status == "held"
+    con.close()
+    monkeypatch.setenv("MICROTRIALS_FEEDBACK", str(tmp_path / "feedback"))
+    assert cli.main(["accept", str(fewer), "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "accepted 222005_v2.csv:\n  222005 Café Readers 2026 Autumn: 40 pupils replaced by 10 (30 removed); accepted" in out
+    assert cli.main(["accept", str(fewer), "--db", str(db)]) == 1
+    assert "already applied" in capsys.readouterr().out
+    assert cli.main(["withdraw", "22200", "--db", str(db)]) == 2
+    assert "is not a school URN (6 digits)" in capsys.readouterr().err
+    assert cli.main(["withdraw", "222005", "--trial", "cafe readers", "--db", str(db)]) == 0
+    assert "222005 Café Readers 2026 Autumn: withdrawn, 10 pupils removed" in capsys.readouterr().out
+    assert cli.main(["withdraw", "222005", "--db", str(db)]) == 1
+    assert "holds no rows" in capsys.readouterr().out

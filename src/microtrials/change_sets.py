@@ -5,14 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import duckdb
-import pandas as pd
 import pyarrow as pa
 
 from microtrials import warehouse
 from microtrials.ingest.trial_key import TrialKey, TrialKeys
 
 APPLIED, HELD, ACCEPTED, WITHDRAWN = "applied", "held", "accepted", "withdrawn"
-KEY_COLUMNS = ["key_intervention", "key_outcome_measure", "key_round"]
 COMBO = ["school_urn", "intervention", "outcome_measure", "round"]
 
 
@@ -110,6 +108,10 @@ HOLD_FIX_LEFT = ("check the file holds every pupil randomised and every score, a
                  "really left the trial, tell the data team, who can apply the file on purpose")
 
 
+REPLACE_SCHEMA = pa.schema([(c, pa.string()) for c in COMBO])
+INSERT_SCHEMA = pa.schema([(c, pa.string()) for c in ("file_name", *COMBO[1:])])
+
+
 @dataclass
 class Plan:
     """A group of deliveries' change sets and the rows they replace: stored combinations to delete
@@ -117,128 +119,127 @@ class Plan:
     insert (``insert``: file_name, intervention, outcome_measure, round)."""
 
     change_sets: list[ChangeSet] = field(default_factory=list)
-    replace: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=COMBO))
-    insert: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["file_name", *COMBO[1:]]))
+    replace: pa.Table = field(default_factory=REPLACE_SCHEMA.empty_table)
+    insert: pa.Table = field(default_factory=INSERT_SCHEMA.empty_table)
 
 
-def stored_rows(con: duckdb.DuckDBPyConnection, schools: list[str]) -> pd.DataFrame:
-    """The warehouse's pupil rows of these schools: combination, pupil_key, and whether scored."""
+def stored_rows(con: duckdb.DuckDBPyConnection, schools: list[str]) -> list[tuple]:
+    """The warehouse's pupil rows of these schools: (school_urn, intervention, outcome_measure,
+    round ('' for none), pupil_key, scored)."""
     with_schools = pa.table({"school_urn": pa.array(sorted(set(schools)), pa.string())})
     con.register("batch_schools", with_schools)
     try:
-        return con.execute(warehouse.sql("school_rows")).df()
+        return con.execute(warehouse.sql("school_rows")).fetchall()
     finally:
         con.unregister("batch_schools")
 
 
-def _with_keys(frame: pd.DataFrame, keys: TrialKeys, names: dict) -> pd.DataFrame:
-    """``frame`` with its trial key columns (and ``names``, filled in: combination -> display names)."""
-    frame = frame.copy()
-    frame["round"] = frame["round"].fillna("").astype(str)
-    combos = frame[COMBO].drop_duplicates()
-    found = []
-    for school, intervention, measure, round_sent in combos.itertuples(index=False, name=None):
-        key = keys.key(intervention, measure, school, round_sent)
-        placed = keys.place(intervention, school, round_sent)
-        round_name = placed.round.round if placed.round is not None else placed.round_sent
-        names.setdefault((school, key), (placed.registered_intervention or " ".join(str(intervention).split()),
-                                         " ".join(str(measure).split()), round_name))
-        found.append((school, intervention, measure, round_sent, key.intervention, key.outcome_measure, key.round))
-    return frame.merge(pd.DataFrame(found, columns=COMBO + KEY_COLUMNS), on=COMBO, how="left")
+class _Keyed:
+    """Trial keys of delivered combinations, worked out once each, with the names the officer reads."""
+
+    def __init__(self, keys: TrialKeys) -> None:
+        self.keys = keys
+        self.names: dict[tuple[str, TrialKey], tuple[str, str, str]] = {}
+        self._cache: dict[tuple, TrialKey] = {}
+
+    def __call__(self, school: str, intervention: str, measure: str, round_sent: str | None) -> TrialKey:
+        combo = (school, intervention, measure, round_sent or "")
+        key = self._cache.get(combo)
+        if key is None:
+            key = self._cache[combo] = self.keys.key(intervention, measure, school, round_sent)
+            placed = self.keys.place(intervention, school, round_sent)
+            round_name = placed.round.round if placed.round is not None else placed.round_sent
+            self.names.setdefault((school, key), (placed.registered_intervention or " ".join(str(intervention).split()),
+                                                  " ".join(str(measure).split()), round_name))
+        return key
 
 
-def plan_changes(stored: pd.DataFrame, incoming: pd.DataFrame, keys: TrialKeys, named: list[tuple] = (),
+class _Tally:
+    """Pupils (by pupil_key), rows and outcome scores of one (school, trial key)."""
+
+    __slots__ = ("pupils", "rows", "scores")
+
+    def __init__(self) -> None:
+        self.pupils: set[str] = set()
+        self.rows = 0
+        self.scores = 0
+
+    def add(self, pupil: str, scored: bool) -> None:
+        self.pupils.add(pupil)
+        self.rows += 1
+        self.scores += bool(scored)
+
+
+def _scored(outcome: object) -> bool:
+    return outcome is not None and outcome == outcome  # not NULL, not NaN
+
+
+def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named: list[tuple] = (),
                  accept: bool = False) -> Plan:
     """What each delivery would do, per (school, trial key), and the rows to delete and insert.
 
-    ``stored``: school_urn, intervention, outcome_measure, round, pupil_key, scored (the warehouse's
-    rows of the deliveries' schools); ``incoming``: file_name, delivery_id, school_urn, intervention,
-    outcome_measure, round, pupil_key, outcome (the staged rows; at most one file per school).
-    ``named``: (file_name, delivery_id, school_urn, intervention, outcome_measure) of trials a file
-    names with no loadable row: it would remove the rows of the round the registry places the school in.
+    ``stored``: :func:`stored_rows` of the deliveries' schools; ``incoming``: the staged rows
+    (file_name, delivery_id, school_urn, intervention, outcome_measure, round, pupil_key, outcome;
+    at most one file per school). ``named``: (file_name, delivery_id, school_urn, intervention,
+    outcome_measure) of trials a file names with no loadable row: it would remove the rows of the
+    round the registry places the school in.
 
     A change set that would lose more than half of the school's pupils or outcome scores for its
     trial round is ``held`` (nothing of it applied), unless ``accept``: then the held ones are
     ``accepted`` and applied, and the others are left out (an accept applies what was held only).
     """
-    names: dict = {}
-    incoming = _with_keys(incoming, keys, names)
-    stored = _with_keys(stored, keys, names)
-    group = ["file_name", "delivery_id", "school_urn", *KEY_COLUMNS]
-    after = incoming.groupby(group, sort=True).agg(pupils_after=("pupil_key", "size"),
-                                                   outcomes_after=("outcome", "count")).reset_index()
-    after = pd.concat([after, _named_without_rows(named, incoming, keys, names)], ignore_index=True)
-    before = stored.groupby(["school_urn", *KEY_COLUMNS]).agg(
-        pupils_before=("pupil_key", "size"), outcomes_before=("scored", "sum")).reset_index()
-    sets = after.merge(before, on=["school_urn", *KEY_COLUMNS], how="left").fillna(
-        {"pupils_before": 0, "outcomes_before": 0})
-    sets = sets[(sets["pupils_after"] > 0) | (sets["pupils_before"] > 0)]
-    sets = sets.merge(_pupil_changes(incoming, stored, sets), on=["school_urn", *KEY_COLUMNS], how="left").fillna(
-        {"added": 0, "removed": 0})
-    several = sets.groupby(["file_name", "key_intervention", "key_round"])["key_outcome_measure"].transform("nunique") > 1
-    change_sets = [_change_set(row, names, show, accept) for row, show in zip(sets.itertuples(index=False), several)]
+    keyed = _Keyed(keys)
+    after: dict[tuple, _Tally] = {}
+    columns = [incoming.column(c).to_pylist() for c in
+               ("file_name", "delivery_id", "school_urn", "intervention", "outcome_measure", "round", "pupil_key", "outcome")]
+    for file_name, delivery_id, school, intervention, measure, round_sent, pupil, outcome in zip(*columns):
+        key = keyed(school, intervention, measure, round_sent)
+        after.setdefault((file_name, delivery_id, school, key), _Tally()).add(pupil, _scored(outcome))
+    carried = set(zip(columns[0], columns[3], columns[4]))
+    for file_name, delivery_id, school, intervention, measure in named:
+        if (file_name, intervention, measure) not in carried:
+            after.setdefault((file_name, delivery_id, school, keyed(school, intervention, measure, None)), _Tally())
+    before: dict[tuple, _Tally] = {}
+    for school, intervention, measure, round_sent, pupil, scored in stored:
+        before.setdefault((school, keyed(school, intervention, measure, round_sent)), _Tally()).add(pupil, scored)
+    measures: dict[tuple, set[str]] = {}
+    for file_name, _, _, key in after:
+        measures.setdefault((file_name, key.intervention, key.round), set()).add(key.outcome_measure)
+    change_sets = []
+    for (file_name, delivery_id, school, key), new in after.items():
+        old = before.get((school, key), _Tally())
+        if new.rows or old.rows:
+            show = len(measures[file_name, key.intervention, key.round]) > 1
+            change_sets.append(_change_set(keyed.names[school, key], file_name, delivery_id, school, key, old, new,
+                                           show, accept))
     if accept:
         change_sets = [c for c in change_sets if c.state == ACCEPTED]
     applied = {(c.file_name, c.school_urn, c.key) for c in change_sets if c.state in (APPLIED, ACCEPTED)}
-    return Plan(change_sets, _replaced(stored, applied), _inserted(incoming, applied))
+    replaced = {(s, k) for _, s, k in applied}
+    replace = {(s, i, m, r or "") for s, i, m, r, _, _ in stored if (s, keyed(s, i, m, r)) in replaced}
+    insert = {(f, i, m, r or "") for f, _, s, i, m, r in zip(*columns[:6]) if (f, s, keyed(s, i, m, r)) in applied}
+    return Plan(change_sets, _table(replace, REPLACE_SCHEMA), _table(insert, INSERT_SCHEMA))
 
 
-def _named_without_rows(named, incoming: pd.DataFrame, keys: TrialKeys, names: dict) -> pd.DataFrame:
-    """Change-set stubs (no pupils after) for trials a file names without a loadable row."""
-    carried = set(zip(incoming["file_name"], incoming["intervention"], incoming["outcome_measure"]))
-    rows = []
-    for file_name, delivery_id, school, intervention, measure in named:
-        if (file_name, intervention, measure) in carried:
-            continue
-        key = keys.key(intervention, measure, school, None)
-        placed = keys.place(intervention, school, None)
-        round_name = placed.round.round if placed.round is not None else ""
-        names.setdefault((school, key), (placed.registered_intervention or intervention, measure, round_name))
-        rows.append((file_name, delivery_id, school, key.intervention, key.outcome_measure, key.round, 0, 0))
-    columns = ["file_name", "delivery_id", "school_urn", *KEY_COLUMNS, "pupils_after", "outcomes_after"]
-    return pd.DataFrame(rows, columns=columns).drop_duplicates()
+def _table(rows: set[tuple], schema: pa.Schema) -> pa.Table:
+    """Sorted rows as an Arrow table of ``schema``."""
+    ordered = sorted(rows)
+    return pa.table({name: pa.array([r[n] for r in ordered], pa.string()) for n, name in enumerate(schema.names)},
+                    schema=schema)
 
 
-def _pupil_changes(incoming: pd.DataFrame, stored: pd.DataFrame, sets: pd.DataFrame) -> pd.DataFrame:
-    """Pupils added (delivered, not held before) and removed (held before, not delivered) per
-    (school, trial key) of ``sets``."""
-    on = ["school_urn", *KEY_COLUMNS]
-    pupils_in = incoming[on + ["pupil_key"]].drop_duplicates()
-    pupils_before = stored[on + ["pupil_key"]].drop_duplicates().merge(sets[on].drop_duplicates(), on=on)
-    both = pupils_in.merge(pupils_before, on=on + ["pupil_key"], how="outer", indicator=True)
-    added = both[both["_merge"] == "left_only"].groupby(on).size().rename("added")
-    removed = both[both["_merge"] == "right_only"].groupby(on).size().rename("removed")
-    return pd.concat([added, removed], axis=1).reset_index()
-
-
-def _change_set(row, names: dict, show_measure: bool, accept: bool) -> ChangeSet:
-    """One planned change set from a row of the plan's frame, held or not."""
-    key = TrialKey(row.key_intervention, row.key_outcome_measure, row.key_round)
-    intervention, measure, round_name = names[row.school_urn, key]
-    counts = [int(x) for x in (row.pupils_before, row.pupils_after, row.outcomes_before, row.outcomes_after)]
-    reason = hold_reason(*counts)
-    state = (ACCEPTED if accept else HELD) if reason else APPLIED
+def _change_set(names: tuple[str, str, str], file_name: str, delivery_id: str, school: str, key: TrialKey,
+                old: _Tally, new: _Tally, show_measure: bool, accept: bool) -> ChangeSet:
+    """One planned change set, held or not."""
+    intervention, measure, round_name = names
+    reason = hold_reason(old.rows, new.rows, old.scores, new.scores)
     return ChangeSet(
-        school_urn=row.school_urn, key=key, intervention=intervention, outcome_measure=measure, round=round_name,
-        delivery_id=row.delivery_id, file_name=row.file_name, pupils_before=counts[0], pupils_after=counts[1],
-        outcomes_before=counts[2], outcomes_after=counts[3], added=int(row.added), removed=int(row.removed),
-        state=state, reason=reason, show_measure=bool(show_measure),
+        school_urn=school, key=key, intervention=intervention, outcome_measure=measure, round=round_name,
+        delivery_id=delivery_id, file_name=file_name, pupils_before=old.rows, pupils_after=new.rows,
+        outcomes_before=old.scores, outcomes_after=new.scores, added=len(new.pupils - old.pupils),
+        removed=len(old.pupils - new.pupils), state=(ACCEPTED if accept else HELD) if reason else APPLIED,
+        reason=reason, show_measure=show_measure,
     )
-
-
-def _replaced(stored: pd.DataFrame, applied: set) -> pd.DataFrame:
-    """The stored combinations the applied change sets replace."""
-    schools = {(school, key) for _file, school, key in applied}
-    mask = [(s, TrialKey(i, o, r)) in schools for s, i, o, r in
-            zip(stored["school_urn"], *(stored[c] for c in KEY_COLUMNS))]
-    return stored.loc[mask, COMBO].drop_duplicates().reset_index(drop=True)
-
-
-def _inserted(incoming: pd.DataFrame, applied: set) -> pd.DataFrame:
-    """The delivered combinations the applied change sets insert."""
-    mask = [(f, s, TrialKey(i, o, r)) in applied for f, s, i, o, r in
-            zip(incoming["file_name"], incoming["school_urn"], *(incoming[c] for c in KEY_COLUMNS))]
-    return incoming.loc[mask, ["file_name", *COMBO[1:]]].drop_duplicates().reset_index(drop=True)
 
 
 CHANGE_SET_COLUMNS = [
@@ -250,7 +251,34 @@ CHANGE_SET_COLUMNS = [
 
 def change_sets_table(change_sets: list[ChangeSet]) -> pa.Table:
     """The ``change_sets`` rows of these change sets, as the Arrow table ``sql/insert_change_sets.sql`` reads."""
-    frame = pd.DataFrame([c.row() for c in change_sets], columns=CHANGE_SET_COLUMNS)
-    schema = pa.schema([(c, pa.int64() if c.startswith(("pupils_", "outcomes_")) or c in ("added", "removed")
-                         else pa.string()) for c in CHANGE_SET_COLUMNS])
-    return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    rows = [c.row() for c in change_sets]
+    counts = {"pupils_before", "pupils_after", "outcomes_before", "outcomes_after", "added", "removed"}
+    return pa.table({c: pa.array([r[c] for r in rows], pa.int64() if c in counts else pa.string())
+                     for c in CHANGE_SET_COLUMNS})
+
+
+def withdrawal(con: duckdb.DuckDBPyConnection, keys: TrialKeys, school_urn: str, trial: str | None = None,
+               round_name: str | None = None) -> Plan:
+    """What withdrawing a school does: its stored rows (of one trial, by name or alias, and/or one
+    round, when given) as ``withdrawn`` change sets, and the combinations to delete (``replace``)."""
+    keyed = _Keyed(keys)
+    want_trial = keys.key(trial, "", school_urn).intervention if trial else None
+    want_round = keys.key("", "", "", round_name).round if round_name else None
+    before: dict[TrialKey, _Tally] = {}
+    replace = set()
+    for school, intervention, measure, round_sent, pupil, scored in stored_rows(con, [school_urn]):
+        key = keyed(school, intervention, measure, round_sent)
+        if (want_trial is None or key.intervention == want_trial) and (want_round is None or key.round == want_round):
+            before.setdefault(key, _Tally()).add(pupil, scored)
+            replace.add((school, intervention, measure, round_sent or ""))
+    measures: dict[tuple, set[str]] = {}
+    for key in before:
+        measures.setdefault((key.intervention, key.round), set()).add(key.outcome_measure)
+    out = []
+    for key, old in sorted(before.items()):
+        intervention, measure, round_label = keyed.names[school_urn, key]
+        out.append(ChangeSet(
+            school_urn=school_urn, key=key, intervention=intervention, outcome_measure=measure, round=round_label,
+            pupils_before=old.rows, outcomes_before=old.scores, removed=len(old.pupils), state=WITHDRAWN,
+            show_measure=len(measures[key.intervention, key.round]) > 1))
+    return Plan(out, _table(replace, REPLACE_SCHEMA))

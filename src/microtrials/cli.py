@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="the warehouse to learn from (opened read-only)")
     plan.add_argument("--trials", type=Path, default=None,
                       help="the registry (default: $MICROTRIALS_TRIALS, else data/trials.csv)")
+    _change_parsers(commands)
     args = parser.parse_args(argv)
+    if args.command in ("accept", "withdraw"):
+        return change_command(args)
     if args.command == "plan":
         return plan_round(args.intervention, args.schools, args.pupils_per_school, args.db, args.trials)
     if args.command == "run":
@@ -68,6 +71,43 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ui":
         return start_ui(args.port)
     return serve_folder(args.out, args.port)
+
+
+def _change_parsers(commands) -> None:
+    """The ``accept`` and ``withdraw`` commands (docs/loading.md, README officer section)."""
+    accept = commands.add_parser(
+        "accept", help="apply a held change on purpose (a file that would lose more than half of a trial round)",
+        description="Apply the held changes of FILE (its current content): the changes a run held because they "
+        "would lose more than half of a school's pupils or outcome scores for a trial round. Recorded as "
+        "'accepted' in the warehouse's change_sets table.")
+    accept.add_argument("file", type=Path, help="the school's extract file, e.g. data/extracts/222005.csv")
+    accept.add_argument("--db", type=Path, default=REPO_ROOT / "data" / "warehouse.duckdb")
+    withdraw = commands.add_parser(
+        "withdraw", help="remove a school's rows (the school withdrew, or asked for erasure)",
+        description="Remove school URN's pupil rows (all, or one trial's and/or one round's) with the rows set "
+        "aside that explained them; recorded as 'withdrawn' in change_sets, and the history says 'withdrawn'.")
+    withdraw.add_argument("urn", help="the school's 6-digit URN")
+    withdraw.add_argument("--trial", default=None, metavar="NAME", help="only this intervention (name or alias)")
+    withdraw.add_argument("--round", default=None, metavar="R", help="only this round, e.g. '2026 Autumn'")
+    withdraw.add_argument("--db", type=Path, default=REPO_ROOT / "data" / "warehouse.duckdb")
+
+
+def change_command(args: argparse.Namespace) -> int:
+    """Run ``accept`` or ``withdraw``; print what changed; exit 0 when something changed, 1 when
+    nothing did, 2 on an error (said in one line, what to do)."""
+    from microtrials import change_commands
+    from microtrials.errors import MicrotrialsError
+
+    try:
+        if args.command == "accept":
+            code, lines = change_commands.accept(args.file, args.db, _feedback_folder())
+        else:
+            code, lines = change_commands.withdraw(args.urn, args.db, args.trial, args.round)
+    except MicrotrialsError as exc:
+        print(f"microtrials {args.command}: {exc}", file=sys.stderr)
+        return NOT_STARTED
+    print("\n".join(lines))
+    return code
 
 
 def plan_round(intervention: str, schools: int, pupils: int | None, db: Path, trials: Path | None) -> int:

@@ -313,7 +313,9 @@ def _stage(con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes, pool, 
     the rest (every file, to ``accept``)."""
     contents = {path: _read_bytes(path) for path in paths}
     ids = {path: hashlib.sha256(data).hexdigest() for path, data in contents.items() if isinstance(data, bytes)}
-    reports = {} if accept else _earlier_reports(con, [(ids[p], p.name) for p in paths if p in ids])
+    reports = _earlier_reports(con, [(ids[p], p.name) for p in paths if p in ids])
+    if accept:  # a held file is read again to be applied; one already applied is unchanged
+        reports = {k: r for k, r in reports.items() if r.status == "unchanged"}
     earlier = {p: reports[ids[p], p.name] for p in paths if (ids.get(p), p.name) in reports}
     jobs = [(p, contents[p], ids.get(p, "unreadable"), key) for p in paths if p not in earlier]
     prepared = pool.map(_prepare_job, jobs, chunksize=25) if pool else map(_prepare_job, jobs)
@@ -609,14 +611,22 @@ def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], accept: bool 
             changed[report.file_name] = _nothing_loaded(report)
     # the deliveries rows and keys show the reports as they now are (registered afresh on each attempt)
     final = [dataclasses.replace(d, report=changed.get(d.report.file_name, d.report)) for d in group]
+    if accept:  # a file with nothing held is told so, and neither recorded again nor written
+        for d in final:
+            if d.report.file_name not in changed and d.report.status == "loaded":
+                d.report = changed[d.report.file_name] = _not_held(d.report)
+        final = [d for d in final if d.report.status == "loaded"]
+        group = [d for d in group if d.report.file_name in {f.report.file_name for f in final}]
+        if not final:
+            return changed
     cur.register("batch_deliveries", pa.Table.from_pylist([_delivery_row(d.delivery_id, d.report) for d in final]))
     cur.register("batch_keys", _file_keys((d.delivery_id, d.report.file_name, d.report.status) for d in final))
     recorded = {(row[0], row[1]) for row in cur.execute(warehouse.sql("delivery_seen")).fetchall()}
     if recorded:
         raise _AlreadyRecorded(recorded, changed)
     if any(d.report.status == "loaded" for d in group):
-        cur.register("batch_replace", pa.Table.from_pandas(plan.replace, preserve_index=False))
-        cur.register("batch_insert", pa.Table.from_pandas(plan.insert, preserve_index=False))
+        cur.register("batch_replace", plan.replace)
+        cur.register("batch_insert", plan.insert)
         for name in ("delete_school_trials", "load_pupils", "delete_school_quarantine", "delete_school_warnings",
                      "load_quarantine", "load_warnings"):
             cur.execute(warehouse.sql(name))
@@ -638,12 +648,47 @@ def _nothing_loaded(report: FileReport) -> FileReport:
     )
 
 
+def _not_held(report: FileReport) -> FileReport:
+    """An accepted file none of whose changes would be held: nothing to apply on purpose."""
+    why = (f"{report.file_name}: nothing of this file is held (none of its changes would lose more than half "
+           "of a trial round's pupils or scores): there is nothing to accept; a run loads it as usual")
+    return dataclasses.replace(report, status="not held", reason=why, changes=[])
+
+
 def record_change_sets(cur: duckdb.DuckDBPyConnection, planned: list[change_sets.ChangeSet]) -> None:
     """Insert ``planned`` into the ``change_sets`` table (inside the caller's transaction)."""
     if not planned:
         return
     with _registered(cur, {"batch_change_sets": change_sets.change_sets_table(planned)}):
         cur.execute(warehouse.sql("insert_change_sets"))
+
+
+def accept_file(con: duckdb.DuckDBPyConnection, path: Path, key: bytes) -> FileReport:
+    """Apply, on the officer's word, the change sets of ``path`` (its current content) that the hold
+    rule holds: status ``loaded`` with the ``accepted`` change lines; ``unchanged`` when that exact
+    file is already applied; ``not held`` (nothing changed) when none of its changes would be held."""
+    return load_files(con, [Path(path)], key, accept=True)[0]
+
+
+def withdraw(con: duckdb.DuckDBPyConnection, school_urn: str, trial: str | None = None,
+             round_name: str | None = None) -> list[change_sets.ChangeSet]:
+    """Remove a school's pupil rows (all, one trial's by name or alias, and/or one round's) with
+    the rows set aside and warnings that explained them, and record each (school, trial, round)
+    removed as a ``withdrawn`` change set, in one transaction. Returns the change sets (none:
+    nothing of the school matched, nothing changed)."""
+    def work(cur: duckdb.DuckDBPyConnection) -> list[change_sets.ChangeSet]:
+        plan = change_sets.withdrawal(cur, trial_key.from_warehouse(cur), school_urn, trial, round_name)
+        if not plan.change_sets:
+            return []
+        cur.register("batch_replace", plan.replace)
+        whole = {"urn": school_urn, "whole": not trial and not round_name}
+        cur.execute(warehouse.sql("withdraw_pupils"))
+        cur.execute(warehouse.sql("withdraw_quarantine"), whole)
+        cur.execute(warehouse.sql("withdraw_warnings"), whole)
+        record_change_sets(cur, plan.change_sets)
+        return plan.change_sets
+
+    return _in_transaction(con, work)
 
 
 def _plan(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], accept: bool) -> change_sets.Plan:
@@ -653,8 +698,7 @@ def _plan(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], accept: bool) 
         return change_sets.Plan()
     columns = ["source_file", "delivery_id", "school_urn", "intervention", "outcome_measure", "round",
                "pupil_key", "outcome"]
-    incoming = pa.concat_tables([d.pupils.select(columns) for d in loaded]).to_pandas()
-    incoming = incoming.rename(columns={"source_file": "file_name"})
+    incoming = pa.concat_tables([d.pupils.select(columns) for d in loaded]).rename_columns(["file_name", *columns[1:]])
     named = [(d.report.file_name, d.delivery_id, d.report.school_urn, i, m)
              for d in loaded for i, m in d.report.trials if trials_text([(i, m)]) not in d.report.trials_rejected]
     stored = change_sets.stored_rows(cur, [d.report.school_urn for d in loaded])
@@ -683,7 +727,7 @@ def _reports_after(group: list[_Delivery], plan: change_sets.Plan, accept: bool)
             report.status = "held" if len(held) == len(mine) else "partly held"
             report.reason = "; ".join(([report.reason] if report.reason else []) + [c.message for c in held])
         elif accept:
-            report.status = "loaded"
+            report.status, report.rows_loaded = "loaded", delivery.pupils.num_rows
         changed[report.file_name] = report
     return changed
 
