@@ -103,7 +103,7 @@ def test_wrong_row_count_fails(published, tmp_path):
     table.iloc[:-1].to_csv(out / "evidence_table.csv", index=False)
     result = checks.one_row_per_trial(settings=settings, warehouse_db=wh)
     assert not result.passed and result.description.startswith("1 published row(s) for 2 trial(s)")
-    assert "not published: reciprocal reading / " in result.description
+    assert "not published: [('Reciprocal reading'" in result.description
 
 
 def test_a_trial_published_twice_with_right_count_fails(published, tmp_path):
