@@ -40,6 +40,8 @@ FILES = pd.DataFrame({
     "school_urn": ["111100", "", "111601", "111602"],
     "reason": ["111100.csv: a file of the bundled demo", "not an extract (.txt)",
                "not replaced: Reading / NGRT: 3 rows for 40 the school had", ""],
+    "changes": ["", "", "111601 Reading: 40 pupils added\n111601 Maths: held, not applied: 3 of 40 pupils left "
+                "(to apply it on purpose: microtrials accept 111601.csv)", None],
 })
 
 
@@ -66,6 +68,8 @@ def test_the_to_do_list_names_everything_in_order():
         "    rejected 111100.csv: a file of the bundled demo",
         "    ignored notes.txt: not an extract (.txt)",
         "    111601.csv (loaded): not replaced: Reading / NGRT: 3 rows for 40 the school had",
+        "    held 111601.csv: 111601 Maths: held, not applied: 3 of 40 pupils left (to apply it on purpose: "
+        "microtrials accept 111601.csv)",
         "  new feedback for schools (private: send each school only its own):",
         "    111601: /fb/111601/111601-what-to-fix.csv",
         "  settings:",

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from microtrials.change_sets import HELD_MARK
+
 #: The demo's deliberately unregistered intervention (microtrials.sample_data.UNREGISTERED).
 DEMO_UNREGISTERED = "Philosophy for Children"
 #: Lines shown per section; the rest are counted, with where to find them.
@@ -87,7 +89,8 @@ def trial_lines(facts: RunFacts) -> list[str]:
 
 
 def file_lines(facts: RunFacts) -> list[str]:
-    """Every file that held or replaced nothing (rejected, ignored, or a trial it did not replace), with why."""
+    """Every file that held or replaced nothing (rejected, ignored, a trial it did not replace, a change
+    held until the officer accepts it), with why."""
     files = facts.files
     if files is None or files.empty:
         return []
@@ -99,6 +102,9 @@ def file_lines(facts: RunFacts) -> list[str]:
             lines.append(f"    {status} {row['file_name']}: {reason or 'no reason recorded'}")
         elif reason and status != "unchanged":
             lines.append(f"    {row['file_name']} ({status}): {reason}")
+        changes = row.get("changes") if "changes" in row else None
+        held = [_words(line) for line in (str(changes).split("\n") if _words(changes) else []) if HELD_MARK in line]
+        lines += [f"    held {row['file_name']}: {line}" for line in held]
     return ["  files that loaded or replaced nothing:"] + _capped(lines, "load_report.csv") if lines else []
 
 
