@@ -2,6 +2,7 @@
 
 import datetime as dt
 import io
+import os
 
 import dagster as dg
 import pandas as pd
@@ -14,6 +15,7 @@ from pipelines.assets.registry import trials_file
 from pipelines.resources import Settings, Warehouse
 
 HISTORY_ROWS_SHOWN = 6  # publications per trial in the UI's history table
+CORRECTION_TAG = "microtrials/correction"  # a run tag marking the run as a correction (text: why)
 
 
 @dg.asset(
@@ -69,14 +71,16 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     published = site.published_table(table)
     school_urns = schools[[c for c in ("intervention", "outcome_measure", "round", "school_urn") if c in schools]]
     unchanged = history.same_as_latest(kept, published, school_urns)
+    # `microtrials run --correction WHY` (or the run tag, from the UI): this publication corrects a mistake
+    correction = context.run.tags.get(CORRECTION_TAG) or os.environ.get("MICROTRIALS_CORRECTION") or None
     shown = kept if unchanged else pd.concat(
-        [kept, history.publication_frame(published, published_at, school_urns)], ignore_index=True)
+        [kept, history.publication_frame(published, published_at, school_urns, correction)], ignore_index=True)
     registry = load_registry(trials_file(settings))
     plans = planner.plans_for_page(planner.round_plans(registry, stored), registry) if registry is not None else []
     problems: list[str] = []
     files = site.build_site(table, per_trial, load_report, data_date, run_date, problems=problems,
                             history=shown, plans=plans, registry_rows=registry_rows,
-                            spellings=spellings)
+                            spellings=spellings, registry=registry)
     for problem in problems:  # one trial's trouble is reported, never a reason to stop the others
         context.log.warning(problem)
     # The blocking checks run again on the folder afterwards; here the same tests stop a bad
@@ -96,7 +100,7 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     publication_id = ""
     if not unchanged:
         with warehouse_db.connect() as con:
-            publication_id = history.append_history(con, published, published_at, school_urns)
+            publication_id = history.append_history(con, published, published_at, school_urns, correction)
     changes = [] if unchanged else _changes(shown)
     for change in changes:
         context.log.info(f"since the last publication: {change}")

@@ -23,6 +23,9 @@ FAILED, NOT_STARTED = 1, 2
 UI_STOP_SECONDS = 8
 
 
+CORRECTION_ENV = "MICROTRIALS_CORRECTION"  # `run --correction WHY`: read by the evidence_table asset
+
+
 class SetupError(Exception):
     """Something to fix before a run can start: the message says what and how."""
 
@@ -41,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--new-pupil-key", action="store_true",
                      help="MICROTRIALS_PUPIL_KEY was changed on purpose: accept the new key for this run "
                      "(every pupil then looks new to the warehouse)")
+    run.add_argument("--correction", default=None, metavar="WHY",
+                     help="this run corrects an earlier mistake (e.g. a wrongly removed school): the trials "
+                     "it changes show one history point reading 'correction: WHY' in place of the mistaken one")
     ui = commands.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     serve = commands.add_parser("serve", help="serve the published folder on 127.0.0.1")
@@ -64,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "plan":
         return plan_round(args.intervention, args.schools, args.pupils_per_school, args.db, args.trials)
     if args.command == "run":
-        return run_pipeline(args.extracts, args.out, args.db, new_pupil_key=args.new_pupil_key, trials=args.trials)
+        return run_pipeline(args.extracts, args.out, args.db, new_pupil_key=args.new_pupil_key, trials=args.trials,
+                            correction=args.correction)
     if args.command == "ui":
         return start_ui(args.port)
     return serve_folder(args.out, args.port)
@@ -225,7 +232,8 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = False, trials: Path | None = None) -> int:
+def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = False, trials: Path | None = None,
+                 correction: str | None = None) -> int:
     """Register a school partition for every extract file, then load them all and refresh the trial
     results and the evidence table in one Dagster run (job ``load_and_refresh``) on the persistent
     instance. With no school registered at all, only the refresh runs (job ``refresh``).
@@ -245,6 +253,9 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
         os.environ["MICROTRIALS_TRIALS"] = str(trials.resolve())
     if new_pupil_key:
         os.environ["MICROTRIALS_NEW_PUPIL_KEY"] = "1"
+    os.environ.pop(CORRECTION_ENV, None)  # only the run it was given for is a correction
+    if correction and correction.strip():
+        os.environ[CORRECTION_ENV] = correction.strip()
 
     from microtrials import publish
     from microtrials.errors import MicrotrialsError
