@@ -120,7 +120,7 @@ def test_no_page_says_100_percent(site):
 @pytest.mark.parametrize(("months", "strength", "cost", "status", "line"), [
     (3, 2, 1, "published", "Moderate impact for very low cost, based on limited local evidence."),
     (6, 5, 3, "published", "High impact for moderate cost, based on very extensive local evidence."),
-    (0, 3, None, "published", "No impact, based on moderate local evidence."),
+    (0, 3, None, "published", "Very low or no impact, based on moderate local evidence."),
     (-2, 4, 2, "published", "Negative impact for low cost, based on extensive local evidence."),
     (8, 0, 5, "published", "Unclear impact for very high cost, based on insufficient local evidence."),
     (4, 2, 1, "interim", "Provisional: moderate impact for very low cost, based on limited local evidence, "
@@ -134,11 +134,11 @@ def test_one_line_verdict_in_the_toolkits_manner(months, strength, cost, status,
 def test_interim_is_provisional_capped_and_after_every_final_result(site):
     card = text_of("<main>" + next(c for c in site["index.html"].decode().split('<li class="card')
                                    if 'data-folder="interim-star--maths-test"' in c) + "</main>")
-    assert "Provisional" in card and "2 of 5, provisional padlocks" in card and "4 of 5" not in card
+    assert "Provisional" in card and "2 of 5 padlocks provisional" in card and "4 of 5" not in card
     for sort in site_module.SORT_VIEWS:  # +9 months and 4 padlocks, yet after every final result
         statuses = [s.split('"')[0] for s in site[sort.file].decode().split('data-status="')[1:]]
         assert statuses.index("interim") > max(i for i, s in enumerate(statuses) if s == "published"), sort.file
-    assert "2 of 5, provisional" in page(site, "Interim star", "Maths test")
+    assert "2 of 5 padlocks provisional (capped at 2 until the round is complete)" in page(site, "Interim star", "Maths test")
 
 
 def test_every_padlock_rating_says_it_is_local_and_links_the_rule(site):
@@ -241,7 +241,8 @@ def test_registry_takes_year_groups_as_schools_write_them(value):
 
 def test_index_card_has_national_fsm_range_and_verdict(site):
     index = text_of(site["index.html"].decode())
-    assert "+3 months here; nationally +6 months" in index
+    assert "+3 months here · nationally +6 months (EEF Toolkit)" in index
+    assert "Measured by NGRT standardised score · all rounds together · Y7" in index  # for whom
     low, high = months_progress(0.02), months_progress(0.60)  # the rows' FSM interval
     assert f"Pupils on free school meals: +4 months (+{low} to +{high}), less secure" in index
     assert "Moderate impact for very low cost" in index

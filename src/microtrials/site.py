@@ -505,6 +505,7 @@ def _first_views(table: pd.DataFrame, folders: list[str], registry) -> list[view
             view = views.trial_view(row, folder)
             rounds = registry.rounds_of(str(row["intervention"])) if registry is not None else []
             view.facts = views.registry_facts(rounds, view.round)
+            view.year_groups = next((f.text for f in view.facts if f.label == "Year groups"), "")
         except Exception:  # noqa: BLE001 - building its page fails again and reports it
             view = None
         out.append(view)

@@ -26,7 +26,7 @@ FINAL_STATUSES = ("published", "not_refreshed")  # figures of a complete round (
 # above "noticeably" (the WWC's 0.05 and the evaluators' 0.10 limits).
 BALANCE_SIMILAR_BELOW, BALANCE_LITTLE_TO = 0.05, 0.10
 # The Toolkit's impact words by whole months (EEF Teaching and Learning Toolkit strand headlines).
-IMPACT_WORDS = ((0, "Negative impact"), (1, "No impact"), (3, "Low impact"), (6, "Moderate impact"),
+IMPACT_WORDS = ((0, "Negative impact"), (1, "Very low or no impact"), (3, "Low impact"), (6, "Moderate impact"),
                 (8, "High impact"))
 TOP_IMPACT = "Very high impact"
 EVIDENCE_WORDS = {0: "insufficient", 1: "very limited", 2: "limited", 3: "moderate", 4: "extensive",
@@ -238,6 +238,7 @@ class TrialView:
     changed: str = ""  # "Changed on 7 December 2026: 3 schools added" (set by the site from the history)
     round_links: list = field(default_factory=list)  # on an intervention's card/page: its rounds
     facts: list = field(default_factory=list)  # (label, text) from the registry: dates, year groups, delivery
+    year_groups: str = ""  # from the registry: "Y2-Y6"
 
 
 def _caveats(row: pd.Series, notes: list[str]) -> list[str]:
@@ -368,7 +369,7 @@ def _strength(row: pd.Series, status: str) -> tuple[int | None, str]:
     shown = int(round(strength))
     if status == "interim":
         shown = min(shown, PROVISIONAL_AT_MOST)
-        return shown, f"{shown} of 5, provisional"
+        return shown, f"{shown} of 5"
     return shown, f"{shown} of 5"
 
 
