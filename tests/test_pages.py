@@ -169,12 +169,17 @@ def _point(day, urns, effect=0.2, **extra):
 
 def test_history_points_say_why_in_one_phrase():
     rows = pd.DataFrame([_point(1, "111001 111002"), _point(2, "111001 111002 111003 111004 111005", 0.25),
-                         _point(3, "111001 111002 111003 111004", 0.24), _point(4, "111001 111002 111003 111004 111005"),
+                         _point(3, "111001 111002 111003 111004", 0.24, withdrawn_urns="111005"),
+                         _point(4, "111001 111002 111003 111004 111005"),
                          _point(5, "111001 111002 111003 111004 111005", 0.2, national_months=5),
                          _point(6, "111001 111002 111003 111004 111005", 0.2, national_months=5)])
     points = history.evidence_points(rows, "T", "O", None)
     assert list(points["reason"]) == ["first published", "3 schools added", "a school withdrawn", "a school rejoined",
                                       "registry changed"]
+    # a school gone without `microtrials withdraw` is not called withdrawn
+    gone = pd.DataFrame([_point(1, "111001 111002"), _point(2, "111001", 0.3)])
+    assert list(history.evidence_points(gone, "T", "O", None)["reason"]) == ["first published",
+                                                                          "a school no longer counted"]
 
 
 def test_a_correction_replaces_the_mistaken_point():

@@ -49,6 +49,7 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
         messages = (con.execute(warehouse.sql("registry_messages")).df()
                     if warehouse.table_exists(con, "registry_messages") else None)
         kept = history.read_history(con)
+        withdrawn = history.withdrawn_schools(con)
         spellings = (con.execute(warehouse.sql("merged_spellings")).df()
                      if warehouse.table_exists(con, "trial_spellings") else None)
     registry_rows = None
@@ -70,11 +71,12 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     # history keeps and the pages plot.
     published = site.published_table(table)
     school_urns = schools[[c for c in ("intervention", "outcome_measure", "round", "school_urn") if c in schools]]
-    unchanged = history.same_as_latest(kept, published, school_urns)
+    unchanged = history.same_as_latest(kept, published, school_urns, withdrawn)
     # `microtrials run --correction WHY` (or the run tag, from the UI): this publication corrects a mistake
     correction = context.run.tags.get(CORRECTION_TAG) or os.environ.get("MICROTRIALS_CORRECTION") or None
     shown = kept if unchanged else pd.concat(
-        [kept, history.publication_frame(published, published_at, school_urns, correction)], ignore_index=True)
+        [kept, history.publication_frame(published, published_at, school_urns, withdrawn, correction)],
+        ignore_index=True)
     registry = load_registry(trials_file(settings))
     plans = planner.plans_for_page(planner.round_plans(registry, stored), registry) if registry is not None else []
     problems: list[str] = []
@@ -100,7 +102,8 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     publication_id = ""
     if not unchanged:
         with warehouse_db.connect() as con:
-            publication_id = history.append_history(con, published, published_at, school_urns, correction)
+            publication_id = history.append_history(con, published, published_at, school_urns, withdrawn,
+                                                    correction)
     changes = [] if unchanged else _changes(shown)
     for change in changes:
         context.log.info(f"since the last publication: {change}")

@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="the warehouse to learn from (opened read-only)")
     plan.add_argument("--trials", type=Path, default=None,
                       help="the registry (default: $MICROTRIALS_TRIALS, else data/trials.csv)")
+    _change_parsers(commands)
     args = parser.parse_args(argv)
+    if args.command in ("accept", "withdraw"):
+        return change_command(args)
     if args.command == "plan":
         return plan_round(args.intervention, args.schools, args.pupils_per_school, args.db, args.trials)
     if args.command == "run":
@@ -75,6 +78,43 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ui":
         return start_ui(args.port)
     return serve_folder(args.out, args.port)
+
+
+def _change_parsers(commands) -> None:
+    """The ``accept`` and ``withdraw`` commands (docs/loading.md, README officer section)."""
+    accept = commands.add_parser(
+        "accept", help="apply a held change on purpose (a file that would lose more than half of a trial round)",
+        description="Apply the held changes of FILE (its current content): the changes a run held because they "
+        "would lose more than half of a school's pupils or outcome scores for a trial round. Recorded as "
+        "'accepted' in the warehouse's change_sets table.")
+    accept.add_argument("file", type=Path, help="the school's extract file, e.g. data/extracts/222005.csv")
+    accept.add_argument("--db", type=Path, default=REPO_ROOT / "data" / "warehouse.duckdb")
+    withdraw = commands.add_parser(
+        "withdraw", help="remove a school's rows (the school withdrew, or asked for erasure)",
+        description="Remove school URN's pupil rows (all, or one trial's and/or one round's) with the rows set "
+        "aside that explained them; recorded as 'withdrawn' in change_sets, and the history says 'withdrawn'.")
+    withdraw.add_argument("urn", help="the school's 6-digit URN")
+    withdraw.add_argument("--trial", default=None, metavar="NAME", help="only this intervention (name or alias)")
+    withdraw.add_argument("--round", default=None, metavar="R", help="only this round, e.g. '2026 Autumn'")
+    withdraw.add_argument("--db", type=Path, default=REPO_ROOT / "data" / "warehouse.duckdb")
+
+
+def change_command(args: argparse.Namespace) -> int:
+    """Run ``accept`` or ``withdraw``; print what changed; exit 0 when something changed, 1 when
+    nothing did, 2 on an error (said in one line, what to do)."""
+    from microtrials import change_commands
+    from microtrials.errors import MicrotrialsError
+
+    try:
+        if args.command == "accept":
+            code, lines = change_commands.accept(args.file, args.db, _feedback_folder())
+        else:
+            code, lines = change_commands.withdraw(args.urn, args.db, args.trial, args.round)
+    except MicrotrialsError as exc:
+        print(f"microtrials {args.command}: {exc}", file=sys.stderr)
+        return NOT_STARTED
+    print("\n".join(lines))
+    return code
 
 
 def plan_round(intervention: str, schools: int, pupils: int | None, db: Path, trials: Path | None) -> int:
@@ -283,9 +323,11 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
     except KeyboardInterrupt:
         print(stopped, file=sys.stderr)
         return 130
-    except (MicrotrialsError, OSError) as exc:
+    except Exception as exc:  # a full disk can surface from any layer (Dagster's own SQLite storage too)
         from pipelines.runs import plain_error
 
+        if not isinstance(exc, (MicrotrialsError, OSError)) and not _disk_full(str(exc)):
+            raise
         print(f"microtrials run failed: {plain_error(type(exc).__name__, str(exc))}", file=sys.stderr)
         return FAILED
     from pipelines.runs import failure_reason, interrupted, published
@@ -339,8 +381,8 @@ def check_key_matches(db: Path, key: bytes, new_key: bool) -> None:
 class _OfficerConsole(logging.Filter):
     """Dagster's console lines as an officer needs them; every event stays whole in the run's log.
 
-    A step or run failure caused by a MicrotrialsError (a message written for the officer) loses its
-    stack trace: the first line stays, and `microtrials run` ends with the plain reason. The
+    A step or run failure caused by a MicrotrialsError (a message written for the officer) or by a
+    full disk loses its stack trace: the first line stays, and `microtrials run` ends with the plain reason. The
     "Dependencies for step ... Not executing" lines that follow any failure are dropped. Other
     errors (a bug) keep their trace for whoever reports it.
     """
@@ -349,9 +391,15 @@ class _OfficerConsole(logging.Filter):
         message = record.getMessage()
         if record.levelno >= logging.ERROR and "Dependencies for step" in message and "Not executing" in message:
             return False
-        if "MicrotrialsError" in message and "\n" in message:
+        if ("MicrotrialsError" in message or _disk_full(message)) and "\n" in message:
             record.msg, record.args = message.split("\n", 1)[0] + " (the reason is below; details in the Dagster UI)", ()
         return True
+
+
+def _disk_full(text: str) -> bool:
+    from pipelines.runs import is_disk_full
+
+    return is_disk_full(text)
 
 
 class _OfficerLogger(logging.Logger):
@@ -539,6 +587,7 @@ def _file_lines(report, extracts: Path, warning_rows: int | None, shown: int = 1
         lines.append(f"  warning {row['file_name']}: {' '.join(str(row['warnings']).split())}")
     if len(warned) > shown:
         lines.append(f"  ... and {len(warned) - shown} more files with a warning (in each school's feedback file)")
+    lines += _change_lines(report)
     set_aside = int(pd.to_numeric(report["rows_quarantined"], errors="coerce").fillna(0).sum())
     text = f"rows set aside (quarantine): {set_aside:,}"
     if warning_rows is not None:
@@ -546,6 +595,23 @@ def _file_lines(report, extracts: Path, warning_rows: int | None, shown: int = 1
     if "warnings" in report:
         text += f"; files with a warning about the whole file: {len(warned):,}"
     return lines + [text]
+
+
+def _change_lines(report, shown: int = 40) -> list[str]:
+    """What the files did to the warehouse, one line per school trial round (held changes first),
+    the first ``shown`` of them."""
+    from microtrials.change_sets import HELD_MARK
+
+    if "changes" not in report:
+        return []
+    changes = [line for cell in report["changes"].fillna("").astype(str) for line in cell.split("\n") if line.strip()]
+    held = [line for line in changes if HELD_MARK in line]
+    ordered = held + [line for line in changes if line not in held]
+    lines = ["changes to the warehouse:" if ordered else "changes to the warehouse: none"]
+    lines += [f"  {line}" for line in ordered[:shown]]
+    if len(ordered) > shown:
+        lines.append(f"  ... and {len(ordered) - shown} more changes (load_report.csv lists them all)")
+    return lines
 
 
 def _registry_lines(messages, out: Path, shown: int = 5) -> list[str]:
