@@ -2,6 +2,7 @@
 
 import datetime as dt
 import io
+import os
 
 import dagster as dg
 import pandas as pd
@@ -15,6 +16,7 @@ from pipelines.assets.registry import trials_file
 from pipelines.resources import DEFAULT_EXTRACTS, Settings, Warehouse
 
 HISTORY_ROWS_SHOWN = 6  # publications per trial in the UI's history table
+CORRECTION_TAG = "microtrials/correction"  # a run tag marking the run as a correction (text: why)
 
 
 @dg.asset(
@@ -72,16 +74,18 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     run_date = now.strftime("%d %B %Y %H:%M UTC")
     published_at = now.replace(tzinfo=None)
     # The rows exactly as evidence_table.csv will hold them (after disclosure control): what the
-    # history keeps and the pages plot.
-    # Disclosure control covers every table of this publication together and its differences from
+    # history keeps and the pages plot. Disclosure control covers every table of this publication together and its differences from
     # the last ones (site.protected_publication): the same counts the pages then show.
     previous = site.previous_counts(settings.out, kept)
     published, protected_schools = site.protected_publication(table, per_trial, previous)
     # A school is named ("school 111109 joined") only when its own figures are published.
     school_urns = site.published_schools(published, protected_schools)
     unchanged = history.same_as_latest(kept, published, school_urns, withdrawn)
+    # `microtrials run --correction WHY` (or the run tag, from the UI): this publication corrects a mistake
+    correction = context.run.tags.get(CORRECTION_TAG) or os.environ.get("MICROTRIALS_CORRECTION") or None
     shown = kept if unchanged else pd.concat(
-        [kept, history.publication_frame(published, published_at, school_urns, withdrawn)], ignore_index=True)
+        [kept, history.publication_frame(published, published_at, school_urns, withdrawn, correction)],
+        ignore_index=True)
     # The planner's "schools of about N pupils" comes from published counts only.
     plans = (planner.plans_for_page(planner.round_plans(registry, site.with_published_counts(stored, published)),
                                     registry) if registry is not None else [])
@@ -91,7 +95,7 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
                                      list(registry.rounds) if registry is not None else [], now.date())
     files = site.build_site(table, per_trial, load_report, data_date, run_date, problems=problems,
                             history=shown, plans=plans, registry_rows=registry_rows,
-                            spellings=spellings, sending=sending, gate=gate, previous=previous,
+                            spellings=spellings, sending=sending, registry=registry, gate=gate, previous=previous,
                             **({"area": ws.area} if ws else {}))
     if withheld:
         context.log.info(f"{withheld} trial row(s) withheld by the publication gate (names not registered or not carried widely)")
@@ -114,7 +118,8 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     publication_id = ""
     if not unchanged:
         with warehouse_db.connect() as con:
-            publication_id = history.append_history(con, published, published_at, school_urns, withdrawn)
+            publication_id = history.append_history(con, published, published_at, school_urns, withdrawn,
+                                                    correction)
     changes = [] if unchanged else _changes(shown)
     for change in changes:
         context.log.info(f"since the last publication: {change}")
