@@ -116,7 +116,7 @@ def test_after_a_run_the_sensors_first_tick_has_nothing_to_do_and_the_summary_na
             instance=instance,
             cursor=None,  # the UI's first tick: the sensor has never run on this instance
             resources={"settings": Settings(extracts_dir=str(extracts), out_dir=str(out)),
-                       "warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb"))},
+                       "warehouse_db": Warehouse(database=str(tmp_path / "warehouse.duckdb"))},
         )
         first = extracts_sensor(context)
         assert not first.run_requests
@@ -127,7 +127,7 @@ def test_after_a_run_the_sensors_first_tick_has_nothing_to_do_and_the_summary_na
         second = extracts_sensor(dg.build_sensor_context(
             instance=instance, cursor=first.cursor,
             resources={"settings": Settings(extracts_dir=str(extracts), out_dir=str(out)),
-                       "warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb"))},
+                       "warehouse_db": Warehouse(database=str(tmp_path / "warehouse.duckdb"))},
         ))
         assert [r.partition_key for r in second.run_requests] == ["111601"]
     finally:

@@ -176,16 +176,14 @@ def test_the_file_check_passes_on_an_empty_extracts_folder(tmp_path):
     result = checks.every_file_loaded_or_rejected(
         context=dg.build_asset_check_context(),
         settings=Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(tmp_path / "out")),
-        warehouse_db=Warehouse(db_path=str(tmp_path / "w.duckdb")))
+        warehouse_db=Warehouse(database=str(tmp_path / "w.duckdb")))
     assert result.passed and result.metadata["files_checked"].value == 0
 
 
 def test_a_run_that_failed_after_publishing_exits_1(tmp_path, monkeypatch, capsys):
     """A blocking check on the publication fails after the swap (red-team case D): the run failed, so exit 1."""
-    from types import SimpleNamespace
-
     from microtrials import cli
-    from pipelines import runs
+    from pipelines import launch
 
     for name in ("DAGSTER_HOME", "MICROTRIALS_EXTRACTS", "MICROTRIALS_OUT", "MICROTRIALS_DB", "MICROTRIALS_FEEDBACK"):
         monkeypatch.delenv(name, raising=False)
@@ -193,10 +191,9 @@ def test_a_run_that_failed_after_publishing_exits_1(tmp_path, monkeypatch, capsy
     for name in ("MICROTRIALS_EXTRACTS", "MICROTRIALS_OUT", "MICROTRIALS_DB"):
         monkeypatch.setenv(name, "")  # restored after the test: run_pipeline sets them
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli, "_execute", lambda extracts: SimpleNamespace(success=False, run_id="r1"))
-    monkeypatch.setattr(runs, "interrupted", lambda result: False)
-    monkeypatch.setattr(runs, "published", lambda result: True)
-    monkeypatch.setattr(runs, "failure_reason", lambda result: "blocking check failed: evidence_table:one_row_per_trial")
+    ended = launch.RunOutcome(run_id="r1", success=False, published=True, interrupted=False,
+                              reason="blocking check failed: evidence_table:one_row_per_trial")
+    monkeypatch.setattr(launch, "run_everything", lambda extracts, home: ended)
     code = cli.run_pipeline(some_extracts(tmp_path / "extracts"), tmp_path / "out", tmp_path / "w.duckdb")
     err = capsys.readouterr().err
     assert code == cli.FAILED, err
@@ -249,11 +246,11 @@ def test_many_processes_opening_a_fresh_instance_at_once_all_succeed(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MICROTRIALS_", "DAGSTER_"))}
     env["DAGSTER_HOME"] = str(home)
     go = tmp_path / "go"
-    code = ("import os, sys, time, pathlib, dagster; from microtrials import cli; "
+    code = ("import os, sys, time, pathlib, dagster; from pipelines import launch; "
             "home = pathlib.Path(os.environ['DAGSTER_HOME']); os.chdir(home); "
             "pathlib.Path(sys.argv[1] + '.ready').touch(); "
             "exec('while not os.path.exists(sys.argv[2]): time.sleep(0.005)'); "
-            "cli.open_instance(home).dispose()")
+            "launch.open_instance(home).dispose()")
     children = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"p{n}"), str(go)], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(6)]
     deadline = time.monotonic() + 120

@@ -35,7 +35,7 @@ def _run(defs, extracts: Path, out: Path, db: Path, instance) -> dg.ExecuteInPro
     job_defs = dg.Definitions(
         assets=list(defs.assets), asset_checks=list(defs.asset_checks or []), jobs=list(defs.jobs),
         resources={"settings": Settings(extracts_dir=str(extracts), out_dir=str(out)),
-                   "warehouse_db": Warehouse(db_path=str(db))},
+                   "warehouse_db": Warehouse(database=str(db))},
     )
     job = job_defs.resolve_job_def("load_and_refresh")
     return job.execute_in_process(instance=instance, tags=partition_range_tags(every[0], every[-1]),

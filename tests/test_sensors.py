@@ -21,7 +21,7 @@ def tick(instance, extracts, cursor=None) -> dg.SensorResult:
         cursor=cursor,
         resources={
             "settings": Settings(extracts_dir=str(extracts), out_dir=str(extracts.parent / "out")),
-            "warehouse_db": Warehouse(db_path=str(extracts.parent / "warehouse.duckdb")),
+            "warehouse_db": Warehouse(database=str(extracts.parent / "warehouse.duckdb")),
         },
     )
     result = extracts_sensor(context)

@@ -178,7 +178,7 @@ def test_the_asset_stores_every_trial_when_one_fails(tmp_path, monkeypatch):
     # instance an earlier test left behind ("undefined DagsterInstance weakref").
     with dg.instance_for_test() as instance:
         result = dg.materialize([trial_results], instance=instance, resources={
-            "warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb")),
+            "warehouse_db": Warehouse(database=str(tmp_path / "warehouse.duckdb")),
             "settings": Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(tmp_path / "out")),  # no registry
         })
     assert result.success

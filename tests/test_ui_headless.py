@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.conftest import SHARED
-from tests.servers import LOOPBACK, VENV_BIN, ProcessGroup, Started, free_port, wait_until, write_instance_yaml
+from tests.helpers.servers import LOOPBACK, VENV_BIN, ProcessGroup, Started, free_port, wait_until, write_instance_yaml
 
 DEFS_MODULE = "pipelines.definitions"
 LOCATION = DEFS_MODULE  # `-m MODULE` names the code location after the module

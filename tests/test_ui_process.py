@@ -16,7 +16,7 @@ import pytest
 
 from microtrials.cli import descendants
 from tests.conftest import REPO_ROOT
-from tests.servers import free_port, wait_until
+from tests.helpers.servers import free_port, wait_until
 
 MICROTRIALS = Path(sys.executable).with_name("microtrials")
 
