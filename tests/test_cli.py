@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pytest
 
 from tests.conftest import REPO_ROOT, SHARED, pupil_rows
 
@@ -31,6 +32,7 @@ def run_cli(tmp_path: Path, extracts: Path, key: str | None) -> subprocess.Compl
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.slow
 def test_run_loads_every_school_in_one_run_and_publishes(tmp_path, monkeypatch):
     extracts = tmp_path / "extracts"
     shutil.copytree(SHARED / "reference" / "extracts", extracts)
@@ -59,6 +61,7 @@ def test_run_loads_every_school_in_one_run_and_publishes(tmp_path, monkeypatch):
         instance.dispose()
 
 
+@pytest.mark.slow
 def test_run_refuses_real_extracts_without_a_pupil_key(tmp_path, write_extract):
     extracts = write_extract("school.csv", pupil_rows(4)).parent
     done = run_cli(tmp_path, extracts, None)
@@ -68,6 +71,7 @@ def test_run_refuses_real_extracts_without_a_pupil_key(tmp_path, write_extract):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_run_refuses_a_missing_folder(tmp_path):
     done = run_cli(tmp_path, tmp_path / "missing", "k")
     assert done.returncode == 2 and "does not exist" in done.stderr
@@ -93,6 +97,7 @@ def test_the_instance_queues_runs_and_limits_the_warehouse_pool(tmp_path, monkey
     assert pupils.op.pool == "warehouse"
 
 
+@pytest.mark.slow
 def test_after_a_run_the_sensors_first_tick_has_nothing_to_do_and_the_summary_names_rejections(tmp_path, monkeypatch):
     from pipelines.resources import Settings, Warehouse
     from pipelines.sensors import extracts_sensor

@@ -6,6 +6,7 @@ import json
 import os
 
 import dagster as dg
+import pytest
 
 from pipelines.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START
 from pipelines.partitions import SCHOOLS
@@ -103,6 +104,7 @@ def test_changed_schools_far_apart_get_a_run_each():
     assert run_blocks(["111603"], order) == [["111603"]]
 
 
+@pytest.mark.slow
 def test_a_busy_warehouse_postpones_the_tick_without_losing_the_files(tmp_path, write_extract):
     """While another process writes the warehouse, the tick skips and keeps its cursor: nothing is missed."""
     import subprocess
