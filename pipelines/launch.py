@@ -33,7 +33,7 @@ INSTANCE_LOCK = ".microtrials-instance.lock"
 OFFICER_CONSOLE = "officer_console"
 P = ParamSpec("P")
 R = TypeVar("R")
-DISK_FULL = ("no space left on device", "disk is full", "database or disk is full")
+DISK_FULL = ("no space left on device", "disk is full", "database or disk is full", "disk quota exceeded")
 
 
 # ---- failures a user can meet ----------------------------------------------------------------
@@ -43,11 +43,12 @@ def one_line(text: str) -> str:
 
 
 def disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` says the disk is full (an OSError's errno, or DuckDB's and SQLite's words)."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    """Whether ``exc`` says the disk (or the user's quota) is full: an OSError's errno ENOSPC/EDQUOT, or
+    DuckDB's and SQLite's words for it."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(exc).lower()
-    return f"[errno {errno.ENOSPC}]" in text or any(words in text for words in DISK_FULL)
+    return any(f"[errno {code}]" in text for code in (errno.ENOSPC, errno.EDQUOT)) or any(w in text for w in DISK_FULL)
 
 
 def failure_for(exc: BaseException) -> dg.Failure | None:
