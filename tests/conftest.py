@@ -43,8 +43,9 @@ def write_extract(tmp_path):
     return write
 
 
-# ---- Hypothesis profiles: "ci" (the default: hundreds of delivery sequences), "dev" (fewer, quicker) ----
-# Choose with HYPOTHESIS_PROFILE=dev. Tests that set their own max_examples keep them.
+# ---- Hypothesis profiles: "ci" (hundreds of delivery sequences; scripts/test.sh, so CI), "dev" (the
+# default for a bare `pytest`: fewer, quicker). Choose with HYPOTHESIS_PROFILE. A test that sets its own
+# max_examples takes it from tests.helpers.examples.examples(n): n under "ci", a fifth under "dev".
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
@@ -52,4 +53,4 @@ settings.register_profile("ci", max_examples=200, stateful_step_count=10, deadli
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=25, stateful_step_count=8, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

@@ -88,6 +88,7 @@ def test_evidence_table_must_be_republished_weekly_and_runs_stay_in_one_process(
         assert defs.resolve_job_def(name).executor_def.name == "in_process"
 
 
+@pytest.mark.slow
 def test_tables_are_observed_after_their_writer(tmp_path: Path):
     """In load_and_refresh the observation of `deliveries` sees the rows the load just wrote."""
     from pipelines.definitions import defs

@@ -15,6 +15,8 @@ import pytest
 from microtrials import history
 from tests.conftest import SHARED, TEST_PUPIL_KEY
 
+pytestmark = pytest.mark.slow  # two whole pipeline runs (the history module's own tests are quick)
+
 # Eight reference schools that run only Reciprocal reading, then one more. Independent figures
 # (microtrials.trials.analyse_trial on the same pupils, checked in a scratch run and against the
 # months table in microtrials.guidance): the 8 schools give g 0.289 (+4 months), the 9 give

@@ -56,6 +56,7 @@ def execute_run(instance_ref, tags) -> tuple[bool, list[str]]:
         instance.dispose()
 
 
+@pytest.mark.slow
 def test_many_school_partitions_load_in_parallel_processes(tmp_path, write_extract, monkeypatch):
     for i, urn in enumerate(URNS):
         write_extract(f"{urn}.csv", pupil_rows(20 + i, urn=urn))

@@ -57,6 +57,7 @@ def _bytes_per_school(instance, result, n_schools: int) -> float:
     return sum(len(dg.serialize_value(entry)) for entry in logs) / n_schools
 
 
+@pytest.mark.slow
 def test_each_partition_names_only_its_own_school_and_storage_is_linear(tmp_path, write_extract):
     with dg.instance_for_test() as instance:
         small, keys20 = _run(tmp_path, instance, 20, write_extract, "twenty")

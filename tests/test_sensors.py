@@ -125,6 +125,7 @@ def test_new_changed_unchanged_deleted(tmp_path, write_extract):
         assert not back.run_requests and "a.csv" in json.loads(back.cursor)
 
 
+@pytest.mark.slow
 def test_a_sensor_run_that_died_is_retried_by_the_next_tick(tmp_path, write_extract):
     """Issue 21: a sensor run that died left its file unloaded for good (twelve ticks later, 0 rows).
     The warehouse's deliveries decide what is done, not the cursor."""
