@@ -1,7 +1,7 @@
 """Benchmark: coverage of the published 95% CI and prediction interval on simulated multisite trials.
 
     .venv/bin/python benchmarks/bench_coverage.py                # 300 trials per row, seed 20261207
-    .venv/bin/python benchmarks/bench_coverage.py --trials 1000
+    .venv/bin/python benchmarks/bench_coverage.py --trials 1000 --schools 10 --slope-sd 0.15
 
 Each trial: J schools (4, 6 or 10) of 20-30 pupils, half of each school's pupils randomised to the
 intervention; outcome = 100 + 15 (u_j + (0.2 + s_j) arm + 0.6 b + e) with u_j ~ N(0, 0.15),
@@ -76,6 +76,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=300, help="trials per row (at least 300)")
     parser.add_argument("--seed", type=int, default=20261207)
+    parser.add_argument("--schools", type=int, nargs="*", default=[4, 6, 10], help="rows: schools per trial")
+    parser.add_argument("--slope-sd", type=float, nargs="*", default=[0.0, 0.15], help="rows: SD of the effect")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     print(f"{args.trials} trials per row, seed {args.seed}; true effect {EFFECT} SD; 20-30 pupils per school")
@@ -84,8 +86,8 @@ def main() -> None:
     start_all = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # none may reach the terminal: analyse_cells makes them notes
-        for slope_sd in (0.0, 0.15):
-            for schools in (4, 6, 10):
+        for slope_sd in args.slope_sd:
+            for schools in args.schools:
                 start = time.perf_counter()
                 row = one_row(rng, schools, slope_sd, args.trials)
                 print(f"{row['schools']:>7} {row['slope_sd']:>8.2f} {row['trials']:>6} {row['ci']:>8.3f} "

@@ -241,6 +241,8 @@ def test_trial_summary_in_a_head_teachers_order_with_notes_for_evaluators(site):
     assert positions == sorted(positions)
     summary, evaluators = page.split("For evaluators", 1)
     assert "Pupils on free school meals: +4 months" in summary
+    # never a bare FSM figure: its interval in months (0.02 -> +1, 0.60 -> +7) and "less secure" (issue 20)
+    assert "+4 months (less secure: a smaller group; 95% confidence interval +1 month to +7 months)" in summary
     assert "The groups differed a little before the intervention started." in summary
     assert "singular" not in summary and "lme4" not in summary.lower()  # statistics stay for evaluators
     assert "random-slope model singular" in evaluators

@@ -267,7 +267,7 @@ def trial_view(row: pd.Series, folder: str) -> TrialView:
         description="" if is_blank(row.get("description")) else str(row.get("description")),
         months=months(m),
         months_sign="blank" if m is None else ("up" if m > 0 else "down" if m < 0 else "none"),
-        fsm_months=months(fsm),
+        fsm_months=_fsm_months(fsm, row),
         strength=strength_int,
         strength_text="" if strength_int is None else f"{strength_int} of 5",
         not_secure=strength_int is not None and strength_int <= NOT_SECURE_AT_MOST,
@@ -284,6 +284,18 @@ def trial_view(row: pd.Series, folder: str) -> TrialView:
         round="" if is_blank(row.get("round")) else str(row.get("round")),
         here_and_national=_here_and_national(row),
     )
+
+
+def _fsm_months(fsm: float | None, row: pd.Series) -> str:
+    """The free-school-meal pupils' months, never bare: with its 95% interval in months and "less
+    secure" (a subgroup result, flagged as EEF reports flag them; issue 20)."""
+    if fsm is None:
+        return ""
+    lo, hi = number(row.get("fsm_ci_low")), number(row.get("fsm_ci_high"))
+    if lo is None or hi is None:
+        return f"{months(fsm)} (less secure: a smaller group, interval not published)"
+    return (f"{months(fsm)} (less secure: a smaller group; 95% confidence interval "
+            f"{months(months_progress(lo))} to {months(months_progress(hi))})")
 
 
 def _here_and_national(row: pd.Series) -> str:
