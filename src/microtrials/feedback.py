@@ -81,6 +81,7 @@ def write_feedback(
                 report.rows_quarantined
                 or getattr(report, "rows_with_warnings", 0)
                 or report.trials_rejected
+                or getattr(report, "trials_held", None)
                 or getattr(report, "quarantined_by_reason", None)
                 or getattr(report, "file_warnings", None)
             )
@@ -88,7 +89,7 @@ def write_feedback(
                 target.unlink()
             if clean or target.exists():  # (a run killed after loading never wrote it)
                 continue
-        elif report.status not in ("loaded", "rejected"):
+        elif report.status not in ("loaded", "rejected", "held", "partly held"):
             continue
         todo.append((report, target))
     ids = {r.file_name: _delivery_id(paths[r.file_name]) for r, _ in todo}
@@ -150,7 +151,7 @@ def _rows(problems: pd.DataFrame | None, report, path: Path) -> pd.DataFrame:
             if value and not _quotable(column, value, ids):
                 value = HIDDEN
             out.append({"line": line, "column": column, "value": value, "reason": reason, "what_to_do": fix})
-    for trial, why in getattr(report, "trials_rejected", {}).items():
+    for trial, why in [*getattr(report, "trials_rejected", {}).items(), *getattr(report, "trials_held", {}).items()]:
         reason, fix = _split(why)
         out.append({"line": "", "column": "", "value": "", "reason": f"{trial}: {reason}", "what_to_do": fix})
     return pd.DataFrame(out, columns=COLUMNS)

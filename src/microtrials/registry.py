@@ -15,9 +15,9 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +26,8 @@ import pyarrow as pa
 from microtrials.effect_sizes import months_progress
 from microtrials.errors import MicrotrialsError
 from microtrials.extracts import ExtractRejected, decode_text, normalise_header, windows_1252_warning
+from microtrials.ingest.trial_key import TrialKeys
+from microtrials.ingest.trial_key import name_index as trial_key_names
 from microtrials.names import match_key
 
 FILE_NAME = "trials.csv"
@@ -33,8 +35,16 @@ ENV_VAR = "MICROTRIALS_TRIALS"
 COLUMNS = (
     "intervention", "outcome_measure", "round", "start_date", "end_date", "schools", "aliases",
     "secondary_outcomes", "registered_on", "toolkit_strand", "national_months", "cost_per_pupil",
-    "description",
+    "description", "results_due", "year_groups", "dosage", "delivered_by", "contact",
 )
+# Optional words the trial page shows as written (after these checks): how it is delivered and whom
+# to ask. (column, longest allowed, example for the message)
+DELIVERY_COLUMNS = (("dosage", 120, "2 x 30 min a week for 10 weeks"), ("delivered_by", 80, "trained TA"),
+                    ("contact", 120, "Research lead, Park End Primary"))
+_EMAIL_OR_PHONE = re.compile(r"@|\b\d[\d ()+-]{8,}\d\b")
+_PUPILISH = re.compile(r"\b(pupils?|students?|child(ren)?|upn)\b|\b[A-Z]\d{12}\b", re.IGNORECASE)
+_YEAR_PART = re.compile(r"^(?:y(?:ears?|r)?\s*)?(r|reception|\d{1,2})(?:\s*(?:-|to|\u2013)\s*(?:y(?:ears?|r)?\s*)?(\d{1,2}))?$",
+                        re.IGNORECASE)
 REQUIRED_COLUMNS = ("intervention", "outcome_measure", "start_date", "schools")
 
 # EEF Teaching and Learning Toolkit cost bands, pounds per pupil per year (EEF, "Teaching and
@@ -87,6 +97,11 @@ class TrialRound:
     cost_per_pupil: float | None = None
     description: str = ""
     line: int = 0
+    results_due: date | None = None  # when schools' results are due; None: end_date + the workspace's days
+    year_groups: str = ""
+    dosage: str = ""
+    delivered_by: str = ""
+    contact: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -258,7 +273,7 @@ def read_registry(data: bytes, path: str = FILE_NAME) -> Registry:
         parsed, row_problems = _parse_row(index, cells)
         problems.extend(row_problems)
         if parsed is not None:
-            parsed_rows.append(parsed)
+            parsed_rows.append(_with_results_due(parsed, cells.get("results_due", ""), problems))
     rounds, name_problems = _resolve_names(parsed_rows)
     problems = sorted(problems + name_problems, key=lambda p: p.line)
     if rows_read and not rounds:
@@ -377,6 +392,7 @@ def _parse_row(line: int, cells: dict[str, str]) -> tuple[TrialRound | None, lis
     if cost is not None and cost < 0:
         bad("cost_per_pupil", "the cost per pupil is negative", "write pounds per pupil per year, e.g. 150")
         cost = None
+    delivery = _delivery(cells, bad)
     if problems or start is None:
         return None, problems
     return TrialRound(
@@ -394,13 +410,69 @@ def _parse_row(line: int, cells: dict[str, str]) -> tuple[TrialRound | None, lis
         cost_per_pupil=cost,
         description=_clean(cells.get("description", "")),
         line=line,
+        **delivery,
     ), problems
+
+
+def _year_groups(text: str, bad) -> str:
+    """"7", "Y3-Y4", "Years 5 and 6", "R, 1": each part a year 0 (Reception, R) to 13."""
+    parts = [p.strip() for p in re.split(r",|;|\||\band\b", text, flags=re.IGNORECASE) if p.strip()]
+    for part in parts:
+        found = _YEAR_PART.match(part)
+        years = [] if found is None else [g for g in found.groups() if g and g.isdigit()]
+        if found is None or any(int(y) > 13 for y in years):
+            bad("year_groups", f"'{part}' is not a year group",
+                "write National Curriculum years, e.g. 7, Y3-Y4 or Reception, 1")
+            return ""
+    return text
+
+
+def _delivery(cells: dict[str, str], bad) -> dict[str, str]:
+    """The optional page words: year groups, dosage, who delivers it, whom to ask. Checked so that
+    nothing about a pupil, no email address and no phone number is published from the registry."""
+    out = {"year_groups": _year_groups(_clean(cells.get("year_groups", "")), bad)}
+    for column, longest, example in DELIVERY_COLUMNS:
+        text = _clean(cells.get(column, ""))
+        if len(text) > longest:
+            bad(column, f"the text is {len(text)} characters long (at most {longest})", f"shorten it, e.g. '{example}'")
+        elif _EMAIL_OR_PHONE.search(text):
+            bad(column, "it holds an email address or a phone number, which the public page would show",
+                f"write a role and a school instead, e.g. '{example}'")
+        elif _PUPILISH.search(text) and column == "contact":
+            bad(column, "it seems to name or describe a pupil", f"write a member of staff's role and school, e.g. '{example}'")
+        out[column] = text
+    return out
 
 
 def is_reserved_round(name: str) -> bool:
     """Whether a round name reads as the cumulative row's "all rounds" (any case, spacing, hyphens,
     underscores or Unicode form: "All rounds", "ALL-ROUNDS", "all_rounds")."""
     return re.sub(r"[\W_]+", "", match_key(name)) == re.sub(r"[\W_]+", "", CUMULATIVE_ROUND)
+
+
+def _with_results_due(parsed: TrialRound, text: str, problems: list[RegistryProblem]) -> TrialRound:
+    """The round with its results_due date; a bad one is reported and ignored (the round is kept)."""
+    found: list[RegistryProblem] = []
+
+    def bad(column: str, problem: str, action: str) -> None:
+        found.append(RegistryProblem(parsed.line, column, problem,
+                                     action + " (the round is kept; until then its results are due end_date plus "
+                                     "the workspace's results_due_days)", parsed.intervention, kept=True))
+
+    due = _date(text.strip(), "results_due", False, bad)
+    if due is not None and due < parsed.start_date:
+        bad("results_due", f"results are due ({due.isoformat()}) before the round starts "
+            f"({parsed.start_date.isoformat()})", "correct results_due")
+        due = None
+    problems.extend(found)
+    return replace(parsed, results_due=due)
+
+
+def results_due(trial_round: TrialRound, days_after_end: int) -> date | None:
+    """When a round's results are due: its results_due, else end_date + ``days_after_end``, else None."""
+    if trial_round.results_due is not None:
+        return trial_round.results_due
+    return None if trial_round.end_date is None else trial_round.end_date + timedelta(days=days_after_end)
 
 
 def _clean(text: str) -> str:
@@ -461,13 +533,7 @@ def _number(text: str, column: str, bad, whole: bool) -> float | None:
 
 def name_index(registry: Registry) -> dict[str, tuple[str, str]]:
     """match_key of every registered name and alias -> (canonical name, 'name' or 'alias')."""
-    index: dict[str, tuple[str, str]] = {}
-    for r in registry.rounds:
-        index[match_key(r.intervention)] = (r.intervention, "name")
-    for r in registry.rounds:
-        for alias in r.aliases:
-            index.setdefault(match_key(alias), (r.intervention, "alias"))
-    return index
+    return trial_key_names(registry.rounds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,104 +589,107 @@ def match_deliveries(registry: Registry, combos: pd.DataFrame | pa.Table, today:
     ('sent' | 'plan' | 'unplanned' | 'needs round'); any other column of ``combos`` is carried
     through unchanged.
     """
-    today = today or date.today()
-    index = name_index(registry)
-    messages: list[OfficerMessage] = []
-    out = []
+    keys = TrialKeys(registry.rounds, today)
     frame = combos.to_pandas() if isinstance(combos, pa.Table) else combos.copy()
     if "round" not in frame:
         frame["round"] = None
-    unregistered: dict[str, dict] = {}
-    exploratory: dict[tuple[str, str, str], set[str]] = {}
-    needs_round: set[tuple[str, str]] = set()
-    unplanned: dict[tuple[str, str], str] = {}
-    unknown_round: set[tuple[str, str, str]] = set()
     extras = [c for c in frame.columns if c not in MATCH_COLUMNS and c != "round" and c.isidentifier()]
-    for combo in frame.itertuples(index=False):
-        spelling = str(combo.intervention)
-        urn = str(combo.school_urn)
-        sent = "" if combo.round is None or (isinstance(combo.round, float) and math.isnan(combo.round)) else _clean(str(combo.round))
-        row = {"intervention": spelling, "outcome_measure": combo.outcome_measure, "school_urn": urn,
-               "round_sent": sent or None, "rows": int(combo.rows), "registered": False,
-               "registered_intervention": None, "round": None, "outcome_role": None,
-               "matched_by": None, "round_rule": None}
-        row.update({c: getattr(combo, c) for c in extras})
-        hit = index.get(match_key(spelling))
-        if hit is None:
-            entry = unregistered.setdefault(match_key(spelling), {"spelling": spelling, "schools": set(), "rows": 0})
-            entry["schools"].add(urn)
-            entry["rows"] += int(combo.rows)
-            out.append(row)
-            continue
-        canonical, how = hit
-        row.update(registered=True, registered_intervention=canonical, matched_by=how)
-        rounds = registry.rounds_of(canonical)
-        chosen: TrialRound | None = None
-        if sent:
-            chosen = next((r for r in rounds if match_key(r.round) == match_key(sent)), None)
-            if chosen is not None:
-                row["round_rule"] = "sent"
-            else:
-                unknown_round.add((canonical, urn, sent))
-        if chosen is None:
-            planned = [r for r in rounds if urn in r.schools]
-            if len(planned) == 1:
-                chosen, row["round_rule"] = planned[0], "plan"
-            elif len(planned) > 1:
-                row["round_rule"] = "needs round"
-                needs_round.add((canonical, urn))
-            else:
-                chosen, row["round_rule"] = latest_started(rounds, today), "unplanned"
-                unplanned[(canonical, urn)] = chosen.round
-        if chosen is not None:
-            row["round"] = chosen.round
-            row["outcome_role"] = outcome_role(chosen, str(combo.outcome_measure))
-            if row["outcome_role"] == EXPLORATORY:
-                exploratory.setdefault((canonical, chosen.round, str(combo.outcome_measure)), set()).add(urn)
-        out.append(row)
+    seen = _Seen()
+    out = [_match_row(keys, combo, extras, seen) for combo in frame.itertuples(index=False)]
+    return Matching(pd.DataFrame(out, columns=MATCH_COLUMNS + extras), tuple(_match_messages(keys, seen)))
 
-    for entry in unregistered.values():
-        schools = sorted(entry["schools"])
-        where = f"school{'s' if len(schools) > 1 else ''} {', '.join(schools)}"
-        if entry["rows"] < QUOTE_NAME_MIN_ROWS:  # so few rows could be a pupil's details typed in the wrong cell
-            text = (f"an intervention name on fewer than {QUOTE_NAME_MIN_ROWS} rows from {where} is not in the "
-                    "registry (not shown here: it could be a pupil's details in the wrong column); check the "
-                    "file's intervention column, then correct it or add the intervention (loaded, not published "
-                    "as evidence)")
-            named = ""
-        else:
-            text = (f"'{entry['spelling']}' is not in the registry: add it, or correct the name "
-                    f"({entry['rows']} rows from {where}; loaded, not published as evidence)")
-            named = entry["spelling"]
-        messages.append(OfficerMessage("error", "unregistered", text, named, ",".join(schools)))
-    for canonical, urn, _sent in sorted(unknown_round):  # what was sent is never quoted: it could be anything
-        names = ", ".join(f"'{r.round}'" for r in registry.rounds_of(canonical)) or "none"
+
+@dataclass
+class _Seen:
+    """What matching met that the officer should hear about (see :func:`_match_messages`)."""
+
+    unregistered: dict[str, dict] = field(default_factory=dict)
+    exploratory: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
+    needs_round: set[tuple[str, str]] = field(default_factory=set)
+    unplanned: dict[tuple[str, str], str] = field(default_factory=dict)
+    unknown_round: set[tuple[str, str, str]] = field(default_factory=set)
+
+
+def _match_row(keys: TrialKeys, combo, extras: list[str], seen: _Seen) -> dict:
+    """One delivered combination placed by the one trial-key rule (:class:`TrialKeys`)."""
+    spelling, urn = str(combo.intervention), str(combo.school_urn)
+    placed = keys.place(spelling, urn, combo.round)
+    row = {"intervention": spelling, "outcome_measure": combo.outcome_measure, "school_urn": urn,
+           "round_sent": _clean(placed.round_sent) or None, "rows": int(combo.rows), "registered": False,
+           "registered_intervention": None, "round": None, "outcome_role": None,
+           "matched_by": None, "round_rule": None}
+    row.update({c: getattr(combo, c) for c in extras})
+    if placed.registered_intervention is None:
+        entry = seen.unregistered.setdefault(match_key(spelling), {"spelling": spelling, "schools": set(), "rows": 0})
+        entry["schools"].add(urn)
+        entry["rows"] += int(combo.rows)
+        return row
+    canonical = placed.registered_intervention
+    row.update(registered=True, registered_intervention=canonical, matched_by=placed.matched_by,
+               round_rule=placed.round_rule)
+    if placed.sent_unknown:
+        seen.unknown_round.add((canonical, urn, placed.round_sent))
+    if placed.round_rule == "needs round":
+        seen.needs_round.add((canonical, urn))
+    elif placed.round_rule == "unplanned":
+        seen.unplanned[(canonical, urn)] = placed.round.round
+    if placed.round is not None:
+        row["round"] = placed.round.round
+        row["outcome_role"] = outcome_role(placed.round, str(combo.outcome_measure))
+        if row["outcome_role"] == EXPLORATORY:
+            seen.exploratory.setdefault((canonical, placed.round.round, str(combo.outcome_measure)), set()).add(urn)
+    return row
+
+
+def _match_messages(keys: TrialKeys, seen: _Seen) -> list[OfficerMessage]:
+    """The officer's messages about what matching met: unregistered names, unknown or missing
+    rounds, schools not in the plan, outcomes not registered."""
+    messages = [_unregistered_message(entry) for entry in seen.unregistered.values()]
+    for canonical, urn, _sent in sorted(seen.unknown_round):  # what was sent is never quoted: it could be anything
+        names = ", ".join(f"'{r.round}'" for r in keys.rounds_of(canonical)) or "none"
         messages.append(OfficerMessage(
             "warning", "round_unknown",
             f"school {urn} sent a round for {canonical} that is not one of its registered rounds "
             f"({names}): correct the round in the extract, or add the round to {FILE_NAME}",
             canonical, urn))
-    for canonical, urn in sorted(needs_round):
-        names = ", ".join(r.round for r in registry.rounds_of(canonical) if urn in r.schools)
+    for canonical, urn in sorted(seen.needs_round):
+        names = ", ".join(r.round for r in keys.rounds_of(canonical) if urn in r.schools)
         messages.append(OfficerMessage(
             "error", "round_needed",
             f"school {urn} is planned in several rounds of {canonical} ({names}): its extract must say which "
             "in a `round` column; until then its rows join no round",
             canonical, urn))
-    for (canonical, urn), round_name in sorted(unplanned.items()):
+    for (canonical, urn), round_name in sorted(seen.unplanned.items()):
         messages.append(OfficerMessage(
             "warning", "unplanned_school",
             f"school {urn} is not in the plan for {canonical}: its rows joined the latest round "
             f"('{round_name}'); add the school to that round in {FILE_NAME} if that is right",
             canonical, urn))
-    for (canonical, round_name, outcome), urns in sorted(exploratory.items()):
+    for (canonical, round_name, outcome), urns in sorted(seen.exploratory.items()):
         messages.append(OfficerMessage(
             "warning", "exploratory",
             f"'{outcome}' is not a registered outcome of {canonical} ('{round_name}'): shown to evaluators "
             "as exploratory, not published as evidence; register it as a secondary outcome before results "
             "arrive if it was planned",
             canonical, ",".join(sorted(urns))))
-    return Matching(pd.DataFrame(out, columns=MATCH_COLUMNS + extras), tuple(messages))
+    return messages
+
+
+def _unregistered_message(entry: dict) -> OfficerMessage:
+    """The message for an intervention spelling not in the registry (never quoted when on few rows)."""
+    schools = sorted(entry["schools"])
+    where = f"school{'s' if len(schools) > 1 else ''} {', '.join(schools)}"
+    if entry["rows"] < QUOTE_NAME_MIN_ROWS:  # so few rows could be a pupil's details typed in the wrong cell
+        text = (f"an intervention name on fewer than {QUOTE_NAME_MIN_ROWS} rows from {where} is not in the "
+                "registry (not shown here: it could be a pupil's details in the wrong column); check the "
+                "file's intervention column, then correct it or add the intervention (loaded, not published "
+                "as evidence)")
+        named = ""
+    else:
+        text = (f"'{entry['spelling']}' is not in the registry: add it, or correct the name "
+                f"({entry['rows']} rows from {where}; loaded, not published as evidence)")
+        named = entry["spelling"]
+    return OfficerMessage("error", "unregistered", text, named, ",".join(schools))
 
 
 def first_results(matched: pd.DataFrame, column: str = "first_loaded_at") -> dict[tuple[str, str], datetime]:
@@ -637,13 +706,6 @@ def first_results(matched: pd.DataFrame, column: str = "first_loaded_at") -> dic
         when = pd.Timestamp(when).to_pydatetime()
         out[key] = min(out.get(key, when), when)
     return out
-
-
-def latest_started(rounds: list[TrialRound], today: date) -> TrialRound:
-    """The latest round with start_date <= today; the earliest round when none has started."""
-    ordered = sorted(rounds, key=lambda r: (r.start_date, r.line))
-    started = [r for r in ordered if r.start_date <= today]
-    return started[-1] if started else ordered[0]
 
 
 def outcome_role(trial_round: TrialRound, outcome_measure: str) -> str:
