@@ -12,6 +12,7 @@ from microtrials.errors import MicrotrialsError
 from microtrials.evidence_table import COLUMNS, EXTRA_COLUMNS, SCHOOL_COLUMNS
 from microtrials.registry import load_registry
 from pipelines.assets.registry import trials_file
+from pipelines.launch import officer_step
 from pipelines.resources import DEFAULT_EXTRACTS, Settings, Warehouse
 
 HISTORY_ROWS_SHOWN = 6  # publications per trial in the UI's history table
@@ -31,6 +32,7 @@ CORRECTION_TAG = "microtrials/correction"  # a run tag marking the run as a corr
     "changed since the last one); each trial page shows how its estimate moved publication by "
     "publication and what changed since the last publication.",
 )
+@officer_step
 def evidence_table(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse) -> dg.MaterializeResult:
     with warehouse_db.connect() as con:
         stored = con.execute(warehouse.sql("evidence_table")).df()
