@@ -131,6 +131,18 @@ def test_one_line_verdict_in_the_toolkits_manner(months, strength, cost, status,
     assert views.verdict(months, strength, cost, status) == line
 
 
+@pytest.mark.parametrize(("months", "line"), [
+    (-1, "Very low or no impact for moderate cost, based on extensive local evidence."),
+    (1, "Very low or no impact for moderate cost, based on extensive local evidence."),
+    (3, "Unclear impact for moderate cost, based on extensive local evidence."),
+])
+def test_a_result_that_could_be_chance_is_never_called_negative_or_moderate(months, line):
+    assert views.verdict(months, 4, 3, "published", could_be_chance=True) == line
+    row = pd.Series(_row("A", "B", months_progress=months, evidence_strength=4, cost_rating=3, ci_low=-0.1,
+                         ci_high=0.2))
+    assert views.trial_view(row, "f").verdict == line
+
+
 def test_interim_is_provisional_capped_and_after_every_final_result(site):
     card = text_of("<main>" + next(c for c in site["index.html"].decode().split('<li class="card')
                                    if 'data-folder="interim-star--maths-test"' in c) + "</main>")

@@ -609,6 +609,66 @@ def _display_evidence(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _schools_of(schools: dict[tuple[str, ...], pd.DataFrame], row: pd.Series) -> pd.DataFrame | None:
+    """A row's per-school table: keys are (intervention, outcome_measure) or, once rounds are
+    published, with the round too; they may use other spellings of the same trial."""
+    key = (str(row["intervention"]), str(row["outcome_measure"]))
+    with_round = (*key, _round_of(row) or "")
+    wanted = tuple(match_key(k) for k in with_round)
+    found = schools.get(with_round) if _round_of(row) else None
+    if found is None:
+        found = schools.get(key)
+    if found is None:
+        found = next((f for k, f in schools.items() if tuple(match_key(n) for n in k) == wanted), None)
+    if found is None:
+        found = next((f for k, f in schools.items() if len(k) == 2
+                      and tuple(match_key(n) for n in k) == wanted[:2]), None)
+    return found
+
+
+def _planned(plans: list[dict] | None, intervention: str) -> str:
+    """The intervention's registered rounds with no results yet, in words, for its page."""
+    return " ".join(f"Next round{' ' + p['round'] if p.get('round') else ''} (no results yet): {p['text']}"
+                    for p in plans or [] if match_key(str(p["intervention"])) == match_key(intervention))
+
+
+def _tables_and_reports(table: pd.DataFrame, report: pd.DataFrame, registry_rows: pd.DataFrame | None,
+                        spellings: pd.DataFrame | None, common: dict) -> dict[str, bytes]:
+    """The evidence table (CSV and the head's workbook), the dictionary, the load and registry reports."""
+    files: dict[str, bytes] = {
+        "evidence_table.csv": csv_bytes(table),
+        "evidence_table.xlsx": table_xlsx(_display_evidence(table), "Evidence table",
+                                          [(name, text) for name, text in dictionary.FILES],
+                                          {dictionary.label("p_value"): P_VALUE_FORMAT}),
+        "data_dictionary.csv": csv_bytes(dictionary.dictionary_frame()),
+        "load_report.csv": csv_bytes(report),
+        "load-report.html": render("load_report.html", rows=report.fillna("").to_dict("records"),
+                                   columns=list(report.columns), merged=merged_spellings(spellings, table),
+                                   registry_rows=(None if registry_rows is None
+                                                  else registry_rows.fillna("").to_dict("records")),
+                                   registry_columns=REGISTRY_REPORT_COLUMNS, **common),
+        "data-dictionary.html": render("dictionary.html", entries=dictionary.ENTRIES, file_notes=dictionary.FILES,
+                                       **common),
+        "extract-format.html": render("format.html", help=FORMAT_HELP, choices=FORMAT_CHOICES, **common),
+    }
+    if registry_rows is not None:
+        files["registry_report.csv"] = csv_bytes(registry_rows[REGISTRY_REPORT_COLUMNS])
+    return files
+
+
+def _people_pages(table: pd.DataFrame, folders: list[str], names: list[tuple[str, ...]], common: dict,
+                  plans: list[dict] | None, sending: dict | None, registry) -> dict[str, bytes]:
+    """The send page with its templates, the padlock rule and the registered plans."""
+    sending = sending or workspace.send_details(workspace.Contact(), [], date.today())
+    files, send_trials = _send_files(table, folders, names, common, sending)
+    files["send-your-results.html"] = render("send.html", trials=send_trials, plans=plans or [], sending=sending,
+                                             **common)
+    files["about-padlocks.html"] = render("padlocks.html", **common)
+    files["registered-plans.html"] = render(
+        "plans.html", plans=[views.plan_view(r) for r in (registry.rounds if registry is not None else ())], **common)
+    return files
+
+
 def families(table: pd.DataFrame, folders: list[str], names: list[tuple[str, ...]],
              trial_views: list[views.TrialView | None], registry=None) -> dict[int, dict]:
     """Per row position: ``parent`` (a round's link back to its intervention's "all rounds" page)
@@ -689,55 +749,17 @@ def build_site(
     trial_words = {w for name in pd.concat([table["intervention"], table["outcome_measure"]]).astype(str)
                    for w in re.split(r"[^a-z0-9]+", name.casefold()) if w}
     report = public_load_report(load_report, trial_words)
-    files: dict[str, bytes] = {
-        "evidence_table.csv": csv_bytes(table),
-        "evidence_table.xlsx": table_xlsx(_display_evidence(table), "Evidence table",
-                                          [(name, text) for name, text in dictionary.FILES],
-                                          {dictionary.label("p_value"): P_VALUE_FORMAT}),
-        "data_dictionary.csv": csv_bytes(dictionary.dictionary_frame()),
-        "load_report.csv": csv_bytes(report),
-        "load-report.html": render("load_report.html", rows=report.fillna("").to_dict("records"),
-                                   columns=list(report.columns), merged=merged_spellings(spellings, table),
-                                   registry_rows=(None if registry_rows is None
-                                                  else registry_rows.fillna("").to_dict("records")),
-                                   registry_columns=REGISTRY_REPORT_COLUMNS, **common),
-        "data-dictionary.html": render("dictionary.html", entries=dictionary.ENTRIES, file_notes=dictionary.FILES,
-                                       **common),
-        "extract-format.html": render("format.html", help=FORMAT_HELP, choices=FORMAT_CHOICES, **common),
-    }
-    if registry_rows is not None:
-        files["registry_report.csv"] = csv_bytes(registry_rows[REGISTRY_REPORT_COLUMNS])
-    sending = sending or workspace.send_details(workspace.Contact(), [], date.today())
-    send_files, send_trials = _send_files(table, folders, names, common, sending)
-    files.update(send_files)
-    files["send-your-results.html"] = render("send.html", trials=send_trials, plans=plans or [], sending=sending,
-                                             **common)
-    files["about-padlocks.html"] = render("padlocks.html", **common)
-    files["registered-plans.html"] = render(
-        "plans.html", plans=[views.plan_view(r) for r in (registry.rounds if registry is not None else ())], **common)
+    files = _tables_and_reports(table, report, registry_rows, spellings, common)
+    files.update(_people_pages(table, folders, names, common, plans, sending, registry))
     trial_views = _first_views(table, folders, registry)
     family = families(table, folders, names, trial_views, registry)
     trial_common = _common(area, data_date, run_date, "../")
     for position, folder in enumerate(folders):
         row = table.iloc[position]
         key = (str(row["intervention"]), str(row["outcome_measure"]))
-        # keys are (intervention, outcome_measure) or, once rounds are published, with the round too;
-        # they may use other spellings of the same trial
-        with_round = (*key, _round_of(row) or "")
-        wanted = tuple(match_key(k) for k in with_round)
-        per_school = schools.get(with_round) if _round_of(row) else None
-        if per_school is None:
-            per_school = schools.get(key)
-        if per_school is None:
-            per_school = next((f for k, f in schools.items() if tuple(match_key(n) for n in k) == wanted), None)
-        if per_school is None:
-            per_school = next((f for k, f in schools.items() if len(k) == 2
-                               and tuple(match_key(n) for n in k) == wanted[:2]), None)
         try:
-            planned = " ".join(f"Next round{' ' + p['round'] if p.get('round') else ''} (no results yet): {p['text']}"
-                               for p in plans or [] if match_key(str(p["intervention"])) == match_key(key[0]))
-            files.update(_trial_files(row, folder, per_school, trial_common, history, planned,
-                                      trial_views[position], family.get(position)))
+            files.update(_trial_files(row, folder, _schools_of(schools, row), trial_common, history,
+                                      _planned(plans, key[0]), trial_views[position], family.get(position)))
             trial_views[position] = trial_views[position] or views.trial_view(row, folder)
         except Exception as exc:  # noqa: BLE001 - one trial's failure never costs the others
             problems.append(f"trial '{key[0]}' / '{key[1]}': its page could not be built ({type(exc).__name__}: {exc})")

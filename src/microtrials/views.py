@@ -159,13 +159,20 @@ def impact_words(months_value: int) -> str:
     return next((words for below, words in IMPACT_WORDS if months_value < below), TOP_IMPACT)
 
 
-def verdict(months_value: float | None, strength: int | None, cost: int | None, status: str) -> str:
+def verdict(months_value: float | None, strength: int | None, cost: int | None, status: str,
+            could_be_chance: bool = False) -> str:
     """One line in the Toolkit's manner: "Moderate impact for very low cost, based on limited local
-    evidence." Provisional for an interim result; "No result yet." without months."""
+    evidence." Provisional for an interim result; "No result yet." without months. When the 95%
+    confidence interval includes no effect (``could_be_chance``), a month or less is "Very low or no
+    impact" and more is "Unclear impact", never a firm "Negative" or "High"; so is 0 padlocks."""
     if status == "not_estimable" or months_value is None:
         return "No result yet."
     m = int(round(months_value))
-    impact = "Unclear impact" if strength == 0 else impact_words(m)
+    impact = impact_words(m)
+    if could_be_chance:
+        impact = "Very low or no impact" if abs(m) <= 1 else "Unclear impact"
+    if strength == 0:
+        impact = "Unclear impact"
     cost_part = f" for {COST_WORDS[cost]}" if cost else ""
     evidence = "" if strength is None else f", based on {EVIDENCE_WORDS[strength]} local evidence"
     text = f"{impact}{cost_part}{evidence}"
@@ -316,6 +323,12 @@ def measure_text(row: pd.Series) -> str:
     return text
 
 
+def _crosses_zero(row: pd.Series) -> bool:
+    """Whether the effect's 95% confidence interval includes no effect."""
+    lo, hi = number(row.get("ci_low")), number(row.get("ci_high"))
+    return lo is not None and hi is not None and lo <= 0 <= hi
+
+
 def _cost(row: pd.Series) -> int | None:
     """The Toolkit cost band 1-5: the number, or the registry's "£££"."""
     cost = number(row.get("cost_rating"))
@@ -408,7 +421,7 @@ def trial_view(row: pd.Series, folder: str) -> TrialView:
         evaluator_figures=[Figure(label, code, get(row)) for label, code, get in EVALUATOR_FIGURES],
         round="" if is_blank(row.get("round")) else str(row.get("round")),
         here_and_national=_here_and_national(row),
-        verdict="" if suppressed and m is None else verdict(m, strength_int, cost_int, status),
+        verdict="" if suppressed and m is None else verdict(m, strength_int, cost_int, status, _crosses_zero(row)),
         provisional=status == "interim",
         balance="" if status == "not_estimable" else balance_text(baseline_difference(row, notes)),
         fsm_range=fsm_range,
