@@ -13,8 +13,10 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from microtrials import feedback, loading, privacy, warehouse
+from microtrials import feedback, history, loading, privacy, warehouse
 from microtrials.errors import MicrotrialsError
+from microtrials.registry import load_registry
+from pipelines.assets.registry import trials_file
 from pipelines.partitions import extract_files, files_by_school, schools_partitions
 from pipelines.resources import Settings, Warehouse
 
@@ -71,6 +73,8 @@ def pupils(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: 
         note = privacy.check_key_unchanged(con, key, privacy.new_key_allowed())
         if note:
             context.log.warning(note)
+        # The registry as it is now judges the deliveries (declared score ranges, aliases).
+        history.store_rounds(con, load_registry(trials_file(settings)))
         reports = loading.load_files(con, files, key)
         present = {p.name for p in settings.extracts.iterdir()} if settings.extracts.is_dir() else set()
         _update_load_report(con, loading.load_report_frame(reports + ignored), {p.name for p in files} | {r.file_name for r in ignored}, present)

@@ -195,6 +195,16 @@ class ValidatedExtract:
         return self.warnings.filter(pc.is_null(self.warnings.column("line"))).column("reason").to_pylist()
 
 
+def distinct_lines(entries: pa.Table) -> int:
+    """Distinct lines among quarantine or warning entries (file-level ones, with no line, left out)."""
+    return _distinct_lines(entries)
+
+
+def rows_by_rule(entries: pa.Table) -> dict[str, int]:
+    """Distinct lines per rule among quarantine or warning entries."""
+    return _rows_by_rule(entries)
+
+
 def _distinct_lines(entries: pa.Table) -> int:
     lines = entries.column("line").drop_null()
     return pc.count_distinct(lines).as_py() if len(lines) else 0
@@ -595,7 +605,6 @@ def validate(extract: Extract) -> ValidatedExtract:
     empty = {c: pc.equal(pc.utf8_length(v), 0) for c, v in col.items()}
     pupil_ids = pc.unique(col["pupil_id"].filter(pc.invert(empty["pupil_id"])))
     quarantined: list[pa.Table] = [extract.format_errors] if extract.format_errors.num_rows else []
-    set_aside: list[pa.Table] = []  # values set aside (recorded in quarantine) from rows that load
     warned: list[pa.Table] = [extract.warnings] if extract.warnings.num_rows else []
 
     # What each column's values mean, and which are understood (blank counts as understood).
@@ -745,7 +754,6 @@ def validate(extract: Extract) -> ValidatedExtract:
         _flag_duplicates(extract.file_name, key, keyed, line, flag)
 
     # ---- scores: a plain decimal number, finite, plausible. Blank outcome = no post-test (attrition).
-    trials_of_rows = checks.TrialCodes(col["intervention"], col["outcome_measure"])
     finite = {}
     for column, keeps in (("outcome", "kept as no post-test for this pupil (they still count as randomised)"),
                           ("baseline", "left blank for this pupil")):
@@ -767,27 +775,6 @@ def validate(extract: Extract) -> ValidatedExtract:
                 f"{column} is too large to be a score, got ", shown(column, take), f"; {keeps}. Correct the score"
             ),
         )
-    far = {c: checks.implausible(numbers[c], finite[c], trials_of_rows) for c in ("outcome", "baseline")}
-    # An implausible outcome is set aside as a value (recorded in quarantine), not as a pupil: the
-    # outcome is blanked and the pupil still counts as randomised (intention to treat).
-    entry(
-        set_aside,
-        far["outcome"][0],
-        "outcome",
-        "implausible value",
-        lambda take: _implausible_reason(
-            "outcome", far["outcome"][1], take,
-            "the score was left out (the pupil still counts as randomised); correct it and send the file again",
-        ),
-    )
-    warn(
-        far["baseline"][0],
-        "baseline",
-        "implausible value",
-        lambda take: _implausible_reason(
-            "baseline", far["baseline"][1], take, "it was left blank for this pupil; correct it and send the file again"
-        ),
-    )
 
     for c, mask in invisible.items():
         warn(
@@ -826,10 +813,6 @@ def validate(extract: Extract) -> ValidatedExtract:
     quarantine = _combined(quarantined)
     out_lines = pc.unique(quarantine.column("line").drop_null())
     good_mask = pc.invert(pc.is_in(line, value_set=out_lines)) if len(out_lines) else None
-    if set_aside:  # a row kept out has its reasons already; a loaded row's value set aside is recorded too
-        kept = [t if not len(out_lines) else t.filter(pc.invert(pc.is_in(t.column("line"), value_set=out_lines)))
-                for t in set_aside]
-        quarantine = _combined(([quarantine] if quarantine.num_rows else []) + kept)
     warnings = _combined(warned)
     if len(out_lines):  # a row kept out has its reasons in quarantine; warnings are for loaded rows
         of_rows_out = pc.fill_null(pc.is_in(warnings.column("line"), value_set=out_lines), False)
@@ -845,7 +828,7 @@ def validate(extract: Extract) -> ValidatedExtract:
     school = schools[0] if schools else None
     trials = sorted(
         (intervention, measure)
-        for intervention, measure in (t.split("\x1f") for t in trials_of_rows.names())
+        for intervention, measure in (t.split("\x1f") for t in _distinct_trials(col))
         if intervention and measure
     )
 
@@ -863,8 +846,8 @@ def validate(extract: Extract) -> ValidatedExtract:
             "intervention": good(col["intervention"]),
             "outcome_measure": good(col["outcome_measure"]),
             "arm": good(arm),
-            "outcome": known(numbers["outcome"], pc.and_(finite["outcome"], pc.invert(far["outcome"][0]))),
-            "baseline": known(numbers["baseline"], pc.and_(finite["baseline"], pc.invert(far["baseline"][0]))),
+            "outcome": known(numbers["outcome"], finite["outcome"]),
+            "baseline": known(numbers["baseline"], finite["baseline"]),
             "fsm": good(coded["fsm"][0]),
             "gender": good(coded["gender"][0]),
             "year_group": good(coded["year_group"][0]),
@@ -885,6 +868,11 @@ def validate(extract: Extract) -> ValidatedExtract:
         extract.columns_dropped,
         _with_school(warnings, school),
     )
+
+
+def _distinct_trials(col: dict) -> list[str]:
+    """The file's distinct (intervention, outcome_measure) pairs, as 'intervention\x1foutcome_measure'."""
+    return pc.unique(pc.binary_join_element_wise(col["intervention"], col["outcome_measure"], "\x1f")).to_pylist()
 
 
 def _combined(entries: list[pa.Table]) -> pa.Table:
@@ -939,19 +927,6 @@ def _urn_reason(values: pa.Array) -> pa.Array:
 
 def _one_array(column: pa.ChunkedArray) -> pa.Array:
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-
-
-def _implausible_reason(column: str, medians: np.ndarray, take, then: str) -> pa.Array:
-    """The reason for implausible scores: how far they are, never the value itself."""
-    return pa.array(
-        [
-            f"{column} is implausible: more than {checks.IMPLAUSIBLE_ROBUST_SDS:g} robust SDs from the median "
-            f"({medians[i]:.6g}) of this trial's {column} scores in the file; check it for a typing error "
-            f"(e.g. extra digits); {then}"
-            for i in take.to_pylist()
-        ],
-        type=pa.string(),
-    )
 
 
 def _flag_duplicates(name: str, key: pa.Array, keyed: pa.Array, line: pa.Array, flag) -> None:
