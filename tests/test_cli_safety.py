@@ -180,8 +180,8 @@ def test_the_file_check_passes_on_an_empty_extracts_folder(tmp_path):
     assert result.passed and result.metadata["files_checked"].value == 0
 
 
-def test_a_run_that_failed_after_publishing_exits_1(tmp_path, monkeypatch, capsys):
-    """A blocking check on the publication fails after the swap (red-team case D): the run failed, so exit 1."""
+def test_a_run_whose_publication_failed_its_checks_exits_1(tmp_path, monkeypatch, capsys):
+    """A blocking check on the staged publication fails: nothing is swapped in, the run failed, so exit 1."""
     from types import SimpleNamespace
 
     from microtrials import cli
@@ -195,13 +195,13 @@ def test_a_run_that_failed_after_publishing_exits_1(tmp_path, monkeypatch, capsy
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli, "_execute", lambda extracts: SimpleNamespace(success=False, run_id="r1"))
     monkeypatch.setattr(runs, "interrupted", lambda result: False)
-    monkeypatch.setattr(runs, "published", lambda result: True)
-    monkeypatch.setattr(runs, "failure_reason", lambda result: "blocking check failed: evidence_table:one_row_per_trial")
+    monkeypatch.setattr(runs, "published", lambda result: False)
+    monkeypatch.setattr(runs, "failure_reason", lambda result: "blocking check failed: staged_publication:one_row_per_trial")
     code = cli.run_pipeline(some_extracts(tmp_path / "extracts"), tmp_path / "out", tmp_path / "w.duckdb")
     err = capsys.readouterr().err
     assert code == cli.FAILED, err
-    assert "microtrials run failed: blocking check failed: evidence_table:one_row_per_trial" in err
-    assert "do not share it until a run passes" in err
+    assert "microtrials run failed: blocking check failed: staged_publication:one_row_per_trial" in err
+    assert "nothing was published, the last good publication in" in err
 
 
 def test_the_summary_counts_ignored_entries_and_names_whole_file_warnings(tmp_path):

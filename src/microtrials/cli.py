@@ -283,9 +283,8 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
         return 130
     if not result.success or not published(result):
         reason = failure_reason(result)
-        if published(result):  # a blocking check on the publication itself failed after the swap
-            reason += (f"; the publication in {out} was replaced before this check failed: do not share it "
-                       "until a run passes")
+        if not published(result):  # the checks judge the staged publication: nothing was swapped in
+            reason += f"; nothing was published, the last good publication in {out} stays"
         print(f"microtrials run failed: {reason}", file=sys.stderr)
         return FAILED
     lines, nothing_new = summary(extracts, out, db, result.run_id)

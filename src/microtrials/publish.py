@@ -398,3 +398,40 @@ def identifier_findings(files: Mapping[str, bytes | str], pupil_keys: set[str]) 
         if named:
             findings.append((name, "column " + ", ".join(named)))
     return findings
+
+
+# ---------------------------------------------------------------------------------------------
+# A staged publication: built and checked before it may replace the published folder
+
+
+STAGED_FILES = "publication"  # the staged folder's subfolder holding the files to publish
+
+
+def staged_folder(out_dir: Path, run_id: str) -> Path:
+    """Where a run stages its publication before the checks: ``.<name>.staged-<run>`` beside ``out_dir``."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}.staged-{run_id[:12]}"
+
+
+def stage_publication(out_dir: Path, run_id: str, files: Mapping[str, bytes | str], meta: str) -> Path:
+    """Write ``files`` under :func:`staged_folder` (``publication/``) with ``meta.json``; the
+    published folder is not touched. Staged folders of earlier runs are removed first."""
+    staged = staged_folder(out_dir, run_id)
+    for earlier in Path(out_dir).parent.glob(f".{Path(out_dir).name}.staged-*"):
+        if earlier != staged:
+            shutil.rmtree(earlier, ignore_errors=True)
+    shutil.rmtree(staged, ignore_errors=True)
+    for name, data in files.items():
+        target = staged / STAGED_FILES / _safe_relative(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(_as_bytes(data))
+    (staged / "meta.json").write_text(meta, encoding="utf-8")
+    return staged
+
+
+def staged_files(staged: Path) -> dict[str, bytes]:
+    """The files of a staged publication, {relative path: content}, as :func:`publish_folder` takes them."""
+    root = Path(staged) / STAGED_FILES
+    if not root.is_dir():
+        raise MicrotrialsError(f"no staged publication at {root}: run the whole refresh again")
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
