@@ -7,6 +7,7 @@ description says what a failure means; README "For officers" says what to do.
 """
 
 
+from collections import Counter
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +15,7 @@ import pandas as pd
 
 from microtrials import publish, warehouse
 from microtrials.guidance import READY_MIN_SCHOOLS_BOTH_ARMS
+from microtrials.names import match_key
 from pipelines.partitions import content_hash, extract_files, files_by_school
 from pipelines.resources import Settings, Warehouse
 
@@ -110,7 +112,9 @@ def quarantine_rate_per_school(warehouse_db: Warehouse) -> dg.AssetCheckResult:
 
 
 def _trial_names(frame: pd.DataFrame) -> list[str]:
-    return [f"{i} / {o}" + (f" / {r}" if r else "") for i, o, r in _trial_keys(frame)]
+    rounds = frame["round"] if "round" in frame.columns else pd.Series([None] * len(frame), index=frame.index)
+    return [f"{i} / {o}" + ("" if r is None or pd.isna(r) or not str(r) else f" / {r}")
+            for i, o, r in zip(frame["intervention"], frame["outcome_measure"], rounds)]
 
 
 def _first_note(notes: object) -> str:
@@ -192,11 +196,23 @@ def trials_have_two_schools(warehouse_db: Warehouse) -> dg.AssetCheckResult:
     )
 
 
-def _trial_keys(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """(intervention, outcome_measure, round) per row, round blank without a registry."""
+def trial_names(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(intervention, outcome_measure, round) per row as sent, round blank without a registry: a
+    published cell's neutralising quote undone (publish.published_text), so "'@Home reading" read
+    back from a CSV is "@Home reading" again."""
     rounds = frame["round"] if "round" in frame.columns else pd.Series([None] * len(frame), index=frame.index)
-    return [(str(i), str(o), "" if pd.isna(r) else str(r))
-            for i, o, r in zip(frame["intervention"], frame["outcome_measure"], rounds)]
+
+    def text(value: object) -> str:
+        return "" if value is None or (not isinstance(value, str) and pd.isna(value)) \
+            else publish.published_text(str(value))
+
+    return [(text(i), text(o), text(r)) for i, o, r in zip(frame["intervention"], frame["outcome_measure"], rounds)]
+
+
+def trial_keys(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """:func:`trial_names` in the one canonical form every check compares (names.match_key):
+    "@Home reading", a round named "-" or "ＡＢＣ" compare equal to themselves wherever they were read."""
+    return [(match_key(i), match_key(o), match_key(r)) for i, o, r in trial_names(frame)]
 
 
 def publication_folder(context: dg.AssetCheckExecutionContext, settings: Settings) -> Path:
@@ -223,13 +239,17 @@ def one_row_per_trial(
     path = publication_folder(context, settings) / "evidence_table.csv"
     with warehouse_db.connect() as con:
         results = _table(con, "trial_results")
-    trials = [] if results is None else _trial_keys(results)
+    trials = [] if results is None else trial_keys(results)
     if not path.is_file():
         return dg.AssetCheckResult(passed=False, description=f"{path} was not written", metadata={"trials": len(trials)})
-    published = _trial_keys(pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig"))
-    twice = sorted({k for k in published if published.count(k) > 1})
-    missing = sorted(set(trials) - set(published))
-    extra = sorted(set(published) - set(trials))
+    table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    published = trial_keys(table)
+    shown = dict(zip(published, trial_names(table))) | ({} if results is None else
+                                                        dict(zip(trials, trial_names(results))))
+    counts = Counter(published)
+    twice = sorted(shown[k] for k, n in counts.items() if n > 1)
+    missing = sorted(shown[k] for k in set(trials) - set(published))
+    extra = sorted(shown[k] for k in set(published) - set(trials))
     passed = not twice and not missing and not extra and len(published) == len(trials)
     problems = ([f"published twice: {twice}"] if twice else []) + ([f"not published: {missing}"] if missing else []) \
         + ([f"not a trial: {extra}"] if extra else [])

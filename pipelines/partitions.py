@@ -8,7 +8,6 @@ so its rejection still appears, under its own name, in the UI's partition list.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -64,9 +63,10 @@ def school_key(path: Path) -> str:
 
 
 def content_hash(path: Path) -> str:
-    """sha256 of the file's bytes (the warehouse's delivery_id); '' when it cannot be read."""
+    """The file's delivery_id as the warehouse records it: sha256 of its bytes (streamed), or for a
+    file over the size limit its size and time (extracts.file_id); '' when it cannot be read."""
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return extracts.file_id(Path(path))
     except OSError:
         return ""
 

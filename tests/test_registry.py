@@ -53,6 +53,8 @@ def test_windows_1252_and_plain_utf8_read_the_same():
     utf8 = reg.read_registry(csv_bytes(rows, newline="\n"))
     assert ansi.encoding == "cp1252" and utf8.encoding == "utf-8"
     assert ansi.rounds[0].description == utf8.rounds[0].description == "Pupils’ café – £35"
+    assert "read as Windows-1252" in ansi.encoding_note and "first on line 2" in ansi.encoding_note
+    assert utf8.encoding_note == "" and any(n.rule == "registry_encoding" for n in reg.registry_notes(ansi))
 
 
 def test_each_bad_row_is_named_and_left_out_and_the_rest_works():
@@ -87,10 +89,9 @@ def test_uk_dates_as_excel_saves_them_are_read():
     assert r.problems == () and r.rounds[0].start_date == date(2025, 9, 1) and r.rounds[0].end_date == date(2025, 12, 19)
 
 
-def test_missing_required_header_is_one_problem_not_a_crash():
-    r = reg.read_registry(b"intervention,round\r\nA,1\r\n")
-    assert r.rounds == () and len(r.problems) == 1
-    assert "outcome_measure" in r.problems[0].message and r.problems[0].line == 1
+def test_missing_required_header_stops_the_registry_in_one_line_not_a_crash():
+    with pytest.raises(reg.RegistryUnreadable, match="trials.csv line 1: the header row has no outcome_measure"):
+        reg.read_registry(b"intervention,round\r\nA,1\r\n")
 
 
 def test_alias_of_another_intervention_is_a_problem():
@@ -371,9 +372,9 @@ def test_first_results_per_round_from_extra_columns():
     (b"intervention;outcome_measure;round;start_date;schools\r\nA;B;1;2026-01-01;111111\r\n", "semicolons"),
 ])
 def test_files_that_are_not_comma_csv_say_how_to_save(data, said):
-    r = reg.read_registry(data)
-    assert r.rounds == () and len(r.problems) == 1
-    assert said in r.problems[0].message and "CSV UTF-8" in r.problems[0].message
+    with pytest.raises(reg.RegistryUnreadable) as raised:
+        reg.read_registry(data)
+    assert said in str(raised.value) and "CSV UTF-8" in str(raised.value)
 
 
 def test_rare_unregistered_names_and_unknown_rounds_are_never_quoted():

@@ -1,5 +1,6 @@
 """The trial registry asset: read trials.csv, keep every version, store the current rounds and bad rows; its checks."""
 
+import hashlib
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +16,7 @@ from microtrials.registry import (
     no_registry_warning,
     plan_progress,
     read_registry,
+    registry_bytes,
     registry_path,
 )
 from pipelines.resources import Settings, Warehouse
@@ -53,7 +55,9 @@ def registry(context: dg.AssetExecutionContext, settings: Settings, warehouse_db
             context.log.warning(warning)
             return dg.MaterializeResult(metadata={"path": str(path), "registry": "none", "warning": warning,
                                                   "dagster/row_count": 0})
-        data = path.read_bytes()
+        # A registry that cannot be read (or is over its size limit) fails this step with the reason,
+        # so nothing downstream runs and the last publication stays (RegistryUnreadable).
+        data = registry_bytes(path)
         parsed = read_registry(data, str(path))
         text, _ = decode(data)
         new = history.store_registry(con, parsed, text, datetime.now(timezone.utc).replace(tzinfo=None))
@@ -72,6 +76,8 @@ def registry(context: dg.AssetExecutionContext, settings: Settings, warehouse_db
     plans = planner.plans_for_page(planner.round_plans(parsed, results), parsed)
     for problem in parsed.problems:
         context.log.warning(problem.message)
+    if parsed.encoding_note:
+        context.log.warning(parsed.encoding_note)
     return dg.MaterializeResult(
         metadata={
             "path": str(path),
@@ -80,7 +86,7 @@ def registry(context: dg.AssetExecutionContext, settings: Settings, warehouse_db
             "new_version": new,
             "versions_kept": int(versions),
             "rows_read": parsed.rows_read,
-            "rows_left_out": len({p.line for p in parsed.problems}),
+            "rows_left_out": len({p.line for p in parsed.problems if not p.kept}),
             "dagster/row_count": len(parsed.rounds),
             "rounds": _md(rounds[["intervention", "round", "outcome_measure", "start_date", "end_date", "schools",
                                    "toolkit_strand", "national_months", "cost_per_pupil", "cost_rating"]]),
@@ -124,7 +130,7 @@ def registry_version_kept(settings: Settings, warehouse_db: Warehouse) -> dg.Ass
     path = trials_file(settings)
     if not path.is_file():
         return dg.AssetCheckResult(passed=True, metadata={"registry": "none", "path": str(path)})
-    sha = read_registry(path.read_bytes(), str(path)).sha256
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
     with warehouse_db.connect() as con:
         kept = history.version_kept(con, sha)
     return dg.AssetCheckResult(

@@ -249,12 +249,13 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
     from microtrials import publish
     from microtrials.errors import MicrotrialsError
     from microtrials.privacy import pupil_key_from_env
-    from microtrials.registry import registry_path
+    from microtrials.registry import load_registry, registry_path
 
     try:
         home = use_instance_environment().resolve()
         check_extracts_folder(extracts)
         check_output_folder(out, extracts, db, _feedback_folder().resolve(), home, registry_path(extracts).resolve())
+        load_registry(registry_path(extracts))  # a registry that cannot be read stops the run here (exit 2)
         publish.check_replaceable(out)  # before loading anything: publishing would refuse it anyway
         key = pupil_key_from_env(extracts, REPO_ROOT / "data" / "extracts")
         if os.environ.get("MICROTRIALS_TEST_SKIP_KEY_PRECHECK") != "1":  # tests/test_cli_safety.py: the load's own test

@@ -4,13 +4,14 @@ Cells become the text a person typed: whole numbers Excel stores as floats lose 
 (URN ``111601.0`` -> ``111601``, year ``7.0`` -> ``7``), text stays as it is (a URN typed as text
 keeps its leading zero), dates become ISO text, blanks become ``""``. The rows then go through
 the same validation as a CSV's. Read with openpyxl in read-only mode (values Excel last
-calculated, not formulas).
+calculated, not formulas), by the sheet's real extent, within a cap on rows and columns.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+import re
 import zipfile
 
 from microtrials.errors import MicrotrialsError
@@ -20,6 +21,12 @@ _WHOLE_LIMIT = 1e15
 # A workbook that unpacks to more than this is refused before it is parsed (a "zip bomb" guard;
 # an extract of 10,000 pupils unpacks to a few MB).
 MAX_UNPACKED_BYTES = 200 * 1024 * 1024
+# A value beyond these on the first sheet rejects the workbook (docs/loading.md): an extract is one
+# row per pupil per intervention (a large secondary school sends a few thousand) and a few columns.
+MAX_SHEET_ROWS = 100_000
+MAX_SHEET_COLUMNS = 256
+# A formula element in a sheet's XML (<f>, <f t="shared" .../>, with or without a namespace prefix).
+_FORMULA_TAG = re.compile(rb"<(?:\w+:)?f[\s>/]")
 
 
 class WorkbookUnreadable(MicrotrialsError):
@@ -28,6 +35,14 @@ class WorkbookUnreadable(MicrotrialsError):
 
 class WorkbookTooLarge(MicrotrialsError):
     """The workbook unpacks to more than ``MAX_UNPACKED_BYTES``."""
+
+
+class SheetTooLarge(MicrotrialsError):
+    """The first sheet has a value beyond :data:`MAX_SHEET_ROWS` rows or :data:`MAX_SHEET_COLUMNS` columns."""
+
+    def __init__(self, cell: str, what: str) -> None:
+        super().__init__(cell)
+        self.cell, self.what = cell, what
 
 
 def cell_text(value) -> str:
@@ -47,39 +62,119 @@ def cell_text(value) -> str:
     return str(value)
 
 
-def read_first_sheet(data: bytes) -> tuple[list[list[str]], list[int], int]:
-    """The first sheet's rows as text cells (header first), each row's sheet row number, and how
-    many *other* visible sheets have a ``pupil_id`` header (pupils the load would not see; a
-    template's hidden lists and help sheets do not count). Trailing empty cells are cut; fully
-    blank rows are kept (as ``[]``) so row numbers stay as Excel shows them."""
-    import openpyxl  # imported here: only workbooks need it
+def read_first_sheet(data: bytes) -> tuple[list[list[str]], list[int], int, list[str]]:
+    """The first sheet's rows as text cells (header first), each row's sheet row number, how many
+    *other* visible sheets have a ``pupil_id`` header (pupils the load would not see; a template's
+    hidden lists and help sheets do not count), and the cells holding a formula with no value
+    Excel saved (``["D2", ...]``: written by a program that does not calculate).
 
+    The sheet is read by its real extent, never the ``<dimension>`` it declares (which a program
+    may understate or overstate). A value beyond :data:`MAX_SHEET_ROWS` rows or
+    :data:`MAX_SHEET_COLUMNS` columns raises :class:`SheetTooLarge` naming the cell, before the
+    rest is read. Trailing empty cells are cut; blank rows are left out (each row keeps its
+    sheet row number, as Excel shows it), except row 1, which must be the header.
+    """
+    formulas = _check_size(data)
+    book = _open(data, data_only=True)
     try:
-        unpacked = sum(member.file_size for member in zipfile.ZipFile(io.BytesIO(data)).infolist())
+        if not book.worksheets:
+            return [], [], 0, []
+        sheet = book.worksheets[0]
+        other_pupil_sheets = sum(1 for other in book.worksheets[1:] if _has_pupil_header(other))
+        rows, numbers = _sheet_rows(sheet)
+    finally:
+        book.close()
+    uncalculated = _uncalculated(data, rows, numbers) if formulas else []
+    return rows, numbers, other_pupil_sheets, uncalculated
+
+
+def _check_size(data: bytes) -> bool:
+    """Refuse a zip bomb (:class:`WorkbookTooLarge`) or a damaged zip; whether any sheet holds a formula."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise WorkbookUnreadable(str(exc)) from exc
+    unpacked = sum(member.file_size for member in members)
     if unpacked > MAX_UNPACKED_BYTES:
         raise WorkbookTooLarge(f"{unpacked // (1024 * 1024)} MB")
     try:
-        book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+        return any(_FORMULA_TAG.search(archive.read(m)) for m in members if m.filename.startswith("xl/worksheets/"))
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        raise WorkbookUnreadable(str(exc)) from exc
+
+
+def _open(data: bytes, data_only: bool):
+    import openpyxl  # imported here: only workbooks need it
+
+    try:
+        book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=data_only)
     except Exception as exc:  # a parser of untrusted bytes: any failure means "not a workbook we can read"
         raise WorkbookUnreadable(str(exc)) from exc
+    for sheet in book.worksheets:
+        if hasattr(sheet, "reset_dimensions"):
+            sheet.reset_dimensions()  # read the cells that are there, not the extent the file declares
+    return book
+
+
+def _sheet_rows(sheet) -> tuple[list[list[str]], list[int]]:
+    """The rows of ``sheet`` holding a value, as text cells, with their row numbers (row 1 always,
+    blank or not: it must be the header), within the caps (else SheetTooLarge). Empty rows cost
+    one test each: a sheet whose one value is in row 1,048,576 is walked in about a second."""
+    rows: list[list[str]] = []
+    numbers: list[int] = []
     try:
-        if not book.worksheets:
-            return [], [], 0
-        sheet = book.worksheets[0]
-        other_pupil_sheets = sum(1 for other in book.worksheets[1:] if _has_pupil_header(other))
-        rows: list[list[str]] = []
-        numbers: list[int] = []
-        for number, values in enumerate(sheet.iter_rows(values_only=True), start=sheet.min_row or 1):
-            cells = [cell_text(v) for v in values]
+        for number, values in enumerate(sheet.iter_rows(values_only=True), start=1):
+            if not values and number > 1:
+                continue
+            cells = [cell_text(v) for v in values[:MAX_SHEET_COLUMNS]]
             while cells and not cells[-1].strip():
                 cells.pop()
-            rows.append(cells)
-            numbers.append(number)
-        return rows, numbers, other_pupil_sheets
+            far = next((i for i in range(len(values) - 1, MAX_SHEET_COLUMNS - 1, -1)
+                        if cell_text(values[i]).strip()), None)
+            if far is not None:
+                raise SheetTooLarge(f"{_column(far + 1)}{number}", "columns")
+            if cells and number > MAX_SHEET_ROWS:
+                raise SheetTooLarge(f"{_column(len(cells))}{number}", "rows")
+            if cells or number == 1:
+                rows.append(cells)
+                numbers.append(number)
+    except SheetTooLarge:
+        raise
+    except Exception as exc:  # a damaged sheet part: not a workbook we can read
+        raise WorkbookUnreadable(str(exc)) from exc
+    while rows and not rows[-1]:
+        rows.pop()
+        numbers.pop()
+    return rows, numbers
+
+
+def _uncalculated(data: bytes, rows: list[list[str]], numbers: list[int]) -> list[str]:
+    """Cells of the first sheet that hold a formula and read blank: no value was saved with it."""
+    if not numbers:
+        return []
+    book = _open(data, data_only=False)
+    found: list[str] = []
+    try:
+        by_number = dict(zip(numbers, rows))
+        sheet = book.worksheets[0]
+        for number, cells in enumerate(sheet.iter_rows(max_row=numbers[-1]), start=1):
+            values = by_number.get(number, [])
+            for column, cell in enumerate(cells[:MAX_SHEET_COLUMNS]):
+                if getattr(cell, "data_type", None) == "f" and not (column < len(values) and values[column].strip()):
+                    found.append(f"{_column(column + 1)}{number}")
     finally:
         book.close()
+    return found
+
+
+def _column(number: int) -> str:
+    """A 1-based column number as Excel's letters (1 -> A, 16384 -> XFD)."""
+    letters = ""
+    while number:
+        number, rest = divmod(number - 1, 26)
+        letters = chr(65 + rest) + letters
+    return letters
 
 
 def _has_pupil_header(sheet) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -224,6 +225,68 @@ def _rows_by_rule(entries: pa.Table) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 # Reading
 
+#: Environment variable and default (MB) of the largest file read as an extract (docs/loading.md).
+MAX_FILE_MB_VAR = "MICROTRIALS_MAX_FILE_MB"
+DEFAULT_MAX_FILE_MB = 50
+
+
+def max_file_bytes() -> int:
+    """The largest extract file that is read: ``$MICROTRIALS_MAX_FILE_MB`` megabytes (default 50;
+    a school's extract of 2,000 pupils is about 150 KB). A larger file is rejected unread."""
+    try:
+        megabytes = float(os.environ.get(MAX_FILE_MB_VAR, DEFAULT_MAX_FILE_MB))
+    except ValueError:
+        megabytes = DEFAULT_MAX_FILE_MB
+    return int(max(megabytes, 0) * 2**20)
+
+
+class FileTooLarge(ExtractRejected):
+    """A file over :func:`max_file_bytes`, rejected before its bytes are read (``delivery_id`` stands
+    in for its content hash: size and modification time)."""
+
+    def __init__(self, name: str, stat: os.stat_result) -> None:
+        limit = max_file_bytes()
+        super().__init__(
+            f"{name}: the file is {_megabytes(stat.st_size)}, over the {_megabytes(limit)} an extract may be "
+            "(one row per pupil: a school's extract is well under 1 MB), so it was not read; check it is the "
+            f"right file and send the extract alone ({MAX_FILE_MB_VAR} sets the limit)"
+        )
+        self.delivery_id = oversize_id(stat)
+
+
+def _megabytes(size: int) -> str:
+    megabytes = size / 2**20
+    return f"{megabytes:,.0f} MB" if megabytes >= 10 else f"{megabytes:.2g} MB"
+
+
+def oversize_id(stat: os.stat_result) -> str:
+    """The delivery id of a file too large to read: its size and modification time, not its hash."""
+    return f"too-large:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def read_file(path: Path) -> bytes:
+    """A delivered file's bytes; :class:`FileTooLarge` (before reading) over :func:`max_file_bytes`.
+    Never reads more than the limit and one byte, whatever the file system says its size is."""
+    limit = max_file_bytes()
+    with open(path, "rb") as handle:
+        stat = os.fstat(handle.fileno())
+        if stat.st_size > limit:
+            raise FileTooLarge(Path(path).name, stat)
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise FileTooLarge(Path(path).name, os.stat(path))
+    return data
+
+
+def file_id(path: Path) -> str:
+    """The file's delivery id without holding it in memory: sha256 of its bytes (streamed), or
+    :func:`oversize_id` for a file over the limit (it is never read); OSError when unreadable."""
+    with open(path, "rb") as handle:
+        stat = os.fstat(handle.fileno())
+        if stat.st_size > max_file_bytes():
+            return oversize_id(stat)
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
 
 def normalise_header(name: str) -> str:
     """A header cell as the contract names it: trimmed, lower case, spaces/hyphens as underscores."""
@@ -238,7 +301,7 @@ def read_extract(path: Path, data: bytes | None = None) -> Extract:
     name = path.name
     if data is None:
         try:
-            data = path.read_bytes()
+            data = read_file(path)
         except OSError as exc:
             raise ExtractRejected(
                 f"{name}: could not be opened ({exc.strerror}); check the file is readable"
@@ -265,50 +328,65 @@ def read_extract(path: Path, data: bytes | None = None) -> Extract:
     return Extract(name, delivery_id, rows, dropped, format_errors, warnings)
 
 
-def _decode(name: str, data: bytes) -> tuple[str, pa.Table]:
-    """The file's text and file-level warnings, or a rejection saying what the file looks like instead.
+def decode_text(name: str, data: bytes, save_as: str = SAVE_AS_CSV) -> tuple[str, int | None]:
+    """The file's text and, when it was read as Windows-1252, the line of its first non-UTF-8 byte
+    (else None); or :class:`ExtractRejected` saying what the file looks like instead.
 
     UTF-8 (with or without a BOM) is the contract. Text that is not UTF-8 but decodes as
-    Windows-1252 (what Excel's plain "CSV (Comma delimited)" writes on Windows) is read as such,
-    with a warning; bytes that are neither are rejected.
+    Windows-1252 (what Excel's plain "CSV (Comma delimited)" writes on Windows) is read as such;
+    UTF-16, old workbooks, PDFs, binary files, mixed encodings and bytes that are neither are
+    rejected, each message ending with ``save_as`` (what to do). The extract and the registry
+    (``trials.csv``) are read by this one function, so both say the same words.
     """
-    no_warnings = _NO_ENTRIES
     if not data:
-        raise ExtractRejected(f"{name}: the file is empty; {SAVE_AS_CSV}")
+        raise ExtractRejected(f"{name}: the file is empty; {save_as}")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ExtractRejected(f"{name}: the file is UTF-16 text (Excel's 'Unicode Text'), not UTF-8; {SAVE_AS_CSV}")
+        raise ExtractRejected(f"{name}: the file is UTF-16 text (Excel's 'Unicode Text'), not UTF-8; {save_as}")
     if data.startswith(b"\xd0\xcf\x11\xe0"):
         raise ExtractRejected(
-            f"{name}: this is an old Excel workbook (.xls) or a password-protected one, not a CSV; {SAVE_AS_CSV}"
+            f"{name}: this is an old Excel workbook (.xls) or a password-protected one, not a CSV; {save_as}"
         )
+    if data.startswith(b"PK\x03\x04"):
+        raise ExtractRejected(f"{name}: this is an Excel workbook (.xlsx) or another zip file, not a CSV; {save_as}")
     if data.startswith(b"%PDF"):
-        raise ExtractRejected(f"{name}: this is a PDF, not a CSV; {SAVE_AS_CSV}")
+        raise ExtractRejected(f"{name}: this is a PDF, not a CSV; {save_as}")
     if b"\x00" in data:
-        raise ExtractRejected(f"{name}: the file is binary (it contains NUL bytes), not CSV text; {SAVE_AS_CSV}")
+        raise ExtractRejected(f"{name}: the file is binary (it contains NUL bytes), not CSV text; {save_as}")
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
-        return data.decode("utf-8"), no_warnings
+        return data.decode("utf-8"), None
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         if _UTF8_SEQUENCE.search(data):
             raise ExtractRejected(
                 f"{name}: the file mixes UTF-8 text with text in another encoding (line {line}), so its "
-                f"accented letters cannot be read reliably; {SAVE_AS_CSV}"
+                f"accented letters cannot be read reliably; {save_as}"
             ) from exc
         try:
-            text = data.decode("cp1252")
+            return data.decode("cp1252"), line
         except UnicodeDecodeError:
             raise ExtractRejected(
                 f"{name}: the file is neither UTF-8 nor Windows-1252 text (line {line} has a byte that is "
-                f"not a character in either); {SAVE_AS_CSV}"
+                f"not a character in either); {save_as}"
             ) from exc
-    reason = (
+
+
+def windows_1252_warning(line: int, save_again: str = "save it") -> str:
+    """What to say about a file read as Windows-1252 (first non-UTF-8 byte on ``line``)."""
+    return (
         f"the file is not UTF-8 (first on line {line}); it was read as Windows-1252 ('ANSI'), so check that "
-        "accented letters (such as é) came out right; next time save it in Excel with File > Save As > "
+        f"accented letters (such as é) came out right; next time {save_again} in Excel with File > Save As > "
         "'CSV UTF-8 (Comma delimited) (*.csv)'"
     )
-    return text, _entries([None], ["read as Windows-1252"], [reason])
+
+
+def _decode(name: str, data: bytes) -> tuple[str, pa.Table]:
+    """The file's text and file-level warnings (:func:`decode_text`; a Windows-1252 file is warned about)."""
+    text, line = decode_text(name, data)
+    if line is None:
+        return text, _NO_ENTRIES
+    return text, _entries([None], ["read as Windows-1252"], [windows_1252_warning(line)])
 
 
 def _cut_off(text: str, records: pa.Table) -> pa.Table:
@@ -341,7 +419,13 @@ def _concat_entries(*tables: pa.Table) -> pa.Table:
 def _read_workbook(name: str, data: bytes) -> tuple[list[str], pa.Table, pa.Table, pa.Table]:
     """The first sheet's header, records (``f0..`` and ``line``), no format errors, and warnings."""
     try:
-        sheet_rows, numbers, other_pupil_sheets = workbook.read_first_sheet(data)
+        sheet_rows, numbers, other_pupil_sheets, uncalculated = workbook.read_first_sheet(data)
+    except workbook.SheetTooLarge as exc:
+        raise ExtractRejected(
+            f"{name}: the first sheet has a value in cell {exc.cell}, beyond the {workbook.MAX_SHEET_ROWS:,} rows "
+            f"and {workbook.MAX_SHEET_COLUMNS} columns an extract may fill (one row per pupil); delete what is "
+            f"there (Ctrl+End in Excel goes to it) and send the file again, or {SAVE_AS_CSV.removeprefix('in Excel ')}"
+        ) from exc
     except workbook.WorkbookTooLarge as exc:
         raise ExtractRejected(
             f"{name}: the workbook unpacks to {exc}, far more than an extract needs; "
@@ -371,9 +455,9 @@ def _read_workbook(name: str, data: bytes) -> tuple[list[str], pa.Table, pa.Tabl
         {c: pa.array([row[i] if i < len(row) else "" for row in body], type=pa.string()) for i, c in enumerate(columns)}
         | {"line": pa.array(numbers[1:], type=pa.int64())}
     )
-    warnings = _NO_ENTRIES
+    warnings = _uncalculated_warning(uncalculated)
     if other_pupil_sheets:
-        warnings = _entries(
+        warnings = _concat_entries(warnings, _entries(
             [None],
             ["pupils on another sheet"],
             [
@@ -381,8 +465,25 @@ def _read_workbook(name: str, data: bytes) -> tuple[list[str], pa.Table, pa.Tabl
                 f"{'have' if other_pupil_sheets > 1 else 'has'} a pupil_id column; only the first sheet was read, "
                 "so put every pupil on the first sheet and send the file again"
             ],
-        )
+        ))
     return header, _drop_blank(table, columns), _NO_ENTRIES, warnings
+
+
+def _uncalculated_warning(cells: list[str]) -> pa.Table:
+    """A file warning naming the cells that hold a formula with no saved value (read as blank)."""
+    if not cells:
+        return _NO_ENTRIES
+    shown = ", ".join(cells[:5]) + (f" and {len(cells) - 5} more" if len(cells) > 5 else "")
+    return _entries(
+        [None],
+        ["formula with no saved value"],
+        [
+            f"{'cell' if len(cells) == 1 else f'{len(cells)} cells'} {shown} "
+            f"{'holds a formula' if len(cells) == 1 else 'hold formulas'} with no value saved in the file (it was "
+            "written by a program that does not calculate), so they were read as blank: open the file in Excel "
+            "and save it again, then send it again"
+        ],
+    )
 
 
 def _header(name: str, text: str) -> list[str]:

@@ -301,6 +301,7 @@ def _stage(con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes, pool) 
     """Read a chunk's bytes, find its unchanged files (one query) and start preparing the rest."""
     contents = {path: _read_bytes(path) for path in paths}
     ids = {path: hashlib.sha256(data).hexdigest() for path, data in contents.items() if isinstance(data, bytes)}
+    ids |= {path: data.delivery_id for path, data in contents.items() if isinstance(data, extracts.FileTooLarge)}
     reports = _earlier_reports(con, [(ids[p], p.name) for p in paths if p in ids])
     earlier = {p: reports[ids[p], p.name] for p in paths if (ids.get(p), p.name) in reports}
     jobs = [(p, contents[p], ids.get(p, "unreadable"), key) for p in paths if p not in earlier]
@@ -409,16 +410,19 @@ def _prepare_job(job: tuple) -> _Delivery:
     return _prepare(*job)
 
 
-def _read_bytes(path: Path) -> bytes | OSError:
-    """The file's bytes, or the error that stopped them being read."""
+def _read_bytes(path: Path) -> bytes | OSError | extracts.FileTooLarge:
+    """The file's bytes, or the error that stopped them being read (a file over the size limit is
+    never read: extracts.read_file)."""
     try:
-        return path.read_bytes()
-    except OSError as exc:
+        return extracts.read_file(path)
+    except (OSError, extracts.FileTooLarge) as exc:
         return exc
 
 
-def _prepare(path: Path, data: bytes | OSError, delivery_id: str, key: bytes) -> _Delivery:
+def _prepare(path: Path, data: bytes | OSError | extracts.FileTooLarge, delivery_id: str, key: bytes) -> _Delivery:
     """Read and validate one file's bytes into the rows to write, or a rejection."""
+    if isinstance(data, extracts.FileTooLarge):
+        return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=str(data)))
     if isinstance(data, OSError):
         reason = f"{path.name}: could not be opened ({data.strerror}); check the file is readable"
         return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=reason))

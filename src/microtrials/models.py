@@ -41,6 +41,7 @@ class MixedFit:
     blups: pd.DataFrame = field(default_factory=pd.DataFrame)  # index school_urn; columns intercept[, arm]
     method: str = "statsmodels MixedLM"
     messages: tuple[str, ...] = ()
+    theta: tuple[float, ...] = ()  # lme4's theta: Cholesky factor of the random-effects covariance / sigma2
 
     @property
     def bse(self) -> dict[str, float]:

@@ -9,7 +9,7 @@ else the network's trials on the same outcome, else the documented defaults belo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -327,12 +327,35 @@ def round_plans(registry, results: pd.DataFrame | None) -> dict[tuple[str, str],
         else:  # results before rounds were recorded: every round of an analysed intervention counts as done
             done_names = set(names)
     plans = {}
+    # Linear in rounds and results: each (intervention, outcome) is worked out once, from only the
+    # result rows it can use (its own, or on its outcome), and each set of figures computed once.
+    by_name = _grouped(results, "intervention")
+    by_outcome = _grouped(results, "outcome_measure")
+    inputs: dict[tuple[str, str], tuple[int, DesignParameters]] = {}
+    figures: dict[tuple[int, int, DesignParameters], Plan] = {}
     for r in registry.rounds:
         if r.key in done or r.key[0] in done_names or len(r.schools) < 2:
             continue
-        plans[r.key] = plan(r.intervention, len(r.schools), pupils_per_school(results, r.intervention),
-                            design_parameters(results, r.intervention, r.outcome_measure))
+        pair = (r.key[0], match_key(r.outcome_measure))
+        if pair not in inputs:
+            own, same = by_name.get(pair[0]), by_outcome.get(pair[1])
+            rows = sorted(set(() if own is None else own.index) | set(() if same is None else same.index))
+            usable = results.loc[rows] if rows else None
+            inputs[pair] = (pupils_per_school(own, r.intervention),
+                            design_parameters(usable, r.intervention, r.outcome_measure))
+        pupils, parameters = inputs[pair]
+        key = (len(r.schools), pupils, parameters)
+        if key not in figures:
+            figures[key] = plan(r.intervention, len(r.schools), pupils, parameters)
+        plans[r.key] = replace(figures[key], intervention=r.intervention)
     return plans
+
+
+def _grouped(results: pd.DataFrame | None, column: str) -> dict[str, pd.DataFrame]:
+    """``results`` split by the match key of ``column`` (empty without results)."""
+    if results is None or not len(results) or column not in results:
+        return {}
+    return dict(tuple(results.groupby(results[column].astype(str).map(match_key), sort=False)))
 
 
 def plan_from_warehouse(con, intervention: str, schools: int, pupils: int | None, registry=None) -> str:

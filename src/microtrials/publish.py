@@ -19,7 +19,9 @@ Choices, so a reader (a school downloading the page, a spreadsheet opening a CSV
   The old publication is deleted right after the swap, so a request that resolved the old folder
   an instant before may get "not found" for one file; it never gets a truncated file.
 - **Formula neutralising** (OWASP "CSV Injection"): text cells starting with ``=``, ``+``, ``-``,
-  ``@``, tab or carriage return get a leading single quote so a spreadsheet shows them as text.
+  ``@``, tab or carriage return get a leading single quote so a spreadsheet shows them as text
+  (only in files a spreadsheet opens: CSV here, xlsx in ``workbooks``; pages show the name as
+  sent). ``published_text`` undoes it, so checks that read a CSV back compare the names as sent.
   Numeric cells are left alone, and so is text that is a plain number (``-0.25``), which a
   spreadsheet reads as a number, never as a formula.
 - **Suppression**: every figure for a group of fewer than ``SUPPRESSION_THRESHOLD`` pupils is
@@ -104,10 +106,28 @@ def write_atomic(path: Path, data: bytes | str, sync: bool = True) -> None:
         _fsync_dir(path.parent)
 
 
+def _reads_as_formula(text: str) -> bool:
+    """Whether a spreadsheet would read ``text`` (after any leading quotes) as a formula."""
+    bare = text.lstrip("'")
+    return bare.startswith(FORMULA_TRIGGERS) and not _PLAIN_NUMBER.fullmatch(bare)
+
+
 def _neutralise_cell(value: object) -> object:
-    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS) and not _PLAIN_NUMBER.fullmatch(value):
+    """``'`` + the text when a spreadsheet would read it as a formula (also when it already starts
+    with quotes before such text, so :func:`published_text` can always undo it), else the value."""
+    if isinstance(value, str) and _reads_as_formula(value):
         return "'" + value
     return value
+
+
+def published_text(cell: str) -> str:
+    """The text a neutralised CSV or xlsx cell stands for (the inverse of the neutralising quote):
+    ``'@Home reading`` -> ``@Home reading``, ``'-`` -> ``-``; any other text unchanged. Checks that
+    read a published file compare names through this (and :func:`microtrials.names.match_key`), so a
+    name starting with ``= + - @`` is an ordinary name."""
+    if isinstance(cell, str) and cell.startswith("'") and _reads_as_formula(cell[1:]):
+        return cell[1:]
+    return cell
 
 
 def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import cached_property
 from datetime import date, datetime
 from pathlib import Path
 
@@ -23,7 +24,8 @@ import pandas as pd
 import pyarrow as pa
 
 from microtrials.effect_sizes import months_progress
-from microtrials.extracts import normalise_header
+from microtrials.errors import MicrotrialsError
+from microtrials.extracts import ExtractRejected, decode_text, normalise_header, windows_1252_warning
 from microtrials.names import match_key
 
 FILE_NAME = "trials.csv"
@@ -57,6 +59,7 @@ class RegistryProblem:
     problem: str
     action: str
     intervention: str = ""
+    kept: bool = False  # the row is used without the bad value (an ambiguous alias), not left out
 
     @property
     def message(self) -> str:
@@ -111,6 +114,19 @@ class Registry:
     path: str = ""
     encoding: str = "utf-8"
     rows_read: int = 0
+    encoding_note: str = ""  # the warning for a file read as Windows-1252 (else "")
+
+    @cached_property
+    def _by_key(self) -> dict[str, list[TrialRound]]:
+        """match_key(intervention) -> its rounds ordered by start_date then file order (built once)."""
+        grouped: dict[str, list[TrialRound]] = {}
+        for r in self.rounds:
+            grouped.setdefault(match_key(r.intervention), []).append(r)
+        return {key: sorted(rounds, key=lambda r: (r.start_date, r.line)) for key, rounds in grouped.items()}
+
+    @cached_property
+    def _names(self) -> dict[str, tuple[str, str]]:
+        return name_index(self)
 
     def interventions(self) -> list[str]:
         """Canonical intervention names, in file order, each once."""
@@ -122,15 +138,12 @@ class Registry:
     def rounds_of(self, intervention: str) -> list[TrialRound]:
         """The rounds of one intervention (by name or alias), ordered by start_date then file order."""
         canonical = self.canonical(intervention)
-        if canonical is None:
-            return []
-        key = match_key(canonical)
-        return sorted((r for r in self.rounds if match_key(r.intervention) == key), key=lambda r: (r.start_date, r.line))
+        return [] if canonical is None else list(self._by_key.get(match_key(canonical), []))
 
     def canonical(self, spelling: str) -> str | None:
         """The registered name a spelling means (by name, then alias; case, spacing and Unicode
         form ignored), or None when it is not in the registry."""
-        return name_index(self).get(match_key(spelling), (None, ""))[0]
+        return self._names.get(match_key(spelling), (None, ""))[0]
 
 
 def cost_rating(cost_per_pupil: float | None) -> str | None:
@@ -173,77 +186,74 @@ def no_registry_warning(path: Path | str) -> str:
 
 
 def load_registry(path: Path | str) -> Registry | None:
-    """The registry at ``path``, or None when there is no such file (see :func:`no_registry_warning`)."""
+    """The registry at ``path``, or None when there is no such file (see :func:`no_registry_warning`).
+
+    Raises :class:`RegistryUnreadable` for a file that cannot be read or used as a whole, and for
+    one over :data:`MAX_REGISTRY_BYTES` (before reading it)."""
     path = Path(path)
     if not path.is_file():
         return None
-    return read_registry(path.read_bytes(), str(path))
+    return read_registry(registry_bytes(path), str(path))
 
 
-def decode(data: bytes) -> tuple[str, str]:
-    """The text and its encoding: UTF-8 (byte-order mark dropped), else Windows-1252."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        return data[3:].decode("utf-8", errors="replace"), "utf-8-sig"
-    try:
-        return data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace"), "cp1252"
+def registry_bytes(path: Path | str) -> bytes:
+    """The registry file's bytes; :class:`RegistryUnreadable` (before reading) when it is over
+    :data:`MAX_REGISTRY_BYTES`."""
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_REGISTRY_BYTES + 1)
+    if len(data) > MAX_REGISTRY_BYTES:
+        size = os.stat(path).st_size
+        raise RegistryUnreadable(
+            f"{FILE_NAME}: the file is {size / 2**20:.0f} MB, more than a registry of trial rounds needs "
+            f"(the limit is {MAX_REGISTRY_BYTES // 2**20} MB): check it is the registry, then {SAVE_AS}")
+    return data
 
 
 SAVE_AS = "in Excel use File > Save As > 'CSV UTF-8 (Comma delimited) (*.csv)' and save it as trials.csv again"
+#: A registry larger than this is refused before it is read (20,000 rounds take about 3 MB).
+MAX_REGISTRY_BYTES = 64 * 2**20
 
 
-def _not_csv(data: bytes) -> str:
-    """What the file is when it is plainly not CSV text (else '')."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return "UTF-16 text (Excel's 'Unicode Text')"
-    if data.startswith(b"PK\x03\x04"):
-        return "an Excel workbook (.xlsx)"
-    if data.startswith(b"\xd0\xcf\x11\xe0"):
-        return "an old Excel workbook (.xls)"
-    if b"\x00" in data[:4096]:
-        return "a binary file"
-    return ""
+class RegistryUnreadable(MicrotrialsError):
+    """trials.csv cannot be read or used as a whole (its encoding, its header, or no usable row):
+    the run stops before anything is published, so the last publication stays."""
+
+
+def _decoded(data: bytes) -> tuple[str, str, int | None]:
+    """Text, encoding and the first non-UTF-8 line (Windows-1252 only), read as an extract is read."""
+    try:
+        text, cp1252_line = decode_text(FILE_NAME, data, SAVE_AS)
+    except ExtractRejected as exc:
+        raise RegistryUnreadable(str(exc)) from exc
+    if cp1252_line is not None:
+        return text, "cp1252", cp1252_line
+    return text, ("utf-8-sig" if data.startswith(b"\xef\xbb\xbf") else "utf-8"), None
+
+
+def decode(data: bytes) -> tuple[str, str]:
+    """The text and its encoding ('utf-8', 'utf-8-sig' or 'cp1252') as :func:`read_registry` reads it;
+    raises :class:`RegistryUnreadable` as it does."""
+    text, encoding, _ = _decoded(data)
+    return text, encoding
 
 
 def read_registry(data: bytes, path: str = FILE_NAME) -> Registry:
-    """Parse and validate the registry's bytes. Never raises for content: bad rows become problems.
+    """Parse and validate the registry's bytes: bad rows become problems (line, column, what to do).
 
-    Line numbers are spreadsheet rows (header = 1, blank rows counted, a quoted cell with a line
-    break stays one row).
+    Raises :class:`RegistryUnreadable` when the file as a whole cannot be used: not UTF-8 or
+    Windows-1252 text (in the extract's words: :func:`microtrials.extracts.decode_text`), no usable
+    header, or rows none of which is usable. Line numbers are spreadsheet rows (header = 1, blank
+    rows counted, a quoted cell with a line break stays one row). Linear in the rows.
     """
     sha = hashlib.sha256(data).hexdigest()
-    kind = _not_csv(data)
-    if kind:
-        problem = RegistryProblem(0, "", f"the file is {kind}, not CSV text", SAVE_AS)
-        return Registry((), (problem,), sha, path, "")
-    text, encoding = decode(data)
+    text, encoding, cp1252_line = _decoded(data)
     try:
         records = list(csv.reader(io.StringIO(text, newline="")))
     except csv.Error as exc:
-        problem = RegistryProblem(0, "", f"the file could not be read as CSV ({exc})", SAVE_AS)
-        return Registry((), (problem,), sha, path, encoding)
-    if not records or not any(cell.strip() for cell in records[0]):
-        problem = RegistryProblem(1, "", "the first row is not a header row",
-                                  "put the column names (intervention, outcome_measure, round, ...) in row 1")
-        return Registry((), (problem,), sha, path, encoding)
-    if len(records[0]) == 1 and records[0][0].count(";") >= 2:
-        problem = RegistryProblem(1, "", "the columns are separated by semicolons, not commas",
-                                  SAVE_AS + " (on a computer set to a European language, set the list separator to a comma)")
-        return Registry((), (problem,), sha, path, encoding, rows_read=len(records) - 1)
-    header = [normalise_header(cell) for cell in records[0]]
-    positions = {name: i for i, name in reversed(list(enumerate(header))) if name in COLUMNS}
-    missing = [c for c in REQUIRED_COLUMNS if c not in positions]
-    if missing:
-        problem = RegistryProblem(
-            1, ", ".join(missing), f"the header row has no {', '.join(missing)} column",
-            f"add {'them' if len(missing) > 1 else 'it'} to row 1 (columns: {', '.join(COLUMNS)})")
-        return Registry((), (problem,), sha, path, encoding, rows_read=len(records) - 1)
-
+        raise RegistryUnreadable(f"{FILE_NAME}: the file could not be read as CSV ({exc}); {SAVE_AS}") from exc
+    positions = _header_positions(records)
     problems: list[RegistryProblem] = []
-    rounds: list[TrialRound] = []
-    seen: dict[tuple[str, str], int] = {}
-    owner: dict[str, tuple[str, int]] = {}  # name/alias key -> (canonical, line)
+    parsed_rows: list[TrialRound] = []
     rows_read = 0
     for index, record in enumerate(records[1:], start=2):
         if not any(cell.strip() for cell in record):
@@ -251,20 +261,95 @@ def read_registry(data: bytes, path: str = FILE_NAME) -> Registry:
         rows_read += 1
         cells = {name: (record[i].strip() if i < len(record) else "") for name, i in positions.items()}
         parsed, row_problems = _parse_row(index, cells)
+        problems.extend(row_problems)
         if parsed is not None:
-            row_problems += _conflicts(parsed, seen, owner)
-        if row_problems:
-            problems.extend(row_problems)
+            parsed_rows.append(parsed)
+    rounds, name_problems = _resolve_names(parsed_rows)
+    problems = sorted(problems + name_problems, key=lambda p: p.line)
+    if rows_read and not rounds:
+        raise RegistryUnreadable(
+            f"{FILE_NAME}: none of its {rows_read} row(s) can be used (the first: {problems[0].message}); correct "
+            "the rows and run again (nothing was published: the last publication stays)")
+    note = "" if cp1252_line is None else f"{FILE_NAME}: " + windows_1252_warning(cp1252_line, "save trials.csv")
+    return Registry(tuple(rounds), tuple(problems), sha, path, encoding, rows_read, note)
+
+
+def _header_positions(records: list[list[str]]) -> dict[str, int]:
+    """Column name -> position in row 1; :class:`RegistryUnreadable` when row 1 is no usable header."""
+    if not records or not any(cell.strip() for cell in records[0]):
+        raise RegistryUnreadable(f"{FILE_NAME}: the first row is not a header row; put the column names "
+                                 "(intervention, outcome_measure, round, ...) in row 1")
+    if len(records[0]) == 1 and records[0][0].count(";") >= 2:
+        raise RegistryUnreadable(
+            f"{FILE_NAME}: the columns are separated by semicolons, not commas; {SAVE_AS} (on a computer set "
+            "to a European language, set the list separator to a comma)")
+    header = [normalise_header(cell) for cell in records[0]]
+    positions = {name: i for i, name in reversed(list(enumerate(header))) if name in COLUMNS}
+    missing = [c for c in REQUIRED_COLUMNS if c not in positions]
+    if missing:
+        raise RegistryUnreadable(
+            f"{FILE_NAME} line 1: the header row has no {', '.join(missing)} column; add "
+            f"{'them' if len(missing) > 1 else 'it'} to row 1 (columns: {', '.join(COLUMNS)})")
+    return positions
+
+
+def _resolve_names(rows: list[TrialRound]) -> tuple[list[TrialRound], list[RegistryProblem]]:
+    """The rows with one spelling per intervention and unambiguous aliases, and the problems found.
+
+    A repeated (intervention, round) leaves the later row out. A name always wins over an alias:
+    an alias that is another intervention's name, or an alias of two interventions, is an error
+    on each row that gives it and is ignored there; the row itself is kept, so no trial loses the
+    pupils sent under its own name. Linear: a pass over the rows, then one over their aliases.
+    """
+    problems: list[RegistryProblem] = []
+    first: dict[str, TrialRound] = {}  # intervention key -> its first row (published spelling, line)
+    seen: dict[tuple[str, str], int] = {}
+    kept: list[TrialRound] = []
+    for row in rows:
+        if row.key in seen:
+            what = f"round '{row.round}'" if row.round else "a round with no name"
+            problems.append(RegistryProblem(
+                row.line, "round", f"{row.intervention} {what} is already on line {seen[row.key]}",
+                "give each round of an intervention its own name (e.g. 2026 Autumn), or delete the repeated row",
+                row.intervention))
             continue
-        assert parsed is not None
-        first = owner.get(match_key(parsed.intervention))
-        if first is not None and first[0] != parsed.intervention:
-            parsed = replace(parsed, intervention=first[0])  # one published spelling per intervention
-        seen[parsed.key] = index
-        for name in (parsed.intervention, *parsed.aliases):
-            owner.setdefault(match_key(name), (parsed.intervention, index))
-        rounds.append(parsed)
-    return Registry(tuple(rounds), tuple(problems), sha, path, encoding, rows_read)
+        seen[row.key] = row.line
+        canonical = first.setdefault(row.key[0], row)
+        kept.append(replace(row, intervention=canonical.intervention))
+    alias_of: dict[str, dict[str, int]] = {}  # alias key -> {intervention key: first line giving it}
+    for row in kept:
+        for alias in row.aliases:
+            if match_key(alias) != row.key[0]:
+                alias_of.setdefault(match_key(alias), {}).setdefault(row.key[0], row.line)
+    out = []
+    for row in kept:
+        good = []
+        for alias in row.aliases:
+            problem = _alias_problem(alias, row, first, alias_of)
+            if problem is None:
+                good.append(alias)
+            elif problem:
+                problems.append(RegistryProblem(
+                    row.line, "aliases", problem, "use each name or alias for one trial only (this alias is "
+                    "ignored until then; both trials keep the pupils sent under their own names)",
+                    row.intervention, kept=True))
+        out.append(replace(row, aliases=tuple(good)) if len(good) != len(row.aliases) else row)
+    return out, problems
+
+
+def _alias_problem(alias: str, row: TrialRound, first: dict[str, TrialRound],
+                   alias_of: dict[str, dict[str, int]]) -> str | None:
+    """Why ``alias`` of ``row`` cannot be used (None: it can; "": it is the row's own name, dropped quietly)."""
+    key = match_key(alias)
+    if key == row.key[0]:
+        return ""
+    if key in first:
+        other = first[key]
+        return f"the alias '{alias}' is the name of another trial, {other.intervention} (line {other.line})"
+    others = sorted((line, name) for name, line in alias_of[key].items() if name != row.key[0])
+    if others:
+        return f"the alias '{alias}' is also an alias of {first[others[0][1]].intervention} (line {others[0][0]})"
+    return None
 
 
 def _parse_row(line: int, cells: dict[str, str]) -> tuple[TrialRound | None, list[RegistryProblem]]:
@@ -284,6 +369,9 @@ def _parse_row(line: int, cells: dict[str, str]) -> tuple[TrialRound | None, lis
     start = _date(cells.get("start_date", ""), "start_date", True, bad)
     end = _date(cells.get("end_date", ""), "end_date", False, bad)
     registered = _date(cells.get("registered_on", ""), "registered_on", False, bad)
+    if is_reserved_round(cells.get("round", "")):
+        bad("round", f"'{_clean(cells['round'])[:40]}' is the name the evidence table gives all rounds together",
+            "name the round by its term, e.g. 2026 Summer")
     if start is not None and end is not None and end < start:
         bad("end_date", f"the round ends ({end.isoformat()}) before it starts ({start.isoformat()})",
             "correct start_date or end_date")
@@ -320,7 +408,7 @@ RANGE_COLUMNS = ("outcome_min", "outcome_max", "baseline_min", "baseline_max")
 
 
 def _ranges(cells: dict[str, str], bad) -> dict[str, float | None]:
-    """The declared score ranges: numbers (a decimal comma is read), the low end not above the high."""
+    """The declared score ranges: plain numbers, the low end not above the high."""
     bounds: dict[str, float | None] = {}
     for column in RANGE_COLUMNS:
         text = cells.get(column, "").strip()
@@ -342,24 +430,10 @@ def _ranges(cells: dict[str, str], bad) -> dict[str, float | None]:
     return bounds
 
 
-def _conflicts(parsed: TrialRound, seen: dict[tuple[str, str], int],
-               owner: dict[str, tuple[str, int]]) -> list[RegistryProblem]:
-    """A duplicate (intervention, round), or a name/alias already used by another intervention."""
-    problems = []
-    if parsed.key in seen:
-        what = f"round '{parsed.round}'" if parsed.round else "a round with no name"
-        problems.append(RegistryProblem(
-            parsed.line, "round", f"{parsed.intervention} {what} is already on line {seen[parsed.key]}",
-            "give each round of an intervention its own name (e.g. 2026 Autumn), or delete the repeated row",
-            parsed.intervention))
-    for name in (parsed.intervention, *parsed.aliases):
-        other = owner.get(match_key(name))
-        if other is not None and match_key(other[0]) != match_key(parsed.intervention):
-            column = "intervention" if name == parsed.intervention else "aliases"
-            problems.append(RegistryProblem(
-                parsed.line, column, f"'{name}' already names {other[0]} (line {other[1]})",
-                "use each name or alias for one intervention only", parsed.intervention))
-    return problems
+def is_reserved_round(name: str) -> bool:
+    """Whether a round name reads as the cumulative row's "all rounds" (any case, spacing, hyphens,
+    underscores or Unicode form: "All rounds", "ALL-ROUNDS", "all_rounds")."""
+    return re.sub(r"[\W_]+", "", match_key(name)) == re.sub(r"[\W_]+", "", CUMULATIVE_ROUND)
 
 
 def _clean(text: str) -> str:
@@ -649,11 +723,12 @@ def plan_progress(registry: Registry, matched: pd.DataFrame, today: date | None 
     today = today or date.today()
     rows = []
     done = matched[matched["outcome_role"] == PRIMARY] if len(matched) else matched
+    joined_by: dict[tuple[str, str], set[str]] = {}  # (intervention, round) -> schools joined: one pass
+    if len(done):
+        for name, round_name, urn in zip(done["registered_intervention"], done["round"], done["school_urn"]):
+            joined_by.setdefault((name, round_name), set()).add(str(urn))
     for r in sorted(registry.rounds, key=lambda r: (match_key(r.intervention), r.start_date, r.line)):
-        joined = set()
-        if len(done):
-            mine = done[(done["registered_intervention"] == r.intervention) & (done["round"] == r.round)]
-            joined = set(mine["school_urn"].astype(str))
+        joined = joined_by.get((r.intervention, r.round), set())
         delivered = joined & r.schools
         awaited = sorted(r.schools - delivered)
         status, note = round_status(len(r.schools), len(delivered), r.end_date, today)
@@ -798,6 +873,8 @@ def registry_notes(registry: Registry) -> tuple[OfficerMessage, ...]:
     wrong, what to do), and warnings about the plan as a whole (rows are kept): rounds of one
     intervention that register different primary outcomes cannot be pooled into one cumulative row."""
     notes = [OfficerMessage("error", "registry_row", p.message, p.intervention) for p in registry.problems]
+    if registry.encoding_note:
+        notes.append(OfficerMessage("warning", "registry_encoding", registry.encoding_note))
     for name in registry.interventions():
         outcomes = {match_key(r.outcome_measure): r.outcome_measure for r in registry.rounds_of(name)}
         if len(outcomes) > 1:

@@ -9,6 +9,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 from scipy import linalg, optimize
+from threadpoolctl import threadpool_limits
 
 from microtrials import warehouse
 from microtrials.errors import MicrotrialsError
@@ -239,16 +240,26 @@ def school_stats_from_frame(
 
 @dataclass(frozen=True)
 class _Problem:
-    """The statistics one fit needs: sums over schools plus the per-school Z-blocks."""
+    """The statistics one fit needs: sums over schools plus the per-school Z-blocks.
+
+    Z is [1] (random intercept, q = 1) or [1, arm] (random slope, q = 2). The blocks are stored
+    padded to q = 2 (zeros for the missing slope), random-effect index first and school last
+    (``ZtZ[a, b]`` is a length-J array), so each per-school step is a few elementwise operations.
+    ``cross`` holds, per school and per entry (00, 01 + 10, 11) of a symmetric 2 x 2 W_j, the
+    products that W_j multiplies in A, b and y'Vt^-1 y: [vec(X_a'X_b^T), X_a y_b, y_a y_b] (see
+    ``_profile``), stacked as (3 J, p^2 + p + 1), so those sums are one matrix-vector product.
+    """
 
     names: list[str]
+    q: int
     n_obs: int
     sum_XtX: np.ndarray  # (p, p)
     sum_Xty: np.ndarray  # (p,)
     sum_yty: float
-    ZtZ: np.ndarray  # (J, q, q)
-    ZtX: np.ndarray  # (J, q, p)
-    Zty: np.ndarray  # (J, q)
+    ZtZ: np.ndarray  # (2, 2, J)
+    ZtX: np.ndarray  # (2, J, p)
+    Zty: np.ndarray  # (2, J)
+    cross: np.ndarray  # (3 J, p^2 + p + 1)
 
 
 @dataclass(frozen=True)
@@ -259,7 +270,7 @@ class _Profile:
     beta: np.ndarray
     sigma2: float
     A: np.ndarray  # X' Vt^-1 X
-    W: np.ndarray  # (J, q, q): Lambda M_j^-1 Lambda'
+    W: np.ndarray  # (3, J): the entries 00, 01, 11 of Lambda M_j^-1 Lambda'
 
 
 def _lambda(theta: np.ndarray) -> np.ndarray:
@@ -270,44 +281,41 @@ def _lambda(theta: np.ndarray) -> np.ndarray:
 
 
 def _woodbury(theta: np.ndarray, ZtZ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per school W_j = Lambda M_j^-1 Lambda' and log|M_j|, with M_j = I + Lambda' Z_j'Z_j Lambda.
+    """Per school W_j = Lambda M_j^-1 Lambda' (entries 00, 01, 11) and log|M_j|, M_j = I + Lambda' Z_j'Z_j Lambda.
 
     Then (I + Z_j Lambda Lambda' Z_j')^-1 = I - Z_j W_j Z_j' and log|I + Z Lambda Lambda' Z'| = log|M_j|.
-    Random intercept (q = 1): M_j = 1 + t0^2 n_j, W_j = c_j = t0^2 / (1 + t0^2 n_j), so
-    V_j^-1 = (I - c_j 11') / sigma2. Random slope (q = 2): the 2x2 inverse in closed form.
+    With Z_j'Z_j = [[a, b], [b, c]] and Lambda = [[t0, 0], [t1, t2]] (t1 = t2 = 0 for a random
+    intercept): M = [[1 + t0^2 a + 2 t0 t1 b + t1^2 c, t2 (t0 b + t1 c)], [., 1 + t2^2 c]], inverted
+    in closed form, elementwise over schools.
     """
-    if len(theta) == 1:
-        t2 = theta[0] ** 2
-        m = 1.0 + t2 * ZtZ[:, 0, 0]
-        return (t2 / m)[:, None, None], np.log(m)
-    lam = _lambda(theta)
-    M = np.einsum("ab,jac,cd->jbd", lam, ZtZ, lam)
-    M[:, 0, 0] += 1.0
-    M[:, 1, 1] += 1.0
-    det = M[:, 0, 0] * M[:, 1, 1] - M[:, 0, 1] * M[:, 1, 0]
-    inv = np.empty_like(M)
-    inv[:, 0, 0] = M[:, 1, 1] / det
-    inv[:, 1, 1] = M[:, 0, 0] / det
-    inv[:, 0, 1] = -M[:, 0, 1] / det
-    inv[:, 1, 0] = -M[:, 1, 0] / det
-    W = np.einsum("ab,jbc,dc->jad", lam, inv, lam)
-    return W, np.log(det)
+    t0, t1, t2 = (float(theta[0]), 0.0, 0.0) if len(theta) == 1 else (float(t) for t in theta)
+    a, b, c = ZtZ[0, 0], ZtZ[0, 1], ZtZ[1, 1]
+    m00 = 1.0 + t0 * t0 * a + 2.0 * t0 * t1 * b + t1 * t1 * c
+    m01 = t2 * (t0 * b + t1 * c)
+    m11 = 1.0 + t2 * t2 * c
+    det = m00 * m11 - m01 * m01
+    i00, i01, i11 = m11 / det, -m01 / det, m00 / det
+    w00 = t0 * t0 * i00
+    w01 = t0 * (t1 * i00 + t2 * i01)
+    w11 = t1 * t1 * i00 + 2.0 * t1 * t2 * i01 + t2 * t2 * i11
+    return np.array([w00, w01, w11]), np.log(det)
 
 
 def _profile(problem: _Problem, theta: np.ndarray) -> _Profile:
     """Profiled REML deviance at theta (lme4's REML criterion, Bates et al. 2015, eq. 42).
 
     With Vt = I + Z Lambda Lambda' Z' (so V = sigma2 Vt), per-school Woodbury sums give
-    A = X'Vt^-1 X, b = X'Vt^-1 y, y'Vt^-1 y; then beta = A^-1 b, r2 = y'Vt^-1 y - beta'b,
+    A = X'Vt^-1 X = sum X'X - sum_j X_j'Z_j W_j Z_j'X_j, b = X'Vt^-1 y, y'Vt^-1 y (the W-weighted
+    sums in one product with ``problem.cross``); then beta = A^-1 b, r2 = y'Vt^-1 y - beta'b,
     sigma2 = r2 / (N - p) and
     -2 l_R = sum_j log|M_j| + log|A| + (N - p) (1 + log(2 pi r2 / (N - p))).
     """
     W, logdet_m = _woodbury(theta, problem.ZtZ)
-    WZtX = np.einsum("jqr,jrp->jqp", W, problem.ZtX)
-    A = problem.sum_XtX - np.einsum("jqp,jqs->ps", problem.ZtX, WZtX)
-    b = problem.sum_Xty - np.einsum("jqp,jq->p", WZtX, problem.Zty)
-    yvy = problem.sum_yty - np.einsum("jq,jqr,jr->", problem.Zty, W, problem.Zty)
-    p = len(b)
+    p = len(problem.sum_Xty)
+    weighted = W.reshape(-1) @ problem.cross
+    A = problem.sum_XtX - weighted[: p * p].reshape(p, p)
+    b = problem.sum_Xty - weighted[p * p: p * p + p]
+    yvy = problem.sum_yty - float(weighted[-1])
     dof = problem.n_obs - p
     try:
         chol = linalg.cho_factor(A, lower=True)
@@ -327,21 +335,27 @@ def _gradient(problem: _Problem, theta: np.ndarray, prof: _Profile) -> np.ndarra
 
     With D_k = d(Lambda Lambda')/d theta_k, d(-2 l_R)/d theta_k = tr(D_k S) where
     S = sum_j [G_j - H_j A^-1 H_j' - e_j e_j' / sigma2], G_j = Z_j'Vt_j^-1 Z_j,
-    H_j = Z_j'Vt_j^-1 X_j and e_j = Z_j'Vt_j^-1 (y_j - X_j beta) (each Z_j'Vt_j^-1 = Z_j' - Z_j'Z_j W_j Z_j');
-    so the gradient is 2 S Lambda read at the lower-triangle entries theta indexes.
+    H_j = Z_j'Vt_j^-1 X_j and e_j = Z_j'Vt_j^-1 (y_j - X_j beta); each Z_j'Vt_j^-1 = (I - K_j) Z_j'
+    with K_j = Z_j'Z_j W_j. So the gradient is 2 S Lambda read at the lower-triangle entries theta indexes.
     """
-    ZtZW = np.einsum("jqr,jrs->jqs", problem.ZtZ, prof.W)
-    G = problem.ZtZ - np.einsum("jqs,jst->jqt", ZtZW, problem.ZtZ)
-    H = problem.ZtX - np.einsum("jqs,jsp->jqp", ZtZW, problem.ZtX)
-    e = problem.Zty - np.einsum("jqs,js->jq", ZtZW, problem.Zty) - np.einsum("jqp,p->jq", H, prof.beta)
-    # einsum, not e.T @ e: a threaded BLAS call here makes every later small operation slower.
-    S = (
-        G.sum(axis=0)
-        - np.einsum("jqp,ps,jrs->qr", H, linalg.inv(prof.A), H)
-        - np.einsum("jq,jr->qr", e, e) / prof.sigma2
-    )
-    grad = 2.0 * S @ _lambda(theta)
-    return np.array([grad[0, 0]]) if len(theta) == 1 else np.array([grad[0, 0], grad[1, 0], grad[1, 1]])
+    a, b, c = problem.ZtZ[0, 0], problem.ZtZ[0, 1], problem.ZtZ[1, 1]
+    w00, w01, w11 = prof.W
+    k00, k01 = a * w00 + b * w01, a * w01 + b * w11
+    k10, k11 = b * w00 + c * w01, b * w01 + c * w11
+    X0, X1 = problem.ZtX
+    H0 = (1.0 - k00)[:, None] * X0 - k01[:, None] * X1
+    H1 = (1.0 - k11)[:, None] * X1 - k10[:, None] * X0
+    r0, r1 = problem.Zty[0] - X0 @ prof.beta, problem.Zty[1] - X1 @ prof.beta
+    e0, e1 = (1.0 - k00) * r0 - k01 * r1, (1.0 - k11) * r1 - k10 * r0
+    A_inv = linalg.inv(prof.A)
+    HA0 = H0 @ A_inv
+    s00 = float(np.sum(a - k00 * a - k01 * b) - np.sum(HA0 * H0) - e0 @ e0 / prof.sigma2)
+    if problem.q == 1:
+        return np.array([2.0 * s00 * theta[0]])
+    s01 = float(np.sum(b - k00 * b - k01 * c) - np.sum(HA0 * H1) - e0 @ e1 / prof.sigma2)
+    s11 = float(np.sum(c - k10 * b - k11 * c) - np.sum((H1 @ A_inv) * H1) - e1 @ e1 / prof.sigma2)
+    grad = 2.0 * np.array([[s00, s01], [s01, s11]]) @ _lambda(theta)
+    return np.array([grad[0, 0], grad[1, 0], grad[1, 1]])
 
 
 def _optimise_intercept(deviance: Callable[[np.ndarray], float]) -> tuple[np.ndarray, bool]:
@@ -364,10 +378,14 @@ def _optimise_intercept(deviance: Callable[[np.ndarray], float]) -> tuple[np.nda
 
 
 def _optimise_slope(problem: _Problem, theta0: float) -> tuple[np.ndarray, bool]:
-    """Minimise over (t0, t1, t2) with t0, t2 >= 0 by L-BFGS-B with the exact gradient.
+    """Minimise over (t0, t1, t2) with t0, t2 >= 0: L-BFGS-B with the exact gradient, then Newton.
 
-    Starts from lme4's (1, 0, 1) and from the random-intercept optimum (t0, 0, 0.1); keeps the
-    better. Converged when the Newton step there is below ``NEWTON_TOL`` (see ``_newton_step``).
+    L-BFGS-B starts from near the random-intercept optimum (t0, 0, 0.1) and stops at a relative
+    change of 1e-10; Newton steps polish the point (``_newton_polish``). An interior point where
+    the Newton step is below ``NEWTON_TOL`` is the optimum. Otherwise (a boundary point, or no
+    convergence) it also starts from lme4's (1, 0, 1) -- the REML surface can have a second,
+    singular local minimum, which one start alone can fall into (Chem97 with female as the arm:
+    (1, 0, 1) alone ends there, 25 units of deviance worse) -- and restarts off the boundary.
     """
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -378,16 +396,23 @@ def _optimise_slope(problem: _Problem, theta0: float) -> tuple[np.ndarray, bool]
 
     def run(start: list[float]) -> optimize.OptimizeResult:
         return optimize.minimize(objective, np.asarray(start, dtype=float), jac=True, method="L-BFGS-B",
-                                 bounds=_SLOPE_BOUNDS, options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 1000})
+                                 bounds=_SLOPE_BOUNDS, options={"ftol": 1e-10, "gtol": 1e-7, "maxiter": 1000})
 
-    best = min((run(start) for start in ([1.0, 0.0, 1.0], [max(theta0, 0.1), 0.0, 0.1])), key=lambda r: r.fun)
-    theta = np.asarray(best.x, dtype=float)
+    best = run([max(theta0, 0.1), 0.0, 0.1])
+    theta, step = _newton_polish(objective, np.asarray(best.x, dtype=float))
+    if theta[0] > 0.0 and theta[2] > 0.0 and step < NEWTON_TOL:
+        return theta, bool(np.isfinite(best.fun))
+    other = run([1.0, 0.0, 1.0])
+    if other.fun < objective(theta)[0]:
+        best, theta = other, np.asarray(other.x, dtype=float)
     if theta[0] == 0.0 or theta[2] == 0.0:
-        theta = _escape_boundary(run, theta, float(best.fun))
-    return theta, bool(np.isfinite(best.fun)) and _newton_step(objective, theta) < NEWTON_TOL
+        theta = _escape_boundary(run, theta, objective(theta)[0])
+    theta, step = _newton_polish(objective, theta)
+    return theta, bool(np.isfinite(best.fun)) and step < NEWTON_TOL
 
 
 _SLOPE_BOUNDS = [(0.0, np.inf), (-np.inf, np.inf), (0.0, np.inf)]
+_NONNEGATIVE = np.array([True, False, True])  # t0 and t2 are Cholesky diagonals
 
 
 def _escape_boundary(
@@ -411,29 +436,54 @@ def _escape_boundary(
     return theta
 
 
-def _newton_step(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], theta: np.ndarray) -> float:
-    """lme4's convergence check: max |H^-1 g| over the free parameters at theta.
+def _newton_polish(
+    objective: Callable[[np.ndarray], tuple[float, np.ndarray]], theta: np.ndarray, iterations: int = 6
+) -> tuple[np.ndarray, float]:
+    """Newton steps from theta while they lower the deviance; returns the point and its last step size.
 
-    g is the exact gradient, H its central difference; a parameter at its bound (t0 or t2 = 0)
-    with the gradient pushing outwards is not free.
+    Each step is H^-1 g over the free parameters (``_newton_step``), kept inside the bounds; a
+    step that does not lower the deviance is not taken. The size returned is lme4's convergence
+    measure max |H^-1 g| at the point returned.
+    """
+    value = objective(theta)[0]
+    for _ in range(iterations):
+        step = _newton_step(objective, theta)
+        size = float(np.max(np.abs(step))) if np.all(np.isfinite(step)) else np.inf
+        if not np.isfinite(size) or size < 1e-10:
+            return theta, size
+        trial = theta - step
+        trial[_NONNEGATIVE] = np.maximum(trial[_NONNEGATIVE], 0.0)
+        trial_value = objective(trial)[0]
+        if not trial_value <= value:
+            return theta, size
+        theta, value = trial, trial_value
+    return theta, float(np.max(np.abs(_newton_step(objective, theta))))
+
+
+def _newton_step(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], theta: np.ndarray) -> np.ndarray:
+    """The Newton step H^-1 g at theta over the free parameters (0 for the others): lme4's
+    convergence check is max |H^-1 g| < 0.002.
+
+    g is the exact gradient, H its forward difference (step 1e-6 of the parameter's size); a
+    parameter at its bound (t0 or t2 = 0) with the gradient pushing outwards is not free.
     """
     grad = objective(theta)[1]
-    at_bound = (theta == 0.0) & (grad > 0) & np.array([True, False, True])
+    at_bound = (theta == 0.0) & (grad > 0) & _NONNEGATIVE
     free = np.flatnonzero(~at_bound)
+    step = np.zeros(len(theta))
     if free.size == 0:
-        return 0.0
+        return step
     hess = np.empty((len(theta), len(theta)))
     for i in range(len(theta)):
-        h = 1e-5 * max(abs(theta[i]), 1e-2)
-        up, down = theta.copy(), theta.copy()
-        up[i] += h
-        down[i] = down[i] - h if (i == 1 or down[i] - h >= 0) else 0.0
-        hess[:, i] = (objective(up)[1] - objective(down)[1]) / (up[i] - down[i])
+        up = theta.copy()
+        up[i] += 1e-6 * max(abs(theta[i]), 1e-2)
+        hess[:, i] = (objective(up)[1] - grad) / (up[i] - theta[i])
     sub = 0.5 * (hess + hess.T)[np.ix_(free, free)]
     try:
-        return float(np.max(np.abs(np.linalg.solve(sub, grad[free]))))
+        step[free] = np.linalg.solve(sub, grad[free])
     except np.linalg.LinAlgError:
-        return np.inf
+        step[:] = np.inf
+    return step
 
 
 def _problem(stats: SchoolStats, covariates: list[str], random_slope: bool) -> _Problem:
@@ -445,15 +495,20 @@ def _problem(stats: SchoolStats, covariates: list[str], random_slope: bool) -> _
     names = [INTERCEPT, *covariates]
     XtX, Xty = stats.select(names)
     z = [INTERCEPT, ARM] if random_slope else [INTERCEPT]
+    q, J = len(z), len(stats.n)
+    ZtZ, ZtX, Zty = np.zeros((2, 2, J)), np.zeros((2, J, len(names))), np.zeros((2, J))
+    ZtZ[:q, :q] = stats.cross(z, z).transpose(1, 2, 0)
+    ZtX[:q] = stats.cross(z, names).transpose(1, 0, 2)
+    Zty[:q] = stats.select(z)[1].T
+
+    def products(i: int, k: int) -> np.ndarray:  # what W_j[i, k] multiplies, per school
+        outer = np.einsum("jp,js->jps", ZtX[i], ZtX[k]).reshape(J, -1)
+        return np.hstack([outer, ZtX[i] * Zty[k][:, None], (Zty[i] * Zty[k])[:, None]])
+
     return _Problem(
-        names=names,
-        n_obs=stats.n_obs,
-        sum_XtX=XtX.sum(axis=0),
-        sum_Xty=Xty.sum(axis=0),
-        sum_yty=float(stats.yty.sum()),
-        ZtZ=stats.cross(z, z),
-        ZtX=stats.cross(z, names),
-        Zty=stats.select(z)[1],
+        names=names, q=q, n_obs=stats.n_obs, sum_XtX=XtX.sum(axis=0), sum_Xty=Xty.sum(axis=0),
+        sum_yty=float(stats.yty.sum()), ZtZ=ZtZ, ZtX=ZtX, Zty=Zty,
+        cross=np.vstack([products(0, 0), products(0, 1) + products(1, 0), products(1, 1)]),
     )
 
 
@@ -475,11 +530,16 @@ def fit_reml(stats: SchoolStats, covariates: list[str], random_slope: bool = Fal
     def deviance(theta: np.ndarray) -> float:
         return _profile(problem, np.asarray(theta, dtype=float)).deviance
 
-    if random_slope:  # start the slope search from the random-intercept optimum (t1 = t2 = 0)
-        theta, _ = _optimise_intercept(lambda t: deviance(np.array([t[0], 0.0, 0.0])))
-        theta, converged = _optimise_slope(problem, float(theta[0]))
-    else:
-        theta, converged = _optimise_intercept(deviance)
+    # One BLAS thread: the problem is thousands of tiny operations, and OpenBLAS threads woken by
+    # one of them spin against each other (on 2 busy cores a fit ran 3 times slower).
+    with threadpool_limits(limits=1, user_api="blas"):
+        if random_slope:  # start the slope search from the random-intercept optimum (t1 = t2 = 0)
+            intercept = _problem(stats, covariates, False)
+            grid = np.logspace(-3, 1, 9)  # a start, not an estimate: the nearest half-decade will do
+            t0 = grid[int(np.argmin([_profile(intercept, np.array([t])).deviance for t in grid]))]
+            theta, converged = _optimise_slope(problem, float(t0))
+        else:
+            theta, converged = _optimise_intercept(deviance)
     return _mixed_fit(stats, problem, theta, converged, random_slope)
 
 
@@ -504,9 +564,10 @@ def _mixed_fit(
     lam = _lambda(theta)
     sigma = best.sigma2 * lam @ lam.T
     cov = pd.DataFrame(best.sigma2 * linalg.inv(best.A), index=names, columns=names)
-    resid = problem.Zty - np.einsum("jqp,p->jq", problem.ZtX, best.beta)
+    r0, r1 = problem.Zty - problem.ZtX @ best.beta
+    w00, w01, w11 = best.W
     blups = pd.DataFrame(
-        np.einsum("jqr,jr->jq", best.W, resid),
+        np.column_stack([w00 * r0 + w01 * r1, w01 * r0 + w11 * r1])[:, : problem.q],
         index=pd.Index(stats.schools, name="school_urn"),
         columns=["intercept", "arm"] if random_slope else ["intercept"],
     )
@@ -527,4 +588,5 @@ def _mixed_fit(
         blups=blups,
         method="sufficient-statistics REML",
         messages=(f"theta = {theta.tolist()}",),
+        theta=tuple(float(t) for t in theta),
     )
