@@ -272,6 +272,7 @@ def test_a_failing_blocking_check_leaves_the_last_publication_and_the_run_exits_
 
     monkeypatch.setattr(cli, "_execute", lambda extracts: result)  # the CLI's verdict on this very run
     monkeypatch.setattr(cli, "check_key_matches", lambda *args: None)
+    monkeypatch.setattr(cli, "_stop_on_sigterm", lambda: None)  # no signal handler left in the test process
     for name in ("MICROTRIALS_EXTRACTS", "MICROTRIALS_OUT", "MICROTRIALS_DB"):
         monkeypatch.setenv(name, "")  # restored after the test: run_pipeline sets them
     monkeypatch.delenv("MICROTRIALS_FEEDBACK", raising=False)
