@@ -15,7 +15,7 @@ import pandas as pd
 
 from microtrials import publish, warehouse
 from microtrials.guidance import READY_MIN_SCHOOLS_BOTH_ARMS
-from microtrials.names import match_key
+from microtrials.ingest.trial_key import TrialKey, plain_key
 from pipelines.partitions import content_hash, extract_files, files_by_school
 from pipelines.resources import Settings, Warehouse
 
@@ -209,10 +209,10 @@ def trial_names(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
     return [(text(i), text(o), text(r)) for i, o, r in zip(frame["intervention"], frame["outcome_measure"], rounds)]
 
 
-def trial_keys(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """:func:`trial_names` in the one canonical form every check compares (names.match_key):
-    "@Home reading", a round named "-" or "ＡＢＣ" compare equal to themselves wherever they were read."""
-    return [(match_key(i), match_key(o), match_key(r)) for i, o, r in trial_names(frame)]
+def trial_keys(frame: pd.DataFrame) -> list[TrialKey]:
+    """:func:`trial_names` as the one trial key (:func:`microtrials.ingest.trial_key.plain_key`) every
+    check compares: "@Home reading", a round named "-" or "ＡＢＣ" equal to themselves wherever read."""
+    return [plain_key(i, o, r) for i, o, r in trial_names(frame)]
 
 
 def publication_folder(context: dg.AssetCheckExecutionContext, settings: Settings) -> Path:

@@ -1,24 +1,28 @@
--- Remove quarantine rows the new deliveries supersede: every row from an earlier delivery of a file
--- with the same name as a loaded file (`batch_files`), and each file's school's rows for the trials
--- it names (`batch_trials`), except the rows of a held trial (one the delivery may not replace)
--- whose delivery still has pupil rows for that trial: they explain the rows that stay.
+-- Remove quarantine rows the new deliveries supersede (run after the pupils are replaced, before the
+-- files' own rows go in): the rows of these very files (`batch_keys`: delivery_id, file_name; they are
+-- inserted again), and, from an earlier delivery of a file with the same name (`batch_files`) or of a
+-- combination an applied change set replaced (`batch_replace`), the rows whose delivery no longer
+-- has pupil rows for that school and trial (a held change set or another round keeps its explanation).
 DELETE FROM quarantine
-WHERE (
-    source_file IN (SELECT file_name FROM batch_files)
-    OR EXISTS (
-        SELECT 1 FROM batch_trials AS t
-        WHERE t.school_urn = quarantine.school_urn
-          AND t.intervention = quarantine.intervention
-          AND t.outcome_measure = quarantine.outcome_measure
-    )
+WHERE EXISTS (
+    SELECT 1 FROM batch_keys AS k
+    WHERE k.delivery_id = quarantine.delivery_id AND k.file_name = quarantine.source_file
 )
-AND NOT EXISTS (
-    SELECT 1 FROM batch_trials AS t
-    JOIN pupils AS p
-      ON p.school_urn = t.school_urn AND p.intervention = t.intervention AND p.outcome_measure = t.outcome_measure
-    WHERE t.held
-      AND t.school_urn = quarantine.school_urn
-      AND t.intervention = quarantine.intervention
-      AND t.outcome_measure = quarantine.outcome_measure
-      AND p.delivery_id = quarantine.delivery_id
+OR (
+    (
+        source_file IN (SELECT file_name FROM batch_files)
+        OR EXISTS (
+            SELECT 1 FROM batch_replace AS t
+            WHERE t.school_urn = quarantine.school_urn
+              AND t.intervention = quarantine.intervention
+              AND t.outcome_measure = quarantine.outcome_measure
+        )
+    )
+    AND NOT EXISTS (
+        SELECT 1 FROM pupils AS p
+        WHERE p.delivery_id = quarantine.delivery_id
+          AND p.school_urn = quarantine.school_urn
+          AND p.intervention = quarantine.intervention
+          AND p.outcome_measure = quarantine.outcome_measure
+    )
 )

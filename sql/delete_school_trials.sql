@@ -1,12 +1,11 @@
--- Remove the pupil rows each delivered file replaces: its school's rows for the trials it names
--- (registered frame `batch_trials`: file_name, school_urn, intervention, outcome_measure, held).
--- A re-delivery replaces exactly those trials; the school's other trials stay, and so do the
--- trials the delivery may not replace (`held`: sql/redelivery_losses.sql).
+-- Remove the pupil rows the applied change sets replace (registered frame `batch_replace`: the stored
+-- school_urn, intervention, outcome_measure, round combinations whose trial key a delivery carries).
+-- Rows of a (school, trial, round) the delivery does not carry, or whose change set is held, stay.
 DELETE FROM pupils
 WHERE EXISTS (
-    SELECT 1 FROM batch_trials AS t
+    SELECT 1 FROM batch_replace AS t
     WHERE t.school_urn = pupils.school_urn
       AND t.intervention = pupils.intervention
       AND t.outcome_measure = pupils.outcome_measure
-      AND NOT t.held
+      AND coalesce(t."round", '') = coalesce(pupils."round", '')
 )

@@ -78,3 +78,27 @@ CREATE TABLE IF NOT EXISTS load_warnings (
     intervention    VARCHAR,
     outcome_measure VARCHAR
 );
+
+-- What each delivery did (or was held from doing) to each (school, trial, round), and each withdrawal
+-- or accept: one row per change set (microtrials.change_sets). Never deleted: the load's memory.
+CREATE TABLE IF NOT EXISTS change_sets (
+    delivery_id         VARCHAR,            -- sha256 of the delivered file; NULL for a withdrawal
+    file_name           VARCHAR,
+    school_urn          VARCHAR NOT NULL,
+    intervention        VARCHAR NOT NULL,   -- the registered name, else the spelling delivered
+    outcome_measure     VARCHAR NOT NULL,
+    "round"             VARCHAR NOT NULL,   -- the registered round, else the round sent, else ''
+    key_intervention    VARCHAR NOT NULL,   -- the trial key (microtrials.ingest.trial_key.TrialKey)
+    key_outcome_measure VARCHAR NOT NULL,
+    key_round           VARCHAR NOT NULL,
+    pupils_before       INTEGER NOT NULL,
+    pupils_after        INTEGER NOT NULL,
+    outcomes_before     INTEGER NOT NULL,
+    outcomes_after      INTEGER NOT NULL,
+    added               INTEGER NOT NULL,
+    removed             INTEGER NOT NULL,
+    state               VARCHAR NOT NULL,   -- 'applied' | 'held' | 'accepted' | 'withdrawn'
+    reason              VARCHAR,            -- why it was held
+    message             VARCHAR NOT NULL,   -- the line the officer was shown
+    recorded_at         TIMESTAMP NOT NULL DEFAULT current_timestamp
+);

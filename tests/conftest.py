@@ -65,3 +65,15 @@ def write_extract(tmp_path):
         return path
 
     return write
+
+
+# ---- Hypothesis profiles: "ci" (the default: hundreds of delivery sequences), "dev" (fewer, quicker) ----
+# Choose with HYPOTHESIS_PROFILE=dev. Tests that set their own max_examples keep them.
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=200, stateful_step_count=10, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=25, stateful_step_count=8, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

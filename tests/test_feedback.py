@@ -65,7 +65,9 @@ def test_trials_not_replaced_are_explained(con, write_extract, tmp_path):
     written = feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, tmp_path / "fb")
     lines = read_as_excel(written[0])
     assert len(lines) == 11
-    assert lines[-1]["Line"] == "" and lines[-1]["What is wrong"].startswith("Reading / NGRT: this file has 0 loadable")
+    assert lines[-1]["Line"] == "" and lines[-1]["What is wrong"].startswith(
+        "Reading / NGRT: held, not applied: it would replace 10 pupils by 0, more than half of them gone, so the "
+        "earlier rows stay as they were")
     # a corrected file with nothing to fix removes the old feedback
     write_extract("111601.csv", pupil_rows(10, start=1))
     reports = load_folder(con, folder, KEY)

@@ -128,3 +128,31 @@ def test_cumulative_alt_text():
         "Estimate for Reading (NGRT) over 2 publications: 0.38 (95% CI 0.10 to 0.66) on 01 Mar 2026, "
         "then 0.28 (95% CI 0.12 to 0.44) on 01 Jun 2026.")
     assert history.describe_cumulative(frame, "Other", "NGRT").startswith("No published estimate yet")
+
+
+def test_a_withdrawn_school_is_said_withdrawn_not_no_longer_counted(reading, tmp_path):
+    """Issue 19: a school that left (microtrials withdraw) is "withdrawn"; one whose rows went otherwise
+    is "no longer counted"."""
+    from microtrials import warehouse
+    from microtrials.loading import record_change_sets
+    from microtrials.change_sets import WITHDRAWN, ChangeSet
+    from microtrials.ingest.trial_key import plain_key
+
+    urns = sorted(reading["school_urn"].unique())
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    first, first_schools = _publication(reading, urns[:8])
+    second, second_schools = _publication(reading, urns[:6])  # urns[6] withdrew, urns[7] just went
+    history.append_history(con, first, datetime(2026, 3, 1, 9), first_schools, history.withdrawn_schools(con))
+    assert history.withdrawn_schools(con) == set()
+    record_change_sets(con, [ChangeSet(urns[6], plain_key("Reciprocal reading", "NGRT standardised score"),
+                                       "Reciprocal reading", "NGRT standardised score", "", pupils_before=30,
+                                       removed=30, state=WITHDRAWN)])
+    withdrawn = history.withdrawn_schools(con)
+    assert withdrawn == {(urns[6], "reciprocal reading")}
+    assert not history.same_as_latest(history.read_history(con), second, second_schools, withdrawn)
+    history.append_history(con, second, datetime(2026, 6, 1, 9), second_schools, withdrawn)
+    before, after = history.publications(history.read_history(con))
+    sentence = history.what_changed(before, after)[0]
+    assert f"school {urns[6]} withdrawn" in sentence
+    assert f"school {urns[7]} no longer counted" in sentence
+    con.close()

@@ -242,6 +242,7 @@ def test_load_report_frame_has_one_row_per_file(con, write_extract):
             "rows_read": 3, "rows_loaded": 2, "rows_quarantined": 1,
             "quarantined_by_reason": "arm not 'intervention' or 'control': 1",
             "rows_with_warnings": 1, "warnings": "gender not understood: 1", "columns_dropped": "", "reason": "",
+            "changes": "111601 Reading: 2 pupils added",
         },
         {
             "file_name": "bad.csv", "status": "rejected", "school_urn": "", "trials": "",
@@ -249,6 +250,7 @@ def test_load_report_frame_has_one_row_per_file(con, write_extract):
             "rows_with_warnings": 0, "warnings": "", "columns_dropped": "",
             "reason": "bad.csv: the file is empty; in Excel use File > Save As > "
             "'CSV UTF-8 (Comma delimited) (*.csv)' and send the file again",
+            "changes": "",
         },
     ]
     warehouse.save_frame(con, "load_report", frame)  # the pipeline stores it as it is
@@ -310,10 +312,10 @@ def test_a_failing_file_in_a_shared_transaction_loses_no_other_file(con, write_e
         folder = write_extract(f"{urn}.csv", pupil_rows(2, urn=urn)).parent
     real_write = loading._write
 
-    def failing(cur, group):
+    def failing(cur, group, accept=False):
         if any(d.report.file_name == "111602.csv" for d in group):
             raise duckdb.ConstraintException("simulated failure")
-        return real_write(cur, group)
+        return real_write(cur, group, accept)
 
     monkeypatch.setattr(loading, "_write", failing)
     with pytest.raises(duckdb.ConstraintException, match="simulated"):

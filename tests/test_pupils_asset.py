@@ -90,8 +90,10 @@ def test_a_rejected_file_is_visibly_not_a_successful_load(tmp_path, write_extrac
         result, _ = _run_again(tmp_path, instance)
         events = _materializations(result)
         bad = events[_urn(2)].metadata
-        assert bad["status"].value == "rejected"
-        assert "the earlier rows are kept" in bad["files"].value
+        assert bad["status"].value == "held"
+        assert "held, not applied: it would replace 30 pupils by 0" in bad["files"].value
+        assert "held, not applied: it would replace 30 pupils by 0" in bad["changes"].value
+        assert "the earlier 30 pupils stay as they were" in bad["changes"].value
         assert bad["dagster/row_count"].value == 30  # the earlier rows survive
         assert events[_urn(0)].metadata["status"].value == "unchanged"
 
@@ -121,6 +123,8 @@ def test_school_status_words():
     assert school_status([ok]) == "loaded"
     assert school_status([held]) == "partly rejected"
     assert school_status([FileReport("c.csv", "rejected")]) == "rejected"
+    assert school_status([ok, FileReport("d.csv", "held")]) == "held"
+    assert school_status([FileReport("e.csv", "partly held")]) == "held"
     assert school_status([ok, FileReport("c.csv", "rejected")]) == "partly rejected"
     assert school_status([FileReport("a.csv", "unchanged")]) == "unchanged"
 

@@ -44,32 +44,41 @@ def test_an_all_quarantined_redelivery_keeps_the_70_good_rows(con, write_extract
     assert pupils_of(con) == [("Reading", 70, "111601.csv")]
     report = load_file(con, write_extract("111601_resent.csv", coded(pupil_rows(70))), KEY)
     assert pupils_of(con) == [("Reading", 70, "111601.csv")]  # the earlier rows survive
-    assert (report.status, report.rows_read, report.rows_loaded, report.rows_quarantined) == ("rejected", 70, 0, 70)
-    assert list(report.trials_rejected) == ["Reading / NGRT"]
-    assert "this file has 0 loadable rows for the trial, the school's earlier delivery 70" in report.reason
-    assert "the earlier rows are kept" in report.reason
-    # the officer sees it in the load report, and the deliveries table says the same
+    assert (report.status, report.rows_read, report.rows_loaded, report.rows_quarantined) == ("held", 70, 0, 70)
+    assert list(report.trials_held) == ["Reading / NGRT"]
+    assert report.changes == [
+        "111601 Reading: held, not applied: it would replace 70 pupils by 0, more than half of them gone; the "
+        "earlier 70 pupils stay as they were (to apply it on purpose: microtrials accept 111601_resent.csv)"
+    ]
+    assert report.reason == report.changes[0]
+    assert "correct them and send the file again" in report.trials_held["Reading / NGRT"]
+    # the officer sees it in the load report, and the deliveries and change_sets tables say the same
     frame = load_report_frame([report])
-    assert frame[["status", "reason"]].values.tolist() == [["rejected", report.reason]]
+    assert frame[["status", "reason", "changes"]].values.tolist() == [["held", report.reason, report.changes[0]]]
     deliveries = con.execute("SELECT file_name, status, rows_loaded, reason FROM deliveries ORDER BY loaded_at").fetchall()
-    assert deliveries[-1] == ("111601_resent.csv", "rejected", 0, report.reason)
+    assert deliveries[-1] == ("111601_resent.csv", "held", 0, report.reason)
+    assert con.execute("SELECT state, pupils_before, pupils_after, removed, message FROM change_sets "
+                       "WHERE file_name = '111601_resent.csv'").fetchall() == [("held", 70, 0, 70, report.changes[0])]
     # the new file's rows set aside stay visible (what to fix); the kept delivery's quarantine is untouched
     lines = con.execute("SELECT count(*) FROM quarantine WHERE source_file = '111601_resent.csv'").fetchone()[0]
     assert lines == 70
     # seen again: still rejected, recorded once
     again = load_file(con, write_extract("111601_resent.csv", coded(pupil_rows(70))), KEY)
-    assert again.status == "rejected" and pupils_of(con) == [("Reading", 70, "111601.csv")]
+    assert again.status == "held" and pupils_of(con) == [("Reading", 70, "111601.csv")]
+    assert again.changes == report.changes  # still said, never applied by a run
     assert con.execute("SELECT count(*) FROM deliveries WHERE file_name = '111601_resent.csv'").fetchone()[0] == 1
+    assert con.execute("SELECT count(*) FROM change_sets WHERE file_name = '111601_resent.csv'").fetchone()[0] == 1
 
 
 def test_losing_more_than_half_keeps_the_earlier_rows_half_replaces(con, write_extract):
     load_file(con, write_extract("111601.csv", pupil_rows(70)), KEY)
     fewer = load_file(con, write_extract("111601_v2.csv", pupil_rows(34)), KEY)  # 34 < 70 / 2
-    assert fewer.status == "rejected" and "this file has 34 loadable rows" in fewer.reason
-    assert "ask the data team" in fewer.reason  # no row was set aside: perhaps pupils really left
+    assert fewer.status == "held" and "it would replace 70 pupils by 34" in fewer.reason
+    assert "tell the data team" in fewer.trials_held["Reading / NGRT"]  # no row set aside: perhaps pupils left
     assert pupils_of(con) == [("Reading", 70, "111601.csv")]
     half = load_file(con, write_extract("111601_v3.csv", pupil_rows(35)), KEY)  # exactly half: replaces
-    assert (half.status, half.rows_loaded, half.trials_rejected) == ("loaded", 35, {})
+    assert (half.status, half.rows_loaded, half.trials_held) == ("loaded", 35, {})
+    assert half.changes == ["111601 Reading: 70 pupils replaced by 35 (35 removed)"]
     assert pupils_of(con) == [("Reading", 35, "111601_v3.csv")]
 
 
@@ -78,15 +87,18 @@ def test_only_the_losing_trial_is_kept_the_others_are_replaced(con, write_extrac
     load_file(con, write_extract("111601.csv", first), KEY)
     second = coded(pupil_rows(40)) + pupil_rows(38, intervention="Maths", measure="PUMA", start=100)
     report = load_file(con, write_extract("111601.csv", second), KEY)  # same name, new content
-    assert report.status == "loaded" and report.rows_loaded == 38
-    assert list(report.trials_rejected) == ["Reading / NGRT"]
-    assert report.reason.startswith("not replaced: Reading / NGRT: this file has 0 loadable rows")
+    assert report.status == "partly held" and report.rows_loaded == 38
+    assert list(report.trials_held) == ["Reading / NGRT"]
+    assert report.reason.startswith("111601 Reading: held, not applied: it would replace 40 pupils by 0")
+    assert report.changes[0] == "111601 Maths: 40 pupils replaced by 38 (38 added, 40 removed)"
     assert pupils_of(con) == [("Maths", 38, "111601.csv"), ("Reading", 40, "111601.csv")]
     kept = con.execute("SELECT count(DISTINCT delivery_id) FROM pupils WHERE intervention = 'Reading'").fetchone()[0]
     assert kept == 1
     # the stored report of this (unchanged) file says the same on the next run
     again = load_file(con, write_extract("111601.csv", second), KEY)
-    assert again.status == "unchanged" and again.trials_rejected == report.trials_rejected
+    assert again.status == "partly held" and again.trials_held == report.trials_held
+    assert again.changes == report.changes[1:]  # only what is still held
+    assert pupils_of(con) == [("Maths", 38, "111601.csv"), ("Reading", 40, "111601.csv")]
 
 
 def test_a_first_delivery_with_no_good_rows_is_rejected(con, write_extract):
@@ -223,7 +235,7 @@ def test_a_redelivery_spelled_differently_replaces_never_duplicates(con, write_e
 def test_a_smaller_redelivery_spelled_differently_is_held(con, write_extract):
     load_file(con, write_extract("111601.csv", pupil_rows(20, intervention="Reciprocal reading")), KEY)
     report = load_file(con, write_extract("111601-v2.csv", pupil_rows(4, intervention="RECIPROCAL READING")), KEY)
-    assert report.status == "rejected"
+    assert report.status == "held"
     assert pupils_of(con) == [("Reciprocal reading", 20, "111601.csv")]
 
 
@@ -234,8 +246,8 @@ def test_a_redelivery_losing_most_outcomes_keeps_the_earlier_rows(con, write_ext
     for row in blank:
         row[EXTRACT_HEADER.index("outcome")] = ""
     report = load_file(con, write_extract("111601-v2.csv", blank), KEY)
-    assert report.status == "rejected"
-    assert "0 outcome scores for the trial, the school's earlier delivery 20" in report.reason
+    assert report.status == "held"
+    assert "it would leave 0 of the 20 outcome scores, more than half of them gone" in report.reason
     assert con.execute("SELECT count(outcome) FROM pupils").fetchone() == (20,)
     half = pupil_rows(20)
     for row in half[:9]:

@@ -57,8 +57,10 @@ warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.Bet
     description="One partition per school (its URN; `file-<name>` for a file with no usable URN): the "
     "school's extract file(s) in the extracts folder, validated, pseudonymised and loaded into the "
     "`pupils` table (bad rows to `quarantine`, one `deliveries` row per file). Each partition's "
-    "`status` says what its files did: `loaded`, `unchanged`, `partly rejected`, `rejected` (nothing "
-    "new loaded; the rows loaded before are kept) or `no file`.",
+    "`status` says what its files did: `loaded`, `unchanged`, `held` (a change that would lose more than "
+    "half of a trial round's pupils or scores: nothing of it applied, the earlier rows stay as they were "
+    "until `microtrials accept FILE`), `partly rejected`, `rejected` (nothing new loaded; the rows loaded "
+    "before stay) or `no file`. `changes` says, one line per school trial round, what the files did.",
 )
 def pupils(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse) -> dg.MaterializeResult:
     key = privacy.pupil_key_from_env(settings.extracts)
@@ -116,6 +118,8 @@ def school_status(reports: list[loading.FileReport]) -> str:
     if not reports:
         return "no file"
     kinds = {r.status for r in reports}
+    if kinds & {"held", "partly held"}:
+        return "held"
     some_held = any(r.trials_rejected for r in reports if r.status != "rejected")
     if kinds == {"rejected"}:
         return "rejected"
@@ -150,7 +154,8 @@ def school_metadata(school: str, reports: list[loading.FileReport], held: pd.Dat
     fix = [
         str(feedback.feedback_path(feedback_dir, r.school_urn, r.file_name))
         for r in reports
-        if r.status != "unchanged" and (r.rows_quarantined or getattr(r, "rows_with_warnings", 0) or r.trials_rejected)
+        if r.status != "unchanged"
+        and (r.rows_quarantined or getattr(r, "rows_with_warnings", 0) or r.trials_rejected or r.trials_held)
     ]
     metadata = {
         "status": status,
@@ -166,6 +171,8 @@ def school_metadata(school: str, reports: list[loading.FileReport], held: pd.Dat
             "\n".join(f"- {reason}: {n}" for reason, n in sorted(by_reason.items())) or "(none)"
         ),
         "trials": dg.MetadataValue.md(markdown_table(trials) if len(trials) else "(none)"),
+        "changes": dg.MetadataValue.md("\n".join(f"- {line}" for r in reports for line in r.changes)
+                                       or "(no change to the warehouse)"),
     }
     if fix:
         metadata["what_to_fix"] = dg.MetadataValue.text("; ".join(fix))

@@ -8,12 +8,12 @@ import shutil
 import dagster as dg
 import pandas as pd
 
-from microtrials import dictionary, history, loading, planner, publish, site, warehouse
+from microtrials import dictionary, history, loading, planner, publish, site, summary, warehouse, workspace
 from microtrials.errors import MicrotrialsError
 from microtrials.evidence_table import COLUMNS, EXTRA_COLUMNS, SCHOOL_COLUMNS
 from microtrials.registry import load_registry
 from pipelines.assets.registry import trials_file
-from pipelines.resources import Settings, Warehouse
+from pipelines.resources import DEFAULT_EXTRACTS, Settings, Warehouse
 
 HISTORY_ROWS_SHOWN = 6  # publications per trial in the UI's history table
 
@@ -39,10 +39,13 @@ def staged_publication(context: dg.AssetExecutionContext, settings: Settings, wa
     registry = load_registry(trials_file(settings))
     plans = planner.plans_for_page(planner.round_plans(registry, inputs["stored"]), registry) if registry is not None else []
     problems: list[str] = []
+    ws = workspace.load(settings.workspace_dir) if settings.workspace_dir else None
+    sending = workspace.send_details(ws.contact if ws else workspace.Contact(),
+                                     list(registry.rounds) if registry is not None else [], now.date())
     files = site.build_site(inputs["table"], _per_trial(inputs["schools"]), inputs["load_report"],
                             _data_date(inputs["loaded_at"]), now.strftime("%d %B %Y %H:%M UTC"), problems=problems,
                             history=shown, plans=plans, registry_rows=_registry_rows(inputs),
-                            spellings=inputs["spellings"])
+                            spellings=inputs["spellings"], sending=sending, **({"area": ws.area} if ws else {}))
     for problem in problems:  # one trial's trouble is reported, never a reason to stop the others
         context.log.warning(problem)
     staged = publish.stage_publication(settings.out, context.run.run_id, files,
@@ -85,18 +88,21 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     path = settings.out / "evidence_table.csv"
     context.log.info(f"evidence table written to {path}")
     published, school_urns = _published_rows(inputs)
-    unchanged = history.same_as_latest(inputs["kept"], published, school_urns)
+    unchanged = history.same_as_latest(inputs["kept"], published, school_urns, inputs["withdrawn"])
     publication_id = ""
     if not unchanged:  # only a publication that was swapped in is remembered
         with warehouse_db.connect() as con:
-            publication_id = history.append_history(con, published, published_at, school_urns)
+            publication_id = history.append_history(con, published, published_at, school_urns, inputs["withdrawn"])
     shown = _shown_history(inputs, published_at)
     changes = [] if unchanged else _changes(shown)
     for change in changes:
         context.log.info(f"since the last publication: {change}")
+    ws = workspace.load(settings.workspace_dir) if settings.workspace_dir else None
+    to_do = _officer_to_do(context, settings, warehouse_db, ws, published)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
+            "officer_to_do": dg.MetadataValue.md(summary.as_markdown(to_do)),
             "page": dg.MetadataValue.path(str(settings.out / "index.html")),
             "files": len(files),
             "publication_id": publication_id or "unchanged: no new history entry",
@@ -130,6 +136,7 @@ def _inputs(con) -> dict:
         "progress": optional("registry_progress"),
         "messages": optional("registry_messages"),
         "kept": history.read_history(con),
+        "withdrawn": history.withdrawn_schools(con),
         "spellings": optional("trial_spellings", "merged_spellings"),
     }
 
@@ -145,10 +152,10 @@ def _published_rows(inputs: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _shown_history(inputs: dict, published_at: dt.datetime) -> pd.DataFrame:
     """The kept history plus this publication (unless it changes nothing): what the pages show."""
     published, school_urns = _published_rows(inputs)
-    if history.same_as_latest(inputs["kept"], published, school_urns):
+    if history.same_as_latest(inputs["kept"], published, school_urns, inputs["withdrawn"]):
         return inputs["kept"]
-    return pd.concat([inputs["kept"], history.publication_frame(published, published_at, school_urns)],
-                     ignore_index=True)
+    frame = history.publication_frame(published, published_at, school_urns, inputs["withdrawn"])
+    return pd.concat([inputs["kept"], frame], ignore_index=True)
 
 
 def _per_trial(schools: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
@@ -181,6 +188,20 @@ def _refuse_unsafe(con, files: dict[str, bytes], trials: int) -> None:
     published_rows = len(pd.read_csv(io.BytesIO(files["evidence_table.csv"]), encoding="utf-8-sig"))
     if published_rows != trials:
         raise MicrotrialsError(f"not published: {published_rows} rows for {trials} trials; the last good publication stays")
+
+
+def _officer_to_do(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse,
+                   ws: workspace.Workspace | None, published: pd.DataFrame) -> list[str]:
+    """The officer's to-do list (microtrials.summary), as `microtrials run` prints it; blank [schools]
+    settings of the workspace are also a warning in the run's log."""
+    missing = ws.contact.missing() if ws else []
+    if missing:
+        context.log.warning(f"schools are not told {', '.join(missing)}: fill in [schools] in {ws.config_file}")
+    with warehouse_db.connect() as con:
+        facts = summary.gather(con, published, settings.extracts, settings.feedback, missing,
+                               ws is None and settings.extracts.resolve() == DEFAULT_EXTRACTS.resolve(),
+                               str(settings.out / "registry_report.csv"))
+    return summary.todo_lines(facts)
 
 
 def _row_round(row: dict) -> str | None:

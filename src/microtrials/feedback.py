@@ -106,7 +106,7 @@ def _wanted(report, target: Path) -> bool:
     """Whether this run writes (or removes) a report's feedback file: a delivery loaded or rejected
     now; an ``unchanged`` one only to drop a stale file or write a missing one (a run killed after
     loading never wrote it)."""
-    if report.status in ("loaded", "rejected"):
+    if report.status in ("loaded", "rejected", "held", "partly held"):
         return True
     if report.status != "unchanged":
         return False
@@ -114,6 +114,7 @@ def _wanted(report, target: Path) -> bool:
         report.rows_quarantined
         or getattr(report, "rows_with_warnings", 0)
         or report.trials_rejected
+        or getattr(report, "trials_held", None)
         or getattr(report, "quarantined_by_reason", None)
         or getattr(report, "file_warnings", None)
         or report.columns_dropped
@@ -131,7 +132,7 @@ def _archive_earlier(folder: Path, todo: list) -> None:
     school sent a new delivery this run, so only the current delivery's files stay in its folder."""
     current: dict[Path, set[Path]] = {}
     for report, target in todo:
-        if report.status in ("loaded", "rejected"):
+        if report.status != "unchanged":
             current.setdefault(target.parent, set()).add(target)
     for school, keep in current.items():
         for old in school.glob("*-what-to-fix.csv") if school.is_dir() else []:
@@ -173,7 +174,7 @@ def _rows(problems: pd.DataFrame | None, report, path: Path) -> pd.DataFrame:
             if value and not _quotable(column, value, ids):
                 value = HIDDEN
             out.append({"line": line, "column": column, "value": value, "reason": reason, "what_to_do": fix})
-    for trial, why in getattr(report, "trials_rejected", {}).items():
+    for trial, why in [*getattr(report, "trials_rejected", {}).items(), *getattr(report, "trials_held", {}).items()]:
         reason, fix = _split(why)
         out.append({"line": "", "column": "", "value": "", "reason": f"{trial}: {reason}", "what_to_do": fix})
     if report.status == "rejected" and report.reason and not report.trials_rejected and problems is None:

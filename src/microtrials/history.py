@@ -58,7 +58,7 @@ def store_registry(con: duckdb.DuckDBPyConnection, registry: Registry, text: str
         con.execute(warehouse.sql("insert_registry_problems"))
         con.execute("COMMIT")
     except Exception:
-        con.execute("ROLLBACK")
+        warehouse.rollback(con)
         raise
     finally:
         for name in ("registry_rounds_frame", "registry_problems_frame"):
@@ -132,8 +132,18 @@ def _key(row: Mapping[str, object]) -> tuple[str, str, str]:
     return tuple(match_key(str(row.get(c) or "")) for c in KEY_COLUMNS)  # type: ignore[return-value]
 
 
-def _publication_rows(table: pd.DataFrame, schools: pd.DataFrame | None) -> list[dict]:
-    """The published rows as JSON-safe dicts, each with ``school_urns`` when ``schools`` is given."""
+def withdrawn_schools(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str]]:
+    """(URN, intervention match key) of every school withdrawn from a trial (``microtrials withdraw``)
+    and not delivered again since: what the history calls "withdrawn", never "no longer counted"."""
+    if not warehouse.table_exists(con, "change_sets"):
+        return set()
+    return {(urn, trial) for urn, trial, *_ in con.execute(warehouse.sql("withdrawn_schools")).fetchall()}
+
+
+def _publication_rows(table: pd.DataFrame, schools: pd.DataFrame | None,
+                      withdrawn: set[tuple[str, str]] | None = None) -> list[dict]:
+    """The published rows as JSON-safe dicts, each with ``school_urns`` when ``schools`` is given
+    (and ``withdrawn_urns``, the trial's schools ``withdrawn``, when any)."""
     urns: dict[tuple[str, str, str], set[str]] = {}
     if schools is not None and len(schools):
         for school in schools.to_dict("records"):
@@ -143,6 +153,9 @@ def _publication_rows(table: pd.DataFrame, schools: pd.DataFrame | None) -> list
         row = {k: _plain(v) for k, v in record.items()}
         if schools is not None:
             row["school_urns"] = " ".join(sorted(urns.get(_key(row), set())))
+        left = sorted(u for u, trial in (withdrawn or ()) if trial == _key(row)[0])
+        if left:
+            row["withdrawn_urns"] = " ".join(left)
         rows.append(row)
     return rows
 
@@ -157,10 +170,11 @@ def _figures(row: Mapping[str, object]) -> str:
                       sort_keys=True, default=str)
 
 
-def publication_frame(table: pd.DataFrame, published_at: datetime, schools: pd.DataFrame | None = None) -> pd.DataFrame:
+def publication_frame(table: pd.DataFrame, published_at: datetime, schools: pd.DataFrame | None = None,
+                      withdrawn: set[tuple[str, str]] | None = None) -> pd.DataFrame:
     """One publication as :func:`read_history` returns it (publication_id, published_at, the rows
     with ``school_urns``), before it is stored: so a page can show the history including itself."""
-    rows = _publication_rows(table, schools)
+    rows = _publication_rows(table, schools, withdrawn)
     publication_id = _publication_id(rows, published_at)
     return pd.DataFrame([{"publication_id": publication_id, "published_at": published_at, **r} for r in rows])
 
@@ -170,7 +184,8 @@ def _publication_id(rows: list[dict], published_at: datetime) -> str:
     return f"{published_at.isoformat(timespec='seconds')}/{hashlib.sha256(body.encode()).hexdigest()[:8]}"
 
 
-def same_as_latest(history: pd.DataFrame, table: pd.DataFrame, schools: pd.DataFrame | None = None) -> bool:
+def same_as_latest(history: pd.DataFrame, table: pd.DataFrame, schools: pd.DataFrame | None = None,
+                   withdrawn: set[tuple[str, str]] | None = None) -> bool:
     """Whether ``table`` (with its schools) holds exactly the rows of the latest kept publication.
 
     A run that changes nothing publishes again (new run date) but adds no history entry, so the
@@ -180,12 +195,12 @@ def same_as_latest(history: pd.DataFrame, table: pd.DataFrame, schools: pd.DataF
     if not kept:
         return False
     latest = [_figures(r) for r in kept[-1].to_dict("records")]
-    current = [_figures(r) for r in _publication_rows(table, schools)]
+    current = [_figures(r) for r in _publication_rows(table, schools, withdrawn)]
     return sorted(latest) == sorted(current)
 
 
 def append_history(con: duckdb.DuckDBPyConnection, table: pd.DataFrame, published_at: datetime,
-                   schools: pd.DataFrame | None = None) -> str:
+                   schools: pd.DataFrame | None = None, withdrawn: set[tuple[str, str]] | None = None) -> str:
     """Append every row of a published evidence table to ``evidence_history``; return the publication id.
 
     The id is ``<published_at ISO>/<first 8 hex of sha256 of the rows>``; appending the same
@@ -194,7 +209,7 @@ def append_history(con: duckdb.DuckDBPyConnection, table: pd.DataFrame, publishe
     ``school_urns`` (sorted, space-separated), so :func:`what_changed` can name new schools.
     """
     ensure_tables(con)
-    rows = _publication_rows(table, schools)
+    rows = _publication_rows(table, schools, withdrawn)
     publication_id = _publication_id(rows, published_at)
     frame = pd.DataFrame({
         "publication_id": publication_id,
@@ -211,7 +226,7 @@ def append_history(con: duckdb.DuckDBPyConnection, table: pd.DataFrame, publishe
         con.execute(warehouse.sql("insert_evidence_history"))
         con.execute("COMMIT")
     except Exception:
-        con.execute("ROLLBACK")
+        warehouse.rollback(con)
         raise
     finally:
         try:
@@ -307,9 +322,13 @@ def what_changed(previous_rows: pd.DataFrame | Iterable[Mapping[str, object]] | 
         gone_urns = sorted(_urn_list(old.get("school_urns")) - _urn_list(row.get("school_urns")))
         if new_urns:
             clauses.append(f"school{'s' if len(new_urns) > 1 else ''} {_join(new_urns)} joined")
+        left = [u for u in gone_urns if u in _urn_list(row.get("withdrawn_urns"))]
+        gone_urns = [u for u in gone_urns if u not in left]
+        if left:
+            clauses.append(f"school{'s' if len(left) > 1 else ''} {_join(left)} withdrawn")
         if gone_urns:
             clauses.append(f"school{'s' if len(gone_urns) > 1 else ''} {_join(gone_urns)} no longer counted")
-        if not new_urns and not gone_urns and row.get("schools") != old.get("schools") and row.get("schools") is not None:
+        if not new_urns and not gone_urns and not left and row.get("schools") != old.get("schools") and row.get("schools") is not None:
             clauses.append(f"schools {old.get('schools')} → {row.get('schools')}")
         m_old, m_new = _months_of(old), _months_of(row)
         if m_old != m_new:

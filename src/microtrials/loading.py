@@ -43,9 +43,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from microtrials import extracts, feedback, plausibility, warehouse
+from microtrials import change_sets, extracts, feedback, plausibility, warehouse
 from microtrials.errors import MicrotrialsError
-from microtrials.names import match_key
+from microtrials.ingest import trial_key
 from microtrials.privacy import check_key_unchanged, pseudonymise
 
 # Files in the extracts folder that look like a spreadsheet a school sent instead of a CSV:
@@ -64,7 +64,7 @@ class FileReport:
     """What became of one delivered file (no pupil identifiers)."""
 
     file_name: str
-    status: str  # 'loaded' | 'rejected' | 'unchanged'
+    status: str  # 'loaded' | 'held' | 'partly held' | 'rejected' | 'unchanged' | 'ignored'
     school_urn: str | None = None
     trials: list[tuple[str, str]] = field(default_factory=list)
     rows_read: int = 0
@@ -78,6 +78,10 @@ class FileReport:
     rows_with_warnings: int = 0  # loaded rows with a value blanked or an outcome kept as no post-test
     warned_by_reason: dict[str, int] = field(default_factory=dict)
     file_warnings: list[str] = field(default_factory=list)  # e.g. read as Windows-1252
+    # what the file did, one plain line per (school, trial, round) change set (microtrials.change_sets)
+    changes: list[str] = field(default_factory=list)
+    # 'intervention / outcome_measure / round' -> why its change set was held, as the school reads it
+    trials_held: dict[str, str] = field(default_factory=dict)
 
 
 def trials_text(trials: list[tuple[str, str]]) -> str:
@@ -155,7 +159,7 @@ def extract_files(folder: Path) -> list[Path]:
 
 
 def load_files(
-    con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes, new_pupil_key: bool = False
+    con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes, new_pupil_key: bool = False, accept: bool = False
 ) -> list[FileReport]:
     """Load ``paths`` in the order given, as :func:`load_file` would one by one, but faster.
 
@@ -167,6 +171,9 @@ def load_files(
     written), and their writes share one transaction per group of files for distinct schools (so a
     later file of a school still replaces an earlier one, in a later transaction). If a shared
     transaction fails, it is rolled back and each file of it is written in its own.
+
+    With ``accept`` (the officer's ``microtrials accept FILE``), each file is read again even if
+    recorded, and only the change sets the hold rule would hold are applied (``accepted``).
     """
     check_key_unchanged(con, key, new_pupil_key)
     paths = [Path(p) for p in paths]
@@ -176,12 +183,12 @@ def load_files(
         staged = None
         for chunk in chunks:
             # Staging looks up only this chunk's files, which the previous chunk's writes never name.
-            next_staged = _stage(con, chunk, key, pool)
+            next_staged = _stage(con, chunk, key, pool, accept)
             if staged is not None:
-                reports += _finish(con, staged)
+                reports += _finish(con, staged, accept)
             staged = next_staged
         if staged is not None:
-            reports += _finish(con, staged)
+            reports += _finish(con, staged, accept)
     return reports
 
 
@@ -200,6 +207,7 @@ def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
         "warnings",
         "columns_dropped",
         "reason",
+        "changes",
     ]
     rows = [
         {
@@ -215,6 +223,7 @@ def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
             "warnings": "; ".join(r.file_warnings + [f"{k}: {v}" for k, v in r.warned_by_reason.items()]),
             "columns_dropped": ", ".join(r.columns_dropped),
             "reason": r.reason or "",
+            "changes": "\n".join(r.changes),
         }
         for r in reports
     ]
@@ -233,6 +242,7 @@ def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
             "warnings": "str",
             "columns_dropped": "str",
             "reason": "str",
+            "changes": "str",
         }
     )
 
@@ -297,25 +307,28 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _stage(con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes, pool) -> _Staged:
-    """Read a chunk's bytes, find its unchanged files (one query) and start preparing the rest."""
+def _stage(con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes, pool, accept: bool = False) -> _Staged:
+    """Read a chunk's bytes, find its unchanged (or still held) files (one query) and start preparing
+    the rest (every file, to ``accept``)."""
     contents = {path: _read_bytes(path) for path in paths}
     ids = {path: hashlib.sha256(data).hexdigest() for path, data in contents.items() if isinstance(data, bytes)}
     ids |= {path: data.delivery_id for path, data in contents.items() if isinstance(data, extracts.FileTooLarge)}
     reports = _earlier_reports(con, [(ids[p], p.name) for p in paths if p in ids])
+    if accept:  # a held file is read again to be applied; one already applied is unchanged
+        reports = {k: r for k, r in reports.items() if r.status == "unchanged"}
     earlier = {p: reports[ids[p], p.name] for p in paths if (ids.get(p), p.name) in reports}
     jobs = [(p, contents[p], ids.get(p, "unreadable"), key) for p in paths if p not in earlier]
     prepared = pool.map(_prepare_job, jobs, chunksize=25) if pool else map(_prepare_job, jobs)
     return _Staged(paths, earlier, prepared)
 
 
-def _finish(con: duckdb.DuckDBPyConnection, staged: _Staged) -> list[FileReport]:
+def _finish(con: duckdb.DuckDBPyConnection, staged: _Staged, accept: bool = False) -> list[FileReport]:
     """Write a staged chunk's prepared files; their reports (and the unchanged ones') in path order."""
     todo = [p for p in staged.paths if p not in staged.earlier]
     prepared = dict(zip(todo, staged.prepared))
     _judge_against_trials(con, list(prepared.values()))
     for group in _groups_of_distinct_schools(list(prepared.values())):
-        _write_group(con, group)
+        _write_group(con, group, accept)
     return [prepared[p].report if p in prepared else staged.earlier[p] for p in staged.paths]
 
 
@@ -324,27 +337,29 @@ def _judge_against_trials(con: duckdb.DuckDBPyConnection, deliveries: list[_Deli
 
     The rules are :mod:`microtrials.plausibility`'s: a range the registry declares, else gross errors
     against every school's scores of the trial (the warehouse's, except the (school, trial) pairs
-    this batch replaces, plus the batch's). A trial is matched by its registered name or alias and
-    :func:`microtrials.names.match_key`. An outcome set aside is blanked and recorded in quarantine
+    this batch replaces, plus the batch's). A trial is matched by the one trial key
+    (:mod:`microtrials.ingest.trial_key`: registered name or alias, outcome measure; any round). An outcome set aside is blanked and recorded in quarantine
     (the pupil stays randomised); a baseline set aside is blanked with a warning; an unusual score
     loads with a warning; a file's trial on another scale is not loaded (``trials_rejected``).
     """
     loaded = [d for d in deliveries if d.report.status == "loaded" and d.pupils is not None and d.pupils.num_rows]
     if not loaded:
         return
-    intervention_key = _intervention_keys(con)
+    registered = trial_key.from_warehouse(con)
 
-    def trial_key(intervention: str, measure: str) -> str:
-        return f"{intervention_key(intervention)}\x1f{match_key(measure)}"
+    def key_of(intervention: str, measure: str) -> str:
+        """The trial's key (:mod:`microtrials.ingest.trial_key`, any round) as one string."""
+        key = registered.key(intervention, measure, "")
+        return f"{key.intervention}\x1f{key.outcome_measure}"
 
-    keys = {(i, m): trial_key(i, m) for d in loaded for i, m in d.report.trials}
+    keys = {(i, m): key_of(i, m) for d in loaded for i, m in d.report.trials}
     frames = plausibility.batch_frames(
         [(d.report.school_urn or "", d.pupils) for d in loaded], keys,
-        con.execute(warehouse.sql("trial_spellings")).fetchall(), trial_key,
+        con.execute(warehouse.sql("trial_spellings")).fetchall(), key_of,
     )
     with _registered(con, frames):
         spreads = plausibility.spreads_from(con.execute(warehouse.sql("trial_score_spread")).fetchall())
-    ranges = plausibility.declared_ranges(con, trial_key)
+    ranges = plausibility.declared_ranges(con, key_of)
     for delivery in loaded:
         _judge_file(delivery, keys, spreads, ranges)
 
@@ -419,6 +434,16 @@ def _read_bytes(path: Path) -> bytes | OSError | extracts.FileTooLarge:
         return exc
 
 
+def demo_refusal(path: Path, delivery_id: str) -> str | None:
+    """In a workspace (``MICROTRIALS_WORKSPACE`` set), why a bundled demo file is refused; else None."""
+    from microtrials import workspace
+    from microtrials.privacy import sample_hashes
+
+    if not os.environ.get(workspace.ENV_VAR) or delivery_id not in sample_hashes():
+        return None
+    return workspace.demo_file_reason(path.name)
+
+
 def _prepare(path: Path, data: bytes | OSError | extracts.FileTooLarge, delivery_id: str, key: bytes) -> _Delivery:
     """Read and validate one file's bytes into the rows to write, or a rejection."""
     if isinstance(data, extracts.FileTooLarge):
@@ -426,6 +451,9 @@ def _prepare(path: Path, data: bytes | OSError | extracts.FileTooLarge, delivery
     if isinstance(data, OSError):
         reason = f"{path.name}: could not be opened ({data.strerror}); check the file is readable"
         return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=reason))
+    refusal = demo_refusal(path, delivery_id)
+    if refusal:
+        return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=refusal))
     try:
         if path.suffix.lower() in NOT_CSV_SUFFIXES:
             raise extracts.ExtractRejected(
@@ -488,23 +516,23 @@ def _groups_of_distinct_schools(deliveries: list[_Delivery]) -> list[list[_Deliv
     return groups
 
 
-def _write_group(con: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> None:
+def _write_group(con: duckdb.DuckDBPyConnection, group: list[_Delivery], accept: bool = False) -> None:
     """Write a group in one transaction; if that fails (not a conflict), each file in its own."""
     try:
-        _write_once(con, group)
+        _write_once(con, group, accept)
     except duckdb.Error:
         if len(group) == 1:
             raise
         for delivery in group:  # a failing file raises here, after the files before it are written
-            _write_once(con, [delivery])
+            _write_once(con, [delivery], accept)
 
 
-def _write_once(con: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> None:
+def _write_once(con: duckdb.DuckDBPyConnection, group: list[_Delivery], accept: bool = False) -> None:
     """Write ``group`` in one transaction, leaving out files another connection recorded meanwhile
     (a loaded one of those becomes ``unchanged``)."""
     while group:
         try:
-            changed = _in_transaction(con, lambda cur: _write(cur, group), _frames(group))
+            changed = _in_transaction(con, lambda cur: _write(cur, group, accept), _frames(group))
             for delivery in group:
                 if delivery.report.file_name in changed:
                     delivery.report.__dict__.update(changed[delivery.report.file_name].__dict__)
@@ -541,7 +569,6 @@ def _frames(group: list[_Delivery]) -> dict[str, pa.Table]:
     if loaded:
         frames |= {
             "batch_files": pa.table({"file_name": pa.array([d.report.file_name for d in loaded], pa.string())}),
-            "batch_trials": _trials_table(loaded),
             "batch_pupils": pa.concat_tables([d.pupils for d in loaded]).combine_chunks(),
             "batch_quarantine": pa.concat_tables([d.quarantine for d in loaded]).combine_chunks(),
             "batch_warnings": pa.concat_tables([d.warnings for d in loaded]).combine_chunks(),
@@ -549,31 +576,40 @@ def _frames(group: list[_Delivery]) -> dict[str, pa.Table]:
     return frames
 
 
-def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> dict[str, FileReport]:
-    """Inside a transaction: replace each loaded file's school trials and quarantine, insert its
-    rows, and record every file in ``deliveries``. Trials a file may not replace (it would lose
-    more than half of the school's rows: ``sql/redelivery_losses.sql``) keep their earlier rows;
-    returns the reports that changed because of that, by file name (applied once committed)."""
-    changed = _hold_losing_trials(cur, group)
+def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], accept: bool = False) -> dict[str, FileReport]:
+    """Inside a transaction: plan each loaded file's change sets (:mod:`microtrials.change_sets`),
+    delete the rows the applied ones replace, insert their rows, the files' quarantine and warnings,
+    and record every file in ``deliveries`` and every change set in ``change_sets``. A held change
+    set changes nothing. Returns the reports that changed (applied once committed), by file name."""
+    plan = _plan(cur, group, accept)
+    changed = _reports_after(group, plan, accept)
     for delivery in group:  # a file that loads no row at all is rejected, its rows set aside explained
         report = changed.get(delivery.report.file_name, delivery.report)
-        if report.status == "loaded" and report.rows_loaded == 0:
+        if report.status == "loaded" and report.rows_loaded == 0 and not accept:
             changed[report.file_name] = _nothing_loaded(report)
     # the deliveries rows and keys show the reports as they now are (registered afresh on each attempt)
     final = [dataclasses.replace(d, report=changed.get(d.report.file_name, d.report)) for d in group]
+    if accept:  # a file with nothing held is told so, and neither recorded again nor written
+        for d in final:
+            if d.report.file_name not in changed and d.report.status == "loaded":
+                d.report = changed[d.report.file_name] = _not_held(d.report)
+        final = [d for d in final if d.report.status == "loaded"]
+        group = [d for d in group if d.report.file_name in {f.report.file_name for f in final}]
+        if not final:
+            return changed
     cur.register("batch_deliveries", pa.Table.from_pylist([_delivery_row(d.delivery_id, d.report) for d in final]))
     cur.register("batch_keys", _file_keys((d.delivery_id, d.report.file_name, d.report.status) for d in final))
     recorded = {(row[0], row[1]) for row in cur.execute(warehouse.sql("delivery_seen")).fetchall()}
     if recorded:
         raise _AlreadyRecorded(recorded, changed)
     if any(d.report.status == "loaded" for d in group):
-        cur.execute(warehouse.sql("delete_school_trials"))
-        cur.execute(warehouse.sql("delete_school_quarantine"))
-        cur.execute(warehouse.sql("delete_school_warnings"))
-        cur.execute(warehouse.sql("load_pupils"))
-        cur.execute(warehouse.sql("load_quarantine"))
-        cur.execute(warehouse.sql("load_warnings"))
+        cur.register("batch_replace", plan.replace)
+        cur.register("batch_insert", plan.insert)
+        for name in ("delete_school_trials", "load_pupils", "delete_school_quarantine", "delete_school_warnings",
+                     "load_quarantine", "load_warnings"):
+            cur.execute(warehouse.sql(name))
     cur.execute(warehouse.sql("load_delivery"))
+    record_change_sets(cur, plan.change_sets)
     return changed
 
 
@@ -590,130 +626,88 @@ def _nothing_loaded(report: FileReport) -> FileReport:
     )
 
 
-def _hold_losing_trials(cur: duckdb.DuckDBPyConnection, group: list[_Delivery]) -> dict[str, FileReport]:
-    """Mark (in the registered ``batch_trials``) the trials whose earlier rows stay, and return
-    the reports of their files rewritten to say so: rows not loaded, and ``rejected`` when no
-    trial of the file was replaced.
+def _not_held(report: FileReport) -> FileReport:
+    """An accepted file none of whose changes would be held: nothing to apply on purpose."""
+    why = (f"{report.file_name}: nothing of this file is held (none of its changes would lose more than half "
+           "of a trial round's pupils or scores): there is nothing to accept; a run loads it as usual")
+    return dataclasses.replace(report, status="not held", reason=why, changes=[])
 
-    ``batch_trials`` first gains a row for every spelling the warehouse holds for the school that
-    has the same :func:`microtrials.names.match_key` as a trial of the file (``reciprocal  Reading``
-    replaces ``Reciprocal reading``)."""
-    loaded = [d for d in group if d.report.status == "loaded"]
-    if not any(d.report.school_urn for d in loaded):
-        return {}
-    cur.register("batch_trials", _trials_table(loaded))
-    stored = cur.execute(warehouse.sql("school_spellings")).fetchall()
-    intervention_key = _intervention_keys(cur)
-    spellings: dict[tuple, list[tuple[str, str]]] = {}
-    for school, intervention, measure in stored:
-        key = (school, intervention_key(intervention), match_key(measure))
-        spellings.setdefault(key, []).append((intervention, measure))
-    cur.register("batch_trials", _trials_table(loaded, spellings=spellings, intervention_key=intervention_key))
-    losses = cur.execute(warehouse.sql("redelivery_losses")).fetchall()
-    if not losses:
-        return {}
-    held: dict[str, dict[tuple[str, str], tuple[int, int, int, int]]] = {}
-    for file_name, intervention, measure, *counts in losses:
-        held.setdefault(file_name, {})[intervention, measure] = tuple(counts)
-    cur.register("batch_trials", _trials_table(loaded, held, spellings, intervention_key))
+
+def record_change_sets(cur: duckdb.DuckDBPyConnection, planned: list[change_sets.ChangeSet]) -> None:
+    """Insert ``planned`` into the ``change_sets`` table (inside the caller's transaction)."""
+    if not planned:
+        return
+    with _registered(cur, {"batch_change_sets": change_sets.change_sets_table(planned)}):
+        cur.execute(warehouse.sql("insert_change_sets"))
+
+
+def accept_file(con: duckdb.DuckDBPyConnection, path: Path, key: bytes) -> FileReport:
+    """Apply, on the officer's word, the change sets of ``path`` (its current content) that the hold
+    rule holds: status ``loaded`` with the ``accepted`` change lines; ``unchanged`` when that exact
+    file is already applied; ``not held`` (nothing changed) when none of its changes would be held."""
+    return load_files(con, [Path(path)], key, accept=True)[0]
+
+
+def withdraw(con: duckdb.DuckDBPyConnection, school_urn: str, trial: str | None = None,
+             round_name: str | None = None) -> list[change_sets.ChangeSet]:
+    """Remove a school's pupil rows (all, one trial's by name or alias, and/or one round's) with
+    the rows set aside and warnings that explained them, and record each (school, trial, round)
+    removed as a ``withdrawn`` change set, in one transaction. Returns the change sets (none:
+    nothing of the school matched, nothing changed)."""
+    def work(cur: duckdb.DuckDBPyConnection) -> list[change_sets.ChangeSet]:
+        plan = change_sets.withdrawal(cur, trial_key.from_warehouse(cur), school_urn, trial, round_name)
+        if not plan.change_sets:
+            return []
+        cur.register("batch_replace", plan.replace)
+        whole = {"urn": school_urn, "whole": not trial and not round_name}
+        cur.execute(warehouse.sql("withdraw_pupils"))
+        cur.execute(warehouse.sql("withdraw_quarantine"), whole)
+        cur.execute(warehouse.sql("withdraw_warnings"), whole)
+        record_change_sets(cur, plan.change_sets)
+        return plan.change_sets
+
+    return _in_transaction(con, work)
+
+
+def _plan(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], accept: bool) -> change_sets.Plan:
+    """The change sets of the group's loaded files against the warehouse's rows of their schools."""
+    loaded = [d for d in group if d.report.status == "loaded" and d.report.school_urn and d.pupils is not None]
+    if not loaded:
+        return change_sets.Plan()
+    columns = ["source_file", "delivery_id", "school_urn", "intervention", "outcome_measure", "round",
+               "pupil_key", "outcome"]
+    incoming = pa.concat_tables([d.pupils.select(columns) for d in loaded]).rename_columns(["file_name", *columns[1:]])
+    named = [(d.report.file_name, d.delivery_id, d.report.school_urn, i, m)
+             for d in loaded for i, m in d.report.trials if trials_text([(i, m)]) not in d.report.trials_rejected]
+    stored = change_sets.stored_rows(cur, [d.report.school_urn for d in loaded])
+    return change_sets.plan_changes(stored, incoming, trial_key.from_warehouse(cur), named, accept)
+
+
+def _reports_after(group: list[_Delivery], plan: change_sets.Plan, accept: bool) -> dict[str, FileReport]:
+    """The reports of the files with change sets, rewritten to say what they did: each change in
+    one line, the rows loaded, and ``held`` (nothing applied) or ``partly held`` with why."""
+    by_file: dict[str, list[change_sets.ChangeSet]] = {}
+    for change in plan.change_sets:
+        by_file.setdefault(change.file_name, []).append(change)
     changed = {}
-    for delivery in loaded:
-        mine = held.get(delivery.report.file_name)
-        if not mine:
+    for delivery in group:
+        mine = by_file.get(delivery.report.file_name)
+        if mine is None:
             continue
-        report = dataclasses.replace(delivery.report, trials_rejected=dict(delivery.report.trials_rejected))
-        for (intervention, measure), (rows_new, rows_before, outcomes_new, outcomes_before) in mine.items():
-            trial = trials_text([(intervention, measure)])
-            if trial in delivery.report.trials_rejected:  # already not loaded (another scale): its reason stands
-                report.rows_loaded -= rows_new
-                continue
-            if 2 * rows_new < rows_before:
-                lost = (
-                    f"this file has {rows_new} loadable row{'s' if rows_new != 1 else ''} for the trial, the "
-                    f"school's earlier delivery {rows_before}"
-                )
-            else:
-                lost = (
-                    f"this file has {outcomes_new} outcome score{'s' if outcomes_new != 1 else ''} for the trial, "
-                    f"the school's earlier delivery {outcomes_before}"
-                )
-            report.trials_rejected[trial] = (
-                f"{lost}: the earlier rows are kept; "
-                + (
-                    "see the rows set aside and why, correct them and send the file again"
-                    if report.rows_quarantined or report.rows_with_warnings
-                    else "if pupils really left the trial, ask the data team to remove the earlier rows"
-                )
-            )
-            report.rows_loaded -= rows_new
-        if len(report.trials_rejected) == len(report.trials):
-            report.status = "rejected"
-        report.reason = "; ".join(
-            ([report.reason] if report.reason else [])
-            + [
-                f"not replaced: {trial}: {why}"
-                for trial, why in report.trials_rejected.items()
-                if trial not in delivery.report.trials_rejected
-            ]
+        held = [c for c in mine if c.state == change_sets.HELD]
+        report = dataclasses.replace(
+            delivery.report,
+            changes=[c.message for c in mine],
+            trials_held={c.trial: c.school_text(delivery.report.rows_quarantined > 0) for c in held},
+            rows_loaded=sum(c.pupils_after for c in mine if c.state != change_sets.HELD),
         )
+        if held:
+            report.status = "held" if len(held) == len(mine) else "partly held"
+            report.reason = "; ".join(([report.reason] if report.reason else []) + [c.message for c in held])
+        elif accept:
+            report.status, report.rows_loaded = "loaded", delivery.pupils.num_rows
         changed[report.file_name] = report
     return changed
-
-
-def _intervention_keys(cur: duckdb.DuckDBPyConnection):
-    """A function giving an intervention spelling's matching key: the match key of its registered
-    name when the registry last stored in the warehouse (``registry_rounds``) lists it as a name or
-    an alias, else its own match key."""
-    canonical: dict[str, str] = {}
-    if warehouse.table_exists(cur, "registry_rounds"):
-        for name, aliases in cur.execute(warehouse.sql("registry_names")).fetchall():
-            for spelling in [name, *(aliases or "").split("|")]:
-                if spelling.strip():
-                    canonical.setdefault(match_key(spelling), match_key(name))
-
-    def key(intervention: str) -> str:
-        own = match_key(intervention)
-        return canonical.get(own, own)
-
-    return key
-
-
-def _trials_table(
-    loaded: list[_Delivery],
-    held: dict[str, dict] | None = None,
-    spellings: dict[tuple, list] | None = None,
-    intervention_key=match_key,
-) -> pa.Table:
-    """One row per loaded file, trial it names and stored spelling of that trial (the file's own
-    spelling, plus each school spelling in ``spellings`` with the same match key, the intervention
-    read through the registry's aliases by ``intervention_key``): the rows a
-    re-delivery replaces, unless ``held`` (file name -> the file's trials whose earlier rows stay)."""
-    held = held or {}
-    spellings = spellings or {}
-    rows = []
-    for d in loaded:
-        for i, m in d.report.trials:
-            same = spellings.get((d.report.school_urn, intervention_key(i), match_key(m)), [])
-            for stored_i, stored_m in dict.fromkeys([(i, m), *same]):
-                rows.append(
-                    {
-                        "file_name": d.report.file_name,
-                        "school_urn": d.report.school_urn,
-                        "intervention": stored_i,
-                        "outcome_measure": stored_m,
-                        "file_intervention": i,
-                        "file_outcome_measure": m,
-                        "held": (i, m) in held.get(d.report.file_name, {}),
-                    }
-                )
-    schema = pa.schema(
-        [
-            (c, pa.string())
-            for c in ("file_name", "school_urn", "intervention", "outcome_measure", "file_intervention", "file_outcome_measure")
-        ]
-        + [("held", pa.bool_())]
-    )
-    return pa.Table.from_pylist(rows, schema=schema)
 
 
 @contextmanager
@@ -742,7 +736,8 @@ def _file_keys(pairs) -> pa.Table:
 
 def _earlier_reports(con: duckdb.DuckDBPyConnection, files: list[tuple[str, str]]) -> dict[tuple[str, str], FileReport]:
     """The stored reports of these exact files (same name and bytes) that were loaded before, as
-    ``unchanged`` reports, keyed by (delivery_id, file_name); one query for them all.
+    ``unchanged`` reports, or held (``held``/``partly held`` again, with their held changes only:
+    only ``microtrials accept`` applies them), keyed by (delivery_id, file_name); one query for them all.
 
     (A rejected file is read again each time, so a fix in the rules reaches it; it is recorded once.)
     """
@@ -752,12 +747,14 @@ def _earlier_reports(con: duckdb.DuckDBPyConnection, files: list[tuple[str, str]
     with _registered(con, {"batch_keys": keys}):
         found = con.execute(warehouse.sql("delivery_report")).fetchall()
     reports = {}
-    for delivery_id, file_name, report_json in found:
+    for delivery_id, file_name, report_json, status in found:
         if report_json is None:
             continue
         fields = json.loads(report_json)
         fields["trials"] = [tuple(t) for t in fields["trials"]]
-        reports[delivery_id, file_name] = FileReport(**(fields | {"status": "unchanged"}))
+        held = [line for line in fields.get("changes", []) if change_sets.HELD_MARK in line]
+        fields |= {"status": "unchanged", "changes": []} if status == "loaded" else {"changes": held}
+        reports[delivery_id, file_name] = FileReport(**fields)
     return reports
 
 
@@ -793,7 +790,7 @@ def _in_transaction(con: duckdb.DuckDBPyConnection, work, frames: dict[str, pa.T
                 con.execute("COMMIT")
                 return result
             except BaseException as exc:
-                con.execute("ROLLBACK")
+                warehouse.rollback(con)
                 if not (isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower()):
                     raise
                 if attempt == TRANSACTION_ATTEMPTS - 1:

@@ -15,9 +15,9 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +26,8 @@ import pyarrow as pa
 from microtrials.effect_sizes import months_progress
 from microtrials.errors import MicrotrialsError
 from microtrials.extracts import ExtractRejected, decode_text, normalise_header, windows_1252_warning
+from microtrials.ingest.trial_key import TrialKeys
+from microtrials.ingest.trial_key import name_index as trial_key_names
 from microtrials.names import match_key
 
 FILE_NAME = "trials.csv"
@@ -33,7 +35,7 @@ ENV_VAR = "MICROTRIALS_TRIALS"
 COLUMNS = (
     "intervention", "outcome_measure", "round", "start_date", "end_date", "schools", "aliases",
     "secondary_outcomes", "registered_on", "toolkit_strand", "national_months", "cost_per_pupil",
-    "description", "outcome_min", "outcome_max", "baseline_min", "baseline_max",
+    "description", "results_due", "outcome_min", "outcome_max", "baseline_min", "baseline_max",
 )
 REQUIRED_COLUMNS = ("intervention", "outcome_measure", "start_date", "schools")
 
@@ -87,6 +89,7 @@ class TrialRound:
     cost_per_pupil: float | None = None
     description: str = ""
     line: int = 0
+    results_due: date | None = None  # when schools' results are due; None: end_date + the workspace's days
     # The valid range of the primary outcome's and the baseline's scores (either end may be open).
     outcome_min: float | None = None
     outcome_max: float | None = None
@@ -263,7 +266,7 @@ def read_registry(data: bytes, path: str = FILE_NAME) -> Registry:
         parsed, row_problems = _parse_row(index, cells)
         problems.extend(row_problems)
         if parsed is not None:
-            parsed_rows.append(parsed)
+            parsed_rows.append(_with_results_due(parsed, cells.get("results_due", ""), problems))
     rounds, name_problems = _resolve_names(parsed_rows)
     problems = sorted(problems + name_problems, key=lambda p: p.line)
     if rows_read and not rounds:
@@ -436,6 +439,31 @@ def is_reserved_round(name: str) -> bool:
     return re.sub(r"[\W_]+", "", match_key(name)) == re.sub(r"[\W_]+", "", CUMULATIVE_ROUND)
 
 
+def _with_results_due(parsed: TrialRound, text: str, problems: list[RegistryProblem]) -> TrialRound:
+    """The round with its results_due date; a bad one is reported and ignored (the round is kept)."""
+    found: list[RegistryProblem] = []
+
+    def bad(column: str, problem: str, action: str) -> None:
+        found.append(RegistryProblem(parsed.line, column, problem,
+                                     action + " (the round is kept; until then its results are due end_date plus "
+                                     "the workspace's results_due_days)", parsed.intervention, kept=True))
+
+    due = _date(text.strip(), "results_due", False, bad)
+    if due is not None and due < parsed.start_date:
+        bad("results_due", f"results are due ({due.isoformat()}) before the round starts "
+            f"({parsed.start_date.isoformat()})", "correct results_due")
+        due = None
+    problems.extend(found)
+    return replace(parsed, results_due=due)
+
+
+def results_due(trial_round: TrialRound, days_after_end: int) -> date | None:
+    """When a round's results are due: its results_due, else end_date + ``days_after_end``, else None."""
+    if trial_round.results_due is not None:
+        return trial_round.results_due
+    return None if trial_round.end_date is None else trial_round.end_date + timedelta(days=days_after_end)
+
+
 def _clean(text: str) -> str:
     """Trimmed, inner whitespace collapsed (a published name never carries stray spaces)."""
     return re.sub(r"\s+", " ", text).strip()
@@ -494,13 +522,7 @@ def _number(text: str, column: str, bad, whole: bool) -> float | None:
 
 def name_index(registry: Registry) -> dict[str, tuple[str, str]]:
     """match_key of every registered name and alias -> (canonical name, 'name' or 'alias')."""
-    index: dict[str, tuple[str, str]] = {}
-    for r in registry.rounds:
-        index[match_key(r.intervention)] = (r.intervention, "name")
-    for r in registry.rounds:
-        for alias in r.aliases:
-            index.setdefault(match_key(alias), (r.intervention, "alias"))
-    return index
+    return trial_key_names(registry.rounds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,104 +578,107 @@ def match_deliveries(registry: Registry, combos: pd.DataFrame | pa.Table, today:
     ('sent' | 'plan' | 'unplanned' | 'needs round'); any other column of ``combos`` is carried
     through unchanged.
     """
-    today = today or date.today()
-    index = name_index(registry)
-    messages: list[OfficerMessage] = []
-    out = []
+    keys = TrialKeys(registry.rounds, today)
     frame = combos.to_pandas() if isinstance(combos, pa.Table) else combos.copy()
     if "round" not in frame:
         frame["round"] = None
-    unregistered: dict[str, dict] = {}
-    exploratory: dict[tuple[str, str, str], set[str]] = {}
-    needs_round: set[tuple[str, str]] = set()
-    unplanned: dict[tuple[str, str], str] = {}
-    unknown_round: set[tuple[str, str, str]] = set()
     extras = [c for c in frame.columns if c not in MATCH_COLUMNS and c != "round" and c.isidentifier()]
-    for combo in frame.itertuples(index=False):
-        spelling = str(combo.intervention)
-        urn = str(combo.school_urn)
-        sent = "" if combo.round is None or (isinstance(combo.round, float) and math.isnan(combo.round)) else _clean(str(combo.round))
-        row = {"intervention": spelling, "outcome_measure": combo.outcome_measure, "school_urn": urn,
-               "round_sent": sent or None, "rows": int(combo.rows), "registered": False,
-               "registered_intervention": None, "round": None, "outcome_role": None,
-               "matched_by": None, "round_rule": None}
-        row.update({c: getattr(combo, c) for c in extras})
-        hit = index.get(match_key(spelling))
-        if hit is None:
-            entry = unregistered.setdefault(match_key(spelling), {"spelling": spelling, "schools": set(), "rows": 0})
-            entry["schools"].add(urn)
-            entry["rows"] += int(combo.rows)
-            out.append(row)
-            continue
-        canonical, how = hit
-        row.update(registered=True, registered_intervention=canonical, matched_by=how)
-        rounds = registry.rounds_of(canonical)
-        chosen: TrialRound | None = None
-        if sent:
-            chosen = next((r for r in rounds if match_key(r.round) == match_key(sent)), None)
-            if chosen is not None:
-                row["round_rule"] = "sent"
-            else:
-                unknown_round.add((canonical, urn, sent))
-        if chosen is None:
-            planned = [r for r in rounds if urn in r.schools]
-            if len(planned) == 1:
-                chosen, row["round_rule"] = planned[0], "plan"
-            elif len(planned) > 1:
-                row["round_rule"] = "needs round"
-                needs_round.add((canonical, urn))
-            else:
-                chosen, row["round_rule"] = latest_started(rounds, today), "unplanned"
-                unplanned[(canonical, urn)] = chosen.round
-        if chosen is not None:
-            row["round"] = chosen.round
-            row["outcome_role"] = outcome_role(chosen, str(combo.outcome_measure))
-            if row["outcome_role"] == EXPLORATORY:
-                exploratory.setdefault((canonical, chosen.round, str(combo.outcome_measure)), set()).add(urn)
-        out.append(row)
+    seen = _Seen()
+    out = [_match_row(keys, combo, extras, seen) for combo in frame.itertuples(index=False)]
+    return Matching(pd.DataFrame(out, columns=MATCH_COLUMNS + extras), tuple(_match_messages(keys, seen)))
 
-    for entry in unregistered.values():
-        schools = sorted(entry["schools"])
-        where = f"school{'s' if len(schools) > 1 else ''} {', '.join(schools)}"
-        if entry["rows"] < QUOTE_NAME_MIN_ROWS:  # so few rows could be a pupil's details typed in the wrong cell
-            text = (f"an intervention name on fewer than {QUOTE_NAME_MIN_ROWS} rows from {where} is not in the "
-                    "registry (not shown here: it could be a pupil's details in the wrong column); check the "
-                    "file's intervention column, then correct it or add the intervention (loaded, not published "
-                    "as evidence)")
-            named = ""
-        else:
-            text = (f"'{entry['spelling']}' is not in the registry: add it, or correct the name "
-                    f"({entry['rows']} rows from {where}; loaded, not published as evidence)")
-            named = entry["spelling"]
-        messages.append(OfficerMessage("error", "unregistered", text, named, ",".join(schools)))
-    for canonical, urn, _sent in sorted(unknown_round):  # what was sent is never quoted: it could be anything
-        names = ", ".join(f"'{r.round}'" for r in registry.rounds_of(canonical)) or "none"
+
+@dataclass
+class _Seen:
+    """What matching met that the officer should hear about (see :func:`_match_messages`)."""
+
+    unregistered: dict[str, dict] = field(default_factory=dict)
+    exploratory: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
+    needs_round: set[tuple[str, str]] = field(default_factory=set)
+    unplanned: dict[tuple[str, str], str] = field(default_factory=dict)
+    unknown_round: set[tuple[str, str, str]] = field(default_factory=set)
+
+
+def _match_row(keys: TrialKeys, combo, extras: list[str], seen: _Seen) -> dict:
+    """One delivered combination placed by the one trial-key rule (:class:`TrialKeys`)."""
+    spelling, urn = str(combo.intervention), str(combo.school_urn)
+    placed = keys.place(spelling, urn, combo.round)
+    row = {"intervention": spelling, "outcome_measure": combo.outcome_measure, "school_urn": urn,
+           "round_sent": _clean(placed.round_sent) or None, "rows": int(combo.rows), "registered": False,
+           "registered_intervention": None, "round": None, "outcome_role": None,
+           "matched_by": None, "round_rule": None}
+    row.update({c: getattr(combo, c) for c in extras})
+    if placed.registered_intervention is None:
+        entry = seen.unregistered.setdefault(match_key(spelling), {"spelling": spelling, "schools": set(), "rows": 0})
+        entry["schools"].add(urn)
+        entry["rows"] += int(combo.rows)
+        return row
+    canonical = placed.registered_intervention
+    row.update(registered=True, registered_intervention=canonical, matched_by=placed.matched_by,
+               round_rule=placed.round_rule)
+    if placed.sent_unknown:
+        seen.unknown_round.add((canonical, urn, placed.round_sent))
+    if placed.round_rule == "needs round":
+        seen.needs_round.add((canonical, urn))
+    elif placed.round_rule == "unplanned":
+        seen.unplanned[(canonical, urn)] = placed.round.round
+    if placed.round is not None:
+        row["round"] = placed.round.round
+        row["outcome_role"] = outcome_role(placed.round, str(combo.outcome_measure))
+        if row["outcome_role"] == EXPLORATORY:
+            seen.exploratory.setdefault((canonical, placed.round.round, str(combo.outcome_measure)), set()).add(urn)
+    return row
+
+
+def _match_messages(keys: TrialKeys, seen: _Seen) -> list[OfficerMessage]:
+    """The officer's messages about what matching met: unregistered names, unknown or missing
+    rounds, schools not in the plan, outcomes not registered."""
+    messages = [_unregistered_message(entry) for entry in seen.unregistered.values()]
+    for canonical, urn, _sent in sorted(seen.unknown_round):  # what was sent is never quoted: it could be anything
+        names = ", ".join(f"'{r.round}'" for r in keys.rounds_of(canonical)) or "none"
         messages.append(OfficerMessage(
             "warning", "round_unknown",
             f"school {urn} sent a round for {canonical} that is not one of its registered rounds "
             f"({names}): correct the round in the extract, or add the round to {FILE_NAME}",
             canonical, urn))
-    for canonical, urn in sorted(needs_round):
-        names = ", ".join(r.round for r in registry.rounds_of(canonical) if urn in r.schools)
+    for canonical, urn in sorted(seen.needs_round):
+        names = ", ".join(r.round for r in keys.rounds_of(canonical) if urn in r.schools)
         messages.append(OfficerMessage(
             "error", "round_needed",
             f"school {urn} is planned in several rounds of {canonical} ({names}): its extract must say which "
             "in a `round` column; until then its rows join no round",
             canonical, urn))
-    for (canonical, urn), round_name in sorted(unplanned.items()):
+    for (canonical, urn), round_name in sorted(seen.unplanned.items()):
         messages.append(OfficerMessage(
             "warning", "unplanned_school",
             f"school {urn} is not in the plan for {canonical}: its rows joined the latest round "
             f"('{round_name}'); add the school to that round in {FILE_NAME} if that is right",
             canonical, urn))
-    for (canonical, round_name, outcome), urns in sorted(exploratory.items()):
+    for (canonical, round_name, outcome), urns in sorted(seen.exploratory.items()):
         messages.append(OfficerMessage(
             "warning", "exploratory",
             f"'{outcome}' is not a registered outcome of {canonical} ('{round_name}'): shown to evaluators "
             "as exploratory, not published as evidence; register it as a secondary outcome before results "
             "arrive if it was planned",
             canonical, ",".join(sorted(urns))))
-    return Matching(pd.DataFrame(out, columns=MATCH_COLUMNS + extras), tuple(messages))
+    return messages
+
+
+def _unregistered_message(entry: dict) -> OfficerMessage:
+    """The message for an intervention spelling not in the registry (never quoted when on few rows)."""
+    schools = sorted(entry["schools"])
+    where = f"school{'s' if len(schools) > 1 else ''} {', '.join(schools)}"
+    if entry["rows"] < QUOTE_NAME_MIN_ROWS:  # so few rows could be a pupil's details typed in the wrong cell
+        text = (f"an intervention name on fewer than {QUOTE_NAME_MIN_ROWS} rows from {where} is not in the "
+                "registry (not shown here: it could be a pupil's details in the wrong column); check the "
+                "file's intervention column, then correct it or add the intervention (loaded, not published "
+                "as evidence)")
+        named = ""
+    else:
+        text = (f"'{entry['spelling']}' is not in the registry: add it, or correct the name "
+                f"({entry['rows']} rows from {where}; loaded, not published as evidence)")
+        named = entry["spelling"]
+    return OfficerMessage("error", "unregistered", text, named, ",".join(schools))
 
 
 def first_results(matched: pd.DataFrame, column: str = "first_loaded_at") -> dict[tuple[str, str], datetime]:
@@ -670,13 +695,6 @@ def first_results(matched: pd.DataFrame, column: str = "first_loaded_at") -> dic
         when = pd.Timestamp(when).to_pydatetime()
         out[key] = min(out.get(key, when), when)
     return out
-
-
-def latest_started(rounds: list[TrialRound], today: date) -> TrialRound:
-    """The latest round with start_date <= today; the earliest round when none has started."""
-    ordered = sorted(rounds, key=lambda r: (r.start_date, r.line))
-    started = [r for r in ordered if r.start_date <= today]
-    return started[-1] if started else ordered[0]
 
 
 def outcome_role(trial_round: TrialRound, outcome_measure: str) -> str:

@@ -1,0 +1,73 @@
+"""The officer's commands on the warehouse's deliveries: accept a held change, withdraw a school."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from microtrials import feedback, loading, privacy, warehouse
+from microtrials.errors import MicrotrialsError
+
+_URN = re.compile(r"^[0-9]{6}$")
+
+
+def accept(path: Path, db: Path, feedback_dir: Path | None = None) -> tuple[int, list[str]]:
+    """Apply the held change sets of the file at ``path`` (its current content) on purpose.
+
+    Returns (exit code, lines to print): 0 when something was applied; 1 when nothing was (the file
+    is already applied, or nothing of it is held); the error says what to do when the file cannot
+    be read. The load report's row for the file and the school's feedback file follow.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MicrotrialsError(f"{path} is not a file: name the school's extract whose held change you mean to apply")
+    key = privacy.pupil_key([path])
+    con = warehouse.connect_with_retry(db)
+    try:
+        report = loading.accept_file(con, path, key)
+        if report.status in ("loaded", "rejected"):
+            replace_load_report_rows(con, loading.load_report_frame([report]))
+            if feedback_dir is not None:
+                feedback.write_feedback(con, [report], {path.name: path}, feedback_dir)
+    finally:
+        con.close()
+    if report.status == "loaded":
+        return 0, [f"accepted {path.name}:"] + [f"  {line}" for line in report.changes]
+    if report.status == "unchanged":
+        return 1, [f"{path.name}: this exact file is already applied; nothing to accept"]
+    return 1, [" ".join(str(report.reason or report.status).split())]
+
+
+def withdraw(urn: str, db: Path, trial: str | None = None, round_name: str | None = None) -> tuple[int, list[str]]:
+    """Remove school ``urn``'s rows (all, or one trial's and/or one round's) and record it.
+
+    Returns (exit code, lines to print): 0 with one line per (school, trial, round) withdrawn; 1 when
+    the warehouse holds no matching row (nothing changed).
+    """
+    urn = str(urn).strip()
+    if not _URN.match(urn):
+        raise MicrotrialsError(f"'{urn}' is not a school URN (6 digits): name the school by its URN, e.g. 222005")
+    con = warehouse.connect_with_retry(db)
+    try:
+        done = loading.withdraw(con, urn, trial, round_name)
+    finally:
+        con.close()
+    if not done:
+        which = " ".join(p for p in (f"trial '{trial}'" if trial else "", f"round '{round_name}'" if round_name else "") if p)
+        return 1, [f"school {urn}: the warehouse holds no rows{' for ' + which if which else ''}; nothing changed"]
+    lines = [f"  {c.message}" for c in done]
+    return 0, ["withdrawn from the warehouse (recorded in change_sets; the next run publishes without them):",
+               *lines, "  take the school's files out of the extracts folder too: a file it sends again loads again"]
+
+
+def replace_load_report_rows(con, frame: pd.DataFrame) -> None:
+    """The ``load_report`` table with ``frame``'s rows in place of the rows of the same files."""
+    if warehouse.table_exists(con, "load_report"):
+        earlier = con.execute(warehouse.sql("load_report")).df()
+        if list(earlier.columns) == list(frame.columns):
+            earlier = earlier[~earlier["file_name"].isin(set(frame["file_name"]))]
+            frame = pd.concat([earlier.astype(frame.dtypes.to_dict()), frame], ignore_index=True)
+    warehouse.save_frame(con, "load_report", frame.sort_values("file_name", kind="stable").reset_index(drop=True))
+

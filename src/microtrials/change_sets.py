@@ -1,0 +1,284 @@
+"""Change sets: what a delivery does to each (school, trial, round) of the warehouse, held or applied, recorded."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import duckdb
+import pyarrow as pa
+
+from microtrials import warehouse
+from microtrials.ingest.trial_key import TrialKey, TrialKeys
+
+APPLIED, HELD, ACCEPTED, WITHDRAWN = "applied", "held", "accepted", "withdrawn"
+COMBO = ["school_urn", "intervention", "outcome_measure", "round"]
+
+
+@dataclass
+class ChangeSet:
+    """What one delivery (or a withdrawal) does to one school's trial round, in numbers and one line."""
+
+    school_urn: str
+    key: TrialKey
+    intervention: str  # as the officer reads it: the registered name, else the spelling delivered
+    outcome_measure: str
+    round: str  # the registered round, else the round sent, else ''
+    delivery_id: str | None = None  # sha256 of the delivered file (None for a withdrawal)
+    file_name: str | None = None
+    pupils_before: int = 0
+    pupils_after: int = 0
+    outcomes_before: int = 0
+    outcomes_after: int = 0
+    added: int = 0
+    removed: int = 0
+    state: str = APPLIED
+    reason: str = ""  # why it is held
+    show_measure: bool = False  # the delivery holds several outcome measures of this trial round
+
+    @property
+    def label(self) -> str:
+        """'222005 Café Readers 2026 Autumn' (with the outcome measure when the trial has several)."""
+        text = " ".join(p for p in (self.school_urn, self.intervention, self.round) if p)
+        return f"{text} ({self.outcome_measure})" if self.show_measure else text
+
+    @property
+    def trial(self) -> str:
+        """'Café Readers / NGRT / 2026 Autumn': the trial round without the school."""
+        return " / ".join(p for p in (self.intervention, self.outcome_measure, self.round) if p)
+
+    @property
+    def message(self) -> str:
+        """The change in one plain line for the officer (run summary, load report, Dagster metadata)."""
+        before, after = _pupils(self.pupils_before), _pupils(self.pupils_after)
+        if self.state == WITHDRAWN:
+            return f"{self.label}: withdrawn, {before} removed"
+        if self.state == HELD:
+            return (f"{self.label}{HELD_MARK}{self.reason}; the earlier {before} stay as they were (to apply it "
+                    f"on purpose: microtrials accept {self.file_name})")
+        if self.pupils_before == 0:
+            text = f"{self.label}: {after} added"
+        else:
+            text = f"{self.label}: {before} replaced by {self.pupils_after} ({self.detail})"
+        return text + ("; accepted by the officer" if self.state == ACCEPTED else "")
+
+    @property
+    def detail(self) -> str:
+        """'1 added, 2 removed; outcome scores 58 -> 60' (scores told when they move otherwise than
+        the pupils), or 'the same pupils'."""
+        parts = [f"{n} {what}" for n, what in ((self.added, "added"), (self.removed, "removed")) if n]
+        text = ", ".join(parts) or "the same pupils"
+        scores = (self.outcomes_before, self.outcomes_after)
+        if scores[0] != scores[1] and scores != (self.pupils_before, self.pupils_after):  # not just the pupils'
+            text += f"; outcome scores {scores[0]} -> {scores[1]}"
+        return text
+
+    def school_text(self, rows_set_aside: bool) -> str:
+        """Why the change was held and what to do, as the school's feedback file says it."""
+        action = (HOLD_FIX_ROWS if rows_set_aside else HOLD_FIX_LEFT)
+        return f"held, not applied: {self.reason}, so the earlier rows stay as they were; {action}"
+
+    def row(self) -> dict:
+        """The ``change_sets`` row (the time is the warehouse's)."""
+        fields = asdict(self)
+        key = fields.pop("key")
+        fields.pop("show_measure")
+        return fields | {"key_intervention": key["intervention"], "key_outcome_measure": key["outcome_measure"],
+                         "key_round": key["round"], "message": self.message}
+
+
+def _pupils(n: int) -> str:
+    return f"{n} pupil{'' if n == 1 else 's'}"
+
+
+def hold_reason(pupils_before: int, pupils_after: int, outcomes_before: int, outcomes_after: int) -> str:
+    """Why a change would be held ('' when it may be applied): it would lose more than half of the
+    school's pupils, or of its outcome scores, for that trial round (exactly half may go)."""
+    if 2 * pupils_after < pupils_before:
+        return f"it would replace {_pupils(pupils_before)} by {pupils_after}, more than half of them gone"
+    if 2 * outcomes_after < outcomes_before:
+        return (f"it would leave {outcomes_after} of the {outcomes_before} outcome scores, more than half "
+                "of them gone")
+    return ""
+
+
+# How a held change reads (the marker finds the held lines of a stored report), and what the school can do.
+HELD_MARK = ": held, not applied: "
+HOLD_FIX_ROWS = "see the rows set aside and why, correct them and send the file again"
+HOLD_FIX_LEFT = ("check the file holds every pupil randomised and every score, and send it again; if pupils "
+                 "really left the trial, tell the data team, who can apply the file on purpose")
+
+
+REPLACE_SCHEMA = pa.schema([(c, pa.string()) for c in COMBO])
+INSERT_SCHEMA = pa.schema([(c, pa.string()) for c in ("file_name", *COMBO[1:])])
+
+
+@dataclass
+class Plan:
+    """A group of deliveries' change sets and the rows they replace: stored combinations to delete
+    (``replace``: school_urn, intervention, outcome_measure, round) and delivered combinations to
+    insert (``insert``: file_name, intervention, outcome_measure, round)."""
+
+    change_sets: list[ChangeSet] = field(default_factory=list)
+    replace: pa.Table = field(default_factory=REPLACE_SCHEMA.empty_table)
+    insert: pa.Table = field(default_factory=INSERT_SCHEMA.empty_table)
+
+
+def stored_rows(con: duckdb.DuckDBPyConnection, schools: list[str]) -> list[tuple]:
+    """The warehouse's pupil rows of these schools: (school_urn, intervention, outcome_measure,
+    round ('' for none), pupil_key, scored)."""
+    with_schools = pa.table({"school_urn": pa.array(sorted(set(schools)), pa.string())})
+    con.register("batch_schools", with_schools)
+    try:
+        return con.execute(warehouse.sql("school_rows")).fetchall()
+    finally:
+        con.unregister("batch_schools")
+
+
+class _Keyed:
+    """Trial keys of delivered combinations, worked out once each, with the names the officer reads."""
+
+    def __init__(self, keys: TrialKeys) -> None:
+        self.keys = keys
+        self.names: dict[tuple[str, TrialKey], tuple[str, str, str]] = {}
+        self._cache: dict[tuple, TrialKey] = {}
+
+    def __call__(self, school: str, intervention: str, measure: str, round_sent: str | None) -> TrialKey:
+        combo = (school, intervention, measure, round_sent or "")
+        key = self._cache.get(combo)
+        if key is None:
+            key = self._cache[combo] = self.keys.key(intervention, measure, school, round_sent)
+            placed = self.keys.place(intervention, school, round_sent)
+            round_name = placed.round.round if placed.round is not None else placed.round_sent
+            self.names.setdefault((school, key), (placed.registered_intervention or " ".join(str(intervention).split()),
+                                                  " ".join(str(measure).split()), round_name))
+        return key
+
+
+class _Tally:
+    """Pupils (by pupil_key), rows and outcome scores of one (school, trial key)."""
+
+    __slots__ = ("pupils", "rows", "scores")
+
+    def __init__(self) -> None:
+        self.pupils: set[str] = set()
+        self.rows = 0
+        self.scores = 0
+
+    def add(self, pupil: str, scored: bool) -> None:
+        self.pupils.add(pupil)
+        self.rows += 1
+        self.scores += bool(scored)
+
+
+def _scored(outcome: object) -> bool:
+    return outcome is not None and outcome == outcome  # not NULL, not NaN
+
+
+def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named: list[tuple] = (),
+                 accept: bool = False) -> Plan:
+    """What each delivery would do, per (school, trial key), and the rows to delete and insert.
+
+    ``stored``: :func:`stored_rows` of the deliveries' schools; ``incoming``: the staged rows
+    (file_name, delivery_id, school_urn, intervention, outcome_measure, round, pupil_key, outcome;
+    at most one file per school). ``named``: (file_name, delivery_id, school_urn, intervention,
+    outcome_measure) of trials a file names with no loadable row: it would remove the rows of the
+    round the registry places the school in.
+
+    A change set that would lose more than half of the school's pupils or outcome scores for its
+    trial round is ``held`` (nothing of it applied), unless ``accept``: then the held ones are
+    ``accepted`` and applied, and the others are left out (an accept applies what was held only).
+    """
+    keyed = _Keyed(keys)
+    after: dict[tuple, _Tally] = {}
+    columns = [incoming.column(c).to_pylist() for c in
+               ("file_name", "delivery_id", "school_urn", "intervention", "outcome_measure", "round", "pupil_key", "outcome")]
+    for file_name, delivery_id, school, intervention, measure, round_sent, pupil, outcome in zip(*columns):
+        key = keyed(school, intervention, measure, round_sent)
+        after.setdefault((file_name, delivery_id, school, key), _Tally()).add(pupil, _scored(outcome))
+    carried = set(zip(columns[0], columns[3], columns[4]))
+    for file_name, delivery_id, school, intervention, measure in named:
+        if (file_name, intervention, measure) not in carried:
+            after.setdefault((file_name, delivery_id, school, keyed(school, intervention, measure, None)), _Tally())
+    before: dict[tuple, _Tally] = {}
+    for school, intervention, measure, round_sent, pupil, scored in stored:
+        before.setdefault((school, keyed(school, intervention, measure, round_sent)), _Tally()).add(pupil, scored)
+    measures: dict[tuple, set[str]] = {}
+    for file_name, _, _, key in after:
+        measures.setdefault((file_name, key.intervention, key.round), set()).add(key.outcome_measure)
+    change_sets = []
+    for (file_name, delivery_id, school, key), new in after.items():
+        old = before.get((school, key), _Tally())
+        if new.rows or old.rows:
+            show = len(measures[file_name, key.intervention, key.round]) > 1
+            change_sets.append(_change_set(keyed.names[school, key], file_name, delivery_id, school, key, old, new,
+                                           show, accept))
+    if accept:
+        change_sets = [c for c in change_sets if c.state == ACCEPTED]
+    applied = {(c.file_name, c.school_urn, c.key) for c in change_sets if c.state in (APPLIED, ACCEPTED)}
+    replaced = {(s, k) for _, s, k in applied}
+    replace = {(s, i, m, r or "") for s, i, m, r, _, _ in stored if (s, keyed(s, i, m, r)) in replaced}
+    insert = {(f, i, m, r or "") for f, _, s, i, m, r in zip(*columns[:6]) if (f, s, keyed(s, i, m, r)) in applied}
+    return Plan(change_sets, _table(replace, REPLACE_SCHEMA), _table(insert, INSERT_SCHEMA))
+
+
+def _table(rows: set[tuple], schema: pa.Schema) -> pa.Table:
+    """Sorted rows as an Arrow table of ``schema``."""
+    ordered = sorted(rows)
+    return pa.table({name: pa.array([r[n] for r in ordered], pa.string()) for n, name in enumerate(schema.names)},
+                    schema=schema)
+
+
+def _change_set(names: tuple[str, str, str], file_name: str, delivery_id: str, school: str, key: TrialKey,
+                old: _Tally, new: _Tally, show_measure: bool, accept: bool) -> ChangeSet:
+    """One planned change set, held or not."""
+    intervention, measure, round_name = names
+    reason = hold_reason(old.rows, new.rows, old.scores, new.scores)
+    return ChangeSet(
+        school_urn=school, key=key, intervention=intervention, outcome_measure=measure, round=round_name,
+        delivery_id=delivery_id, file_name=file_name, pupils_before=old.rows, pupils_after=new.rows,
+        outcomes_before=old.scores, outcomes_after=new.scores, added=len(new.pupils - old.pupils),
+        removed=len(old.pupils - new.pupils), state=(ACCEPTED if accept else HELD) if reason else APPLIED,
+        reason=reason, show_measure=show_measure,
+    )
+
+
+CHANGE_SET_COLUMNS = [
+    "delivery_id", "file_name", "school_urn", "intervention", "outcome_measure", "round", "key_intervention",
+    "key_outcome_measure", "key_round", "pupils_before", "pupils_after", "outcomes_before", "outcomes_after",
+    "added", "removed", "state", "reason", "message",
+]
+
+
+def change_sets_table(change_sets: list[ChangeSet]) -> pa.Table:
+    """The ``change_sets`` rows of these change sets, as the Arrow table ``sql/insert_change_sets.sql`` reads."""
+    rows = [c.row() for c in change_sets]
+    counts = {"pupils_before", "pupils_after", "outcomes_before", "outcomes_after", "added", "removed"}
+    return pa.table({c: pa.array([r[c] for r in rows], pa.int64() if c in counts else pa.string())
+                     for c in CHANGE_SET_COLUMNS})
+
+
+def withdrawal(con: duckdb.DuckDBPyConnection, keys: TrialKeys, school_urn: str, trial: str | None = None,
+               round_name: str | None = None) -> Plan:
+    """What withdrawing a school does: its stored rows (of one trial, by name or alias, and/or one
+    round, when given) as ``withdrawn`` change sets, and the combinations to delete (``replace``)."""
+    keyed = _Keyed(keys)
+    want_trial = keys.key(trial, "", school_urn).intervention if trial else None
+    want_round = keys.key("", "", "", round_name).round if round_name else None
+    before: dict[TrialKey, _Tally] = {}
+    replace = set()
+    for school, intervention, measure, round_sent, pupil, scored in stored_rows(con, [school_urn]):
+        key = keyed(school, intervention, measure, round_sent)
+        if (want_trial is None or key.intervention == want_trial) and (want_round is None or key.round == want_round):
+            before.setdefault(key, _Tally()).add(pupil, scored)
+            replace.add((school, intervention, measure, round_sent or ""))
+    measures: dict[tuple, set[str]] = {}
+    for key in before:
+        measures.setdefault((key.intervention, key.round), set()).add(key.outcome_measure)
+    out = []
+    for key, old in sorted(before.items()):
+        intervention, measure, round_label = keyed.names[school_urn, key]
+        out.append(ChangeSet(
+            school_urn=school_urn, key=key, intervention=intervention, outcome_measure=measure, round=round_label,
+            pupils_before=old.rows, outcomes_before=old.scores, removed=len(old.pupils), state=WITHDRAWN,
+            show_measure=len(measures[key.intervention, key.round]) > 1))
+    return Plan(out, _table(replace, REPLACE_SCHEMA))

@@ -1,0 +1,1 @@
+"""Getting school deliveries into the warehouse: what a delivery is and what it does."""

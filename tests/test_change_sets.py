@@ -1,0 +1,239 @@
+"""Issue 19's first two bugs rebuilt, and change sets as the officer reads them: replaced, held, per round."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import pytest
+
+from microtrials import history, registry, warehouse
+from microtrials.ingest.trial_key import TrialKey, TrialKeys, plain_key
+from microtrials.loading import load_file, load_files
+from tests.conftest import EXTRACT_HEADER, pupil_rows
+
+KEY = b"test-key-for-change-sets"
+ROUND_HEADER = (*EXTRACT_HEADER, "round")
+ARM = EXTRACT_HEADER.index("arm")
+REGISTRY = (
+    "intervention,outcome_measure,round,start_date,end_date,schools,aliases\n"
+    "Café Readers,NGRT,2025 Autumn,2025-09-01,2025-12-19,222006,cafe readers|CR\n"
+    "Café Readers,NGRT,2026 Spring,2026-01-05,2026-03-27,222006,cafe readers|CR\n"
+    "Café Readers,NGRT,2026 Autumn,2026-09-01,2026-12-18,222005,cafe readers|CR\n"
+)
+
+
+@pytest.fixture
+def con(tmp_path):
+    connection = warehouse.connect(tmp_path / "warehouse.duckdb")
+    parsed = registry.read_registry(REGISTRY.encode())
+    assert not parsed.problems
+    history.store_registry(connection, parsed, REGISTRY, datetime(2026, 9, 1))
+    yield connection
+    connection.close()
+
+
+def pupils(con, urn):
+    return con.execute(
+        "SELECT coalesce(round, ''), count(*), count(outcome) FROM pupils WHERE school_urn = ? GROUP BY 1 ORDER BY 1",
+        [urn],
+    ).fetchall()
+
+
+def rows_in_round(n, urn, round_name, start=1, intervention="Café Readers"):
+    return [row + [round_name] for row in pupil_rows(n, urn=urn, intervention=intervention, measure="NGRT", start=start)]
+
+
+def test_the_one_trial_key_reads_names_aliases_and_rounds_through_the_registry():
+    keys = TrialKeys(registry.read_registry(REGISTRY.encode()).rounds, today=date(2026, 10, 1))
+    autumn = TrialKey("café readers", "ngrt", "2026 autumn")
+    assert keys.key("Café Readers", "NGRT", "222005") == autumn  # planned in one round: that round
+    assert keys.key("cafe  READERS", " ngrt", "222005", None) == autumn  # an alias, spacing and case
+    assert keys.key("CR", "NGRT", "222005", "2026 Autumn") == autumn
+    assert keys.key("Café Readers", "NGRT", "222006", "2026 spring").round == "2026 spring"  # a round sent wins
+    assert keys.key("Café Readers", "NGRT", "222006").round == ""  # planned in two rounds: none until sent
+    assert keys.key("Café Readers", "NGRT", "999999").round == "2026 autumn"  # unplanned: the latest started
+    assert keys.key("Unknown", "NGRT", "222005", "R1") == TrialKey("unknown", "ngrt", "r1")
+    assert keys.label("cafe readers", "222005") == "Café Readers 2026 Autumn"
+    assert plain_key("Café Readers", "NGRT", None) == TrialKey("café readers", "ngrt", "")
+
+
+def test_a_corrected_file_with_an_alias_spelling_keeps_all_60_pupils(con, write_extract):
+    """Issue 19, first bug: a corrected file wiped the school (0 rows) while saying 'kept'."""
+    first = pupil_rows(60, urn="222005", intervention="Café Readers")
+    first[0][2] = "cafe readers"  # an alias the registry lists
+    first[1][ARM] = "interventon"  # a typo: the row is set aside
+    report = load_file(con, write_extract("222005.csv", first), KEY)
+    assert report.status == "loaded" and report.changes == ["222005 Café Readers 2026 Autumn: 59 pupils added"]
+    assert pupils(con, "222005") == [("", 59, 59)]
+    corrected = pupil_rows(60, urn="222005", intervention="Café Readers")
+    corrected[0][2] = "cafe readers"
+    report = load_file(con, write_extract("222005_corrected.csv", corrected), KEY)
+    assert report.status == "loaded"
+    assert report.changes == ["222005 Café Readers 2026 Autumn: 59 pupils replaced by 60 (1 added)"]
+    assert pupils(con, "222005") == [("", 60, 60)]
+    # the same file spelled all in the registered name, then all in an alias: still 60, never 0
+    for n, spelling in enumerate(("Café Readers", "CR")):
+        again = [r[:2] + [spelling] + r[3:] for r in corrected]
+        report = load_file(con, write_extract(f"222005_v{n}.csv", again), KEY)
+        assert report.changes == ["222005 Café Readers 2026 Autumn: 60 pupils replaced by 60 (the same pupils)"]
+        assert pupils(con, "222005") == [("", 60, 60)]
+    recorded = con.execute("SELECT state, pupils_before, pupils_after, added, removed FROM change_sets "
+                           "WHERE school_urn = '222005' ORDER BY recorded_at, file_name").fetchall()
+    assert recorded == [("applied", 0, 59, 59, 0), ("applied", 59, 60, 1, 0), ("applied", 60, 60, 0, 0),
+                        ("applied", 60, 60, 0, 0)]
+
+
+def test_per_round_files_keep_every_round(con, write_extract):
+    """Issue 19, second bug: the spring file replaced the school's autumn rows too."""
+    autumn = rows_in_round(240, "222006", "2025 Autumn")
+    spring = rows_in_round(212, "222006", "2026 Spring", start=1000)
+    first = load_file(con, write_extract("222006_2025-Autumn.csv", autumn, header=ROUND_HEADER), KEY)
+    second = load_file(con, write_extract("222006_2026-Spring.csv", spring, header=ROUND_HEADER), KEY)
+    assert first.changes == ["222006 Café Readers 2025 Autumn: 240 pupils added"]
+    assert second.changes == ["222006 Café Readers 2026 Spring: 212 pupils added"]
+    assert pupils(con, "222006") == [("2025 Autumn", 240, 240), ("2026 Spring", 212, 212)]  # 452 of 452
+    # the analysis sees every delivered row in its round
+    combos = con.execute(warehouse.sql("delivered_combos")).df()
+    matched = registry.match_deliveries(registry.read_registry(REGISTRY.encode()), combos, date(2026, 4, 1)).combos
+    assert sorted(zip(matched["round"], matched["rows"])) == [("2025 Autumn", 240), ("2026 Spring", 212)]
+    # a corrected autumn file replaces autumn only; a spring file loaded again changes nothing
+    fixed = load_file(con, write_extract("222006_2025-Autumn-v2.csv", autumn[:200], header=ROUND_HEADER), KEY)
+    assert fixed.changes == ["222006 Café Readers 2025 Autumn: 240 pupils replaced by 200 (40 removed)"]
+    assert pupils(con, "222006") == [("2025 Autumn", 200, 200), ("2026 Spring", 212, 212)]
+    assert load_file(con, write_extract("222006_2026-Spring.csv", spring, header=ROUND_HEADER), KEY).status == "unchanged"
+
+
+def test_both_rounds_in_one_batch_keep_both(con, write_extract):
+    autumn = write_extract("222006_a.csv", rows_in_round(30, "222006", "2025 Autumn"), header=ROUND_HEADER)
+    spring = write_extract("222006_b.csv", rows_in_round(20, "222006", "2026 spring", start=500), header=ROUND_HEADER)
+    reports = load_files(con, [autumn, spring], KEY)
+    assert [r.status for r in reports] == ["loaded", "loaded"]
+    assert pupils(con, "222006") == [("2025 Autumn", 30, 30), ("2026 spring", 20, 20)]
+
+
+def test_a_file_without_a_round_replaces_the_round_the_registry_places_the_school_in(con, write_extract):
+    load_file(con, write_extract("222005.csv", pupil_rows(20, urn="222005", intervention="Café Readers")), KEY)
+    sent = rows_in_round(22, "222005", "2026 Autumn")  # the same round, now said in a column
+    report = load_file(con, write_extract("222005_v2.csv", sent, header=ROUND_HEADER), KEY)
+    assert report.changes == ["222005 Café Readers 2026 Autumn: 20 pupils replaced by 22 (2 added)"]
+    assert pupils(con, "222005") == [("2026 Autumn", 22, 22)]
+
+
+def test_a_held_change_set_keeps_the_earlier_rows_exactly_and_others_apply(con, write_extract):
+    both = pupil_rows(40, urn="222005", intervention="Café Readers") + pupil_rows(
+        30, urn="222005", intervention="Maths", measure="PUMA", start=100)
+    load_file(con, write_extract("222005.csv", both), KEY)
+    before = con.execute("SELECT * FROM pupils WHERE intervention = 'Café Readers' ORDER BY pupil_key").fetchall()
+    fewer = pupil_rows(10, urn="222005", intervention="Café Readers") + pupil_rows(
+        31, urn="222005", intervention="Maths", measure="PUMA", start=100)
+    report = load_file(con, write_extract("222005_v2.csv", fewer), KEY)
+    assert report.status == "partly held" and report.rows_loaded == 31
+    assert report.changes == [
+        "222005 Café Readers 2026 Autumn: held, not applied: it would replace 40 pupils by 10, more than half of "
+        "them gone; the earlier 40 pupils stay as they were (to apply it on purpose: microtrials accept "
+        "222005_v2.csv)",
+        "222005 Maths: 30 pupils replaced by 31 (1 added)",
+    ]
+    assert con.execute("SELECT * FROM pupils WHERE intervention = 'Café Readers' ORDER BY pupil_key").fetchall() == before
+    assert con.execute("SELECT count(*) FROM pupils WHERE intervention = 'Maths'").fetchone() == (31,)
+    states = con.execute("SELECT state, count(*) FROM change_sets WHERE file_name = '222005_v2.csv' GROUP BY 1 "
+                         "ORDER BY 1").fetchall()
+    assert states == [("applied", 1), ("held", 1)]
+
+
+# ---- accept and withdraw -----------------------------------------------------------------------
+
+
+def test_accept_applies_a_held_change_on_purpose_and_records_it(con, write_extract, tmp_path):
+    from microtrials.loading import accept_file
+
+    load_file(con, write_extract("222005.csv", pupil_rows(40, urn="222005", intervention="Café Readers")), KEY)
+    fewer = write_extract("222005_v2.csv", pupil_rows(10, urn="222005", intervention="Café Readers"))
+    assert load_file(con, fewer, KEY).status == "held"
+    assert load_file(con, fewer, KEY).status == "held"  # a run never applies it
+    accepted = accept_file(con, fewer, KEY)
+    assert accepted.status == "loaded" and accepted.rows_loaded == 10
+    assert accepted.changes == ["222005 Café Readers 2026 Autumn: 40 pupils replaced by 10 (30 removed); "
+                                "accepted by the officer"]
+    assert pupils(con, "222005") == [("", 10, 10)]
+    assert load_file(con, fewer, KEY).status == "unchanged"  # the next run: applied, nothing to do
+    assert accept_file(con, fewer, KEY).status == "unchanged"
+    states = con.execute("SELECT state FROM change_sets WHERE file_name = '222005_v2.csv' ORDER BY recorded_at").fetchall()
+    assert states == [("held",), ("accepted",)]
+
+
+def test_accept_applies_only_what_was_held(con, write_extract):
+    from microtrials.loading import accept_file
+
+    both = pupil_rows(40, urn="222005", intervention="Café Readers") + pupil_rows(
+        30, urn="222005", intervention="Maths", measure="PUMA", start=100)
+    load_file(con, write_extract("222005.csv", both), KEY)
+    part = write_extract("222005_v2.csv", pupil_rows(10, urn="222005", intervention="Café Readers")
+                         + pupil_rows(30, urn="222005", intervention="Maths", measure="PUMA", start=100))
+    assert load_file(con, part, KEY).status == "partly held"
+    later = pupil_rows(31, urn="222005", intervention="Maths", measure="PUMA", start=100)
+    load_file(con, write_extract("222005_maths.csv", later), KEY)  # a later Maths file
+    accepted = accept_file(con, part, KEY)
+    assert [line.split(":")[0] for line in accepted.changes] == ["222005 Café Readers 2026 Autumn"]
+    assert con.execute("SELECT intervention, count(*), min(source_file) FROM pupils GROUP BY 1 ORDER BY 1").fetchall() \
+        == [("Café Readers", 10, "222005_v2.csv"), ("Maths", 31, "222005_maths.csv")]  # the later file stands
+
+
+def test_accept_of_a_file_with_nothing_held_changes_nothing(con, write_extract):
+    from microtrials.loading import accept_file
+
+    path = write_extract("222005.csv", pupil_rows(10, urn="222005", intervention="Café Readers"))
+    report = accept_file(con, path, KEY)
+    assert report.status == "not held" and "there is nothing to accept" in report.reason
+    assert pupils(con, "222005") == [] and con.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
+
+
+def test_withdraw_removes_a_school_or_one_round_and_records_it(con, write_extract):
+    from microtrials.loading import withdraw
+
+    load_file(con, write_extract("222006_a.csv", rows_in_round(30, "222006", "2025 Autumn"), header=ROUND_HEADER), KEY)
+    bad = rows_in_round(20, "222006", "2026 Spring", start=500)
+    bad[0][ARM] = "?"
+    load_file(con, write_extract("222006_b.csv", bad, header=ROUND_HEADER), KEY)
+    load_file(con, write_extract("222005.csv", pupil_rows(12, urn="222005", intervention="Café Readers")), KEY)
+    assert withdraw(con, "222006", "Unknown trial") == []
+    done = withdraw(con, "222006", "CR", "2026 spring")
+    assert [c.message for c in done] == ["222006 Café Readers 2026 Spring: withdrawn, 19 pupils removed"]
+    assert pupils(con, "222006") == [("2025 Autumn", 30, 30)]
+    assert con.execute("SELECT count(*) FROM quarantine WHERE school_urn = '222006'").fetchone() == (0,)
+    done = withdraw(con, "222006")
+    assert [c.message for c in done] == ["222006 Café Readers 2025 Autumn: withdrawn, 30 pupils removed"]
+    assert pupils(con, "222006") == [] and pupils(con, "222005") == [("", 12, 12)]
+    recorded = con.execute("SELECT school_urn, round, state, pupils_before, pupils_after, removed FROM change_sets "
+                           "WHERE state = 'withdrawn' ORDER BY recorded_at").fetchall()
+    assert recorded == [("222006", "2026 Spring", "withdrawn", 19, 0, 19), ("222006", "2025 Autumn", "withdrawn", 30, 0, 30)]
+    # the school's file left in the folder does not bring it back; a new file does
+    assert load_file(con, write_extract("222006_a.csv", rows_in_round(30, "222006", "2025 Autumn"),
+                                        header=ROUND_HEADER), KEY).status == "unchanged"
+    assert pupils(con, "222006") == []
+
+
+def test_the_accept_and_withdraw_commands(con, write_extract, tmp_path, capsys, monkeypatch):
+    from microtrials import cli
+
+    from microtrials.privacy import pupil_key
+
+    db = tmp_path / "warehouse.duckdb"
+    first = write_extract("222005.csv", pupil_rows(40, urn="222005", intervention="Café Readers"))
+    fewer = write_extract("222005_v2.csv", pupil_rows(10, urn="222005", intervention="Café Readers"))
+    key = pupil_key([first, fewer])  # as a run reads it: MICROTRIALS_PUPIL_KEY
+    load_file(con, first, key)
+    assert load_file(con, fewer, key).status == "held"
+    con.close()
+    monkeypatch.setenv("MICROTRIALS_FEEDBACK", str(tmp_path / "feedback"))
+    assert cli.main(["accept", str(fewer), "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "accepted 222005_v2.csv:\n  222005 Café Readers 2026 Autumn: 40 pupils replaced by 10 (30 removed); accepted" in out
+    assert cli.main(["accept", str(fewer), "--db", str(db)]) == 1
+    assert "already applied" in capsys.readouterr().out
+    assert cli.main(["withdraw", "22200", "--db", str(db)]) == 2
+    assert "is not a school URN (6 digits)" in capsys.readouterr().err
+    assert cli.main(["withdraw", "222005", "--trial", "cafe readers", "--db", str(db)]) == 0
+    assert "222005 Café Readers 2026 Autumn: withdrawn, 10 pupils removed" in capsys.readouterr().out
+    assert cli.main(["withdraw", "222005", "--db", str(db)]) == 1
+    assert "holds no rows" in capsys.readouterr().out
