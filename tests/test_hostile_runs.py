@@ -11,7 +11,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from tests.test_cli_safety import KEY, MICROTRIALS, home_at, listing, run, some_extracts
+from tests.helpers.cli_safety import KEY, MICROTRIALS, home_at, listing, run, some_extracts
 
 REGISTRY = (
     "intervention,outcome_measure,round,start_date,end_date,schools,aliases\r\n"

@@ -15,7 +15,7 @@ from microtrials import site as site_module
 from microtrials.effect_sizes import months_progress
 from microtrials.registry import read_registry
 from microtrials.site import build_site
-from tests.test_site import _row, folder, small_load_report, text_of
+from tests.helpers.site import _row, folder, small_load_report, text_of
 
 READING = ("Reciprocal reading", "NGRT standardised score")
 REGISTRY = (

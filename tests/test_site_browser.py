@@ -18,7 +18,7 @@ import pytest
 from microtrials import dictionary
 from microtrials.publish import publish_folder
 from microtrials.site import make_server
-from tests.test_site import CAFE, small_site
+from tests.helpers.site import CAFE, small_site
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -187,8 +187,8 @@ return out;
 def test_load_report_never_breaks_a_word_inside_itself_at_1366(browser, tmp_path):
     """Red-team 16: at 1366 px the load report showed "1111 / 09.c / sv" and "St/at/us"."""
     from microtrials.site import build_site
-    from tests.test_site import small_evidence
-    from tests.test_site_load_report import report
+    from tests.helpers.load_report import report
+    from tests.helpers.site import small_evidence
 
     frame = report(file_name=["111109.csv", "111135_reciprocal_reading_2026-11-20_final_v2.csv", "222230.csv",
                               "111201.csv"])

@@ -86,7 +86,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("months_progress", "Months of extra progress", "The effect size converted to months of additional "
           "progress with the Education Endowment Foundation's table.", "months", _E),
     Entry("tau", "Spread between schools", "Standard deviation of the effect between schools (tau), on the "
-          "effect-size scale.", "standard deviations", _E),
+          "effect-size scale, from the same model as the effect size.", "standard deviations", _E),
     Entry("i2", "Variation not due to chance", "I-squared: share of the variation between schools' results that "
           "is not due to chance.", "percent", _E),
     Entry("pi_low", "New school: lowest", "Lower end of the 95% prediction interval: the effect a new school "
@@ -132,11 +132,12 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("n_intervention", "Pupils in the intervention group", "Analysed pupils in the intervention group.",
           "pupils", _S),
     Entry("n_control", "Pupils in the control group", "Analysed pupils in the control group.", "pupils", _S),
-    Entry("g", "School's own effect", "The school's own effect (its own comparison, allowing for earlier "
-          "scores) divided by the trial's total standard deviation: same scale as effect_size.",
+    Entry("g", "School on its own", "This school on its own: its own comparison, allowing for earlier "
+          "scores, divided by the trial's total standard deviation: same scale as effect_size.",
           "standard deviations", _S),
-    Entry("eb_g", "School's effect, adjusted", "Empirical-Bayes estimate: the school's effect pulled towards the "
-          "trial's overall result in proportion to its uncertainty.", "standard deviations", _S),
+    Entry("eb_g", "School's effect, adjusted", "The school's effect from the trial's model: the overall result "
+          "plus this school's estimated difference from it, pulled towards the overall result in proportion to "
+          "its uncertainty.", "standard deviations", _S),
     Entry("note", "Note", "Plain words about this school, e.g. \"one arm only (23 pupils in intervention)\".",
           "text", _S),
     # --- the public load report ---------------------------------------------------------------
