@@ -7,11 +7,12 @@ import datetime as dt
 import dagster as dg
 
 from pipelines.assets.loading import pupils
-from pipelines.assets.publishing import evidence_table, staged_publication
+from pipelines.assets.publishing import evidence_table
 from pipelines.assets.registry import REGISTRY_CHECKS, registry
 from pipelines.assets.trials import trial_results
 from pipelines.checks import ALL_CHECKS
 from pipelines.jobs import ALL_JOBS
+from pipelines.launch import LOGGERS
 from pipelines.resources import default_resources
 from pipelines.schedules import ALL_SCHEDULES, TIMEZONE
 from pipelines.sensors import ALL_SENSORS
@@ -27,7 +28,7 @@ EVIDENCE_FRESHNESS = dg.FreshnessPolicy.cron(
 [evidence_table_weekly] = dg.map_asset_specs(
     lambda spec: dg.apply_freshness_policy(spec, EVIDENCE_FRESHNESS), [evidence_table]
 )
-ALL_ASSETS = [pupils, registry, trial_results, staged_publication, evidence_table_weekly, *ALL_TABLE_ASSETS]
+ALL_ASSETS = [pupils, registry, trial_results, evidence_table_weekly, *ALL_TABLE_ASSETS]
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
@@ -36,4 +37,5 @@ defs = dg.Definitions(
     schedules=ALL_SCHEDULES,
     sensors=ALL_SENSORS,
     resources=default_resources(),
+    loggers=LOGGERS,
 )

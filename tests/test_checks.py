@@ -15,7 +15,6 @@ from pipelines.jobs import partition_range_tags
 from pipelines.partitions import SCHOOLS, files_by_school
 from pipelines.resources import Settings, Warehouse
 from tests.conftest import SHARED, pupil_rows
-from tests.test_cli_safety import home_at
 
 ALL_CHECK_NAMES = {
     "every_file_loaded_or_rejected", "quarantine_rate_per_school", "trials_refreshed",
@@ -34,7 +33,7 @@ def published(tmp_path_factory):
 
     resources = {
         "settings": Settings(extracts_dir=str(extracts), out_dir=str(out)),
-        "warehouse_db": Warehouse(db_path=str(db)),
+        "warehouse_db": Warehouse(database=str(db)),
     }
     with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
         # Built inside the instance context: Definitions look up the current instance's state.
@@ -51,10 +50,6 @@ def published(tmp_path_factory):
     return extracts, out, db, evaluations
 
 
-# A check run on its own (not in a run that staged a publication) judges the published folder.
-CHECK_ALONE = dg.build_asset_check_context()
-
-
 def copy_of(published, tmp_path: Path):
     """A private copy of the published state to spoil: (settings, warehouse resource, out folder)."""
     extracts, out, db, _ = published
@@ -62,7 +57,7 @@ def copy_of(published, tmp_path: Path):
     shutil.copy(db, tmp_path / "warehouse.duckdb")
     return (
         Settings(extracts_dir=str(extracts), out_dir=str(tmp_path / "out")),
-        Warehouse(db_path=str(tmp_path / "warehouse.duckdb")),
+        Warehouse(database=str(tmp_path / "warehouse.duckdb")),
         tmp_path / "out",
     )
 
@@ -86,27 +81,27 @@ def test_blocking_where_wrong_numbers_would_follow():
 
 def test_a_published_pupil_key_or_identifier_column_fails(published, tmp_path):
     settings, wh, out = copy_of(published, tmp_path)
-    assert checks.no_pupil_identifiers_published(context=CHECK_ALONE, settings=settings, warehouse_db=wh).passed
+    assert checks.no_pupil_identifiers_published(settings=settings, warehouse_db=wh).passed
     with wh.connect() as con:
         key = con.execute("SELECT pupil_key FROM pupils LIMIT 1").fetchall()[0][0]
     (out / "schools").mkdir()
     (out / "schools" / "111601.csv").write_text(f"school_urn,score\n111601,{key}\n")
-    result = checks.no_pupil_identifiers_published(context=CHECK_ALONE, settings=settings, warehouse_db=wh)
-    assert not result.passed and "1 file(s) of the publication" in result.description
+    result = checks.no_pupil_identifiers_published(settings=settings, warehouse_db=wh)
+    assert not result.passed and "1 published file" in result.description
     (out / "schools" / "111601.csv").unlink()
     (out / "extra.csv").write_text("Pupil_ID,score\nA1,3\n")
-    assert not checks.no_pupil_identifiers_published(context=CHECK_ALONE, settings=settings, warehouse_db=wh).passed
+    assert not checks.no_pupil_identifiers_published(settings=settings, warehouse_db=wh).passed
     (out / "extra.csv").unlink()
     (out / "page.html").write_text("<table><tr><th> pupil_key </th></tr></table>")
-    assert not checks.no_pupil_identifiers_published(context=CHECK_ALONE, settings=settings, warehouse_db=wh).passed
+    assert not checks.no_pupil_identifiers_published(settings=settings, warehouse_db=wh).passed
 
 
 def test_wrong_row_count_fails(published, tmp_path):
     settings, wh, out = copy_of(published, tmp_path)
-    assert checks.one_row_per_trial(context=CHECK_ALONE, settings=settings, warehouse_db=wh).passed
+    assert checks.one_row_per_trial(settings=settings, warehouse_db=wh).passed
     table = pd.read_csv(out / "evidence_table.csv")
     table.iloc[:-1].to_csv(out / "evidence_table.csv", index=False)
-    result = checks.one_row_per_trial(context=CHECK_ALONE, settings=settings, warehouse_db=wh)
+    result = checks.one_row_per_trial(settings=settings, warehouse_db=wh)
     assert not result.passed and result.description.startswith("1 published row(s) for 2 trial(s)")
     assert "not published: [('Reciprocal reading'" in result.description
 
@@ -116,7 +111,7 @@ def test_a_trial_published_twice_with_right_count_fails(published, tmp_path):
     settings, wh, out = copy_of(published, tmp_path)
     table = pd.read_csv(out / "evidence_table.csv")
     pd.concat([table.iloc[:1], table.iloc[:1]]).to_csv(out / "evidence_table.csv", index=False)
-    result = checks.one_row_per_trial(context=CHECK_ALONE, settings=settings, warehouse_db=wh)
+    result = checks.one_row_per_trial(settings=settings, warehouse_db=wh)
     assert not result.passed and "published twice" in result.description
 
 
@@ -168,7 +163,7 @@ def test_without_a_status_column_the_checks_read_converged_and_school_counts(pub
 
 def test_one_trial_not_refreshed_never_stops_the_others_publishing(published, tmp_path):
     """In a run, a trial marked not_refreshed or not_estimable leaves evidence_table published."""
-    from pipelines.assets.publishing import evidence_table, staged_publication
+    from pipelines.assets.publishing import evidence_table
 
     settings, wh, out = copy_of(published, tmp_path)
     (out / "evidence_table.csv").unlink()
@@ -185,8 +180,8 @@ def test_one_trial_not_refreshed_never_stops_the_others_publishing(published, tm
 
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [one_trial_failed, staged_publication, evidence_table, checks.trials_refreshed,
-             checks.trials_have_two_schools, checks.one_row_per_trial],
+            [one_trial_failed, evidence_table, checks.trials_refreshed, checks.trials_have_two_schools,
+             checks.one_row_per_trial],
             resources={"settings": settings, "warehouse_db": wh},
             instance=instance,
             raise_on_error=False,
@@ -194,7 +189,7 @@ def test_one_trial_not_refreshed_never_stops_the_others_publishing(published, tm
     assert result.success
     assert (out / "evidence_table.csv").is_file()
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {"trial_results", "staged_publication", "evidence_table"}
+    assert materialized == {"trial_results", "evidence_table"}
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert not evaluations["trials_refreshed"].passed and not evaluations["trials_have_two_schools"].passed
     assert evaluations["one_row_per_trial"].passed
@@ -208,7 +203,7 @@ def test_quarantine_rate_over_the_limit_warns(tmp_path, write_extract):
     write_extract("a.csv", good)
     write_extract("b.csv", bad)
     settings = Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(tmp_path / "out"))
-    wh = Warehouse(db_path=str(tmp_path / "w.duckdb"))
+    wh = Warehouse(database=str(tmp_path / "w.duckdb"))
     from pipelines.definitions import defs
 
     with dg.instance_for_test() as instance:
@@ -233,7 +228,7 @@ def test_quarantine_rate_over_the_limit_warns(tmp_path, write_extract):
 def test_a_file_not_loaded_fails_the_load_check(tmp_path, write_extract):
     write_extract("a.csv", pupil_rows(10, urn="111601"))
     settings = Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(tmp_path / "out"))
-    wh = Warehouse(db_path=str(tmp_path / "w.duckdb"))
+    wh = Warehouse(database=str(tmp_path / "w.duckdb"))
     with wh.connect():
         pass  # an empty warehouse: nothing recorded for a.csv
     with dg.instance_for_test() as instance:
@@ -241,49 +236,3 @@ def test_a_file_not_loaded_fails_the_load_check(tmp_path, write_extract):
         result = checks.every_file_loaded_or_rejected(context, settings=settings, warehouse_db=wh)
     assert not result.passed
     assert "a.csv" in result.metadata["files_not_accounted_for"].value
-
-
-def test_a_failing_blocking_check_leaves_the_last_publication_and_the_run_exits_1(published, tmp_path, monkeypatch,
-                                                                                  capsys):
-    """Issue 19 pt 4: the blocking checks judge the staged publication; a failing one stops the swap."""
-    from microtrials import cli, site
-    from pipelines import runs
-    from pipelines.assets import publishing
-
-    settings, wh, out = copy_of(published, tmp_path)
-    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    build_site = site.build_site
-
-    def leaking(*args, **kwargs):  # a publication with a pupil_id column in one file
-        return {**build_site(*args, **kwargs), "leak.csv": "pupil_id,score\nP111601-1,3\n"}
-
-    monkeypatch.setattr(publishing.site, "build_site", leaking)
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [publishing.staged_publication, publishing.evidence_table, checks.one_row_per_trial,
-             checks.no_pupil_identifiers_published],
-            resources={"settings": settings, "warehouse_db": wh}, instance=instance, raise_on_error=False,
-        )
-    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert not evaluations["no_pupil_identifiers_published"].passed and evaluations["one_row_per_trial"].passed
-    assert "leak.csv" in evaluations["no_pupil_identifiers_published"].metadata["findings"].value
-    assert not runs.published(result) and not result.success
-    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-
-    monkeypatch.setattr(cli, "_execute", lambda extracts: result)  # the CLI's verdict on this very run
-    monkeypatch.setattr(cli, "check_key_matches", lambda *args: None)
-    monkeypatch.setattr(cli, "_stop_on_sigterm", lambda: None)  # no signal handler left in the test process
-    for name in ("MICROTRIALS_EXTRACTS", "MICROTRIALS_OUT", "MICROTRIALS_DB"):
-        monkeypatch.setenv(name, "")  # restored after the test: run_pipeline sets them
-    monkeypatch.delenv("MICROTRIALS_FEEDBACK", raising=False)
-    monkeypatch.setenv("DAGSTER_HOME", str(home_at(tmp_path / "home")))
-    monkeypatch.chdir(tmp_path)
-    capsys.readouterr()  # the run's own log lines
-    code = cli.run_pipeline(Path(settings.extracts_dir), out, Path(wh.db_path))
-    err = capsys.readouterr().err.strip()
-    assert code == cli.FAILED == 1, err
-    assert err == (
-        "microtrials run failed: blocking check failed (README \"For officers\" says what to do): "
-        "staged_publication:no_pupil_identifiers_published (1 file(s) of the publication hold pupil identifiers); "
-        f"nothing was published, the last good publication in {out} stays"
-    )
