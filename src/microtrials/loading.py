@@ -686,7 +686,7 @@ def withdraw(con: duckdb.DuckDBPyConnection, school_urn: str, trial: str | None 
             return []
         cur.register("batch_replace", plan.replace)
         whole = {"urn": school_urn, "whole": not trial and not round_name}
-        cur.execute(warehouse.sql("withdraw_pupils"))
+        cur.execute(warehouse.sql("delete_school_trials"))  # the combinations in batch_replace
         cur.execute(warehouse.sql("withdraw_quarantine"), whole)
         cur.execute(warehouse.sql("withdraw_warnings"), whole)
         record_change_sets(cur, plan.change_sets)
