@@ -126,14 +126,22 @@ def partitions_fixed_for_the_run(instance: dg.DagsterInstance, name: str) -> Ite
                 instance.__dict__.pop(attr, None)
 
 
-DISK_FULL = ("no space left on device", "disk is full", "database or disk is full")
+DISK_FULL = ("no space left on device", "disk is full", "database or disk is full", "disk quota exceeded")
+
+
+def is_disk_full(text: str) -> bool:
+    """Whether an error's text says the disk (or the user's quota) is full: OSError ENOSPC/EDQUOT,
+    DuckDB's and SQLite's own words for it."""
+    lowered = text.lower()
+    return (f"[errno {errno.ENOSPC}]" in lowered or f"[errno {errno.EDQUOT}]" in lowered
+            or any(s in lowered for s in DISK_FULL))
 
 
 def plain_error(cls_name: str, message: str) -> str:
     """An error's message in one line (without the MicrotrialsError class name), with what to do for the
     errors an officer can meet (a full disk)."""
     text = _ERROR_CLASS.sub("", " ".join(message.split()), count=1)
-    if f"[errno {errno.ENOSPC}]" in text.lower() or any(s in text.lower() for s in DISK_FULL):
+    if is_disk_full(text):
         return (f"the disk is full ({text}): free some space on the disk holding the warehouse, the published "
                 "folder and DAGSTER_HOME, then run again (nothing was half-written: the last good publication stays)")
     return text

@@ -1,4 +1,4 @@
-"""The extracts sensor: new, changed, unchanged and deleted files, through its cursor."""
+"""The extracts sensor: new, changed, unchanged and deleted files, and runs that died, decided from the warehouse."""
 
 from __future__ import annotations
 
@@ -46,6 +46,35 @@ def test_sensor_settings():
     assert extracts_sensor.minimum_interval_seconds == int(os.environ.get("MICROTRIALS_SENSOR_INTERVAL", "15"))
 
 
+def launch(instance, result: dg.SensorResult) -> list:
+    """Create the runs a tick asked for, not yet started, as the daemon does (it queues them)."""
+    from pipelines.definitions import defs
+
+    job = defs.resolve_job_def("load_and_refresh")
+    runs = []
+    for request in result.run_requests or []:
+        tags = dict(request.tags) | ({"dagster/partition": request.partition_key} if request.partition_key else {})
+        runs.append(instance.create_run_for_job(job_def=job, tags=tags, status=dg.DagsterRunStatus.NOT_STARTED))
+    return runs
+
+
+def load(extracts) -> None:
+    """What a run's load step commits: every file of the folder recorded in `deliveries`."""
+    from microtrials import warehouse
+    from microtrials.loading import load_folder
+
+    con = warehouse.connect(extracts.parent / "warehouse.duckdb")
+    try:
+        load_folder(con, extracts, b"sensor-test-key-0123456789abcdef")
+    finally:
+        con.close()
+
+
+def end(instance, runs) -> None:
+    for run in runs:
+        instance.report_run_failed(instance.get_run_by_id(run.run_id), message="ended (test)")
+
+
 def test_new_changed_unchanged_deleted(tmp_path, write_extract):
     extracts = tmp_path / "extracts"
     write_extract("a.csv", pupil_rows(4, urn="111601"))
@@ -58,6 +87,13 @@ def test_new_changed_unchanged_deleted(tmp_path, write_extract):
         assert first.run_requests[0].tags["microtrials/schools"] == "111601, 111602"
         cursor = json.loads(first.cursor)
         assert cursor["a.csv"]["school"] == "111601" and len(cursor["a.csv"]["sha256"]) == 64
+        runs = launch(instance, first)
+
+        # While that run is queued, nothing more is asked for.
+        queued = tick(instance, extracts, first.cursor)
+        assert not queued.run_requests and "2 file(s) waiting for a run" in queued.skip_reason.skip_message
+        load(extracts)
+        end(instance, runs)
 
         # Unchanged folder: nothing requested, even when a file is touched (mtime is not content).
         os.utime(extracts / "a.csv", (1_900_000_000, 1_900_000_000))
@@ -71,6 +107,9 @@ def test_new_changed_unchanged_deleted(tmp_path, write_extract):
         assert schools_of(changed) == [["111602"]]
         assert not changed.dynamic_partitions_requests
         assert json.loads(changed.cursor)["b.csv"]["sha256"] != cursor["b.csv"]["sha256"]
+        runs = launch(instance, changed)
+        load(extracts)
+        end(instance, runs)
 
         # A deleted file leaves the cursor; nothing is run and the partition stays.
         (extracts / "a.csv").unlink()
@@ -79,11 +118,70 @@ def test_new_changed_unchanged_deleted(tmp_path, write_extract):
         assert set(json.loads(deleted.cursor)) == {"b.csv"}
         assert "111601" in instance.get_dynamic_partitions(SCHOOLS)
 
-        # The same file put back is new again to the cursor, and is loaded (the load is a no-op).
+        # The same file put back: the warehouse records that content, so there is nothing to load.
         write_extract("a.csv", pupil_rows(4, urn="111601"))
         back = tick(instance, extracts, deleted.cursor)
-        assert schools_of(back) == [["111601"]]
-        assert not back.dynamic_partitions_requests
+        assert not back.run_requests and "a.csv" in json.loads(back.cursor)
+
+
+def test_a_sensor_run_that_died_is_retried_by_the_next_tick(tmp_path, write_extract):
+    """Issue 21: a sensor run that died left its file unloaded for good (twelve ticks later, 0 rows).
+    The warehouse's deliveries decide what is done, not the cursor."""
+    import subprocess
+    import sys
+
+    extracts = tmp_path / "extracts"
+    write_extract("a.csv", pupil_rows(4, urn="111601"))
+    with dg.instance_for_test() as instance:
+        first = tick(instance, extracts)
+        (run,) = launch(instance, first)
+        # The run worker starts and records its pid, as Dagster's does, then is killed before its load commits.
+        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            started(instance, run, worker.pid)
+            alive = tick(instance, extracts, first.cursor)
+            assert not alive.run_requests  # a live worker is left alone
+            assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+        finally:
+            worker.kill()
+            worker.wait(timeout=10)
+        retried = tick(instance, extracts, alive.cursor)
+        assert schools_of(retried) == [["111601"]]
+        dead = instance.get_run_by_id(run.run_id)
+        assert dead.status == dg.DagsterRunStatus.FAILURE
+        # The retry loads the file; the ticks after it have nothing to do.
+        runs = launch(instance, retried)
+        load(extracts)
+        end(instance, runs)
+        after = tick(instance, extracts, retried.cursor)
+        assert not after.run_requests and after.skip_reason.skip_message.startswith("no new or changed")
+
+
+def test_files_no_run_could_load_are_not_retried_for_ever(tmp_path, write_extract):
+    from pipelines.sensors import MAX_ATTEMPTS
+
+    extracts = tmp_path / "extracts"
+    write_extract("a.csv", pupil_rows(4, urn="111601"))
+    with dg.instance_for_test() as instance:
+        result = tick(instance, extracts)
+        for attempt in range(MAX_ATTEMPTS):
+            assert schools_of(result) == [["111601"]], attempt
+            end(instance, launch(instance, result))  # each run ends without loading the file
+            result = tick(instance, extracts, result.cursor)
+        assert not result.run_requests
+        assert f"not retried after {MAX_ATTEMPTS} runs" in result.skip_reason.skip_message
+        write_extract("a.csv", pupil_rows(5, urn="111601"))  # a new version is tried again
+        assert schools_of(tick(instance, extracts, result.cursor)) == [["111601"]]
+
+
+def started(instance, run, pid: int) -> None:
+    """Mark ``run`` started by a run worker with process ``pid``, with the events Dagster's worker reports."""
+    from dagster._core.events import EngineEventData  # the event's data, as the worker builds it
+
+    instance.report_dagster_event(dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=run.job_name),
+                                  run.run_id)
+    instance.report_engine_event(f"Started process for run (pid: {pid}).", instance.get_run_by_id(run.run_id),
+                                 EngineEventData.in_process(pid))
 
 
 def test_unreadable_file_gets_a_file_key(tmp_path, write_extract):

@@ -312,9 +312,11 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
     except KeyboardInterrupt:
         print(stopped, file=sys.stderr)
         return 130
-    except (MicrotrialsError, OSError) as exc:
+    except Exception as exc:  # a full disk can surface from any layer (Dagster's own SQLite storage too)
         from pipelines.runs import plain_error
 
+        if not isinstance(exc, (MicrotrialsError, OSError)) and not _disk_full(str(exc)):
+            raise
         print(f"microtrials run failed: {plain_error(type(exc).__name__, str(exc))}", file=sys.stderr)
         return FAILED
     from pipelines.runs import failure_reason, interrupted, published
@@ -368,8 +370,8 @@ def check_key_matches(db: Path, key: bytes, new_key: bool) -> None:
 class _OfficerConsole(logging.Filter):
     """Dagster's console lines as an officer needs them; every event stays whole in the run's log.
 
-    A step or run failure caused by a MicrotrialsError (a message written for the officer) loses its
-    stack trace: the first line stays, and `microtrials run` ends with the plain reason. The
+    A step or run failure caused by a MicrotrialsError (a message written for the officer) or by a
+    full disk loses its stack trace: the first line stays, and `microtrials run` ends with the plain reason. The
     "Dependencies for step ... Not executing" lines that follow any failure are dropped. Other
     errors (a bug) keep their trace for whoever reports it.
     """
@@ -378,9 +380,15 @@ class _OfficerConsole(logging.Filter):
         message = record.getMessage()
         if record.levelno >= logging.ERROR and "Dependencies for step" in message and "Not executing" in message:
             return False
-        if "MicrotrialsError" in message and "\n" in message:
+        if ("MicrotrialsError" in message or _disk_full(message)) and "\n" in message:
             record.msg, record.args = message.split("\n", 1)[0] + " (the reason is below; details in the Dagster UI)", ()
         return True
+
+
+def _disk_full(text: str) -> bool:
+    from pipelines.runs import is_disk_full
+
+    return is_disk_full(text)
 
 
 class _OfficerLogger(logging.Logger):

@@ -58,7 +58,7 @@ def store_registry(con: duckdb.DuckDBPyConnection, registry: Registry, text: str
         con.execute(warehouse.sql("insert_registry_problems"))
         con.execute("COMMIT")
     except Exception:
-        con.execute("ROLLBACK")
+        warehouse.rollback(con)
         raise
     finally:
         for name in ("registry_rounds_frame", "registry_problems_frame"):
@@ -207,7 +207,7 @@ def append_history(con: duckdb.DuckDBPyConnection, table: pd.DataFrame, publishe
         con.execute(warehouse.sql("insert_evidence_history"))
         con.execute("COMMIT")
     except Exception:
-        con.execute("ROLLBACK")
+        warehouse.rollback(con)
         raise
     finally:
         try:

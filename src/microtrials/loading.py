@@ -816,7 +816,7 @@ def _in_transaction(con: duckdb.DuckDBPyConnection, work, frames: dict[str, pa.T
                 con.execute("COMMIT")
                 return result
             except BaseException as exc:
-                con.execute("ROLLBACK")
+                warehouse.rollback(con)
                 if not (isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower()):
                     raise
                 if attempt == TRANSACTION_ATTEMPTS - 1:

@@ -38,7 +38,9 @@ import errno
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
@@ -322,7 +324,8 @@ def publish_folder(out_dir: Path, files: Mapping[str, bytes | str]) -> Path:
     the :data:`MARKER` file.
 
     Refuses (MicrotrialsError, nothing changed) a folder that is not replaceable
-    (:func:`check_replaceable`). Builds ``.<name>.staging-<id>`` beside ``out_dir``, fsyncs every
+    (:func:`check_replaceable`). Removes staging folders of dead publications (:func:`remove_dead_staging`), builds
+    ``.<name>.staging-<pid>-<host>-<id>`` beside ``out_dir``, fsyncs every
     file and folder, then swaps it in (see the module docstring). A failure before the swap leaves
     the old publication as it was. Returns ``out_dir``.
     """
@@ -331,7 +334,8 @@ def publish_folder(out_dir: Path, files: Mapping[str, bytes | str]) -> Path:
     check_replaceable(out_dir, suffixes)
     parent = out_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:12]
+    remove_dead_staging(out_dir)
+    token = f"{os.getpid()}-{_HOST}-{uuid.uuid4().hex[:12]}"
     staging = parent / f".{out_dir.name}.staging-{token}"
     old = parent / f".{out_dir.name}.old-{token}"
     try:
@@ -365,6 +369,54 @@ def publish_folder(out_dir: Path, files: Mapping[str, bytes | str]) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+#: This machine, as staging folder names carry it (a folder on a shared disk may be another machine's).
+_HOST = re.sub(r"[^A-Za-z0-9]+", "", socket.gethostname())[:32] or "host"
+#: A staging folder this old is left over whatever process made it (a publication takes seconds).
+STALE_STAGING_SECONDS = 6 * 3600
+
+
+def remove_dead_staging(out_dir: Path) -> list[Path]:
+    """Remove the staging folders beside ``out_dir`` that no live publication is using, and return them.
+
+    ``publish_folder`` names them ``.<name>.staging-<pid>-<host>-<id>`` (and ``.old-`` for the moment
+    of a two-rename swap); a process killed while publishing leaves one behind. One is removed when
+    its process is gone from this machine, or when it is older than :data:`STALE_STAGING_SECONDS`
+    (another machine's, or named before names carried a pid). Only real folders with exactly these
+    names are touched, never a symbolic link or anything else.
+    """
+    out_dir = Path(out_dir)
+    pattern = re.compile(re.escape(f".{out_dir.name}.") + r"(?:staging|old)-(?:(\d+)-([A-Za-z0-9]+)-)?[0-9a-f]{12}")
+    removed = []
+    try:
+        entries = list(out_dir.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid, host = match.group(1), match.group(2)
+        mine_and_dead = pid is not None and host == _HOST and int(pid) != os.getpid() and not _alive(int(pid))
+        try:
+            stale = time.time() - entry.stat().st_mtime > STALE_STAGING_SECONDS
+        except OSError:
+            continue
+        if mine_and_dead or stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # Column names that would identify pupils if they reached a published file.

@@ -76,6 +76,16 @@ def connect_with_retry(
             delay = min(delay * 2, 2.0)
 
 
+def rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back the open transaction after an error, never hiding that error: when the transaction
+    is already gone (a COMMIT that failed because the disk is full ends it), DuckDB's "cannot
+    rollback - no transaction is active" is swallowed so the caller re-raises the real cause."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
+
+
 def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     """Whether ``table`` exists (the derived tables appear after their first run)."""
     return con.execute(sql("table_exists"), {"name": table}).fetchall()[0][0] > 0
@@ -94,7 +104,7 @@ def save_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) 
         con.execute(sql(f"replace_{table}"))
         con.execute("COMMIT")
     except Exception:
-        con.execute("ROLLBACK")
+        rollback(con)
         raise
     finally:
         con.unregister("frame_to_save")
