@@ -86,7 +86,7 @@ CHANGE_SETS_COLUMNS = [
       "`microtrials accept`) or 'withdrawn' (`microtrials withdraw`)"),
     C("reason", "VARCHAR", description="why it was held"),
     C("message", "VARCHAR", description="the line the officer was shown"),
-    C("recorded_at", "TIMESTAMP", description="when (UTC)"),
+    C("recorded_at", "TIMESTAMP", description="when the change set was recorded (UTC)"),
 ]
 
 LOAD_WARNINGS_COLUMNS = [
