@@ -113,8 +113,8 @@ SCHOOL_RESULTS_COLUMNS = [
       "trial's total SD: the same scale as the trial's effect_size"),
     C("ci_low", "DOUBLE", description="lower end of the 95% confidence interval of g"),
     C("ci_high", "DOUBLE", description="upper end of the 95% confidence interval of g"),
-    C("eb_g", "DOUBLE", description="the school's empirical-Bayes estimate from the REML pooling (metafor blup): g "
-      "pulled towards the trial's mean by tau2 / (tau2 + its variance)"),
+    C("eb_g", "DOUBLE", description="the school's shrunken effect from the headline (multisite) model: effect_size "
+      "plus the school's arm-slope BLUP / total SD (effect_size itself when the headline is the random-intercept model)"),
     C("note", "VARCHAR", description="plain words, e.g. 'one arm only (23 pupils in intervention)'"),
 ]
 
