@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from microtrials import gate as publication_gate
 from microtrials import loading, registry, trial_store, warehouse
 from microtrials.models import fit_mixedlm
 
@@ -77,6 +78,7 @@ def run(tmp_path_factory):
         pupils = con.execute("SELECT school_urn, intervention, arm, outcome, baseline FROM pupils").df()
         stored = {t: con.execute(warehouse.sql(t)).df() for t in
                   ("trial_results", "exploratory_results", "school_results", "registry_messages", "registry_progress")}
+        stored["gate"] = publication_gate.from_warehouse(con, reg)
     reading = pupils[pupils["intervention"] != "Maths mastery"].dropna(subset=["outcome"]).copy()
     reading["arm"] = (reading["arm"] == "intervention").astype(float)
     reading["round"] = np.where(reading["school_urn"].isin(ROUND_ONE), AUTUMN, SPRING)
@@ -193,7 +195,7 @@ def test_the_site_has_a_folder_per_round_and_the_officer_report(run):
     per_trial = {(i, o, r): g for (i, o, r), g in schools.groupby(["intervention", "outcome_measure", "round"])}
     rows = site.registry_report(stored["registry_messages"], stored["registry_progress"])
     files = site.build_site(stored["trial_results"][COLUMNS + EXTRA_COLUMNS], per_trial, pd.DataFrame(),
-                            "1 November 2026", "now", registry_rows=rows)
+                            "1 November 2026", "now", registry_rows=rows, gate=stored["gate"])
     folders = sorted({name.split("/")[0] for name in files if name.endswith("/schools.csv")})
     # Each round has its own folder; the "all rounds" row keeps the trial's plain folder (site.page_names).
     assert folders == ["reciprocal-reading--ngrt-standardised-score",
@@ -208,6 +210,7 @@ def test_the_site_has_a_folder_per_round_and_the_officer_report(run):
     assert list(report.columns) == site.REGISTRY_REPORT_COLUMNS
     assert all(c in dictionary.BY_COLUMN for c in report.columns)
     text = " ".join(report["What to do"])
+    # unregistered, but sent for many pupils by several schools: the publication gate shows its name
     assert "'Maths mastery' is not in the registry" in text and f"school {UNPLANNED} is not in the plan" in text
     assert f"still awaited: {' '.join(sorted([AWAITED, BOTH]))}" in text
     assert AWAITED in files["load-report.html"].decode()

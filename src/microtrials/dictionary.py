@@ -141,8 +141,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("note", "Note", "Plain words about this school, e.g. \"one arm only (23 pupils in intervention)\".",
           "text", _S),
     # --- the public load report ---------------------------------------------------------------
-    Entry("File", "File", "The school file's name, or \"file from school <URN>\" when the name carries more "
-          "than a URN, a date and plain words (see the rule on the load report page).", "text", LOAD),
+    Entry("File", "File", "\"file N from school <URN>\": a file's own name is never published (it could carry "
+          "a pupil's name, in any script).", "text", LOAD),
     Entry("School URN", "School URN", "The URN the file is for (in registry_report.csv: the school(s) concerned, "
           "or the schools still awaited).", "text", f"{LOAD}; {REGISTRY}"),
     Entry("Status", "Status", "In plain words: rejected (nothing loaded), partly loaded (some rows set aside), "
@@ -152,9 +152,10 @@ ENTRIES: tuple[Entry, ...] = (
           "No numbers of rows or pupils are published (they would reveal small schools' figures).", "text", LOAD),
     Entry("Warnings", "Warnings", "What was odd but loaded, e.g. \"read as Windows-1252\" or an optional value "
           "blanked because it was not understood.", "text", LOAD),
-    Entry("Trials", "Trials", "The trials the file holds.", "text", LOAD),
-    Entry("Columns dropped", "Columns dropped", "Columns outside the format, dropped unread (they may hold "
-          "personal data).", "text", LOAD),
+    Entry("Trials", "Trials", "The trials the file holds: a name only when it is registered or sent for at least "
+          "10 pupils by at least 2 schools; otherwise how many names were not shown.", "text", LOAD),
+    Entry("Columns dropped", "Columns dropped", "How many columns outside the format were dropped unread; their "
+          "headers are never published (they may hold personal data).", "text", LOAD),
     # --- the registry report -------------------------------------------------------------------
     Entry("Trial", "Trial", "The registered intervention, or the name a school used that is not in the registry.",
           "text", REGISTRY),
