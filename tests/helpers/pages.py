@@ -1,4 +1,4 @@
-"""The pages' publication: a trial over two rounds with a history of three runs and a registry, for the page tests."""
+"""The pages fixture of issue 23 (graded imbalances, an interim trial, an intervention in two rounds, three runs)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,7 @@ from microtrials.registry import read_registry
 from microtrials.site import build_site
 from tests.helpers.site import _row, small_load_report
 
-
 READING = ("Reciprocal reading", "NGRT standardised score")
-
-
 REGISTRY = (
     "intervention,outcome_measure,round,start_date,end_date,schools,registered_on,year_groups,dosage,delivered_by,"
     "contact,national_months,cost_per_pupil\n"
