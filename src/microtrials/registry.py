@@ -90,9 +90,9 @@ class TrialRound:
     description: str = ""
     line: int = 0
 
-    @property
+    @cached_property
     def key(self) -> tuple[str, str]:
-        """(intervention, round) as matching keys (:func:`microtrials.names.match_key`)."""
+        """(intervention, round) as matching keys (:func:`microtrials.names.match_key`), worked out once."""
         return match_key(self.intervention), match_key(self.round)
 
     @property
@@ -312,7 +312,7 @@ def _resolve_names(rows: list[TrialRound]) -> tuple[list[TrialRound], list[Regis
             continue
         seen[row.key] = row.line
         canonical = first.setdefault(row.key[0], row)
-        kept.append(replace(row, intervention=canonical.intervention))
+        kept.append(row if canonical is row else replace(row, intervention=canonical.intervention))
     alias_of: dict[str, dict[str, int]] = {}  # alias key -> {intervention key: first line giving it}
     for row in kept:
         for alias in row.aliases:
