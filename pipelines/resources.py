@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from microtrials import warehouse
+from microtrials import warehouse, workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EXTRACTS = REPO_ROOT / "data" / "extracts"
@@ -28,6 +28,8 @@ class Settings(dg.ConfigurableResource):
     feedback_dir: str = ""
     # The trial registry (--trials FILE / MICROTRIALS_TRIALS); "" means <extracts>/../trials.csv.
     trials_file: str = ""
+    # The officer's workspace (microtrials.toml's folder; MICROTRIALS_WORKSPACE); "" for the bundled demo.
+    workspace_dir: str = ""
 
     @property
     def extracts(self) -> Path:
@@ -89,13 +91,20 @@ def _test_hook(con: duckdb.DuckDBPyConnection) -> None:
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources from MICROTRIALS_EXTRACTS / MICROTRIALS_OUT / MICROTRIALS_FEEDBACK / MICROTRIALS_TRIALS /
-    MICROTRIALS_DB, else data/ (the registry: <extracts>/../trials.csv)."""
+    MICROTRIALS_DB, else the workspace MICROTRIALS_WORKSPACE names (microtrials.toml), else the bundled
+    demo's data/ (the registry: <extracts>/../trials.csv)."""
+    ws = workspace.from_environment()
+    if ws is None:
+        extracts, out, db, feedback_dir, trials = DEFAULT_EXTRACTS, DEFAULT_OUT, DEFAULT_DB, "", ""
+    else:
+        extracts, out, db, feedback_dir, trials = ws.extracts, ws.published, ws.warehouse, ws.feedback, ws.registry
     return {
         "settings": Settings(
-            extracts_dir=os.environ.get("MICROTRIALS_EXTRACTS", str(DEFAULT_EXTRACTS)),
-            out_dir=os.environ.get("MICROTRIALS_OUT", str(DEFAULT_OUT)),
-            feedback_dir=os.environ.get("MICROTRIALS_FEEDBACK", ""),
-            trials_file=os.environ.get("MICROTRIALS_TRIALS", ""),
+            extracts_dir=os.environ.get("MICROTRIALS_EXTRACTS", str(extracts)),
+            out_dir=os.environ.get("MICROTRIALS_OUT", str(out)),
+            feedback_dir=os.environ.get("MICROTRIALS_FEEDBACK", str(feedback_dir)),
+            trials_file=os.environ.get("MICROTRIALS_TRIALS", str(trials)),
+            workspace_dir="" if ws is None else str(ws.root),
         ),
-        "warehouse_db": Warehouse(db_path=os.environ.get("MICROTRIALS_DB", str(DEFAULT_DB))),
+        "warehouse_db": Warehouse(db_path=os.environ.get("MICROTRIALS_DB", str(db))),
     }

@@ -150,28 +150,12 @@ def test_the_summary_names_trials_not_estimable_or_not_refreshed_and_fails_only_
     table.to_csv(out / "evidence_table.csv", index=False)
     lines, nothing_new = cli.summary(tmp_path / "extracts", out, tmp_path / "w.duckdb", "run-1")
     assert "trials: 3 (1 published, 1 not_refreshed, 1 not_estimable)" in lines
-    assert "  not refreshed (last figures kept): Maths / PUMA: the model did not converge this run" in lines
-    assert "  not estimable yet: Pilot / NGRT: only one school has sent results so far" in lines
+    assert "    Maths / PUMA: not refreshed: the model did not converge this run" in lines
+    assert "    Pilot / NGRT: not estimable: only one school has sent results so far" in lines
+    assert "    Reading / NGRT: published" in lines
     assert not nothing_new
 
     table.loc[0, "status"] = "not_refreshed"
     table.to_csv(out / "evidence_table.csv", index=False)
     _, nothing_new = cli.summary(tmp_path / "extracts", out, tmp_path / "w.duckdb", "run-2")
     assert nothing_new == "Reading / NGRT (no reason recorded); Maths / PUMA (the model did not converge this run)"
-
-
-def test_the_summary_tells_the_officer_what_the_registry_found(tmp_path):
-    import pandas as pd
-
-    from microtrials.cli import _registry_lines
-
-    messages = pd.DataFrame({
-        "level": ["error"] + ["warning"] * 6,
-        "message": ["'Philosophy  for Children' is not in the registry: add it, or correct the name"]
-        + [f"school 11110{i} is not in the plan" for i in range(6)],
-    })
-    lines = _registry_lines(messages, tmp_path)
-    assert lines[0] == f"registry: 7 thing(s) to check (all in {tmp_path / 'registry_report.csv'}):"
-    assert lines[1] == "  error: 'Philosophy for Children' is not in the registry: add it, or correct the name"
-    assert lines[-1] == "  ... and 2 more"
-    assert _registry_lines(None, tmp_path) == [] and _registry_lines(messages.head(0), tmp_path) == []

@@ -215,7 +215,7 @@ def test_the_summary_counts_ignored_entries_and_names_whole_file_warnings(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     files = next(line for line in done.stdout.splitlines() if line.startswith("files: "))
     assert files.startswith("files: 6 in ") and "4 loaded" in files and "2 ignored" in files, done.stdout
-    assert "  ignored: notes.txt, old" in done.stdout
+    assert "    ignored notes.txt: " in done.stdout and "    ignored old: " in done.stdout  # the to-do list names each
     assert "  warning 111601.csv: the file is not UTF-8" in done.stdout, done.stdout
     assert "files with a warning about the whole file: 1" in done.stdout
 

@@ -6,12 +6,12 @@ import io
 import dagster as dg
 import pandas as pd
 
-from microtrials import dictionary, history, loading, planner, publish, site, warehouse
+from microtrials import dictionary, history, loading, planner, publish, site, summary, warehouse, workspace
 from microtrials.errors import MicrotrialsError
 from microtrials.evidence_table import COLUMNS, EXTRA_COLUMNS, SCHOOL_COLUMNS
 from microtrials.registry import load_registry
 from pipelines.assets.registry import trials_file
-from pipelines.resources import Settings, Warehouse
+from pipelines.resources import DEFAULT_EXTRACTS, Settings, Warehouse
 
 HISTORY_ROWS_SHOWN = 6  # publications per trial in the UI's history table
 
@@ -75,9 +75,12 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     registry = load_registry(trials_file(settings))
     plans = planner.plans_for_page(planner.round_plans(registry, stored), registry) if registry is not None else []
     problems: list[str] = []
+    ws = workspace.load(settings.workspace_dir) if settings.workspace_dir else None
+    sending = workspace.send_details(ws.contact if ws else workspace.Contact(),
+                                     list(registry.rounds) if registry is not None else [], now.date())
     files = site.build_site(table, per_trial, load_report, data_date, run_date, problems=problems,
                             history=shown, plans=plans, registry_rows=registry_rows,
-                            spellings=spellings)
+                            spellings=spellings, sending=sending, **({"area": ws.area} if ws else {}))
     for problem in problems:  # one trial's trouble is reported, never a reason to stop the others
         context.log.warning(problem)
     # The blocking checks run again on the folder afterwards; here the same tests stop a bad
@@ -101,11 +104,13 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     changes = [] if unchanged else _changes(shown)
     for change in changes:
         context.log.info(f"since the last publication: {change}")
+    to_do = _officer_to_do(context, settings, warehouse_db, ws, published)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
             "page": dg.MetadataValue.path(str(settings.out / "index.html")),
             "files": len(files),
+            "officer_to_do": dg.MetadataValue.md(summary.as_markdown(to_do)),
             "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
             "publication_id": publication_id or "unchanged: no new history entry",
             "publications_kept": len(history.publications(shown)),
@@ -120,6 +125,20 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
             "preview": dg.MetadataValue.md(table.to_markdown(index=False)),
         }
     )
+
+
+def _officer_to_do(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse,
+                   ws: workspace.Workspace | None, published: pd.DataFrame) -> list[str]:
+    """The officer's to-do list (microtrials.summary), as `microtrials run` prints it; blank [schools]
+    settings of the workspace are also a warning in the run's log."""
+    missing = ws.contact.missing() if ws else []
+    if missing:
+        context.log.warning(f"schools are not told {', '.join(missing)}: fill in [schools] in {ws.config_file}")
+    with warehouse_db.connect() as con:
+        facts = summary.gather(con, published, settings.extracts, settings.feedback, missing,
+                               ws is None and settings.extracts.resolve() == DEFAULT_EXTRACTS.resolve(),
+                               str(settings.out / "registry_report.csv"))
+    return summary.todo_lines(facts)
 
 
 def _row_round(row: dict) -> str | None:

@@ -48,7 +48,9 @@ def trial_results(context: dg.AssetExecutionContext, settings: Settings, warehou
         trial_store.store(con, run)
     table = run.trial_table
     for r in run.results:
-        context.log.info(f"{_label(r)} [{r.status}]: {evidence_row(r)['notes']}")
+        # an exploratory or unregistered result is never published, whatever its analysis status
+        shown = "" if r.outcome_role in ("exploratory", "unregistered") else f" [{r.status}]"
+        context.log.info(f"{_label(r)}{shown}: {evidence_row(r)['notes']}")
     for label, reason in run.failures.items():
         context.log.warning(f"{label}: {reason}")
     for message in run.messages.itertuples(index=False):

@@ -27,50 +27,147 @@ class SetupError(Exception):
     """Something to fix before a run can start: the message says what and how."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit code."""
-    parser = argparse.ArgumentParser(prog="microtrials", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="load the extracts, fit the models, publish the evidence table")
-    run.add_argument("--extracts", type=Path, default=REPO_ROOT / "data" / "extracts")
-    run.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "published")
-    run.add_argument("--db", type=Path, default=REPO_ROOT / "data" / "warehouse.duckdb")
+WORKSPACE_HELP = ("the workspace folder (holding microtrials.toml) (default: the nearest one at or above the "
+                  "current folder, as git finds its repository; outside any, the bundled demo in data/)")
+DEMO = REPO_ROOT / "data"
+
+
+def _parser() -> argparse.ArgumentParser:
+    """Every command and option, each with its default (`microtrials COMMAND --help`)."""
+    parser = argparse.ArgumentParser(
+        prog="microtrials", description=__doc__ + " Inside a workspace (`microtrials init DIR`), every command "
+        "uses its folders; outside one, the bundled demo in data/.",
+        epilog="`microtrials COMMAND --help` describes each command's options.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    init = commands.add_parser("init", help="create an empty workspace for real use (README \"Going live\")",
+                               description="Create an empty workspace in DIR: extracts/, trials.csv (header row "
+                               "only), published/, feedback/, the warehouse, the Dagster instance (dagster/, "
+                               "SQLite), a new pupil key file (mode 0600) and microtrials.toml naming them.")
+    init.add_argument("dir", type=Path, metavar="DIR", help="a new or empty folder")
+    init.add_argument("--area", default="our schools",
+                      help="the area the pages name: \"What works for AREA\" (default: %(default)s)")
+    init.add_argument("--key-file", type=Path, default=None, metavar="FILE",
+                      help="where to create the pupil key (default: ~/.config/microtrials/<DIR name>-<id>.pupil-key, "
+                      "outside the workspace; $XDG_CONFIG_HOME instead of ~/.config when set)")
+    init.add_argument("--send-to", default="", metavar="ADDRESS",
+                      help="the secure transfer address or upload link schools send files to (default: blank, "
+                      "to fill in microtrials.toml later)")
+    init.add_argument("--questions-email", default="", metavar="EMAIL",
+                      help="the e-mail for schools' questions (default: blank)")
+    init.add_argument("--data-team", default="", metavar="NAME", help="who the data team is (default: blank)")
+    init.add_argument("--results-due-days", type=int, default=14, metavar="DAYS",
+                      help="results are due DAYS after a round's end_date, unless the registry's results_due "
+                      "column says (default: %(default)s)")
+    run = commands.add_parser("run", help="load the extracts, fit the models, publish the evidence table",
+                              description="Load every school file, fit the models, publish the evidence table "
+                              "and site, and print the officer's to-do list. Exit 0 published; 1 the run failed "
+                              "(the last good publication stays); 2 nothing started (what to fix is printed).")
+    _workspace_option(run)
+    run.add_argument("--extracts", type=Path, default=None, metavar="DIR",
+                     help="the school files (default: the workspace's extracts/; the demo's data/extracts)")
+    run.add_argument("--out", type=Path, default=None, metavar="DIR",
+                     help="the publication, replaced whole (default: the workspace's published/; the demo's "
+                     "data/published)")
+    run.add_argument("--db", type=Path, default=None, metavar="FILE",
+                     help="the DuckDB warehouse (default: the workspace's; the demo's data/warehouse.duckdb)")
     run.add_argument("--trials", type=Path, default=None, metavar="FILE",
-                     help="the trial registry (default: $MICROTRIALS_TRIALS, else trials.csv beside the extracts "
-                     "folder, i.e. <extracts>/../trials.csv)")
+                     help="the trial registry (default: the workspace's trials.csv; outside a workspace "
+                     "$MICROTRIALS_TRIALS, else trials.csv beside the extracts folder, i.e. <extracts>/../trials.csv)")
     run.add_argument("--new-pupil-key", action="store_true",
-                     help="MICROTRIALS_PUPIL_KEY was changed on purpose: accept the new key for this run "
-                     "(every pupil then looks new to the warehouse)")
-    ui = commands.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
-    ui.add_argument("--port", type=int, default=3000)
-    serve = commands.add_parser("serve", help="serve the published folder on 127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "published")
+                     help="the pupil key was changed on purpose: accept the new key for this run "
+                     "(every pupil then looks new to the warehouse) (default: off, a changed key is refused)")
+    ui = commands.add_parser("ui", help="start the Dagster UI on 127.0.0.1",
+                             description="Start the Dagster UI (with its daemon: schedules, sensor, queue) "
+                             "on the workspace's instance; Ctrl-C stops it.")
+    _workspace_option(ui)
+    ui.add_argument("--port", type=int, default=3000, help="the port on 127.0.0.1 (default: %(default)s)")
+    serve = commands.add_parser("serve", help="serve the published folder on 127.0.0.1",
+                                description="Preview the publication in a browser on 127.0.0.1; Ctrl-C stops it.")
+    _workspace_option(serve)
+    serve.add_argument("--port", type=int, default=8000, help="the port on 127.0.0.1 (default: %(default)s)")
+    serve.add_argument("--out", type=Path, default=None, metavar="DIR",
+                       help="the folder to serve (default: the workspace's published/; the demo's data/published)")
     plan = commands.add_parser(
         "plan", help="what a next round could detect: MDES, evidence strength, schools needed",
         description="Plan a round of INTERVENTION: the smallest effect it could reliably detect (80% power, "
         "5% two-sided; PowerUpR mdes.bira2, pupils randomised within schools), the evidence strength it "
         "would earn, and the schools needed for strengths 4 and 5, using what earlier rounds in the "
         "warehouse showed (else the network's trials on the same outcome, else documented defaults).")
+    _workspace_option(plan)
     plan.add_argument("intervention", help="the intervention's registered name (or an alias)")
-    plan.add_argument("--schools", type=int, required=True, help="schools in the round")
+    plan.add_argument("--schools", type=int, required=True, help="schools in the round (required)")
     plan.add_argument("--pupils-per-school", type=int, default=None,
                       help="pupils randomised per school (default: as in the earlier rounds, else 60)")
-    plan.add_argument("--db", type=Path, default=REPO_ROOT / "data" / "warehouse.duckdb",
-                      help="the warehouse to learn from (opened read-only)")
-    plan.add_argument("--trials", type=Path, default=None,
-                      help="the registry (default: $MICROTRIALS_TRIALS, else data/trials.csv)")
+    plan.add_argument("--db", type=Path, default=None, metavar="FILE",
+                      help="the warehouse to learn from, opened read-only (default: the workspace's; the demo's "
+                      "data/warehouse.duckdb)")
+    plan.add_argument("--trials", type=Path, default=None, metavar="FILE",
+                      help="the registry (default: the workspace's trials.csv; outside a workspace "
+                      "$MICROTRIALS_TRIALS, else data/trials.csv)")
     _change_parsers(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _workspace_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--workspace", type=Path, default=None, metavar="DIR", help=WORKSPACE_HELP)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "init":
+        return init_workspace(args)
+    from microtrials import workspace
+    from microtrials.errors import MicrotrialsError
+
+    try:
+        ws = workspace.locate(args.workspace)
+    except MicrotrialsError as exc:
+        print(f"microtrials {args.command}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return NOT_STARTED
+    if ws is not None:
+        os.environ.update(workspace.environment(ws))
+    elif args.command in ("run", "ui") and getattr(args, "extracts", None) is None:
+        print(f"microtrials {args.command}: no {workspace.CONFIG_NAME} here or above, so this is the bundled demo "
+              f"({DEMO}); for your own data: microtrials init DIR (README \"Going live\")", file=sys.stderr)
+
+    def default(given: Path | None, in_workspace: Path | None, demo: Path | None) -> Path | None:
+        return given if given is not None else (in_workspace if ws is not None else demo)
+
     if args.command in ("accept", "withdraw"):
+        args.db = default(args.db, ws and ws.warehouse, DEMO / "warehouse.duckdb")
         return change_command(args)
     if args.command == "plan":
-        return plan_round(args.intervention, args.schools, args.pupils_per_school, args.db, args.trials)
+        return plan_round(args.intervention, args.schools, args.pupils_per_school,
+                          default(args.db, ws and ws.warehouse, DEMO / "warehouse.duckdb"),
+                          default(args.trials, ws and ws.registry, None))
     if args.command == "run":
-        return run_pipeline(args.extracts, args.out, args.db, new_pupil_key=args.new_pupil_key, trials=args.trials)
+        return run_pipeline(default(args.extracts, ws and ws.extracts, DEMO / "extracts"),
+                            default(args.out, ws and ws.published, DEMO / "published"),
+                            default(args.db, ws and ws.warehouse, DEMO / "warehouse.duckdb"),
+                            new_pupil_key=args.new_pupil_key, trials=default(args.trials, ws and ws.registry, None))
     if args.command == "ui":
         return start_ui(args.port)
-    return serve_folder(args.out, args.port)
+    return serve_folder(default(args.out, ws and ws.published, DEMO / "published"), args.port)
+
+
+def init_workspace(args: argparse.Namespace) -> int:
+    """`microtrials init DIR`: :func:`microtrials.workspace.init`, then what to do next."""
+    from microtrials import workspace
+    from microtrials.errors import MicrotrialsError
+
+    contact = workspace.Contact(args.send_to.strip(), args.questions_email.strip(), args.data_team.strip(),
+                                args.results_due_days)
+    try:
+        if not 0 <= args.results_due_days <= 366:
+            raise MicrotrialsError("--results-due-days must be from 0 to 366")
+        ws = workspace.init(args.dir, (REPO_ROOT / "dagster.yaml").read_text(encoding="utf-8"), args.area.strip()
+                            or workspace.DEFAULT_AREA, args.key_file, contact, demo=DEMO)
+    except (MicrotrialsError, OSError) as exc:
+        print(f"microtrials init: {' '.join(str(exc).split())}", file=sys.stderr)
+        return NOT_STARTED
+    print(workspace.next_steps(ws))
+    return 0
 
 
 def _change_parsers(commands) -> None:
@@ -80,16 +177,22 @@ def _change_parsers(commands) -> None:
         description="Apply the held changes of FILE (its current content): the changes a run held because they "
         "would lose more than half of a school's pupils or outcome scores for a trial round. Recorded as "
         "'accepted' in the warehouse's change_sets table.")
-    accept.add_argument("file", type=Path, help="the school's extract file, e.g. data/extracts/222005.csv")
-    accept.add_argument("--db", type=Path, default=REPO_ROOT / "data" / "warehouse.duckdb")
+    _workspace_option(accept)
+    accept.add_argument("file", type=Path, help="the school's extract file, e.g. extracts/222005.csv")
+    accept.add_argument("--db", type=Path, default=None, metavar="FILE",
+                        help="the warehouse (default: the workspace's; the demo's data/warehouse.duckdb)")
     withdraw = commands.add_parser(
         "withdraw", help="remove a school's rows (the school withdrew, or asked for erasure)",
         description="Remove school URN's pupil rows (all, or one trial's and/or one round's) with the rows set "
         "aside that explained them; recorded as 'withdrawn' in change_sets, and the history says 'withdrawn'.")
+    _workspace_option(withdraw)
     withdraw.add_argument("urn", help="the school's 6-digit URN")
-    withdraw.add_argument("--trial", default=None, metavar="NAME", help="only this intervention (name or alias)")
-    withdraw.add_argument("--round", default=None, metavar="R", help="only this round, e.g. '2026 Autumn'")
-    withdraw.add_argument("--db", type=Path, default=REPO_ROOT / "data" / "warehouse.duckdb")
+    withdraw.add_argument("--trial", default=None, metavar="NAME",
+                          help="only this intervention, name or alias (default: every trial of the school)")
+    withdraw.add_argument("--round", default=None, metavar="R",
+                          help="only this round, e.g. '2026 Autumn' (default: every round)")
+    withdraw.add_argument("--db", type=Path, default=None, metavar="FILE",
+                          help="the warehouse (default: the workspace's; the demo's data/warehouse.duckdb)")
 
 
 def change_command(args: argparse.Namespace) -> int:
@@ -491,51 +594,47 @@ def _execute(extracts: Path):
 
 
 def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str], str]:
-    """What the run did, for the terminal: files loaded / rejected (named), rows set aside, warnings,
-    trials not estimable or not refreshed, where the feedback and the site are; and, when every
-    estimable trial failed to refresh (nothing new could be published), those trials with their
-    reasons on one line (else '')."""
+    """What the run did, for the terminal: files loaded / rejected / unchanged, rows set aside,
+    warnings, trials by status, then the officer's to-do list (:mod:`microtrials.summary`) and where
+    the feedback and the site are; and, when every estimable trial failed to refresh (nothing new
+    could be published), those trials with their reasons on one line (else '')."""
     import pandas as pd
 
-    from microtrials import warehouse
+    from microtrials import summary as todo
+    from microtrials import warehouse, workspace
 
+    evidence = out / "evidence_table.csv"
+    table = pd.read_csv(evidence) if evidence.is_file() else pd.DataFrame()
+    ws = workspace.from_environment()
+    feedback = _feedback_folder()
     lines = [f"microtrials run finished (Dagster run {run_id})"]
     con = warehouse.connect_with_retry(db, read_only=True, timeout_s=30)
     try:
-        report = con.execute(warehouse.sql("load_report")).df() if warehouse.table_exists(con, "load_report") else None
+        facts = todo.gather(con, table, extracts, feedback, ws.contact.missing() if ws else [],
+                            ws is None and extracts == (DEMO / "extracts").resolve(),
+                            str(out / "registry_report.csv"))
         warning_rows = None
-        if report is not None and "rows_with_warnings" in report:
-            warning_rows = -1  # counted below, over this run's files
-        elif warehouse.table_exists(con, "load_warnings") and report is not None:
+        if facts.files is not None and "rows_with_warnings" not in facts.files and warehouse.table_exists(con, "load_warnings"):
             warning_rows = con.execute(
-                warehouse.sql("load_warning_count"), {"files": list(report["file_name"])}
-            ).fetchall()[0][0]
-        registry_messages = (con.execute(warehouse.sql("registry_messages")).df()
-                             if warehouse.table_exists(con, "registry_messages") else None)
+                warehouse.sql("load_warning_count"), {"files": list(facts.files["file_name"])}).fetchall()[0][0]
     finally:
         con.close()
-    if report is not None:
-        # This run's folder only: the warehouse may hold the report of another folder loaded meanwhile.
-        try:
-            present = set(os.listdir(extracts))
-        except OSError:
-            present = set(report["file_name"])
-        report = report[report["file_name"].isin(present)]
-        if warning_rows == -1:
-            warning_rows = int(pd.to_numeric(report["rows_with_warnings"], errors="coerce").fillna(0).sum())
+    report = facts.files
+    if report is not None and "rows_with_warnings" in report:
+        warning_rows = int(pd.to_numeric(report["rows_with_warnings"], errors="coerce").fillna(0).sum())
     if report is None or report.empty:
         lines.append(f"files: none in {extracts} (put the schools' extract files there and run again)")
     else:
         lines += _file_lines(report, extracts, warning_rows)
-    lines += _registry_lines(registry_messages, out)
-    feedback = _feedback_folder()
+    if "status" in table:
+        counts = table["status"].value_counts()
+        lines.append(f"trials: {len(table)} ({', '.join(f'{n} {s}' for s, n in counts.items())})" if len(table)
+                     else "trials: none yet (an empty evidence table was published)")
+    lines += todo.todo_lines(facts)
     if feedback.is_dir() and any(feedback.rglob("*.csv")):
         lines.append(f"what each school should fix: {feedback}/<URN>/ (private: send each school only its own)")
-    lines += _trial_lines(out)
     lines.append(f"evidence table: {out / 'evidence_table.csv'}")
     lines.append(f"site: {out / 'index.html'} (preview: microtrials serve --out {out})")
-    evidence = out / "evidence_table.csv"
-    table = pd.read_csv(evidence) if evidence.is_file() else pd.DataFrame()
     statuses = table["status"] if "status" in table else pd.Series(dtype=str)
     nothing_new = ""
     if (statuses == "not_refreshed").any() and not statuses.isin(["published", "interim"]).any():
@@ -547,28 +646,18 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
 
 
 def _file_lines(report, extracts: Path, warning_rows: int | None, shown: int = 10) -> list[str]:
-    """The load report in a few lines: files by status (ignored entries too), each rejected file and
-    each file-level warning (e.g. read as Windows-1252) named with its reason, rows set aside, rows
-    and files with a warning."""
+    """The load report in a few lines: files by status (ignored entries too), each file-level warning
+    (e.g. read as Windows-1252) named, rows set aside, rows and files with a warning. (Files that
+    loaded nothing are named in the to-do list.)"""
     import pandas as pd
 
     status = report["status"].value_counts()
-    rejected = report[report["status"] == "rejected"]
     counts = [f"{status.get('loaded', 0)} loaded", f"{status.get('unchanged', 0)} unchanged since their last load",
-              f"{len(rejected)} rejected"]
+              f"{status.get('rejected', 0)} rejected"]
     if status.get("ignored", 0):
         counts.append(f"{status['ignored']} ignored (not extracts: folders, hidden or other files)")
     counts += [f"{n} {s}" for s, n in status.items() if s not in ("loaded", "unchanged", "rejected", "ignored")]
     lines = [f"files: {len(report)} in {extracts}: {', '.join(counts)}"]
-    for _, row in rejected.head(shown).iterrows():
-        reason = " ".join(str(row["reason"]).split()).removeprefix(f"{row['file_name']}: ")
-        lines.append(f"  rejected {row['file_name']}: {reason}")
-    if len(rejected) > shown:
-        lines.append(f"  ... and {len(rejected) - shown} more rejected files (load_report.csv lists them all)")
-    ignored = report[report["status"] == "ignored"]
-    if len(ignored):
-        names = ", ".join(str(n) for n in ignored["file_name"].head(5))
-        lines.append(f"  ignored: {names}" + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""))
     warned = report.iloc[0:0]
     if "warnings" in report:
         warned = report[report["warnings"].fillna("").astype(str).str.strip().ne("") & (report["status"] != "rejected")]
@@ -603,17 +692,6 @@ def _change_lines(report, shown: int = 40) -> list[str]:
     return lines
 
 
-def _registry_lines(messages, out: Path, shown: int = 5) -> list[str]:
-    """The registry's messages for the officer (unregistered names, unplanned schools, ...), first few in full."""
-    if messages is None or messages.empty:
-        return []
-    lines = [f"registry: {len(messages)} thing(s) to check (all in {out / 'registry_report.csv'}):"]
-    lines += [f"  {row['level']}: {' '.join(str(row['message']).split())}" for _, row in messages.head(shown).iterrows()]
-    if len(messages) > shown:
-        lines.append(f"  ... and {len(messages) - shown} more")
-    return lines
-
-
 def _reason(notes: object) -> str:
     """The plain reason a not_estimable or not_refreshed row carries first in its notes."""
     text = "" if notes is None or (isinstance(notes, float) and notes != notes) else str(notes)
@@ -627,26 +705,6 @@ def _feedback_folder() -> Path:
     settings = default_resources()["settings"]
     folder = getattr(settings, "feedback", None)
     return Path(folder) if folder is not None else REPO_ROOT / "data" / "feedback"
-
-
-def _trial_lines(out: Path) -> list[str]:
-    """One line per trial that is not estimable yet or was not refreshed, naming it with its reason."""
-    import pandas as pd
-
-    path = out / "evidence_table.csv"
-    if not path.is_file():
-        return []
-    table = pd.read_csv(path)
-    if "status" not in table:
-        return [f"trials: {len(table)}"]
-    if table.empty:
-        return ["trials: none yet (an empty evidence table was published)"]
-    counts = table["status"].value_counts()
-    lines = [f"trials: {len(table)} ({', '.join(f'{n} {s}' for s, n in counts.items())})"]
-    for label, status in (("not estimable yet", "not_estimable"), ("not refreshed (last figures kept)", "not_refreshed")):
-        for _, row in table[table["status"] == status].iterrows():
-            lines.append(f"  {label}: {row['intervention']} / {row['outcome_measure']}: {_reason(row.get('notes'))}")
-    return lines
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:

@@ -473,6 +473,16 @@ def _read_bytes(path: Path) -> bytes | OSError | extracts.FileTooLarge:
         return exc
 
 
+def demo_refusal(path: Path, delivery_id: str) -> str | None:
+    """In a workspace (``MICROTRIALS_WORKSPACE`` set), why a bundled demo file is refused; else None."""
+    from microtrials import workspace
+    from microtrials.privacy import sample_hashes
+
+    if not os.environ.get(workspace.ENV_VAR) or delivery_id not in sample_hashes():
+        return None
+    return workspace.demo_file_reason(path.name)
+
+
 def _prepare(path: Path, data: bytes | OSError | extracts.FileTooLarge, delivery_id: str, key: bytes) -> _Delivery:
     """Read and validate one file's bytes into the rows to write, or a rejection."""
     if isinstance(data, extracts.FileTooLarge):
@@ -480,6 +490,9 @@ def _prepare(path: Path, data: bytes | OSError | extracts.FileTooLarge, delivery
     if isinstance(data, OSError):
         reason = f"{path.name}: could not be opened ({data.strerror}); check the file is readable"
         return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=reason))
+    refusal = demo_refusal(path, delivery_id)
+    if refusal:
+        return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=refusal))
     try:
         if path.suffix.lower() in NOT_CSV_SUFFIXES:
             raise extracts.ExtractRejected(

@@ -144,7 +144,7 @@ def is_sample_file(path: Path) -> bool:
 
 def pupil_key(files: Iterable[Path], environ: Mapping[str, str] | None = None) -> bytes:
     """The key for loading ``files``: ``MICROTRIALS_PUPIL_KEY`` (checked by :func:`check_key_strength`),
-    else the sample key when every file is a bundled sample extract, else an error saying how to set it."""
+    else the key file of the workspace ``MICROTRIALS_WORKSPACE`` names (microtrials.workspace), else the sample key when every file is a bundled sample extract, else an error saying how to set it."""
     environ = os.environ if environ is None else environ
     value = environ.get(KEY_VARIABLE)
     if value is not None and value.strip():
@@ -153,6 +153,16 @@ def pupil_key(files: Iterable[Path], environ: Mapping[str, str] | None = None) -
         return value.encode("utf-8")
     if value is not None:
         raise MicrotrialsError(f"{KEY_VARIABLE} is set but empty: {HOW_TO_SET}")
+    from microtrials import workspace
+
+    ws = workspace.from_environment(environ)
+    if ws is not None:  # a workspace's own key file; never the sample key (see workspace.demo_file_reason)
+        stored = workspace.read_key(ws.key_file)
+        try:
+            check_key_strength(stored)
+        except MicrotrialsError as exc:
+            raise MicrotrialsError(f"the pupil key file {ws.key_file} holds no usable key: {exc}") from exc
+        return stored.encode("utf-8")
     others = [Path(p).name for p in files if not is_sample_file(p)]
     if not others:
         return SAMPLE_KEY.encode("utf-8")

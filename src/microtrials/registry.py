@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +35,7 @@ ENV_VAR = "MICROTRIALS_TRIALS"
 COLUMNS = (
     "intervention", "outcome_measure", "round", "start_date", "end_date", "schools", "aliases",
     "secondary_outcomes", "registered_on", "toolkit_strand", "national_months", "cost_per_pupil",
-    "description",
+    "description", "results_due",
 )
 REQUIRED_COLUMNS = ("intervention", "outcome_measure", "start_date", "schools")
 
@@ -89,6 +89,7 @@ class TrialRound:
     cost_per_pupil: float | None = None
     description: str = ""
     line: int = 0
+    results_due: date | None = None  # when schools' results are due; None: end_date + the workspace's days
 
     @cached_property
     def key(self) -> tuple[str, str]:
@@ -260,7 +261,7 @@ def read_registry(data: bytes, path: str = FILE_NAME) -> Registry:
         parsed, row_problems = _parse_row(index, cells)
         problems.extend(row_problems)
         if parsed is not None:
-            parsed_rows.append(parsed)
+            parsed_rows.append(_with_results_due(parsed, cells.get("results_due", ""), problems))
     rounds, name_problems = _resolve_names(parsed_rows)
     problems = sorted(problems + name_problems, key=lambda p: p.line)
     if rows_read and not rounds:
@@ -403,6 +404,31 @@ def is_reserved_round(name: str) -> bool:
     """Whether a round name reads as the cumulative row's "all rounds" (any case, spacing, hyphens,
     underscores or Unicode form: "All rounds", "ALL-ROUNDS", "all_rounds")."""
     return re.sub(r"[\W_]+", "", match_key(name)) == re.sub(r"[\W_]+", "", CUMULATIVE_ROUND)
+
+
+def _with_results_due(parsed: TrialRound, text: str, problems: list[RegistryProblem]) -> TrialRound:
+    """The round with its results_due date; a bad one is reported and ignored (the round is kept)."""
+    found: list[RegistryProblem] = []
+
+    def bad(column: str, problem: str, action: str) -> None:
+        found.append(RegistryProblem(parsed.line, column, problem,
+                                     action + " (the round is kept; until then its results are due end_date plus "
+                                     "the workspace's results_due_days)", parsed.intervention, kept=True))
+
+    due = _date(text.strip(), "results_due", False, bad)
+    if due is not None and due < parsed.start_date:
+        bad("results_due", f"results are due ({due.isoformat()}) before the round starts "
+            f"({parsed.start_date.isoformat()})", "correct results_due")
+        due = None
+    problems.extend(found)
+    return replace(parsed, results_due=due)
+
+
+def results_due(trial_round: TrialRound, days_after_end: int) -> date | None:
+    """When a round's results are due: its results_due, else end_date + ``days_after_end``, else None."""
+    if trial_round.results_due is not None:
+        return trial_round.results_due
+    return None if trial_round.end_date is None else trial_round.end_date + timedelta(days=days_after_end)
 
 
 def _clean(text: str) -> str:

@@ -23,6 +23,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
+from datetime import date
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from microtrials import dictionary, disclosure, history, views
+from microtrials import dictionary, disclosure, history, views, workspace
 from microtrials.errors import MicrotrialsError
 from microtrials.evidence_table import COLUMNS as EVIDENCE_COLUMNS
 from microtrials.guidance import SUPPRESSION_THRESHOLD
@@ -506,7 +507,7 @@ FORMAT_HELP = [
 
 
 def _send_files(table: pd.DataFrame, folders: list[str], names: list[tuple[str, ...]],
-                common: dict) -> tuple[dict[str, bytes], list[dict]]:
+                common: dict, sending: dict) -> tuple[dict[str, bytes], list[dict]]:
     files, trials = {}, []
     columns = list(dictionary.TEMPLATE_COLUMNS)
     seen: set[tuple[str, str]] = set()
@@ -521,7 +522,8 @@ def _send_files(table: pd.DataFrame, folders: list[str], names: list[tuple[str, 
                       and (match_key(n[0]), match_key(n[1])) == (match_key(intervention), match_key(outcome))), None)
         base = f"send/{plain or (folder.rsplit('--', 1)[0] if len(names[position]) == 3 else folder)}-template"
         files[f"{base}.csv"] = csv_bytes(pd.DataFrame(columns=columns))
-        files[f"{base}.xlsx"] = template_xlsx(columns, intervention, outcome, FORMAT_CHOICES, FORMAT_HELP)
+        files[f"{base}.xlsx"] = template_xlsx(columns, intervention, outcome, FORMAT_CHOICES,
+                                              workspace.template_notes(sending, intervention) + FORMAT_HELP)
         trials.append({"intervention": intervention, "outcome_measure": outcome,
                        "csv": f"{base}.csv", "xlsx": f"{base}.xlsx"})
     return files, trials
@@ -558,6 +560,7 @@ def build_site(
     history: pd.DataFrame | None = None,
     plans: list[dict] | None = None,
     spellings: pd.DataFrame | None = None,
+    sending: dict | None = None,
 ) -> dict[str, bytes]:
     """Every file of the publication, ``{relative path: bytes}``.
 
@@ -577,6 +580,8 @@ def build_site(
     alternative) and what changed since the last publication. ``plans`` (dicts with
     intervention, round, outcome_measure, text: ``planner.round_plans`` worded) lists registered
     rounds with no results yet, and what they could detect, on the send page.
+    ``sending`` (:func:`microtrials.workspace.send_details`) says where, how and by when schools send
+    their results, on the send page and in each Excel template (blank: "ask your authority's data team").
     ``registry_rows`` (:func:`registry_report`), when given, is published as
     ``registry_report.csv`` and shown on the load report page. ``spellings`` (table
     `trial_spellings`) lists on the load report page the spellings merged into a published trial.
@@ -607,9 +612,11 @@ def build_site(
     }
     if registry_rows is not None:
         files["registry_report.csv"] = csv_bytes(registry_rows[REGISTRY_REPORT_COLUMNS])
-    send_files, send_trials = _send_files(table, folders, names, common)
+    sending = sending or workspace.send_details(workspace.Contact(), [], date.today())
+    send_files, send_trials = _send_files(table, folders, names, common, sending)
     files.update(send_files)
-    files["send-your-results.html"] = render("send.html", trials=send_trials, plans=plans or [], **common)
+    files["send-your-results.html"] = render("send.html", trials=send_trials, plans=plans or [], sending=sending,
+                                             **common)
     trial_views = []
     trial_common = _common(area, data_date, run_date, "../")
     for position, folder in enumerate(folders):
