@@ -600,11 +600,11 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
     could be published), those trials with their reasons on one line (else '')."""
     import pandas as pd
 
+    from microtrials import publish, warehouse, workspace
     from microtrials import summary as todo
-    from microtrials import warehouse, workspace
 
     evidence = out / "evidence_table.csv"
-    table = pd.read_csv(evidence) if evidence.is_file() else pd.DataFrame()
+    table = publish.read_published_csv(evidence) if evidence.is_file() else pd.DataFrame()
     ws = workspace.from_environment()
     feedback = _feedback_folder()
     lines = [f"microtrials run finished (Dagster run {run_id})"]

@@ -151,6 +151,18 @@ def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def read_published_csv(path: Path, **options) -> pd.DataFrame:
+    """A published CSV read back as the rows it was written from: BOM dropped, every text cell's
+    neutralising quote undone (:func:`published_text`), so '@Home reading' is not shown as
+    "'@Home reading" on a terminal or in a check. ``options`` go to ``pandas.read_csv``."""
+    frame = pd.read_csv(path, encoding="utf-8-sig", **options)
+    for column in frame.columns:
+        if pd.api.types.is_object_dtype(frame[column]) or pd.api.types.is_string_dtype(frame[column]):
+            frame[column] = frame[column].map(published_text, na_action="ignore")
+    frame.columns = [published_text(str(c)) for c in frame.columns]
+    return frame
+
+
 def plain_number(value: float) -> str:
     """A float as positional decimal text, full precision, never scientific notation.
 
