@@ -410,7 +410,7 @@ def remove_dead_staging(out_dir: Path) -> list[Path]:
         if match is None or entry.is_symlink() or not entry.is_dir():
             continue
         pid, host = match.group(1), match.group(2)
-        mine_and_dead = pid is not None and host == _HOST and int(pid) != os.getpid() and not _alive(int(pid))
+        mine_and_dead = pid is not None and host == _HOST and int(pid) != os.getpid() and not pid_alive(int(pid))
         try:
             stale = time.time() - entry.stat().st_mtime > STALE_STAGING_SECONDS
         except OSError:
@@ -421,14 +421,18 @@ def remove_dead_staging(out_dir: Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine and is not a zombie (no /proc: trust kill(0))."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 # Column names that would identify pupils if they reached a published file.
