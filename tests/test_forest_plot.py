@@ -8,7 +8,7 @@ from matplotlib.patches import Polygon
 
 from microtrials import plots
 from microtrials.trials import analyse_trial
-from tests.test_trial_store import _simulate
+from tests.helpers.trials import simulate as _simulate
 
 
 def test_diamond_is_the_published_effect_and_the_labels_say_what_is_drawn(monkeypatch):

@@ -15,6 +15,8 @@ import pytest
 from microtrials import history
 from tests.conftest import SHARED, TEST_PUPIL_KEY
 
+pytestmark = pytest.mark.slow  # two whole pipeline runs (the history module's own tests are quick)
+
 # Eight reference schools that run only Reciprocal reading, then one more. Independent figures
 # (microtrials.trials.analyse_trial on the same pupils, checked in a scratch run and against the
 # months table in microtrials.guidance): the 8 schools give g 0.289 (+4 months), the 9 give
@@ -35,7 +37,7 @@ def _run(defs, extracts: Path, out: Path, db: Path, instance) -> dg.ExecuteInPro
     job_defs = dg.Definitions(
         assets=list(defs.assets), asset_checks=list(defs.asset_checks or []), jobs=list(defs.jobs),
         resources={"settings": Settings(extracts_dir=str(extracts), out_dir=str(out)),
-                   "warehouse_db": Warehouse(db_path=str(db))},
+                   "warehouse_db": Warehouse(database=str(db))},
     )
     job = job_defs.resolve_job_def("load_and_refresh")
     return job.execute_in_process(instance=instance, tags=partition_range_tags(every[0], every[-1]),

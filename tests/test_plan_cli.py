@@ -46,6 +46,7 @@ def warehouse_with_one_round(tmp_path: Path) -> Path:
     return db
 
 
+@pytest.mark.slow
 def test_plan_prints_mdes_strength_and_schools_needed_from_earlier_rounds(tmp_path, warehouse_with_one_round):
     before = hashlib.sha256(warehouse_with_one_round.read_bytes()).hexdigest()
     done = plan(tmp_path, "reciprocal reading programme", "--schools", "10", "--pupils-per-school", "50")
@@ -58,7 +59,7 @@ def test_plan_prints_mdes_strength_and_schools_needed_from_earlier_rounds(tmp_pa
     mdes = (stats.t.ppf(0.975, J - 1) + stats.t.ppf(0.80, J - 1)) * math.sqrt((1 - icc) * (1 - r2) / (0.25 * J * n))
     shown = float(re.search(r"\(MDES\): (\d\.\d\d) SD", out).group(1))
     assert shown == pytest.approx(mdes, abs=0.005)
-    assert out.startswith("Plan for Reciprocal reading: 10 schools x 50 pupils")  # the alias found the registered name
+    assert "\nPlan for Reciprocal reading: 10 schools x 50 pupils" in out  # the alias found the registered name
     assert "80% power at 5% two-sided" in out
     assert re.search(r"Evidence strength it would earn: [0-5] of 5", out)
     four, five = re.search(r"strength 4: (\d+) schools; strength 5: (\d+) schools", out).groups()
@@ -67,6 +68,7 @@ def test_plan_prints_mdes_strength_and_schools_needed_from_earlier_rounds(tmp_pa
     assert hashlib.sha256(warehouse_with_one_round.read_bytes()).hexdigest() == before, "the warehouse is only read"
 
 
+@pytest.mark.slow
 def test_unknown_intervention_is_one_plain_error_line(tmp_path, warehouse_with_one_round):
     done = plan(tmp_path, "Reading boost", "--schools", "10")
     assert done.returncode == 2 and done.stdout == ""
@@ -76,6 +78,7 @@ def test_unknown_intervention_is_one_plain_error_line(tmp_path, warehouse_with_o
     assert "known: Reciprocal reading" in lines[0] and "register it in trials.csv" in lines[0]
 
 
+@pytest.mark.slow
 def test_too_few_schools_and_no_warehouse_are_said_plainly(tmp_path):
     (tmp_path / "trials.csv").write_text(REGISTRY, encoding="utf-8")
     done = plan(tmp_path, "Reciprocal reading", "--schools", "1")

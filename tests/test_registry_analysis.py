@@ -222,7 +222,8 @@ def test_a_primary_outcome_changed_after_results_arrived_is_noted(tmp_path):
 
 
 def test_secondary_outcomes_are_published_marked_and_exploratory_ones_are_not(tmp_path):
-    from tests.test_trial_store import _simulate, _warehouse
+    from tests.helpers.trials import simulate as _simulate
+    from tests.helpers.trials import warehouse_with as _warehouse
 
     frames = [_simulate("Alpha", 6, 30, seed=31, measure=m) for m in ("Score", "Extra", "Other")]
     plan = registry.read_registry(

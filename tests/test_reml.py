@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from microtrials import warehouse
 from microtrials.models import ARM, ARM_FSM, BASELINE, FSM, MixedFit, fit_mixedlm
 from microtrials.reml import SchoolStats, fit_at, fit_reml, school_stats, school_stats_from_frame
+from tests.helpers.examples import examples
 
 SHARED = Path(__file__).resolve().parent / "fixtures"
 REFERENCE = SHARED / "reference"
@@ -335,7 +336,7 @@ def multisite(draw) -> pd.DataFrame:
     )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=multisite(), random_slope=st.sampled_from([False, False, True]))
 def test_agrees_with_statsmodels_on_random_data(data, random_slope):
     """Ours is never below statsmodels' log-likelihood; at a shared optimum the coefficients agree."""

@@ -12,97 +12,24 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import html5lib
-import numpy as np
 import pandas as pd
 import pytest
 
 from microtrials import site as site_module
 from microtrials.publish import publish_folder
-from microtrials.site import SORT_VIEWS, build_site, make_server, trial_folders, trial_slug
-
-NASTY = "<script>alert('x')</script>"
-SQL = "'); DROP TABLE pupils; --"
-CAFE = "Café reading"
-LONG = "Supercalifragilisticexpialidocious" * 4  # one 136-letter word: must wrap, never widen a page
-PUPIL_IDS = ["P1111000001", "P1111000002", "SECRET-PUPIL-7"]
-BASE = dict(schools=4, schools_both_arms=4, pupils_randomised=260, pupils_analysed=241, attrition_pct=7.3,
-            effect_size=0.2481, ci_low=0.1012, ci_high=0.3950, p_value=0.0009, months_progress=3, tau=0.0812,
-            i2=21.5, pi_low=-0.0503, pi_high=0.5465, status="published", p_new_school_benefits=0.93,
-            fsm_effect_size=0.31, fsm_ci_low=0.02, fsm_ci_high=0.60, evidence_strength=4, notes="",
-            fsm_months_progress=4)
-
-
-def _row(intervention, outcome, **changes):
-    return dict(BASE, intervention=intervention, outcome_measure=outcome, **changes)
-
-
-def small_evidence() -> pd.DataFrame:
-    """Trials in the contract's columns covering every status, a tiny trial and hostile names."""
-    blank = dict(effect_size=np.nan, ci_low=np.nan, ci_high=np.nan, p_value=np.nan, months_progress=np.nan,
-                 tau=np.nan, i2=np.nan, pi_low=np.nan, pi_high=np.nan, p_new_school_benefits=np.nan,
-                 fsm_effect_size=np.nan, fsm_ci_low=np.nan, fsm_ci_high=np.nan, evidence_strength=np.nan,
-                 fsm_months_progress=np.nan)
-    rows = [
-        _row("Reciprocal reading", "NGRT standardised score", p_value=1.69e-14,
-             notes="evidence strength 4 of 5 before deductions; -1: the arms differed at baseline by 0.061 SD "
-                   "(more than 0.05 SD); random-slope model singular: slope SD or correlation on its boundary"),
-        _row(CAFE, "Café test", schools=3, schools_both_arms=3, pupils_randomised=150, pupils_analysed=140,
-             effect_size=0.0934, ci_low=-0.0701, ci_high=0.2569, p_value=0.263, months_progress=1, evidence_strength=2,
-             status="interim", notes="FSM effect not estimated: too few pupils"),
-        _row(NASTY, SQL, schools=2, schools_both_arms=2, pupils_randomised=90, pupils_analysed=84,
-             effect_size=-0.1203, months_progress=-2, evidence_strength=0, notes="=HYPERLINK(\"http://evil\")",
-             status="not_refreshed", pi_low=np.nan, pi_high=np.nan),
-        _row("Tiny trial", "Writing assessment", schools=1, schools_both_arms=1, pupils_randomised=9,
-             pupils_analysed=8, effect_size=0.5, months_progress=6, evidence_strength=0),
-        _row("Pilot of a new thing", "KS2 reading", schools=1, schools_both_arms=1, pupils_randomised=40,
-             pupils_analysed=38, status="not_estimable",
-             notes="only one school has sent results so far; 3 pupils had no baseline", **blank),
-        _row(LONG, "Writing", schools=1, schools_both_arms=1, pupils_randomised=30, pupils_analysed=30),
-    ]
-    return pd.DataFrame(rows)
-
-
-def _schools(urns, n_int, n_con, g, se, notes=None):
-    g, se = np.asarray(g, dtype=float), np.asarray(se, dtype=float)
-    return pd.DataFrame({"school_urn": urns, "n_intervention": n_int, "n_control": n_con, "g": g,
-                         "ci_low": g - 1.96 * se, "ci_high": g + 1.96 * se, "eb_g": 0.5 * g + 0.1,
-                         "note": notes or [""] * len(urns)})
-
-
-def small_schools() -> dict[tuple[str, str], pd.DataFrame]:
-    """Per-school figures: a small school (needs a second one blanked), a one-arm school, a one-school trial."""
-    return {
-        ("Reciprocal reading", "NGRT standardised score"): _schools(
-            ["111201", "111202", "111203", "111204"], [40, 35, 30, 70], [38, 7, 31, 0],
-            [0.31, 0.6, 0.18, np.nan], [0.22, 0.4, 0.25, np.nan],
-            ["", "", "", "one arm only (70 pupils in intervention)"]),
-        (CAFE, "Café test"): _schools(["111301", "111302", "111303"], [25, 24, 22], [24, 23, 22],
-                                      [0.05, 0.15, 0.08], [0.28, 0.29, 0.3]),
-        (NASTY, SQL): _schools(["111401", "111402"], [22, 20], [21, 21], [-0.2, -0.03], [0.3, 0.31]),
-        ("Tiny trial", "Writing assessment"): _schools(["111501"], [4], [4], [0.5], [0.7]),
-        ("Pilot of a new thing", "KS2 reading"): _schools(["111601"], [20], [18], [np.nan], [np.nan]),
-    }
-
-
-def small_load_report() -> pd.DataFrame:
-    return pd.DataFrame({
-        "file_name": ["111201.csv", "111202 Smith J pupils.csv", "111999.csv", "111203_reciprocal_reading_2026-11.csv"],
-        "status": ["loaded", "loaded", "rejected", "loaded"],
-        "school_urn": ["111201", "111202", "", "111203"],
-        "rows_read": [78, 45, 3, 61], "rows_loaded": [78, 42, 0, 61], "rows_quarantined": [0, 3, 0, 0],
-        "quarantined_by_reason": ["", "arm not understood: 3", "", ""],
-        "pupil_id": PUPIL_IDS + ["P1"],  # must never be published
-        "reason": ["", "", "@SUM(1+1) not a header", ""],
-    })
-
-
-def small_site(problems=None) -> dict[str, bytes]:
-    return build_site(small_evidence(), small_schools(), small_load_report(), "20 November 2026",
-                      "23 November 2026", problems=problems)
-
-
-def folder(intervention, outcome):
-    return trial_slug(intervention, outcome)
+from microtrials.site import SORT_VIEWS, build_site, make_server, trial_folders
+from tests.helpers.site import (
+    CAFE,
+    NASTY,
+    PUPIL_IDS,
+    SQL,
+    folder,
+    small_evidence,
+    small_load_report,
+    small_schools,
+    small_site,
+    text_of,
+)
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +44,6 @@ def html_pages(site: dict[str, bytes]) -> dict[str, str]:
 def read_csv(data: bytes, **kwargs) -> pd.DataFrame:
     assert data.startswith(b"\xef\xbb\xbf")
     return pd.read_csv(io.BytesIO(data), encoding="utf-8-sig", keep_default_na=False, na_values=[""], **kwargs)
-
-
-def text_of(html: str) -> str:
-    tree = html5lib.parse(html, namespaceHTMLElements=False)
-    return " ".join(" ".join(tree.find(".//main").itertext()).split())
 
 
 class _Audit(HTMLParser):
@@ -157,7 +79,7 @@ def audit(text: str) -> _Audit:
 def test_every_file_of_the_publication_is_there(site):
     expected = {"evidence_table.csv", "evidence_table.xlsx", "data_dictionary.csv", "data-dictionary.html",
                 "load_report.csv", "load-report.html", "send-your-results.html", "extract-format.html"}
-    expected |= {v.file for v in SORT_VIEWS}
+    expected |= {v.file for v in SORT_VIEWS} | {"about-padlocks.html", "registered-plans.html"}
     for row in small_evidence().itertuples():
         f = folder(row.intervention, row.outcome_measure)
         expected |= {f"{f}/index.html", f"{f}/schools.csv", f"send/{f}-template.csv", f"send/{f}-template.xlsx"}
@@ -214,11 +136,12 @@ def test_index_has_one_card_per_trial_with_months_strength_and_range(site):
     assert "+3 months" in by_name["Reciprocal reading"] and "4 of 5 padlocks" in by_name["Reciprocal reading"]
     # pi -0.0503..0.5465 in months by the EEF table: -1 to +7
     assert "A new school could expect \u22121 to +7 months" in by_name["Reciprocal reading"]
-    assert "not yet secure" in by_name[CAFE] and "not yet secure" not in by_name["Reciprocal reading"]
+    assert "not yet secure" in by_name[NASTY] and "not yet secure" not in by_name["Reciprocal reading"]
+    assert "2 of 5 padlocks provisional" in by_name[CAFE]  # interim: capped and marked provisional
     assert "\u22122 months" in by_name[NASTY] and "0 of 5 padlocks" in by_name[NASTY]
     assert "No result yet" in by_name["Pilot of a new thing"]
     assert "only one school has sent results so far" in by_name["Pilot of a new thing"].lower()
-    assert "Interim result" in by_name[CAFE]
+    assert "Provisional: schools are still to send results" in by_name[CAFE]
     assert "Not updated in the latest run" in by_name[NASTY]
     assert "Not published" in by_name["Tiny trial"] and "+6" not in by_name["Tiny trial"]
 
@@ -227,9 +150,11 @@ def test_sort_views_order_the_cards(site):
     def names(page):
         tree = html5lib.parse(site[page].decode(), namespaceHTMLElements=False)
         return ["".join(c.find("h2").itertext()) for c in tree.findall(".//ul[@id='trials']/li")]
-    assert names("by-name.html") == sorted(small_evidence()["intervention"], key=str.casefold)
-    months = {r.intervention: r.months_progress for r in small_evidence().itertuples()}
-    shown = [months[n] for n in names("index.html") if not math.isnan(months[n]) and n != "Tiny trial"]
+    rank = {"interim": 1, "not_estimable": 2}  # final results first, then provisional, then none yet
+    assert names("by-name.html") == [r.intervention for r in sorted(
+        small_evidence().itertuples(), key=lambda r: (rank.get(r.status, 0), r.intervention.casefold()))]
+    months = {r.intervention: r.months_progress for r in small_evidence().itertuples() if r.status != "interim"}
+    shown = [months[n] for n in names("index.html") if n in months and not math.isnan(months[n]) and n != "Tiny trial"]
     assert shown == sorted(shown, reverse=True)
 
 
@@ -241,7 +166,7 @@ def test_trial_summary_in_a_head_teachers_order_with_notes_for_evaluators(site):
     assert positions == sorted(positions)
     summary, evaluators = page.split("For evaluators", 1)
     assert "Pupils on free school meals: +4 months" in summary
-    assert "The groups differed a little before the intervention started." in summary
+    assert "The groups differed a little before the intervention started (0.06 SD)." in summary
     assert "singular" not in summary and "lme4" not in summary.lower()  # statistics stay for evaluators
     assert "random-slope model singular" in evaluators
     assert "<0.0001" in evaluators and "e-14" not in page  # p = 1.69e-14
@@ -399,8 +324,9 @@ def test_evidence_xlsx_is_readable(site):
     assert sheet.freeze_panes == "A2" and sheet["A1"].font.bold
     assert sheet.column_dimensions["A"].width >= 10
     p = headers.index("p-value")
-    values = [row[p].value for row in sheet.iter_rows(min_row=2)]
-    assert "<0.0001" in values and "0.2630" in values
+    cells = [row[p] for row in sheet.iter_rows(min_row=2)]
+    assert [c.value for c in cells if c.value is not None] == [0.0009, 0.263, 1.69e-14, 0.0009]
+    assert {c.number_format for c in cells if c.value is not None} == {'[<0.0001]"<0.0001";0.0000'}
 
 
 @pytest.mark.parametrize(("name", "shown"), [

@@ -9,6 +9,7 @@ from microtrials import history, plots, registry as reg, trial_store
 from microtrials.evidence_table import evidence_row
 from microtrials.trials import TrialResult
 from pipelines.assets.registry import trials_file
+from pipelines.launch import officer_step
 from pipelines.resources import Settings, Warehouse
 
 # A trial with more schools than this gets no per-school table or PNG forest plot in its metadata
@@ -37,6 +38,7 @@ METADATA_SCHOOLS = 50
     "a row with the reason; a numerical failure keeps that trial's previous row as not_refreshed. "
     "Writes `trial_results`, `school_results` and `trial_spellings`.",
 )
+@officer_step
 def trial_results(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse) -> dg.MaterializeResult:
     path = trials_file(settings)
     registry = reg.load_registry(path)
