@@ -313,10 +313,10 @@ def test_a_failing_file_in_a_shared_transaction_loses_no_other_file(con, write_e
         folder = write_extract(f"{urn}.csv", pupil_rows(2, urn=urn)).parent
     real_write = loading._write
 
-    def failing(cur, group, accept=False):
+    def failing(cur, group, how):
         if any(d.report.file_name == "111602.csv" for d in group):
             raise duckdb.ConstraintException("simulated failure")
-        return real_write(cur, group, accept)
+        return real_write(cur, group, how)
 
     monkeypatch.setattr(loading, "_write", failing)
     with pytest.raises(duckdb.ConstraintException, match="simulated"):

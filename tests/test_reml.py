@@ -428,11 +428,14 @@ def test_named_columns_and_groups_match_direct_cross_products():
     columns = [INTERCEPT, ARM, BASELINE, BASELINE_MISSING, "round_2", FSM, ARM_FSM]
     stats = stats_from_cells(cells, columns, baseline_fill=fill, group="school_round")
 
+    # The sums are about the means (stats.centres), and the fill is on that centred scale.
+    c_y, c_b = stats.centres
+    assert c_y == pytest.approx(data["outcome"].mean()) and c_b == pytest.approx(data["baseline"].mean())
     X = np.column_stack([
-        np.ones(n), data["arm"], data["baseline"].fillna(fill), data["baseline"].isna().astype(float),
+        np.ones(n), data["arm"], (data["baseline"] - c_b).fillna(fill), data["baseline"].isna().astype(float),
         (data["round"] == "2").astype(float), data["fsm"].fillna(0.0), data["arm"] * data["fsm"].fillna(0.0),
     ])
-    y = data["outcome"].to_numpy()
+    y = data["outcome"].to_numpy() - c_y
     groups = (data["school_urn"] + ":" + data["round"]).to_numpy()
     assert list(stats.schools) == sorted(set(groups)) and stats.columns == tuple(columns)
     for j, label in enumerate(stats.schools):

@@ -217,7 +217,7 @@ PAGE_SCREENS = [("phone-390", 390, 844, 3), ("laptop-1366", 1366, 900, 1)]
 
 @pytest.fixture(scope="module")
 def pages_published(tmp_path_factory):
-    from tests.test_pages import pages_site
+    from tests.helpers.pages import pages_site
 
     site = pages_site()
     out = publish_folder(tmp_path_factory.mktemp("pages") / "published", site)
@@ -277,7 +277,7 @@ def test_history_points_and_one_intervention_page(browser, pages_published, scre
     from selenium.webdriver.common.by import By
 
     from microtrials.site import trial_slug
-    from tests.test_pages import READING
+    from tests.helpers.pages import READING
 
     site, base = pages_published
     _emulate(browser, width, height, scale)

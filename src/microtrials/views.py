@@ -546,37 +546,6 @@ def school_views(schools: pd.DataFrame) -> list[SchoolView]:
     return out
 
 
-# --- the public load report --------------------------------------------------------------------
-
-# Words a file name may hold and still be shown: nothing in them names a pupil or a school.
-NEUTRAL_WORDS = {
-    "extract", "extracts", "export", "data", "results", "result", "pupils", "pupil", "trial", "trials", "round",
-    "term", "autumn", "spring", "summer", "year", "final", "copy", "upload", "delivery", "file", "csv", "xlsx",
-    "v", "y", "urn", "school", "new", "corrected", "resend", "resent", "fixed", "update", "updated",
-}
-_DATE_OR_NUMBER = re.compile(r"^(\d+|v\d+|y\d+|\d{1,2}(st|nd|rd|th)?|jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov"
-                             r"|dec|january|february|march|april|june|july|august|september|october|november"
-                             r"|december)$")
-
-
-def public_file_name(file_name: str, trial_words: set[str]) -> str | None:
-    """The file name when it is safe to publish, else None.
-
-    Rule (documented on the load report page): a name is shown only when every word of it is a
-    number, a date word, a version (``v2``), a year (``y7``), a word from ``NEUTRAL_WORDS``, or a
-    word of a trial's name. Anything else (a surname, a school's name, a pupil's initials) might
-    identify someone, so the name is replaced by a neutral label.
-    """
-    stem = re.sub(r"\.(csv|xlsx|xls|txt|tsv)$", "", str(file_name).strip(), flags=re.IGNORECASE)
-    words = [w for w in re.split(r"[^a-z0-9]+", stem.casefold()) if w]
-    if not words:
-        return None
-    for word in words:
-        if not (_DATE_OR_NUMBER.match(word) or word in NEUTRAL_WORDS or word in trial_words):
-            return None
-    return str(file_name)
-
-
 # --- the registered plan, the rounds of an intervention ----------------------------------------
 
 @dataclass
