@@ -159,6 +159,11 @@ def test_one_row_per_trial_compares_formula_like_names_as_sent(tmp_path, name, r
     con = duckdb.connect(str(db))
     con.execute("CREATE TABLE trial_results AS SELECT * FROM results")
     con.close()
+    # Registered, so the publication gate lets the names be published (microtrials.gate).
+    (tmp_path / "trials.csv").write_text(
+        "intervention,outcome_measure,round,start_date,schools\n"
+        + "".join(f"{i},{o},{r or ''},2025-09-01,111101 111102\n" for i, o, r in
+                  zip(results["intervention"], results["outcome_measure"], results["round"])))
     out = tmp_path / "out"
     out.mkdir()
     (out / "evidence_table.csv").write_bytes(publish.csv_bytes(results))
