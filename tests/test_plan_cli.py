@@ -58,7 +58,7 @@ def test_plan_prints_mdes_strength_and_schools_needed_from_earlier_rounds(tmp_pa
     mdes = (stats.t.ppf(0.975, J - 1) + stats.t.ppf(0.80, J - 1)) * math.sqrt((1 - icc) * (1 - r2) / (0.25 * J * n))
     shown = float(re.search(r"\(MDES\): (\d\.\d\d) SD", out).group(1))
     assert shown == pytest.approx(mdes, abs=0.005)
-    assert out.startswith("Plan for Reciprocal reading: 10 schools x 50 pupils")  # the alias found the registered name
+    assert "\nPlan for Reciprocal reading: 10 schools x 50 pupils" in out  # the alias found the registered name
     assert "80% power at 5% two-sided" in out
     assert re.search(r"Evidence strength it would earn: [0-5] of 5", out)
     four, five = re.search(r"strength 4: (\d+) schools; strength 5: (\d+) schools", out).groups()

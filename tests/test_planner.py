@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from microtrials import planner
+from microtrials.effect_sizes import months_progress
 from microtrials.evidence import mdes_rating
 
 # PowerUpR cross-checks vignette (inst/doc/cross_checks.html, PowerUpR 1.0.x; the same call is in
@@ -91,6 +92,18 @@ def test_strength_5_unreachable_with_high_attrition_is_said():
     assert "strength 5: not reachable with 60 pupils per school" in text
 
 
+def test_plan_text_speaks_plain_words_first_then_statistics():
+    plan = planner.plan("Reading", 8, 25, planner.default_parameters())
+    first, *rest = planner.plan_text(plan).splitlines()
+    months = months_progress(plan.mdes.mdes)
+    assert first.startswith(f"With 8 schools of 25 pupils you could detect an effect of about {months} months")
+    assert plan.strength.score < 4 and f"for 4 padlocks you would need about {plan.schools_for_4} schools" in first
+    assert "MDES" not in first and "ICC" not in first and "For statisticians:" in rest
+    # the schools it names do reach 4 padlocks, one fewer does not
+    for schools, reaches in ((plan.schools_for_4, True), (plan.schools_for_4 - 1, False)):
+        assert (planner.plan("Reading", schools, 25, planner.default_parameters()).strength.score >= 4) is reaches
+
+
 def test_plan_text_says_mdes_months_strength_and_source():
     plan = planner.plan("Reciprocal reading", 12, 60, planner.default_parameters())
     text = planner.plan_text(plan)
@@ -129,7 +142,7 @@ def test_plan_for_uses_the_registry_name_and_earlier_rounds():
     page = planner.plans_for_page(pending, registry)
     assert page == [{"intervention": "Reciprocal reading", "round": "2026", "outcome_measure": "NGRT",
                      "text": planner.plan_summary(pending[("reciprocal reading", "2026")])}]
-    assert page[0]["text"].startswith("4 schools of about 55 pupils could detect an effect of ")
+    assert page[0]["text"].startswith("With 4 schools of 55 pupils you could detect an effect of about ")
     assert "evidence strength" in page[0]["text"]
 
 
@@ -138,4 +151,4 @@ def test_plan_from_an_empty_warehouse_uses_defaults(tmp_path):
 
     con = warehouse.connect(tmp_path / "w.duckdb")
     text = planner.plan_from_warehouse(con, "Reading", 10, 40)
-    assert text.startswith("Plan for Reading: 10 schools x 40 pupils") and "defaults (ICC 0.15" in text
+    assert text.startswith("With 10 schools of 40 pupils") and "\nPlan for Reading: 10 schools x 40 pupils" in text and "defaults (ICC 0.15" in text

@@ -157,7 +157,7 @@ def audit(text: str) -> _Audit:
 def test_every_file_of_the_publication_is_there(site):
     expected = {"evidence_table.csv", "evidence_table.xlsx", "data_dictionary.csv", "data-dictionary.html",
                 "load_report.csv", "load-report.html", "send-your-results.html", "extract-format.html"}
-    expected |= {v.file for v in SORT_VIEWS}
+    expected |= {v.file for v in SORT_VIEWS} | {"about-padlocks.html", "registered-plans.html"}
     for row in small_evidence().itertuples():
         f = folder(row.intervention, row.outcome_measure)
         expected |= {f"{f}/index.html", f"{f}/schools.csv", f"send/{f}-template.csv", f"send/{f}-template.xlsx"}
@@ -214,11 +214,12 @@ def test_index_has_one_card_per_trial_with_months_strength_and_range(site):
     assert "+3 months" in by_name["Reciprocal reading"] and "4 of 5 padlocks" in by_name["Reciprocal reading"]
     # pi -0.0503..0.5465 in months by the EEF table: -1 to +7
     assert "A new school could expect \u22121 to +7 months" in by_name["Reciprocal reading"]
-    assert "not yet secure" in by_name[CAFE] and "not yet secure" not in by_name["Reciprocal reading"]
+    assert "not yet secure" in by_name[NASTY] and "not yet secure" not in by_name["Reciprocal reading"]
+    assert "2 of 5 padlocks provisional" in by_name[CAFE]  # interim: capped and marked provisional
     assert "\u22122 months" in by_name[NASTY] and "0 of 5 padlocks" in by_name[NASTY]
     assert "No result yet" in by_name["Pilot of a new thing"]
     assert "only one school has sent results so far" in by_name["Pilot of a new thing"].lower()
-    assert "Interim result" in by_name[CAFE]
+    assert "Provisional: schools are still to send results" in by_name[CAFE]
     assert "Not updated in the latest run" in by_name[NASTY]
     assert "Not published" in by_name["Tiny trial"] and "+6" not in by_name["Tiny trial"]
 
@@ -227,9 +228,11 @@ def test_sort_views_order_the_cards(site):
     def names(page):
         tree = html5lib.parse(site[page].decode(), namespaceHTMLElements=False)
         return ["".join(c.find("h2").itertext()) for c in tree.findall(".//ul[@id='trials']/li")]
-    assert names("by-name.html") == sorted(small_evidence()["intervention"], key=str.casefold)
-    months = {r.intervention: r.months_progress for r in small_evidence().itertuples()}
-    shown = [months[n] for n in names("index.html") if not math.isnan(months[n]) and n != "Tiny trial"]
+    rank = {"interim": 1, "not_estimable": 2}  # final results first, then provisional, then none yet
+    assert names("by-name.html") == [r.intervention for r in sorted(
+        small_evidence().itertuples(), key=lambda r: (rank.get(r.status, 0), r.intervention.casefold()))]
+    months = {r.intervention: r.months_progress for r in small_evidence().itertuples() if r.status != "interim"}
+    shown = [months[n] for n in names("index.html") if n in months and not math.isnan(months[n]) and n != "Tiny trial"]
     assert shown == sorted(shown, reverse=True)
 
 
@@ -241,7 +244,7 @@ def test_trial_summary_in_a_head_teachers_order_with_notes_for_evaluators(site):
     assert positions == sorted(positions)
     summary, evaluators = page.split("For evaluators", 1)
     assert "Pupils on free school meals: +4 months" in summary
-    assert "The groups differed a little before the intervention started." in summary
+    assert "The groups differed a little before the intervention started (0.06 SD)." in summary
     assert "singular" not in summary and "lme4" not in summary.lower()  # statistics stay for evaluators
     assert "random-slope model singular" in evaluators
     assert "<0.0001" in evaluators and "e-14" not in page  # p = 1.69e-14
@@ -399,8 +402,9 @@ def test_evidence_xlsx_is_readable(site):
     assert sheet.freeze_panes == "A2" and sheet["A1"].font.bold
     assert sheet.column_dimensions["A"].width >= 10
     p = headers.index("p-value")
-    values = [row[p].value for row in sheet.iter_rows(min_row=2)]
-    assert "<0.0001" in values and "0.2630" in values
+    cells = [row[p] for row in sheet.iter_rows(min_row=2)]
+    assert [c.value for c in cells if c.value is not None] == [0.0009, 0.263, 1.69e-14, 0.0009]
+    assert {c.number_format for c in cells if c.value is not None} == {'[<0.0001]"<0.0001";0.0000'}
 
 
 @pytest.mark.parametrize(("name", "shown"), [

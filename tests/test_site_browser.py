@@ -208,3 +208,95 @@ def test_load_report_never_breaks_a_word_inside_itself_at_1366(browser, tmp_path
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- issue 23: what a head teacher reads, in a real browser at 390 px and 1366 px ----------------
+
+PAGE_SCREENS = [("phone-390", 390, 844, 3), ("laptop-1366", 1366, 900, 1)]
+
+
+@pytest.fixture(scope="module")
+def pages_published(tmp_path_factory):
+    from tests.test_pages import pages_site
+
+    site = pages_site()
+    out = publish_folder(tmp_path_factory.mktemp("pages") / "published", site)
+    server = make_server(out, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield site, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def _visible_text(browser) -> str:
+    return " ".join(browser.execute_script("return document.body.innerText").split())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("screen", "width", "height", "scale"), PAGE_SCREENS)
+def test_graded_words_provisional_cards_and_no_certainty(browser, pages_published, artifacts, screen, width, height,
+                                                         scale):
+    from selenium.webdriver.common.by import By
+
+    from microtrials.site import SORT_VIEWS, trial_slug
+
+    site, base = pages_published
+    _emulate(browser, width, height, scale)
+    for difference, words in ((0.03, "The two groups were very similar before the intervention started (a difference "
+                                     "of 0.03 SD)."),
+                              (0.08, "The groups differed a little before the intervention started (0.08 SD)."),
+                              (0.28, "The groups differed noticeably before the intervention started (0.28 SD): "
+                                     "read the result with caution.")):
+        browser.get(base + trial_slug(f"Balance {difference}", "Reading age") + "/index.html")
+        balance = browser.find_element(By.CSS_SELECTOR, ".summary .balance")
+        assert words in " ".join(balance.text.split()) and balance.is_displayed(), (screen, difference)
+        assert balance.rect["x"] + balance.rect["width"] <= width + 0.5
+    for sort in SORT_VIEWS:
+        browser.get(base + sort.file)
+        cards = browser.find_elements(By.CSS_SELECTOR, "#trials > li")
+        statuses = [c.get_attribute("data-status") for c in cards]
+        interim = statuses.index("interim")
+        assert interim > max(i for i, s in enumerate(statuses) if s == "published"), (screen, sort.file, statuses)
+        card = " ".join(cards[interim].text.split())
+        assert "Provisional" in card and "2 of 5 padlocks provisional" in card and "4 of 5" not in card
+    if screen.startswith("phone"):
+        browser.get(base + "index.html")
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": width, "height": min(browser.execute_script("return document.documentElement.scrollHeight"), 6000),
+            "deviceScaleFactor": 1, "mobile": True})
+        browser.save_screenshot(str(artifacts / f"{screen}-pages-index.png"))
+        _emulate(browser, width, height, scale)
+    for page in _pages(site):  # a fitted model is never certain
+        browser.get(base + page)
+        assert "100%" not in _visible_text(browser), (screen, page)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("screen", "width", "height", "scale"), PAGE_SCREENS)
+def test_history_points_and_one_intervention_page(browser, pages_published, screen, width, height, scale):
+    from selenium.webdriver.common.by import By
+
+    from microtrials.site import trial_slug
+    from tests.test_pages import READING
+
+    site, base = pages_published
+    _emulate(browser, width, height, scale)
+    # unchanged across three runs: one point, no table; the trial that changed twice: three points, each with why
+    browser.get(base + trial_slug("Balance 0.03", "Reading age") + "/index.html")
+    assert not browser.find_elements(By.ID, "history-table")
+    assert "Unchanged since it was first published on 1 November 2026" in _visible_text(browser)
+    browser.get(base + trial_slug("Balance 0.08", "Reading age") + "/index.html")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#history-table tbody tr")
+    assert len(rows) == 3 and "a school's corrected file" in rows[-1].text
+    # the intervention's page links every round; each round's page links back
+    main = base + trial_slug(*READING) + "/index.html"
+    browser.get(main)
+    links = browser.find_elements(By.CSS_SELECTOR, ".round-list a")
+    assert [a.text for a in links] == ["2025 Autumn", "2026 Summer"]
+    for name in ("2025 Autumn", "2026 Summer"):
+        browser.get(main)
+        browser.find_element(By.LINK_TEXT, name).click()
+        assert browser.current_url.endswith(trial_slug(*READING, name) + "/index.html")
+        assert f"({name})" in browser.find_element(By.CSS_SELECTOR, "h1").text
+        browser.find_element(By.LINK_TEXT, "see all its rounds together").click()
+        assert browser.current_url == main

@@ -91,7 +91,7 @@ def test_problem_files_first_in_plain_words_with_warnings():
     assert rejected.startswith("columns may be swapped: the 'outcome' column has a different value in every row")
     assert "222230.csv" not in rejected  # the File column names it once
     assert frame.iloc[1]["What went wrong"] == ("rows set aside (arm not 'intervention' or 'control'): "
-                                                "the school has been sent each row to fix")
+                                                "the data team will send the school its own list of rows to fix")
     assert "fewer loadable rows for the trial than the school's earlier delivery" in frame.iloc[2]["What went wrong"]
     assert frame.iloc[2]["Warnings"] == "gender not understood"
     assert frame.iloc[3]["Warnings"] == "read as Windows-1252"  # a file-level warning is shown

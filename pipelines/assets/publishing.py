@@ -2,6 +2,7 @@
 
 import datetime as dt
 import io
+import os
 
 import dagster as dg
 import pandas as pd
@@ -14,6 +15,7 @@ from pipelines.assets.registry import trials_file
 from pipelines.resources import DEFAULT_EXTRACTS, Settings, Warehouse
 
 HISTORY_ROWS_SHOWN = 6  # publications per trial in the UI's history table
+CORRECTION_TAG = "microtrials/correction"  # a run tag marking the run as a correction (text: why)
 
 
 @dg.asset(
@@ -70,8 +72,11 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     published = site.published_table(table)
     school_urns = schools[[c for c in ("intervention", "outcome_measure", "round", "school_urn") if c in schools]]
     unchanged = history.same_as_latest(kept, published, school_urns, withdrawn)
+    # `microtrials run --correction WHY` (or the run tag, from the UI): this publication corrects a mistake
+    correction = context.run.tags.get(CORRECTION_TAG) or os.environ.get("MICROTRIALS_CORRECTION") or None
     shown = kept if unchanged else pd.concat(
-        [kept, history.publication_frame(published, published_at, school_urns, withdrawn)], ignore_index=True)
+        [kept, history.publication_frame(published, published_at, school_urns, withdrawn, correction)],
+        ignore_index=True)
     registry = load_registry(trials_file(settings))
     plans = planner.plans_for_page(planner.round_plans(registry, stored), registry) if registry is not None else []
     problems: list[str] = []
@@ -80,7 +85,8 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
                                      list(registry.rounds) if registry is not None else [], now.date())
     files = site.build_site(table, per_trial, load_report, data_date, run_date, problems=problems,
                             history=shown, plans=plans, registry_rows=registry_rows,
-                            spellings=spellings, sending=sending, **({"area": ws.area} if ws else {}))
+                            spellings=spellings, sending=sending, registry=registry,
+                            **({"area": ws.area} if ws else {}))
     for problem in problems:  # one trial's trouble is reported, never a reason to stop the others
         context.log.warning(problem)
     # The blocking checks run again on the folder afterwards; here the same tests stop a bad
@@ -100,7 +106,8 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     publication_id = ""
     if not unchanged:
         with warehouse_db.connect() as con:
-            publication_id = history.append_history(con, published, published_at, school_urns, withdrawn)
+            publication_id = history.append_history(con, published, published_at, school_urns, withdrawn,
+                                                    correction)
     changes = [] if unchanged else _changes(shown)
     for change in changes:
         context.log.info(f"since the last publication: {change}")

@@ -23,6 +23,9 @@ FAILED, NOT_STARTED = 1, 2
 UI_STOP_SECONDS = 8
 
 
+CORRECTION_ENV = "MICROTRIALS_CORRECTION"  # `run --correction WHY`: read by the evidence_table asset
+
+
 class SetupError(Exception):
     """Something to fix before a run can start: the message says what and how."""
 
@@ -76,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--new-pupil-key", action="store_true",
                      help="the pupil key was changed on purpose: accept the new key for this run "
                      "(every pupil then looks new to the warehouse) (default: off, a changed key is refused)")
+    run.add_argument("--correction", default=None, metavar="WHY",
+                     help="this run corrects an earlier mistake (e.g. a wrongly removed school): the trials it "
+                     "changes show one history point reading 'correction: WHY' in place of the mistaken one "
+                     "(default: an ordinary run)")
     ui = commands.add_parser("ui", help="start the Dagster UI on 127.0.0.1",
                              description="Start the Dagster UI (with its daemon: schedules, sensor, queue) "
                              "on the workspace's instance; Ctrl-C stops it.")
@@ -149,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_pipeline(default(args.extracts, ws and ws.extracts, DEMO / "extracts"),
                             default(args.out, ws and ws.published, DEMO / "published"),
                             default(args.db, ws and ws.warehouse, DEMO / "warehouse.duckdb"),
-                            new_pupil_key=args.new_pupil_key, trials=default(args.trials, ws and ws.registry, None))
+                            new_pupil_key=args.new_pupil_key, trials=default(args.trials, ws and ws.registry, None),
+                            correction=args.correction)
     if args.command == "ui":
         return start_ui(args.port)
     return serve_folder(default(args.out, ws and ws.published, DEMO / "published"), args.port)
@@ -372,7 +380,8 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = False, trials: Path | None = None) -> int:
+def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = False, trials: Path | None = None,
+                 correction: str | None = None) -> int:
     """Register a school partition for every extract file, then load them all and refresh the trial
     results and the evidence table in one Dagster run (job ``load_and_refresh``) on the persistent
     instance. With no school registered at all, only the refresh runs (job ``refresh``).
@@ -392,6 +401,9 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
         os.environ["MICROTRIALS_TRIALS"] = str(trials.resolve())
     if new_pupil_key:
         os.environ["MICROTRIALS_NEW_PUPIL_KEY"] = "1"
+    os.environ.pop(CORRECTION_ENV, None)  # only the run it was given for is a correction
+    if correction and correction.strip():
+        os.environ[CORRECTION_ENV] = correction.strip()
 
     from microtrials import publish
     from microtrials.errors import MicrotrialsError

@@ -106,6 +106,9 @@ ENTRIES: tuple[Entry, ...] = (
           "standard deviations", _E),
     Entry("evidence_strength", "Evidence strength", "How secure the finding is, 0 to 5 (like the Education "
           "Endowment Foundation's padlocks); 2 or fewer is not yet secure.", "padlocks (0 to 5)", _E),
+    Entry("baseline_difference", "Baseline difference between the groups", "How far apart the two groups' earlier "
+          "scores were before the intervention started (WWC Hedges' g): below 0.05 very similar, to 0.10 a little, "
+          "above that noticeably (read the result with caution).", "standard deviations", _E),
     Entry("notes", "Notes for evaluators", "Statistical notes and caveats, in full.", "text", _E),
     Entry("fsm_months_progress", "Months of extra progress, FSM pupils", "The FSM effect size in months.", "months",
           _E),
@@ -116,6 +119,12 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("cost_rating", "Cost rating", "Cost on the Education Endowment Foundation Toolkit's scale, from the cost "
           "per pupil per year: £ under £80, ££ up to £200, £££ up to £720, ££££ up to £1,200, £££££ above.",
           "£ signs (1 to 5)", _E),
+    Entry("verdict", "Verdict", "One line in the Toolkit's manner from the months, padlocks, cost and status, e.g. "
+          "\"Moderate impact for very low cost, based on limited local evidence.\"", "text", "evidence_table.xlsx"),
+    Entry("padlocks", "Padlocks", "The evidence strength as the pages show it: a provisional (interim) result's is "
+          "capped at 2.", "padlocks (0 to 5)", "evidence_table.xlsx"),
+    Entry("cost", "Cost", "The cost rating in £ signs and words, e.g. \"£ very low cost\".", "text",
+          "evidence_table.xlsx"),
     Entry("suppressed", "Why figures are blank", "Why figures in this row are not published (small groups, "
           "see the disclosure rule); blank when all are published.", "text", f"{_E}; {_S}"),
     # --- per school ---------------------------------------------------------------------------

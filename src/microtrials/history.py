@@ -25,6 +25,11 @@ from microtrials.names import match_key  # noqa: E402
 from microtrials.registry import Registry, problems_frame, read_registry, rounds_frame  # noqa: E402
 
 KEY_COLUMNS = ("intervention", "outcome_measure", "round")
+CORRECTION = "correction"  # a publication's correction note, kept with each of its rows
+BOOKKEEPING = ("publication_id", "published_at", CORRECTION, "reason")
+# Columns the registry gives a row: a change in these alone is "registry changed".
+REGISTRY_FIGURES = {"round", "outcome_role", "toolkit_strand", "national_months", "cost_per_pupil", "cost_rating",
+                    "description"}
 INK, ESTIMATE_COLOUR, GRID_COLOUR = "#1b1b1b", "#1d4f91", "#767676"
 
 
@@ -110,7 +115,7 @@ def _plain(value: object) -> object:
 
 
 def _key(row: Mapping[str, object]) -> tuple[str, str, str]:
-    return tuple(match_key(str(row.get(c) or "")) for c in KEY_COLUMNS)  # type: ignore[return-value]
+    return tuple(match_key(str(_plain(row.get(c)) or "")) for c in KEY_COLUMNS)  # type: ignore[return-value]
 
 
 def withdrawn_schools(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str]]:
@@ -147,15 +152,16 @@ def _figures(row: Mapping[str, object]) -> str:
     def same(v: object) -> object:  # 3.0 and 3 are one figure (a frame turns ints with blanks into floats)
         return int(v) if isinstance(v, float) and v.is_integer() else v
     return json.dumps({k: same(v) for k, v in ((k, _plain(v)) for k, v in row.items())
-                       if k not in ("publication_id", "published_at") and v is not None},
+                       if k not in BOOKKEEPING and v is not None},
                       sort_keys=True, default=str)
 
 
 def publication_frame(table: pd.DataFrame, published_at: datetime, schools: pd.DataFrame | None = None,
-                      withdrawn: set[tuple[str, str]] | None = None) -> pd.DataFrame:
+                      withdrawn: set[tuple[str, str]] | None = None, correction: str | None = None) -> pd.DataFrame:
     """One publication as :func:`read_history` returns it (publication_id, published_at, the rows
-    with ``school_urns``), before it is stored: so a page can show the history including itself."""
-    rows = _publication_rows(table, schools, withdrawn)
+    with ``school_urns``), before it is stored: so a page can show the history including itself.
+    ``correction`` (the officer's words, ``microtrials run --correction``) marks the publication as one."""
+    rows = _with_correction(_publication_rows(table, schools, withdrawn), correction)
     publication_id = _publication_id(rows, published_at)
     return pd.DataFrame([{"publication_id": publication_id, "published_at": published_at, **r} for r in rows])
 
@@ -180,17 +186,25 @@ def same_as_latest(history: pd.DataFrame, table: pd.DataFrame, schools: pd.DataF
     return sorted(latest) == sorted(current)
 
 
+def _with_correction(rows: list[dict], correction: str | None) -> list[dict]:
+    """The rows, each carrying the officer's correction note when the run was marked as one."""
+    text = " ".join(str(correction or "").split())
+    return [{**r, CORRECTION: text} for r in rows] if text else rows
+
+
 def append_history(con: duckdb.DuckDBPyConnection, table: pd.DataFrame, published_at: datetime,
-                   schools: pd.DataFrame | None = None, withdrawn: set[tuple[str, str]] | None = None) -> str:
+                   schools: pd.DataFrame | None = None, withdrawn: set[tuple[str, str]] | None = None,
+                   correction: str | None = None) -> str:
     """Append every row of a published evidence table to ``evidence_history``; return the publication id.
 
     The id is ``<published_at ISO>/<first 8 hex of sha256 of the rows>``; appending the same
     publication again replaces its rows (idempotent). ``schools`` (optional: intervention,
     outcome_measure, [round], school_urn -- the school_results rows) adds each row's
-    ``school_urns`` (sorted, space-separated), so :func:`what_changed` can name new schools.
+    ``school_urns`` (sorted, space-separated), so :func:`what_changed` can name new schools;
+    ``correction`` marks the publication as the officer's correction (see :func:`evidence_points`).
     """
     ensure_tables(con)
-    rows = _publication_rows(table, schools, withdrawn)
+    rows = _with_correction(_publication_rows(table, schools, withdrawn), correction)
     publication_id = _publication_id(rows, published_at)
     frame = pd.DataFrame({
         "publication_id": publication_id,
@@ -344,11 +358,76 @@ def _escape(text: str) -> str:
 
 
 def _matching(history: pd.DataFrame, intervention: str, outcome_measure: str, round_name: str | None) -> pd.DataFrame:
+    """The row's evidence points (:func:`evidence_points`): what the page, the table and the plot show."""
+    return evidence_points(history, intervention, outcome_measure, round_name)
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return one if n == 1 else f"{n} {many}"
+
+
+def point_reason(before: Mapping[str, object] | None, row: Mapping[str, object], seen: set[str]) -> str:
+    """Why a row's figures changed, in one phrase: "3 schools added", "a school rejoined", "a school
+    withdrawn" (``microtrials withdraw``; else "no longer counted"), "registry changed", "all schools' results in", "a school's corrected file", or the
+    officer's "correction: ..." (``seen``: every school counted in an earlier point)."""
+    if row.get(CORRECTION):
+        return f"correction: {row[CORRECTION]}"
+    if before is None:
+        return "first published"
+    old, new = _urn_list(before.get("school_urns")), _urn_list(row.get("school_urns"))
+    added, gone = new - old, old - new
+    parts = []
+    if added - seen:
+        parts.append(_count(len(added - seen), "a school added", "schools added"))
+    if added & seen:
+        parts.append(_count(len(added & seen), "a school rejoined", "schools rejoined"))
+    left = {u for u in gone if u in _urn_list(row.get("withdrawn_urns"))}
+    if left:
+        parts.append(_count(len(left), "a school withdrawn", "schools withdrawn"))
+    if gone - left:
+        parts.append(_count(len(gone - left), "a school no longer counted", "schools no longer counted"))
+    if parts:
+        return ", ".join(parts)
+    a, b = json.loads(_figures(before)), json.loads(_figures(row))
+    changed = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    if changed and changed <= REGISTRY_FIGURES:
+        return "registry changed"
+    if before.get("status") == "interim" and row.get("status") == "published":
+        return "all schools' results in"
+    if "school_urns" not in a and a.get("schools") != b.get("schools"):
+        return f"schools {a.get('schools')} \u2192 {b.get('schools')}"
+    return "a school's corrected file"
+
+
+def evidence_points(history: pd.DataFrame, intervention: str, outcome_measure: str,
+                    round_name: str | None) -> pd.DataFrame:
+    """The row at each publication that changed its own published figures, oldest first, with a
+    ``reason`` column (:func:`point_reason`).
+
+    A publication where the row is as it was (another trial changed) is no point; nor is one the
+    row is missing from. A publication marked as a correction replaces the row's point before it
+    (the figures it corrected), and is no point at all when it restores the figures before that.
+    """
     wanted = (match_key(intervention), match_key(outcome_measure), match_key(round_name or ""))
     if not len(history):
-        return history
+        return history.assign(reason=pd.Series(dtype=object))
     rows = history[[_key(r) == wanted for r in history.to_dict("records")]]
-    return rows.sort_values(["published_at", "publication_id"])
+    rows = rows.sort_values(["published_at", "publication_id"])
+    points: list[dict] = []
+    for record in rows.to_dict("records"):
+        record = {k: _plain(v) for k, v in record.items()}
+        if points and _figures(record) == _figures(points[-1]):
+            continue
+        if record.get(CORRECTION) and points:
+            points.pop()  # the figures it corrected
+            if points and _figures(record) == _figures(points[-1]):
+                continue
+        points.append(record)
+    seen: set[str] = set()
+    for i, point in enumerate(points):
+        point["reason"] = point_reason(points[i - 1] if i else None, point, seen)
+        seen |= _urn_list(point.get("school_urns"))
+    return pd.DataFrame(points, columns=list(rows.columns) + ["reason"]).reset_index(drop=True)
 
 
 def describe_cumulative(history: pd.DataFrame, intervention: str, outcome_measure: str,
@@ -454,28 +533,26 @@ class TrialHistory:
     publications: int             # publications kept in all (the row may be in fewer)
     changes: list[str]            # what_changed between the previous publication and the latest
     alt: str                      # describe_cumulative
+    changed_now: bool = False     # the latest publication changed this row (its last point is from it)
 
 
 def trial_history(history: pd.DataFrame | None, intervention: str, outcome_measure: str,
                   round_name: str | None) -> TrialHistory:
     """The history of one evidence-table row, keyed by (intervention, outcome_measure, round or blank).
 
-    ``changes`` compares the row in the latest publication with the same row in the publication
-    before it (a row absent there is "first published"); empty when only one publication is kept.
+    ``rows`` are its evidence points (:func:`evidence_points`); ``changes`` compares its last two
+    points when the latest publication made the last one (its first point is "first published");
+    empty when the latest publication left the row as it was.
     """
     if history is None or history.empty:
         return TrialHistory(pd.DataFrame(), 0, [], "")
     kept = publications(history)
     rows = _matching(history, intervention, outcome_measure, round_name)
     changes: list[str] = []
-    if len(kept) >= 2:
-        wanted = (match_key(intervention), match_key(outcome_measure), match_key(round_name or ""))
-
-        def this_row(publication: pd.DataFrame) -> list[dict]:
-            return [r for r in _records(publication) if _key(r) == wanted]
-
-        latest = this_row(kept[-1])
-        if latest:
-            changes = what_changed(this_row(kept[-2]), latest)
+    latest_id = kept[-1]["publication_id"].iloc[0] if kept else None
+    if len(rows) >= 2 and rows["publication_id"].iloc[-1] == latest_id:
+        records = _records(rows.drop(columns="reason"))
+        changes = what_changed(records[-2:-1], records[-1:])
     return TrialHistory(rows.reset_index(drop=True), len(kept), changes,
-                        describe_cumulative(history, intervention, outcome_measure, round_name))
+                        describe_cumulative(history, intervention, outcome_measure, round_name),
+                        changed_now=bool(len(rows)) and rows["publication_id"].iloc[-1] == latest_id)

@@ -240,14 +240,37 @@ def _months(g: float) -> str:
     return "" if months is None else f" (about {months:+d} month{'s' if abs(months) != 1 else ''})"
 
 
+def _about_months(g: float) -> str:
+    months = months_progress(g)
+    return "an effect of unknown size" if months is None else \
+        f"an effect of about {abs(months)} month{'s' if abs(months) != 1 else ''}"
+
+
+def plain_words(result: Plan) -> str:
+    """The plan for a head teacher: "With 8 schools of 25 pupils you could detect an effect of about
+    3 months; for 4 padlocks you would need about 14 schools." (the statistician's lines follow it)."""
+    pupils = result.pupils_per_school
+    text = (f"With {result.schools} schools of {pupils} pupils you could detect {_about_months(result.mdes.mdes)} "
+            f"or more, and the result would earn {result.strength.score} of 5 padlocks")
+    if result.strength.score < 4 and result.schools_for_4 is not None:
+        text += f"; for 4 padlocks you would need about {result.schools_for_4} schools"
+    elif result.strength.score < 4:
+        text += f"; 4 padlocks are out of reach with {pupils} pupils per school"
+    return text + "."
+
+
 def plan_text(result: Plan) -> str:
-    """The plan in plain words, as ``microtrials plan INTERVENTION --schools N --pupils-per-school M`` prints it."""
+    """The plan as ``microtrials plan INTERVENTION --schools N --pupils-per-school M`` prints it:
+    :func:`plain_words` first, then the statistician's lines."""
     m = result.mdes
     need = []
     for target, count in ((4, result.schools_for_4), (5, result.schools_for_5)):
         need.append(f"strength {target}: {count} schools" if count is not None
                     else f"strength {target}: not reachable with {result.pupils_per_school} pupils per school")
     lines = [
+        plain_words(result),
+        "",
+        "For statisticians:",
         f"Plan for {result.intervention}: {result.schools} schools x {result.pupils_per_school} pupils, "
         "pupils randomised within each school (half to each arm).",
         f"Smallest effect it can reliably detect (MDES): {m.mdes:.2f} SD{_months(m.mdes)}, "
@@ -262,13 +285,10 @@ def plan_text(result: Plan) -> str:
 
 
 def plan_summary(result: Plan) -> str:
-    """One sentence for the page: what a planned round could detect and the strength it would earn."""
+    """For the page: :func:`plain_words`, then the statistician's figures in brackets."""
     m = result.mdes
-    five = (f"; {result.schools_for_5} schools would earn 5 of 5" if result.schools_for_5 is not None
-            and result.strength.score < 5 else "")
-    return (f"{result.schools} schools of about {result.pupils_per_school} pupils could detect an effect of "
-            f"{m.mdes:.2f} SD{_months(m.mdes)} or more (80% power, 5% two-sided), evidence strength "
-            f"{result.strength.score} of 5{five}.")
+    return (f"{plain_words(result)} (Smallest detectable effect {m.mdes:.2f} SD with 80% power at 5% two-sided; "
+            f"evidence strength {result.strength.score} of 5.)")
 
 
 def plans_for_page(plans: dict[tuple[str, str], Plan], registry) -> list[dict]:

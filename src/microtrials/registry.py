@@ -35,8 +35,16 @@ ENV_VAR = "MICROTRIALS_TRIALS"
 COLUMNS = (
     "intervention", "outcome_measure", "round", "start_date", "end_date", "schools", "aliases",
     "secondary_outcomes", "registered_on", "toolkit_strand", "national_months", "cost_per_pupil",
-    "description", "results_due",
+    "description", "results_due", "year_groups", "dosage", "delivered_by", "contact",
 )
+# Optional words the trial page shows as written (after these checks): how it is delivered and whom
+# to ask. (column, longest allowed, example for the message)
+DELIVERY_COLUMNS = (("dosage", 120, "2 x 30 min a week for 10 weeks"), ("delivered_by", 80, "trained TA"),
+                    ("contact", 120, "Research lead, Park End Primary"))
+_EMAIL_OR_PHONE = re.compile(r"@|\b\d[\d ()+-]{8,}\d\b")
+_PUPILISH = re.compile(r"\b(pupils?|students?|child(ren)?|upn)\b|\b[A-Z]\d{12}\b", re.IGNORECASE)
+_YEAR_PART = re.compile(r"^(?:y(?:ears?|r)?\s*)?(r|reception|\d{1,2})(?:\s*(?:-|to|\u2013)\s*(?:y(?:ears?|r)?\s*)?(\d{1,2}))?$",
+                        re.IGNORECASE)
 REQUIRED_COLUMNS = ("intervention", "outcome_measure", "start_date", "schools")
 
 # EEF Teaching and Learning Toolkit cost bands, pounds per pupil per year (EEF, "Teaching and
@@ -90,6 +98,10 @@ class TrialRound:
     description: str = ""
     line: int = 0
     results_due: date | None = None  # when schools' results are due; None: end_date + the workspace's days
+    year_groups: str = ""
+    dosage: str = ""
+    delivered_by: str = ""
+    contact: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -380,6 +392,7 @@ def _parse_row(line: int, cells: dict[str, str]) -> tuple[TrialRound | None, lis
     if cost is not None and cost < 0:
         bad("cost_per_pupil", "the cost per pupil is negative", "write pounds per pupil per year, e.g. 150")
         cost = None
+    delivery = _delivery(cells, bad)
     if problems or start is None:
         return None, problems
     return TrialRound(
@@ -397,7 +410,38 @@ def _parse_row(line: int, cells: dict[str, str]) -> tuple[TrialRound | None, lis
         cost_per_pupil=cost,
         description=_clean(cells.get("description", "")),
         line=line,
+        **delivery,
     ), problems
+
+
+def _year_groups(text: str, bad) -> str:
+    """"7", "Y3-Y4", "Years 5 and 6", "R, 1": each part a year 0 (Reception, R) to 13."""
+    parts = [p.strip() for p in re.split(r",|;|\||\band\b", text, flags=re.IGNORECASE) if p.strip()]
+    for part in parts:
+        found = _YEAR_PART.match(part)
+        years = [] if found is None else [g for g in found.groups() if g and g.isdigit()]
+        if found is None or any(int(y) > 13 for y in years):
+            bad("year_groups", f"'{part}' is not a year group",
+                "write National Curriculum years, e.g. 7, Y3-Y4 or Reception, 1")
+            return ""
+    return text
+
+
+def _delivery(cells: dict[str, str], bad) -> dict[str, str]:
+    """The optional page words: year groups, dosage, who delivers it, whom to ask. Checked so that
+    nothing about a pupil, no email address and no phone number is published from the registry."""
+    out = {"year_groups": _year_groups(_clean(cells.get("year_groups", "")), bad)}
+    for column, longest, example in DELIVERY_COLUMNS:
+        text = _clean(cells.get(column, ""))
+        if len(text) > longest:
+            bad(column, f"the text is {len(text)} characters long (at most {longest})", f"shorten it, e.g. '{example}'")
+        elif _EMAIL_OR_PHONE.search(text):
+            bad(column, "it holds an email address or a phone number, which the public page would show",
+                f"write a role and a school instead, e.g. '{example}'")
+        elif _PUPILISH.search(text) and column == "contact":
+            bad(column, "it seems to name or describe a pupil", f"write a member of staff's role and school, e.g. '{example}'")
+        out[column] = text
+    return out
 
 
 def is_reserved_round(name: str) -> bool:

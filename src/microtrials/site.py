@@ -164,7 +164,7 @@ def trial_folders(trials: list[tuple[str, ...]]) -> tuple[list[str], list[str]]:
 def _environment() -> Environment:
     env = Environment(loader=PackageLoader("microtrials", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.globals.update(csp=CSP, threshold=SUPPRESSION_THRESHOLD)
+    env.globals.update(csp=CSP, threshold=SUPPRESSION_THRESHOLD, provisional_cap=views.PROVISIONAL_AT_MOST)
     env.filters["long_tokens"] = long_tokens
     return env
 
@@ -367,9 +367,9 @@ def public_load_report(load_report: pd.DataFrame, trial_words: set[str]) -> pd.D
         parts = [without_counts(reason)] if reason.strip() else []
         set_aside = _rules(r["quarantined_by_reason"])
         if set_aside:
-            parts.append(f"rows set aside ({set_aside}): the school has been sent each row to fix")
+            parts.append(f"rows set aside ({set_aside}): the data team will send the school its own list of rows to fix")
         if kind == "rejected" and not reason.strip():
-            parts.append("no row could be loaded: the school has been sent each row to fix")
+            parts.append("no row could be loaded: the data team will send the school its own list of rows to fix")
         warnings = _rules(r["warnings"])
         rows.append({
             "File": label, "School URN": urn, "Status": LOAD_STATUS[kind], "What went wrong": "; ".join(parts),
@@ -406,15 +406,25 @@ def merged_spellings(spellings: pd.DataFrame | None, table: pd.DataFrame) -> lis
 # --- pages -------------------------------------------------------------------------------------
 
 def _sorted(table: pd.DataFrame, view: SortView) -> list[int]:
-    """Row positions in the view's order; blanks last, ties by months, then name."""
+    """Row positions in the view's order: final results first, then provisional (interim) ones, then
+    rows with no result; within each, by the view's column (blanks last), ties by months, then name.
+    An interim row's strength sorts as shown: capped at ``views.PROVISIONAL_AT_MOST``."""
     names = ["intervention", "outcome_measure"]
     keys = list(dict.fromkeys([view.column, "months_progress", "evidence_strength", *names]))
-    ascending = [not view.descending if k == view.column else k in names for k in keys]
-    sort_frame = pd.DataFrame({
-        k: table[k].astype(str).str.casefold() if k in names else pd.to_numeric(table[k], errors="coerce")
-        for k in keys
-    })
-    return list(sort_frame.sort_values(keys, ascending=ascending, na_position="last", kind="stable").index)
+    status = table["status"].astype(str) if "status" in table.columns else pd.Series("", index=table.index)
+    columns = {"_final": status.map(lambda s: 1 if s == "interim" else 2 if s == "not_estimable" else 0)}
+    for k in keys:
+        if k in names:
+            columns[k] = table[k].astype(str).str.casefold()
+        else:
+            columns[k] = pd.to_numeric(table[k], errors="coerce")
+    if "evidence_strength" in columns:
+        capped = columns["evidence_strength"].clip(upper=views.PROVISIONAL_AT_MOST)
+        columns["evidence_strength"] = columns["evidence_strength"].where(status != "interim", capped)
+    ascending = [True] + [not view.descending if k == view.column else k in names for k in keys]
+    sort_frame = pd.DataFrame(columns)
+    return list(sort_frame.sort_values(["_final", *keys], ascending=ascending, na_position="last",
+                                       kind="stable").index)
 
 
 def _common(area: str, data_date: str, run_date: str, root: str) -> dict:
@@ -430,7 +440,7 @@ def _history_files(row: pd.Series, folder: str, kept: pd.DataFrame | None) -> tu
     plot ``<folder>/history.svg``; a failing plot costs only the figure (its message is returned)."""
     intervention, outcome = str(row["intervention"]), str(row["outcome_measure"])
     found = history.trial_history(kept, intervention, outcome, _round_of(row))
-    view = views.history_view(found.rows, found.changes, found.alt)
+    view = views.history_view(found.rows, found.changes, found.alt, found.changed_now)
     files: dict[str, bytes] = {}
     estimates = pd.to_numeric(found.rows.get("effect_size", pd.Series(dtype=float)), errors="coerce").notna().sum()
     if estimates >= 2:
@@ -452,9 +462,11 @@ def plot_label(text: object) -> str:
 
 
 def _trial_files(row: pd.Series, folder: str, schools: pd.DataFrame | None, common: dict,
-                 kept: pd.DataFrame | None = None, plan: str = "") -> dict[str, bytes]:
-    """One trial's page, schools.csv, forest plot and history plot; a failing plot costs only the figure."""
-    view = views.trial_view(row, folder)
+                 kept: pd.DataFrame | None = None, plan: str = "", view: views.TrialView | None = None,
+                 family: dict | None = None) -> dict[str, bytes]:
+    """One trial's page, schools.csv, forest plot and history plot; a failing plot costs only the figure.
+    ``family`` (``parent``, ``rounds``) links an intervention's cumulative page and its rounds."""
+    view = view or views.trial_view(row, folder)
     per_school, blanked = _prepare_schools(schools)
     files = {f"{folder}/schools.csv": csv_bytes(per_school)}
     pooled = tuple(views.number(row.get(c)) if views.number(row.get(c)) is not None else math.nan
@@ -474,12 +486,31 @@ def _trial_files(row: pd.Series, folder: str, schools: pd.DataFrame | None, comm
     single_school = schools is not None and len(schools) == 1
     history_files, past, history_error = _history_files(row, folder, kept)
     files.update(history_files)
+    if past.changed_on:
+        view.changed = past.changed_on
     files[f"{folder}/index.html"] = render(
         "trial.html", trial=view, schools=views.school_views(per_school), plot_alt=plot_alt,
         plot_error=plot_error, has_plot=f"{folder}/forest.svg" in files, single_school=single_school,
         blanked=len(blanked) if not single_school else 0, past=past, has_history_plot=f"{folder}/history.svg" in files,
-        history_error=history_error, plan=plan, **common)
+        history_error=history_error, plan=plan, parent=(family or {}).get("parent", ""),
+        rounds=(family or {}).get("rounds", []), **common)
     return files
+
+
+def _first_views(table: pd.DataFrame, folders: list[str], registry) -> list[views.TrialView | None]:
+    """Each row's view with the registry's facts; None when it fails (its page then says so)."""
+    out = []
+    for position, folder in enumerate(folders):
+        row = table.iloc[position]
+        try:
+            view = views.trial_view(row, folder)
+            rounds = registry.rounds_of(str(row["intervention"])) if registry is not None else []
+            view.facts = views.registry_facts(rounds, view.round)
+            view.year_groups = next((f.text for f in view.facts if f.label == "Year groups"), "")
+        except Exception:  # noqa: BLE001 - building its page fails again and reports it
+            view = None
+        out.append(view)
+    return out
 
 
 def _failed_trial_page(row: pd.Series, folder: str, exc: Exception, common: dict) -> dict[str, bytes]:
@@ -529,22 +560,82 @@ def _send_files(table: pd.DataFrame, folders: list[str], names: list[tuple[str, 
     return files, trials
 
 
+#: The workbook's first columns, what a head teacher looks for (the statistics follow to the right).
+HEAD_COLUMNS = ["Intervention", "Measured by", "Round", "Months of extra progress", "Verdict", "Padlocks",
+                "Status", "Cost"]
+STATUS_WORDS = {"published": "final", "interim": "provisional: schools still to send results",
+                "not_refreshed": "not updated in the latest run", "not_estimable": "no result yet"}
+P_VALUE_FORMAT = '[<0.0001]"<0.0001";0.0000'
+
+
+def _view_or_fallback(row: pd.Series) -> views.TrialView:
+    try:
+        return views.trial_view(row, "")
+    except Exception:  # noqa: BLE001 - its page reports the failure; the workbook keeps its figures
+        return views.fallback_view(row, "", "")
+
+
 def _display_evidence(table: pd.DataFrame) -> pd.DataFrame:
-    """The evidence table for people (the .xlsx): plain headers, rounded figures, p to 4 decimals."""
-    out = pd.DataFrame(index=table.index)
-    for column in table.columns:
+    """The evidence table for people (the .xlsx): first ``HEAD_COLUMNS`` (padlocks as the pages
+    show them, status and cost in words), then every other column with plain headers, rounded
+    figures as numbers (p-values too: the workbook's format shows "<0.0001")."""
+    shown_views = [_view_or_fallback(row) for _, row in table.iterrows()]
+    out = pd.DataFrame({
+        "Intervention": table["intervention"].astype(str),
+        "Measured by": [v.outcome_measure for v in shown_views],
+        "Round": table["round"].map(lambda v: "" if views.is_blank(v) else str(v)) if "round" in table else "",
+        "Months of extra progress": table["months_progress"].map(
+            lambda v: None if views.number(v) is None else int(round(views.number(v)))),
+        "Verdict": [v.verdict for v in shown_views],
+        "Padlocks": [v.strength for v in shown_views],
+        "Status": [STATUS_WORDS.get(v.status, v.status) for v in shown_views],
+        "Cost": [f"{v.cost_pounds} {v.cost_text}".strip() for v in shown_views],
+    }, index=table.index)
+    head = {"intervention", "outcome_measure", "round", "months_progress", "evidence_strength", "status",
+            "cost_rating"}
+    for column in [c for c in table.columns if c not in head]:
         values = table[column]
-        if column == "p_value":
-            shown = values.map(views.p_value)
-        elif column in TEXT_COLUMNS:
+        if column in TEXT_COLUMNS:
             shown = values.map(lambda v: "" if views.is_blank(v) else str(v))
         elif column in ("attrition_pct", "i2"):
             shown = values.map(lambda v: views.number(v) if views.number(v) is None else round(views.number(v), 1))
+        elif column == "p_value":
+            shown = values.map(views.number)
         elif column == "p_new_school_benefits":
             shown = values.map(lambda v: views.number(v) if views.number(v) is None else round(views.number(v), 3))
         else:
             shown = values.map(lambda v: views.number(v) if views.number(v) is None else round(views.number(v), 2))
         out[dictionary.label(column)] = shown
+    return out
+
+
+def families(table: pd.DataFrame, folders: list[str], names: list[tuple[str, ...]],
+             trial_views: list[views.TrialView | None], registry=None) -> dict[int, dict]:
+    """Per row position: ``parent`` (a round's link back to its intervention's "all rounds" page)
+    or ``rounds`` (on that page and its card: each round with its dates and own figures)."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for position, name in enumerate(names):
+        groups.setdefault((match_key(name[0]), match_key(name[1])), []).append(position)
+    out: dict[int, dict] = {}
+    for positions in groups.values():
+        cumulative = [p for p in positions if len(names[p]) == 2
+                      and match_key(str(table.iloc[p].get("round") or "")) == match_key("all rounds")]
+        if not cumulative or len(positions) < 2:
+            continue
+        head = cumulative[0]
+        registered = {match_key(r.round): r for r in registry.rounds_of(names[head][0])} if registry is not None else {}
+        links = []
+        for p in positions:
+            if p == head:
+                continue
+            v = trial_views[p]
+            out[p] = {"parent": folders[head]}
+            if v is not None:
+                links.append(views.RoundLink(folders[p], v.round, v.months, v.strength_text, v.schools, v.provisional,
+                                         views.round_dates(registered.get(match_key(v.round)))))
+        out[head] = {"rounds": links}
+        if trial_views[head] is not None:
+            trial_views[head].round_links = links
     return out
 
 
@@ -561,6 +652,7 @@ def build_site(
     plans: list[dict] | None = None,
     spellings: pd.DataFrame | None = None,
     sending: dict | None = None,
+    registry=None,
 ) -> dict[str, bytes]:
     """Every file of the publication, ``{relative path: bytes}``.
 
@@ -582,6 +674,8 @@ def build_site(
     rounds with no results yet, and what they could detect, on the send page.
     ``sending`` (:func:`microtrials.workspace.send_details`) says where, how and by when schools send
     their results, on the send page and in each Excel template (blank: "ask your authority's data team").
+    ``registry`` (``microtrials.registry.Registry``) adds each trial's registered facts (round
+    dates, registration date, year groups, delivery, whom to ask) and ``registered-plans.html``.
     ``registry_rows`` (:func:`registry_report`), when given, is published as
     ``registry_report.csv`` and shown on the load report page. ``spellings`` (table
     `trial_spellings`) lists on the load report page the spellings merged into a published trial.
@@ -598,7 +692,8 @@ def build_site(
     files: dict[str, bytes] = {
         "evidence_table.csv": csv_bytes(table),
         "evidence_table.xlsx": table_xlsx(_display_evidence(table), "Evidence table",
-                                          [(name, text) for name, text in dictionary.FILES]),
+                                          [(name, text) for name, text in dictionary.FILES],
+                                          {dictionary.label("p_value"): P_VALUE_FORMAT}),
         "data_dictionary.csv": csv_bytes(dictionary.dictionary_frame()),
         "load_report.csv": csv_bytes(report),
         "load-report.html": render("load_report.html", rows=report.fillna("").to_dict("records"),
@@ -617,7 +712,11 @@ def build_site(
     files.update(send_files)
     files["send-your-results.html"] = render("send.html", trials=send_trials, plans=plans or [], sending=sending,
                                              **common)
-    trial_views = []
+    files["about-padlocks.html"] = render("padlocks.html", **common)
+    files["registered-plans.html"] = render(
+        "plans.html", plans=[views.plan_view(r) for r in (registry.rounds if registry is not None else ())], **common)
+    trial_views = _first_views(table, folders, registry)
+    family = families(table, folders, names, trial_views, registry)
     trial_common = _common(area, data_date, run_date, "../")
     for position, folder in enumerate(folders):
         row = table.iloc[position]
@@ -637,15 +736,16 @@ def build_site(
         try:
             planned = " ".join(f"Next round{' ' + p['round'] if p.get('round') else ''} (no results yet): {p['text']}"
                                for p in plans or [] if match_key(str(p["intervention"])) == match_key(key[0]))
-            files.update(_trial_files(row, folder, per_school, trial_common, history, planned))
-            trial_views.append(views.trial_view(row, folder))
+            files.update(_trial_files(row, folder, per_school, trial_common, history, planned,
+                                      trial_views[position], family.get(position)))
+            trial_views[position] = trial_views[position] or views.trial_view(row, folder)
         except Exception as exc:  # noqa: BLE001 - one trial's failure never costs the others
             problems.append(f"trial '{key[0]}' / '{key[1]}': its page could not be built ({type(exc).__name__}: {exc})")
             files = {k: v for k, v in files.items() if not k.startswith(f"{folder}/")}
             files.update(_failed_trial_page(row, folder, exc, trial_common))
-            trial_views.append(views.fallback_view(row, folder, "Its page could not be built in this run."))
-    for sort in SORT_VIEWS:
-        ordered = [trial_views[i] for i in _sorted(table, sort)]
+            trial_views[position] = views.fallback_view(row, folder, "Its page could not be built in this run.")
+    for sort in SORT_VIEWS:  # an intervention's rounds are on its card, not cards of their own
+        ordered = [trial_views[i] for i in _sorted(table, sort) if "parent" not in family.get(i, {})]
         files[sort.file] = render("index.html", trials=ordered, sort=sort, sorts=SORT_VIEWS,
                                   load_rows=len(report), **common)
     return files

@@ -15,10 +15,22 @@ import pandas as pd
 
 from microtrials.effect_sizes import months_progress
 from microtrials.guidance import MIN_SCHOOLS_BOTH_ARMS, SUPPRESSION_THRESHOLD
+from microtrials.names import match_key
 from microtrials.registry import local_and_national
 
 MINUS = "\u2212"
 NOT_SECURE_AT_MOST = 2  # padlocks: 0 to 2 are shown as "not yet secure"
+PROVISIONAL_AT_MOST = 2  # an interim result shows at most this many padlocks, marked provisional
+FINAL_STATUSES = ("published", "not_refreshed")  # figures of a complete round (not_refreshed: last run's)
+# Baseline imbalance, |difference| in SD: below the first "very similar", to the second "a little",
+# above "noticeably" (the WWC's 0.05 and the evaluators' 0.10 limits).
+BALANCE_SIMILAR_BELOW, BALANCE_LITTLE_TO = 0.05, 0.10
+# The Toolkit's impact words by whole months (EEF Teaching and Learning Toolkit strand headlines).
+IMPACT_WORDS = ((0, "Negative impact"), (1, "Very low or no impact"), (3, "Low impact"), (6, "Moderate impact"),
+                (8, "High impact"))
+TOP_IMPACT = "Very high impact"
+EVIDENCE_WORDS = {0: "insufficient", 1: "very limited", 2: "limited", 3: "moderate", 4: "extensive",
+                  5: "very extensive"}
 COST_WORDS = {1: "very low cost", 2: "low cost", 3: "moderate cost", 4: "high cost", 5: "very high cost"}
 STATUS_TEXT = {
     "interim": "Interim result: more schools are still to send results, so these figures may change.",
@@ -92,8 +104,73 @@ def whole(value: object) -> str:
 
 
 def percent(value: object, digits: int = 0) -> str:
+    """``21.5`` -> ``"22%"``; near the ends "more than 99%" / "less than 1%", never "100%"."""
     x = number(value)
-    return "" if x is None else f"{x:.{digits}f}%"
+    if x is None:
+        return ""
+    if x >= 99.5 or (x > 99 and digits):
+        return "more than 99%"
+    if 0 < x < 0.5:
+        return "less than 1%"
+    return f"{x:.{digits}f}%"
+
+
+def chance(value: object) -> str:
+    """A probability (0 to 1) in words: ``0.93`` -> ``"93%"``, ``0.999`` -> ``"more than 99%"``,
+    ``0.002`` -> ``"less than 1%"`` (a fitted model is never certain, so never "100%" or "0%")."""
+    x = number(value)
+    if x is None:
+        return ""
+    if x >= 0.995:
+        return "more than 99%"
+    if x <= 0.005:
+        return "less than 1%"
+    return f"{100 * x:.0f}%"
+
+
+def balance_text(difference: object) -> str:
+    """How alike the groups were before the intervention, graded by the baseline difference (SD)."""
+    x = number(difference)
+    if x is None:
+        return ""
+    d = abs(x)
+    if d < BALANCE_SIMILAR_BELOW:
+        return f"The two groups were very similar before the intervention started (a difference of {d:.2f} SD)."
+    if d <= BALANCE_LITTLE_TO:
+        return f"The groups differed a little before the intervention started ({d:.2f} SD)."
+    return (f"The groups differed noticeably before the intervention started ({d:.2f} SD): "
+            "read the result with caution.")
+
+
+_BASELINE_NOTE = re.compile(r"differed at baseline by (\d+(?:\.\d+)?) SD")
+
+
+def baseline_difference(row: pd.Series, notes: list[str]) -> float | None:
+    """The baseline difference: the published column, else the figure the strength note gives."""
+    x = number(row.get("baseline_difference"))
+    if x is not None:
+        return x
+    found = next((m for m in (_BASELINE_NOTE.search(n) for n in notes) if m), None)
+    return float(found.group(1)) if found else None
+
+
+def impact_words(months_value: int) -> str:
+    """The Toolkit's impact words for whole months: "Moderate impact" for +3 to +5."""
+    return next((words for below, words in IMPACT_WORDS if months_value < below), TOP_IMPACT)
+
+
+def verdict(months_value: float | None, strength: int | None, cost: int | None, status: str) -> str:
+    """One line in the Toolkit's manner: "Moderate impact for very low cost, based on limited local
+    evidence." Provisional for an interim result; "No result yet." without months."""
+    if status == "not_estimable" or months_value is None:
+        return "No result yet."
+    m = int(round(months_value))
+    impact = "Unclear impact" if strength == 0 else impact_words(m)
+    cost_part = f" for {COST_WORDS[cost]}" if cost else ""
+    evidence = "" if strength is None else f", based on {EVIDENCE_WORDS[strength]} local evidence"
+    text = f"{impact}{cost_part}{evidence}"
+    return f"Provisional: {text[0].lower()}{text[1:]}, until every school has sent results." if status == "interim" \
+        else f"{text}."
 
 
 def split_notes(text: object) -> list[str]:
@@ -153,6 +230,15 @@ class TrialView:
     message: str = ""  # set when this trial's page or plot could not be built
     round: str = ""
     here_and_national: str = ""  # "here: +3 months (+2 to +4); nationally (EEF Toolkit, ...): +6 months"
+    verdict: str = ""  # "Moderate impact for very low cost, based on limited local evidence."
+    provisional: bool = False  # an interim result: padlocks capped and marked provisional
+    balance: str = ""  # graded words on how alike the groups were at the start
+    fsm_range: str = ""  # "+4 months (−1 to +9)": the free-school-meal result with its interval
+    chance_new_school: str = ""  # "93%", "more than 99%"
+    changed: str = ""  # "Changed on 7 December 2026: 3 schools added" (set by the site from the history)
+    round_links: list = field(default_factory=list)  # on an intervention's card/page: its rounds
+    facts: list = field(default_factory=list)  # (label, text) from the registry: dates, year groups, delivery
+    year_groups: str = ""  # from the registry: "Y2-Y6"
 
 
 def _caveats(row: pd.Series, notes: list[str]) -> list[str]:
@@ -162,8 +248,11 @@ def _caveats(row: pd.Series, notes: list[str]) -> list[str]:
     if both is not None and both < MIN_SCHOOLS_BOTH_ARMS:
         n = int(both)
         found.append(f"Only {n} school{'s' if n != 1 else ''} so far.")
-    if any("differed at baseline" in n or "imbalance" in n.lower() for n in notes):
-        found.append("The groups differed a little before the intervention started.")
+    difference = baseline_difference(row, notes)
+    if difference is not None and abs(difference) > BALANCE_LITTLE_TO:
+        found.insert(0, balance_text(difference))  # noticeable imbalance comes first
+    elif difference is not None and abs(difference) >= BALANCE_SIMILAR_BELOW:
+        found.append(balance_text(difference))
     attrition = number(row.get("attrition_pct"))
     if attrition is not None and attrition >= 20:
         found.append(f"{attrition:.0f}% of pupils have no result, which makes the figure less certain.")
@@ -202,9 +291,9 @@ EVALUATOR_FIGURES = [
     ("Spread between schools (tau)", "tau", lambda r: fmt(r.get("tau"))),
     ("Variation not due to chance (I\u00b2)", "i2", lambda r: percent(r.get("i2"))),
     ("95% prediction interval (a new school)", "pi_low, pi_high", lambda r: interval(r.get("pi_low"), r.get("pi_high"))),
-    ("Chance a new school benefits", "p_new_school_benefits",
-     lambda r: percent(None if number(r.get("p_new_school_benefits")) is None
-                       else 100 * number(r.get("p_new_school_benefits")))),
+    ("Chance a new school benefits", "p_new_school_benefits", lambda r: chance(r.get("p_new_school_benefits"))),
+    ("Baseline difference between the groups (SD)", "baseline_difference",
+     lambda r: fmt(r.get("baseline_difference"), 3)),
     ("Effect size, free-school-meal pupils", "fsm_effect_size", lambda r: fmt(r.get("fsm_effect_size"))),
     ("Its 95% confidence interval", "fsm_ci_low, fsm_ci_high",
      lambda r: interval(r.get("fsm_ci_low"), r.get("fsm_ci_high"))),
@@ -227,62 +316,103 @@ def measure_text(row: pd.Series) -> str:
     return text
 
 
+def _cost(row: pd.Series) -> int | None:
+    """The Toolkit cost band 1-5: the number, or the registry's "£££"."""
+    cost = number(row.get("cost_rating"))
+    text = "" if is_blank(row.get("cost_rating")) else str(row.get("cost_rating")).strip()
+    if cost is None and text and set(text) == {"\u00a3"}:
+        cost = len(text)
+    return None if cost is None else max(1, min(5, int(round(cost))))
+
+
+def _status_text(status: str, notes: list[str], suppressed: str) -> str:
+    text = STATUS_TEXT.get(status, "")
+    if status in ("not_estimable", "not_refreshed") and notes:
+        text = f"{text} {notes[0][0].upper()}{notes[0][1:]}".strip()
+        if not text.endswith("."):
+            text += "."
+    if suppressed and status != "not_estimable":
+        text = (text + " " if text else "") + f"Figures not published: fewer than {SUPPRESSION_THRESHOLD} pupils were analysed."
+    return text
+
+
+def _pupils_text(row: pd.Series) -> str:
+    pupils = number(row.get("pupils_analysed"))
+    if pupils is not None:
+        return f"{int(pupils):,} pupils"
+    if number(row.get("pupils_randomised")) is None and not is_blank(row.get("schools")):
+        return f"fewer than {SUPPRESSION_THRESHOLD} pupils"
+    return ""
+
+
+def _fsm(row: pd.Series) -> tuple[float | None, str]:
+    """The free-school-meal result in months, and with its 95% interval in months: "+4 months (−1 to +9)"."""
+    fsm = number(row.get("fsm_months_progress"))
+    g = number(row.get("fsm_effect_size"))
+    if fsm is None and g is not None:
+        fsm = months_progress(g)
+    lo, hi = number(row.get("fsm_ci_low")), number(row.get("fsm_ci_high"))
+    if fsm is None:
+        return None, ""
+    if lo is None or hi is None:
+        return fsm, months(fsm)
+    low = months(months_progress(lo)).replace(" months", "").replace(" month", "")
+    high = months(months_progress(hi)).replace(" months", "").replace(" month", "")
+    return fsm, f"{months(fsm)} ({low} to {high})"
+
+
+def _strength(row: pd.Series, status: str) -> tuple[int | None, str]:
+    """Padlocks as shown: an interim result's capped at ``PROVISIONAL_AT_MOST`` and marked provisional."""
+    strength = number(row.get("evidence_strength"))
+    if strength is None:
+        return None, ""
+    shown = int(round(strength))
+    if status == "interim":
+        shown = min(shown, PROVISIONAL_AT_MOST)
+        return shown, f"{shown} of 5"
+    return shown, f"{shown} of 5"
+
+
 def trial_view(row: pd.Series, folder: str) -> TrialView:
     """The view of one evidence-table row (after disclosure control)."""
     status = _status(row)
     notes = split_notes(row.get("notes"))
-    strength = number(row.get("evidence_strength"))
-    strength_int = None if strength is None else int(round(strength))
+    strength_int, strength_text = _strength(row, status)
     m = number(row.get("months_progress"))
-    fsm = number(row.get("fsm_months_progress"))
-    if fsm is None and number(row.get("fsm_effect_size")) is not None:
-        fsm = months_progress(number(row.get("fsm_effect_size")))
-    cost = number(row.get("cost_rating"))
-    if cost is None and not is_blank(row.get("cost_rating")) and set(str(row.get("cost_rating")).strip()) == {"\u00a3"}:
-        cost = len(str(row.get("cost_rating")).strip())  # the registry's Toolkit band, "£££"
-    cost_int = None if cost is None else max(1, min(5, int(round(cost))))
-    pupils = number(row.get("pupils_analysed"))
+    fsm, fsm_range = _fsm(row)
+    cost_int = _cost(row)
     schools = number(row.get("schools"))
     suppressed = "" if is_blank(row.get("suppressed")) else str(row.get("suppressed"))
-    status_text = STATUS_TEXT.get(status, "")
-    if status in ("not_estimable", "not_refreshed") and notes:
-        status_text = f"{status_text} {notes[0][0].upper()}{notes[0][1:]}".strip()
-        if not status_text.endswith("."):
-            status_text += "."
-    if suppressed and status != "not_estimable":
-        status_text = (status_text + " " if status_text else "") + \
-            f"Figures not published: fewer than {SUPPRESSION_THRESHOLD} pupils were analysed."
-    if pupils is not None:
-        pupils_text = f"{int(pupils):,} pupils"
-    elif number(row.get("pupils_randomised")) is None and not is_blank(row.get("schools")):
-        pupils_text = f"fewer than {SUPPRESSION_THRESHOLD} pupils"
-    else:
-        pupils_text = ""
     return TrialView(
         folder=folder,
         intervention=str(row["intervention"]),
         outcome_measure=measure_text(row),
         status=status,
-        status_text=status_text,
+        status_text=_status_text(status, notes, suppressed),
         description="" if is_blank(row.get("description")) else str(row.get("description")),
         months=months(m),
         months_sign="blank" if m is None else ("up" if m > 0 else "down" if m < 0 else "none"),
         fsm_months=months(fsm),
         strength=strength_int,
-        strength_text="" if strength_int is None else f"{strength_int} of 5",
+        strength_text=strength_text,
         not_secure=strength_int is not None and strength_int <= NOT_SECURE_AT_MOST,
         cost_pounds="" if cost_int is None else "\u00a3" * cost_int,
         cost_text="" if cost_int is None else COST_WORDS[cost_int],
         national=months(row.get("national_months")),
         expect=_expect(row),
         schools="" if schools is None else f"{int(schools)} school{'s' if int(schools) != 1 else ''}",
-        pupils=pupils_text,
+        pupils=_pupils_text(row),
         caveats=[] if status == "not_estimable" else _caveats(row, notes),
         notes=notes,
         suppressed=suppressed,
         evaluator_figures=[Figure(label, code, get(row)) for label, code, get in EVALUATOR_FIGURES],
         round="" if is_blank(row.get("round")) else str(row.get("round")),
         here_and_national=_here_and_national(row),
+        verdict="" if suppressed and m is None else verdict(m, strength_int, cost_int, status),
+        provisional=status == "interim",
+        balance="" if status == "not_estimable" else balance_text(baseline_difference(row, notes)),
+        fsm_range=fsm_range,
+        chance_new_school=chance(row.get("p_new_school_benefits")),
     )
 
 
@@ -318,6 +448,8 @@ class PublicationPoint:
     months: str
     schools: str
     strength: str
+    reason: str = ""  # why the figures changed: "3 schools added", "a school's corrected file", ...
+    day: str = ""  # "1 November 2026"
 
 
 @dataclass
@@ -328,10 +460,13 @@ class HistoryView:
     changes: list[str]
     alt: str
     first: bool  # the latest publication is this row's first
+    changed_on: str = ""  # "Changed on 7 December 2026: 3 schools added" when the latest publication changed it
+    changed_now: bool = False  # the latest publication made the last point
 
 
-def history_view(rows: pd.DataFrame, changes: list[str], alt: str) -> HistoryView:
-    """The view of :func:`microtrials.history.trial_history` for the trial page (oldest first)."""
+def history_view(rows: pd.DataFrame, changes: list[str], alt: str, changed_now: bool = False) -> HistoryView:
+    """The view of :func:`microtrials.history.trial_history` for the trial page (oldest first);
+    ``changed_now``: the latest publication made its last point."""
     points = []
     for record in rows.to_dict("records") if len(rows) else []:
         when = pd.Timestamp(record["published_at"])
@@ -343,8 +478,15 @@ def history_view(rows: pd.DataFrame, changes: list[str], alt: str) -> HistoryVie
             months=months(record.get("months_progress")) or "\u2013",
             schools=whole(record.get("schools")) or "\u2013",
             strength="\u2013" if strength is None else f"{int(round(strength))} of 5",
+            reason="" if is_blank(record.get("reason")) else str(record.get("reason")),
+            day=day(when),
         ))
-    return HistoryView(points, [_unlabelled(c) for c in changes], alt, first=len(points) == 1)
+    changed_on = ""
+    if changed_now and len(points) >= 2:
+        when = pd.Timestamp(rows["published_at"].iloc[-1])
+        changed_on = f"Changed on {when.day} {when.strftime('%B %Y')}: {points[-1].reason}"
+    return HistoryView(points, [_unlabelled(c) for c in changes], alt, first=len(points) == 1, changed_on=changed_on,
+                       changed_now=changed_now)
 
 
 def _unlabelled(sentence: str) -> str:
@@ -359,6 +501,7 @@ def _unlabelled(sentence: str) -> str:
 class SchoolView:
     """One row of a trial's school-by-school table."""
 
+    round: str
     urn: str
     n_intervention: str
     n_control: str
@@ -378,6 +521,7 @@ def school_views(schools: pd.DataFrame) -> list[SchoolView]:
             arm, n = ("intervention", n_i) if n_c == 0 else ("control", n_c)
             note = f"one arm only ({int(n)} pupils in {arm})"
         out.append(SchoolView(
+            round="" if is_blank(row.get("school_round")) else str(row.get("school_round")),
             urn=str(row["school_urn"]),
             n_intervention=whole(n_i) or "not published",
             n_control=whole(n_c) or "not published",
@@ -418,3 +562,93 @@ def public_file_name(file_name: str, trial_words: set[str]) -> str | None:
         if not (_DATE_OR_NUMBER.match(word) or word in NEUTRAL_WORDS or word in trial_words):
             return None
     return str(file_name)
+
+
+# --- the registered plan, the rounds of an intervention ----------------------------------------
+
+@dataclass
+class Fact:
+    """One fact about a trial from its registered plan: label, words, and a link when there is one."""
+
+    label: str
+    text: str
+    href: str = ""
+
+
+@dataclass
+class RoundLink:
+    """One round of an intervention, for its card and its cumulative page."""
+
+    folder: str
+    round: str
+    months: str
+    strength_text: str
+    schools: str
+    provisional: bool
+    dates: str = ""
+
+
+def day(value: object) -> str:
+    """A date as people write it: "8 September 2025"; "" when blank."""
+    if is_blank(value):
+        return ""
+    return f"{pd.Timestamp(value).day} {pd.Timestamp(value).strftime('%B %Y')}"
+
+
+def round_dates(trial_round: object) -> str:
+    """"8 September 2025 to 19 December 2025", or "from 8 September 2025 (no end date yet)"."""
+    start, end = day(getattr(trial_round, "start_date", None)), day(getattr(trial_round, "end_date", None))
+    if not start:
+        return ""
+    return f"{start} to {end}" if end else f"from {start} (no end date yet)"
+
+
+def plan_anchor(intervention: str, round_name: str) -> str:
+    """The id of a round's section on the registered-plans page."""
+    text = re.sub(r"[^a-z0-9]+", "-", f"{intervention} {round_name}".casefold()).strip("-")
+    return f"plan-{text or 'trial'}"
+
+
+def registry_facts(rounds: list, round_name: str, root: str = "../") -> list[Fact]:
+    """What the registry states about a published row: round dates, registration date, year groups,
+    how it is delivered, by whom, whom to ask, and a link to the registered plan. ``rounds`` are the
+    intervention's registered rounds; ``round_name`` the row's round ("all rounds": every round)."""
+    if not rounds:
+        return []
+    cumulative = match_key_text(round_name) == "all rounds"
+    chosen = [r for r in rounds if match_key_text(r.round) == match_key_text(round_name)] or rounds[-1:]
+    shown = rounds if cumulative else chosen
+    facts = [Fact("Round dates" if len(shown) == 1 else "Rounds",
+                  "; ".join(f"{r.round + ': ' if len(shown) > 1 and r.round else ''}{round_dates(r)}" for r in shown))]
+    registered = [r.registered_on for r in shown if r.registered_on is not None]
+    if registered:
+        facts.append(Fact("Plan registered", f"{day(min(registered))}, before results arrived"
+                          if all(r.registered_on <= r.start_date for r in shown) else day(min(registered))))
+    latest = shown[-1]
+    for label, value in (("Year groups", latest.year_groups), ("How it is delivered", latest.dosage),
+                         ("Delivered by", latest.delivered_by), ("Whom to ask in the network", latest.contact)):
+        if value:
+            facts.append(Fact(label, value))
+    facts.append(Fact("The registered plan", "as registered, before results arrived" if registered else "as registered",
+                      f"{root}registered-plans.html#{plan_anchor(latest.intervention, latest.round)}"))
+    return facts
+
+
+def match_key_text(text: object) -> str:
+    """Names compared as the project compares them (case, spacing, Unicode form)."""
+    return match_key("" if is_blank(text) else str(text))
+
+
+def plan_view(trial_round: object) -> dict:
+    """One registry row as the registered-plans page shows it: the officer's words, planned schools
+    as a number (a school that later leaves is not named), never anything about a pupil."""
+    r = trial_round
+    rows = [("Intervention", r.intervention), ("Round", r.round), ("Primary outcome", r.outcome_measure),
+            ("Secondary outcomes", ", ".join(r.secondary_outcomes)), ("Round dates", round_dates(r)),
+            ("Registered on", day(r.registered_on)), ("Schools planned", str(len(r.schools))),
+            ("Year groups", r.year_groups), ("What it is", r.description), ("How it is delivered", r.dosage),
+            ("Delivered by", r.delivered_by), ("Whom to ask", r.contact), ("Toolkit strand", r.toolkit_strand or ""),
+            ("National Toolkit figure", months(r.national_months)),
+            ("Cost per pupil per year", "" if r.cost_per_pupil is None else f"\u00a3{r.cost_per_pupil:,.0f}")]
+    return {"anchor": plan_anchor(r.intervention, r.round), "title": f"{r.intervention}{', ' + r.round if r.round else ''}",
+            "rows": [(label, text) for label, text in rows if text]}

@@ -80,11 +80,14 @@ def _header(sheet, headers: list[str], widths: list[float]) -> None:
     sheet.freeze_panes = "A2"
 
 
-def table_xlsx(frame: pd.DataFrame, sheet_title: str, notes: list[tuple[str, str]] | None = None) -> bytes:
-    """One sheet holding ``frame`` (already formatted for people) with a bold, frozen header row.
+def table_xlsx(frame: pd.DataFrame, sheet_title: str, notes: list[tuple[str, str]] | None = None,
+               number_formats: dict[str, str] | None = None) -> bytes:
+    """One sheet holding ``frame`` (already formatted for people) with a bold, frozen header row and
+    a filter on it.
 
-    Column widths follow the longest value (10 to 60 characters); long text wraps. ``notes``
-    (heading, text) rows go on a second sheet "About".
+    Column widths follow the longest value (10 to 60 characters); long text wraps. Numbers stay
+    numbers; ``number_formats`` maps a header to Excel's display format (e.g. p-values
+    ``[<0.0001]"<0.0001";0.0000``). ``notes`` (heading, text) rows go on a second sheet "About".
     """
     book = Workbook()
     sheet = book.active
@@ -99,10 +102,15 @@ def table_xlsx(frame: pd.DataFrame, sheet_title: str, notes: list[tuple[str, str
         for c, v in enumerate(row, start=1):
             if not _missing(v):
                 _put(sheet.cell(row=r, column=c), v.item() if hasattr(v, "item") else v)
+    formats = {headers.index(h) + 1: f for h, f in (number_formats or {}).items() if h in headers}
     for row in sheet.iter_rows(min_row=2):
         for cell in row:
             if isinstance(cell.value, str) and len(cell.value) > 60:
                 cell.alignment = Alignment(wrap_text=True, vertical="top")
+            if cell.column in formats and isinstance(cell.value, (int, float)):
+                cell.number_format = formats[cell.column]
+    if headers:
+        sheet.auto_filter.ref = f"A1:{get_column_letter(len(headers))}{max(len(frame) + 1, 2)}"
     if notes:
         about = book.create_sheet("About")
         _header(about, ["", ""], [28, 100])
