@@ -13,9 +13,12 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from microtrials import gate as publication_gate
 from microtrials import publish, warehouse
 from microtrials.guidance import READY_MIN_SCHOOLS_BOTH_ARMS
 from microtrials.ingest.trial_key import TrialKey, plain_key
+from microtrials.registry import load_registry
+from pipelines.assets.registry import trials_file
 from pipelines.partitions import content_hash, extract_files, files_by_school
 from pipelines.resources import Settings, Warehouse
 
@@ -71,7 +74,7 @@ def every_file_loaded_or_rejected(
     if deliveries is None:
         deliveries = pd.DataFrame(columns=["file_name", "delivery_id", "status", "reason"], dtype=object)
     done = deliveries[
-        (deliveries["status"] == "loaded")
+        deliveries["status"].isin(["loaded", "held", "partly held"])
         | ((deliveries["status"] == "rejected") & deliveries["reason"].fillna("").astype(str).str.strip().ne(""))
     ][["file_name", "delivery_id"]].astype(object).drop_duplicates()
     accounted = expected.merge(done, how="left", indicator=True)
@@ -225,6 +228,9 @@ def one_row_per_trial(settings: Settings, warehouse_db: Warehouse) -> dg.AssetCh
     path = settings.out / "evidence_table.csv"
     with warehouse_db.connect() as con:
         results = _table(con, "trial_results")
+        gate = publication_gate.from_warehouse(con, load_registry(trials_file(settings)))
+    # rows whose names the publication gate withholds are not published (microtrials.gate)
+    results = None if results is None else publication_gate.withhold(results, gate)[0]
     trials = [] if results is None else trial_keys(results)
     if not path.is_file():
         return dg.AssetCheckResult(passed=False, description=f"{path} was not written", metadata={"trials": len(trials)})

@@ -12,6 +12,7 @@ from pipelines.assets.registry import REGISTRY_CHECKS, registry
 from pipelines.assets.trials import trial_results
 from pipelines.checks import ALL_CHECKS
 from pipelines.jobs import ALL_JOBS
+from pipelines.launch import LOGGERS
 from pipelines.resources import default_resources
 from pipelines.schedules import ALL_SCHEDULES, TIMEZONE
 from pipelines.sensors import ALL_SENSORS
@@ -36,4 +37,5 @@ defs = dg.Definitions(
     schedules=ALL_SCHEDULES,
     sensors=ALL_SENSORS,
     resources=default_resources(),
+    loggers=LOGGERS,
 )

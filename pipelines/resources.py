@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+from dagster_duckdb import DuckDBResource
 
 from microtrials import warehouse, workspace
 
@@ -51,20 +54,36 @@ class Settings(dg.ConfigurableResource):
         return Path(self.feedback_dir) if self.feedback_dir else self.out.parent / "feedback"
 
 
-class Warehouse(dg.ConfigurableResource):
-    """The DuckDB file; connections retry while another run holds the single-writer lock."""
+class Warehouse(DuckDBResource):
+    """The DuckDB warehouse file (dagster-duckdb's resource: ``database``, ``connection_config``), opened the
+    microtrials way: the schema applied to a writing connection, read-only connections for readers, and
+    waiting while another run holds the single-writer lock, with one plain line if it never frees.
 
-    db_path: str
+    (DuckDBResource's own ``get_connection`` opens read-write only, applies no schema and, after its
+    retries, raises DuckDB's raw lock error; so both entry points here go through
+    ``microtrials.warehouse``.)
+    """
+
+    @property
+    def db_path(self) -> str:
+        return self.database
 
     def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-        connect_with_retry = getattr(warehouse, "connect_with_retry", None)
-        if connect_with_retry is not None and not read_only:
-            con = connect_with_retry(self.db_path)
-        else:
-            con = warehouse.connect(self.db_path, read_only=read_only)
-        if not read_only:
-            _test_hook(con)
+        """A connection (a context manager that closes it); writers wait for the lock and get the schema."""
+        if read_only:
+            return warehouse.connect(self.database, read_only=True, config=self.connection_config)
+        con = warehouse.connect_with_retry(self.database, config=self.connection_config)
+        _test_hook(con)
         return con
+
+    @contextlib.contextmanager
+    def get_connection(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """DuckDBResource's entry point, as :meth:`connect`."""
+        con = self.connect(read_only=read_only)
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 # Test hook, for the crash and full-disk tests only (tests/test_recovery.py): MICROTRIALS_TEST_HOOK
@@ -106,5 +125,5 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             trials_file=os.environ.get("MICROTRIALS_TRIALS", str(trials)),
             workspace_dir="" if ws is None else str(ws.root),
         ),
-        "warehouse_db": Warehouse(db_path=os.environ.get("MICROTRIALS_DB", str(db))),
+        "warehouse_db": Warehouse(database=os.environ.get("MICROTRIALS_DB", str(db))),
     }

@@ -39,7 +39,7 @@ from microtrials import warehouse
 from pipelines.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, load_and_refresh, partition_range_tags
 from pipelines.partitions import SCHOOLS, content_hash, extract_files, school_key
 from pipelines.resources import Settings, Warehouse
-from pipelines.runs import process_alive
+from pipelines.launch import process_alive
 
 SENSOR_INTERVAL_SECONDS = int(os.environ.get("MICROTRIALS_SENSOR_INTERVAL", "15"))
 PENDING_TAG = "microtrials/pending"  # pending_digest of the files a sensor run is to load

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = REPO_ROOT / "tests" / "fixtures"  # copies of the network's reference set, so a clone tests alone
-SHARED = FIXTURES
-# A key as strong as the loader demands (128 bits or more); public, so only for tests.
-TEST_PUPIL_KEY = "test-pupil-key-not-secret-7c1e9a04b25d36f8"
+from tests.helpers.extracts import (  # noqa: F401 - re-exported for older imports
+    EXTRACT_HEADER,
+    FIXTURES,
+    REPO_ROOT,
+    SHARED,
+    TEST_PUPIL_KEY,
+    extract_csv,
+    pupil_rows,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -22,33 +25,6 @@ def _pupil_key(monkeypatch):
 
 
 # ---- school extract files built in tmp_path (used by test_extracts / test_loading) ----------
-
-EXTRACT_HEADER = (
-    "school_urn", "pupil_id", "intervention", "outcome_measure", "arm",
-    "outcome", "baseline", "fsm", "gender", "year_group", "send",
-)
-
-
-def pupil_rows(n, urn="111601", intervention="Reading", measure="NGRT", start=1, prefix="P"):
-    """``n`` valid extract rows (lists in EXTRACT_HEADER order), alternating arms."""
-    return [
-        [urn, f"{prefix}{urn}-{i}", intervention, measure, ("intervention", "control")[i % 2],
-         str(80 + i % 30), str(75 + i % 25), "YN"[i % 2], "FM"[i % 2], str(i % 7), "N"]
-        for i in range(start, start + n)
-    ]
-
-
-def extract_csv(rows, header=EXTRACT_HEADER) -> str:
-    """CSV text (comma-separated, minimal quoting, \\n line ends) of a header and rows."""
-    import csv
-    import io
-
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return out.getvalue()
-
 
 @pytest.fixture
 def write_extract(tmp_path):
@@ -67,13 +43,14 @@ def write_extract(tmp_path):
     return write
 
 
-# ---- Hypothesis profiles: "ci" (the default: hundreds of delivery sequences), "dev" (fewer, quicker) ----
-# Choose with HYPOTHESIS_PROFILE=dev. Tests that set their own max_examples keep them.
+# ---- Hypothesis profiles: "ci" (hundreds of delivery sequences; scripts/test.sh, so CI), "dev" (the
+# default for a bare `pytest`: fewer, quicker). Choose with HYPOTHESIS_PROFILE. A test that sets its own
+# max_examples takes it from tests.helpers.examples.examples(n): n under "ci", a fifth under "dev".
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-settings.register_profile("ci", max_examples=200, stateful_step_count=10, deadline=None,
+settings.register_profile("ci", max_examples=200, stateful_step_count=8, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=25, stateful_step_count=8, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

@@ -33,7 +33,7 @@ def published(tmp_path_factory):
 
     resources = {
         "settings": Settings(extracts_dir=str(extracts), out_dir=str(out)),
-        "warehouse_db": Warehouse(db_path=str(db)),
+        "warehouse_db": Warehouse(database=str(db)),
     }
     with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
         # Built inside the instance context: Definitions look up the current instance's state.
@@ -57,7 +57,7 @@ def copy_of(published, tmp_path: Path):
     shutil.copy(db, tmp_path / "warehouse.duckdb")
     return (
         Settings(extracts_dir=str(extracts), out_dir=str(tmp_path / "out")),
-        Warehouse(db_path=str(tmp_path / "warehouse.duckdb")),
+        Warehouse(database=str(tmp_path / "warehouse.duckdb")),
         tmp_path / "out",
     )
 
@@ -203,7 +203,7 @@ def test_quarantine_rate_over_the_limit_warns(tmp_path, write_extract):
     write_extract("a.csv", good)
     write_extract("b.csv", bad)
     settings = Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(tmp_path / "out"))
-    wh = Warehouse(db_path=str(tmp_path / "w.duckdb"))
+    wh = Warehouse(database=str(tmp_path / "w.duckdb"))
     from pipelines.definitions import defs
 
     with dg.instance_for_test() as instance:
@@ -228,7 +228,7 @@ def test_quarantine_rate_over_the_limit_warns(tmp_path, write_extract):
 def test_a_file_not_loaded_fails_the_load_check(tmp_path, write_extract):
     write_extract("a.csv", pupil_rows(10, urn="111601"))
     settings = Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(tmp_path / "out"))
-    wh = Warehouse(db_path=str(tmp_path / "w.duckdb"))
+    wh = Warehouse(database=str(tmp_path / "w.duckdb"))
     with wh.connect():
         pass  # an empty warehouse: nothing recorded for a.csv
     with dg.instance_for_test() as instance:

@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pytest
 
 from tests.conftest import REPO_ROOT, SHARED, pupil_rows
-
-MICROTRIALS = Path(sys.executable).with_name("microtrials")
-
-
-def run_cli(tmp_path: Path, extracts: Path, key: str | None) -> subprocess.CompletedProcess:
-    """`microtrials run` with DAGSTER_HOME = tmp/home holding a copy of the repo's dagster.yaml
-    (its relative storage paths then land under tmp/home, not in the repository)."""
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MICROTRIALS_", "DAGSTER_"))}
-    env["DAGSTER_HOME"] = str(home)
-    if key is not None:
-        env["MICROTRIALS_PUPIL_KEY"] = key
-    command = [str(MICROTRIALS), "run", "--extracts", str(extracts), "--out", str(tmp_path / "out"),
-               "--db", str(tmp_path / "warehouse.duckdb")]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+from tests.helpers.cli import run_cli
 
 
+@pytest.mark.slow
 def test_run_loads_every_school_in_one_run_and_publishes(tmp_path, monkeypatch):
     extracts = tmp_path / "extracts"
     shutil.copytree(SHARED / "reference" / "extracts", extracts)
@@ -59,6 +41,7 @@ def test_run_loads_every_school_in_one_run_and_publishes(tmp_path, monkeypatch):
         instance.dispose()
 
 
+@pytest.mark.slow
 def test_run_refuses_real_extracts_without_a_pupil_key(tmp_path, write_extract):
     extracts = write_extract("school.csv", pupil_rows(4)).parent
     done = run_cli(tmp_path, extracts, None)
@@ -68,6 +51,7 @@ def test_run_refuses_real_extracts_without_a_pupil_key(tmp_path, write_extract):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_run_refuses_a_missing_folder(tmp_path):
     done = run_cli(tmp_path, tmp_path / "missing", "k")
     assert done.returncode == 2 and "does not exist" in done.stderr
@@ -93,6 +77,7 @@ def test_the_instance_queues_runs_and_limits_the_warehouse_pool(tmp_path, monkey
     assert pupils.op.pool == "warehouse"
 
 
+@pytest.mark.slow
 def test_after_a_run_the_sensors_first_tick_has_nothing_to_do_and_the_summary_names_rejections(tmp_path, monkeypatch):
     from pipelines.resources import Settings, Warehouse
     from pipelines.sensors import extracts_sensor
@@ -116,7 +101,7 @@ def test_after_a_run_the_sensors_first_tick_has_nothing_to_do_and_the_summary_na
             instance=instance,
             cursor=None,  # the UI's first tick: the sensor has never run on this instance
             resources={"settings": Settings(extracts_dir=str(extracts), out_dir=str(out)),
-                       "warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb"))},
+                       "warehouse_db": Warehouse(database=str(tmp_path / "warehouse.duckdb"))},
         )
         first = extracts_sensor(context)
         assert not first.run_requests
@@ -127,7 +112,7 @@ def test_after_a_run_the_sensors_first_tick_has_nothing_to_do_and_the_summary_na
         second = extracts_sensor(dg.build_sensor_context(
             instance=instance, cursor=first.cursor,
             resources={"settings": Settings(extracts_dir=str(extracts), out_dir=str(out)),
-                       "warehouse_db": Warehouse(db_path=str(tmp_path / "warehouse.duckdb"))},
+                       "warehouse_db": Warehouse(database=str(tmp_path / "warehouse.duckdb"))},
         ))
         assert [r.partition_key for r in second.run_requests] == ["111601"]
     finally:

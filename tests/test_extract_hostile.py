@@ -12,6 +12,7 @@ from microtrials import warehouse
 from microtrials.extracts import ExtractRejected, read_extract, validate
 from microtrials.loading import load_file, load_report_frame
 from tests.conftest import EXTRACT_HEADER, extract_csv, pupil_rows
+from tests.helpers.examples import examples
 
 KEY = b"test-key"
 COLUMN = {name: i for i, name in enumerate(EXTRACT_HEADER)}
@@ -69,7 +70,7 @@ def test_a_quoted_comma_on_one_line_is_still_one_value(write_extract):
     assert result.quarantine.num_rows == 0 and result.trials == [("Reading, phonics first", "NGRT")]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.integers(0, 19), st.integers(0, 80)), min_size=1, max_size=4),
        st.sampled_from(["\n", "\r\n", "\r"]))
 def test_stray_quotes_anywhere_lose_no_line_without_one(write_extract, quotes, ending):

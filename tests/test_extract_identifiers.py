@@ -11,7 +11,7 @@ from microtrials import warehouse
 from microtrials.extracts import read_extract, validate
 from microtrials.loading import load_file, load_report_frame
 from tests.conftest import EXTRACT_HEADER, SHARED, extract_csv, pupil_rows
-from tests.test_cli import run_cli
+from tests.helpers.cli import run_cli
 
 COLUMN = {c: i for i, c in enumerate(EXTRACT_HEADER)}
 KEY = b"k" * 32

@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from tests.conftest import EXTRACT_HEADER, SHARED, extract_csv, pupil_rows
-from tests.test_cli import run_cli
+from tests.helpers.cli import run_cli
 
 COLUMN = {name: i for i, name in enumerate(EXTRACT_HEADER)}
 

@@ -8,7 +8,7 @@ from matplotlib.patches import Polygon
 
 from microtrials import plots
 from microtrials.trials import analyse_trial
-from tests.test_trial_store import _simulate
+from tests.helpers.trials import simulate as _simulate
 
 
 def test_diamond_is_the_published_effect_and_the_labels_say_what_is_drawn(monkeypatch):
@@ -36,7 +36,7 @@ def test_diamond_is_the_published_effect_and_the_labels_say_what_is_drawn(monkey
     assert np.isclose(np.median(xs), h.g)
     labels = [t.get_text() for t in captured["fig"].legends[0].get_texts()]
     assert any("prediction interval" in t for t in labels)
-    assert any("Empirical-Bayes" in t for t in labels)
+    assert any("shrunken" in t for t in labels) and any("on its own" in t for t in labels)
     texts = [t.get_text() for t in ax.texts]
     assert "one arm only (30 pupils in intervention)" in texts
     assert ax.get_title(loc="left") == plots.escape_math(f"{result.intervention} / {result.outcome_measure}")

@@ -11,7 +11,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from tests.test_cli_safety import KEY, MICROTRIALS, home_at, listing, run, some_extracts
+from tests.helpers.cli_safety import KEY, MICROTRIALS, home_at, listing, run, some_extracts
 
 REGISTRY = (
     "intervention,outcome_measure,round,start_date,end_date,schools,aliases\r\n"
@@ -45,7 +45,7 @@ def test_a_registry_saved_as_utf16_stops_the_run_and_the_last_publication_stays(
 
 def test_a_full_disk_while_publishing_leaves_the_last_publication_and_no_staging(tmp_path, monkeypatch):
     from microtrials import publish
-    from pipelines.runs import plain_error
+    from pipelines.launch import failure_for
 
     out = tmp_path / "out"
     publish.publish_folder(out, {"evidence_table.csv": "a,b\n1,2\n", "index.html": "<p>first</p>"})
@@ -64,7 +64,7 @@ def test_a_full_disk_while_publishing_leaves_the_last_publication_and_no_staging
         publish.publish_folder(out, {"evidence_table.csv": "a,b\n3,4\n", "index.html": "<p>second</p>"})
     assert listing(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
-    said = plain_error(type(raised.value).__name__, str(raised.value))
+    said = failure_for(raised.value).description
     assert said.startswith("the disk is full (") and "the last good publication stays" in said and "\n" not in said
 
 
@@ -90,14 +90,14 @@ def test_a_full_disk_at_the_history_append_says_so_not_cannot_rollback(tmp_path)
     from datetime import datetime
 
     from microtrials import history
-    from pipelines.runs import plain_error
+    from pipelines.launch import failure_for
 
     con = duckdb.connect(str(tmp_path / "w.duckdb"))
     table = pd.DataFrame({"intervention": ["Reading Boost"], "outcome_measure": ["NGRT"], "effect_size": [0.2]})
     with pytest.raises(duckdb.IOException) as raised:
         history.append_history(FullAtCommit(con), table, datetime(2026, 12, 7, 3))
     assert "cannot rollback" not in str(raised.value)
-    assert plain_error(type(raised.value).__name__, str(raised.value)).startswith("the disk is full (")
+    assert failure_for(raised.value).description.startswith("the disk is full (")
     assert con.execute("SELECT count(*) FROM evidence_history").fetchone()[0] == 0  # nothing half-written
 
 

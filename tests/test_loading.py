@@ -15,6 +15,7 @@ from microtrials import loading, warehouse
 from microtrials.errors import MicrotrialsError
 from microtrials.loading import load_file, load_folder, load_report_frame
 from tests.conftest import EXTRACT_HEADER, extract_csv, pupil_rows
+from tests.helpers.examples import examples
 
 KEY = b"test-key"
 COLUMN = {name: i for i, name in enumerate(EXTRACT_HEADER)}
@@ -312,10 +313,10 @@ def test_a_failing_file_in_a_shared_transaction_loses_no_other_file(con, write_e
         folder = write_extract(f"{urn}.csv", pupil_rows(2, urn=urn)).parent
     real_write = loading._write
 
-    def failing(cur, group, accept=False):
+    def failing(cur, group, how):
         if any(d.report.file_name == "111602.csv" for d in group):
             raise duckdb.ConstraintException("simulated failure")
-        return real_write(cur, group, accept)
+        return real_write(cur, group, how)
 
     monkeypatch.setattr(loading, "_write", failing)
     with pytest.raises(duckdb.ConstraintException, match="simulated"):
@@ -351,6 +352,7 @@ def _hold_lock(db_path, locked, release):
     con.close()
 
 
+@pytest.mark.slow
 def test_two_processes_loading_at_once_both_finish(tmp_path, write_extract):
     for i in range(3):
         write_extract(f"1116{i:02d}.csv", pupil_rows(50, urn=f"1116{i:02d}"), folder="a")
@@ -373,6 +375,7 @@ def test_two_processes_loading_at_once_both_finish(tmp_path, write_extract):
     assert counts == [(f"1116{i:02d}", 50) for i in range(3)] + [(f"1117{i:02d}", 40) for i in range(3)]
 
 
+@pytest.mark.slow
 def test_a_held_lock_becomes_a_clear_error_after_the_timeout(tmp_path):
     db = tmp_path / "held.duckdb"
     warehouse.connect(db).close()
@@ -446,7 +449,7 @@ def messy_extract(draw):
     return (bom + out.getvalue()).encode("utf-8"), good
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(50), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(messy_extract())
 def test_random_messy_files_never_crash_or_lose_a_good_row(tmp_path, case):
     content, good_ids = case

@@ -46,6 +46,7 @@ def warehouse_with_one_round(tmp_path: Path) -> Path:
     return db
 
 
+@pytest.mark.slow
 def test_plan_prints_mdes_strength_and_schools_needed_from_earlier_rounds(tmp_path, warehouse_with_one_round):
     before = hashlib.sha256(warehouse_with_one_round.read_bytes()).hexdigest()
     done = plan(tmp_path, "reciprocal reading programme", "--schools", "10", "--pupils-per-school", "50")
@@ -67,6 +68,7 @@ def test_plan_prints_mdes_strength_and_schools_needed_from_earlier_rounds(tmp_pa
     assert hashlib.sha256(warehouse_with_one_round.read_bytes()).hexdigest() == before, "the warehouse is only read"
 
 
+@pytest.mark.slow
 def test_unknown_intervention_is_one_plain_error_line(tmp_path, warehouse_with_one_round):
     done = plan(tmp_path, "Reading boost", "--schools", "10")
     assert done.returncode == 2 and done.stdout == ""
@@ -76,6 +78,7 @@ def test_unknown_intervention_is_one_plain_error_line(tmp_path, warehouse_with_o
     assert "known: Reciprocal reading" in lines[0] and "register it in trials.csv" in lines[0]
 
 
+@pytest.mark.slow
 def test_too_few_schools_and_no_warehouse_are_said_plainly(tmp_path):
     (tmp_path / "trials.csv").write_text(REGISTRY, encoding="utf-8")
     done = plan(tmp_path, "Reciprocal reading", "--schools", "1")

@@ -8,24 +8,22 @@ The dagster.yaml is the repository's with the storage block README "Shared deplo
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.conftest import SHARED
-from tests.servers import POSTGRES_ENV, REPO_ROOT, VENV_BIN, postgres_bindir, postgres_server, write_instance_yaml
-
-
-def readme_storage_block() -> dict:
-    """The `storage:` block README "Shared deployment (PostgreSQL)" tells a deployment to use."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme.split("## Shared deployment (PostgreSQL)", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1)
-    return yaml.safe_load(block)["storage"]
+from tests.helpers.servers import (
+    POSTGRES_ENV,
+    REPO_ROOT,
+    VENV_BIN,
+    postgres_bindir,
+    postgres_server,
+    readme_storage_block,
+    write_instance_yaml,
+)
 
 
 def test_readme_block_reads_every_setting_from_the_environment():

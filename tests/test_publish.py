@@ -191,6 +191,7 @@ def _exchange_supported(tmp_path) -> bool:
         b.rmdir()
 
 
+@pytest.mark.slow
 def test_readers_never_see_a_partial_publication(tmp_path):
     """While publications are swapped repeatedly, every file read is one complete version.
 

@@ -156,6 +156,7 @@ def test_a_full_disk_is_one_plain_line_and_nothing_half_written(tmp_path):
     assert now == published, "the last good publication stays, byte for byte"
 
 
+@pytest.mark.slow
 def test_dagster_home_missing_or_without_its_yaml_is_refused_in_one_line(tmp_path):
     extracts(tmp_path, schools=1)
     env = environment(tmp_path)

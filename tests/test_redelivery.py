@@ -189,6 +189,7 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2, reason="forked workers: Linux, 2+ cores")
 def test_loader_workers_die_when_the_loader_is_killed(tmp_path, write_extract):
     for i in range(4):

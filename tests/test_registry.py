@@ -231,7 +231,7 @@ def _materialize(tmp_path):
     (tmp_path / "data" / "extracts").mkdir(parents=True, exist_ok=True)
     resources = {
         "settings": Settings(extracts_dir=str(tmp_path / "data" / "extracts"), out_dir=str(tmp_path / "out")),
-        "warehouse_db": Warehouse(db_path=str(tmp_path / "w.duckdb")),
+        "warehouse_db": Warehouse(database=str(tmp_path / "w.duckdb")),
     }
     with dg.instance_for_test() as instance:
         return dg.materialize([registry, *REGISTRY_CHECKS], resources=resources, raise_on_error=True, instance=instance)

@@ -1,5 +1,4 @@
-"""What keeps a run over thousands of school partitions linear (issue 13): partitions read once per
-run, one planned event per asset, the identifier check looking up only what the files hold."""
+"""What keeps a run over thousands of school partitions linear: partition queries per run, planned events, identifier look-ups."""
 
 from __future__ import annotations
 
@@ -8,54 +7,80 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pytest
 
 from microtrials import publish
-from pipelines.runs import partitions_fixed_for_the_run
+from tests.helpers.extracts import extract_csv, pupil_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_a_run_reads_its_partitions_once_and_sees_its_own_additions(tmp_path, monkeypatch):
-    shutil.copy(REPO / "dagster.yaml", tmp_path)
-    monkeypatch.chdir(tmp_path)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("schools", ["100001", "100002"])
-    reads = []
-    real = instance.get_dynamic_partitions
+def _sensor_style_run(tmp_path: Path, n_schools: int) -> tuple[dict[str, int], int]:
+    """Deliver ``n_schools`` new school files, let the extracts sensor ask for its run, execute that run
+    (as the daemon's run worker would) and count the instance storage's partition queries during it:
+    ({"listings": ..., "lookups": ...}, schools loaded)."""
+    from pipelines.definitions import defs
+    from pipelines.resources import Settings, Warehouse
+    from pipelines.sensors import extracts_sensor
 
-    def counted(partitions_def_name):
-        reads.append(partitions_def_name)
-        return real(partitions_def_name)
+    extracts = tmp_path / f"extracts-{n_schools}"
+    extracts.mkdir()
+    for i in range(n_schools):
+        urn = f"{400000 + i:06d}"
+        (extracts / f"{urn}.csv").write_text(extract_csv(pupil_rows(4, urn=urn)))
+    resources = {"settings": Settings(extracts_dir=str(extracts), out_dir=str(tmp_path / f"out-{n_schools}")),
+                 "warehouse_db": Warehouse(database=str(tmp_path / f"w-{n_schools}.duckdb"))}
+    with dg.instance_for_test() as instance:
+        tick = extracts_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        for request in tick.dynamic_partitions_requests:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        [run] = tick.run_requests  # new schools are adjacent: one run over their range
+        storage = instance.event_log_storage
+        counts = {"listings": 0, "lookups": 0}
 
-    monkeypatch.setattr(instance, "get_dynamic_partitions", counted)
-    partitions = dg.DynamicPartitionsDefinition(name="schools")
-    with partitions_fixed_for_the_run(instance, "schools"):
-        for _ in range(50):  # what Dagster does for each add_asset_metadata(partition_key=...)
-            with dg.partition_loading_context(dynamic_partitions_store=instance):
-                keys = partitions.get_partition_keys_in_range(dg.PartitionKeyRange("100001", "100002"))
-        assert keys == ["100001", "100002"]
-        assert instance.has_dynamic_partition("schools", "100002")
-        assert not instance.has_dynamic_partition("schools", "100003")
-        assert reads == ["schools"]  # one read of storage, not 50
-        instance.add_dynamic_partitions("schools", ["100003"])
-        assert instance.has_dynamic_partition("schools", "100003")  # its own addition is seen
-        assert instance.get_dynamic_partitions("schools") == ["100001", "100002", "100003"]
-    assert instance.get_dynamic_partitions("schools") == ["100001", "100002", "100003"]
-    assert len(reads) == 3  # after the run every call reads storage again
-    instance.dispose()
+        def counted(name, real):
+            def call(*args, **kwargs):
+                counts[name] += 1
+                return real(*args, **kwargs)
+            return call
+
+        # Counting the storage's answers (the test's own instance; the pipeline patches nothing).
+        storage.get_dynamic_partitions = counted("listings", storage.get_dynamic_partitions)
+        storage.has_dynamic_partition = counted("lookups", storage.has_dynamic_partition)
+        job = defs.get_job_def("load_and_refresh")
+        result = job.execute_in_process(instance=instance, tags=run.tags, resources=resources, raise_on_error=False)
+        assert result.success
+        loaded = len(result.asset_observations_for_node("pupils"))
+    return counts, loaded
 
 
-def test_the_cli_asks_for_one_planned_event_per_asset(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_partition_queries_of_a_sensor_run_do_not_grow_with_the_schools(tmp_path):
+    few, loaded_few = _sensor_style_run(tmp_path, 4)
+    many, loaded_many = _sensor_style_run(tmp_path, 400)
+    assert (loaded_few, loaded_many) == (4, 400)
+    assert many == few, (few, many)  # the same handful of queries for 4 schools and for 400
+    assert many["listings"] <= 12, many
+
+
+def test_the_cli_asks_for_one_planned_event_per_asset_and_batched_event_writes(tmp_path, monkeypatch):
+    import os
+
     from microtrials import cli
 
     monkeypatch.delenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", raising=False)
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "250")  # a deployment's own choice is kept
     shutil.copy(REPO / "dagster.yaml", tmp_path)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     cli.use_instance_environment()
-    import os
 
     assert os.environ["DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"] == "1"
+    assert os.environ["DAGSTER_EVENT_BATCH_SIZE"] == "250"
+    monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE")
+    cli.use_instance_environment()
+    assert os.environ["DAGSTER_EVENT_BATCH_SIZE"] == "1000"
+    monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE")  # restored (unset) after the test
     assert dg.DagsterInstance.ephemeral().event_log_storage.supports_partition_subset_in_asset_materialization_planned_events
 
 

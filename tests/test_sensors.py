@@ -6,6 +6,7 @@ import json
 import os
 
 import dagster as dg
+import pytest
 
 from pipelines.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START
 from pipelines.partitions import SCHOOLS
@@ -21,7 +22,7 @@ def tick(instance, extracts, cursor=None) -> dg.SensorResult:
         cursor=cursor,
         resources={
             "settings": Settings(extracts_dir=str(extracts), out_dir=str(extracts.parent / "out")),
-            "warehouse_db": Warehouse(db_path=str(extracts.parent / "warehouse.duckdb")),
+            "warehouse_db": Warehouse(database=str(extracts.parent / "warehouse.duckdb")),
         },
     )
     result = extracts_sensor(context)
@@ -124,6 +125,7 @@ def test_new_changed_unchanged_deleted(tmp_path, write_extract):
         assert not back.run_requests and "a.csv" in json.loads(back.cursor)
 
 
+@pytest.mark.slow
 def test_a_sensor_run_that_died_is_retried_by_the_next_tick(tmp_path, write_extract):
     """Issue 21: a sensor run that died left its file unloaded for good (twelve ticks later, 0 rows).
     The warehouse's deliveries decide what is done, not the cursor."""
@@ -201,6 +203,7 @@ def test_changed_schools_far_apart_get_a_run_each():
     assert run_blocks(["111603"], order) == [["111603"]]
 
 
+@pytest.mark.slow
 def test_a_busy_warehouse_postpones_the_tick_without_losing_the_files(tmp_path, write_extract):
     """While another process writes the warehouse, the tick skips and keeps its cursor: nothing is missed."""
     import subprocess

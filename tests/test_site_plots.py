@@ -47,7 +47,7 @@ def test_title_and_labels_stay_inside_the_figure():
 
 
 def test_the_published_svg_holds_the_wrapped_title(monkeypatch):
-    from tests.test_site import BASE
+    from tests.helpers.site import BASE
     evidence = pd.DataFrame([dict(BASE, intervention=LONG_TITLE[:150], outcome_measure="NGRT")])
     schools = {(LONG_TITLE[:150], "NGRT"): _schools(["111109", "111110", "111111"])}
     files = build_site(evidence, schools, pd.DataFrame(), "d", "r")

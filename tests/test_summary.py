@@ -12,7 +12,7 @@ import pandas as pd
 from microtrials import summary, workspace
 from microtrials.registry import read_registry, results_due
 from microtrials.site import build_site
-from tests.test_site import small_evidence, small_load_report
+from tests.helpers.site import small_evidence, small_load_report
 
 MESSAGES = pd.DataFrame({
     "level": ["warning", "error", "error"],

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.conftest import SHARED
-from tests.servers import LOOPBACK, VENV_BIN, ProcessGroup, Started, free_port, wait_until, write_instance_yaml
+from tests.helpers.servers import LOOPBACK, VENV_BIN, ProcessGroup, Started, free_port, wait_until, write_instance_yaml
 
 DEFS_MODULE = "pipelines.definitions"
 LOCATION = DEFS_MODULE  # `-m MODULE` names the code location after the module
@@ -178,6 +178,7 @@ def test_dropped_extract_runs_through_the_sensor(deployment: Deployment):
     assert d.webserver.popen.returncode is not None and d.daemon.popen.returncode is not None
 
 
+@pytest.mark.slow
 def test_process_cleanup_leaves_nothing(tmp_path: Path):
     """The helper that stops the servers ends children that left the process group, too."""
     processes = ProcessGroup(marker=uuid.uuid4().hex)

@@ -16,7 +16,7 @@ import pytest
 
 from microtrials.cli import descendants
 from tests.conftest import REPO_ROOT
-from tests.servers import free_port, wait_until
+from tests.helpers.servers import free_port, wait_until
 
 MICROTRIALS = Path(sys.executable).with_name("microtrials")
 
@@ -44,6 +44,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_busy_port_is_one_line_and_exit_1(tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
         busy.bind(("127.0.0.1", 0))

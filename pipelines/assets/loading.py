@@ -1,10 +1,9 @@
-"""School extracts -> the warehouse's pupils, quarantine and deliveries tables, one partition per school.
+"""School extracts -> the warehouse's pupils, quarantine and deliveries tables, one partition per school."""
 
-Each school partition's materialization carries that school's own figures only (its files, rows,
-reasons, trials, status, where its feedback file is), so a run's storage grows linearly with the
-number of schools; the run-wide load report goes to the warehouse's `load_report` table (and the
-published `load_report.csv`), and the run's log gets one line of counts.
-"""
+# Each school partition gets an observation carrying that school's own figures only (its files, rows,
+# reasons, trials, status, where its feedback file is), so a run's storage grows linearly with the
+# number of schools; the run-wide load report goes to the warehouse's `load_report` table (and the
+# published `load_report.csv`), and the run's log gets one line of counts.
 
 import warnings
 from collections import Counter
@@ -15,7 +14,11 @@ import pandas as pd
 
 from microtrials import feedback, loading, privacy, warehouse
 from microtrials.errors import MicrotrialsError
-from pipelines.partitions import extract_files, files_by_school, schools_partitions
+from microtrials.ingest.trial_key import TrialKeys
+from microtrials.registry import load_registry
+from pipelines.assets.registry import trials_file
+from pipelines.launch import officer_step
+from pipelines.partitions import files_by_school, schools_partitions
 from pipelines.resources import Settings, Warehouse
 
 PUPILS_SCHEMA = dg.TableSchema(
@@ -60,39 +63,26 @@ warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.Bet
     "until `microtrials accept FILE`), `partly rejected`, `rejected` (nothing new loaded; the rows loaded "
     "before stay) or `no file`. `changes` says, one line per school trial round, what the files did.",
 )
+@officer_step
 def pupils(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse) -> dg.MaterializeResult:
-    key = privacy.pupil_key_from_env(settings.extracts)
-    feedback.check_private(settings.feedback, settings.out)  # before anything is loaded
     by_school = files_by_school(settings.extracts)
     # A run without a partition (e.g. `dg.materialize` of every asset) loads every school's files.
     partitioned = context.has_partition_key or context.has_partition_key_range
-    schools = list(context.partition_keys) if partitioned else sorted(by_school)
+    schools = list(context.partition_keys) if partitioned else sorted(by_school)  # the run's schools, read once
     files = sorted((p for s in schools for p in by_school.get(s, [])), key=lambda p: p.name)
     ignored = loading.ignored_entries(settings.extracts) if settings.extracts.is_dir() else []
-    with warehouse_db.connect() as con:
-        note = privacy.check_key_unchanged(con, key, privacy.new_key_allowed())
-        if note:
-            context.log.warning(note)
-        reports = loading.load_files(con, files, key)
-        present = {p.name for p in settings.extracts.iterdir()} if settings.extracts.is_dir() else set()
-        _update_load_report(con, loading.load_report_frame(reports + ignored), {p.name for p in files} | {r.file_name for r in ignored}, present)
-        try:
-            written = feedback.write_feedback(con, reports, {p.name: p for p in files}, settings.feedback, settings.out)
-        except MicrotrialsError as exc:  # the load itself is committed: say so, and carry on
-            context.log.error(str(exc))
-            written = []
-        urns = [s for s in schools if not s.startswith("file-")]
-        held = con.execute(warehouse.sql("school_summary"), {"urns": urns}).df()
-    by_name = {r.file_name: r for r in reports}
-    statuses = Counter()
+    reports, written, held = _load(context, settings, warehouse_db, files, ignored, schools)
+    statuses: Counter = Counter()
     if partitioned:
+        by_name = {r.file_name: r for r in reports}
         held_by_school = {urn: group for urn, group in held.groupby("school_urn", sort=False)}
-        no_trials = held.iloc[0:0]
         for school in schools:
             school_reports = [by_name[p.name] for p in by_school.get(school, []) if p.name in by_name]
-            metadata = school_metadata(school, school_reports, held_by_school.get(school, no_trials), settings.feedback)
+            metadata = school_metadata(school, school_reports, held_by_school.get(school, held.iloc[0:0]), settings.feedback)
             statuses[metadata["status"]] += 1
-            context.add_asset_metadata(metadata, partition_key=school)
+            # An observation per school, not add_asset_metadata(partition_key=...): Dagster 1.13 lists
+            # every partition of the run's range on each such call (docs/deployment.md, "Partition look-ups").
+            context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=school, metadata=metadata))
     summary = {
         "files": len(reports),
         "files_rejected": sum(r.status == "rejected" for r in reports),
@@ -107,6 +97,40 @@ def pupils(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: 
     )
     # Metadata here would be copied onto every partition: only a run without partitions gets the counts.
     return dg.MaterializeResult(metadata=None if partitioned else summary)
+
+
+def _load(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse, files: list[Path],
+          ignored: list, schools: list[str]) -> tuple[list, list, pd.DataFrame]:
+    """Load ``files`` into the warehouse: (file reports, feedback files written, pupils held per school and trial)."""
+    key = privacy.pupil_key_from_env(settings.extracts)
+    feedback.check_private(settings.feedback, settings.out)  # before anything is loaded
+    with warehouse_db.connect() as con:
+        note = privacy.check_key_unchanged(con, key, privacy.new_key_allowed())
+        if note:
+            context.log.warning(note)
+        reports = loading.load_files(con, files, key, keys=_trial_keys(settings, context))
+        present = {p.name for p in settings.extracts.iterdir()} if settings.extracts.is_dir() else set()
+        _update_load_report(con, loading.load_report_frame(reports + ignored),
+                            {p.name for p in files} | {r.file_name for r in ignored}, present)
+        try:
+            written = feedback.write_feedback(con, reports, {p.name: p for p in files}, settings.feedback, settings.out)
+        except MicrotrialsError as exc:  # the load itself is committed: say so, and carry on
+            context.log.error(str(exc))
+            written = []
+        urns = [s for s in schools if not s.startswith("file-")]
+        held = con.execute(warehouse.sql("school_summary"), {"urns": urns}).df()
+    return reports, written, held
+
+
+def _trial_keys(settings: Settings, context: dg.AssetExecutionContext) -> TrialKeys | None:
+    """The trial keys of the registry this run reads (so a re-delivery replaces what this run's
+    analysis counts as the same trial round); None (the warehouse's last registry) when it cannot be read."""
+    try:
+        parsed = load_registry(trials_file(settings))
+    except MicrotrialsError as exc:
+        context.log.warning(f"loading places rows by the registry last stored in the warehouse: {exc}")
+        return None
+    return TrialKeys(parsed.rounds if parsed is not None else ())  # no file: every name is its own trial
 
 
 def school_status(reports: list[loading.FileReport]) -> str:

@@ -8,10 +8,12 @@ import dagster as dg
 import pandas as pd
 
 from microtrials import dictionary, history, loading, planner, publish, site, summary, warehouse, workspace
+from microtrials import gate as publication_gate
 from microtrials.errors import MicrotrialsError
 from microtrials.evidence_table import COLUMNS, EXTRA_COLUMNS, SCHOOL_COLUMNS
 from microtrials.registry import load_registry
 from pipelines.assets.registry import trials_file
+from pipelines.launch import officer_step
 from pipelines.resources import DEFAULT_EXTRACTS, Settings, Warehouse
 
 HISTORY_ROWS_SHOWN = 6  # publications per trial in the UI's history table
@@ -31,6 +33,7 @@ CORRECTION_TAG = "microtrials/correction"  # a run tag marking the run as a corr
     "changed since the last one); each trial page shows how its estimate moved publication by "
     "publication and what changed since the last publication.",
 )
+@officer_step
 def evidence_table(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse) -> dg.MaterializeResult:
     with warehouse_db.connect() as con:
         stored = con.execute(warehouse.sql("evidence_table")).df()
@@ -52,6 +55,11 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
         withdrawn = history.withdrawn_schools(con)
         spellings = (con.execute(warehouse.sql("merged_spellings")).df()
                      if warehouse.table_exists(con, "trial_spellings") else None)
+        registry = load_registry(trials_file(settings))
+        # Every delivered name passes the publication gate: a trial row whose name is neither
+        # registered nor carried widely is not published (microtrials.gate).
+        gate = publication_gate.from_warehouse(con, registry)
+    table, withheld = publication_gate.withhold(table, gate)
     registry_rows = None
     if progress is not None and len(progress) or messages is not None and len(messages):
         registry_rows = site.registry_report(messages, progress)
@@ -68,25 +76,31 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     run_date = now.strftime("%d %B %Y %H:%M UTC")
     published_at = now.replace(tzinfo=None)
     # The rows exactly as evidence_table.csv will hold them (after disclosure control): what the
-    # history keeps and the pages plot.
-    published = site.published_table(table)
-    school_urns = schools[[c for c in ("intervention", "outcome_measure", "round", "school_urn") if c in schools]]
+    # history keeps and the pages plot. Disclosure control covers every table of this publication together and its differences from
+    # the last ones (site.protected_publication): the same counts the pages then show.
+    previous = site.previous_counts(settings.out, kept)
+    published, protected_schools = site.protected_publication(table, per_trial, previous)
+    # A school is named ("school 111109 joined") only when its own figures are published.
+    school_urns = site.published_schools(published, protected_schools)
     unchanged = history.same_as_latest(kept, published, school_urns, withdrawn)
     # `microtrials run --correction WHY` (or the run tag, from the UI): this publication corrects a mistake
     correction = context.run.tags.get(CORRECTION_TAG) or os.environ.get("MICROTRIALS_CORRECTION") or None
     shown = kept if unchanged else pd.concat(
         [kept, history.publication_frame(published, published_at, school_urns, withdrawn, correction)],
         ignore_index=True)
-    registry = load_registry(trials_file(settings))
-    plans = planner.plans_for_page(planner.round_plans(registry, stored), registry) if registry is not None else []
+    # The planner's "schools of about N pupils" comes from published counts only.
+    plans = (planner.plans_for_page(planner.round_plans(registry, site.with_published_counts(stored, published)),
+                                    registry) if registry is not None else [])
     problems: list[str] = []
     ws = workspace.load(settings.workspace_dir) if settings.workspace_dir else None
     sending = workspace.send_details(ws.contact if ws else workspace.Contact(),
                                      list(registry.rounds) if registry is not None else [], now.date())
     files = site.build_site(table, per_trial, load_report, data_date, run_date, problems=problems,
                             history=shown, plans=plans, registry_rows=registry_rows,
-                            spellings=spellings, sending=sending, registry=registry,
+                            spellings=spellings, sending=sending, registry=registry, gate=gate, previous=previous,
                             **({"area": ws.area} if ws else {}))
+    if withheld:
+        context.log.info(f"{withheld} trial row(s) withheld by the publication gate (names not registered or not carried widely)")
     for problem in problems:  # one trial's trouble is reported, never a reason to stop the others
         context.log.warning(problem)
     # The blocking checks run again on the folder afterwards; here the same tests stop a bad

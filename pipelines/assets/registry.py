@@ -19,6 +19,7 @@ from microtrials.registry import (
     registry_bytes,
     registry_path,
 )
+from pipelines.launch import officer_step
 from pipelines.resources import Settings, Warehouse
 
 
@@ -45,11 +46,12 @@ def _md(frame: pd.DataFrame) -> dg.MetadataValue:
     "officer should act on (interventions not in the registry, schools not in the plan). With no file the run goes on and "
     "every intervention name is taken as a trial, as before.",
 )
+@officer_step
 def registry(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse) -> dg.MaterializeResult:
     path = trials_file(settings)
     with warehouse_db.connect() as con:
         history.ensure_tables(con)
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():  # anything else at the path is read, or refused
             history.clear_registry(con)
             warning = no_registry_warning(path)
             context.log.warning(warning)

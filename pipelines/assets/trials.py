@@ -9,6 +9,7 @@ from microtrials import history, plots, registry as reg, trial_store
 from microtrials.evidence_table import evidence_row
 from microtrials.trials import TrialResult
 from pipelines.assets.registry import trials_file
+from pipelines.launch import officer_step
 from pipelines.resources import Settings, Warehouse
 
 # A trial with more schools than this gets no per-school table or PNG forest plot in its metadata
@@ -37,6 +38,7 @@ METADATA_SCHOOLS = 50
     "a row with the reason; a numerical failure keeps that trial's previous row as not_refreshed. "
     "Writes `trial_results`, `school_results` and `trial_spellings`.",
 )
+@officer_step
 def trial_results(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: Warehouse) -> dg.MaterializeResult:
     path = trials_file(settings)
     registry = reg.load_registry(path)
@@ -103,7 +105,8 @@ def _numeric_metadata(results: list[TrialResult]) -> dict[str, float]:
             continue
         label = _label(r)
         figures = {"effect_size": r.headline.g, "ci_low": r.headline.ci_low, "ci_high": r.headline.ci_high,
-                   "tau": None if r.pool is None else r.pool.tau,
+                   "tau": None if r.spread is None else r.spread.tau,
+                   "random-intercept effect_size (sensitivity)": None if r.sensitivity is None else r.sensitivity.g,
                    "evidence_strength": None if r.strength is None else r.strength.score}
         out.update({f"{label}: {k}": float(v) for k, v in figures.items() if v is not None})
     return out
@@ -126,8 +129,10 @@ def trial_markdown(result: TrialResult) -> str:
     if result.primary is None:
         return f"**{result.status}**: " + "; ".join(result.notes)
     parts = []
-    for label, fit in (("Primary", result.primary), ("Unconditional", result.unconditional),
-                       ("Random slope", result.random_slope), ("Arm x FSM", result.interaction),
+    parts.append(f"**Headline model**: {result.model_choice}")
+    for label, fit in (("Primary (headline)", result.primary), ("Unconditional", result.unconditional),
+                       ("Random slope (multisite)", result.random_slope),
+                       ("Random intercept (sensitivity)", result.random_intercept), ("Arm x FSM", result.interaction),
                        ("FSM pupils only", result.fsm_model)):
         if fit is None:
             parts.append(f"**{label}**: not fitted")
@@ -144,19 +149,26 @@ def trial_markdown(result: TrialResult) -> str:
         ]
     effects = pd.DataFrame(
         [(name, e.g, e.ci_low, e.ci_high) for name, e in
-         (("g (total SD)", result.headline), ("g (within-school SD)", result.within), ("g, FSM pupils", result.fsm))
+         (("g (total SD)", result.headline), ("g (within-school SD)", result.within),
+          ("g, random-intercept model (sensitivity)", result.sensitivity), ("g, FSM pupils", result.fsm))
          if e is not None],
         columns=["effect size", "g", "ci_low", "ci_high"],
     )
     parts += ["**Effect sizes**", effects.round(4).to_markdown(index=False)]
+    if result.spread is not None:
+        m = result.spread
+        pi = "blank (fewer than 3 schools)" if m.pi_low != m.pi_low else f"{m.pi_low:.4f} to {m.pi_high:.4f}"
+        parts.append(
+            f"**Variation between schools** (the headline model, k = {m.k} schools with both arms, t on {m.df} df): "
+            f"tau = {m.tau:.4f}, I2 = {m.i2:.1f}%; prediction interval {pi}; "
+            f"P(new school benefits) = {m.p_new_positive:.3f}"
+        )
     if result.pool is not None:
         p = result.pool
-        pi = ("blank (fewer than 3 schools)" if p.pi_low != p.pi_low else f"{p.pi_low:.4f} to {p.pi_high:.4f}")
         parts.append(
-            f"**Variation between schools** (each school's own ANCOVA / total SD, REML, t on {p.df} df, k = {p.k}): "
-            f"mean {p.mu:.4f} (SE {p.se:.4f}; 95% CI {p.ci_low:.4f} to {p.ci_high:.4f}); tau = {p.tau:.4f}, "
-            f"I2 = {p.i2:.1f}%, Q = {p.q:.2f} (p = {p.q_p:.4f}); prediction interval {pi}; "
-            f"P(new school benefits) = {p.p_new_positive:.3f}"
+            f"*Two-stage check (not published; overstates the variation when schools are small)*: the schools' own "
+            f"ANCOVAs pooled by REML (k = {p.k}): mean {p.mu:.4f} (SE {p.se:.4f}), tau = {p.tau:.4f}, I2 = {p.i2:.1f}%, "
+            f"Q = {p.q:.2f} (p = {p.q_p:.4f})"
         )
     parts += _school_parts(result)
     a = result.attrition
@@ -174,7 +186,8 @@ def _school_parts(result: TrialResult) -> list[str]:
     larger one the 5 highest and 5 lowest school effects and where every school is (the metadata of a
     materialization stays a few KB however many schools a trial has)."""
     schools = result.per_school
-    heading = "**Per-school effects** (g: the school's own ANCOVA / total SD; eb_g: empirical-Bayes estimate)"
+    heading = ("**Per-school effects** (g: this school on its own, its own ANCOVA / total SD; eb_g: its shrunken "
+               "effect, the headline plus its arm-slope BLUP / total SD)")
     if len(schools) <= METADATA_SCHOOLS:
         parts = [heading, schools.round(4).to_markdown(index=False)]
         plot = _forest_png(result)
@@ -194,10 +207,10 @@ def _school_parts(result: TrialResult) -> list[str]:
 
 def _forest_png(result: TrialResult) -> bytes | None:
     """The forest plot as published: the diamond is effect_size and its CI, the PI around it,
-    squares the per-school ANCOVA effects, circles their empirical-Bayes estimates."""
+    squares each school on its own (its ANCOVA), circles its shrunken effect from the headline model."""
     if result.headline is None:
         return None
-    h, p = result.headline, result.pool
+    h, p = result.headline, result.spread
     prediction = None if p is None or p.pi_low != p.pi_low else (p.pi_low, p.pi_high)
     return plots.forest_plot_png(result.per_school, (h.g, h.ci_low, h.ci_high),
                                  _label(result), prediction)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
-import logging
 import os
 import signal
 import socket
@@ -15,8 +13,6 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# The terminal shows Dagster's INFO lines and above; every DEBUG event is still in the run's log in the UI.
-QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 # Exit codes: 0 published; 1 the run failed, nothing new published; 2 nothing started (bad input or setup).
 FAILED, NOT_STARTED = 1, 2
 # Seconds `microtrials ui` gives Dagster's processes to stop after SIGTERM before killing them.
@@ -288,11 +284,9 @@ def use_instance_environment() -> Path:
             "DAGSTER_HOME to use the repository's"
         )
     os.chdir(home)
-    # One "planned" event per asset for a run over many school partitions instead of one per school:
-    # with SQLite storage each event is a commit, and 20,000 schools would spend minutes on them
-    # before any work starts. Dagster's documented trade-off: if such a run fails as a whole, its
-    # partitions are not each marked failed (the run is, and each school's status is in its metadata).
-    os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "1")
+    from pipelines.launch import use_dagster_settings
+
+    use_dagster_settings()
     return home
 
 
@@ -371,15 +365,6 @@ def check_output_folder(out: Path, extracts: Path, db: Path, feedback: Path, hom
             raise refuse(f"overlaps the Dagster instance's storage {folder} (run history, logs)")
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM stops a run as Ctrl-C does: the step is interrupted, its transaction rolled back, the run marked failed."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
 def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = False, trials: Path | None = None,
                  correction: str | None = None) -> int:
     """Register a school partition for every extract file, then load them all and refresh the trial
@@ -423,29 +408,28 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
         print(f"microtrials run: {' '.join(str(exc).split())}", file=sys.stderr)
         return NOT_STARTED
 
-    _stop_on_sigterm()
+    from pipelines import launch
+
+    launch.stop_on_signals()
     stopped = ("microtrials run: stopped (Ctrl-C or SIGTERM); the warehouse keeps only what was committed "
                "before the stop and the last good publication stays; run again to finish")
     try:
-        result = _execute(extracts)
+        result = launch.run_everything(extracts, home)
     except KeyboardInterrupt:
         print(stopped, file=sys.stderr)
         return 130
-    except Exception as exc:  # a full disk can surface from any layer (Dagster's own SQLite storage too)
-        from pipelines.runs import plain_error
-
-        if not isinstance(exc, (MicrotrialsError, OSError)) and not _disk_full(str(exc)):
+    except Exception as exc:  # noqa: BLE001 - before the run: what an officer can act on, else the trace
+        failure = launch.failure_for(exc)
+        if failure is None:
             raise
-        print(f"microtrials run failed: {plain_error(type(exc).__name__, str(exc))}", file=sys.stderr)
+        print(f"microtrials run failed: {failure.description}", file=sys.stderr)
         return FAILED
-    from pipelines.runs import failure_reason, interrupted, published
-
-    if interrupted(result):
+    if result.interrupted:
         print(stopped, file=sys.stderr)
         return 130
-    if not result.success or not published(result):
-        reason = failure_reason(result)
-        if published(result):  # a blocking check on the publication itself failed after the swap
+    if not result.success or not result.published:
+        reason = result.reason
+        if result.published:  # a blocking check on the publication itself failed after the swap
             reason += (f"; the publication in {out} was replaced before this check failed: do not share it "
                        "until a run passes")
         print(f"microtrials run failed: {reason}", file=sys.stderr)
@@ -486,129 +470,6 @@ def check_key_matches(db: Path, key: bytes, new_key: bool) -> None:
         con.close()
 
 
-class _OfficerConsole(logging.Filter):
-    """Dagster's console lines as an officer needs them; every event stays whole in the run's log.
-
-    A step or run failure caused by a MicrotrialsError (a message written for the officer) or by a
-    full disk loses its stack trace: the first line stays, and `microtrials run` ends with the plain reason. The
-    "Dependencies for step ... Not executing" lines that follow any failure are dropped. Other
-    errors (a bug) keep their trace for whoever reports it.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if record.levelno >= logging.ERROR and "Dependencies for step" in message and "Not executing" in message:
-            return False
-        if ("MicrotrialsError" in message or _disk_full(message)) and "\n" in message:
-            record.msg, record.args = message.split("\n", 1)[0] + " (the reason is below; details in the Dagster UI)", ()
-        return True
-
-
-def _disk_full(text: str) -> bool:
-    from pipelines.runs import is_disk_full
-
-    return is_disk_full(text)
-
-
-class _OfficerLogger(logging.Logger):
-    """The logger class Dagster's console logger is built from during `microtrials run` (see _OfficerConsole)."""
-
-    def __init__(self, name: str, level: int | str = logging.NOTSET) -> None:
-        super().__init__(name, level)
-        self.addFilter(_OfficerConsole())
-
-
-#: In DAGSTER_HOME: held while a `microtrials run` opens the instance (see instance_lock).
-INSTANCE_LOCK = ".microtrials-instance.lock"
-
-
-@contextlib.contextmanager
-def instance_lock(home: Path, timeout_s: float = 120.0):
-    """Hold an exclusive lock on ``DAGSTER_HOME/.microtrials-instance.lock`` (fcntl; a no-op where there is none).
-
-    Two runs starting at once on a fresh DAGSTER_HOME would both create the instance's SQLite
-    tables and one would die with "table ... already exists"; they take turns instead (for a
-    second or so; the runs themselves still run side by side). After ``timeout_s`` the run goes
-    on without the lock rather than wait for ever.
-    """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    handle = open(home / INSTANCE_LOCK, "a")
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-        yield
-    finally:
-        handle.close()  # releases the lock
-
-
-def open_instance(home: Path):
-    """The Dagster instance of DAGSTER_HOME ``home``, its storage created (tables and all) under :func:`instance_lock`."""
-    import dagster as dg
-
-    with instance_lock(home):
-        instance = dg.DagsterInstance.get()
-        try:  # touch the run, event-log and schedule storage: each creates its tables now
-            instance.get_runs(limit=1)
-            instance.all_instigator_state()
-            instance.event_log_storage.get_maximum_record_id()
-        except BaseException:
-            instance.dispose()
-            raise
-    return instance
-
-
-def _execute(extracts: Path):
-    """One in-process Dagster run of every school (or the refresh alone) on the persistent instance."""
-    import dagster as dg
-
-    from pipelines.definitions import defs
-    from pipelines.jobs import partition_range_tags
-    from pipelines.partitions import SCHOOLS, files_by_school
-    from pipelines.runs import partitions_fixed_for_the_run, process_tags, recover_dead_runs
-
-    home = Path(os.environ["DAGSTER_HOME"])
-    instance = open_instance(home)
-    try:
-        with instance_lock(home):  # two runs registering the same new schools at once take turns too
-            for run_id in recover_dead_runs(instance):
-                print(f"note: run {run_id} had been left unfinished by a process that is gone; marked failed",
-                      file=sys.stderr)
-            schools = sorted(files_by_school(extracts))
-            registered = set(instance.get_dynamic_partitions(SCHOOLS))
-            new = [key for key in schools if key not in registered]
-            if new:
-                instance.add_dynamic_partitions(SCHOOLS, new)
-            # Every registered school, in partition order: a school whose file has gone loads nothing
-            # and keeps its rows (README "For officers").
-            every = list(instance.get_dynamic_partitions(SCHOOLS))
-        if every:
-            job, tags = defs.resolve_job_def("load_and_refresh"), partition_range_tags(every[0], every[-1])
-        else:
-            job, tags = defs.resolve_job_def("refresh"), {}
-        previous = logging.getLoggerClass()
-        logging.setLoggerClass(_OfficerLogger)  # Dagster builds its console logger from this class
-        try:
-            with partitions_fixed_for_the_run(instance, SCHOOLS):
-                return job.execute_in_process(
-                    instance=instance, tags=tags | process_tags(), raise_on_error=False, run_config=QUIET
-                )
-        finally:
-            logging.setLoggerClass(previous)
-    finally:
-        instance.dispose()
-
-
 def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str], str]:
     """What the run did, for the terminal: files loaded / rejected / unchanged, rows set aside,
     warnings, trials by status, then the officer's to-do list (:mod:`microtrials.summary`) and where
@@ -616,11 +477,11 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
     could be published), those trials with their reasons on one line (else '')."""
     import pandas as pd
 
+    from microtrials import publish, warehouse, workspace
     from microtrials import summary as todo
-    from microtrials import warehouse, workspace
 
     evidence = out / "evidence_table.csv"
-    table = pd.read_csv(evidence) if evidence.is_file() else pd.DataFrame()
+    table = publish.read_published_csv(evidence) if evidence.is_file() else pd.DataFrame()
     ws = workspace.from_environment()
     feedback = _feedback_folder()
     lines = [f"microtrials run finished (Dagster run {run_id})"]
@@ -754,16 +615,9 @@ def descendants(pid: int) -> set[int]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+    from microtrials.publish import pid_alive
+
+    return pid_alive(pid)
 
 
 def start_ui(port: int) -> int:

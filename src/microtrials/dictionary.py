@@ -86,7 +86,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("months_progress", "Months of extra progress", "The effect size converted to months of additional "
           "progress with the Education Endowment Foundation's table.", "months", _E),
     Entry("tau", "Spread between schools", "Standard deviation of the effect between schools (tau), on the "
-          "effect-size scale.", "standard deviations", _E),
+          "effect-size scale, from the same model as the effect size.", "standard deviations", _E),
     Entry("i2", "Variation not due to chance", "I-squared: share of the variation between schools' results that "
           "is not due to chance.", "percent", _E),
     Entry("pi_low", "New school: lowest", "Lower end of the 95% prediction interval: the effect a new school "
@@ -132,16 +132,17 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("n_intervention", "Pupils in the intervention group", "Analysed pupils in the intervention group.",
           "pupils", _S),
     Entry("n_control", "Pupils in the control group", "Analysed pupils in the control group.", "pupils", _S),
-    Entry("g", "School's own effect", "The school's own effect (its own comparison, allowing for earlier "
-          "scores) divided by the trial's total standard deviation: same scale as effect_size.",
+    Entry("g", "School on its own", "This school on its own: its own comparison, allowing for earlier "
+          "scores, divided by the trial's total standard deviation: same scale as effect_size.",
           "standard deviations", _S),
-    Entry("eb_g", "School's effect, adjusted", "Empirical-Bayes estimate: the school's effect pulled towards the "
-          "trial's overall result in proportion to its uncertainty.", "standard deviations", _S),
+    Entry("eb_g", "School's effect, adjusted", "The school's effect from the trial's model: the overall result "
+          "plus this school's estimated difference from it, pulled towards the overall result in proportion to "
+          "its uncertainty.", "standard deviations", _S),
     Entry("note", "Note", "Plain words about this school, e.g. \"one arm only (23 pupils in intervention)\".",
           "text", _S),
     # --- the public load report ---------------------------------------------------------------
-    Entry("File", "File", "The school file's name, or \"file from school <URN>\" when the name carries more "
-          "than a URN, a date and plain words (see the rule on the load report page).", "text", LOAD),
+    Entry("File", "File", "\"file N from school <URN>\": a file's own name is never published (it could carry "
+          "a pupil's name, in any script).", "text", LOAD),
     Entry("School URN", "School URN", "The URN the file is for (in registry_report.csv: the school(s) concerned, "
           "or the schools still awaited).", "text", f"{LOAD}; {REGISTRY}"),
     Entry("Status", "Status", "In plain words: rejected (nothing loaded), partly loaded (some rows set aside), "
@@ -151,9 +152,10 @@ ENTRIES: tuple[Entry, ...] = (
           "No numbers of rows or pupils are published (they would reveal small schools' figures).", "text", LOAD),
     Entry("Warnings", "Warnings", "What was odd but loaded, e.g. \"read as Windows-1252\" or an optional value "
           "blanked because it was not understood.", "text", LOAD),
-    Entry("Trials", "Trials", "The trials the file holds.", "text", LOAD),
-    Entry("Columns dropped", "Columns dropped", "Columns outside the format, dropped unread (they may hold "
-          "personal data).", "text", LOAD),
+    Entry("Trials", "Trials", "The trials the file holds: a name only when it is registered or sent for at least "
+          "10 pupils by at least 2 schools; otherwise how many names were not shown.", "text", LOAD),
+    Entry("Columns dropped", "Columns dropped", "How many columns outside the format were dropped unread; their "
+          "headers are never published (they may hold personal data).", "text", LOAD),
     # --- the registry report -------------------------------------------------------------------
     Entry("Trial", "Trial", "The registered intervention, or the name a school used that is not in the registry.",
           "text", REGISTRY),

@@ -36,13 +36,13 @@ def _r(value: float | None, digits: int = 4) -> float | None:
 def evidence_row(result: TrialResult) -> dict[str, object]:
     """The evidence-table row for one trial. Each figure is a field of ``TrialResult``:
 
-    effect_size/ci = result.headline (g on the unconditional total SD); p_value = result.p_value;
-    tau = sqrt(result.pool.tau2), i2 = result.pool.i2, pi = result.pool.pi_low/high and
-    p_new_school_benefits = result.pool.p_new_positive (t-based REML pooling of the per-school
-    ANCOVA effects); fsm_* = result.fsm; evidence_strength = result.strength.score; status =
-    result.status. A not_estimable row has every figure blank and its reason first in notes.
+    effect_size/ci = result.headline (the multisite model's arm coefficient on the unconditional
+    total SD); p_value = result.p_value; tau, i2, pi and p_new_school_benefits = result.spread (the
+    same model: slope SD / total SD, prediction interval on k - 1 df); fsm_* = result.fsm;
+    evidence_strength = result.strength.score; status = result.status. A not_estimable row has
+    every figure blank and its reason first in notes.
     """
-    headline, pool, fsm, strength = result.headline, result.pool, result.fsm, result.strength
+    headline, pool, fsm, strength = result.headline, result.spread, result.fsm, result.strength
     notes = list(result.notes)
     if strength is not None:
         notes.append("evidence strength " + strength.reasons[0] + "".join("; " + r for r in strength.reasons[1:]))
@@ -59,7 +59,7 @@ def evidence_row(result: TrialResult) -> dict[str, object]:
         "ci_high": _r(headline and headline.ci_high),
         "p_value": None if result.p_value is None else float(f"{result.p_value:.4g}"),
         "months_progress": None if headline is None else months_progress(headline.g),
-        "tau": _r(pool and math.sqrt(max(pool.tau2, 0.0))),
+        "tau": _r(pool and pool.tau),
         "i2": _r(pool and pool.i2, 1),
         "pi_low": _r(pool and pool.pi_low),
         "pi_high": _r(pool and pool.pi_high),

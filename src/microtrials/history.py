@@ -131,14 +131,19 @@ def _publication_rows(table: pd.DataFrame, schools: pd.DataFrame | None,
     """The published rows as JSON-safe dicts, each with ``school_urns`` when ``schools`` is given
     (and ``withdrawn_urns``, the trial's schools ``withdrawn``, when any)."""
     urns: dict[tuple[str, str, str], set[str]] = {}
+    blanked: dict[tuple[str, str, str], set[str]] = {}
     if schools is not None and len(schools):
         for school in schools.to_dict("records"):
             urns.setdefault(_key(school), set()).add(str(school["school_urn"]))
+            if school.get("blanked") in (True, 1):  # its figures are not published: never named (docs/methods.md)
+                blanked.setdefault(_key(school), set()).add(str(school["school_urn"]))
     rows = []
     for record in table.to_dict("records"):
         row = {k: _plain(v) for k, v in record.items()}
         if schools is not None:
             row["school_urns"] = " ".join(sorted(urns.get(_key(row), set())))
+            if blanked.get(_key(row)):
+                row["schools_blanked"] = " ".join(sorted(blanked[_key(row)]))
         left = sorted(u for u, trial in (withdrawn or ()) if trial == _key(row)[0])
         if left:
             row["withdrawn_urns"] = " ".join(left)
@@ -315,15 +320,26 @@ def what_changed(previous_rows: pd.DataFrame | Iterable[Mapping[str, object]] | 
         clauses = []
         new_urns = sorted(_urn_list(row.get("school_urns")) - _urn_list(old.get("school_urns")))
         gone_urns = sorted(_urn_list(old.get("school_urns")) - _urn_list(row.get("school_urns")))
+        # a school whose figures are blanked (a group under 10, or protecting one) is counted, never named
+        joined_unnamed = len([u for u in new_urns if u in _urn_list(row.get("schools_blanked"))])
+        left_unnamed = len([u for u in gone_urns if u in _urn_list(old.get("schools_blanked"))])
+        hidden = joined_unnamed + left_unnamed
+        new_urns = [u for u in new_urns if u not in _urn_list(row.get("schools_blanked"))]
+        gone_urns = [u for u in gone_urns if u not in _urn_list(old.get("schools_blanked"))]
         if new_urns:
             clauses.append(f"school{'s' if len(new_urns) > 1 else ''} {_join(new_urns)} joined")
+        if joined_unnamed:
+            clauses.append(f"{'a school' if joined_unnamed == 1 else f'{joined_unnamed} schools'} joined")
         left = [u for u in gone_urns if u in _urn_list(row.get("withdrawn_urns"))]
         gone_urns = [u for u in gone_urns if u not in left]
         if left:
             clauses.append(f"school{'s' if len(left) > 1 else ''} {_join(left)} withdrawn")
         if gone_urns:
             clauses.append(f"school{'s' if len(gone_urns) > 1 else ''} {_join(gone_urns)} no longer counted")
-        if not new_urns and not gone_urns and not left and row.get("schools") != old.get("schools") and row.get("schools") is not None:
+        if left_unnamed:
+            clauses.append(f"{'a school' if left_unnamed == 1 else f'{left_unnamed} schools'} no longer counted")
+        if not new_urns and not gone_urns and not left and not hidden and row.get("schools") != old.get("schools") \
+                and row.get("schools") is not None:
             clauses.append(f"schools {old.get('schools')} → {row.get('schools')}")
         m_old, m_new = _months_of(old), _months_of(row)
         if m_old != m_new:

@@ -160,7 +160,8 @@ def extract_files(folder: Path) -> list[Path]:
 
 
 def load_files(
-    con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes, new_pupil_key: bool = False, accept: bool = False
+    con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes, new_pupil_key: bool = False, accept: bool = False,
+    keys: trial_key.TrialKeys | None = None,
 ) -> list[FileReport]:
     """Load ``paths`` in the order given, as :func:`load_file` would one by one, but faster.
 
@@ -175,7 +176,10 @@ def load_files(
 
     With ``accept`` (the officer's ``microtrials accept FILE``), each file is read again even if
     recorded, and only the change sets the hold rule would hold are applied (``accepted``).
+    ``keys`` places the rows in trials and rounds (the registry the run reads); by default, the
+    registry last stored in the warehouse (:func:`microtrials.ingest.trial_key.from_warehouse`).
     """
+    how = _How(accept, keys)
     check_key_unchanged(con, key, new_pupil_key)
     paths = [Path(p) for p in paths]
     chunks = [paths[first : first + BATCH_FILES] for first in range(0, len(paths), BATCH_FILES)]
@@ -186,10 +190,10 @@ def load_files(
             # Staging looks up only this chunk's files, which the previous chunk's writes never name.
             next_staged = _stage(con, chunk, key, pool, accept)
             if staged is not None:
-                reports += _finish(con, staged, accept)
+                reports += _finish(con, staged, how)
             staged = next_staged
         if staged is not None:
-            reports += _finish(con, staged, accept)
+            reports += _finish(con, staged, how)
     return reports
 
 
@@ -262,6 +266,15 @@ class _Delivery:
     warnings: pa.Table | None = None  # with source_file and delivery_id
 
 
+@dataclass(frozen=True)
+class _How:
+    """How a load applies its change sets: as the officer's ``accept``, and through which trial keys
+    (None: the registry last stored in the warehouse)."""
+
+    accept: bool = False
+    keys: trial_key.TrialKeys | None = None
+
+
 @dataclass
 class _Staged:
     """A chunk of files on its way: the unchanged ones' stored reports, the others being prepared."""
@@ -323,13 +336,13 @@ def _stage(con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes, pool, 
     return _Staged(paths, earlier, prepared)
 
 
-def _finish(con: duckdb.DuckDBPyConnection, staged: _Staged, accept: bool = False) -> list[FileReport]:
+def _finish(con: duckdb.DuckDBPyConnection, staged: _Staged, how: _How) -> list[FileReport]:
     """Write a staged chunk's prepared files; their reports (and the unchanged ones') in path order."""
     todo = [p for p in staged.paths if p not in staged.earlier]
     prepared = dict(zip(todo, staged.prepared))
     _judge_against_trials(con, list(prepared.values()))
     for group in _groups_of_distinct_schools(list(prepared.values())):
-        _write_group(con, group, accept)
+        _write_group(con, group, how)
     return [prepared[p].report if p in prepared else staged.earlier[p] for p in staged.paths]
 
 
@@ -555,23 +568,23 @@ def _groups_of_distinct_schools(deliveries: list[_Delivery]) -> list[list[_Deliv
     return groups
 
 
-def _write_group(con: duckdb.DuckDBPyConnection, group: list[_Delivery], accept: bool = False) -> None:
+def _write_group(con: duckdb.DuckDBPyConnection, group: list[_Delivery], how: _How) -> None:
     """Write a group in one transaction; if that fails (not a conflict), each file in its own."""
     try:
-        _write_once(con, group, accept)
+        _write_once(con, group, how)
     except duckdb.Error:
         if len(group) == 1:
             raise
         for delivery in group:  # a failing file raises here, after the files before it are written
-            _write_once(con, [delivery], accept)
+            _write_once(con, [delivery], how)
 
 
-def _write_once(con: duckdb.DuckDBPyConnection, group: list[_Delivery], accept: bool = False) -> None:
+def _write_once(con: duckdb.DuckDBPyConnection, group: list[_Delivery], how: _How) -> None:
     """Write ``group`` in one transaction, leaving out files another connection recorded meanwhile
     (a loaded one of those becomes ``unchanged``)."""
     while group:
         try:
-            changed = _in_transaction(con, lambda cur: _write(cur, group, accept), _frames(group))
+            changed = _in_transaction(con, lambda cur: _write(cur, group, how), _frames(group))
             for delivery in group:
                 if delivery.report.file_name in changed:
                     delivery.report.__dict__.update(changed[delivery.report.file_name].__dict__)
@@ -615,12 +628,13 @@ def _frames(group: list[_Delivery]) -> dict[str, pa.Table]:
     return frames
 
 
-def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], accept: bool = False) -> dict[str, FileReport]:
+def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], how: _How) -> dict[str, FileReport]:
     """Inside a transaction: plan each loaded file's change sets (:mod:`microtrials.change_sets`),
     delete the rows the applied ones replace, insert their rows, the files' quarantine and warnings,
     and record every file in ``deliveries`` and every change set in ``change_sets``. A held change
     set changes nothing. Returns the reports that changed (applied once committed), by file name."""
-    plan = _plan(cur, group, accept)
+    accept = how.accept
+    plan = _plan(cur, group, how)
     changed = _reports_after(group, plan, accept)
     for delivery in group:  # a file that loads no row at all is rejected, its rows set aside explained
         report = changed.get(delivery.report.file_name, delivery.report)
@@ -699,7 +713,7 @@ def withdraw(con: duckdb.DuckDBPyConnection, school_urn: str, trial: str | None 
             return []
         cur.register("batch_replace", plan.replace)
         whole = {"urn": school_urn, "whole": not trial and not round_name}
-        cur.execute(warehouse.sql("withdraw_pupils"))
+        cur.execute(warehouse.sql("delete_school_trials"))  # the combinations in batch_replace
         cur.execute(warehouse.sql("withdraw_quarantine"), whole)
         cur.execute(warehouse.sql("withdraw_warnings"), whole)
         record_change_sets(cur, plan.change_sets)
@@ -708,7 +722,7 @@ def withdraw(con: duckdb.DuckDBPyConnection, school_urn: str, trial: str | None 
     return _in_transaction(con, work)
 
 
-def _plan(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], accept: bool) -> change_sets.Plan:
+def _plan(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], how: _How) -> change_sets.Plan:
     """The change sets of the group's loaded files against the warehouse's rows of their schools."""
     loaded = [d for d in group if d.report.status == "loaded" and d.report.school_urn and d.pupils is not None]
     if not loaded:
@@ -719,7 +733,8 @@ def _plan(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], accept: bool) 
     named = [(d.report.file_name, d.delivery_id, d.report.school_urn, i, m)
              for d in loaded for i, m in d.report.trials if trials_text([(i, m)]) not in d.report.trials_rejected]
     stored = change_sets.stored_rows(cur, [d.report.school_urn for d in loaded])
-    return change_sets.plan_changes(stored, incoming, trial_key.from_warehouse(cur), named, accept)
+    keys = how.keys or trial_key.from_warehouse(cur)
+    return change_sets.plan_changes(stored, incoming, keys, named, how.accept)
 
 
 def _reports_after(group: list[_Delivery], plan: change_sets.Plan, accept: bool) -> dict[str, FileReport]:

@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import statsmodels.formula.api as smf
-from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 # Names of the fixed effects, shared by every fitter so results can be compared by name.
 INTERCEPT, ARM, BASELINE, FSM, ARM_FSM = "Intercept", "arm", "baseline", "fsm", "arm:fsm"
@@ -85,6 +83,8 @@ def fit_mixedlm(
             terms.append(c)
     formula = design_formula(terms)
     re_formula = "~arm" if random_slope else "~1"
+    import statsmodels.formula.api as smf  # here: the pipeline's REML never needs statsmodels (a second of import)
+
     model = smf.mixedlm(formula, frame, groups=frame["school_urn"], re_formula=re_formula)
     messages: list[str] = []
     result, converged = None, False
@@ -134,6 +134,8 @@ def fit_mixedlm(
 
 def _try_fit(model, method: str):
     """One REML fit with one optimiser; returns (result or None, converged without warnings)."""
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

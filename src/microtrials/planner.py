@@ -307,12 +307,15 @@ DEFAULT_PUPILS_PER_SCHOOL = 60  # when no earlier round says how many pupils a s
 
 def pupils_per_school(results: pd.DataFrame | None, intervention: str) -> int:
     """Pupils randomised per school in the intervention's earlier rounds (total pupils_randomised /
-    total schools, cumulative rows left out), else :data:`DEFAULT_PUPILS_PER_SCHOOL`."""
+    total schools, cumulative rows and rows with a blank count left out), else
+    :data:`DEFAULT_PUPILS_PER_SCHOOL`. The publication passes its counts after disclosure control."""
     if results is None or not len(results) or not {"pupils_randomised", "schools"} <= set(results):
         return DEFAULT_PUPILS_PER_SCHOOL
     rows = results[results["intervention"].map(match_key) == match_key(intervention)]
     if "round" in rows:
         rows = rows[rows["round"].fillna("").map(match_key) != "all rounds"]
+    # only rounds whose count is published: a blanked count (a small pilot) must not come back as an average
+    rows = rows[pd.to_numeric(rows["pupils_randomised"], errors="coerce").notna()]
     pupils = pd.to_numeric(rows["pupils_randomised"], errors="coerce").sum()
     schools = pd.to_numeric(rows["schools"], errors="coerce").sum()
     return int(round(pupils / schools)) if schools > 0 and pupils > 0 else DEFAULT_PUPILS_PER_SCHOOL

@@ -75,14 +75,14 @@ def _figure(per_school: pd.DataFrame, pooled: tuple[float, float, float], title:
         sizes = 20 + 80 * weight / weight.max()
         ax.hlines(y[shown], lo[shown], hi[shown], color=SCHOOL_COLOUR, linewidth=1.4)
         ax.scatter(g[shown], y[shown], marker="s", s=sizes, color=SCHOOL_COLOUR, zorder=3,
-                   label="School's own effect (ANCOVA, 95% CI)")
+                   label="This school on its own (its own ANCOVA, 95% CI)")
     eb_column = "eb_g" if "eb_g" in rows else None
     if eb_column is not None:
         shrunk = pd.to_numeric(rows[eb_column], errors="coerce").to_numpy(dtype=float)
         ok = ~np.isnan(shrunk) & shown
         if ok.any():
             ax.scatter(shrunk[ok], y[ok], marker="o", s=28, facecolor="white", edgecolor=INK, zorder=4,
-                       label="Empirical-Bayes estimate (pulled towards the mean)")
+                       label="The school's effect from the trial's model (shrunken)")
     pooled_g, pooled_lo, pooled_hi = (float(v) for v in pooled)
     x_values = [v for v in np.concatenate([lo[shown], hi[shown]]) if np.isfinite(v)]
     x_values += [v for v in (pooled_lo, pooled_hi) if math.isfinite(v)]
@@ -141,14 +141,14 @@ def ranked_figure(per_school: pd.DataFrame, pooled: tuple[float, float, float], 
     if k:
         ax.hlines(y, lo[order], hi[order], color=SCHOOL_COLOUR, linewidth=0.6, alpha=0.5, rasterized=True)
         ax.scatter(g[order], y, marker="s", s=4, color=SCHOOL_COLOUR, zorder=3, rasterized=True,
-                   label="School's own effect (ANCOVA, 95% CI), ranked")
+                   label="This school on its own (its own ANCOVA, 95% CI), ranked")
         x_values += [v for v in np.concatenate([lo[order], hi[order]]) if np.isfinite(v)]
         if "eb_g" in rows:
             shrunk = pd.to_numeric(rows["eb_g"], errors="coerce").to_numpy(dtype=float)[order]
             ok = ~np.isnan(shrunk)
             if ok.any():
                 ax.scatter(shrunk[ok], y[ok], marker="o", s=3, facecolor="none", edgecolor=INK, linewidth=0.4,
-                           zorder=4, rasterized=True, label="Empirical-Bayes estimate (pulled towards the mean)")
+                           zorder=4, rasterized=True, label="The school's effect from the trial's model (shrunken)")
     pooled_g, pooled_lo, pooled_hi = (float(v) for v in pooled)
     x_values += [v for v in (pooled_lo, pooled_hi) if math.isfinite(v)]
     if prediction is not None and all(math.isfinite(float(v)) for v in prediction):
@@ -213,7 +213,8 @@ def forest_plot(per_school: pd.DataFrame, pooled: tuple[float, float, float], ti
     """SVG bytes: one row per school (g with 95% CI, square sized by weight) and the published diamond.
 
     ``per_school`` has columns school_urn, g, ci_low, ci_high (each school's own ANCOVA effect on
-    the total-SD scale) and optionally n_intervention, n_control, eb_g (empirical-Bayes estimates,
+    the total-SD scale: this school on its own) and optionally n_intervention, n_control, eb_g (the shrunken
+    effects of the headline model,
     drawn as labelled open circles) and note (shown for a row with a blank g: one arm, too few
     pupils, suppressed; else "not published"). ``pooled`` is the published (effect_size, ci_low,
     ci_high); ``prediction`` (pi_low, pi_high) is drawn as a labelled dashed line around it.

@@ -367,3 +367,43 @@ def random_effects_reml_t(yi: ArrayLike, vi: ArrayLike, level: float = 0.95) -> 
         p_new_positive=float(stats.t.cdf(mu / sd_new, df)) if k >= PI_MIN_SCHOOLS else nan,
         blup=empirical_bayes(y, v, mu, fit.tau2), converged=fit.converged,
     )
+
+
+@dataclass(frozen=True)
+class MultisiteSpread:
+    """How the effect varies between schools, from the multisite model, on the effect_size scale.
+
+    ``tau`` = the arm slope's SD / the total SD; ``pi_*`` = g -/+ t_{k-1, 0.975} sqrt(SE^2 + tau^2)
+    and ``p_new_positive`` = F_{t, k-1}(g / sqrt(SE^2 + tau^2)) (NaN when k < ``PI_MIN_SCHOOLS``);
+    ``i2`` = 100 tau^2 / (tau^2 + s^2), s^2 the typical sampling variance of a school's own effect
+    under the model (``typical_variance`` of sigma2 (1/n1 + 1/n0) / SD_total^2 per school).
+    """
+
+    k: int
+    df: int
+    tau: float
+    i2: float
+    pi_low: float
+    pi_high: float
+    p_new_positive: float
+
+
+def multisite_spread(g: float, se: float, tau: float, k: int, school_vars: ArrayLike,
+                     level: float = 0.95) -> MultisiteSpread:
+    """The prediction interval, P(new school benefits) and I^2 of the multisite model (contract, section 2).
+
+    ``g``, ``se``: the headline effect size and its SE; ``tau``: the slope SD over the same total SD;
+    ``k``: schools with analysed pupils in both arms (df = k - 1, as metafor ``predict`` after a
+    t-based ``rma``; Higgins, Thompson & Spiegelhalter 2009); ``school_vars``: each such school's
+    sampling variance of its own arm effect under the model, on the same scale (for I^2).
+    """
+    nan = float("nan")
+    df = max(k - 1, 0)
+    sd_new = math.sqrt(se**2 + tau**2)
+    v = np.asarray(school_vars, dtype=float)
+    i2 = 100.0 * tau**2 / (tau**2 + typical_variance(v)) if v.size >= 2 else nan
+    if k < PI_MIN_SCHOOLS:
+        return MultisiteSpread(k=k, df=df, tau=tau, i2=i2, pi_low=nan, pi_high=nan, p_new_positive=nan)
+    crit = float(stats.t.ppf(0.5 + level / 2, df))
+    return MultisiteSpread(k=k, df=df, tau=tau, i2=i2, pi_low=g - crit * sd_new, pi_high=g + crit * sd_new,
+                           p_new_positive=float(stats.t.cdf(g / sd_new, df)))

@@ -45,6 +45,7 @@ class SchoolStats:
     Xty: np.ndarray  # shape (J, p)
     yty: np.ndarray  # shape (J,)
     columns: tuple[str, ...] = DESIGN_COLUMNS
+    centres: tuple[float, float] = (0.0, 0.0)  # (outcome, baseline) the sums are about (common_centre)
 
     @property
     def n_obs(self) -> int:
@@ -93,10 +94,14 @@ def cells_from_frame(data: pd.DataFrame, extra_keys: tuple[str, ...] = ()) -> pd
     """The cell sums of ``sql/matched_cells.sql`` from a frame of one trial's pupil rows.
 
     ``data`` has columns school_urn, arm (1/0), outcome, baseline (may be missing), fsm (1/0/missing),
-    and any ``extra_keys`` (e.g. ``round``) that split the cells further.
+    and any ``extra_keys`` (e.g. ``round``) that split the cells further. As in the SQL, outcome and
+    baseline are summed about their means (``outcome_centre``, ``baseline_centre``).
     """
     base = data["baseline"].astype(float) if "baseline" in data else pd.Series(np.nan, index=data.index)
     y = data["outcome"].astype(float)
+    cy = float(y.mean()) if y.notna().any() else 0.0
+    cb = float(base.mean()) if base.notna().any() else 0.0
+    base, y = base - cb, y - cy
     frame = pd.DataFrame({
         "school_urn": data["school_urn"].astype(str),
         "arm": data["arm"].astype(float),
@@ -113,7 +118,74 @@ def cells_from_frame(data: pd.DataFrame, extra_keys: tuple[str, ...] = ()) -> pd
     })
     cells = frame.groupby([*CELL_KEYS, *extra_keys], dropna=False, sort=True).sum().reset_index()
     cells["n"] = cells["n"].astype(np.int64)
+    cells["outcome_centre"], cells["baseline_centre"] = cy, cb
     return cells
+
+
+CENTRES: tuple[str, ...] = ("outcome_centre", "baseline_centre")
+
+
+def common_centre(cells: pd.DataFrame) -> pd.DataFrame:
+    """Cells whose sums are about one outcome centre and one baseline centre (the first row's).
+
+    sql/matched_cells.sql and :func:`cells_from_frame` sum outcome and baseline about a centre
+    (their mean), so scores with a large common offset (e.g. +10,000,000) keep their precision;
+    cells of several queries (one per round) may have different centres, moved here exactly:
+    with d = old centre - new centre, S(x - new) = S(x - old) + n d and
+    S((x - new)^2) = S((x - old)^2) + 2 d S(x - old) + n d^2 (and the same for the cross-product).
+    Cells without centre columns are returned as they are (sums about 0).
+    """
+    if cells.empty or not set(CENTRES) <= set(cells.columns):
+        return cells
+    cells = cells.copy()
+    cy, cb = (cells[c].to_numpy(dtype=float) for c in CENTRES)
+    dy, db = cy - cy[0], cb - cb[0]
+    if not (dy.any() or db.any()):
+        return cells
+    n = cells["n"].to_numpy(dtype=float)
+    ny = np.where(cells["has_outcome"].to_numpy(dtype=bool), n, 0.0)
+    nb = np.where(cells["has_baseline"].to_numpy(dtype=bool), n, 0.0)
+    nby = np.where(cells["has_baseline"].to_numpy(dtype=bool), ny, 0.0)
+    sy, sb = cells["sum_y"].to_numpy(dtype=float), cells["sum_b"].to_numpy(dtype=float)
+    cells["sum_by"] = cells["sum_by"] + np.where(nby > 0, dy * sb + db * sy + nby * db * dy, 0.0)
+    cells["sum_yy"] = cells["sum_yy"] + 2 * dy * sy + ny * dy**2
+    cells["sum_bb"] = cells["sum_bb"] + 2 * db * sb + nb * db**2
+    cells["sum_y"], cells["sum_b"] = sy + ny * dy, sb + nb * db
+    cells["outcome_centre"], cells["baseline_centre"] = cy[0], cb[0]
+    return cells
+
+
+def conditioning_cause(stats: SchoolStats) -> str:
+    """The likely cause of an ill-conditioned fit, in plain words, from the pooled design.
+
+    Looks at the correlation matrix of the design columns over all pupils: nearly collinear columns
+    (condition number over 1e8) are named; then columns (and scores) whose sizes differ by more than
+    1e8; then whether the outcome hardly varies compared with its size.
+    """
+    names = [c for c in stats.columns if c != INTERCEPT]
+    XtX, Xty = stats.XtX.sum(axis=0), stats.Xty.sum(axis=0)
+    n = float(stats.n.sum())
+    idx = [stats.columns.index(c) for c in names]
+    if len(idx) >= 2 and n > 1 and INTERCEPT in stats.columns:
+        i0 = stats.columns.index(INTERCEPT)
+        mean = XtX[i0, idx] / n
+        cov = XtX[np.ix_(idx, idx)] / n - np.outer(mean, mean)
+        sd = np.sqrt(np.clip(np.diag(cov), 1e-300, None))
+        corr = cov / np.outer(sd, sd)
+        cond = float(np.linalg.cond(corr))
+        if not cond < 1e8:
+            worst = np.unravel_index(np.argmax(np.abs(corr - np.eye(len(idx)))), corr.shape)
+            return (f"the model's columns {names[worst[0]]} and {names[worst[1]]} are nearly the same "
+                    f"(condition number {cond:.1e})")
+    rms = np.sqrt(np.append(np.diag(XtX), stats.yty.sum()) / max(n, 1.0))
+    rms = rms[rms > 0]
+    if rms.size >= 2 and not rms.max() / rms.min() < 1e8:
+        return (f"the scores' sizes differ from the other columns' by a factor of {rms.max() / rms.min():.0e} "
+                "(e.g. scores recorded in very different units)")
+    spread = float(stats.yty.sum() - Xty[0] ** 2 / n) / n if n else 0.0
+    if spread <= 1e-12 * max(float(stats.yty.sum()) / max(n, 1.0), 1e-300):
+        return "the outcome scores hardly vary compared with their size"
+    return "the variation between schools or in the arm effect is close to 0 or very large compared with pupils'"
 
 
 def _design_column(cells: pd.DataFrame, name: str, baseline_fill: float) -> tuple[np.ndarray, np.ndarray]:
@@ -159,6 +231,7 @@ def stats_from_cells(
     groups sum their cells. A pupil without a baseline has b = ``baseline_fill`` (Sb etc. of such
     cells are 0 in the table, so the fill enters only through c).
     """
+    cells = common_centre(cells)
     columns = tuple(columns)
     k = len(columns)
     L = np.zeros((len(cells), k + 1, 3))
@@ -177,9 +250,11 @@ def stats_from_cells(
     np.add.at(full, where, per_cell)
     n = np.zeros(len(labels), dtype=np.int64)
     np.add.at(n, where, cells["n"].to_numpy(dtype=np.int64))
+    centres = (float(cells[CENTRES[0]].iloc[0]), float(cells[CENTRES[1]].iloc[0])) if (
+        len(cells) and set(CENTRES) <= set(cells.columns)) else (0.0, 0.0)
     return SchoolStats(
         schools=labels, n=n, XtX=full[:, :k, :k].copy(), Xty=full[:, :k, k].copy(),
-        yty=full[:, k, k].copy(), columns=columns,
+        yty=full[:, k, k].copy(), columns=columns, centres=centres,
     )
 
 
@@ -543,6 +618,23 @@ def fit_reml(stats: SchoolStats, covariates: list[str], random_slope: bool = Fal
     return _mixed_fit(stats, problem, theta, converged, random_slope)
 
 
+def _uncentred(names: list[str], beta: np.ndarray, cov: np.ndarray,
+               centres: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed effects on the scores' own scale: sums about (c_y, c_b) leave every coefficient but
+    the intercept as it is, and intercept = intercept' + c_y - beta_baseline c_b (a linear map T,
+    so cov = T cov' T')."""
+    c_y, c_b = centres
+    if INTERCEPT not in names or (c_y == 0.0 and c_b == 0.0):
+        return beta, cov
+    T = np.eye(len(names))
+    shift = np.zeros(len(names))
+    i0 = names.index(INTERCEPT)
+    shift[i0] = c_y
+    if BASELINE in names:
+        T[i0, names.index(BASELINE)] = -c_b
+    return T @ beta + shift, T @ cov @ T.T
+
+
 def fit_at(stats: SchoolStats, covariates: list[str], theta: np.ndarray, random_slope: bool = False) -> MixedFit:
     """The model at given relative-covariance parameters theta (no optimising): beta, sigma2 profiled.
 
@@ -563,7 +655,8 @@ def _mixed_fit(
     names = problem.names
     lam = _lambda(theta)
     sigma = best.sigma2 * lam @ lam.T
-    cov = pd.DataFrame(best.sigma2 * linalg.inv(best.A), index=names, columns=names)
+    beta, cov = _uncentred(names, best.beta, best.sigma2 * linalg.inv(best.A), stats.centres)
+    cov = pd.DataFrame(cov, index=names, columns=names)
     r0, r1 = problem.Zty - problem.ZtX @ best.beta
     w00, w01, w11 = best.W
     blups = pd.DataFrame(
@@ -574,7 +667,7 @@ def _mixed_fit(
     diag = theta[[0, 2]] if random_slope else theta[:1]
     return MixedFit(
         formula=f"{design_formula(names[1:])} + ({'1 + arm' if random_slope else '1'} | school), REML",
-        params=dict(zip(names, map(float, best.beta))),
+        params=dict(zip(names, map(float, beta))),
         cov_params=cov,
         var_school=float(sigma[0, 0]),
         var_pupil=float(best.sigma2),

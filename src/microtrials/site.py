@@ -33,12 +33,15 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from microtrials import dictionary, disclosure, history, views, workspace
+from microtrials import gate as publication_gate
+from microtrials.gate import Origin
 from microtrials.errors import MicrotrialsError
 from microtrials.evidence_table import COLUMNS as EVIDENCE_COLUMNS
 from microtrials.guidance import SUPPRESSION_THRESHOLD
 from microtrials.names import match_key
 from microtrials.plots import describe, forest_plot
 from microtrials.publish import csv_bytes, suppress_small_groups
+from microtrials.registry import CUMULATIVE_ROUND, FILE_NAME
 from microtrials.workbooks import table_xlsx, template_xlsx
 
 #: Column names that could hold a pupil identifier; never published.
@@ -208,6 +211,8 @@ def _prepare_evidence(evidence: pd.DataFrame, problems: list[str]) -> pd.DataFra
     frame = frame[[c for c in EVIDENCE_ORDER if c in known] + [c for c in known if c not in EVIDENCE_ORDER]].copy()
     if "suppressed" in frame.columns:
         frame = frame.drop(columns="suppressed")
+    if "notes" in frame.columns:  # a count of pupils in a note is a published count too
+        frame["notes"] = frame["notes"].map(disclosure.without_pupil_counts)
     frame = frame.sort_values(["intervention", "outcome_measure"], kind="stable").reset_index(drop=True)
     for column in _numeric_figures(frame):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
@@ -223,15 +228,19 @@ def _prepare_evidence(evidence: pd.DataFrame, problems: list[str]) -> pd.DataFra
          if c in frame.columns})
 
 
-def published_table(evidence: pd.DataFrame) -> pd.DataFrame:
+def published_table(evidence: pd.DataFrame, schools: dict[tuple[str, ...], pd.DataFrame] | None = None,
+                    previous: dict[tuple, float] | None = None) -> pd.DataFrame:
     """The evidence table exactly as ``evidence_table.csv`` publishes it (columns the dictionary
     describes, in order, after disclosure control): what the evidence history keeps."""
-    return _prepare_evidence(evidence, [])
+    return protected_publication(evidence, schools or {}, previous)[0]
 
 
 def _prepare_schools(schools: pd.DataFrame | None) -> tuple[pd.DataFrame, list[str]]:
     if schools is None or schools.empty:
         return pd.DataFrame(columns=SCHOOL_PUBLISHED + ["suppressed"]), []
+    if schools.attrs.get(PROTECTED):  # already through protected_publication
+        blanked = schools["suppressed"].fillna("").astype(str) != ""
+        return schools, sorted(schools.loc[blanked, "school_urn"].astype(str))
     frame = _drop_identifiers(schools).copy()
     for column in SCHOOL_PUBLISHED:
         if column not in frame.columns:
@@ -240,6 +249,163 @@ def _prepare_schools(schools: pd.DataFrame | None) -> tuple[pd.DataFrame, list[s
     frame["school_urn"] = frame["school_urn"].astype(str)
     frame = frame.sort_values("school_urn", kind="stable").reset_index(drop=True)
     return disclosure.protect_schools(frame)
+
+
+# --- disclosure control across the publication and over time -----------------------------------
+
+PROTECTED, SINGLE_SCHOOL, UNPUBLISHED = "microtrials_protected", "microtrials_single_school", "microtrials_unpublished"
+COUNT_CELLS = ("pupils_analysed", "pupils_randomised")
+SCHOOL_CELLS = ("n_intervention", "n_control")
+
+
+def _row_key(row: dict | pd.Series) -> tuple[str, str, str]:
+    """An evidence row's identity across tables and publications: its names' match keys."""
+    return tuple(match_key("" if views.is_blank(row.get(c)) else str(row.get(c)))  # type: ignore[return-value]
+                 for c in ("intervention", "outcome_measure", "round"))
+
+
+def _school_key(row_key: tuple, school: dict | pd.Series) -> tuple:
+    return (*row_key, str(school.get("school_urn")),
+            match_key("" if views.is_blank(school.get("school_round")) else str(school.get("school_round"))))
+
+
+def _linked_cells(table: pd.DataFrame, raw: dict[tuple, dict], per_school: list[pd.DataFrame],
+                  raw_schools: list[pd.DataFrame | None]) -> disclosure.Linked:
+    """Every published pupil count with its true value, and the sums that hold between them:
+    each row's total over its schools, an intervention's all-rounds row over its rounds, and an
+    all-rounds school row equal to the same school in its round's table."""
+    linked = disclosure.Linked()
+    keys = [_row_key(r) for r in table.to_dict("records")]
+    for position, key in enumerate(keys):
+        shown = table.iloc[position]
+        for column in COUNT_CELLS:
+            if column in table.columns:
+                linked.add((*key, column), raw.get(key, {}).get(column), ("E", key, column),
+                           views.is_blank(shown[column]))
+        # randomised = analysed + pupils lost: a loss of 1 to 9 must not be had by subtraction
+        linked.relations.append(disclosure.Relation((*key, "pupils_randomised"), [(*key, "pupils_analysed")],
+                                                    prefer_total=True))
+        published, source = per_school[position], raw_schools[position]
+        if source is None or not len(published):
+            continue
+        true = {_school_key(key, r): r for r in source.to_dict("records")}
+        parts = []
+        for school in published.to_dict("records"):
+            skey = _school_key(key, school)
+            for column in SCHOOL_CELLS:
+                linked.add((*skey, column), true.get(skey, {}).get(column), ("S", skey),
+                           views.is_blank(school.get(column)))
+                parts.append((*skey, column))
+        linked.relations.append(disclosure.Relation((*key, "pupils_analysed"), parts))
+    cumulative = match_key(CUMULATIVE_ROUND)
+    for position, key in enumerate(keys):
+        if key[2] != cumulative:
+            continue
+        rounds = [k for k in keys if k[:2] == key[:2] and k[2] not in ("", cumulative)]
+        for column in COUNT_CELLS:
+            linked.relations.append(disclosure.Relation((*key, column), [(*k, column) for k in rounds]))
+        for school in per_school[position].to_dict("records"):
+            skey = _school_key(key, school)
+            same = (key[0], key[1], skey[4], skey[3], skey[4])
+            for column in SCHOOL_CELLS:
+                if (*same, column) in linked.values:
+                    linked.relations.append(disclosure.Relation((*skey, column), [(*same, column)]))
+    return linked
+
+
+def protected_publication(evidence: pd.DataFrame, schools: dict[tuple[str, ...], pd.DataFrame],
+                          previous: dict[tuple, float] | None = None, problems: list[str] | None = None,
+                          ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """The evidence table and each row's per-school table as published, after disclosure control
+    over all of them together and against ``previous`` (:func:`previous_counts`): no difference
+    between any published counts, in this publication or between it and the last, gives back a
+    group of 1 to 9 pupils (``disclosure.link``; docs/methods.md, "Disclosure control")."""
+    problems = [] if problems is None else problems
+    table = _prepare_evidence(evidence, problems)
+    raw = {_row_key(r): r for r in evidence.to_dict("records")}
+    raw_schools = [_schools_of(schools, table.iloc[i]) for i in range(len(table))]
+    per_school = []
+    for source in raw_schools:
+        frame, _ = _prepare_schools(source)
+        frame = frame.copy()
+        frame.attrs[SINGLE_SCHOOL] = source is not None and len(source) == 1
+        if frame.attrs[SINGLE_SCHOOL]:
+            frame.attrs[UNPUBLISHED] = [str(u) for u in source["school_urn"]]
+        per_school.append(frame)
+    linked = _linked_cells(table, raw, per_school, raw_schools)
+    blanked, unprotected = disclosure.link(linked, previous)
+    if unprotected:
+        problems.append(f"disclosure control: {len(unprotected)} sum(s) of published counts could not be protected")
+    for position, key in enumerate(_row_key(r) for r in table.to_dict("records")):
+        hidden = [c for c in COUNT_CELLS if (*key, c) in blanked]
+        for column in hidden + (["attrition_pct"] if hidden else []):
+            if column in table.columns:
+                table.at[position, column] = pd.NA if str(table[column].dtype) == "Int64" else math.nan
+        frame = per_school[position]
+        for i, school in enumerate(frame.to_dict("records")):
+            if (*_school_key(key, school), SCHOOL_CELLS[0]) in blanked:
+                frame.iloc[i] = disclosure.blank_row(frame.iloc[i])
+        frame.attrs[PROTECTED] = True
+    return table, per_school
+
+
+def published_schools(table: pd.DataFrame, per_school: list[pd.DataFrame]) -> pd.DataFrame:
+    """(intervention, outcome_measure, round, school_urn, blanked) of every school of every published
+    row: what the evidence history keeps, so "what changed" names no school whose figures are blanked."""
+    rows = []
+    for position, frame in enumerate(per_school):
+        row = table.iloc[position]
+        blanked = (frame["suppressed"].fillna("").astype(str) != "") if "suppressed" in frame else [False] * len(frame)
+        schools = list(zip(frame["school_urn"].astype(str), map(bool, blanked), strict=True))
+        schools += [(urn, True) for urn in frame.attrs.get(UNPUBLISHED, [])]  # a one-school trial's school
+        rows += [{"intervention": row["intervention"], "outcome_measure": row["outcome_measure"],
+                  "round": _round_of(row), "school_urn": urn, "blanked": hidden} for urn, hidden in schools]
+    return pd.DataFrame(rows, columns=["intervention", "outcome_measure", "round", "school_urn", "blanked"])
+
+
+def with_published_counts(results: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """``results`` (trial_results) with each row's pupil counts as published (blank where blanked)."""
+    shown = {_row_key(r): r for r in published.to_dict("records")}
+    out = results.copy()
+    for column in COUNT_CELLS:
+        if column in out.columns:
+            out[column] = [views.number(shown.get(_row_key(r), {}).get(column)) for r in results.to_dict("records")]
+            out[column] = pd.to_numeric(out[column], errors="coerce")
+    return out
+
+
+def previous_counts(out_dir: Path | None, kept: pd.DataFrame | None) -> dict[tuple, float]:
+    """The counts earlier publications showed, as :func:`protected_publication` keys them: each
+    evidence row's counts as last published (the evidence history, so a count blanked once stays
+    compared with the value shown before it), and every school count of the publication in
+    ``out_dir`` (its ``<trial>/schools.csv``)."""
+    counts: dict[tuple, float] = {}
+    folder = Path(out_dir) if out_dir is not None else None
+    if folder is not None and (folder / "evidence_table.csv").is_file():
+        try:
+            shown = pd.read_csv(folder / "evidence_table.csv", encoding="utf-8-sig", dtype={"round": str})
+            names = page_names(shown)
+            folders, _ = trial_folders(names)
+            for row, name in zip(shown.to_dict("records"), folders, strict=True):
+                _counts_of(counts, _row_key(row), row)
+                path = folder / name / "schools.csv"
+                if path.is_file():
+                    for school in pd.read_csv(path, encoding="utf-8-sig", dtype={"school_urn": str}).to_dict("records"):
+                        _counts_of(counts, _school_key(_row_key(row), school), school, SCHOOL_CELLS)
+        except (OSError, ValueError, KeyError, pd.errors.ParserError):
+            pass  # an unreadable earlier publication: the history still holds its evidence rows
+    if kept is not None and len(kept):
+        for publication in history.publications(kept):
+            for row in publication.to_dict("records"):
+                _counts_of(counts, _row_key(row), row)
+    return counts
+
+
+def _counts_of(counts: dict[tuple, float], key: tuple, row: dict, columns: tuple[str, ...] = COUNT_CELLS) -> None:
+    for column in columns:
+        value = views.number(row.get(column))
+        if value is not None:
+            counts[(*key, column)] = value
 
 
 # --- the public load report -------------------------------------------------------------------
@@ -252,6 +418,7 @@ LOAD_COLUMNS = ["File", "School URN", "Status", "What went wrong", "Warnings", "
 #: Status words, in the order the page lists files (problems first).
 LOAD_STATUS = {
     "rejected": "rejected: nothing loaded",
+    "held": "held: a change waiting for the data team (the earlier rows stay)",
     "partly": "partly loaded: some rows set aside",
     "warned": "loaded, with warnings",
     "ignored": "ignored: not a school file",
@@ -262,6 +429,8 @@ _COUNTS = [  # (pattern, replacement): sentences of the loader that carry a coun
     (re.compile(r"this file has \d+ loadable rows? for the trial, the school's earlier delivery \d+"),
      "this file has fewer loadable rows for the trial than the school's earlier delivery"),
     (re.compile(r"has \d+ different values in \d+ rows"), "has a different value in every row"),
+    (re.compile(r"\bby \d{1,5}\b(?=, more than half)"), "by fewer"),  # a held change (change_sets)
+    (re.compile(r"\bleave \d{1,5} of the \d{1,5}\b"), "leave fewer than half of the"),
     (re.compile(r"\blines? \d+(?:(?:,\s*| and | to |-)\d+)*"), "some lines"),
     (re.compile(r"\s*\(\d+\)"), ""),
     (re.compile(r":\s*\d+(?=;|$|\))"), ""),  # "rule: 3" (a count per reason)
@@ -290,6 +459,8 @@ def _load_status(row: dict) -> str:
         return "rejected"
     if status == "ignored":
         return "ignored"
+    if status in ("held", "partly held"):
+        return "held"
     if count("rows_quarantined") or not views.is_blank(row.get("quarantined_by_reason")):
         return "partly"
     if count("rows_with_warnings") or not views.is_blank(row.get("warnings")):
@@ -326,7 +497,41 @@ def registry_report(messages: pd.DataFrame | None, progress: pd.DataFrame | None
     return pd.DataFrame(rows, columns=REGISTRY_REPORT_COLUMNS)
 
 
-def public_load_report(load_report: pd.DataFrame, trial_words: set[str]) -> pd.DataFrame:
+_QUOTED = re.compile(r"'([^']*)'")
+_ROWS_FROM = re.compile(r"\b\d+ rows? from")
+WITHHELD_NAME = "a name not shown here"
+
+
+def gated_text(text: object, gate: publication_gate.Gate) -> str:
+    """A sentence of ours that quotes delivered names ('...'), each quoted name kept only when the
+    gate shows it as a trial, outcome or round name (else "a name not shown here")."""
+    if views.is_blank(text):
+        return ""
+
+    def keep(match: re.Match) -> str:
+        name = match.group(1)
+        shown = any(gate.allows(name, origin) for origin in publication_gate.NAMES)
+        return match.group(0) if shown or name in dictionary.TEMPLATE_COLUMNS else WITHHELD_NAME
+    return _QUOTED.sub(keep, str(text))
+
+
+def gated_registry_report(rows: pd.DataFrame, gate: publication_gate.Gate) -> pd.DataFrame:
+    """:func:`registry_report` rows through the gate: a trial or round the gate does not show is left
+    blank, and every quoted name in "What to do" is kept only when the gate shows it."""
+    out = rows.copy()
+    out["Trial"] = out["Trial"].map(lambda v: gate.show(v, Origin.TRIAL) or "" if not views.is_blank(v) else "")
+    out["Round"] = out["Round"].map(lambda v: gate.show(v, Origin.ROUND) or "" if not views.is_blank(v) else "")
+    out["School URN"] = out["School URN"].map(
+        lambda v: " ".join(u for u in re.split(r"[\s,;]+", str(v)) if gate.allows(u, Origin.URN))
+        if not views.is_blank(v) else "")
+    officer = out["What to do"].astype(str).str.startswith(FILE_NAME)  # about trials.csv itself: the officer's text
+    # no count of a school's rows either (a count of pupils): "(202 rows from schools ...)" -> "(rows from schools ...)"
+    out["What to do"] = [v if own else _ROWS_FROM.sub("rows from", gated_text(v, gate))
+                         for v, own in zip(out["What to do"], officer, strict=True)]
+    return out
+
+
+def public_load_report(load_report: pd.DataFrame, gate: publication_gate.Gate | None = None) -> pd.DataFrame:
     """The load report as published: problem files first, plain words, no counts, no revealing names.
 
     One row per file: its label, school URN, status in plain words (``LOAD_STATUS``), what went
@@ -335,10 +540,15 @@ def public_load_report(load_report: pd.DataFrame, trial_words: set[str]) -> pd.D
     the suppression of a small school's figures (a one-school pilot would show its size). Counts
     in the loader's sentences are taken out (:func:`without_counts`).
 
+    Every string passes the publication gate (:mod:`microtrials.gate`): a file name is never shown
+    ("file N from school <URN>" stands in for it, in its own cell and wherever the reasons name it);
+    dropped columns are counted, never named; a trial name only when ``gate`` shows it (by default
+    none is).
+
     Order: rejected, then partly loaded, then loaded with warnings, then ignored entries, then the
-    rest (each by URN and file). A file name that is not safe (``views.public_file_name``)
-    becomes "file N from school <URN>", in its own cell and wherever the reasons name it.
+    rest (each by URN and file).
     """
+    gate = publication_gate.CLOSED if gate is None else gate
     frame = _drop_identifiers(load_report).copy()
     for column in ("file_name", "status", "school_urn", "trials", "quarantined_by_reason", "warnings",
                    "columns_dropped", "reason"):
@@ -353,39 +563,63 @@ def public_load_report(load_report: pd.DataFrame, trial_words: set[str]) -> pd.D
     for i in ranked:
         r, kind = records[i], kinds[i]
         name = "" if views.is_blank(r["file_name"]) else str(r["file_name"])
-        urn = "" if views.is_blank(r["school_urn"]) else str(r["school_urn"])
-        label = views.public_file_name(name, trial_words)
-        if label is None:
-            per_school[urn] = per_school.get(urn, 0) + 1
-            label = (f"file {per_school[urn]} from school {urn}" if urn
-                     else f"file {per_school[urn]} with no school URN")
-        reason = "" if views.is_blank(r["reason"]) else str(r["reason"])
-        if name and reason.startswith(f"{name}: "):  # the File column already names it
-            reason = reason[len(name) + 2:]
-        if name:
-            reason = reason.replace(name, label)
-        parts = [without_counts(reason)] if reason.strip() else []
-        set_aside = _rules(r["quarantined_by_reason"])
-        if set_aside:
-            parts.append(f"rows set aside ({set_aside}): the data team will send the school its own list of rows to fix")
-        if kind == "rejected" and not reason.strip():
-            parts.append("no row could be loaded: the data team will send the school its own list of rows to fix")
-        warnings = _rules(r["warnings"])
+        urn = gate.show("" if views.is_blank(r["school_urn"]) else str(r["school_urn"]).strip(), Origin.URN) or ""
+        per_school[urn] = per_school.get(urn, 0) + 1
+        label = publication_gate.file_label(urn, per_school[urn])
         rows.append({
-            "File": label, "School URN": urn, "Status": LOAD_STATUS[kind], "What went wrong": "; ".join(parts),
-            "Warnings": warnings.replace(name, label) if name else warnings,
-            "Trials": "" if views.is_blank(r["trials"]) else str(r["trials"]),
-            "Columns dropped": "" if views.is_blank(r["columns_dropped"]) else str(r["columns_dropped"]),
+            "File": label, "School URN": urn, "Status": LOAD_STATUS[kind],
+            "What went wrong": _what_went_wrong(r, kind, name, label),
+            "Warnings": _unnamed(_rules(r["warnings"]), name, label),
+            "Trials": publication_gate.names_text(gate, _trial_pairs(r["trials"])),
+            "Columns dropped": publication_gate.dropped_columns_text(_count_dropped(r["columns_dropped"])),
         })
     return pd.DataFrame(rows, columns=LOAD_COLUMNS)
 
 
-def merged_spellings(spellings: pd.DataFrame | None, table: pd.DataFrame) -> list[str]:
+def _unnamed(text: str, name: str, label: str) -> str:
+    """``text`` with the file's name replaced by its label (the gate never shows a file name)."""
+    return text.replace(name, label) if name else text
+
+
+def _what_went_wrong(r: dict, kind: str, name: str, label: str) -> str:
+    reason = "" if views.is_blank(r["reason"]) else str(r["reason"])
+    if name and reason.startswith(f"{name}: "):  # the File column already names it
+        reason = reason[len(name) + 2:]
+    parts = [without_counts(_unnamed(reason, name, label))] if reason.strip() else []
+    set_aside = _rules(r["quarantined_by_reason"])
+    if set_aside:
+        parts.append(f"rows set aside ({set_aside}): the data team will send the school its own list of rows to fix")
+    if kind == "rejected" and not reason.strip():
+        parts.append("no row could be loaded: the data team will send the school its own list of rows to fix")
+    return "; ".join(parts)
+
+
+def _trial_pairs(text: object) -> list[tuple[str, str]]:
+    """'intervention / outcome; ...' (``loading.trials_text``) back into pairs; a piece that does not
+    split cleanly stays whole, so the gate judges (and withholds) it as it is."""
+    if views.is_blank(text):
+        return []
+    pairs = []
+    for part in str(text).split("; "):
+        intervention, _, outcome = part.rpartition(" / ")
+        pairs.append((intervention, outcome) if intervention else (part, ""))
+    return pairs
+
+
+def _count_dropped(text: object) -> int:
+    """How many columns a load-report ``columns_dropped`` cell lists (headers joined by ", ")."""
+    return 0 if views.is_blank(text) else len(str(text).split(", "))
+
+
+def merged_spellings(spellings: pd.DataFrame | None, table: pd.DataFrame,
+                     gate: publication_gate.Gate | None = None) -> list[str]:
     """Plain sentences for the delivered spellings analysed as another spelling of a published trial
     (table `trial_spellings`, ``merged`` true), e.g. "'reciprocal  Reading' analysed as 'Reciprocal
     reading'" (capitals, spaces or accents; or a registry alias). Only spellings analysed as a
     published trial appear: a value grouped into no published trial (which could be a stray
-    identifier) is never shown."""
+    identifier) is never shown, nor a spelling the publication gate withholds (``gate``; by default
+    only the names of ``table`` are shown)."""
+    gate = publication_gate.trusting(table) if gate is None else gate
     if spellings is None or not len(spellings) or "merged" not in spellings.columns:
         return []
     published = {(match_key(str(i)), match_key(str(o)))
@@ -394,9 +628,9 @@ def merged_spellings(spellings: pd.DataFrame | None, table: pd.DataFrame) -> lis
     for s in spellings.itertuples(index=False):
         if not bool(s.merged) or (match_key(str(s.intervention)), match_key(str(s.outcome_measure))) not in published:
             continue
-        for delivered, name in ((s.delivered_intervention, s.intervention),
-                                (s.delivered_outcome_measure, s.outcome_measure)):
-            if not views.is_blank(delivered) and str(delivered) != str(name):
+        for delivered, name, origin in ((s.delivered_intervention, s.intervention, Origin.TRIAL),
+                                        (s.delivered_outcome_measure, s.outcome_measure, Origin.OUTCOME)):
+            if not views.is_blank(delivered) and str(delivered) != str(name) and gate.allows(delivered, origin):
                 sentence = f"'{delivered}' analysed as '{name}'"
                 if sentence not in out:
                     out.append(sentence)
@@ -483,7 +717,7 @@ def _trial_files(row: pd.Series, folder: str, schools: pd.DataFrame | None, comm
             plot_alt = describe(per_school, pooled)
         except Exception as exc:  # noqa: BLE001 - one plot never stops the publication
             plot_error = f"The chart could not be drawn this time ({type(exc).__name__})."
-    single_school = schools is not None and len(schools) == 1
+    single_school = schools is not None and (len(schools) == 1 or bool(schools.attrs.get(SINGLE_SCHOOL)))
     history_files, past, history_error = _history_files(row, folder, kept)
     files.update(history_files)
     if past.changed_on:
@@ -609,6 +843,67 @@ def _display_evidence(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _schools_of(schools: dict[tuple[str, ...], pd.DataFrame], row: pd.Series) -> pd.DataFrame | None:
+    """A row's per-school table: keys are (intervention, outcome_measure) or, once rounds are
+    published, with the round too; they may use other spellings of the same trial."""
+    key = (str(row["intervention"]), str(row["outcome_measure"]))
+    with_round = (*key, _round_of(row) or "")
+    wanted = tuple(match_key(k) for k in with_round)
+    found = schools.get(with_round) if _round_of(row) else None
+    if found is None:
+        found = schools.get(key)
+    if found is None:
+        found = next((f for k, f in schools.items() if tuple(match_key(n) for n in k) == wanted), None)
+    if found is None:
+        found = next((f for k, f in schools.items() if len(k) == 2
+                      and tuple(match_key(n) for n in k) == wanted[:2]), None)
+    return found
+
+
+def _planned(plans: list[dict] | None, intervention: str) -> str:
+    """The intervention's registered rounds with no results yet, in words, for its page."""
+    return " ".join(f"Next round{' ' + p['round'] if p.get('round') else ''} (no results yet): {p['text']}"
+                    for p in plans or [] if match_key(str(p["intervention"])) == match_key(intervention))
+
+
+def _tables_and_reports(table: pd.DataFrame, report: pd.DataFrame, registry_rows: pd.DataFrame | None,
+                        spellings: pd.DataFrame | None, common: dict,
+                        gate: publication_gate.Gate | None = None) -> dict[str, bytes]:
+    """The evidence table (CSV and the head's workbook), the dictionary, the load and registry reports."""
+    files: dict[str, bytes] = {
+        "evidence_table.csv": csv_bytes(table),
+        "evidence_table.xlsx": table_xlsx(_display_evidence(table), "Evidence table",
+                                          [(name, text) for name, text in dictionary.FILES],
+                                          {dictionary.label("p_value"): P_VALUE_FORMAT}),
+        "data_dictionary.csv": csv_bytes(dictionary.dictionary_frame()),
+        "load_report.csv": csv_bytes(report),
+        "load-report.html": render("load_report.html", rows=report.fillna("").to_dict("records"),
+                                   columns=list(report.columns), merged=merged_spellings(spellings, table, gate),
+                                   registry_rows=(None if registry_rows is None
+                                                  else registry_rows.fillna("").to_dict("records")),
+                                   registry_columns=REGISTRY_REPORT_COLUMNS, **common),
+        "data-dictionary.html": render("dictionary.html", entries=dictionary.ENTRIES, file_notes=dictionary.FILES,
+                                       **common),
+        "extract-format.html": render("format.html", help=FORMAT_HELP, choices=FORMAT_CHOICES, **common),
+    }
+    if registry_rows is not None:
+        files["registry_report.csv"] = csv_bytes(registry_rows[REGISTRY_REPORT_COLUMNS])
+    return files
+
+
+def _people_pages(table: pd.DataFrame, folders: list[str], names: list[tuple[str, ...]], common: dict,
+                  plans: list[dict] | None, sending: dict | None, registry) -> dict[str, bytes]:
+    """The send page with its templates, the padlock rule and the registered plans."""
+    sending = sending or workspace.send_details(workspace.Contact(), [], date.today())
+    files, send_trials = _send_files(table, folders, names, common, sending)
+    files["send-your-results.html"] = render("send.html", trials=send_trials, plans=plans or [], sending=sending,
+                                             **common)
+    files["about-padlocks.html"] = render("padlocks.html", **common)
+    files["registered-plans.html"] = render(
+        "plans.html", plans=[views.plan_view(r) for r in (registry.rounds if registry is not None else ())], **common)
+    return files
+
+
 def families(table: pd.DataFrame, folders: list[str], names: list[tuple[str, ...]],
              trial_views: list[views.TrialView | None], registry=None) -> dict[int, dict]:
     """Per row position: ``parent`` (a round's link back to its intervention's "all rounds" page)
@@ -652,6 +947,8 @@ def build_site(
     plans: list[dict] | None = None,
     spellings: pd.DataFrame | None = None,
     sending: dict | None = None,
+    gate: publication_gate.Gate | None = None,
+    previous: dict[tuple, float] | None = None,
     registry=None,
 ) -> dict[str, bytes]:
     """Every file of the publication, ``{relative path: bytes}``.
@@ -679,65 +976,37 @@ def build_site(
     ``registry_rows`` (:func:`registry_report`), when given, is published as
     ``registry_report.csv`` and shown on the load report page. ``spellings`` (table
     `trial_spellings`) lists on the load report page the spellings merged into a published trial.
+
+    ``gate`` (:func:`microtrials.gate.build`) decides which delivered names may be published; rows
+    whose names it withholds are left out. Without one, the names in ``evidence`` are taken as
+    declared (:func:`microtrials.gate.trusting`) and any other delivered name is withheld.
+    ``previous`` (:func:`previous_counts`) holds the counts the last publications showed: disclosure
+    control then also covers differences between them and this one (:func:`protected_publication`).
     """
     problems = [] if problems is None else problems
-    table = _prepare_evidence(evidence, problems)
+    gate = publication_gate.trusting(evidence) if gate is None else gate
+    evidence, withheld = publication_gate.withhold(evidence, gate)
+    if withheld:
+        problems.append(f"{withheld} trial row(s) not published: their names are neither registered nor carried by "
+                        f"{publication_gate.MIN_PUPILS} or more pupils in {publication_gate.MIN_SCHOOLS} or more schools")
+    table, protected_schools = protected_publication(evidence, schools, previous, problems)
     names = page_names(table)
     folders, messages = trial_folders(names)
     problems.extend(messages)
     common = _common(area, data_date, run_date, "")
-    trial_words = {w for name in pd.concat([table["intervention"], table["outcome_measure"]]).astype(str)
-                   for w in re.split(r"[^a-z0-9]+", name.casefold()) if w}
-    report = public_load_report(load_report, trial_words)
-    files: dict[str, bytes] = {
-        "evidence_table.csv": csv_bytes(table),
-        "evidence_table.xlsx": table_xlsx(_display_evidence(table), "Evidence table",
-                                          [(name, text) for name, text in dictionary.FILES],
-                                          {dictionary.label("p_value"): P_VALUE_FORMAT}),
-        "data_dictionary.csv": csv_bytes(dictionary.dictionary_frame()),
-        "load_report.csv": csv_bytes(report),
-        "load-report.html": render("load_report.html", rows=report.fillna("").to_dict("records"),
-                                   columns=list(report.columns), merged=merged_spellings(spellings, table),
-                                   registry_rows=(None if registry_rows is None
-                                                  else registry_rows.fillna("").to_dict("records")),
-                                   registry_columns=REGISTRY_REPORT_COLUMNS, **common),
-        "data-dictionary.html": render("dictionary.html", entries=dictionary.ENTRIES, file_notes=dictionary.FILES,
-                                       **common),
-        "extract-format.html": render("format.html", help=FORMAT_HELP, choices=FORMAT_CHOICES, **common),
-    }
-    if registry_rows is not None:
-        files["registry_report.csv"] = csv_bytes(registry_rows[REGISTRY_REPORT_COLUMNS])
-    sending = sending or workspace.send_details(workspace.Contact(), [], date.today())
-    send_files, send_trials = _send_files(table, folders, names, common, sending)
-    files.update(send_files)
-    files["send-your-results.html"] = render("send.html", trials=send_trials, plans=plans or [], sending=sending,
-                                             **common)
-    files["about-padlocks.html"] = render("padlocks.html", **common)
-    files["registered-plans.html"] = render(
-        "plans.html", plans=[views.plan_view(r) for r in (registry.rounds if registry is not None else ())], **common)
+    report = public_load_report(load_report, gate)
+    registry_rows = None if registry_rows is None else gated_registry_report(registry_rows, gate)
+    files = _tables_and_reports(table, report, registry_rows, spellings, common, gate)
+    files.update(_people_pages(table, folders, names, common, plans, sending, registry))
     trial_views = _first_views(table, folders, registry)
     family = families(table, folders, names, trial_views, registry)
     trial_common = _common(area, data_date, run_date, "../")
     for position, folder in enumerate(folders):
         row = table.iloc[position]
         key = (str(row["intervention"]), str(row["outcome_measure"]))
-        # keys are (intervention, outcome_measure) or, once rounds are published, with the round too;
-        # they may use other spellings of the same trial
-        with_round = (*key, _round_of(row) or "")
-        wanted = tuple(match_key(k) for k in with_round)
-        per_school = schools.get(with_round) if _round_of(row) else None
-        if per_school is None:
-            per_school = schools.get(key)
-        if per_school is None:
-            per_school = next((f for k, f in schools.items() if tuple(match_key(n) for n in k) == wanted), None)
-        if per_school is None:
-            per_school = next((f for k, f in schools.items() if len(k) == 2
-                               and tuple(match_key(n) for n in k) == wanted[:2]), None)
         try:
-            planned = " ".join(f"Next round{' ' + p['round'] if p.get('round') else ''} (no results yet): {p['text']}"
-                               for p in plans or [] if match_key(str(p["intervention"])) == match_key(key[0]))
-            files.update(_trial_files(row, folder, per_school, trial_common, history, planned,
-                                      trial_views[position], family.get(position)))
+            files.update(_trial_files(row, folder, protected_schools[position], trial_common, history,
+                                      _planned(plans, key[0]), trial_views[position], family.get(position)))
             trial_views[position] = trial_views[position] or views.trial_view(row, folder)
         except Exception as exc:  # noqa: BLE001 - one trial's failure never costs the others
             problems.append(f"trial '{key[0]}' / '{key[1]}': its page could not be built ({type(exc).__name__}: {exc})")

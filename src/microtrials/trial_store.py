@@ -15,7 +15,7 @@ from microtrials.trials import INTERIM, NOT_REFRESHED, PUBLISHED, TrialResult, T
 from microtrials.units import Unit
 
 # Bump when a change of method changes the stored figures (Dagster's code_version marks them stale).
-CODE_VERSION = "trial-results-2026-11-registry-rounds"
+CODE_VERSION = "trial-results-2026-12-multisite-headline"
 
 # What each stored column of `trial_results` means (Dagster column descriptions; docs/methods.md).
 COLUMN_DESCRIPTIONS: dict[str, str] = {
@@ -26,17 +26,17 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "pupils_randomised": "Rows delivered for the trial",
     "pupils_analysed": "Pupils in the primary model: every pupil with an outcome (missing baselines by the missing-indicator method)",
     "attrition_pct": "100 x (randomised - analysed) / randomised: pupils without an outcome",
-    "effect_size": "Hedges' g: arm coefficient of the primary model / total SD of the unconditional model",
+    "effect_size": "Hedges' g: arm coefficient of the primary (multisite) model / total SD of the unconditional model",
     "ci_low": "Lower end of the effect size's 95% confidence interval",
     "ci_high": "Upper end of the effect size's 95% confidence interval",
     "p_value": "Two-sided Wald p-value of the arm coefficient",
     "months_progress": "EEF Toolkit conversion of effect_size to months of additional progress",
-    "tau": "SD of the effect across schools on the effect_size scale (per-school ANCOVA / total SD, REML)",
-    "i2": "I-squared (%) of that pooling: share of variation across schools not due to chance",
-    "pi_low": "Lower end of the 95% prediction interval for a new school (t, k-1 df); blank with fewer than 3 schools",
+    "tau": "SD of the effect across schools on the effect_size scale: the primary model's arm-slope SD / total SD (0 for a random-intercept headline)",
+    "i2": "I-squared (%) on the primary model: 100 slope variance / (slope variance + typical sampling variance of a school's own effect, sigma2 (1/n1 + 1/n0))",
+    "pi_low": "Lower end of the 95% prediction interval for a new school: effect_size -/+ t(k-1) sqrt(SE^2 + tau^2), k = schools with both arms; blank with fewer than 3",
     "pi_high": "Upper end of the 95% prediction interval for a new school",
     "status": "published, interim, not_estimable (reason first in notes) or not_refreshed (previous figures kept)",
-    "p_new_school_benefits": "P(effect in a new school > 0) from the pooling's predictive t distribution",
+    "p_new_school_benefits": "P(effect in a new school > 0) = F_t(effect_size / sqrt(SE^2 + tau^2); k-1)",
     "fsm_effect_size": "The primary model on FSM pupils only, over the headline total SD",
     "fsm_ci_low": "Lower end of the FSM effect's 95% CI",
     "fsm_ci_high": "Upper end of the FSM effect's 95% CI",
@@ -46,6 +46,7 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "ready": "The trial was estimated with at least 2 schools with both arms",
     "converged": "The stored figures come from converged primary and unconditional models (true when nothing was fitted or the previous figures were kept)",
     "model": "The primary model's formula",
+    "model_choice": "Which model gave the headline: the multisite model, or the random-intercept model and why (slope variance 0, no convergence)",
     "beta": "Arm coefficient of the primary model (outcome units)",
     "se": "Its standard error",
     "var_school": "School variance of the primary model",
@@ -54,15 +55,20 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "var_pupil_unconditional": "Pupil variance of the unconditional model",
     "g_within": "Arm coefficient / within-school SD of the unconditional model",
     "pupils_no_baseline": "Analysed pupils without a baseline score (missing-indicator method)",
-    "slope_beta": "Arm coefficient of the random-slope model (evaluators' cross-check)",
+    "slope_beta": "Arm coefficient of the random-slope (multisite) model, also when the headline fell back",
     "slope_se": "Its standard error",
     "slope_sd": "SD of the arm slope across schools in the random-slope model (outcome units)",
-    "pooled_g": "Mean of the per-school ANCOVA effects, REML (t-based)",
+    "ri_beta": "Sensitivity: arm coefficient of the random-intercept model outcome ~ arm + baseline + (1 | school)",
+    "ri_se": "Its standard error",
+    "ri_effect_size": "Sensitivity: the random-intercept model's effect size (same total SD as effect_size)",
+    "ri_ci_low": "Lower end of its 95% CI",
+    "ri_ci_high": "Upper end of its 95% CI",
+    "pooled_g": "Evaluators' check, never published: mean of the per-school ANCOVA effects, REML (t-based)",
     "pooled_se": "Its standard error",
     "pooled_ci_low": "Lower end of its 95% CI (t, k-1 df)",
     "pooled_ci_high": "Upper end of its 95% CI (t, k-1 df)",
     "schools_pooled": "Schools with their own ANCOVA estimate (at least 2 pupils per arm and 5 in all)",
-    "tau2": "tau squared",
+    "pooled_tau": "Evaluators' check: tau of that two-stage pooling (overstated when schools are small)",
     "q": "Cochran's Q of the per-school effects",
     "q_p": "Its chi-squared p-value",
     "fsm_pupils": "FSM pupils analysed",
@@ -82,7 +88,7 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "round_order": "Sort position of the round (by start_date; the cumulative row last)",
 }
 STORED_COLUMNS = list(COLUMN_DESCRIPTIONS)
-TEXT_COLUMNS = {"intervention", "outcome_measure", "status", "notes", "model", "baseline_balance", "spellings",
+TEXT_COLUMNS = {"intervention", "outcome_measure", "status", "notes", "model", "model_choice", "baseline_balance", "spellings",
                 "round", "outcome_role", "toolkit_strand", "cost_rating", "description"}
 BOOL_COLUMNS = {"ready", "converged"}
 COUNT_COLUMNS = {"schools", "schools_both_arms", "pupils_randomised", "pupils_analysed", "months_progress",
@@ -94,7 +100,7 @@ SORT_COLUMNS = ["intervention", "outcome_measure", "round_order"]
 def stored_row(result: TrialResult) -> dict[str, object]:
     """The evidence-table row plus the figures behind it, as stored in `trial_results`."""
     row = evidence_row(result)
-    fit, slope, pool = result.primary, result.random_slope, result.pool
+    fit, slope, pool, ri = result.primary, result.random_slope, result.pool, result.random_intercept
     row.update(
         ready=result.ready,
         converged=result.converged,
@@ -110,12 +116,18 @@ def stored_row(result: TrialResult) -> dict[str, object]:
         slope_beta=None if slope is None else slope.params["arm"],
         slope_se=None if slope is None else slope.bse["arm"],
         slope_sd=None if slope is None else slope.sd_slope,
+        model_choice=result.model_choice or None,
+        ri_beta=None if ri is None else ri.params["arm"],
+        ri_se=None if ri is None else ri.bse["arm"],
+        ri_effect_size=None if result.sensitivity is None else result.sensitivity.g,
+        ri_ci_low=None if result.sensitivity is None else result.sensitivity.ci_low,
+        ri_ci_high=None if result.sensitivity is None else result.sensitivity.ci_high,
         pooled_g=None if pool is None else pool.mu,
         pooled_se=None if pool is None else pool.se,
         pooled_ci_low=None if pool is None else pool.ci_low,
         pooled_ci_high=None if pool is None else pool.ci_high,
         schools_pooled=0 if pool is None else pool.k,
-        tau2=None if pool is None else pool.tau2,
+        pooled_tau=None if pool is None else pool.tau,
         q=None if pool is None else pool.q,
         q_p=None if pool is None else pool.q_p,
         fsm_pupils=result.fsm_pupils,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -37,7 +38,7 @@ from microtrials.guidance import (
     Z_975,
 )
 from microtrials.models import ARM, ARM_FSM, BASELINE, BASELINE_MISSING, FSM, INTERCEPT, MixedFit
-from microtrials.pooling import PI_MIN_SCHOOLS, TPool, random_effects_reml_t
+from microtrials.pooling import PI_MIN_SCHOOLS, MultisiteSpread, TPool, multisite_spread, random_effects_reml_t
 
 Status = Literal["published", "interim", "not_estimable", "not_refreshed"]
 PUBLISHED, INTERIM, NOT_ESTIMABLE, NOT_REFRESHED = "published", "interim", "not_estimable", "not_refreshed"
@@ -71,7 +72,11 @@ class TrialResult:
     pupils_no_baseline: int = 0
     primary: MixedFit | None = None
     unconditional: MixedFit | None = None
-    random_slope: MixedFit | None = None
+    random_slope: MixedFit | None = None  # the (1 + arm | school) fit, also when the headline falls back
+    random_intercept: MixedFit | None = None  # the (1 | school) fit: the evaluators' sensitivity figure
+    sensitivity: EffectSize | None = None  # effect size of the random-intercept fit, same total SD
+    model_choice: str = ""  # which model gave the headline, in plain words
+    spread: MultisiteSpread | None = None  # tau, I2, prediction interval, P(new school) from the headline model
     interaction: MixedFit | None = None
     fsm_model: MixedFit | None = None
     headline: EffectSize | None = None
@@ -79,7 +84,7 @@ class TrialResult:
     p_value: float | None = None
     fsm: EffectSize | None = None
     fsm_pupils: int = 0
-    pool: TPool | None = None
+    pool: TPool | None = None  # two-stage pooling of the schools' own ANCOVAs: an evaluators' check, never published
     per_school: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SCHOOL_FIELDS))
     balance: BaselineBalance | None = None
     mdes: float | None = None
@@ -203,22 +208,25 @@ def analyse_cells(cells: pd.DataFrame, intervention: str, outcome_measure: str,
                   rounds: list[str] | tuple[str, ...] | None = None) -> TrialResult:
     """Analyse one trial from its cell sums (``reml.trial_cells`` / ``reml.cells_from_frame``).
 
-    With ``rounds`` (two or more round names, oldest first; ``cells`` then has a ``round``
-    column) this is the cumulative analysis of every round: the primary model
-    ``outcome ~ arm + baseline + round + (1 | school:round)`` (round as 0/1 dummies, the first
-    round the reference), standardised by the total SD of ``outcome ~ round + (1 | school:round)``,
-    and the two-stage heterogeneity pools every school:round unit's own ANCOVA effect.
+    The headline model is the multisite model ``outcome ~ arm + baseline + (1 + arm | school)`` by
+    REML (eefAnalytics ``mstFREQ``); when its slope variance is estimated at 0, or it does not
+    converge, the random-intercept model ``(1 | school)`` (the notes say which and why). With
+    ``rounds`` (two or more round names, oldest first; ``cells`` then has a ``round`` column) this is
+    the cumulative analysis of every round: school:round in place of school and round as 0/1 fixed
+    effects (the first round the reference); ``schools`` counts distinct schools.
 
     Who is analysed: every pupil with an outcome. When the trial has baseline scores (any
     delivered pupil has one), a pupil without a baseline stays in the model with baseline set to
     the mean baseline of the analysed pupils and an indicator "baseline missing" (White &
     Thompson 2005; Groenwold et al. 2012). Headline g = beta_arm / sqrt(var_school + var_pupil),
     the variances from the unconditional model ``outcome ~ 1 + (1 | school)`` on the analysed
-    pupils; 95% CI (beta +/- 1.96 SE) / SD; p two-sided from z = beta / SE. Raises
-    ``ModelFailure`` when the primary or unconditional model of an estimable trial does not
-    converge. See docs/methods.md for every other figure.
+    pupils; 95% CI (beta +/- 1.96 SE) / SD; p two-sided from z = beta / SE; tau, the prediction
+    interval, P(new school benefits) and each school's shrunken effect from the same model. Raises
+    ``ModelFailure`` when neither the multisite nor the random-intercept model, or the
+    unconditional model, of an estimable trial converges. Numerical warnings become notes. See
+    docs/methods.md for every other figure.
     """
-    cells = cells[cells["n"] > 0]
+    cells = reml.common_centre(cells[cells["n"] > 0])
     dummies: list[str] = []
     if rounds:
         cells, dummies = _with_rounds(cells, list(rounds))
@@ -232,8 +240,8 @@ def analyse_cells(cells: pd.DataFrame, intervention: str, outcome_measure: str,
         intervention=intervention,
         outcome_measure=outcome_measure,
         uses_baseline=uses_baseline,
-        schools=int(len(counts)),
-        schools_both_arms=int(both.sum()),
+        schools=_distinct_schools(counts.index),
+        schools_both_arms=_distinct_schools(counts.index[both.to_numpy(dtype=bool)]),
         pupils_randomised=int(cells["n"].sum()),
         pupils_analysed=int(analysed["n"].sum()),
         pupils_no_baseline=no_baseline,
@@ -245,7 +253,7 @@ def analyse_cells(cells: pd.DataFrame, intervention: str, outcome_measure: str,
     notes = _design_notes(counts, base, model_baseline)
     if rounds:
         notes.insert(0, f"all {len(rounds)} rounds together ({', '.join(rounds)}): round as a fixed effect and "
-                        "a random intercept per school in each round")
+                        "a random intercept and arm slope per school in each round")
     reason = _not_estimable(analysed, counts, base, len(covariates) + 1)
     per_school = _school_rows(counts)
     if reason:
@@ -253,46 +261,55 @@ def analyse_cells(cells: pd.DataFrame, intervention: str, outcome_measure: str,
                            notes=(reason, *notes))
     fill = float(with_base["sum_b"].sum() / with_base["n"].sum()) if model_baseline else 0.0
     stats = reml.stats_from_cells(analysed, [INTERCEPT, *covariates], baseline_fill=fill)
-    primary, unconditional = reml.fit_reml(stats, covariates), reml.fit_reml(stats, dummies)
-    if rounds:
-        primary, unconditional = _school_round(primary), _school_round(unconditional)
-    for label, fit in (("primary", primary), ("unconditional", unconditional)):
-        if not fit.converged:
-            raise ModelFailure(f"the {label} model did not converge ({fit.formula})")
-    notes += _fit_notes("primary", primary) + _fit_notes("unconditional", unconditional)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        result = _estimate(base, stats, analysed, counts, covariates, dummies, fill, notes, model_baseline)
+    return replace(result, notes=result.notes + tuple(_warning_notes(caught, stats)))
+
+
+def _distinct_schools(units: pd.Index) -> int:
+    """Schools among group labels: a school in two rounds (two school:round units) is one school."""
+    return len({split_unit(u)[0] for u in units})
+
+
+def _estimate(base: dict, stats: reml.SchoolStats, analysed: pd.DataFrame, counts: pd.DataFrame,
+              covariates: list[str], dummies: list[str], fill: float, notes: list[str],
+              model_baseline: bool) -> TrialResult:
+    """Fit the models of an estimable trial and derive every figure (see ``analyse_cells``)."""
+    models = _multisite(stats, covariates, "primary")
+    unconditional = reml.fit_reml(stats, dummies)
+    if dummies:
+        unconditional = _school_round(unconditional)
+    if models.headline is None:
+        raise ModelFailure("neither the multisite nor the random-intercept model converged: " + "; ".join(models.notes))
+    if not unconditional.converged:
+        raise ModelFailure(f"the unconditional model did not converge ({unconditional.formula})")
+    primary = models.headline
+    notes = notes + list(models.notes) + _fit_notes("unconditional", unconditional)
     beta, se = primary.params[ARM], primary.bse[ARM]
     headline = hedges_g_total(beta, se, unconditional.var_school, unconditional.var_pupil)
-    slope, slope_notes = _random_slope(stats, covariates)
-    if rounds and slope is not None:
-        slope = _school_round(slope)
     own_columns = [INTERCEPT, *(c for c in covariates if c not in dummies)]  # a round is constant within a unit
     per_school, pool, pool_notes = _heterogeneity(stats, counts, own_columns, headline.sd)
+    spread, spread_notes = _spread(primary, headline, counts, base["schools_both_arms"])
+    per_school = _shrunken(per_school, primary, headline)
+    sensitivity = None
+    if models.intercept is not None and models.intercept.converged:
+        sensitivity = standardised_effect(models.intercept.params[ARM], models.intercept.bse[ARM], headline.sd)
     fsm_model, fsm, fsm_pupils, fsm_notes = _fsm_effect(analysed, covariates, fill, headline.sd)
     interaction = _interaction(analysed, covariates, fill)
-    balance = _balance(with_base) if model_baseline else None
+    balance = _balance(analysed[analysed["has_baseline"].astype(bool)]) if model_baseline else None
     mdes_value = mdes(se, headline.sd)
     strength = evidence_strength(
         mdes_value, base["attrition"].overall, None if balance is None else balance.difference,
         base["schools_both_arms"],
     )
     return TrialResult(
-        **base,
-        primary=primary,
-        unconditional=unconditional,
-        random_slope=slope,
-        interaction=interaction,
-        fsm_model=fsm_model,
-        headline=headline,
-        within=hedges_g_within(beta, se, unconditional.var_pupil),
-        p_value=wald_p_value(beta, se),
-        fsm=fsm,
-        fsm_pupils=fsm_pupils,
-        pool=pool,
-        per_school=per_school,
-        balance=balance,
-        mdes=mdes_value,
-        strength=strength,
-        notes=tuple(notes + pool_notes + slope_notes + fsm_notes),
+        **base, primary=primary, unconditional=unconditional, random_slope=models.slope,
+        random_intercept=models.intercept, sensitivity=sensitivity, model_choice=models.choice, spread=spread,
+        interaction=interaction, fsm_model=fsm_model, headline=headline,
+        within=hedges_g_within(beta, se, unconditional.var_pupil), p_value=wald_p_value(beta, se),
+        fsm=fsm, fsm_pupils=fsm_pupils, pool=pool, per_school=per_school, balance=balance, mdes=mdes_value,
+        strength=strength, notes=tuple(notes + spread_notes + pool_notes + fsm_notes + _interaction_notes(interaction)),
     )
 
 
@@ -361,12 +378,13 @@ def _school_note(n1: int, n0: int) -> str:
 def _heterogeneity(
     stats: reml.SchoolStats, counts: pd.DataFrame, columns: list[str], sd_total: float
 ) -> tuple[pd.DataFrame, TPool | None, list[str]]:
-    """Per-school ANCOVA effects on the headline scale, their t-based REML pooling and EB estimates.
+    """Each school "on its own": its own ANCOVA effect on the headline scale, and their two-stage pooling.
 
     Schools with at least 2 analysed pupils in each arm and 5 in all get d = beta_arm / SD_total
     and v = SE^2 / SD_total^2 from their own least-squares ``outcome ~ arm [+ baseline]``
-    (``effect_sizes.school_ancova_effects``), a 95% CI d -/+ 1.96 sqrt(v); these are pooled by
-    ``pooling.random_effects_reml_t`` and each gets its empirical-Bayes estimate eb_g.
+    (``effect_sizes.school_ancova_effects``), a 95% CI d -/+ 1.96 sqrt(v). These are pooled by
+    ``pooling.random_effects_reml_t`` as an evaluators' check only (stored, never published: with
+    few pupils per school it overstates the variation between schools).
     """
     frame = _school_rows(counts).set_index("school_urn")
     XtX, Xty = stats.select(columns)
@@ -380,19 +398,91 @@ def _heterogeneity(
     half = Z_975 * np.sqrt(frame["var"])
     frame["ci_low"], frame["ci_high"] = frame["g"] - half, frame["g"] + half
     pooled = frame.dropna(subset=["g", "var"])
-    notes: list[str] = []
-    pool = None
+    pool, notes = None, []
     if len(pooled) >= 2:
         pool = random_effects_reml_t(pooled["g"].to_numpy(), pooled["var"].to_numpy())
-        frame.loc[pooled.index, "eb_g"] = pool.blup
-        if pool.k < PI_MIN_SCHOOLS:
-            notes.append(f"prediction interval left blank: only {pool.k} schools have their own estimate "
-                         f"(needs {PI_MIN_SCHOOLS})")
-    else:
-        notes.append(f"variation between schools not estimated: {len(pooled)} school(s) with at least "
-                     f"{MIN_PUPILS_PER_ARM} analysed pupils in each arm and {MIN_PUPILS_PER_SCHOOL_ESTIMATE} in all "
-                     "(needs 2)")
+        if not pool.converged:
+            notes.append("the two-stage check of the variation between schools (evaluators only) did not converge")
     return frame.reset_index()[SCHOOL_FIELDS], pool, notes
+
+
+def _spread(fit: MixedFit, headline: EffectSize, counts: pd.DataFrame, k: int) -> tuple[MultisiteSpread, list[str]]:
+    """tau, I2, the prediction interval and P(new school benefits) of the headline model (contract, section 2).
+
+    tau = slope SD / total SD (0 for the random-intercept model); SE = the headline's SE on the same
+    scale; k = schools with analysed pupils in both arms; I2 from each such school's sampling
+    variance of its own effect under the model, sigma2 (1/n1 + 1/n0) / SD_total^2.
+    """
+    sd = headline.sd
+    tau = (fit.sd_slope or 0.0) / sd
+    se = fit.bse[ARM] / sd
+    both = counts[(counts["n1"] > 0) & (counts["n0"] > 0)]
+    school_vars = fit.var_pupil * (1.0 / both["n1"].to_numpy(float) + 1.0 / both["n0"].to_numpy(float)) / sd**2
+    spread = multisite_spread(headline.g, se, tau, k, school_vars)
+    notes = []
+    if k < PI_MIN_SCHOOLS:
+        notes.append(f"prediction interval left blank: only {k} schools have analysed pupils in both arms "
+                     f"(needs {PI_MIN_SCHOOLS})")
+    return spread, notes
+
+
+def _shrunken(frame: pd.DataFrame, fit: MixedFit, headline: EffectSize) -> pd.DataFrame:
+    """Each school's shrunken effect (``eb_g``): the headline plus its arm-slope BLUP / total SD.
+
+    Given for schools with analysed pupils in both arms; with a random-intercept headline every
+    slope BLUP is 0, so each school's shrunken effect is the headline.
+    """
+    frame = frame.copy()
+    slope = fit.blups["arm"] if "arm" in fit.blups else pd.Series(0.0, index=fit.blups.index)
+    slope.index = slope.index.astype(str)
+    both = (frame["n_intervention"] > 0) & (frame["n_control"] > 0)
+    frame.loc[both, "eb_g"] = headline.g + slope.reindex(frame.loc[both, "school_urn"]).fillna(0.0).to_numpy() / headline.sd
+    return frame
+
+
+@dataclass(frozen=True)
+class Models:
+    """The multisite model, the random-intercept model, which of them is the headline and why."""
+
+    headline: MixedFit | None
+    slope: MixedFit | None
+    intercept: MixedFit | None
+    choice: str
+    notes: tuple[str, ...]
+
+
+def _slope_at_zero(fit: MixedFit) -> bool:
+    """The arm slope's variance is on the boundary: slope SD below 1e-4 pupil SDs (lme4's isSingular tolerance)."""
+    return (fit.sd_slope or 0.0) < reml.SINGULAR_TOL * math.sqrt(fit.var_pupil)
+
+
+def _multisite(stats: reml.SchoolStats, covariates: list[str], label: str) -> Models:
+    """``(1 + arm | school)`` as the headline; ``(1 | school)`` when its slope variance is 0 or it fails.
+
+    Both are fitted (the random-intercept fit is the evaluators' sensitivity figure). ``label`` names
+    the model in the notes ("primary", "FSM-only").
+    """
+    slope, intercept = _optional(stats, covariates, random_slope=True), _optional(stats, covariates)
+    if any(UNIT_SEP in str(label) for label in stats.schools):  # the groups are school:round units
+        slope, intercept = (None if f is None else _school_round(f) for f in (slope, intercept))
+    notes = [] if intercept is None or intercept.converged else [
+        f"{label} random-intercept model (sensitivity) did not converge: its figure is not given"]
+    if slope is not None and slope.converged and not _slope_at_zero(slope):
+        return Models(slope, slope, intercept, "multisite: random intercept and arm slope per school",
+                      tuple(notes + _fit_notes(label, slope)))
+    if intercept is None or not intercept.converged:
+        why = "could not be fitted" if slope is None else "did not converge" if not slope.converged else "is singular"
+        return Models(None, slope, intercept, "", (f"{label} multisite model {why}", *notes))
+    if slope is None or not slope.converged:
+        choice = "random intercept: the multisite model did not converge"
+        note = (f"{label} model: the multisite model (random arm slope) "
+                f"{'could not be fitted' if slope is None else 'did not converge'}, so the random-intercept model is "
+                "used; its interval can be too narrow if the effect varies between schools")
+    else:
+        choice = "random intercept: the arm slope's variance was estimated as 0"
+        note = (f"{label} model: the effect's variation between schools was estimated as 0, so the model is the "
+                "random-intercept model (tau 0)")
+    return Models(intercept, slope, intercept, choice, (note, *notes, *_fit_notes(label, intercept)))
 
 
 def _optional(stats: reml.SchoolStats, covariates: list[str], random_slope: bool = False) -> MixedFit | None:
@@ -402,16 +492,6 @@ def _optional(stats: reml.SchoolStats, covariates: list[str], random_slope: bool
     except (ValueError, np.linalg.LinAlgError, ArithmeticError, MicrotrialsError):
         return None
     return result if all(math.isfinite(v) for v in result.params.values()) else None
-
-
-def _random_slope(stats: reml.SchoolStats, covariates: list[str]) -> tuple[MixedFit | None, list[str]]:
-    """The multisite model (1 + arm | school), as eefAnalytics mstFREQ: reported for evaluators."""
-    slope = _optional(stats, covariates, random_slope=True)
-    if slope is None:
-        return None, ["random-slope model could not be fitted (the evaluators' cross-check; the published figures do not use it)"]
-    if not slope.converged:
-        return slope, ["random-slope model did not converge (the evaluators' cross-check; the published figures do not use it)"]
-    return slope, []
 
 
 def _subset_covariates(cells: pd.DataFrame, covariates: list[str]) -> list[str]:
@@ -456,11 +536,13 @@ def _fsm_effect(
             f"arms (needs at least {FSM_MIN_PUPILS} pupils and {FSM_MIN_SCHOOLS_BOTH_ARMS} schools)"
         ]
     cov = _subset_covariates(fsm_cells, covariates)
-    model = _optional(reml.stats_from_cells(fsm_cells, [INTERCEPT, *cov], baseline_fill=fill), cov)
-    if model is None:
-        return None, None, pupils, ["FSM effect not estimated: the FSM-only model could not be fitted"]
+    models = _multisite(reml.stats_from_cells(fsm_cells, [INTERCEPT, *cov], baseline_fill=fill), cov, "FSM-only")
+    if models.headline is None:
+        return None, None, pupils, ["FSM effect not estimated: the FSM-only model could not be fitted or did not "
+                                    "converge", *models.notes]
+    model = models.headline
     effect = standardised_effect(model.params[ARM], model.bse[ARM], sd_total)
-    return model, effect, pupils, _fit_notes("FSM-only", model)
+    return model, effect, pupils, list(models.notes)
 
 
 def _interaction(analysed: pd.DataFrame, covariates: list[str], fill: float) -> MixedFit | None:
@@ -470,6 +552,30 @@ def _interaction(analysed: pd.DataFrame, covariates: list[str], fill: float) -> 
         return None
     cov = [ARM, FSM, ARM_FSM] + _subset_covariates(known, covariates)[1:]
     return _optional(reml.stats_from_cells(known, [INTERCEPT, *cov], baseline_fill=fill), cov)
+
+
+def _interaction_notes(fit: MixedFit | None) -> list[str]:
+    """Say when the evaluators' arm x FSM model did not converge (it is never published)."""
+    return [] if fit is None or fit.converged else ["arm x FSM model (evaluators only) did not converge"]
+
+
+def _warning_notes(caught: list[warnings.WarningMessage], stats: reml.SchoolStats) -> list[str]:
+    """Numerical warnings of a trial's fits as notes with their likely cause; other warnings go on.
+
+    A LinAlgWarning or RuntimeWarning (overflow, division by zero, an ill-conditioned matrix) never
+    reaches the officer's terminal: it is a note on that trial, once per message.
+    """
+    kinds: dict[str, int] = {}
+    for w in caught:
+        if not issubclass(w.category, RuntimeWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            continue
+        kind = f"{w.category.__name__}: {str(w.message).split(':')[0].rstrip('. ')}"  # without the figures
+        kinds[kind] = kinds.get(kind, 0) + 1
+    if not kinds:
+        return []
+    said = "; ".join(f"{kind}{f' ({n} times)' if n > 1 else ''}" for kind, n in kinds.items())
+    return [f"ill-conditioned fit ({said}): {reml.conditioning_cause(stats)}; check the figures"]
 
 
 def _balance(with_base: pd.DataFrame) -> BaselineBalance | None:
@@ -507,6 +613,9 @@ def _fit_notes(label: str, fit: MixedFit) -> list[str]:
     notes = []
     if not fit.converged:
         notes.append(f"{label} model did not converge")
-    if fit.singular:
+    if fit.singular and fit.var_slope is None:
         notes.append(f"{label} model is singular (school variance estimated as 0)")
+    elif fit.singular:
+        notes.append(f"{label} model is singular (school intercept and arm slope estimated as perfectly correlated, "
+                     "or the school variance as 0)")
     return notes

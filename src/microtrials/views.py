@@ -159,13 +159,20 @@ def impact_words(months_value: int) -> str:
     return next((words for below, words in IMPACT_WORDS if months_value < below), TOP_IMPACT)
 
 
-def verdict(months_value: float | None, strength: int | None, cost: int | None, status: str) -> str:
+def verdict(months_value: float | None, strength: int | None, cost: int | None, status: str,
+            could_be_chance: bool = False) -> str:
     """One line in the Toolkit's manner: "Moderate impact for very low cost, based on limited local
-    evidence." Provisional for an interim result; "No result yet." without months."""
+    evidence." Provisional for an interim result; "No result yet." without months. When the 95%
+    confidence interval includes no effect (``could_be_chance``), a month or less is "Very low or no
+    impact" and more is "Unclear impact", never a firm "Negative" or "High"; so is 0 padlocks."""
     if status == "not_estimable" or months_value is None:
         return "No result yet."
     m = int(round(months_value))
-    impact = "Unclear impact" if strength == 0 else impact_words(m)
+    impact = impact_words(m)
+    if could_be_chance:
+        impact = "Very low or no impact" if abs(m) <= 1 else "Unclear impact"
+    if strength == 0:
+        impact = "Unclear impact"
     cost_part = f" for {COST_WORDS[cost]}" if cost else ""
     evidence = "" if strength is None else f", based on {EVIDENCE_WORDS[strength]} local evidence"
     text = f"{impact}{cost_part}{evidence}"
@@ -316,6 +323,12 @@ def measure_text(row: pd.Series) -> str:
     return text
 
 
+def _crosses_zero(row: pd.Series) -> bool:
+    """Whether the effect's 95% confidence interval includes no effect."""
+    lo, hi = number(row.get("ci_low")), number(row.get("ci_high"))
+    return lo is not None and hi is not None and lo <= 0 <= hi
+
+
 def _cost(row: pd.Series) -> int | None:
     """The Toolkit cost band 1-5: the number, or the registry's "£££"."""
     cost = number(row.get("cost_rating"))
@@ -408,7 +421,7 @@ def trial_view(row: pd.Series, folder: str) -> TrialView:
         evaluator_figures=[Figure(label, code, get(row)) for label, code, get in EVALUATOR_FIGURES],
         round="" if is_blank(row.get("round")) else str(row.get("round")),
         here_and_national=_here_and_national(row),
-        verdict="" if suppressed and m is None else verdict(m, strength_int, cost_int, status),
+        verdict="" if suppressed and m is None else verdict(m, strength_int, cost_int, status, _crosses_zero(row)),
         provisional=status == "interim",
         balance="" if status == "not_estimable" else balance_text(baseline_difference(row, notes)),
         fsm_range=fsm_range,
@@ -531,37 +544,6 @@ def school_views(schools: pd.DataFrame) -> list[SchoolView]:
             note=note,
         ))
     return out
-
-
-# --- the public load report --------------------------------------------------------------------
-
-# Words a file name may hold and still be shown: nothing in them names a pupil or a school.
-NEUTRAL_WORDS = {
-    "extract", "extracts", "export", "data", "results", "result", "pupils", "pupil", "trial", "trials", "round",
-    "term", "autumn", "spring", "summer", "year", "final", "copy", "upload", "delivery", "file", "csv", "xlsx",
-    "v", "y", "urn", "school", "new", "corrected", "resend", "resent", "fixed", "update", "updated",
-}
-_DATE_OR_NUMBER = re.compile(r"^(\d+|v\d+|y\d+|\d{1,2}(st|nd|rd|th)?|jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov"
-                             r"|dec|january|february|march|april|june|july|august|september|october|november"
-                             r"|december)$")
-
-
-def public_file_name(file_name: str, trial_words: set[str]) -> str | None:
-    """The file name when it is safe to publish, else None.
-
-    Rule (documented on the load report page): a name is shown only when every word of it is a
-    number, a date word, a version (``v2``), a year (``y7``), a word from ``NEUTRAL_WORDS``, or a
-    word of a trial's name. Anything else (a surname, a school's name, a pupil's initials) might
-    identify someone, so the name is replaced by a neutral label.
-    """
-    stem = re.sub(r"\.(csv|xlsx|xls|txt|tsv)$", "", str(file_name).strip(), flags=re.IGNORECASE)
-    words = [w for w in re.split(r"[^a-z0-9]+", stem.casefold()) if w]
-    if not words:
-        return None
-    for word in words:
-        if not (_DATE_OR_NUMBER.match(word) or word in NEUTRAL_WORDS or word in trial_words):
-            return None
-    return str(file_name)
 
 
 # --- the registered plan, the rounds of an intervention ----------------------------------------

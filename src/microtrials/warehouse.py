@@ -21,12 +21,12 @@ def sql(name: str) -> str:
     return (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
 
 
-def connect(db_path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open (creating if needed) the warehouse file and make sure every table exists."""
+def connect(db_path: Path | str, read_only: bool = False, config: dict | None = None) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed) the warehouse file and make sure every table exists (``config``: DuckDB settings)."""
     path = Path(db_path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path), read_only=read_only)
+    con = duckdb.connect(str(path), read_only=read_only, config=dict(config or {}))
     if not read_only:
         con.execute(sql("schema"))
     return con
@@ -48,7 +48,7 @@ def _is_being_created(exc: BaseException, path: Path) -> bool:
 
 
 def connect_with_retry(
-    db_path: Path | str, timeout_s: float = 60.0, read_only: bool = False
+    db_path: Path | str, timeout_s: float = 60.0, read_only: bool = False, config: dict | None = None
 ) -> duckdb.DuckDBPyConnection:
     """:func:`connect`, waiting with back-off while another process holds the warehouse.
 
@@ -60,7 +60,7 @@ def connect_with_retry(
     delay = 0.05
     while True:
         try:
-            return connect(db_path, read_only=read_only)
+            return connect(db_path, read_only=read_only, config=config)
         except duckdb.Error as exc:
             if not (is_lock_error(exc) or _is_being_created(exc, Path(db_path))):
                 raise MicrotrialsError(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 LOOPBACK = "127.0.0.1"
 
@@ -195,6 +195,16 @@ def postgres_bindir() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
                    key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
     return Path(found[-1]).parent if found else None
+
+
+def readme_storage_block() -> dict:
+    """The `storage:` block README "Shared deployment (PostgreSQL)" tells a deployment to use."""
+    import re
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Shared deployment (PostgreSQL)", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1)
+    return yaml.safe_load(block)["storage"]
 
 
 # postgres_db setting -> the environment variable README "Shared deployment (PostgreSQL)" reads it from.

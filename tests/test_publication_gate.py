@@ -1,0 +1,234 @@
+"""The publication gate: names planted in a hostile folder (file names, dropped headers, cells) in Latin,
+Cyrillic and Arabic script never reach any published byte (CSV, HTML, xlsx XML, SVG text, paths)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from microtrials import gate as publication_gate
+from microtrials.gate import Origin
+from microtrials.site import build_site, gated_text, public_load_report
+from tests.conftest import REPO_ROOT, TEST_PUPIL_KEY
+
+SAMPLE = REPO_ROOT / "data" / "extracts"
+REGISTRY = REPO_ROOT / "data" / "trials.csv"
+
+LATIN, CYRILLIC, ARABIC = "Jane Smith", "Иван Петров", "جين سميث"
+#: Every word planted anywhere in the hostile folder; none may appear in any published byte.
+PLANTED = ["Jane", "Smith", "Иван", "Петров", "جين", "سميث", "Mary Jones", "Wojcik", "Zofia", "2015-03-14",
+           "Ahmed", "أحمد", "Ольга"]
+
+
+def published_texts(out: Path) -> dict[str, str]:
+    """Every published file as text: paths too, xlsx members unzipped, HTML entities decoded."""
+    texts: dict[str, str] = {}
+    for path in sorted(out.rglob("*")):
+        relative = str(path.relative_to(out))
+        texts[f"path:{relative}"] = relative
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if path.suffix == ".xlsx":
+            with zipfile.ZipFile(io.BytesIO(data)) as book:
+                for member in book.namelist():
+                    texts[f"{relative}!{member}"] = html.unescape(book.read(member).decode("utf-8", "replace"))
+        else:
+            texts[relative] = html.unescape(data.decode("utf-8", "replace"))
+    return texts
+
+
+def planted_in(texts: dict[str, str], planted: list[str] = PLANTED) -> list[tuple[str, str]]:
+    return [(where, name) for where, text in texts.items() for name in planted if name.casefold() in text.casefold()]
+
+
+def files_texts(files: dict[str, bytes]) -> dict[str, str]:
+    texts = {f"path:{name}": name for name in files}
+    for name, data in files.items():
+        if name.endswith(".xlsx"):
+            with zipfile.ZipFile(io.BytesIO(data)) as book:
+                texts.update({f"{name}!{m}": html.unescape(book.read(m).decode("utf-8", "replace"))
+                              for m in book.namelist()})
+        else:
+            texts[name] = html.unescape(data.decode("utf-8", "replace"))
+    return texts
+
+
+# --- the gate itself ----------------------------------------------------------------------------
+
+def carriers(*rows: tuple[str, str, str, int]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["origin", "name", "school_urn", "pupils"])
+
+
+def test_the_gate_decides_by_origin():
+    gate = publication_gate.build(None, carriers(
+        ("trial", "Reading boost", "111101", 6), ("trial", "reading  BOOST", "111102", 4),  # 10 pupils, 2 schools
+        ("trial", "Jane Smith", "111101", 1), ("trial", "One school", "111101", 40),
+        ("trial", "Nine pupils", "111101", 5), ("trial", "Nine pupils", "111102", 4)))
+    assert gate.show("Reading Boost", Origin.TRIAL) == "Reading Boost"
+    for name in ("Jane Smith", "One school", "Nine pupils", "Иван Петров"):
+        assert gate.show(name, Origin.TRIAL) is None, name
+    assert gate.show("Reading boost", Origin.OUTCOME) is None  # carried as a trial name, not as an outcome
+    for origin in (Origin.FILE_NAME, Origin.DROPPED_COLUMN, Origin.CELL):
+        assert gate.show("111101.csv", origin) is None
+    assert gate.show("111101", Origin.URN) == "111101" and gate.show("Jane Smith", Origin.URN) is None
+    assert gate.show("Results for the autumn term", Origin.OURS) == "Results for the autumn term"
+
+
+def test_registered_names_aliases_outcomes_and_rounds_are_shown():
+    from microtrials.registry import load_registry
+
+    gate = publication_gate.build(load_registry(REGISTRY), None)
+    assert gate.allows("reciprocal reading programme", Origin.TRIAL)  # an alias
+    assert gate.allows("NGRT standardised score", Origin.OUTCOME) and gate.allows("2026 Summer", Origin.ROUND)
+    assert gate.allows("all rounds", Origin.ROUND)
+    assert not gate.allows("Jane Smith", Origin.TRIAL) and not gate.allows("Jane Smith", Origin.ROUND)
+
+
+def test_quoted_names_in_our_sentences_pass_the_gate():
+    gate = publication_gate.build(None, carriers(("outcome", "KS2 reading", "111101", 20),
+                                                 ("outcome", "KS2 reading", "111102", 20)))
+    assert gated_text("'Jane Smith' is not a registered outcome of X ('KS2 reading')", gate) == \
+        "a name not shown here is not a registered outcome of X ('KS2 reading')"
+
+
+# --- the public load report ---------------------------------------------------------------------
+
+def hostile_report() -> pd.DataFrame:
+    return pd.DataFrame({
+        "file_name": [f"{CYRILLIC} 111375.csv", f"{ARABIC} 111109.csv", "111112.csv", f"{LATIN}.txt"],
+        "status": ["loaded", "loaded", "loaded", "ignored"],
+        "school_urn": ["111375", "111109", "111112", ""],
+        "trials": ["Reciprocal reading / NGRT standardised score",
+                   f"Reciprocal reading / NGRT standardised score; {LATIN} / NGRT standardised score",
+                   f"Maths mastery / {CYRILLIC}", ""],
+        "rows_read": [30, 30, 30, 0], "rows_loaded": [30, 30, 30, 0], "rows_quarantined": [0, 0, 0, 0],
+        "quarantined_by_reason": ["", "", "", ""], "rows_with_warnings": [0, 0, 0, 0],
+        "warnings": [f"{CYRILLIC} 111375.csv: read as Windows-1252", "", "", ""],
+        "columns_dropped": [f"{LATIN} DOB 2015-03-14", f"{ARABIC}, notes", "", ""],
+        "reason": ["", "", "", f"{LATIN}.txt: not an extract file: only .csv and .xlsx files are loaded"],
+    })
+
+
+def test_file_names_never_dropped_headers_counted_trial_names_gated():
+    gate = publication_gate.trusting(pd.DataFrame({"intervention": ["Reciprocal reading", "Maths mastery"],
+                                                   "outcome_measure": ["NGRT standardised score", "PUMA"]}))
+    out = public_load_report(hostile_report(), gate)
+    assert set(out["File"]) == {"file 1 from school 111109", "file 1 from school 111375",
+                                "file 1 from school 111112", "file 1 with no school URN"}
+    by_urn = out.set_index("School URN")
+    assert by_urn.loc["111375", "Columns dropped"] == "1 column that may hold personal data (not loaded, not shown)"
+    assert by_urn.loc["111109", "Columns dropped"].startswith("2 columns that may hold personal data")
+    assert by_urn.loc["111109", "Trials"] == ("Reciprocal reading / NGRT standardised score; 1 trial name not shown "
+                                              "(not registered, and not sent for 10 or more pupils by 2 or more schools)")
+    assert by_urn.loc["111112", "Trials"].startswith("1 trial name not shown")
+    assert planted_in({"report": out.to_csv()}) == []
+
+
+def test_every_byte_of_a_built_site_is_free_of_the_planted_names():
+    evidence = pd.DataFrame([dict(
+        intervention=name, outcome_measure="NGRT standardised score", schools=2, schools_both_arms=2,
+        pupils_randomised=40, pupils_analysed=40, attrition_pct=0.0, effect_size=0.2, ci_low=0.1, ci_high=0.3,
+        p_value=0.01, months_progress=3, tau=0.05, i2=10.0, pi_low=-0.1, pi_high=0.5, status="published",
+        p_new_school_benefits=0.9, fsm_effect_size=None, fsm_ci_low=None, fsm_ci_high=None, evidence_strength=3,
+        notes="", fsm_months_progress=None) for name in ("Reciprocal reading", LATIN, CYRILLIC, ARABIC)])
+    gate = publication_gate.build(None, carriers(("trial", "Reciprocal reading", "111109", 20),
+                                                 ("trial", "Reciprocal reading", "111375", 20),
+                                                 ("outcome", "NGRT standardised score", "111109", 20),
+                                                 ("outcome", "NGRT standardised score", "111375", 20),
+                                                 ("trial", LATIN, "111109", 1)))
+    registry_rows = pd.DataFrame([
+        {"Trial": LATIN, "Round": "", "School URN": "111109",
+         "What to do": f"'{LATIN}' is not in the registry: add it, or correct the name (12 rows from school 111109)"},
+        {"Trial": "Reciprocal reading", "Round": CYRILLIC, "School URN": "111109",
+         "What to do": f"'{ARABIC}' is not a registered outcome of Reciprocal reading ('2025 Autumn')"}])
+    spellings = pd.DataFrame([{"intervention": "Reciprocal reading", "outcome_measure": "NGRT standardised score",
+                               "delivered_intervention": LATIN, "delivered_outcome_measure": "NGRT standardised score",
+                               "merged": True}])
+    problems: list[str] = []
+    files = build_site(evidence, {}, hostile_report(), "d", "r", problems=problems, registry_rows=registry_rows,
+                       spellings=spellings, gate=gate)
+    assert planted_in(files_texts(files)) == []
+    assert b"12 rows" not in files["registry_report.csv"]  # a count of one school's rows is a count of pupils
+    shown = pd.read_csv(io.BytesIO(files["evidence_table.csv"]), encoding="utf-8-sig")
+    assert shown["intervention"].tolist() == ["Reciprocal reading"]
+    assert any("3 trial row(s) not published" in p for p in problems)
+
+
+# --- a whole run on a hostile folder ------------------------------------------------------------
+
+def _rewrite(path: Path, change) -> None:
+    rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    change(rows)
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    path.write_text(out.getvalue(), encoding="utf-8")
+
+
+def _add_column(header: str, value: str):
+    def change(rows):
+        rows[0].append(header)
+        for row in rows[1:]:
+            row.append(value)
+    return change
+
+
+def _set_cell(column: str, value: str, row: int = 3):
+    def change(rows):
+        rows[row][rows[0].index(column)] = value
+    return change
+
+
+def hostile_folder(root: Path, registry: bool) -> Path:
+    """The sample extracts with names planted in every place a school's file can carry them."""
+    extracts = root / "extracts"
+    shutil.copytree(SAMPLE, extracts)
+    if registry:
+        shutil.copy(REGISTRY, root / "trials.csv")
+    _rewrite(extracts / "111135.csv", _add_column(f"{LATIN} DOB 2015-03-14", "x"))
+    _rewrite(extracts / "111183.csv", _add_column(CYRILLIC, "y"))
+    _rewrite(extracts / "111229.csv", _add_column(ARABIC, "z"))
+    _rewrite(extracts / "111280.csv", _set_cell("intervention", LATIN))
+    _rewrite(extracts / "111304.csv", _set_cell("intervention", CYRILLIC))
+    _rewrite(extracts / "111311.csv", _set_cell("intervention", ARABIC))
+    _rewrite(extracts / "111353.csv", _set_cell("outcome_measure", "Mary Jones"))
+    _rewrite(extracts / "111359.csv", _set_cell("school_urn", "Zofia Wojcik"))
+    _rewrite(extracts / "111397.csv", _add_column("round", ""))
+    _rewrite(extracts / "111397.csv", _set_cell("round", "Ольга Ahmed"))
+    _rewrite(extracts / "111435.csv", _set_cell("arm", "أحمد"))
+    _rewrite(extracts / "111448.csv", _set_cell("outcome", "Jane"))
+    for urn, name in (("111375", CYRILLIC), ("111109", ARABIC), ("111112", LATIN)):
+        (extracts / f"{urn}.csv").rename(extracts / f"{name} {urn}.csv")
+    (extracts / f"{LATIN}.txt").write_text("notes", encoding="utf-8")
+    (extracts / CYRILLIC).mkdir()
+    return extracts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("registry", [True, False], ids=["registry", "no-registry"])
+def test_no_planted_name_in_any_published_byte_of_a_run(tmp_path, monkeypatch, registry):
+    import dagster as dg
+
+    from pipelines.definitions import defs
+    from tests.helpers.pipeline import run_in_process as _run
+
+    monkeypatch.setenv("MICROTRIALS_PUPIL_KEY", TEST_PUPIL_KEY)
+    monkeypatch.delenv("MICROTRIALS_TRIALS", raising=False)
+    extracts = hostile_folder(tmp_path, registry)
+    out = tmp_path / "out"
+    with dg.instance_for_test() as instance:
+        result = _run(defs, extracts, out, tmp_path / "warehouse.duckdb", instance)
+    assert result.success
+    texts = published_texts(out)
+    assert "load_report.csv" in texts and len(texts) > 20
+    assert planted_in(texts) == []
+    report = pd.read_csv(out / "load_report.csv", encoding="utf-8-sig", dtype=str, keep_default_na=False)
+    assert {"file 1 from school 111375", "file 1 from school 111109", "file 1 from school 111112"} <= set(report["File"])
+    assert report["Columns dropped"].str.contains("column that may hold personal data").sum() == 3
