@@ -74,7 +74,7 @@ def every_file_loaded_or_rejected(
     if deliveries is None:
         deliveries = pd.DataFrame(columns=["file_name", "delivery_id", "status", "reason"], dtype=object)
     done = deliveries[
-        (deliveries["status"] == "loaded")
+        deliveries["status"].isin(["loaded", "held", "partly held"])
         | ((deliveries["status"] == "rejected") & deliveries["reason"].fillna("").astype(str).str.strip().ne(""))
     ][["file_name", "delivery_id"]].astype(object).drop_duplicates()
     accounted = expected.merge(done, how="left", indicator=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 # Each writer is followed by the observation of the warehouse tables it writes (pipelines/tables.py).
-LOADING = dg.AssetSelection.assets("pupils", "deliveries", "quarantine", "load_report", "load_warnings")
+LOADING = dg.AssetSelection.assets("pupils", "deliveries", "change_sets", "quarantine", "load_report", "load_warnings")
 DOWNSTREAM = dg.AssetSelection.assets("registry", "trial_results", "school_results", "exploratory_results",
                                       "registry_messages", "registry_progress", "evidence_table")
 

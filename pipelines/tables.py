@@ -50,7 +50,9 @@ QUARANTINE_COLUMNS = [
 
 LOAD_REPORT_COLUMNS = [
     C("file_name", "VARCHAR", description="a file now in the extracts folder"),
-    C("status", "VARCHAR", description="'loaded', 'unchanged' (same bytes seen before) or 'rejected'"),
+    C("status", "VARCHAR", description="'loaded', 'unchanged' (same bytes seen before), 'held' or 'partly held' "
+      "(a change that would lose more than half of a trial round's pupils or scores, waiting for "
+      "`microtrials accept`), 'rejected' or 'ignored'"),
     C("school_urn", "VARCHAR", description="the school's URN; blank when the file could not be read"),
     C("trials", "VARCHAR", description="the trials the file holds, 'intervention / outcome_measure' joined by '; '"),
     C("rows_read", "BIGINT", description="data lines read"),
@@ -59,7 +61,32 @@ LOAD_REPORT_COLUMNS = [
     C("rows_with_warnings", "BIGINT", description="rows loaded with an optional value blanked or an outcome kept as no post-test (`load_warnings`)"),
     C("quarantined_by_reason", "VARCHAR", description="rows set aside per rule, 'rule: count' joined by '; '"),
     C("columns_dropped", "VARCHAR", description="columns outside the contract, dropped unread"),
-    C("reason", "VARCHAR", description="why the file was rejected whole, in plain words"),
+    C("reason", "VARCHAR", description="why the file was rejected whole, or what of it is held, in plain words"),
+    C("changes", "VARCHAR", description="what the file did to the warehouse, one line per school trial round "
+      "(`change_sets`), e.g. '222005 Café Readers 2026 Autumn: 59 pupils replaced by 60 (1 added)'"),
+]
+
+CHANGE_SETS_COLUMNS = [
+    C("delivery_id", "VARCHAR", description="sha256 of the delivered file; blank for a withdrawal"),
+    C("file_name", "VARCHAR", description="the delivered file"),
+    C("school_urn", "VARCHAR", description="the school's URN"),
+    C("intervention", "VARCHAR", description="the registered name (else the spelling delivered)"),
+    C("outcome_measure", "VARCHAR", description="the outcome measure as delivered"),
+    C("round", "VARCHAR", description="the registered round (else the round sent, else blank)"),
+    C("key_intervention", "VARCHAR", description="the trial key: intervention (microtrials.ingest.trial_key)"),
+    C("key_outcome_measure", "VARCHAR", description="the trial key: outcome measure"),
+    C("key_round", "VARCHAR", description="the trial key: round"),
+    C("pupils_before", "INTEGER", description="the school's pupils in the trial round before"),
+    C("pupils_after", "INTEGER", description="... and after the change (as delivered, for a held one)"),
+    C("outcomes_before", "INTEGER", description="outcome scores before"),
+    C("outcomes_after", "INTEGER", description="outcome scores after"),
+    C("added", "INTEGER", description="pupils delivered who were not there before"),
+    C("removed", "INTEGER", description="pupils there before whom the change leaves out"),
+    C("state", "VARCHAR", description="'applied', 'held' (nothing of it applied), 'accepted' (applied by "
+      "`microtrials accept`) or 'withdrawn' (`microtrials withdraw`)"),
+    C("reason", "VARCHAR", description="why it was held"),
+    C("message", "VARCHAR", description="the line the officer was shown"),
+    C("recorded_at", "TIMESTAMP", description="when the change set was recorded (UTC)"),
 ]
 
 LOAD_WARNINGS_COLUMNS = [
@@ -134,6 +161,8 @@ TABLES = {
                    "loaded or rejected with the reason: the history of what each school sent."),
     "quarantine": (QUARANTINE_COLUMNS, "Each row kept out of `pupils`: file, line, column and the rule it broke "
                    "(never a pupil_id), to send back to the school."),
+    "change_sets": (CHANGE_SETS_COLUMNS, "What each delivery did to each (school, trial, round), or was held from "
+                    "doing, and each accept and withdrawal: never deleted (docs/loading.md)."),
     "load_report": (LOAD_REPORT_COLUMNS, "The latest outcome of every file now in the extracts folder; published as "
                     "load_report.csv."),
     "load_warnings": (LOAD_WARNINGS_COLUMNS, "Rows loaded with an optional value blanked or an outcome that is not a "
@@ -149,7 +178,7 @@ TABLES = {
     "registry_progress": (REGISTRY_PROGRESS_COLUMNS, "Per registered round: schools planned, delivered and awaited "
                           "(with their URNs), unplanned schools that joined it, and its status."),
 }
-WRITTEN_BY = {"deliveries": "pupils", "quarantine": "pupils", "load_report": "pupils", "load_warnings": "pupils",
+WRITTEN_BY = {"deliveries": "pupils", "change_sets": "pupils", "quarantine": "pupils", "load_report": "pupils", "load_warnings": "pupils",
               "school_results": "trial_results", "exploratory_results": "trial_results",
               "registry_messages": "trial_results", "registry_progress": "trial_results"}
 
@@ -181,7 +210,7 @@ def _observe(context, names: list[str]):
             )
 
 
-LOADING_TABLES = ["deliveries", "quarantine", "load_report", "load_warnings"]
+LOADING_TABLES = ["deliveries", "change_sets", "quarantine", "load_report", "load_warnings"]
 RESULT_TABLES = ["school_results", "exploratory_results", "registry_messages", "registry_progress"]
 
 

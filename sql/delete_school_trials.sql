@@ -1,4 +1,4 @@
--- Remove the pupil rows the applied change sets replace (registered frame `batch_replace`: the stored
+-- Remove the pupil rows the applied change sets (or a withdrawal) replace (registered frame `batch_replace`: the stored
 -- school_urn, intervention, outcome_measure, round combinations whose trial key a delivery carries).
 -- Rows of a (school, trial, round) the delivery does not carry, or whose change set is held, stay.
 DELETE FROM pupils

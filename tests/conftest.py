@@ -49,7 +49,7 @@ def write_extract(tmp_path):
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-settings.register_profile("ci", max_examples=200, stateful_step_count=10, deadline=None,
+settings.register_profile("ci", max_examples=200, stateful_step_count=8, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=25, stateful_step_count=8, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

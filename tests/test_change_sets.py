@@ -237,3 +237,21 @@ def test_the_accept_and_withdraw_commands(con, write_extract, tmp_path, capsys, 
     assert "222005 Café Readers 2026 Autumn: withdrawn, 10 pupils removed" in capsys.readouterr().out
     assert cli.main(["withdraw", "222005", "--db", str(db)]) == 1
     assert "holds no rows" in capsys.readouterr().out
+
+
+def test_the_run_summary_and_the_published_load_report_say_held():
+    import pandas as pd
+
+    from microtrials import cli, site
+
+    held = ("222005 Café Readers 2026 Autumn: held, not applied: it would replace 40 pupils by 7, more than half "
+            "of them gone; the earlier 40 pupils stay as they were (to apply it on purpose: microtrials accept x.csv)")
+    report = pd.DataFrame({"changes": ["222006 Maths: 30 pupils added\n222006 Café Readers 2025 Autumn: 3 pupils added",
+                                       held, ""]})
+    assert cli._change_lines(report) == ["changes to the warehouse:", f"  {held}", "  222006 Maths: 30 pupils added",
+                                         "  222006 Café Readers 2025 Autumn: 3 pupils added"]
+    assert cli._change_lines(report, shown=1)[-1] == "  ... and 2 more changes (load_report.csv lists them all)"
+    assert cli._change_lines(report.iloc[2:]) == ["changes to the warehouse: none"]
+    assert site._load_status({"status": "partly held", "rows_read": 3, "rows_loaded": 0}) == "held"
+    published = site.without_counts(held)
+    assert "held, not applied" in published and " 7" not in published and "40" not in published

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -127,6 +128,7 @@ class Deliveries(RuleBasedStateMachine):
         assert report.status == expected, (report.status, expected, report.reason)
         self.status[name] = report.status
         self.recorded += len(changes)
+        event(f"delivery: {report.status}")
 
     # ---- rules ------------------------------------------------------------------------------------
 
@@ -177,9 +179,12 @@ class Deliveries(RuleBasedStateMachine):
             assert all(line.endswith("accepted by the officer") for line in report.changes)
             self.status[name] = "loaded"
             self.recorded += len(held)
+            event("accept: applied")
         else:
             assert report.status == "not held" and report.changes == []
+            event("accept: nothing held any more")
 
+    @precondition(lambda self: any(self.model.values()))
     @rule(school=st.sampled_from(SCHOOLS), trial=st.sampled_from([None, "cafe", "maths"]))
     def withdraw_school(self, school: str, trial: str | None) -> None:
         """A school leaves (everything, or one trial given by an alias)."""
@@ -189,6 +194,7 @@ class Deliveries(RuleBasedStateMachine):
         assert len(done) == len(gone), ([c.message for c in done], gone)
         assert all(c.message.endswith(f"withdrawn, {c.pupils_before} pupil{'s' if c.pupils_before != 1 else ''} removed")
                    for c in done)
+        event(f"withdraw: {'some rows' if gone else 'nothing to remove'}")
         for key in gone:
             del self.model[key]
         self.recorded += len(gone)
@@ -208,4 +214,4 @@ class Deliveries(RuleBasedStateMachine):
         assert per_key == self.recorded  # every change set recorded once
 
 
-TestDeliveries = pytest.mark.slow(Deliveries.TestCase)  # hundreds of sequences: the "ci" profile (tests/conftest.py)
+TestDeliveries = pytest.mark.timeout(900)(pytest.mark.slow(Deliveries.TestCase))  # hundreds of sequences: the "ci" profile (tests/conftest.py)

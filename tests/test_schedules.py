@@ -37,7 +37,8 @@ def test_termly_reload_reloads_every_school_in_one_run():
     assert termly_full_reload.execution_timezone == "Europe/London"
     job = defs.resolve_job_def(termly_full_reload.job_name)
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
-        "pupils", "deliveries", "quarantine", "load_report", "load_warnings", "registry", "trial_results", "school_results",
+        "pupils", "deliveries", "change_sets", "quarantine", "load_report", "load_warnings", "registry", "trial_results",
+        "school_results",
         "exploratory_results", "registry_messages", "registry_progress",
         "evidence_table"}
     when = dt.datetime(2026, 9, 1, 5, tzinfo=LONDON)

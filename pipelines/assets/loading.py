@@ -12,8 +12,11 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from microtrials import feedback, loading, privacy, warehouse
+from microtrials import feedback, history, loading, privacy, warehouse
 from microtrials.errors import MicrotrialsError
+from microtrials.ingest.trial_key import TrialKeys
+from microtrials.registry import load_registry
+from pipelines.assets.registry import trials_file
 from pipelines.launch import officer_step
 from pipelines.partitions import files_by_school, schools_partitions
 from pipelines.resources import Settings, Warehouse
@@ -105,7 +108,8 @@ def _load(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: W
         note = privacy.check_key_unchanged(con, key, privacy.new_key_allowed())
         if note:
             context.log.warning(note)
-        reports = loading.load_files(con, files, key)
+        _store_current_rounds(con, settings)
+        reports = loading.load_files(con, files, key, keys=_trial_keys(settings, context))
         present = {p.name for p in settings.extracts.iterdir()} if settings.extracts.is_dir() else set()
         _update_load_report(con, loading.load_report_frame(reports + ignored),
                             {p.name for p in files} | {r.file_name for r in ignored}, present)
@@ -117,6 +121,28 @@ def _load(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: W
         urns = [s for s in schools if not s.startswith("file-")]
         held = con.execute(warehouse.sql("school_summary"), {"urns": urns}).df()
     return reports, written, held
+
+
+def _store_current_rounds(con, settings: Settings) -> None:
+    """Make the registry this run reads the warehouse's current rounds before loading, so the load
+    judges scores against the ranges it declares (microtrials.plausibility); an unreadable registry
+    leaves the last one stored (``_trial_keys`` warns)."""
+    try:
+        registry = load_registry(trials_file(settings))
+    except MicrotrialsError:
+        return
+    history.store_rounds(con, registry)
+
+
+def _trial_keys(settings: Settings, context: dg.AssetExecutionContext) -> TrialKeys | None:
+    """The trial keys of the registry this run reads (so a re-delivery replaces what this run's
+    analysis counts as the same trial round); None (the warehouse's last registry) when it cannot be read."""
+    try:
+        parsed = load_registry(trials_file(settings))
+    except MicrotrialsError as exc:
+        context.log.warning(f"loading places rows by the registry last stored in the warehouse: {exc}")
+        return None
+    return TrialKeys(parsed.rounds if parsed is not None else ())  # no file: every name is its own trial
 
 
 def school_status(reports: list[loading.FileReport]) -> str:

@@ -129,8 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"microtrials {args.command}: {' '.join(str(exc).split())}", file=sys.stderr)
         return NOT_STARTED
     if ws is not None:
+        other = os.environ.get("DAGSTER_HOME")
+        if other and Path(other).absolute() != ws.dagster_home:
+            print(f"microtrials {args.command}: note: DAGSTER_HOME={other} is not used inside the workspace {ws.root}; "
+                  f"its Dagster instance is {ws.dagster_home} (dagster_home in {workspace.CONFIG_NAME})", file=sys.stderr)
         os.environ.update(workspace.environment(ws))
-    elif args.command in ("run", "ui") and getattr(args, "extracts", None) is None:
+    elif args.command == "run" and args.extracts is None:
         print(f"microtrials {args.command}: no {workspace.CONFIG_NAME} here or above, so this is the bundled demo "
               f"({DEMO}); for your own data: microtrials init DIR (README \"Going live\")", file=sys.stderr)
 
@@ -473,11 +477,11 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
     could be published), those trials with their reasons on one line (else '')."""
     import pandas as pd
 
+    from microtrials import publish, warehouse, workspace
     from microtrials import summary as todo
-    from microtrials import warehouse, workspace
 
     evidence = out / "evidence_table.csv"
-    table = pd.read_csv(evidence) if evidence.is_file() else pd.DataFrame()
+    table = publish.read_published_csv(evidence) if evidence.is_file() else pd.DataFrame()
     ws = workspace.from_environment()
     feedback = _feedback_folder()
     lines = [f"microtrials run finished (Dagster run {run_id})"]
@@ -611,16 +615,9 @@ def descendants(pid: int) -> set[int]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+    from microtrials.publish import pid_alive
+
+    return pid_alive(pid)
 
 
 def start_ui(port: int) -> int:

@@ -35,7 +35,8 @@ ENV_VAR = "MICROTRIALS_TRIALS"
 COLUMNS = (
     "intervention", "outcome_measure", "round", "start_date", "end_date", "schools", "aliases",
     "secondary_outcomes", "registered_on", "toolkit_strand", "national_months", "cost_per_pupil",
-    "description", "results_due", "year_groups", "dosage", "delivered_by", "contact",
+    "description", "results_due", "year_groups", "dosage", "delivered_by", "contact", "outcome_min", "outcome_max",
+    "baseline_min", "baseline_max",
 )
 # Optional words the trial page shows as written (after these checks): how it is delivered and whom
 # to ask. (column, longest allowed, example for the message)
@@ -102,10 +103,15 @@ class TrialRound:
     dosage: str = ""
     delivered_by: str = ""
     contact: str = ""
+    # The valid range of the primary outcome's and the baseline's scores (either end may be open).
+    outcome_min: float | None = None
+    outcome_max: float | None = None
+    baseline_min: float | None = None
+    baseline_max: float | None = None
 
-    @property
+    @cached_property
     def key(self) -> tuple[str, str]:
-        """(intervention, round) as matching keys (:func:`microtrials.names.match_key`)."""
+        """(intervention, round) as matching keys (:func:`microtrials.names.match_key`), worked out once."""
         return match_key(self.intervention), match_key(self.round)
 
     @property
@@ -201,14 +207,18 @@ def load_registry(path: Path | str) -> Registry | None:
     Raises :class:`RegistryUnreadable` for a file that cannot be read or used as a whole, and for
     one over :data:`MAX_REGISTRY_BYTES` (before reading it)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return None
     return read_registry(registry_bytes(path), str(path))
 
 
 def registry_bytes(path: Path | str) -> bytes:
     """The registry file's bytes; :class:`RegistryUnreadable` (before reading) when it is over
-    :data:`MAX_REGISTRY_BYTES`."""
+    :data:`MAX_REGISTRY_BYTES` or not a regular file (a folder, a device, a pipe, a broken link:
+    taking it for "no registry" would publish every trial as unregistered)."""
+    if not Path(path).is_file():
+        raise RegistryUnreadable(f"{FILE_NAME}: {path} is not a file (a folder, a device or a broken link); "
+                                 "put the registry there as a CSV file, or remove what is there to run without one")
     with open(path, "rb") as handle:
         data = handle.read(MAX_REGISTRY_BYTES + 1)
     if len(data) > MAX_REGISTRY_BYTES:
@@ -325,7 +335,7 @@ def _resolve_names(rows: list[TrialRound]) -> tuple[list[TrialRound], list[Regis
             continue
         seen[row.key] = row.line
         canonical = first.setdefault(row.key[0], row)
-        kept.append(replace(row, intervention=canonical.intervention))
+        kept.append(row if canonical is row else replace(row, intervention=canonical.intervention))
     alias_of: dict[str, dict[str, int]] = {}  # alias key -> {intervention key: first line giving it}
     for row in kept:
         for alias in row.aliases:
@@ -392,6 +402,7 @@ def _parse_row(line: int, cells: dict[str, str]) -> tuple[TrialRound | None, lis
     if cost is not None and cost < 0:
         bad("cost_per_pupil", "the cost per pupil is negative", "write pounds per pupil per year, e.g. 150")
         cost = None
+    bounds = _ranges(cells, bad)
     delivery = _delivery(cells, bad)
     if problems or start is None:
         return None, problems
@@ -411,7 +422,34 @@ def _parse_row(line: int, cells: dict[str, str]) -> tuple[TrialRound | None, lis
         description=_clean(cells.get("description", "")),
         line=line,
         **delivery,
+        **bounds,
     ), problems
+
+
+RANGE_COLUMNS = ("outcome_min", "outcome_max", "baseline_min", "baseline_max")
+
+
+def _ranges(cells: dict[str, str], bad) -> dict[str, float | None]:
+    """The declared score ranges: plain numbers, the low end not above the high."""
+    bounds: dict[str, float | None] = {}
+    for column in RANGE_COLUMNS:
+        text = cells.get(column, "").strip()
+        bounds[column] = None
+        if not text:
+            continue
+        if not _NUMBER.match(text):
+            end = "lowest" if column.endswith("_min") else "highest"
+            bad(column, f"'{text[:20]}' is not a number",
+                f"write the {end} valid {column.split('_')[0]} score as a number, e.g. {69 if end == 'lowest' else 141}, "
+                "or leave it blank")
+            continue
+        bounds[column] = float(text)
+    for score in ("outcome", "baseline"):
+        low, high = bounds[f"{score}_min"], bounds[f"{score}_max"]
+        if low is not None and high is not None and low > high:
+            bad(f"{score}_min", f"{score}_min ({low:g}) is above {score}_max ({high:g})",
+                f"swap them: {score}_min is the lowest valid score, {score}_max the highest")
+    return bounds
 
 
 def _year_groups(text: str, bad) -> str:
@@ -811,7 +849,7 @@ def outcome_switch_notes(
 ROUND_COLUMNS = [
     "sha256", "line", "intervention", "outcome_measure", "round", "start_date", "end_date", "schools",
     "aliases", "secondary_outcomes", "registered_on", "toolkit_strand", "national_months",
-    "cost_per_pupil", "cost_rating", "description",
+    "cost_per_pupil", "cost_rating", "description", *RANGE_COLUMNS,
 ]
 PROBLEM_COLUMNS = ["sha256", "line", "column_name", "problem", "action", "intervention"]
 
@@ -825,12 +863,14 @@ def rounds_frame(registry: Registry) -> pd.DataFrame:
         "secondary_outcomes": "|".join(r.secondary_outcomes), "registered_on": r.registered_on,
         "toolkit_strand": r.toolkit_strand, "national_months": r.national_months,
         "cost_per_pupil": r.cost_per_pupil, "cost_rating": r.cost_rating, "description": r.description,
+        **{column: getattr(r, column) for column in RANGE_COLUMNS},
     } for r in registry.rounds]
     frame = pd.DataFrame(rows, columns=ROUND_COLUMNS)
     for column in ("start_date", "end_date", "registered_on"):
         frame[column] = pd.to_datetime(frame[column]).dt.date
     frame["national_months"] = frame["national_months"].astype("Int64")
-    frame["cost_per_pupil"] = frame["cost_per_pupil"].astype("Float64")
+    for column in ("cost_per_pupil", *RANGE_COLUMNS):
+        frame[column] = frame[column].astype("Float64")
     return frame
 
 

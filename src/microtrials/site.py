@@ -418,6 +418,7 @@ LOAD_COLUMNS = ["File", "School URN", "Status", "What went wrong", "Warnings", "
 #: Status words, in the order the page lists files (problems first).
 LOAD_STATUS = {
     "rejected": "rejected: nothing loaded",
+    "held": "held: a change waiting for the data team (the earlier rows stay)",
     "partly": "partly loaded: some rows set aside",
     "warned": "loaded, with warnings",
     "ignored": "ignored: not a school file",
@@ -428,6 +429,8 @@ _COUNTS = [  # (pattern, replacement): sentences of the loader that carry a coun
     (re.compile(r"this file has \d+ loadable rows? for the trial, the school's earlier delivery \d+"),
      "this file has fewer loadable rows for the trial than the school's earlier delivery"),
     (re.compile(r"has \d+ different values in \d+ rows"), "has a different value in every row"),
+    (re.compile(r"\bby \d{1,5}\b(?=, more than half)"), "by fewer"),  # a held change (change_sets)
+    (re.compile(r"\bleave \d{1,5} of the \d{1,5}\b"), "leave fewer than half of the"),
     (re.compile(r"\blines? \d+(?:(?:,\s*| and | to |-)\d+)*"), "some lines"),
     (re.compile(r"\s*\(\d+\)"), ""),
     (re.compile(r":\s*\d+(?=;|$|\))"), ""),  # "rule: 3" (a count per reason)
@@ -456,6 +459,8 @@ def _load_status(row: dict) -> str:
         return "rejected"
     if status == "ignored":
         return "ignored"
+    if status in ("held", "partly held"):
+        return "held"
     if count("rows_quarantined") or not views.is_blank(row.get("quarantined_by_reason")):
         return "partly"
     if count("rows_with_warnings") or not views.is_blank(row.get("warnings")):
