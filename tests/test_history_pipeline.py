@@ -14,6 +14,7 @@ import pytest
 
 from microtrials import history
 from tests.conftest import SHARED, TEST_PUPIL_KEY
+from tests.helpers.pipeline import run_in_process as _run
 
 pytestmark = pytest.mark.slow  # two whole pipeline runs (the history module's own tests are quick)
 
@@ -23,25 +24,6 @@ pytestmark = pytest.mark.slow  # two whole pipeline runs (the history module's o
 # g 0.361 (+5 months), so the new school moves the estimate across the 0.35 boundary.
 FIRST = ["111601", "111602", "111603", "111607", "111609", "111610", "111611", "111612"]
 NEW = "111629"
-
-
-def _run(defs, extracts: Path, out: Path, db: Path, instance) -> dg.ExecuteInProcessResult:
-    from pipelines.jobs import partition_range_tags
-    from pipelines.partitions import SCHOOLS, files_by_school
-    from pipelines.resources import Settings, Warehouse
-
-    schools = sorted(files_by_school(extracts))
-    known = set(instance.get_dynamic_partitions(SCHOOLS))
-    instance.add_dynamic_partitions(SCHOOLS, [s for s in schools if s not in known])
-    every = sorted(instance.get_dynamic_partitions(SCHOOLS))
-    job_defs = dg.Definitions(
-        assets=list(defs.assets), asset_checks=list(defs.asset_checks or []), jobs=list(defs.jobs),
-        resources={"settings": Settings(extracts_dir=str(extracts), out_dir=str(out)),
-                   "warehouse_db": Warehouse(database=str(db))},
-    )
-    job = job_defs.resolve_job_def("load_and_refresh")
-    return job.execute_in_process(instance=instance, tags=partition_range_tags(every[0], every[-1]),
-                                  raise_on_error=False)
 
 
 def _publishing_metadata(result: dg.ExecuteInProcessResult) -> dict:

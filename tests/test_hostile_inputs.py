@@ -159,6 +159,11 @@ def test_one_row_per_trial_compares_formula_like_names_as_sent(tmp_path, name, r
     con = duckdb.connect(str(db))
     con.execute("CREATE TABLE trial_results AS SELECT * FROM results")
     con.close()
+    # Registered, so the publication gate lets the names be published (microtrials.gate).
+    (tmp_path / "trials.csv").write_text(
+        "intervention,outcome_measure,round,start_date,schools\n"
+        + "".join(f"{i},{o},{r or ''},2025-09-01,111101 111102\n" for i, o, r in
+                  zip(results["intervention"], results["outcome_measure"], results["round"])))
     out = tmp_path / "out"
     out.mkdir()
     (out / "evidence_table.csv").write_bytes(publish.csv_bytes(results))
@@ -298,3 +303,33 @@ def test_the_size_limit_is_configurable_and_a_folder_load_rejects_the_file_and_l
     # The rejected file is recorded under a size-and-time id, so the next run and the sensor know it.
     ids = dict(con.execute("SELECT file_name, delivery_id FROM deliveries").fetchall())
     assert ids["111602.csv"].startswith("too-large:")
+
+
+def test_a_published_csv_read_back_gives_the_names_as_sent(tmp_path):
+    """The run's summary read evidence_table.csv and printed "'@Home reading / ... / '-" on the terminal."""
+    table = pd.DataFrame({"intervention": ["@Home reading", "=HYPERLINK(\"x\")"], "round": ["-", None],
+                          "effect_size": [0.25, -0.1]})
+    path = tmp_path / "evidence_table.csv"
+    path.write_bytes(publish.csv_bytes(table))
+    assert "'@Home reading" in path.read_text(encoding="utf-8-sig")
+    back = publish.read_published_csv(path)
+    assert back["intervention"].tolist() == table["intervention"].tolist()
+    assert back["round"].tolist()[0] == "-" and back["effect_size"].tolist() == [0.25, -0.1]
+
+
+@pytest.mark.parametrize("what", ["folder", "device", "broken link"])
+def test_a_registry_path_holding_something_else_is_refused_not_taken_for_no_registry(tmp_path, what):
+    """Attack: trials.csv as a folder, a link to /dev/zero or a dangling link was read as "no registry",
+    which publishes every trial as unregistered in place of the registered publication."""
+    path = tmp_path / "trials.csv"
+    if what == "folder":
+        path.mkdir()
+    elif what == "device":
+        path.symlink_to("/dev/zero")
+    else:
+        path.symlink_to(tmp_path / "gone.csv")
+    started = time.perf_counter()
+    with pytest.raises(reg.RegistryUnreadable, match="is not a file"):
+        reg.load_registry(path)
+    assert time.perf_counter() - started < 2
+    assert reg.load_registry(tmp_path / "absent.csv") is None

@@ -217,7 +217,7 @@ def test_no_planted_name_in_any_published_byte_of_a_run(tmp_path, monkeypatch, r
     import dagster as dg
 
     from pipelines.definitions import defs
-    from tests.test_history_pipeline import _run
+    from tests.helpers.pipeline import run_in_process as _run
 
     monkeypatch.setenv("MICROTRIALS_PUPIL_KEY", TEST_PUPIL_KEY)
     monkeypatch.delenv("MICROTRIALS_TRIALS", raising=False)

@@ -63,17 +63,24 @@ def test_partition_queries_of_a_sensor_run_do_not_grow_with_the_schools(tmp_path
     assert many["listings"] <= 12, many
 
 
-def test_the_cli_asks_for_one_planned_event_per_asset(tmp_path, monkeypatch):
+def test_the_cli_asks_for_one_planned_event_per_asset_and_batched_event_writes(tmp_path, monkeypatch):
+    import os
+
     from microtrials import cli
 
     monkeypatch.delenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", raising=False)
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "250")  # a deployment's own choice is kept
     shutil.copy(REPO / "dagster.yaml", tmp_path)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     cli.use_instance_environment()
-    import os
 
     assert os.environ["DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"] == "1"
+    assert os.environ["DAGSTER_EVENT_BATCH_SIZE"] == "250"
+    monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE")
+    cli.use_instance_environment()
+    assert os.environ["DAGSTER_EVENT_BATCH_SIZE"] == "1000"
+    monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE")  # restored (unset) after the test
     assert dg.DagsterInstance.ephemeral().event_log_storage.supports_partition_subset_in_asset_materialization_planned_events
 
 

@@ -51,7 +51,7 @@ def registry(context: dg.AssetExecutionContext, settings: Settings, warehouse_db
     path = trials_file(settings)
     with warehouse_db.connect() as con:
         history.ensure_tables(con)
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():  # anything else at the path is read, or refused
             history.clear_registry(con)
             warning = no_registry_warning(path)
             context.log.warning(warning)

@@ -473,11 +473,11 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
     could be published), those trials with their reasons on one line (else '')."""
     import pandas as pd
 
+    from microtrials import publish, warehouse, workspace
     from microtrials import summary as todo
-    from microtrials import warehouse, workspace
 
     evidence = out / "evidence_table.csv"
-    table = pd.read_csv(evidence) if evidence.is_file() else pd.DataFrame()
+    table = publish.read_published_csv(evidence) if evidence.is_file() else pd.DataFrame()
     ws = workspace.from_environment()
     feedback = _feedback_folder()
     lines = [f"microtrials run finished (Dagster run {run_id})"]
@@ -611,16 +611,9 @@ def descendants(pid: int) -> set[int]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+    from microtrials.publish import pid_alive
+
+    return pid_alive(pid)
 
 
 def start_ui(port: int) -> int:

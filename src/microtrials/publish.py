@@ -151,6 +151,18 @@ def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def read_published_csv(path: Path, **options) -> pd.DataFrame:
+    """A published CSV read back as the rows it was written from: BOM dropped, every text cell's
+    neutralising quote undone (:func:`published_text`), so '@Home reading' is not shown as
+    "'@Home reading" on a terminal or in a check. ``options`` go to ``pandas.read_csv``."""
+    frame = pd.read_csv(path, encoding="utf-8-sig", **options)
+    for column in frame.columns:
+        if pd.api.types.is_object_dtype(frame[column]) or pd.api.types.is_string_dtype(frame[column]):
+            frame[column] = frame[column].map(published_text, na_action="ignore")
+    frame.columns = [published_text(str(c)) for c in frame.columns]
+    return frame
+
+
 def plain_number(value: float) -> str:
     """A float as positional decimal text, full precision, never scientific notation.
 
@@ -398,7 +410,7 @@ def remove_dead_staging(out_dir: Path) -> list[Path]:
         if match is None or entry.is_symlink() or not entry.is_dir():
             continue
         pid, host = match.group(1), match.group(2)
-        mine_and_dead = pid is not None and host == _HOST and int(pid) != os.getpid() and not _alive(int(pid))
+        mine_and_dead = pid is not None and host == _HOST and int(pid) != os.getpid() and not pid_alive(int(pid))
         try:
             stale = time.time() - entry.stat().st_mtime > STALE_STAGING_SECONDS
         except OSError:
@@ -409,14 +421,18 @@ def remove_dead_staging(out_dir: Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine and is not a zombie (no /proc: trust kill(0))."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 # Column names that would identify pupils if they reached a published file.

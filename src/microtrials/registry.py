@@ -103,9 +103,9 @@ class TrialRound:
     delivered_by: str = ""
     contact: str = ""
 
-    @property
+    @cached_property
     def key(self) -> tuple[str, str]:
-        """(intervention, round) as matching keys (:func:`microtrials.names.match_key`)."""
+        """(intervention, round) as matching keys (:func:`microtrials.names.match_key`), worked out once."""
         return match_key(self.intervention), match_key(self.round)
 
     @property
@@ -201,14 +201,18 @@ def load_registry(path: Path | str) -> Registry | None:
     Raises :class:`RegistryUnreadable` for a file that cannot be read or used as a whole, and for
     one over :data:`MAX_REGISTRY_BYTES` (before reading it)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return None
     return read_registry(registry_bytes(path), str(path))
 
 
 def registry_bytes(path: Path | str) -> bytes:
     """The registry file's bytes; :class:`RegistryUnreadable` (before reading) when it is over
-    :data:`MAX_REGISTRY_BYTES`."""
+    :data:`MAX_REGISTRY_BYTES` or not a regular file (a folder, a device, a pipe, a broken link:
+    taking it for "no registry" would publish every trial as unregistered)."""
+    if not Path(path).is_file():
+        raise RegistryUnreadable(f"{FILE_NAME}: {path} is not a file (a folder, a device or a broken link); "
+                                 "put the registry there as a CSV file, or remove what is there to run without one")
     with open(path, "rb") as handle:
         data = handle.read(MAX_REGISTRY_BYTES + 1)
     if len(data) > MAX_REGISTRY_BYTES:
@@ -325,7 +329,7 @@ def _resolve_names(rows: list[TrialRound]) -> tuple[list[TrialRound], list[Regis
             continue
         seen[row.key] = row.line
         canonical = first.setdefault(row.key[0], row)
-        kept.append(replace(row, intervention=canonical.intervention))
+        kept.append(row if canonical is row else replace(row, intervention=canonical.intervention))
     alias_of: dict[str, dict[str, int]] = {}  # alias key -> {intervention key: first line giving it}
     for row in kept:
         for alias in row.aliases:

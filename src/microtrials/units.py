@@ -124,12 +124,17 @@ def units_from_matching(registry: Registry, matched: pd.DataFrame) -> list[Unit]
             round=None, outcome_role=UNREGISTERED, parts=(("", _keys(group)),), spellings=spellings))
 
     placed = frame[frame["registered"].astype(bool) & frame["round"].notna()]
-    for canonical in registry.interventions():
+    # Grouped once (linear in the registry's rounds): a 20,000-round registry filtered the
+    # combinations once per intervention and round, 95 s for 4 schools.
+    by_round = {key: group for key, group in placed.groupby(["registered_intervention", "round"], sort=False)}
+    delivered = {name for name, _ in by_round}
+    for canonical in (name for name in registry.interventions() if name in delivered):
         rounds = registry.rounds_of(canonical)
-        mine = placed[placed["registered_intervention"] == canonical]
         by_outcome: dict[str, list[tuple[int, Unit, bool]]] = {}
         for position, trial_round in enumerate(rounds):
-            in_round = mine[mine["round"] == trial_round.round]
+            in_round = by_round.get((canonical, trial_round.round))
+            if in_round is None:
+                continue
             for outcome_key, group in in_round.groupby("outcome_key", sort=True):
                 role = str(group["outcome_role"].iloc[0])
                 registered_names = {names.match_key(x): x for x in (trial_round.outcome_measure,
