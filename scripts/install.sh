@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+# setuptools notes every editable install of a layout like ours (src/microtrials beside pipelines/)
+# with a 10-line "Editable installation" warning that asks nothing of anyone: silenced by its text only.
+PYTHONWARNINGS="ignore:Editable installation" \
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
 if [ "${MICROTRIALS_SYSTEM_PACKAGES:-0}" = 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   [ -x /usr/bin/chromium ] || missing+=(chromium)

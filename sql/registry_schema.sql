@@ -30,8 +30,17 @@ CREATE TABLE IF NOT EXISTS registry_rounds (
     national_months    INTEGER,
     cost_per_pupil     DOUBLE,
     cost_rating        VARCHAR,
-    description        VARCHAR
+    description        VARCHAR,
+    outcome_min        DOUBLE,            -- declared valid range of the primary outcome's scores
+    outcome_max        DOUBLE,
+    baseline_min       DOUBLE,            -- and of the baseline's
+    baseline_max       DOUBLE
 );
+-- A warehouse made before the declared ranges gains their columns.
+ALTER TABLE registry_rounds ADD COLUMN IF NOT EXISTS outcome_min DOUBLE;
+ALTER TABLE registry_rounds ADD COLUMN IF NOT EXISTS outcome_max DOUBLE;
+ALTER TABLE registry_rounds ADD COLUMN IF NOT EXISTS baseline_min DOUBLE;
+ALTER TABLE registry_rounds ADD COLUMN IF NOT EXISTS baseline_max DOUBLE;
 
 -- The current registry's bad rows, as the load report shows them.
 CREATE TABLE IF NOT EXISTS registry_problems (

@@ -189,67 +189,55 @@ def typo_file(write_extract, column, value, n=30, name="111601.csv"):
     return write_extract(name, rows), rows
 
 
-def test_an_outcome_typo_is_quarantined_and_the_rest_loads_unchanged(write_extract):
+def loaded(tmp_path, path):
+    """Load one file into a fresh warehouse: (report, pupils frame by line, load_warnings rows)."""
+    from microtrials import warehouse
+    from microtrials.loading import load_file
+
+    con = warehouse.connect(tmp_path / f"{path.stem}.duckdb")
+    report = load_file(con, path, b"k" * 32)
+    pupils = con.execute("SELECT * EXCLUDE (source_file, delivery_id) FROM pupils "
+                         "ORDER BY source_line").df()
+    warnings = con.execute("SELECT line, column_name, rule FROM load_warnings ORDER BY line").fetchall()
+    quarantine = con.execute("SELECT line, column_name, rule, reason FROM quarantine ORDER BY line").fetchall()
+    con.close()
+    return report, pupils, warnings, quarantine
+
+
+def test_validating_a_file_no_longer_judges_its_scores_against_the_file_itself(write_extract):
+    """Plausibility is judged at trial level after the whole batch is read (microtrials.plausibility)."""
+    result = checked(typo_file(write_extract, "outcome", "99999999")[0])
+    assert result.quarantine.num_rows == 0 and result.good["outcome"][5].as_py() == 99999999.0
+
+
+def test_an_outcome_typo_is_set_aside_at_load_and_the_rest_loads_unchanged(write_extract, tmp_path):
     path, rows = typo_file(write_extract, "outcome", "99999999")
-    result = checked(path)
-    assert result.quarantine.to_pandas()[["line", "column_name", "rule"]].values.tolist() == [
-        [7, "outcome", "implausible value"]
-    ]
-    reason = result.quarantine["reason"][0].as_py()
-    assert "99999999" not in reason and "more than 6 robust SDs from the median" in reason
+    report, got, _, quarantine = loaded(tmp_path, path)
+    assert [q[:3] for q in quarantine] == [(7, "outcome", "implausible value")]
+    assert "99999999" not in quarantine[0][3] and "far outside this trial's outcome scores" in quarantine[0][3]
     # Finding 19: the value is set aside, not the pupil. The analysis sees exactly the file with that
-    # outcome blank (no post-test): the pupil still counts as randomised, the effect size is that of
-    # the file without the typed score.
+    # outcome blank (no post-test): the pupil still counts as randomised.
     rows[5][COLUMN["outcome"]] = ""
-    blanked = checked(write_extract("blanked.csv", rows)).good.to_pandas()
-    got = result.good.to_pandas()
-    assert len(got) == 30 and result.rows_quarantined == 0
-    pd.testing.assert_frame_equal(got.drop(columns="line"), blanked.drop(columns="line"))
+    _, blanked, _, _ = loaded(tmp_path, write_extract("blanked.csv", rows))
+    assert len(got) == 30 and report.rows_quarantined == 0
+    pd.testing.assert_frame_equal(got, blanked)
 
 
-def test_the_median_and_mad_rule_by_hand(write_extract):
-    # Outcomes 162.3, 28.9, 82..109: median 95.5; absolute deviations 0.5, 0.5, 1.5, 1.5, ..., 13.5, 13.5,
-    # 66.6, 66.8, so MAD = 7.5, robust SD = 1.4826 x 7.5 = 11.1195 and 6 robust SDs = 66.717.
-    rows = pupil_rows(30)
-    for i, row in enumerate(rows):
-        row[COLUMN["outcome"]] = str(80 + i)
-    rows[0][COLUMN["outcome"]] = "162.3"  # 66.8 above the median -> flagged
-    rows[1][COLUMN["outcome"]] = "28.9"  # 66.6 below -> kept
-    result = checked(write_extract("111601.csv", rows))
-    values = [float(r[COLUMN["outcome"]]) for r in rows]
-    median = pd.Series(values).median()
-    robust_sd = 1.4826 * (pd.Series(values) - median).abs().median()
-    expected = [i + 2 for i, v in enumerate(values) if abs(v - median) > 6 * robust_sd]
-    assert result.quarantine["line"].to_pylist() == expected == [2]
-
-
-def test_a_baseline_typo_is_blanked_with_a_warning_and_the_pupil_kept(write_extract):
+def test_a_baseline_typo_is_blanked_with_a_warning_and_the_pupil_kept(write_extract, tmp_path):
     path, _ = typo_file(write_extract, "baseline", "75000")
-    result = checked(path)
-    assert result.quarantine.num_rows == 0 and result.good.num_rows == 30
-    assert result.good["baseline"][5].as_py() is None and result.good["outcome"][5].as_py() == 86.0
-    assert result.warnings.to_pandas()[["line", "column_name", "rule"]].values.tolist() == [
-        [7, "baseline", "implausible value"]
-    ]
+    report, got, warnings, quarantine = loaded(tmp_path, path)
+    assert quarantine == [] and len(got) == 30
+    assert pd.isna(got["baseline"][5]) and got["outcome"][5] == 86.0
+    assert warnings == [(7, "baseline", "implausible value")]
 
 
-def test_few_scores_or_no_spread_are_not_judged(write_extract):
-    path, _ = typo_file(write_extract, "outcome", "99999999", n=9)
-    assert checked(path).quarantine.num_rows == 0  # fewer than 10 scores in the trial
-    rows = pupil_rows(20)
-    for row in rows:
-        row[COLUMN["outcome"]] = "100"
-    rows[0][COLUMN["outcome"]] = "140"
-    assert checked(write_extract("same.csv", rows)).quarantine.num_rows == 0  # MAD 0: no scale to judge by
-
-
-def test_each_trial_is_judged_on_its_own_scores(write_extract):
+def test_each_trial_is_judged_on_its_own_scores(write_extract, tmp_path):
     reading = pupil_rows(12)  # outcomes 81-92
     maths = pupil_rows(12, intervention="Maths", measure="PUMA")
     for i, row in enumerate(maths):
         row[COLUMN["outcome"]] = str(1000 + i)  # another scale: fine within its own trial
-    result = checked(write_extract("111601.csv", reading + maths))
-    assert result.quarantine.num_rows == 0 and result.good.num_rows == 24
+    report, got, warnings, quarantine = loaded(tmp_path, write_extract("111601.csv", reading + maths))
+    assert quarantine == [] and len(got) == 24 and warnings == []
 
 
 def test_an_identifier_in_the_round_column_is_blanked_with_a_warning_and_the_pupil_kept(write_extract):

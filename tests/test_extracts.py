@@ -329,9 +329,8 @@ def test_the_spellings_schools_systems_produce_are_understood(write_extract, col
 
 
 WARNED_VALUES = [  # (column, value, reason): the row loads, the value is blank, the warning says why
-    ("outcome", "abs", "outcome is not a number, got 'abs'; kept as no post-test for this pupil (they still count as "
-     "randomised). If the pupil has a score, write it with digits and a decimal point only"),
-    ("outcome", "A", None), ("outcome", "X", None), ("outcome", "-", None), ("outcome", "n/a", None),
+    ("outcome", "A", "outcome is not a number, got 'A'; kept as no post-test for this pupil (they still count as "
+     "randomised). If the pupil has a score, write it with digits and a decimal point only"), ("outcome", "X", None), ("outcome", "-", None), ("outcome", "n/a", None),
     ("outcome", "inf", None), ("outcome", "NaN", None), ("outcome", "12,5", None),
     ("outcome", "1e999", "outcome is too large to be a score, got '1e999'; kept as no post-test for this pupil (they "
      "still count as randomised). Correct the score"),

@@ -180,3 +180,65 @@ def test_feedback_uses_the_cells_the_load_kept_without_reading_files_again(con, 
     assert by_line["5", "gender"]["Value sent"] == feedback.HIDDEN  # still hidden: it is a pupil_id
     stored = con.execute("SELECT report_json FROM deliveries").fetchall()[0][0]
     assert "problem_cells" not in stored and rows[3][COL["pupil_id"]] not in stored  # kept in memory only
+
+
+def write_all(con, folder, tmp_path):
+    reports = load_folder(con, folder, KEY)
+    out = tmp_path / "feedback"
+    return out, feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, out, tmp_path / "pub")
+
+
+def test_only_the_current_deliverys_file_stays_and_older_ones_are_archived(con, write_extract, tmp_path):
+    rows = pupil_rows(6)
+    rows[1][COL["arm"]] = "treat"
+    first = write_extract("111601-autumn.csv", rows)
+    out, written = write_all(con, first.parent, tmp_path)
+    assert written == [out / "111601" / "111601-autumn-what-to-fix.csv"]
+    first.unlink()
+    rows[2][COL["arm"]] = "treat"
+    write_extract("111601-v2.csv", rows)
+    _, written = write_all(con, first.parent, tmp_path)
+    assert sorted(p.name for p in (out / "111601").glob("*.csv")) == ["111601-v2-what-to-fix.csv"]
+    assert [p.name for p in (out / "111601" / "archive").iterdir()] == ["111601-autumn-what-to-fix.csv"]
+    assert [r["Line"] for r in read_as_excel(written[0])] == ["3", "4"]
+
+
+def test_a_school_is_asked_to_stop_sending_columns_we_drop(con, write_extract, tmp_path):
+    header = EXTRACT_HEADER + ("pupil_name", "dob")
+    rows = [row + ["Jane Smith", "2015-01-02"] for row in pupil_rows(4)]
+    out, written = write_all(con, write_extract("111601.csv", rows, header=header).parent, tmp_path)
+    [row] = read_as_excel(written[0])
+    assert row["Column"] == "pupil_name, dob" and row["What to do"].startswith("please stop sending them")
+    assert "Jane" not in written[0].read_text(encoding="utf-8-sig")
+
+
+def test_a_bad_value_that_cannot_identify_anyone_is_shown_and_abs_needs_no_fix(con, write_extract, tmp_path):
+    rows = pupil_rows(6)
+    rows[0][COL["arm"]] = "Intervention group"
+    rows[1][COL["outcome"]] = "9898x"
+    rows[2][COL["baseline"]] = "abs"
+    rows[3][COL["outcome"]] = "Abs"
+    out, written = write_all(con, write_extract("111601.csv", rows).parent, tmp_path)
+    by_line = {(r["Line"], r["Column"]): r["Value sent"] for r in read_as_excel(written[0])}
+    assert by_line == {("2", "arm"): "Intervention group", ("3", "outcome"): feedback.HIDDEN}
+    rows[1][COL["outcome"]] = "9898"  # a number: shown, as the outcome it is (and loaded)
+    rows[0][COL["arm"]] = "intervention"
+    _, written = write_all(con, write_extract("111601.csv", rows).parent, tmp_path)
+    assert written == [] and not (out / "111601" / "111601-what-to-fix.csv").exists()  # abs alone: nothing to fix
+    assert con.execute("SELECT count(*), count(outcome), count(baseline) FROM pupils").fetchone() == (6, 5, 5)
+
+
+def test_a_rejected_file_of_one_school_goes_to_that_school_and_suggests_the_right_names(con, write_extract, tmp_path):
+    header = tuple({"arm": "Group", "outcome": "Score after"}.get(c, c) for c in EXTRACT_HEADER)
+    out, written = write_all(con, write_extract("111601.csv", pupil_rows(4), header=header).parent, tmp_path)
+    assert written == [out / "111601" / "111601-what-to-fix.csv"]
+    [row] = read_as_excel(written[0])
+    assert row["What is wrong"] == "the file was not loaded: required columns 'arm', 'outcome' are missing from the header row"
+    assert row["What to do"].startswith("rename 'Group' to 'arm', 'Score after' to 'outcome' if that is what they hold")
+
+
+def test_a_rejected_file_of_several_schools_goes_to_unknown_urn(con, write_extract, tmp_path):
+    header = tuple("Group" if c == "arm" else c for c in EXTRACT_HEADER)
+    rows = pupil_rows(2) + pupil_rows(2, urn="111602")
+    out, written = write_all(con, write_extract("mixed.csv", rows, header=header).parent, tmp_path)
+    assert written == [out / feedback.NO_URN / "mixed-what-to-fix.csv"]

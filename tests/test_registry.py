@@ -392,3 +392,27 @@ def test_rare_unregistered_names_and_unknown_rounds_are_never_quoted():
     assert "Jane Smith" not in text and "P1111010007" not in text and "Bob Jones" not in text
     assert "'Reading Boost' is not in the registry" in text
     assert sorted(frame["rule"]) == ["round_unknown", "unregistered", "unregistered", "unregistered"]
+
+
+def test_declared_score_ranges_are_read_and_checked_like_the_other_columns():
+    header = "intervention,outcome_measure,start_date,schools,outcome_min,outcome_max,baseline_min,baseline_max"
+    rows = [
+        "Reading,NGRT,2025-09-01,111101,69,141,,",
+        "Maths,PUMA,2025-09-01,111101,0,ten,,",
+        "Writing,Essay,2025-09-01,111101,141,69,-5,5.5",
+        "Spelling,Test,2025-09-01,111101,,,,8",
+    ]
+    r = reg.read_registry(csv_bytes(rows, header=header))
+    assert [(x.intervention, x.outcome_min, x.outcome_max, x.baseline_min, x.baseline_max) for x in r.rounds] == [
+        ("Reading", 69.0, 141.0, None, None), ("Spelling", None, None, None, 8.0)
+    ]
+    assert [p.message for p in r.problems] == [
+        "trials.csv line 3, column outcome_max: 'ten' is not a number; write the highest valid outcome score as a "
+        "number, e.g. 141, or leave it blank",
+        "trials.csv line 4, column outcome_min: outcome_min (141) is above outcome_max (69); swap them: outcome_min "
+        "is the lowest valid score, outcome_max the highest",
+    ]
+    frame = reg.rounds_frame(r)
+    assert frame[["outcome_min", "outcome_max", "baseline_max"]].astype(object).where(frame.notna(), None).values.tolist() == [
+        [69.0, 141.0, None], [None, None, 8.0]
+    ]

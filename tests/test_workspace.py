@@ -46,6 +46,8 @@ def test_the_key_file_is_new_random_and_readable_by_its_owner_only(tmp_path):
     ws = make(tmp_path)
     assert stat.S_IMODE(ws.key_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(ws.key_file.parent.stat().st_mode) == 0o700
+    for private in (ws.extracts, ws.feedback, ws.warehouse.parent, ws.dagster_home):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700, private
     key = workspace.read_key(ws.key_file)
     assert len(key) == 64 and privacy.key_bits(key) == 256
     privacy.check_key_strength(key)
@@ -166,6 +168,9 @@ def test_a_workspace_loads_publishes_reruns_and_refuses_demo_files_with_no_envir
     assert "What works for Testshire" in (ws / "published" / "index.html").read_text()
     assert (ws / "warehouse" / "warehouse.duckdb").is_file() and (ws / "dagster" / "storage").is_dir()
     assert "bundled demo" not in first.stderr
+    assert ("    schools are not told send_to, questions_email, data_team: fill them in under [schools] in "
+            "microtrials.toml") in first.stdout  # the route is missing: named at every run
+    assert "ask your authority's data team for its secure route" in (ws / "published" / "send-your-results.html").read_text()
 
     demo = REPO_ROOT / "data" / "extracts" / "111100.csv"
     shutil.copy(demo, ws / "extracts" / "111100.csv")
@@ -173,6 +178,6 @@ def test_a_workspace_loads_publishes_reruns_and_refuses_demo_files_with_no_envir
     assert again.returncode == 0, again.stderr[-3000:]
     assert ("rejected 111100.csv: a file of the bundled demo (fictional pupils), not a school's delivery"
             in again.stdout), again.stdout
-    assert "2 unchanged since their last load" in again.stdout
+    assert "2 unchanged since their last load" in again.stdout and "schools are not told send_to" in again.stdout
     assert list(pd.read_csv(ws / "published" / "evidence_table.csv")["intervention"]) == ["Paired reading"]
     assert not (REPO_ROOT / "data" / "extracts" / "123456.csv").exists()

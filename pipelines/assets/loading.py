@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from microtrials import feedback, loading, privacy, warehouse
+from microtrials import feedback, history, loading, privacy, warehouse
 from microtrials.errors import MicrotrialsError
 from microtrials.ingest.trial_key import TrialKeys
 from microtrials.registry import load_registry
@@ -108,6 +108,7 @@ def _load(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: W
         note = privacy.check_key_unchanged(con, key, privacy.new_key_allowed())
         if note:
             context.log.warning(note)
+        _store_current_rounds(con, settings)
         reports = loading.load_files(con, files, key, keys=_trial_keys(settings, context))
         present = {p.name for p in settings.extracts.iterdir()} if settings.extracts.is_dir() else set()
         _update_load_report(con, loading.load_report_frame(reports + ignored),
@@ -120,6 +121,17 @@ def _load(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: W
         urns = [s for s in schools if not s.startswith("file-")]
         held = con.execute(warehouse.sql("school_summary"), {"urns": urns}).df()
     return reports, written, held
+
+
+def _store_current_rounds(con, settings: Settings) -> None:
+    """Make the registry this run reads the warehouse's current rounds before loading, so the load
+    judges scores against the ranges it declares (microtrials.plausibility); an unreadable registry
+    leaves the last one stored (``_trial_keys`` warns)."""
+    try:
+        registry = load_registry(trials_file(settings))
+    except MicrotrialsError:
+        return
+    history.store_rounds(con, registry)
 
 
 def _trial_keys(settings: Settings, context: dg.AssetExecutionContext) -> TrialKeys | None:

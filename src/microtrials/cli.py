@@ -129,8 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"microtrials {args.command}: {' '.join(str(exc).split())}", file=sys.stderr)
         return NOT_STARTED
     if ws is not None:
+        other = os.environ.get("DAGSTER_HOME")
+        if other and Path(other).absolute() != ws.dagster_home:
+            print(f"microtrials {args.command}: note: DAGSTER_HOME={other} is not used inside the workspace {ws.root}; "
+                  f"its Dagster instance is {ws.dagster_home} (dagster_home in {workspace.CONFIG_NAME})", file=sys.stderr)
         os.environ.update(workspace.environment(ws))
-    elif args.command in ("run", "ui") and getattr(args, "extracts", None) is None:
+    elif args.command == "run" and args.extracts is None:
         print(f"microtrials {args.command}: no {workspace.CONFIG_NAME} here or above, so this is the bundled demo "
               f"({DEMO}); for your own data: microtrials init DIR (README \"Going live\")", file=sys.stderr)
 

@@ -1,9 +1,4 @@
-"""Checks on a whole extract's columns: swapped columns, decimal commas, implausible scores.
-
-Each works on a file's columns at once (pyarrow compute on the distinct values, numpy sorts for
-medians) and gives a plain reason or the rows it flags; :mod:`microtrials.extracts` turns them
-into a rejection, quarantine entries or warnings.
-"""
+"""Checks on a whole extract's columns: swapped columns, decimal commas, names that look like identifiers."""
 
 from __future__ import annotations
 
@@ -11,76 +6,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# Implausible scores: further than this many robust SDs (MAD x 1.4826, the normal-consistent
-# scale; Leys et al. 2013, J. Exp. Soc. Psych. 49:764) from the median of the trial's scores in
-# the file, judged only when the file has at least IMPLAUSIBLE_MIN_VALUES scores for the trial.
-IMPLAUSIBLE_ROBUST_SDS = 6.0
-IMPLAUSIBLE_MIN_VALUES = 10
-MAD_TO_SD = 1.4826
-
 # Swapped columns: a categorical column whose odd values differ on more than this share of its rows
 # (with at least SWAP_MIN_DISTINCT of them) looks like a column of pupil identifiers.
 SWAP_SHARE = 0.5
 SWAP_MIN_DISTINCT = 4
 
 _DECIMAL_COMMA = r"^[+-]?[0-9]+,[0-9]+$"
-
-
-class TrialCodes:
-    """Each row's trial (intervention + outcome_measure) as a small integer, and the trials' names."""
-
-    def __init__(self, intervention: pa.Array, outcome_measure: pa.Array):
-        encoded = pc.dictionary_encode(pc.binary_join_element_wise(intervention, outcome_measure, "\x1f"))
-        self._encoded = encoded
-        self._codes: np.ndarray | None = None
-
-    def __call__(self) -> np.ndarray:
-        if self._codes is None:
-            self._codes = self._encoded.indices.to_numpy(zero_copy_only=False)
-        return self._codes
-
-    def names(self) -> list[str]:
-        """The distinct trials, as 'intervention\x1foutcome_measure'."""
-        return self._encoded.dictionary.to_pylist()
-
-
-def group_medians(codes: np.ndarray, values: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Median of ``values`` per code (0..groups-1) and the count per code, by one sort (no loop)."""
-    order = np.lexsort((values, codes))
-    ordered = values[order]
-    counts = np.bincount(codes, minlength=groups)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    last = len(ordered) - 1
-    low = np.minimum(starts + (counts - 1) // 2, last)
-    high = np.minimum(starts + counts // 2, last)
-    medians = np.where(counts > 0, (ordered[low] + ordered[high]) / 2, np.nan)
-    return medians, counts
-
-
-def implausible(values: pa.Array, finite: pa.Array, trial_codes) -> tuple[pa.Array, np.ndarray]:
-    """Scores far from the rest of their trial in this file, and each row's trial median.
-
-    Per trial (intervention + outcome_measure) with at least ``IMPLAUSIBLE_MIN_VALUES`` finite
-    scores: flagged when |x - median| > 6 x 1.4826 x MAD, MAD = median(|x - median|). A trial whose
-    MAD is 0 (more than half its scores equal) is not judged. Medians per trial come from one sort.
-    """
-    flagged = np.zeros(len(values), dtype=bool)
-    medians = np.full(len(values), np.nan)
-    if finite.true_count < IMPLAUSIBLE_MIN_VALUES:
-        return pa.array(flagged), medians
-    scored = np.flatnonzero(finite.to_numpy(zero_copy_only=False))
-    x = values.to_numpy(zero_copy_only=False)[scored]
-    codes = trial_codes()[scored]
-    groups = int(codes.max()) + 1
-    median, counts = group_medians(codes, x, groups)
-    deviation = np.abs(x - median[codes])
-    mad, _ = group_medians(codes, deviation, groups)
-    robust_sd = MAD_TO_SD * mad
-    judged = (counts >= IMPLAUSIBLE_MIN_VALUES) & (robust_sd > 0)
-    far = judged[codes] & (deviation > IMPLAUSIBLE_ROBUST_SDS * robust_sd[codes])
-    flagged[scored[far]] = True
-    medians[scored] = median[codes]
-    return pa.array(flagged), medians
 
 
 def shape(values: pa.Array) -> pa.Array:

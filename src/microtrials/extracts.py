@@ -12,11 +12,13 @@ pupil identifier.
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import io
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +45,7 @@ SAVE_AS_CSV = "in Excel use File > Save As > 'CSV UTF-8 (Comma delimited) (*.csv
 # A plain decimal number: 85, -3.5, .5, 1e3. Nothing else (no '1,5', no thousands separators).
 _NUMBER = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
 _URN = r"^[0-9]{6}$"
+_ABSENT = r"^\s*(?:abs|absent)\.?\s*$"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 # A well-formed multi-byte UTF-8 character: in a file that is not UTF-8, a sign of mixed encodings.
 _UTF8_SEQUENCE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
@@ -51,6 +54,16 @@ _UTF8_SEQUENCE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|
 # this long, holds no run of 4 digits and equals no pupil_id in the file: never an identifier.
 _QUOTABLE = ("arm", "fsm", "gender", "send", "year_group", "outcome", "baseline")
 _SHOWN_VALUE_CHARS = 12
+_NUMERIC = ("outcome", "baseline", "year_group")
+# Words that name no one: a value made only of them ("Intervention group", "Not known") is shown.
+_SAFE_WORDS = (
+    "intervention", "control", "group", "treatment", "comparison", "arm", "class", "wait", "waiting", "list",
+    "yes", "no", "not", "known", "unknown", "free", "school", "meals", "sen", "send", "ehc", "ehcp", "plan",
+    "support", "statement", "male", "female", "boy", "girl", "year", "reception", "absent", "missing",
+    "none", "other", "n/a", "na", "test", "score", "the", "a", "of", "in",
+)
+_SAFE_PHRASE = r"^\s*(?:" + "|".join(map(re.escape, _SAFE_WORDS)) + r")(?:[\s_/-]+(?:" + "|".join(
+    map(re.escape, _SAFE_WORDS)) + r"))*\s*$"
 _NOT_SHOWN = "a value not shown here (it could identify a pupil)"
 _PUPIL_ID_SHOWN = "a pupil_id value (are the columns in the wrong order?)"
 
@@ -64,17 +77,24 @@ _TWO_WORDS = r"\pL{2,}[\s.,]+\pL{2,}"
 def quotable(column: str, values: pa.Array, pupil_ids: pa.Array) -> pa.Array:
     """Which of a column's values a reason or a feedback file may show (the identifier rule).
 
-    Only values of a coded or numeric column (``_QUOTABLE``) that are at most 12 characters, hold
-    no run of 4 digits, are not two words of letters (a name) and equal no pupil_id of the file.
+    Only values of a coded or numeric column (``_QUOTABLE``) that equal no pupil_id of the file and
+    are (a) at most 12 characters with no run of 4 digits and not two words of letters (a name);
+    (b) made only of the words of ``_SAFE_WORDS`` (``Intervention group``), at most 40 characters;
+    or (c) in a score or year column, a plain number of at most 8 characters (``9898``).
     """
     values = pc.cast(values, pa.string())
     if column not in _QUOTABLE:
         return pa.repeat(pa.scalar(False), len(values))
     text = pc.replace_substring_regex(values, r"[\r\n\t]+", " ")
-    safe = pc.and_(
-        pc.less_equal(pc.utf8_length(text), _SHOWN_VALUE_CHARS),
+    length = pc.utf8_length(text)
+    short = pc.and_(
+        pc.less_equal(length, _SHOWN_VALUE_CHARS),
         pc.invert(pc.or_(pc.match_substring_regex(text, r"[0-9]{4}"), pc.match_substring_regex(text, _TWO_WORDS))),
     )
+    words = pc.and_(pc.less_equal(length, 40), pc.match_substring_regex(text, _SAFE_PHRASE, ignore_case=True))
+    safe = pc.or_(short, words)
+    if column in _NUMERIC:
+        safe = pc.or_(safe, pc.and_(pc.less_equal(length, 8), pc.match_substring_regex(text, _NUMBER)))
     return pc.fill_null(pc.and_(safe, pc.invert(pc.is_in(values, value_set=pupil_ids))), False)
 
 
@@ -194,6 +214,16 @@ class ValidatedExtract:
         if not self.warnings.num_rows:
             return []
         return self.warnings.filter(pc.is_null(self.warnings.column("line"))).column("reason").to_pylist()
+
+
+def distinct_lines(entries: pa.Table) -> int:
+    """Distinct lines among quarantine or warning entries (file-level ones, with no line, left out)."""
+    return _distinct_lines(entries)
+
+
+def rows_by_rule(entries: pa.Table) -> dict[str, int]:
+    """Distinct lines per rule among quarantine or warning entries."""
+    return _rows_by_rule(entries)
 
 
 def _distinct_lines(entries: pa.Table) -> int:
@@ -517,12 +547,46 @@ def _match_columns(name: str, header: list[str]) -> tuple[dict[str, int], list[s
         if len(header) <= 2 and first_line.count("\t") >= 2:
             raise ExtractRejected(f"{name}: the file is separated by tabs, not commas; {SAVE_AS_CSV}")
         quoted = ", ".join(f"'{c}'" for c in missing)
+        renames = header_renames(missing, [cell for i, cell in enumerate(header) if i not in positions.values()])
         raise ExtractRejected(
             f"{name}: required column{'s' if len(missing) > 1 else ''} {quoted} "
-            f"{'are' if len(missing) > 1 else 'is'} missing from the header row; add "
-            f"{'them' if len(missing) > 1 else 'it'} (required: {', '.join(REQUIRED_COLUMNS)}) and send the file again"
+            f"{'are' if len(missing) > 1 else 'is'} missing from the header row; "
+            + (f"rename {renames} if that is what they hold, or add " if renames else "add ")
+            + f"{'them' if len(missing) > 1 else 'it'} (required: {', '.join(REQUIRED_COLUMNS)}) and send the file again"
         )
     return positions, dropped
+
+
+# Header names schools use for a contract column (declared, not guessed): a header cell that is one
+# of these, or within difflib's 0.8 similarity of one or of the column's own name, is suggested.
+HEADER_SYNONYMS = {
+    "school_urn": ("urn", "school", "school urn", "school id", "school number", "dfe number"),
+    "pupil_id": ("pupil", "pupil id", "pupil ref", "pupil reference", "student id", "student", "upn", "adno",
+                 "admission number"),
+    "intervention": ("programme", "program", "intervention name", "project"),
+    "outcome_measure": ("measure", "test", "test name", "assessment", "assessment name", "outcome test"),
+    "arm": ("group", "allocation", "condition", "treatment", "randomised to", "randomized to", "treatment group"),
+    "outcome": ("score after", "post test", "posttest", "post score", "post test score", "outcome score",
+                "final score", "score", "result"),
+    "baseline": ("score before", "pre test", "pretest", "pre score", "pre test score", "baseline score"),
+}
+
+
+def header_renames(missing: list[str], cells: list[str]) -> str:
+    """'Group' -> 'arm', ...: the header cells that look like a missing contract column ('' if none)."""
+    def words(text: str) -> str:
+        return re.sub(r"[\s_\-]+", " ", text.strip().lstrip("\ufeff")).strip().lower()
+
+    names = {words(n): column for column in missing for n in (column, *HEADER_SYNONYMS.get(column, ()))}
+    pairs, used = [], set()
+    for cell in cells:
+        key = words(cell)
+        close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.8)
+        column = names.get(key) or (names[close[0]] if close else None)
+        if column and column not in used and cell.strip():
+            used.add(column)
+            pairs.append(f"'{cell.strip()[:40]}' to '{column}'")
+    return ", ".join(pairs)
 
 
 def physical_lines(text: str) -> int:
@@ -655,6 +719,29 @@ def _drop_blank(table: pa.Table, columns: list[str]) -> pa.Table:
 # Validating (pyarrow compute over the whole file; reasons are built only for the rows flagged)
 
 
+def only_urn(path: Path) -> str | None:
+    """The one valid URN every row of a delivered CSV carries, read leniently (for a file rejected
+    whole, so its school can still be told why); None for a workbook, an unreadable or large file,
+    a file without a ``school_urn`` column, or rows with several or invalid URNs."""
+    try:
+        path = Path(path)
+        if path.stat().st_size > max_file_bytes():
+            return None
+        data = path.read_bytes()
+        if data.startswith(b"PK\x03\x04"):
+            return None
+        text, _ = _decode(path.name, data)
+        records = list(csv.reader(io.StringIO(text, newline="")))
+    except (ExtractRejected, OSError, csv.Error):
+        return None
+    header = [normalise_header(cell) for cell in records[0]] if records else []
+    if "school_urn" not in header:
+        return None
+    index = header.index("school_urn")
+    urns = {(r[index] if index < len(r) else "").strip() for r in records[1:] if any(c.strip() for c in r)}
+    return next(iter(urns)) if len(urns) == 1 and re.fullmatch(_URN, next(iter(urns))) else None
+
+
 def school_of(path: Path) -> str | None:
     """The one school a delivered file is for: its single valid URN; None when the file is
     rejected, holds several schools, or has no valid URN. (For grouping files by school.)"""
@@ -671,21 +758,47 @@ def valid_urns(urn: pa.Array) -> list[str]:
     return sorted(pc.unique(urn.filter(pc.match_substring_regex(urn, _URN))).to_pylist())
 
 
-def validate(extract: Extract) -> ValidatedExtract:
-    """Check every row against the contract's rules (listed in ``docs/loading.md``).
+@dataclass
+class _Rows:
+    """A file's rows read once for the rules: each contract column as trimmed text (``col``), which
+    cells are blank (``empty``) or hold a value the column should not (``odd``), the scores as numbers,
+    the coded columns as read, and the masks the whole-file checks found."""
 
-    Raises :class:`ExtractRejected` for a file holding rows for several schools (the contract is
-    one file per school per delivery, and a re-delivery replaces by school), and for a file whose
-    columns look swapped (a column that should hold a few codes or trial names holds values like
-    pupil identifiers), so no identifier is ever stored or published as a trial name or a code.
-    """
+    file_name: str
+    col: dict[str, pa.Array]
+    line: pa.Array
+    empty: dict[str, pa.Array]
+    odd: dict[str, pa.Array]
+    pupil_ids: pa.Array
+    arm: pa.Array
+    arm_ok: pa.Array
+    numbers: dict[str, pa.Array]
+    is_number: dict[str, pa.Array]
+    coded: dict[str, tuple[pa.Array, pa.Array]]
+    invisible: dict[str, pa.Array]
+    bad_name: dict[str, pa.Array] = field(default_factory=dict)
+    bad_round: pa.Array | None = None
+    duplicates: tuple | None = None  # (mask, reasons) once :func:`_duplicates` has looked
+
+    def finite(self, column: str) -> pa.Array:
+        return pc.fill_null(pc.is_finite(self.numbers[column]), False)
+
+    def shown(self, column: str, take: pa.Array) -> pa.Array:
+        """Bad values as a reason may quote them: only those :func:`quotable` allows."""
+        values = self.col[column].take(take)
+        is_pupil_id = pc.and_(pc.is_in(values, value_set=self.pupil_ids), pc.invert(self.empty[column].take(take)))
+        text = pc.replace_substring_regex(values, r"[\r\n\t]+", " ")
+        safe = quotable(column, values, self.pupil_ids)
+        return pc.if_else(is_pupil_id, _PUPIL_ID_SHOWN, pc.if_else(safe, _join("'", text, "'"), _NOT_SHOWN))
+
+
+def _read_rows(extract: Extract) -> _Rows:
+    """The file's columns as the rules read them. Invisible direction/control characters (a U+202E
+    override reverses the text a page shows) are removed from names first; an absence marker
+    (``abs``, ``absent``) in a score column is a missing score, nothing to fix."""
     rows = extract.rows
-    n = rows.num_rows
-    blank = pa.repeat(pa.scalar("", pa.string()), n)
+    blank = pa.repeat(pa.scalar("", pa.string()), rows.num_rows)
     col = {c: (_one_array(rows.column(c)) if c in rows.column_names else blank) for c in CONTRACT_COLUMNS}
-    line = _one_array(rows.column("line"))
-    # Invisible direction/control characters (a U+202E override reverses the text a page shows) are
-    # removed from names before anything else reads them; the row loads with a warning.
     invisible = {}
     for c in ("intervention", "outcome_measure", "round"):
         distinct = pc.unique(col[c])  # a few names: test them, not every row
@@ -693,299 +806,260 @@ def validate(extract: Extract) -> ValidatedExtract:
         if len(odd_names):
             invisible[c] = pc.is_in(col[c], value_set=odd_names)
             col[c] = pc.utf8_trim_whitespace(pc.replace_substring_regex(col[c], _INVISIBLE, ""))
+    for c in ("outcome", "baseline"):
+        col[c] = pc.if_else(pc.match_substring_regex(col[c], _ABSENT, ignore_case=True), "", col[c])
     empty = {c: pc.equal(pc.utf8_length(v), 0) for c, v in col.items()}
-    pupil_ids = pc.unique(col["pupil_id"].filter(pc.invert(empty["pupil_id"])))
-    quarantined: list[pa.Table] = [extract.format_errors] if extract.format_errors.num_rows else []
-    set_aside: list[pa.Table] = []  # values set aside (recorded in quarantine) from rows that load
-    warned: list[pa.Table] = [extract.warnings] if extract.warnings.num_rows else []
-
-    # What each column's values mean, and which are understood (blank counts as understood).
-    urn = col["school_urn"]
-    urn_ok = pc.match_substring_regex(urn, _URN)
     arm = pc.utf8_lower(col["arm"])
-    arm_ok = pc.is_in(arm, value_set=pa.array(ARMS))
-    numbers, is_number = {}, {}
-    for column in ("outcome", "baseline"):
-        is_number[column] = pc.match_substring_regex(col[column], _NUMBER)
-        text = pc.if_else(is_number[column], col[column], pa.scalar(None, pa.string()))
-        numbers[column] = pc.cast(text, pa.float64())
+    is_number = {c: pc.match_substring_regex(col[c], _NUMBER) for c in ("outcome", "baseline")}
     coded = {
         "fsm": spellings.yes_no(col["fsm"]),
         "send": spellings.send(col["send"]),
         "gender": spellings.gender(col["gender"]),
         "year_group": spellings.year_group(col["year_group"]),
     }
+    arm_ok = pc.is_in(arm, value_set=pa.array(ARMS))
     odd = {  # non-blank values a column should not hold; free-text columns: every value
-        "school_urn": pc.invert(pc.or_(urn_ok, empty["school_urn"])),
+        "school_urn": pc.invert(pc.or_(pc.match_substring_regex(col["school_urn"], _URN), empty["school_urn"])),
         "arm": pc.invert(pc.or_(arm_ok, empty["arm"])),
-        "outcome": pc.invert(pc.or_(is_number["outcome"], empty["outcome"])),
-        "baseline": pc.invert(pc.or_(is_number["baseline"], empty["baseline"])),
+        **{c: pc.invert(pc.or_(is_number[c], empty[c])) for c in ("outcome", "baseline")},
         **{c: pc.invert(understood) for c, (_, understood) in coded.items()},
         **{c: pc.invert(empty[c]) for c in ("intervention", "outcome_measure", "round")},
     }
+    numbers = {c: pc.cast(pc.if_else(is_number[c], col[c], pa.scalar(None, pa.string())), pa.float64())
+               for c in ("outcome", "baseline")}
+    pupil_ids = pc.unique(col["pupil_id"].filter(pc.invert(empty["pupil_id"])))
+    return _Rows(extract.file_name, col, _one_array(rows.column("line")), empty, odd, pupil_ids, arm, arm_ok,
+                 numbers, is_number, coded, invisible)
+
+
+def _check_whole_file(rows: _Rows) -> None:
+    """Reject a file whose columns look swapped with ``pupil_id`` or whose outcomes use decimal commas
+    (:mod:`microtrials.extract_checks`); then blank trial-name cells that look like a pupil identifier,
+    a name or a date (their rows are set aside; the optional ``round`` only loses the cell), so no
+    table, report or reason ever carries them."""
+    col, empty, odd = rows.col, rows.empty, rows.odd
     for problem in (
-        checks.swapped_columns(col, empty, odd, pupil_ids),
+        checks.swapped_columns(col, empty, odd, rows.pupil_ids),
         checks.decimal_commas(col["outcome"], odd["outcome"], empty["outcome"]),
     ):
         if problem:
-            raise ExtractRejected(f"{extract.file_name}: {problem}")
-    # A trial-name cell that looks like a pupil identifier, a name or a date never becomes a trial:
-    # its row is set aside and the cell is blanked here, so no table, report or reason carries it.
-    bad_name = {
-        c: checks.identifier_like_names(col[c], empty[c], pupil_ids) for c in ("intervention", "outcome_measure")
+            raise ExtractRejected(f"{rows.file_name}: {problem}")
+    rows.bad_name = {
+        c: checks.identifier_like_names(col[c], empty[c], rows.pupil_ids) for c in ("intervention", "outcome_measure")
     }
-    for c, mask in bad_name.items():
+    for c, mask in rows.bad_name.items():
         if mask.true_count:
             col[c] = pc.if_else(mask, pa.scalar("", pa.string()), col[c])
-    # The optional `round` column: such a cell is blanked (the pupil keeps their row) with a warning.
-    bad_round = checks.identifier_like_names(col["round"], empty["round"], pupil_ids, rare_rule=False)
-    if bad_round.true_count:
-        col["round"] = pc.if_else(bad_round, pa.scalar("", pa.string()), col["round"])
-        empty["round"] = pc.or_(empty["round"], bad_round)
+    rows.bad_round = checks.identifier_like_names(col["round"], empty["round"], rows.pupil_ids, rare_rule=False)
+    if rows.bad_round.true_count:
+        col["round"] = pc.if_else(rows.bad_round, pa.scalar("", pa.string()), col["round"])
+        empty["round"] = pc.or_(empty["round"], rows.bad_round)
 
-    def entry(into: list, mask, column: str, rule: str, reason) -> None:
-        """Add an entry for each row in ``mask``; ``reason(take)`` gives their reasons (text or array)."""
-        if mask.null_count:
-            mask = pc.fill_null(mask, False)
-        if not mask.true_count:
-            return
-        take = pc.indices_nonzero(mask)
-        count = len(take)
-        text = reason(take) if callable(reason) else reason
-        if isinstance(text, str):
-            text = pa.array([text] * count, type=pa.string())
-        into.append(
-            pa.table(
-                {
-                    "line": line.take(take),
-                    "school_urn": pa.nulls(count, pa.string()),
-                    "intervention": col["intervention"].take(take),
-                    "outcome_measure": col["outcome_measure"].take(take),
-                    "column_name": pa.array([column] * count, type=pa.string()),
-                    "rule": pa.array([rule] * count, type=pa.string()),
-                    "reason": text,
-                },
-                schema=ENTRY_SCHEMA,
-            )
-        )
 
-    def flag(mask, column, rule, reason) -> None:
-        entry(quarantined, mask, column, rule, reason)
+QUARANTINE, WARN = "quarantine", "warn"  # a rule's action: keep the row out, or blank the value and load it
 
-    def warn(mask, column, rule, reason) -> None:
-        entry(warned, mask, column, rule, reason)
 
-    def shown(column: str, take) -> pa.Array:
-        """Bad values as a reason may quote them: only those :func:`quotable` allows."""
-        values = col[column].take(take)
-        is_pupil_id = pc.and_(pc.is_in(values, value_set=pupil_ids), pc.invert(empty[column].take(take)))
-        text = pc.replace_substring_regex(values, r"[\r\n\t]+", " ")
-        safe = quotable(column, values, pupil_ids)
-        return pc.if_else(is_pupil_id, _PUPIL_ID_SHOWN, pc.if_else(safe, _join("'", text, "'"), _NOT_SHOWN))
+@dataclass(frozen=True)
+class Rule:
+    """One named rule of the extract contract (``docs/loading.md``): the rows it flags
+    (``rows(file) -> mask``), the column it is about, its reason (plain text, or
+    ``reason(file, take)`` giving the reasons of the flagged rows ``take``) and its action."""
 
-    # ---- rules that keep a row out: school_urn, pupil_id, intervention, outcome_measure, arm, duplicates
-    flag(
-        empty["school_urn"],
-        "school_urn",
-        "school_urn missing",
-        "school_urn is empty; fill in the school's 6-digit URN",
-    )
-    flag(
-        odd["school_urn"],
-        "school_urn",
-        "school_urn not 6 digits",
-        lambda take: _urn_reason(urn.take(take)),
-    )
-    flag(
-        empty["pupil_id"],
-        "pupil_id",
-        "pupil_id missing",
-        "pupil_id is empty; give every pupil the school's own pupil reference",
-    )
-    flag(
-        empty["intervention"],
-        "intervention",
-        "intervention missing",
-        "intervention is empty; name the intervention the pupil was in",
-    )
-    flag(
-        empty["outcome_measure"],
-        "outcome_measure",
-        "outcome_measure missing",
-        "outcome_measure is empty; name the assessment used as the outcome",
-    )
-    for c, mask in bad_name.items():
-        flag(
-            mask,
-            c,
-            f"{c} looks like an identifier",
-            f"{c} holds a value that looks like a pupil identifier, a name or a date (or is over "
-            f"{checks.NAME_MAX_CHARS} characters), not shown here; write the {c} as the trial names it",
-        )
-    flag(
-        pc.invert(arm_ok),
-        "arm",
-        "arm not 'intervention' or 'control'",
-        lambda take: pc.if_else(
-            empty["arm"].take(take),
-            "arm is empty; arm must be 'intervention' or 'control', got nothing; correct the pupil's randomised arm",
-            _join(
-                "arm must be 'intervention' or 'control', got ",
-                shown("arm", take),
-                "; correct the pupil's randomised arm",
-            ),
-        ),
-    )
-    key_columns = ("school_urn", "pupil_id", "intervention", "outcome_measure", "round")
-    keyed = pc.invert(
-        pc.or_(pc.or_(empty["school_urn"], empty["pupil_id"]), pc.or_(empty["intervention"], empty["outcome_measure"]))
-    )
-    key = pc.binary_join_element_wise(*(col[c] for c in key_columns), "\x1f")
-    keyed_count = pc.sum(keyed).as_py() or 0
-    if keyed_count and pc.count_distinct(key.filter(keyed)).as_py() < keyed_count:
-        _flag_duplicates(extract.file_name, key, keyed, line, flag)
+    name: str
+    column: str
+    rows: Callable[[_Rows], pa.Array | None]
+    reason: str | Callable[[_Rows, pa.Array], pa.Array]
+    action: str = QUARANTINE
 
-    # ---- scores: a plain decimal number, finite, plausible. Blank outcome = no post-test (attrition).
-    trials_of_rows = checks.TrialCodes(col["intervention"], col["outcome_measure"])
-    finite = {}
-    for column, keeps in (("outcome", "kept as no post-test for this pupil (they still count as randomised)"),
-                          ("baseline", "left blank for this pupil")):
-        finite[column] = pc.fill_null(pc.is_finite(numbers[column]), False)
-        warn(
-            odd[column],
-            column,
-            f"{column} not a number",
-            lambda take, column=column, keeps=keeps: _join(
-                f"{column} is not a number, got ", shown(column, take),
-                f"; {keeps}. If the pupil has a score, write it with digits and a decimal point only",
-            ),
-        )
-        warn(
-            pc.and_(is_number[column], pc.invert(finite[column])),
-            column,
-            f"{column} not a number",
-            lambda take, column=column, keeps=keeps: _join(
-                f"{column} is too large to be a score, got ", shown(column, take), f"; {keeps}. Correct the score"
-            ),
-        )
-    far = {c: checks.implausible(numbers[c], finite[c], trials_of_rows) for c in ("outcome", "baseline")}
-    # An implausible outcome is set aside as a value (recorded in quarantine), not as a pupil: the
-    # outcome is blanked and the pupil still counts as randomised (intention to treat).
-    entry(
-        set_aside,
-        far["outcome"][0],
-        "outcome",
-        "implausible value",
-        lambda take: _implausible_reason(
-            "outcome", far["outcome"][1], take,
-            "the score was left out (the pupil still counts as randomised); correct it and send the file again",
-        ),
-    )
-    warn(
-        far["baseline"][0],
-        "baseline",
-        "implausible value",
-        lambda take: _implausible_reason(
-            "baseline", far["baseline"][1], take, "it was left blank for this pupil; correct it and send the file again"
-        ),
+
+def _shown_reason(column: str, before: str, after: str):
+    """A reason quoting each flagged value when the identifier rule allows it."""
+    return lambda file, take: _join(before, file.shown(column, take), after)
+
+
+def _arm_reason(file: _Rows, take: pa.Array) -> pa.Array:
+    return pc.if_else(
+        file.empty["arm"].take(take),
+        "arm is empty; arm must be 'intervention' or 'control', got nothing; correct the pupil's randomised arm",
+        _join("arm must be 'intervention' or 'control', got ", file.shown("arm", take),
+              "; correct the pupil's randomised arm"),
     )
 
-    for c, mask in invisible.items():
-        warn(
-            mask,
-            c,
-            f"{c} had invisible characters",
-            f"{c} held invisible text-direction or control characters (they can make a name show reversed "
-            "or differently on a page); they were removed and the row loaded; remove them from your file",
-        )
 
-    warn(
-        bad_round,
-        "round",
-        "round looks like an identifier",
-        f"round held a value that looks like a pupil identifier (or is over {checks.NAME_MAX_CHARS} characters), "
-        "not shown here; it was left blank and the row loaded; write the round as the trial registry names it",
+def _score_rules(column: str, keeps: str) -> list[Rule]:
+    name = f"{column} not a number"
+    return [
+        Rule(name, column, lambda f: f.odd[column], _shown_reason(
+            column, f"{column} is not a number, got ",
+            f"; {keeps}. If the pupil has a score, write it with digits and a decimal point only"), WARN),
+        Rule(name, column, lambda f: pc.and_(f.is_number[column], pc.invert(f.finite(column))), _shown_reason(
+            column, f"{column} is too large to be a score, got ", f"; {keeps}. Correct the score"), WARN),
+    ]
+
+
+def _coded_rule(column: str, meaning: str) -> Rule:
+    return Rule(f"{column} not understood", column, lambda f: f.odd[column], _shown_reason(
+        column, f"{column} should be {meaning} or blank, got ",
+        "; it was left blank for this pupil, whose results still count"), WARN)
+
+
+def _name_rule(column: str) -> Rule:
+    return Rule(
+        f"{column} looks like an identifier", column, lambda f: f.bad_name.get(column),
+        f"{column} holds a value that looks like a pupil identifier, a name or a date (or is over "
+        f"{checks.NAME_MAX_CHARS} characters), not shown here; write the {column} as the trial names it")
+
+
+def _invisible_rule(column: str) -> Rule:
+    return Rule(
+        f"{column} had invisible characters", column, lambda f: f.invisible.get(column),
+        f"{column} held invisible text-direction or control characters (they can make a name show reversed "
+        "or differently on a page); they were removed and the row loaded; remove them from your file", WARN)
+
+
+RULES: tuple[Rule, ...] = (
+    # ---- a row is kept out: a bad required identifier or randomisation field, or a duplicate
+    Rule("school_urn missing", "school_urn", lambda f: f.empty["school_urn"],
+         "school_urn is empty; fill in the school's 6-digit URN"),
+    Rule("school_urn not 6 digits", "school_urn", lambda f: f.odd["school_urn"],
+         lambda f, take: _urn_reason(f.col["school_urn"].take(take))),
+    Rule("pupil_id missing", "pupil_id", lambda f: f.empty["pupil_id"],
+         "pupil_id is empty; give every pupil the school's own pupil reference"),
+    Rule("intervention missing", "intervention", lambda f: f.empty["intervention"],
+         "intervention is empty; name the intervention the pupil was in"),
+    Rule("outcome_measure missing", "outcome_measure", lambda f: f.empty["outcome_measure"],
+         "outcome_measure is empty; name the assessment used as the outcome"),
+    _name_rule("intervention"),
+    _name_rule("outcome_measure"),
+    Rule("arm not 'intervention' or 'control'", "arm", lambda f: pc.invert(f.arm_ok), _arm_reason),
+    Rule("duplicate pupil row", "pupil_id", lambda f: _duplicates(f)[0], lambda f, take: _duplicates(f)[1](take)),
+    # ---- a value is blanked with a warning; the pupil loads and counts (intention to treat)
+    *_score_rules("outcome", "kept as no post-test for this pupil (they still count as randomised)"),
+    *_score_rules("baseline", "left blank for this pupil"),
+    _invisible_rule("intervention"),
+    _invisible_rule("outcome_measure"),
+    _invisible_rule("round"),
+    Rule("round looks like an identifier", "round", lambda f: f.bad_round,
+         f"round held a value that looks like a pupil identifier (or is over {checks.NAME_MAX_CHARS} characters), "
+         "not shown here; it was left blank and the row loaded; write the round as the trial registry names it",
+         WARN),
+    _coded_rule("fsm", "'Y' or 'N' (also Yes/No, True/False, 1/0)"),
+    _coded_rule("send", "'Y' or 'N' (also Yes/No, 1/0, or the census codes K and E)"),
+    _coded_rule("gender", "'F' or 'M' (also Female/Male, Girl/Boy)"),
+    _coded_rule("year_group", "a year from 0 (Reception) to 13 (also 'Year 7', 'Y7', 'R')"),
+)
+
+
+def _rule_entries(file: _Rows, rule: Rule) -> pa.Table | None:
+    """One entry (ENTRY_SCHEMA) per row ``rule`` flags, or None."""
+    mask = rule.rows(file)
+    if mask is None:
+        return None
+    mask = pc.fill_null(mask, False) if mask.null_count else mask
+    if not mask.true_count:
+        return None
+    take = pc.indices_nonzero(mask)
+    count = len(take)
+    text = rule.reason(file, take) if callable(rule.reason) else pa.array([rule.reason] * count, type=pa.string())
+    return pa.table(
+        {
+            "line": file.line.take(take),
+            "school_urn": pa.nulls(count, pa.string()),
+            "intervention": file.col["intervention"].take(take),
+            "outcome_measure": file.col["outcome_measure"].take(take),
+            "column_name": pa.array([rule.column] * count, type=pa.string()),
+            "rule": pa.array([rule.name] * count, type=pa.string()),
+            "reason": text,
+        },
+        schema=ENTRY_SCHEMA,
     )
 
-    # ---- coded characteristics: understood spellings are read, anything else blanked with a warning
-    for column, meaning in (
-        ("fsm", "'Y' or 'N' (also Yes/No, True/False, 1/0)"),
-        ("send", "'Y' or 'N' (also Yes/No, 1/0, or the census codes K and E)"),
-        ("gender", "'F' or 'M' (also Female/Male, Girl/Boy)"),
-        ("year_group", "a year from 0 (Reception) to 13 (also 'Year 7', 'Y7', 'R')"),
-    ):
-        warn(
-            odd[column],
-            column,
-            f"{column} not understood",
-            lambda take, column=column, meaning=meaning: _join(
-                f"{column} should be {meaning} or blank, got ", shown(column, take),
-                "; it was left blank for this pupil, whose results still count",
-            ),
-        )
 
-    quarantine = _combined(quarantined)
+def validate(extract: Extract) -> ValidatedExtract:
+    """Check every row against :data:`RULES` (the contract's rules, listed in ``docs/loading.md``).
+
+    Raises :class:`ExtractRejected` for a file holding rows for several schools (the contract is
+    one file per school per delivery, and a re-delivery replaces by school), and for a file whose
+    columns look swapped (a column that should hold a few codes or trial names holds values like
+    pupil identifiers), so no identifier is ever stored or published as a trial name or a code.
+    """
+    file = _read_rows(extract)
+    _check_whole_file(file)
+    found = {QUARANTINE: [extract.format_errors], WARN: [extract.warnings]}
+    for rule in RULES:
+        found[rule.action].append(_rule_entries(file, rule))
+    quarantine = _combined([t for t in found[QUARANTINE] if t is not None and t.num_rows])
     out_lines = pc.unique(quarantine.column("line").drop_null())
-    good_mask = pc.invert(pc.is_in(line, value_set=out_lines)) if len(out_lines) else None
-    if set_aside:  # a row kept out has its reasons already; a loaded row's value set aside is recorded too
-        kept = [t if not len(out_lines) else t.filter(pc.invert(pc.is_in(t.column("line"), value_set=out_lines)))
-                for t in set_aside]
-        quarantine = _combined(([quarantine] if quarantine.num_rows else []) + kept)
-    warnings = _combined(warned)
+    warnings = _combined([t for t in found[WARN] if t is not None and t.num_rows])
     if len(out_lines):  # a row kept out has its reasons in quarantine; warnings are for loaded rows
         of_rows_out = pc.fill_null(pc.is_in(warnings.column("line"), value_set=out_lines), False)
         warnings = warnings.filter(pc.invert(of_rows_out))
-
-    schools = valid_urns(urn)
-    if len(schools) > 1:
-        listed = ", ".join(schools[:5]) + (", ..." if len(schools) > 5 else "")
-        raise ExtractRejected(
-            f"{extract.file_name}: the file holds rows for {len(schools)} schools (URNs {listed}); "
-            "the contract is one file per school per delivery: split it into one file per school"
-        )
-    school = schools[0] if schools else None
+    school = _one_school(extract.file_name, file.col["school_urn"])
     trials = sorted(
         (intervention, measure)
-        for intervention, measure in (t.split("\x1f") for t in trials_of_rows.names())
+        for intervention, measure in (t.split("\x1f") for t in _distinct_trials(file.col))
         if intervention and measure
-    )
-
-    def good(values):
-        return values if good_mask is None else values.filter(good_mask)
-
-    def known(values, keep):
-        """``values`` where ``keep`` holds, else null (blank, not understood, not finite, implausible)."""
-        return good(pc.if_else(pc.fill_null(keep, False), values, pa.scalar(None, values.type)))
-
-    typed = pa.table(
-        {
-            "school_urn": good(urn),
-            "pupil_id": good(col["pupil_id"]),
-            "intervention": good(col["intervention"]),
-            "outcome_measure": good(col["outcome_measure"]),
-            "arm": good(arm),
-            "outcome": known(numbers["outcome"], pc.and_(finite["outcome"], pc.invert(far["outcome"][0]))),
-            "baseline": known(numbers["baseline"], pc.and_(finite["baseline"], pc.invert(far["baseline"][0]))),
-            "fsm": good(coded["fsm"][0]),
-            "gender": good(coded["gender"][0]),
-            "year_group": good(coded["year_group"][0]),
-            "send": good(coded["send"][0]),
-            "round": known(col["round"], pc.invert(empty["round"])),
-            "line": good(line),
-        },
-        schema=GOOD_SCHEMA,
     )
     return ValidatedExtract(
         extract.file_name,
         extract.delivery_id,
         school,
         trials,
-        n + extract.format_errors.num_rows,
-        typed,
+        extract.rows.num_rows + extract.format_errors.num_rows,
+        _typed(file, out_lines),
         _with_school(quarantine, school),
         extract.columns_dropped,
         _with_school(warnings, school),
     )
+
+
+def _one_school(name: str, urn: pa.Array) -> str | None:
+    """The file's one valid URN (None for none); a file with several is rejected."""
+    schools = valid_urns(urn)
+    if len(schools) > 1:
+        listed = ", ".join(schools[:5]) + (", ..." if len(schools) > 5 else "")
+        raise ExtractRejected(
+            f"{name}: the file holds rows for {len(schools)} schools (URNs {listed}); "
+            "the contract is one file per school per delivery: split it into one file per school"
+        )
+    return schools[0] if schools else None
+
+
+def _typed(file: _Rows, out_lines: pa.Array) -> pa.Table:
+    """The rows no rule kept out, typed (GOOD_SCHEMA); values a warning blanked are null."""
+    good_mask = pc.invert(pc.is_in(file.line, value_set=out_lines)) if len(out_lines) else None
+
+    def good(values):
+        return values if good_mask is None else values.filter(good_mask)
+
+    def known(values, keep):
+        """``values`` where ``keep`` holds, else null (blank, not understood, not finite)."""
+        return good(pc.if_else(pc.fill_null(keep, False), values, pa.scalar(None, values.type)))
+
+    col, coded = file.col, file.coded
+    return pa.table(
+        {
+            "school_urn": good(col["school_urn"]),
+            "pupil_id": good(col["pupil_id"]),
+            "intervention": good(col["intervention"]),
+            "outcome_measure": good(col["outcome_measure"]),
+            "arm": good(file.arm),
+            "outcome": known(file.numbers["outcome"], file.finite("outcome")),
+            "baseline": known(file.numbers["baseline"], file.finite("baseline")),
+            "fsm": good(coded["fsm"][0]),
+            "gender": good(coded["gender"][0]),
+            "year_group": good(coded["year_group"][0]),
+            "send": good(coded["send"][0]),
+            "round": known(col["round"], pc.invert(file.empty["round"])),
+            "line": good(file.line),
+        },
+        schema=GOOD_SCHEMA,
+    )
+
+
+def _distinct_trials(col: dict) -> list[str]:
+    """The file's distinct (intervention, outcome_measure) pairs, as 'intervention\x1foutcome_measure'."""
+    return pc.unique(pc.binary_join_element_wise(col["intervention"], col["outcome_measure"], "\x1f")).to_pylist()
 
 
 def _combined(entries: list[pa.Table]) -> pa.Table:
@@ -1042,43 +1116,38 @@ def _one_array(column: pa.ChunkedArray) -> pa.Array:
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
-def _implausible_reason(column: str, medians: np.ndarray, take, then: str) -> pa.Array:
-    """The reason for implausible scores: how far they are, never the value itself."""
-    return pa.array(
-        [
-            f"{column} is implausible: more than {checks.IMPLAUSIBLE_ROBUST_SDS:g} robust SDs from the median "
-            f"({medians[i]:.6g}) of this trial's {column} scores in the file; check it for a typing error "
-            f"(e.g. extra digits); {then}"
-            for i in take.to_pylist()
-        ],
-        type=pa.string(),
-    )
-
-
-def _flag_duplicates(name: str, key: pa.Array, keyed: pa.Array, line: pa.Array, flag) -> None:
-    """Quarantine every row whose school + pupil + intervention + outcome_measure (+ round) repeats,
-    naming the other lines; a file where most rows repeat is rejected (columns swapped or rows pasted twice)."""
-    frame = pd.DataFrame({"key": key.to_pylist(), "line": line.to_pylist(), "keyed": keyed.to_pylist()})
-    frame = frame[frame["keyed"]]
-    repeated = frame[frame["key"].duplicated(keep=False)]
-    if len(repeated) >= checks.SWAP_MIN_DISTINCT and len(repeated) > checks.SWAP_SHARE * len(frame):
-        raise ExtractRejected(
-            f"{name}: columns may be swapped, or rows repeated: {len(repeated)} of the {len(frame)} rows share "
-            "their pupil_id with another row of the same trial; check that the 'pupil_id' header is above the "
-            "pupils' references and that no rows were pasted twice, then send the file again"
-        )
-    lines_of = repeated.groupby("key")["line"].agg(list).to_dict()
-    reasons = {
-        row_line: "the same school, pupil, intervention and outcome_measure are also on line"
-        + ("s " if len(lines_of[k]) > 2 else " ")
-        + ", ".join(str(other) for other in lines_of[k] if other != row_line)
-        + "; keep one row per pupil per intervention and outcome_measure"
-        for k, row_line in zip(repeated["key"], repeated["line"])
-    }
-    mask = pc.is_in(line, value_set=pa.array(sorted(reasons), type=pa.int64()))
-    flag(
-        mask,
-        "pupil_id",
-        "duplicate pupil row",
-        lambda take: pa.array([reasons[v] for v in line.take(take).to_pylist()], type=pa.string()),
-    )
+def _duplicates(file: _Rows) -> tuple[pa.Array | None, Callable[[pa.Array], pa.Array]]:
+    """The rows whose school + pupil + intervention + outcome_measure (+ round) repeat, and their
+    reasons (each names the other lines); a file where most rows repeat is rejected (columns
+    swapped or rows pasted twice). Worked out once per file."""
+    if file.duplicates is not None:
+        return file.duplicates
+    empty, line = file.empty, file.line
+    keyed = pc.invert(pc.or_(pc.or_(empty["school_urn"], empty["pupil_id"]),
+                             pc.or_(empty["intervention"], empty["outcome_measure"])))
+    key = pc.binary_join_element_wise(
+        *(file.col[c] for c in ("school_urn", "pupil_id", "intervention", "outcome_measure", "round")), "\x1f")
+    keyed_count = pc.sum(keyed).as_py() or 0
+    result: tuple = (None, lambda take: pa.array([], pa.string()))
+    if keyed_count and pc.count_distinct(key.filter(keyed)).as_py() < keyed_count:
+        frame = pd.DataFrame({"key": key.to_pylist(), "line": line.to_pylist(), "keyed": keyed.to_pylist()})
+        frame = frame[frame["keyed"]]
+        repeated = frame[frame["key"].duplicated(keep=False)]
+        if len(repeated) >= checks.SWAP_MIN_DISTINCT and len(repeated) > checks.SWAP_SHARE * len(frame):
+            raise ExtractRejected(
+                f"{file.file_name}: columns may be swapped, or rows repeated: {len(repeated)} of the {len(frame)} rows "
+                "share their pupil_id with another row of the same trial; check that the 'pupil_id' header is above "
+                "the pupils' references and that no rows were pasted twice, then send the file again"
+            )
+        lines_of = repeated.groupby("key")["line"].agg(list).to_dict()
+        reasons = {
+            row_line: "the same school, pupil, intervention and outcome_measure are also on line"
+            + ("s " if len(lines_of[k]) > 2 else " ")
+            + ", ".join(str(other) for other in lines_of[k] if other != row_line)
+            + "; keep one row per pupil per intervention and outcome_measure"
+            for k, row_line in zip(repeated["key"], repeated["line"])
+        }
+        mask = pc.is_in(line, value_set=pa.array(sorted(reasons), type=pa.int64()))
+        result = (mask, lambda take: pa.array([reasons[v] for v in line.take(take).to_pylist()], type=pa.string()))
+    file.duplicates = result
+    return result

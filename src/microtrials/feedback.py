@@ -1,11 +1,4 @@
-"""Private "what to fix" files for schools: one CSV per delivery with rows set aside or warnings.
-
-``<feedback>/<urn>/<file stem>-what-to-fix.csv`` (``unknown-urn`` when the file named no valid
-URN), UTF-8 with a byte-order mark so Excel shows accents, formulas neutralised, written
-atomically. Columns: line (as a spreadsheet shows it), column, value (the cell as the school sent
-it, shown only when it cannot be a pupil identifier), reason, what to do. Never written under the
-published folder: these files go back to the school, not to the public.
-"""
+"""Private "what to fix" files for schools: the current delivery's problems, one CSV each (docs/loading.md, "Feedback")."""
 
 from __future__ import annotations
 
@@ -71,27 +64,10 @@ def write_feedback(
     Returns the files written.
     """
     check_private(folder, published)
-    todo = []
-    for report in reports:
-        if report.file_name not in paths:
-            continue
-        target = feedback_path(folder, report.school_urn, report.file_name)
-        if report.status == "unchanged":  # written when it loaded: drop it if stale, write it if missing
-            clean = not (
-                report.rows_quarantined
-                or getattr(report, "rows_with_warnings", 0)
-                or report.trials_rejected
-                or getattr(report, "trials_held", None)
-                or getattr(report, "quarantined_by_reason", None)
-                or getattr(report, "file_warnings", None)
-            )
-            if clean and target.exists():
-                target.unlink()
-            if clean or target.exists():  # (a run killed after loading never wrote it)
-                continue
-        elif report.status not in ("loaded", "rejected", "held", "partly held"):
-            continue
-        todo.append((report, target))
+    todo = [(report, feedback_path(folder, _school(report, paths), report.file_name))
+            for report in reports if report.file_name in paths]
+    todo = [(report, target) for report, target in todo if _wanted(report, target)]
+    _archive_earlier(folder, todo)
     ids = {r.file_name: _delivery_id(paths[r.file_name]) for r, _ in todo}
     problems = _problems(con, ids)
     written = []
@@ -116,6 +92,53 @@ def write_feedback(
     if written and hasattr(os, "sync"):
         os.sync()  # one flush for every file written, not two fsyncs per file (seconds per 1,000 schools)
     return written
+
+
+def _school(report, paths: dict[str, Path]) -> str | None:
+    """The school a report's feedback goes to: its URN, or for a file rejected whole, the one valid
+    URN every row of the file carries (so the school still gets told why)."""
+    if report.school_urn or report.status != "rejected":
+        return report.school_urn
+    return extracts.only_urn(paths[report.file_name])
+
+
+def _wanted(report, target: Path) -> bool:
+    """Whether this run writes (or removes) a report's feedback file: a delivery loaded or rejected
+    now; an ``unchanged`` one only to drop a stale file or write a missing one (a run killed after
+    loading never wrote it)."""
+    if report.status in ("loaded", "rejected", "held", "partly held"):
+        return True
+    if report.status != "unchanged":
+        return False
+    clean = not (
+        report.rows_quarantined
+        or getattr(report, "rows_with_warnings", 0)
+        or report.trials_rejected
+        or getattr(report, "trials_held", None)
+        or getattr(report, "quarantined_by_reason", None)
+        or getattr(report, "file_warnings", None)
+        or report.columns_dropped
+    )
+    if clean and target.exists():
+        target.unlink()
+    return not clean and not target.exists()
+
+
+ARCHIVE = "archive"
+
+
+def _archive_earlier(folder: Path, todo: list) -> None:
+    """Move the feedback files of a school's earlier deliveries into ``<urn>/archive/`` when the
+    school sent a new delivery this run, so only the current delivery's files stay in its folder."""
+    current: dict[Path, set[Path]] = {}
+    for report, target in todo:
+        if report.status != "unchanged":
+            current.setdefault(target.parent, set()).add(target)
+    for school, keep in current.items():
+        for old in school.glob("*-what-to-fix.csv") if school.is_dir() else []:
+            if old not in keep:
+                (school / ARCHIVE).mkdir(exist_ok=True)
+                os.replace(old, school / ARCHIVE / old.name)
 
 
 def _problems(con: duckdb.DuckDBPyConnection, ids: dict[str, str]) -> dict[tuple[str, str], pd.DataFrame]:
@@ -154,6 +177,15 @@ def _rows(problems: pd.DataFrame | None, report, path: Path) -> pd.DataFrame:
     for trial, why in [*getattr(report, "trials_rejected", {}).items(), *getattr(report, "trials_held", {}).items()]:
         reason, fix = _split(why)
         out.append({"line": "", "column": "", "value": "", "reason": f"{trial}: {reason}", "what_to_do": fix})
+    if report.status == "rejected" and report.reason and not report.trials_rejected and problems is None:
+        reason, fix = _split(report.reason.removeprefix(f"{report.file_name}: "))
+        out.append({"line": "", "column": "", "value": "", "reason": f"the file was not loaded: {reason}",
+                    "what_to_do": fix})
+    if report.columns_dropped:
+        out.append({"line": "", "column": ", ".join(report.columns_dropped), "value": "",
+                    "reason": "the file has columns the trial does not use; they were dropped when the file was read "
+                    "and never stored (they may hold personal data, such as pupils' names)",
+                    "what_to_do": "please stop sending them: send only the columns of the extract format"})
     return pd.DataFrame(out, columns=COLUMNS)
 
 

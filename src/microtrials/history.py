@@ -74,6 +74,25 @@ def store_registry(con: duckdb.DuckDBPyConnection, registry: Registry, text: str
     return not seen
 
 
+def store_rounds(con: duckdb.DuckDBPyConnection, registry: Registry | None) -> None:
+    """Make ``registry``'s rounds the current ones (``registry_rounds``; none for no registry), so a
+    load judges deliveries against the registry as it is now (declared score ranges, aliases); the
+    registry asset keeps the version and its problems after the load."""
+    ensure_tables(con)
+    con.register("registry_rounds_frame", rounds_frame(registry) if registry is not None else
+                 rounds_frame(Registry((), (), "")))
+    try:
+        con.execute("BEGIN TRANSACTION")
+        con.execute(warehouse.sql("delete_registry_rounds"))
+        con.execute(warehouse.sql("insert_registry_rounds"))
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("registry_rounds_frame")
+
+
 def version_kept(con: duckdb.DuckDBPyConnection, sha256: str) -> bool:
     """Whether a registry version with this content hash is kept."""
     ensure_tables(con)

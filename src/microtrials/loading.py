@@ -39,13 +39,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from microtrials import change_sets, extracts, feedback, warehouse
+from microtrials import change_sets, extracts, feedback, plausibility, warehouse
 from microtrials.errors import MicrotrialsError
-from microtrials.extract_checks import IMPLAUSIBLE_MIN_VALUES, IMPLAUSIBLE_ROBUST_SDS, MAD_TO_SD
 from microtrials.ingest import trial_key
 from microtrials.privacy import check_key_unchanged, pseudonymise
 
@@ -346,130 +345,92 @@ def _finish(con: duckdb.DuckDBPyConnection, staged: _Staged, how: _How) -> list[
     return [prepared[p].report if p in prepared else staged.earlier[p] for p in staged.paths]
 
 
-# A file's scores for a trial are judged as a whole (another scale?) from this many on.
-SCALE_MIN_SCORES = 5
-
-
-def _trial_key(intervention: str, measure: str) -> str:
-    """A trial's key (:func:`microtrials.ingest.trial_key.plain_key`, any round) as one string."""
-    key = trial_key.plain_key(intervention, measure)
-    return f"{key.intervention}\x1f{key.outcome_measure}"
-
-
 def _judge_against_trials(con: duckdb.DuckDBPyConnection, deliveries: list[_Delivery]) -> None:
-    """Judge each loaded file's outcomes against its trial's scores at other schools (in place).
+    """Judge the batch's loaded files' scores against their whole trials, once the batch is read (in place).
 
-    For a trial (matched by ``names.match_key``) with at least ``IMPLAUSIBLE_MIN_VALUES`` scores
-    in the warehouse from other schools and a non-zero spread (median M, robust SD s = 1.4826 x
-    MAD): when the file's median for the trial is more than 6 s from M, the whole trial of the file
-    is on another scale (e.g. scores x 10) and, with at least ``SCALE_MIN_SCORES`` scores, is not loaded (``trials_rejected``; earlier rows
-    stay); otherwise each score more than 6 s from M is set aside as a value (outcome blanked,
-    recorded in quarantine as "implausible value"; the pupil stays randomised). The file's own
-    check (:func:`microtrials.extract_checks.implausible`) has already run.
+    The rules are :mod:`microtrials.plausibility`'s: a range the registry declares, else gross errors
+    against every school's scores of the trial (the warehouse's, except the (school, trial) pairs
+    this batch replaces, plus the batch's). A trial is matched by the one trial key
+    (:mod:`microtrials.ingest.trial_key`: registered name or alias, outcome measure; any round). An outcome set aside is blanked and recorded in quarantine
+    (the pupil stays randomised); a baseline set aside is blanked with a warning; an unusual score
+    loads with a warning; a file's trial on another scale is not loaded (``trials_rejected``).
     """
     loaded = [d for d in deliveries if d.report.status == "loaded" and d.pupils is not None and d.pupils.num_rows]
     if not loaded:
         return
-    wanted = {_trial_key(i, m) for d in loaded for i, m in d.report.trials}
-    spellings = [
-        (i, m, _trial_key(i, m)) for i, m, _ in con.execute(warehouse.sql("trial_spellings")).fetchall()
-    ]
-    spellings = [s for s in spellings if s[2] in wanted]
-    if not spellings:
-        return
-    frames = {
-        "spelling_keys": pa.table(
-            {name: pa.array([s[k] for s in spellings], pa.string())
-             for k, name in enumerate(("intervention", "outcome_measure", "trial_key"))}
-        ),
-        "batch_schools": pa.table({"school_urn": pa.array(sorted({d.report.school_urn or "" for d in loaded}))}),
-    }
-    with _registered(con, frames):
-        spread = {
-            key: (median, MAD_TO_SD * mad)
-            for key, median, scores, mad in con.execute(warehouse.sql("trial_outcome_spread")).fetchall()
-            if scores >= IMPLAUSIBLE_MIN_VALUES and mad and mad > 0
-        }
-    for delivery in loaded:
-        _judge_file(delivery, spread)
+    registered = trial_key.from_warehouse(con)
 
+    def key_of(intervention: str, measure: str) -> str:
+        """The trial's key (:mod:`microtrials.ingest.trial_key`, any round) as one string."""
+        key = registered.key(intervention, measure, "")
+        return f"{key.intervention}\x1f{key.outcome_measure}"
 
-def _judge_file(delivery: _Delivery, spread: dict[str, tuple[float, float]]) -> None:
-    """:func:`_judge_against_trials` for one file (vectorised over its rows)."""
-    pupils = delivery.pupils
-    frame = pupils.select(["intervention", "outcome_measure", "outcome", "line"]).to_pandas()
-    keys = {(i, m): _trial_key(i, m) for i, m in delivery.report.trials}
-    trials = pd.DataFrame(
-        [(i, m, spread.get(k, (np.nan, np.nan))[0], spread.get(k, (np.nan, np.nan))[1]) for (i, m), k in keys.items()],
-        columns=["intervention", "outcome_measure", "median", "sd"],
+    keys = {(i, m): key_of(i, m) for d in loaded for i, m in d.report.trials}
+    frames = plausibility.batch_frames(
+        [(d.report.school_urn or "", d.pupils) for d in loaded], keys,
+        con.execute(warehouse.sql("trial_spellings")).fetchall(), key_of,
     )
-    frame = frame.merge(trials, on=["intervention", "outcome_measure"], how="left")  # keeps the row order
-    judged = frame[frame["sd"].notna()]
-    if judged.empty:
-        return
-    by_trial = judged.groupby(["intervention", "outcome_measure"])["outcome"]
-    file_median, file_scores = by_trial.median(), by_trial.count()
-    report = delivery.report
-    other_scale = []
-    for (intervention, measure), middle in file_median.items():
-        median, sd = spread[keys[intervention, measure]]
-        enough = file_scores[intervention, measure] >= SCALE_MIN_SCORES  # fewer: each score is judged alone
-        if enough and abs(middle - median) > IMPLAUSIBLE_ROBUST_SDS * sd:
-            other_scale.append((intervention, measure))
-            report.trials_rejected[trials_text([(intervention, measure)])] = (
-                f"this file's {measure} scores for the trial have a median of {middle:.6g}, more than "
-                f"{IMPLAUSIBLE_ROBUST_SDS:g} robust SDs from the median ({median:.6g}) of the trial's scores at "
-                "other schools, as if they were on another scale (e.g. multiplied by 10 or out of another total); "
-                "they were not loaded; check the scores are the assessment's standardised scores and send the "
-                "file again"
-            )
-    scale = pd.DataFrame(other_scale, columns=["intervention", "outcome_measure"]).assign(other_scale=True)
-    drop = frame.merge(scale, on=["intervention", "outcome_measure"], how="left")["other_scale"].eq(True).to_numpy()
-    far = (~drop) & frame["sd"].notna().to_numpy() & (
-        (frame["outcome"] - frame["median"]).abs() > IMPLAUSIBLE_ROBUST_SDS * frame["sd"]
-    ).to_numpy()
-    if far.any():
-        outcome = pupils.column("outcome").to_numpy(zero_copy_only=False).copy()
-        outcome[far] = np.nan
-        pupils = pupils.set_column(
-            pupils.schema.get_field_index("outcome"), "outcome", pa.array(outcome, pa.float64(), from_pandas=True)
-        )
-        picked = frame[far]
-        entries = pa.table(
-            {
-                "line": pa.array(picked["line"], pa.int64()),
-                "school_urn": pa.array([report.school_urn] * len(picked), pa.string()),
-                "intervention": pa.array(picked["intervention"], pa.string()),
-                "outcome_measure": pa.array(picked["outcome_measure"], pa.string()),
-                "column_name": pa.array(["outcome"] * len(picked), pa.string()),
-                "rule": pa.array(["implausible value"] * len(picked), pa.string()),
-                "reason": pa.array(
-                    [
-                        f"outcome is implausible: more than {IMPLAUSIBLE_ROBUST_SDS:g} robust SDs from the median "
-                        f"({m:.6g}) of this trial's outcome scores at other schools; the score was left out (the "
-                        "pupil still counts as randomised); correct it and send the file again"
-                        for m in picked["median"]
-                    ],
-                    pa.string(),
-                ),
-                "source_file": pa.array([report.file_name] * len(picked), pa.string()),
-                "delivery_id": pa.array([delivery.delivery_id] * len(picked), pa.string()),
-            }
-        ).cast(delivery.quarantine.schema)
-        delivery.quarantine = pa.concat_tables([delivery.quarantine, entries])
-        report.quarantined_by_reason["implausible value"] = (
-            report.quarantined_by_reason.get("implausible value", 0) + int(far.sum())
-        )
-    if drop.any():
+    with _registered(con, frames):
+        spreads = plausibility.spreads_from(con.execute(warehouse.sql("trial_score_spread")).fetchall())
+    ranges = plausibility.declared_ranges(con, key_of)
+    for delivery in loaded:
+        _judge_file(delivery, keys, spreads, ranges)
+
+
+def _judge_file(delivery: _Delivery, keys: dict, spreads: dict, ranges: dict) -> None:
+    """:func:`_judge_against_trials` for one file: apply :func:`microtrials.plausibility.judge_file`."""
+    pupils, report = delivery.pupils, delivery.report
+    rows = pupils.select(["intervention", "outcome_measure", "outcome", "baseline", "line"]).to_pandas()
+    verdict = plausibility.judge_file(rows, keys, spreads, ranges)
+    for column in plausibility.COLUMNS:
+        lines = verdict.set_aside.loc[verdict.set_aside["column_name"] == column, "line"]
+        if len(lines):
+            blank = pa.array(rows["line"].isin(lines).to_numpy())
+            index = pupils.schema.get_field_index(column)
+            pupils = pupils.set_column(index, column, pc.if_else(blank, pa.scalar(None, pa.float64()), pupils.column(column)))
+    is_outcome = verdict.set_aside["column_name"] == "outcome"
+    delivery.quarantine = _with_entries(delivery, delivery.quarantine, verdict.set_aside[is_outcome])
+    delivery.warnings = _with_entries(
+        delivery, delivery.warnings, pd.concat([verdict.set_aside[~is_outcome], verdict.unusual], ignore_index=True)
+    )
+    for rule, count in verdict.set_aside[is_outcome]["rule"].value_counts().items():
+        report.quarantined_by_reason[rule] = report.quarantined_by_reason.get(rule, 0) + int(count)
+    report.rows_with_warnings = extracts.distinct_lines(delivery.warnings)
+    report.warned_by_reason = extracts.rows_by_rule(delivery.warnings)
+    if verdict.other_scale:
+        drop = pd.Series(list(zip(rows["intervention"], rows["outcome_measure"]))).isin(verdict.other_scale).to_numpy()
         pupils = pupils.filter(pa.array(~drop))
         report.rows_loaded -= int(drop.sum())
+        for trial, why in verdict.other_scale.items():
+            report.trials_rejected[trials_text([trial])] = why
         report.reason = "; ".join(
             ([report.reason] if report.reason else [])
-            + [f"not loaded: {trials_text([t])}: {report.trials_rejected[trials_text([t])]}" for t in other_scale]
+            + [f"not loaded: {trials_text([t])}: {why}" for t, why in verdict.other_scale.items()]
         )
-        if len(other_scale) == len(report.trials):
+        if len(verdict.other_scale) == len(report.trials):
             report.status = "rejected"
     delivery.pupils = pupils
+
+
+def _with_entries(delivery: _Delivery, table: pa.Table, entries: pd.DataFrame) -> pa.Table:
+    """``table`` (a file's quarantine or warnings) with ``entries`` (plausibility's) appended."""
+    if entries.empty:
+        return table
+    count = len(entries)
+    extra = pa.table(
+        {
+            "line": pa.array(entries["line"], pa.int64()),
+            "school_urn": pa.array([delivery.report.school_urn] * count, pa.string()),
+            "intervention": pa.array(entries["intervention"], pa.string()),
+            "outcome_measure": pa.array(entries["outcome_measure"], pa.string()),
+            "column_name": pa.array(entries["column_name"], pa.string()),
+            "rule": pa.array(entries["rule"], pa.string()),
+            "reason": pa.array(entries["reason"], pa.string()),
+            "source_file": pa.array([delivery.report.file_name] * count, pa.string()),
+            "delivery_id": pa.array([delivery.delivery_id] * count, pa.string()),
+        }
+    ).select(table.column_names).cast(table.schema)
+    return pa.concat_tables([table, extra])
 
 
 def _prepare_job(job: tuple) -> _Delivery:

@@ -35,7 +35,8 @@ ENV_VAR = "MICROTRIALS_TRIALS"
 COLUMNS = (
     "intervention", "outcome_measure", "round", "start_date", "end_date", "schools", "aliases",
     "secondary_outcomes", "registered_on", "toolkit_strand", "national_months", "cost_per_pupil",
-    "description", "results_due", "year_groups", "dosage", "delivered_by", "contact",
+    "description", "results_due", "year_groups", "dosage", "delivered_by", "contact", "outcome_min", "outcome_max",
+    "baseline_min", "baseline_max",
 )
 # Optional words the trial page shows as written (after these checks): how it is delivered and whom
 # to ask. (column, longest allowed, example for the message)
@@ -102,6 +103,11 @@ class TrialRound:
     dosage: str = ""
     delivered_by: str = ""
     contact: str = ""
+    # The valid range of the primary outcome's and the baseline's scores (either end may be open).
+    outcome_min: float | None = None
+    outcome_max: float | None = None
+    baseline_min: float | None = None
+    baseline_max: float | None = None
 
     @cached_property
     def key(self) -> tuple[str, str]:
@@ -396,6 +402,7 @@ def _parse_row(line: int, cells: dict[str, str]) -> tuple[TrialRound | None, lis
     if cost is not None and cost < 0:
         bad("cost_per_pupil", "the cost per pupil is negative", "write pounds per pupil per year, e.g. 150")
         cost = None
+    bounds = _ranges(cells, bad)
     delivery = _delivery(cells, bad)
     if problems or start is None:
         return None, problems
@@ -415,7 +422,34 @@ def _parse_row(line: int, cells: dict[str, str]) -> tuple[TrialRound | None, lis
         description=_clean(cells.get("description", "")),
         line=line,
         **delivery,
+        **bounds,
     ), problems
+
+
+RANGE_COLUMNS = ("outcome_min", "outcome_max", "baseline_min", "baseline_max")
+
+
+def _ranges(cells: dict[str, str], bad) -> dict[str, float | None]:
+    """The declared score ranges: plain numbers, the low end not above the high."""
+    bounds: dict[str, float | None] = {}
+    for column in RANGE_COLUMNS:
+        text = cells.get(column, "").strip()
+        bounds[column] = None
+        if not text:
+            continue
+        if not _NUMBER.match(text):
+            end = "lowest" if column.endswith("_min") else "highest"
+            bad(column, f"'{text[:20]}' is not a number",
+                f"write the {end} valid {column.split('_')[0]} score as a number, e.g. {69 if end == 'lowest' else 141}, "
+                "or leave it blank")
+            continue
+        bounds[column] = float(text)
+    for score in ("outcome", "baseline"):
+        low, high = bounds[f"{score}_min"], bounds[f"{score}_max"]
+        if low is not None and high is not None and low > high:
+            bad(f"{score}_min", f"{score}_min ({low:g}) is above {score}_max ({high:g})",
+                f"swap them: {score}_min is the lowest valid score, {score}_max the highest")
+    return bounds
 
 
 def _year_groups(text: str, bad) -> str:
@@ -815,7 +849,7 @@ def outcome_switch_notes(
 ROUND_COLUMNS = [
     "sha256", "line", "intervention", "outcome_measure", "round", "start_date", "end_date", "schools",
     "aliases", "secondary_outcomes", "registered_on", "toolkit_strand", "national_months",
-    "cost_per_pupil", "cost_rating", "description",
+    "cost_per_pupil", "cost_rating", "description", *RANGE_COLUMNS,
 ]
 PROBLEM_COLUMNS = ["sha256", "line", "column_name", "problem", "action", "intervention"]
 
@@ -829,12 +863,14 @@ def rounds_frame(registry: Registry) -> pd.DataFrame:
         "secondary_outcomes": "|".join(r.secondary_outcomes), "registered_on": r.registered_on,
         "toolkit_strand": r.toolkit_strand, "national_months": r.national_months,
         "cost_per_pupil": r.cost_per_pupil, "cost_rating": r.cost_rating, "description": r.description,
+        **{column: getattr(r, column) for column in RANGE_COLUMNS},
     } for r in registry.rounds]
     frame = pd.DataFrame(rows, columns=ROUND_COLUMNS)
     for column in ("start_date", "end_date", "registered_on"):
         frame[column] = pd.to_datetime(frame[column]).dt.date
     frame["national_months"] = frame["national_months"].astype("Int64")
-    frame["cost_per_pupil"] = frame["cost_per_pupil"].astype("Float64")
+    for column in ("cost_per_pupil", *RANGE_COLUMNS):
+        frame[column] = frame[column].astype("Float64")
     return frame
 
 

@@ -21,6 +21,7 @@ ENV_VAR = "MICROTRIALS_WORKSPACE"
 DEFAULT_DUE_DAYS = 14
 DEFAULT_AREA = "our schools"
 KEY_MODE = 0o600
+PRIVATE_MODE = 0o700
 #: Folders of the workspace, relative to it (what ``init`` writes into microtrials.toml).
 LAYOUT = {
     "extracts": "extracts",
@@ -274,10 +275,11 @@ def init(root: Path, repository_yaml: str, area: str = DEFAULT_AREA, key_file: P
                                "key is overwritten (nothing was changed)")
     layout = {name: root / relative for name, relative in LAYOUT.items()}
     check_key_place(key_file, [layout["published"], layout["feedback"], layout["extracts"]])
-    for name in ("extracts", "published", "feedback"):
-        layout[name].mkdir(parents=True, exist_ok=True)
-    layout["warehouse"].parent.mkdir(parents=True, exist_ok=True)
-    layout["dagster_home"].mkdir(parents=True, exist_ok=True)
+    layout["published"].mkdir(parents=True, exist_ok=True)
+    # Pupil-level files (school extracts, feedback, the warehouse, run logs): the owner's alone.
+    for folder in (layout["extracts"], layout["feedback"], layout["warehouse"].parent, layout["dagster_home"]):
+        folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_MODE)
+        os.chmod(folder, PRIVATE_MODE)
     (layout["dagster_home"] / "dagster.yaml").write_text(instance_yaml(repository_yaml), encoding="utf-8")
     layout["registry"].write_text(REGISTRY_HEADER, encoding="utf-8")
     write_key(key_file)
