@@ -26,7 +26,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from microtrials import reml, trials
+from microtrials.stats import reml
+
+from microtrials.stats import trials
 
 EFFECT, SCALE = 0.2, 15.0
 

@@ -14,7 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from microtrials import loading, warehouse
+from microtrials.ingest import loading
+
+from microtrials.ingest import warehouse
 
 HEADER = "school_urn,pupil_id,intervention,outcome_measure,arm,outcome,baseline,fsm,gender,year_group,send,pupil_name\n"
 TRIALS = [("Reciprocal reading", "NGRT standardised score"), ("Maths mastery", "PUMA")]

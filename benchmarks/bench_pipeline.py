@@ -14,7 +14,7 @@ fresh warehouse, it prints:
   school's partition (`load_and_refresh` for one partition, in a fresh process as the daemon's run
   worker is, without the daemon's queue delay), each end to end (process start to exit) and with
   the seconds inside the process split into import, definitions, instance and run;
-- the loader alone (microtrials.loading.load_folder into a fresh warehouse) on the same files.
+- the loader alone (microtrials.ingest.loading.load_folder into a fresh warehouse) on the same files.
 
 The machine's load average is printed before each measurement: on a shared machine wall time
 stretches with it, CPU time much less.
@@ -185,8 +185,9 @@ def measure(root: Path, storage: str, extracts: Path, schools: int, with_updates
 
 
 def run_loader(root: Path, extracts: Path) -> float:
-    """The loader alone (microtrials.loading.load_folder) on the same files into a fresh warehouse: seconds."""
-    from microtrials import loading, warehouse
+    """The loader alone (microtrials.ingest.loading.load_folder) on the same files into a fresh warehouse: seconds."""
+    from microtrials.ingest import loading
+    from microtrials.ingest import warehouse
 
     con = warehouse.connect(root / "loader.duckdb")
     try:

@@ -5,7 +5,7 @@
 
 Extract CSVs (the contract's columns, one file per school) are written to a temp dir by a child
 process, so the peak memory printed (ru_maxrss of this process) covers only what is measured:
-loading with DuckDB's read_csv, the real loader (``microtrials.loading.load_folder``) when asked,
+loading with DuckDB's read_csv, the real loader (``microtrials.ingest.loading.load_folder``) when asked,
 the statistics, the fits and statsmodels (skipped above 1 million rows).
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from microtrials import warehouse
-from microtrials.models import ARM, BASELINE, fit_mixedlm
-from microtrials.reml import fit_reml, school_stats
+from microtrials.ingest import warehouse
+from microtrials.stats.models import ARM, BASELINE, fit_mixedlm
+from microtrials.stats.reml import fit_reml, school_stats
 
 INTERVENTION, MEASURE = "Bench reading", "Bench score"
 COLUMNS = [
@@ -111,11 +111,11 @@ def timed(label: str, work, results: dict[str, float]):
 def try_real_loader(folder: Path, workdir: Path, results: dict[str, float]) -> None:
     """Time the project's loader (extracts.load_folder, else loading.load_folder) if it exists."""
     try:
-        from microtrials import extracts
+        from microtrials.ingest import extracts
 
         load_folder = getattr(extracts, "load_folder", None)
         if load_folder is None:
-            from microtrials.loading import load_folder
+            from microtrials.ingest.loading import load_folder
     except ImportError as error:
         print(f"real loader not available: {error}")
         return

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from microtrials import warehouse
-from microtrials.models import ARM, BASELINE
-from microtrials.reml import fit_reml, school_stats
+from microtrials.ingest import warehouse
+from microtrials.stats.models import ARM, BASELINE
+from microtrials.stats.reml import fit_reml, school_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "chem97"

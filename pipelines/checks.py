@@ -13,11 +13,12 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from microtrials import gate as publication_gate
-from microtrials import publish, warehouse
+from microtrials.publish import gate as publication_gate
+from microtrials.publish import publish
+from microtrials.ingest import warehouse
 from microtrials.guidance import READY_MIN_SCHOOLS_BOTH_ARMS
 from microtrials.ingest.trial_key import TrialKey, plain_key
-from microtrials.registry import load_registry
+from microtrials.ingest.registry import load_registry
 from pipelines.assets.registry import trials_file
 from pipelines.partitions import content_hash, extract_files, files_by_school
 from pipelines.resources import Settings, Warehouse
@@ -229,7 +230,7 @@ def one_row_per_trial(settings: Settings, warehouse_db: Warehouse) -> dg.AssetCh
     with warehouse_db.connect() as con:
         results = _table(con, "trial_results")
         gate = publication_gate.from_warehouse(con, load_registry(trials_file(settings)))
-    # rows whose names the publication gate withholds are not published (microtrials.gate); a
+    # rows whose names the publication gate withholds are not published (microtrials.publish.gate); a
     # warehouse with no pupils and no registry knows no name, and trial_results is then not the pipeline's
     if results is not None and (gate.carried or gate.registered):
         results = publication_gate.withhold(results, gate)[0]

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from microtrials import extracts, loading
+from microtrials.ingest import extracts
+
+from microtrials.ingest import loading
 
 SCHOOLS = "schools"
 schools_partitions = dg.DynamicPartitionsDefinition(name=SCHOOLS)
@@ -22,7 +24,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def extract_files(folder: Path) -> list[Path]:
-    """The files ``microtrials.loading.load_folder`` would load, sorted by name; none for a missing folder."""
+    """The files ``microtrials.ingest.loading.load_folder`` would load, sorted by name; none for a missing folder."""
     return loading.extract_files(folder) if Path(folder).is_dir() else []
 
 

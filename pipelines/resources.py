@@ -13,7 +13,9 @@ import dagster as dg
 import duckdb
 from dagster_duckdb import DuckDBResource
 
-from microtrials import warehouse, workspace
+from microtrials import workspace
+
+from microtrials.ingest import warehouse
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EXTRACTS = REPO_ROOT / "data" / "extracts"
@@ -44,8 +46,8 @@ class Settings(dg.ConfigurableResource):
 
     @property
     def trials(self) -> Path:
-        """The registry file: trials_file, else ``<extracts>/../trials.csv`` (microtrials.registry.registry_path)."""
-        from microtrials.registry import registry_path
+        """The registry file: trials_file, else ``<extracts>/../trials.csv`` (microtrials.ingest.registry.registry_path)."""
+        from microtrials.ingest.registry import registry_path
 
         return registry_path(self.extracts, self.trials_file or None, environ={})
 
@@ -61,7 +63,7 @@ class Warehouse(DuckDBResource):
 
     (DuckDBResource's own ``get_connection`` opens read-write only, applies no schema and, after its
     retries, raises DuckDB's raw lock error; so both entry points here go through
-    ``microtrials.warehouse``.)
+    ``microtrials.ingest.warehouse``.)
     """
 
     @property

@@ -35,7 +35,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from microtrials import warehouse
+from microtrials.ingest import warehouse
 from pipelines.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, load_and_refresh, partition_range_tags
 from pipelines.partitions import SCHOOLS, content_hash, extract_files, school_key
 from pipelines.resources import Settings, Warehouse

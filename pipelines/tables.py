@@ -12,7 +12,7 @@ import warnings
 
 import dagster as dg
 
-from microtrials import warehouse
+from microtrials.ingest import warehouse
 
 # multi_observable_source_asset is marked beta in Dagster 1.13; it is the public way to observe
 # several tables in one step.
@@ -119,7 +119,7 @@ SCHOOL_RESULTS_COLUMNS = [
 ]
 
 def _stored_type(name: str) -> str:
-    from microtrials import trial_store
+    from microtrials.stats import trial_store
 
     if name in trial_store.TEXT_COLUMNS:
         return "VARCHAR"
@@ -129,7 +129,7 @@ def _stored_type(name: str) -> str:
 
 
 def _exploratory_columns() -> list[dg.TableColumn]:
-    from microtrials import trial_store
+    from microtrials.stats import trial_store
 
     return [C(name, _stored_type(name), description=text) for name, text in trial_store.COLUMN_DESCRIPTIONS.items()]
 

@@ -1,6 +1,6 @@
 -- Every delivered (intervention, outcome_measure, school_urn, round) as spelt, with its rows, the
 -- rows that have an outcome and when its first file was loaded: the input of
--- microtrials.registry.match_deliveries (which decides the trial each combination belongs to).
+-- microtrials.ingest.registry.match_deliveries (which decides the trial each combination belongs to).
 SELECT
     p.intervention,
     p.outcome_measure,

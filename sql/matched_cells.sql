@@ -3,11 +3,11 @@
 -- and b*y. Every figure the statistics need (counts, attrition by arm, baseline balance, the
 -- per-school ANCOVA and the sufficient statistics X'X, X'y, y'y of any model whose design columns
 -- are functions of arm, fsm, "baseline missing" and baseline) is a sum over these cells
--- (microtrials.reml.stats_from_cells), so no pupil row leaves DuckDB.
+-- (microtrials.stats.reml.stats_from_cells), so no pupil row leaves DuckDB.
 -- b and y are summed about their means over the chosen rows (outcome_centre, baseline_centre, the
 -- same on every row), so scores with a large common offset (+10,000,000) keep their precision.
 -- $keys holds the delivered combinations to take: intervention, outcome_measure, school_urn and
--- round (blank when none was sent) joined by the unit separator chr(31) (microtrials.units.combo_key),
+-- round (blank when none was sent) joined by the unit separator chr(31) (microtrials.stats.units.combo_key),
 -- so a school's rows of another round or of an unregistered spelling never enter.
 -- arm 'intervention' = 1, 'control' = 0; fsm TRUE = 1, FALSE = 0, NULL unknown. Sums over no values are 0.
 WITH wanted AS (SELECT unnest($keys) AS key),

@@ -1,4 +1,4 @@
--- Who carries each delivered name: pupils per (name, school), for the publication gate (microtrials.gate).
+-- Who carries each delivered name: pupils per (name, school), for the publication gate (microtrials.publish.gate).
 SELECT 'trial' AS origin, intervention AS name, school_urn, count(*) AS pupils FROM pupils GROUP BY ALL
 UNION ALL
 SELECT 'outcome' AS origin, outcome_measure AS name, school_urn, count(*) AS pupils FROM pupils GROUP BY ALL

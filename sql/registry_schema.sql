@@ -1,5 +1,5 @@
 -- Tables of the trial registry and of the evidence history (issue 11). CREATE ... IF NOT EXISTS:
--- applied by microtrials.history.ensure_tables before the registry asset or a publication writes.
+-- applied by microtrials.publish.history.ensure_tables before the registry asset or a publication writes.
 
 -- Every version of trials.csv the pipeline has read: its hash, when it was first read, where
 -- from, and its text (so outcome switching and other changes can be audited later).

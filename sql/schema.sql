@@ -80,7 +80,7 @@ CREATE TABLE IF NOT EXISTS load_warnings (
 );
 
 -- What each delivery did (or was held from doing) to each (school, trial, round), and each withdrawal
--- or accept: one row per change set (microtrials.change_sets). Never deleted: the load's memory.
+-- or accept: one row per change set (microtrials.ingest.change_sets). Never deleted: the load's memory.
 CREATE TABLE IF NOT EXISTS change_sets (
     delivery_id         VARCHAR,            -- sha256 of the delivered file; NULL for a withdrawal
     file_name           VARCHAR,

@@ -1,5 +1,5 @@
 -- The pupil rows the warehouse holds for the schools of a delivery (registered frame `batch_schools`):
--- what microtrials.change_sets.plan_changes compares a delivery with (no row is read back out).
+-- what microtrials.ingest.change_sets.plan_changes compares a delivery with (no row is read back out).
 SELECT school_urn, intervention, outcome_measure, coalesce("round", '') AS "round", pupil_key,
        outcome IS NOT NULL AS scored
 FROM pupils

@@ -1,6 +1,6 @@
 -- Per trial and score column (outcome, baseline): how many finite scores the trial has and their
 -- 1st, 25th, 50th, 75th and 99th percentiles, plus the upper quartile of their absolute values -- what a batch's scores are judged
--- against (microtrials.plausibility). The scores are the warehouse's (registered frame
+-- against (microtrials.ingest.plausibility). The scores are the warehouse's (registered frame
 -- `spelling_keys`: intervention, outcome_measure, trial_key), except those of the (school, trial)
 -- pairs the batch replaces (registered `batch_pairs`: school_urn, trial_key), plus every score of
 -- the batch itself (registered `batch_scores`: trial_key, column_name, score). Quartiles by linear

@@ -6,9 +6,13 @@ from datetime import date, datetime
 
 import pytest
 
-from microtrials import history, registry, warehouse
+from microtrials.publish import history
+
+from microtrials.ingest import registry
+
+from microtrials.ingest import warehouse
 from microtrials.ingest.trial_key import TrialKey, TrialKeys, plain_key
-from microtrials.loading import load_file, load_files
+from microtrials.ingest.loading import load_file, load_files
 from tests.conftest import EXTRACT_HEADER, pupil_rows
 
 KEY = b"test-key-for-change-sets"
@@ -145,7 +149,7 @@ def test_a_held_change_set_keeps_the_earlier_rows_exactly_and_others_apply(con, 
 
 
 def test_accept_applies_a_held_change_on_purpose_and_records_it(con, write_extract, tmp_path):
-    from microtrials.loading import accept_file
+    from microtrials.ingest.loading import accept_file
 
     load_file(con, write_extract("222005.csv", pupil_rows(40, urn="222005", intervention="Café Readers")), KEY)
     fewer = write_extract("222005_v2.csv", pupil_rows(10, urn="222005", intervention="Café Readers"))
@@ -163,7 +167,7 @@ def test_accept_applies_a_held_change_on_purpose_and_records_it(con, write_extra
 
 
 def test_accept_applies_only_what_was_held(con, write_extract):
-    from microtrials.loading import accept_file
+    from microtrials.ingest.loading import accept_file
 
     both = pupil_rows(40, urn="222005", intervention="Café Readers") + pupil_rows(
         30, urn="222005", intervention="Maths", measure="PUMA", start=100)
@@ -180,7 +184,7 @@ def test_accept_applies_only_what_was_held(con, write_extract):
 
 
 def test_accept_of_a_file_with_nothing_held_changes_nothing(con, write_extract):
-    from microtrials.loading import accept_file
+    from microtrials.ingest.loading import accept_file
 
     path = write_extract("222005.csv", pupil_rows(10, urn="222005", intervention="Café Readers"))
     report = accept_file(con, path, KEY)
@@ -189,7 +193,7 @@ def test_accept_of_a_file_with_nothing_held_changes_nothing(con, write_extract):
 
 
 def test_withdraw_removes_a_school_or_one_round_and_records_it(con, write_extract):
-    from microtrials.loading import withdraw
+    from microtrials.ingest.loading import withdraw
 
     load_file(con, write_extract("222006_a.csv", rows_in_round(30, "222006", "2025 Autumn"), header=ROUND_HEADER), KEY)
     bad = rows_in_round(20, "222006", "2026 Spring", start=500)
@@ -216,7 +220,7 @@ def test_withdraw_removes_a_school_or_one_round_and_records_it(con, write_extrac
 def test_the_accept_and_withdraw_commands(con, write_extract, tmp_path, capsys, monkeypatch):
     from microtrials import cli
 
-    from microtrials.privacy import pupil_key
+    from microtrials.ingest.privacy import pupil_key
 
     db = tmp_path / "warehouse.duckdb"
     first = write_extract("222005.csv", pupil_rows(40, urn="222005", intervention="Café Readers"))
@@ -242,7 +246,9 @@ def test_the_accept_and_withdraw_commands(con, write_extract, tmp_path, capsys, 
 def test_the_run_summary_and_the_published_load_report_say_held():
     import pandas as pd
 
-    from microtrials import cli, site
+    from microtrials import cli
+
+    from microtrials.publish import site
 
     held = ("222005 Café Readers 2026 Autumn: held, not applied: it would replace 40 pupils by 7, more than half "
             "of them gone; the earlier 40 pupils stay as they were (to apply it on purpose: microtrials accept x.csv)")

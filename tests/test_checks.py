@@ -9,7 +9,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from microtrials import warehouse
+from microtrials.ingest import warehouse
 from pipelines import checks
 from pipelines.jobs import partition_range_tags
 from pipelines.partitions import SCHOOLS, files_by_school
@@ -236,3 +236,4 @@ def test_a_file_not_loaded_fails_the_load_check(tmp_path, write_extract):
         result = checks.every_file_loaded_or_rejected(context, settings=settings, warehouse_db=wh)
     assert not result.passed
     assert "a.csv" in result.metadata["files_not_accounted_for"].value
+

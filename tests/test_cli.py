@@ -120,7 +120,8 @@ def test_after_a_run_the_sensors_first_tick_has_nothing_to_do_and_the_summary_na
 
 
 def test_the_summary_names_trials_not_estimable_or_not_refreshed_and_fails_only_when_none_refreshed(tmp_path):
-    from microtrials import cli, warehouse
+    from microtrials import cli
+    from microtrials.ingest import warehouse
 
     warehouse.connect(tmp_path / "w.duckdb").close()
     out = tmp_path / "out"

@@ -139,7 +139,7 @@ def test_the_file_check_passes_on_an_empty_extracts_folder(tmp_path):
     """Day one: no files, an empty `deliveries` table; pandas once refused to merge the empty keys."""
     import dagster as dg
 
-    from microtrials import warehouse
+    from microtrials.ingest import warehouse
     from pipelines import checks
     from pipelines.resources import Settings, Warehouse
 

@@ -59,7 +59,7 @@ def _run_job(defs, resources, instance, tags):
 
 def test_warehouse_tables_are_assets_with_every_column_described(tmp_path: Path):
     """Each table spec lists exactly the warehouse's columns (those that exist yet), each with a description."""
-    from microtrials import warehouse
+    from microtrials.ingest import warehouse
     from pipelines.definitions import defs
     from pipelines.tables import TABLES, WRITTEN_BY
 

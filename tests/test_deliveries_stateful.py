@@ -14,9 +14,13 @@ from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from microtrials import history, registry, warehouse
-from microtrials.loading import accept_file, load_file, withdraw
-from microtrials.privacy import pseudonymise
+from microtrials.publish import history
+
+from microtrials.ingest import registry
+
+from microtrials.ingest import warehouse
+from microtrials.ingest.loading import accept_file, load_file, withdraw
+from microtrials.ingest.privacy import pseudonymise
 from tests.conftest import EXTRACT_HEADER, extract_csv
 
 KEY = b"stateful-test-key-not-secret-0123456789"

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microtrials import disclosure
-from microtrials.disclosure import protect_schools, protect_totals
-from microtrials.site import build_site, trial_slug
+from microtrials.publish import disclosure
+from microtrials.publish.disclosure import protect_schools, protect_totals
+from microtrials.publish.site import build_site, trial_slug
 
 T = 10
 

@@ -18,8 +18,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from microtrials import history, planner, publish, site
-from microtrials.names import match_key
+from microtrials.publish import history
+
+from microtrials.stats import planner
+
+from microtrials.publish import publish
+
+from microtrials.publish import site
+from microtrials.ingest.names import match_key
 
 ALL = "all rounds"
 AUTUMN, SUMMER = "2025 Autumn", "2026 Summer"

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microtrials.effect_sizes import (
+from microtrials.stats.effect_sizes import (
     hedges_g,
     hedges_g_total,
     hedges_g_within,
@@ -97,7 +97,7 @@ def test_wald_p_value_by_hand():
 
 def test_eef_multisite_example_onestage_g_total():
     """eefAnalytics' mstData: onestage g_total 0.2692 and mstFREQ uncond_within 0.36 (expected.txt)."""
-    from microtrials.models import fit_mixedlm
+    from microtrials.stats.models import fit_mixedlm
 
     pupils = _read_extracts(SHARED / "reference-eef" / "extracts").dropna(subset=["outcome", "baseline"])
     null = fit_mixedlm(pupils, [])

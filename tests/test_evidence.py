@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from microtrials.errors import MicrotrialsError
-from microtrials.evidence import (
+from microtrials.stats.evidence import (
     BALANCE_ADJUSTED,
     BALANCE_FINE,
     BALANCE_NOT_COMPARABLE,
@@ -178,7 +178,7 @@ def test_evidence_strength_exact_thresholds_no_deduction():
 
 
 def test_balance_from_summaries_by_hand():
-    from microtrials.evidence import balance_from_summaries
+    from microtrials.stats.evidence import balance_from_summaries
 
     # n 10 / 12, means 100.5 / 100, variances 16 / 9: s_pooled^2 = (9*16 + 11*9) / 20 = 12.15,
     # omega = 1 - 3 / (4*22 - 9) = 1 - 3/79; d = omega * 0.5 / sqrt(12.15) = 0.138.
@@ -188,7 +188,7 @@ def test_balance_from_summaries_by_hand():
 
 
 def test_attrition_from_counts_by_hand():
-    from microtrials.evidence import attrition_from_counts
+    from microtrials.stats.evidence import attrition_from_counts
 
     a = attrition_from_counts((50, 50), (45, 40))
     assert (a.overall, a.intervention, a.control) == pytest.approx((15.0, 10.0, 20.0))

@@ -9,9 +9,9 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from microtrials import warehouse
-from microtrials.extracts import ExtractRejected, read_extract, validate
-from microtrials.loading import load_folder
+from microtrials.ingest import warehouse
+from microtrials.ingest.extracts import ExtractRejected, read_extract, validate
+from microtrials.ingest.loading import load_folder
 from tests.conftest import EXTRACT_HEADER, extract_csv, pupil_rows
 
 KEY = b"test-key"
@@ -122,9 +122,9 @@ def test_pupils_on_other_sheets_are_not_read_and_the_report_says_so(write_extrac
 
 
 def test_the_sites_own_xlsx_template_filled_in_loads_without_warnings(write_extract):
-    from microtrials import dictionary
-    from microtrials.site import FORMAT_CHOICES, FORMAT_HELP
-    from microtrials.workbooks import template_xlsx
+    from microtrials.publish import dictionary
+    from microtrials.publish.site import FORMAT_CHOICES, FORMAT_HELP
+    from microtrials.publish.workbooks import template_xlsx
 
     columns = list(dictionary.TEMPLATE_COLUMNS)
     book = openpyxl.load_workbook(io.BytesIO(template_xlsx(columns, "Café lecture", "Évaluation", FORMAT_CHOICES,
@@ -212,7 +212,7 @@ def test_a_file_mixing_utf8_and_windows_1252_is_rejected(write_extract):
 
 
 def test_a_workbook_that_unpacks_too_large_is_refused_before_parsing(write_extract, monkeypatch):
-    from microtrials import extract_workbook as workbook
+    from microtrials.ingest import extract_workbook as workbook
 
     monkeypatch.setattr(workbook, "MAX_UNPACKED_BYTES", 1000)
     monkeypatch.setattr("openpyxl.load_workbook", lambda *a, **k: pytest.fail("parsed"))

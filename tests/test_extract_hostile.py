@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from microtrials import warehouse
-from microtrials.extracts import ExtractRejected, read_extract, validate
-from microtrials.loading import load_file, load_report_frame
+from microtrials.ingest import warehouse
+from microtrials.ingest.extracts import ExtractRejected, read_extract, validate
+from microtrials.ingest.loading import load_file, load_report_frame
 from tests.conftest import EXTRACT_HEADER, extract_csv, pupil_rows
 from tests.helpers.examples import examples
 
@@ -191,8 +191,8 @@ def typo_file(write_extract, column, value, n=30, name="111601.csv"):
 
 def loaded(tmp_path, path):
     """Load one file into a fresh warehouse: (report, pupils frame by line, load_warnings rows)."""
-    from microtrials import warehouse
-    from microtrials.loading import load_file
+    from microtrials.ingest import warehouse
+    from microtrials.ingest.loading import load_file
 
     con = warehouse.connect(tmp_path / f"{path.stem}.duckdb")
     report = load_file(con, path, b"k" * 32)
@@ -205,7 +205,7 @@ def loaded(tmp_path, path):
 
 
 def test_validating_a_file_no_longer_judges_its_scores_against_the_file_itself(write_extract):
-    """Plausibility is judged at trial level after the whole batch is read (microtrials.plausibility)."""
+    """Plausibility is judged at trial level after the whole batch is read (microtrials.ingest.plausibility)."""
     result = checked(typo_file(write_extract, "outcome", "99999999")[0])
     assert result.quarantine.num_rows == 0 and result.good["outcome"][5].as_py() == 99999999.0
 

@@ -7,9 +7,9 @@ import shutil
 import duckdb
 import pytest
 
-from microtrials import warehouse
-from microtrials.extracts import read_extract, validate
-from microtrials.loading import load_file, load_report_frame
+from microtrials.ingest import warehouse
+from microtrials.ingest.extracts import read_extract, validate
+from microtrials.ingest.loading import load_file, load_report_frame
 from tests.conftest import EXTRACT_HEADER, SHARED, extract_csv, pupil_rows
 from tests.helpers.cli import run_cli
 

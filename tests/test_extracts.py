@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from microtrials.errors import MicrotrialsError
-from microtrials.extracts import ExtractRejected, read_extract, validate
+from microtrials.ingest.extracts import ExtractRejected, read_extract, validate
 from tests.conftest import EXTRACT_HEADER, extract_csv, pupil_rows
 
 

@@ -8,9 +8,11 @@ import io
 
 import pytest
 
-from microtrials import feedback, warehouse
+from microtrials.ingest import feedback
+
+from microtrials.ingest import warehouse
 from microtrials.errors import MicrotrialsError
-from microtrials.loading import load_folder
+from microtrials.ingest.loading import load_folder
 from tests.conftest import EXTRACT_HEADER, pupil_rows
 
 KEY = b"test-key"

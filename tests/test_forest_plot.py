@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Polygon
 
-from microtrials import plots
-from microtrials.trials import analyse_trial
+from microtrials.publish import plots
+from microtrials.stats.trials import analyse_trial
 from tests.helpers.trials import simulate as _simulate
 
 

@@ -9,9 +9,11 @@ import duckdb
 import pandas as pd
 import pytest
 
-from microtrials import history, registry
-from microtrials.evidence_table import evidence_row
-from microtrials.trials import analyse_trial
+from microtrials.publish import history
+
+from microtrials.ingest import registry
+from microtrials.publish.evidence_table import evidence_row
+from microtrials.stats.trials import analyse_trial
 
 EXTRACTS = Path(__file__).resolve().parent / "fixtures" / "reference" / "extracts"
 
@@ -134,9 +136,9 @@ def test_cumulative_alt_text():
 def test_a_withdrawn_school_is_said_withdrawn_not_no_longer_counted(reading, tmp_path):
     """Issue 19: a school that left (microtrials withdraw) is "withdrawn"; one whose rows went otherwise
     is "no longer counted"."""
-    from microtrials import warehouse
-    from microtrials.loading import record_change_sets
-    from microtrials.change_sets import WITHDRAWN, ChangeSet
+    from microtrials.ingest import warehouse
+    from microtrials.ingest.loading import record_change_sets
+    from microtrials.ingest.change_sets import WITHDRAWN, ChangeSet
     from microtrials.ingest.trial_key import plain_key
 
     urns = sorted(reading["school_urn"].unique())

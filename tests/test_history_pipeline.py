@@ -12,14 +12,14 @@ import dagster as dg
 import duckdb
 import pytest
 
-from microtrials import history
+from microtrials.publish import history
 from tests.conftest import SHARED, TEST_PUPIL_KEY
 from tests.helpers.pipeline import run_in_process as _run
 
 pytestmark = pytest.mark.slow  # two whole pipeline runs (the history module's own tests are quick)
 
 # Eight reference schools that run only Reciprocal reading, then one more. Independent figures
-# (microtrials.trials.analyse_trial on the same pupils, checked in a scratch run and against the
+# (microtrials.stats.trials.analyse_trial on the same pupils, checked in a scratch run and against the
 # months table in microtrials.guidance): the 8 schools give g 0.289 (+4 months), the 9 give
 # g 0.361 (+5 months), so the new school moves the estimate across the 0.35 boundary.
 FIRST = ["111601", "111602", "111603", "111607", "111609", "111610", "111611", "111612"]

@@ -16,10 +16,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from microtrials import extract_workbook, extracts, publish
-from microtrials import registry as reg
-from microtrials.extracts import ExtractRejected, read_extract, validate
-from microtrials.loading import load_folder
+from microtrials.ingest import extract_workbook
+
+from microtrials.ingest import extracts
+
+from microtrials.publish import publish
+from microtrials.ingest import registry as reg
+from microtrials.ingest.extracts import ExtractRejected, read_extract, validate
+from microtrials.ingest.loading import load_folder
 from pipelines import checks
 from pipelines.resources import Settings, Warehouse
 from tests.conftest import EXTRACT_HEADER, pupil_rows
@@ -113,7 +117,7 @@ def registry_of(n: int) -> bytes:
 @pytest.mark.slow
 def test_a_20000_row_registry_is_read_and_matched_in_seconds():
     """Issue 21: a 20,000-row registry took quadratic time (nothing published after 15 minutes)."""
-    from microtrials import planner
+    from microtrials.stats import planner
 
     data = registry_of(20_000)
     started = time.perf_counter()
@@ -159,7 +163,7 @@ def test_one_row_per_trial_compares_formula_like_names_as_sent(tmp_path, name, r
     con = duckdb.connect(str(db))
     con.execute("CREATE TABLE trial_results AS SELECT * FROM results")
     con.close()
-    # Registered, so the publication gate lets the names be published (microtrials.gate).
+    # Registered, so the publication gate lets the names be published (microtrials.publish.gate).
     (tmp_path / "trials.csv").write_text(
         "intervention,outcome_measure,round,start_date,schools\n"
         + "".join(f"{i},{o},{r or ''},2025-09-01,111101 111102\n" for i, o, r in
@@ -293,7 +297,7 @@ def test_the_size_limit_is_configurable_and_a_folder_load_rejects_the_file_and_l
     write_extract("111601.csv", pupil_rows(20, urn="111601"))
     write_extract("111602.csv", pupil_rows(400, urn="111602"))
     con = duckdb.connect(str(tmp_path / "w.duckdb"))
-    from microtrials import warehouse
+    from microtrials.ingest import warehouse
 
     con.execute(warehouse.sql("schema"))
     reports = {r.file_name: r for r in load_folder(con, tmp_path / "extracts", b"k" * 32)}

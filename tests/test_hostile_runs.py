@@ -44,7 +44,7 @@ def test_a_registry_saved_as_utf16_stops_the_run_and_the_last_publication_stays(
 # ---- 6. Nothing dropped because a process died; a full disk in one line --------------------------
 
 def test_a_full_disk_while_publishing_leaves_the_last_publication_and_no_staging(tmp_path, monkeypatch):
-    from microtrials import publish
+    from microtrials.publish import publish
     from pipelines.launch import failure_for
 
     out = tmp_path / "out"
@@ -89,7 +89,7 @@ def test_a_full_disk_at_the_history_append_says_so_not_cannot_rollback(tmp_path)
     """Issue 21: a full disk during the history append printed five stack traces and "cannot rollback"."""
     from datetime import datetime
 
-    from microtrials import history
+    from microtrials.publish import history
     from pipelines.launch import failure_for
 
     con = duckdb.connect(str(tmp_path / "w.duckdb"))
@@ -106,7 +106,7 @@ def test_staging_folders_of_dead_publications_are_removed_by_the_next(tmp_path):
     import sys
     import time
 
-    from microtrials import publish
+    from microtrials.publish import publish
 
     out = tmp_path / "out"
     publish.publish_folder(out, {"index.html": "<p>first</p>"})
@@ -138,7 +138,7 @@ def test_staging_folders_of_dead_publications_are_removed_by_the_next(tmp_path):
 
 SITECUSTOMIZE = '''
 import errno
-from microtrials import publish
+from microtrials.publish import publish
 
 def _full(path, data):
     raise OSError(errno.ENOSPC, "No space left on device", str(path))

@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from microtrials import history, plausibility, warehouse
-from microtrials.loading import load_file, load_folder
-from microtrials.registry import read_registry
+from microtrials.publish import history
+
+from microtrials.ingest import plausibility
+
+from microtrials.ingest import warehouse
+from microtrials.ingest.loading import load_file, load_folder
+from microtrials.ingest.registry import read_registry
 from tests.conftest import EXTRACT_HEADER, pupil_rows
 
 KEY = b"k" * 32

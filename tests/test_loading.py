@@ -11,9 +11,11 @@ import duckdb
 import pandas as pd
 import pytest
 
-from microtrials import loading, warehouse
+from microtrials.ingest import loading
+
+from microtrials.ingest import warehouse
 from microtrials.errors import MicrotrialsError
-from microtrials.loading import load_file, load_folder, load_report_frame
+from microtrials.ingest.loading import load_file, load_folder, load_report_frame
 from tests.conftest import EXTRACT_HEADER, extract_csv, pupil_rows
 from tests.helpers.examples import examples
 

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microtrials import reml
-from microtrials.evidence_table import evidence_table
-from microtrials.trials import analyse_cells, analyse_trial
+from microtrials.stats import reml
+from microtrials.publish.evidence_table import evidence_table
+from microtrials.stats.trials import analyse_cells, analyse_trial
 
 
 def simulate(schools: int, pupils: int, tau: float, seed: int, effect: float = 0.0, icc: float = 0.15) -> pd.DataFrame:
@@ -105,7 +105,7 @@ def test_random_slope_not_converged_is_said_and_falls_back(monkeypatch):
 
 
 def test_nothing_converges_is_a_model_failure(monkeypatch):
-    from microtrials.trials import ModelFailure
+    from microtrials.stats.trials import ModelFailure
 
     real = reml.fit_reml
 
@@ -191,7 +191,7 @@ def test_numerical_warnings_become_a_note_with_the_cause():
 
 def test_sql_cells_with_a_large_offset_give_the_same_figures(tmp_path):
     """The pipeline's query (sql/matched_cells.sql) sums about the trial's means: +10,000,000 changes nothing."""
-    from microtrials import warehouse
+    from microtrials.ingest import warehouse
 
     data = simulate(12, 25, 0.1, seed=7, effect=0.2)
     rows = []

@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 from openpyxl import load_workbook
 
-from microtrials import history, views
-from microtrials import site as site_module
-from microtrials.effect_sizes import months_progress
-from microtrials.registry import read_registry
+from microtrials.publish import history
+
+from microtrials.publish import views
+from microtrials.publish import site as site_module
+from microtrials.stats.effect_sizes import months_progress
+from microtrials.ingest.registry import read_registry
 from tests.helpers.pages import READING, balanced, pages_site
 from tests.helpers.site import _row, folder, text_of
 

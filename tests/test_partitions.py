@@ -8,7 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 import dagster as dg
 import pytest
 
-from microtrials import warehouse
+from microtrials.ingest import warehouse
 from pipelines.partitions import SCHOOLS, file_key, files_by_school, school_key
 from tests.conftest import pupil_rows
 

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microtrials import planner
-from microtrials.effect_sizes import months_progress
-from microtrials.evidence import mdes_rating
+from microtrials.stats import planner
+from microtrials.stats.effect_sizes import months_progress
+from microtrials.stats.evidence import mdes_rating
 
 # PowerUpR cross-checks vignette (inst/doc/cross_checks.html, PowerUpR 1.0.x; the same call is in
 # man/bira2.Rd of 1.1.0 as mdes.bira2): printed "MDES is 0.366 95% CI [0.107,0.625] with 80% power,
@@ -118,7 +118,7 @@ def test_too_few_schools_is_an_error_an_officer_can_act_on():
 
 
 def test_plan_for_uses_the_registry_name_and_earlier_rounds():
-    from microtrials.registry import read_registry
+    from microtrials.ingest.registry import read_registry
 
     registry = read_registry(
         b"intervention,outcome_measure,round,start_date,schools,aliases\r\n"
@@ -147,7 +147,7 @@ def test_plan_for_uses_the_registry_name_and_earlier_rounds():
 
 
 def test_plan_from_an_empty_warehouse_uses_defaults(tmp_path):
-    from microtrials import warehouse
+    from microtrials.ingest import warehouse
 
     con = warehouse.connect(tmp_path / "w.duckdb")
     text = planner.plan_from_warehouse(con, "Reading", 10, 40)

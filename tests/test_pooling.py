@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from microtrials.errors import MicrotrialsError
-from microtrials.pooling import (
+from microtrials.stats.pooling import (
     cochran_q,
     i2_statistic,
     knapp_hartung,
@@ -143,7 +143,7 @@ HETEROGENEITY = {t["intervention"]: t for t in json.loads((REFERENCE / "heteroge
 @pytest.mark.parametrize("trial", sorted(HETEROGENEITY))
 def test_t_pooling_matches_metafor_from_the_reference_d_and_v(trial):
     """rma(yi, vi, method="REML", test="t"), predict and blup on the reference per-school d, v."""
-    from microtrials.pooling import random_effects_reml_t
+    from microtrials.stats.pooling import random_effects_reml_t
 
     expected = HETEROGENEITY[trial]
     schools = pd.DataFrame(expected["per_school"])
@@ -160,7 +160,7 @@ def test_t_pooling_matches_metafor_from_the_reference_d_and_v(trial):
 
 
 def test_empirical_bayes_by_hand_lies_between_own_effect_and_mean():
-    from microtrials.pooling import empirical_bayes
+    from microtrials.stats.pooling import empirical_bayes
 
     # tau2 = 0.04, v = (0.04, 0.12): lambda = 1/2 and 1/4; mu = 0.2.
     eb = empirical_bayes([0.6, -0.2], [0.04, 0.12], mu=0.2, tau2=0.04)
@@ -168,7 +168,7 @@ def test_empirical_bayes_by_hand_lies_between_own_effect_and_mean():
 
 
 def test_t_pooling_with_two_schools_has_no_prediction_interval():
-    from microtrials.pooling import random_effects_reml_t
+    from microtrials.stats.pooling import random_effects_reml_t
 
     pool = random_effects_reml_t([0.1, 0.3], [0.02, 0.03])
     assert math.isnan(pool.pi_low) and math.isnan(pool.pi_high) and math.isnan(pool.p_new_positive)

@@ -11,10 +11,14 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from microtrials import privacy, sample_data, warehouse
+from microtrials import sample_data
+
+from microtrials.ingest import privacy
+
+from microtrials.ingest import warehouse
 from microtrials.errors import MicrotrialsError
-from microtrials.loading import load_folder
-from microtrials.privacy import SAMPLE_KEY, pseudonymise, pupil_key_from_env
+from microtrials.ingest.loading import load_folder
+from microtrials.ingest.privacy import SAMPLE_KEY, pseudonymise, pupil_key_from_env
 from microtrials.sample_manifest import SAMPLE_SHA256
 from tests.conftest import REPO_ROOT, pupil_rows
 

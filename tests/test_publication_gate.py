@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from microtrials import gate as publication_gate
-from microtrials.gate import Origin
-from microtrials.site import build_site, gated_text, public_load_report
+from microtrials.publish import gate as publication_gate
+from microtrials.publish.gate import Origin
+from microtrials.publish.site import build_site, gated_text, public_load_report
 from tests.conftest import REPO_ROOT, TEST_PUPIL_KEY
 
 SAMPLE = REPO_ROOT / "data" / "extracts"
@@ -84,7 +84,7 @@ def test_the_gate_decides_by_origin():
 
 
 def test_registered_names_aliases_outcomes_and_rounds_are_shown():
-    from microtrials.registry import load_registry
+    from microtrials.ingest.registry import load_registry
 
     gate = publication_gate.build(load_registry(REGISTRY), None)
     assert gate.allows("reciprocal reading programme", Origin.TRIAL)  # an alias

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microtrials import publish
+from microtrials.publish import publish
 from microtrials.errors import MicrotrialsError
-from microtrials.publish import (
+from microtrials.publish.publish import (
     neutralise_formulas,
     publish_folder,
     suppress_small_groups,

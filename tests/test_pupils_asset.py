@@ -119,7 +119,7 @@ def _run_again(tmp_path, instance):
 
 
 def test_school_status_words():
-    from microtrials.loading import FileReport
+    from microtrials.ingest.loading import FileReport
     from pipelines.assets.loading import school_status
 
     ok = FileReport("a.csv", "loaded")

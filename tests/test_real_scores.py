@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microtrials import plausibility, warehouse
-from microtrials.loading import load_folder
-from microtrials.trials import analyse_trial
+from microtrials.ingest import plausibility
+
+from microtrials.ingest import warehouse
+from microtrials.ingest.loading import load_folder
+from microtrials.stats.trials import analyse_trial
 from tests.conftest import FIXTURES
 
 REAL = FIXTURES / "real"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from microtrials import warehouse
-from microtrials.loading import load_file, load_folder, load_report_frame
+from microtrials.ingest import warehouse
+from microtrials.ingest.loading import load_file, load_folder, load_report_frame
 from tests.conftest import EXTRACT_HEADER, REPO_ROOT, pupil_rows
 
 KEY = b"test-key"
@@ -149,7 +149,8 @@ _CHILD = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from microtrials import loading, warehouse
+    from microtrials.ingest import loading
+    from microtrials.ingest import warehouse
 
     pids = Path(sys.argv[2])
     real_prepare = loading._prepare

@@ -14,9 +14,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from microtrials import loading, warehouse
-from microtrials.evidence_table import evidence_table
-from microtrials.trials import analyse_trial
+from microtrials.ingest import loading
+
+from microtrials.ingest import warehouse
+from microtrials.publish.evidence_table import evidence_table
+from microtrials.stats.trials import analyse_trial
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REFERENCE = FIXTURES / "reference"

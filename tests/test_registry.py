@@ -9,7 +9,7 @@ from datetime import date, datetime
 import pandas as pd
 import pytest
 
-from microtrials import registry as reg
+from microtrials.ingest import registry as reg
 
 HEADER = ("intervention,outcome_measure,round,start_date,end_date,schools,aliases,secondary_outcomes,"
           "registered_on,toolkit_strand,national_months,cost_per_pupil,description")

@@ -21,9 +21,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microtrials import gate as publication_gate
-from microtrials import loading, registry, trial_store, warehouse
-from microtrials.models import fit_mixedlm
+from microtrials.publish import gate as publication_gate
+from microtrials.ingest import loading
+from microtrials.ingest import registry
+from microtrials.stats import trial_store
+from microtrials.ingest import warehouse
+from microtrials.stats.models import fit_mixedlm
 
 REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference" / "extracts"
 KEY = b"registry-analysis-test-key"
@@ -187,8 +190,9 @@ def test_without_a_registry_every_intervention_is_a_trial(tmp_path):
 def test_the_site_has_a_folder_per_round_and_the_officer_report(run):
     """Per-trial folders key on (intervention, outcome_measure, round); the load report page and
     registry_report.csv name the unregistered intervention, the unplanned school and the awaited URNs."""
-    from microtrials import dictionary, site
-    from microtrials.evidence_table import COLUMNS, EXTRA_COLUMNS
+    from microtrials.publish import dictionary
+    from microtrials.publish import site
+    from microtrials.publish.evidence_table import COLUMNS, EXTRA_COLUMNS
 
     _, stored, _ = run
     schools = stored["school_results"]
@@ -268,7 +272,7 @@ def test_run_with_a_trials_file_that_does_not_exist_stops_before_starting(tmp_pa
 def test_bad_registry_rows_are_named_in_the_load_report_and_the_rest_works(tmp_path):
     """Issue 11: a registry row with a bad date, an unknown URN format or a duplicate round is named
     (line, column, what to do) in the officer's load report; the good rounds are still analysed."""
-    from microtrials import site
+    from microtrials.publish import site
 
     bad = (REGISTRY
            + "Reciprocal reading,NGRT standardised score,2026 Summer,2026-31-04,2026-07-01,111601,,,2026-01-01,,,,x\n"

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from microtrials import warehouse
-from microtrials.models import ARM, ARM_FSM, BASELINE, FSM, MixedFit, fit_mixedlm
-from microtrials.reml import SchoolStats, fit_at, fit_reml, school_stats, school_stats_from_frame
+from microtrials.ingest import warehouse
+from microtrials.stats.models import ARM, ARM_FSM, BASELINE, FSM, MixedFit, fit_mixedlm
+from microtrials.stats.reml import SchoolStats, fit_at, fit_reml, school_stats, school_stats_from_frame
 from tests.helpers.examples import examples
 
 SHARED = Path(__file__).resolve().parent / "fixtures"
@@ -365,7 +365,7 @@ def test_agrees_with_statsmodels_on_random_data(data, random_slope):
 
 @pytest.mark.parametrize("random_slope", [False, True])
 def test_gradient_matches_finite_differences(coded, random_slope):
-    from microtrials.reml import _gradient, _problem, _profile
+    from microtrials.stats.reml import _gradient, _problem, _profile
 
     stats = school_stats_from_frame(_trial(coded, TRIALS[0]), use_baseline=True)
     problem = _problem(stats, ANCOVA, random_slope)
@@ -408,8 +408,8 @@ def test_random_slope_fits_at_least_as_well_as_random_intercept(coded, trial):
 def test_named_columns_and_groups_match_direct_cross_products():
     """Missing-baseline indicator and round dummies are just more columns, school:round more groups:
     X'X, X'y, y'y from the cells equal numpy's on the imputed pupil rows."""
-    from microtrials.models import BASELINE_MISSING, INTERCEPT
-    from microtrials.reml import cells_from_frame, stats_from_cells
+    from microtrials.stats.models import BASELINE_MISSING, INTERCEPT
+    from microtrials.stats.reml import cells_from_frame, stats_from_cells
 
     rng = np.random.default_rng(7)
     n = 400

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microtrials.models import ARM, BASELINE
-from microtrials.reml import cells_from_frame, choose_cells, fit_reml, stats_from_cells
+from microtrials.stats.models import ARM, BASELINE
+from microtrials.stats.reml import cells_from_frame, choose_cells, fit_reml, stats_from_cells
 
 CHEM97 = Path(__file__).resolve().parent / "fixtures" / "chem97"
 LME4 = json.loads((CHEM97 / "lme4.json").read_text())

@@ -9,7 +9,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from microtrials import publish
+from microtrials.publish import publish
 from tests.helpers.extracts import extract_csv, pupil_rows
 
 REPO = Path(__file__).resolve().parents[1]

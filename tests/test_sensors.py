@@ -61,8 +61,8 @@ def launch(instance, result: dg.SensorResult) -> list:
 
 def load(extracts) -> None:
     """What a run's load step commits: every file of the folder recorded in `deliveries`."""
-    from microtrials import warehouse
-    from microtrials.loading import load_folder
+    from microtrials.ingest import warehouse
+    from microtrials.ingest.loading import load_folder
 
     con = warehouse.connect(extracts.parent / "warehouse.duckdb")
     try:
@@ -209,7 +209,7 @@ def test_a_busy_warehouse_postpones_the_tick_without_losing_the_files(tmp_path, 
     import subprocess
     import sys
 
-    from microtrials import warehouse
+    from microtrials.ingest import warehouse
 
     extracts = tmp_path / "extracts"
     write_extract("a.csv", pupil_rows(4, urn="111601"))

@@ -15,9 +15,9 @@ import html5lib
 import pandas as pd
 import pytest
 
-from microtrials import site as site_module
-from microtrials.publish import publish_folder
-from microtrials.site import SORT_VIEWS, build_site, make_server, trial_folders
+from microtrials.publish import site as site_module
+from microtrials.publish.publish import publish_folder
+from microtrials.publish.site import SORT_VIEWS, build_site, make_server, trial_folders
 from tests.helpers.site import (
     CAFE,
     NASTY,
@@ -333,7 +333,7 @@ def test_evidence_xlsx_is_readable(site):
 def test_xlsx_headers_are_dictionary_labels(site):
     from openpyxl import load_workbook
 
-    from microtrials import dictionary
+    from microtrials.publish import dictionary
 
     labels = {e.label for e in dictionary.ENTRIES}
     headers = [c.value for c in load_workbook(io.BytesIO(site["evidence_table.xlsx"]))["Evidence table"][1]]
@@ -371,7 +371,7 @@ def test_server_serves_the_published_folder(tmp_path, site):
 
 
 def test_forest_plot_png_and_svg_edge_cases():
-    from microtrials.plots import forest_plot, forest_plot_png
+    from microtrials.publish.plots import forest_plot, forest_plot_png
 
     schools = small_schools()[("Reciprocal reading", "NGRT standardised score")]
     png = forest_plot_png(schools, (0.25, 0.1, 0.4), "Reciprocal reading", (-0.05, 0.55))
@@ -412,7 +412,7 @@ def test_rounds_without_results_show_what_they_could_detect():
 def test_history_section_only_with_a_history():
     from datetime import datetime
 
-    from microtrials import history
+    from microtrials.publish import history
 
     evidence = small_evidence()
     plain = build_site(evidence, {}, small_load_report(), "d", "r")

@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from microtrials import dictionary
-from microtrials.publish import publish_folder
-from microtrials.site import make_server
+from microtrials.publish import dictionary
+from microtrials.publish.publish import publish_folder
+from microtrials.publish.site import make_server
 from tests.helpers.site import CAFE, small_site
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -186,7 +186,7 @@ return out;
 @pytest.mark.slow
 def test_load_report_never_breaks_a_word_inside_itself_at_1366(browser, tmp_path):
     """Red-team 16: at 1366 px the load report showed "1111 / 09.c / sv" and "St/at/us"."""
-    from microtrials.site import build_site
+    from microtrials.publish.site import build_site
     from tests.helpers.load_report import report
     from tests.helpers.site import small_evidence
 
@@ -203,7 +203,7 @@ def test_load_report_never_breaks_a_word_inside_itself_at_1366(browser, tmp_path
         scroll, viewport = browser.execute_script(
             "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
         assert scroll <= viewport
-        # file names are never published (microtrials.gate): the long name stands as "file 1 from school 111135"
+        # file names are never published (microtrials.publish.gate): the long name stands as "file 1 from school 111135"
         text = browser.execute_script("return document.body.innerText")
         assert "111135_reciprocal_reading" not in text and "file 1 from school 111135" in text
     finally:
@@ -239,7 +239,7 @@ def test_graded_words_provisional_cards_and_no_certainty(browser, pages_publishe
                                                          scale):
     from selenium.webdriver.common.by import By
 
-    from microtrials.site import SORT_VIEWS, trial_slug
+    from microtrials.publish.site import SORT_VIEWS, trial_slug
 
     site, base = pages_published
     _emulate(browser, width, height, scale)
@@ -277,7 +277,7 @@ def test_graded_words_provisional_cards_and_no_certainty(browser, pages_publishe
 def test_history_points_and_one_intervention_page(browser, pages_published, screen, width, height, scale):
     from selenium.webdriver.common.by import By
 
-    from microtrials.site import trial_slug
+    from microtrials.publish.site import trial_slug
     from tests.helpers.pages import READING
 
     site, base = pages_published

@@ -8,8 +8,8 @@ import re
 
 import pandas as pd
 
-from microtrials.gate import trusting
-from microtrials.site import build_site, merged_spellings, public_load_report, without_counts
+from microtrials.publish.gate import trusting
+from microtrials.publish.site import build_site, merged_spellings, public_load_report, without_counts
 from tests.helpers.load_report import COUNTS, EVIDENCE, report
 
 

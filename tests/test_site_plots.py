@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from microtrials import plots
-from microtrials.site import build_site, plot_label
+from microtrials.publish import plots
+from microtrials.publish.site import build_site, plot_label
 
 LONG_TITLE = ("A very long intervention name about structured paired reading with older pupils as tutors: "
               "New Group Reading Test standardised score after two terms of sessions") * 2

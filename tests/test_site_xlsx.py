@@ -9,7 +9,7 @@ import zipfile
 import pandas as pd
 from openpyxl import load_workbook
 
-from microtrials.workbooks import table_xlsx, template_xlsx
+from microtrials.publish.workbooks import table_xlsx, template_xlsx
 
 NAMES = ["=HYPERLINK(\"http://x\",\"y\")", "+1+2", "-cmd", "@SUM(A1)", "Reciprocal reading"]
 

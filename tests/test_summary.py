@@ -10,8 +10,8 @@ import openpyxl
 import pandas as pd
 
 from microtrials import summary, workspace
-from microtrials.registry import read_registry, results_due
-from microtrials.site import build_site
+from microtrials.ingest.registry import read_registry, results_due
+from microtrials.publish.site import build_site
 from tests.helpers.site import small_evidence, small_load_report
 
 MESSAGES = pd.DataFrame({

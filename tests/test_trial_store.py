@@ -12,10 +12,18 @@ import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
 
-from microtrials import reml, trial_store, trials, units, warehouse
-from microtrials.evidence_table import evidence_table
-from microtrials.models import fit_mixedlm
-from microtrials.trials import analyse_trial
+from microtrials.stats import reml
+
+from microtrials.stats import trial_store
+
+from microtrials.stats import trials
+
+from microtrials.stats import units
+
+from microtrials.ingest import warehouse
+from microtrials.publish.evidence_table import evidence_table
+from microtrials.stats.models import fit_mixedlm
+from microtrials.stats.trials import analyse_trial
 from tests.helpers.trials import simulate as _simulate
 from tests.helpers.trials import warehouse_with as _warehouse
 
@@ -233,7 +241,7 @@ def test_sql_cells_match_frame_cells(tmp_path):
 
 def test_the_asset_reads_no_pupil_rows_into_pandas():
     text = (Path(__file__).resolve().parents[1] / "pipelines" / "assets" / "trials.py").read_text()
-    store = (Path(__file__).resolve().parents[1] / "src" / "microtrials" / "trial_store.py").read_text()
+    store = (Path(__file__).resolve().parents[1] / "src" / "microtrials" / "stats" / "trial_store.py").read_text()
     assert "trial_pupils" not in text + store and "FROM pupils" not in text + store
 
 

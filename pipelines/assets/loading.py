@@ -12,10 +12,18 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from microtrials import feedback, history, loading, privacy, warehouse
+from microtrials.ingest import feedback
+
+from microtrials.publish import history
+
+from microtrials.ingest import loading
+
+from microtrials.ingest import privacy
+
+from microtrials.ingest import warehouse
 from microtrials.errors import MicrotrialsError
 from microtrials.ingest.trial_key import TrialKeys
-from microtrials.registry import load_registry
+from microtrials.ingest.registry import load_registry
 from pipelines.assets.registry import trials_file
 from pipelines.launch import officer_step
 from pipelines.partitions import files_by_school, schools_partitions
@@ -125,7 +133,7 @@ def _load(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: W
 
 def _store_current_rounds(con, settings: Settings) -> None:
     """Make the registry this run reads the warehouse's current rounds before loading, so the load
-    judges scores against the ranges it declares (microtrials.plausibility); an unreadable registry
+    judges scores against the ranges it declares (microtrials.ingest.plausibility); an unreadable registry
     leaves the last one stored (``_trial_keys`` warns)."""
     try:
         registry = load_registry(trials_file(settings))

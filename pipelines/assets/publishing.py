@@ -7,11 +7,25 @@ import os
 import dagster as dg
 import pandas as pd
 
-from microtrials import dictionary, history, loading, planner, publish, site, summary, warehouse, workspace
-from microtrials import gate as publication_gate
+from microtrials import summary, workspace
+
+from microtrials.publish import dictionary
+
+from microtrials.publish import history
+
+from microtrials.ingest import loading
+
+from microtrials.stats import planner
+
+from microtrials.publish import publish
+
+from microtrials.publish import site
+
+from microtrials.ingest import warehouse
+from microtrials.publish import gate as publication_gate
 from microtrials.errors import MicrotrialsError
-from microtrials.evidence_table import COLUMNS, EXTRA_COLUMNS, SCHOOL_COLUMNS
-from microtrials.registry import load_registry
+from microtrials.publish.evidence_table import COLUMNS, EXTRA_COLUMNS, SCHOOL_COLUMNS
+from microtrials.ingest.registry import load_registry
 from pipelines.assets.registry import trials_file
 from pipelines.launch import officer_step
 from pipelines.resources import DEFAULT_EXTRACTS, Settings, Warehouse
@@ -26,8 +40,8 @@ CORRECTION_TAG = "microtrials/correction"  # a run tag marking the run as a corr
     deps=["trial_results"],
     description="The publication in the output folder: evidence_table.csv (the contract's columns, "
     "one row per trial; every figure is a column of `trial_results`, made by "
-    "microtrials.evidence_table.evidence_row), <trial>/schools.csv with small groups suppressed, "
-    "load_report.csv and index.html with per-trial pages (microtrials.site.build_site). "
+    "microtrials.publish.evidence_table.evidence_row), <trial>/schools.csv with small groups suppressed, "
+    "load_report.csv and index.html with per-trial pages (microtrials.publish.site.build_site). "
     "The whole folder is replaced in one swap, so a failed run leaves the last good one. Once swapped "
     "in, the publication's rows are appended to `evidence_history` (when any figure, school or status "
     "changed since the last one); each trial page shows how its estimate moved publication by "
@@ -57,7 +71,7 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
                      if warehouse.table_exists(con, "trial_spellings") else None)
         registry = load_registry(trials_file(settings))
         # Every delivered name passes the publication gate: a trial row whose name is neither
-        # registered nor carried widely is not published (microtrials.gate).
+        # registered nor carried widely is not published (microtrials.publish.gate).
         gate = publication_gate.from_warehouse(con, registry)
     table, withheld = publication_gate.withhold(table, gate)
     registry_rows = None

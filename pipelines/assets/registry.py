@@ -8,8 +8,12 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from microtrials import history, planner, warehouse
-from microtrials.registry import (
+from microtrials.publish import history
+
+from microtrials.stats import planner
+
+from microtrials.ingest import warehouse
+from microtrials.ingest.registry import (
     decode,
     match_deliveries,
     messages_frame,
@@ -25,7 +29,7 @@ from pipelines.resources import Settings, Warehouse
 
 def trials_file(settings: Settings) -> Path:
     """Where the registry is: Settings.trials_file (--trials FILE, MICROTRIALS_TRIALS), else
-    <extracts>/../trials.csv (microtrials.registry.registry_path)."""
+    <extracts>/../trials.csv (microtrials.ingest.registry.registry_path)."""
     return registry_path(settings.extracts, settings.trials_file or None, os.environ)
 
 

@@ -5,9 +5,15 @@ import base64
 import dagster as dg
 import pandas as pd
 
-from microtrials import history, plots, registry as reg, trial_store
-from microtrials.evidence_table import evidence_row
-from microtrials.trials import TrialResult
+from microtrials.publish import history
+
+from microtrials.publish import plots
+
+from microtrials.ingest import registry as reg
+
+from microtrials.stats import trial_store
+from microtrials.publish.evidence_table import evidence_row
+from microtrials.stats.trials import TrialResult
 from pipelines.assets.registry import trials_file
 from pipelines.launch import officer_step
 from pipelines.resources import Settings, Warehouse

@@ -206,7 +206,7 @@ def _change_parsers(commands) -> None:
 def change_command(args: argparse.Namespace) -> int:
     """Run ``accept`` or ``withdraw``; print what changed; exit 0 when something changed, 1 when
     nothing did, 2 on an error (said in one line, what to do)."""
-    from microtrials import change_commands
+    from microtrials.ingest import change_commands
     from microtrials.errors import MicrotrialsError
 
     try:
@@ -222,16 +222,17 @@ def change_command(args: argparse.Namespace) -> int:
 
 
 def plan_round(intervention: str, schools: int, pupils: int | None, db: Path, trials: Path | None) -> int:
-    """`microtrials plan`: print :func:`microtrials.planner.plan_from_warehouse` for the intervention.
+    """`microtrials plan`: print :func:`microtrials.stats.planner.plan_from_warehouse` for the intervention.
 
     The warehouse is opened read-only (a run may be writing; nothing is changed). An intervention
     that is neither registered (name or alias) nor analysed in the warehouse is refused with one
     line naming the known ones (exit 2); so is a plan of fewer than 2 schools or pupils.
     """
-    from microtrials import planner, warehouse
+    from microtrials.stats import planner
+    from microtrials.ingest import warehouse
     from microtrials.errors import MicrotrialsError
-    from microtrials.names import match_key
-    from microtrials.registry import load_registry, registry_path
+    from microtrials.ingest.names import match_key
+    from microtrials.ingest.registry import load_registry, registry_path
 
     try:
         registry = load_registry(registry_path(REPO_ROOT / "data" / "extracts", trials))
@@ -390,10 +391,10 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
     if correction and correction.strip():
         os.environ[CORRECTION_ENV] = correction.strip()
 
-    from microtrials import publish
+    from microtrials.publish import publish
     from microtrials.errors import MicrotrialsError
-    from microtrials.privacy import pupil_key_from_env
-    from microtrials.registry import load_registry, registry_path
+    from microtrials.ingest.privacy import pupil_key_from_env
+    from microtrials.ingest.registry import load_registry, registry_path
 
     try:
         home = use_instance_environment().resolve()
@@ -446,14 +447,16 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
 def check_key_matches(db: Path, key: bytes, new_key: bool) -> None:
     """Refuse before starting (MicrotrialsError) a pupil key the warehouse at ``db`` was not loaded with.
 
-    The same test the load makes (:func:`microtrials.privacy.check_key_unchanged`) on a read-only
+    The same test the load makes (:func:`microtrials.ingest.privacy.check_key_unchanged`) on a read-only
     connection, so a changed key is a setup error (exit 2), not a failed step. Where the load would
     record a fingerprint (a first load, an accepted new key), the read-only connection refuses the
     write and nothing is said; a warehouse busy with another run is left to the load's own test.
     """
     import duckdb
 
-    from microtrials import privacy, warehouse
+    from microtrials.ingest import privacy
+
+    from microtrials.ingest import warehouse
     from microtrials.errors import MicrotrialsError
 
     if not db.is_file():
@@ -477,7 +480,11 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
     could be published), those trials with their reasons on one line (else '')."""
     import pandas as pd
 
-    from microtrials import publish, warehouse, workspace
+    from microtrials import workspace
+
+    from microtrials.publish import publish
+
+    from microtrials.ingest import warehouse
     from microtrials import summary as todo
 
     evidence = out / "evidence_table.csv"
@@ -555,7 +562,7 @@ def _file_lines(report, extracts: Path, warning_rows: int | None, shown: int = 1
 def _change_lines(report, shown: int = 40) -> list[str]:
     """What the files did to the warehouse, one line per school trial round (held changes first),
     the first ``shown`` of them."""
-    from microtrials.change_sets import HELD_MARK
+    from microtrials.ingest.change_sets import HELD_MARK
 
     if "changes" not in report:
         return []
@@ -615,7 +622,7 @@ def descendants(pid: int) -> set[int]:
 
 
 def _alive(pid: int) -> bool:
-    from microtrials.publish import pid_alive
+    from microtrials.publish.publish import pid_alive
 
     return pid_alive(pid)
 
@@ -679,7 +686,7 @@ def _stop_group(child: subprocess.Popen) -> None:
 
 def serve_folder(out: Path, port: int) -> int:
     """Serve the published folder on 127.0.0.1 for a local preview."""
-    from microtrials.site import serve
+    from microtrials.publish.site import serve
 
     serve(out.resolve(), port)
     return 0

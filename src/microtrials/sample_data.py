@@ -367,7 +367,7 @@ MANIFEST_MODULE = Path(__file__).resolve().parent / "sample_manifest.py"
 
 def write_manifest(folder: Path = BUNDLED_EXTRACTS, module: Path = MANIFEST_MODULE) -> dict[str, str]:
     """Write ``microtrials/sample_manifest.py``: the sha256 of every ``*.csv`` in the bundled sample
-    folder, the only files the public sample key may hash (``microtrials.privacy``)."""
+    folder, the only files the public sample key may hash (``microtrials.ingest.privacy``)."""
     import hashlib
 
     digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).glob("*.csv"))}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from microtrials.change_sets import HELD_MARK
+from microtrials.ingest.change_sets import HELD_MARK
 
 #: The demo's deliberately unregistered intervention (microtrials.sample_data.UNREGISTERED).
 DEMO_UNREGISTERED = "Philosophy for Children"
@@ -152,7 +152,9 @@ def gather(con, evidence: pd.DataFrame | None, extracts: Path, feedback_dir: Pat
     """
     import os
 
-    from microtrials import feedback, warehouse
+    from microtrials.ingest import feedback
+
+    from microtrials.ingest import warehouse
 
     def table(name: str, query: str) -> pd.DataFrame | None:
         return con.execute(warehouse.sql(query)).df() if warehouse.table_exists(con, name) else None

@@ -326,9 +326,9 @@ def _day(when: date) -> str:
 def send_details(contact: Contact, rounds: list, today: date) -> dict:
     """What the "Send your results" page and the templates tell schools: where (``send_to``, a link
     when it is an https address), whom to ask, and each registered round's deadline
-    (:func:`microtrials.registry.results_due`), latest first; blank settings stay blank (the page
+    (:func:`microtrials.ingest.registry.results_due`), latest first; blank settings stay blank (the page
     then says to ask the authority's data team)."""
-    from microtrials.registry import results_due
+    from microtrials.ingest.registry import results_due
 
     deadlines = []
     for r in rounds:
@@ -346,7 +346,7 @@ ASK = "ask your authority's data team"
 
 def template_notes(details: dict, intervention: str) -> list[tuple[str, str]]:
     """The rows a trial's Excel template starts its "How to fill" sheet with: where, by when, questions."""
-    from microtrials.names import match_key
+    from microtrials.ingest.names import match_key
 
     dues = [f"{d['round'] + ': ' if d['round'] else ''}{'was due' if d['past'] else 'by'} {d['due']}"
             for d in details["deadlines"] if d["due"] and match_key(d["intervention"]) == match_key(intervention)]

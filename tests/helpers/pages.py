@@ -6,10 +6,10 @@ from datetime import datetime
 
 import pandas as pd
 
-from microtrials import history
-from microtrials import site as site_module
-from microtrials.registry import read_registry
-from microtrials.site import build_site
+from microtrials.publish import history
+from microtrials.publish import site as site_module
+from microtrials.ingest.registry import read_registry
+from microtrials.publish.site import build_site
 from tests.helpers.site import _row, small_load_report
 
 READING = ("Reciprocal reading", "NGRT standardised score")

@@ -6,7 +6,7 @@ import html5lib
 import numpy as np
 import pandas as pd
 
-from microtrials.site import build_site, trial_slug
+from microtrials.publish.site import build_site, trial_slug
 
 
 NASTY = "<script>alert('x')</script>"

@@ -8,7 +8,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from microtrials import warehouse
+from microtrials.ingest import warehouse
 
 
 def simulate(trial: str, schools: int, pupils: int, seed: int, *, sd_school: float = 5.0, effect: float = 3.0,

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, NamedTuple
 
-from microtrials import warehouse
-from microtrials.names import match_key
+from microtrials.ingest import warehouse
+from microtrials.ingest.names import match_key
 
 
 @dataclass(frozen=True, order=True)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import duckdb
 import pyarrow as pa
 
-from microtrials import warehouse
+from microtrials.ingest import warehouse
 from microtrials.ingest.trial_key import TrialKey, TrialKeys
 
 APPLIED, HELD, ACCEPTED, WITHDRAWN = "applied", "held", "accepted", "withdrawn"

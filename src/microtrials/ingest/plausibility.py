@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from microtrials import warehouse
+from microtrials.ingest import warehouse
 
 GROSS_IQRS = 10.0
 GROSS_EXTRA_DIGITS = 2

@@ -19,10 +19,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from microtrials import warehouse  # noqa: E402
-from microtrials.effect_sizes import months_progress  # noqa: E402
-from microtrials.names import match_key  # noqa: E402
-from microtrials.registry import Registry, problems_frame, read_registry, rounds_frame  # noqa: E402
+from microtrials.ingest import warehouse  # noqa: E402
+from microtrials.stats.effect_sizes import months_progress  # noqa: E402
+from microtrials.ingest.names import match_key  # noqa: E402
+from microtrials.ingest.registry import Registry, problems_frame, read_registry, rounds_frame  # noqa: E402
 
 KEY_COLUMNS = ("intervention", "outcome_measure", "round")
 CORRECTION = "correction"  # a publication's correction note, kept with each of its rows
@@ -108,7 +108,7 @@ def clear_registry(con: duckdb.DuckDBPyConnection) -> None:
 
 def registry_versions(con: duckdb.DuckDBPyConnection) -> list[tuple[datetime, Registry]]:
     """Every stored registry version, re-read from its kept text, with the time it was first read
-    (oldest first) -- the input of :func:`microtrials.registry.outcome_switch_notes`."""
+    (oldest first) -- the input of :func:`microtrials.ingest.registry.outcome_switch_notes`."""
     ensure_tables(con)
     rows = con.execute(warehouse.sql("registry_versions")).fetchall()
     out = []

@@ -20,7 +20,7 @@ from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.datavalidation import DataValidation
 
-from microtrials.publish import FORMULA_TRIGGERS
+from microtrials.publish.publish import FORMULA_TRIGGERS
 
 _FIXED_TIME = dt.datetime(2000, 1, 1)
 _HEADER_FILL = PatternFill("solid", fgColor="F3F2F1")

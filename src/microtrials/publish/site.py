@@ -1,8 +1,8 @@
 """The "What works" publication: pages from Jinja2 templates, CSVs, workbooks, forest plots, a preview server.
 
 ``build_site`` returns every file of the publication as ``{relative path: bytes}``; hand it to
-``microtrials.publish.publish_folder`` to write it atomically. Python prepares plain view objects
-(numbers already formatted for people, ``microtrials.views``); the templates in ``templates/``
+``microtrials.publish.publish.publish_folder`` to write it atomically. Python prepares plain view objects
+(numbers already formatted for people, ``microtrials.publish.views``); the templates in ``templates/``
 only lay them out, with Jinja2 autoescaping every value. The pages:
 
 - work offline from the folder (relative links only, no scripts, no external fonts or styles) and
@@ -10,7 +10,7 @@ only lay them out, with Jinja2 autoescaping every value. The pages:
 - are mobile first: one column of cards that widens into a grid; tables stack into label/value
   blocks below 48rem (a phone, or a laptop at 200% zoom);
 - publish only columns the data dictionary describes, after disclosure control
-  (``microtrials.disclosure``): no pupil identifier, no small count recoverable by subtraction;
+  (``microtrials.publish.disclosure``): no pupil identifier, no small count recoverable by subtraction;
 - isolate trials: one trial's page or plot failing gives that trial a plain message, never a
   failed publication.
 """
@@ -32,17 +32,25 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from microtrials import dictionary, disclosure, history, views, workspace
-from microtrials import gate as publication_gate
-from microtrials.gate import Origin
+from microtrials import workspace
+
+from microtrials.publish import dictionary
+
+from microtrials.publish import disclosure
+
+from microtrials.publish import history
+
+from microtrials.publish import views
+from microtrials.publish import gate as publication_gate
+from microtrials.publish.gate import Origin
 from microtrials.errors import MicrotrialsError
-from microtrials.evidence_table import COLUMNS as EVIDENCE_COLUMNS
+from microtrials.publish.evidence_table import COLUMNS as EVIDENCE_COLUMNS
 from microtrials.guidance import SUPPRESSION_THRESHOLD
-from microtrials.names import match_key
-from microtrials.plots import describe, forest_plot
-from microtrials.publish import csv_bytes, suppress_small_groups
-from microtrials.registry import CUMULATIVE_ROUND, FILE_NAME
-from microtrials.workbooks import table_xlsx, template_xlsx
+from microtrials.ingest.names import match_key
+from microtrials.publish.plots import describe, forest_plot
+from microtrials.publish.publish import csv_bytes, suppress_small_groups
+from microtrials.ingest.registry import CUMULATIVE_ROUND, FILE_NAME
+from microtrials.publish.workbooks import table_xlsx, template_xlsx
 
 #: Column names that could hold a pupil identifier; never published.
 PUPIL_IDENTIFIER = re.compile(r"^(pupil|pupil_?(id|key|ref|reference|hash|name)|upn|pseudonym.*|name|dob|date_of_birth)$",
@@ -165,7 +173,7 @@ def trial_folders(trials: list[tuple[str, ...]]) -> tuple[list[str], list[str]]:
 
 @functools.cache
 def _environment() -> Environment:
-    env = Environment(loader=PackageLoader("microtrials", "templates"), autoescape=True,
+    env = Environment(loader=PackageLoader("microtrials.publish", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.globals.update(csp=CSP, threshold=SUPPRESSION_THRESHOLD, provisional_cap=views.PROVISIONAL_AT_MOST)
     env.filters["long_tokens"] = long_tokens
@@ -202,7 +210,7 @@ def _numeric_figures(frame: pd.DataFrame) -> list[str]:
 def _prepare_evidence(evidence: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
     missing = [c for c in EVIDENCE_COLUMNS if c not in evidence.columns]
     if missing:
-        raise MicrotrialsError(f"the evidence table lacks columns {missing}: rebuild it with microtrials.evidence_table")
+        raise MicrotrialsError(f"the evidence table lacks columns {missing}: rebuild it with microtrials.publish.evidence_table")
     frame = _drop_identifiers(evidence)
     unknown = [c for c in frame.columns if c not in dictionary.BY_COLUMN]
     if unknown:
@@ -540,7 +548,7 @@ def public_load_report(load_report: pd.DataFrame, gate: publication_gate.Gate | 
     the suppression of a small school's figures (a one-school pilot would show its size). Counts
     in the loader's sentences are taken out (:func:`without_counts`).
 
-    Every string passes the publication gate (:mod:`microtrials.gate`): a file name is never shown
+    Every string passes the publication gate (:mod:`microtrials.publish.gate`): a file name is never shown
     ("file N from school <URN>" stands in for it, in its own cell and wherever the reasons name it);
     dropped columns are counted, never named; a trial name only when ``gate`` shows it (by default
     none is).
@@ -963,7 +971,7 @@ def build_site(
     per trial ``<trial>/index.html``, ``<trial>/schools.csv``, ``<trial>/forest.svg``.
     Messages about trials that needed attention are appended to ``problems`` when given.
 
-    ``history`` (``microtrials.history.read_history`` plus this publication, e.g. from
+    ``history`` (``microtrials.publish.history.read_history`` plus this publication, e.g. from
     ``history.publication_frame``) adds to each trial page how its estimate moved publication by
     publication (``<trial>/history.svg`` from two estimates on, with a table as its text
     alternative) and what changed since the last publication. ``plans`` (dicts with
@@ -971,15 +979,15 @@ def build_site(
     rounds with no results yet, and what they could detect, on the send page.
     ``sending`` (:func:`microtrials.workspace.send_details`) says where, how and by when schools send
     their results, on the send page and in each Excel template (blank: "ask your authority's data team").
-    ``registry`` (``microtrials.registry.Registry``) adds each trial's registered facts (round
+    ``registry`` (``microtrials.ingest.registry.Registry``) adds each trial's registered facts (round
     dates, registration date, year groups, delivery, whom to ask) and ``registered-plans.html``.
     ``registry_rows`` (:func:`registry_report`), when given, is published as
     ``registry_report.csv`` and shown on the load report page. ``spellings`` (table
     `trial_spellings`) lists on the load report page the spellings merged into a published trial.
 
-    ``gate`` (:func:`microtrials.gate.build`) decides which delivered names may be published; rows
+    ``gate`` (:func:`microtrials.publish.gate.build`) decides which delivered names may be published; rows
     whose names it withholds are left out. Without one, the names in ``evidence`` are taken as
-    declared (:func:`microtrials.gate.trusting`) and any other delivered name is withheld.
+    declared (:func:`microtrials.publish.gate.trusting`) and any other delivered name is withheld.
     ``previous`` (:func:`previous_counts`) holds the counts the last publications showed: disclosure
     control then also covers differences between them and this one (:func:`protected_publication`).
     """

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from microtrials.effect_sizes import months_progress
+from microtrials.stats.effect_sizes import months_progress
 from microtrials.errors import MicrotrialsError
-from microtrials.evidence import EvidenceStrength, evidence_strength
+from microtrials.stats.evidence import EvidenceStrength, evidence_strength
 from microtrials.guidance import MDES_ALPHA, MDES_POWER
-from microtrials.names import match_key
+from microtrials.ingest.names import match_key
 
 # Defaults when no earlier trial in the network informs them (documented in docs/registry.md):
 # ICC 0.15 is the between-school share of attainment variance typically assumed for English
@@ -201,7 +201,7 @@ def _analysed(pupils_per_school: float, attrition_pct: float) -> float:
 
 
 def planned_strength(mdes_value: float, schools: int, attrition_pct: float) -> EvidenceStrength:
-    """The evidence strength (microtrials.evidence.evidence_strength) a round would earn with this
+    """The evidence strength (microtrials.stats.evidence.evidence_strength) a round would earn with this
     MDES, ``schools`` schools with pupils in both arms, the expected attrition, and balanced arms."""
     return evidence_strength(mdes_value, attrition_pct, 0.0, schools)
 
@@ -384,7 +384,7 @@ def _grouped(results: pd.DataFrame | None, column: str) -> dict[str, pd.DataFram
 def plan_from_warehouse(con, intervention: str, schools: int, pupils: int | None, registry=None) -> str:
     """What ``microtrials plan`` prints: :func:`plan_text` of :func:`plan_for`, with earlier results
     read from the warehouse's ``trial_results`` (none yet: the documented defaults)."""
-    from microtrials import warehouse
+    from microtrials.ingest import warehouse
 
     results = con.execute(warehouse.sql("trial_results")).df() if warehouse.table_exists(con, "trial_results") else None
     return plan_text(plan_for(intervention, schools, pupils, results, registry))

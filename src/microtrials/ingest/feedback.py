@@ -12,7 +12,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from microtrials import extracts, publish, warehouse
+from microtrials.ingest import extracts
+
+from microtrials.publish import publish
+
+from microtrials.ingest import warehouse
 from microtrials.errors import MicrotrialsError
 
 COLUMNS = ["line", "column", "value", "reason", "what_to_do"]
@@ -55,7 +59,7 @@ def write_feedback(
     folder: Path,
     published: Path | None = None,
 ) -> list[Path]:
-    """Write the feedback file of every report (``microtrials.loading.FileReport``) that was loaded
+    """Write the feedback file of every report (``microtrials.ingest.loading.FileReport``) that was loaded
     or rejected in this run and has rows set aside, warnings, or trials it did not replace; remove
     an earlier feedback file of the same name when the new delivery has nothing to fix. An
     ``unchanged`` delivery's file is written again when it is missing (a run killed after loading).
@@ -190,7 +194,7 @@ def _rows(problems: pd.DataFrame | None, report, path: Path) -> pd.DataFrame:
 
 
 def _quotable(column: str, value: str, pupil_ids: pa.Array) -> bool:
-    """The identifier rule of :func:`microtrials.extracts.quotable`, for one cell."""
+    """The identifier rule of :func:`microtrials.ingest.extracts.quotable`, for one cell."""
     return bool(extracts.quotable(column, pa.array([str(value)], type=pa.string()), pupil_ids)[0].as_py())
 
 

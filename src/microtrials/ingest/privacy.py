@@ -180,7 +180,7 @@ def pupil_key_from_env(extracts_dir: Path, sample_dir: Path | None = None) -> by
     (``sample_dir`` is accepted for older callers and not used: the sample key now depends on the
     files' content, not on the folder they are in.)
     """
-    from microtrials.loading import extract_files
+    from microtrials.ingest.loading import extract_files
 
     folder = Path(extracts_dir)
     return pupil_key(extract_files(folder) if folder.is_dir() else [])
@@ -210,7 +210,7 @@ def check_key_unchanged(con: duckdb.DuckDBPyConnection, key: bytes, new_key: boo
       ``--new-pupil-key``), which records the new fingerprint and returns a note.
     - A load under the sample key into a warehouse keyed by a secret: raises (never switch back).
     """
-    from microtrials import warehouse
+    from microtrials.ingest import warehouse
 
     wanted = fingerprint(key)
     sample = fingerprint(SAMPLE_KEY.encode("utf-8"))

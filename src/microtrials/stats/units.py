@@ -2,7 +2,7 @@
 
 A unit is one row of analysis: (intervention, outcome_measure, round) with the delivered
 combinations (intervention and outcome spelling, school, round sent) whose pupils it analyses.
-With a registry, :func:`microtrials.registry.match_deliveries` decides each combination's
+With a registry, :func:`microtrials.ingest.registry.match_deliveries` decides each combination's
 registered round and outcome role; each round is a unit, and an outcome analysed in two or more
 rounds with results also gets a cumulative unit (round ``all rounds``). Without a registry every
 delivered (intervention, outcome_measure), spellings matched by :func:`names.match_key`, is one
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from microtrials import names
-from microtrials.registry import (
+from microtrials.ingest import names
+from microtrials.ingest.registry import (
     CUMULATIVE_ROUND,
     EXPLORATORY,
     PRIMARY,

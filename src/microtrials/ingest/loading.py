@@ -18,7 +18,7 @@ for a trial it names, or fewer than half the rows the school has for that trial,
 stay and the file is reported as rejected for that trial, with the reason (``trials_rejected``).
 
 Before anything is written, the pupil key is compared with the fingerprint the warehouse holds
-(:func:`microtrials.privacy.check_key_unchanged`).
+(:func:`microtrials.ingest.privacy.check_key_unchanged`).
 """
 
 from __future__ import annotations
@@ -43,10 +43,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from microtrials import change_sets, extracts, feedback, plausibility, warehouse
+from microtrials.ingest import change_sets
+
+from microtrials.ingest import extracts
+
+from microtrials.ingest import feedback
+
+from microtrials.ingest import plausibility
+
+from microtrials.ingest import warehouse
 from microtrials.errors import MicrotrialsError
 from microtrials.ingest import trial_key
-from microtrials.privacy import check_key_unchanged, pseudonymise
+from microtrials.ingest.privacy import check_key_unchanged, pseudonymise
 
 # Files in the extracts folder that look like a spreadsheet a school sent instead of a CSV:
 # reported as rejected so the officer knows to ask for a CSV. (A .xlsx workbook is read:
@@ -78,7 +86,7 @@ class FileReport:
     rows_with_warnings: int = 0  # loaded rows with a value blanked or an outcome kept as no post-test
     warned_by_reason: dict[str, int] = field(default_factory=dict)
     file_warnings: list[str] = field(default_factory=list)  # e.g. read as Windows-1252
-    # what the file did, one plain line per (school, trial, round) change set (microtrials.change_sets)
+    # what the file did, one plain line per (school, trial, round) change set (microtrials.ingest.change_sets)
     changes: list[str] = field(default_factory=list)
     # 'intervention / outcome_measure / round' -> why its change set was held, as the school reads it
     trials_held: dict[str, str] = field(default_factory=dict)
@@ -348,7 +356,7 @@ def _finish(con: duckdb.DuckDBPyConnection, staged: _Staged, how: _How) -> list[
 def _judge_against_trials(con: duckdb.DuckDBPyConnection, deliveries: list[_Delivery]) -> None:
     """Judge the batch's loaded files' scores against their whole trials, once the batch is read (in place).
 
-    The rules are :mod:`microtrials.plausibility`'s: a range the registry declares, else gross errors
+    The rules are :mod:`microtrials.ingest.plausibility`'s: a range the registry declares, else gross errors
     against every school's scores of the trial (the warehouse's, except the (school, trial) pairs
     this batch replaces, plus the batch's). A trial is matched by the one trial key
     (:mod:`microtrials.ingest.trial_key`: registered name or alias, outcome measure; any round). An outcome set aside is blanked and recorded in quarantine
@@ -378,7 +386,7 @@ def _judge_against_trials(con: duckdb.DuckDBPyConnection, deliveries: list[_Deli
 
 
 def _judge_file(delivery: _Delivery, keys: dict, spreads: dict, ranges: dict) -> None:
-    """:func:`_judge_against_trials` for one file: apply :func:`microtrials.plausibility.judge_file`."""
+    """:func:`_judge_against_trials` for one file: apply :func:`microtrials.ingest.plausibility.judge_file`."""
     pupils, report = delivery.pupils, delivery.report
     rows = pupils.select(["intervention", "outcome_measure", "outcome", "baseline", "line"]).to_pandas()
     verdict = plausibility.judge_file(rows, keys, spreads, ranges)
@@ -450,7 +458,7 @@ def _read_bytes(path: Path) -> bytes | OSError | extracts.FileTooLarge:
 def demo_refusal(path: Path, delivery_id: str) -> str | None:
     """In a workspace (``MICROTRIALS_WORKSPACE`` set), why a bundled demo file is refused; else None."""
     from microtrials import workspace
-    from microtrials.privacy import sample_hashes
+    from microtrials.ingest.privacy import sample_hashes
 
     if not os.environ.get(workspace.ENV_VAR) or delivery_id not in sample_hashes():
         return None
@@ -590,7 +598,7 @@ def _frames(group: list[_Delivery]) -> dict[str, pa.Table]:
 
 
 def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], how: _How) -> dict[str, FileReport]:
-    """Inside a transaction: plan each loaded file's change sets (:mod:`microtrials.change_sets`),
+    """Inside a transaction: plan each loaded file's change sets (:mod:`microtrials.ingest.change_sets`),
     delete the rows the applied ones replace, insert their rows, the files' quarantine and warnings,
     and record every file in ``deliveries`` and every change set in ``change_sets``. A held change
     set changes nothing. Returns the reports that changed (applied once committed), by file name."""

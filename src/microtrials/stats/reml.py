@@ -11,9 +11,9 @@ import pandas as pd
 from scipy import linalg, optimize
 from threadpoolctl import threadpool_limits
 
-from microtrials import warehouse
+from microtrials.ingest import warehouse
 from microtrials.errors import MicrotrialsError
-from microtrials.models import ARM, ARM_FSM, BASELINE, BASELINE_MISSING, FSM, INTERCEPT, MixedFit, design_formula
+from microtrials.stats.models import ARM, ARM_FSM, BASELINE, BASELINE_MISSING, FSM, INTERCEPT, MixedFit, design_formula
 
 # The columns of the per-school cell table (sql/matched_cells.sql, ``cells_from_frame``): the keys
 # of a cell, then its pupil count and sums. A design column is a function of the keys times 1 or b.
@@ -80,7 +80,7 @@ def trial_cells(
     ``interventions`` / ``outcome_measures``: every spelling of the trial's two names; every
     delivered (spelling, school, round) combination of them (``sql/delivered_combos.sql``) is taken.
     """
-    from microtrials.units import combo_key  # units imports the registry; keep it out of import time
+    from microtrials.stats.units import combo_key  # units imports the registry; keep it out of import time
 
     combos = con.execute(warehouse.sql("delivered_combos")).df()
     wanted = combos[combos["intervention"].isin(list(interventions))

@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from microtrials import extract_checks as checks
-from microtrials import extract_workbook as workbook
-from microtrials import spellings
+from microtrials.ingest import extract_checks as checks
+from microtrials.ingest import extract_workbook as workbook
+from microtrials.ingest import spellings
 from microtrials.errors import MicrotrialsError
 
 REQUIRED_COLUMNS = ("school_urn", "pupil_id", "intervention", "outcome_measure", "arm", "outcome")
@@ -834,7 +834,7 @@ def _read_rows(extract: Extract) -> _Rows:
 
 def _check_whole_file(rows: _Rows) -> None:
     """Reject a file whose columns look swapped with ``pupil_id`` or whose outcomes use decimal commas
-    (:mod:`microtrials.extract_checks`); then blank trial-name cells that look like a pupil identifier,
+    (:mod:`microtrials.ingest.extract_checks`); then blank trial-name cells that look like a pupil identifier,
     a name or a date (their rows are set aside; the optional ``round`` only loses the cell), so no
     table, report or reason ever carries them."""
     col, empty, odd = rows.col, rows.empty, rows.odd

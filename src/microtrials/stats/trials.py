@@ -10,8 +10,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from microtrials import names, reml
-from microtrials.effect_sizes import (
+from microtrials.ingest import names
+
+from microtrials.stats import reml
+from microtrials.stats.effect_sizes import (
     EffectSize,
     hedges_g_total,
     hedges_g_within,
@@ -20,7 +22,7 @@ from microtrials.effect_sizes import (
     wald_p_value,
 )
 from microtrials.errors import MicrotrialsError
-from microtrials.evidence import (
+from microtrials.stats.evidence import (
     Attrition,
     BaselineBalance,
     EvidenceStrength,
@@ -37,8 +39,8 @@ from microtrials.guidance import (
     READY_MIN_SCHOOLS_BOTH_ARMS,
     Z_975,
 )
-from microtrials.models import ARM, ARM_FSM, BASELINE, BASELINE_MISSING, FSM, INTERCEPT, MixedFit
-from microtrials.pooling import PI_MIN_SCHOOLS, MultisiteSpread, TPool, multisite_spread, random_effects_reml_t
+from microtrials.stats.models import ARM, ARM_FSM, BASELINE, BASELINE_MISSING, FSM, INTERCEPT, MixedFit
+from microtrials.stats.pooling import PI_MIN_SCHOOLS, MultisiteSpread, TPool, multisite_spread, random_effects_reml_t
 
 Status = Literal["published", "interim", "not_estimable", "not_refreshed"]
 PUBLISHED, INTERIM, NOT_ESTIMABLE, NOT_REFRESHED = "published", "interim", "not_estimable", "not_refreshed"

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from microtrials.effect_sizes import months_progress
+from microtrials.stats.effect_sizes import months_progress
 from microtrials.guidance import MIN_SCHOOLS_BOTH_ARMS, SUPPRESSION_THRESHOLD
-from microtrials.names import match_key
-from microtrials.registry import local_and_national
+from microtrials.ingest.names import match_key
+from microtrials.ingest.registry import local_and_national
 
 MINUS = "\u2212"
 NOT_SECURE_AT_MOST = 2  # padlocks: 0 to 2 are shown as "not yet secure"
@@ -478,7 +478,7 @@ class HistoryView:
 
 
 def history_view(rows: pd.DataFrame, changes: list[str], alt: str, changed_now: bool = False) -> HistoryView:
-    """The view of :func:`microtrials.history.trial_history` for the trial page (oldest first);
+    """The view of :func:`microtrials.publish.history.trial_history` for the trial page (oldest first);
     ``changed_now``: the latest publication made its last point."""
     points = []
     for record in rows.to_dict("records") if len(rows) else []:

@@ -26,7 +26,7 @@ Choices, so a reader (a school downloading the page, a spreadsheet opening a CSV
   spreadsheet reads as a number, never as a formula.
 - **Suppression**: every figure for a group of fewer than ``SUPPRESSION_THRESHOLD`` pupils is
   blanked and a ``suppressed`` column says why, as official statistics do; the secondary
-  suppression that stops a sum giving a blanked count back is in ``microtrials.disclosure``.
+  suppression that stops a sum giving a blanked count back is in ``microtrials.publish.disclosure``.
 - **CSV for Excel**: UTF-8 with a byte-order mark, numbers in positional notation (``csv_bytes``).
 """
 
@@ -125,7 +125,7 @@ def _neutralise_cell(value: object) -> object:
 def published_text(cell: str) -> str:
     """The text a neutralised CSV or xlsx cell stands for (the inverse of the neutralising quote):
     ``'@Home reading`` -> ``@Home reading``, ``'-`` -> ``-``; any other text unchanged. Checks that
-    read a published file compare names through this (and :func:`microtrials.names.match_key`), so a
+    read a published file compare names through this (and :func:`microtrials.ingest.names.match_key`), so a
     name starting with ``= + - @`` is an ordinary name."""
     if isinstance(cell, str) and cell.startswith("'") and _reads_as_formula(cell[1:]):
         return cell[1:]
@@ -456,7 +456,7 @@ def pupil_keys_in(con, files: Mapping[str, bytes | str]) -> set[str]:
     candidates = sorted(hex_candidates(files))
     if not candidates:
         return set()
-    from microtrials import warehouse
+    from microtrials.ingest import warehouse
 
     return {row[0] for row in con.execute(warehouse.sql("pupil_keys_among"), {"keys": candidates}).fetchall()}
 

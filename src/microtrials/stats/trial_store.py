@@ -9,10 +9,18 @@ from datetime import date, datetime
 import duckdb
 import pandas as pd
 
-from microtrials import names, registry as reg, trials, units, warehouse
-from microtrials.evidence_table import COLUMNS, EXTRA_COLUMNS, SCHOOL_COLUMNS, evidence_row, school_table
-from microtrials.trials import INTERIM, NOT_REFRESHED, PUBLISHED, TrialResult, TrialSpellings
-from microtrials.units import Unit
+from microtrials.ingest import names
+
+from microtrials.ingest import registry as reg
+
+from microtrials.stats import trials
+
+from microtrials.stats import units
+
+from microtrials.ingest import warehouse
+from microtrials.publish.evidence_table import COLUMNS, EXTRA_COLUMNS, SCHOOL_COLUMNS, evidence_row, school_table
+from microtrials.stats.trials import INTERIM, NOT_REFRESHED, PUBLISHED, TrialResult, TrialSpellings
+from microtrials.stats.units import Unit
 
 # Bump when a change of method changes the stored figures (Dagster's code_version marks them stale).
 CODE_VERSION = "trial-results-2026-12-multisite-headline"

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from microtrials import feedback, loading, privacy, warehouse
+from microtrials.ingest import feedback
+
+from microtrials.ingest import loading
+
+from microtrials.ingest import privacy
+
+from microtrials.ingest import warehouse
 from microtrials.errors import MicrotrialsError
 
 _URN = re.compile(r"^[0-9]{6}$")

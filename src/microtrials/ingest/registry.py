@@ -23,12 +23,12 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from microtrials.effect_sizes import months_progress
+from microtrials.stats.effect_sizes import months_progress
 from microtrials.errors import MicrotrialsError
-from microtrials.extracts import ExtractRejected, decode_text, normalise_header, windows_1252_warning
+from microtrials.ingest.extracts import ExtractRejected, decode_text, normalise_header, windows_1252_warning
 from microtrials.ingest.trial_key import TrialKeys
 from microtrials.ingest.trial_key import name_index as trial_key_names
-from microtrials.names import match_key
+from microtrials.ingest.names import match_key
 
 FILE_NAME = "trials.csv"
 ENV_VAR = "MICROTRIALS_TRIALS"
@@ -111,7 +111,7 @@ class TrialRound:
 
     @cached_property
     def key(self) -> tuple[str, str]:
-        """(intervention, round) as matching keys (:func:`microtrials.names.match_key`), worked out once."""
+        """(intervention, round) as matching keys (:func:`microtrials.ingest.names.match_key`), worked out once."""
         return match_key(self.intervention), match_key(self.round)
 
     @property
@@ -261,7 +261,7 @@ def read_registry(data: bytes, path: str = FILE_NAME) -> Registry:
     """Parse and validate the registry's bytes: bad rows become problems (line, column, what to do).
 
     Raises :class:`RegistryUnreadable` when the file as a whole cannot be used: not UTF-8 or
-    Windows-1252 text (in the extract's words: :func:`microtrials.extracts.decode_text`), no usable
+    Windows-1252 text (in the extract's words: :func:`microtrials.ingest.extracts.decode_text`), no usable
     header, or rows none of which is usable. Line numbers are spreadsheet rows (header = 1, blank
     rows counted, a quoted cell with a line break stays one row). Linear in the rows.
     """

@@ -12,7 +12,7 @@ import pandas as pd
 
 from microtrials.errors import MicrotrialsError
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+SQL_DIR = Path(__file__).resolve().parents[3] / "sql"
 
 
 @cache

@@ -6,9 +6,9 @@ import math
 
 import pandas as pd
 
-from microtrials import trials
-from microtrials.effect_sizes import months_progress
-from microtrials.trials import TrialResult
+from microtrials.stats import trials
+from microtrials.stats.effect_sizes import months_progress
+from microtrials.stats.trials import TrialResult
 
 # The contract's columns, in order (docs/extract-format.md, section 2).
 COLUMNS = [

@@ -15,7 +15,7 @@ Rule (docs/methods.md, "What text is published"):
   sent by one school, could be a pupil's name in the wrong column;
 - **a school URN** (``Origin.URN``) is shown when it is six digits, as a URN is.
 
-Names are compared by :func:`microtrials.names.match_key` (capitals, spaces, accents), as every
+Names are compared by :func:`microtrials.ingest.names.match_key` (capitals, spaces, accents), as every
 other check compares them.
 """
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from microtrials.names import match_key
+from microtrials.ingest.names import match_key
 
 MIN_PUPILS = 10
 MIN_SCHOOLS = 2
@@ -181,7 +181,7 @@ def withhold(table: pd.DataFrame, gate: Gate) -> tuple[pd.DataFrame, int]:
 
 def from_warehouse(con, registry: object | None) -> Gate:
     """:func:`build` with the carriers read from the warehouse's `pupils` (sql/name_carriers.sql)."""
-    from microtrials import warehouse
+    from microtrials.ingest import warehouse
 
     carriers = con.execute(warehouse.sql("name_carriers")).df() if warehouse.table_exists(con, "pupils") else None
     return build(registry, carriers)

@@ -1,0 +1,1 @@
+"""The publication: tables, pages, plots, workbooks, history and disclosure control."""

@@ -1,0 +1,1 @@
+"""The statistics: REML fits, effect sizes, pooling, evidence strength, trials and planning."""
