@@ -237,3 +237,27 @@ def test_a_file_not_loaded_fails_the_load_check(tmp_path, write_extract):
     assert not result.passed
     assert "a.csv" in result.metadata["files_not_accounted_for"].value
 
+
+def test_a_trial_the_publication_gate_withholds_is_not_missing(tmp_path, write_extract):
+    """No registry, one school's trial under its own name: the gate withholds the row (a name carried
+    by one school), and one_row_per_trial agrees it is withheld, not missing: the run succeeds."""
+    write_extract("111601.csv", pupil_rows(24, urn="111601", intervention="Quiet reading club"))
+    extracts, out, db = tmp_path / "extracts", tmp_path / "out", tmp_path / "warehouse.duckdb"
+    from pipelines.definitions import defs
+
+    resources = {
+        "settings": Settings(extracts_dir=str(extracts), out_dir=str(out)),
+        "warehouse_db": Warehouse(database=str(db)),
+    }
+    with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+        job = dg.Definitions(
+            assets=defs.assets, asset_checks=defs.asset_checks, jobs=[*defs.jobs], resources=resources
+        ).resolve_job_def("load_and_refresh")
+        mp.setenv("MICROTRIALS_PUPIL_KEY", "test-pupil-key-not-secret-7c1e9a04b25d36f8")
+        instance.add_dynamic_partitions(SCHOOLS, ["111601"])
+        result = job.execute_in_process(instance=instance, tags=partition_range_tags("111601", "111601"),
+                                        raise_on_error=False)
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert result.success and evaluations["one_row_per_trial"].passed
+    published = pd.read_csv(out / "evidence_table.csv", dtype=str)
+    assert "Quiet reading club" not in set(published.get("intervention", []))
