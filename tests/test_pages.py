@@ -133,6 +133,10 @@ def test_history_points_say_why_in_one_phrase():
     points = history.evidence_points(rows, "T", "O", None)
     assert list(points["reason"]) == ["first published", "3 schools added", "a school withdrawn", "a school rejoined",
                                       "registry changed"]
+    same = pd.DataFrame([_point(1, "111001", pupils_analysed=40), _point(2, "111001", 0.3, pupils_analysed=40),
+                         _point(3, "111001", 0.3, pupils_analysed=38)])
+    assert list(history.evidence_points(same, "T", "O", None)["reason"])[1:] == [
+        "figures recalculated (same schools and pupils)", "a school's corrected file"]
     # a school gone without `microtrials withdraw` is not called withdrawn
     gone = pd.DataFrame([_point(1, "111001 111002"), _point(2, "111001", 0.3)])
     assert list(history.evidence_points(gone, "T", "O", None)["reason"]) == ["first published",

@@ -69,11 +69,12 @@ def carriers(*rows: tuple[str, str, str, int]) -> pd.DataFrame:
 
 def test_the_gate_decides_by_origin():
     gate = publication_gate.build(None, carriers(
-        ("trial", "Reading boost", "111101", 6), ("trial", "reading  BOOST", "111102", 4),  # 10 pupils, 2 schools
+        ("trial", "Reading boost", "111101", 12), ("trial", "reading  BOOST", "111102", 10),  # 2 schools of 10+
         ("trial", "Jane Smith", "111101", 1), ("trial", "One school", "111101", 40),
-        ("trial", "Nine pupils", "111101", 5), ("trial", "Nine pupils", "111102", 4)))
+        ("trial", "Nine pupils", "111101", 5), ("trial", "Nine pupils", "111102", 4),
+        ("trial", "Ten in all", "111101", 5), ("trial", "Ten in all", "111102", 5)))
     assert gate.show("Reading Boost", Origin.TRIAL) == "Reading Boost"
-    for name in ("Jane Smith", "One school", "Nine pupils", "Иван Петров"):
+    for name in ("Jane Smith", "One school", "Nine pupils", "Ten in all", "Иван Петров"):
         assert gate.show(name, Origin.TRIAL) is None, name
     assert gate.show("Reading boost", Origin.OUTCOME) is None  # carried as a trial name, not as an outcome
     for origin in (Origin.FILE_NAME, Origin.DROPPED_COLUMN, Origin.CELL):
@@ -127,7 +128,7 @@ def test_file_names_never_dropped_headers_counted_trial_names_gated():
     assert by_urn.loc["111375", "Columns dropped"] == "1 column that may hold personal data (not loaded, not shown)"
     assert by_urn.loc["111109", "Columns dropped"].startswith("2 columns that may hold personal data")
     assert by_urn.loc["111109", "Trials"] == ("Reciprocal reading / NGRT standardised score; 1 trial name not shown "
-                                              "(not registered, and not sent for 10 or more pupils by 2 or more schools)")
+                                              "(not registered, and not sent for 10 or more pupils by each of 2 or more schools)")
     assert by_urn.loc["111112", "Trials"].startswith("1 trial name not shown")
     assert planted_in({"report": out.to_csv()}) == []
 

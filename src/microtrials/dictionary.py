@@ -153,7 +153,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("Warnings", "Warnings", "What was odd but loaded, e.g. \"read as Windows-1252\" or an optional value "
           "blanked because it was not understood.", "text", LOAD),
     Entry("Trials", "Trials", "The trials the file holds: a name only when it is registered or sent for at least "
-          "10 pupils by at least 2 schools; otherwise how many names were not shown.", "text", LOAD),
+          "10 pupils by each of at least 2 schools; otherwise how many names were not shown.", "text", LOAD),
     Entry("Columns dropped", "Columns dropped", "How many columns outside the format were dropped unread; their "
           "headers are never published (they may hold personal data).", "text", LOAD),
     # --- the registry report -------------------------------------------------------------------

@@ -94,7 +94,7 @@ def registered_names(registry: object | None) -> frozenset[tuple[Origin, str]]:
 
 
 def carried_names(carriers: pd.DataFrame | None) -> frozenset[tuple[Origin, str]]:
-    """Names carried by at least ``MIN_PUPILS`` pupils in at least ``MIN_SCHOOLS`` schools.
+    """Names each of at least ``MIN_SCHOOLS`` schools sent for at least ``MIN_PUPILS`` pupils.
 
     ``carriers`` has columns origin ('trial' | 'outcome' | 'round'), name, school_urn, pupils
     (sql/name_carriers.sql); spellings with one match key count together.
@@ -104,8 +104,9 @@ def carried_names(carriers: pd.DataFrame | None) -> frozenset[tuple[Origin, str]
     origins = {"trial": Origin.TRIAL, "outcome": Origin.OUTCOME, "round": Origin.ROUND}
     frame = carriers.dropna(subset=["name"]).copy()
     frame["key"] = frame["name"].astype(str).map(match_key)
-    totals = frame.groupby(["origin", "key"]).agg(pupils=("pupils", "sum"), schools=("school_urn", "nunique"))
-    wide = totals[(totals["pupils"] >= MIN_PUPILS) & (totals["schools"] >= MIN_SCHOOLS)]
+    per_school = frame.groupby(["origin", "key", "school_urn"])["pupils"].sum().reset_index()
+    carrying = per_school[per_school["pupils"] >= MIN_PUPILS].groupby(["origin", "key"])["school_urn"].nunique()
+    wide = carrying[carrying >= MIN_SCHOOLS]
     return frozenset((origins[o], k) for o, k in wide.index if o in origins and k)
 
 
@@ -144,7 +145,7 @@ def names_text(gate: Gate, trials: Iterable[tuple[str, str]]) -> str:
             shown.append(f"{i} / {o}")
     if withheld:
         shown.append(f"{withheld} trial name{'s' if withheld > 1 else ''} not shown (not registered, and not "
-                     f"sent for {MIN_PUPILS} or more pupils by {MIN_SCHOOLS} or more schools)")
+                     f"sent for {MIN_PUPILS} or more pupils by each of {MIN_SCHOOLS} or more schools)")
     return "; ".join(shown)
 
 

@@ -403,7 +403,8 @@ def _count(n: int, one: str, many: str) -> str:
 
 def point_reason(before: Mapping[str, object] | None, row: Mapping[str, object], seen: set[str]) -> str:
     """Why a row's figures changed, in one phrase: "3 schools added", "a school rejoined", "a school
-    withdrawn" (``microtrials withdraw``; else "no longer counted"), "registry changed", "all schools' results in", "a school's corrected file", or the
+    withdrawn" (``microtrials withdraw``; else "no longer counted"), "registry changed", "all schools' results in", "a school's corrected file" (same schools, other pupil numbers), "figures
+    recalculated (same schools and pupils)" (a corrected score or a change in the analysis), or the
     officer's "correction: ..." (``seen``: every school counted in an earlier point)."""
     if row.get(CORRECTION):
         return f"correction: {row[CORRECTION]}"
@@ -431,7 +432,10 @@ def point_reason(before: Mapping[str, object] | None, row: Mapping[str, object],
         return "all schools' results in"
     if "school_urns" not in a and a.get("schools") != b.get("schools"):
         return f"schools {a.get('schools')} \u2192 {b.get('schools')}"
-    return "a school's corrected file"
+    if any(a.get(k) != b.get(k) for k in ("pupils_randomised", "pupils_analysed")):
+        return "a school's corrected file"  # the same schools sent other pupils or results
+    # Same schools and pupils: a corrected score or a change in the analysis; the history cannot tell which.
+    return "figures recalculated (same schools and pupils)"
 
 
 def evidence_points(history: pd.DataFrame, intervention: str, outcome_measure: str,

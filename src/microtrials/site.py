@@ -987,8 +987,8 @@ def build_site(
     gate = publication_gate.trusting(evidence) if gate is None else gate
     evidence, withheld = publication_gate.withhold(evidence, gate)
     if withheld:
-        problems.append(f"{withheld} trial row(s) not published: their names are neither registered nor carried by "
-                        f"{publication_gate.MIN_PUPILS} or more pupils in {publication_gate.MIN_SCHOOLS} or more schools")
+        problems.append(f"{withheld} trial row(s) not published: their names are neither registered nor sent for "
+                        f"{publication_gate.MIN_PUPILS} or more pupils by each of {publication_gate.MIN_SCHOOLS} or more schools")
     table, protected_schools = protected_publication(evidence, schools, previous, problems)
     names = page_names(table)
     folders, messages = trial_folders(names)
