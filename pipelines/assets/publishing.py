@@ -91,8 +91,10 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     with warehouse_db.connect() as con:
         _refuse_unsafe(con, files, meta["trials"])  # the blocking checks' tests, again at the swap
         kept, withdrawn = history.read_history(con), history.withdrawn_schools(con)
-    publish.publish_folder(settings.out, files)
-    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        publish.publish_folder(settings.out, files)
+    finally:  # swapped in, or the swap failed (a full disk): the checked copy is no longer needed
+        shutil.rmtree(staged, ignore_errors=True)
     path = settings.out / "evidence_table.csv"
     context.log.info(f"evidence table written to {path}")
     unchanged = history.same_as_latest(kept, published, school_urns, withdrawn)
