@@ -243,9 +243,11 @@ def one_row_per_trial(
     with warehouse_db.connect() as con:
         results = _table(con, "trial_results")
         gate = publication_gate.from_warehouse(con, load_registry(trials_file(settings)))
+        delivered = warehouse.table_exists(con, "pupils") and bool(con.execute(warehouse.sql("name_carriers")).fetchmany(1))
     # rows whose names the publication gate withholds are not published (microtrials.gate); a
-    # warehouse with no pupils and no registry knows no name, and trial_results is then not the pipeline's
-    if results is not None and (gate.carried or gate.registered):
+    # warehouse with no pupils and no registry knows no name, and trial_results is then not the pipeline's.
+    # Pupils of one school only carry no name widely: its trial is withheld, as the publication does.
+    if results is not None and (gate.carried or gate.registered or delivered):
         results = publication_gate.withhold(results, gate)[0]
     trials = [] if results is None else trial_keys(results)
     if not path.is_file():
