@@ -281,3 +281,17 @@ def test_a_redelivery_under_a_registered_alias_replaces(con, write_extract):
     report = load_file(con, write_extract("111601-v2.csv", pupil_rows(20, intervention="rr")), KEY)
     assert report.status == "loaded"
     assert pupils_of(con) == [("rr", 20, "111601-v2.csv")]
+
+
+def test_sending_an_earlier_file_again_undoes_a_wrong_one(con, write_extract):
+    """A school sends a file, then a wrong one under the same name, then the first again: the
+    first's rows are in the warehouse again (the latest delivery wins), not 'unchanged'."""
+    first = pupil_rows(20)
+    wrong = [row[:5] + [str(int(row[5]) + 7)] + row[6:] for row in first]  # same pupils, other outcomes
+    load_file(con, write_extract("111601.csv", first), KEY)
+    assert load_file(con, write_extract("111601.csv", wrong), KEY).status == "loaded"
+    again = load_file(con, write_extract("111601.csv", first), KEY)
+    assert again.status == "loaded"
+    outcomes = sorted(r[0] for r in con.execute("SELECT outcome FROM pupils WHERE school_urn = '111601'").fetchall())
+    assert outcomes == sorted(float(row[5]) for row in first)
+    assert load_file(con, write_extract("111601.csv", first), KEY).status == "unchanged"

@@ -1002,21 +1002,30 @@ def build_site(
     family = families(table, folders, names, trial_views, registry)
     trial_common = _common(area, data_date, run_date, "../")
     for position, folder in enumerate(folders):
-        row = table.iloc[position]
-        key = (str(row["intervention"]), str(row["outcome_measure"]))
-        try:
-            files.update(_trial_files(row, folder, protected_schools[position], trial_common, history,
-                                      _planned(plans, key[0]), trial_views[position], family.get(position)))
-            trial_views[position] = trial_views[position] or views.trial_view(row, folder)
-        except Exception as exc:  # noqa: BLE001 - one trial's failure never costs the others
-            problems.append(f"trial '{key[0]}' / '{key[1]}': its page could not be built ({type(exc).__name__}: {exc})")
-            files = {k: v for k, v in files.items() if not k.startswith(f"{folder}/")}
-            files.update(_failed_trial_page(row, folder, exc, trial_common))
-            trial_views[position] = views.fallback_view(row, folder, "Its page could not be built in this run.")
+        files = _one_trial_pages(files, table, position, folder, protected_schools[position], trial_common,
+                                 history, plans, trial_views, family.get(position), problems)
     for sort in SORT_VIEWS:  # an intervention's rounds are on its card, not cards of their own
         ordered = [trial_views[i] for i in _sorted(table, sort) if "parent" not in family.get(i, {})]
         files[sort.file] = render("index.html", trials=ordered, sort=sort, sorts=SORT_VIEWS,
                                   load_rows=len(report), **common)
+    return files
+
+
+def _one_trial_pages(files: dict[str, bytes], table: pd.DataFrame, position: int, folder: str, schools,
+                     trial_common: dict, history, plans, trial_views: list, family_entry, problems: list[str]) -> dict[str, bytes]:
+    """``files`` with one trial's pages added (its view set in ``trial_views``); a trial whose pages
+    fail gets a plain failure page instead, with the reason in ``problems``: never costs the others."""
+    row = table.iloc[position]
+    key = (str(row["intervention"]), str(row["outcome_measure"]))
+    try:
+        files.update(_trial_files(row, folder, schools, trial_common, history, _planned(plans, key[0]),
+                                  trial_views[position], family_entry))
+        trial_views[position] = trial_views[position] or views.trial_view(row, folder)
+    except Exception as exc:  # noqa: BLE001 - one trial's failure never costs the others
+        problems.append(f"trial '{key[0]}' / '{key[1]}': its page could not be built ({type(exc).__name__}: {exc})")
+        files = {k: v for k, v in files.items() if not k.startswith(f"{folder}/")}
+        files.update(_failed_trial_page(row, folder, exc, trial_common))
+        trial_views[position] = views.fallback_view(row, folder, "Its page could not be built in this run.")
     return files
 
 # --- preview server ----------------------------------------------------------------------------
