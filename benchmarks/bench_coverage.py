@@ -27,7 +27,6 @@ import pandas as pd
 from scipy import stats
 
 from microtrials.stats import reml
-
 from microtrials.stats import trials
 
 EFFECT, SCALE = 0.2, 15.0

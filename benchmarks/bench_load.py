@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from microtrials.ingest import loading
-
 from microtrials.ingest import warehouse
 
 HEADER = "school_urn,pupil_id,intervention,outcome_measure,arm,outcome,baseline,fsm,gender,year_group,send,pupil_name\n"

@@ -219,24 +219,36 @@ def trial_keys(frame: pd.DataFrame) -> list[TrialKey]:
     return [plain_key(i, o, r) for i, o, r in trial_names(frame)]
 
 
+def publication_folder(context: dg.AssetCheckExecutionContext, settings: Settings) -> Path:
+    """The publication a check judges: the one this run staged (before it may be swapped in), or the
+    published folder when the check runs on its own."""
+    try:
+        run_id = context.run.run_id
+    except dg.DagsterError:  # a context built outside a run (a test calling the check)
+        return settings.out
+    staged = publish.staged_folder(settings.out, run_id) / publish.STAGED_FILES
+    return staged if staged.is_dir() else settings.out
+
+
 @dg.asset_check(
-    asset="evidence_table",
+    asset="staged_publication",
     blocking=True,
-    description="evidence_table.csv has exactly one row per trial in `trial_results`: the same "
-    "(intervention, outcome_measure, round) keys, none twice.",
+    description="The staged evidence_table.csv has exactly one row per trial in `trial_results`: the same "
+    "(intervention, outcome_measure, round) keys, none twice. Judged before the swap: when it fails, "
+    "`evidence_table` does not run and the last good publication stays.",
 )
-def one_row_per_trial(settings: Settings, warehouse_db: Warehouse) -> dg.AssetCheckResult:
-    path = settings.out / "evidence_table.csv"
+def one_row_per_trial(
+    context: dg.AssetCheckExecutionContext, settings: Settings, warehouse_db: Warehouse
+) -> dg.AssetCheckResult:
+    path = publication_folder(context, settings) / "evidence_table.csv"
     with warehouse_db.connect() as con:
         results = _table(con, "trial_results")
         gate = publication_gate.from_warehouse(con, load_registry(trials_file(settings)))
-        has_pupils = warehouse.table_exists(con, "pupils") and \
-            con.execute(warehouse.sql("table_row_count"), {"name": "pupils"}).fetchall()[0][0] > 0
-    # rows whose names the publication gate withholds are not published (microtrials.publish.gate), as
-    # the evidence_table asset decided from the same warehouse: a trial only one school has sent under
-    # an unregistered name is withheld, not missing. (A warehouse with no pupils and no registry holds
-    # a trial_results the pipeline did not make: nothing is withheld from it.)
-    if results is not None and (gate.carried or gate.registered or has_pupils):
+        delivered = warehouse.table_exists(con, "pupils") and bool(con.execute(warehouse.sql("name_carriers")).fetchmany(1))
+    # rows whose names the publication gate withholds are not published (microtrials.publish.gate); a
+    # warehouse with no pupils and no registry knows no name, and trial_results is then not the pipeline's.
+    # Pupils of one school only carry no name widely: its trial is withheld, as the publication does.
+    if results is not None and (gate.carried or gate.registered or delivered):
         results = publication_gate.withhold(results, gate)[0]
     trials = [] if results is None else trial_keys(results)
     if not path.is_file():
@@ -260,18 +272,22 @@ def one_row_per_trial(settings: Settings, warehouse_db: Warehouse) -> dg.AssetCh
 
 
 @dg.asset_check(
-    asset="evidence_table",
+    asset="staged_publication",
     blocking=True,
-    description="No file under the output folder holds a pupil_key of the warehouse or a column named "
-    f"{' or '.join(IDENTIFIER_COLUMNS)} (CSV headers, HTML table headers).",
+    description="No file of the staged publication holds a pupil_key of the warehouse or a column named "
+    f"{' or '.join(IDENTIFIER_COLUMNS)} (CSV headers, HTML table headers). Judged before the swap: when it "
+    "fails, `evidence_table` does not run and the last good publication stays.",
 )
-def no_pupil_identifiers_published(settings: Settings, warehouse_db: Warehouse) -> dg.AssetCheckResult:
-    findings = published_identifiers(settings.out, warehouse_db)
+def no_pupil_identifiers_published(
+    context: dg.AssetCheckExecutionContext, settings: Settings, warehouse_db: Warehouse
+) -> dg.AssetCheckResult:
+    folder = publication_folder(context, settings)
+    findings = published_identifiers(folder, warehouse_db)
     return dg.AssetCheckResult(
         passed=not findings,
-        description=None if not findings else f"{len(findings)} published file(s) hold pupil identifiers",
+        description=None if not findings else f"{len(findings)} file(s) of the publication hold pupil identifiers",
         metadata={
-            "files_scanned": sum(1 for p in settings.out.rglob("*") if p.is_file()) if settings.out.is_dir() else 0,
+            "files_scanned": sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0,
             "findings": _md(pd.DataFrame(findings, columns=["file", "found"])),
         },
     )

@@ -7,7 +7,7 @@ import datetime as dt
 import dagster as dg
 
 from pipelines.assets.loading import pupils
-from pipelines.assets.publishing import evidence_table
+from pipelines.assets.publishing import evidence_table, staged_publication
 from pipelines.assets.registry import REGISTRY_CHECKS, registry
 from pipelines.assets.trials import trial_results
 from pipelines.checks import ALL_CHECKS
@@ -28,7 +28,7 @@ EVIDENCE_FRESHNESS = dg.FreshnessPolicy.cron(
 [evidence_table_weekly] = dg.map_asset_specs(
     lambda spec: dg.apply_freshness_policy(spec, EVIDENCE_FRESHNESS), [evidence_table]
 )
-ALL_ASSETS = [pupils, registry, trial_results, evidence_table_weekly, *ALL_TABLE_ASSETS]
+ALL_ASSETS = [pupils, registry, trial_results, staged_publication, evidence_table_weekly, *ALL_TABLE_ASSETS]
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,

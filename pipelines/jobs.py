@@ -7,7 +7,8 @@ import dagster as dg
 # Each writer is followed by the observation of the warehouse tables it writes (pipelines/tables.py).
 LOADING = dg.AssetSelection.assets("pupils", "deliveries", "change_sets", "quarantine", "load_report", "load_warnings")
 DOWNSTREAM = dg.AssetSelection.assets("registry", "trial_results", "school_results", "exploratory_results",
-                                      "registry_messages", "registry_progress", "evidence_table")
+                                      "registry_messages", "registry_progress", "staged_publication",
+                                      "evidence_table")
 
 # Dagster's documented run tags for a run over a range of partitions (what a backfill with a
 # single-run policy sets): the school partitions from START to END, in partition order.

@@ -14,7 +14,6 @@ from pathlib import Path
 import dagster as dg
 
 from microtrials.ingest import extracts
-
 from microtrials.ingest import loading
 
 SCHOOLS = "schools"

@@ -14,7 +14,6 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 
 from microtrials import workspace
-
 from microtrials.ingest import warehouse
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

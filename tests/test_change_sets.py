@@ -7,9 +7,7 @@ from datetime import date, datetime
 import pytest
 
 from microtrials.publish import history
-
 from microtrials.ingest import registry
-
 from microtrials.ingest import warehouse
 from microtrials.ingest.trial_key import TrialKey, TrialKeys, plain_key
 from microtrials.ingest.loading import load_file, load_files
@@ -219,7 +217,6 @@ def test_withdraw_removes_a_school_or_one_round_and_records_it(con, write_extrac
 
 def test_the_accept_and_withdraw_commands(con, write_extract, tmp_path, capsys, monkeypatch):
     from microtrials import cli
-
     from microtrials.ingest.privacy import pupil_key
 
     db = tmp_path / "warehouse.duckdb"
@@ -247,7 +244,6 @@ def test_the_run_summary_and_the_published_load_report_say_held():
     import pandas as pd
 
     from microtrials import cli
-
     from microtrials.publish import site
 
     held = ("222005 Café Readers 2026 Autumn: held, not applied: it would replace 40 pupils by 7, more than half "

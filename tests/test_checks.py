@@ -50,6 +50,11 @@ def published(tmp_path_factory):
     return extracts, out, db, evaluations
 
 
+def alone() -> dg.AssetCheckExecutionContext:
+    """A check's context outside any run: the check judges the published folder (nothing staged)."""
+    return dg.build_asset_check_context()
+
+
 def copy_of(published, tmp_path: Path):
     """A private copy of the published state to spoil: (settings, warehouse resource, out folder)."""
     extracts, out, db, _ = published
@@ -81,27 +86,27 @@ def test_blocking_where_wrong_numbers_would_follow():
 
 def test_a_published_pupil_key_or_identifier_column_fails(published, tmp_path):
     settings, wh, out = copy_of(published, tmp_path)
-    assert checks.no_pupil_identifiers_published(settings=settings, warehouse_db=wh).passed
+    assert checks.no_pupil_identifiers_published(context=alone(), settings=settings, warehouse_db=wh).passed
     with wh.connect() as con:
         key = con.execute("SELECT pupil_key FROM pupils LIMIT 1").fetchall()[0][0]
     (out / "schools").mkdir()
     (out / "schools" / "111601.csv").write_text(f"school_urn,score\n111601,{key}\n")
-    result = checks.no_pupil_identifiers_published(settings=settings, warehouse_db=wh)
-    assert not result.passed and "1 published file" in result.description
+    result = checks.no_pupil_identifiers_published(context=alone(), settings=settings, warehouse_db=wh)
+    assert not result.passed and "1 file(s) of the publication" in result.description
     (out / "schools" / "111601.csv").unlink()
     (out / "extra.csv").write_text("Pupil_ID,score\nA1,3\n")
-    assert not checks.no_pupil_identifiers_published(settings=settings, warehouse_db=wh).passed
+    assert not checks.no_pupil_identifiers_published(context=alone(), settings=settings, warehouse_db=wh).passed
     (out / "extra.csv").unlink()
     (out / "page.html").write_text("<table><tr><th> pupil_key </th></tr></table>")
-    assert not checks.no_pupil_identifiers_published(settings=settings, warehouse_db=wh).passed
+    assert not checks.no_pupil_identifiers_published(context=alone(), settings=settings, warehouse_db=wh).passed
 
 
 def test_wrong_row_count_fails(published, tmp_path):
     settings, wh, out = copy_of(published, tmp_path)
-    assert checks.one_row_per_trial(settings=settings, warehouse_db=wh).passed
+    assert checks.one_row_per_trial(context=alone(), settings=settings, warehouse_db=wh).passed
     table = pd.read_csv(out / "evidence_table.csv")
     table.iloc[:-1].to_csv(out / "evidence_table.csv", index=False)
-    result = checks.one_row_per_trial(settings=settings, warehouse_db=wh)
+    result = checks.one_row_per_trial(context=alone(), settings=settings, warehouse_db=wh)
     assert not result.passed and result.description.startswith("1 published row(s) for 2 trial(s)")
     assert "not published: [('Reciprocal reading'" in result.description
 
@@ -111,7 +116,7 @@ def test_a_trial_published_twice_with_right_count_fails(published, tmp_path):
     settings, wh, out = copy_of(published, tmp_path)
     table = pd.read_csv(out / "evidence_table.csv")
     pd.concat([table.iloc[:1], table.iloc[:1]]).to_csv(out / "evidence_table.csv", index=False)
-    result = checks.one_row_per_trial(settings=settings, warehouse_db=wh)
+    result = checks.one_row_per_trial(context=alone(), settings=settings, warehouse_db=wh)
     assert not result.passed and "published twice" in result.description
 
 
@@ -163,7 +168,7 @@ def test_without_a_status_column_the_checks_read_converged_and_school_counts(pub
 
 def test_one_trial_not_refreshed_never_stops_the_others_publishing(published, tmp_path):
     """In a run, a trial marked not_refreshed or not_estimable leaves evidence_table published."""
-    from pipelines.assets.publishing import evidence_table
+    from pipelines.assets.publishing import evidence_table, staged_publication
 
     settings, wh, out = copy_of(published, tmp_path)
     (out / "evidence_table.csv").unlink()
@@ -180,8 +185,8 @@ def test_one_trial_not_refreshed_never_stops_the_others_publishing(published, tm
 
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [one_trial_failed, evidence_table, checks.trials_refreshed, checks.trials_have_two_schools,
-             checks.one_row_per_trial],
+            [one_trial_failed, staged_publication, evidence_table, checks.trials_refreshed,
+             checks.trials_have_two_schools, checks.one_row_per_trial],
             resources={"settings": settings, "warehouse_db": wh},
             instance=instance,
             raise_on_error=False,
@@ -189,7 +194,7 @@ def test_one_trial_not_refreshed_never_stops_the_others_publishing(published, tm
     assert result.success
     assert (out / "evidence_table.csv").is_file()
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {"trial_results", "evidence_table"}
+    assert materialized == {"trial_results", "staged_publication", "evidence_table"}
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert not evaluations["trials_refreshed"].passed and not evaluations["trials_have_two_schools"].passed
     assert evaluations["one_row_per_trial"].passed
@@ -236,6 +241,79 @@ def test_a_file_not_loaded_fails_the_load_check(tmp_path, write_extract):
         result = checks.every_file_loaded_or_rejected(context, settings=settings, warehouse_db=wh)
     assert not result.passed
     assert "a.csv" in result.metadata["files_not_accounted_for"].value
+
+
+def test_a_failing_blocking_check_leaves_the_last_publication_and_the_run_exits_1(published, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """Issue 19 pt 4: the blocking checks judge the staged publication; a failing one stops the swap."""
+    from microtrials import cli
+    from microtrials.publish import publish
+    from pipelines import launch
+    from pipelines.assets import publishing
+    from tests.helpers.cli_safety import home_at
+
+    settings, wh, out = copy_of(published, tmp_path)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    build_site = publishing.site.build_site
+
+    def leaking(*args, **kwargs):  # a publication with a pupil_id column in one file
+        return {**build_site(*args, **kwargs), "leak.csv": "pupil_id,score\nP111601-1,3\n"}
+
+    monkeypatch.setattr(publishing.site, "build_site", leaking)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [publishing.staged_publication, publishing.evidence_table, checks.one_row_per_trial,
+             checks.no_pupil_identifiers_published],
+            resources={"settings": settings, "warehouse_db": wh}, instance=instance, raise_on_error=False,
+        )
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not evaluations["no_pupil_identifiers_published"].passed and evaluations["one_row_per_trial"].passed
+    assert "leak.csv" in evaluations["no_pupil_identifiers_published"].metadata["findings"].value
+    assert not launch.published(result) and not result.success
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    staged = publish.staged_folder(out, result.run_id)  # kept for the data team, readable by its owner only
+    assert (staged / publish.STAGED_FILES / "leak.csv").is_file() and staged.stat().st_mode & 0o077 == 0
+
+    monkeypatch.setattr(launch, "run_everything", lambda extracts, home: launch.outcome(result))
+    monkeypatch.setattr(cli, "check_key_matches", lambda *args: None)
+    for name in ("MICROTRIALS_EXTRACTS", "MICROTRIALS_OUT", "MICROTRIALS_DB"):
+        monkeypatch.setenv(name, "")  # restored after the test: run_pipeline sets them
+    monkeypatch.delenv("MICROTRIALS_FEEDBACK", raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(home_at(tmp_path / "home")))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()  # the run's own log lines
+    code = cli.run_pipeline(Path(settings.extracts_dir), out, Path(wh.database))
+    err = capsys.readouterr().err.strip()
+    assert code == cli.FAILED == 1, err
+    assert err == (
+        "microtrials run failed: blocking check failed (README \"For officers\" says what to do): "
+        "staged_publication:no_pupil_identifiers_published (1 file(s) of the publication hold pupil identifiers); "
+        f"nothing was published, the last good publication in {out} stays"
+    )
+
+
+def test_a_passing_run_swaps_in_the_staged_publication_and_leaves_no_staged_folder(published, tmp_path):
+    """The checks pass: the staged files are what is published, and nothing staged is left beside the folder."""
+    from microtrials.publish import publish
+    from pipelines.assets import publishing
+
+    settings, wh, out = copy_of(published, tmp_path)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [publishing.staged_publication, publishing.evidence_table, checks.one_row_per_trial,
+             checks.no_pupil_identifiers_published],
+            resources={"settings": settings, "warehouse_db": wh}, instance=instance, raise_on_error=False,
+        )
+    assert result.success
+    staged_meta = result.asset_materializations_for_node("staged_publication")[0].metadata
+    assert staged_meta["staged"].value == str(publish.staged_folder(out, result.run_id))
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert {k.asset_key.to_user_string() for k in (e.asset_check_key for e in evaluations.values())} == {
+        "staged_publication"}
+    assert all(e.passed for e in evaluations.values())
+    assert not publish.staged_folder(out, result.run_id).exists()
+    assert not list(out.parent.glob(f".{out.name}.staged-*"))
+    assert len(pd.read_csv(out / "evidence_table.csv")) == 2
 
 
 def test_a_trial_the_publication_gate_withholds_is_not_missing(tmp_path, write_extract):

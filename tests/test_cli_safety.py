@@ -152,8 +152,8 @@ def test_the_file_check_passes_on_an_empty_extracts_folder(tmp_path):
     assert result.passed and result.metadata["files_checked"].value == 0
 
 
-def test_a_run_that_failed_after_publishing_exits_1(tmp_path, monkeypatch, capsys):
-    """A blocking check on the publication fails after the swap (red-team case D): the run failed, so exit 1."""
+def test_a_run_whose_publication_failed_its_checks_exits_1(tmp_path, monkeypatch, capsys):
+    """A blocking check on the staged publication fails: nothing is swapped in, the run failed, so exit 1."""
     from microtrials import cli
     from pipelines import launch
 
@@ -163,14 +163,14 @@ def test_a_run_that_failed_after_publishing_exits_1(tmp_path, monkeypatch, capsy
     for name in ("MICROTRIALS_EXTRACTS", "MICROTRIALS_OUT", "MICROTRIALS_DB"):
         monkeypatch.setenv(name, "")  # restored after the test: run_pipeline sets them
     monkeypatch.chdir(tmp_path)
-    ended = launch.RunOutcome(run_id="r1", success=False, published=True, interrupted=False,
-                              reason="blocking check failed: evidence_table:one_row_per_trial")
+    ended = launch.RunOutcome(run_id="r1", success=False, published=False, interrupted=False,
+                              reason="blocking check failed: staged_publication:one_row_per_trial")
     monkeypatch.setattr(launch, "run_everything", lambda extracts, home: ended)
     code = cli.run_pipeline(some_extracts(tmp_path / "extracts"), tmp_path / "out", tmp_path / "w.duckdb")
     err = capsys.readouterr().err
     assert code == cli.FAILED, err
-    assert "microtrials run failed: blocking check failed: evidence_table:one_row_per_trial" in err
-    assert "do not share it until a run passes" in err
+    assert "microtrials run failed: blocking check failed: staged_publication:one_row_per_trial" in err
+    assert f"nothing was published, the last good publication in {tmp_path / 'out'} stays" in err
 
 
 @pytest.mark.slow

@@ -15,9 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from microtrials.publish import history
-
 from microtrials.ingest import registry
-
 from microtrials.ingest import warehouse
 from microtrials.ingest.loading import accept_file, load_file, withdraw
 from microtrials.ingest.privacy import pseudonymise

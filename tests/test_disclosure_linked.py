@@ -19,11 +19,8 @@ import pandas as pd
 import pytest
 
 from microtrials.publish import history
-
 from microtrials.stats import planner
-
 from microtrials.publish import publish
-
 from microtrials.publish import site
 from microtrials.ingest.names import match_key
 

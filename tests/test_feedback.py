@@ -9,7 +9,6 @@ import io
 import pytest
 
 from microtrials.ingest import feedback
-
 from microtrials.ingest import warehouse
 from microtrials.errors import MicrotrialsError
 from microtrials.ingest.loading import load_folder

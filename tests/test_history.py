@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from microtrials.publish import history
-
 from microtrials.ingest import registry
 from microtrials.publish.evidence_table import evidence_row
 from microtrials.stats.trials import analyse_trial

@@ -9,6 +9,7 @@ import time
 import zipfile
 from datetime import date
 
+import dagster as dg
 import duckdb
 import openpyxl
 import pandas as pd
@@ -17,9 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from microtrials.ingest import extract_workbook
-
 from microtrials.ingest import extracts
-
 from microtrials.publish import publish
 from microtrials.ingest import registry as reg
 from microtrials.ingest.extracts import ExtractRejected, read_extract, validate
@@ -173,10 +172,12 @@ def test_one_row_per_trial_compares_formula_like_names_as_sent(tmp_path, name, r
     (out / "evidence_table.csv").write_bytes(publish.csv_bytes(results))
     assert f"'{name}" in (out / "evidence_table.csv").read_text(encoding="utf-8-sig")  # as Excel must see it
     settings = Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(out))
-    result = checks.one_row_per_trial(settings=settings, warehouse_db=Warehouse(database=str(db)))
+    result = checks.one_row_per_trial(context=dg.build_asset_check_context(), settings=settings,
+                                      warehouse_db=Warehouse(database=str(db)))
     assert result.passed, result.description
     (out / "evidence_table.csv").write_bytes(publish.csv_bytes(results.iloc[:1]))
-    failed = checks.one_row_per_trial(settings=settings, warehouse_db=Warehouse(database=str(db)))
+    failed = checks.one_row_per_trial(context=dg.build_asset_check_context(), settings=settings,
+                                      warehouse_db=Warehouse(database=str(db)))
     assert not failed.passed and "not published: [('Reading Boost', '+NGRT', '')]" in failed.description
 
 

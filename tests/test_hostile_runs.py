@@ -165,4 +165,4 @@ def test_a_full_disk_during_a_run_is_one_line_exit_1_and_the_last_publication_st
     assert last.startswith("microtrials run failed: evidence_table: the disk is full ("), done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "Stack Trace" not in done.stderr and "cannot rollback" not in done.stderr
     assert listing(tmp_path / "out") == published
-    assert sorted(p.name for p in tmp_path.iterdir() if "staging" in p.name) == []
+    assert sorted(p.name for p in tmp_path.iterdir() if "staging" in p.name or "staged" in p.name) == []

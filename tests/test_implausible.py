@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 
 from microtrials.publish import history
-
 from microtrials.ingest import plausibility
-
 from microtrials.ingest import warehouse
 from microtrials.ingest.loading import load_file, load_folder
 from microtrials.ingest.registry import read_registry

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 
 from microtrials.ingest import loading
-
 from microtrials.ingest import warehouse
 from microtrials.errors import MicrotrialsError
 from microtrials.ingest.loading import load_file, load_folder, load_report_frame

@@ -10,7 +10,6 @@ import pytest
 from openpyxl import load_workbook
 
 from microtrials.publish import history
-
 from microtrials.publish import views
 from microtrials.publish import site as site_module
 from microtrials.stats.effect_sizes import months_progress

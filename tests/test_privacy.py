@@ -12,9 +12,7 @@ import pyarrow as pa
 import pytest
 
 from microtrials import sample_data
-
 from microtrials.ingest import privacy
-
 from microtrials.ingest import warehouse
 from microtrials.errors import MicrotrialsError
 from microtrials.ingest.loading import load_folder

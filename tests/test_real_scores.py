@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from microtrials.ingest import plausibility
-
 from microtrials.ingest import warehouse
 from microtrials.ingest.loading import load_folder
 from microtrials.stats.trials import analyse_trial

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 from microtrials.ingest import loading
-
 from microtrials.ingest import warehouse
 from microtrials.publish.evidence_table import evidence_table
 from microtrials.stats.trials import analyse_trial

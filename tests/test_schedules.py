@@ -23,7 +23,7 @@ def test_weekly_refresh_runs_the_refresh_job_on_monday_mornings():
     job = defs.resolve_job_def(weekly_refresh.job_name)
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
         "registry", "trial_results", "school_results", "exploratory_results", "registry_messages", "registry_progress",
-        "evidence_table"}
+        "staged_publication", "evidence_table"}
     with dg.instance_for_test() as instance:
         context = dg.build_schedule_context(
             instance=instance, scheduled_execution_time=dt.datetime(2026, 11, 23, 6, tzinfo=LONDON)
@@ -40,7 +40,7 @@ def test_termly_reload_reloads_every_school_in_one_run():
         "pupils", "deliveries", "change_sets", "quarantine", "load_report", "load_warnings", "registry", "trial_results",
         "school_results",
         "exploratory_results", "registry_messages", "registry_progress",
-        "evidence_table"}
+        "staged_publication", "evidence_table"}
     when = dt.datetime(2026, 9, 1, 5, tzinfo=LONDON)
     with dg.instance_for_test() as instance:
         empty = termly_full_reload.evaluate_tick(dg.build_schedule_context(instance=instance, scheduled_execution_time=when))

@@ -13,13 +13,9 @@ import pytest
 import statsmodels.formula.api as smf
 
 from microtrials.stats import reml
-
 from microtrials.stats import trial_store
-
 from microtrials.stats import trials
-
 from microtrials.stats import units
-
 from microtrials.ingest import warehouse
 from microtrials.publish.evidence_table import evidence_table
 from microtrials.stats.models import fit_mixedlm

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 from microtrials import cli, workspace
-
 from microtrials.ingest import privacy
 from microtrials.errors import MicrotrialsError
 from tests.conftest import REPO_ROOT, TEST_PUPIL_KEY

@@ -13,13 +13,9 @@ import dagster as dg
 import pandas as pd
 
 from microtrials.ingest import feedback
-
 from microtrials.publish import history
-
 from microtrials.ingest import loading
-
 from microtrials.ingest import privacy
-
 from microtrials.ingest import warehouse
 from microtrials.errors import MicrotrialsError
 from microtrials.ingest.trial_key import TrialKeys

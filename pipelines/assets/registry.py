@@ -9,9 +9,7 @@ import dagster as dg
 import pandas as pd
 
 from microtrials.publish import history
-
 from microtrials.stats import planner
-
 from microtrials.ingest import warehouse
 from microtrials.ingest.registry import (
     decode,

@@ -6,11 +6,8 @@ import dagster as dg
 import pandas as pd
 
 from microtrials.publish import history
-
 from microtrials.publish import plots
-
 from microtrials.ingest import registry as reg
-
 from microtrials.stats import trial_store
 from microtrials.publish.evidence_table import evidence_row
 from microtrials.stats.trials import TrialResult

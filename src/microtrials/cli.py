@@ -430,9 +430,9 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
         return 130
     if not result.success or not result.published:
         reason = result.reason
-        if result.published:  # a blocking check on the publication itself failed after the swap
-            reason += (f"; the publication in {out} was replaced before this check failed: do not share it "
-                       "until a run passes")
+        if not result.published and result.reason.startswith("blocking check failed"):
+            # the blocking checks run before the swap (the publication's on the staged files): nothing was swapped in
+            reason += f"; nothing was published, the last good publication in {out} stays"
         print(f"microtrials run failed: {reason}", file=sys.stderr)
         return FAILED
     lines, nothing_new = summary(extracts, out, db, result.run_id)
@@ -455,7 +455,6 @@ def check_key_matches(db: Path, key: bytes, new_key: bool) -> None:
     import duckdb
 
     from microtrials.ingest import privacy
-
     from microtrials.ingest import warehouse
     from microtrials.errors import MicrotrialsError
 
@@ -481,9 +480,7 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
     import pandas as pd
 
     from microtrials import workspace
-
     from microtrials.publish import publish
-
     from microtrials.ingest import warehouse
     from microtrials import summary as todo
 

@@ -153,7 +153,6 @@ def gather(con, evidence: pd.DataFrame | None, extracts: Path, feedback_dir: Pat
     import os
 
     from microtrials.ingest import feedback
-
     from microtrials.ingest import warehouse
 
     def table(name: str, query: str) -> pd.DataFrame | None:

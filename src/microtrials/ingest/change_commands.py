@@ -8,11 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from microtrials.ingest import feedback
-
 from microtrials.ingest import loading
-
 from microtrials.ingest import privacy
-
 from microtrials.ingest import warehouse
 from microtrials.errors import MicrotrialsError
 

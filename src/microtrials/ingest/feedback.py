@@ -13,9 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from microtrials.ingest import extracts
-
 from microtrials.publish import publish
-
 from microtrials.ingest import warehouse
 from microtrials.errors import MicrotrialsError
 

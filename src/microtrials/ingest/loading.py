@@ -44,13 +44,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from microtrials.ingest import change_sets
-
 from microtrials.ingest import extracts
-
 from microtrials.ingest import feedback
-
 from microtrials.ingest import plausibility
-
 from microtrials.ingest import warehouse
 from microtrials.errors import MicrotrialsError
 from microtrials.ingest import trial_key

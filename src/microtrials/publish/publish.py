@@ -486,3 +486,47 @@ def identifier_findings(files: Mapping[str, bytes | str], pupil_keys: set[str]) 
         if named:
             findings.append((name, "column " + ", ".join(named)))
     return findings
+
+
+# ---------------------------------------------------------------------------------------------
+# A staged publication: built and judged by the blocking checks before it may replace the published folder
+
+
+STAGED_FILES = "publication"  # the staged folder's subfolder holding the files to publish
+
+
+def staged_folder(out_dir: Path, run_id: str) -> Path:
+    """Where a run stages its publication before the checks: ``.<name>.staged-<run>`` beside ``out_dir``."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}.staged-{run_id[:12]}"
+
+
+def stage_publication(out_dir: Path, run_id: str, files: Mapping[str, bytes | str],
+                      extras: Mapping[str, bytes | str]) -> Path:
+    """Write ``files`` under :func:`staged_folder` (in ``publication/``) and ``extras`` (what the swap
+    needs besides the files) beside them; the published folder is not touched. The staged folder is
+    readable by its owner only (a publication that fails its checks may hold what must not be shared).
+    Staged folders of earlier runs are removed first."""
+    staged = staged_folder(out_dir, run_id)
+    for earlier in Path(out_dir).parent.glob(f".{Path(out_dir).name}.staged-*"):
+        if earlier != staged and earlier.is_dir() and not earlier.is_symlink():
+            shutil.rmtree(earlier, ignore_errors=True)
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(mode=0o700, parents=True)
+    os.chmod(staged, 0o700)
+    for name, data in files.items():
+        target = staged / STAGED_FILES / _safe_relative(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(_as_bytes(data))
+    for name, data in extras.items():
+        (staged / _safe_relative(name)).write_bytes(_as_bytes(data))
+    return staged
+
+
+def staged_files(staged: Path) -> dict[str, bytes]:
+    """The files of a staged publication, {relative path: content}, as :func:`publish_folder` takes them."""
+    root = Path(staged) / STAGED_FILES
+    if not root.is_dir():
+        raise MicrotrialsError(f"no staged publication at {root}: run the whole refresh again "
+                               "(the publication is staged and swapped in by the same run)")
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -33,13 +33,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from microtrials import workspace
-
 from microtrials.publish import dictionary
-
 from microtrials.publish import disclosure
-
 from microtrials.publish import history
-
 from microtrials.publish import views
 from microtrials.publish import gate as publication_gate
 from microtrials.publish.gate import Origin

@@ -10,13 +10,9 @@ import duckdb
 import pandas as pd
 
 from microtrials.ingest import names
-
 from microtrials.ingest import registry as reg
-
 from microtrials.stats import trials
-
 from microtrials.stats import units
-
 from microtrials.ingest import warehouse
 from microtrials.publish.evidence_table import COLUMNS, EXTRA_COLUMNS, SCHOOL_COLUMNS, evidence_row, school_table
 from microtrials.stats.trials import INTERIM, NOT_REFRESHED, PUBLISHED, TrialResult, TrialSpellings

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from microtrials.ingest import names
-
 from microtrials.stats import reml
 from microtrials.stats.effect_sizes import (
     EffectSize,
