@@ -23,12 +23,8 @@ ALL_CHECK_NAMES = {
 }
 
 
-@pytest.fixture(scope="module")
-def published(tmp_path_factory):
-    """One load_and_refresh run of every reference school: (extracts, out, db, check results)."""
-    root = tmp_path_factory.mktemp("published")
-    extracts, out, db = root / "extracts", root / "out", root / "warehouse.duckdb"
-    shutil.copytree(SHARED / "reference" / "extracts", extracts)
+def run_load_and_refresh(extracts: Path, out: Path, db: Path) -> dg.ExecuteInProcessResult:
+    """One in-process load_and_refresh run of every school in ``extracts`` on a test instance."""
     from pipelines.definitions import defs
 
     resources = {
@@ -43,9 +39,17 @@ def published(tmp_path_factory):
         mp.setenv("MICROTRIALS_PUPIL_KEY", "test-pupil-key-not-secret-7c1e9a04b25d36f8")
         keys = sorted(files_by_school(extracts))
         instance.add_dynamic_partitions(SCHOOLS, keys)
-        result = job.execute_in_process(
-            instance=instance, tags=partition_range_tags(keys[0], keys[-1])
-        )
+        return job.execute_in_process(instance=instance, tags=partition_range_tags(keys[0], keys[-1]),
+                                      raise_on_error=False)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """One load_and_refresh run of every reference school: (extracts, out, db, check results)."""
+    root = tmp_path_factory.mktemp("published")
+    extracts, out, db = root / "extracts", root / "out", root / "warehouse.duckdb"
+    shutil.copytree(SHARED / "reference" / "extracts", extracts)
+    result = run_load_and_refresh(extracts, out, db)
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     return extracts, out, db, evaluations
 
@@ -321,20 +325,7 @@ def test_a_trial_the_publication_gate_withholds_is_not_missing(tmp_path, write_e
     by one school), and one_row_per_trial agrees it is withheld, not missing: the run succeeds."""
     write_extract("111601.csv", pupil_rows(24, urn="111601", intervention="Quiet reading club"))
     extracts, out, db = tmp_path / "extracts", tmp_path / "out", tmp_path / "warehouse.duckdb"
-    from pipelines.definitions import defs
-
-    resources = {
-        "settings": Settings(extracts_dir=str(extracts), out_dir=str(out)),
-        "warehouse_db": Warehouse(database=str(db)),
-    }
-    with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
-        job = dg.Definitions(
-            assets=defs.assets, asset_checks=defs.asset_checks, jobs=[*defs.jobs], resources=resources
-        ).resolve_job_def("load_and_refresh")
-        mp.setenv("MICROTRIALS_PUPIL_KEY", "test-pupil-key-not-secret-7c1e9a04b25d36f8")
-        instance.add_dynamic_partitions(SCHOOLS, ["111601"])
-        result = job.execute_in_process(instance=instance, tags=partition_range_tags("111601", "111601"),
-                                        raise_on_error=False)
+    result = run_load_and_refresh(extracts, out, db)
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert result.success and evaluations["one_row_per_trial"].passed
     published = pd.read_csv(out / "evidence_table.csv", dtype=str)
