@@ -64,6 +64,11 @@ CREATE TABLE IF NOT EXISTS pupil_key_fingerprint (
 
 -- Which registered round of a trial the pupil belongs to (the extract's optional `round` column).
 ALTER TABLE pupils ADD COLUMN IF NOT EXISTS round VARCHAR;
+-- The trial key's round as resolved when the row was loaded (microtrials.ingest.trial_key: the registered
+-- round, else the round sent, else ''); NULL for rows loaded before it was kept. Only planning reads it:
+-- a re-sent delivery still replaces these rows when a later registry no longer places them (e.g. the
+-- school was since planned in a second round). The analysis reads `round` as sent.
+ALTER TABLE pupils ADD COLUMN IF NOT EXISTS key_round VARCHAR;
 
 -- Warnings about loaded rows (a value blanked, an outcome kept as no post-test) and about whole
 -- files (line NULL, e.g. read as Windows-1252), beside quarantine. Never holds a pupil_id.

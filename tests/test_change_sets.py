@@ -257,3 +257,27 @@ def test_the_run_summary_and_the_published_load_report_say_held():
     assert site._load_status({"status": "partly held", "rows_read": 3, "rows_loaded": 0}) == "held"
     published = site.without_counts(held)
     assert "held, not applied" in published and " 7" not in published and "40" not in published
+
+
+def test_rows_sent_without_a_round_are_replaced_after_the_school_joins_a_second_round(con, write_extract):
+    """Red team: rows loaded without a round, then a second round naming the school registered: the
+    same pupils re-sent with their round replace them (were kept twice: 40 rows, 20 pupils)."""
+    load_file(con, write_extract("222005.csv", pupil_rows(20, urn="222005", intervention="Café Readers")), KEY)
+    later = REGISTRY + "Café Readers,NGRT,2027 Spring,2027-01-04,2027-03-26,222005,cafe readers|CR\n"
+    history.store_registry(con, registry.read_registry(later.encode()), later, datetime(2026, 10, 1))
+    sent = rows_in_round(20, "222005", "2026 Autumn")
+    report = load_file(con, write_extract("222005_v2.csv", sent, header=ROUND_HEADER), KEY)
+    assert report.changes == ["222005 Café Readers 2026 Autumn: 20 pupils replaced by 20 (the same pupils)"]
+    assert pupils(con, "222005") == [("2026 Autumn", 20, 20)]
+    assert con.execute("SELECT count(*), count(DISTINCT pupil_key) FROM pupils").fetchone() == (20, 20)
+
+
+def test_rows_sent_without_a_round_are_replaced_by_a_file_without_a_round_after_the_registry_changes(
+        con, write_extract):
+    load_file(con, write_extract("222005.csv", pupil_rows(20, urn="222005", intervention="Café Readers")), KEY)
+    later = REGISTRY + "Café Readers,NGRT,2027 Spring,2027-01-04,2027-03-26,222005,cafe readers|CR\n"
+    history.store_registry(con, registry.read_registry(later.encode()), later, datetime(2026, 10, 1))
+    again = pupil_rows(22, urn="222005", intervention="Café Readers")
+    report = load_file(con, write_extract("222005_v2.csv", again), KEY)
+    assert report.changes == ["222005 Café Readers: 20 pupils replaced by 22 (2 added)"]
+    assert pupils(con, "222005") == [("", 22, 22)]

@@ -109,14 +109,15 @@ HOLD_FIX_LEFT = ("check the file holds every pupil randomised and every score, a
 
 
 REPLACE_SCHEMA = pa.schema([(c, pa.string()) for c in COMBO])
-INSERT_SCHEMA = pa.schema([(c, pa.string()) for c in ("file_name", *COMBO[1:])])
+INSERT_SCHEMA = pa.schema([(c, pa.string()) for c in ("file_name", *COMBO[1:], "key_round")])
 
 
 @dataclass
 class Plan:
     """A group of deliveries' change sets and the rows they replace: stored combinations to delete
     (``replace``: school_urn, intervention, outcome_measure, round) and delivered combinations to
-    insert (``insert``: file_name, intervention, outcome_measure, round)."""
+    insert (``insert``: file_name, intervention, outcome_measure, round, and the trial key's round
+    resolved now, which the inserted rows keep as ``key_round``)."""
 
     change_sets: list[ChangeSet] = field(default_factory=list)
     replace: pa.Table = field(default_factory=REPLACE_SCHEMA.empty_table)
@@ -125,7 +126,7 @@ class Plan:
 
 def stored_rows(con: duckdb.DuckDBPyConnection, schools: list[str]) -> list[tuple]:
     """The warehouse's pupil rows of these schools: (school_urn, intervention, outcome_measure,
-    round ('' for none), pupil_key, scored)."""
+    round ('' for none), pupil_key, scored, key_round (the key's round at load; None for older rows))."""
     with_schools = pa.table({"school_urn": pa.array(sorted(set(schools)), pa.string())})
     con.register("batch_schools", with_schools)
     try:
@@ -199,9 +200,11 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
     for file_name, delivery_id, school, intervention, measure in named:
         if (file_name, intervention, measure) not in carried:
             after.setdefault((file_name, delivery_id, school, keyed(school, intervention, measure, None)), _Tally())
+    carried_keys = {(school, key) for _, _, school, key in after}
+    stored_keys = [_stored_key(keyed, row, carried_keys) for row in stored]
     before: dict[tuple, _Tally] = {}
-    for school, intervention, measure, round_sent, pupil, scored in stored:
-        before.setdefault((school, keyed(school, intervention, measure, round_sent)), _Tally()).add(pupil, scored)
+    for (school, _, _, _, pupil, scored, *_), key in zip(stored, stored_keys):
+        before.setdefault((school, key), _Tally()).add(pupil, scored)
     measures: dict[tuple, set[str]] = {}
     for file_name, _, _, key in after:
         measures.setdefault((file_name, key.intervention, key.round), set()).add(key.outcome_measure)
@@ -216,9 +219,24 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
         change_sets = [c for c in change_sets if c.state == ACCEPTED]
     applied = {(c.file_name, c.school_urn, c.key) for c in change_sets if c.state in (APPLIED, ACCEPTED)}
     replaced = {(s, k) for _, s, k in applied}
-    replace = {(s, i, m, r or "") for s, i, m, r, _, _ in stored if (s, keyed(s, i, m, r)) in replaced}
-    insert = {(f, i, m, r or "") for f, _, s, i, m, r in zip(*columns[:6]) if (f, s, keyed(s, i, m, r)) in applied}
+    replace = {(row[0], row[1], row[2], row[3] or "") for row, key in zip(stored, stored_keys)
+               if (row[0], key) in replaced}
+    insert = {(f, i, m, r or "", keyed(s, i, m, r).round) for f, _, s, i, m, r in zip(*columns[:6])
+              if (f, s, keyed(s, i, m, r)) in applied}
     return Plan(change_sets, _table(replace, REPLACE_SCHEMA), _table(insert, INSERT_SCHEMA))
+
+
+def _stored_key(keyed: _Keyed, row: tuple, carried: set[tuple[str, TrialKey]]) -> TrialKey:
+    """A stored row's trial key: as the current registry resolves it, unless the deliveries carry
+    not that key but the one the row was loaded under (``key_round``): a school since planned in a
+    second round still has its rows sent without a round replaced by the same round sent."""
+    school, intervention, measure, round_sent = row[:4]
+    key = keyed(school, intervention, measure, round_sent)
+    at_load = row[6] if len(row) > 6 else None
+    if at_load is None or at_load == key.round or (school, key) in carried:
+        return key
+    loaded = TrialKey(key.intervention, key.outcome_measure, at_load)
+    return loaded if (school, loaded) in carried else key
 
 
 def _table(rows: set[tuple], schema: pa.Schema) -> pa.Table:
@@ -266,7 +284,7 @@ def withdrawal(con: duckdb.DuckDBPyConnection, keys: TrialKeys, school_urn: str,
     want_round = keys.key("", "", "", round_name).round if round_name else None
     before: dict[TrialKey, _Tally] = {}
     replace = set()
-    for school, intervention, measure, round_sent, pupil, scored in stored_rows(con, [school_urn]):
+    for school, intervention, measure, round_sent, pupil, scored, _ in stored_rows(con, [school_urn]):
         key = keyed(school, intervention, measure, round_sent)
         if (want_trial is None or key.intervention == want_trial) and (want_round is None or key.round == want_round):
             before.setdefault(key, _Tally()).add(pupil, scored)
