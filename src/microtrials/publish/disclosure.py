@@ -1,25 +1,4 @@
-"""Disclosure control for published pupil counts: small cells blanked so that no sum gives them back.
-
-The rule (docs/methods.md, "Disclosure control"), after the ONS/GSS guidance on protecting
-tables (secondary suppression: a blanked cell must not be recoverable from published totals):
-
-1. **Primary.** A school whose analysed pupils in either group number 1 to ``threshold - 1``
-   has its counts and figures blanked. (A 0 is a structural zero, "no pupils in that group",
-   and is published.)
-2. **Secondary.** The trial's total ``pupils_analysed`` equals the sum of the schools' two
-   counts, so one blanked school could be recovered by subtraction. When exactly one school is
-   blanked, the next smallest school (by pupils, then URN) is blanked too; and schools keep being
-   added, smallest first, until the blanked schools together hold at least ``threshold`` pupils,
-   so the difference itself is never a small number.
-3. **Totals.** When even all schools together stay below ``threshold`` (and whenever a total
-   count is 1 to ``threshold - 1``), the trial's counts are blanked (``pupils_randomised``,
-   ``pupils_analysed`` and ``attrition_pct``, which would give the analysed count back).
-4. **One school.** A trial with a single school publishes no per-school rows at all: that
-   school's figures would be the trial's, with its URN beside them.
-
-``protect_schools`` applies 1, 2 and 4 to one trial's per-school table; ``protect_totals``
-applies 3 to the trial's evidence row.
-"""
+"""Disclosure control for published pupil counts: small groups blanked, and an exact audit that no combination gives one back."""
 
 from __future__ import annotations
 
@@ -220,6 +199,9 @@ class _Audit:
         self.terms: list[dict[Key, int]] = []
         self.prefer: list[bool] = []
         self.of: dict[Key, list[int]] = {}
+        self.children: dict[Key, list[Key]] = {}
+        self.parents: dict[Key, list[Key]] = {}
+        self._before: dict[tuple[Key, bool], list[float]] = {}
         for relation in linked.relations:
             self._equation(relation)
 
@@ -243,6 +225,11 @@ class _Audit:
         self.prefer.append(relation.prefer_total)
         for member in terms:
             self.of.setdefault(member, []).append(index)
+        if relation.total in terms:
+            for part in terms:
+                if part != relation.total:
+                    self.children.setdefault(relation.total, []).append(part)
+                    self.parents.setdefault(part, []).append(relation.total)
 
     def total(self, index: int) -> Key:
         return next(iter(self.terms[index]))
@@ -271,6 +258,29 @@ class _Audit:
         value = self.values[var]
         return any(_small(value - self.previous[k], self.threshold)
                    for k in self.linked.keys.get(var, []) if k in self.previous and _finite(self.previous[k]))
+
+    def before(self, var: Key, down: bool) -> list[float]:
+        """The values last published for the counts inside ``var`` (its parts, their parts, ...; with
+        ``down`` False, the counts it is inside): a count less one inside it is a group of pupils."""
+        if (var, down) not in self._before:
+            links = self.children if down else self.parents
+            seen, stack, out = {var}, [var], []
+            while stack:
+                for other in links.get(stack.pop(), []):
+                    if other not in seen:
+                        seen.add(other)
+                        stack.append(other)
+                        out += [self.previous[k] for k in self.linked.keys.get(other, [])
+                                if k in self.previous and _finite(self.previous[k])]
+            self._before[(var, down)] = out
+        return self._before[(var, down)]
+
+    def differenced(self, var: Key) -> bool:
+        """Whether ``var`` less a count inside it as last published, or a count it is inside as last
+        published less ``var``, is 1 to ``threshold - 1``."""
+        value = self.values[var]
+        return (any(0 < round(value - p) < self.threshold for p in self.before(var, True))
+                or any(0 < round(p - value) < self.threshold for p in self.before(var, False)))
 
     def blank(self, var: Key, reason: str) -> list[Key]:
         """Blank ``var`` in every row it is published in, with the rest of each row; the cells newly blanked."""
@@ -329,9 +339,7 @@ class _Audit:
     def violations(self, block: _Block) -> list[Violation]:
         """Every count of ``block`` an attacker gets back, or a small sum of unknowns (:class:`Violation`)."""
         unknown = [v for v in block.variables if not self.known(v)]
-        if not unknown:
-            return []
-        found = self.determined(unknown)
+        found = self.determined(unknown) if unknown else set()
         out = []
         for var in unknown:
             if var in found and _small(self.values[var], self.threshold):
@@ -339,6 +347,7 @@ class _Audit:
             elif var in found and self.changed(var):
                 out.append(Violation("changed", var))
         hidden = set(unknown) - found
+        out += [Violation("changed", v) for v in block.variables if v not in hidden and self.differenced(v)]
         for index in block.relations:
             total = self.total(index)
             if total in hidden:
@@ -349,16 +358,34 @@ class _Audit:
         return out
 
     def candidates(self, violation: Violation, block: _Block) -> list[Key]:
-        """Published cells to blank next, nearest first: in the sums holding the cell, smallest part
-        first (the total first where the sum prefers it), then the total; then the block's other sums."""
-        near = [violation.relation] if violation.cell is None else self.of.get(violation.cell, [])
-        out: list[Key] = []
-        for index in [*near, *(i for i in block.relations if i not in near)]:
+        """Published cells to blank next: the cell itself, then from the sums that give it back (those
+        joining it to other unknowns, nearest first), each sum's smallest part first (its total first
+        where the sum prefers it), then its total."""
+        cell = violation.cell
+        start = [cell] if cell is not None else [v for v in self.terms[violation.relation] if not self.known(v)]
+        out: list[Key] = [cell] if cell is not None and self.hideable(cell) else []
+        for index in self._reaching(start, [violation.relation] if cell is None else []):
             total, parts = self.total(index), [v for v in self.terms[index] if v != self.total(index)]
             ordered = sorted((p for p in parts if self.hideable(p)), key=lambda p: (self.values[p], str(p)))
             ordered = [total, *ordered] if self.prefer[index] else [*ordered, total]
             out += [v for v in ordered if self.hideable(v) and v not in out]
         return out
+
+    def _reaching(self, start: list[Key], first: list[int]) -> list[int]:
+        """The sums joining the unknowns ``start`` to other unknowns, breadth first (after ``first``)."""
+        order, done, seen, queue = list(first), set(first), set(start), list(start)
+        while queue:
+            var = queue.pop(0)
+            for index in self.of.get(var, []):
+                if index in done:
+                    continue
+                done.add(index)
+                order.append(index)
+                for member in self.terms[index]:
+                    if member not in seen and not self.known(member):
+                        seen.add(member)
+                        queue.append(member)
+        return order
 
     def protect(self, block: _Block, tries: int = 8) -> list[Violation]:
         """Blank published cells of ``block`` one at a time until the audit finds nothing; what could
