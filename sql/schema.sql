@@ -107,3 +107,6 @@ CREATE TABLE IF NOT EXISTS change_sets (
     message             VARCHAR NOT NULL,   -- the line the officer was shown
     recorded_at         TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
+-- Added later: how many pupils kept by a change set have another outcome score (given, blanked or changed);
+-- NULL for change sets recorded before it was counted.
+ALTER TABLE change_sets ADD COLUMN IF NOT EXISTS scores_changed INTEGER;
