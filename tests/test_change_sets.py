@@ -303,3 +303,22 @@ def test_rows_sent_without_a_round_are_replaced_by_a_file_without_a_round_after_
     report = load_file(con, write_extract("222005_v2.csv", again), KEY)
     assert report.changes == ["222005 Café Readers: 20 pupils replaced by 22 (2 added)"]
     assert pupils(con, "222005") == [("", 22, 22)]
+
+
+def test_rows_set_aside_carry_the_round_their_key_resolved_to_like_the_pupil_rows(con, write_extract):
+    """Red team: quarantine rows carried no round. A row set aside by a rule (an arm typo), one set
+    aside as a gross error of the whole trial (99999999), and a row naming no trial."""
+    OUTCOME = EXTRACT_HEADER.index("outcome")
+    planned = pupil_rows(20, urn="222005", intervention="CR")  # no round: the one round the school is planned in
+    planned[0][ARM] = "interventon"
+    load_file(con, write_extract("222005.csv", planned), KEY)
+    per_round = rows_in_round(20, "222006", "2026 spring")
+    per_round[1][ARM] = "treatment"
+    per_round[2][OUTCOME] = "99999999"
+    per_round[3][2] = ""
+    load_file(con, write_extract("222006.csv", per_round, header=ROUND_HEADER), KEY)
+    got = con.execute("SELECT school_urn, line, \"round\", key_round FROM quarantine ORDER BY 1, 2").fetchall()
+    assert got == [("222005", 2, None, "2026 autumn"), ("222006", 3, "2026 spring", "2026 spring"),
+                   ("222006", 4, "2026 spring", "2026 spring"), ("222006", 5, "2026 spring", None)]
+    stored = con.execute("SELECT DISTINCT school_urn, key_round FROM pupils ORDER BY 1").fetchall()
+    assert stored == [("222005", "2026 autumn"), ("222006", "2026 spring")]
