@@ -713,15 +713,24 @@ def _match_messages(keys: TrialKeys, seen: _Seen) -> list[OfficerMessage]:
     return messages
 
 
+def unnamed_unregistered_text(schools: list[str], few_rows: bool = False) -> str:
+    """The officer's message for an intervention name not in the registry, without the name: what the
+    public registry report says of every unregistered name (microtrials.publish.gate), and the
+    officer's own message for a name on fewer than ``QUOTE_NAME_MIN_ROWS`` rows."""
+    where = f"school{'s' if len(schools) > 1 else ''} {', '.join(schools)}" if schools else "a school"
+    whose = "files'" if len(schools) > 1 else "file's"
+    rows = f" on fewer than {QUOTE_NAME_MIN_ROWS} rows" if few_rows else ""
+    return (f"an unregistered intervention name{rows} from {where} (not shown here: it could be a pupil's "
+            f"details in the wrong column); check the {whose} intervention column, then correct it or add the "
+            f"intervention to {FILE_NAME} (loaded, not published as evidence)")
+
+
 def _unregistered_message(entry: dict) -> OfficerMessage:
     """The message for an intervention spelling not in the registry (never quoted when on few rows)."""
     schools = sorted(entry["schools"])
     where = f"school{'s' if len(schools) > 1 else ''} {', '.join(schools)}"
     if entry["rows"] < QUOTE_NAME_MIN_ROWS:  # so few rows could be a pupil's details typed in the wrong cell
-        text = (f"an intervention name on fewer than {QUOTE_NAME_MIN_ROWS} rows from {where} is not in the "
-                "registry (not shown here: it could be a pupil's details in the wrong column); check the "
-                "file's intervention column, then correct it or add the intervention (loaded, not published "
-                "as evidence)")
+        text = unnamed_unregistered_text(schools, few_rows=True)
         named = ""
     else:
         text = (f"'{entry['spelling']}' is not in the registry: add it, or correct the name "
