@@ -664,7 +664,7 @@ def merged_spellings(spellings: pd.DataFrame | None, table: pd.DataFrame,
 def _sorted(table: pd.DataFrame, view: SortView) -> list[int]:
     """Row positions in the view's order: final results first, then provisional (interim) ones, then
     rows with no result; within each, by the view's column (blanks last), ties by months, then name.
-    An interim row's strength sorts as shown: capped at ``views.PROVISIONAL_AT_MOST``."""
+    An interim row's strength sorts as shown (:func:`views.shown_strength`)."""
     names = ["intervention", "outcome_measure"]
     keys = list(dict.fromkeys([view.column, "months_progress", "evidence_strength", *names]))
     status = table["status"].astype(str) if "status" in table.columns else pd.Series("", index=table.index)
@@ -675,8 +675,9 @@ def _sorted(table: pd.DataFrame, view: SortView) -> list[int]:
         else:
             columns[k] = pd.to_numeric(table[k], errors="coerce")
     if "evidence_strength" in columns:
-        capped = columns["evidence_strength"].clip(upper=views.PROVISIONAL_AT_MOST)
-        columns["evidence_strength"] = columns["evidence_strength"].where(status != "interim", capped)
+        columns["evidence_strength"] = pd.to_numeric(pd.Series(
+            [views.shown_strength(v, s) for v, s in zip(table["evidence_strength"], status, strict=True)],
+            index=table.index, dtype=object), errors="coerce")
     ascending = [True] + [not view.descending if k == view.column else k in names for k in keys]
     sort_frame = pd.DataFrame(columns)
     return list(sort_frame.sort_values(["_final", *keys], ascending=ascending, na_position="last",
