@@ -98,12 +98,14 @@ def file_lines(facts: RunFacts) -> list[str]:
     for _, row in files.iterrows():
         status, reason = _words(row["status"]), _words(row.get("reason"))
         reason = reason.removeprefix(f"{row['file_name']}: ")
+        changes = row.get("changes") if "changes" in row else None
+        held = [_words(line) for line in (str(changes).split("\n") if _words(changes) else []) if HELD_MARK in line]
+        for line in held:  # a held change is in the reason too: listed once, as "held <file>: ..."
+            reason = "; ".join(part.strip(" ;") for part in reason.split(line) if part.strip(" ;"))
         if status in ("rejected", "ignored"):
             lines.append(f"    {status} {row['file_name']}: {reason or 'no reason recorded'}")
         elif reason and status != "unchanged":
             lines.append(f"    {row['file_name']} ({status}): {reason}")
-        changes = row.get("changes") if "changes" in row else None
-        held = [_words(line) for line in (str(changes).split("\n") if _words(changes) else []) if HELD_MARK in line]
         lines += [f"    held {row['file_name']}: {line}" for line in held]
     return ["  files that loaded or replaced nothing:"] + _capped(lines, "load_report.csv") if lines else []
 
