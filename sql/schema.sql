@@ -70,6 +70,11 @@ ALTER TABLE pupils ADD COLUMN IF NOT EXISTS round VARCHAR;
 -- school was since planned in a second round). The analysis reads `round` as sent.
 ALTER TABLE pupils ADD COLUMN IF NOT EXISTS key_round VARCHAR;
 
+-- Added later: the round a set-aside row sent, and its trial key's round as resolved at load (as
+-- pupils.key_round); NULL for rows set aside before they were kept, or naming no trial.
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS "round" VARCHAR;
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS key_round VARCHAR;
+
 -- Warnings about loaded rows (a value blanked, an outcome kept as no post-test) and about whole
 -- files (line NULL, e.g. read as Windows-1252), beside quarantine. Never holds a pupil_id.
 CREATE TABLE IF NOT EXISTS load_warnings (
@@ -107,3 +112,6 @@ CREATE TABLE IF NOT EXISTS change_sets (
     message             VARCHAR NOT NULL,   -- the line the officer was shown
     recorded_at         TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
+-- Added later: how many pupils kept by a change set have another outcome score (given, blanked or changed);
+-- NULL for change sets recorded before it was counted.
+ALTER TABLE change_sets ADD COLUMN IF NOT EXISTS scores_changed INTEGER;

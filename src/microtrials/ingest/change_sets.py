@@ -31,6 +31,7 @@ class ChangeSet:
     outcomes_after: int = 0
     added: int = 0
     removed: int = 0
+    scores_changed: int = 0  # pupils kept whose outcome score differs (a score given, blanked or changed)
     state: str = APPLIED
     reason: str = ""  # why it is held
     show_measure: bool = False  # the delivery holds several outcome measures of this trial round
@@ -63,10 +64,15 @@ class ChangeSet:
 
     @property
     def detail(self) -> str:
-        """'1 added, 2 removed; outcome scores 58 -> 60' (scores told when they move otherwise than
-        the pupils), or 'the same pupils'."""
+        """'1 added, 2 removed; 3 outcome scores changed; outcome scores 58 -> 60' (the totals told
+        when they move otherwise than the pupils), 'the same pupils; 12 outcome scores changed', or
+        'the same pupils and scores'."""
         parts = [f"{n} {what}" for n, what in ((self.added, "added"), (self.removed, "removed")) if n]
         text = ", ".join(parts) or "the same pupils"
+        if self.scores_changed:
+            text += f"; {self.scores_changed} outcome score{'' if self.scores_changed == 1 else 's'} changed"
+        elif not parts:
+            text += " and scores"
         scores = (self.outcomes_before, self.outcomes_after)
         if scores[0] != scores[1] and scores != (self.pupils_before, self.pupils_after):  # not just the pupils'
             text += f"; outcome scores {scores[0]} -> {scores[1]}"
@@ -126,7 +132,7 @@ class Plan:
 
 def stored_rows(con: duckdb.DuckDBPyConnection, schools: list[str]) -> list[tuple]:
     """The warehouse's pupil rows of these schools: (school_urn, intervention, outcome_measure,
-    round ('' for none), pupil_key, scored, key_round (the key's round at load; None for older rows))."""
+    round ('' for none), pupil_key, outcome, key_round (the key's round at load; None for older rows))."""
     with_schools = pa.table({"school_urn": pa.array(sorted(set(schools)), pa.string())})
     con.register("batch_schools", with_schools)
     try:
@@ -156,19 +162,29 @@ class _Keyed:
 
 
 class _Tally:
-    """Pupils (by pupil_key), rows and outcome scores of one (school, trial key)."""
+    """Pupils (by pupil_key, with their outcome score), rows and outcome scores of one (school, trial key)."""
 
-    __slots__ = ("pupils", "rows", "scores")
+    __slots__ = ("outcomes", "rows", "scores")
 
     def __init__(self) -> None:
-        self.pupils: set[str] = set()
+        self.outcomes: dict[str, float | None] = {}
         self.rows = 0
         self.scores = 0
 
-    def add(self, pupil: str, scored: bool) -> None:
-        self.pupils.add(pupil)
+    @property
+    def pupils(self) -> set[str]:
+        return set(self.outcomes)
+
+    def add(self, pupil: str, outcome: float | None) -> None:
+        scored = _scored(outcome)
+        self.outcomes[pupil] = outcome if scored else None
         self.rows += 1
-        self.scores += bool(scored)
+        self.scores += scored
+
+    def scores_changed(self, earlier: _Tally) -> int:
+        """Pupils in both whose outcome score differs (given, blanked or another value)."""
+        return sum(1 for pupil, score in self.outcomes.items()
+                   if pupil in earlier.outcomes and earlier.outcomes[pupil] != score)
 
 
 def _scored(outcome: object) -> bool:
@@ -195,7 +211,7 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
                ("file_name", "delivery_id", "school_urn", "intervention", "outcome_measure", "round", "pupil_key", "outcome")]
     for file_name, delivery_id, school, intervention, measure, round_sent, pupil, outcome in zip(*columns):
         key = keyed(school, intervention, measure, round_sent)
-        after.setdefault((file_name, delivery_id, school, key), _Tally()).add(pupil, _scored(outcome))
+        after.setdefault((file_name, delivery_id, school, key), _Tally()).add(pupil, outcome)
     carried = set(zip(columns[0], columns[3], columns[4]))
     for file_name, delivery_id, school, intervention, measure in named:
         if (file_name, intervention, measure) not in carried:
@@ -203,8 +219,8 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
     carried_keys = {(school, key) for _, _, school, key in after}
     stored_keys = [_stored_key(keyed, row, carried_keys) for row in stored]
     before: dict[tuple, _Tally] = {}
-    for (school, _, _, _, pupil, scored, *_), key in zip(stored, stored_keys):
-        before.setdefault((school, key), _Tally()).add(pupil, scored)
+    for (school, _, _, _, pupil, outcome, *_), key in zip(stored, stored_keys):
+        before.setdefault((school, key), _Tally()).add(pupil, outcome)
     measures: dict[tuple, set[str]] = {}
     for file_name, _, _, key in after:
         measures.setdefault((file_name, key.intervention, key.round), set()).add(key.outcome_measure)
@@ -255,7 +271,7 @@ def _change_set(names: tuple[str, str, str], file_name: str, delivery_id: str, s
         school_urn=school, key=key, intervention=intervention, outcome_measure=measure, round=round_name,
         delivery_id=delivery_id, file_name=file_name, pupils_before=old.rows, pupils_after=new.rows,
         outcomes_before=old.scores, outcomes_after=new.scores, added=len(new.pupils - old.pupils),
-        removed=len(old.pupils - new.pupils), state=(ACCEPTED if accept else HELD) if reason else APPLIED,
+        removed=len(old.pupils - new.pupils), scores_changed=new.scores_changed(old), state=(ACCEPTED if accept else HELD) if reason else APPLIED,
         reason=reason, show_measure=show_measure,
     )
 
@@ -263,14 +279,15 @@ def _change_set(names: tuple[str, str, str], file_name: str, delivery_id: str, s
 CHANGE_SET_COLUMNS = [
     "delivery_id", "file_name", "school_urn", "intervention", "outcome_measure", "round", "key_intervention",
     "key_outcome_measure", "key_round", "pupils_before", "pupils_after", "outcomes_before", "outcomes_after",
-    "added", "removed", "state", "reason", "message",
+    "added", "removed", "scores_changed", "state", "reason", "message",
 ]
 
 
 def change_sets_table(change_sets: list[ChangeSet]) -> pa.Table:
     """The ``change_sets`` rows of these change sets, as the Arrow table ``sql/insert_change_sets.sql`` reads."""
     rows = [c.row() for c in change_sets]
-    counts = {"pupils_before", "pupils_after", "outcomes_before", "outcomes_after", "added", "removed"}
+    counts = {"pupils_before", "pupils_after", "outcomes_before", "outcomes_after", "added", "removed",
+              "scores_changed"}
     return pa.table({c: pa.array([r[c] for r in rows], pa.int64() if c in counts else pa.string())
                      for c in CHANGE_SET_COLUMNS})
 
@@ -284,10 +301,10 @@ def withdrawal(con: duckdb.DuckDBPyConnection, keys: TrialKeys, school_urn: str,
     want_round = keys.key("", "", "", round_name).round if round_name else None
     before: dict[TrialKey, _Tally] = {}
     replace = set()
-    for school, intervention, measure, round_sent, pupil, scored, _ in stored_rows(con, [school_urn]):
+    for school, intervention, measure, round_sent, pupil, outcome, _ in stored_rows(con, [school_urn]):
         key = keyed(school, intervention, measure, round_sent)
         if (want_trial is None or key.intervention == want_trial) and (want_round is None or key.round == want_round):
-            before.setdefault(key, _Tally()).add(pupil, scored)
+            before.setdefault(key, _Tally()).add(pupil, outcome)
             replace.add((school, intervention, measure, round_sent or ""))
     measures: dict[tuple, set[str]] = {}
     for key in before:
