@@ -54,8 +54,8 @@ QUARANTINE_COLUMNS = [
 LOAD_REPORT_COLUMNS = [
     C("file_name", "VARCHAR", description="a file now in the extracts folder"),
     C("status", "VARCHAR", description="'loaded', 'unchanged' (same bytes seen before), 'held' or 'partly held' "
-      "(a change that would lose more than half of a trial round's pupils or scores, waiting for "
-      "`microtrials accept`), 'rejected' or 'ignored'"),
+      "(a change that would lose more than half of a trial round's pupils or scores, or the very file of "
+      "a school since withdrawn, waiting for `microtrials accept`), 'rejected' or 'ignored'"),
     C("school_urn", "VARCHAR", description="the school's URN; blank when the file could not be read"),
     C("trials", "VARCHAR", description="the trials the file holds, 'intervention / outcome_measure' joined by '; '"),
     C("rows_read", "BIGINT", description="data lines read"),

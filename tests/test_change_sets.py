@@ -237,6 +237,36 @@ def test_withdraw_removes_a_school_or_one_round_and_records_it(con, write_extrac
     assert pupils(con, "222006") == []
 
 
+def test_a_withdrawn_schools_same_file_under_a_new_name_is_held_not_loaded(con, write_extract):
+    """Red team: after `microtrials withdraw`, the same bytes under another name loaded again."""
+    from microtrials.ingest.loading import accept_file, withdraw
+
+    both = pupil_rows(20, urn="222005", intervention="Café Readers") + pupil_rows(
+        12, urn="222005", intervention="Maths", measure="PUMA")
+    load_file(con, write_extract("222005.csv", both), KEY)
+    withdraw(con, "222005", "CR")  # one trial: Maths stays
+    copy = write_extract("222005_resent.csv", both)
+    report = load_file(con, copy, KEY)
+    line = ("222005 Café Readers 2026 Autumn: held, not applied: school 222005 was withdrawn from it (microtrials "
+            "withdraw) after this same file was loaded as 222005.csv; it stays withdrawn (to apply it on purpose: "
+            "microtrials accept 222005_resent.csv)")
+    assert report.status == "partly held" and report.changes == [line, "222005 Maths: 12 pupils replaced by 12 "
+                                                                   "(the same pupils and scores)"]
+    assert report.trials_held["Café Readers / NGRT / 2026 Autumn"].endswith("tell the data team, who can load the "
+                                                                            "file on purpose")
+    assert pupils(con, "222005") == [("", 12, 12)]
+    assert load_file(con, copy, KEY).status == "partly held"  # the next run: still held, nothing read again
+    assert load_file(con, write_extract("222005_again.csv", both), KEY).status == "partly held"
+    assert pupils(con, "222005") == [("", 12, 12)]
+    accepted = accept_file(con, copy, KEY)  # the officer's explicit choice undoes the withdrawal
+    assert accepted.status == "loaded" and accepted.changes == [
+        "222005 Café Readers 2026 Autumn: 20 pupils added; accepted by the officer"]
+    assert pupils(con, "222005") == [("", 32, 32)]
+    withdraw(con, "222005")
+    fresh = write_extract("222005_new.csv", pupil_rows(21, urn="222005", intervention="Café Readers"))
+    assert load_file(con, fresh, KEY).changes == ["222005 Café Readers 2026 Autumn: 21 pupils added"]  # new content
+
+
 def test_the_accept_and_withdraw_commands(con, write_extract, tmp_path, capsys, monkeypatch):
     from microtrials import cli
     from microtrials.ingest.privacy import pupil_key

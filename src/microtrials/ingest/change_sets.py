@@ -34,6 +34,7 @@ class ChangeSet:
     scores_changed: int = 0  # pupils kept whose outcome score differs (a score given, blanked or changed)
     state: str = APPLIED
     reason: str = ""  # why it is held
+    withdrawn_copy: str = ""  # held because this same content was loaded under this name before a withdrawal
     show_measure: bool = False  # the delivery holds several outcome measures of this trial round
 
     @property
@@ -54,8 +55,8 @@ class ChangeSet:
         if self.state == WITHDRAWN:
             return f"{self.label}: withdrawn, {before} removed"
         if self.state == HELD:
-            return (f"{self.label}{HELD_MARK}{self.reason}; the earlier {before} stay as they were (to apply it "
-                    f"on purpose: microtrials accept {self.file_name})")
+            kept = "it stays withdrawn" if self.withdrawn_copy else f"the earlier {before} stay as they were"
+            return f"{self.label}{HELD_MARK}{self.reason}; {kept} (to apply it on purpose: microtrials accept {self.file_name})"
         if self.pupils_before == 0:
             text = f"{self.label}: {after} added"
         else:
@@ -80,6 +81,8 @@ class ChangeSet:
 
     def school_text(self, rows_set_aside: bool) -> str:
         """Why the change was held and what to do, as the school's feedback file says it."""
+        if self.withdrawn_copy:
+            return f"held, not applied: {self.reason}; {HOLD_FIX_WITHDRAWN}"
         action = (HOLD_FIX_ROWS if rows_set_aside else HOLD_FIX_LEFT)
         return f"held, not applied: {self.reason}, so the earlier rows stay as they were; {action}"
 
@@ -88,6 +91,7 @@ class ChangeSet:
         fields = asdict(self)
         key = fields.pop("key")
         fields.pop("show_measure")
+        fields.pop("withdrawn_copy")
         return fields | {"key_intervention": key["intervention"], "key_outcome_measure": key["outcome_measure"],
                          "key_round": key["round"], "message": self.message}
 
@@ -107,9 +111,16 @@ def hold_reason(pupils_before: int, pupils_after: int, outcomes_before: int, out
     return ""
 
 
+def withdrawn_reason(school_urn: str, earlier_file: str) -> str:
+    """Why a file is held whose very content was loaded for a (school, trial round) since withdrawn."""
+    return (f"school {school_urn} was withdrawn from it (microtrials withdraw) after this same file was loaded "
+            f"as {earlier_file}")
+
+
 # How a held change reads (the marker finds the held lines of a stored report), and what the school can do.
 HELD_MARK = ": held, not applied: "
 HOLD_FIX_ROWS = "see the rows set aside and why, correct them and send the file again"
+HOLD_FIX_WITHDRAWN = "if the school takes part in this trial again, tell the data team, who can load the file on purpose"
 HOLD_FIX_LEFT = ("check the file holds every pupil randomised and every score, and send it again; if pupils "
                  "really left the trial, tell the data team, who can apply the file on purpose")
 
@@ -192,7 +203,7 @@ def _scored(outcome: object) -> bool:
 
 
 def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named: list[tuple] = (),
-                 accept: bool = False) -> Plan:
+                 accept: bool = False, withdrawn: dict[tuple[str, str, TrialKey], str] | None = None) -> Plan:
     """What each delivery would do, per (school, trial key), and the rows to delete and insert.
 
     ``stored``: :func:`stored_rows` of the deliveries' schools; ``incoming``: the staged rows
@@ -202,9 +213,13 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
     round the registry places the school in.
 
     A change set that would lose more than half of the school's pupils or outcome scores for its
-    trial round is ``held`` (nothing of it applied), unless ``accept``: then the held ones are
-    ``accepted`` and applied, and the others are left out (an accept applies what was held only).
+    trial round is ``held`` (nothing of it applied), and so is one whose (delivery_id, school, key)
+    is in ``withdrawn`` (:func:`withdrawn_copies`: this very content was loaded for a trial round
+    the school has since been withdrawn from; the value is the name it was loaded as), unless
+    ``accept``: then the held ones are ``accepted`` and applied, and the others are left out (an
+    accept applies what was held only).
     """
+    withdrawn = withdrawn or {}
     keyed = _Keyed(keys)
     after: dict[tuple, _Tally] = {}
     columns = [incoming.column(c).to_pylist() for c in
@@ -229,8 +244,9 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
         old = before.get((school, key), _Tally())
         if new.rows or old.rows:
             show = len(measures[file_name, key.intervention, key.round]) > 1
-            change_sets.append(_change_set(keyed.names[school, key], file_name, delivery_id, school, key, old, new,
-                                           show, accept))
+            change = _change_set(keyed.names[school, key], file_name, delivery_id, school, key, old, new, show,
+                                 accept, withdrawn.get((delivery_id, school, key), ""))
+            change_sets.append(change)
     if accept:
         change_sets = [c for c in change_sets if c.state == ACCEPTED]
     applied = {(c.file_name, c.school_urn, c.key) for c in change_sets if c.state in (APPLIED, ACCEPTED)}
@@ -263,16 +279,18 @@ def _table(rows: set[tuple], schema: pa.Schema) -> pa.Table:
 
 
 def _change_set(names: tuple[str, str, str], file_name: str, delivery_id: str, school: str, key: TrialKey,
-                old: _Tally, new: _Tally, show_measure: bool, accept: bool) -> ChangeSet:
-    """One planned change set, held or not."""
+                old: _Tally, new: _Tally, show_measure: bool, accept: bool, withdrawn_copy: str) -> ChangeSet:
+    """One planned change set, held or not (``withdrawn_copy``: held as the name this content was
+    loaded as before the school was withdrawn)."""
     intervention, measure, round_name = names
-    reason = hold_reason(old.rows, new.rows, old.scores, new.scores)
+    reason = (withdrawn_reason(school, withdrawn_copy) if withdrawn_copy
+              else hold_reason(old.rows, new.rows, old.scores, new.scores))
     return ChangeSet(
         school_urn=school, key=key, intervention=intervention, outcome_measure=measure, round=round_name,
         delivery_id=delivery_id, file_name=file_name, pupils_before=old.rows, pupils_after=new.rows,
         outcomes_before=old.scores, outcomes_after=new.scores, added=len(new.pupils - old.pupils),
         removed=len(old.pupils - new.pupils), scores_changed=new.scores_changed(old), state=(ACCEPTED if accept else HELD) if reason else APPLIED,
-        reason=reason, show_measure=show_measure,
+        reason=reason, withdrawn_copy=withdrawn_copy, show_measure=show_measure,
     )
 
 
@@ -290,6 +308,25 @@ def change_sets_table(change_sets: list[ChangeSet]) -> pa.Table:
               "scores_changed"}
     return pa.table({c: pa.array([r[c] for r in rows], pa.int64() if c in counts else pa.string())
                      for c in CHANGE_SET_COLUMNS})
+
+
+def withdrawn_copies(con: duckdb.DuckDBPyConnection, delivery_ids: list[str]) -> dict[tuple[str, str, TrialKey], str]:
+    """Which of these contents (sha256) were applied to a (school, trial key) that has since been
+    withdrawn and not delivered again: (delivery_id, school, key) -> the file name it was loaded as.
+    Delivered again under any name, such a content is held, not loaded (withdrawing is the officer's
+    explicit choice; only ``microtrials accept`` undoes it)."""
+    if not delivery_ids:
+        return {}
+    withdrawn = {(school, TrialKey(*key)) for school, *key in con.execute(warehouse.sql("withdrawn_schools")).fetchall()}
+    if not withdrawn:
+        return {}
+    con.register("batch_ids", pa.table({"delivery_id": pa.array(sorted(set(delivery_ids)), pa.string())}))
+    try:
+        applied = con.execute(warehouse.sql("applied_contents")).fetchall()
+    finally:
+        con.unregister("batch_ids")
+    return {(delivery_id, school, TrialKey(*key)): file_name for delivery_id, file_name, school, *key in applied
+            if (school, TrialKey(*key)) in withdrawn}
 
 
 def withdrawal(con: duckdb.DuckDBPyConnection, keys: TrialKeys, school_urn: str, trial: str | None = None,

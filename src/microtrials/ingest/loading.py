@@ -703,7 +703,8 @@ def _plan(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], accept: bool,
     named = [(d.report.file_name, d.delivery_id, d.report.school_urn, i, m)
              for d in loaded for i, m in d.report.trials if trials_text([(i, m)]) not in d.report.trials_rejected]
     stored = change_sets.stored_rows(cur, [d.report.school_urn for d in loaded])
-    return change_sets.plan_changes(stored, incoming, keys, named, accept)
+    withdrawn = change_sets.withdrawn_copies(cur, [d.delivery_id for d in loaded])
+    return change_sets.plan_changes(stored, incoming, keys, named, accept, withdrawn)
 
 
 QUARANTINE_ROUNDS = pa.schema([(c, pa.string()) for c in ("school_urn", "intervention", "outcome_measure", "round",
