@@ -180,7 +180,8 @@ def test_a_sentence_quoting_a_formula_like_name_gets_no_second_quote():
     assert b"''" not in files["registry_report.csv"]
 
 
-@pytest.mark.parametrize("name,round_name", [("@Home reading", "-"), ("=Maths", "+1 term"), ("-", "@2026")])
+@pytest.mark.parametrize("name,round_name", [("@Home reading", "-"), ("=Maths", "+1 term"), ("-", "@2026"),
+                                             ("'=Maths", "'-")])  # sent with a quote: written as sent, read alike
 def test_one_row_per_trial_compares_formula_like_names_as_sent(tmp_path, name, round_name):
     """Issue 21: "@Home reading" or a round named "-" failed `one_row_per_trial` on every run."""
     results = pd.DataFrame({"intervention": [name, "Reading Boost"], "outcome_measure": ["NGRT", "+NGRT"],
@@ -197,7 +198,8 @@ def test_one_row_per_trial_compares_formula_like_names_as_sent(tmp_path, name, r
     out = tmp_path / "out"
     out.mkdir()
     (out / "evidence_table.csv").write_bytes(publish.csv_bytes(results))
-    assert f"'{name}" in (out / "evidence_table.csv").read_text(encoding="utf-8-sig")  # as Excel must see it
+    written = (out / "evidence_table.csv").read_text(encoding="utf-8-sig")
+    assert f"'{name}" in written if publish.reads_as_formula(name) else f"'{name}" not in written  # as Excel must see it
     settings = Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(out))
     result = checks.one_row_per_trial(context=dg.build_asset_check_context(), settings=settings,
                                       warehouse_db=Warehouse(database=str(db)))
