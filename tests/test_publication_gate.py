@@ -273,9 +273,13 @@ def hostile_folder(root: Path, registry: bool) -> Path:
     _rewrite(extracts / "111397.csv", _set_cell("round", "Ольга Ahmed"))
     _rewrite(extracts / "111435.csv", _set_cell("arm", "أحمد"))
     _rewrite(extracts / "111448.csv", _set_cell("outcome", "Jane"))
-    if registry:  # a pupil's name typed as the intervention by two schools, on every row: only registered names show
-        for urn in ("111559", "111597"):
-            _rewrite(extracts / f"{urn}.csv", _set_column("intervention", WIDE))
+    if registry:  # a pupil's name typed by two schools on every row, as the intervention, the outcome measure
+        # or the round: with a registry, only registered names show
+        for urn, column in (("111559", "intervention"), ("111597", "intervention"), ("111114", "outcome_measure"),
+                            ("111295", "outcome_measure")):
+            _rewrite(extracts / f"{urn}.csv", _set_column(column, WIDE))
+        for urn in ("111571", "111163"):
+            _rewrite(extracts / f"{urn}.csv", _add_column("round", WIDE))
     for urn, name in (("111375", CYRILLIC), ("111109", ARABIC), ("111112", LATIN)):
         (extracts / f"{urn}.csv").rename(extracts / f"{name} {urn}.csv")
     (extracts / f"{LATIN}.txt").write_text("notes", encoding="utf-8")
