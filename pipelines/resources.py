@@ -54,6 +54,11 @@ class Settings(dg.ConfigurableResource):
     def feedback(self) -> Path:
         return Path(self.feedback_dir) if self.feedback_dir else self.out.parent / "feedback"
 
+    @property
+    def demo(self) -> bool:
+        """Whether this is the bundled demo (no workspace, the demo's extracts), not an officer's workspace."""
+        return not self.workspace_dir and self.extracts.resolve() == DEFAULT_EXTRACTS.resolve()
+
 
 class Warehouse(DuckDBResource):
     """The DuckDB warehouse file (dagster-duckdb's resource: ``database``, ``connection_config``), opened the

@@ -86,8 +86,11 @@ class WarehouseBusy(Exception):
 def recorded_files(db_path: str, files: dict[str, str]) -> set[str]:
     """The names among ``files`` ({file name: sha256}) that `deliveries` records with that content.
 
-    Opens the warehouse read-only; none before the warehouse exists. Raises :class:`WarehouseBusy`
-    while a run holds the write lock.
+    Opens the warehouse read-only; none before the warehouse exists, and none in a warehouse no
+    writing connection of this version has opened yet (without the ``latest_deliveries`` view of
+    ``sql/schema.sql``, which a read-only connection cannot create): its files then go to a run,
+    which brings the warehouse up to date and finds the files it already holds ``unchanged``.
+    Raises :class:`WarehouseBusy` while a run holds the write lock.
     """
     if not files or not Path(db_path).is_file():
         return set()
@@ -98,7 +101,7 @@ def recorded_files(db_path: str, files: dict[str, str]) -> set[str]:
             raise WarehouseBusy(str(exc)) from exc
         raise
     try:
-        if not warehouse.table_exists(con, "deliveries"):
+        if not warehouse.table_exists(con, "latest_deliveries"):
             return set()
         frame = pd.DataFrame({"file_name": list(files), "delivery_id": list(files.values())})
         con.register("files_now", frame)

@@ -46,13 +46,16 @@ QUARANTINE_COLUMNS = [
     C("intervention", "VARCHAR", description="the trial the row named, so a re-delivery of the trial replaces it"),
     C("outcome_measure", "VARCHAR", description="the trial's outcome measure, as delivered"),
     C("rule", "VARCHAR", description="short name of the rule broken, as in the load report"),
+    C("round", "VARCHAR", description="the round the row sent (blank: none)"),
+    C("key_round", "VARCHAR", description="the round the row's trial key resolved to at load, as the pupil rows "
+      "keep it (blank for a row naming no trial, or set aside before it was kept)"),
 ]
 
 LOAD_REPORT_COLUMNS = [
     C("file_name", "VARCHAR", description="a file now in the extracts folder"),
     C("status", "VARCHAR", description="'loaded', 'unchanged' (same bytes seen before), 'held' or 'partly held' "
-      "(a change that would lose more than half of a trial round's pupils or scores, waiting for "
-      "`microtrials accept`), 'rejected' or 'ignored'"),
+      "(a change that would lose more than half of a trial round's pupils or scores, or the very file of "
+      "a school since withdrawn, waiting for `microtrials accept`), 'rejected' or 'ignored'"),
     C("school_urn", "VARCHAR", description="the school's URN; blank when the file could not be read"),
     C("trials", "VARCHAR", description="the trials the file holds, 'intervention / outcome_measure' joined by '; '"),
     C("rows_read", "BIGINT", description="data lines read"),
@@ -82,6 +85,8 @@ CHANGE_SETS_COLUMNS = [
     C("outcomes_after", "INTEGER", description="outcome scores after"),
     C("added", "INTEGER", description="pupils delivered who were not there before"),
     C("removed", "INTEGER", description="pupils there before whom the change leaves out"),
+    C("scores_changed", "INTEGER", description="pupils kept whose outcome score differs (given, blanked or "
+      "another value); blank for change sets recorded before it was counted"),
     C("state", "VARCHAR", description="'applied', 'held' (nothing of it applied), 'accepted' (applied by "
       "`microtrials accept`) or 'withdrawn' (`microtrials withdraw`)"),
     C("reason", "VARCHAR", description="why it was held"),

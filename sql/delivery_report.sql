@@ -1,12 +1,8 @@
 -- The records of these exact files (registered frame `batch_keys`: same name, same content hash)
--- that were loaded or held, when that record is still the latest under the file's name: a school
--- that sends an earlier file again (to undo a wrong one) has it applied again, not "unchanged".
+-- that were loaded or held, when that record is still the latest under the file's name
+-- (`latest_deliveries`): a school that sends an earlier file again (to undo a wrong one) has it
+-- applied again, not "unchanged".
 SELECT latest.delivery_id, latest.file_name, latest.report_json, latest.status
-FROM (
-    SELECT d.delivery_id, d.file_name, d.report_json, d.status
-    FROM deliveries AS d
-    WHERE d.file_name IN (SELECT file_name FROM batch_keys)
-    QUALIFY row_number() OVER (PARTITION BY d.file_name ORDER BY d.loaded_at DESC) = 1
-) AS latest
+FROM latest_deliveries AS latest
 JOIN batch_keys AS k ON latest.delivery_id = k.delivery_id AND latest.file_name = k.file_name
 WHERE latest.status IN ('loaded', 'held', 'partly held')

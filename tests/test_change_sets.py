@@ -77,12 +77,34 @@ def test_a_corrected_file_with_an_alias_spelling_keeps_all_60_pupils(con, write_
     for n, spelling in enumerate(("Café Readers", "CR")):
         again = [r[:2] + [spelling] + r[3:] for r in corrected]
         report = load_file(con, write_extract(f"222005_v{n}.csv", again), KEY)
-        assert report.changes == ["222005 Café Readers 2026 Autumn: 60 pupils replaced by 60 (the same pupils)"]
+        assert report.changes == ["222005 Café Readers 2026 Autumn: 60 pupils replaced by 60 (the same pupils and scores)"]
         assert pupils(con, "222005") == [("", 60, 60)]
     recorded = con.execute("SELECT state, pupils_before, pupils_after, added, removed FROM change_sets "
                            "WHERE school_urn = '222005' ORDER BY recorded_at, file_name").fetchall()
     assert recorded == [("applied", 0, 59, 59, 0), ("applied", 59, 60, 1, 0), ("applied", 60, 60, 0, 0),
                         ("applied", 60, 60, 0, 0)]
+
+
+def test_a_redelivery_with_other_scores_for_the_same_pupils_says_how_many_changed(con, write_extract):
+    """Red team: new scores for the same 40 pupils read only "(the same pupils)"."""
+    OUTCOME = EXTRACT_HEADER.index("outcome")
+    first = pupil_rows(40, urn="222005", intervention="Café Readers")
+    load_file(con, write_extract("222005.csv", first), KEY)
+    rescored = [list(row) for row in first]
+    for row in rescored[:12]:  # 11 scores corrected, one blanked
+        row[OUTCOME] = str(int(row[OUTCOME]) + 5)
+    rescored[11][OUTCOME] = ""
+    report = load_file(con, write_extract("222005_v2.csv", rescored), KEY)
+    line = ("222005 Café Readers 2026 Autumn: 40 pupils replaced by 40 (the same pupils; 12 outcome scores changed; "
+            "outcome scores 40 -> 39)")
+    assert report.changes == [line]
+    assert con.execute("SELECT scores_changed, message FROM change_sets ORDER BY recorded_at DESC LIMIT 1").fetchone() == (
+        12, line)
+    more = rescored[:39] + pupil_rows(2, urn="222005", intervention="Café Readers", start=41)
+    more[0][OUTCOME] = "70"  # was 86: with a pupil gone and two added, one score changed, one scored more
+    report = load_file(con, write_extract("222005_v3.csv", more), KEY)
+    assert report.changes == ["222005 Café Readers 2026 Autumn: 40 pupils replaced by 41 (2 added, 1 removed; "
+                              "1 outcome score changed; outcome scores 39 -> 40)"]
 
 
 def test_per_round_files_keep_every_round(con, write_extract):
@@ -215,6 +237,36 @@ def test_withdraw_removes_a_school_or_one_round_and_records_it(con, write_extrac
     assert pupils(con, "222006") == []
 
 
+def test_a_withdrawn_schools_same_file_under_a_new_name_is_held_not_loaded(con, write_extract):
+    """Red team: after `microtrials withdraw`, the same bytes under another name loaded again."""
+    from microtrials.ingest.loading import accept_file, withdraw
+
+    both = pupil_rows(20, urn="222005", intervention="Café Readers") + pupil_rows(
+        12, urn="222005", intervention="Maths", measure="PUMA")
+    load_file(con, write_extract("222005.csv", both), KEY)
+    withdraw(con, "222005", "CR")  # one trial: Maths stays
+    copy = write_extract("222005_resent.csv", both)
+    report = load_file(con, copy, KEY)
+    line = ("222005 Café Readers 2026 Autumn: held, not applied: school 222005 was withdrawn from it (microtrials "
+            "withdraw) after this same file was loaded as 222005.csv; it stays withdrawn (to apply it on purpose: "
+            "microtrials accept 222005_resent.csv)")
+    assert report.status == "partly held" and report.changes == [line, "222005 Maths: 12 pupils replaced by 12 "
+                                                                   "(the same pupils and scores)"]
+    assert report.trials_held["Café Readers / NGRT / 2026 Autumn"].endswith("tell the data team, who can load the "
+                                                                            "file on purpose")
+    assert pupils(con, "222005") == [("", 12, 12)]
+    assert load_file(con, copy, KEY).status == "partly held"  # the next run: still held, nothing read again
+    assert load_file(con, write_extract("222005_again.csv", both), KEY).status == "partly held"
+    assert pupils(con, "222005") == [("", 12, 12)]
+    accepted = accept_file(con, copy, KEY)  # the officer's explicit choice undoes the withdrawal
+    assert accepted.status == "loaded" and accepted.changes == [
+        "222005 Café Readers 2026 Autumn: 20 pupils added; accepted by the officer"]
+    assert pupils(con, "222005") == [("", 32, 32)]
+    withdraw(con, "222005")
+    fresh = write_extract("222005_new.csv", pupil_rows(21, urn="222005", intervention="Café Readers"))
+    assert load_file(con, fresh, KEY).changes == ["222005 Café Readers 2026 Autumn: 21 pupils added"]  # new content
+
+
 def test_the_accept_and_withdraw_commands(con, write_extract, tmp_path, capsys, monkeypatch):
     from microtrials import cli
     from microtrials.ingest.privacy import pupil_key
@@ -267,7 +319,7 @@ def test_rows_sent_without_a_round_are_replaced_after_the_school_joins_a_second_
     history.store_registry(con, registry.read_registry(later.encode()), later, datetime(2026, 10, 1))
     sent = rows_in_round(20, "222005", "2026 Autumn")
     report = load_file(con, write_extract("222005_v2.csv", sent, header=ROUND_HEADER), KEY)
-    assert report.changes == ["222005 Café Readers 2026 Autumn: 20 pupils replaced by 20 (the same pupils)"]
+    assert report.changes == ["222005 Café Readers 2026 Autumn: 20 pupils replaced by 20 (the same pupils and scores)"]
     assert pupils(con, "222005") == [("2026 Autumn", 20, 20)]
     assert con.execute("SELECT count(*), count(DISTINCT pupil_key) FROM pupils").fetchone() == (20, 20)
 
@@ -281,3 +333,22 @@ def test_rows_sent_without_a_round_are_replaced_by_a_file_without_a_round_after_
     report = load_file(con, write_extract("222005_v2.csv", again), KEY)
     assert report.changes == ["222005 Café Readers: 20 pupils replaced by 22 (2 added)"]
     assert pupils(con, "222005") == [("", 22, 22)]
+
+
+def test_rows_set_aside_carry_the_round_their_key_resolved_to_like_the_pupil_rows(con, write_extract):
+    """Red team: quarantine rows carried no round. A row set aside by a rule (an arm typo), one set
+    aside as a gross error of the whole trial (99999999), and a row naming no trial."""
+    OUTCOME = EXTRACT_HEADER.index("outcome")
+    planned = pupil_rows(20, urn="222005", intervention="CR")  # no round: the one round the school is planned in
+    planned[0][ARM] = "interventon"
+    load_file(con, write_extract("222005.csv", planned), KEY)
+    per_round = rows_in_round(20, "222006", "2026 spring")
+    per_round[1][ARM] = "treatment"
+    per_round[2][OUTCOME] = "99999999"
+    per_round[3][2] = ""
+    load_file(con, write_extract("222006.csv", per_round, header=ROUND_HEADER), KEY)
+    got = con.execute("SELECT school_urn, line, \"round\", key_round FROM quarantine ORDER BY 1, 2").fetchall()
+    assert got == [("222005", 2, None, "2026 autumn"), ("222006", 3, "2026 spring", "2026 spring"),
+                   ("222006", 4, "2026 spring", "2026 spring"), ("222006", 5, "2026 spring", None)]
+    stored = con.execute("SELECT DISTINCT school_urn, key_round FROM pupils ORDER BY 1").fetchall()
+    assert stored == [("222005", "2026 autumn"), ("222006", "2026 spring")]

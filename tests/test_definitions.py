@@ -20,6 +20,19 @@ def test_definitions_load():
     assert {"pupils", "trial_results", "evidence_table"} <= keys
 
 
+def test_the_pupils_asset_lists_every_column_of_the_warehouse_table(tmp_path: Path):
+    """The `pupils` asset's column metadata lacked `round` and `key_round`: it is checked against the
+    table the schema really creates (names and types, in order)."""
+    from microtrials.ingest import warehouse
+    from pipelines.assets.loading import PUPILS_SCHEMA
+
+    with warehouse.connect(tmp_path / "w.duckdb") as con:
+        columns = con.execute("SELECT column_name, data_type FROM information_schema.columns "
+                              "WHERE table_name = 'pupils' ORDER BY ordinal_position").fetchall()
+    assert [(c.name, c.type) for c in PUPILS_SCHEMA.columns] == columns
+    assert all(c.description for c in PUPILS_SCHEMA.columns if c.name in ("round", "key_round"))
+
+
 def test_load_and_refresh_publishes_evidence_table(tmp_path: Path):
     from pipelines.definitions import defs
     from pipelines.jobs import partition_range_tags

@@ -1,8 +1,11 @@
-"""Model-based test: random delivery sequences against "the latest accepted delivery per (school, trial, round) wins"."""
+"""Model-based test: random delivery sequences against "the latest accepted delivery per (school, trial, round) wins"
+(a withdrawn school's very file, sent again under any name, held until accepted)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -96,6 +99,8 @@ class Deliveries(RuleBasedStateMachine):
         self.model: dict[tuple[str, str, str], dict[str, bool]] = {}
         self.files: dict[str, tuple[str, list[Block]]] = {}  # name -> (school, blocks)
         self.status: dict[str, str] = {}  # name -> what the warehouse recorded: applied, held, rejected
+        self.withdrawn: set[tuple[str, str, str]] = set()  # keys withdrawn and not delivered since
+        self.applied_by: dict[str, set[tuple]] = {}  # a file's sha256 -> the keys it was applied to
         self.names = itertools.count()
         self.recorded = 0
 
@@ -113,17 +118,27 @@ class Deliveries(RuleBasedStateMachine):
                 out.setdefault(block_key(school, block), {})[row[1]] = row[5] != ""
         return out
 
-    def would_hold(self, key: tuple, new: dict[str, bool]) -> bool:
+    def would_hold(self, name: str, key: tuple, new: dict[str, bool]) -> bool:
+        """Held: it would lose more than half, or this very content was applied to a key since withdrawn."""
+        if key in self.withdrawn and key in self.applied_by.get(self.content(name), set()):
+            return True
         old = self.model.get(key, {})
         return 2 * len(new) < len(old) or 2 * sum(new.values()) < sum(old.values())
+
+    def content(self, name: str) -> str:
+        return hashlib.sha256((self.folder / name).read_bytes()).hexdigest()
+
+    def apply(self, name: str, changes: dict[tuple, dict[str, bool]]) -> None:
+        for key, new in changes.items():
+            self.model[key] = new
+            self.withdrawn.discard(key)
+            self.applied_by.setdefault(self.content(name), set()).add(key)
 
     def expect_load(self, name: str, report) -> None:
         school, file_blocks = self.files[name]
         changes = self.delivered(school, file_blocks)
-        held = {key for key, new in changes.items() if self.would_hold(key, new)}
-        for key, new in changes.items():
-            if key not in held:
-                self.model[key] = new
+        held = {key for key, new in changes.items() if self.would_hold(name, key, new)}
+        self.apply(name, {key: new for key, new in changes.items() if key not in held})
         assert len(report.changes) == len(changes), (report.changes, changes)
         assert sum("held, not applied" in line for line in report.changes) == len(held)
         expected = "loaded" if not held else ("held" if len(held) == len(changes) else "partly held")
@@ -161,6 +176,19 @@ class Deliveries(RuleBasedStateMachine):
 
     @precondition(lambda self: self.files)
     @rule(data=st.data())
+    def deliver_copy(self, data) -> None:
+        """A file sent again under a new name (the very same bytes), e.g. after its school was withdrawn."""
+        earlier = data.draw(st.sampled_from(sorted(self.files)))
+        name = f"{self.files[earlier][0]}_{next(self.names)}.csv"
+        self.files[name] = self.files[earlier]
+        shutil.copyfile(self.folder / earlier, self.folder / name)
+        refused = any(k in self.withdrawn and k in self.applied_by.get(self.content(name), set())
+                      for k in self.delivered(*self.files[name]))
+        event(f"copy: {'of a withdrawn file' if refused else 'plain'}")
+        self.expect_load(name, load_file(self.con, self.folder / name, KEY))
+
+    @precondition(lambda self: self.files)
+    @rule(data=st.data())
     def load_again(self, data) -> None:
         """The same file in the folder at the next run: nothing changes (held stays held)."""
         name = data.draw(st.sampled_from(sorted(self.files)))
@@ -174,8 +202,8 @@ class Deliveries(RuleBasedStateMachine):
         name = data.draw(st.sampled_from(sorted(n for n, s in self.status.items() if s != "loaded")))
         school, file_blocks = self.files[name]
         report = accept_file(self.con, self.folder / name, KEY)
-        held = {k: new for k, new in self.delivered(school, file_blocks).items() if self.would_hold(k, new)}
-        self.model.update(held)
+        held = {k: new for k, new in self.delivered(school, file_blocks).items() if self.would_hold(name, k, new)}
+        self.apply(name, held)
         if held:
             assert report.status == "loaded" and len(report.changes) == len(held)
             assert all(line.endswith("accepted by the officer") for line in report.changes)
@@ -199,6 +227,7 @@ class Deliveries(RuleBasedStateMachine):
         event(f"withdraw: {'some rows' if gone else 'nothing to remove'}")
         for key in gone:
             del self.model[key]
+            self.withdrawn.add(key)
         self.recorded += len(gone)
 
     # ---- after every step --------------------------------------------------------------------------

@@ -79,11 +79,31 @@ def test_first_and_gone_rows_and_no_change():
     row = {"intervention": "Talk for writing", "outcome_measure": "Writing", "round": "2026 Autumn",
            "effect_size": 0.31, "months_progress": 4, "evidence_strength": 2, "status": "interim"}
     assert history.what_changed(None, [row]) == [
-        "Talk for writing (Writing, 2026 Autumn): first published, +4 months, evidence strength 2 of 5."]
+        "Talk for writing (Writing, 2026 Autumn): first published, +4 months, evidence strength 2 of 5 (provisional)."]
     assert history.what_changed([row], []) == ["Talk for writing (Writing, 2026 Autumn): no longer in the evidence table."]
     assert history.what_changed([row], [dict(row)]) == []
     respelt = dict(row, intervention="talk for  WRITING")
     assert history.what_changed([row], [respelt]) == []  # rows match by match_key
+
+
+def test_an_interim_result_s_strength_is_said_as_its_page_shows_it():
+    """The run log's "since the last publication" said an interim result's strength uncapped (4 of 5)
+    while its page capped it at 2: both now use views.shown_strength."""
+    from microtrials.publish import views
+
+    row = {"intervention": "Talk for writing", "outcome_measure": "Writing", "round": "2026 Autumn",
+           "effect_size": 0.31, "months_progress": 4, "evidence_strength": 4, "status": "interim", "schools": 8}
+    page = views.trial_view(pd.Series(row), "talk")
+    assert (page.strength, page.strength_text, page.provisional) == (2, "2 of 5", True)
+    assert history.what_changed(None, [row]) == [
+        "Talk for writing (Writing, 2026 Autumn): first published, +4 months, evidence strength 2 of 5 (provisional)."]
+    # more schools, still interim and still capped: no strength change is said; complete: 2 -> 4
+    assert history.what_changed([row], [dict(row, evidence_strength=5, schools=9)]) == [
+        "Talk for writing (Writing, 2026 Autumn): schools 8 → 9."]
+    final = history.what_changed([row], [dict(row, status="published")])[0]
+    assert "evidence strength 2 → 4" in final and "status interim → published" in final
+    points = views.history_view(pd.DataFrame([dict(row, published_at="2026-12-01 09:00")]), [], "").points
+    assert points[0].strength == "2 of 5"
 
 
 def test_cumulative_plot_is_png_and_escapes_dollars():

@@ -148,12 +148,40 @@ def test_an_oversized_registry_is_refused_before_it_is_read(tmp_path, monkeypatc
 @given(st.text(max_size=12))
 def test_published_text_undoes_the_neutralising_quote_exactly(text):
     written = publish.neutralise_formulas(pd.DataFrame({"name": [text]}))["name"][0]
-    assert publish.published_text(written) == text
-    if written != text:  # only a cell a spreadsheet would run is changed
-        assert written == "'" + text and text.lstrip("'")[:1] in "=+-@\t\r"
+    # read back as sent; text sent with its own quote before = + - @ reads back as every check reads
+    # the stored name (both sides through published_text), so comparisons agree
+    assert publish.published_text(written) == publish.published_text(text)
+    if not (text.startswith("'") and publish.reads_as_formula(text[1:])):
+        assert publish.published_text(written) == text
+    if written != text:  # only a cell a spreadsheet would run is changed, with one quote
+        assert written == "'" + text and text[:1] in "=+-@\t\r"
+    assert not written.startswith("''")
 
 
-@pytest.mark.parametrize("name,round_name", [("@Home reading", "-"), ("=Maths", "+1 term"), ("-", "@2026")])
+def test_a_sentence_quoting_a_formula_like_name_gets_no_second_quote():
+    """Red team: registry_report.csv said "''=HYPERLINK(...)' is not in the registry": a cell that
+    starts with a quote is text to a spreadsheet already, and gets no second one."""
+    from microtrials.publish import gate as publication_gate
+    from microtrials.publish.site import build_site, registry_report
+    from tests.helpers.site import small_evidence, small_load_report
+
+    name = '=HYPERLINK("http://x","y")'
+    messages = pd.DataFrame({"level": ["error"], "rule": ["unregistered"], "intervention": [name],
+                             "school_urn": ["111101,111102"],
+                             "message": [f"'{name}' is not in the registry: add it, or correct the name"]})
+    carried = pd.DataFrame([("trial", name, urn, 20) for urn in ("111101", "111102")],
+                           columns=["origin", "name", "school_urn", "pupils"])
+    gate = publication_gate.build(None, carried)  # no registry: carried by 2 schools, so the name is shown
+    files = build_site(small_evidence(), {}, small_load_report(), "d", "r", gate=gate,
+                       registry_rows=registry_report(messages, None))
+    lines = files["registry_report.csv"].decode("utf-8-sig").splitlines()
+    assert lines[1] == '"\'=HYPERLINK(""http://x"",""y"")",,111101 111102,"\'=HYPERLINK(""http://x"",""y"")\' is not ' \
+        'in the registry: add it, or correct the name"'
+    assert b"''" not in files["registry_report.csv"]
+
+
+@pytest.mark.parametrize("name,round_name", [("@Home reading", "-"), ("=Maths", "+1 term"), ("-", "@2026"),
+                                             ("'=Maths", "'-")])  # sent with a quote: written as sent, read alike
 def test_one_row_per_trial_compares_formula_like_names_as_sent(tmp_path, name, round_name):
     """Issue 21: "@Home reading" or a round named "-" failed `one_row_per_trial` on every run."""
     results = pd.DataFrame({"intervention": [name, "Reading Boost"], "outcome_measure": ["NGRT", "+NGRT"],
@@ -170,7 +198,8 @@ def test_one_row_per_trial_compares_formula_like_names_as_sent(tmp_path, name, r
     out = tmp_path / "out"
     out.mkdir()
     (out / "evidence_table.csv").write_bytes(publish.csv_bytes(results))
-    assert f"'{name}" in (out / "evidence_table.csv").read_text(encoding="utf-8-sig")  # as Excel must see it
+    written = (out / "evidence_table.csv").read_text(encoding="utf-8-sig")
+    assert f"'{name}" in written if publish.reads_as_formula(name) else f"'{name}" not in written  # as Excel must see it
     settings = Settings(extracts_dir=str(tmp_path / "extracts"), out_dir=str(out))
     result = checks.one_row_per_trial(context=dg.build_asset_check_context(), settings=settings,
                                       warehouse_db=Warehouse(database=str(db)))

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from microtrials.publish import site
 from microtrials.stats import planner
 from microtrials.stats.effect_sizes import months_progress
 from microtrials.stats.evidence import mdes_rating
@@ -139,6 +140,11 @@ def test_plan_for_uses_the_registry_name_and_earlier_rounds():
     # a row with no pupils analysed is not a result: that round still gets a plan
     assert list(planner.round_plans(registry, results.assign(pupils_analysed=0))) == [
         ("reciprocal reading", "2025"), ("reciprocal reading", "2026")]
+    # a round whose count disclosure control blanked (a small group) has results: no "Next round ... (no results
+    # yet)" for it (red team: the page said so of a round with results)
+    blanked = site.with_published_counts(results, results.assign(pupils_analysed=None, pupils_randomised=None))
+    assert blanked["pupils_analysed"].isna().all()
+    assert list(planner.round_plans(registry, blanked)) == [("reciprocal reading", "2026")]
     page = planner.plans_for_page(pending, registry)
     assert page == [{"intervention": "Reciprocal reading", "round": "2026", "outcome_measure": "NGRT",
                      "text": planner.plan_summary(pending[("reciprocal reading", "2026")])}]

@@ -14,8 +14,10 @@ import pandas as pd
 import pytest
 
 from microtrials.publish import gate as publication_gate
+from microtrials.publish import publish
+from microtrials.publish.evidence_table import COLUMNS as EVIDENCE_COLUMNS
 from microtrials.publish.gate import Origin
-from microtrials.publish.site import build_site, gated_text, public_load_report
+from microtrials.publish.site import build_site, gated_text, public_load_report, registry_report
 from tests.conftest import REPO_ROOT, TEST_PUPIL_KEY
 
 SAMPLE = REPO_ROOT / "data" / "extracts"
@@ -23,7 +25,9 @@ REGISTRY = REPO_ROOT / "data" / "trials.csv"
 
 LATIN, CYRILLIC, ARABIC = "Jane Smith", "Иван Петров", "جين سميث"
 #: Every word planted anywhere in the hostile folder; none may appear in any published byte.
-PLANTED = ["Jane", "Smith", "Иван", "Петров", "جين", "سميث", "Mary Jones", "Wojcik", "Zofia", "2015-03-14",
+#: With a registry, two schools send this name as the intervention on all of their rows (30 and more each).
+WIDE = "Anna Kowalczyk"
+PLANTED = ["Kowalczyk", "Jane", "Smith", "Иван", "Петров", "جين", "سميث", "Mary Jones", "Wojcik", "Zofia", "2015-03-14",
            "Ahmed", "أحمد", "Ольга"]
 
 
@@ -100,6 +104,29 @@ def test_quoted_names_in_our_sentences_pass_the_gate():
         "a name not shown here is not a registered outcome of X ('KS2 reading')"
 
 
+def test_with_a_registry_only_registered_names_are_shown_however_widely_carried():
+    """Red team: a pupil's name typed as the intervention by two schools for 20 rows each passed the
+    10-pupils-in-2-schools rule and was published in load_report.csv and registry_report.csv."""
+    from microtrials.ingest.registry import load_registry, read_registry
+
+    wide = carriers(("trial", "Anna Kowalczyk", "111101", 20), ("trial", "Anna Kowalczyk", "111102", 20),
+                    ("outcome", "Anna Kowalczyk", "111101", 20), ("outcome", "Anna Kowalczyk", "111102", 20),
+                    ("round", "Anna Kowalczyk", "111101", 20), ("round", "Anna Kowalczyk", "111102", 20))
+    with_registry = publication_gate.build(load_registry(REGISTRY), wide)
+    for origin in publication_gate.NAMES:
+        assert not with_registry.allows("Anna Kowalczyk", origin), origin
+    assert with_registry.allows("Reciprocal reading", Origin.TRIAL) and with_registry.has_registry
+    assert with_registry.withheld_reason == "not in the registry"
+    # no registry, or a new workspace's header-only trials.csv: who carries a name decides
+    empty = read_registry(b"intervention,outcome_measure,round,start_date,schools\n")
+    for registry in (None, empty):
+        gate = publication_gate.build(registry, wide)
+        assert not gate.has_registry and gate.allows("Anna Kowalczyk", Origin.TRIAL)
+    assert publication_gate.names_text(with_registry, [("Reciprocal reading", "NGRT standardised score"),
+                                                       ("Anna Kowalczyk", "NGRT standardised score")]) == \
+        "Reciprocal reading / NGRT standardised score; an unregistered trial name (not shown)"
+
+
 # --- the public load report ---------------------------------------------------------------------
 
 def hostile_report() -> pd.DataFrame:
@@ -163,6 +190,40 @@ def test_every_byte_of_a_built_site_is_free_of_the_planted_names():
     assert any("3 trial row(s) not published" in p for p in problems)
 
 
+def test_with_a_registry_no_byte_holds_an_unregistered_name_two_schools_sent():
+    from microtrials.ingest import registry as reg
+
+    name, outcome = WIDE, "NGRT standardised score"
+    wide = carriers(*[(o, n, urn, 20) for urn in ("111109", "111375") for o, n in
+                      (("trial", name), ("trial", "Reciprocal reading"), ("outcome", outcome))])
+    gate = publication_gate.build(reg.load_registry(REGISTRY), wide)
+    report = hostile_report()
+    report.loc[0, "trials"] = f"Reciprocal reading / {outcome}; {name} / {outcome}"
+    report.loc[1, "trials"] = f"{name} / {outcome}"
+    report.loc[1, "reason"] = f"not loaded: {name.upper()} / {outcome}: its scores are on another scale"
+    report.loc[1, "warnings"] = f"111109 {name}  2025 Autumn: held, not applied: it would replace 30 pupils by 3"
+    matched = reg.match_deliveries(reg.load_registry(REGISTRY), pd.DataFrame(
+        {"intervention": [name, name], "outcome_measure": [outcome] * 2, "school_urn": ["111109", "111375"],
+         "rows": [20, 20]}))
+    assert f"'{name}' is not in the registry" in matched.messages[0].text  # the officer's own message names it
+    registry_rows = registry_report(reg.messages_frame(matched.messages), None)
+    files = build_site(pd.DataFrame(columns=EVIDENCE_COLUMNS), {}, report, "d", "r",
+                       registry_rows=registry_rows, gate=gate)
+    assert planted_in(files_texts(files)) == []
+    public = pd.read_csv(io.BytesIO(files["registry_report.csv"]), encoding="utf-8-sig", dtype=str,
+                         keep_default_na=False)
+    assert public.to_dict("records") == [{
+        "Trial": "", "Round": "", "School URN": "111109 111375",
+        "What to do": "an unregistered intervention name from schools 111109, 111375 (not shown here: it could be a "
+                      "pupil's details in the wrong column); check the files' intervention column, then correct it "
+                      "or add the intervention to trials.csv (loaded, not published as evidence)"}]
+    load = pd.read_csv(io.BytesIO(files["load_report.csv"]), encoding="utf-8-sig", dtype=str,
+                       keep_default_na=False).set_index("School URN")
+    assert load.loc["111375", "Trials"] == f"Reciprocal reading / {outcome}; an unregistered trial name (not shown)"
+    assert load.loc["111109", "What went wrong"] == f"not loaded: a name not shown here / {outcome}: its scores are on " \
+        "another scale"
+
+
 # --- a whole run on a hostile folder ------------------------------------------------------------
 
 def _rewrite(path: Path, change) -> None:
@@ -187,6 +248,13 @@ def _set_cell(column: str, value: str, row: int = 3):
     return change
 
 
+def _set_column(column: str, value: str):
+    def change(rows):
+        for row in rows[1:]:
+            row[rows[0].index(column)] = value
+    return change
+
+
 def hostile_folder(root: Path, registry: bool) -> Path:
     """The sample extracts with names planted in every place a school's file can carry them."""
     extracts = root / "extracts"
@@ -205,6 +273,13 @@ def hostile_folder(root: Path, registry: bool) -> Path:
     _rewrite(extracts / "111397.csv", _set_cell("round", "Ольга Ahmed"))
     _rewrite(extracts / "111435.csv", _set_cell("arm", "أحمد"))
     _rewrite(extracts / "111448.csv", _set_cell("outcome", "Jane"))
+    if registry:  # a pupil's name typed by two schools on every row, as the intervention, the outcome measure
+        # or the round: with a registry, only registered names show
+        for urn, column in (("111559", "intervention"), ("111597", "intervention"), ("111114", "outcome_measure"),
+                            ("111295", "outcome_measure")):
+            _rewrite(extracts / f"{urn}.csv", _set_column(column, WIDE))
+        for urn in ("111571", "111163"):
+            _rewrite(extracts / f"{urn}.csv", _add_column("round", WIDE))
     for urn, name in (("111375", CYRILLIC), ("111109", ARABIC), ("111112", LATIN)):
         (extracts / f"{urn}.csv").rename(extracts / f"{name} {urn}.csv")
     (extracts / f"{LATIN}.txt").write_text("notes", encoding="utf-8")
@@ -233,3 +308,8 @@ def test_no_planted_name_in_any_published_byte_of_a_run(tmp_path, monkeypatch, r
     report = pd.read_csv(out / "load_report.csv", encoding="utf-8-sig", dtype=str, keep_default_na=False)
     assert {"file 1 from school 111375", "file 1 from school 111109", "file 1 from school 111112"} <= set(report["File"])
     assert report["Columns dropped"].str.contains("column that may hold personal data").sum() == 3
+    if registry:
+        by_urn = report.set_index("School URN")
+        assert by_urn.loc["111559", "Trials"] == "an unregistered trial name (not shown)"
+        found = publish.read_published_csv(out / "registry_report.csv", dtype=str, keep_default_na=False)
+        assert "an unregistered intervention name from schools 111559, 111597" in " ".join(found["What to do"])

@@ -176,6 +176,21 @@ def test_secondary_outcome_and_unknown_round():
     assert [msg.rule for msg in m.messages] == ["round_unknown"]
 
 
+def test_a_round_with_no_name_is_named_in_words_never_as_empty_quotes():
+    """A workspace's trials.csv with a blank round: the warning said "joined the latest round ('')"."""
+    registry = reg.read_registry(b"intervention,outcome_measure,round,start_date,schools\n"
+                                 b"Reading Boost,NGRT,,2025-09-01,111101 111102\n")
+    combos = _combos([["Reading Boost", "NGRT", "111199", None, 20], ["Reading Boost", "Reading age", "111101", None, 20],
+                      ["Reading Boost", "NGRT", "111102", "2030", 20]])
+    messages = {m.rule: m.text for m in reg.match_deliveries(registry, combos, today=date(2026, 2, 1)).messages}
+    assert set(messages) == {"unplanned_school", "exploratory", "round_unknown"}
+    assert "its rows joined the latest round (the round with no name in trials.csv); add the school to that round" \
+        in messages["unplanned_school"]
+    assert "is not a registered outcome of Reading Boost (the round with no name in trials.csv)" in messages["exploratory"]
+    assert "registered rounds (the round with no name in trials.csv)" in messages["round_unknown"]
+    assert not any("''" in text or "()" in text for text in messages.values())
+
+
 def test_unplanned_school_before_any_round_started_joins_the_earliest():
     combos = _combos([["Reciprocal reading", "NGRT standardised score", "111199", None, 5]])
     m = reg.match_deliveries(_registry(), combos, today=date(2025, 1, 1))

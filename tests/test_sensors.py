@@ -232,3 +232,41 @@ def test_a_busy_warehouse_postpones_the_tick_without_losing_the_files(tmp_path, 
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+def test_a_warehouse_made_by_the_previous_schema_is_read_then_brought_up_to_date(tmp_path, write_extract):
+    """The sensor opens the warehouse read-only, so it cannot create the `latest_deliveries` view in a
+    warehouse the previous version made: it counts no file as recorded (no error), and the run it
+    asks for adds what is missing and finds the file it already holds unchanged."""
+    import duckdb
+
+    from microtrials.ingest import warehouse
+    from microtrials.ingest.loading import load_file
+    from pipelines.sensors import recorded_files
+    from tests.helpers.extracts import FIXTURES
+
+    key = b"sensor-test-key-0123456789abcdef"
+    extracts = tmp_path / "extracts"
+    path = write_extract("a.csv", pupil_rows(4, urn="111601"))
+    scratch = warehouse.connect(tmp_path / "scratch.duckdb")
+    load_file(scratch, path, key)
+    sha = scratch.execute("SELECT delivery_id FROM deliveries").fetchone()[0]
+    scratch.close()
+    db = tmp_path / "warehouse.duckdb"
+    old = duckdb.connect(str(db))  # the previous schema, holding what the previous version recorded
+    old.execute((FIXTURES / "schema_2026-12-06.sql").read_text(encoding="utf-8"))
+    old.execute(f"ATTACH '{tmp_path / 'scratch.duckdb'}' AS scratch (READ_ONLY)")
+    for table in ("deliveries", "pupils", "pupil_key_fingerprint"):
+        old.execute(f"INSERT INTO {table} BY NAME SELECT * FROM scratch.{table}")
+    old.close()
+
+    assert recorded_files(str(db), {"a.csv": sha}) == set()
+    with dg.instance_for_test() as instance:
+        assert schools_of(tick(instance, extracts)) == [["111601"]]
+    con = warehouse.connect(db)  # the run's writing connection
+    try:
+        assert load_file(con, path, key).status == "unchanged"
+        assert con.execute("SELECT count(*) FROM pupils").fetchone() == (4,)
+    finally:
+        con.close()
+    assert recorded_files(str(db), {"a.csv": sha}) == {"a.csv"}

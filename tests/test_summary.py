@@ -80,6 +80,23 @@ def test_the_to_do_list_names_everything_in_order():
     assert "**registry**" in markdown and "- Maths mastery / PUMA: published" in markdown
 
 
+def test_a_held_change_is_listed_once():
+    """Red team: a held file was listed twice, once by its reason (which holds the held change) and once
+    as "held <file>"; a partly held file keeps its other reason."""
+    held = ("111601 Maths: held, not applied: it would replace 40 pupils by 3, more than half of them gone; the "
+            "earlier 40 pupils stay as they were (to apply it on purpose: microtrials accept 111601.csv)")
+    files = pd.DataFrame({
+        "file_name": ["111601.csv", "111602.csv"], "status": ["held", "partly held"],
+        "school_urn": ["111601", "111602"],
+        "reason": [held, f"not replaced: Reading / NGRT: too few rows; {held.replace('111601 ', '111602 ')}"],
+        "changes": [held, f"111602 Reading: 30 pupils added\n{held.replace('111601 ', '111602 ')}"]})
+    lines = summary.file_lines(facts(files=files))
+    assert lines == ["  files that loaded or replaced nothing:",
+                     f"    held 111601.csv: {held}",
+                     "    111602.csv (partly held): not replaced: Reading / NGRT: too few rows",
+                     f"    held 111602.csv: {held.replace('111601 ', '111602 ')}"]
+
+
 def test_the_demo_s_unregistered_trial_is_a_demonstration_not_an_error():
     lines = summary.todo_lines(facts(demo=True))
     demo = [line for line in lines if "Philosophy for Children" in line]

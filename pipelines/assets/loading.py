@@ -41,6 +41,11 @@ PUPILS_SCHEMA = dg.TableSchema(
         dg.TableColumn("source_file", "VARCHAR"),
         dg.TableColumn("source_line", "INTEGER", description="line as a spreadsheet shows it (header = 1)"),
         dg.TableColumn("delivery_id", "VARCHAR", description="sha256 of the delivered file"),
+        dg.TableColumn("round", "VARCHAR", description="the round the row sent (the extract's optional `round` "
+                       "column; blank: none); the analysis places the row by it"),
+        dg.TableColumn("key_round", "VARCHAR", description="the trial key's round as resolved when the row was "
+                       "loaded (the registered round, else the round sent, else ''); NULL for rows loaded before "
+                       "it was kept; only planning which rows a re-delivery replaces reads it"),
     ]
 )
 

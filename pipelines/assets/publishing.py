@@ -23,7 +23,7 @@ from microtrials.publish.evidence_table import COLUMNS, EXTRA_COLUMNS, SCHOOL_CO
 from microtrials.ingest.registry import load_registry
 from pipelines.assets.registry import trials_file
 from pipelines.launch import officer_step
-from pipelines.resources import DEFAULT_EXTRACTS, Settings, Warehouse
+from pipelines.resources import Settings, Warehouse
 
 HISTORY_ROWS_SHOWN = 6  # publications per trial in the UI's history table
 CORRECTION_TAG = "microtrials/correction"  # a run tag marking the run as a correction (text: why)
@@ -245,7 +245,7 @@ def _officer_to_do(context: dg.AssetExecutionContext, settings: Settings, wareho
         context.log.warning(f"schools are not told {', '.join(missing)}: fill in [schools] in {ws.config_file}")
     with warehouse_db.connect() as con:
         facts = summary.gather(con, published, settings.extracts, settings.feedback, missing,
-                               ws is None and settings.extracts.resolve() == DEFAULT_EXTRACTS.resolve(),
+                               settings.demo,
                                str(settings.out / "registry_report.csv"))
     return summary.todo_lines(facts)
 

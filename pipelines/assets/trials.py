@@ -5,6 +5,7 @@ import base64
 import dagster as dg
 import pandas as pd
 
+from microtrials import summary
 from microtrials.publish import history
 from microtrials.publish import plots
 from microtrials.ingest import registry as reg
@@ -59,7 +60,12 @@ def trial_results(context: dg.AssetExecutionContext, settings: Settings, warehou
     for label, reason in run.failures.items():
         context.log.warning(f"{label}: {reason}")
     for message in run.messages.itertuples(index=False):
-        (context.log.warning if message.level == "error" else context.log.info)(message.message)
+        # the demo's deliberately unregistered trial is a demonstration (INFO); in a workspace, an error is a WARNING
+        shown = summary.demonstration(message.rule, message.intervention, settings.demo)
+        if shown:
+            context.log.info(shown)
+        else:
+            (context.log.warning if message.level == "error" else context.log.info)(message.message)
     merged = [t for t in run.spellings if t.merged]
     exploratory = run.exploratory_table
     return dg.MaterializeResult(

@@ -39,16 +39,22 @@ def _capped(lines: list[str], where: str) -> list[str]:
     return lines[:SHOWN] + [f"    ... and {len(lines) - SHOWN} more ({where})"]
 
 
+def demonstration(rule: object, intervention: object, demo: bool) -> str | None:
+    """What the demo says of its deliberately unregistered trial (a registry message with ``rule``
+    about ``intervention``), or None for any other message or outside the demo, where it stays an error."""
+    if demo and rule == "unregistered" and _words(intervention) == DEMO_UNREGISTERED:
+        return (f"demonstration: '{DEMO_UNREGISTERED}' is left out of the demo's registry on purpose, to show what "
+                "happens to an unregistered trial: its rows are loaded, never published as evidence")
+    return None
+
+
 def registry_lines(facts: RunFacts) -> list[str]:
     """Every registry finding: errors, then schools awaited per round, then the rest (unplanned schools, ...)."""
     found: list[str] = []
     messages = facts.messages if facts.messages is not None else pd.DataFrame(columns=["level", "message"])
     for _, row in messages[messages["level"] == "error"].iterrows():
-        if facts.demo and row.get("rule") == "unregistered" and _words(row.get("intervention")) == DEMO_UNREGISTERED:
-            found.append(f"    demonstration: '{DEMO_UNREGISTERED}' is left out of the demo's registry on purpose, to "
-                         "show what happens to an unregistered trial: its rows are loaded, never published as evidence")
-        else:
-            found.append(f"    error: {_words(row['message'])}")
+        shown = demonstration(row.get("rule"), row.get("intervention"), facts.demo)
+        found.append(f"    {shown or 'error: ' + _words(row['message'])}")
     progress = facts.progress if facts.progress is not None else pd.DataFrame()
     for _, row in progress.iterrows():
         urns = _words(row.get("awaited_urns"))
@@ -98,12 +104,14 @@ def file_lines(facts: RunFacts) -> list[str]:
     for _, row in files.iterrows():
         status, reason = _words(row["status"]), _words(row.get("reason"))
         reason = reason.removeprefix(f"{row['file_name']}: ")
+        changes = row.get("changes") if "changes" in row else None
+        held = [_words(line) for line in (str(changes).split("\n") if _words(changes) else []) if HELD_MARK in line]
+        for line in held:  # a held change is in the reason too: listed once, as "held <file>: ..."
+            reason = "; ".join(part.strip(" ;") for part in reason.split(line) if part.strip(" ;"))
         if status in ("rejected", "ignored"):
             lines.append(f"    {status} {row['file_name']}: {reason or 'no reason recorded'}")
         elif reason and status != "unchanged":
             lines.append(f"    {row['file_name']} ({status}): {reason}")
-        changes = row.get("changes") if "changes" in row else None
-        held = [_words(line) for line in (str(changes).split("\n") if _words(changes) else []) if HELD_MARK in line]
         lines += [f"    held {row['file_name']}: {line}" for line in held]
     return ["  files that loaded or replaced nothing:"] + _capped(lines, "load_report.csv") if lines else []
 

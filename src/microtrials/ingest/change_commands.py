@@ -62,7 +62,8 @@ def withdraw(urn: str, db: Path, trial: str | None = None, round_name: str | Non
         return 1, [f"school {urn}: the warehouse holds no rows{' for ' + which if which else ''}; nothing changed"]
     lines = [f"  {c.message}" for c in done]
     return 0, ["withdrawn from the warehouse (recorded in change_sets; the next run publishes without them):",
-               *lines, "  take the school's files out of the extracts folder too: a file it sends again loads again"]
+               *lines, "  its files may stay in the extracts folder: the same file, under any name, is held, not loaded "
+               "(microtrials accept FILE loads it on purpose); a file with new content loads as a new delivery"]
 
 
 def replace_load_report_rows(con, frame: pd.DataFrame) -> None:

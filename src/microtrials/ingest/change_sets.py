@@ -31,8 +31,10 @@ class ChangeSet:
     outcomes_after: int = 0
     added: int = 0
     removed: int = 0
+    scores_changed: int = 0  # pupils kept whose outcome score differs (a score given, blanked or changed)
     state: str = APPLIED
     reason: str = ""  # why it is held
+    withdrawn_copy: str = ""  # held because this same content was loaded under this name before a withdrawal
     show_measure: bool = False  # the delivery holds several outcome measures of this trial round
 
     @property
@@ -53,8 +55,8 @@ class ChangeSet:
         if self.state == WITHDRAWN:
             return f"{self.label}: withdrawn, {before} removed"
         if self.state == HELD:
-            return (f"{self.label}{HELD_MARK}{self.reason}; the earlier {before} stay as they were (to apply it "
-                    f"on purpose: microtrials accept {self.file_name})")
+            kept = "it stays withdrawn" if self.withdrawn_copy else f"the earlier {before} stay as they were"
+            return f"{self.label}{HELD_MARK}{self.reason}; {kept} (to apply it on purpose: microtrials accept {self.file_name})"
         if self.pupils_before == 0:
             text = f"{self.label}: {after} added"
         else:
@@ -63,10 +65,15 @@ class ChangeSet:
 
     @property
     def detail(self) -> str:
-        """'1 added, 2 removed; outcome scores 58 -> 60' (scores told when they move otherwise than
-        the pupils), or 'the same pupils'."""
+        """'1 added, 2 removed; 3 outcome scores changed; outcome scores 58 -> 60' (the totals told
+        when they move otherwise than the pupils), 'the same pupils; 12 outcome scores changed', or
+        'the same pupils and scores'."""
         parts = [f"{n} {what}" for n, what in ((self.added, "added"), (self.removed, "removed")) if n]
         text = ", ".join(parts) or "the same pupils"
+        if self.scores_changed:
+            text += f"; {self.scores_changed} outcome score{'' if self.scores_changed == 1 else 's'} changed"
+        elif not parts:
+            text += " and scores"
         scores = (self.outcomes_before, self.outcomes_after)
         if scores[0] != scores[1] and scores != (self.pupils_before, self.pupils_after):  # not just the pupils'
             text += f"; outcome scores {scores[0]} -> {scores[1]}"
@@ -74,6 +81,8 @@ class ChangeSet:
 
     def school_text(self, rows_set_aside: bool) -> str:
         """Why the change was held and what to do, as the school's feedback file says it."""
+        if self.withdrawn_copy:
+            return f"held, not applied: {self.reason}; {HOLD_FIX_WITHDRAWN}"
         action = (HOLD_FIX_ROWS if rows_set_aside else HOLD_FIX_LEFT)
         return f"held, not applied: {self.reason}, so the earlier rows stay as they were; {action}"
 
@@ -82,6 +91,7 @@ class ChangeSet:
         fields = asdict(self)
         key = fields.pop("key")
         fields.pop("show_measure")
+        fields.pop("withdrawn_copy")
         return fields | {"key_intervention": key["intervention"], "key_outcome_measure": key["outcome_measure"],
                          "key_round": key["round"], "message": self.message}
 
@@ -101,9 +111,16 @@ def hold_reason(pupils_before: int, pupils_after: int, outcomes_before: int, out
     return ""
 
 
+def withdrawn_reason(school_urn: str, earlier_file: str) -> str:
+    """Why a file is held whose very content was loaded for a (school, trial round) since withdrawn."""
+    return (f"school {school_urn} was withdrawn from it (microtrials withdraw) after this same file was loaded "
+            f"as {earlier_file}")
+
+
 # How a held change reads (the marker finds the held lines of a stored report), and what the school can do.
 HELD_MARK = ": held, not applied: "
 HOLD_FIX_ROWS = "see the rows set aside and why, correct them and send the file again"
+HOLD_FIX_WITHDRAWN = "if the school takes part in this trial again, tell the data team, who can load the file on purpose"
 HOLD_FIX_LEFT = ("check the file holds every pupil randomised and every score, and send it again; if pupils "
                  "really left the trial, tell the data team, who can apply the file on purpose")
 
@@ -126,7 +143,7 @@ class Plan:
 
 def stored_rows(con: duckdb.DuckDBPyConnection, schools: list[str]) -> list[tuple]:
     """The warehouse's pupil rows of these schools: (school_urn, intervention, outcome_measure,
-    round ('' for none), pupil_key, scored, key_round (the key's round at load; None for older rows))."""
+    round ('' for none), pupil_key, outcome, key_round (the key's round at load; None for older rows))."""
     with_schools = pa.table({"school_urn": pa.array(sorted(set(schools)), pa.string())})
     con.register("batch_schools", with_schools)
     try:
@@ -156,19 +173,29 @@ class _Keyed:
 
 
 class _Tally:
-    """Pupils (by pupil_key), rows and outcome scores of one (school, trial key)."""
+    """Pupils (by pupil_key, with their outcome score), rows and outcome scores of one (school, trial key)."""
 
-    __slots__ = ("pupils", "rows", "scores")
+    __slots__ = ("outcomes", "rows", "scores")
 
     def __init__(self) -> None:
-        self.pupils: set[str] = set()
+        self.outcomes: dict[str, float | None] = {}
         self.rows = 0
         self.scores = 0
 
-    def add(self, pupil: str, scored: bool) -> None:
-        self.pupils.add(pupil)
+    @property
+    def pupils(self) -> set[str]:
+        return set(self.outcomes)
+
+    def add(self, pupil: str, outcome: float | None) -> None:
+        scored = _scored(outcome)
+        self.outcomes[pupil] = outcome if scored else None
         self.rows += 1
-        self.scores += bool(scored)
+        self.scores += scored
+
+    def scores_changed(self, earlier: _Tally) -> int:
+        """Pupils in both whose outcome score differs (given, blanked or another value)."""
+        return sum(1 for pupil, score in self.outcomes.items()
+                   if pupil in earlier.outcomes and earlier.outcomes[pupil] != score)
 
 
 def _scored(outcome: object) -> bool:
@@ -176,7 +203,7 @@ def _scored(outcome: object) -> bool:
 
 
 def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named: list[tuple] = (),
-                 accept: bool = False) -> Plan:
+                 accept: bool = False, withdrawn: dict[tuple[str, str, TrialKey], str] | None = None) -> Plan:
     """What each delivery would do, per (school, trial key), and the rows to delete and insert.
 
     ``stored``: :func:`stored_rows` of the deliveries' schools; ``incoming``: the staged rows
@@ -186,16 +213,20 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
     round the registry places the school in.
 
     A change set that would lose more than half of the school's pupils or outcome scores for its
-    trial round is ``held`` (nothing of it applied), unless ``accept``: then the held ones are
-    ``accepted`` and applied, and the others are left out (an accept applies what was held only).
+    trial round is ``held`` (nothing of it applied), and so is one whose (delivery_id, school, key)
+    is in ``withdrawn`` (:func:`withdrawn_copies`: this very content was loaded for a trial round
+    the school has since been withdrawn from; the value is the name it was loaded as), unless
+    ``accept``: then the held ones are ``accepted`` and applied, and the others are left out (an
+    accept applies what was held only).
     """
+    withdrawn = withdrawn or {}
     keyed = _Keyed(keys)
     after: dict[tuple, _Tally] = {}
     columns = [incoming.column(c).to_pylist() for c in
                ("file_name", "delivery_id", "school_urn", "intervention", "outcome_measure", "round", "pupil_key", "outcome")]
     for file_name, delivery_id, school, intervention, measure, round_sent, pupil, outcome in zip(*columns):
         key = keyed(school, intervention, measure, round_sent)
-        after.setdefault((file_name, delivery_id, school, key), _Tally()).add(pupil, _scored(outcome))
+        after.setdefault((file_name, delivery_id, school, key), _Tally()).add(pupil, outcome)
     carried = set(zip(columns[0], columns[3], columns[4]))
     for file_name, delivery_id, school, intervention, measure in named:
         if (file_name, intervention, measure) not in carried:
@@ -203,8 +234,8 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
     carried_keys = {(school, key) for _, _, school, key in after}
     stored_keys = [_stored_key(keyed, row, carried_keys) for row in stored]
     before: dict[tuple, _Tally] = {}
-    for (school, _, _, _, pupil, scored, *_), key in zip(stored, stored_keys):
-        before.setdefault((school, key), _Tally()).add(pupil, scored)
+    for (school, _, _, _, pupil, outcome, *_), key in zip(stored, stored_keys):
+        before.setdefault((school, key), _Tally()).add(pupil, outcome)
     measures: dict[tuple, set[str]] = {}
     for file_name, _, _, key in after:
         measures.setdefault((file_name, key.intervention, key.round), set()).add(key.outcome_measure)
@@ -213,8 +244,9 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
         old = before.get((school, key), _Tally())
         if new.rows or old.rows:
             show = len(measures[file_name, key.intervention, key.round]) > 1
-            change_sets.append(_change_set(keyed.names[school, key], file_name, delivery_id, school, key, old, new,
-                                           show, accept))
+            change = _change_set(keyed.names[school, key], file_name, delivery_id, school, key, old, new, show,
+                                 accept, withdrawn.get((delivery_id, school, key), ""))
+            change_sets.append(change)
     if accept:
         change_sets = [c for c in change_sets if c.state == ACCEPTED]
     applied = {(c.file_name, c.school_urn, c.key) for c in change_sets if c.state in (APPLIED, ACCEPTED)}
@@ -247,32 +279,54 @@ def _table(rows: set[tuple], schema: pa.Schema) -> pa.Table:
 
 
 def _change_set(names: tuple[str, str, str], file_name: str, delivery_id: str, school: str, key: TrialKey,
-                old: _Tally, new: _Tally, show_measure: bool, accept: bool) -> ChangeSet:
-    """One planned change set, held or not."""
+                old: _Tally, new: _Tally, show_measure: bool, accept: bool, withdrawn_copy: str) -> ChangeSet:
+    """One planned change set, held or not (``withdrawn_copy``: held as the name this content was
+    loaded as before the school was withdrawn)."""
     intervention, measure, round_name = names
-    reason = hold_reason(old.rows, new.rows, old.scores, new.scores)
+    reason = (withdrawn_reason(school, withdrawn_copy) if withdrawn_copy
+              else hold_reason(old.rows, new.rows, old.scores, new.scores))
     return ChangeSet(
         school_urn=school, key=key, intervention=intervention, outcome_measure=measure, round=round_name,
         delivery_id=delivery_id, file_name=file_name, pupils_before=old.rows, pupils_after=new.rows,
         outcomes_before=old.scores, outcomes_after=new.scores, added=len(new.pupils - old.pupils),
-        removed=len(old.pupils - new.pupils), state=(ACCEPTED if accept else HELD) if reason else APPLIED,
-        reason=reason, show_measure=show_measure,
+        removed=len(old.pupils - new.pupils), scores_changed=new.scores_changed(old), state=(ACCEPTED if accept else HELD) if reason else APPLIED,
+        reason=reason, withdrawn_copy=withdrawn_copy, show_measure=show_measure,
     )
 
 
 CHANGE_SET_COLUMNS = [
     "delivery_id", "file_name", "school_urn", "intervention", "outcome_measure", "round", "key_intervention",
     "key_outcome_measure", "key_round", "pupils_before", "pupils_after", "outcomes_before", "outcomes_after",
-    "added", "removed", "state", "reason", "message",
+    "added", "removed", "scores_changed", "state", "reason", "message",
 ]
 
 
 def change_sets_table(change_sets: list[ChangeSet]) -> pa.Table:
     """The ``change_sets`` rows of these change sets, as the Arrow table ``sql/insert_change_sets.sql`` reads."""
     rows = [c.row() for c in change_sets]
-    counts = {"pupils_before", "pupils_after", "outcomes_before", "outcomes_after", "added", "removed"}
+    counts = {"pupils_before", "pupils_after", "outcomes_before", "outcomes_after", "added", "removed",
+              "scores_changed"}
     return pa.table({c: pa.array([r[c] for r in rows], pa.int64() if c in counts else pa.string())
                      for c in CHANGE_SET_COLUMNS})
+
+
+def withdrawn_copies(con: duckdb.DuckDBPyConnection, delivery_ids: list[str]) -> dict[tuple[str, str, TrialKey], str]:
+    """Which of these contents (sha256) were applied to a (school, trial key) that has since been
+    withdrawn and not delivered again: (delivery_id, school, key) -> the file name it was loaded as.
+    Delivered again under any name, such a content is held, not loaded (withdrawing is the officer's
+    explicit choice; only ``microtrials accept`` undoes it)."""
+    if not delivery_ids:
+        return {}
+    withdrawn = {(school, TrialKey(*key)) for school, *key in con.execute(warehouse.sql("withdrawn_schools")).fetchall()}
+    if not withdrawn:
+        return {}
+    con.register("batch_ids", pa.table({"delivery_id": pa.array(sorted(set(delivery_ids)), pa.string())}))
+    try:
+        applied = con.execute(warehouse.sql("applied_contents")).fetchall()
+    finally:
+        con.unregister("batch_ids")
+    return {(delivery_id, school, TrialKey(*key)): file_name for delivery_id, file_name, school, *key in applied
+            if (school, TrialKey(*key)) in withdrawn}
 
 
 def withdrawal(con: duckdb.DuckDBPyConnection, keys: TrialKeys, school_urn: str, trial: str | None = None,
@@ -284,10 +338,10 @@ def withdrawal(con: duckdb.DuckDBPyConnection, keys: TrialKeys, school_urn: str,
     want_round = keys.key("", "", "", round_name).round if round_name else None
     before: dict[TrialKey, _Tally] = {}
     replace = set()
-    for school, intervention, measure, round_sent, pupil, scored, _ in stored_rows(con, [school_urn]):
+    for school, intervention, measure, round_sent, pupil, outcome, _ in stored_rows(con, [school_urn]):
         key = keyed(school, intervention, measure, round_sent)
         if (want_trial is None or key.intervention == want_trial) and (want_round is None or key.round == want_round):
-            before.setdefault(key, _Tally()).add(pupil, scored)
+            before.setdefault(key, _Tally()).add(pupil, outcome)
             replace.add((school, intervention, measure, round_sent or ""))
     measures: dict[tuple, set[str]] = {}
     for key in before:

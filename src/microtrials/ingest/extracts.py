@@ -108,6 +108,7 @@ ENTRY_SCHEMA = pa.schema(
         ("school_urn", pa.string()),
         ("intervention", pa.string()),
         ("outcome_measure", pa.string()),
+        ("round", pa.string()),  # the round the row sent (blank: none, or a cell left blank as an identifier)
         ("column_name", pa.string()),
         ("rule", pa.string()),
         ("reason", pa.string()),
@@ -146,6 +147,7 @@ def _entries(lines, rules, reasons, columns=None) -> pa.Table:
             "school_urn": pa.nulls(count, pa.string()),
             "intervention": pa.nulls(count, pa.string()),
             "outcome_measure": pa.nulls(count, pa.string()),
+            "round": pa.nulls(count, pa.string()),
             "column_name": pa.array(columns if columns is not None else [None] * count, type=pa.string()),
             "rule": pa.array(rules, type=pa.string()),
             "reason": pa.array(reasons, type=pa.string()),
@@ -967,6 +969,7 @@ def _rule_entries(file: _Rows, rule: Rule) -> pa.Table | None:
             "school_urn": pa.nulls(count, pa.string()),
             "intervention": file.col["intervention"].take(take),
             "outcome_measure": file.col["outcome_measure"].take(take),
+            "round": file.col["round"].take(take),
             "column_name": pa.array([rule.column] * count, type=pa.string()),
             "rule": pa.array([rule.name] * count, type=pa.string()),
             "reason": text,
@@ -1073,13 +1076,13 @@ def _combined(entries: list[pa.Table]) -> pa.Table:
 
 
 def _with_school(entries: pa.Table, school: str | None) -> pa.Table:
-    """Entries with the file's school, and blank trial names as null."""
+    """Entries with the file's school, and blank trial names and rounds as null."""
     if not entries.num_rows:
         return entries
     entries = entries.set_column(
         entries.schema.get_field_index("school_urn"), "school_urn", pa.array([school] * entries.num_rows, pa.string())
     )
-    for column in ("intervention", "outcome_measure"):
+    for column in ("intervention", "outcome_measure", "round"):
         values = entries.column(column)
         entries = entries.set_column(
             entries.schema.get_field_index(column),

@@ -421,12 +421,14 @@ def _with_entries(delivery: _Delivery, table: pa.Table, entries: pd.DataFrame) -
     if entries.empty:
         return table
     count = len(entries)
+    round_of = dict(zip(delivery.pupils.column("line").to_pylist(), delivery.pupils.column("round").to_pylist()))
     extra = pa.table(
         {
             "line": pa.array(entries["line"], pa.int64()),
             "school_urn": pa.array([delivery.report.school_urn] * count, pa.string()),
             "intervention": pa.array(entries["intervention"], pa.string()),
             "outcome_measure": pa.array(entries["outcome_measure"], pa.string()),
+            "round": pa.array([round_of.get(line) or None for line in entries["line"]], pa.string()),
             "column_name": pa.array(entries["column_name"], pa.string()),
             "rule": pa.array(entries["rule"], pa.string()),
             "reason": pa.array(entries["reason"], pa.string()),
@@ -599,7 +601,8 @@ def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], how: _How) ->
     and record every file in ``deliveries`` and every change set in ``change_sets``. A held change
     set changes nothing. Returns the reports that changed (applied once committed), by file name."""
     accept = how.accept
-    plan = _plan(cur, group, how)
+    keys = how.keys or trial_key.from_warehouse(cur)
+    plan = _plan(cur, group, how.accept, keys)
     changed = _reports_after(group, plan, accept)
     for delivery in group:  # a file that loads no row at all is rejected, its rows set aside explained
         report = changed.get(delivery.report.file_name, delivery.report)
@@ -623,6 +626,7 @@ def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], how: _How) ->
     if any(d.report.status == "loaded" for d in group):
         cur.register("batch_replace", plan.replace)
         cur.register("batch_insert", plan.insert)
+        cur.register("batch_quarantine_rounds", _quarantine_rounds(group, keys))
         for name in ("delete_school_trials", "load_pupils", "delete_school_quarantine", "delete_school_warnings",
                      "load_quarantine", "load_warnings"):
             cur.execute(warehouse.sql(name))
@@ -687,7 +691,8 @@ def withdraw(con: duckdb.DuckDBPyConnection, school_urn: str, trial: str | None 
     return _in_transaction(con, work)
 
 
-def _plan(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], how: _How) -> change_sets.Plan:
+def _plan(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], accept: bool,
+          keys: trial_key.TrialKeys) -> change_sets.Plan:
     """The change sets of the group's loaded files against the warehouse's rows of their schools."""
     loaded = [d for d in group if d.report.status == "loaded" and d.report.school_urn and d.pupils is not None]
     if not loaded:
@@ -698,8 +703,26 @@ def _plan(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], how: _How) -> 
     named = [(d.report.file_name, d.delivery_id, d.report.school_urn, i, m)
              for d in loaded for i, m in d.report.trials if trials_text([(i, m)]) not in d.report.trials_rejected]
     stored = change_sets.stored_rows(cur, [d.report.school_urn for d in loaded])
-    keys = how.keys or trial_key.from_warehouse(cur)
-    return change_sets.plan_changes(stored, incoming, keys, named, how.accept)
+    withdrawn = change_sets.withdrawn_copies(cur, [d.delivery_id for d in loaded])
+    return change_sets.plan_changes(stored, incoming, keys, named, accept, withdrawn)
+
+
+QUARANTINE_ROUNDS = pa.schema([(c, pa.string()) for c in ("school_urn", "intervention", "outcome_measure", "round",
+                                                          "key_round")])
+
+
+def _quarantine_rounds(group: list[_Delivery], keys: trial_key.TrialKeys) -> pa.Table:
+    """The trial key's round, resolved now as for the pupil rows, of each (school, intervention,
+    outcome_measure, round sent) the group's rows set aside name (none without an intervention and
+    an outcome measure): ``sql/load_quarantine.sql`` stores it with them as ``key_round``."""
+    combos = set()
+    for delivery in group:
+        if delivery.report.status == "loaded" and delivery.quarantine is not None:
+            table = delivery.quarantine.select(QUARANTINE_ROUNDS.names[:4])
+            combos |= set(zip(*(table.column(c).to_pylist() for c in table.column_names)))
+    rows = [(*combo, keys.key(combo[1], combo[2], combo[0], combo[3]).round) for combo in sorted(combos, key=str)
+            if combo[1] and combo[2]]
+    return pa.table([pa.array([r[n] for r in rows], pa.string()) for n in range(5)], schema=QUARANTINE_ROUNDS)
 
 
 def _reports_after(group: list[_Delivery], plan: change_sets.Plan, accept: bool) -> dict[str, FileReport]:

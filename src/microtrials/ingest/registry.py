@@ -684,14 +684,14 @@ def _match_messages(keys: TrialKeys, seen: _Seen) -> list[OfficerMessage]:
     rounds, schools not in the plan, outcomes not registered."""
     messages = [_unregistered_message(entry) for entry in seen.unregistered.values()]
     for canonical, urn, _sent in sorted(seen.unknown_round):  # what was sent is never quoted: it could be anything
-        names = ", ".join(f"'{r.round}'" for r in keys.rounds_of(canonical)) or "none"
+        names = ", ".join(_round_name(r.round) for r in keys.rounds_of(canonical)) or "none"
         messages.append(OfficerMessage(
             "warning", "round_unknown",
             f"school {urn} sent a round for {canonical} that is not one of its registered rounds "
             f"({names}): correct the round in the extract, or add the round to {FILE_NAME}",
             canonical, urn))
     for canonical, urn in sorted(seen.needs_round):
-        names = ", ".join(r.round for r in keys.rounds_of(canonical) if urn in r.schools)
+        names = ", ".join(_round_name(r.round, quoted=False) for r in keys.rounds_of(canonical) if urn in r.schools)
         messages.append(OfficerMessage(
             "error", "round_needed",
             f"school {urn} is planned in several rounds of {canonical} ({names}): its extract must say which "
@@ -701,16 +701,36 @@ def _match_messages(keys: TrialKeys, seen: _Seen) -> list[OfficerMessage]:
         messages.append(OfficerMessage(
             "warning", "unplanned_school",
             f"school {urn} is not in the plan for {canonical}: its rows joined the latest round "
-            f"('{round_name}'); add the school to that round in {FILE_NAME} if that is right",
+            f"({_round_name(round_name)}); add the school to that round in {FILE_NAME} if that is right",
             canonical, urn))
     for (canonical, round_name, outcome), urns in sorted(seen.exploratory.items()):
         messages.append(OfficerMessage(
             "warning", "exploratory",
-            f"'{outcome}' is not a registered outcome of {canonical} ('{round_name}'): shown to evaluators "
+            f"'{outcome}' is not a registered outcome of {canonical} ({_round_name(round_name)}): shown to evaluators "
             "as exploratory, not published as evidence; register it as a secondary outcome before results "
             "arrive if it was planned",
             canonical, ",".join(sorted(urns))))
     return messages
+
+
+def _round_name(name: str | None, quoted: bool = True) -> str:
+    """A registered round as a message names it: '2026 Spring' (quoted), or "the round with no name in
+    trials.csv" when the officer left its name blank (never "''")."""
+    if name is None or not str(name).strip():
+        return f"the round with no name in {FILE_NAME}"
+    return f"'{name}'" if quoted else str(name)
+
+
+def unnamed_unregistered_text(schools: list[str], few_rows: bool = False) -> str:
+    """The officer's message for an intervention name not in the registry, without the name: what the
+    public registry report says of every unregistered name (microtrials.publish.gate), and the
+    officer's own message for a name on fewer than ``QUOTE_NAME_MIN_ROWS`` rows."""
+    where = f"school{'s' if len(schools) > 1 else ''} {', '.join(schools)}" if schools else "a school"
+    whose = "files'" if len(schools) > 1 else "file's"
+    rows = f" on fewer than {QUOTE_NAME_MIN_ROWS} rows" if few_rows else ""
+    return (f"an unregistered intervention name{rows} from {where} (not shown here: it could be a pupil's "
+            f"details in the wrong column); check the {whose} intervention column, then correct it or add the "
+            f"intervention to {FILE_NAME} (loaded, not published as evidence)")
 
 
 def _unregistered_message(entry: dict) -> OfficerMessage:
@@ -718,10 +738,7 @@ def _unregistered_message(entry: dict) -> OfficerMessage:
     schools = sorted(entry["schools"])
     where = f"school{'s' if len(schools) > 1 else ''} {', '.join(schools)}"
     if entry["rows"] < QUOTE_NAME_MIN_ROWS:  # so few rows could be a pupil's details typed in the wrong cell
-        text = (f"an intervention name on fewer than {QUOTE_NAME_MIN_ROWS} rows from {where} is not in the "
-                "registry (not shown here: it could be a pupil's details in the wrong column); check the "
-                "file's intervention column, then correct it or add the intervention (loaded, not published "
-                "as evidence)")
+        text = unnamed_unregistered_text(schools, few_rows=True)
         named = ""
     else:
         text = (f"'{entry['spelling']}' is not in the registry: add it, or correct the name "

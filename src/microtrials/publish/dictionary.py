@@ -152,13 +152,14 @@ ENTRIES: tuple[Entry, ...] = (
           "No numbers of rows or pupils are published (they would reveal small schools' figures).", "text", LOAD),
     Entry("Warnings", "Warnings", "What was odd but loaded, e.g. \"read as Windows-1252\" or an optional value "
           "blanked because it was not understood.", "text", LOAD),
-    Entry("Trials", "Trials", "The trials the file holds: a name only when it is registered or sent for at least "
-          "10 pupils by each of at least 2 schools; otherwise how many names were not shown.", "text", LOAD),
+    Entry("Trials", "Trials", "The trials the file holds: a name only when it is in the registry (with no registry: "
+          "when sent for at least 10 pupils by each of at least 2 schools); otherwise \"an unregistered trial name "
+          "(not shown)\", or how many names were not shown.", "text", LOAD),
     Entry("Columns dropped", "Columns dropped", "How many columns outside the format were dropped unread; their "
           "headers are never published (they may hold personal data).", "text", LOAD),
     # --- the registry report -------------------------------------------------------------------
-    Entry("Trial", "Trial", "The registered intervention, or the name a school used that is not in the registry.",
-          "text", REGISTRY),
+    Entry("Trial", "Trial", "The registered intervention; blank for a name a school used that is not in the "
+          "registry (never published: it could be a pupil's details in the wrong column).", "text", REGISTRY),
     Entry("Round", "Round", "The registered round still awaiting schools (blank for other messages).", "text",
           REGISTRY),
     Entry("What to do", "What to do", "What happened and what to do, in plain words.", "text", REGISTRY),

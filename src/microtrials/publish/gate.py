@@ -1,6 +1,6 @@
 """The publication gate: one function decides, from a string's origin, whether it may reach the published folder.
 
-Rule (docs/methods.md, "What text is published"):
+Rule (docs/publishing.md, "The publication gate: which text is published"):
 
 - **our own words** (``Origin.OURS``: labels, sentences microtrials writes) and the officer's
   registry text (``Origin.REGISTRY``: descriptions, strands) are shown;
@@ -9,10 +9,12 @@ Rule (docs/methods.md, "What text is published"):
 - **dropped column headers** (``Origin.DROPPED_COLUMN``) are never shown: only their number and
   "a column that may hold personal data" (:func:`dropped_columns_text`);
 - **any other cell of a school's file** (``Origin.CELL``) is never shown;
-- **trial, outcome and round names** (``Origin.TRIAL``, ``OUTCOME``, ``ROUND``) are shown when the
-  registry declares them (a name, alias, outcome, secondary outcome or round), or when at least
-  ``MIN_PUPILS`` pupils in at least ``MIN_SCHOOLS`` schools carry them: a name typed in one row, or
-  sent by one school, could be a pupil's name in the wrong column;
+- **trial, outcome and round names** (``Origin.TRIAL``, ``OUTCOME``, ``ROUND``): with a registry of
+  at least one trial in use, only when the registry declares them (a name, alias, outcome,
+  secondary outcome or round): a name typed by schools, however many, could be a pupil's name in
+  the wrong column, and the registry says which names are trials. With no registry (or one with no
+  trial yet), when at least ``MIN_PUPILS`` pupils in at least ``MIN_SCHOOLS`` schools carry them
+  (:meth:`Gate.name_allowed`);
 - **a school URN** (``Origin.URN``) is shown when it is six digits, as a URN is.
 
 Names are compared by :func:`microtrials.ingest.names.match_key` (capitals, spaces, accents), as every
@@ -58,8 +60,21 @@ class Gate:
 
     registered: frozenset[tuple[Origin, str]] = field(default_factory=frozenset)
     carried: frozenset[tuple[Origin, str]] = field(default_factory=frozenset)
-    #: no registry in use: names are judged by who carries them alone
+    #: a registry with at least one trial is in use: only its names are shown (else who carries them decides)
     has_registry: bool = False
+
+    def name_allowed(self, key: tuple[Origin, str]) -> bool:
+        """The one rule for a delivered name (origin, match key): registered, or, with no registry
+        in use, carried by ``MIN_PUPILS`` pupils in each of ``MIN_SCHOOLS`` schools."""
+        return key in self.registered or (not self.has_registry and key in self.carried)
+
+    @property
+    def withheld_reason(self) -> str:
+        """Why a name this gate does not show is withheld, in words."""
+        if self.has_registry:
+            return "not in the registry"
+        return (f"not registered, and not sent for {MIN_PUPILS} or more pupils by each of {MIN_SCHOOLS} or more "
+                "schools")
 
     def show(self, text: object, origin: Origin) -> str | None:
         """The one decision: ``text`` when its origin allows it to be published, else None."""
@@ -71,8 +86,7 @@ class Gate:
         if origin is Origin.URN:
             return text if _URN.fullmatch(text.strip()) else None
         if origin in NAMES:
-            key = (origin, match_key(text))
-            return text if key in self.registered or key in self.carried else None
+            return text if self.name_allowed((origin, match_key(text))) else None
         return None  # FILE_NAME, DROPPED_COLUMN, CELL: never
 
     def allows(self, text: object, origin: Origin) -> bool:
@@ -111,8 +125,10 @@ def carried_names(carriers: pd.DataFrame | None) -> frozenset[tuple[Origin, str]
 
 
 def build(registry: object | None, carriers: pd.DataFrame | None) -> Gate:
-    """The gate for one publication, from the registry in use and who carries each delivered name."""
-    return Gate(registered_names(registry), carried_names(carriers), registry is not None)
+    """The gate for one publication, from the registry in use and who carries each delivered name
+    (a registry with no trial yet, e.g. a new workspace's header-only trials.csv, declares nothing)."""
+    in_use = registry is not None and len(getattr(registry, "rounds", ())) > 0
+    return Gate(registered_names(registry), carried_names(carriers), in_use)
 
 
 #: A gate that shows no delivered name at all (nothing is known to be safe).
@@ -135,7 +151,8 @@ def dropped_columns_text(count: int) -> str:
 
 
 def names_text(gate: Gate, trials: Iterable[tuple[str, str]]) -> str:
-    """'intervention / outcome; ...' for the trials the gate shows, and how many it withheld."""
+    """'intervention / outcome; ...' for the trials the gate shows, and how many it withheld
+    ("an unregistered trial name (not shown)" with a registry in use)."""
     shown, withheld = [], 0
     for intervention, outcome in trials:
         i, o = gate.show(intervention, Origin.TRIAL), gate.show(outcome, Origin.OUTCOME)
@@ -143,9 +160,11 @@ def names_text(gate: Gate, trials: Iterable[tuple[str, str]]) -> str:
             withheld += 1
         else:
             shown.append(f"{i} / {o}")
-    if withheld:
-        shown.append(f"{withheld} trial name{'s' if withheld > 1 else ''} not shown (not registered, and not "
-                     f"sent for {MIN_PUPILS} or more pupils by each of {MIN_SCHOOLS} or more schools)")
+    if withheld and gate.has_registry:
+        shown.append(f"{'an' if withheld == 1 else withheld} unregistered trial name{'s' if withheld > 1 else ''} "
+                     "(not shown)")
+    elif withheld:
+        shown.append(f"{withheld} trial name{'s' if withheld > 1 else ''} not shown ({gate.withheld_reason})")
     return "; ".join(shown)
 
 
@@ -170,8 +189,9 @@ def row_shown(gate: Gate, row: dict | pd.Series) -> bool:
 def withhold(table: pd.DataFrame, gate: Gate) -> tuple[pd.DataFrame, int]:
     """The evidence rows whose names the gate shows, and how many rows were withheld.
 
-    A withheld row is a trial whose name is neither registered nor carried widely: it is too small
-    to estimate (fewer than ``MIN_PUPILS`` pupils or one school), so no figure is lost with it.
+    Without a registry, a withheld row is a trial whose name is not carried widely: it is too small
+    to estimate (fewer than ``MIN_PUPILS`` pupils or one school), so no figure is lost with it. With
+    one, trial_results holds registered trials only (an unregistered intervention is never evidence).
     """
     if not len(table):
         return table, 0

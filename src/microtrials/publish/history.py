@@ -23,6 +23,7 @@ from microtrials.ingest import warehouse  # noqa: E402
 from microtrials.stats.effect_sizes import months_progress  # noqa: E402
 from microtrials.ingest.names import match_key  # noqa: E402
 from microtrials.ingest.registry import Registry, problems_frame, read_registry, rounds_frame  # noqa: E402
+from microtrials.publish.views import shown_strength  # noqa: E402
 
 KEY_COLUMNS = ("intervention", "outcome_measure", "round")
 CORRECTION = "correction"  # a publication's correction note, kept with each of its rows
@@ -315,6 +316,10 @@ def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def _provisional(row: Mapping[str, object]) -> str:
+    return " (provisional)" if str(row.get("status")).strip() == "interim" else ""
+
+
 def what_changed(previous_rows: pd.DataFrame | Iterable[Mapping[str, object]] | None,
                  current_rows: pd.DataFrame | Iterable[Mapping[str, object]]) -> list[str]:
     """One plain sentence per trial row that changed between two publications (none when nothing did).
@@ -322,7 +327,8 @@ def what_changed(previous_rows: pd.DataFrame | Iterable[Mapping[str, object]] | 
     Rows are matched by (intervention, outcome_measure, round) match keys. A sentence names new
     or departed schools (by URN, from ``school_urns`` when the history kept them, else the count),
     a move in months of progress ("moved from +2 to +3 months, effect size 0.17 -> 0.21"), an
-    evidence-strength change ("strength 3 -> 4") and a status change ("status interim ->
+    evidence-strength change as the pages show it ("strength 2 -> 4", an interim result's capped:
+    :func:`microtrials.publish.views.shown_strength`) and a status change ("status interim ->
     published"). A row new to the table says "first published"; a row gone says so.
     """
     before = {_key(r): r for r in _records(previous_rows)}
@@ -332,9 +338,10 @@ def what_changed(previous_rows: pd.DataFrame | Iterable[Mapping[str, object]] | 
         old = before.get(key)
         label = _label(row)
         if old is None:
-            strength = row.get("evidence_strength")
+            strength = shown_strength(row.get("evidence_strength"), row.get("status"))
             sentences.append(f"{label}: first published, {_months_text(_months_of(row))}"
-                             + (f", evidence strength {int(strength)} of 5." if strength is not None else "."))
+                             + (f", evidence strength {strength} of 5{_provisional(row)}." if strength is not None
+                                else "."))
             continue
         clauses = []
         new_urns = sorted(_urn_list(row.get("school_urns")) - _urn_list(old.get("school_urns")))
@@ -370,9 +377,11 @@ def what_changed(previous_rows: pd.DataFrame | Iterable[Mapping[str, object]] | 
                 clauses[-1] += ", so " + moved
             else:
                 clauses.append(moved)
-        s_old, s_new = old.get("evidence_strength"), row.get("evidence_strength")
-        if s_old != s_new:
-            clauses.append(f"evidence strength {'-' if s_old is None else int(s_old)} → {'-' if s_new is None else int(s_new)}")
+        s_old = shown_strength(old.get("evidence_strength"), old.get("status"))
+        s_new = shown_strength(row.get("evidence_strength"), row.get("status"))
+        if s_old != s_new:  # as the pages show it: an interim result's capped
+            clauses.append(f"evidence strength {'-' if s_old is None else s_old} → {'-' if s_new is None else s_new}"
+                           + _provisional(row))
         if old.get("status") != row.get("status") and row.get("status") is not None:
             clauses.append(f"status {old.get('status') or '-'} → {row.get('status')}")
         if clauses:

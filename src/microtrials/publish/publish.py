@@ -19,11 +19,15 @@ Choices, so a reader (a school downloading the page, a spreadsheet opening a CSV
   The old publication is deleted right after the swap, so a request that resolved the old folder
   an instant before may get "not found" for one file; it never gets a truncated file.
 - **Formula neutralising** (OWASP "CSV Injection"): text cells starting with ``=``, ``+``, ``-``,
-  ``@``, tab or carriage return get a leading single quote so a spreadsheet shows them as text
+  ``@``, tab or carriage return get one leading single quote so a spreadsheet shows them as text
   (only in files a spreadsheet opens: CSV here, xlsx in ``workbooks``; pages show the name as
-  sent). ``published_text`` undoes it, so checks that read a CSV back compare the names as sent.
-  Numeric cells are left alone, and so is text that is a plain number (``-0.25``), which a
-  spreadsheet reads as a number, never as a formula.
+  sent). Only what a spreadsheet would read as a formula (:func:`reads_as_formula`, its first
+  character): text that already starts with a quote (``'=HYPERLINK(...)' is not in the registry``)
+  is left as it is, never given a second quote. ``published_text`` undoes the quote, so checks
+  that read a CSV back compare the names as sent (text sent with a quote before ``=``, ``+``,
+  ``-`` or ``@`` reads back without it: every check compares both sides through
+  ``published_text``, so they agree). Numeric cells are left alone, and so is text that is a
+  plain number (``-0.25``), which a spreadsheet reads as a number, never as a formula.
 - **Suppression**: every figure for a group of fewer than ``SUPPRESSION_THRESHOLD`` pupils is
   blanked and a ``suppressed`` column says why, as official statistics do; the secondary
   suppression that stops a sum giving a blanked count back is in ``microtrials.publish.disclosure``.
@@ -108,16 +112,16 @@ def write_atomic(path: Path, data: bytes | str, sync: bool = True) -> None:
         _fsync_dir(path.parent)
 
 
-def _reads_as_formula(text: str) -> bool:
-    """Whether a spreadsheet would read ``text`` (after any leading quotes) as a formula."""
-    bare = text.lstrip("'")
-    return bare.startswith(FORMULA_TRIGGERS) and not _PLAIN_NUMBER.fullmatch(bare)
+def reads_as_formula(text: str) -> bool:
+    """Whether a spreadsheet would read ``text`` as a formula: it starts with ``= + - @``, a tab or a
+    carriage return and is not a plain number. (Text starting with a quote is read as text.)"""
+    return text.startswith(FORMULA_TRIGGERS) and not _PLAIN_NUMBER.fullmatch(text)
 
 
 def _neutralise_cell(value: object) -> object:
-    """``'`` + the text when a spreadsheet would read it as a formula (also when it already starts
-    with quotes before such text, so :func:`published_text` can always undo it), else the value."""
-    if isinstance(value, str) and _reads_as_formula(value):
+    """``'`` + the text when a spreadsheet would read it as a formula, else the value (once: text
+    that starts with a quote is not read as a formula, so it never gets a second one)."""
+    if isinstance(value, str) and reads_as_formula(value):
         return "'" + value
     return value
 
@@ -127,7 +131,7 @@ def published_text(cell: str) -> str:
     ``'@Home reading`` -> ``@Home reading``, ``'-`` -> ``-``; any other text unchanged. Checks that
     read a published file compare names through this (and :func:`microtrials.ingest.names.match_key`), so a
     name starting with ``= + - @`` is an ordinary name."""
-    if isinstance(cell, str) and cell.startswith("'") and _reads_as_formula(cell[1:]):
+    if isinstance(cell, str) and cell.startswith("'") and reads_as_formula(cell[1:]):
         return cell[1:]
     return cell
 

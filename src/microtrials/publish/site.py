@@ -45,7 +45,7 @@ from microtrials.guidance import SUPPRESSION_THRESHOLD
 from microtrials.ingest.names import match_key
 from microtrials.publish.plots import describe, forest_plot
 from microtrials.publish.publish import csv_bytes, suppress_small_groups
-from microtrials.ingest.registry import CUMULATIVE_ROUND, FILE_NAME
+from microtrials.ingest.registry import CUMULATIVE_ROUND, FILE_NAME, unnamed_unregistered_text
 from microtrials.publish.workbooks import table_xlsx, template_xlsx
 
 #: Column names that could hold a pupil identifier; never published.
@@ -496,7 +496,8 @@ def registry_report(messages: pd.DataFrame | None, progress: pd.DataFrame | None
         ordered = messages.assign(_rank=(messages["level"].astype(str) != "error").astype(int)).sort_values(
             ["_rank", "intervention", "school_urn"], kind="stable")
         for m in ordered.itertuples(index=False):
-            rows.append({"Trial": m.intervention, "Round": "", "School URN": m.school_urn or "", "What to do": m.message})
+            rows.append({"Trial": m.intervention, "Round": "", "School URN": m.school_urn or "", "What to do": m.message,
+                         "rule": getattr(m, "rule", "")})
     if progress is not None and len(progress):
         waiting = progress[pd.to_numeric(progress["awaited"], errors="coerce").fillna(0) > 0]
         for p in waiting.itertuples(index=False):
@@ -504,7 +505,7 @@ def registry_report(messages: pd.DataFrame | None, progress: pd.DataFrame | None
             if not views.is_blank(p.status_note):
                 note += f" ({p.status_note})"
             rows.append({"Trial": p.intervention, "Round": p.round, "School URN": p.awaited_urns, "What to do": note})
-    return pd.DataFrame(rows, columns=REGISTRY_REPORT_COLUMNS)
+    return pd.DataFrame(rows, columns=[*REGISTRY_REPORT_COLUMNS, "rule"])  # rule: the message's, not published
 
 
 _QUOTED = re.compile(r"'([^']*)'")
@@ -529,6 +530,8 @@ def gated_registry_report(rows: pd.DataFrame, gate: publication_gate.Gate) -> pd
     """:func:`registry_report` rows through the gate: a trial or round the gate does not show is left
     blank, and every quoted name in "What to do" is kept only when the gate shows it."""
     out = rows.copy()
+    unnamed = out["Trial"].map(lambda v: views.is_blank(v) or not gate.allows(v, Origin.TRIAL)) \
+        & (out["rule"] == "unregistered" if "rule" in out.columns else False)
     out["Trial"] = out["Trial"].map(lambda v: gate.show(v, Origin.TRIAL) or "" if not views.is_blank(v) else "")
     out["Round"] = out["Round"].map(lambda v: gate.show(v, Origin.ROUND) or "" if not views.is_blank(v) else "")
     out["School URN"] = out["School URN"].map(
@@ -538,6 +541,8 @@ def gated_registry_report(rows: pd.DataFrame, gate: publication_gate.Gate) -> pd
     # no count of a school's rows either (a count of pupils): "(202 rows from schools ...)" -> "(rows from schools ...)"
     out["What to do"] = [v if own else _ROWS_FROM.sub("rows from", gated_text(v, gate))
                          for v, own in zip(out["What to do"], officer, strict=True)]
+    # an unregistered name the gate withholds: said without it, with its schools (one wording, the registry's)
+    out.loc[unnamed, "What to do"] = [unnamed_unregistered_text(urns.split()) for urns in out.loc[unnamed, "School URN"]]
     return out
 
 
@@ -576,14 +581,27 @@ def public_load_report(load_report: pd.DataFrame, gate: publication_gate.Gate | 
         urn = gate.show("" if views.is_blank(r["school_urn"]) else str(r["school_urn"]).strip(), Origin.URN) or ""
         per_school[urn] = per_school.get(urn, 0) + 1
         label = publication_gate.file_label(urn, per_school[urn])
+        pairs = _trial_pairs(r["trials"])
         rows.append({
             "File": label, "School URN": urn, "Status": LOAD_STATUS[kind],
-            "What went wrong": _what_went_wrong(r, kind, name, label),
-            "Warnings": _unnamed(_rules(r["warnings"]), name, label),
-            "Trials": publication_gate.names_text(gate, _trial_pairs(r["trials"])),
+            "What went wrong": _names_withheld(_what_went_wrong(r, kind, name, label), pairs, gate),
+            "Warnings": _names_withheld(_unnamed(_rules(r["warnings"]), name, label), pairs, gate),
+            "Trials": publication_gate.names_text(gate, pairs),
             "Columns dropped": publication_gate.dropped_columns_text(_count_dropped(r["columns_dropped"])),
         })
     return pd.DataFrame(rows, columns=LOAD_COLUMNS)
+
+
+def _names_withheld(text: str, pairs: list[tuple[str, str]], gate: publication_gate.Gate) -> str:
+    """``text`` (the loader's sentence about one file, which may name its trials, e.g. "not loaded:
+    <intervention> / <outcome>: ..." or a held change's label) with every name of the file's trials
+    that the gate does not show replaced by ``WITHHELD_NAME``, longest first."""
+    hidden = {n for i, o in pairs for n, origin in ((i, Origin.TRIAL), (o, Origin.OUTCOME))
+              if n.strip() and not gate.allows(n, origin)}
+    for hide in sorted(hidden, key=len, reverse=True):  # in any capitals and spacing, as the loader may have them
+        words = r"\s+".join(re.escape(w) for w in hide.split())
+        text = re.sub(rf"(?<!\w){words}(?!\w)", WITHHELD_NAME, text, flags=re.IGNORECASE)
+    return text
 
 
 def _unnamed(text: str, name: str, label: str) -> str:
@@ -652,7 +670,7 @@ def merged_spellings(spellings: pd.DataFrame | None, table: pd.DataFrame,
 def _sorted(table: pd.DataFrame, view: SortView) -> list[int]:
     """Row positions in the view's order: final results first, then provisional (interim) ones, then
     rows with no result; within each, by the view's column (blanks last), ties by months, then name.
-    An interim row's strength sorts as shown: capped at ``views.PROVISIONAL_AT_MOST``."""
+    An interim row's strength sorts as shown (:func:`views.shown_strength`)."""
     names = ["intervention", "outcome_measure"]
     keys = list(dict.fromkeys([view.column, "months_progress", "evidence_strength", *names]))
     status = table["status"].astype(str) if "status" in table.columns else pd.Series("", index=table.index)
@@ -663,8 +681,9 @@ def _sorted(table: pd.DataFrame, view: SortView) -> list[int]:
         else:
             columns[k] = pd.to_numeric(table[k], errors="coerce")
     if "evidence_strength" in columns:
-        capped = columns["evidence_strength"].clip(upper=views.PROVISIONAL_AT_MOST)
-        columns["evidence_strength"] = columns["evidence_strength"].where(status != "interim", capped)
+        columns["evidence_strength"] = pd.to_numeric(pd.Series(
+            [views.shown_strength(v, s) for v, s in zip(table["evidence_strength"], status, strict=True)],
+            index=table.index, dtype=object), errors="coerce")
     ascending = [True] + [not view.descending if k == view.column else k in names for k in keys]
     sort_frame = pd.DataFrame(columns)
     return list(sort_frame.sort_values(["_final", *keys], ascending=ascending, na_position="last",
@@ -997,8 +1016,7 @@ def build_site(
     gate = publication_gate.trusting(evidence) if gate is None else gate
     evidence, withheld = publication_gate.withhold(evidence, gate)
     if withheld:
-        problems.append(f"{withheld} trial row(s) not published: their names are neither registered nor sent for "
-                        f"{publication_gate.MIN_PUPILS} or more pupils by each of {publication_gate.MIN_SCHOOLS} or more schools")
+        problems.append(f"{withheld} trial row(s) not published: their names are {gate.withheld_reason}")
     table, protected_schools = protected_publication(evidence, schools, previous, problems)
     names = page_names(table)
     folders, messages = trial_folders(names)

@@ -374,16 +374,20 @@ def _fsm(row: pd.Series) -> tuple[float | None, str]:
     return fsm, f"{months(fsm)} ({low} to {high})"
 
 
+def shown_strength(strength: object, status: object) -> int | None:
+    """The one definition of the evidence strength as published in words (pages, what changed, the
+    run log): whole padlocks, an interim (provisional) result's capped at ``PROVISIONAL_AT_MOST``."""
+    value = number(strength)
+    if value is None:
+        return None
+    shown = int(round(value))
+    return min(shown, PROVISIONAL_AT_MOST) if str(status).strip() == "interim" else shown
+
+
 def _strength(row: pd.Series, status: str) -> tuple[int | None, str]:
-    """Padlocks as shown: an interim result's capped at ``PROVISIONAL_AT_MOST`` and marked provisional."""
-    strength = number(row.get("evidence_strength"))
-    if strength is None:
-        return None, ""
-    shown = int(round(strength))
-    if status == "interim":
-        shown = min(shown, PROVISIONAL_AT_MOST)
-        return shown, f"{shown} of 5"
-    return shown, f"{shown} of 5"
+    """Padlocks as shown (:func:`shown_strength`)."""
+    shown = shown_strength(row.get("evidence_strength"), status)
+    return (None, "") if shown is None else (shown, f"{shown} of 5")
 
 
 def trial_view(row: pd.Series, folder: str) -> TrialView:
@@ -483,14 +487,14 @@ def history_view(rows: pd.DataFrame, changes: list[str], alt: str, changed_now: 
     points = []
     for record in rows.to_dict("records") if len(rows) else []:
         when = pd.Timestamp(record["published_at"])
-        strength = number(record.get("evidence_strength"))
+        strength = shown_strength(record.get("evidence_strength"), record.get("status"))
         points.append(PublicationPoint(
             date=when.strftime("%d %B %Y %H:%M"),
             effect=fmt(record.get("effect_size")) or "not published",
             ci=interval(record.get("ci_low"), record.get("ci_high")) or "\u2013",
             months=months(record.get("months_progress")) or "\u2013",
             schools=whole(record.get("schools")) or "\u2013",
-            strength="\u2013" if strength is None else f"{int(round(strength))} of 5",
+            strength="\u2013" if strength is None else f"{strength} of 5",
             reason="" if is_blank(record.get("reason")) else str(record.get("reason")),
             day=day(when),
         ))

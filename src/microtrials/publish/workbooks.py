@@ -20,7 +20,7 @@ from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.datavalidation import DataValidation
 
-from microtrials.publish.publish import FORMULA_TRIGGERS
+from microtrials.publish.publish import reads_as_formula
 
 _FIXED_TIME = dt.datetime(2000, 1, 1)
 _HEADER_FILL = PatternFill("solid", fgColor="F3F2F1")
@@ -63,7 +63,7 @@ def _put(cell, value: object) -> None:
     """Write ``value`` into ``cell``; text that starts like a formula becomes a quote-prefixed
     string cell (openpyxl would otherwise type ``=...`` as a formula)."""
     cell.value = value
-    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+    if isinstance(value, str) and reads_as_formula(value):
         cell.data_type = "s"
         cell.quotePrefix = True
 

@@ -337,13 +337,16 @@ def plan_for(intervention: str, schools: int, pupils: int | None, results: pd.Da
 def round_plans(registry, results: pd.DataFrame | None) -> dict[tuple[str, str], Plan]:
     """The plan figures for every registered round that has no results yet in ``results``
     (keyed by (intervention, round) match keys): its planned schools, the earlier rounds'
-    pupils per school. Rounds with fewer than 2 planned schools are left out."""
+    pupils per school. Rounds with fewer than 2 planned schools are left out. A round has results
+    when a row of it has pupils analysed, or a blank count (the publication passes its counts after
+    disclosure control, and a blanked count is a small group, not none)."""
     done: set[tuple[str, str]] = set()
     done_names: set[str] = set()
     if results is not None and len(results):
         has = results
-        if "pupils_analysed" in has:  # a row with no pupils analysed is not a result yet
-            has = has[pd.to_numeric(has["pupils_analysed"], errors="coerce").fillna(0) > 0]
+        if "pupils_analysed" in has:  # a row with no pupils analysed is not a result yet; a blank count
+            # (withheld by disclosure control: a small group) is one
+            has = has[pd.to_numeric(has["pupils_analysed"], errors="coerce").fillna(1) > 0]
         names = [match_key(registry.canonical(str(i)) or str(i)) for i in has["intervention"]]
         if "round" in has:
             done = {(n, match_key(r or "")) for n, r in zip(names, has["round"].fillna(""))}
