@@ -1,25 +1,4 @@
-"""Disclosure control for published pupil counts: small cells blanked so that no sum gives them back.
-
-The rule (docs/methods.md, "Disclosure control"), after the ONS/GSS guidance on protecting
-tables (secondary suppression: a blanked cell must not be recoverable from published totals):
-
-1. **Primary.** A school whose analysed pupils in either group number 1 to ``threshold - 1``
-   has its counts and figures blanked. (A 0 is a structural zero, "no pupils in that group",
-   and is published.)
-2. **Secondary.** The trial's total ``pupils_analysed`` equals the sum of the schools' two
-   counts, so one blanked school could be recovered by subtraction. When exactly one school is
-   blanked, the next smallest school (by pupils, then URN) is blanked too; and schools keep being
-   added, smallest first, until the blanked schools together hold at least ``threshold`` pupils,
-   so the difference itself is never a small number.
-3. **Totals.** When even all schools together stay below ``threshold`` (and whenever a total
-   count is 1 to ``threshold - 1``), the trial's counts are blanked (``pupils_randomised``,
-   ``pupils_analysed`` and ``attrition_pct``, which would give the analysed count back).
-4. **One school.** A trial with a single school publishes no per-school rows at all: that
-   school's figures would be the trial's, with its URN beside them.
-
-``protect_schools`` applies 1, 2 and 4 to one trial's per-school table; ``protect_totals``
-applies 3 to the trial's evidence row.
-"""
+"""Disclosure control for published pupil counts: small groups blanked, and an exact audit that no combination gives one back."""
 
 from __future__ import annotations
 
@@ -27,6 +6,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from microtrials.guidance import SUPPRESSION_THRESHOLD
@@ -137,7 +117,7 @@ Key = tuple
 
 @dataclass
 class Relation:
-    """``total = sum(parts)`` (+ a hidden remainder when the published parts do not add up to it)."""
+    """``total = sum(parts)`` (+ an unpublished remainder when the parts do not add up to it)."""
 
     total: Key
     parts: list[Key]
@@ -147,114 +127,345 @@ class Relation:
 
 @dataclass
 class Linked:
-    """Every published pupil count of one publication: its true value, the row it is blanked with,
-    and the sums an attacker knows hold between them."""
+    """Every true pupil count behind one publication, published or not: its value, the rows it is
+    published in (none: never published, so always unknown) and how publications key it; and the
+    sums that hold between them."""
 
     values: dict[Key, float] = field(default_factory=dict)
-    row_of: dict[Key, Key] = field(default_factory=dict)
+    #: variable -> the published rows holding it (a school's cells are one variable in every table)
+    rows: dict[Key, list[Key]] = field(default_factory=dict)
+    members: dict[Key, list[Key]] = field(default_factory=dict)
+    #: variable -> the keys publications give it (``previous`` is keyed so); key -> variable
+    keys: dict[Key, list[Key]] = field(default_factory=dict)
+    var_of: dict[Key, Key] = field(default_factory=dict)
     relations: list[Relation] = field(default_factory=list)
     #: cells blanked already (by the per-table rules), with the reason
     blanked: dict[Key, str] = field(default_factory=dict)
 
-    def add(self, key: Key, value: object, row: Key, blank: bool) -> None:
-        self.values[key] = _count(value)
-        self.row_of[key] = row
-        if blank:
-            self.blanked[key] = PRIMARY
+    def add(self, var: Key, value: object, row: Key | None = None, blank: bool = False,
+            key: Key | None = None) -> None:
+        """Count ``var`` (true ``value``), published in ``row`` (blank there when ``blank``) or,
+        with ``row`` None, not published; ``key`` is how publications key it (default ``var``)."""
+        self.values.setdefault(var, _count(value))
+        key = var if key is None else key
+        if key not in self.keys.setdefault(var, []):
+            self.keys[var].append(key)
+        self.var_of[key] = var
+        if row is not None:
+            if row not in self.rows.setdefault(var, []):
+                self.rows[var].append(row)
+            if var not in self.members.setdefault(row, []):
+                self.members[row].append(var)
+            if blank:
+                self.blanked.setdefault(var, PRIMARY)
 
 
 def _finite(x: float) -> bool:
     return not math.isnan(x)
 
 
-def link(linked: Linked, previous: dict[Key, float] | None = None,
-         threshold: int = SUPPRESSION_THRESHOLD) -> tuple[dict[Key, str], list[Relation]]:
-    """Which cells to blank so that no sum or difference of published counts, in this publication
-    or between it and ``previous`` (cell -> value as last published), gives back a group of 1 to
-    ``threshold - 1`` pupils; and the relations that could not be protected (should be none).
+def _small(value: float, threshold: int) -> bool:
+    return 0 < abs(round(value)) < threshold
 
-    1. **Primary**: a count of 1 to ``threshold - 1``.
-    2. **Change**: a count that moved by 1 to ``threshold - 1`` since ``previous`` (the difference
-       is a group of pupils who joined or left).
-    3. **Secondary**, until nothing changes: in every relation ``total = parts``, a cell the
-       attacker does not know (blank now, and not published unchanged before) must not be the only
-       one; and when the total is known, the unknown cells together must not hold 1 to
-       ``threshold - 1`` pupils. Otherwise the smallest other part (then the total) still
-       published is blanked too. A cell published before with the same value is known, so it never
-       counts as protection.
-    Blanking a cell blanks its row (both arms of a school; both counts of an evidence row).
-    """
-    previous = previous or {}
-    blanked = dict(linked.blanked)
-    rows: dict[Key, list[Key]] = {}
-    for key, row in linked.row_of.items():
-        rows.setdefault(row, []).append(key)
 
-    def blank(key: Key, reason: str) -> None:
-        for sibling in rows.get(linked.row_of.get(key, key), [key]):
-            blanked.setdefault(sibling, reason)
+@dataclass
+class _Block:
+    """Variables joined by relations (one trial's cells): protected together, audited apart."""
 
-    for key, value in linked.values.items():
-        if _finite(value) and 0 < value < threshold:
-            blank(key, PRIMARY)
-        before = previous.get(key)
-        if before is not None and _finite(value) and _finite(before) and 0 < abs(value - before) < threshold:
-            blank(key, CHANGED)
+    variables: list[Key]
+    relations: list[int]
 
-    def known(key: Key) -> bool:
-        if key not in blanked:
-            return True
-        before = previous.get(key)
-        return before is not None and before == linked.values.get(key)
 
-    unprotected: list[Relation] = []
-    for _ in range(10 * len(linked.values) + 10):
-        changed = False
+@dataclass(frozen=True)
+class Violation:
+    """What an attacker gets back: a ``cell`` exactly (``kind`` "group": a count of 1 to 9;
+    "changed": 1 to 9 away from its last published value), or ("sum") the unknown cells of
+    ``relation`` together hold 1 to 9 pupils."""
+
+    kind: str
+    cell: Key | None = None
+    relation: int | None = None
+
+
+class _Audit:
+    """The exact audit of one publication (docs/methods.md, "Disclosure control"): the relations as
+    linear equations over every count, the known counts substituted, and a count is given back
+    exactly when its unit vector lies in the row space of the equations restricted to the unknowns."""
+
+    def __init__(self, linked: Linked, previous: dict[Key, float], threshold: int) -> None:
+        self.linked, self.previous, self.threshold = linked, previous, threshold
+        self.values = dict(linked.values)
+        self.blanked = dict(linked.blanked)
+        self.terms: list[dict[Key, int]] = []
+        self.prefer: list[bool] = []
+        self.of: dict[Key, list[int]] = {}
+        self.children: dict[Key, list[Key]] = {}
+        self.parents: dict[Key, list[Key]] = {}
+        self._before: dict[tuple[Key, bool], list[float]] = {}
         for relation in linked.relations:
-            need = _needs_more(relation, linked.values, known, threshold)
-            if need:
-                pick = _complement(relation, linked.values, blanked, previous)
-                if pick is None:
-                    unprotected.append(relation)
+            self._equation(relation)
+
+    def _equation(self, relation: Relation) -> None:
+        members = [relation.total, *relation.parts]
+        if any(m not in self.values or not _finite(self.values[m]) for m in members):
+            return
+        terms: dict[Key, int] = {relation.total: 1}
+        for part in relation.parts:
+            terms[part] = terms.get(part, 0) - 1
+        remainder = self.values[relation.total] - sum(self.values[p] for p in relation.parts)
+        if round(remainder):  # pupils in no part (e.g. randomised but not analysed): never published
+            slack = ("unpublished remainder", len(self.terms))
+            self.values[slack] = remainder
+            terms[slack] = -1
+        terms = {k: c for k, c in terms.items() if c}
+        if not terms:
+            return
+        index = len(self.terms)
+        self.terms.append(terms)
+        self.prefer.append(relation.prefer_total)
+        for member in terms:
+            self.of.setdefault(member, []).append(index)
+        if relation.total in terms:
+            for part in terms:
+                if part != relation.total:
+                    self.children.setdefault(relation.total, []).append(part)
+                    self.parents.setdefault(part, []).append(relation.total)
+
+    def total(self, index: int) -> Key:
+        return next(iter(self.terms[index]))
+
+    def published(self, var: Key) -> bool:
+        return bool(self.linked.rows.get(var))
+
+    def known_before(self, var: Key) -> bool:
+        return any(self.previous.get(k) == self.values[var] for k in self.linked.keys.get(var, []))
+
+    def known(self, var: Key) -> bool:
+        """Published now, published before with the same value, or 0 (taken as known: an unknown 0
+        can be pinned by the counts being non-negative, which the linear audit does not see)."""
+        if not _finite(self.values[var]) or round(self.values[var]) == 0:
+            return True
+        if self.published(var) and var not in self.blanked:
+            return True
+        return self.known_before(var)
+
+    def hideable(self, var: Key) -> bool:
+        value = self.values.get(var, math.nan)
+        return (self.published(var) and var not in self.blanked and _finite(value) and value > 0
+                and not self.known_before(var))
+
+    def changed(self, var: Key) -> bool:
+        value = self.values[var]
+        return any(_small(value - self.previous[k], self.threshold)
+                   for k in self.linked.keys.get(var, []) if k in self.previous and _finite(self.previous[k]))
+
+    def before(self, var: Key, down: bool) -> list[float]:
+        """The values last published for the counts inside ``var`` (its parts, their parts, ...; with
+        ``down`` False, the counts it is inside): a count less one inside it is a group of pupils."""
+        if (var, down) not in self._before:
+            links = self.children if down else self.parents
+            seen, stack, out = {var}, [var], []
+            while stack:
+                for other in links.get(stack.pop(), []):
+                    if other not in seen:
+                        seen.add(other)
+                        stack.append(other)
+                        out += [self.previous[k] for k in self.linked.keys.get(other, [])
+                                if k in self.previous and _finite(self.previous[k])]
+            self._before[(var, down)] = out
+        return self._before[(var, down)]
+
+    def differenced(self, var: Key) -> bool:
+        """Whether ``var`` less a count inside it as last published, or a count it is inside as last
+        published less ``var``, is 1 to ``threshold - 1``."""
+        value = self.values[var]
+        return (any(0 < round(value - p) < self.threshold for p in self.before(var, True))
+                or any(0 < round(p - value) < self.threshold for p in self.before(var, False)))
+
+    def blank(self, var: Key, reason: str) -> list[Key]:
+        """Blank ``var`` in every row it is published in, with the rest of each row; the cells newly blanked."""
+        added = []
+        for row in self.linked.rows.get(var, [var]):
+            for sibling in self.linked.members.get(row, [var]):
+                if sibling not in self.blanked:
+                    self.blanked[sibling] = reason
+                    added.append(sibling)
+        return added
+
+    def blocks(self) -> list[_Block]:
+        """The variables joined by relations, each with its relations."""
+        parent: dict[Key, Key] = {v: v for v in self.values}
+
+        def find(v: Key) -> Key:
+            while parent[v] != v:
+                parent[v] = parent[parent[v]]
+                v = parent[v]
+            return v
+        for terms in self.terms:
+            first, *rest = terms
+            for other in rest:
+                parent[find(other)] = find(first)
+        groups: dict[Key, _Block] = {}
+        for v in self.values:
+            groups.setdefault(find(v), _Block([], [])).variables.append(v)
+        for index, terms in enumerate(self.terms):
+            groups[find(next(iter(terms)))].relations.append(index)
+        return [b for b in groups.values() if b.relations]
+
+    def determined(self, unknown: list[Key]) -> set[Key]:
+        """The unknowns the equations give back exactly: per connected set of unknowns, those whose
+        unit vector is in the row space of its equations (leverage 1)."""
+        wanted = set(unknown)
+        out: set[Key] = set()
+        seen: set[Key] = set()
+        for start in unknown:
+            if start in seen:
+                continue
+            component, equations, stack = [start], set(), [start]
+            seen.add(start)
+            while stack:
+                for index in self.of.get(stack.pop(), []):
+                    if index in equations:
+                        continue
+                    equations.add(index)
+                    for member in self.terms[index]:
+                        if member in wanted and member not in seen:
+                            seen.add(member)
+                            component.append(member)
+                            stack.append(member)
+            out |= _in_row_space(component, [self.terms[i] for i in sorted(equations)])
+        return out
+
+    def violations(self, block: _Block) -> list[Violation]:
+        """Every count of ``block`` an attacker gets back, or a small sum of unknowns (:class:`Violation`)."""
+        unknown = [v for v in block.variables if not self.known(v)]
+        found = self.determined(unknown) if unknown else set()
+        out = []
+        for var in unknown:
+            if var in found and _small(self.values[var], self.threshold):
+                out.append(Violation("group", var))
+            elif var in found and self.changed(var):
+                out.append(Violation("changed", var))
+        hidden = set(unknown) - found
+        out += [Violation("changed", v) for v in block.variables if v not in hidden and self.differenced(v)]
+        for index in block.relations:
+            total = self.total(index)
+            if total in hidden:
+                continue
+            rest = [(v, c) for v, c in self.terms[index].items() if v != total and v in hidden]
+            if len(rest) > 1 and _small(sum(-c * self.values[v] for v, c in rest), self.threshold):
+                out.append(Violation("sum", relation=index))
+        return out
+
+    def candidates(self, violation: Violation, block: _Block) -> list[Key]:
+        """Published cells to blank next: the cell itself, then from the sums that give it back (those
+        joining it to other unknowns, nearest first), each sum's smallest part first (its total first
+        where the sum prefers it), then its total."""
+        cell = violation.cell
+        start = [cell] if cell is not None else [v for v in self.terms[violation.relation] if not self.known(v)]
+        out: list[Key] = [cell] if cell is not None and self.hideable(cell) else []
+        for index in self._reaching(start, [violation.relation] if cell is None else []):
+            total, parts = self.total(index), [v for v in self.terms[index] if v != self.total(index)]
+            ordered = sorted((p for p in parts if self.hideable(p)), key=lambda p: (self.values[p], str(p)))
+            ordered = [total, *ordered] if self.prefer[index] else [*ordered, total]
+            out += [v for v in ordered if self.hideable(v) and v not in out]
+        return out
+
+    def _reaching(self, start: list[Key], first: list[int]) -> list[int]:
+        """The sums joining the unknowns ``start`` to other unknowns, breadth first (after ``first``)."""
+        order, done, seen, queue = list(first), set(first), set(start), list(start)
+        while queue:
+            var = queue.pop(0)
+            for index in self.of.get(var, []):
+                if index in done:
                     continue
-                blank(pick, SECONDARY)
-                changed = True
-        if not changed:
-            break
-        unprotected = []
+                done.add(index)
+                order.append(index)
+                for member in self.terms[index]:
+                    if member not in seen and not self.known(member):
+                        seen.add(member)
+                        queue.append(member)
+        return order
+
+    def protect(self, block: _Block, tries: int = 8) -> list[Violation]:
+        """Blank published cells of ``block`` one at a time until the audit finds nothing; what could
+        not be protected (should be nothing)."""
+        for _ in range(len(block.variables) + 1):
+            found = self.violations(block)
+            if not found:
+                return []
+            pick = None
+            for violation in found:
+                options = self.candidates(violation, block)
+                pick = next((c for c in options[:tries] if self._mends(c, violation, block)), None)
+                pick = pick or (options[0] if options else None)
+                if pick is not None:
+                    break
+            if pick is None:
+                return found
+            self.blank(pick, SECONDARY)
+        return self.violations(block)
+
+    def _mends(self, candidate: Key, violation: Violation, block: _Block) -> bool:
+        added = self.blank(candidate, SECONDARY)
+        try:
+            return violation not in self.violations(block)
+        finally:
+            for var in added:
+                del self.blanked[var]
+
+
+def _in_row_space(component: list[Key], equations: list[dict[Key, int]]) -> set[Key]:
+    """The members of ``component`` whose unit vector lies in the row space of ``equations``
+    restricted to ``component`` (the rest of each equation is known)."""
+    if not equations:
+        return set()
+    if len(component) == 1:
+        return set(component)
+    column = {v: j for j, v in enumerate(component)}
+    matrix = np.zeros((len(equations), len(component)))
+    for i, terms in enumerate(equations):
+        for var, coefficient in terms.items():
+            j = column.get(var)
+            if j is not None:
+                matrix[i, j] = coefficient
+    _, singular, rows = np.linalg.svd(matrix, full_matrices=False)
+    rank = int((singular > max(matrix.shape) * 1e-10 * (singular[0] if len(singular) else 0)).sum())
+    leverage = (rows[:rank] ** 2).sum(axis=0)
+    return {v for v, lev in zip(component, leverage, strict=True) if lev > 1 - 1e-8}
+
+
+def link(linked: Linked, previous: dict[Key, float] | None = None,
+         threshold: int = SUPPRESSION_THRESHOLD) -> tuple[dict[Key, str], list[Violation]]:
+    """Which cells to blank so that no combination of published counts, in this publication or
+    with ``previous`` (key -> value as last published), gives back a group of 1 to
+    ``threshold - 1`` pupils; and what could not be protected (should be nothing).
+
+    1. **Primary**: a published count of 1 to ``threshold - 1``.
+    2. **Change**: a published count that moved by 1 to ``threshold - 1`` since ``previous``.
+    3. **Exact audit** (:class:`_Audit`), per trial: known counts are the published ones and those
+       blanked now but published before with the same value; every other count (blanked, or never
+       published: a one-school round's school, pupils lost, pupils in no school row) is unknown.
+       A violation is an unknown count the sums give back exactly that is 1 to ``threshold - 1``
+       or 1 to ``threshold - 1`` away from its last published value, or the unknown parts of one
+       sum whose total is known (or given back) together holding 1 to ``threshold - 1``.
+    4. **Secondary**, until the audit passes: for each violation one more published count is
+       blanked, from the sums holding it, smallest first (the first that mends it, else the first).
+    Blanking a cell blanks its row (both arms of a school, in every table showing it). The
+    result is keyed by variable and by every key publications give it.
+    """
+    audit = _Audit(linked, previous or {}, threshold)
+    for var in [v for v in linked.rows if v not in audit.blanked]:
+        if _finite(audit.values[var]) and _small(audit.values[var], threshold):
+            audit.blank(var, PRIMARY)
+        elif audit.changed(var):
+            audit.blank(var, CHANGED)
+    unprotected = [v for block in audit.blocks() for v in audit.protect(block)]
+    blanked = dict(audit.blanked)
+    for var, reason in audit.blanked.items():
+        for key in linked.keys.get(var, []):
+            blanked.setdefault(key, reason)
     return blanked, unprotected
-
-
-def _needs_more(relation: Relation, values: dict[Key, float], known, threshold: int) -> bool:
-    """Whether ``relation`` gives back a blanked cell exactly, or a group of 1 to ``threshold - 1``."""
-    members = [relation.total, *relation.parts]
-    if any(m not in values or not _finite(values[m]) for m in members):
-        return False
-    # pupils in no published part (e.g. a round's pupils who joined no school row): never published
-    remainder = values[relation.total] - sum(values[p] for p in relation.parts)
-    hidden = [m for m in members if not known(m)]
-    if not known(relation.total):
-        # total = known parts + hidden parts + remainder: with the total hidden, the hidden parts
-        # and the remainder can only be had together with it; alone, the total is given back
-        return hidden == [relation.total] and not remainder and values[relation.total] != 0
-    recovered = sum(values[m] for m in hidden) + remainder  # what subtraction gives back
-    if len(hidden) == 1 and not remainder:
-        return values[hidden[0]] != 0  # a blanked cell given back exactly
-    return 0 < abs(recovered) < threshold
-
-
-def _complement(relation: Relation, values: dict[Key, float], blanked: dict[Key, str],
-                previous: dict[Key, float]) -> Key | None:
-    """The cell to blank next in ``relation``: the smallest part still published (and not published
-    unchanged before), then the total."""
-    def hideable(key: Key) -> bool:
-        return key not in blanked and previous.get(key) != values.get(key) and _finite(values.get(key, math.nan))
-    if relation.prefer_total and hideable(relation.total):
-        return relation.total
-    parts = sorted((p for p in relation.parts if hideable(p) and values[p] > 0), key=lambda p: (values[p], str(p)))
-    if parts:
-        return parts[0]
-    return relation.total if hideable(relation.total) else None
 
 
 # Sentences of the models' notes that quote a count of pupils, said without it: a count in a note is

@@ -275,9 +275,10 @@ def _school_key(row_key: tuple, school: dict | pd.Series) -> tuple:
 
 def _linked_cells(table: pd.DataFrame, raw: dict[tuple, dict], per_school: list[pd.DataFrame],
                   raw_schools: list[pd.DataFrame | None]) -> disclosure.Linked:
-    """Every published pupil count with its true value, and the sums that hold between them:
-    each row's total over its schools, an intervention's all-rounds row over its rounds, and an
-    all-rounds school row equal to the same school in its round's table."""
+    """Every pupil count behind the publication with its true value, published or not (a one-school
+    row's school, whose figures are the row's, publishes no school row), and every sum that holds
+    between them: randomised = analysed + lost, each row's analysed total over its schools, an
+    intervention's all-rounds row over its rounds; a school is one count in every table showing it."""
     linked = disclosure.Linked()
     keys = [_row_key(r) for r in table.to_dict("records")]
     for position, key in enumerate(keys):
@@ -289,32 +290,37 @@ def _linked_cells(table: pd.DataFrame, raw: dict[tuple, dict], per_school: list[
         # randomised = analysed + pupils lost: a loss of 1 to 9 must not be had by subtraction
         linked.relations.append(disclosure.Relation((*key, "pupils_randomised"), [(*key, "pupils_analysed")],
                                                     prefer_total=True))
-        published, source = per_school[position], raw_schools[position]
-        if source is None or not len(published):
-            continue
-        true = {_school_key(key, r): r for r in source.to_dict("records")}
-        parts = []
-        for school in published.to_dict("records"):
-            skey = _school_key(key, school)
-            for column in SCHOOL_CELLS:
-                linked.add((*skey, column), true.get(skey, {}).get(column), ("S", skey),
-                           views.is_blank(school.get(column)))
-                parts.append((*skey, column))
-        linked.relations.append(disclosure.Relation((*key, "pupils_analysed"), parts))
+        _school_cells(linked, key, per_school[position], raw_schools[position])
     cumulative = match_key(CUMULATIVE_ROUND)
-    for position, key in enumerate(keys):
-        if key[2] != cumulative:
-            continue
-        rounds = [k for k in keys if k[:2] == key[:2] and k[2] not in ("", cumulative)]
-        for column in COUNT_CELLS:
-            linked.relations.append(disclosure.Relation((*key, column), [(*k, column) for k in rounds]))
-        for school in per_school[position].to_dict("records"):
-            skey = _school_key(key, school)
-            same = (key[0], key[1], skey[4], skey[3], skey[4])
-            for column in SCHOOL_CELLS:
-                if (*same, column) in linked.values:
-                    linked.relations.append(disclosure.Relation((*skey, column), [(*same, column)]))
+    for key in keys:
+        if key[2] == cumulative:
+            rounds = [k for k in keys if k[:2] == key[:2] and k[2] not in ("", cumulative)]
+            for column in COUNT_CELLS:
+                linked.relations.append(disclosure.Relation((*key, column), [(*k, column) for k in rounds]))
     return linked
+
+
+def _school_cells(linked: disclosure.Linked, key: tuple, published: pd.DataFrame, source: pd.DataFrame | None) -> None:
+    """One row's school counts (published in its schools.csv, or not published at all) and its
+    analysed total as their sum. A school's count is one variable in its round's table and in the
+    all-rounds table (keyed as its round's table keys it), unless the two differ."""
+    if source is None or not len(source):
+        return
+    shown = {_school_key(key, s): s for s in published.to_dict("records")}
+    parts = []
+    for school in source.to_dict("records"):
+        skey = _school_key(key, school)
+        row = ("S", skey) if skey in shown else None
+        for column in SCHOOL_CELLS:
+            var = (key[0], key[1], skey[4], skey[3], skey[4], column)
+            value = disclosure._count(school.get(column))
+            if var in linked.values and linked.values[var] != value and not (
+                    math.isnan(value) and math.isnan(linked.values[var])):
+                var = ("differs", *skey, column)  # not the same pupils as its round's table: a sum
+                linked.relations.append(disclosure.Relation(var, [(key[0], key[1], skey[4], skey[3], skey[4], column)]))
+            linked.add(var, value, row, row is not None and views.is_blank(shown[skey].get(column)), key=(*skey, column))
+            parts.append(var)
+    linked.relations.append(disclosure.Relation((*key, "pupils_analysed"), parts))
 
 
 def protected_publication(evidence: pd.DataFrame, schools: dict[tuple[str, ...], pd.DataFrame],
@@ -339,7 +345,7 @@ def protected_publication(evidence: pd.DataFrame, schools: dict[tuple[str, ...],
     linked = _linked_cells(table, raw, per_school, raw_schools)
     blanked, unprotected = disclosure.link(linked, previous)
     if unprotected:
-        problems.append(f"disclosure control: {len(unprotected)} sum(s) of published counts could not be protected")
+        problems.append(f"disclosure control: {len(unprotected)} count(s) or sum(s) could not be protected")
     for position, key in enumerate(_row_key(r) for r in table.to_dict("records")):
         hidden = [c for c in COUNT_CELLS if (*key, c) in blanked]
         for column in hidden + (["attrition_pct"] if hidden else []):
