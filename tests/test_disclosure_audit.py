@@ -9,8 +9,10 @@ schools each, schools in two rounds, 0 to 30 pupils per arm, and a second public
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from datetime import datetime
+from html import unescape
 
 import pandas as pd
 import pytest
@@ -191,6 +193,11 @@ def test_the_red_team_route_across_two_publications_is_closed(tmp_path):
     assert analysed.isna()[SUMMER]
     assert analysed.isna()[ALL] or everyone.loc["555509", "n_control"] == "" or analysed.isna()[AUTUMN]
     assert audit_two(ROUTE, route_later()) == []
+    # the blanked 96 is not called small on its page (it was blanked to protect the 6)
+    summer = site.trial_folders(site.page_names(evidence))[0][list(evidence["round"]).index(SUMMER)]
+    page = " ".join(unescape(re.sub(r"<[^>]+>", " ", later[f"{summer}/index.html"].decode())).split())
+    assert "fewer than 10 pupils" not in page
+    assert "number of pupils not published: a group under 10 pupils, or blanked to protect one" in page
 
 
 def test_the_red_team_route_within_one_publication_is_closed():

@@ -68,9 +68,28 @@ def protect_schools(schools: pd.DataFrame, threshold: int = SUPPRESSION_THRESHOL
             out[column] = values.astype("Int64")
         elif pd.api.types.is_bool_dtype(values) or values.dtype == object:
             out[column] = values.astype(object)
-    for i in sorted(blanked):
-        out.iloc[i] = blank_row(out.iloc[i], figure_columns)
+    out = blank_rows(out, sorted(blanked), figure_columns)
     return out, sorted(str(out.loc[i, "school_urn"]) for i in blanked)
+
+
+def blank_rows(frame: pd.DataFrame, positions: list[int], figure_columns: list[str] | None = None) -> pd.DataFrame:
+    """``frame`` with the rows at ``positions`` blanked as :func:`blank_row` blanks one (all at once)."""
+    if not positions:
+        return frame
+    out = frame.copy()
+    columns = figure_columns or [c for c in out.columns if c not in ("school_urn", "school_round", "suppressed", "note")]
+    rows = out.index[positions]
+    for column in columns:
+        if pd.api.types.is_bool_dtype(out[column]) or pd.api.types.is_integer_dtype(out[column]) and \
+                not isinstance(out[column].dtype, pd.Int64Dtype):
+            out[column] = out[column].astype(object)
+        out.loc[rows, column] = None
+    out["suppressed"] = out["suppressed"].astype(object) if "suppressed" in out else ""
+    out.loc[rows, "suppressed"] = BLANKED
+    if "note" in out.columns:
+        out["note"] = out["note"].astype(object)
+        out.loc[rows, "note"] = "figures not published: " + BLANKED
+    return out
 
 
 def blank_row(row: pd.Series, figure_columns: list[str] | None = None) -> pd.Series:

@@ -352,9 +352,9 @@ def protected_publication(evidence: pd.DataFrame, schools: dict[tuple[str, ...],
             if column in table.columns:
                 table.at[position, column] = pd.NA if str(table[column].dtype) == "Int64" else math.nan
         frame = per_school[position]
-        for i, school in enumerate(frame.to_dict("records")):
-            if (*_school_key(key, school), SCHOOL_CELLS[0]) in blanked:
-                frame.iloc[i] = disclosure.blank_row(frame.iloc[i])
+        hide = [i for i, school in enumerate(frame.to_dict("records"))
+                if (*_school_key(key, school), SCHOOL_CELLS[0]) in blanked]
+        frame = per_school[position] = disclosure.blank_rows(frame, hide)
         frame.attrs[PROTECTED] = True
     return table, per_school
 

@@ -350,12 +350,17 @@ def _status_text(status: str, notes: list[str], suppressed: str) -> str:
 
 
 def _pupils_text(row: pd.Series) -> str:
+    """"1,234 pupils"; "fewer than 10 pupils" only when the figures are blanked for it; otherwise a
+    blanked count says so in the words of every blank (a small group, or blanked to protect one),
+    which imply no size."""
     pupils = number(row.get("pupils_analysed"))
     if pupils is not None:
         return f"{int(pupils):,} pupils"
-    if number(row.get("pupils_randomised")) is None and not is_blank(row.get("schools")):
+    if is_blank(row.get("schools")):
+        return ""
+    if not is_blank(row.get("suppressed")):
         return f"fewer than {SUPPRESSION_THRESHOLD} pupils"
-    return ""
+    return f"number of pupils not published: a group under {SUPPRESSION_THRESHOLD} pupils, or blanked to protect one"
 
 
 def _fsm(row: pd.Series) -> tuple[float | None, str]:
