@@ -352,3 +352,35 @@ def test_rows_set_aside_carry_the_round_their_key_resolved_to_like_the_pupil_row
                    ("222006", 4, "2026 spring", "2026 spring"), ("222006", 5, "2026 spring", None)]
     stored = con.execute("SELECT DISTINCT school_urn, key_round FROM pupils ORDER BY 1").fetchall()
     assert stored == [("222005", "2026 autumn"), ("222006", "2026 spring")]
+
+
+def test_pupils_stored_twice_by_the_old_round_bug_are_told_in_the_run_summary_not_repaired(con, write_extract, tmp_path):
+    """A warehouse the old round bug left duplicated (rows loaded before key_round was kept, then the same
+    pupils sent with their round after the school joined a second round): one notice line, rows untouched."""
+    from microtrials import cli
+    from microtrials.ingest.change_sets import stored_twice
+    from microtrials.ingest.loading import accept_file, withdraw
+
+    load_file(con, write_extract("222005.csv", pupil_rows(20, urn="222005", intervention="CR")), KEY)
+    load_file(con, write_extract("222006.csv", rows_in_round(8, "222006", "2025 Autumn")), KEY)
+    assert stored_twice(con) == ""
+    con.execute("UPDATE pupils SET key_round = NULL")  # what the previous version stored
+    later = REGISTRY + "Café Readers,NGRT,2027 Spring,2027-01-04,2027-03-26,222005,cafe readers|CR\n"
+    history.store_registry(con, registry.read_registry(later.encode()), later, datetime(2026, 10, 1))
+    assert stored_twice(con) == ""  # rows sent with a round, or a different trial, are no sign of it
+    resent = write_extract("222005_v2.csv", rows_in_round(15, "222005", "2026 Autumn"), header=ROUND_HEADER)
+    assert load_file(con, resent, KEY).changes == ["222005 Café Readers 2026 Autumn: 15 pupils added"]  # the bug
+    notice = ("notice: the warehouse may hold pupils twice, sent without a round before rows kept their round and "
+              "again with one: 222005 Café Readers 2026 Autumn (15 pupils); see 'Rows stored twice' in "
+              "docs/loading.md")
+    assert stored_twice(con) == notice
+    assert con.execute("SELECT count(*) FROM pupils WHERE school_urn = '222005'").fetchone() == (35,)
+    con.close()
+    (tmp_path / "out").mkdir()
+    lines, _ = cli.summary(tmp_path / "extracts", tmp_path / "out", tmp_path / "warehouse.duckdb", "run-1")
+    assert notice in lines
+    con = warehouse.connect(tmp_path / "warehouse.duckdb")  # the remedy docs/loading.md gives
+    withdraw(con, "222005", "Café Readers")
+    assert accept_file(con, resent, KEY).status == "loaded"
+    assert pupils(con, "222005") == [("2026 Autumn", 15, 15)] and stored_twice(con) == ""
+    con.close()

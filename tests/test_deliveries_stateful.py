@@ -190,16 +190,26 @@ class Deliveries(RuleBasedStateMachine):
     @precondition(lambda self: self.files)
     @rule(data=st.data())
     def load_again(self, data) -> None:
-        """The same file in the folder at the next run: nothing changes (held stays held)."""
+        """The same file in the folder at the next run: nothing changes (held stays held, and a withdrawn
+        school's file stays unchanged)."""
         name = data.draw(st.sampled_from(sorted(self.files)))
         report = load_file(self.con, self.folder / name, KEY)
         assert report.status == ("unchanged" if self.status[name] == "loaded" else self.status[name])
 
-    @precondition(lambda self: any(s != "loaded" for s in self.status.values()))
+    def acceptable(self, name: str) -> bool:
+        """A held file, or one loaded whose very content was applied to a key since withdrawn."""
+        school, file_blocks = self.files[name]
+        return self.status[name] != "loaded" or any(
+            k in self.withdrawn and k in self.applied_by.get(self.content(name), set())
+            for k in self.delivered(school, file_blocks))
+
+    @precondition(lambda self: any(self.acceptable(n) for n in self.status))
     @rule(data=st.data())
     def accept(self, data) -> None:
-        """The officer accepts a held file: what would be held now is applied, the rest left alone."""
-        name = data.draw(st.sampled_from(sorted(n for n, s in self.status.items() if s != "loaded")))
+        """The officer accepts a held file, or a withdrawn school's file: what would be held now is
+        applied, the rest left alone."""
+        name = data.draw(st.sampled_from(sorted(n for n in self.status if self.acceptable(n))))
+        event(f"accept: a {'held' if self.status[name] != 'loaded' else 'withdrawn school'}'s file")
         school, file_blocks = self.files[name]
         report = accept_file(self.con, self.folder / name, KEY)
         held = {k: new for k, new in self.delivered(school, file_blocks).items() if self.would_hold(name, k, new)}

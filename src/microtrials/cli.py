@@ -481,7 +481,7 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
 
     from microtrials import workspace
     from microtrials.publish import publish
-    from microtrials.ingest import warehouse
+    from microtrials.ingest import change_sets, warehouse
     from microtrials import summary as todo
 
     evidence = out / "evidence_table.csv"
@@ -494,6 +494,7 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
         facts = todo.gather(con, table, extracts, feedback, ws.contact.missing() if ws else [],
                             ws is None and extracts == (DEMO / "extracts").resolve(),
                             str(out / "registry_report.csv"))
+        twice = change_sets.stored_twice(con) if warehouse.table_exists(con, "pupils") else ""
         warning_rows = None
         if facts.files is not None and "rows_with_warnings" not in facts.files and warehouse.table_exists(con, "load_warnings"):
             warning_rows = con.execute(
@@ -507,6 +508,7 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
         lines.append(f"files: none in {extracts} (put the schools' extract files there and run again)")
     else:
         lines += _file_lines(report, extracts, warning_rows)
+    lines += [twice] if twice else []
     if "status" in table:
         counts = table["status"].value_counts()
         lines.append(f"trials: {len(table)} ({', '.join(f'{n} {s}' for s, n in counts.items())})" if len(table)

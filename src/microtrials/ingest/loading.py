@@ -331,8 +331,9 @@ def _stage(con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes, pool, 
     ids = {path: hashlib.sha256(data).hexdigest() for path, data in contents.items() if isinstance(data, bytes)}
     ids |= {path: data.delivery_id for path, data in contents.items() if isinstance(data, extracts.FileTooLarge)}
     reports = _earlier_reports(con, [(ids[p], p.name) for p in paths if p in ids])
-    if accept:  # a held file is read again to be applied; one already applied is unchanged
-        reports = {k: r for k, r in reports.items() if r.status == "unchanged"}
+    if accept:  # a held file is read again to be applied; one applied is unchanged, unless since withdrawn
+        withdrawn = {d for d, *_ in change_sets.withdrawn_copies(con, [d for d, _ in reports])}
+        reports = {k: r for k, r in reports.items() if r.status == "unchanged" and k[0] not in withdrawn}
     earlier = {p: reports[ids[p], p.name] for p in paths if (ids.get(p), p.name) in reports}
     jobs = [(p, contents[p], ids.get(p, "unreadable"), key) for p in paths if p not in earlier]
     prepared = pool.map(_prepare_job, jobs, chunksize=25) if pool else map(_prepare_job, jobs)
@@ -621,6 +622,8 @@ def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], how: _How) ->
     cur.register("batch_deliveries", pa.Table.from_pylist([_delivery_row(d.delivery_id, d.report) for d in final]))
     cur.register("batch_keys", _file_keys((d.delivery_id, d.report.file_name, d.report.status) for d in final))
     recorded = {(row[0], row[1]) for row in cur.execute(warehouse.sql("delivery_seen")).fetchall()}
+    # an accepted file recorded as loaded before its school was withdrawn is applied again, not "seen"
+    recorded -= {(c.delivery_id, c.file_name) for c in plan.change_sets if accept and c.withdrawn_copy}
     if recorded:
         raise _AlreadyRecorded(recorded, changed)
     if any(d.report.status == "loaded" for d in group):
