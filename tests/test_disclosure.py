@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from microtrials.publish import disclosure
-from microtrials.publish.disclosure import protect_schools, protect_totals
+from microtrials.publish.disclosure import protect_schools, protect_totals, without_pupil_counts
 from microtrials.publish.site import build_site, trial_slug
 
 T = 10
@@ -111,3 +111,15 @@ def test_a_blanked_note_never_quotes_a_small_count():
 def test_small_totals_are_blanked_with_attrition(analysed, blank):
     out = protect_totals({"pupils_randomised": 40, "pupils_analysed": analysed, "attrition_pct": 5.0})
     assert (out["pupils_analysed"] is None) == blank and (out["attrition_pct"] is None) == blank
+
+
+@pytest.mark.parametrize(("note", "published"), [
+    ("4 of 5 before deductions, the lowest of (MDES 0.31 SD -> 4, attrition 4.0% -> 5)",
+     "4 of 5 before deductions, the lowest of (MDES 0.31 SD -> 4, attrition up to 10% -> 5)"),
+    ("attrition 10.0% -> 5; attrition 10.4% -> 4", "attrition up to 10% -> 5; attrition 10-20% -> 4"),
+    ("attrition 50.0% -> 1, attrition 61.5% -> 0", "attrition 40-50% -> 1, attrition over 50% -> 0"),
+    ("attrition unknown", "attrition unknown"),
+])
+def test_a_note_says_attrition_only_as_its_band(note, published):
+    # new-user finding: "121 analysed" with "attrition 4.0%" gave 126 randomised, 5 pupils lost
+    assert without_pupil_counts(note) == published

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from microtrials.guidance import SUPPRESSION_THRESHOLD
+from microtrials.guidance import ATTRITION_RATINGS, SUPPRESSION_THRESHOLD
 
 COUNT_COLUMNS = ("n_intervention", "n_control")
 #: The evidence-table counts that protect_totals may blank.
@@ -496,10 +496,26 @@ _PUPIL_COUNTS = [
 ]
 
 
+_ATTRITION = re.compile(r"\battrition (\d+(?:\.\d+)?)%")
+
+
+def attrition_band(pct: float) -> str:
+    """The EEF attrition band ``pct`` falls in ("up to 10%", "20-30%", "over 50%"): what a note may
+    say of it, since the exact figure beside the published randomised (or analysed) count gives the
+    pupils lost back, and the count of pupils lost is blanked when it is 1 to 9."""
+    lower = 0.0
+    for upper, _ in ATTRITION_RATINGS:
+        if pct <= upper:
+            return f"up to {upper:g}%" if lower == 0 else f"{lower:g}-{upper:g}%"
+        lower = upper
+    return f"over {lower:g}%"
+
+
 def without_pupil_counts(text: object) -> object:
-    """A note with every count of pupils taken out (the needs "at least 30 pupils" stay)."""
+    """A note with every count of pupils taken out (the needs "at least 30 pupils" stay), and the
+    attrition it quotes said as its EEF band only."""
     if not isinstance(text, str):
         return text
     for pattern, replacement in _PUPIL_COUNTS:
         text = pattern.sub(replacement, text)
-    return text
+    return _ATTRITION.sub(lambda m: f"attrition {attrition_band(float(m.group(1)))}", text)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import math
 import re
 import unicodedata
@@ -297,6 +298,15 @@ def _linked_cells(table: pd.DataFrame, raw: dict[tuple, dict], per_school: list[
             rounds = [k for k in keys if k[:2] == key[:2] and k[2] not in ("", cumulative)]
             for column in COUNT_CELLS:
                 linked.relations.append(disclosure.Relation((*key, column), [(*k, column) for k in rounds]))
+    # Two outcome measures of one intervention and round usually count the same pupils randomised:
+    # where they do, an attacker may take one for the other (its randomised less the other's analysed).
+    same: dict[tuple, list[tuple]] = {}
+    for key in keys:
+        randomised = linked.values.get((*key, "pupils_randomised"), math.nan)
+        if not math.isnan(randomised):
+            same.setdefault((key[0], key[2], randomised), []).append((*key, "pupils_randomised"))
+    for cells in same.values():
+        linked.relations += [disclosure.Relation(a, [b]) for a, b in itertools.pairwise(cells)]
     return linked
 
 
