@@ -260,6 +260,7 @@ def _prepare_schools(schools: pd.DataFrame | None) -> tuple[pd.DataFrame, list[s
 
 PROTECTED, SINGLE_SCHOOL, UNPUBLISHED = "microtrials_protected", "microtrials_single_school", "microtrials_unpublished"
 COUNT_CELLS = ("pupils_analysed", "pupils_randomised")
+LOST = "pupils lost"  # randomised less analysed: never published, a group of pupils all the same
 SCHOOL_CELLS = ("n_intervention", "n_control")
 
 
@@ -288,15 +289,18 @@ def _linked_cells(table: pd.DataFrame, raw: dict[tuple, dict], per_school: list[
             if column in table.columns:
                 linked.add((*key, column), raw.get(key, {}).get(column), ("E", key, column),
                            views.is_blank(shown[column]))
-        # randomised = analysed + pupils lost: a loss of 1 to 9 must not be had by subtraction
-        linked.relations.append(disclosure.Relation((*key, "pupils_randomised"), [(*key, "pupils_analysed")],
-                                                    prefer_total=True))
+        # randomised = analysed + pupils lost (never published): a loss of 1 to 9 must not be had by subtraction
+        true = raw.get(key, {})
+        lost = disclosure._count(true.get("pupils_randomised")) - disclosure._count(true.get("pupils_analysed"))
+        linked.add((*key, LOST), lost)
+        linked.relations.append(disclosure.Relation((*key, "pupils_randomised"), [(*key, "pupils_analysed"),
+                                                                                  (*key, LOST)], prefer_total=True))
         _school_cells(linked, key, per_school[position], raw_schools[position])
     cumulative = match_key(CUMULATIVE_ROUND)
     for key in keys:
         if key[2] == cumulative:
             rounds = [k for k in keys if k[:2] == key[:2] and k[2] not in ("", cumulative)]
-            for column in COUNT_CELLS:
+            for column in (*COUNT_CELLS, LOST):
                 linked.relations.append(disclosure.Relation((*key, column), [(*k, column) for k in rounds]))
     # Two outcome measures of one intervention and round usually count the same pupils randomised:
     # where they do, an attacker may take one for the other (its randomised less the other's analysed).
