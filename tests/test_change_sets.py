@@ -248,7 +248,7 @@ def test_a_withdrawn_schools_same_file_under_a_new_name_is_held_not_loaded(con, 
     copy = write_extract("222005_resent.csv", both)
     report = load_file(con, copy, KEY)
     line = ("222005 Café Readers 2026 Autumn: held, not applied: school 222005 was withdrawn from it (microtrials "
-            "withdraw) after this same file was loaded as 222005.csv; it stays withdrawn (to apply it on purpose: "
+            "withdraw) after this same file was sent as 222005.csv; it stays withdrawn (to apply it on purpose: "
             "microtrials accept 222005_resent.csv)")
     assert report.status == "partly held" and report.changes == [line, "222005 Maths: 12 pupils replaced by 12 "
                                                                    "(the same pupils and scores)"]
@@ -265,6 +265,18 @@ def test_a_withdrawn_schools_same_file_under_a_new_name_is_held_not_loaded(con, 
     withdraw(con, "222005")
     fresh = write_extract("222005_new.csv", pupil_rows(21, urn="222005", intervention="Café Readers"))
     assert load_file(con, fresh, KEY).changes == ["222005 Café Readers 2026 Autumn: 21 pupils added"]  # new content
+
+
+def test_a_file_held_before_the_school_was_withdrawn_is_held_again_under_a_new_name(con, write_extract):
+    from microtrials.ingest.loading import withdraw
+
+    load_file(con, write_extract("222005.csv", pupil_rows(40, urn="222005", intervention="Café Readers")), KEY)
+    fewer = pupil_rows(10, urn="222005", intervention="Café Readers")
+    assert load_file(con, write_extract("222005_v2.csv", fewer), KEY).status == "held"
+    withdraw(con, "222005")
+    report = load_file(con, write_extract("222005_v3.csv", fewer), KEY)  # sent before the withdrawal: not loaded
+    assert report.status == "held" and "after this same file was sent as 222005_v2.csv" in report.changes[0]
+    assert pupils(con, "222005") == []
 
 
 def test_the_accept_and_withdraw_commands(con, write_extract, tmp_path, capsys, monkeypatch):

@@ -100,7 +100,7 @@ class Deliveries(RuleBasedStateMachine):
         self.files: dict[str, tuple[str, list[Block]]] = {}  # name -> (school, blocks)
         self.status: dict[str, str] = {}  # name -> what the warehouse recorded: applied, held, rejected
         self.withdrawn: set[tuple[str, str, str]] = set()  # keys withdrawn and not delivered since
-        self.applied_by: dict[str, set[tuple]] = {}  # a file's sha256 -> the keys it was applied to
+        self.sent_by: dict[str, set[tuple]] = {}  # a file's sha256 -> the keys it was applied or held for
         self.names = itertools.count()
         self.recorded = 0
 
@@ -119,8 +119,8 @@ class Deliveries(RuleBasedStateMachine):
         return out
 
     def would_hold(self, name: str, key: tuple, new: dict[str, bool]) -> bool:
-        """Held: it would lose more than half, or this very content was applied to a key since withdrawn."""
-        if key in self.withdrawn and key in self.applied_by.get(self.content(name), set()):
+        """Held: it would lose more than half, or this very content was sent for a key since withdrawn."""
+        if key in self.withdrawn and key in self.sent_by.get(self.content(name), set()):
             return True
         old = self.model.get(key, {})
         return 2 * len(new) < len(old) or 2 * sum(new.values()) < sum(old.values())
@@ -143,13 +143,14 @@ class Deliveries(RuleBasedStateMachine):
         for key, new in changes.items():
             self.model[key] = new
             self.withdrawn.discard(key)
-            self.applied_by.setdefault(self.content(name), set()).add(key)
+            self.sent_by.setdefault(self.content(name), set()).add(key)
 
     def expect_load(self, name: str, report) -> None:
         school, file_blocks = self.files[name]
         changes = self.delivered(school, file_blocks)
         held = {key for key, new in changes.items() if self.would_hold(name, key, new)}
         self.apply(name, {key: new for key, new in changes.items() if key not in held})
+        self.sent_by.setdefault(self.content(name), set()).update(held)
         assert len(report.changes) == len(changes), (report.changes, changes)
         assert sum("held, not applied" in line for line in report.changes) == len(held)
         expected = "loaded" if not held else ("held" if len(held) == len(changes) else "partly held")
@@ -188,14 +189,13 @@ class Deliveries(RuleBasedStateMachine):
     @precondition(lambda self: self.files)
     @rule(data=st.data())
     def deliver_copy(self, data) -> None:
-        """A file sent again under a new name (the very same bytes), e.g. after its school was withdrawn."""
-        earlier = data.draw(st.sampled_from(sorted(self.files)))
+        """A file sent again under a new name (the very same bytes), often one of a withdrawn school."""
+        withdrawn = sorted(n for n in self.files if self.refused(n))
+        earlier = data.draw(st.sampled_from(withdrawn if withdrawn and data.draw(st.booleans()) else sorted(self.files)))
         name = f"{self.files[earlier][0]}_{next(self.names)}.csv"
         self.files[name] = self.files[earlier]
         shutil.copyfile(self.folder / earlier, self.folder / name)
-        refused = any(k in self.withdrawn and k in self.applied_by.get(self.content(name), set())
-                      for k in self.delivered(*self.files[name]))
-        event(f"copy: {'of a withdrawn file' if refused else 'plain'}")
+        event(f"copy: {'of a withdrawn file' if self.refused(name) else 'plain'}")
         self.expect_load(name, load_file(self.con, self.folder / name, KEY))
 
     @precondition(lambda self: self.files)
@@ -207,12 +207,14 @@ class Deliveries(RuleBasedStateMachine):
         report = load_file(self.con, self.folder / name, KEY)
         assert report.status == ("unchanged" if self.status[name] == "loaded" else self.status[name])
 
+    def refused(self, name: str) -> bool:
+        """Whether the file's very content was sent for a key since withdrawn (a copy of it is held)."""
+        return any(k in self.withdrawn and k in self.sent_by.get(self.content(name), set())
+                   for k in self.delivered(*self.files[name]))
+
     def acceptable(self, name: str) -> bool:
-        """A held file, or one loaded whose very content was applied to a key since withdrawn."""
-        school, file_blocks = self.files[name]
-        return self.status[name] != "loaded" or any(
-            k in self.withdrawn and k in self.applied_by.get(self.content(name), set())
-            for k in self.delivered(school, file_blocks))
+        """A held file, or one loaded whose very content was sent for a key since withdrawn."""
+        return self.status[name] != "loaded" or self.refused(name)
 
     @precondition(lambda self: any(self.acceptable(n) for n in self.status))
     @rule(data=st.data())
@@ -220,7 +222,7 @@ class Deliveries(RuleBasedStateMachine):
         """The officer accepts a held file, or a withdrawn school's file: what would be held now is
         applied, the rest left alone."""
         name = data.draw(st.sampled_from(sorted(n for n in self.status if self.acceptable(n))))
-        event(f"accept: a {'held' if self.status[name] != 'loaded' else 'withdrawn school'}'s file")
+        event(f"accept: {'a held file' if self.status[name] != 'loaded' else 'a withdrawn school file left in place'}")
         school, file_blocks = self.files[name]
         report = accept_file(self.con, self.folder / name, KEY)
         held = {k: new for k, new in self.delivered(school, file_blocks).items() if self.would_hold(name, k, new)}

@@ -34,7 +34,7 @@ class ChangeSet:
     scores_changed: int = 0  # pupils kept whose outcome score differs (a score given, blanked or changed)
     state: str = APPLIED
     reason: str = ""  # why it is held
-    withdrawn_copy: str = ""  # held because this same content was loaded under this name before a withdrawal
+    withdrawn_copy: str = ""  # held because this same content was sent under this name before a withdrawal
     show_measure: bool = False  # the delivery holds several outcome measures of this trial round
 
     @property
@@ -113,8 +113,8 @@ def hold_reason(pupils_before: int, pupils_after: int, outcomes_before: int, out
 
 
 def withdrawn_reason(school_urn: str, earlier_file: str) -> str:
-    """Why a file is held whose very content was loaded for a (school, trial round) since withdrawn."""
-    return (f"school {school_urn} was withdrawn from it (microtrials withdraw) after this same file was loaded "
+    """Why a file is held whose very content was sent for a (school, trial round) since withdrawn."""
+    return (f"school {school_urn} was withdrawn from it (microtrials withdraw) after this same file was sent "
             f"as {earlier_file}")
 
 
@@ -216,8 +216,8 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
 
     A change set that would lose more than half of the school's pupils or outcome scores for its
     trial round is ``held`` (nothing of it applied), and so is one whose (delivery_id, school, key)
-    is in ``withdrawn`` (:func:`withdrawn_copies`: this very content was loaded for a trial round
-    the school has since been withdrawn from; the value is the name it was loaded as), unless
+    is in ``withdrawn`` (:func:`withdrawn_copies`: this very content was sent for a trial round
+    the school has since been withdrawn from; the value is the name it was sent as), unless
     ``accept``: then the held ones are ``accepted`` and applied, and the others are left out (an
     accept applies what was held only).
     """
@@ -283,7 +283,7 @@ def _table(rows: set[tuple], schema: pa.Schema) -> pa.Table:
 def _change_set(names: tuple[str, str, str], file_name: str, delivery_id: str, school: str, key: TrialKey,
                 old: _Tally, new: _Tally, show_measure: bool, accept: bool, withdrawn_copy: str) -> ChangeSet:
     """One planned change set, held or not (``withdrawn_copy``: held as the name this content was
-    loaded as before the school was withdrawn)."""
+    sent as before the school was withdrawn)."""
     intervention, measure, round_name = names
     reason = (withdrawn_reason(school, withdrawn_copy) if withdrawn_copy
               else hold_reason(old.rows, new.rows, old.scores, new.scores))
@@ -314,8 +314,9 @@ def change_sets_table(change_sets: list[ChangeSet]) -> pa.Table:
 
 
 def withdrawn_copies(con: duckdb.DuckDBPyConnection, delivery_ids: list[str]) -> dict[tuple[str, str, TrialKey], str]:
-    """Which of these contents (sha256) were applied to a (school, trial key) that has since been
-    withdrawn and not delivered again: (delivery_id, school, key) -> the file name it was loaded as.
+    """Which of these contents (sha256) were delivered (applied, accepted or held) for a (school, trial
+    key) that has since been withdrawn and not delivered again: (delivery_id, school, key) -> the file
+    name it was sent as.
     Delivered again under any name, such a content is held, not loaded (withdrawing is the officer's
     explicit choice; only ``microtrials accept`` undoes it)."""
     if not delivery_ids:
@@ -325,10 +326,10 @@ def withdrawn_copies(con: duckdb.DuckDBPyConnection, delivery_ids: list[str]) ->
         return {}
     con.register("batch_ids", pa.table({"delivery_id": pa.array(sorted(set(delivery_ids)), pa.string())}))
     try:
-        applied = con.execute(warehouse.sql("applied_contents")).fetchall()
+        sent = con.execute(warehouse.sql("sent_contents")).fetchall()
     finally:
         con.unregister("batch_ids")
-    return {(delivery_id, school, TrialKey(*key)): file_name for delivery_id, file_name, school, *key in applied
+    return {(delivery_id, school, TrialKey(*key)): file_name for delivery_id, file_name, school, *key in sent
             if (school, TrialKey(*key)) in withdrawn}
 
 
