@@ -22,7 +22,8 @@ PRIMARY = f"fewer than {SUPPRESSION_THRESHOLD} pupils in a group"
 SECONDARY = "not published so that another school's blanked figures cannot be worked out by subtraction"
 
 
-def _count(value: object) -> float:
+def as_count(value: object) -> float:
+    """``value`` as a number of pupils, NaN when it is not one (blank, text)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -32,7 +33,7 @@ def _count(value: object) -> float:
 
 def is_small(value: object, threshold: int = SUPPRESSION_THRESHOLD) -> bool:
     """True for a count from 1 to ``threshold - 1``; a blank count is treated as small (unknown)."""
-    number = _count(value)
+    number = as_count(value)
     return math.isnan(number) or 0 < number < threshold
 
 
@@ -141,10 +142,10 @@ class Linked:
     values: dict[Key, float] = field(default_factory=dict)
     #: variable -> the published rows holding it (a school's cells are one variable in every table)
     rows: dict[Key, list[Key]] = field(default_factory=dict)
+    #: published row -> the variables it holds (blanked together)
     members: dict[Key, list[Key]] = field(default_factory=dict)
-    #: variable -> the keys publications give it (``previous`` is keyed so); key -> variable
+    #: variable -> the keys publications give it (``previous`` is keyed so)
     keys: dict[Key, list[Key]] = field(default_factory=dict)
-    var_of: dict[Key, Key] = field(default_factory=dict)
     relations: list[Relation] = field(default_factory=list)
     #: cells blanked already (by the per-table rules), with the reason
     blanked: dict[Key, str] = field(default_factory=dict)
@@ -153,11 +154,10 @@ class Linked:
             key: Key | None = None) -> None:
         """Count ``var`` (true ``value``), published in ``row`` (blank there when ``blank``) or,
         with ``row`` None, not published; ``key`` is how publications key it (default ``var``)."""
-        self.values.setdefault(var, _count(value))
+        self.values.setdefault(var, as_count(value))
         key = var if key is None else key
         if key not in self.keys.setdefault(var, []):
             self.keys[var].append(key)
-        self.var_of[key] = var
         if row is not None:
             if row not in self.rows.setdefault(var, []):
                 self.rows[var].append(row)
@@ -186,8 +186,8 @@ class _Block:
 @dataclass(frozen=True)
 class Violation:
     """What an attacker gets back: a ``cell`` exactly (``kind`` "group": a count of 1 to 9;
-    "changed": 1 to 9 away from its last published value), or ("sum") the unknown cells of
-    ``relation`` together hold 1 to 9 pupils."""
+    "changed": 1 to 9 away from its last published value, or from the last published value of a
+    count inside or around it), or ("sum") the unknown cells of ``relation`` together hold 1 to 9."""
 
     kind: str
     cell: Key | None = None

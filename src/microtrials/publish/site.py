@@ -291,7 +291,7 @@ def _linked_cells(table: pd.DataFrame, raw: dict[tuple, dict], per_school: list[
                            views.is_blank(shown[column]))
         # randomised = analysed + pupils lost (never published): a loss of 1 to 9 must not be had by subtraction
         true = raw.get(key, {})
-        lost = disclosure._count(true.get("pupils_randomised")) - disclosure._count(true.get("pupils_analysed"))
+        lost = disclosure.as_count(true.get("pupils_randomised")) - disclosure.as_count(true.get("pupils_analysed"))
         linked.add((*key, LOST), lost)
         linked.relations.append(disclosure.Relation((*key, "pupils_randomised"), [(*key, "pupils_analysed"),
                                                                                   (*key, LOST)], prefer_total=True))
@@ -327,7 +327,7 @@ def _school_cells(linked: disclosure.Linked, key: tuple, published: pd.DataFrame
         row = ("S", skey) if skey in shown else None
         for column in SCHOOL_CELLS:
             var = (key[0], key[1], skey[4], skey[3], skey[4], column)
-            value = disclosure._count(school.get(column))
+            value = disclosure.as_count(school.get(column))
             if var in linked.values and linked.values[var] != value and not (
                     math.isnan(value) and math.isnan(linked.values[var])):
                 var = ("differs", *skey, column)  # not the same pupils as its round's table: a sum
