@@ -252,8 +252,9 @@ def test_a_withdrawn_schools_same_file_under_a_new_name_is_held_not_loaded(con, 
             "microtrials accept 222005_resent.csv)")
     assert report.status == "partly held" and report.changes == [line, "222005 Maths: 12 pupils replaced by 12 "
                                                                    "(the same pupils and scores)"]
-    assert report.trials_held["Café Readers / NGRT / 2026 Autumn"].endswith("tell the data team, who can load the "
-                                                                            "file on purpose")
+    assert report.trials_held["Café Readers / NGRT / 2026 Autumn"] == (
+        "not loaded: the school was withdrawn from this trial after this same file was sent (as 222005.csv); if the "
+        "school takes part in this trial again, tell the data team, who can load the file on purpose")
     assert pupils(con, "222005") == [("", 12, 12)]
     assert load_file(con, copy, KEY).status == "partly held"  # the next run: still held, nothing read again
     assert load_file(con, write_extract("222005_again.csv", both), KEY).status == "partly held"

@@ -181,10 +181,12 @@ def init_workspace(args: argparse.Namespace) -> int:
 def _change_parsers(commands) -> None:
     """The ``accept`` and ``withdraw`` commands (docs/loading.md, README officer section)."""
     accept = commands.add_parser(
-        "accept", help="apply a held change on purpose (a file that would lose more than half of a trial round)",
+        "accept", help="apply a held change on purpose (a file that would lose more than half of a trial round, "
+        "or a withdrawn school's file)",
         description="Apply the held changes of FILE (its current content): the changes a run held because they "
-        "would lose more than half of a school's pupils or outcome scores for a trial round. Recorded as "
-        "'accepted' in the warehouse's change_sets table.")
+        "would lose more than half of a school's pupils or outcome scores for a trial round, or because the "
+        "school was withdrawn after this same file was sent. Recorded as 'accepted' in the warehouse's "
+        "change_sets table.")
     _workspace_option(accept)
     accept.add_argument("file", type=Path, help="the school's extract file, e.g. extracts/222005.csv")
     accept.add_argument("--db", type=Path, default=None, metavar="FILE",

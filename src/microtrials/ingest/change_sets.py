@@ -83,7 +83,8 @@ class ChangeSet:
     def school_text(self, rows_set_aside: bool) -> str:
         """Why the change was held and what to do, as the school's feedback file says it."""
         if self.withdrawn_copy:
-            return f"held, not applied: {self.reason}; {HOLD_FIX_WITHDRAWN}"
+            return (f"not loaded: the school was withdrawn from this trial after this same file was sent (as "
+                    f"{self.withdrawn_copy}); {HOLD_FIX_WITHDRAWN}")
         action = (HOLD_FIX_ROWS if rows_set_aside else HOLD_FIX_LEFT)
         return f"held, not applied: {self.reason}, so the earlier rows stay as they were; {action}"
 
