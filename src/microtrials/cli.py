@@ -174,7 +174,7 @@ def init_workspace(args: argparse.Namespace) -> int:
     except (MicrotrialsError, OSError) as exc:
         print(f"microtrials init: {' '.join(str(exc).split())}", file=sys.stderr)
         return NOT_STARTED
-    print(workspace.next_steps(ws))
+    print(workspace.next_steps(ws, workspace.command_name()))
     return 0
 
 
