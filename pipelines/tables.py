@@ -154,11 +154,14 @@ REGISTRY_PROGRESS_COLUMNS = [
     C("end_date", "VARCHAR", description="the round's end date (ISO), blank when not set"),
     C("planned", "BIGINT", description="schools planned in the round"),
     C("delivered", "BIGINT", description="planned schools whose primary-outcome rows joined the round"),
-    C("awaited", "BIGINT", description="planned schools not yet delivered"),
+    C("awaited", "BIGINT", description="planned schools neither delivered nor withdrawn"),
     C("awaited_urns", "VARCHAR", description="their URNs, space-separated"),
     C("unplanned_urns", "VARCHAR", description="schools not in the plan whose rows joined this round"),
     C("status", "VARCHAR", description="'interim' while schools are awaited; blank when every planned school delivered"),
     C("status_note", "VARCHAR", description="e.g. 'awaiting 3 of 12 schools'"),
+    C("withdrawn", "BIGINT", description="planned schools not delivered, withdrawn (microtrials withdraw, change_sets): "
+                                         "no longer awaited"),
+    C("withdrawn_urns", "VARCHAR", description="their URNs, space-separated"),
 ]
 
 TABLES = {

@@ -384,3 +384,35 @@ def test_pupils_stored_twice_by_the_old_round_bug_are_told_in_the_run_summary_no
     assert accept_file(con, resent, KEY).status == "loaded"
     assert pupils(con, "222005") == [("2026 Autumn", 15, 15)] and stored_twice(con) == ""
     con.close()
+
+
+def test_a_withdrawn_school_is_withdrawn_in_the_plan_not_awaited(con, write_extract):
+    """After `microtrials withdraw`, the plan's progress reads the recorded withdrawal: the school is
+    not awaited, its round not interim on its account, the registered plan keeps counting it
+    ("since withdrawn") and the published registry report says "withdrawn"; a new file brings it back."""
+    from microtrials.ingest.change_sets import withdrawn_keys
+    from microtrials.ingest.loading import withdraw
+    from microtrials.publish import site, views
+    from microtrials.stats import trial_store
+
+    parsed = registry.read_registry(REGISTRY.encode())
+    load_file(con, write_extract("222006.csv", rows_in_round(30, "222006", "2025 Autumn"), header=ROUND_HEADER), KEY)
+    load_file(con, write_extract("222005.csv", rows_in_round(24, "222005", "2026 Autumn", start=300),
+                                 header=ROUND_HEADER), KEY)
+    assert withdrawn_keys(con) == set()
+    withdraw(con, "222005")
+    assert withdrawn_keys(con) == {("222005", TrialKey("café readers", "ngrt", "2026 autumn"))}
+    _, refresh, _ = trial_store.plan(con, parsed, today=date(2027, 1, 10))
+    autumn = refresh.progress.set_index("round").loc["2026 Autumn"]
+    assert (autumn["awaited_urns"], autumn["withdrawn_urns"], autumn["planned"]) == ("", "222005", 1)
+    assert autumn["status_note"] == "" and autumn["status"] != "interim"
+    report = site.registry_report(None, refresh.progress)
+    assert list(report["School URN"]) == ["222006", "222005"]  # 2026 Spring still awaits 222006
+    assert "withdrawn from this round" in report["What to do"].iloc[1] and "awaited:" not in report["What to do"].iloc[1]
+    counts = site.withdrawn_counts(refresh.progress)
+    assert counts == {("café readers", "2026 autumn"): 1}
+    shown = dict(views.plan_view(parsed.rounds[2], counts[("café readers", "2026 autumn")])["rows"])
+    assert shown["Schools planned"] == "1 (1 since withdrawn)"
+    load_file(con, write_extract("222005_new.csv", rows_in_round(25, "222005", "2026 Autumn", start=300),
+                                 header=ROUND_HEADER), KEY)
+    assert withdrawn_keys(con) == set()

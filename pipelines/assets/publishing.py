@@ -193,6 +193,7 @@ def _build(inputs: dict, settings: Settings, now: dt.datetime, correction: str |
                             now.strftime("%d %B %Y %H:%M UTC"), problems=problems, history=shown, plans=plans,
                             registry_rows=_registry_rows(inputs), spellings=inputs["spellings"], sending=sending,
                             registry=registry, gate=inputs["gate"], previous=previous,
+                            withdrawn=site.withdrawn_counts(inputs["progress"]),
                             **({"area": ws.area} if ws else {}))
     return {"files": files, "table": table, "withheld": withheld, "published": published,
             "school_urns": school_urns, "problems": problems, "plans": plans}

@@ -73,7 +73,7 @@ def trial_results(context: dg.AssetExecutionContext, settings: Settings, warehou
             "registry": str(path) if registry is not None else reg.no_registry_warning(path),
             "officer_messages": _md(run.messages[["level", "rule", "message"]]),
             "plan": _md(run.progress[["intervention", "round", "end_date", "planned", "delivered", "awaited",
-                                      "awaited_urns", "unplanned_urns", "status_note"]]),
+                                      "awaited_urns", "withdrawn_urns", "unplanned_urns", "status_note"]]),
             "exploratory (evaluators only, not published)": _md(
                 exploratory[["intervention", "outcome_measure", "round", "outcome_role", "schools", "pupils_analysed",
                              "effect_size", "ci_low", "ci_high", "status"]]),

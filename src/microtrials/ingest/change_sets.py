@@ -310,6 +310,15 @@ def change_sets_table(change_sets: list[ChangeSet]) -> pa.Table:
                      for c in CHANGE_SET_COLUMNS})
 
 
+def withdrawn_keys(con: duckdb.DuckDBPyConnection) -> set[tuple[str, TrialKey]]:
+    """(school, trial key) of every withdrawal recorded in ``change_sets`` (``microtrials withdraw``) that
+    no later delivery undid (``sql/withdrawn_schools.sql``): the officer's explicit choice, which the plan's
+    progress reads as "withdrawn", never "awaited"."""
+    if not warehouse.table_exists(con, "change_sets"):
+        return set()
+    return {(school, TrialKey(*key)) for school, *key in con.execute(warehouse.sql("withdrawn_schools")).fetchall()}
+
+
 def withdrawn_copies(con: duckdb.DuckDBPyConnection, delivery_ids: list[str]) -> dict[tuple[str, str, TrialKey], str]:
     """Which of these contents (sha256) were applied to a (school, trial key) that has since been
     withdrawn and not delivered again: (delivery_id, school, key) -> the file name it was loaded as.
@@ -317,7 +326,7 @@ def withdrawn_copies(con: duckdb.DuckDBPyConnection, delivery_ids: list[str]) ->
     explicit choice; only ``microtrials accept`` undoes it)."""
     if not delivery_ids:
         return {}
-    withdrawn = {(school, TrialKey(*key)) for school, *key in con.execute(warehouse.sql("withdrawn_schools")).fetchall()}
+    withdrawn = withdrawn_keys(con)
     if not withdrawn:
         return {}
     con.register("batch_ids", pa.table({"delivery_id": pa.array(sorted(set(delivery_ids)), pa.string())}))
