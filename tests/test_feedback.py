@@ -238,6 +238,29 @@ def test_a_rejected_file_of_one_school_goes_to_that_school_and_suggests_the_righ
     assert row["What to do"].startswith("rename 'Group' to 'arm', 'Score after' to 'outcome' if that is what they hold")
 
 
+def test_a_rejected_file_of_one_school_is_that_schools_everywhere(con, write_extract, tmp_path):
+    """A file rejected whole whose rows all carry one URN is that school's in the load report, the
+    published load report ("file 1 from school 111601", not "with no school URN") and the to-do's
+    new feedback, as in its feedback folder."""
+    from microtrials import summary
+    from microtrials.ingest.loading import load_report_frame
+    from microtrials.publish.site import public_load_report
+
+    header = tuple("Score after" if c == "outcome" else c for c in EXTRACT_HEADER)
+    folder = write_extract("111601_v2.csv", pupil_rows(4), header=header).parent
+    reports = load_folder(con, folder, KEY)
+    assert [(r.status, r.school_urn) for r in reports] == [("rejected", "111601")]
+    frame = load_report_frame(reports)
+    published = public_load_report(frame)
+    assert list(published[["File", "School URN"]].iloc[0]) == ["file 1 from school 111601", "111601"]
+    out = tmp_path / "feedback"
+    written = feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, out, tmp_path / "pub")
+    assert written == [out / "111601" / "111601_v2-what-to-fix.csv"]
+    warehouse.save_frame(con, "load_report", frame)
+    facts = summary.gather(con, None, folder, out, [], demo=False)
+    assert facts.new_feedback == [("111601", written[0])]
+
+
 def test_a_rejected_file_of_several_schools_goes_to_unknown_urn(con, write_extract, tmp_path):
     header = tuple("Group" if c == "arm" else c for c in EXTRACT_HEADER)
     rows = pupil_rows(2) + pupil_rows(2, urn="111602")

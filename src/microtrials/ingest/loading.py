@@ -481,8 +481,9 @@ def _prepare(path: Path, data: bytes | OSError | extracts.FileTooLarge, delivery
             )
         extract = extracts.read_extract(path, data)
         checked = extracts.validate(extract)
-    except extracts.ExtractRejected as exc:
-        return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=str(exc)))
+    except extracts.ExtractRejected as exc:  # its school, when every row names the same one: told, and listed, by URN
+        return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=str(exc),
+                                                 school_urn=extracts.only_urn(path)))
     report = FileReport(
         file_name=checked.file_name,
         status="loaded",
