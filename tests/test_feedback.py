@@ -261,6 +261,27 @@ def test_a_rejected_file_of_one_school_is_that_schools_everywhere(con, write_ext
     assert facts.new_feedback == [("111601", written[0])]
 
 
+def test_a_rejection_a_later_good_file_of_the_school_made_good_is_no_longer_a_to_do(con, write_extract, tmp_path):
+    """The to-do keeps "rejected 111601_v2.csv ... send the file again" only until the school's next
+    file for the trial loads; another school's good file, or an earlier one, does not make it good."""
+    from microtrials import summary
+    from microtrials.ingest.loading import load_report_frame
+
+    header = tuple("Score after" if c == "outcome" else c for c in EXTRACT_HEADER)
+    folder = write_extract("111601.csv", pupil_rows(6)).parent
+    write_extract("111601_v2.csv", pupil_rows(6), header=header)
+    write_extract("111602.csv", pupil_rows(6, urn="111602"))
+
+    def todo() -> list[str]:
+        warehouse.save_frame(con, "load_report", load_report_frame(load_folder(con, folder, KEY)))
+        return summary.file_lines(summary.gather(con, None, folder, tmp_path / "fb", [], demo=False))
+
+    assert [line.split(":")[0] for line in todo()[1:]] == ["    rejected 111601_v2.csv"]
+    write_extract("111601_v3.csv", pupil_rows(6))
+    assert todo() == []
+    assert todo() == []  # and on the next run, with every file unchanged
+
+
 def test_a_rejected_file_of_several_schools_goes_to_unknown_urn(con, write_extract, tmp_path):
     header = tuple("Group" if c == "arm" else c for c in EXTRACT_HEADER)
     rows = pupil_rows(2) + pupil_rows(2, urn="111602")
