@@ -60,7 +60,10 @@ LOAD_REPORT_COLUMNS = [
     C("trials", "VARCHAR", description="the trials the file holds, 'intervention / outcome_measure' joined by '; '"),
     C("rows_read", "BIGINT", description="data lines read"),
     C("rows_loaded", "BIGINT", description="rows loaded into `pupils`"),
-    C("rows_quarantined", "BIGINT", description="rows set aside in `quarantine`"),
+    C("rows_quarantined", "BIGINT", description="rows kept out, set aside in `quarantine`"),
+    C("outcomes_set_aside", "BIGINT", description="rows loaded whose outcome was set aside in `quarantine` "
+      "(blanked, the pupil kept as randomised); with rows_quarantined, the rows in quarantine"),
+    C("file_warnings", "VARCHAR", description="warnings about the whole file (e.g. read as Windows-1252), joined by '; '"),
     C("rows_with_warnings", "BIGINT", description="rows loaded with an optional value blanked or an outcome kept as no post-test (`load_warnings`)"),
     C("quarantined_by_reason", "VARCHAR", description="rows set aside per rule, 'rule: count' joined by '; '"),
     C("columns_dropped", "VARCHAR", description="columns outside the contract, dropped unread"),

@@ -542,18 +542,24 @@ def _file_lines(report, extracts: Path, warning_rows: int | None, shown: int = 1
     counts += [f"{n} {s}" for s, n in status.items() if s not in ("loaded", "unchanged", "rejected", "ignored")]
     lines = [f"files: {len(report)} in {extracts}: {', '.join(counts)}"]
     warned = report.iloc[0:0]
-    if "warnings" in report:
-        warned = report[report["warnings"].fillna("").astype(str).str.strip().ne("") & (report["status"] != "rejected")]
+    column = "file_warnings" if "file_warnings" in report else "warnings"  # a report from before the column: all
+    if column in report:
+        warned = report[report[column].fillna("").astype(str).str.strip().ne("") & (report["status"] != "rejected")]
     for _, row in warned.head(shown).iterrows():
-        lines.append(f"  warning {row['file_name']}: {' '.join(str(row['warnings']).split())}")
+        lines.append(f"  warning {row['file_name']}: {' '.join(str(row[column]).split())}")
     if len(warned) > shown:
         lines.append(f"  ... and {len(warned) - shown} more files with a warning (in each school's feedback file)")
     lines += _change_lines(report)
-    set_aside = int(pd.to_numeric(report["rows_quarantined"], errors="coerce").fillna(0).sum())
-    text = f"rows set aside (quarantine): {set_aside:,}"
+
+    def total(name: str) -> int:
+        return int(pd.to_numeric(report[name], errors="coerce").fillna(0).sum()) if name in report else 0
+    kept_out, blanked = total("rows_quarantined"), total("outcomes_set_aside")
+    text = f"rows set aside (quarantine): {kept_out + blanked:,}"
+    if blanked:
+        text += f" ({kept_out:,} kept out; {blanked:,} loaded with the outcome set aside, the pupil kept as randomised)"
     if warning_rows is not None:
         text += f"; rows loaded with a warning: {warning_rows:,}"
-    if "warnings" in report:
+    if column in report:
         text += f"; files with a warning about the whole file: {len(warned):,}"
     return lines + [text]
 
@@ -571,7 +577,8 @@ def _change_lines(report, shown: int = 40) -> list[str]:
     lines = ["changes to the warehouse:" if ordered else "changes to the warehouse: none"]
     lines += [f"  {line}" for line in ordered[:shown]]
     if len(ordered) > shown:
-        lines.append(f"  ... and {len(ordered) - shown} more changes (load_report.csv lists them all)")
+        lines.append(f"  ... and {len(ordered) - shown} more changes (all in the warehouse's change_sets table; "
+                     "the Dagster UI shows each school's as the pupils asset's 'changes')")
     return lines
 
 
