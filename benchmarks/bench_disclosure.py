@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 
 from microtrials.publish import site
 
-ALL = "all rounds"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.test_disclosure_linked import build  # noqa: E402 - the tests' evidence and schools tables
 
 
 def generate(schools: int, trials: int, seed: int = 1) -> dict:
@@ -58,48 +61,6 @@ def later(data: dict) -> dict:
     return out
 
 
-def _evidence_row(trial: str, round_name: str, schools: dict) -> dict:
-    analysed = sum(a + c for a, c, _ in schools.values())
-    lost = sum(x for _, _, x in schools.values())
-    return dict(intervention=trial, outcome_measure="Test score", schools=len(schools),
-                schools_both_arms=len(schools), pupils_randomised=analysed + lost, pupils_analysed=analysed,
-                attrition_pct=round(100 * lost / (analysed + lost), 1), effect_size=0.2, ci_low=0.1, ci_high=0.3,
-                p_value=0.01, months_progress=3, tau=0.05, i2=10.0, pi_low=-0.1, pi_high=0.5, status="published",
-                p_new_school_benefits=0.9, fsm_effect_size=0.1, fsm_ci_low=-0.1, fsm_ci_high=0.3,
-                evidence_strength=3, notes="", fsm_months_progress=1, round=round_name, outcome_role="primary")
-
-
-def _school_rows(schools: dict, round_name: str) -> list[dict]:
-    return [dict(school_urn=urn, school_round=round_name, n_intervention=a, n_control=c, g=0.2, ci_low=-0.1,
-                 ci_high=0.5, eb_g=0.2, note="") for urn, (a, c, _) in sorted(schools.items())]
-
-
-def build(data: dict) -> tuple[pd.DataFrame, dict]:
-    """The evidence table and per-school tables the pipeline hands protected_publication."""
-    rows, per_trial = [], {}
-    for trial, rounds in data.items():
-        for round_name, members in rounds.items():
-            rows.append(_evidence_row(trial, round_name, members))
-            per_trial[(trial, "Test score", round_name)] = pd.DataFrame(_school_rows(members, round_name))
-        if len(rounds) > 1:
-            merged = {f"{u}|{r}": v for r, members in rounds.items() for u, v in members.items()}
-            rows.append(_evidence_row(trial, ALL, merged))
-            per_trial[(trial, "Test score", ALL)] = pd.DataFrame(
-                [row for r, members in rounds.items() for row in _school_rows(members, r)])
-    return pd.DataFrame(rows), per_trial
-
-
-def previous_of(table: pd.DataFrame, per_school: list[pd.DataFrame]) -> dict[tuple, float]:
-    """The counts a publication showed, keyed as site.previous_counts keys them."""
-    counts: dict[tuple, float] = {}
-    for row, frame in zip(table.to_dict("records"), per_school, strict=True):
-        key = site._row_key(row)
-        site._counts_of(counts, key, row)
-        for school in frame.to_dict("records"):
-            site._counts_of(counts, site._school_key(key, school), school, site.SCHOOL_CELLS)
-    return counts
-
-
 def blanks(table: pd.DataFrame, per_school: list[pd.DataFrame]) -> int:
     cells = int(table[["pupils_analysed", "pupils_randomised"]].isna().sum().sum())
     return cells + sum(int(f["n_intervention"].isna().sum()) for f in per_school)
@@ -115,7 +76,7 @@ def measure(schools: int, trials: int) -> None:
         table, per_school = site.protected_publication(evidence, per_trial, previous)
         timings.append((time.perf_counter() - started, blanks(table, per_school), len(table),
                         sum(len(f) for f in per_school)))
-        previous = previous_of(table, per_school)
+        previous = site.shown_counts(table, per_school)
     for name, (seconds, blanked, rows, school_rows) in zip(("first", "second"), timings, strict=True):
         print(f"{schools:>6} schools, {trials} trials, {name:>6} publication: {seconds:7.2f} s "
               f"({rows} evidence rows, {school_rows} school rows, {blanked} counts blanked)", flush=True)

@@ -128,7 +128,18 @@ class Deliveries(RuleBasedStateMachine):
     def content(self, name: str) -> str:
         return hashlib.sha256((self.folder / name).read_bytes()).hexdigest()
 
-    def apply(self, name: str, changes: dict[tuple, dict[str, bool]]) -> None:
+    def apply(self, name: str, changes: dict[tuple, dict[str, bool]], state: str = "applied") -> None:
+        """The model after ``changes``, and each recorded change set's scores_changed against it (a
+        pupil's score is 90 + i or blank, so it changes only when given or blanked)."""
+        recorded = self.con.execute(
+            "SELECT key_intervention, key_round, scores_changed FROM change_sets WHERE file_name = ? AND state = ? "
+            "AND recorded_at = (SELECT max(recorded_at) FROM change_sets WHERE file_name = ? AND state = ?)",
+            [name, state, name, state]).fetchall()
+        got = {(name.split("_")[0], "cafe" if trial == "café readers" else "maths", round_key): n
+               for trial, round_key, n in recorded}
+        want = {key: sum(old != new[pupil] for pupil, old in self.model.get(key, {}).items() if pupil in new)
+                for key, new in changes.items()}
+        assert got == want, (got, want)
         for key, new in changes.items():
             self.model[key] = new
             self.withdrawn.discard(key)
@@ -213,7 +224,7 @@ class Deliveries(RuleBasedStateMachine):
         school, file_blocks = self.files[name]
         report = accept_file(self.con, self.folder / name, KEY)
         held = {k: new for k, new in self.delivered(school, file_blocks).items() if self.would_hold(name, k, new)}
-        self.apply(name, held)
+        self.apply(name, held, "accepted")
         if held:
             assert report.status == "loaded" and len(report.changes) == len(held)
             assert all(line.endswith("accepted by the officer") for line in report.changes)

@@ -135,21 +135,10 @@ def protect(data: dict, previous: dict | None = None) -> tuple[pd.DataFrame, lis
     return table, per_school, problems
 
 
-def shown_counts(table: pd.DataFrame, per_school: list[pd.DataFrame]) -> dict[tuple, float]:
-    """The counts a publication showed, keyed as site.previous_counts keys them."""
-    counts: dict[tuple, float] = {}
-    for row, frame in zip(table.to_dict("records"), per_school, strict=True):
-        key = site._row_key(row)
-        site._counts_of(counts, key, row)
-        for school in frame.to_dict("records"):
-            site._counts_of(counts, site._school_key(key, school), school, site.SCHOOL_CELLS)
-    return counts
-
-
 def audit_two(first: dict, later: dict) -> list[str]:
     """The independent audit of two successive publications of ``first`` then ``later``."""
     t1, s1, p1 = protect(first)
-    t2, s2, p2 = protect(later, shown_counts(t1, s1))
+    t2, s2, p2 = protect(later, site.shown_counts(t1, s1))
     before = cells(first, t1, s1)
     found = audit(before) + audit(cells(later, t2, s2), before)
     return found + [p for p in p1 + p2 if "could not be protected" in p]

@@ -56,7 +56,8 @@ class ChangeSet:
             return f"{self.label}: withdrawn, {before} removed"
         if self.state == HELD:
             kept = "it stays withdrawn" if self.withdrawn_copy else f"the earlier {before} stay as they were"
-            return f"{self.label}{HELD_MARK}{self.reason}; {kept} (to apply it on purpose: microtrials accept {self.file_name})"
+            return (f"{self.label}{HELD_MARK}{self.reason}; {kept} (to apply it on purpose: "
+                    f"microtrials accept {self.file_name})")
         if self.pupils_before == 0:
             text = f"{self.label}: {after} added"
         else:
@@ -120,7 +121,8 @@ def withdrawn_reason(school_urn: str, earlier_file: str) -> str:
 # How a held change reads (the marker finds the held lines of a stored report), and what the school can do.
 HELD_MARK = ": held, not applied: "
 HOLD_FIX_ROWS = "see the rows set aside and why, correct them and send the file again"
-HOLD_FIX_WITHDRAWN = "if the school takes part in this trial again, tell the data team, who can load the file on purpose"
+HOLD_FIX_WITHDRAWN = ("if the school takes part in this trial again, tell the data team, who can load the file "
+                      "on purpose")
 HOLD_FIX_LEFT = ("check the file holds every pupil randomised and every score, and send it again; if pupils "
                  "really left the trial, tell the data team, who can apply the file on purpose")
 
@@ -289,7 +291,8 @@ def _change_set(names: tuple[str, str, str], file_name: str, delivery_id: str, s
         school_urn=school, key=key, intervention=intervention, outcome_measure=measure, round=round_name,
         delivery_id=delivery_id, file_name=file_name, pupils_before=old.rows, pupils_after=new.rows,
         outcomes_before=old.scores, outcomes_after=new.scores, added=len(new.pupils - old.pupils),
-        removed=len(old.pupils - new.pupils), scores_changed=new.scores_changed(old), state=(ACCEPTED if accept else HELD) if reason else APPLIED,
+        removed=len(old.pupils - new.pupils), scores_changed=new.scores_changed(old),
+        state=(ACCEPTED if accept else HELD) if reason else APPLIED,
         reason=reason, withdrawn_copy=withdrawn_copy, show_measure=show_measure,
     )
 

@@ -73,7 +73,9 @@ def protect_schools(schools: pd.DataFrame, threshold: int = SUPPRESSION_THRESHOL
 
 
 def blank_rows(frame: pd.DataFrame, positions: list[int], figure_columns: list[str] | None = None) -> pd.DataFrame:
-    """``frame`` with the rows at ``positions`` blanked as :func:`blank_row` blanks one (all at once)."""
+    """``frame`` with the rows at ``positions`` blanked: counts and figures blank, ``suppressed`` and
+    ``note`` saying so in the same words whatever the reason (GSS: one symbol for primary and
+    secondary suppression, so the small group cannot be told from the school blanked to protect it)."""
     if not positions:
         return frame
     out = frame.copy()
@@ -89,20 +91,6 @@ def blank_rows(frame: pd.DataFrame, positions: list[int], figure_columns: list[s
     if "note" in out.columns:
         out["note"] = out["note"].astype(object)
         out.loc[rows, "note"] = "figures not published: " + BLANKED
-    return out
-
-
-def blank_row(row: pd.Series, figure_columns: list[str] | None = None) -> pd.Series:
-    """A per-school row with its counts and figures blanked, ``suppressed`` and ``note`` saying so
-    in the same words whatever the reason (GSS: one symbol for primary and secondary suppression,
-    so the small group cannot be told from the school blanked to protect it)."""
-    out = row.copy().astype(object)
-    columns = figure_columns or [c for c in out.index if c not in ("school_urn", "school_round", "suppressed", "note")]
-    for column in columns:
-        out[column] = None
-    out["suppressed"] = BLANKED
-    if "note" in out.index:
-        out["note"] = "figures not published: " + BLANKED
     return out
 
 

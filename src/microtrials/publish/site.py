@@ -421,6 +421,18 @@ def previous_counts(out_dir: Path | None, kept: pd.DataFrame | None) -> dict[tup
     return counts
 
 
+def shown_counts(table: pd.DataFrame, per_school: list[pd.DataFrame]) -> dict[tuple, float]:
+    """The counts a publication shows (:func:`protected_publication`'s result), keyed as
+    :func:`previous_counts` keys them: what the next publication is compared with."""
+    counts: dict[tuple, float] = {}
+    for row, frame in zip(table.to_dict("records"), per_school, strict=True):
+        key = _row_key(row)
+        _counts_of(counts, key, row)
+        for school in frame.to_dict("records"):
+            _counts_of(counts, _school_key(key, school), school, SCHOOL_CELLS)
+    return counts
+
+
 def _counts_of(counts: dict[tuple, float], key: tuple, row: dict, columns: tuple[str, ...] = COUNT_CELLS) -> None:
     for column in columns:
         value = views.number(row.get(column))
