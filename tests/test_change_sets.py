@@ -304,7 +304,8 @@ def test_the_run_summary_and_the_published_load_report_say_held():
                                        held, ""]})
     assert cli._change_lines(report) == ["changes to the warehouse:", f"  {held}", "  222006 Maths: 30 pupils added",
                                          "  222006 Café Readers 2025 Autumn: 3 pupils added"]
-    assert cli._change_lines(report, shown=1)[-1] == "  ... and 2 more changes (load_report.csv lists them all)"
+    assert cli._change_lines(report, shown=1)[-1] == ("  ... and 2 more changes (all in the warehouse's change_sets table; the Dagster UI shows "
+                                                         "each school's as the pupils asset's 'changes')")
     assert cli._change_lines(report.iloc[2:]) == ["changes to the warehouse: none"]
     assert site._load_status({"status": "partly held", "rows_read": 3, "rows_loaded": 0}) == "held"
     published = site.without_counts(held)

@@ -280,6 +280,9 @@ def test_a_rejection_a_later_good_file_of_the_school_made_good_is_no_longer_a_to
     write_extract("111601_v3.csv", pupil_rows(6))
     assert todo() == []
     assert todo() == []  # and on the next run, with every file unchanged
+    (tmp_path / "fb" / "111601").mkdir(parents=True)
+    (tmp_path / "fb" / "111601" / "111601_v2-what-to-fix.csv").write_text("x")
+    assert summary.gather(con, None, folder, tmp_path / "fb", [], demo=False).new_feedback == []  # no news either
 
 
 def test_a_rejected_file_of_several_schools_goes_to_unknown_urn(con, write_extract, tmp_path):

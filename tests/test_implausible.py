@@ -197,15 +197,3 @@ def test_the_run_summary_counts_an_outcome_set_aside_in_quarantine_and_a_baselin
                          "about the whole file: 0")
     assert not any(line.startswith("  warning ") for line in lines)
 
-
-def test_more_changes_than_shown_point_to_where_they_all_are():
-    """The published load_report.csv has no changes column: the summary names where they all are."""
-    import pandas as pd
-
-    from microtrials.cli import _change_lines
-
-    report = pd.DataFrame({"changes": [f"11160{k} Reading: 20 pupils added" for k in range(5)]})
-    lines = _change_lines(report, shown=3)
-    assert lines[-1] == ("  ... and 2 more changes (all in the warehouse's change_sets table; the Dagster UI shows "
-                         "each school's as the pupils asset's 'changes')")
-    assert "load_report.csv" not in "\n".join(lines)

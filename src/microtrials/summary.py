@@ -178,7 +178,7 @@ def gather(con, evidence: pd.DataFrame | None, extracts: Path, feedback_dir: Pat
 
     Files are those of the load report still in ``extracts``; a school's feedback is new when its
     file was loaded or rejected in this run (an unchanged file's feedback was new when it arrived)
-    and its feedback file exists.
+    and its feedback file exists, unless a later file of the school made the rejection good.
     """
     import os
 
@@ -200,7 +200,8 @@ def gather(con, evidence: pd.DataFrame | None, extracts: Path, feedback_dir: Pat
             files = files.merge(arrivals.drop_duplicates("file_name"), on="file_name", how="left")
     new = []
     if files is not None:
-        for _, row in files[files["status"].isin(["loaded", "rejected"])].iterrows():
+        done = made_good(files)  # a rejection the school's later file made good: its feedback is no news
+        for _, row in files[files["status"].isin(["loaded", "rejected"]) & ~files["file_name"].isin(done)].iterrows():
             path = feedback.feedback_path(feedback_dir, _words(row.get("school_urn")), str(row["file_name"]))
             if path.is_file():
                 new.append((path.parent.name, path))
