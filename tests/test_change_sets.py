@@ -417,3 +417,32 @@ def test_a_withdrawn_school_is_withdrawn_in_the_plan_not_awaited(con, write_extr
     load_file(con, write_extract("222005_new.csv", rows_in_round(25, "222005", "2026 Autumn", start=300),
                                  header=ROUND_HEADER), KEY)
     assert withdrawn_keys(con) == set()
+
+
+def test_a_file_whose_rows_are_gone_says_replaced_or_withdrawn_not_unchanged(con, write_extract, tmp_path):
+    """New user: files replaced by a newer one, and a withdrawn school's file, showed as "unchanged since
+    it was last loaded". A file none of whose trial rounds holds its rows any more says why."""
+    from microtrials import cli
+    from microtrials.ingest.change_sets import superseded_files, with_superseded
+    from microtrials.ingest.loading import load_folder, load_report_frame, withdraw
+    from microtrials.publish import site
+
+    write_extract("222006.csv", rows_in_round(30, "222006", "2025 Autumn"), header=ROUND_HEADER)
+    folder = write_extract("222005.csv", rows_in_round(24, "222005", "2026 Autumn", start=300),
+                           header=ROUND_HEADER).parent
+    both = rows_in_round(30, "222006", "2025 Autumn") + rows_in_round(10, "222006", "2026 Spring", start=100)
+    assert superseded_files(con, ["222006.csv"]) == {}  # nothing recorded yet
+    load_folder(con, folder, KEY)
+    write_extract("222006_v2.csv", both, header=ROUND_HEADER)  # replaces the autumn, adds a spring
+    load_folder(con, folder, KEY)
+    withdraw(con, "222005")
+    report = load_report_frame(load_folder(con, folder, KEY))
+    assert list(report["status"]) == ["unchanged"] * 3
+    assert superseded_files(con, list(report["file_name"])) == {"222005.csv": "withdrawn", "222006.csv": "replaced"}
+    marked = with_superseded(con, report)
+    assert [site._load_status(r) for r in marked.to_dict("records")] == ["withdrawn", "replaced", "unchanged"]
+    published = site.public_load_report(marked)
+    assert set(published["Status"]) == {site.LOAD_STATUS[k] for k in ("withdrawn", "replaced", "unchanged")}
+    first = cli._file_lines(marked, folder, 0)[0]
+    assert first.endswith(": 0 loaded, 1 unchanged since their last load, 1 replaced by a later file, 1 of a school "
+                          "withdrawn (microtrials withdraw), 0 rejected")

@@ -534,12 +534,18 @@ def _file_lines(report, extracts: Path, warning_rows: int | None, shown: int = 1
     loaded nothing are named in the to-do list.)"""
     import pandas as pd
 
-    status = report["status"].value_counts()
-    counts = [f"{status.get('loaded', 0)} loaded", f"{status.get('unchanged', 0)} unchanged since their last load",
-              f"{status.get('rejected', 0)} rejected"]
+    statuses = report["status"].astype(str)
+    if "superseded" in report:  # change_sets.superseded_files: an unchanged file whose rows are gone says why
+        gone = statuses.eq("unchanged") & report["superseded"].isin(["replaced", "withdrawn"])
+        statuses = statuses.where(~gone, report["superseded"])
+    status = statuses.value_counts()
+    counts = [f"{status.get('loaded', 0)} loaded", f"{status.get('unchanged', 0)} unchanged since their last load"]
+    words = {"replaced": "replaced by a later file", "withdrawn": "of a school withdrawn (microtrials withdraw)"}
+    counts += [f"{status[s]} {text}" for s, text in words.items() if status.get(s, 0)]
+    counts.append(f"{status.get('rejected', 0)} rejected")
     if status.get("ignored", 0):
         counts.append(f"{status['ignored']} ignored (not extracts: folders, hidden or other files)")
-    counts += [f"{n} {s}" for s, n in status.items() if s not in ("loaded", "unchanged", "rejected", "ignored")]
+    counts += [f"{n} {s}" for s, n in status.items() if s not in ("loaded", "unchanged", "rejected", "ignored", *words)]
     lines = [f"files: {len(report)} in {extracts}: {', '.join(counts)}"]
     warned = report.iloc[0:0]
     column = "file_warnings" if "file_warnings" in report else "warnings"  # a report from before the column: all

@@ -183,7 +183,7 @@ def gather(con, evidence: pd.DataFrame | None, extracts: Path, feedback_dir: Pat
     import os
 
     from microtrials.ingest import feedback
-    from microtrials.ingest import warehouse
+    from microtrials.ingest import change_sets, warehouse
 
     def table(name: str, query: str) -> pd.DataFrame | None:
         return con.execute(warehouse.sql(query)).df() if warehouse.table_exists(con, name) else None
@@ -195,6 +195,7 @@ def gather(con, evidence: pd.DataFrame | None, extracts: Path, feedback_dir: Pat
         except OSError:
             present = set(files["file_name"])
         files = files[files["file_name"].isin(present)]
+        files = change_sets.with_superseded(con, files)
         if warehouse.table_exists(con, "latest_deliveries"):
             arrivals = con.execute(warehouse.sql("file_arrivals")).df()
             files = files.merge(arrivals.drop_duplicates("file_name"), on="file_name", how="left")

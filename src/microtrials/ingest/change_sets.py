@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import duckdb
+import pandas as pd
 import pyarrow as pa
 
 from microtrials.ingest import warehouse
@@ -320,6 +321,22 @@ def withdrawn_keys(con: duckdb.DuckDBPyConnection) -> set[tuple[str, TrialKey]]:
     if not warehouse.table_exists(con, "change_sets"):
         return set()
     return {(school, TrialKey(*key)) for school, *key in con.execute(warehouse.sql("withdrawn_schools")).fetchall()}
+
+
+def superseded_files(con: duckdb.DuckDBPyConnection, file_names: list[str]) -> dict[str, str]:
+    """Of these files, those none of whose applied trial rounds still holds their rows: file name ->
+    'withdrawn' (every one withdrawn, ``microtrials withdraw``) or 'replaced' (a later file's change
+    set is the latest of at least one) (``sql/superseded_files.sql``). Such a file in the folder is
+    not "unchanged since it was last loaded"."""
+    if not file_names or not (warehouse.table_exists(con, "change_sets") and warehouse.table_exists(con, "latest_deliveries")):
+        return {}
+    return dict(con.execute(warehouse.sql("superseded_files"), {"files": list(file_names)}).fetchall())
+
+
+def with_superseded(con: duckdb.DuckDBPyConnection, report: pd.DataFrame) -> pd.DataFrame:
+    """The load report with column ``superseded`` (:func:`superseded_files`; blank for the rest)."""
+    found = superseded_files(con, list(report["file_name"].astype(str))) if len(report) else {}
+    return report.assign(superseded=report["file_name"].astype(str).map(found).fillna("") if len(report) else "")
 
 
 def withdrawn_copies(con: duckdb.DuckDBPyConnection, delivery_ids: list[str]) -> dict[tuple[str, str, TrialKey], str]:

@@ -454,6 +454,8 @@ LOAD_STATUS = {
     "partly": "partly loaded: some rows set aside",
     "warned": "loaded, with warnings",
     "ignored": "ignored: not a school file",
+    "withdrawn": "withdrawn: the school left the trial, its rows are removed",
+    "replaced": "replaced by a later file from the school",
     "unchanged": "unchanged since it was last loaded",
     "loaded": "loaded",
 }
@@ -482,7 +484,8 @@ def without_counts(text: str) -> str:
 
 def _load_status(row: dict) -> str:
     """Which of ``LOAD_STATUS`` a warehouse load-report row is (a file with rows but none loaded is
-    rejected, whatever the loader called it)."""
+    rejected, whatever the loader called it; an unchanged file whose rows a later file replaced, or
+    whose school was withdrawn, says so: column ``superseded``)."""
     def count(column: str) -> int:
         x = views.number(row.get(column))
         return 0 if x is None else int(x)
@@ -493,6 +496,9 @@ def _load_status(row: dict) -> str:
         return "ignored"
     if status in ("held", "partly held"):
         return "held"
+    superseded = "" if views.is_blank(row.get("superseded")) else str(row.get("superseded"))
+    if status == "unchanged" and superseded in ("withdrawn", "replaced"):  # change_sets.superseded_files
+        return superseded
     if count("rows_quarantined") or not views.is_blank(row.get("quarantined_by_reason")):
         return "partly"
     if count("rows_with_warnings") or not views.is_blank(row.get("warnings")):
