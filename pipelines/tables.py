@@ -60,7 +60,10 @@ LOAD_REPORT_COLUMNS = [
     C("trials", "VARCHAR", description="the trials the file holds, 'intervention / outcome_measure' joined by '; '"),
     C("rows_read", "BIGINT", description="data lines read"),
     C("rows_loaded", "BIGINT", description="rows loaded into `pupils`"),
-    C("rows_quarantined", "BIGINT", description="rows set aside in `quarantine`"),
+    C("rows_quarantined", "BIGINT", description="rows kept out, set aside in `quarantine`"),
+    C("outcomes_set_aside", "BIGINT", description="rows loaded whose outcome was set aside in `quarantine` "
+      "(blanked, the pupil kept as randomised); with rows_quarantined, the rows in quarantine"),
+    C("file_warnings", "VARCHAR", description="warnings about the whole file (e.g. read as Windows-1252), joined by '; '"),
     C("rows_with_warnings", "BIGINT", description="rows loaded with an optional value blanked or an outcome kept as no post-test (`load_warnings`)"),
     C("quarantined_by_reason", "VARCHAR", description="rows set aside per rule, 'rule: count' joined by '; '"),
     C("columns_dropped", "VARCHAR", description="columns outside the contract, dropped unread"),
@@ -154,11 +157,14 @@ REGISTRY_PROGRESS_COLUMNS = [
     C("end_date", "VARCHAR", description="the round's end date (ISO), blank when not set"),
     C("planned", "BIGINT", description="schools planned in the round"),
     C("delivered", "BIGINT", description="planned schools whose primary-outcome rows joined the round"),
-    C("awaited", "BIGINT", description="planned schools not yet delivered"),
+    C("awaited", "BIGINT", description="planned schools neither delivered nor withdrawn"),
     C("awaited_urns", "VARCHAR", description="their URNs, space-separated"),
     C("unplanned_urns", "VARCHAR", description="schools not in the plan whose rows joined this round"),
     C("status", "VARCHAR", description="'interim' while schools are awaited; blank when every planned school delivered"),
     C("status_note", "VARCHAR", description="e.g. 'awaiting 3 of 12 schools'"),
+    C("withdrawn", "BIGINT", description="planned schools not delivered, withdrawn (microtrials withdraw, change_sets): "
+                                         "no longer awaited"),
+    C("withdrawn_urns", "VARCHAR", description="their URNs, space-separated"),
 ]
 
 TABLES = {

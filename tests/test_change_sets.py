@@ -317,7 +317,8 @@ def test_the_run_summary_and_the_published_load_report_say_held():
                                        held, ""]})
     assert cli._change_lines(report) == ["changes to the warehouse:", f"  {held}", "  222006 Maths: 30 pupils added",
                                          "  222006 Café Readers 2025 Autumn: 3 pupils added"]
-    assert cli._change_lines(report, shown=1)[-1] == "  ... and 2 more changes (load_report.csv lists them all)"
+    assert cli._change_lines(report, shown=1)[-1] == ("  ... and 2 more changes (all in the warehouse's change_sets table; the Dagster UI shows "
+                                                         "each school's as the pupils asset's 'changes')")
     assert cli._change_lines(report.iloc[2:]) == ["changes to the warehouse: none"]
     assert site._load_status({"status": "partly held", "rows_read": 3, "rows_loaded": 0}) == "held"
     published = site.without_counts(held)
@@ -397,3 +398,64 @@ def test_pupils_stored_twice_by_the_old_round_bug_are_told_in_the_run_summary_no
     assert accept_file(con, resent, KEY).status == "loaded"
     assert pupils(con, "222005") == [("2026 Autumn", 15, 15)] and stored_twice(con) == ""
     con.close()
+
+
+def test_a_withdrawn_school_is_withdrawn_in_the_plan_not_awaited(con, write_extract):
+    """After `microtrials withdraw`, the plan's progress reads the recorded withdrawal: the school is
+    not awaited, its round not interim on its account, the registered plan keeps counting it
+    ("since withdrawn") and the published registry report says "withdrawn"; a new file brings it back."""
+    from microtrials.ingest.change_sets import withdrawn_keys
+    from microtrials.ingest.loading import withdraw
+    from microtrials.publish import site, views
+    from microtrials.stats import trial_store
+
+    parsed = registry.read_registry(REGISTRY.encode())
+    load_file(con, write_extract("222006.csv", rows_in_round(30, "222006", "2025 Autumn"), header=ROUND_HEADER), KEY)
+    load_file(con, write_extract("222005.csv", rows_in_round(24, "222005", "2026 Autumn", start=300),
+                                 header=ROUND_HEADER), KEY)
+    assert withdrawn_keys(con) == set()
+    withdraw(con, "222005")
+    assert withdrawn_keys(con) == {("222005", TrialKey("café readers", "ngrt", "2026 autumn"))}
+    _, refresh, _ = trial_store.plan(con, parsed, today=date(2027, 1, 10))
+    autumn = refresh.progress.set_index("round").loc["2026 Autumn"]
+    assert (autumn["awaited_urns"], autumn["withdrawn_urns"], autumn["planned"]) == ("", "222005", 1)
+    assert autumn["status_note"] == "" and autumn["status"] != "interim"
+    report = site.registry_report(None, refresh.progress)
+    assert list(report["School URN"]) == ["222006", "222005"]  # 2026 Spring still awaits 222006
+    assert "withdrawn from this round" in report["What to do"].iloc[1] and "awaited:" not in report["What to do"].iloc[1]
+    counts = site.withdrawn_counts(refresh.progress)
+    assert counts == {("café readers", "2026 autumn"): 1}
+    shown = dict(views.plan_view(parsed.rounds[2], counts[("café readers", "2026 autumn")])["rows"])
+    assert shown["Schools planned"] == "1 (1 since withdrawn)"
+    load_file(con, write_extract("222005_new.csv", rows_in_round(25, "222005", "2026 Autumn", start=300),
+                                 header=ROUND_HEADER), KEY)
+    assert withdrawn_keys(con) == set()
+
+
+def test_a_file_whose_rows_are_gone_says_replaced_or_withdrawn_not_unchanged(con, write_extract, tmp_path):
+    """New user: files replaced by a newer one, and a withdrawn school's file, showed as "unchanged since
+    it was last loaded". A file none of whose trial rounds holds its rows any more says why."""
+    from microtrials import cli
+    from microtrials.ingest.change_sets import superseded_files, with_superseded
+    from microtrials.ingest.loading import load_folder, load_report_frame, withdraw
+    from microtrials.publish import site
+
+    write_extract("222006.csv", rows_in_round(30, "222006", "2025 Autumn"), header=ROUND_HEADER)
+    folder = write_extract("222005.csv", rows_in_round(24, "222005", "2026 Autumn", start=300),
+                           header=ROUND_HEADER).parent
+    both = rows_in_round(30, "222006", "2025 Autumn") + rows_in_round(10, "222006", "2026 Spring", start=100)
+    assert superseded_files(con, ["222006.csv"]) == {}  # nothing recorded yet
+    load_folder(con, folder, KEY)
+    write_extract("222006_v2.csv", both, header=ROUND_HEADER)  # replaces the autumn, adds a spring
+    load_folder(con, folder, KEY)
+    withdraw(con, "222005")
+    report = load_report_frame(load_folder(con, folder, KEY))
+    assert list(report["status"]) == ["unchanged"] * 3
+    assert superseded_files(con, list(report["file_name"])) == {"222005.csv": "withdrawn", "222006.csv": "replaced"}
+    marked = with_superseded(con, report)
+    assert [site._load_status(r) for r in marked.to_dict("records")] == ["withdrawn", "replaced", "unchanged"]
+    published = site.public_load_report(marked)
+    assert set(published["Status"]) == {site.LOAD_STATUS[k] for k in ("withdrawn", "replaced", "unchanged")}
+    first = cli._file_lines(marked, folder, 0)[0]
+    assert first.endswith(": 0 loaded, 1 unchanged since their last load, 1 replaced by a later file, 1 of a school "
+                          "withdrawn (microtrials withdraw), 0 rejected")

@@ -37,6 +37,10 @@ def test_run_loads_every_school_in_one_run_and_publishes(tmp_path, monkeypatch):
         assert len(instance.get_dynamic_partitions("schools")) == 25
         assert instance.get_materialized_partitions(dg.AssetKey("pupils")) == set(
             instance.get_dynamic_partitions("schools"))
+        # the statistics' notes ("evidence strength 3 of 5 before deductions ...") are in the run's log
+        # for evaluators, not on the officer's terminal
+        notes = [e.user_message for e in instance.all_logs(runs[0].run_id) if "before deductions" in (e.user_message or "")]
+        assert len(notes) >= len(table) and "before deductions" not in again.stderr
     finally:
         instance.dispose()
 

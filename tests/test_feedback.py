@@ -238,6 +238,53 @@ def test_a_rejected_file_of_one_school_goes_to_that_school_and_suggests_the_righ
     assert row["What to do"].startswith("rename 'Group' to 'arm', 'Score after' to 'outcome' if that is what they hold")
 
 
+def test_a_rejected_file_of_one_school_is_that_schools_everywhere(con, write_extract, tmp_path):
+    """A file rejected whole whose rows all carry one URN is that school's in the load report, the
+    published load report ("file 1 from school 111601", not "with no school URN") and the to-do's
+    new feedback, as in its feedback folder."""
+    from microtrials import summary
+    from microtrials.ingest.loading import load_report_frame
+    from microtrials.publish.site import public_load_report
+
+    header = tuple("Score after" if c == "outcome" else c for c in EXTRACT_HEADER)
+    folder = write_extract("111601_v2.csv", pupil_rows(4), header=header).parent
+    reports = load_folder(con, folder, KEY)
+    assert [(r.status, r.school_urn) for r in reports] == [("rejected", "111601")]
+    frame = load_report_frame(reports)
+    published = public_load_report(frame)
+    assert list(published[["File", "School URN"]].iloc[0]) == ["file 1 from school 111601", "111601"]
+    out = tmp_path / "feedback"
+    written = feedback.write_feedback(con, reports, {p.name: p for p in folder.iterdir()}, out, tmp_path / "pub")
+    assert written == [out / "111601" / "111601_v2-what-to-fix.csv"]
+    warehouse.save_frame(con, "load_report", frame)
+    facts = summary.gather(con, None, folder, out, [], demo=False)
+    assert facts.new_feedback == [("111601", written[0])]
+
+
+def test_a_rejection_a_later_good_file_of_the_school_made_good_is_no_longer_a_to_do(con, write_extract, tmp_path):
+    """The to-do keeps "rejected 111601_v2.csv ... send the file again" only until the school's next
+    file for the trial loads; another school's good file, or an earlier one, does not make it good."""
+    from microtrials import summary
+    from microtrials.ingest.loading import load_report_frame
+
+    header = tuple("Score after" if c == "outcome" else c for c in EXTRACT_HEADER)
+    folder = write_extract("111601.csv", pupil_rows(6)).parent
+    write_extract("111601_v2.csv", pupil_rows(6), header=header)
+    write_extract("111602.csv", pupil_rows(6, urn="111602"))
+
+    def todo() -> list[str]:
+        warehouse.save_frame(con, "load_report", load_report_frame(load_folder(con, folder, KEY)))
+        return summary.file_lines(summary.gather(con, None, folder, tmp_path / "fb", [], demo=False))
+
+    assert [line.split(":")[0] for line in todo()[1:]] == ["    rejected 111601_v2.csv"]
+    write_extract("111601_v3.csv", pupil_rows(6))
+    assert todo() == []
+    assert todo() == []  # and on the next run, with every file unchanged
+    (tmp_path / "fb" / "111601").mkdir(parents=True)
+    (tmp_path / "fb" / "111601" / "111601_v2-what-to-fix.csv").write_text("x")
+    assert summary.gather(con, None, folder, tmp_path / "fb", [], demo=False).new_feedback == []  # no news either
+
+
 def test_a_rejected_file_of_several_schools_goes_to_unknown_urn(con, write_extract, tmp_path):
     header = tuple("Group" if c == "arm" else c for c in EXTRACT_HEADER)
     rows = pupil_rows(2) + pupil_rows(2, urn="111602")

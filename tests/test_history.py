@@ -106,6 +106,29 @@ def test_an_interim_result_s_strength_is_said_as_its_page_shows_it():
     assert points[0].strength == "2 of 5"
 
 
+def test_a_corrected_file_that_moves_the_interval_is_a_change_said_as_the_history_says_it():
+    """New user: "What changed ... Nothing: the figures are as they were" while the history table gained
+    a row "a school's corrected file" (CI 0.05-0.55 -> 0.03-0.56). Same schools and months: the page
+    now says the history's reason and the interval's move."""
+    from microtrials.publish import views
+
+    before = {"intervention": "Paired reading", "outcome_measure": "NGRT", "round": "2026 Spring", "effect_size": 0.30,
+              "ci_low": 0.05, "ci_high": 0.55, "months_progress": 4, "evidence_strength": 3, "status": "published",
+              "schools": 4, "school_urns": "123451 123452 123453 123454", "pupils_analysed": 148,
+              "published_at": "2026-12-01 09:00", "publication_id": "a"}
+    after = dict(before, effect_size=0.295, ci_low=0.03, ci_high=0.56, pupils_analysed=149,
+                 published_at="2026-12-02 09:00", publication_id="b")
+    changes = history.trial_history(pd.DataFrame([before, after]), "Paired reading", "NGRT", "2026 Spring").changes
+    assert changes == ["Paired reading (NGRT, 2026 Spring): a school's corrected file: "
+                       "95% confidence interval 0.05 to 0.55 \u2192 0.03 to 0.56."]
+    points = views.history_view(history.evidence_points(pd.DataFrame([before, after]), "Paired reading", "NGRT",
+                                                        "2026 Spring"), [], "").points
+    assert [p.reason for p in points][-1] == "a school's corrected file"
+    same_interval = dict(after, ci_low=0.05, ci_high=0.55)
+    assert history.what_changed([before], [same_interval]) == ["Paired reading (NGRT, 2026 Spring): a school's "
+                                                               "corrected file."]
+
+
 def test_cumulative_plot_is_png_and_escapes_dollars():
     frame = pd.DataFrame({
         "publication_id": ["a", "b", "c"],

@@ -173,3 +173,27 @@ def test_the_gross_error_rule(values, gross):
 def test_fewer_than_ten_scores_are_not_judged():
     x = np.array([80.0] * 8 + [99999999.0])
     assert not plausibility.spread_of(x).gross(x).any()
+
+
+def test_the_run_summary_counts_an_outcome_set_aside_in_quarantine_and_a_baseline_warning_per_row(
+        con, write_extract):
+    """New user: outcome 250 (line 5) went to quarantine and baseline 12 (line 9) was blanked with a
+    warning, yet the summary said "rows set aside (quarantine): 0" and counted the baseline's row warning
+    as a warning about the whole file. One definition each: rows in quarantine (kept out, or loaded with
+    the outcome set aside), rows loaded with a warning, file-level warnings."""
+    from microtrials.cli import _file_lines
+    from microtrials.ingest.loading import load_report_frame
+
+    declare(con, "Reading Programme,NGRT,,2025-09-01,111601,Reading,69,141,69,141")
+    rows = pupil_rows(30)
+    rows[3][OUTCOME], rows[7][BASELINE] = "250", "12"
+    rows[10][EXTRACT_HEADER.index("arm")] = "??"  # a row kept out by validation
+    report = load_file(con, write_extract("111601.csv", rows), KEY)
+    assert (report.rows_quarantined, report.outcomes_set_aside, report.rows_with_warnings) == (1, 1, 1)
+    in_quarantine = con.execute("SELECT count(DISTINCT line) FROM quarantine").fetchone()[0]
+    lines = _file_lines(load_report_frame([report]), write_extract("x.csv", rows).parent, report.rows_with_warnings)
+    assert lines[-1] == (f"rows set aside (quarantine): {in_quarantine} (1 kept out; 1 loaded with the outcome set "
+                         "aside, the pupil kept as randomised); rows loaded with a warning: 1; files with a warning "
+                         "about the whole file: 0")
+    assert not any(line.startswith("  warning ") for line in lines)
+

@@ -244,7 +244,7 @@ def test_load_report_frame_has_one_row_per_file(con, write_extract):
             "rows_read": 3, "rows_loaded": 2, "rows_quarantined": 1,
             "quarantined_by_reason": "arm not 'intervention' or 'control': 1",
             "rows_with_warnings": 1, "warnings": "gender not understood: 1", "columns_dropped": "", "reason": "",
-            "changes": "111601 Reading: 2 pupils added",
+            "changes": "111601 Reading: 2 pupils added", "outcomes_set_aside": 0, "file_warnings": "",
         },
         {
             "file_name": "bad.csv", "status": "rejected", "school_urn": "", "trials": "",
@@ -252,7 +252,7 @@ def test_load_report_frame_has_one_row_per_file(con, write_extract):
             "rows_with_warnings": 0, "warnings": "", "columns_dropped": "",
             "reason": "bad.csv: the file is empty; in Excel use File > Save As > "
             "'CSV UTF-8 (Comma delimited) (*.csv)' and send the file again",
-            "changes": "",
+            "changes": "", "outcomes_set_aside": 0, "file_warnings": "",
         },
     ]
     warehouse.save_frame(con, "load_report", frame)  # the pipeline stores it as it is

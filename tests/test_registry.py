@@ -217,6 +217,28 @@ def test_plan_progress_and_interim_status():
     assert reg.round_status(12, 12, date(2026, 1, 1), today) == (None, "")
 
 
+def test_a_withdrawn_school_is_no_longer_awaited_nor_makes_its_round_interim():
+    """`microtrials withdraw` is the officer's recorded choice: the school is withdrawn from that round,
+    not awaited, and the round is not interim on its account; another round keeps awaiting it."""
+    from microtrials.ingest.trial_key import plain_key
+
+    combos = _combos([["Reciprocal reading", "NGRT standardised score", urn, None, 40] for urn in ("111101", "111102")])
+    today = date(2026, 2, 1)
+    m = reg.match_deliveries(_registry(), combos, today=today)
+    left = {("111103", plain_key("Reciprocal reading", "NGRT standardised score", "2025 Autumn")),
+            ("111101", plain_key("Reciprocal reading", "NGRT standardised score", "2025 Autumn")),  # delivered again
+            ("111104", plain_key("Reciprocal reading", "Reading age", "2026 Spring"))}  # another outcome
+    progress = reg.plan_progress(_registry(), m.combos, today, left).set_index("round")
+    autumn = progress.loc["2025 Autumn"]
+    assert (autumn["planned"], autumn["delivered"], autumn["awaited"], autumn["awaited_urns"]) == (3, 2, 0, "")
+    assert (autumn["withdrawn"], autumn["withdrawn_urns"], pd.isna(autumn["status"])) == (1, "111103", True)
+    spring = progress.loc["2026 Spring"]
+    assert (spring["awaited_urns"], spring["withdrawn_urns"]) == ("111103 111104 111105", "")
+    assert reg.round_status(12, 9, date(2026, 1, 1), today, withdrawn=1) == (
+        "interim", "awaiting 2 of 11 schools; 1 more withdrawn")
+    assert reg.round_status(12, 11, date(2026, 1, 1), today, withdrawn=1) == (None, "")
+
+
 def test_primary_outcome_changed_after_results_is_noted():
     before = _registry()
     after_bytes = csv_bytes([

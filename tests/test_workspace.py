@@ -43,6 +43,31 @@ def test_init_makes_an_empty_workspace_that_names_its_folders(tmp_path):
     assert "base_dir: storage" in instance and "data/dagster" not in instance and "postgres" in instance.lower()
 
 
+def test_init_registry_header_has_the_declared_score_range_columns(tmp_path):
+    """An officer fills in trials.csv from init's header: it names every column the registry reads,
+    the declared score ranges too (docs/registry.md)."""
+    from microtrials.ingest.registry import RANGE_COLUMNS, read_registry
+
+    ws = make(tmp_path)
+    header = ws.registry.read_text().strip().split(",")
+    assert header[-4:] == list(RANGE_COLUMNS)
+    row = "Paired reading,NGRT,,2026-01-05,2026-03-27,,123451 123452,,,2025-12-01,,,,,69,141,70,140"
+    registry = read_registry((ws.registry.read_text() + row + "\n").encode())
+    assert (registry.rounds[0].outcome_min, registry.rounds[0].baseline_max) == (69, 140)
+
+
+def test_init_names_the_command_as_it_works_here(tmp_path, monkeypatch, capsys):
+    """Outside the venv's PATH the next step names the script's full path (a fresh clone has no
+    `microtrials` on PATH); on PATH, the bare name."""
+    ws = make(tmp_path)
+    assert workspace.command_name({"PATH": "/usr/bin:/bin"}) == str(MICROTRIALS)
+    assert workspace.command_name({"PATH": str(MICROTRIALS.parent)}) == "microtrials"
+    assert workspace.next_steps(ws, str(MICROTRIALS)).endswith(f"{ws.root}: {MICROTRIALS} run")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert cli.main(["init", str(tmp_path / "other"), "--key-file", str(tmp_path / "k2")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"{MICROTRIALS} run")
+
+
 def test_the_key_file_is_new_random_and_readable_by_its_owner_only(tmp_path):
     ws = make(tmp_path)
     assert stat.S_IMODE(ws.key_file.stat().st_mode) == 0o600

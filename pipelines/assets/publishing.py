@@ -12,7 +12,7 @@ import pandas as pd
 from microtrials import summary, workspace
 from microtrials.publish import dictionary
 from microtrials.publish import history
-from microtrials.ingest import loading
+from microtrials.ingest import change_sets, loading
 from microtrials.stats import planner
 from microtrials.publish import publish
 from microtrials.publish import site
@@ -149,7 +149,7 @@ def _inputs(con, settings: Settings) -> dict:
         "table": stored[COLUMNS + EXTRA_COLUMNS + extras],
         "schools": con.execute(warehouse.sql("school_results")).df(),
         # No load_report before the first school's load (an empty extracts folder on day one).
-        "load_report": optional("load_report") if warehouse.table_exists(con, "load_report")
+        "load_report": change_sets.with_superseded(con, optional("load_report")) if warehouse.table_exists(con, "load_report")
         else loading.load_report_frame([]),
         "loaded_at": con.execute(warehouse.sql("data_date")).fetchall()[0][0],
         # With a registry in use, what the officer should act on goes beside the load report.
@@ -193,6 +193,7 @@ def _build(inputs: dict, settings: Settings, now: dt.datetime, correction: str |
                             now.strftime("%d %B %Y %H:%M UTC"), problems=problems, history=shown, plans=plans,
                             registry_rows=_registry_rows(inputs), spellings=inputs["spellings"], sending=sending,
                             registry=registry, gate=inputs["gate"], previous=previous,
+                            withdrawn=site.withdrawn_counts(inputs["progress"]),
                             **({"area": ws.area} if ws else {}))
     return {"files": files, "table": table, "withheld": withheld, "published": published,
             "school_urns": school_urns, "problems": problems, "plans": plans}

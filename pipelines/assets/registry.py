@@ -10,7 +10,7 @@ import pandas as pd
 
 from microtrials.publish import history
 from microtrials.stats import planner
-from microtrials.ingest import warehouse
+from microtrials.ingest import change_sets, warehouse
 from microtrials.ingest.registry import (
     decode,
     match_deliveries,
@@ -71,10 +71,11 @@ def registry(context: dg.AssetExecutionContext, settings: Settings, warehouse_db
         combos = (con.execute(warehouse.sql("delivered_combos")).df() if warehouse.table_exists(con, "pupils")
                   else None)
         results = con.execute(warehouse.sql("trial_results")).df() if warehouse.table_exists(con, "trial_results") else None
+        withdrawn = change_sets.withdrawn_keys(con)
     plan = messages = None
     if combos is not None:
         matching = match_deliveries(parsed, combos)
-        plan = plan_progress(parsed, matching.combos)
+        plan = plan_progress(parsed, matching.combos, withdrawn=withdrawn)
         messages = messages_frame(matching.messages)
     # What each registered round with no results yet could detect (microtrials plan, worded).
     plans = planner.plans_for_page(planner.round_plans(parsed, results), parsed)
@@ -98,7 +99,7 @@ def registry(context: dg.AssetExecutionContext, settings: Settings, warehouse_db
             **({} if plan is None else {
                 "schools_awaited": int(plan["awaited"].sum()),
                 "plan": _md(plan[["intervention", "round", "end_date", "planned", "delivered", "awaited",
-                                  "awaited_urns", "unplanned_urns", "status_note"]]),
+                                  "awaited_urns", "withdrawn_urns", "unplanned_urns", "status_note"]]),
                 "officer_messages": _md(messages[["level", "rule", "message"]]),
             }),
             "plans": dg.MetadataValue.md("\n".join(f"- {p['intervention']} ({p['round']}): {p['text']}" for p in plans)

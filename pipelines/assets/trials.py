@@ -56,7 +56,8 @@ def trial_results(context: dg.AssetExecutionContext, settings: Settings, warehou
     for r in run.results:
         # an exploratory or unregistered result is never published, whatever its analysis status
         shown = "" if r.outcome_role in ("exploratory", "unregistered") else f" [{r.status}]"
-        context.log.info(f"{_label(r)}{shown}: {evidence_row(r)['notes']}")
+        # the statistics' notes are for evaluators (the run's log in the UI), not the officer's terminal
+        context.log.debug(f"{_label(r)}{shown}: {evidence_row(r)['notes']}")
     for label, reason in run.failures.items():
         context.log.warning(f"{label}: {reason}")
     for message in run.messages.itertuples(index=False):
@@ -73,7 +74,7 @@ def trial_results(context: dg.AssetExecutionContext, settings: Settings, warehou
             "registry": str(path) if registry is not None else reg.no_registry_warning(path),
             "officer_messages": _md(run.messages[["level", "rule", "message"]]),
             "plan": _md(run.progress[["intervention", "round", "end_date", "planned", "delivered", "awaited",
-                                      "awaited_urns", "unplanned_urns", "status_note"]]),
+                                      "awaited_urns", "withdrawn_urns", "unplanned_urns", "status_note"]]),
             "exploratory (evaluators only, not published)": _md(
                 exploratory[["intervention", "outcome_measure", "round", "outcome_role", "schools", "pupils_analysed",
                              "effect_size", "ci_low", "ci_high", "status"]]),

@@ -174,7 +174,7 @@ def init_workspace(args: argparse.Namespace) -> int:
     except (MicrotrialsError, OSError) as exc:
         print(f"microtrials init: {' '.join(str(exc).split())}", file=sys.stderr)
         return NOT_STARTED
-    print(workspace.next_steps(ws))
+    print(workspace.next_steps(ws, workspace.command_name()))
     return 0
 
 
@@ -536,26 +536,38 @@ def _file_lines(report, extracts: Path, warning_rows: int | None, shown: int = 1
     loaded nothing are named in the to-do list.)"""
     import pandas as pd
 
-    status = report["status"].value_counts()
-    counts = [f"{status.get('loaded', 0)} loaded", f"{status.get('unchanged', 0)} unchanged since their last load",
-              f"{status.get('rejected', 0)} rejected"]
+    statuses = report["status"].astype(str)
+    if "superseded" in report:  # change_sets.superseded_files: an unchanged file whose rows are gone says why
+        gone = statuses.eq("unchanged") & report["superseded"].isin(["replaced", "withdrawn"])
+        statuses = statuses.where(~gone, report["superseded"])
+    status = statuses.value_counts()
+    counts = [f"{status.get('loaded', 0)} loaded", f"{status.get('unchanged', 0)} unchanged since their last load"]
+    words = {"replaced": "replaced by a later file", "withdrawn": "of a school withdrawn (microtrials withdraw)"}
+    counts += [f"{status[s]} {text}" for s, text in words.items() if status.get(s, 0)]
+    counts.append(f"{status.get('rejected', 0)} rejected")
     if status.get("ignored", 0):
         counts.append(f"{status['ignored']} ignored (not extracts: folders, hidden or other files)")
-    counts += [f"{n} {s}" for s, n in status.items() if s not in ("loaded", "unchanged", "rejected", "ignored")]
+    counts += [f"{n} {s}" for s, n in status.items() if s not in ("loaded", "unchanged", "rejected", "ignored", *words)]
     lines = [f"files: {len(report)} in {extracts}: {', '.join(counts)}"]
     warned = report.iloc[0:0]
-    if "warnings" in report:
-        warned = report[report["warnings"].fillna("").astype(str).str.strip().ne("") & (report["status"] != "rejected")]
+    column = "file_warnings" if "file_warnings" in report else "warnings"  # a report from before the column: all
+    if column in report:
+        warned = report[report[column].fillna("").astype(str).str.strip().ne("") & (report["status"] != "rejected")]
     for _, row in warned.head(shown).iterrows():
-        lines.append(f"  warning {row['file_name']}: {' '.join(str(row['warnings']).split())}")
+        lines.append(f"  warning {row['file_name']}: {' '.join(str(row[column]).split())}")
     if len(warned) > shown:
         lines.append(f"  ... and {len(warned) - shown} more files with a warning (in each school's feedback file)")
     lines += _change_lines(report)
-    set_aside = int(pd.to_numeric(report["rows_quarantined"], errors="coerce").fillna(0).sum())
-    text = f"rows set aside (quarantine): {set_aside:,}"
+
+    def total(name: str) -> int:
+        return int(pd.to_numeric(report[name], errors="coerce").fillna(0).sum()) if name in report else 0
+    kept_out, blanked = total("rows_quarantined"), total("outcomes_set_aside")
+    text = f"rows set aside (quarantine): {kept_out + blanked:,}"
+    if blanked:
+        text += f" ({kept_out:,} kept out; {blanked:,} loaded with the outcome set aside, the pupil kept as randomised)"
     if warning_rows is not None:
         text += f"; rows loaded with a warning: {warning_rows:,}"
-    if "warnings" in report:
+    if column in report:
         text += f"; files with a warning about the whole file: {len(warned):,}"
     return lines + [text]
 
@@ -573,7 +585,8 @@ def _change_lines(report, shown: int = 40) -> list[str]:
     lines = ["changes to the warehouse:" if ordered else "changes to the warehouse: none"]
     lines += [f"  {line}" for line in ordered[:shown]]
     if len(ordered) > shown:
-        lines.append(f"  ... and {len(ordered) - shown} more changes (load_report.csv lists them all)")
+        lines.append(f"  ... and {len(ordered) - shown} more changes (all in the warehouse's change_sets table; "
+                     "the Dagster UI shows each school's as the pupils asset's 'changes')")
     return lines
 
 

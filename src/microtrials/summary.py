@@ -94,14 +94,36 @@ def trial_lines(facts: RunFacts) -> list[str]:
     return ["  trials:"] + _capped(lines, "evidence_table.csv")
 
 
+def _trial_set(text: object) -> set[str]:
+    return {part.strip() for part in _words(text).split(";") if part.strip()}
+
+
+def made_good(files: pd.DataFrame) -> set[str]:
+    """The rejected files a later file of the same school made good: loaded (now or before) after the
+    rejected one arrived (``arrived_at``), carrying every trial the rejected file named (any trial,
+    when it was rejected before its trials were read). No longer a to-do."""
+    if "arrived_at" not in files or "school_urn" not in files:
+        return set()
+    good = [(_words(r.get("school_urn")), r["arrived_at"], _trial_set(r.get("trials"))) for _, r in files.iterrows()
+            if r["status"] in ("loaded", "unchanged") and pd.notna(r["arrived_at"])]
+    out = set()
+    for _, row in files[(files["status"] == "rejected") & files["arrived_at"].notna()].iterrows():
+        urn, wanted = _words(row.get("school_urn")), _trial_set(row.get("trials"))
+        if urn and any(school == urn and when > row["arrived_at"] and wanted <= trials for school, when, trials in good):
+            out.add(str(row["file_name"]))
+    return out
+
+
 def file_lines(facts: RunFacts) -> list[str]:
     """Every file that held or replaced nothing (rejected, ignored, a trial it did not replace, a change
-    held until the officer accepts it), with why."""
+    held until the officer accepts it), with why; a rejected file a later file made good is left out
+    (:func:`made_good`)."""
     files = facts.files
     if files is None or files.empty:
         return []
     lines = []
-    for _, row in files.iterrows():
+    done = made_good(files)
+    for _, row in files[~files["file_name"].astype(str).isin(done)].iterrows():
         status, reason = _words(row["status"]), _words(row.get("reason"))
         reason = reason.removeprefix(f"{row['file_name']}: ")
         changes = row.get("changes") if "changes" in row else None
@@ -156,12 +178,12 @@ def gather(con, evidence: pd.DataFrame | None, extracts: Path, feedback_dir: Pat
 
     Files are those of the load report still in ``extracts``; a school's feedback is new when its
     file was loaded or rejected in this run (an unchanged file's feedback was new when it arrived)
-    and its feedback file exists.
+    and its feedback file exists, unless a later file of the school made the rejection good.
     """
     import os
 
     from microtrials.ingest import feedback
-    from microtrials.ingest import warehouse
+    from microtrials.ingest import change_sets, warehouse
 
     def table(name: str, query: str) -> pd.DataFrame | None:
         return con.execute(warehouse.sql(query)).df() if warehouse.table_exists(con, name) else None
@@ -173,9 +195,14 @@ def gather(con, evidence: pd.DataFrame | None, extracts: Path, feedback_dir: Pat
         except OSError:
             present = set(files["file_name"])
         files = files[files["file_name"].isin(present)]
+        files = change_sets.with_superseded(con, files)
+        if warehouse.table_exists(con, "latest_deliveries"):
+            arrivals = con.execute(warehouse.sql("file_arrivals")).df()
+            files = files.merge(arrivals.drop_duplicates("file_name"), on="file_name", how="left")
     new = []
     if files is not None:
-        for _, row in files[files["status"].isin(["loaded", "rejected"])].iterrows():
+        done = made_good(files)  # a rejection the school's later file made good: its feedback is no news
+        for _, row in files[files["status"].isin(["loaded", "rejected"]) & ~files["file_name"].isin(done)].iterrows():
             path = feedback.feedback_path(feedback_dir, _words(row.get("school_urn")), str(row["file_name"]))
             if path.is_file():
                 new.append((path.parent.name, path))

@@ -6,7 +6,9 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 import stat
+import sys
 import tomllib
 from dataclasses import dataclass
 from datetime import date
@@ -39,7 +41,8 @@ CONTACT_KEYS = {
 }
 REGISTRY_HEADER = (
     "intervention,outcome_measure,round,start_date,end_date,results_due,schools,aliases,secondary_outcomes,"
-    "registered_on,toolkit_strand,national_months,cost_per_pupil,description\n"
+    "registered_on,toolkit_strand,national_months,cost_per_pupil,description,"
+    "outcome_min,outcome_max,baseline_min,baseline_max\n"
 )
 
 
@@ -294,8 +297,19 @@ def demo_file_reason(file_name: str) -> str:
             "own with scripts/run.sh)")
 
 
-def next_steps(ws: Workspace) -> str:
-    """What ``init`` prints: what it made, and the officer's next steps (README "Going live")."""
+def command_name(environ: dict[str, str] | None = None) -> str:
+    """How the officer types this installation's ``microtrials`` command: the bare name when it is
+    the one on ``PATH``, else the full path of the venv's script (``.venv/bin/microtrials`` in a clone)."""
+    script = Path(sys.executable).parent / "microtrials"
+    found = shutil.which("microtrials", path=(environ if environ is not None else os.environ).get("PATH"))
+    if not script.is_file() or (found is not None and Path(found).resolve() == script.resolve()):
+        return "microtrials"
+    return str(script)
+
+
+def next_steps(ws: Workspace, command: str = "microtrials") -> str:
+    """What ``init`` prints: what it made, and the officer's next steps (README "Going live");
+    ``command`` is how the officer types microtrials (:func:`command_name`)."""
     missing = ", ".join(ws.contact.missing())
     lines = [
         f"microtrials workspace created in {ws.root}",
@@ -315,7 +329,7 @@ def next_steps(ws: Workspace) -> str:
         lines.append(f"  3. in {CONFIG_NAME} [schools], fill in {missing}: schools are told them on the "
                      "\"Send your results\" page")
     lines.append(f"  {4 if missing else 3}. put the schools' files in {ws.extracts.name}/ and run, from inside "
-                 f"{ws.root}: microtrials run")
+                 f"{ws.root}: {command} run")
     return "\n".join(lines)
 
 

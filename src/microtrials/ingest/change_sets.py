@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import duckdb
+import pandas as pd
 import pyarrow as pa
 
 from microtrials.ingest import warehouse
@@ -314,6 +315,31 @@ def change_sets_table(change_sets: list[ChangeSet]) -> pa.Table:
                      for c in CHANGE_SET_COLUMNS})
 
 
+def withdrawn_keys(con: duckdb.DuckDBPyConnection) -> set[tuple[str, TrialKey]]:
+    """(school, trial key) of every withdrawal recorded in ``change_sets`` (``microtrials withdraw``) that
+    no later delivery undid (``sql/withdrawn_schools.sql``): the officer's explicit choice, which the plan's
+    progress reads as "withdrawn", never "awaited"."""
+    if not warehouse.table_exists(con, "change_sets"):
+        return set()
+    return {(school, TrialKey(*key)) for school, *key in con.execute(warehouse.sql("withdrawn_schools")).fetchall()}
+
+
+def superseded_files(con: duckdb.DuckDBPyConnection, file_names: list[str]) -> dict[str, str]:
+    """Of these files, those none of whose applied trial rounds still holds their rows: file name ->
+    'withdrawn' (every one withdrawn, ``microtrials withdraw``) or 'replaced' (a later file's change
+    set is the latest of at least one) (``sql/superseded_files.sql``). Such a file in the folder is
+    not "unchanged since it was last loaded"."""
+    if not file_names or not (warehouse.table_exists(con, "change_sets") and warehouse.table_exists(con, "latest_deliveries")):
+        return {}
+    return dict(con.execute(warehouse.sql("superseded_files"), {"files": list(file_names)}).fetchall())
+
+
+def with_superseded(con: duckdb.DuckDBPyConnection, report: pd.DataFrame) -> pd.DataFrame:
+    """The load report with column ``superseded`` (:func:`superseded_files`; blank for the rest)."""
+    found = superseded_files(con, list(report["file_name"].astype(str))) if len(report) else {}
+    return report.assign(superseded=report["file_name"].astype(str).map(found).fillna("") if len(report) else "")
+
+
 def withdrawn_copies(con: duckdb.DuckDBPyConnection, delivery_ids: list[str]) -> dict[tuple[str, str, TrialKey], str]:
     """Which of these contents (sha256) were delivered (applied, accepted or held) for a (school, trial
     key) that has since been withdrawn and not delivered again: (delivery_id, school, key) -> the file
@@ -322,7 +348,7 @@ def withdrawn_copies(con: duckdb.DuckDBPyConnection, delivery_ids: list[str]) ->
     explicit choice; only ``microtrials accept`` undoes it)."""
     if not delivery_ids:
         return {}
-    withdrawn = {(school, TrialKey(*key)) for school, *key in con.execute(warehouse.sql("withdrawn_schools")).fetchall()}
+    withdrawn = withdrawn_keys(con)
     if not withdrawn:
         return {}
     con.register("batch_ids", pa.table({"delivery_id": pa.array(sorted(set(delivery_ids)), pa.string())}))

@@ -97,8 +97,9 @@ def write_feedback(
 
 
 def _school(report, paths: dict[str, Path]) -> str | None:
-    """The school a report's feedback goes to: its URN, or for a file rejected whole, the one valid
-    URN every row of the file carries (so the school still gets told why)."""
+    """The school a report's feedback goes to: its URN (for a file rejected whole, the loader gives
+    the one valid URN every row carries, so the school still gets told why; a report made elsewhere
+    without it is read here the same way)."""
     if report.school_urn or report.status != "rejected":
         return report.school_urn
     return extracts.only_urn(paths[report.file_name])

@@ -86,6 +86,9 @@ class FileReport:
     changes: list[str] = field(default_factory=list)
     # 'intervention / outcome_measure / round' -> why its change set was held, as the school reads it
     trials_held: dict[str, str] = field(default_factory=dict)
+    # loaded rows whose outcome was set aside in quarantine (blanked; the pupil stays randomised): part
+    # of the rows in quarantine, never of ``rows_quarantined`` (rows kept out)
+    outcomes_set_aside: int = 0
 
 
 def trials_text(trials: list[tuple[str, str]]) -> str:
@@ -216,6 +219,8 @@ def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
         "columns_dropped",
         "reason",
         "changes",
+        "outcomes_set_aside",
+        "file_warnings",
     ]
     rows = [
         {
@@ -232,6 +237,8 @@ def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
             "columns_dropped": ", ".join(r.columns_dropped),
             "reason": r.reason or "",
             "changes": "\n".join(r.changes),
+            "outcomes_set_aside": r.outcomes_set_aside,
+            "file_warnings": "; ".join(r.file_warnings),
         }
         for r in reports
     ]
@@ -251,6 +258,8 @@ def load_report_frame(reports: list[FileReport]) -> pd.DataFrame:
             "columns_dropped": "str",
             "reason": "str",
             "changes": "str",
+            "outcomes_set_aside": "int64",
+            "file_warnings": "str",
         }
     )
 
@@ -400,6 +409,7 @@ def _judge_file(delivery: _Delivery, keys: dict, spreads: dict, ranges: dict) ->
     )
     for rule, count in verdict.set_aside[is_outcome]["rule"].value_counts().items():
         report.quarantined_by_reason[rule] = report.quarantined_by_reason.get(rule, 0) + int(count)
+    report.outcomes_set_aside = int(verdict.set_aside.loc[is_outcome, "line"].nunique())
     report.rows_with_warnings = extracts.distinct_lines(delivery.warnings)
     report.warned_by_reason = extracts.rows_by_rule(delivery.warnings)
     if verdict.other_scale:
@@ -481,8 +491,9 @@ def _prepare(path: Path, data: bytes | OSError | extracts.FileTooLarge, delivery
             )
         extract = extracts.read_extract(path, data)
         checked = extracts.validate(extract)
-    except extracts.ExtractRejected as exc:
-        return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=str(exc)))
+    except extracts.ExtractRejected as exc:  # its school, when every row names the same one: told, and listed, by URN
+        return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=str(exc),
+                                                 school_urn=extracts.only_urn(path)))
     report = FileReport(
         file_name=checked.file_name,
         status="loaded",

@@ -14,7 +14,7 @@ import io
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from datetime import date, datetime, timedelta
@@ -26,7 +26,7 @@ import pyarrow as pa
 from microtrials.stats.effect_sizes import months_progress
 from microtrials.errors import MicrotrialsError
 from microtrials.ingest.extracts import ExtractRejected, decode_text, normalise_header, windows_1252_warning
-from microtrials.ingest.trial_key import TrialKeys
+from microtrials.ingest.trial_key import TrialKey, TrialKeys, plain_key
 from microtrials.ingest.trial_key import name_index as trial_key_names
 from microtrials.ingest.names import match_key
 
@@ -779,31 +779,39 @@ def outcome_role(trial_round: TrialRound, outcome_measure: str) -> str:
 
 PROGRESS_COLUMNS = [
     "intervention", "round", "start_date", "end_date", "planned", "delivered", "awaited",
-    "awaited_urns", "unplanned_urns", "status", "status_note",
+    "awaited_urns", "unplanned_urns", "status", "status_note", "withdrawn", "withdrawn_urns",
 ]
 
 
-def round_status(planned: int, delivered: int, end_date: date | None, today: date) -> tuple[str | None, str]:
+def round_status(planned: int, delivered: int, end_date: date | None, today: date,
+                 withdrawn: int = 0) -> tuple[str | None, str]:
     """(status, note) for a round from its deliveries.
 
     Schools still awaited after ``end_date`` -> ("interim", "awaiting 3 of 12 schools"). Before
     ``end_date`` (or with no end date) a round that awaits schools is still running -> ("interim",
     "round runs until 2026-12-19: 9 of 12 schools delivered so far"). With every planned school
-    delivered: (None, "") -- the analysis decides the status.
+    delivered: (None, "") -- the analysis decides the status. A school ``withdrawn`` (``microtrials
+    withdraw``) is no longer awaited: "awaiting 1 of 11 schools; 1 more withdrawn".
     """
-    awaited = max(planned - delivered, 0)
+    staying = max(planned - withdrawn, 0)
+    awaited = max(staying - delivered, 0)
     if awaited == 0:
         return None, ""
+    left = f"; {withdrawn} more withdrawn" if withdrawn else ""
+    schools = f"school{'s' if staying != 1 else ''}"
     if end_date is not None and end_date < today:
-        return "interim", f"awaiting {awaited} of {planned} school{'s' if planned != 1 else ''}"
+        return "interim", f"awaiting {awaited} of {staying} {schools}{left}"
     until = f"until {end_date.isoformat()}" if end_date is not None else "with no end date yet"
-    return "interim", f"round runs {until}: {delivered} of {planned} school{'s' if planned != 1 else ''} delivered so far"
+    return "interim", f"round runs {until}: {delivered} of {staying} {schools} delivered so far{left}"
 
 
-def plan_progress(registry: Registry, matched: pd.DataFrame, today: date | None = None) -> pd.DataFrame:
+def plan_progress(registry: Registry, matched: pd.DataFrame, today: date | None = None,
+                  withdrawn: Iterable[tuple[str, TrialKey]] = ()) -> pd.DataFrame:
     """Per registered round: schools planned, delivered (a planned school with primary-outcome rows
-    joined to the round), awaited (planned, not delivered; URNs space-separated), unplanned
-    schools that joined it, and :func:`round_status`."""
+    joined to the round), withdrawn (a planned school not delivered whose withdrawal from the round's
+    primary outcome is recorded: ``withdrawn`` as :func:`change_sets.withdrawn_keys` gives it),
+    awaited (planned, neither delivered nor withdrawn; URNs space-separated), unplanned schools that
+    joined it, and :func:`round_status`."""
     today = today or date.today()
     rows = []
     done = matched[matched["outcome_role"] == PRIMARY] if len(matched) else matched
@@ -811,16 +819,21 @@ def plan_progress(registry: Registry, matched: pd.DataFrame, today: date | None 
     if len(done):
         for name, round_name, urn in zip(done["registered_intervention"], done["round"], done["school_urn"]):
             joined_by.setdefault((name, round_name), set()).add(str(urn))
+    left_by: dict[TrialKey, set[str]] = {}
+    for urn, key in withdrawn:
+        left_by.setdefault(key, set()).add(str(urn))
     for r in sorted(registry.rounds, key=lambda r: (match_key(r.intervention), r.start_date, r.line)):
         joined = joined_by.get((r.intervention, r.round), set())
         delivered = joined & r.schools
-        awaited = sorted(r.schools - delivered)
-        status, note = round_status(len(r.schools), len(delivered), r.end_date, today)
+        left = sorted((left_by.get(plain_key(r.intervention, r.outcome_measure, r.round), set()) & r.schools) - delivered)
+        awaited = sorted(r.schools - delivered - set(left))
+        status, note = round_status(len(r.schools), len(delivered), r.end_date, today, len(left))
         rows.append({
             "intervention": r.intervention, "round": r.round, "start_date": r.start_date,
             "end_date": r.end_date, "planned": len(r.schools), "delivered": len(delivered),
             "awaited": len(awaited), "awaited_urns": " ".join(awaited),
             "unplanned_urns": " ".join(sorted(joined - r.schools)), "status": status, "status_note": note,
+            "withdrawn": len(left), "withdrawn_urns": " ".join(left),
         })
     return pd.DataFrame(rows, columns=PROGRESS_COLUMNS)
 

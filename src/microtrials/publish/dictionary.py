@@ -144,9 +144,10 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("File", "File", "\"file N from school <URN>\": a file's own name is never published (it could carry "
           "a pupil's name, in any script).", "text", LOAD),
     Entry("School URN", "School URN", "The URN the file is for (in registry_report.csv: the school(s) concerned, "
-          "or the schools still awaited).", "text", f"{LOAD}; {REGISTRY}"),
+          "the schools still awaited, or those withdrawn).", "text", f"{LOAD}; {REGISTRY}"),
     Entry("Status", "Status", "In plain words: rejected (nothing loaded), partly loaded (some rows set aside), "
-          "loaded with warnings, ignored (not a school file), unchanged since it was last loaded, or loaded.",
+          "loaded with warnings, ignored (not a school file), withdrawn (the school left the trial), replaced by a "
+          "later file from the school, unchanged since it was last loaded, or loaded.",
           "text", LOAD),
     Entry("What went wrong", "What went wrong", "Why the file or some of its rows were set aside, and what to do. "
           "No numbers of rows or pupils are published (they would reveal small schools' figures).", "text", LOAD),

@@ -23,7 +23,7 @@ from microtrials.ingest import warehouse  # noqa: E402
 from microtrials.stats.effect_sizes import months_progress  # noqa: E402
 from microtrials.ingest.names import match_key  # noqa: E402
 from microtrials.ingest.registry import Registry, problems_frame, read_registry, rounds_frame  # noqa: E402
-from microtrials.publish.views import shown_strength  # noqa: E402
+from microtrials.publish.views import interval, shown_strength  # noqa: E402
 
 KEY_COLUMNS = ("intervention", "outcome_measure", "round")
 CORRECTION = "correction"  # a publication's correction note, kept with each of its rows
@@ -320,6 +320,22 @@ def _provisional(row: Mapping[str, object]) -> str:
     return " (provisional)" if str(row.get("status")).strip() == "interim" else ""
 
 
+def _other_change(old: Mapping[str, object], row: Mapping[str, object]) -> list[str]:
+    """When schools, months, strength and status are as they were but the published figures are not
+    (a school's corrected file, a registry change, a recalculation): the history table's reason for the
+    new point (:func:`point_reason`) and the confidence interval's move, so "what changed" never says
+    nothing while the history gains a row."""
+    names = ("intervention", "outcome_measure", "round")  # matched by match_key: a respelling is no change
+    if _figures({k: v for k, v in old.items() if k not in names}) == _figures({k: v for k, v in row.items()
+                                                                              if k not in names}):
+        return []
+    clause = point_reason(old, row, set())
+    before, after = interval(old.get("ci_low"), old.get("ci_high")), interval(row.get("ci_low"), row.get("ci_high"))
+    if before != after:
+        clause += f": 95% confidence interval {before or 'none'} \u2192 {after or 'none'}"
+    return [clause]
+
+
 def what_changed(previous_rows: pd.DataFrame | Iterable[Mapping[str, object]] | None,
                  current_rows: pd.DataFrame | Iterable[Mapping[str, object]]) -> list[str]:
     """One plain sentence per trial row that changed between two publications (none when nothing did).
@@ -329,7 +345,8 @@ def what_changed(previous_rows: pd.DataFrame | Iterable[Mapping[str, object]] | 
     a move in months of progress ("moved from +2 to +3 months, effect size 0.17 -> 0.21"), an
     evidence-strength change as the pages show it ("strength 2 -> 4", an interim result's capped:
     :func:`microtrials.publish.views.shown_strength`) and a status change ("status interim ->
-    published"). A row new to the table says "first published"; a row gone says so.
+    published"); with none of these but other figures, the history's reason and the interval's move
+    (:func:`_other_change`). A row new to the table says "first published"; a row gone says so.
     """
     before = {_key(r): r for r in _records(previous_rows)}
     after = {_key(r): r for r in _records(current_rows)}
@@ -384,6 +401,7 @@ def what_changed(previous_rows: pd.DataFrame | Iterable[Mapping[str, object]] | 
                            + _provisional(row))
         if old.get("status") != row.get("status") and row.get("status") is not None:
             clauses.append(f"status {old.get('status') or '-'} → {row.get('status')}")
+        clauses = clauses or _other_change(old, row)
         if clauses:
             sentences.append(f"{label}: {'; '.join(clauses)}.")
     for key, old in before.items():

@@ -458,6 +458,8 @@ LOAD_STATUS = {
     "partly": "partly loaded: some rows set aside",
     "warned": "loaded, with warnings",
     "ignored": "ignored: not a school file",
+    "withdrawn": "withdrawn: the school left the trial, its rows are removed",
+    "replaced": "replaced by a later file from the school",
     "unchanged": "unchanged since it was last loaded",
     "loaded": "loaded",
 }
@@ -486,7 +488,8 @@ def without_counts(text: str) -> str:
 
 def _load_status(row: dict) -> str:
     """Which of ``LOAD_STATUS`` a warehouse load-report row is (a file with rows but none loaded is
-    rejected, whatever the loader called it)."""
+    rejected, whatever the loader called it; an unchanged file whose rows a later file replaced, or
+    whose school was withdrawn, says so: column ``superseded``)."""
     def count(column: str) -> int:
         x = views.number(row.get(column))
         return 0 if x is None else int(x)
@@ -497,6 +500,9 @@ def _load_status(row: dict) -> str:
         return "ignored"
     if status in ("held", "partly held"):
         return "held"
+    superseded = "" if views.is_blank(row.get("superseded")) else str(row.get("superseded"))
+    if status == "unchanged" and superseded in ("withdrawn", "replaced"):  # change_sets.superseded_files
+        return superseded
     if count("rows_quarantined") or not views.is_blank(row.get("quarantined_by_reason")):
         return "partly"
     if count("rows_with_warnings") or not views.is_blank(row.get("warnings")):
@@ -531,7 +537,28 @@ def registry_report(messages: pd.DataFrame | None, progress: pd.DataFrame | None
             if not views.is_blank(p.status_note):
                 note += f" ({p.status_note})"
             rows.append({"Trial": p.intervention, "Round": p.round, "School URN": p.awaited_urns, "What to do": note})
-    return pd.DataFrame(rows, columns=[*REGISTRY_REPORT_COLUMNS, "rule"])  # rule: the message's, not published
+        rows += withdrawn_rows(progress)
+    return pd.DataFrame(rows, columns=[*REGISTRY_REPORT_COLUMNS, "rule"])
+
+
+def withdrawn_counts(progress: pd.DataFrame | None) -> dict[tuple[str, str], int]:
+    """(match_key(intervention), match_key(round)) -> how many of the round's planned schools were
+    withdrawn (table ``registry_progress``), for the registered plans page."""
+    if progress is None or "withdrawn" not in progress:
+        return {}
+    return {(match_key(str(p.intervention)), match_key("" if views.is_blank(p.round) else str(p.round))): int(p.withdrawn)
+            for p in progress.itertuples(index=False) if views.number(p.withdrawn)}
+
+
+def withdrawn_rows(progress: pd.DataFrame) -> list[dict]:
+    """A registry report row per round with planned schools withdrawn (``microtrials withdraw``): they
+    stay in the registered plan, are no longer awaited, and nothing is to be done."""
+    if "withdrawn_urns" not in progress:
+        return []
+    return [{"Trial": p.intervention, "Round": p.round, "School URN": p.withdrawn_urns,
+             "What to do": f"withdrawn from this round by the data team: no longer awaited; the registered plan "
+                           f"still counts {'it' if len(p.withdrawn_urns.split()) == 1 else 'them'}; nothing to do"}
+            for p in progress.itertuples(index=False) if not views.is_blank(p.withdrawn_urns)]  # rule: the message's, not published
 
 
 _QUOTED = re.compile(r"'([^']*)'")
@@ -947,7 +974,8 @@ def _tables_and_reports(table: pd.DataFrame, report: pd.DataFrame, registry_rows
 
 
 def _people_pages(table: pd.DataFrame, folders: list[str], names: list[tuple[str, ...]], common: dict,
-                  plans: list[dict] | None, sending: dict | None, registry) -> dict[str, bytes]:
+                  plans: list[dict] | None, sending: dict | None, registry,
+                  withdrawn: dict[tuple[str, str], int] | None = None) -> dict[str, bytes]:
     """The send page with its templates, the padlock rule and the registered plans."""
     sending = sending or workspace.send_details(workspace.Contact(), [], date.today())
     files, send_trials = _send_files(table, folders, names, common, sending)
@@ -955,7 +983,8 @@ def _people_pages(table: pd.DataFrame, folders: list[str], names: list[tuple[str
                                              **common)
     files["about-padlocks.html"] = render("padlocks.html", **common)
     files["registered-plans.html"] = render(
-        "plans.html", plans=[views.plan_view(r) for r in (registry.rounds if registry is not None else ())], **common)
+        "plans.html", plans=[views.plan_view(r, (withdrawn or {}).get((match_key(r.intervention), match_key(r.round)), 0))
+                             for r in (registry.rounds if registry is not None else ())], **common)
     return files
 
 
@@ -1005,6 +1034,7 @@ def build_site(
     gate: publication_gate.Gate | None = None,
     previous: dict[tuple, float] | None = None,
     registry=None,
+    withdrawn: dict[tuple[str, str], int] | None = None,
 ) -> dict[str, bytes]:
     """Every file of the publication, ``{relative path: bytes}``.
 
@@ -1028,6 +1058,8 @@ def build_site(
     their results, on the send page and in each Excel template (blank: "ask your authority's data team").
     ``registry`` (``microtrials.ingest.registry.Registry``) adds each trial's registered facts (round
     dates, registration date, year groups, delivery, whom to ask) and ``registered-plans.html``.
+    ``withdrawn`` ((match_key(intervention), match_key(round)) -> planned schools since withdrawn,
+    :func:`withdrawn_counts`) says so beside each round's planned schools on ``registered-plans.html``.
     ``registry_rows`` (:func:`registry_report`), when given, is published as
     ``registry_report.csv`` and shown on the load report page. ``spellings`` (table
     `trial_spellings`) lists on the load report page the spellings merged into a published trial.
@@ -1051,7 +1083,7 @@ def build_site(
     report = public_load_report(load_report, gate)
     registry_rows = None if registry_rows is None else gated_registry_report(registry_rows, gate)
     files = _tables_and_reports(table, report, registry_rows, spellings, common, gate)
-    files.update(_people_pages(table, folders, names, common, plans, sending, registry))
+    files.update(_people_pages(table, folders, names, common, plans, sending, registry, withdrawn))
     trial_views = _first_views(table, folders, registry)
     family = families(table, folders, names, trial_views, registry)
     trial_common = _common(area, data_date, run_date, "../")

@@ -630,13 +630,15 @@ def match_key_text(text: object) -> str:
     return match_key("" if is_blank(text) else str(text))
 
 
-def plan_view(trial_round: object) -> dict:
+def plan_view(trial_round: object, withdrawn: int = 0) -> dict:
     """One registry row as the registered-plans page shows it: the officer's words, planned schools
-    as a number (a school that later leaves is not named), never anything about a pupil."""
+    as a number (a school that later leaves is not named: ``withdrawn`` of them are counted as
+    "since withdrawn" beside it, the plan itself unchanged), never anything about a pupil."""
     r = trial_round
+    planned = str(len(r.schools)) + (f" ({withdrawn} since withdrawn)" if withdrawn else "")
     rows = [("Intervention", r.intervention), ("Round", r.round), ("Primary outcome", r.outcome_measure),
             ("Secondary outcomes", ", ".join(r.secondary_outcomes)), ("Round dates", round_dates(r)),
-            ("Registered on", day(r.registered_on)), ("Schools planned", str(len(r.schools))),
+            ("Registered on", day(r.registered_on)), ("Schools planned", planned),
             ("Year groups", r.year_groups), ("What it is", r.description), ("How it is delivered", r.dosage),
             ("Delivered by", r.delivered_by), ("Whom to ask", r.contact), ("Toolkit strand", r.toolkit_strand or ""),
             ("National Toolkit figure", months(r.national_months)),

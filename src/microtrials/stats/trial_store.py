@@ -9,7 +9,7 @@ from datetime import date, datetime
 import duckdb
 import pandas as pd
 
-from microtrials.ingest import names
+from microtrials.ingest import change_sets, names
 from microtrials.ingest import registry as reg
 from microtrials.stats import trials
 from microtrials.stats import units
@@ -284,7 +284,7 @@ def plan(con: duckdb.DuckDBPyConnection, registry: reg.Registry | None, today: d
     today = today or date.today()
     matching = reg.match_deliveries(registry, combos, today)
     out.messages = reg.messages_frame((*matching.messages, *reg.registry_notes(registry)))
-    out.progress = reg.plan_progress(registry, matching.combos, today)
+    out.progress = reg.plan_progress(registry, matching.combos, today, change_sets.withdrawn_keys(con))
     switches = reg.outcome_switch_notes(versions or [], reg.first_results(matching.combos))
     return units.units_from_matching(registry, matching.combos), out, switches
 
@@ -386,7 +386,7 @@ def store(con: duckdb.DuckDBPyConnection, run: Refresh) -> None:
     warehouse.save_frame(con, "school_results", run.school_table)
     warehouse.save_frame(con, "trial_spellings", run.spelling_table)
     warehouse.save_frame(con, "registry_messages", run.messages.astype("string"))
-    counts = ["planned", "delivered", "awaited"]
+    counts = ["planned", "delivered", "awaited", "withdrawn"]
     progress = run.progress.astype({c: "string" for c in reg.PROGRESS_COLUMNS if c not in counts})
     progress = progress.astype({c: "Int64" for c in counts})
     warehouse.save_frame(con, "registry_progress", progress)
