@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import date
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 import pandas as pd
@@ -337,13 +338,30 @@ def _school_cells(linked: disclosure.Linked, key: tuple, published: pd.DataFrame
     linked.relations.append(disclosure.Relation((*key, "pupils_analysed"), parts))
 
 
+class Protected(NamedTuple):
+    """A publication after disclosure control: its evidence table, each row's per-school table, and
+    what the next publication's audit needs of it (``disclosure.state``: kept privately)."""
+
+    table: pd.DataFrame
+    per_school: list[pd.DataFrame]
+    state: dict
+
+
 def protected_publication(evidence: pd.DataFrame, schools: dict[tuple[str, ...], pd.DataFrame],
                           previous: dict[tuple, float] | None = None, problems: list[str] | None = None,
-                          ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
-    """The evidence table and each row's per-school table as published, after disclosure control
-    over all of them together and against ``previous`` (:func:`previous_counts`): no difference
-    between any published counts, in this publication or between it and the last, gives back a
-    group of 1 to 9 pupils (``disclosure.link``; docs/methods.md, "Disclosure control")."""
+                          earlier: list[dict] | None = None) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """The evidence table and each row's per-school table as published (:func:`protection`)."""
+    protected = protection(evidence, schools, previous, problems, earlier)
+    return protected.table, protected.per_school
+
+
+def protection(evidence: pd.DataFrame, schools: dict[tuple[str, ...], pd.DataFrame],
+               previous: dict[tuple, float] | None = None, problems: list[str] | None = None,
+               earlier: list[dict] | None = None) -> Protected:
+    """The publication after disclosure control over all its tables together, against ``previous``
+    (:func:`previous_counts`) and the ``earlier`` publication's counts and sums (its ``state``): no
+    difference between any published counts, in this publication or between it and the last, gives
+    back a group of 1 to 9 pupils (``disclosure.link``; docs/methods.md, "Disclosure control")."""
     problems = [] if problems is None else problems
     table = _prepare_evidence(evidence, problems)
     raw = {_row_key(r): r for r in evidence.to_dict("records")}
@@ -357,7 +375,7 @@ def protected_publication(evidence: pd.DataFrame, schools: dict[tuple[str, ...],
             frame.attrs[UNPUBLISHED] = [str(u) for u in source["school_urn"]]
         per_school.append(frame)
     linked = _linked_cells(table, raw, per_school, raw_schools)
-    blanked, unprotected = disclosure.link(linked, previous)
+    blanked, unprotected = disclosure.link(linked, previous, earlier=earlier)
     if unprotected:
         problems.append(f"disclosure control: {len(unprotected)} count(s) or sum(s) could not be protected")
     for position, key in enumerate(_row_key(r) for r in table.to_dict("records")):
@@ -370,7 +388,7 @@ def protected_publication(evidence: pd.DataFrame, schools: dict[tuple[str, ...],
                 if (*_school_key(key, school), SCHOOL_CELLS[0]) in blanked]
         frame = per_school[position] = disclosure.blank_rows(frame, hide)
         frame.attrs[PROTECTED] = True
-    return table, per_school
+    return Protected(table, per_school, disclosure.state(linked, blanked))
 
 
 def published_schools(table: pd.DataFrame, per_school: list[pd.DataFrame]) -> pd.DataFrame:
@@ -1035,6 +1053,7 @@ def build_site(
     previous: dict[tuple, float] | None = None,
     registry=None,
     withdrawn: dict[tuple[str, str], int] | None = None,
+    earlier: list[dict] | None = None,
 ) -> dict[str, bytes]:
     """Every file of the publication, ``{relative path: bytes}``.
 
@@ -1068,14 +1087,15 @@ def build_site(
     whose names it withholds are left out. Without one, the names in ``evidence`` are taken as
     declared (:func:`microtrials.publish.gate.trusting`) and any other delivered name is withheld.
     ``previous`` (:func:`previous_counts`) holds the counts the last publications showed: disclosure
-    control then also covers differences between them and this one (:func:`protected_publication`).
+    control then also covers differences between them and this one (:func:`protected_publication`);
+    ``earlier`` (the last publication's ``Protected.state``, kept privately) every sum between them.
     """
     problems = [] if problems is None else problems
     gate = publication_gate.trusting(evidence) if gate is None else gate
     evidence, withheld = publication_gate.withhold(evidence, gate)
     if withheld:
         problems.append(f"{withheld} trial row(s) not published: their names are {gate.withheld_reason}")
-    table, protected_schools = protected_publication(evidence, schools, previous, problems)
+    table, protected_schools = protected_publication(evidence, schools, previous, problems, earlier)
     names = page_names(table)
     folders, messages = trial_folders(names)
     problems.extend(messages)
