@@ -166,3 +166,14 @@ def test_mapping_is_idempotent_and_keeps_the_published_name():
     assert list(once[history.PUBLISHED_AS].fillna("")) == ["paired  READING", ""]
     assert history.as_registered(once, registry(NEW, OLD)).equals(once)
     assert history.as_registered(kept, None) is kept
+
+
+def test_a_row_already_under_the_registered_name_is_not_joined_by_an_alias_row():
+    """Two trials merged (the old one's name made an alias of the other): in an earlier publication
+    that holds both, the row under the registered name is the one compared; the other keeps its name."""
+    kept = pd.DataFrame([{"publication_id": "a", "intervention": OLD, "outcome_measure": OUTCOME, "round": ROUND},
+                         {"publication_id": "a", "intervention": NEW, "outcome_measure": OUTCOME, "round": ROUND},
+                         {"publication_id": "b", "intervention": OLD, "outcome_measure": OUTCOME, "round": ROUND}])
+    mapped = history.as_registered(kept, registry(NEW, OLD))
+    assert list(mapped["intervention"]) == [OLD, NEW, NEW]
+    assert list(mapped[history.PUBLISHED_AS].fillna("")) == ["", "", OLD]

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
@@ -142,13 +143,19 @@ def as_registered(rows: pd.DataFrame | None, registry: Registry | None) -> pd.Da
     every comparison with an earlier publication (history, "what changed", disclosure control's previous
     counts) finds a trial renamed with its old name kept as an alias under its new name. A renamed row
     keeps the name it was published under in ``published_as``. A name the registry does not know (no
-    registry, or a rename without the old name as an alias) stays as published: a new trial.
-    Idempotent: rows already mapped are returned as they are."""
+    registry, or a rename without the old name as an alias) stays as published: a new trial; so does
+    a row that would share its publication's row key with another (trials merged: the row published
+    under the registered name is the one compared). Idempotent: rows already mapped stay as they are."""
     if rows is None or registry is None or not len(rows) or "intervention" not in rows.columns:
         return rows
     names = [None if _plain(n) is None else str(n) for n in rows["intervention"]]
     registered = [None if n is None else registry.canonical(n) for n in names]
     moved = [r is not None and match_key(r) != match_key(n) for n, r in zip(names, registered, strict=True)]
+    groups = list(rows["publication_id"]) if "publication_id" in rows.columns else [""] * len(rows)
+    keys = [(g, _key({**row, "intervention": r if m else row.get("intervention")}))
+            for g, row, r, m in zip(groups, rows.to_dict("records"), registered, moved, strict=True)]
+    taken = Counter(keys)
+    moved = [m and taken[k] == 1 for m, k in zip(moved, keys, strict=True)]
     if not any(moved):
         return rows
     out = rows.copy()
