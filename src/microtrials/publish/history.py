@@ -162,7 +162,7 @@ def as_registered(rows: pd.DataFrame | None, registry: Registry | None) -> pd.Da
     before = list(out[PUBLISHED_AS]) if PUBLISHED_AS in out.columns else [None] * len(out)
     out[PUBLISHED_AS] = [(_plain(b) or n) if m else _plain(b)
                          for b, n, m in zip(before, names, moved, strict=True)]
-    out["intervention"] = [r if m else n for n, r, m in zip(names, registered, moved, strict=True)]
+    out["intervention"] = [r if m else v for v, r, m in zip(rows["intervention"], registered, moved, strict=True)]
     return out
 
 
