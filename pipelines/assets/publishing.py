@@ -163,7 +163,7 @@ def _inputs(con, settings: Settings) -> dict:
         "progress": optional("registry_progress"),
         "messages": optional("registry_messages"),
         "kept": history.as_registered(history.read_history(con), registry),
-        "earlier": history.earlier_disclosure(con),
+        "earlier": site.earlier_as_registered(history.earlier_disclosure(con), registry),
         "withdrawn": history.withdrawn_schools(con),
         "spellings": optional("trial_spellings", "merged_spellings"),
         "registry": registry,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import date
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import matplotlib
@@ -415,6 +416,37 @@ def with_published_counts(results: pd.DataFrame, published: pd.DataFrame) -> pd.
             out[column] = [views.number(shown.get(_row_key(r), {}).get(column)) for r in results.to_dict("records")]
             out[column] = pd.to_numeric(out[column], errors="coerce")
     return out
+
+
+def earlier_as_registered(earlier: history.Earlier, registry: Registry | None) -> history.Earlier:
+    """The earlier publications' disclosure states and shown counts with each trial as the current
+    registry names it (as :func:`history.as_registered` does for the history), so a trial renamed
+    with its old name kept as an alias is compared with what it published under the old name. A
+    name whose registered name the same state also holds (trials merged) stays as it was."""
+    if registry is None or not (earlier.states or earlier.shown):
+        return earlier
+
+    def renames(keys: Iterable[tuple]) -> dict[str, str]:
+        names = {_trial_of(k) for k in keys}
+        moved = {n: match_key(registry.canonical(n) or n) for n in names}
+        return {n: r for n, r in moved.items() if r != n and r not in names}
+
+    def mapped(key: tuple, rename: dict[str, str]) -> tuple:
+        at = 1 if key[0] == "differs" else 0
+        return (*key[:at], rename.get(key[at], key[at]), *key[at + 1:])
+
+    states = []
+    for state in earlier.states:
+        rename = renames(tuple(c[0]) for c in state["cells"])
+        states.append({"cells": [[list(mapped(tuple(k), rename)), v, shown] for k, v, shown in state["cells"]],
+                       "relations": [[list(mapped(tuple(t), rename)), [list(mapped(tuple(p), rename)) for p in parts],
+                                      prefer] for t, parts, prefer in state["relations"]]})
+    rename = renames(earlier.shown)
+    return history.Earlier({mapped(k, rename): v for k, v in earlier.shown.items()}, states)
+
+
+def _trial_of(key: tuple) -> str:
+    return key[1] if key[0] == "differs" else key[0]
 
 
 def previous_counts(out_dir: Path | None, kept: pd.DataFrame | None, registry: Registry | None = None,
