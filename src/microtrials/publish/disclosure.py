@@ -214,6 +214,8 @@ class _Audit:
         self.children: dict[Key, list[Key]] = {}
         self.parents: dict[Key, list[Key]] = {}
         self._before: dict[tuple[Key, bool], list[float]] = {}
+        self._inside: dict[Key, list[Key]] = {}
+        self._differenced: dict[Key, bool] = {}
         #: an earlier publication's counts that are not this one's (other value, or not counted now):
         #: shown there (known) or not; never published now, so never blanked now
         self.fixed: dict[Key, bool] = {}
@@ -320,21 +322,25 @@ class _Audit:
         """The counts inside ``var`` (its parts, their parts, ...): ``var`` less any of them is a group
         of pupils (all rounds' pupils randomised less one round's pupils analysed: that round's pupils
         lost and the other rounds' pupils)."""
-        seen, stack, out = {var}, [var], []
-        while stack:
-            for other in self.children.get(stack.pop(), []):
-                if other not in seen:
-                    seen.add(other)
-                    stack.append(other)
-                    out.append(other)
-        return out
+        if var not in self._inside:
+            seen, stack, out = {var}, [var], []
+            while stack:
+                for other in self.children.get(stack.pop(), []):
+                    if other not in seen:
+                        seen.add(other)
+                        stack.append(other)
+                        out.append(other)
+            self._inside[var] = out
+        return self._inside[var]
 
     def differenced(self, var: Key) -> bool:
         """Whether ``var`` less a count inside it as last published, or a count it is inside as last
         published less ``var``, is 1 to ``threshold - 1``."""
-        value = self.values[var]
-        return (any(0 < round(value - p) < self.threshold for p in self.before(var, True))
-                or any(0 < round(p - value) < self.threshold for p in self.before(var, False)))
+        if var not in self._differenced:
+            value = self.values[var]
+            self._differenced[var] = (any(0 < round(value - p) < self.threshold for p in self.before(var, True))
+                                      or any(0 < round(p - value) < self.threshold for p in self.before(var, False)))
+        return self._differenced[var]
 
     def blank(self, var: Key, reason: str) -> list[Key]:
         """Blank ``var`` in every row it is published in, with the rest of each row; the cells newly blanked."""
