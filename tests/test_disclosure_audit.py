@@ -334,3 +334,29 @@ def test_the_audit_across_two_publications_sees_a_lifted_complement():
     before = cells(first, t1, s1)
     assert any("777702" in f for f in audit_across(before, cells(later, alone[0], alone[1])))
     assert audit_across(before, cells(later, joint[0], joint[1])) == []
+
+
+def test_a_school_missing_a_few_scores_of_one_outcome_is_not_given_back():
+    """Red team: one school's intervention arm analysed 20 for maths and 17 for reading (the same
+    pupils, 3 with no reading score): both published, 20 - 17 = 3. One of them is blanked, and the
+    blank is protected like any other (its trial's total less the other schools is no small group)."""
+    from tests.test_disclosure_linked import _evidence_row, _school_rows
+    schools = {"888801": (30, 30, 0), "888802": (20, 20, 0), "888803": (25, 26, 0)}
+    rows, per_trial = [], {}
+    for measure, missing in (("Maths", 0), ("Reading", 3)):
+        row = _evidence_row("Shared reading", "2025-26", schools)
+        row.update(outcome_measure=measure, pupils_randomised=151, pupils_analysed=151 - missing)
+        rows.append(row)
+        frame = pd.DataFrame(_school_rows(schools, "2025-26"))
+        frame.loc[1, "n_intervention"] -= missing
+        per_trial[("Shared reading", measure, "2025-26")] = frame
+    table, per_school = site.protected_publication(pd.DataFrame(rows), per_trial)
+    shown = {m: f.set_index("school_urn")["n_intervention"] for m, f in zip(table["outcome_measure"], per_school,
+                                                                             strict=True)}
+    maths, reading = shown["Maths"].get("888802"), shown["Reading"].get("888802")
+    assert pd.isna(maths) or pd.isna(reading)
+    # whichever is blanked, its row's total less its other schools does not give it back
+    for measure, frame in zip(table["outcome_measure"], per_school, strict=True):
+        total = table.set_index("outcome_measure").loc[measure, "pupils_analysed"]
+        known = frame[["n_intervention", "n_control"]].apply(pd.to_numeric, errors="coerce")
+        assert pd.isna(total) or known.isna().any(axis=1).sum() != 1
