@@ -97,7 +97,9 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
     published_at, correction = dt.datetime.fromisoformat(meta["published_at"]), meta["correction"]
     with warehouse_db.connect() as con:
         _refuse_unsafe(con, files, meta["trials"])  # the blocking checks' tests, again at the swap
-        kept, withdrawn = history.read_history(con), history.withdrawn_schools(con)
+        # earlier rows keyed as the registry names the trials now (a rename keeping the old name as an alias)
+        kept = history.as_registered(history.read_history(con), load_registry(trials_file(settings)))
+        withdrawn = history.withdrawn_schools(con)
     try:
         publish.publish_folder(settings.out, files)
     finally:  # swapped in, or the swap failed (a full disk): the checked copy is no longer needed
@@ -155,7 +157,7 @@ def _inputs(con, settings: Settings) -> dict:
         # With a registry in use, what the officer should act on goes beside the load report.
         "progress": optional("registry_progress"),
         "messages": optional("registry_messages"),
-        "kept": history.read_history(con),
+        "kept": history.as_registered(history.read_history(con), registry),
         "withdrawn": history.withdrawn_schools(con),
         "spellings": optional("trial_spellings", "merged_spellings"),
         "registry": registry,
@@ -173,7 +175,7 @@ def _build(inputs: dict, settings: Settings, now: dt.datetime, correction: str |
     # The rows exactly as evidence_table.csv will hold them (after disclosure control): what the history
     # keeps and the pages plot. Disclosure control covers every table of this publication together and its
     # differences from the last ones (site.protected_publication): the same counts the pages then show.
-    previous = site.previous_counts(settings.out, kept)
+    previous = site.previous_counts(settings.out, kept, registry)
     published, protected_schools = site.protected_publication(table, per_trial, previous)
     # A school is named ("school 111109 joined") only when its own figures are published.
     school_urns = site.published_schools(published, protected_schools)

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
@@ -32,6 +33,8 @@ BOOKKEEPING = ("publication_id", "published_at", CORRECTION, "reason")
 REGISTRY_FIGURES = {"round", "outcome_role", "toolkit_strand", "national_months", "cost_per_pupil", "cost_rating",
                     "description"}
 INK, ESTIMATE_COLOUR, GRID_COLOUR = "#1b1b1b", "#1d4f91", "#767676"
+# An earlier row's intervention as it was published, when the registry now gives the trial another name.
+PUBLISHED_AS = "published_as"
 
 
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -132,6 +135,35 @@ def _plain(value: object) -> object:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return value
+
+
+def as_registered(rows: pd.DataFrame | None, registry: Registry | None) -> pd.DataFrame | None:
+    """Earlier publications' rows (:func:`read_history`, or an earlier ``evidence_table.csv``) with each
+    intervention as the current registry names it (:meth:`Registry.canonical`: by name, then alias), so
+    every comparison with an earlier publication (history, "what changed", disclosure control's previous
+    counts) finds a trial renamed with its old name kept as an alias under its new name. A renamed row
+    keeps the name it was published under in ``published_as``. A name the registry does not know (no
+    registry, or a rename without the old name as an alias) stays as published: a new trial; so does
+    a row that would share its publication's row key with another (trials merged: the row published
+    under the registered name is the one compared). Idempotent: rows already mapped stay as they are."""
+    if rows is None or registry is None or not len(rows) or "intervention" not in rows.columns:
+        return rows
+    names = [None if _plain(n) is None else str(n) for n in rows["intervention"]]
+    registered = [None if n is None else registry.canonical(n) for n in names]
+    moved = [r is not None and match_key(r) != match_key(n) for n, r in zip(names, registered, strict=True)]
+    groups = list(rows["publication_id"]) if "publication_id" in rows.columns else [""] * len(rows)
+    keys = [(g, _key({**row, "intervention": r if m else row.get("intervention")}))
+            for g, row, r, m in zip(groups, rows.to_dict("records"), registered, moved, strict=True)]
+    taken = Counter(keys)
+    moved = [m and taken[k] == 1 for m, k in zip(moved, keys, strict=True)]
+    if not any(moved):
+        return rows
+    out = rows.copy()
+    before = list(out[PUBLISHED_AS]) if PUBLISHED_AS in out.columns else [None] * len(out)
+    out[PUBLISHED_AS] = [(_plain(b) or n) if m else _plain(b)
+                         for b, n, m in zip(before, names, moved, strict=True)]
+    out["intervention"] = [r if m else v for v, r, m in zip(rows["intervention"], registered, moved, strict=True)]
+    return out
 
 
 def _key(row: Mapping[str, object]) -> tuple[str, str, str]:
@@ -320,20 +352,85 @@ def _provisional(row: Mapping[str, object]) -> str:
     return " (provisional)" if str(row.get("status")).strip() == "interim" else ""
 
 
+def _published_name(row: Mapping[str, object]) -> str | None:
+    name = row.get(PUBLISHED_AS) or row.get("intervention")
+    return None if _plain(name) is None else str(name)
+
+
+def _renamed(old: Mapping[str, object], row: Mapping[str, object]) -> str:
+    """'renamed from "Old" in the registry' when the row was published under another name before
+    (:func:`as_registered` keeps it), else ""."""
+    before, now = _published_name(old), _published_name(row)
+    if before is None or now is None or match_key(before) == match_key(now):
+        return ""
+    return f'renamed from "{before}" in the registry'
+
+
+def _without_names(row: Mapping[str, object]) -> dict:
+    """The row without its names (compared by match key, or said as a rename)."""
+    return {k: v for k, v in row.items() if k not in ("intervention", "outcome_measure", "round", PUBLISHED_AS)}
+
+
 def _other_change(old: Mapping[str, object], row: Mapping[str, object]) -> list[str]:
     """When schools, months, strength and status are as they were but the published figures are not
     (a school's corrected file, a registry change, a recalculation): the history table's reason for the
     new point (:func:`point_reason`) and the confidence interval's move, so "what changed" never says
     nothing while the history gains a row."""
-    names = ("intervention", "outcome_measure", "round")  # matched by match_key: a respelling is no change
-    if _figures({k: v for k, v in old.items() if k not in names}) == _figures({k: v for k, v in row.items()
-                                                                              if k not in names}):
+    old, row = _without_names(old), _without_names(row)  # matched by match_key: a respelling is no change
+    if _figures(old) == _figures(row):
         return []
     clause = point_reason(old, row, set())
     before, after = interval(old.get("ci_low"), old.get("ci_high")), interval(row.get("ci_low"), row.get("ci_high"))
     if before != after:
         clause += f": 95% confidence interval {before or 'none'} \u2192 {after or 'none'}"
     return [clause]
+
+
+def _row_changes(old: Mapping[str, object], row: Mapping[str, object]) -> list[str]:
+    """What :func:`what_changed` says of one row in two publications: schools joined or gone, the
+    estimate's move, the evidence strength and the status (empty when none of these changed)."""
+    clauses = []
+    new_urns = sorted(_urn_list(row.get("school_urns")) - _urn_list(old.get("school_urns")))
+    gone_urns = sorted(_urn_list(old.get("school_urns")) - _urn_list(row.get("school_urns")))
+    # a school whose figures are blanked (a group under 10, or protecting one) is counted, never named
+    joined_unnamed = len([u for u in new_urns if u in _urn_list(row.get("schools_blanked"))])
+    left_unnamed = len([u for u in gone_urns if u in _urn_list(old.get("schools_blanked"))])
+    hidden = joined_unnamed + left_unnamed
+    new_urns = [u for u in new_urns if u not in _urn_list(row.get("schools_blanked"))]
+    gone_urns = [u for u in gone_urns if u not in _urn_list(old.get("schools_blanked"))]
+    if new_urns:
+        clauses.append(f"school{'s' if len(new_urns) > 1 else ''} {_join(new_urns)} joined")
+    if joined_unnamed:
+        clauses.append(f"{'a school' if joined_unnamed == 1 else f'{joined_unnamed} schools'} joined")
+    left = [u for u in gone_urns if u in _urn_list(row.get("withdrawn_urns"))]
+    gone_urns = [u for u in gone_urns if u not in left]
+    if left:
+        clauses.append(f"school{'s' if len(left) > 1 else ''} {_join(left)} withdrawn")
+    if gone_urns:
+        clauses.append(f"school{'s' if len(gone_urns) > 1 else ''} {_join(gone_urns)} no longer counted")
+    if left_unnamed:
+        clauses.append(f"{'a school' if left_unnamed == 1 else f'{left_unnamed} schools'} no longer counted")
+    if not new_urns and not gone_urns and not left and not hidden and row.get("schools") != old.get("schools") \
+            and row.get("schools") is not None:
+        clauses.append(f"schools {old.get('schools')} → {row.get('schools')}")
+    m_old, m_new = _months_of(old), _months_of(row)
+    if m_old != m_new:
+        effect = ""
+        if old.get("effect_size") is not None and row.get("effect_size") is not None:
+            effect = f" (effect size {float(old['effect_size']):.2f} → {float(row['effect_size']):.2f})"
+        moved = f"the estimate moved from {_months_text(m_old)} to {_months_text(m_new)}{effect}"
+        if clauses:
+            clauses[-1] += ", so " + moved
+        else:
+            clauses.append(moved)
+    s_old = shown_strength(old.get("evidence_strength"), old.get("status"))
+    s_new = shown_strength(row.get("evidence_strength"), row.get("status"))
+    if s_old != s_new:  # as the pages show it: an interim result's capped
+        clauses.append(f"evidence strength {'-' if s_old is None else s_old} → {'-' if s_new is None else s_new}"
+                       + _provisional(row))
+    if old.get("status") != row.get("status") and row.get("status") is not None:
+        clauses.append(f"status {old.get('status') or '-'} → {row.get('status')}")
+    return clauses
 
 
 def what_changed(previous_rows: pd.DataFrame | Iterable[Mapping[str, object]] | None,
@@ -347,6 +444,8 @@ def what_changed(previous_rows: pd.DataFrame | Iterable[Mapping[str, object]] | 
     :func:`microtrials.publish.views.shown_strength`) and a status change ("status interim ->
     published"); with none of these but other figures, the history's reason and the interval's move
     (:func:`_other_change`). A row new to the table says "first published"; a row gone says so.
+    A row of a trial the registry renamed (:func:`as_registered`, old name kept as an alias) starts
+    'renamed from "Old" in the registry'.
     """
     before = {_key(r): r for r in _records(previous_rows)}
     after = {_key(r): r for r in _records(current_rows)}
@@ -360,48 +459,8 @@ def what_changed(previous_rows: pd.DataFrame | Iterable[Mapping[str, object]] | 
                              + (f", evidence strength {strength} of 5{_provisional(row)}." if strength is not None
                                 else "."))
             continue
-        clauses = []
-        new_urns = sorted(_urn_list(row.get("school_urns")) - _urn_list(old.get("school_urns")))
-        gone_urns = sorted(_urn_list(old.get("school_urns")) - _urn_list(row.get("school_urns")))
-        # a school whose figures are blanked (a group under 10, or protecting one) is counted, never named
-        joined_unnamed = len([u for u in new_urns if u in _urn_list(row.get("schools_blanked"))])
-        left_unnamed = len([u for u in gone_urns if u in _urn_list(old.get("schools_blanked"))])
-        hidden = joined_unnamed + left_unnamed
-        new_urns = [u for u in new_urns if u not in _urn_list(row.get("schools_blanked"))]
-        gone_urns = [u for u in gone_urns if u not in _urn_list(old.get("schools_blanked"))]
-        if new_urns:
-            clauses.append(f"school{'s' if len(new_urns) > 1 else ''} {_join(new_urns)} joined")
-        if joined_unnamed:
-            clauses.append(f"{'a school' if joined_unnamed == 1 else f'{joined_unnamed} schools'} joined")
-        left = [u for u in gone_urns if u in _urn_list(row.get("withdrawn_urns"))]
-        gone_urns = [u for u in gone_urns if u not in left]
-        if left:
-            clauses.append(f"school{'s' if len(left) > 1 else ''} {_join(left)} withdrawn")
-        if gone_urns:
-            clauses.append(f"school{'s' if len(gone_urns) > 1 else ''} {_join(gone_urns)} no longer counted")
-        if left_unnamed:
-            clauses.append(f"{'a school' if left_unnamed == 1 else f'{left_unnamed} schools'} no longer counted")
-        if not new_urns and not gone_urns and not left and not hidden and row.get("schools") != old.get("schools") \
-                and row.get("schools") is not None:
-            clauses.append(f"schools {old.get('schools')} → {row.get('schools')}")
-        m_old, m_new = _months_of(old), _months_of(row)
-        if m_old != m_new:
-            effect = ""
-            if old.get("effect_size") is not None and row.get("effect_size") is not None:
-                effect = f" (effect size {float(old['effect_size']):.2f} → {float(row['effect_size']):.2f})"
-            moved = f"the estimate moved from {_months_text(m_old)} to {_months_text(m_new)}{effect}"
-            if clauses:
-                clauses[-1] += ", so " + moved
-            else:
-                clauses.append(moved)
-        s_old = shown_strength(old.get("evidence_strength"), old.get("status"))
-        s_new = shown_strength(row.get("evidence_strength"), row.get("status"))
-        if s_old != s_new:  # as the pages show it: an interim result's capped
-            clauses.append(f"evidence strength {'-' if s_old is None else s_old} → {'-' if s_new is None else s_new}"
-                           + _provisional(row))
-        if old.get("status") != row.get("status") and row.get("status") is not None:
-            clauses.append(f"status {old.get('status') or '-'} → {row.get('status')}")
-        clauses = clauses or _other_change(old, row)
+        renamed = _renamed(old, row)
+        clauses = [renamed] * bool(renamed) + (_row_changes(old, row) or _other_change(old, row))
         if clauses:
             sentences.append(f"{label}: {'; '.join(clauses)}.")
     for key, old in before.items():
@@ -432,11 +491,16 @@ def point_reason(before: Mapping[str, object] | None, row: Mapping[str, object],
     """Why a row's figures changed, in one phrase: "3 schools added", "a school rejoined", "a school
     withdrawn" (``microtrials withdraw``; else "no longer counted"), "registry changed", "all schools' results in", "a school's corrected file" (same schools, other pupil numbers), "figures
     recalculated (same schools and pupils)" (a corrected score or a change in the analysis), or the
-    officer's "correction: ..." (``seen``: every school counted in an earlier point)."""
+    officer's "correction: ..." (``seen``: every school counted in an earlier point). A trial the
+    registry renamed (:func:`as_registered`) says 'renamed from "Old" in the registry' first."""
     if row.get(CORRECTION):
         return f"correction: {row[CORRECTION]}"
     if before is None:
         return "first published"
+    renamed = _renamed(before, row)
+    if renamed:
+        a, b = _without_names(before), _without_names(row)
+        return renamed if _figures(a) == _figures(b) else f"{renamed}; {point_reason(a, b, seen)}"
     old, new = _urn_list(before.get("school_urns")), _urn_list(row.get("school_urns"))
     added, gone = new - old, old - new
     parts = []

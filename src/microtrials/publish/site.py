@@ -44,9 +44,10 @@ from microtrials.errors import MicrotrialsError
 from microtrials.publish.evidence_table import COLUMNS as EVIDENCE_COLUMNS
 from microtrials.guidance import SUPPRESSION_THRESHOLD
 from microtrials.ingest.names import match_key
+from microtrials.publish.history import as_registered
 from microtrials.publish.plots import describe, forest_plot
 from microtrials.publish.publish import csv_bytes, suppress_small_groups
-from microtrials.ingest.registry import CUMULATIVE_ROUND, FILE_NAME, unnamed_unregistered_text
+from microtrials.ingest.registry import CUMULATIVE_ROUND, FILE_NAME, Registry, unnamed_unregistered_text
 from microtrials.publish.workbooks import table_xlsx, template_xlsx
 
 #: Column names that could hold a pupil identifier; never published.
@@ -398,18 +399,20 @@ def with_published_counts(results: pd.DataFrame, published: pd.DataFrame) -> pd.
     return out
 
 
-def previous_counts(out_dir: Path | None, kept: pd.DataFrame | None) -> dict[tuple, float]:
+def previous_counts(out_dir: Path | None, kept: pd.DataFrame | None, registry: Registry | None = None,
+                    ) -> dict[tuple, float]:
     """The counts earlier publications showed, as :func:`protected_publication` keys them: each
     evidence row's counts as last published (the evidence history, so a count blanked once stays
     compared with the value shown before it), and every school count of the publication in
-    ``out_dir`` (its ``<trial>/schools.csv``)."""
+    ``out_dir`` (its ``<trial>/schools.csv``). Earlier names are keyed as ``registry`` names them now
+    (:func:`history.as_registered`): a trial renamed with its old name as an alias stays compared."""
     counts: dict[tuple, float] = {}
     folder = Path(out_dir) if out_dir is not None else None
     if folder is not None and (folder / "evidence_table.csv").is_file():
         try:
             shown = pd.read_csv(folder / "evidence_table.csv", encoding="utf-8-sig", dtype={"round": str})
-            names = page_names(shown)
-            folders, _ = trial_folders(names)
+            folders, _ = trial_folders(page_names(shown))  # the folders as published, from the names as published
+            shown = history.as_registered(shown, registry)
             for row, name in zip(shown.to_dict("records"), folders, strict=True):
                 _counts_of(counts, _row_key(row), row)
                 path = folder / name / "schools.csv"
@@ -418,6 +421,7 @@ def previous_counts(out_dir: Path | None, kept: pd.DataFrame | None) -> dict[tup
                         _counts_of(counts, _school_key(_row_key(row), school), school, SCHOOL_CELLS)
         except (OSError, ValueError, KeyError, pd.errors.ParserError):
             pass  # an unreadable earlier publication: the history still holds its evidence rows
+    kept = history.as_registered(kept, registry)
     if kept is not None and len(kept):
         for publication in history.publications(kept):
             for row in publication.to_dict("records"):
@@ -1049,7 +1053,8 @@ def build_site(
     Messages about trials that needed attention are appended to ``problems`` when given.
 
     ``history`` (``microtrials.publish.history.read_history`` plus this publication, e.g. from
-    ``history.publication_frame``) adds to each trial page how its estimate moved publication by
+    ``history.publication_frame``; its names keyed as ``registry`` names the trials now,
+    ``history.as_registered``) adds to each trial page how its estimate moved publication by
     publication (``<trial>/history.svg`` from two estimates on, with a table as its text
     alternative) and what changed since the last publication. ``plans`` (dicts with
     intervention, round, outcome_measure, text: ``planner.round_plans`` worded) lists registered
@@ -1076,6 +1081,7 @@ def build_site(
     if withheld:
         problems.append(f"{withheld} trial row(s) not published: their names are {gate.withheld_reason}")
     table, protected_schools = protected_publication(evidence, schools, previous, problems)
+    history = as_registered(history, registry)  # a trial renamed with its old name as an alias keeps its history
     names = page_names(table)
     folders, messages = trial_folders(names)
     problems.extend(messages)
