@@ -1,4 +1,4 @@
-"""Time disclosure control (site.protected_publication) on two successive publications of N schools.
+"""Time disclosure control (site.protection) on two successive publications of N schools.
 
 The data: ``--trials`` interventions, each run in two rounds (so each has an all-rounds row and
 all-rounds schools.csv); every school joins one or two (trial, round)s with 6 to 150 pupils per arm,
@@ -7,7 +7,8 @@ losing a few pupils to attrition, and about one round in five with a single scho
 publication adds a school of 6 pupils to every round and re-delivers one school per round with 4 more
 pupils, so the changes since the first are differences of 1 to 9 (the red team's routes).
 
-It prints the seconds each publication's protected_publication takes (the pipeline runs it twice per
+It prints the seconds each publication's disclosure control takes (site.protection, the second audited
+against the first's kept state and shown counts, as the pipeline does; the pipeline runs it twice per
 publication: once in the publishing asset, once inside build_site) and how many cells were blanked.
 
 Run: .venv/bin/python benchmarks/bench_disclosure.py --schools 40 20000
@@ -16,6 +17,7 @@ Run: .venv/bin/python benchmarks/bench_disclosure.py --schools 40 20000
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -69,14 +71,15 @@ def blanks(table: pd.DataFrame, per_school: list[pd.DataFrame]) -> int:
 def measure(schools: int, trials: int) -> None:
     first = generate(schools, trials)
     timings = []
-    previous = None
+    previous, earlier = None, []
     for data in (first, later(first)):
         evidence, per_trial = build(data)
         started = time.perf_counter()
-        table, per_school = site.protected_publication(evidence, per_trial, previous)
+        table, per_school, state = site.protection(evidence, per_trial, previous, earlier=earlier)
+        stored = json.loads(json.dumps(state))  # as the warehouse keeps it (disclosure_states)
         timings.append((time.perf_counter() - started, blanks(table, per_school), len(table),
                         sum(len(f) for f in per_school)))
-        previous = site.shown_counts(table, per_school)
+        previous, earlier = site.shown_counts(table, per_school), [stored]
     for name, (seconds, blanked, rows, school_rows) in zip(("first", "second"), timings, strict=True):
         print(f"{schools:>6} schools, {trials} trials, {name:>6} publication: {seconds:7.2f} s "
               f"({rows} evidence rows, {school_rows} school rows, {blanked} counts blanked)", flush=True)

@@ -62,3 +62,16 @@ CREATE TABLE IF NOT EXISTS evidence_history (
     round           VARCHAR,
     row_json        VARCHAR NOT NULL
 );
+
+-- What disclosure control must remember of each publication (never published; microtrials.publish.
+-- disclosure.state): every true pupil count behind it with whether it was shown, the sums between them,
+-- and every count shown by it or an earlier publication (last shown value). Written when a publication is
+-- staged (confirmed false) and confirmed once it is swapped in; the next publication is audited against
+-- the last confirmed one and every one staged since (one that may have been swapped in before a crash).
+CREATE TABLE IF NOT EXISTS disclosure_states (
+    run_id      VARCHAR NOT NULL,
+    staged_at   TIMESTAMP NOT NULL,
+    confirmed   BOOLEAN NOT NULL,
+    state_json  VARCHAR NOT NULL,   -- {"cells": [[key, value, shown], ...], "relations": [...]}
+    shown_json  VARCHAR NOT NULL    -- [[key, value], ...]: the last value shown of every count
+);

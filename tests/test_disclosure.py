@@ -123,3 +123,76 @@ def test_small_totals_are_blanked_with_attrition(analysed, blank):
 def test_a_note_says_attrition_only_as_its_band(note, published):
     # new-user finding: "121 analysed" with "attrition 4.0%" gave 126 randomised, 5 pupils lost
     assert without_pupil_counts(note) == published
+
+
+# --- two publications: the last one's counts and sums join this one's audit ----------------------
+
+def _trial(total: int, schools: dict[str, int]) -> disclosure.Linked:
+    """One trial: its analysed total published in the evidence row, each school's count in schools.csv."""
+    linked = disclosure.Linked()
+    linked.add(("total",), total, ("E",))
+    for urn, count in schools.items():
+        linked.add((urn,), count, ("S", urn))
+    linked.relations.append(disclosure.Relation(("total",), [(urn,) for urn in schools]))
+    return linked
+
+
+def _shown(linked: disclosure.Linked, blanked: dict) -> dict:
+    return {var: value for var, value in linked.values.items() if var not in blanked}
+
+
+def _publish(linked: disclosure.Linked, earlier: list[dict] | None = None, shown: dict | None = None):
+    blanked, unprotected = disclosure.link(linked, shown or {}, earlier=earlier)
+    assert unprotected == []
+    return blanked, disclosure.state(linked, blanked)
+
+
+def test_a_school_blanked_to_protect_another_stays_blanked_when_a_smaller_school_joins():
+    """Red team: 70 - 40 - 24 = 6. The first publication blanks school C (6) and B (24) to protect it;
+    the next one, with D (12) joining, would blank C and D and show B: with the first's total, C is back."""
+    first = _trial(70, {"A": 40, "B": 24, "C": 6})
+    blanked1, state1 = _publish(first)
+    assert set(blanked1) == {("B",), ("C",)}
+    second = _trial(82, {"A": 40, "B": 24, "C": 6, "D": 12})
+    alone, _ = _publish(second, shown=_shown(first, blanked1))
+    assert ("B",) not in alone  # on its own the second publication would show B ...
+    blanked2, _ = _publish(second, [state1], _shown(first, blanked1))
+    assert ("B",) in blanked2 and ("C",) in blanked2  # ... and with the first, B stays blanked
+    shown = {v for v in second.values if v not in blanked2}
+    assert not ({("total",), ("A",)} <= shown and ("B",) in shown)
+
+
+def test_a_change_inside_blanked_schools_is_not_given_back():
+    """Red team: the totals 139 and 78 + 60 of two publications differ by one pupil inside schools
+    blanked in both: the change (now less then) of 1 to 9 pupils must not be had by subtraction."""
+    first = _trial(139, {"A": 79, "B": 30, "C": 25, "D": 5})
+    blanked1, state1 = _publish(first)
+    second = _trial(140, {"A": 79, "B": 30, "C": 25, "D": 6})
+    blanked2, _ = _publish(second, [state1], _shown(first, blanked1))
+    audit = disclosure._Audit(second, _shown(first, blanked1), 10, [state1])
+    audit.blanked = dict(blanked2)
+    # every count shown now and then, and the change of every count, is checked against the equations
+    for now, before in audit.pairs:
+        change = audit.values[now] - audit.values[before]
+        assert not (0 < abs(change) < 10 and audit.determines({now: 1, before: -1})), (now, change)
+
+
+def test_the_earlier_publication_alone_would_let_the_change_through():
+    """Without the earlier publication's sums the audit cannot see the change above (the test is not empty)."""
+    first = _trial(139, {"A": 79, "B": 30, "C": 25, "D": 5})
+    blanked1, state1 = _publish(first)
+    second = _trial(140, {"A": 79, "B": 30, "C": 25, "D": 6})
+    alone, _ = _publish(second)
+    audit = disclosure._Audit(second, _shown(first, blanked1), 10, [state1])
+    audit.blanked = dict(alone)
+    assert any(0 < abs(audit.values[n] - audit.values[b]) < 10 and audit.determines({n: 1, b: -1})
+               for n, b in audit.pairs)
+
+
+def test_state_round_trips_through_json():
+    first = _trial(70, {"A": 40, "B": 24, "C": 6})
+    blanked, state = _publish(first)
+    import json
+    again = json.loads(json.dumps(state))
+    assert again == json.loads(json.dumps(disclosure.state(first, blanked)))
+    assert sorted(tuple(c[0]) for c in again["cells"] if not c[2]) == [("B",), ("C",)]

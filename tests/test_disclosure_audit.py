@@ -46,7 +46,8 @@ def _groups(data: dict, trial: str, rounds: list[str], arms: tuple[int, ...], sc
 
 def cells(data: dict, table: pd.DataFrame, per_school: list[pd.DataFrame]) -> list[Cell]:
     """Every count of a publication (evidence rows, every schools.csv row, and the groups no table
-    shows: each school's arms in a one-school round, the pupils lost) with what was published."""
+    shows: each school's arms in a one-school round, the pupils lost, each school's pupils analysed)
+    with what was published."""
     out = []
     for row, frame in zip(table.to_dict("records"), per_school, strict=True):
         t, r = row["intervention"], row["round"]
@@ -65,6 +66,8 @@ def cells(data: dict, table: pd.DataFrame, per_school: list[pd.DataFrame]) -> li
         for r, schools in rounds.items():
             for s, counts in schools.items():
                 out += [Cell(f"{t}/{r} {s} {ARMS[a]}", {(t, r, s, a): counts[a]}, counts[a], None) for a in range(3)]
+                both = {(t, r, s, a): counts[a] for a in (0, 1)}  # the school's pupils analysed
+                out.append(Cell(f"{t}/{r} {s} analysed", both, sum(both.values()), None))
     return out
 
 
@@ -72,8 +75,9 @@ def _shown(value: object) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def bounds(published: list[Cell], target: Cell) -> tuple[float, float]:
-    """The least and greatest value of ``target`` given every published count, every group >= 0."""
+def bounds(published: list[Cell], target: Cell, weights: dict | None = None) -> tuple[float, float]:
+    """The least and greatest value of ``target`` (its groups' sum, or with ``weights`` their weighted
+    sum) given every published count, every group >= 0."""
     atoms = sorted({a for c in published for a in c.groups} | set(target.groups))
     column = {a: j for j, a in enumerate(atoms)}
     a_eq = [[0.0] * len(atoms) for _ in published]
@@ -82,12 +86,12 @@ def bounds(published: list[Cell], target: Cell) -> tuple[float, float]:
             a_eq[i][column[atom]] = 1.0
     objective = [0.0] * len(atoms)
     for atom in target.groups:
-        objective[column[atom]] = 1.0
+        objective[column[atom]] = 1.0 if weights is None else weights[atom]
     b_eq = [c.shown for c in published]
     low = linprog(objective, A_eq=a_eq or None, b_eq=b_eq or None, bounds=(0, None), method="highs")
     high = linprog([-x for x in objective], A_eq=a_eq or None, b_eq=b_eq or None, bounds=(0, None), method="highs")
-    assert low.status == 0 and high.status in (0, 3), (low.message, high.message)
-    return low.fun, (float("inf") if high.status == 3 else -high.fun)
+    assert low.status in (0, 3) and high.status in (0, 3), (low.message, high.message)
+    return (-float("inf") if low.status == 3 else low.fun), (float("inf") if high.status == 3 else -high.fun)
 
 
 def audit(now: list[Cell], before: list[Cell] | None = None) -> list[str]:
@@ -128,20 +132,50 @@ def _differences(these: list[Cell], those: list[Cell]) -> list[str]:
     return sorted(set(out))
 
 
-def protect(data: dict, previous: dict | None = None) -> tuple[pd.DataFrame, list[pd.DataFrame], list[str]]:
+def protect(data: dict, previous: dict | None = None, earlier: list[dict] | None = None,
+            ) -> tuple[pd.DataFrame, list[pd.DataFrame], list[str], dict]:
     evidence, per_trial = build(data)
     problems: list[str] = []
-    table, per_school = site.protected_publication(evidence, per_trial, previous, problems)
-    return table, per_school, problems
+    table, per_school, state = site.protection(evidence, per_trial, previous, problems, earlier)
+    return table, per_school, problems, state
 
 
 def audit_two(first: dict, later: dict) -> list[str]:
-    """The independent audit of two successive publications of ``first`` then ``later``."""
-    t1, s1, p1 = protect(first)
-    t2, s2, p2 = protect(later, site.shown_counts(t1, s1))
-    before = cells(first, t1, s1)
-    found = audit(before) + audit(cells(later, t2, s2), before)
+    """The independent audits of two successive publications of ``first`` then ``later``, the second
+    protected as the pipeline protects it (against the first's shown counts and its kept state)."""
+    t1, s1, p1, state = protect(first)
+    t2, s2, p2, _ = protect(later, site.shown_counts(t1, s1), [state])
+    before, now = cells(first, t1, s1), cells(later, t2, s2)
+    found = audit(before) + audit(now, before) + audit_across(before, now)
     return found + [p for p in p1 + p2 if "could not be protected" in p]
+
+
+def audit_across(before: list[Cell], now: list[Cell]) -> list[str]:
+    """Both publications at once, as an attacker holding both sees them: every count shown in either
+    is an equation; a group whose size is the same in both is one unknown, a group that changed is
+    two (then and now). Every group or count of 1 to 9 (then or now), and every change of a group
+    of 1 to 9, must keep a range of values."""
+    def then(cell: Cell) -> Cell:  # the first publication's groups, apart from the second's where they changed
+        groups = {g if now_size.get(g) == n else ("then", *g): n for g, n in cell.groups.items()}
+        return Cell("then " + cell.name, groups, cell.value, cell.shown)
+    now_size = {g: n for c in now for g, n in c.groups.items()}
+    earlier = [then(c) for c in before]
+    shown = [c for c in now + earlier if c.shown is not None]
+    found = []
+    for cell in now + earlier:
+        if 0 < cell.value < THRESHOLD:
+            low, high = bounds(shown, cell)
+            if high - low < 0.5:
+                found.append(f"{cell.name} = {cell.value:g} is pinned by both publications")
+    sizes = {g: n for c in earlier for g, n in c.groups.items() if g[0] == "then"}
+    for group, size in sizes.items():
+        change = now_size.get(group[1:], 0) - size
+        if 0 < abs(change) < THRESHOLD:
+            weights = {group[1:]: 1.0, group: -1.0}
+            low, high = bounds(shown, Cell("change", weights, change, None), weights)
+            if high - low < 0.5:
+                found.append(f"{group[1:]} changed by {change:g}: pinned by both publications")
+    return found
 
 
 # --- the red team's routes -------------------------------------------------------------------
@@ -194,7 +228,7 @@ def test_the_red_team_route_within_one_publication_is_closed():
     of its counts gives the school's arms, its round or the pupils lost back."""
     data = {"Peer tutoring": {SUMMER: {"555502": (5, 5, 0), "555503": (30, 31, 2), "555504": (2, 9, 0)},
                               AUTUMN: {"555509": (10, 10, 0)}}}
-    table, per_school, problems = protect(data)
+    table, per_school, problems, _ = protect(data)
     assert audit(cells(data, table, per_school)) == [] and not problems
 
 
@@ -287,3 +321,16 @@ def test_a_second_outcome_of_the_same_pupils_does_not_give_the_pupils_lost_back(
     shown = table.set_index("outcome_measure")
     assert pd.isna(shown.loc["Reading", "pupils_randomised"])  # 100 - 95 = 5 lost
     assert pd.isna(shown.loc["Maths", "pupils_randomised"]) or pd.isna(shown.loc["Reading", "pupils_analysed"])
+
+
+def test_the_audit_across_two_publications_sees_a_lifted_complement():
+    """The independent two-publication audit is not blind: the second publication protected on its
+    own (no earlier state) shows the school blanked last time to protect another (70 - 40 - 24 = 6)."""
+    first = {"Trial": {"R1": {"777700": (20, 20, 0), "777701": (12, 12, 0), "777702": (3, 3, 0)}}}
+    later = {"Trial": {"R1": {**first["Trial"]["R1"], "777703": (6, 6, 0)}}}
+    t1, s1, _, state = protect(first)
+    alone = protect(later, site.shown_counts(t1, s1))
+    joint = protect(later, site.shown_counts(t1, s1), [state])
+    before = cells(first, t1, s1)
+    assert any("777702" in f for f in audit_across(before, cells(later, alone[0], alone[1])))
+    assert audit_across(before, cells(later, joint[0], joint[1])) == []

@@ -201,3 +201,27 @@ def test_a_withdrawn_school_is_said_withdrawn_not_no_longer_counted(reading, tmp
     assert f"school {urns[6]} withdrawn" in sentence
     assert f"school {urns[7]} no longer counted" in sentence
     con.close()
+
+
+def test_disclosure_states_are_kept_confirmed_and_read_back():
+    """A staged publication's state is read by the next audit at once (it may have been swapped in
+    before a crash) but its shown counts only once confirmed; identical states are read once."""
+    from datetime import datetime as _dt
+
+    con = duckdb.connect()
+    first = {"cells": [[["t", "a"], 12.0, True]], "relations": []}
+    second = {"cells": [[["t", "a"], 15.0, False]], "relations": []}
+    history.keep_disclosure_state(con, "run-1", _dt(2026, 10, 1), first, {("t", "a"): 12.0})
+    earlier = history.earlier_disclosure(con)
+    assert earlier.states == [first] and earlier.shown == {}
+    history.confirm_disclosure_state(con, "run-1")
+    assert history.earlier_disclosure(con).shown == {("t", "a"): 12.0}
+    history.keep_disclosure_state(con, "run-2", _dt(2026, 11, 1), second, {("t", "a"): 12.0})  # checks failed
+    earlier = history.earlier_disclosure(con)
+    assert earlier.states == [first, second] and earlier.shown == {("t", "a"): 12.0}
+    history.keep_disclosure_state(con, "run-3", _dt(2026, 12, 1), first, {("t", "a"): 12.0})
+    history.confirm_disclosure_state(con, "run-3")
+    earlier = history.earlier_disclosure(con)
+    assert earlier.states == [first]  # run-2 was never swapped in, and run-1's state is run-3's
+    history.keep_disclosure_state(con, "run-3", _dt(2026, 12, 1), second, {})  # staged again: replaced
+    assert con.execute("SELECT count(*) FROM disclosure_states WHERE run_id = 'run-3'").fetchone()[0] == 1

@@ -109,3 +109,18 @@ def test_a_run_that_changes_nothing_adds_no_history_entry(two_runs):
     assert publications == 2
     assert third_meta["publication_id"].value.startswith("unchanged")
     assert third_meta["what_changed"].value == "nothing since the last publication"
+
+
+def test_each_publication_keeps_its_disclosure_state(two_runs):
+    """Every swapped-in publication's disclosure state is kept and confirmed (what the next audit
+    joins), and the second publication, audited against the first, blanks pupils randomised: with the
+    first's 293 randomised and 262 analysed, the joining school's pupils lost (8) would be had."""
+    _, db, _, _, _ = two_runs
+    con = duckdb.connect(str(db))
+    try:
+        states = con.execute("SELECT confirmed FROM disclosure_states ORDER BY staged_at").fetchall()
+        kept = history.read_history(con).sort_values("published_at")
+    finally:
+        con.close()
+    assert states == [(True,), (True,), (True,)]
+    assert [int(v) if v == v else None for v in kept["pupils_randomised"]] == [293, None]

@@ -177,3 +177,18 @@ def test_a_row_already_under_the_registered_name_is_not_joined_by_an_alias_row()
     mapped = history.as_registered(kept, registry(NEW, OLD))
     assert list(mapped["intervention"]) == [OLD, NEW, NEW]
     assert list(mapped[history.PUBLISHED_AS].fillna("")) == ["", "", OLD]
+
+
+def test_earlier_disclosure_states_follow_the_rename():
+    """The kept disclosure state of the last publication (keyed by the old name) is read under the new
+    name, so a count blanked then and shown now is compared with it, as without a rename."""
+    first_evidence, first_schools = _evidence(OLD, FIRST)
+    _, _, state = site.protection(first_evidence, first_schools)
+    earlier = history.Earlier({("paired reading", "test score", "2025-26", "pupils_analysed"): 1.0}, [state])
+    moved = site.earlier_as_registered(earlier, registry(NEW, OLD))
+    names = {tuple(c[0])[0] for c in moved.states[0]["cells"]}
+    assert names == {"reading partners"}
+    assert list(moved.shown) == [("reading partners", "test score", "2025-26", "pupils_analysed")]
+    # a registry without the alias leaves the earlier trial as it was (a new trial)
+    unchanged = site.earlier_as_registered(earlier, registry(NEW))
+    assert {tuple(c[0])[0] for c in unchanged.states[0]["cells"]} == {"paired reading"}

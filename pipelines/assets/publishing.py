@@ -58,6 +58,9 @@ def staged_publication(context: dg.AssetExecutionContext, settings: Settings,
         context.log.warning(problem)
     meta = {"published_at": now.replace(tzinfo=None).isoformat(), "correction": correction,
             "trials": len(built["table"])}
+    with warehouse_db.connect() as con:  # what the next publication's disclosure control is audited against
+        history.keep_disclosure_state(con, context.run.run_id, now.replace(tzinfo=None), built["disclosure"],
+                                      built["shown"])
     staged = publish.stage_publication(settings.out, context.run.run_id, built["files"], {
         STAGED_META: json.dumps(meta), STAGED_ROWS: _parquet(built["published"]),
         STAGED_SCHOOLS: _parquet(built["school_urns"])})
@@ -104,6 +107,8 @@ def evidence_table(context: dg.AssetExecutionContext, settings: Settings, wareho
         publish.publish_folder(settings.out, files)
     finally:  # swapped in, or the swap failed (a full disk): the checked copy is no longer needed
         shutil.rmtree(staged, ignore_errors=True)
+    with warehouse_db.connect() as con:
+        history.confirm_disclosure_state(con, context.run.run_id)
     path = settings.out / "evidence_table.csv"
     context.log.info(f"evidence table written to {path}")
     unchanged = history.same_as_latest(kept, published, school_urns, withdrawn)
@@ -158,6 +163,7 @@ def _inputs(con, settings: Settings) -> dict:
         "progress": optional("registry_progress"),
         "messages": optional("registry_messages"),
         "kept": history.as_registered(history.read_history(con), registry),
+        "earlier": site.earlier_as_registered(history.earlier_disclosure(con), registry),
         "withdrawn": history.withdrawn_schools(con),
         "spellings": optional("trial_spellings", "merged_spellings"),
         "registry": registry,
@@ -175,8 +181,9 @@ def _build(inputs: dict, settings: Settings, now: dt.datetime, correction: str |
     # The rows exactly as evidence_table.csv will hold them (after disclosure control): what the history
     # keeps and the pages plot. Disclosure control covers every table of this publication together and its
     # differences from the last ones (site.protected_publication): the same counts the pages then show.
-    previous = site.previous_counts(settings.out, kept, registry)
-    published, protected_schools = site.protected_publication(table, per_trial, previous)
+    earlier = inputs["earlier"]
+    previous = {**earlier.shown, **site.previous_counts(settings.out, kept, registry)}
+    published, protected_schools, state = site.protection(table, per_trial, previous, earlier=earlier.states)
     # A school is named ("school 111109 joined") only when its own figures are published.
     school_urns = site.published_schools(published, protected_schools)
     published_at = now.replace(tzinfo=None)
@@ -194,11 +201,12 @@ def _build(inputs: dict, settings: Settings, now: dt.datetime, correction: str |
     files = site.build_site(table, per_trial, inputs["load_report"], _data_date(inputs["loaded_at"]),
                             now.strftime("%d %B %Y %H:%M UTC"), problems=problems, history=shown, plans=plans,
                             registry_rows=_registry_rows(inputs), spellings=inputs["spellings"], sending=sending,
-                            registry=registry, gate=inputs["gate"], previous=previous,
+                            registry=registry, gate=inputs["gate"], previous=previous, earlier=earlier.states,
                             withdrawn=site.withdrawn_counts(inputs["progress"]),
                             **({"area": ws.area} if ws else {}))
     return {"files": files, "table": table, "withheld": withheld, "published": published,
-            "school_urns": school_urns, "problems": problems, "plans": plans}
+            "school_urns": school_urns, "problems": problems, "plans": plans, "disclosure": state,
+            "shown": {**previous, **site.shown_counts(published, protected_schools)}}
 
 
 def _per_trial(schools: pd.DataFrame) -> dict[tuple, pd.DataFrame]:

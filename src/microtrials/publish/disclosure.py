@@ -187,11 +187,15 @@ class _Block:
 class Violation:
     """What an attacker gets back: a ``cell`` exactly (``kind`` "group": a count of 1 to 9;
     "changed": 1 to 9 away from its last published value, or from the last published value of a
-    count inside or around it), or ("sum") the unknown cells of ``relation`` together hold 1 to 9."""
+    count inside or around it, or from its value ``other`` in an earlier publication), ("inside") a
+    known ``cell`` 1 to 9 less than a known count ``other`` it is inside, or ("sum") the unknown
+    cells of ``relation`` together hold 1 to 9."""
 
     kind: str
     cell: Key | None = None
     relation: int | None = None
+    #: "changed" against an earlier publication's count that was itself blanked: that count
+    other: Key | None = None
 
 
 class _Audit:
@@ -199,7 +203,8 @@ class _Audit:
     linear equations over every count, the known counts substituted, and a count is given back
     exactly when its unit vector lies in the row space of the equations restricted to the unknowns."""
 
-    def __init__(self, linked: Linked, previous: dict[Key, float], threshold: int) -> None:
+    def __init__(self, linked: Linked, previous: dict[Key, float], threshold: int,
+                 earlier: list[dict] | None = None) -> None:
         self.linked, self.previous, self.threshold = linked, previous, threshold
         self.values = dict(linked.values)
         self.blanked = dict(linked.blanked)
@@ -209,8 +214,39 @@ class _Audit:
         self.children: dict[Key, list[Key]] = {}
         self.parents: dict[Key, list[Key]] = {}
         self._before: dict[tuple[Key, bool], list[float]] = {}
+        self._inside: dict[Key, list[Key]] = {}
+        self._differenced: dict[Key, bool] = {}
+        #: an earlier publication's counts that are not this one's (other value, or not counted now):
+        #: shown there (known) or not; never published now, so never blanked now
+        self.fixed: dict[Key, bool] = {}
+        #: (count now, the same count in an earlier publication with another value): their difference is pupils
+        self.pairs: list[tuple[Key, Key]] = []
         for relation in linked.relations:
             self._equation(relation)
+        for state in earlier or []:
+            self._earlier(state)
+
+    def _earlier(self, state: dict) -> None:
+        """Join an earlier publication's counts and sums (:func:`state`) to this one's: a count with the
+        same key and value is the same count (known if shown in any publication, else unknown); any
+        other is a count of its own (one per earlier value), tied to this publication's by the sums
+        that held then; a count's change since then (now less then) is a group of pupils."""
+        ids: dict[Key, Key] = {}
+        for var, value, shown in state["cells"]:
+            var, value = tuple(var), as_count(value)
+            now = self.values.get(var, math.nan)
+            same = _finite(value) and _finite(now) and round(now) == round(value)
+            ids[var] = var if same else ("earlier", value, *var)
+            if not same and ids[var] not in self.values:
+                self.values[ids[var]] = value
+                self.fixed.setdefault(ids[var], False)
+                if _finite(value) and _finite(now):
+                    self.pairs.append((var, ids[var]))
+            if shown:
+                self.fixed[ids[var]] = True
+        for total, parts, prefer in state["relations"]:
+            if tuple(total) in ids and all(tuple(p) in ids for p in parts):
+                self._equation(Relation(ids[tuple(total)], [ids[tuple(p)] for p in parts], prefer))
 
     def _equation(self, relation: Relation) -> None:
         members = [relation.total, *relation.parts]
@@ -254,12 +290,12 @@ class _Audit:
             return True
         if self.published(var) and var not in self.blanked:
             return True
-        return self.known_before(var)
+        return self.fixed.get(var, False) or self.known_before(var)
 
     def hideable(self, var: Key) -> bool:
         value = self.values.get(var, math.nan)
         return (self.published(var) and var not in self.blanked and _finite(value) and value > 0
-                and not self.known_before(var))
+                and not self.known_before(var) and not self.fixed.get(var, False))
 
     def changed(self, var: Key) -> bool:
         value = self.values[var]
@@ -282,12 +318,29 @@ class _Audit:
             self._before[(var, down)] = out
         return self._before[(var, down)]
 
+    def inside(self, var: Key) -> list[Key]:
+        """The counts inside ``var`` (its parts, their parts, ...): ``var`` less any of them is a group
+        of pupils (all rounds' pupils randomised less one round's pupils analysed: that round's pupils
+        lost and the other rounds' pupils)."""
+        if var not in self._inside:
+            seen, stack, out = {var}, [var], []
+            while stack:
+                for other in self.children.get(stack.pop(), []):
+                    if other not in seen:
+                        seen.add(other)
+                        stack.append(other)
+                        out.append(other)
+            self._inside[var] = out
+        return self._inside[var]
+
     def differenced(self, var: Key) -> bool:
         """Whether ``var`` less a count inside it as last published, or a count it is inside as last
         published less ``var``, is 1 to ``threshold - 1``."""
-        value = self.values[var]
-        return (any(0 < round(value - p) < self.threshold for p in self.before(var, True))
-                or any(0 < round(p - value) < self.threshold for p in self.before(var, False)))
+        if var not in self._differenced:
+            value = self.values[var]
+            self._differenced[var] = (any(0 < round(value - p) < self.threshold for p in self.before(var, True))
+                                      or any(0 < round(p - value) < self.threshold for p in self.before(var, False)))
+        return self._differenced[var]
 
     def blank(self, var: Key, reason: str) -> list[Key]:
         """Blank ``var`` in every row it is published in, with the rest of each row; the cells newly blanked."""
@@ -343,6 +396,25 @@ class _Audit:
             out |= _in_row_space(component, [self.terms[i] for i in sorted(equations)])
         return out
 
+    def determines(self, vector: dict[Key, int]) -> bool:
+        """Whether the counts give back the combination ``vector`` (count -> coefficient) exactly: its
+        unknown part lies in the row space of the equations over the unknowns it is joined to."""
+        support = [v for v in vector if not self.known(v)]
+        if not support:
+            return True
+        component, equations, stack = list(support), set(), list(support)
+        seen = set(support)
+        while stack:
+            for index in self.of.get(stack.pop(), []):
+                if index not in equations:
+                    equations.add(index)
+                    for member in self.terms[index]:
+                        if member not in seen and not self.known(member):
+                            seen.add(member)
+                            component.append(member)
+                            stack.append(member)
+        return _spans([self.terms[i] for i in sorted(equations)], component, {v: vector[v] for v in support})
+
     def violations(self, block: _Block) -> list[Violation]:
         """Every count of ``block`` an attacker gets back, or a small sum of unknowns (:class:`Violation`)."""
         unknown = [v for v in block.variables if not self.known(v)]
@@ -355,6 +427,13 @@ class _Audit:
                 out.append(Violation("changed", var))
         hidden = set(unknown) - found
         out += [Violation("changed", v) for v in block.variables if v not in hidden and self.differenced(v)]
+        out += [Violation("inside", inner, other=outer) for outer in block.variables if self.known(outer)
+                for inner in self.inside(outer)
+                if self.known(inner) and _small(self.values[outer] - self.values[inner], self.threshold)]
+        members = set(block.variables)
+        out += [Violation("changed", now, other=before) for now, before in self.pairs
+                if now in members and _small(self.values[now] - self.values[before], self.threshold)
+                and self.determines({now: 1, before: -1})]
         for index in block.relations:
             total = self.total(index)
             if total in hidden:
@@ -370,6 +449,7 @@ class _Audit:
         where the sum prefers it), then its total."""
         cell = violation.cell
         start = [cell] if cell is not None else [v for v in self.terms[violation.relation] if not self.known(v)]
+        start += [violation.other] if violation.other is not None else []
         out: list[Key] = [cell] if cell is not None and self.hideable(cell) else []
         for index in self._reaching(start, [violation.relation] if cell is None else []):
             total, parts = self.total(index), [v for v in self.terms[index] if v != self.total(index)]
@@ -442,11 +522,40 @@ def _in_row_space(component: list[Key], equations: list[dict[Key, int]]) -> set[
     return {v for v, lev in zip(component, leverage, strict=True) if lev > 1 - 1e-8}
 
 
+def _spans(equations: list[dict[Key, int]], component: list[Key], vector: dict[Key, int]) -> bool:
+    """Whether ``vector`` (over ``component``) lies in the row space of ``equations`` restricted to it."""
+    if not equations:
+        return False
+    column = {v: j for j, v in enumerate(component)}
+    matrix = np.zeros((len(equations), len(component)))
+    for i, terms in enumerate(equations):
+        for var, coefficient in terms.items():
+            if var in column:
+                matrix[i, column[var]] = coefficient
+    target = np.zeros(len(component))
+    for var, coefficient in vector.items():
+        target[column[var]] = coefficient
+    solution = np.linalg.lstsq(matrix.T, target, rcond=None)[0]
+    return bool(np.abs(matrix.T @ solution - target).max() < 1e-8)
+
+
+def state(linked: Linked, blanked: dict[Key, str]) -> dict:
+    """What the next publication's audit needs of this one (kept privately, never published): every
+    true count with whether it was shown, and the sums between them (JSON-ready)."""
+    cells = [[list(var), None if not _finite(value) else value,
+              bool(linked.rows.get(var)) and var not in blanked and _finite(value)]
+             for var, value in linked.values.items()]
+    relations = [[list(r.total), [list(p) for p in r.parts], r.prefer_total] for r in linked.relations]
+    return {"cells": cells, "relations": relations}
+
+
 def link(linked: Linked, previous: dict[Key, float] | None = None,
-         threshold: int = SUPPRESSION_THRESHOLD) -> tuple[dict[Key, str], list[Violation]]:
+         threshold: int = SUPPRESSION_THRESHOLD, earlier: list[dict] | None = None,
+         ) -> tuple[dict[Key, str], list[Violation]]:
     """Which cells to blank so that no combination of published counts, in this publication or
-    with ``previous`` (key -> value as last published), gives back a group of 1 to
-    ``threshold - 1`` pupils; and what could not be protected (should be nothing).
+    with ``previous`` (key -> value as last published) and the ``earlier`` publications' counts and
+    sums (:func:`state`, each distinct one), gives back a group of 1 to ``threshold - 1`` pupils; and
+    what could not be protected (should be nothing).
 
     1. **Primary**: a published count of 1 to ``threshold - 1``.
     2. **Change**: a published count that moved by 1 to ``threshold - 1`` since ``previous``.
@@ -456,12 +565,15 @@ def link(linked: Linked, previous: dict[Key, float] | None = None,
        A violation is an unknown count the sums give back exactly that is 1 to ``threshold - 1``
        or 1 to ``threshold - 1`` away from its last published value, or the unknown parts of one
        sum whose total is known (or given back) together holding 1 to ``threshold - 1``.
+       With ``earlier``, its counts and sums join the equations (a count with the same key and value
+       is the same count; one shown then is known); an earlier count given back, or a count whose
+       change since then (now less then) is given back and is 1 to ``threshold - 1``, is a violation.
     4. **Secondary**, until the audit passes: for each violation one more published count is
        blanked, from the sums holding it, smallest first (the first that mends it, else the first).
     Blanking a cell blanks its row (both arms of a school, in every table showing it). The
     result is keyed by variable and by every key publications give it.
     """
-    audit = _Audit(linked, previous or {}, threshold)
+    audit = _Audit(linked, previous or {}, threshold, earlier)
     for var in [v for v in linked.rows if v not in audit.blanked]:
         if _finite(audit.values[var]) and _small(audit.values[var], threshold):
             audit.blank(var, PRIMARY)

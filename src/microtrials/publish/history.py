@@ -288,6 +288,50 @@ def append_history(con: duckdb.DuckDBPyConnection, table: pd.DataFrame, publishe
     return publication_id
 
 
+@dataclasses.dataclass
+class Earlier:
+    """What disclosure control must know of earlier publications (kept in ``disclosure_states``):
+    the last value shown of every count, and the counts and sums of every earlier publication (and
+    of any staged after the last, which a run may have swapped in before dying)."""
+
+    shown: dict[tuple, float] = dataclasses.field(default_factory=dict)
+    states: list[dict] = dataclasses.field(default_factory=list)
+
+
+def keep_disclosure_state(con: duckdb.DuckDBPyConnection, run_id: str, staged_at: datetime, state: dict,
+                          shown: Mapping[tuple, float]) -> None:
+    """Keep a staged publication's disclosure ``state`` (``disclosure.state``) and the last value shown
+    of every count (``shown``), unconfirmed until :func:`confirm_disclosure_state` (one transaction)."""
+    ensure_tables(con)
+    shown_json = json.dumps([[list(k), v] for k, v in shown.items()])
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(warehouse.sql("delete_disclosure_state"), {"run_id": run_id})
+        con.execute(warehouse.sql("insert_disclosure_state"), {
+            "run_id": run_id, "staged_at": staged_at, "state_json": json.dumps(state), "shown_json": shown_json})
+        con.execute("COMMIT")
+    except Exception:
+        warehouse.rollback(con)
+        raise
+
+
+def confirm_disclosure_state(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """The run's publication was swapped in: the next one is audited against its state."""
+    ensure_tables(con)
+    con.execute(warehouse.sql("confirm_disclosure_state"), {"run_id": run_id})
+
+
+def earlier_disclosure(con: duckdb.DuckDBPyConnection) -> Earlier:
+    """The disclosure states the next publication is audited against (:class:`Earlier`)."""
+    ensure_tables(con)
+    earlier = Earlier()
+    for _, latest, state_json, shown_json in con.execute(warehouse.sql("disclosure_states")).fetchall():
+        earlier.states.append(json.loads(state_json))
+        if latest:  # a count shown by a publication never swapped in is no earlier value to compare with
+            earlier.shown = {tuple(k): v for k, v in json.loads(shown_json)}
+    return earlier
+
+
 def read_history(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Every history row expanded: publication_id, published_at, then the row as published."""
     ensure_tables(con)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import date
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import matplotlib
 import pandas as pd
@@ -338,13 +340,30 @@ def _school_cells(linked: disclosure.Linked, key: tuple, published: pd.DataFrame
     linked.relations.append(disclosure.Relation((*key, "pupils_analysed"), parts))
 
 
+class Protected(NamedTuple):
+    """A publication after disclosure control: its evidence table, each row's per-school table, and
+    what the next publication's audit needs of it (``disclosure.state``: kept privately)."""
+
+    table: pd.DataFrame
+    per_school: list[pd.DataFrame]
+    state: dict
+
+
 def protected_publication(evidence: pd.DataFrame, schools: dict[tuple[str, ...], pd.DataFrame],
                           previous: dict[tuple, float] | None = None, problems: list[str] | None = None,
-                          ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
-    """The evidence table and each row's per-school table as published, after disclosure control
-    over all of them together and against ``previous`` (:func:`previous_counts`): no difference
-    between any published counts, in this publication or between it and the last, gives back a
-    group of 1 to 9 pupils (``disclosure.link``; docs/methods.md, "Disclosure control")."""
+                          earlier: list[dict] | None = None) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """The evidence table and each row's per-school table as published (:func:`protection`)."""
+    protected = protection(evidence, schools, previous, problems, earlier)
+    return protected.table, protected.per_school
+
+
+def protection(evidence: pd.DataFrame, schools: dict[tuple[str, ...], pd.DataFrame],
+               previous: dict[tuple, float] | None = None, problems: list[str] | None = None,
+               earlier: list[dict] | None = None) -> Protected:
+    """The publication after disclosure control over all its tables together, against ``previous``
+    (:func:`previous_counts`) and the ``earlier`` publication's counts and sums (its ``state``): no
+    difference between any published counts, in this publication or between it and the last, gives
+    back a group of 1 to 9 pupils (``disclosure.link``; docs/methods.md, "Disclosure control")."""
     problems = [] if problems is None else problems
     table = _prepare_evidence(evidence, problems)
     raw = {_row_key(r): r for r in evidence.to_dict("records")}
@@ -358,7 +377,7 @@ def protected_publication(evidence: pd.DataFrame, schools: dict[tuple[str, ...],
             frame.attrs[UNPUBLISHED] = [str(u) for u in source["school_urn"]]
         per_school.append(frame)
     linked = _linked_cells(table, raw, per_school, raw_schools)
-    blanked, unprotected = disclosure.link(linked, previous)
+    blanked, unprotected = disclosure.link(linked, previous, earlier=earlier)
     if unprotected:
         problems.append(f"disclosure control: {len(unprotected)} count(s) or sum(s) could not be protected")
     for position, key in enumerate(_row_key(r) for r in table.to_dict("records")):
@@ -371,7 +390,7 @@ def protected_publication(evidence: pd.DataFrame, schools: dict[tuple[str, ...],
                 if (*_school_key(key, school), SCHOOL_CELLS[0]) in blanked]
         frame = per_school[position] = disclosure.blank_rows(frame, hide)
         frame.attrs[PROTECTED] = True
-    return table, per_school
+    return Protected(table, per_school, disclosure.state(linked, blanked))
 
 
 def published_schools(table: pd.DataFrame, per_school: list[pd.DataFrame]) -> pd.DataFrame:
@@ -397,6 +416,37 @@ def with_published_counts(results: pd.DataFrame, published: pd.DataFrame) -> pd.
             out[column] = [views.number(shown.get(_row_key(r), {}).get(column)) for r in results.to_dict("records")]
             out[column] = pd.to_numeric(out[column], errors="coerce")
     return out
+
+
+def earlier_as_registered(earlier: history.Earlier, registry: Registry | None) -> history.Earlier:
+    """The earlier publications' disclosure states and shown counts with each trial as the current
+    registry names it (as :func:`history.as_registered` does for the history), so a trial renamed
+    with its old name kept as an alias is compared with what it published under the old name. A
+    name whose registered name the same state also holds (trials merged) stays as it was."""
+    if registry is None or not (earlier.states or earlier.shown):
+        return earlier
+
+    def renames(keys: Iterable[tuple]) -> dict[str, str]:
+        names = {_trial_of(k) for k in keys}
+        moved = {n: match_key(registry.canonical(n) or n) for n in names}
+        return {n: r for n, r in moved.items() if r != n and r not in names}
+
+    def mapped(key: tuple, rename: dict[str, str]) -> tuple:
+        at = 1 if key[0] == "differs" else 0
+        return (*key[:at], rename.get(key[at], key[at]), *key[at + 1:])
+
+    states = []
+    for state in earlier.states:
+        rename = renames(tuple(c[0]) for c in state["cells"])
+        states.append({"cells": [[list(mapped(tuple(k), rename)), v, shown] for k, v, shown in state["cells"]],
+                       "relations": [[list(mapped(tuple(t), rename)), [list(mapped(tuple(p), rename)) for p in parts],
+                                      prefer] for t, parts, prefer in state["relations"]]})
+    rename = renames(earlier.shown)
+    return history.Earlier({mapped(k, rename): v for k, v in earlier.shown.items()}, states)
+
+
+def _trial_of(key: tuple) -> str:
+    return key[1] if key[0] == "differs" else key[0]
 
 
 def previous_counts(out_dir: Path | None, kept: pd.DataFrame | None, registry: Registry | None = None,
@@ -1039,6 +1089,7 @@ def build_site(
     previous: dict[tuple, float] | None = None,
     registry=None,
     withdrawn: dict[tuple[str, str], int] | None = None,
+    earlier: list[dict] | None = None,
 ) -> dict[str, bytes]:
     """Every file of the publication, ``{relative path: bytes}``.
 
@@ -1073,14 +1124,15 @@ def build_site(
     whose names it withholds are left out. Without one, the names in ``evidence`` are taken as
     declared (:func:`microtrials.publish.gate.trusting`) and any other delivered name is withheld.
     ``previous`` (:func:`previous_counts`) holds the counts the last publications showed: disclosure
-    control then also covers differences between them and this one (:func:`protected_publication`).
+    control then also covers differences between them and this one (:func:`protected_publication`);
+    ``earlier`` (the last publication's ``Protected.state``, kept privately) every sum between them.
     """
     problems = [] if problems is None else problems
     gate = publication_gate.trusting(evidence) if gate is None else gate
     evidence, withheld = publication_gate.withhold(evidence, gate)
     if withheld:
         problems.append(f"{withheld} trial row(s) not published: their names are {gate.withheld_reason}")
-    table, protected_schools = protected_publication(evidence, schools, previous, problems)
+    table, protected_schools = protected_publication(evidence, schools, previous, problems, earlier)
     history = as_registered(history, registry)  # a trial renamed with its old name as an alias keeps its history
     names = page_names(table)
     folders, messages = trial_folders(names)
