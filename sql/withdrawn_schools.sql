@@ -1,7 +1,7 @@
--- The schools withdrawn (microtrials withdraw) and not delivered again since: URN per trial key,
--- for the history's "withdrawn" (a school that left is never "no longer counted"), and for the loader,
--- which holds a file whose very content was sent for one of them before (change_sets.withdrawn_copies).
-SELECT w.school_urn, w.key_intervention, w.key_outcome_measure, w.key_round
+-- The schools withdrawn (microtrials withdraw) and not delivered again since: URN per trial key, with when,
+-- for the history's "withdrawn" (a school that left is never "no longer counted"), the plan's progress, and
+-- the loader, which holds any later file carrying rows for one of them until accepted (change_sets.withdrawals).
+SELECT w.school_urn, w.key_intervention, w.key_outcome_measure, w.key_round, w.recorded_at AS withdrawn_at
 FROM change_sets AS w
 WHERE w.state = 'withdrawn'
   AND NOT EXISTS (

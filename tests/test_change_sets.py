@@ -237,6 +237,13 @@ def test_withdraw_removes_a_school_or_one_round_and_records_it(con, write_extrac
     assert pupils(con, "222006") == []
 
 
+def withdrawn_on(con):
+    """The day the latest withdrawal was recorded, as the officer's line and the feedback write it."""
+    from microtrials.publish.views import day
+
+    return day(con.execute("SELECT max(recorded_at) FROM change_sets WHERE state = 'withdrawn'").fetchone()[0])
+
+
 def test_a_withdrawn_schools_same_file_under_a_new_name_is_held_not_loaded(con, write_extract):
     """Red team: after `microtrials withdraw`, the same bytes under another name loaded again."""
     from microtrials.ingest.loading import accept_file, withdraw
@@ -247,14 +254,15 @@ def test_a_withdrawn_schools_same_file_under_a_new_name_is_held_not_loaded(con, 
     withdraw(con, "222005", "CR")  # one trial: Maths stays
     copy = write_extract("222005_resent.csv", both)
     report = load_file(con, copy, KEY)
-    line = ("222005 Café Readers 2026 Autumn: held, not applied: school 222005 was withdrawn from it (microtrials "
-            "withdraw) after this same file was sent as 222005.csv; it stays withdrawn (to apply it on purpose: "
-            "microtrials accept 222005_resent.csv)")
+    line = (f"222005 Café Readers 2026 Autumn: held, not applied: the school was withdrawn from this trial on "
+            f"{withdrawn_on(con)} (microtrials withdraw); it stays withdrawn (to bring the school back: microtrials "
+            "accept 222005_resent.csv)")
     assert report.status == "partly held" and report.changes == [line, "222005 Maths: 12 pupils replaced by 12 "
                                                                    "(the same pupils and scores)"]
     assert report.trials_held["Café Readers / NGRT / 2026 Autumn"] == (
-        "not loaded: the school was withdrawn from this trial after this same file was sent (as 222005.csv); if the "
-        "school takes part in this trial again, tell the data team, who can load the file on purpose")
+        f"held, not loaded: the school was withdrawn from this trial on {withdrawn_on(con)}; if the school takes "
+        "part in this trial again, tell the data team, who can load the file on purpose (to bring the school back: "
+        "microtrials accept 222005_resent.csv)")
     assert pupils(con, "222005") == [("", 12, 12)]
     assert load_file(con, copy, KEY).status == "partly held"  # the next run: still held, nothing read again
     assert load_file(con, write_extract("222005_again.csv", both), KEY).status == "partly held"
@@ -265,7 +273,69 @@ def test_a_withdrawn_schools_same_file_under_a_new_name_is_held_not_loaded(con, 
     assert pupils(con, "222005") == [("", 32, 32)]
     withdraw(con, "222005")
     fresh = write_extract("222005_new.csv", pupil_rows(21, urn="222005", intervention="Café Readers"))
-    assert load_file(con, fresh, KEY).changes == ["222005 Café Readers 2026 Autumn: 21 pupils added"]  # new content
+    assert load_file(con, fresh, KEY).status == "held"  # new content is held too: the withdrawal stands
+    assert pupils(con, "222005") == []
+
+
+def test_a_withdrawn_schools_file_saved_again_with_crlf_line_ends_is_held_until_accepted(con, write_extract, tmp_path):
+    """Red team (issue 21): the same file re-saved with CRLF line ends (other bytes, other sha256) under a
+    new name loaded without `microtrials accept`, undoing the withdrawal. Its rows for another trial load."""
+    import csv
+
+    from microtrials.ingest import feedback
+    from microtrials.ingest.change_sets import withdrawn_keys
+    from microtrials.ingest.loading import accept_file, withdraw
+    from tests.conftest import extract_csv
+
+    both = pupil_rows(20, urn="222005", intervention="Café Readers") + pupil_rows(
+        12, urn="222005", intervention="Maths", measure="PUMA", start=100)
+    first = write_extract("222005.csv", both)
+    load_file(con, first, KEY)
+    withdraw(con, "222005", "Café Readers")
+    crlf = write_extract("222005 (2).csv", extract_csv(both).replace("\n", "\r\n"))
+    assert crlf.read_bytes() != first.read_bytes() and crlf.read_bytes().replace(b"\r\n", b"\n") == first.read_bytes()
+    report = load_file(con, crlf, KEY)
+    assert report.status == "partly held" and report.rows_loaded == 12
+    assert report.changes[0] == (
+        f"222005 Café Readers 2026 Autumn: held, not applied: the school was withdrawn from this trial on "
+        f"{withdrawn_on(con)} (microtrials withdraw); it stays withdrawn (to bring the school back: microtrials "
+        "accept 222005 (2).csv)")
+    assert pupils(con, "222005") == [("", 12, 12)]  # Maths only: the Café Readers rows stay withdrawn
+    assert withdrawn_keys(con) == {("222005", TrialKey("café readers", "ngrt", "2026 autumn"))}
+    [written] = feedback.write_feedback(con, [report], {crlf.name: crlf}, tmp_path / "feedback")
+    with written.open(encoding="utf-8-sig", newline="") as f:
+        rows = [r for r in csv.reader(f)][1:]
+    assert [(r[3], r[4]) for r in rows] == [(
+        f"Café Readers / NGRT / 2026 Autumn: held, not loaded: the school was withdrawn from this trial on "
+        f"{withdrawn_on(con)}", "if the school takes part in this trial again, tell the data team, who can load the "
+        "file on purpose (to bring the school back: microtrials accept 222005 (2).csv)")]
+    accepted = accept_file(con, crlf, KEY)
+    assert accepted.changes == ["222005 Café Readers 2026 Autumn: 20 pupils added; accepted by the officer"]
+    assert pupils(con, "222005") == [("", 32, 32)] and withdrawn_keys(con) == set()
+
+
+def test_a_withdrawn_schools_file_with_one_score_changed_is_held_and_the_next_run_keeps_it_held(con, write_extract):
+    from microtrials.ingest.loading import accept_file, withdraw
+
+    rows = pupil_rows(20, urn="222005", intervention="Café Readers")
+    load_file(con, write_extract("222005.csv", rows), KEY)
+    withdraw(con, "222005")
+    rows[3][EXTRACT_HEADER.index("outcome")] = "99"  # one score corrected
+    changed = write_extract("222005_corrected.csv", rows)
+    report = load_file(con, changed, KEY)
+    assert report.status == "held" and report.rows_loaded == 0 and len(report.changes) == 1
+    assert report.changes[0].startswith("222005 Café Readers 2026 Autumn: held, not applied: the school was withdrawn "
+                                        f"from this trial on {withdrawn_on(con)}")
+    assert load_file(con, changed, KEY).status == "held"  # the next run
+    assert pupils(con, "222005") == []
+    other = load_file(con, write_extract("222006.csv", rows_in_round(8, "222006", "2025 Autumn"), header=ROUND_HEADER), KEY)
+    assert other.status == "loaded"  # another school is not held
+    held = con.execute("SELECT state, pupils_before, pupils_after FROM change_sets WHERE file_name = "
+                       "'222005_corrected.csv'").fetchall()
+    assert held == [("held", 0, 20)]
+    assert accept_file(con, changed, KEY).changes == [
+        "222005 Café Readers 2026 Autumn: 20 pupils added; accepted by the officer"]
+    assert pupils(con, "222005") == [("", 20, 20)]
 
 
 def test_a_file_held_before_the_school_was_withdrawn_is_held_again_under_a_new_name(con, write_extract):
@@ -275,8 +345,8 @@ def test_a_file_held_before_the_school_was_withdrawn_is_held_again_under_a_new_n
     fewer = pupil_rows(10, urn="222005", intervention="Café Readers")
     assert load_file(con, write_extract("222005_v2.csv", fewer), KEY).status == "held"
     withdraw(con, "222005")
-    report = load_file(con, write_extract("222005_v3.csv", fewer), KEY)  # sent before the withdrawal: not loaded
-    assert report.status == "held" and "after this same file was sent as 222005_v2.csv" in report.changes[0]
+    report = load_file(con, write_extract("222005_v3.csv", fewer), KEY)
+    assert report.status == "held" and f"withdrawn from this trial on {withdrawn_on(con)}" in report.changes[0]
     assert pupils(con, "222005") == []
 
 
@@ -403,9 +473,9 @@ def test_pupils_stored_twice_by_the_old_round_bug_are_told_in_the_run_summary_no
 def test_a_withdrawn_school_is_withdrawn_in_the_plan_not_awaited(con, write_extract):
     """After `microtrials withdraw`, the plan's progress reads the recorded withdrawal: the school is
     not awaited, its round not interim on its account, the registered plan keeps counting it
-    ("since withdrawn") and the published registry report says "withdrawn"; a new file brings it back."""
+    ("since withdrawn") and the published registry report says "withdrawn"; accepting a new file brings it back."""
     from microtrials.ingest.change_sets import withdrawn_keys
-    from microtrials.ingest.loading import withdraw
+    from microtrials.ingest.loading import accept_file, withdraw
     from microtrials.publish import site, views
     from microtrials.stats import trial_store
 
@@ -427,8 +497,10 @@ def test_a_withdrawn_school_is_withdrawn_in_the_plan_not_awaited(con, write_extr
     assert counts == {("café readers", "2026 autumn"): 1}
     shown = dict(views.plan_view(parsed.rounds[2], counts[("café readers", "2026 autumn")])["rows"])
     assert shown["Schools planned"] == "1 (1 since withdrawn)"
-    load_file(con, write_extract("222005_new.csv", rows_in_round(25, "222005", "2026 Autumn", start=300),
-                                 header=ROUND_HEADER), KEY)
+    new = write_extract("222005_new.csv", rows_in_round(25, "222005", "2026 Autumn", start=300), header=ROUND_HEADER)
+    assert load_file(con, new, KEY).status == "held"  # a new file is held: the withdrawal stands
+    assert len(withdrawn_keys(con)) == 1
+    accept_file(con, new, KEY)
     assert withdrawn_keys(con) == set()
 
 

@@ -1,9 +1,8 @@
 """Model-based test: random delivery sequences against "the latest accepted delivery per (school, trial, round) wins"
-(a withdrawn school's very file, sent again under any name, held until accepted)."""
+(after a withdrawal, any later file of the school for that trial round held until accepted, whatever its bytes)."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import shutil
 import tempfile
@@ -82,27 +81,35 @@ def block_rows(school: str, block: Block) -> list[list[str]]:
             for i in range(block.start, block.start + block.count)]
 
 
-def block_key(school: str, block: Block) -> tuple[str, str, str]:
-    sent = TRIALS[block.trial][2][block.round % len(TRIALS[block.trial][2])]
-    return school, block.trial, model_round(block.trial, school, sent)
+def row_key(row: list[str]) -> tuple[str, str, str]:
+    """The model key (school, trial, round) of an extract row."""
+    trial = "cafe" if row[3] == "NGRT" else "maths"
+    return row[0], trial, model_round(trial, row[0], row[11] or None)
+
+
+def write_rows(path: Path, rows: list[list[str]], crlf: bool = False) -> None:
+    """The extract file of ``rows`` (\n line ends, or \r\n as a spreadsheet saves it again)."""
+    text = extract_csv(rows, HEADER)
+    path.write_bytes((text.replace("\n", "\r\n") if crlf else text).encode("utf-8"))
 
 
 class Deliveries(RuleBasedStateMachine):
-    """The warehouse against a dict: (school, trial, round) -> {pupil_id: has an outcome}."""
+    """The warehouse against a dict: (school, trial, round) -> {pupil_id: outcome score sent ('' for none)}."""
 
-    @initialize()
-    def start(self) -> None:
+    @initialize(school=st.sampled_from(SCHOOLS), file_blocks=st.lists(blocks, min_size=1, max_size=3))
+    def start(self, school: str, file_blocks: list[Block]) -> None:
+        """An empty warehouse with the registry, then a first file (every sequence has something to change)."""
         self.folder = Path(tempfile.mkdtemp(prefix="stateful-"))
         self.con = warehouse.connect(":memory:")
         parsed = registry.read_registry(REGISTRY.encode())
         history.store_registry(self.con, parsed, REGISTRY, datetime(2026, 9, 1))
-        self.model: dict[tuple[str, str, str], dict[str, bool]] = {}
-        self.files: dict[str, tuple[str, list[Block]]] = {}  # name -> (school, blocks)
+        self.model: dict[tuple[str, str, str], dict[str, str]] = {}
+        self.files: dict[str, list[list[str]]] = {}  # name -> its rows
         self.status: dict[str, str] = {}  # name -> what the warehouse recorded: applied, held, rejected
-        self.withdrawn: set[tuple[str, str, str]] = set()  # keys withdrawn and not delivered since
-        self.sent_by: dict[str, set[tuple]] = {}  # a file's sha256 -> the keys it was applied or held for
+        self.withdrawn: set[tuple[str, str, str]] = set()  # keys withdrawn and not applied or accepted since
         self.names = itertools.count()
         self.recorded = 0
+        self.deliver(school, file_blocks)
 
     def teardown(self) -> None:
         if hasattr(self, "con"):
@@ -110,27 +117,24 @@ class Deliveries(RuleBasedStateMachine):
 
     # ---- the model -------------------------------------------------------------------------------
 
-    def delivered(self, school: str, file_blocks: list[Block]) -> dict[tuple, dict[str, bool]]:
-        """The file's pupils per model key (pupil_id -> has an outcome)."""
-        out: dict[tuple, dict[str, bool]] = {}
-        for block in file_blocks:
-            for row in block_rows(school, block):
-                out.setdefault(block_key(school, block), {})[row[1]] = row[5] != ""
+    def delivered(self, name: str) -> dict[tuple, dict[str, str]]:
+        """The file's pupils per model key (pupil_id -> outcome score, '' for none)."""
+        out: dict[tuple, dict[str, str]] = {}
+        for row in self.files[name]:
+            out.setdefault(row_key(row), {})[row[1]] = row[5]
         return out
 
-    def would_hold(self, name: str, key: tuple, new: dict[str, bool]) -> bool:
-        """Held: it would lose more than half, or this very content was sent for a key since withdrawn."""
-        if key in self.withdrawn and key in self.sent_by.get(self.content(name), set()):
+    def would_hold(self, key: tuple, new: dict[str, str]) -> bool:
+        """Held: the school was withdrawn from the key (whatever the file's bytes), or it would lose more than half."""
+        if key in self.withdrawn:
             return True
         old = self.model.get(key, {})
-        return 2 * len(new) < len(old) or 2 * sum(new.values()) < sum(old.values())
+        scored = [sum(score != "" for score in pupils.values()) for pupils in (new, old)]
+        return 2 * len(new) < len(old) or 2 * scored[0] < scored[1]
 
-    def content(self, name: str) -> str:
-        return hashlib.sha256((self.folder / name).read_bytes()).hexdigest()
-
-    def apply(self, name: str, changes: dict[tuple, dict[str, bool]], state: str = "applied") -> None:
-        """The model after ``changes``, and each recorded change set's scores_changed against it (a
-        pupil's score is 90 + i or blank, so it changes only when given or blanked)."""
+    def apply(self, name: str, changes: dict[tuple, dict[str, str]], state: str = "applied") -> None:
+        """The model after ``changes``, and each recorded change set's scores_changed against it (given,
+        blanked or another value)."""
         recorded = self.con.execute(
             "SELECT key_intervention, key_round, scores_changed FROM change_sets WHERE file_name = ? AND state = ? "
             "AND recorded_at = (SELECT max(recorded_at) FROM change_sets WHERE file_name = ? AND state = ?)",
@@ -143,16 +147,18 @@ class Deliveries(RuleBasedStateMachine):
         for key, new in changes.items():
             self.model[key] = new
             self.withdrawn.discard(key)
-            self.sent_by.setdefault(self.content(name), set()).add(key)
 
     def expect_load(self, name: str, report) -> None:
-        school, file_blocks = self.files[name]
-        changes = self.delivered(school, file_blocks)
-        held = {key for key, new in changes.items() if self.would_hold(name, key, new)}
+        changes = self.delivered(name)
+        held = {key for key, new in changes.items() if self.would_hold(key, new)}
         self.apply(name, {key: new for key, new in changes.items() if key not in held})
-        self.sent_by.setdefault(self.content(name), set()).update(held)
+        if held & self.withdrawn:
+            event("delivery: held, the school withdrawn from the trial round")
         assert len(report.changes) == len(changes), (report.changes, changes)
         assert sum("held, not applied" in line for line in report.changes) == len(held)
+        withdrawn_lines = [line for line in report.changes if "the school was withdrawn from this trial on " in line]
+        assert len(withdrawn_lines) == len(held & self.withdrawn), (report.changes, held & self.withdrawn)
+        assert all(line.endswith(f"(to bring the school back: microtrials accept {name})") for line in withdrawn_lines)
         expected = "loaded" if not held else ("held" if len(held) == len(changes) else "partly held")
         assert report.status == expected, (report.status, expected, report.reason)
         self.status[name] = report.status
@@ -173,10 +179,9 @@ class Deliveries(RuleBasedStateMachine):
                 seen.add((block.trial, sent))
                 unique.append(block)
         name = f"{school}_{next(self.names)}.csv"
-        self.files[name] = (school, unique)
-        path = self.folder / name
-        path.write_text(extract_csv([row for b in unique for row in block_rows(school, b)], HEADER), encoding="utf-8")
-        self.expect_load(name, load_file(self.con, path, KEY))
+        self.files[name] = [row for b in unique for row in block_rows(school, b)]
+        write_rows(self.folder / name, self.files[name])
+        self.expect_load(name, load_file(self.con, self.folder / name, KEY))
 
     @rule(school=st.sampled_from(SCHOOLS))
     def deliver_unreadable(self, school: str) -> None:
@@ -186,19 +191,42 @@ class Deliveries(RuleBasedStateMachine):
         report = load_file(self.con, self.folder / name, KEY)
         assert report.status == "rejected" and report.changes == []
 
-    @precondition(lambda self: self.files)
-    @rule(data=st.data())
-    def deliver_copy(self, data) -> None:
-        """A file sent again under a new name (the very same bytes), often one of a withdrawn school."""
-        withdrawn = sorted(n for n in self.files if self.refused(n))
-        earlier = data.draw(st.sampled_from(withdrawn if withdrawn and data.draw(st.booleans()) else sorted(self.files)))
-        name = f"{self.files[earlier][0]}_{next(self.names)}.csv"
-        self.files[name] = self.files[earlier]
-        shutil.copyfile(self.folder / earlier, self.folder / name)
-        event(f"copy: {'of a withdrawn file' if self.refused(name) else 'plain'}")
+    @rule(data=st.data(), crlf=st.booleans(), score=st.sampled_from([None, None, "", "70", "118"]))
+    def deliver_again(self, data, crlf: bool, score: str | None) -> None:
+        """An earlier file under a new name: the very same bytes, or other bytes (saved again with CRLF
+        line ends, and/or one pupil's outcome score given, blanked or changed)."""
+        self.send_again(data, data.draw(st.sampled_from(sorted(self.files))), crlf, score)
+
+    @precondition(lambda self: any(self.refused(n) for n in self.files))
+    @rule(data=st.data(), crlf=st.booleans())
+    def withdrawn_school_resends(self, data, crlf: bool) -> None:
+        """A file with rows for a trial round its school was since withdrawn from, sent again under a new
+        name: the very same bytes, or saved again with CRLF line ends."""
+        self.send_again(data, self.draw_refused(data), crlf, None)
+
+    @precondition(lambda self: any(self.refused(n) for n in self.files))
+    @rule(data=st.data(), crlf=st.booleans(), score=st.sampled_from(["", "70", "118"]))
+    def withdrawn_school_corrects_a_score(self, data, crlf: bool, score: str) -> None:
+        """Such a file sent again with one pupil's outcome score given, blanked or changed."""
+        self.send_again(data, self.draw_refused(data), crlf, score)
+
+    def draw_refused(self, data) -> str:
+        return data.draw(st.sampled_from(sorted(n for n in self.files if self.refused(n))))
+
+    def send_again(self, data, earlier: str, crlf: bool, score: str | None) -> None:
+        rows = [list(row) for row in self.files[earlier]]
+        if score is not None:
+            rows[data.draw(st.integers(0, len(rows) - 1))][5] = score
+        name = f"{rows[0][0]}_{next(self.names)}.csv"
+        self.files[name] = rows
+        if crlf or score is not None:
+            write_rows(self.folder / name, rows, crlf)
+        else:
+            shutil.copyfile(self.folder / earlier, self.folder / name)
+        how = "changed bytes" if crlf or score is not None else "same bytes"
+        event(f"sent again, {how}: {'of a withdrawn school' if self.refused(name) else 'plain'}")
         self.expect_load(name, load_file(self.con, self.folder / name, KEY))
 
-    @precondition(lambda self: self.files)
     @rule(data=st.data())
     def load_again(self, data) -> None:
         """The same file in the folder at the next run: nothing changes (held stays held, and a withdrawn
@@ -208,12 +236,11 @@ class Deliveries(RuleBasedStateMachine):
         assert report.status == ("unchanged" if self.status[name] == "loaded" else self.status[name])
 
     def refused(self, name: str) -> bool:
-        """Whether the file's very content was sent for a key since withdrawn (a copy of it is held)."""
-        return any(k in self.withdrawn and k in self.sent_by.get(self.content(name), set())
-                   for k in self.delivered(*self.files[name]))
+        """Whether the file carries rows for a key since withdrawn (any file of such rows is held)."""
+        return any(k in self.withdrawn for k in self.delivered(name))
 
     def acceptable(self, name: str) -> bool:
-        """A held file, or one loaded whose very content was sent for a key since withdrawn."""
+        """A held file, or one loaded (so applied) that carries rows for a key since withdrawn."""
         return self.status[name] != "loaded" or self.refused(name)
 
     @precondition(lambda self: any(self.acceptable(n) for n in self.status))
@@ -223,9 +250,8 @@ class Deliveries(RuleBasedStateMachine):
         applied, the rest left alone."""
         name = data.draw(st.sampled_from(sorted(n for n in self.status if self.acceptable(n))))
         event(f"accept: {'a held file' if self.status[name] != 'loaded' else 'a withdrawn school file left in place'}")
-        school, file_blocks = self.files[name]
         report = accept_file(self.con, self.folder / name, KEY)
-        held = {k: new for k, new in self.delivered(school, file_blocks).items() if self.would_hold(name, k, new)}
+        held = {k: new for k, new in self.delivered(name).items() if self.would_hold(k, new)}
         self.apply(name, held, "accepted")
         if held:
             assert report.status == "loaded" and len(report.changes) == len(held)
@@ -238,9 +264,11 @@ class Deliveries(RuleBasedStateMachine):
             event("accept: nothing held any more")
 
     @precondition(lambda self: any(self.model.values()))
-    @rule(school=st.sampled_from(SCHOOLS), trial=st.sampled_from([None, "cafe", "maths"]))
-    def withdraw_school(self, school: str, trial: str | None) -> None:
-        """A school leaves (everything, or one trial given by an alias)."""
+    @rule(data=st.data(), trial=st.sampled_from([None, "cafe", "maths"]))
+    def withdraw_school(self, data, trial: str | None) -> None:
+        """A school leaves (everything, or one trial given by an alias), mostly one with rows stored."""
+        stored = sorted({k[0] for k, pupils in self.model.items() if pupils})
+        school = data.draw(st.sampled_from(stored if data.draw(st.integers(0, 3)) else SCHOOLS))
         name = {None: None, "cafe": "CR", "maths": "maths"}[trial]
         done = withdraw(self.con, school, name)
         gone = [k for k in self.model if k[0] == school and self.model[k] and (trial is None or k[1] == trial)]
@@ -259,10 +287,11 @@ class Deliveries(RuleBasedStateMachine):
     def warehouse_holds_the_model(self) -> None:
         if not hasattr(self, "con"):
             return
-        got = sorted(self.con.execute("SELECT school_urn, pupil_key, outcome IS NOT NULL FROM pupils").fetchall())
-        ids = [(key[0], pupil, scored) for key, pupils in self.model.items() for pupil, scored in pupils.items()]
+        got = sorted(self.con.execute("SELECT school_urn, pupil_key, outcome FROM pupils").fetchall(), key=str)
+        ids = [(key[0], pupil, score) for key, pupils in self.model.items() for pupil, score in pupils.items()]
         hashed = pseudonymise(pa.array([pupil for _, pupil, _ in ids], pa.string()), KEY).to_pylist()
-        want = sorted((school, h, scored) for (school, _, scored), h in zip(ids, hashed))
+        want = sorted(((school, h, float(score) if score else None) for (school, _, score), h in zip(ids, hashed)),
+                      key=str)
         assert got == want
         per_key = self.con.execute("SELECT count(*) FROM change_sets").fetchone()[0]
         assert per_key == self.recorded  # every change set recorded once

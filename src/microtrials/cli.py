@@ -185,8 +185,8 @@ def _change_parsers(commands) -> None:
         "or a withdrawn school's file)",
         description="Apply the held changes of FILE (its current content): the changes a run held because they "
         "would lose more than half of a school's pupils or outcome scores for a trial round, or because the "
-        "school was withdrawn after this same file was sent. Recorded as 'accepted' in the warehouse's "
-        "change_sets table.")
+        "school was withdrawn from a trial round the file has rows for (accepting brings the school back). "
+        "Recorded as 'accepted' in the warehouse's change_sets table.")
     _workspace_option(accept)
     accept.add_argument("file", type=Path, help="the school's extract file, e.g. extracts/222005.csv")
     accept.add_argument("--db", type=Path, default=None, metavar="FILE",
@@ -194,7 +194,8 @@ def _change_parsers(commands) -> None:
     withdraw = commands.add_parser(
         "withdraw", help="remove a school's rows (the school withdrew, or asked for erasure)",
         description="Remove school URN's pupil rows (all, or one trial's and/or one round's) with the rows set "
-        "aside that explained them; recorded as 'withdrawn' in change_sets, and the history says 'withdrawn'.")
+        "aside that explained them; recorded as 'withdrawn' in change_sets, and the history says 'withdrawn'. "
+        "Any later file of the school with rows for those trial rounds is held until 'microtrials accept'.")
     _workspace_option(withdraw)
     withdraw.add_argument("urn", help="the school's 6-digit URN")
     withdraw.add_argument("--trial", default=None, metavar="NAME",

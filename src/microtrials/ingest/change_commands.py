@@ -62,8 +62,9 @@ def withdraw(urn: str, db: Path, trial: str | None = None, round_name: str | Non
         return 1, [f"school {urn}: the warehouse holds no rows{' for ' + which if which else ''}; nothing changed"]
     lines = [f"  {c.message}" for c in done]
     return 0, ["withdrawn from the warehouse (recorded in change_sets; the next run publishes without them):",
-               *lines, "  its files may stay in the extracts folder: the same file, under any name, is held, not loaded "
-               "(microtrials accept FILE loads it on purpose); a file with new content loads as a new delivery"]
+               *lines, "  any later file of the school with rows for these trial rounds, whatever its name or content, "
+               "is held, not loaded (microtrials accept FILE brings the school back); its files may stay in the "
+               "extracts folder"]
 
 
 def replace_load_report_rows(con, frame: pd.DataFrame) -> None:

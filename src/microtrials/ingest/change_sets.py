@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 
 import duckdb
 import pandas as pd
@@ -10,6 +11,7 @@ import pyarrow as pa
 
 from microtrials.ingest import warehouse
 from microtrials.ingest.trial_key import TrialKey, TrialKeys, from_warehouse
+from microtrials.publish.views import day
 
 APPLIED, HELD, ACCEPTED, WITHDRAWN = "applied", "held", "accepted", "withdrawn"
 COMBO = ["school_urn", "intervention", "outcome_measure", "round"]
@@ -35,7 +37,7 @@ class ChangeSet:
     scores_changed: int = 0  # pupils kept whose outcome score differs (a score given, blanked or changed)
     state: str = APPLIED
     reason: str = ""  # why it is held
-    withdrawn_copy: str = ""  # held because this same content was sent under this name before a withdrawal
+    withdrawn_on: datetime | None = None  # held because the school was withdrawn from this trial key then
     show_measure: bool = False  # the delivery holds several outcome measures of this trial round
 
     @property
@@ -56,9 +58,8 @@ class ChangeSet:
         if self.state == WITHDRAWN:
             return f"{self.label}: withdrawn, {before} removed"
         if self.state == HELD:
-            kept = "it stays withdrawn" if self.withdrawn_copy else f"the earlier {before} stay as they were"
-            return (f"{self.label}{HELD_MARK}{self.reason}; {kept} (to apply it on purpose: "
-                    f"microtrials accept {self.file_name})")
+            kept = "it stays withdrawn" if self.withdrawn_on else f"the earlier {before} stay as they were"
+            return f"{self.label}{HELD_MARK}{self.reason}; {kept} ({self.how_to_accept})"
         if self.pupils_before == 0:
             text = f"{self.label}: {after} added"
         else:
@@ -81,11 +82,16 @@ class ChangeSet:
             text += f"; outcome scores {scores[0]} -> {scores[1]}"
         return text
 
+    @property
+    def how_to_accept(self) -> str:
+        """'to apply it on purpose: microtrials accept F' ('to bring the school back: ...' when withdrawn)."""
+        why = "to bring the school back" if self.withdrawn_on else "to apply it on purpose"
+        return f"{why}: microtrials accept {self.file_name}"
+
     def school_text(self, rows_set_aside: bool) -> str:
         """Why the change was held and what to do, as the school's feedback file says it."""
-        if self.withdrawn_copy:
-            return (f"not loaded: the school was withdrawn from this trial after this same file was sent (as "
-                    f"{self.withdrawn_copy}); {HOLD_FIX_WITHDRAWN}")
+        if self.withdrawn_on:
+            return f"held, not loaded: {withdrawn_text(self.withdrawn_on)}; {HOLD_FIX_WITHDRAWN} ({self.how_to_accept})"
         action = (HOLD_FIX_ROWS if rows_set_aside else HOLD_FIX_LEFT)
         return f"held, not applied: {self.reason}, so the earlier rows stay as they were; {action}"
 
@@ -94,7 +100,7 @@ class ChangeSet:
         fields = asdict(self)
         key = fields.pop("key")
         fields.pop("show_measure")
-        fields.pop("withdrawn_copy")
+        fields.pop("withdrawn_on")
         return fields | {"key_intervention": key["intervention"], "key_outcome_measure": key["outcome_measure"],
                          "key_round": key["round"], "message": self.message}
 
@@ -114,10 +120,10 @@ def hold_reason(pupils_before: int, pupils_after: int, outcomes_before: int, out
     return ""
 
 
-def withdrawn_reason(school_urn: str, earlier_file: str) -> str:
-    """Why a file is held whose very content was sent for a (school, trial round) since withdrawn."""
-    return (f"school {school_urn} was withdrawn from it (microtrials withdraw) after this same file was sent "
-            f"as {earlier_file}")
+def withdrawn_text(withdrawn_on: datetime) -> str:
+    """'the school was withdrawn from this trial on 7 December 2026': why a later file of the school
+    carrying rows for that trial round is held, whatever its bytes (the officer's line adds the command)."""
+    return f"the school was withdrawn from this trial on {day(withdrawn_on)}"
 
 
 # How a held change reads (the marker finds the held lines of a stored report), and what the school can do.
@@ -207,7 +213,7 @@ def _scored(outcome: object) -> bool:
 
 
 def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named: list[tuple] = (),
-                 accept: bool = False, withdrawn: dict[tuple[str, str, TrialKey], str] | None = None) -> Plan:
+                 accept: bool = False, withdrawn: dict[tuple[str, TrialKey], datetime] | None = None) -> Plan:
     """What each delivery would do, per (school, trial key), and the rows to delete and insert.
 
     ``stored``: :func:`stored_rows` of the deliveries' schools; ``incoming``: the staged rows
@@ -217,11 +223,10 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
     round the registry places the school in.
 
     A change set that would lose more than half of the school's pupils or outcome scores for its
-    trial round is ``held`` (nothing of it applied), and so is one whose (delivery_id, school, key)
-    is in ``withdrawn`` (:func:`withdrawn_copies`: this very content was sent for a trial round
-    the school has since been withdrawn from; the value is the name it was sent as), unless
-    ``accept``: then the held ones are ``accepted`` and applied, and the others are left out (an
-    accept applies what was held only).
+    trial round is ``held`` (nothing of it applied), and so is one carrying rows for a (school,
+    key) in ``withdrawn`` (:func:`withdrawals`: the school was withdrawn from that trial round then,
+    and nothing delivered since; whatever the file's bytes), unless ``accept``: then the held ones
+    are ``accepted`` and applied, and the others are left out (an accept applies what was held only).
     """
     withdrawn = withdrawn or {}
     keyed = _Keyed(keys)
@@ -249,7 +254,7 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
         if new.rows or old.rows:
             show = len(measures[file_name, key.intervention, key.round]) > 1
             change = _change_set(keyed.names[school, key], file_name, delivery_id, school, key, old, new, show,
-                                 accept, withdrawn.get((delivery_id, school, key), ""))
+                                 accept, withdrawn.get((school, key)) if new.rows else None)
             change_sets.append(change)
     if accept:
         change_sets = [c for c in change_sets if c.state == ACCEPTED]
@@ -283,11 +288,12 @@ def _table(rows: set[tuple], schema: pa.Schema) -> pa.Table:
 
 
 def _change_set(names: tuple[str, str, str], file_name: str, delivery_id: str, school: str, key: TrialKey,
-                old: _Tally, new: _Tally, show_measure: bool, accept: bool, withdrawn_copy: str) -> ChangeSet:
-    """One planned change set, held or not (``withdrawn_copy``: held as the name this content was
-    sent as before the school was withdrawn)."""
+                old: _Tally, new: _Tally, show_measure: bool, accept: bool,
+                withdrawn_on: datetime | None) -> ChangeSet:
+    """One planned change set, held or not (``withdrawn_on``: held, the school having been withdrawn
+    from this trial key then)."""
     intervention, measure, round_name = names
-    reason = (withdrawn_reason(school, withdrawn_copy) if withdrawn_copy
+    reason = (f"{withdrawn_text(withdrawn_on)} (microtrials withdraw)" if withdrawn_on
               else hold_reason(old.rows, new.rows, old.scores, new.scores))
     return ChangeSet(
         school_urn=school, key=key, intervention=intervention, outcome_measure=measure, round=round_name,
@@ -295,7 +301,7 @@ def _change_set(names: tuple[str, str, str], file_name: str, delivery_id: str, s
         outcomes_before=old.scores, outcomes_after=new.scores, added=len(new.pupils - old.pupils),
         removed=len(old.pupils - new.pupils), scores_changed=new.scores_changed(old),
         state=(ACCEPTED if accept else HELD) if reason else APPLIED,
-        reason=reason, withdrawn_copy=withdrawn_copy, show_measure=show_measure,
+        reason=reason, withdrawn_on=withdrawn_on, show_measure=show_measure,
     )
 
 
@@ -315,13 +321,22 @@ def change_sets_table(change_sets: list[ChangeSet]) -> pa.Table:
                      for c in CHANGE_SET_COLUMNS})
 
 
-def withdrawn_keys(con: duckdb.DuckDBPyConnection) -> set[tuple[str, TrialKey]]:
-    """(school, trial key) of every withdrawal recorded in ``change_sets`` (``microtrials withdraw``) that
-    no later delivery undid (``sql/withdrawn_schools.sql``): the officer's explicit choice, which the plan's
-    progress reads as "withdrawn", never "awaited"."""
+def withdrawals(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, TrialKey], datetime]:
+    """(school, trial key) -> when, of every withdrawal recorded in ``change_sets`` (``microtrials
+    withdraw``) that no later applied or accepted change set undid (``sql/withdrawn_schools.sql``): the
+    officer's explicit choice. The plan's progress reads it as "withdrawn", never "awaited"; the loader
+    holds any later file carrying rows for it until ``microtrials accept``."""
     if not warehouse.table_exists(con, "change_sets"):
-        return set()
-    return {(school, TrialKey(*key)) for school, *key in con.execute(warehouse.sql("withdrawn_schools")).fetchall()}
+        return {}
+    found: dict[tuple[str, TrialKey], datetime] = {}
+    for school, *key, withdrawn_at in con.execute(warehouse.sql("withdrawn_schools")).fetchall():
+        found[school, TrialKey(*key)] = max(withdrawn_at, found.get((school, TrialKey(*key)), withdrawn_at))
+    return found
+
+
+def withdrawn_keys(con: duckdb.DuckDBPyConnection) -> set[tuple[str, TrialKey]]:
+    """The (school, trial key)s of :func:`withdrawals`."""
+    return set(withdrawals(con))
 
 
 def superseded_files(con: duckdb.DuckDBPyConnection, file_names: list[str]) -> dict[str, str]:
@@ -340,24 +355,21 @@ def with_superseded(con: duckdb.DuckDBPyConnection, report: pd.DataFrame) -> pd.
     return report.assign(superseded=report["file_name"].astype(str).map(found).fillna("") if len(report) else "")
 
 
-def withdrawn_copies(con: duckdb.DuckDBPyConnection, delivery_ids: list[str]) -> dict[tuple[str, str, TrialKey], str]:
+def sent_before_withdrawal(con: duckdb.DuckDBPyConnection, delivery_ids: list[str]) -> set[str]:
     """Which of these contents (sha256) were delivered (applied, accepted or held) for a (school, trial
-    key) that has since been withdrawn and not delivered again: (delivery_id, school, key) -> the file
-    name it was sent as.
-    Delivered again under any name, such a content is held, not loaded (withdrawing is the officer's
-    explicit choice; only ``microtrials accept`` undoes it)."""
+    key) that has since been withdrawn and not delivered again (``sql/sent_contents.sql``): a file of
+    such a content, recorded as loaded, is no longer applied, so ``microtrials accept`` reads it again."""
     if not delivery_ids:
-        return {}
+        return set()
     withdrawn = withdrawn_keys(con)
     if not withdrawn:
-        return {}
+        return set()
     con.register("batch_ids", pa.table({"delivery_id": pa.array(sorted(set(delivery_ids)), pa.string())}))
     try:
         sent = con.execute(warehouse.sql("sent_contents")).fetchall()
     finally:
         con.unregister("batch_ids")
-    return {(delivery_id, school, TrialKey(*key)): file_name for delivery_id, file_name, school, *key in sent
-            if (school, TrialKey(*key)) in withdrawn}
+    return {delivery_id for delivery_id, school, *key in sent if (school, TrialKey(*key)) in withdrawn}
 
 
 def withdrawal(con: duckdb.DuckDBPyConnection, keys: TrialKeys, school_urn: str, trial: str | None = None,

@@ -341,7 +341,7 @@ def _stage(con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes, pool, 
     ids |= {path: data.delivery_id for path, data in contents.items() if isinstance(data, extracts.FileTooLarge)}
     reports = _earlier_reports(con, [(ids[p], p.name) for p in paths if p in ids])
     if accept:  # a held file is read again to be applied; one applied is unchanged, unless since withdrawn
-        withdrawn = {d for d, *_ in change_sets.withdrawn_copies(con, [d for d, _ in reports])}
+        withdrawn = change_sets.sent_before_withdrawal(con, [d for d, _ in reports])
         reports = {k: r for k, r in reports.items() if r.status == "unchanged" and k[0] not in withdrawn}
     earlier = {p: reports[ids[p], p.name] for p in paths if (ids.get(p), p.name) in reports}
     jobs = [(p, contents[p], ids.get(p, "unreadable"), key) for p in paths if p not in earlier]
@@ -634,7 +634,7 @@ def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], how: _How) ->
     cur.register("batch_keys", _file_keys((d.delivery_id, d.report.file_name, d.report.status) for d in final))
     recorded = {(row[0], row[1]) for row in cur.execute(warehouse.sql("delivery_seen")).fetchall()}
     # an accepted file recorded as loaded before its school was withdrawn is applied again, not "seen"
-    recorded -= {(c.delivery_id, c.file_name) for c in plan.change_sets if accept and c.withdrawn_copy}
+    recorded -= {(c.delivery_id, c.file_name) for c in plan.change_sets if accept and c.withdrawn_on}
     if recorded:
         raise _AlreadyRecorded(recorded, changed)
     if any(d.report.status == "loaded" for d in group):
@@ -665,7 +665,8 @@ def _nothing_loaded(report: FileReport) -> FileReport:
 def _not_held(report: FileReport) -> FileReport:
     """An accepted file none of whose changes would be held: nothing to apply on purpose."""
     why = (f"{report.file_name}: nothing of this file is held (none of its changes would lose more than half "
-           "of a trial round's pupils or scores): there is nothing to accept; a run loads it as usual")
+           "of a trial round's pupils or scores, and its school is withdrawn from none of its trial rounds): "
+           "there is nothing to accept; a run loads it as usual")
     return dataclasses.replace(report, status="not held", reason=why, changes=[])
 
 
@@ -717,8 +718,7 @@ def _plan(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], accept: bool,
     named = [(d.report.file_name, d.delivery_id, d.report.school_urn, i, m)
              for d in loaded for i, m in d.report.trials if trials_text([(i, m)]) not in d.report.trials_rejected]
     stored = change_sets.stored_rows(cur, [d.report.school_urn for d in loaded])
-    withdrawn = change_sets.withdrawn_copies(cur, [d.delivery_id for d in loaded])
-    return change_sets.plan_changes(stored, incoming, keys, named, accept, withdrawn)
+    return change_sets.plan_changes(stored, incoming, keys, named, accept, change_sets.withdrawals(cur))
 
 
 QUARANTINE_ROUNDS = pa.schema([(c, pa.string()) for c in ("school_urn", "intervention", "outcome_measure", "round",
