@@ -1138,9 +1138,8 @@ def build_site(
     ``gate`` (:func:`microtrials.publish.gate.build`) decides which delivered names may be published; rows
     whose names it withholds are left out. Without one, the names in ``evidence`` are taken as
     declared (:func:`microtrials.publish.gate.trusting`) and any other delivered name is withheld.
-    ``previous`` (:func:`previous_counts`) holds the counts the last publications showed: disclosure
-    control then also covers differences between them and this one (:func:`protected_publication`);
-    ``earlier`` (the last publication's ``Protected.state``, kept privately) every sum between them.
+    ``previous`` (:func:`previous_counts`) and ``earlier`` (earlier publications' kept ``Protected.state``)
+    extend disclosure control to differences between earlier publications and this one (:func:`protection`).
     """
     problems = [] if problems is None else problems
     gate = publication_gate.trusting(evidence) if gate is None else gate
