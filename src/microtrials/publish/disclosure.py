@@ -149,6 +149,8 @@ class Linked:
     relations: list[Relation] = field(default_factory=list)
     #: cells blanked already (by the per-table rules), with the reason
     blanked: dict[Key, str] = field(default_factory=dict)
+    #: counts whose sum is a group of pupils no table shows (a school's arms: its pupils analysed)
+    groups: dict[tuple[Key, ...], None] = field(default_factory=dict)
 
     def add(self, var: Key, value: object, row: Key | None = None, blank: bool = False,
             key: Key | None = None) -> None:
@@ -187,15 +189,16 @@ class _Block:
 class Violation:
     """What an attacker gets back: a ``cell`` exactly (``kind`` "group": a count of 1 to 9;
     "changed": 1 to 9 away from its last published value, or from the last published value of a
-    count inside or around it, or from its value ``other`` in an earlier publication), ("inside") a
-    known ``cell`` 1 to 9 less than a known count ``other`` it is inside, or ("sum") the unknown
-    cells of ``relation`` together hold 1 to 9."""
+    count inside or around it, or from its value in an earlier publication, ``others``), ("inside")
+    a known ``cell`` 1 to 9 less than a known count it is inside (``others``), ("pupils") a group of
+    1 to 9 pupils the sum of ``cell`` and ``others`` gives back (a school's pupils, or their change
+    since an earlier publication), or ("sum") the unknown cells of ``relation`` together hold 1 to 9."""
 
     kind: str
     cell: Key | None = None
     relation: int | None = None
-    #: "changed" against an earlier publication's count that was itself blanked: that count
-    other: Key | None = None
+    #: the other counts the violation is made of (see above)
+    others: tuple = ()
 
 
 class _Audit:
@@ -215,12 +218,19 @@ class _Audit:
         self.parents: dict[Key, list[Key]] = {}
         self._before: dict[tuple[Key, bool], list[float]] = {}
         self._inside: dict[Key, list[Key]] = {}
+        #: bumped whenever the blanked counts change: the connected sets of unknowns are kept until then
+        self._version, self._space_version = 0, 0
+        self._spaces: dict[Key, tuple[dict[Key, int], np.ndarray]] = {}
         self._differenced: dict[Key, bool] = {}
         #: an earlier publication's counts that are not this one's (other value, or not counted now):
         #: shown there (known) or not; never published now, so never blanked now
         self.fixed: dict[Key, bool] = {}
         #: (count now, the same count in an earlier publication with another value): their difference is pupils
         self.pairs: list[tuple[Key, Key]] = []
+        #: sums of counts that are a group of pupils (count -> coefficient, its true size)
+        self.combos: list[tuple[dict[Key, int], float]] = [
+            ({m: 1 for m in g}, sum(self.values[m] for m in g)) for g in linked.groups
+            if all(_finite(self.values.get(m, math.nan)) for m in g)]
         for relation in linked.relations:
             self._equation(relation)
         for state in earlier or []:
@@ -247,6 +257,10 @@ class _Audit:
         for total, parts, prefer in state["relations"]:
             if tuple(total) in ids and all(tuple(p) in ids for p in parts):
                 self._equation(Relation(ids[tuple(total)], [ids[tuple(p)] for p in parts], prefer))
+        for group in self.linked.groups:  # a school's pupils then and now: the change is pupils too
+            if all(m in ids for m in group) and any(ids[m] != m for m in group):
+                vector = {m: 1 for m in group} | {ids[m]: -1 for m in group if ids[m] != m}
+                self.combos.append((vector, sum(self.values[v] * c for v, c in vector.items())))
 
     def _equation(self, relation: Relation) -> None:
         members = [relation.total, *relation.parts]
@@ -350,6 +364,7 @@ class _Audit:
                 if sibling not in self.blanked:
                     self.blanked[sibling] = reason
                     added.append(sibling)
+        self._version += 1
         return added
 
     def blocks(self) -> list[_Block]:
@@ -372,48 +387,48 @@ class _Audit:
             groups[find(next(iter(terms)))].relations.append(index)
         return [b for b in groups.values() if b.relations]
 
-    def determined(self, unknown: list[Key]) -> set[Key]:
-        """The unknowns the equations give back exactly: per connected set of unknowns, those whose
-        unit vector is in the row space of its equations (leverage 1)."""
-        wanted = set(unknown)
-        out: set[Key] = set()
-        seen: set[Key] = set()
-        for start in unknown:
-            if start in seen:
-                continue
-            component, equations, stack = [start], set(), [start]
-            seen.add(start)
+    def _space(self, var: Key) -> tuple[dict[Key, int], np.ndarray]:
+        """The connected set of unknowns ``var`` is in (each one's column) and an orthonormal basis of
+        the row space of its equations restricted to them; kept until the blanked counts change."""
+        if self._space_version != self._version:
+            self._spaces, self._space_version = {}, self._version
+        if var not in self._spaces:
+            component, equations, stack = [var], set(), [var]
+            seen = {var}
             while stack:
                 for index in self.of.get(stack.pop(), []):
-                    if index in equations:
-                        continue
-                    equations.add(index)
-                    for member in self.terms[index]:
-                        if member in wanted and member not in seen:
-                            seen.add(member)
-                            component.append(member)
-                            stack.append(member)
-            out |= _in_row_space(component, [self.terms[i] for i in sorted(equations)])
+                    if index not in equations:
+                        equations.add(index)
+                        for member in self.terms[index]:
+                            if member not in seen and not self.known(member):
+                                seen.add(member)
+                                component.append(member)
+                                stack.append(member)
+            space = ({v: j for j, v in enumerate(component)},
+                     _row_basis(component, [self.terms[i] for i in sorted(equations)]))
+            self._spaces.update(dict.fromkeys(component, space))
+        return self._spaces[var]
+
+    def determined(self, unknown: list[Key]) -> set[Key]:
+        """The unknowns the equations give back exactly: those whose unit vector is in the row space
+        of the equations of their connected set of unknowns (leverage 1)."""
+        out = set()
+        for var in unknown:
+            column, basis = self._space(var)
+            if (basis[:, column[var]] ** 2).sum() > 1 - 1e-8:
+                out.add(var)
         return out
 
     def determines(self, vector: dict[Key, int]) -> bool:
-        """Whether the counts give back the combination ``vector`` (count -> coefficient) exactly: its
-        unknown part lies in the row space of the equations over the unknowns it is joined to."""
-        support = [v for v in vector if not self.known(v)]
-        if not support:
-            return True
-        component, equations, stack = list(support), set(), list(support)
-        seen = set(support)
-        while stack:
-            for index in self.of.get(stack.pop(), []):
-                if index not in equations:
-                    equations.add(index)
-                    for member in self.terms[index]:
-                        if member not in seen and not self.known(member):
-                            seen.add(member)
-                            component.append(member)
-                            stack.append(member)
-        return _spans([self.terms[i] for i in sorted(equations)], component, {v: vector[v] for v in support})
+        """Whether the counts give back the combination ``vector`` (count -> coefficient) exactly: in
+        each connected set of unknowns it touches, its part lies in the row space of their equations."""
+        parts: dict[int, tuple[dict[Key, int], np.ndarray, np.ndarray]] = {}
+        for var, coefficient in vector.items():
+            if not self.known(var):
+                column, basis = self._space(var)
+                _, _, x = parts.setdefault(id(basis), (column, basis, np.zeros(len(column))))
+                x[column[var]] = coefficient
+        return all(np.abs(x - basis.T @ (basis @ x)).max() < 1e-8 for _, basis, x in parts.values())
 
     def violations(self, block: _Block) -> list[Violation]:
         """Every count of ``block`` an attacker gets back, or a small sum of unknowns (:class:`Violation`)."""
@@ -427,13 +442,17 @@ class _Audit:
                 out.append(Violation("changed", var))
         hidden = set(unknown) - found
         out += [Violation("changed", v) for v in block.variables if v not in hidden and self.differenced(v)]
-        out += [Violation("inside", inner, other=outer) for outer in block.variables if self.known(outer)
+        out += [Violation("inside", inner, others=(outer,)) for outer in block.variables if self.known(outer)
                 for inner in self.inside(outer)
                 if self.known(inner) and _small(self.values[outer] - self.values[inner], self.threshold)]
         members = set(block.variables)
-        out += [Violation("changed", now, other=before) for now, before in self.pairs
+        out += [Violation("changed", now, others=(before,)) for now, before in self.pairs
                 if now in members and _small(self.values[now] - self.values[before], self.threshold)
                 and self.determines({now: 1, before: -1})]
+        for vector, value in self.combos:
+            first, *rest = vector
+            if first in members and _small(value, self.threshold) and self.determines(vector):
+                out.append(Violation("pupils", first, others=tuple(rest)))
         for index in block.relations:
             total = self.total(index)
             if total in hidden:
@@ -449,7 +468,7 @@ class _Audit:
         where the sum prefers it), then its total."""
         cell = violation.cell
         start = [cell] if cell is not None else [v for v in self.terms[violation.relation] if not self.known(v)]
-        start += [violation.other] if violation.other is not None else []
+        start += list(violation.others)
         out: list[Key] = [cell] if cell is not None and self.hideable(cell) else []
         for index in self._reaching(start, [violation.relation] if cell is None else []):
             total, parts = self.total(index), [v for v in self.terms[index] if v != self.total(index)]
@@ -500,43 +519,23 @@ class _Audit:
         finally:
             for var in added:
                 del self.blanked[var]
+            self._version += 1
 
 
-def _in_row_space(component: list[Key], equations: list[dict[Key, int]]) -> set[Key]:
-    """The members of ``component`` whose unit vector lies in the row space of ``equations``
-    restricted to ``component`` (the rest of each equation is known)."""
-    if not equations:
-        return set()
-    if len(component) == 1:
-        return set(component)
-    column = {v: j for j, v in enumerate(component)}
-    matrix = np.zeros((len(equations), len(component)))
-    for i, terms in enumerate(equations):
-        for var, coefficient in terms.items():
-            j = column.get(var)
-            if j is not None:
-                matrix[i, j] = coefficient
-    _, singular, rows = np.linalg.svd(matrix, full_matrices=False)
-    rank = int((singular > max(matrix.shape) * 1e-10 * (singular[0] if len(singular) else 0)).sum())
-    leverage = (rows[:rank] ** 2).sum(axis=0)
-    return {v for v, lev in zip(component, leverage, strict=True) if lev > 1 - 1e-8}
-
-
-def _spans(equations: list[dict[Key, int]], component: list[Key], vector: dict[Key, int]) -> bool:
-    """Whether ``vector`` (over ``component``) lies in the row space of ``equations`` restricted to it."""
-    if not equations:
-        return False
+def _row_basis(component: list[Key], equations: list[dict[Key, int]]) -> np.ndarray:
+    """An orthonormal basis (rows) of the row space of ``equations`` restricted to ``component``
+    (the rest of each equation is known)."""
     column = {v: j for j, v in enumerate(component)}
     matrix = np.zeros((len(equations), len(component)))
     for i, terms in enumerate(equations):
         for var, coefficient in terms.items():
             if var in column:
                 matrix[i, column[var]] = coefficient
-    target = np.zeros(len(component))
-    for var, coefficient in vector.items():
-        target[column[var]] = coefficient
-    solution = np.linalg.lstsq(matrix.T, target, rcond=None)[0]
-    return bool(np.abs(matrix.T @ solution - target).max() < 1e-8)
+    if not equations:
+        return matrix
+    _, singular, rows = np.linalg.svd(matrix, full_matrices=False)
+    rank = int((singular > max(matrix.shape) * 1e-10 * (singular[0] if len(singular) else 0)).sum())
+    return rows[:rank]
 
 
 def state(linked: Linked, blanked: dict[Key, str]) -> dict:

@@ -343,6 +343,7 @@ def _school_cells(linked: disclosure.Linked, key: tuple, published: pd.DataFrame
     for school in source.to_dict("records"):
         skey = _school_key(key, school)
         row = ("S", skey) if skey in shown else None
+        arms = len(parts)
         for column in SCHOOL_CELLS:
             var = (key[0], key[1], skey[4], skey[3], skey[4], column)
             value = disclosure.as_count(school.get(column))
@@ -352,6 +353,7 @@ def _school_cells(linked: disclosure.Linked, key: tuple, published: pd.DataFrame
                 linked.relations.append(disclosure.Relation(var, [(key[0], key[1], skey[4], skey[3], skey[4], column)]))
             linked.add(var, value, row, row is not None and views.is_blank(shown[skey].get(column)), key=(*skey, column))
             parts.append(var)
+        linked.groups.setdefault(tuple(parts[arms:]))  # the school's pupils analysed: a group no table shows
     linked.relations.append(disclosure.Relation((*key, "pupils_analysed"), parts))
 
 
