@@ -287,7 +287,7 @@ def test_no_small_group_is_recoverable_from_random_publications(pair):
 
 
 @pytest.mark.slow
-@settings(max_examples=examples(400))
+@settings(max_examples=examples(200))
 @given(two_publications())
 def test_no_small_group_is_recoverable_from_many_random_publications(pair):
     first, later = pair
