@@ -313,3 +313,30 @@ def test_no_planted_name_in_any_published_byte_of_a_run(tmp_path, monkeypatch, r
         assert by_urn.loc["111559", "Trials"] == "an unregistered trial name (not shown)"
         found = publish.read_published_csv(out / "registry_report.csv", dtype=str, keep_default_na=False)
         assert "an unregistered intervention name from schools 111559, 111597" in " ".join(found["What to do"])
+
+
+def test_a_name_typed_on_many_rows_of_one_pupil_is_carried_by_one_pupil():
+    """Red team F3: with no registry, three schools each send one pupil with a name in the
+    intervention cell on 10 rows (10 outcome measures): one pupil per school, never 10, so the name is
+    not shown; ten spellings of it for one pupil are one pupil too. 10 pupils in 2 schools are."""
+    import duckdb
+
+    from microtrials.ingest import warehouse
+
+    con = duckdb.connect()
+    con.execute(warehouse.sql("schema"))
+    rows = [(urn, f"pupil-{urn}", "Hermione Quartermaine", f"Test {i}") for urn in ("300001", "300002", "300003")
+            for i in range(10)]
+    rows += [("300001", "pupil-x", spelling, "Test") for spelling in
+             ("Tom Riddle", "tom riddle", "TOM RIDDLE", "Tom  Riddle", "ＴＯＭ Riddle") * 2]
+    rows += [("300002", "pupil-y", "Tom Riddle", f"Test {i}") for i in range(10)]
+    rows += [(urn, f"p{urn}-{i}", "Paired reading", "Test") for urn in ("300001", "300002") for i in range(10)]
+    frame = pd.DataFrame(rows, columns=["school_urn", "pupil_key", "intervention", "outcome_measure"])
+    con.register("incoming", frame)
+    con.execute("INSERT INTO pupils (school_urn, pupil_key, intervention, outcome_measure, arm, source_file, "
+                "source_line, delivery_id) SELECT school_urn, pupil_key, intervention, outcome_measure, "
+                "'control', 'f.csv', 2, 'd' FROM incoming")
+    gate = publication_gate.from_warehouse(con, None)
+    assert (Origin.TRIAL, "hermione quartermaine") not in gate.carried
+    assert (Origin.TRIAL, "tom riddle") not in gate.carried
+    assert (Origin.TRIAL, "paired reading") in gate.carried

@@ -127,8 +127,12 @@ def carried_names(carriers: pd.DataFrame | None) -> frozenset[tuple[Origin, str]
 def build(registry: object | None, carriers: pd.DataFrame | None) -> Gate:
     """The gate for one publication, from the registry in use and who carries each delivered name
     (a registry with no trial yet, e.g. a new workspace's header-only trials.csv, declares nothing)."""
-    in_use = registry is not None and len(getattr(registry, "rounds", ())) > 0
-    return Gate(registered_names(registry), carried_names(carriers), in_use)
+    return Gate(registered_names(registry), carried_names(carriers), in_use(registry))
+
+
+def in_use(registry: object | None) -> bool:
+    """Whether a registry declares any trial (a new workspace's header-only trials.csv declares none)."""
+    return registry is not None and len(getattr(registry, "rounds", ())) > 0
 
 
 #: A gate that shows no delivered name at all (nothing is known to be safe).
@@ -200,8 +204,21 @@ def withhold(table: pd.DataFrame, gate: Gate) -> tuple[pd.DataFrame, int]:
 
 
 def from_warehouse(con, registry: object | None) -> Gate:
-    """:func:`build` with the carriers read from the warehouse's `pupils` (sql/name_carriers.sql)."""
+    """:func:`build` with the carriers read from the warehouse's `pupils` (sql/name_carriers.sql); with a
+    registry in use only registered names are shown, so no carriers are read."""
     from microtrials.ingest import warehouse
 
-    carriers = con.execute(warehouse.sql("name_carriers")).df() if warehouse.table_exists(con, "pupils") else None
-    return build(registry, carriers)
+    if in_use(registry) or not warehouse.table_exists(con, "pupils"):
+        return build(registry, None)
+    return build(registry, pupils_per_name(con.execute(warehouse.sql("name_carriers")).df()))
+
+
+def pupils_per_name(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (origin, name, school_urn, pupil_key: sql/name_carriers.sql) as carriers: the distinct
+    pupils of each school per name, spellings with one match key together (ten spellings of a name
+    typed for one pupil are one pupil)."""
+    frame = rows.dropna(subset=["name"]).copy()
+    frame["key"] = frame["name"].astype(str).map(match_key)
+    out = frame.groupby(["origin", "key", "school_urn"], as_index=False).agg(
+        name=("name", "first"), pupils=("pupil_key", "nunique"))
+    return out[["origin", "name", "school_urn", "pupils"]]
