@@ -92,6 +92,21 @@ def test_an_alias_equal_to_another_trials_name_is_a_row_error_and_both_keep_thei
         "111101": "Reciprocal reading", "111103": "Reading Boost", "111104": "Reading Boost"}
 
 
+def test_an_alias_equal_to_the_name_of_a_row_left_out_is_a_row_error_too():
+    """Red team F5: Reading Boost's own row is left out (a bad start date), so its name was free: the
+    alias took it and pooled its pupils into Reciprocal reading. The alias is an error on its row, and
+    Reading Boost's pupils stay its own (not in the registry until its row is corrected)."""
+    clash = READING.replace(",RR", ",RR|Reading Boost")
+    r = reg.read_registry(registry_bytes(clash, BOOST.replace("2025-09-01", "2025-13-01")))
+    assert [(p.line, p.column) for p in r.problems] == [(2, "aliases"), (3, "start_date")]
+    assert "is the name of another trial, Reading Boost (line 3, left out until its own problem is corrected)" \
+        in r.problems[0].message
+    assert r.canonical("Reading Boost") is None and r.canonical("RR") == "Reciprocal reading"
+    matched = reg.match_deliveries(r, combos(["Reading Boost", "NGRT", "111103", None, 40]),
+                                   today=date(2026, 1, 1)).combos
+    assert matched["registered_intervention"].isna().all()
+
+
 def test_an_alias_of_two_trials_is_an_error_on_both_rows_and_names_neither():
     r = reg.read_registry(registry_bytes(READING.replace(",RR", ",RB"), BOOST + "rb"))
     assert sorted((p.line, p.column) for p in r.problems) == [(2, "aliases"), (3, "aliases")]

@@ -274,6 +274,7 @@ def read_registry(data: bytes, path: str = FILE_NAME) -> Registry:
     positions = _header_positions(records)
     problems: list[RegistryProblem] = []
     parsed_rows: list[TrialRound] = []
+    left_out: dict[str, tuple[str, int]] = {}  # a row left out still names its trial: no alias may take it
     rows_read = 0
     for index, record in enumerate(records[1:], start=2):
         if not any(cell.strip() for cell in record):
@@ -284,7 +285,9 @@ def read_registry(data: bytes, path: str = FILE_NAME) -> Registry:
         problems.extend(row_problems)
         if parsed is not None:
             parsed_rows.append(_with_results_due(parsed, cells.get("results_due", ""), problems))
-    rounds, name_problems = _resolve_names(parsed_rows)
+        elif cells.get("intervention"):
+            left_out.setdefault(match_key(cells["intervention"]), (_clean(cells["intervention"]), index))
+    rounds, name_problems = _resolve_names(parsed_rows, left_out)
     problems = sorted(problems + name_problems, key=lambda p: p.line)
     if rows_read and not rounds:
         raise RegistryUnreadable(
@@ -313,11 +316,13 @@ def _header_positions(records: list[list[str]]) -> dict[str, int]:
     return positions
 
 
-def _resolve_names(rows: list[TrialRound]) -> tuple[list[TrialRound], list[RegistryProblem]]:
+def _resolve_names(rows: list[TrialRound], left_out: dict[str, tuple[str, int]] | None = None,
+                   ) -> tuple[list[TrialRound], list[RegistryProblem]]:
     """The rows with one spelling per intervention and unambiguous aliases, and the problems found.
 
     A repeated (intervention, round) leaves the later row out. A name always wins over an alias:
-    an alias that is another intervention's name, or an alias of two interventions, is an error
+    an alias that is another intervention's name (``left_out``: the names of rows left out for their
+    own problems count too), or an alias of two interventions, is an error
     on each row that gives it and is ignored there; the row itself is kept, so no trial loses the
     pupils sent under its own name. Linear: a pass over the rows, then one over their aliases.
     """
@@ -345,7 +350,7 @@ def _resolve_names(rows: list[TrialRound]) -> tuple[list[TrialRound], list[Regis
     for row in kept:
         good = []
         for alias in row.aliases:
-            problem = _alias_problem(alias, row, first, alias_of)
+            problem = _alias_problem(alias, row, first, alias_of, left_out or {})
             if problem is None:
                 good.append(alias)
             elif problem:
@@ -358,7 +363,7 @@ def _resolve_names(rows: list[TrialRound]) -> tuple[list[TrialRound], list[Regis
 
 
 def _alias_problem(alias: str, row: TrialRound, first: dict[str, TrialRound],
-                   alias_of: dict[str, dict[str, int]]) -> str | None:
+                   alias_of: dict[str, dict[str, int]], left_out: dict[str, tuple[str, int]]) -> str | None:
     """Why ``alias`` of ``row`` cannot be used (None: it can; "": it is the row's own name, dropped quietly)."""
     key = match_key(alias)
     if key == row.key[0]:
@@ -366,6 +371,10 @@ def _alias_problem(alias: str, row: TrialRound, first: dict[str, TrialRound],
     if key in first:
         other = first[key]
         return f"the alias '{alias}' is the name of another trial, {other.intervention} (line {other.line})"
+    if key in left_out:
+        name, line = left_out[key]
+        return (f"the alias '{alias}' is the name of another trial, {name} (line {line}, left out until its "
+                "own problem is corrected)")
     others = sorted((line, name) for name, line in alias_of[key].items() if name != row.key[0])
     if others:
         return f"the alias '{alias}' is also an alias of {first[others[0][1]].intervention} (line {others[0][0]})"
