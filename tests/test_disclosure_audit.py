@@ -360,3 +360,24 @@ def test_a_school_missing_a_few_scores_of_one_outcome_is_not_given_back():
         total = table.set_index("outcome_measure").loc[measure, "pupils_analysed"]
         known = frame[["n_intervention", "n_control"]].apply(pd.to_numeric, errors="coerce")
         assert pd.isna(total) or known.isna().any(axis=1).sum() != 1
+
+
+def test_pupils_with_no_row_for_the_second_outcome_are_not_given_back_by_the_totals():
+    """Red team F4: 100 pupils sent for PUMA, 96 of them for the times-tables check (no row at all for
+    4, so the randomised counts differ too): PUMA's 100 analysed less TTC's 96 would be the 4."""
+    from tests.test_disclosure_linked import _evidence_row, _school_rows
+    schools = {"200031": (13, 12, 0), "200032": (25, 25, 0), "200033": (12, 13, 0)}
+    rows, per_trial = [], {}
+    for measure, missing in (("PUMA", 0), ("TTC", 2)):
+        row = _evidence_row("Maths mastery", "2025-26", schools)
+        row.update(outcome_measure=measure, pupils_randomised=100 - 2 * missing, pupils_analysed=100 - 2 * missing)
+        rows.append(row)
+        frame = pd.DataFrame(_school_rows(schools, "2025-26"))
+        frame.loc[0, ["n_intervention", "n_control"]] -= missing
+        per_trial[("Maths mastery", measure, "2025-26")] = frame
+    table, per_school = site.protected_publication(pd.DataFrame(rows), per_trial)
+    analysed = table.set_index("outcome_measure")["pupils_analysed"]
+    randomised = table.set_index("outcome_measure")["pupils_randomised"]
+    assert analysed.isna().any() and (randomised.isna().any() or analysed.isna().all())
+    shown = [f.set_index("school_urn").loc["200031", "n_intervention"] for f in per_school]
+    assert any(pd.isna(v) for v in shown)

@@ -319,13 +319,18 @@ def _linked_cells(table: pd.DataFrame, raw: dict[tuple, dict], per_school: list[
 
 
 def _same_pupils_across_outcomes(linked: disclosure.Linked) -> None:
-    """A school's arm analysed for two outcome measures of one intervention and round counts (an
-    attacker assumes) the same pupils, less those missing one score: the larger count is the smaller
-    plus a group of pupils (20 analysed for maths, 17 for reading: 3 pupils with no reading score)."""
+    """A school's arm (or a row's pupils analysed) for two outcome measures of one intervention and
+    round counts (an attacker assumes) the same pupils, less those missing one score or row: the
+    larger count is the smaller plus a group of pupils (20 analysed for maths, 17 for reading: 3
+    pupils with no reading score; 100 and 96 in all: 4)."""
     arms: dict[tuple, list[tuple]] = {}
     for var, value in linked.values.items():
-        if len(var) == 6 and var[0] != "differs" and var[5] in SCHOOL_CELLS and not math.isnan(value):
+        if math.isnan(value) or var[0] == "differs":
+            continue
+        if len(var) == 6 and var[5] in SCHOOL_CELLS:
             arms.setdefault((var[0], var[2], var[3], var[5]), []).append(var)
+        elif len(var) == 4 and var[3] == "pupils_analysed":
+            arms.setdefault((var[0], var[2], var[3]), []).append(var)
     for cells in arms.values():
         if len({c[1] for c in cells}) > 1:
             ordered = sorted(cells, key=lambda c: (-linked.values[c], c))
