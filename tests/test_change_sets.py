@@ -186,6 +186,38 @@ def test_accept_applies_a_held_change_on_purpose_and_records_it(con, write_extra
     assert states == [("held",), ("accepted",)]
 
 
+def test_a_file_of_other_pupils_is_held_though_it_keeps_the_count(con, write_extract):
+    """Red team F6: a second file carrying 20 different pupils (another class sent by mistake) loses the 20
+    stored ones: held, whatever it adds, until the officer accepts it. Replacing 10 of the 20 applies."""
+    from microtrials.ingest.loading import accept_file
+
+    load_file(con, write_extract("222005.csv", pupil_rows(20, urn="222005", intervention="Café Readers")), KEY)
+    before = con.execute("SELECT * FROM pupils ORDER BY pupil_key").fetchall()
+    other = write_extract("222005_class2.csv", pupil_rows(20, urn="222005", intervention="Café Readers", start=500))
+    report = load_file(con, other, KEY)
+    assert report.status == "held" and report.rows_loaded == 0
+    assert report.changes == [
+        "222005 Café Readers 2026 Autumn: held, not applied: it would remove 20 of the 20 pupils stored (and add "
+        "20 others), more than half of them gone; the earlier 20 pupils stay as they were (to apply it on "
+        "purpose: microtrials accept 222005_class2.csv)"]
+    assert con.execute("SELECT * FROM pupils ORDER BY pupil_key").fetchall() == before
+    assert con.execute("SELECT state, pupils_before, pupils_after, added, removed FROM change_sets "
+                       "WHERE file_name = '222005_class2.csv'").fetchall() == [("held", 20, 20, 20, 20)]
+    accepted = accept_file(con, other, KEY)
+    assert accepted.changes == ["222005 Café Readers 2026 Autumn: 20 pupils replaced by 20 (20 added, 20 removed); "
+                                "accepted by the officer"]
+    assert con.execute("SELECT count(*), min(source_file) FROM pupils").fetchone() == (20, "222005_class2.csv")
+    half = pupil_rows(10, urn="222005", intervention="Café Readers", start=500) + pupil_rows(
+        10, urn="222005", intervention="Café Readers", start=900)  # 10 kept, 10 of the 20 replaced: exactly half
+    report = load_file(con, write_extract("222005_v3.csv", half), KEY)
+    assert (report.status, report.rows_loaded) == ("loaded", 20)
+    assert report.changes == ["222005 Café Readers 2026 Autumn: 20 pupils replaced by 20 (10 added, 10 removed)"]
+    eleven = pupil_rows(9, urn="222005", intervention="Café Readers", start=500) + pupil_rows(
+        11, urn="222005", intervention="Café Readers", start=700)  # 11 of the 20 replaced: held
+    report = load_file(con, write_extract("222005_v4.csv", eleven), KEY)
+    assert report.status == "held" and "it would remove 11 of the 20 pupils stored (and add 11 others)" in report.reason
+
+
 def test_accept_applies_only_what_was_held(con, write_extract):
     from microtrials.ingest.loading import accept_file
 

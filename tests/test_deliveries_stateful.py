@@ -125,12 +125,22 @@ class Deliveries(RuleBasedStateMachine):
         return out
 
     def would_hold(self, key: tuple, new: dict[str, str]) -> bool:
-        """Held: the school was withdrawn from the key (whatever the file's bytes), or it would lose more than half."""
+        """Held: the school was withdrawn from the key (whatever the file's bytes), or it would lose more than half
+        of the stored pupils (those it leaves out, whatever it adds) or of the outcome scores."""
+        return bool(self.hold_rule(key, new))
+
+    def hold_rule(self, key: tuple, new: dict[str, str]) -> str:
+        """Which rule holds the change ('' for none), the first that applies, as the reason says it."""
         if key in self.withdrawn:
-            return True
+            return "withdrawn"
         old = self.model.get(key, {})
         scored = [sum(score != "" for score in pupils.values()) for pupils in (new, old)]
-        return 2 * len(new) < len(old) or 2 * scored[0] < scored[1]
+        if 2 * len(new) < len(old):
+            return "fewer pupils"
+        if 2 * len(old.keys() - new.keys()) > len(old):
+            event("hold: more than half of the stored pupils left out, though the file keeps the count")
+            return "pupils removed"
+        return "fewer scores" if 2 * scored[0] < scored[1] else ""
 
     def apply(self, name: str, changes: dict[tuple, dict[str, str]], state: str = "applied") -> None:
         """The model after ``changes``, and each recorded change set's scores_changed against it (given,
@@ -151,11 +161,13 @@ class Deliveries(RuleBasedStateMachine):
     def expect_load(self, name: str, report) -> None:
         changes = self.delivered(name)
         held = {key for key, new in changes.items() if self.would_hold(key, new)}
+        removed = [key for key, new in changes.items() if self.hold_rule(key, new) == "pupils removed"]
         self.apply(name, {key: new for key, new in changes.items() if key not in held})
         if held & self.withdrawn:
             event("delivery: held, the school withdrawn from the trial round")
         assert len(report.changes) == len(changes), (report.changes, changes)
         assert sum("held, not applied" in line for line in report.changes) == len(held)
+        assert sum(": held, not applied: it would remove " in line for line in report.changes) == len(removed)
         withdrawn_lines = [line for line in report.changes if "the school was withdrawn from this trial on " in line]
         assert len(withdrawn_lines) == len(held & self.withdrawn), (report.changes, held & self.withdrawn)
         assert all(line.endswith(f"(to bring the school back: microtrials accept {name})") for line in withdrawn_lines)

@@ -85,12 +85,12 @@ def test_losing_more_than_half_keeps_the_earlier_rows_half_replaces(con, write_e
 def test_only_the_losing_trial_is_kept_the_others_are_replaced(con, write_extract):
     first = pupil_rows(40) + pupil_rows(40, intervention="Maths", measure="PUMA")
     load_file(con, write_extract("111601.csv", first), KEY)
-    second = coded(pupil_rows(40)) + pupil_rows(38, intervention="Maths", measure="PUMA", start=100)
+    second = coded(pupil_rows(40)) + pupil_rows(38, intervention="Maths", measure="PUMA", start=21)  # 20 of 40 gone
     report = load_file(con, write_extract("111601.csv", second), KEY)  # same name, new content
     assert report.status == "partly held" and report.rows_loaded == 38
     assert list(report.trials_held) == ["Reading / NGRT"]
     assert report.reason.startswith("111601 Reading: held, not applied: it would replace 40 pupils by 0")
-    assert report.changes[0] == "111601 Maths: 40 pupils replaced by 38 (38 added, 40 removed)"
+    assert report.changes[0] == "111601 Maths: 40 pupils replaced by 38 (18 added, 20 removed)"
     assert pupils_of(con) == [("Maths", 38, "111601.csv"), ("Reading", 40, "111601.csv")]
     kept = con.execute("SELECT count(DISTINCT delivery_id) FROM pupils WHERE intervention = 'Reading'").fetchone()[0]
     assert kept == 1

@@ -109,11 +109,17 @@ def _pupils(n: int) -> str:
     return f"{n} pupil{'' if n == 1 else 's'}"
 
 
-def hold_reason(pupils_before: int, pupils_after: int, outcomes_before: int, outcomes_after: int) -> str:
+def hold_reason(pupils_before: int, pupils_after: int, outcomes_before: int, outcomes_after: int,
+                removed: int, added: int) -> str:
     """Why a change would be held ('' when it may be applied): it would lose more than half of the
-    school's pupils, or of its outcome scores, for that trial round (exactly half may go)."""
+    school's pupils, or of its outcome scores, for that trial round (exactly half may go). Pupils
+    lost are the stored pupils the file leaves out (``removed``), whatever it adds: 20 pupils
+    replaced by 20 others (another class sent by mistake) lose all 20."""
     if 2 * pupils_after < pupils_before:
         return f"it would replace {_pupils(pupils_before)} by {pupils_after}, more than half of them gone"
+    if 2 * removed > pupils_before:
+        others = f" (and add {added} other{'' if added == 1 else 's'})" if added else ""
+        return f"it would remove {removed} of the {_pupils(pupils_before)} stored{others}, more than half of them gone"
     if 2 * outcomes_after < outcomes_before:
         return (f"it would leave {outcomes_after} of the {outcomes_before} outcome scores, more than half "
                 "of them gone")
@@ -222,8 +228,8 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
     outcome_measure) of trials a file names with no loadable row: it would remove the rows of the
     round the registry places the school in.
 
-    A change set that would lose more than half of the school's pupils or outcome scores for its
-    trial round is ``held`` (nothing of it applied), and so is one carrying rows for a (school,
+    A change set that would lose (remove, whatever it adds) more than half of the school's pupils,
+    or more than half of its outcome scores, for its trial round is ``held`` (nothing of it applied), and so is one carrying rows for a (school,
     key) in ``withdrawn`` (:func:`withdrawals`: the school was withdrawn from that trial round then,
     and nothing delivered since; whatever the file's bytes), unless ``accept``: then the held ones
     are ``accepted`` and applied, and the others are left out (an accept applies what was held only).
@@ -293,13 +299,14 @@ def _change_set(names: tuple[str, str, str], file_name: str, delivery_id: str, s
     """One planned change set, held or not (``withdrawn_on``: held, the school having been withdrawn
     from this trial key then)."""
     intervention, measure, round_name = names
+    added, removed = len(new.pupils - old.pupils), len(old.pupils - new.pupils)
     reason = (f"{withdrawn_text(withdrawn_on)} (microtrials withdraw)" if withdrawn_on
-              else hold_reason(old.rows, new.rows, old.scores, new.scores))
+              else hold_reason(old.rows, new.rows, old.scores, new.scores, removed, added))
     return ChangeSet(
         school_urn=school, key=key, intervention=intervention, outcome_measure=measure, round=round_name,
         delivery_id=delivery_id, file_name=file_name, pupils_before=old.rows, pupils_after=new.rows,
-        outcomes_before=old.scores, outcomes_after=new.scores, added=len(new.pupils - old.pupils),
-        removed=len(old.pupils - new.pupils), scores_changed=new.scores_changed(old),
+        outcomes_before=old.scores, outcomes_after=new.scores, added=added,
+        removed=removed, scores_changed=new.scores_changed(old),
         state=(ACCEPTED if accept else HELD) if reason else APPLIED,
         reason=reason, withdrawn_on=withdrawn_on, show_measure=show_measure,
     )
