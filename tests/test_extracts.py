@@ -243,6 +243,10 @@ REJECTIONS = [
      "x.csv: the file is neither UTF-8 nor Windows-1252 text (line 2 has a byte that is not a character in either); "
      f"{SAVE}"),
     ("utf-16", GOOD.encode("utf-16"), f"x.csv: the file is UTF-16 text (Excel's 'Unicode Text'), not UTF-8; {SAVE}"),
+    ("utf-16 big-endian", b"\xfe\xff" + GOOD.encode("utf-16-be"),
+     f"x.csv: the file is UTF-16 text (Excel's 'Unicode Text'), not UTF-8; {SAVE}"),
+    ("utf-32", GOOD.encode("utf-32"), f"x.csv: the file is UTF-32 text, not UTF-8; {SAVE}"),
+    ("utf-32 big-endian", b"\x00\x00\xfe\xff" + GOOD.encode("utf-32-be"), f"x.csv: the file is UTF-32 text, not UTF-8; {SAVE}"),
     ("zip", b"PK\x03\x04rest-of-zip",
      "x.csv: could not be read as an Excel workbook (.xlsx): it may be damaged, password-protected or another kind "
      f"of zip file; open it in Excel and save it again, or {SAVE.removeprefix('in Excel ')}"),

@@ -301,8 +301,12 @@ def test_formulas_without_a_saved_value_are_a_warning_naming_the_cells(write_ext
     checked = validate(read_extract(write_extract("111601.xlsx", workbook(rows, formulas))))
     warning = " ".join(checked.file_warnings())
     assert "12 cells F2, F3, F4, F5, F6 and 7 more hold formulas with no value saved" in warning
-    assert "open the file in Excel and save it again" in warning
+    assert "so they were read as blank: open the file in Excel and save it again" in warning
     assert checked.good.num_rows + checked.rows_quarantined == 12  # every pupil kept, read with a blank outcome
+    one = validate(read_extract(write_extract("111603.xlsx", workbook(
+        rows, lambda sheet: sheet.cell(row=2, column=outcome, value="=G2+1")))))
+    assert ("cell F2 holds a formula with no value saved in the file (it was written by a program that does not "
+            "calculate), so the cell was read as blank: open the file in Excel") in " ".join(one.file_warnings())
     # The same file as Excel saves it (value cached with the formula) loads with no warning.
     cached = with_sheet_xml(workbook(rows, formulas), lambda xml: re.sub(rb"(<f>[^<]*</f>)(<v>\s*</v>|<v/>)?", rb"\1<v>90</v>", xml))
     loaded = validate(read_extract(write_extract("111602.xlsx", cached)))

@@ -406,6 +406,7 @@ def test_first_results_per_round_from_extra_columns():
 @pytest.mark.parametrize("data,said", [
     (b"PK\x03\x04rest-of-a-workbook", "an Excel workbook (.xlsx)"),
     ("intervention\toutcome_measure\r\n".encode("utf-16"), "UTF-16 text"),
+    ("intervention,outcome_measure\r\n".encode("utf-32"), "trials.csv: the file is UTF-32 text, not UTF-8"),
     (b"intervention;outcome_measure;round;start_date;schools\r\nA;B;1;2026-01-01;111111\r\n", "semicolons"),
 ])
 def test_files_that_are_not_comma_csv_say_how_to_save(data, said):

@@ -356,12 +356,14 @@ def decode_text(name: str, data: bytes, save_as: str = SAVE_AS_CSV) -> tuple[str
 
     UTF-8 (with or without a BOM) is the contract. Text that is not UTF-8 but decodes as
     Windows-1252 (what Excel's plain "CSV (Comma delimited)" writes on Windows) is read as such;
-    UTF-16, old workbooks, PDFs, binary files, mixed encodings and bytes that are neither are
+    UTF-16 and UTF-32, old workbooks, PDFs, binary files, mixed encodings and bytes that are neither are
     rejected, each message ending with ``save_as`` (what to do). The extract and the registry
     (``trials.csv``) are read by this one function, so both say the same words.
     """
     if not data:
         raise ExtractRejected(f"{name}: the file is empty; {save_as}")
+    if data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):  # before UTF-16: FF FE starts both
+        raise ExtractRejected(f"{name}: the file is UTF-32 text, not UTF-8; {save_as}")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ExtractRejected(f"{name}: the file is UTF-16 text (Excel's 'Unicode Text'), not UTF-8; {save_as}")
     if data.startswith(b"\xd0\xcf\x11\xe0"):
@@ -496,14 +498,15 @@ def _uncalculated_warning(cells: list[str]) -> pa.Table:
     if not cells:
         return _NO_ENTRIES
     shown = ", ".join(cells[:5]) + (f" and {len(cells) - 5} more" if len(cells) > 5 else "")
+    one = len(cells) == 1
     return _entries(
         [None],
         ["formula with no saved value"],
         [
-            f"{'cell' if len(cells) == 1 else f'{len(cells)} cells'} {shown} "
-            f"{'holds a formula' if len(cells) == 1 else 'hold formulas'} with no value saved in the file (it was "
-            "written by a program that does not calculate), so they were read as blank: open the file in Excel "
-            "and save it again, then send it again"
+            f"{'cell' if one else f'{len(cells)} cells'} {shown} {'holds a formula' if one else 'hold formulas'} "
+            "with no value saved in the file (it was written by a program that does not calculate), so "
+            f"{'the cell was' if one else 'they were'} read as blank: open the file in Excel and save it again, "
+            "then send it again"
         ],
     )
 
