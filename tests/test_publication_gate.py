@@ -117,11 +117,14 @@ def test_with_a_registry_only_registered_names_are_shown_however_widely_carried(
         assert not with_registry.allows("Anna Kowalczyk", origin), origin
     assert with_registry.allows("Reciprocal reading", Origin.TRIAL) and with_registry.has_registry
     assert with_registry.withheld_reason == "not in the registry"
-    # no registry, or a new workspace's header-only trials.csv: who carries a name decides
+    # no trials.csv: who carries a name decides
+    gate = publication_gate.build(None, wide)
+    assert not gate.has_registry and gate.allows("Anna Kowalczyk", Origin.TRIAL)
+    # a new workspace's header-only trials.csv is a registry with no trial yet: no delivered name is
+    # shown (red team L6: its evidence table holds no unregistered trial, and its gate agrees)
     empty = read_registry(b"intervention,outcome_measure,round,start_date,schools\n")
-    for registry in (None, empty):
-        gate = publication_gate.build(registry, wide)
-        assert not gate.has_registry and gate.allows("Anna Kowalczyk", Origin.TRIAL)
+    gate = publication_gate.build(empty, wide)
+    assert gate.has_registry and not gate.allows("Anna Kowalczyk", Origin.TRIAL)
     assert publication_gate.names_text(with_registry, [("Reciprocal reading", "NGRT standardised score"),
                                                        ("Anna Kowalczyk", "NGRT standardised score")]) == \
         "Reciprocal reading / NGRT standardised score; an unregistered trial name (not shown)"

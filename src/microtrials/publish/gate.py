@@ -131,8 +131,9 @@ def build(registry: object | None, carriers: pd.DataFrame | None) -> Gate:
 
 
 def in_use(registry: object | None) -> bool:
-    """Whether a registry declares any trial (a new workspace's header-only trials.csv declares none)."""
-    return registry is not None and len(getattr(registry, "rounds", ())) > 0
+    """Whether a registry is in use: any trials.csv, a new workspace's header-only one too (its evidence
+    table holds registered trials only, none yet; the names shown are the registered ones, none yet)."""
+    return registry is not None
 
 
 #: A gate that shows no delivered name at all (nothing is known to be safe).
