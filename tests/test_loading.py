@@ -150,10 +150,10 @@ def test_a_redelivery_with_the_same_name_and_new_content_replaces(con, write_ext
     path = write_extract("111601.csv", rows)
     load_file(con, path, KEY)
     assert table(con, "quarantine")["line"].tolist() == [4]
-    write_extract("111601.csv", pupil_rows(2, start=10))
+    write_extract("111601.csv", pupil_rows(2, start=2))  # pupil 1 of the 2 stored left out, pupil 3 now valid
     report = load_file(con, path, KEY)
     assert report.status == "loaded"
-    assert sorted(table(con, "pupils")["pupil_key"]) == sorted(key_of(f"P111601-{i}") for i in (10, 11))
+    assert sorted(table(con, "pupils")["pupil_key"]) == sorted(key_of(f"P111601-{i}") for i in (2, 3))
     assert table(con, "quarantine").empty  # the corrected file's quarantine replaces the old one
     assert table(con, "deliveries")["status"].tolist() == ["loaded", "loaded"]
 
@@ -272,7 +272,7 @@ def _mixed_folder(write_extract):
     first = pupil_rows(4, intervention="Reading") + pupil_rows(3, intervention="Maths", measure="PUMA")
     first[0][COLUMN["arm"]] = "wrong"
     write_extract("111601_a.csv", first)
-    later = pupil_rows(3, intervention="Reading", start=20)
+    later = pupil_rows(3, intervention="Reading", start=1)  # pupil 4 of the 3 stored left out, pupil 1 now valid
     later[1][COLUMN["fsm"]] = "?"
     write_extract("111601_b.csv", later)
     write_extract("111602.csv", pupil_rows(5, urn="111602"))
@@ -479,7 +479,7 @@ def test_random_messy_files_never_crash_or_lose_a_good_row(tmp_path, case):
 
 def test_an_older_file_left_in_the_folder_does_not_undo_a_newer_one(con, write_extract):
     write_extract("111601_a.csv", pupil_rows(3))
-    folder = write_extract("111601_b.csv", pupil_rows(2, start=50)).parent
+    folder = write_extract("111601_b.csv", pupil_rows(2, start=2)).parent  # pupil 1 of the 3 left out
     first = load_folder(con, folder, KEY)
     assert [r.status for r in first] == ["loaded", "loaded"]
     before = snapshot(con) | {"deliveries": table(con, "deliveries")}
