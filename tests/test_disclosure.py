@@ -196,3 +196,39 @@ def test_state_round_trips_through_json():
     again = json.loads(json.dumps(state))
     assert again == json.loads(json.dumps(disclosure.state(first, blanked)))
     assert sorted(tuple(c[0]) for c in again["cells"] if not c[2]) == [("B",), ("C",)]
+
+
+def _schools_trial(total: int, schools: dict[str, tuple[int, int]]) -> disclosure.Linked:
+    """One trial with two arms per school (each school's pupils a group no table shows)."""
+    linked = disclosure.Linked()
+    linked.add(("total",), total, ("E",))
+    parts = []
+    for urn, arms in schools.items():
+        cells = [(urn, arm) for arm in ("i", "c")]
+        for cell, count in zip(cells, arms, strict=True):
+            linked.add(cell, count, ("S", urn))
+        linked.groups.setdefault(tuple(cells))
+        parts += cells
+    linked.relations.append(disclosure.Relation(("total",), parts))
+    return linked
+
+
+@pytest.mark.parametrize("later", [
+    {"A": (13, 12), "B": (13, 12), "C": (13, 12), "D": (13, 12), "E": (10, 10)},  # the small school grew
+    {"A": (13, 12), "B": (13, 12), "C": (13, 12), "D": (13, 12), "F": (20, 20)},  # it left, a big one joined
+])
+def test_a_small_school_of_the_last_publication_is_not_given_back_by_this_ones_total(later):
+    """Red team F1: last time 106 = A..D (25 each) + E (3 + 3), E and A blanked. Now every school
+    but A is shown and the total moved by 10 or more: 106 - (now's total less the new rows) = 6."""
+    first = _schools_trial(106, {"A": (13, 12), "B": (13, 12), "C": (13, 12), "D": (13, 12), "E": (3, 3)})
+    blanked1, state1 = _publish(first)
+    assert {("E", "i"), ("A", "i")} <= set(blanked1)
+    second = _schools_trial(sum(map(sum, later.values())), later)
+    alone, _ = _publish(second, shown=_shown(first, blanked1))
+    joint, _ = _publish(second, [state1], _shown(first, blanked1))
+    shown_alone = {v for v in second.values if v not in alone}
+    shown_joint = {v for v in second.values if v not in joint}
+    # on its own nothing is small, all is shown, and with last time's total E's 6 is back
+    assert shown_alone == set(second.values)
+    # with the last publication's sums and groups, the total or a school (A) stays blanked
+    assert ("total",) not in shown_joint or not {("A", "i"), ("A", "c")} <= shown_joint

@@ -257,10 +257,15 @@ class _Audit:
         for total, parts, prefer in state["relations"]:
             if tuple(total) in ids and all(tuple(p) in ids for p in parts):
                 self._equation(Relation(ids[tuple(total)], [ids[tuple(p)] for p in parts], prefer))
-        for group in self.linked.groups:  # a school's pupils then and now: the change is pupils too
-            if all(m in ids for m in group) and any(ids[m] != m for m in group):
-                vector = {m: 1 for m in group} | {ids[m]: -1 for m in group if ids[m] != m}
-                self.combos.append((vector, sum(self.values[v] * c for v, c in vector.items())))
+        for group in state.get("groups", []):  # a school's pupils then, and their change since
+            group = [tuple(m) for m in group]
+            if not all(m in ids for m in group) or all(ids[m] == m for m in group):
+                continue  # unchanged: the same group as now
+            then = {ids[m]: 1 for m in group}
+            self.combos.append((then, sum(self.values[v] for v in then)))
+            if tuple(group) in self.linked.groups:
+                change = {m: 1 for m in group} | {ids[m]: -1 for m in group if ids[m] != m}
+                self.combos.append((change, sum(self.values[v] * c for v, c in change.items())))
 
     def _equation(self, relation: Relation) -> None:
         members = [relation.total, *relation.parts]
@@ -540,12 +545,13 @@ def _row_basis(component: list[Key], equations: list[dict[Key, int]]) -> np.ndar
 
 def state(linked: Linked, blanked: dict[Key, str]) -> dict:
     """What the next publication's audit needs of this one (kept privately, never published): every
-    true count with whether it was shown, and the sums between them (JSON-ready)."""
+    true count with whether it was shown, the sums between them and the groups of pupils no table
+    shows (JSON-ready)."""
     cells = [[list(var), None if not _finite(value) else value,
               bool(linked.rows.get(var)) and var not in blanked and _finite(value)]
              for var, value in linked.values.items()]
     relations = [[list(r.total), [list(p) for p in r.parts], r.prefer_total] for r in linked.relations]
-    return {"cells": cells, "relations": relations}
+    return {"cells": cells, "relations": relations, "groups": [[list(m) for m in g] for g in linked.groups]}
 
 
 def link(linked: Linked, previous: dict[Key, float] | None = None,

@@ -462,7 +462,8 @@ def earlier_as_registered(earlier: history.Earlier, registry: Registry | None) -
         rename = renames(tuple(c[0]) for c in state["cells"])
         states.append({"cells": [[list(mapped(tuple(k), rename)), v, shown] for k, v, shown in state["cells"]],
                        "relations": [[list(mapped(tuple(t), rename)), [list(mapped(tuple(p), rename)) for p in parts],
-                                      prefer] for t, parts, prefer in state["relations"]]})
+                                      prefer] for t, parts, prefer in state["relations"]],
+                       "groups": [[list(mapped(tuple(m), rename)) for m in g] for g in state.get("groups", [])]})
     rename = renames(earlier.shown)
     return history.Earlier({mapped(k, rename): v for k, v in earlier.shown.items()}, states)
 
