@@ -92,6 +92,13 @@ def test_an_alias_equal_to_another_trials_name_is_a_row_error_and_both_keep_thei
         "111101": "Reciprocal reading", "111103": "Reading Boost", "111104": "Reading Boost"}
 
 
+def test_a_registry_cell_too_long_to_read_names_its_line():
+    """Red team L2: a 200 KB aliases cell made the registry unreadable with no line number."""
+    long_row = READING.replace(",RR", "," + "|".join(f"alias {i}" for i in range(25_000)))
+    with pytest.raises(reg.RegistryUnreadable, match=r"trials.csv line 3: the file could not be read as CSV"):
+        reg.read_registry(registry_bytes(BOOST, long_row))
+
+
 def test_an_alias_equal_to_the_name_of_a_row_left_out_is_a_row_error_too():
     """Red team F5: Reading Boost's own row is left out (a bad start date), so its name was free: the
     alias took it and pooled its pupils into Reciprocal reading. The alias is an error on its row, and
