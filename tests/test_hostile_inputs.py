@@ -389,3 +389,12 @@ def test_a_registry_path_holding_something_else_is_refused_not_taken_for_no_regi
         reg.load_registry(path)
     assert time.perf_counter() - started < 2
     assert reg.load_registry(tmp_path / "absent.csv") is None
+
+
+@pytest.mark.parametrize("disguise", ["Reading\u200b Boost", "Reading Bo\u00adost", "\u200eReading Boost\ufeff"])
+def test_an_alias_disguised_by_invisible_characters_is_still_another_trials_name(disguise):
+    """Red team L1: a zero-width space or soft hyphen hid an alias equal to another trial's name."""
+    clash = READING.replace(",RR", f",RR|{disguise}")
+    r = reg.read_registry(registry_bytes(clash, BOOST))
+    assert [(p.line, p.column) for p in r.problems] == [(2, "aliases")]
+    assert r.canonical(disguise) == "Reading Boost"
