@@ -92,6 +92,13 @@ def test_an_alias_equal_to_another_trials_name_is_a_row_error_and_both_keep_thei
         "111101": "Reciprocal reading", "111103": "Reading Boost", "111104": "Reading Boost"}
 
 
+def test_a_registry_cell_too_long_to_read_names_its_line():
+    """Red team L2: a 200 KB aliases cell made the registry unreadable with no line number."""
+    long_row = READING.replace(",RR", "," + "|".join(f"alias {i}" for i in range(25_000)))
+    with pytest.raises(reg.RegistryUnreadable, match=r"trials.csv line 3: the file could not be read as CSV"):
+        reg.read_registry(registry_bytes(BOOST, long_row))
+
+
 def test_an_alias_equal_to_the_name_of_a_row_left_out_is_a_row_error_too():
     """Red team F5: Reading Boost's own row is left out (a bad start date), so its name was free: the
     alias took it and pooled its pupils into Reciprocal reading. The alias is an error on its row, and
@@ -386,3 +393,12 @@ def test_a_registry_path_holding_something_else_is_refused_not_taken_for_no_regi
         reg.load_registry(path)
     assert time.perf_counter() - started < 2
     assert reg.load_registry(tmp_path / "absent.csv") is None
+
+
+@pytest.mark.parametrize("disguise", ["Reading\u200b Boost", "Reading Bo\u00adost", "\u200eReading Boost\ufeff"])
+def test_an_alias_disguised_by_invisible_characters_is_still_another_trials_name(disguise):
+    """Red team L1: a zero-width space or soft hyphen hid an alias equal to another trial's name."""
+    clash = READING.replace(",RR", f",RR|{disguise}")
+    r = reg.read_registry(registry_bytes(clash, BOOST))
+    assert [(p.line, p.column) for p in r.problems] == [(2, "aliases")]
+    assert r.canonical(disguise) == "Reading Boost"

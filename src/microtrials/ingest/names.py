@@ -8,14 +8,21 @@ from collections import Counter
 from collections.abc import Iterable
 
 _SPACES = re.compile(r"\s+")
+#: Characters that show nothing (zero-width space and joiners, soft hyphen, direction marks, BOM:
+#: Unicode category Cf): two spellings that differ only by them look the same and are one name.
+_INVISIBLE = dict.fromkeys(i for i in (*range(0x10000), *range(0xE0000, 0xE1000))  # where such text has them
+                           if unicodedata.category(chr(i)) == "Cf")
 
 
 def match_key(text: str) -> str:
-    """The key two spellings of one name share: NFKC, whitespace collapsed and trimmed, case-folded.
+    """The key two spellings of one name share: NFKC, invisible characters dropped, whitespace
+    collapsed and trimmed, case-folded.
 
-    "Reading Boost", "reading boost", "Reading  Boost" and "ＲＥＡＤＩＮＧ boost" all give "reading boost".
+    "Reading Boost", "reading boost", "Reading  Boost", "Reading\u200b Boost" and "ＲＥＡＤＩＮＧ boost"
+    all give "reading boost".
     """
-    return _SPACES.sub(" ", unicodedata.normalize("NFKC", str(text))).strip().casefold()
+    text = unicodedata.normalize("NFKC", str(text)).translate(_INVISIBLE)
+    return _SPACES.sub(" ", text).strip().casefold()
 
 
 def display_name(spellings: Iterable[tuple[str, int]]) -> str:

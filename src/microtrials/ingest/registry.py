@@ -267,10 +267,12 @@ def read_registry(data: bytes, path: str = FILE_NAME) -> Registry:
     """
     sha = hashlib.sha256(data).hexdigest()
     text, encoding, cp1252_line = _decoded(data)
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        records = list(csv.reader(io.StringIO(text, newline="")))
+        records = list(reader)
     except csv.Error as exc:
-        raise RegistryUnreadable(f"{FILE_NAME}: the file could not be read as CSV ({exc}); {SAVE_AS}") from exc
+        raise RegistryUnreadable(f"{FILE_NAME} line {reader.line_num}: the file could not be read as CSV ({exc}); "
+                                 f"correct that line, then {SAVE_AS}") from exc
     positions = _header_positions(records)
     problems: list[RegistryProblem] = []
     parsed_rows: list[TrialRound] = []
