@@ -64,6 +64,29 @@ def test_an_unclosed_quote_does_not_swallow_the_rest_of_the_file(write_extract):
     assert result.good["line"].to_pylist() == list(range(2, 31)) + list(range(32, 62))  # 59 rows
 
 
+def test_an_unclosed_quote_before_200_kb_of_pasted_text_sets_lines_aside_not_the_run(write_extract):
+    """Red team T10: the csv module gives up on a value over 131,072 characters; the file's lines are
+    still each read on their own (the pupils load, the pasted lines are set aside), nothing is raised."""
+    rows = pupil_rows(20)
+    lines = extract_csv(rows).splitlines(keepends=True)
+    lines[5] = lines[5].replace(",Reading,", ',"Reading,', 1)  # line 6, never closed
+    text = "".join(lines) + "".join("pasted comment line " * 10 + "\n" for _ in range(1000))
+    assert len(text) > 200_000
+    result = checked(write_extract("111601.csv", text))
+    assert result.rows_read == data_lines(text) == 1020
+    assert result.good["line"].to_pylist() == [n for n in range(2, 22) if n != 6]  # 19 pupils
+    assert result.quarantine.num_rows == 1001
+    assert result.quarantine["rule"][0].as_py() == "unmatched quote"
+    assert "lines 6 to 1021 ran together" in result.quarantine["reason"][0].as_py()
+    assert set(result.quarantine["rule"].to_pylist()[1:]) == {"wrong number of values"}
+
+
+def test_a_header_cell_over_the_csv_field_limit_rejects_the_file_with_its_name(write_extract):
+    text = extract_csv(pupil_rows(3)).replace("baseline", '"' + "x" * 140_000 + '"', 1)
+    with pytest.raises(ExtractRejected, match=r"111601.csv: the header row could not be read"):
+        read_extract(write_extract("111601.csv", text))
+
+
 def test_a_quoted_comma_on_one_line_is_still_one_value(write_extract):
     rows = pupil_rows(3, intervention="Reading, phonics first")
     result = checked(write_extract("111601.csv", rows))

@@ -18,7 +18,7 @@ import io
 import os
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -518,7 +518,13 @@ def _header(name: str, text: str) -> list[str]:
             f'{name}: the header row has a quote (") that is not closed on the same line; '
             "remove it and send the file again"
         )
-    header = next(csv.reader([first]), [])
+    try:
+        header = next(csv.reader([first]), [])
+    except csv.Error as exc:  # a heading longer than the csv module reads
+        raise ExtractRejected(
+            f"{name}: the header row could not be read ({exc}); the first line must be the header row "
+            "(school_urn, pupil_id, ...)"
+        ) from exc
     if not any(cell.strip() for cell in header):
         raise ExtractRejected(
             f"{name}: the first line is blank; the first line must be the header row (school_urn, pupil_id, ...)"
@@ -648,7 +654,6 @@ def _parse_records_by_line(text: str, width: int) -> tuple[pa.Table, pa.Table]:
     lines = _LINE_BREAK.split(text)
     if lines and lines[-1] == "":
         lines.pop()
-    reader = csv.reader(iter(lines), strict=False)
     good, good_lines = [], []
     bad_lines, bad_rules, bad_reasons = [], [], []
 
@@ -660,13 +665,10 @@ def _parse_records_by_line(text: str, width: int) -> tuple[pa.Table, pa.Table]:
             "extra comma (a value containing a comma must be in double quotes)"
         )
 
-    previous = 0
-    for record in reader:
-        start, end = previous + 1, reader.line_num
-        previous = end
+    for start, end, record in _records_by_line(lines):
         if start == 1:
             continue  # the header (checked to be one line)
-        if start == end:
+        if start == end and record is not None:
             if len(record) == width:
                 good.append(record)
                 good_lines.append(start)
@@ -699,6 +701,20 @@ def _parse_records_by_line(text: str, width: int) -> tuple[pa.Table, pa.Table]:
     )
     errors = _entries(bad_lines, bad_rules, bad_reasons, [None] * len(bad_lines))
     return _drop_blank(table, columns), errors.sort_by("line")
+
+
+def _records_by_line(lines: list[str]) -> Iterator[tuple[int, int, list[str] | None]]:
+    """Each CSV record with its first and last physical line. A quote left open until the csv module
+    gives up (a value over its field limit) is one record of every line left, with no values: the
+    caller reads those lines one by one."""
+    reader = csv.reader(iter(lines), strict=False)
+    previous = 0
+    try:
+        for record in reader:
+            yield previous + 1, reader.line_num, record
+            previous = reader.line_num
+    except csv.Error:
+        yield previous + 1, len(lines), None
 
 
 def _one_line_record(raw: str) -> list[str] | None:
