@@ -53,7 +53,7 @@ def school_key(path: Path) -> str:
         return _KEYS[seen]
     try:
         urn = extracts.school_of(path)
-    except (OSError, ValueError):  # unreadable: the load will say why
+    except Exception:  # noqa: BLE001 - unreadable, or a fault reading it: its load says why, the others go on
         urn = None
     key = urn if urn is not None else file_key(path)
     if seen is not None:

@@ -365,6 +365,32 @@ def test_the_size_limit_is_configurable_and_a_folder_load_rejects_the_file_and_l
     assert ids["111602.csv"].startswith("too-large:")
 
 
+def test_a_fault_reading_one_file_rejects_that_file_and_loads_the_rest(tmp_path, monkeypatch, write_extract):
+    """The boundary for what no rule foresaw (red team T10 was one: a csv.Error stopped every school):
+    the faulty file is rejected with what happened and what to do; the others load."""
+    write_extract("111601.csv", pupil_rows(20, urn="111601"))
+    write_extract("111602.csv", pupil_rows(20, urn="111602"))
+    validate_file = extracts.validate
+
+    def faulty(extract):
+        if extract.file_name == "111602.csv":
+            raise RuntimeError("an unforeseen fault")
+        return validate_file(extract)
+
+    monkeypatch.setattr(extracts, "validate", faulty)
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    from microtrials.ingest import warehouse
+
+    con.execute(warehouse.sql("schema"))
+    reports = {r.file_name: r for r in load_folder(con, tmp_path / "extracts", b"k" * 32)}
+    assert reports["111601.csv"].status == "loaded" and reports["111601.csv"].rows_loaded == 20
+    assert reports["111602.csv"].status == "rejected"
+    assert reports["111602.csv"].reason == (
+        "111602.csv: could not be read because of a fault in microtrials (RuntimeError: an unforeseen fault); "
+        "the other files were loaded; keep this file and tell the data team (it is read again each run)")
+    assert con.execute("SELECT count(DISTINCT school_urn) FROM pupils").fetchone()[0] == 1
+
+
 def test_a_published_csv_read_back_gives_the_names_as_sent(tmp_path):
     """The run's summary read evidence_table.csv and printed "'@Home reading / ... / '-" on the terminal."""
     table = pd.DataFrame({"intervention": ["@Home reading", "=HYPERLINK(\"x\")"], "round": ["-", None],

@@ -494,6 +494,10 @@ def _prepare(path: Path, data: bytes | OSError | extracts.FileTooLarge, delivery
     except extracts.ExtractRejected as exc:  # its school, when every row names the same one: told, and listed, by URN
         return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=str(exc),
                                                  school_urn=extracts.only_urn(path)))
+    except Exception as exc:  # noqa: BLE001 - the boundary: a fault reading one file never stops the others
+        reason = (f"{path.name}: could not be read because of a fault in microtrials ({type(exc).__name__}: {exc}); "
+                  "the other files were loaded; keep this file and tell the data team (it is read again each run)")
+        return _Delivery(delivery_id, FileReport(file_name=path.name, status="rejected", reason=reason))
     report = FileReport(
         file_name=checked.file_name,
         status="loaded",
