@@ -28,7 +28,17 @@ LATIN, CYRILLIC, ARABIC = "Jane Smith", "Иван Петров", "جين سمي�
 #: With a registry, two schools send this name as the intervention on all of their rows (30 and more each).
 WIDE = "Anna Kowalczyk"
 PLANTED = ["Kowalczyk", "Jane", "Smith", "Иван", "Петров", "جين", "سميث", "Mary Jones", "Wojcik", "Zofia", "2015-03-14",
-           "Ahmed", "أحمد", "Ольга"]
+           "Ahmed", "أحمد", "Ольга", "Tilly", "Hugo"]
+
+
+def tagged(name: str, hidden: str) -> str:
+    """``name`` with ``hidden`` spelled after it in Unicode tag characters (U+E0020-E007E: invisible on a page)."""
+    return name + "".join(chr(0xE0000 + ord(c)) for c in hidden)
+
+
+def untagged(text: str) -> str:
+    """Tag characters read as the ASCII they spell (how a planted name hidden in them is found)."""
+    return "".join(chr(ord(c) - 0xE0000) if 0xE0020 <= ord(c) <= 0xE007E else c for c in text)
 
 
 def published_texts(out: Path) -> dict[str, str]:
@@ -50,7 +60,8 @@ def published_texts(out: Path) -> dict[str, str]:
 
 
 def planted_in(texts: dict[str, str], planted: list[str] = PLANTED) -> list[tuple[str, str]]:
-    return [(where, name) for where, text in texts.items() for name in planted if name.casefold() in text.casefold()]
+    return [(where, name) for where, text in texts.items() for name in planted
+            if name.casefold() in untagged(text).casefold()]
 
 
 def files_texts(files: dict[str, bytes]) -> dict[str, str]:
@@ -85,6 +96,9 @@ def test_the_gate_decides_by_origin():
         assert gate.show("111101.csv", origin) is None
     assert gate.show("111101", Origin.URN) == "111101" and gate.show("Jane Smith", Origin.URN) is None
     assert gate.show("Results for the autumn term", Origin.OURS) == "Results for the autumn term"
+    # a shown name never carries text hidden in invisible characters (tags, zero-width, direction, controls)
+    hidden = tagged("Reading\u200b Boost\u202e\x07", "Jane Smith")
+    assert gate.show(hidden, Origin.TRIAL) == "Reading Boost"
 
 
 def test_registered_names_aliases_outcomes_and_rounds_are_shown():
@@ -276,6 +290,9 @@ def hostile_folder(root: Path, registry: bool) -> Path:
     _rewrite(extracts / "111397.csv", _set_cell("round", "Ольга Ahmed"))
     _rewrite(extracts / "111435.csv", _set_cell("arm", "أحمد"))
     _rewrite(extracts / "111448.csv", _set_cell("outcome", "Jane"))
+    # names hidden in invisible tag characters after a registered (and widely carried) name, on every row
+    _rewrite(extracts / "111100.csv", _set_column("intervention", tagged("Talk for writing", "Tilly Tagged")))
+    _rewrite(extracts / "111138.csv", _set_column("outcome_measure", tagged("PUMA standardised score", "Hugo Hidden")))
     if registry:  # a pupil's name typed by two schools on every row, as the intervention, the outcome measure
         # or the round: with a registry, only registered names show
         for urn, column in (("111559", "intervention"), ("111597", "intervention"), ("111114", "outcome_measure"),

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from microtrials.ingest import names
 from microtrials.ingest import extract_checks as checks
 from microtrials.ingest import extract_workbook as workbook
 from microtrials.ingest import spellings
@@ -69,7 +70,6 @@ _PUPIL_ID_SHOWN = "a pupil_id value (are the columns in the wrong order?)"
 
 
 # Bidi overrides/isolates/marks, zero-width characters, the BOM and C0/C1 controls (tab included).
-_INVISIBLE = "[\u200b-\u200f\u202a-\u202e\u2060-\u2069\u061c\ufeff\x00-\x1f\x7f-\x9f]"
 # Two words of letters ("Jane Smith"): a name, never quoted even when short.
 _TWO_WORDS = r"\pL{2,}[\s.,]+\pL{2,}"
 
@@ -823,10 +823,10 @@ def _read_rows(extract: Extract) -> _Rows:
     invisible = {}
     for c in ("intervention", "outcome_measure", "round"):
         distinct = pc.unique(col[c])  # a few names: test them, not every row
-        odd_names = distinct.filter(pc.match_substring_regex(distinct, _INVISIBLE))
+        odd_names = distinct.filter(pc.match_substring_regex(distinct, names.INVISIBLE_PATTERN))
         if len(odd_names):
             invisible[c] = pc.is_in(col[c], value_set=odd_names)
-            col[c] = pc.utf8_trim_whitespace(pc.replace_substring_regex(col[c], _INVISIBLE, ""))
+            col[c] = pc.utf8_trim_whitespace(pc.replace_substring_regex(col[c], names.INVISIBLE_PATTERN, ""))
     for c in ("outcome", "baseline"):
         col[c] = pc.if_else(pc.match_substring_regex(col[c], _ABSENT, ignore_case=True), "", col[c])
     empty = {c: pc.equal(pc.utf8_length(v), 0) for c, v in col.items()}
@@ -934,8 +934,9 @@ def _name_rule(column: str) -> Rule:
 def _invisible_rule(column: str) -> Rule:
     return Rule(
         f"{column} had invisible characters", column, lambda f: f.invisible.get(column),
-        f"{column} held invisible text-direction or control characters (they can make a name show reversed "
-        "or differently on a page); they were removed and the row loaded; remove them from your file", WARN)
+        f"{column} held invisible characters (text-direction, zero-width, tag or control characters: they can "
+        "make a name show reversed or hide text in it); they were removed and the row loaded; remove them from "
+        "your file", WARN)
 
 
 RULES: tuple[Rule, ...] = (

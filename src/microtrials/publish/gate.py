@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from microtrials.ingest.names import match_key
+from microtrials.ingest.names import match_key, visible
 
 MIN_PUPILS = 10
 MIN_SCHOOLS = 2
@@ -77,7 +77,8 @@ class Gate:
                 "schools")
 
     def show(self, text: object, origin: Origin) -> str | None:
-        """The one decision: ``text`` when its origin allows it to be published, else None."""
+        """The one decision: ``text`` when its origin allows it to be published, else None (a name
+        without its invisible characters, which could hide text in it)."""
         if text is None or (not isinstance(text, str) and pd.isna(text)):
             return None
         text = str(text)
@@ -86,7 +87,7 @@ class Gate:
         if origin is Origin.URN:
             return text if _URN.fullmatch(text.strip()) else None
         if origin in NAMES:
-            return text if self.name_allowed((origin, match_key(text))) else None
+            return visible(text) if self.name_allowed((origin, match_key(text))) else None
         return None  # FILE_NAME, DROPPED_COLUMN, CELL: never
 
     def allows(self, text: object, origin: Origin) -> bool:
