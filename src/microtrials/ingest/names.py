@@ -10,16 +10,19 @@ from collections.abc import Iterable
 _SPACES = re.compile(r"\s+")
 #: Characters that show nothing (zero-width space and joiners, soft hyphen, direction marks, BOM, tag
 #: characters: Unicode category Cf): two spellings that differ only by them look the same and are one
-#: name. The same set as a pyarrow (RE2) pattern, with the control characters (Cc): what the loader
-#: removes from a delivered name before anything reads it (extracts), so no text hides in a name.
+#: name; so are control characters (Cc) other than whitespace, which is collapsed. The same set as a
+#: pyarrow (RE2) pattern, with every control character: what the loader removes from a delivered name
+#: before anything reads it (extracts), so no text hides in a name.
 _INVISIBLE = dict.fromkeys(i for i in (*range(0x10000), *range(0xE0000, 0xE1000))  # where such text has them
-                           if unicodedata.category(chr(i)) == "Cf")
+                           if unicodedata.category(chr(i)) == "Cf"
+                           or (unicodedata.category(chr(i)) == "Cc" and not chr(i).isspace()))
 INVISIBLE_PATTERN = r"[\p{Cf}\p{Cc}]"
 
 
 def visible(text: str) -> str:
-    """``text`` without its invisible characters (:data:`INVISIBLE_PATTERN`): what a page may show of a name."""
-    return "".join(c for c in str(text).translate(_INVISIBLE) if unicodedata.category(c) != "Cc")
+    """``text`` without its invisible characters (format, and controls other than whitespace): what a page may
+    show of a name."""
+    return str(text).translate(_INVISIBLE)
 
 
 def match_key(text: str) -> str:
