@@ -90,6 +90,12 @@ CHANGE_SETS_COLUMNS = [
     C("removed", "INTEGER", description="pupils there before whom the change leaves out"),
     C("scores_changed", "INTEGER", description="pupils kept whose outcome score differs (given, blanked or "
       "another value); blank for change sets recorded before it was counted"),
+    C("arms_changed", "INTEGER", description="pupils kept whose arm differs (the randomisation as sent before "
+      "is replaced); blank for change sets recorded before it was counted"),
+    C("baselines_changed", "INTEGER", description="pupils kept whose baseline score differs (given, blanked or "
+      "another value); blank for change sets recorded before it was counted"),
+    C("details_changed", "INTEGER", description="pupils kept whose fsm, gender, year_group or send differs; "
+      "blank for change sets recorded before it was counted"),
     C("state", "VARCHAR", description="'applied', 'held' (nothing of it applied), 'accepted' (applied by "
       "`microtrials accept`) or 'withdrawn' (`microtrials withdraw`)"),
     C("reason", "VARCHAR", description="why it was held"),

@@ -115,6 +115,10 @@ CREATE TABLE IF NOT EXISTS change_sets (
 -- Added later: how many pupils kept by a change set have another outcome score (given, blanked or changed);
 -- NULL for change sets recorded before it was counted.
 ALTER TABLE change_sets ADD COLUMN IF NOT EXISTS scores_changed INTEGER;
+-- Added later: pupils kept whose arm, baseline, or other details (fsm, gender, year_group, send) differ.
+ALTER TABLE change_sets ADD COLUMN IF NOT EXISTS arms_changed INTEGER;
+ALTER TABLE change_sets ADD COLUMN IF NOT EXISTS baselines_changed INTEGER;
+ALTER TABLE change_sets ADD COLUMN IF NOT EXISTS details_changed INTEGER;
 
 -- The latest `deliveries` record under each file name: what the file of that name now is (an earlier
 -- content sent again under the name is a new delivery). The one definition the loader

@@ -107,6 +107,31 @@ def test_a_redelivery_with_other_scores_for_the_same_pupils_says_how_many_change
                               "1 outcome score changed; outcome scores 39 -> 40)"]
 
 
+def test_a_redelivery_of_the_same_pupils_with_arms_baselines_or_details_changed_says_so(con, write_extract):
+    """Red team T07: every arm flipped (the randomisation rewritten) read "(the same pupils and scores)"
+    and the effect size went from 0.12 to -0.56; baselines and FSM changed silently too."""
+    column = {name: EXTRACT_HEADER.index(name) for name in ("arm", "baseline", "fsm", "gender")}
+    first = pupil_rows(20, urn="222005", intervention="Café Readers")
+    load_file(con, write_extract("222005.csv", first), KEY)
+    flipped = [list(row) for row in first]
+    for row in flipped:
+        row[column["arm"]] = "control" if row[column["arm"]] == "intervention" else "intervention"
+    for row in flipped[:3]:
+        row[column["baseline"]] = str(int(row[column["baseline"]]) + 1)
+    flipped[0][column["fsm"]] = "Y" if flipped[0][column["fsm"]] == "N" else "N"
+    flipped[1][column["gender"]] = ""
+    report = load_file(con, write_extract("222005_v2.csv", flipped), KEY)
+    line = ("222005 Café Readers 2026 Autumn: 20 pupils replaced by 20 (the same pupils; 20 arms changed; "
+            "3 baseline scores changed; 2 pupils' other details changed)")
+    assert report.changes == [line]
+    recorded = "SELECT arms_changed, baselines_changed, details_changed, state FROM change_sets ORDER BY recorded_at DESC"
+    assert con.execute(recorded).fetchone() == (20, 3, 2, "applied")  # told and recorded, not held (the contract)
+    assert con.execute("SELECT count(*) FROM pupils WHERE arm = 'intervention'").fetchone()[0] == sum(
+        row[column["arm"]] == "intervention" for row in flipped)
+    report = load_file(con, write_extract("222005_v3.csv", flipped), KEY)  # the same rows under a third name
+    assert report.changes == ["222005 Café Readers 2026 Autumn: 20 pupils replaced by 20 (the same pupils and scores)"]
+
+
 def test_per_round_files_keep_every_round(con, write_extract):
     """Issue 19, second bug: the spring file replaced the school's autumn rows too."""
     autumn = rows_in_round(240, "222006", "2025 Autumn")

@@ -35,6 +35,9 @@ class ChangeSet:
     added: int = 0
     removed: int = 0
     scores_changed: int = 0  # pupils kept whose outcome score differs (a score given, blanked or changed)
+    arms_changed: int = 0  # pupils kept whose arm differs
+    baselines_changed: int = 0  # pupils kept whose baseline score differs
+    details_changed: int = 0  # pupils kept whose fsm, gender, year_group or send differs
     state: str = APPLIED
     reason: str = ""  # why it is held
     withdrawn_on: datetime | None = None  # held because the school was withdrawn from this trial key then
@@ -69,12 +72,16 @@ class ChangeSet:
     @property
     def detail(self) -> str:
         """'1 added, 2 removed; 3 outcome scores changed; outcome scores 58 -> 60' (the totals told
-        when they move otherwise than the pupils), 'the same pupils; 12 outcome scores changed', or
-        'the same pupils and scores'."""
+        when they move otherwise than the pupils), 'the same pupils; 12 outcome scores changed; 20 arms
+        changed', or 'the same pupils and scores' (nothing changed)."""
         parts = [f"{n} {what}" for n, what in ((self.added, "added"), (self.removed, "removed")) if n]
         text = ", ".join(parts) or "the same pupils"
-        if self.scores_changed:
-            text += f"; {self.scores_changed} outcome score{'' if self.scores_changed == 1 else 's'} changed"
+        changed = [f"{n} {one if n == 1 else many} changed" for n, one, many in (
+            (self.scores_changed, "outcome score", "outcome scores"), (self.arms_changed, "arm", "arms"),
+            (self.baselines_changed, "baseline score", "baseline scores"),
+            (self.details_changed, "pupil's other details", "pupils' other details")) if n]
+        if changed:
+            text += "; " + "; ".join(changed)
         elif not parts:
             text += " and scores"
         scores = (self.outcomes_before, self.outcomes_after)
@@ -188,13 +195,19 @@ class _Keyed:
         return key
 
 
-class _Tally:
-    """Pupils (by pupil_key, with their outcome score), rows and outcome scores of one (school, trial key)."""
+#: The values besides the outcome a redelivery of the same pupils can change, counted and told.
+VALUES = ("arm", "baseline", "fsm", "gender", "year_group", "send")
 
-    __slots__ = ("outcomes", "rows", "scores")
+
+class _Tally:
+    """Pupils (by pupil_key, with their outcome score and other values), rows and outcome scores of one
+    (school, trial key)."""
+
+    __slots__ = ("outcomes", "rows", "scores", "values")
 
     def __init__(self) -> None:
         self.outcomes: dict[str, float | None] = {}
+        self.values: dict[str, tuple] = {}
         self.rows = 0
         self.scores = 0
 
@@ -202,9 +215,10 @@ class _Tally:
     def pupils(self) -> set[str]:
         return set(self.outcomes)
 
-    def add(self, pupil: str, outcome: float | None) -> None:
+    def add(self, pupil: str, outcome: float | None, values: tuple = ()) -> None:
         scored = _scored(outcome)
         self.outcomes[pupil] = outcome if scored else None
+        self.values[pupil] = tuple(v if _scored(v) else None for v in values)
         self.rows += 1
         self.scores += scored
 
@@ -213,9 +227,19 @@ class _Tally:
         return sum(1 for pupil, score in self.outcomes.items()
                    if pupil in earlier.outcomes and earlier.outcomes[pupil] != score)
 
+    def values_changed(self, earlier: _Tally, first: int, last: int) -> int:
+        """Pupils in both whose :data:`VALUES` ``first`` to ``last`` (inclusive) differ."""
+        return sum(1 for pupil, values in self.values.items() if pupil in earlier.values
+                   and values[first:last + 1] != earlier.values[pupil][first:last + 1])
+
 
 def _scored(outcome: object) -> bool:
     return outcome is not None and outcome == outcome  # not NULL, not NaN
+
+
+def _column(table: pa.Table, name: str) -> list:
+    """A column's values, or Nones when the staged rows do not carry it."""
+    return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
 
 
 def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named: list[tuple] = (),
@@ -239,9 +263,11 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
     after: dict[tuple, _Tally] = {}
     columns = [incoming.column(c).to_pylist() for c in
                ("file_name", "delivery_id", "school_urn", "intervention", "outcome_measure", "round", "pupil_key", "outcome")]
-    for file_name, delivery_id, school, intervention, measure, round_sent, pupil, outcome in zip(*columns):
+    values = list(zip(*(_column(incoming, c) for c in VALUES), strict=True))
+    for (file_name, delivery_id, school, intervention, measure, round_sent, pupil, outcome), row_values in zip(
+            zip(*columns), values, strict=True):
         key = keyed(school, intervention, measure, round_sent)
-        after.setdefault((file_name, delivery_id, school, key), _Tally()).add(pupil, outcome)
+        after.setdefault((file_name, delivery_id, school, key), _Tally()).add(pupil, outcome, row_values)
     carried = set(zip(columns[0], columns[3], columns[4]))
     for file_name, delivery_id, school, intervention, measure in named:
         if (file_name, intervention, measure) not in carried:
@@ -249,8 +275,8 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
     carried_keys = {(school, key) for _, _, school, key in after}
     stored_keys = [_stored_key(keyed, row, carried_keys) for row in stored]
     before: dict[tuple, _Tally] = {}
-    for (school, _, _, _, pupil, outcome, *_), key in zip(stored, stored_keys):
-        before.setdefault((school, key), _Tally()).add(pupil, outcome)
+    for (school, _, _, _, pupil, outcome, _, *row_values), key in zip(stored, stored_keys):
+        before.setdefault((school, key), _Tally()).add(pupil, outcome, tuple(row_values))
     measures: dict[tuple, set[str]] = {}
     for file_name, _, _, key in after:
         measures.setdefault((file_name, key.intervention, key.round), set()).add(key.outcome_measure)
@@ -306,7 +332,8 @@ def _change_set(names: tuple[str, str, str], file_name: str, delivery_id: str, s
         school_urn=school, key=key, intervention=intervention, outcome_measure=measure, round=round_name,
         delivery_id=delivery_id, file_name=file_name, pupils_before=old.rows, pupils_after=new.rows,
         outcomes_before=old.scores, outcomes_after=new.scores, added=added,
-        removed=removed, scores_changed=new.scores_changed(old),
+        removed=removed, scores_changed=new.scores_changed(old), arms_changed=new.values_changed(old, 0, 0),
+        baselines_changed=new.values_changed(old, 1, 1), details_changed=new.values_changed(old, 2, len(VALUES) - 1),
         state=(ACCEPTED if accept else HELD) if reason else APPLIED,
         reason=reason, withdrawn_on=withdrawn_on, show_measure=show_measure,
     )
@@ -315,7 +342,8 @@ def _change_set(names: tuple[str, str, str], file_name: str, delivery_id: str, s
 CHANGE_SET_COLUMNS = [
     "delivery_id", "file_name", "school_urn", "intervention", "outcome_measure", "round", "key_intervention",
     "key_outcome_measure", "key_round", "pupils_before", "pupils_after", "outcomes_before", "outcomes_after",
-    "added", "removed", "scores_changed", "state", "reason", "message",
+    "added", "removed", "scores_changed", "arms_changed", "baselines_changed", "details_changed", "state", "reason",
+    "message",
 ]
 
 
@@ -323,7 +351,7 @@ def change_sets_table(change_sets: list[ChangeSet]) -> pa.Table:
     """The ``change_sets`` rows of these change sets, as the Arrow table ``sql/insert_change_sets.sql`` reads."""
     rows = [c.row() for c in change_sets]
     counts = {"pupils_before", "pupils_after", "outcomes_before", "outcomes_after", "added", "removed",
-              "scores_changed"}
+              "scores_changed", "arms_changed", "baselines_changed", "details_changed"}
     return pa.table({c: pa.array([r[c] for r in rows], pa.int64() if c in counts else pa.string())
                      for c in CHANGE_SET_COLUMNS})
 
@@ -388,7 +416,7 @@ def withdrawal(con: duckdb.DuckDBPyConnection, keys: TrialKeys, school_urn: str,
     want_round = keys.key("", "", "", round_name).round if round_name else None
     before: dict[TrialKey, _Tally] = {}
     replace = set()
-    for school, intervention, measure, round_sent, pupil, outcome, _ in stored_rows(con, [school_urn]):
+    for school, intervention, measure, round_sent, pupil, outcome, *_ in stored_rows(con, [school_urn]):
         key = keyed(school, intervention, measure, round_sent)
         if (want_trial is None or key.intervention == want_trial) and (want_round is None or key.round == want_round):
             before.setdefault(key, _Tally()).add(pupil, outcome)

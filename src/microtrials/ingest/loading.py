@@ -717,7 +717,7 @@ def _plan(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], accept: bool,
     if not loaded:
         return change_sets.Plan()
     columns = ["source_file", "delivery_id", "school_urn", "intervention", "outcome_measure", "round",
-               "pupil_key", "outcome"]
+               "pupil_key", "outcome", *change_sets.VALUES]
     incoming = pa.concat_tables([d.pupils.select(columns) for d in loaded]).rename_columns(["file_name", *columns[1:]])
     named = [(d.report.file_name, d.delivery_id, d.report.school_urn, i, m)
              for d in loaded for i, m in d.report.trials if trials_text([(i, m)]) not in d.report.trials_rejected]
