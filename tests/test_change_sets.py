@@ -462,6 +462,13 @@ def test_a_whole_school_withdrawal_holds_every_later_file_of_the_school_for_any_
                               "takes part in the network's trials again, tell the data team"), what
     assert stored(con, "520002") == []
     assert load_file(con, write_extract("520001_b.csv", beta("520001"), header=ROUND_HEADER), KEY).status == "loaded"
+    # the plan's progress: withdrawn from every round, awaited in none (any file it sends is held)
+    from microtrials.stats import trial_store
+
+    _, refresh, _ = trial_store.plan(con, registry.read_registry(NETWORK.encode()), today=date(2026, 5, 1))
+    progress = refresh.progress.set_index(["intervention", "round"])
+    assert list(progress["withdrawn_urns"]) == ["520002"] * 3
+    assert list(progress["awaited_urns"]) == ["", "520001", ""]  # 520001 has sent Alpha Autumn and Beta
     # accepting brings the school back for that file's trial round (any outcome measure of it), not for the others
     assert accept_file(con, files["secondary outcome"], KEY).changes == [
         "520002 Alpha Autumn: 20 pupils added; accepted by the officer"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
@@ -10,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from microtrials.ingest import warehouse
-from microtrials.ingest.trial_key import TrialKey, TrialKeys, from_warehouse
+from microtrials.ingest.trial_key import TrialKey, TrialKeys, from_warehouse, plain_key
 from microtrials.publish.views import day
 
 APPLIED, HELD, ACCEPTED, WITHDRAWN = "applied", "held", "accepted", "withdrawn"
@@ -415,6 +416,19 @@ def withdrawn_keys(con: duckdb.DuckDBPyConnection) -> set[tuple[str, TrialKey]]:
     if not warehouse.table_exists(con, "change_sets"):
         return set()
     return {(school, TrialKey(*key)) for school, *key, _ in con.execute(warehouse.sql("withdrawn_schools")).fetchall()}
+
+
+def withdrawn_from_plan(con: duckdb.DuckDBPyConnection, rounds: Iterable) -> set[tuple[str, TrialKey]]:
+    """:func:`withdrawn_keys`, and each planned school of these registered rounds (``registry.rounds``)
+    that a withdrawal in force covers for the round's primary outcome (:func:`withdrawals`: a school
+    withdrawn whole, or from the trial, before it sent this round): the plan's progress reads it as
+    "withdrawn", not "awaited", since any file it sends for the round is held."""
+    found = withdrawn_keys(con)
+    held = withdrawals(con)
+    for r in rounds:
+        key = plain_key(r.intervention, r.outcome_measure, r.round)
+        found |= {(str(urn), key) for urn in r.schools if held.held(str(urn), key)}
+    return found
 
 
 def superseded_files(con: duckdb.DuckDBPyConnection, file_names: list[str]) -> dict[str, str]:
