@@ -399,6 +399,7 @@ def protection(evidence: pd.DataFrame, schools: dict[tuple[str, ...], pd.DataFra
             frame.attrs[UNPUBLISHED] = [str(u) for u in source["school_urn"]]
         per_school.append(frame)
     linked = _linked_cells(table, raw, per_school, raw_schools)
+    previous, earlier = rounds_named(linked, previous, earlier)
     blanked, unprotected = disclosure.link(linked, previous, earlier=earlier)
     if unprotected:
         problems.append(f"disclosure control: {len(unprotected)} count(s) or sum(s) could not be protected")
@@ -466,6 +467,53 @@ def earlier_as_registered(earlier: history.Earlier, registry: Registry | None) -
                        "groups": [[list(mapped(tuple(m), rename)) for m in g] for g in state.get("groups", [])]})
     rename = renames(earlier.shown)
     return history.Earlier({mapped(k, rename): v for k, v in earlier.shown.items()}, states)
+
+
+def rounds_named(linked: disclosure.Linked, previous: dict[tuple, float] | None, earlier: list[dict] | None,
+                 ) -> tuple[dict[tuple, float] | None, list[dict] | None]:
+    """``previous`` and the ``earlier`` states with a trial's counts published with no round keyed by
+    the round(s) this publication gives them, where the registry has since named the trial's rounds:
+    the trial's count as its only round's (or, with several rounds, the all-rounds row's), and each
+    school's as the round its pupils are in now. Without this, naming a single-round trial's round
+    (or adding a second) would unlink the last publication: 86 - 80 = the 6 pupils of a joining school."""
+    cumulative = match_key(CUMULATIVE_ROUND)
+    rounds: dict[tuple, set[str]] = {}
+    school_rounds: dict[tuple, set[str]] = {}
+    for var in linked.values:
+        if var[0] == "differs":
+            continue
+        if len(var) == 4:
+            rounds.setdefault(var[:2], set()).add(var[2])
+        elif len(var) == 6:
+            school_rounds.setdefault((*var[:2], var[3]), set()).add(var[2])
+    named = {trial: found - {cumulative} for trial, found in rounds.items() if "" not in found and found - {cumulative}}
+    if not named:
+        return previous, earlier
+
+    def moved(key: tuple) -> tuple:
+        at = 1 if key and key[0] == "differs" else 0
+        trial, rest = tuple(key[at:at + 2]), tuple(key[at + 3:])
+        if len(key) < at + 4 or key[at + 2] != "" or trial not in named:
+            return tuple(key)
+        only = next(iter(named[trial])) if len(named[trial]) == 1 else None
+        if len(rest) == 1:  # the trial's own count
+            row = only or (cumulative if cumulative in rounds[trial] else None)
+            return (*key[:at], *trial, row, *rest) if row else tuple(key)
+        now = school_rounds.get((*trial, rest[0]), set())
+        school_round = only or (next(iter(now)) if len(now) == 1 else None)
+        return (*key[:at], *trial, school_round, rest[0], school_round, *rest[2:]) if school_round else tuple(key)
+
+    def state(kept: dict) -> dict:
+        if any(len(c[0]) > 3 and tuple(c[0][:2]) in named and c[0][2] != "" for c in kept["cells"]):
+            return kept  # it holds the trial's named rounds already: its blank round is another count
+        return {"cells": [[list(moved(tuple(k))), v, shown] for k, v, shown in kept["cells"]],
+                "relations": [[list(moved(tuple(t))), [list(moved(tuple(p))) for p in parts], prefer]
+                              for t, parts, prefer in kept["relations"]],
+                "groups": [[list(moved(tuple(m))) for m in g] for g in kept.get("groups", [])]}
+
+    if previous is not None:  # a count the last publications keyed by its round already is that one
+        previous = {**{moved(k): v for k, v in previous.items()}, **previous}
+    return previous, None if earlier is None else [state(kept) for kept in earlier]
 
 
 def _trial_of(key: tuple) -> str:
