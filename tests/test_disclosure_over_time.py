@@ -109,3 +109,14 @@ def test_adding_a_second_round_keeps_the_first_compared_with_what_it_published_u
     assert pd.isna(year_one) or year_one - 80 >= 10
     assert pd.isna(everything) or pd.isna(second.loc["Year 2", "pupils_analysed"]) or \
         everything - second.loc["Year 2", "pupils_analysed"] - 80 >= 10
+
+
+def test_renaming_a_trials_only_round_keeps_it_compared_with_what_it_published_before(tmp_path):
+    """'Autumn' renamed '2025 Autumn' in trials.csv while a school of 3 + 3 joins: one round gone and one
+    new is the same round renamed (linking counts of other pupils would only blank more)."""
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    out = tmp_path / "out"
+    _published(con, out, {TRIAL: {"Autumn": FOUR}}, "run-1", datetime(2026, 10, 1))
+    second, _ = _published(con, out, {TRIAL: {"2025 Autumn": {**FOUR, **JOINS}}}, "run-2", datetime(2026, 11, 1))
+    total = second.loc["2025 Autumn", "pupils_analysed"]
+    assert pd.isna(total) or total - 80 >= 10
