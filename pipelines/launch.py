@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import logging
@@ -273,6 +274,7 @@ class RunOutcome:
     published: bool
     interrupted: bool
     reason: str  # why it failed, on one line ('' when it succeeded)
+    unreported: tuple[str, ...] = ()  # runs that ended unsuccessfully since the last successful one (unreported_runs)
 
 
 class _Stop:
@@ -313,12 +315,27 @@ def run_everything(extracts: Path, home: Path) -> RunOutcome:
             job, tags = defs.resolve_job_def("refresh"), {}
         result = job.execute_in_process(instance=instance, tags=tags | process_tags(), raise_on_error=False,
                                         run_config=RUN_CONFIG)
-        return outcome(result)
+        ended = outcome(result)
+        return dataclasses.replace(ended, unreported=unreported_runs(instance, result.run_id)) if ended.success else ended
     finally:
         instance.dispose()
 
 
 # ---- how it ended --------------------------------------------------------------------------------
+
+def unreported_runs(instance: dg.DagsterInstance, run_id: str) -> tuple[str, ...]:
+    """The runs (any job, whoever started them) that ended failed or canceled after the latest successful
+    run before ``run_id``, oldest first: a run killed, stopped or failed after its load committed told
+    no summary of what it changed, so run ``run_id``'s summary tells it (cli.summary). Once ``run_id``
+    has succeeded, the next run's summary no longer counts them."""
+    before = [r for r in instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]),
+                                                  limit=2) if r.dagster_run.run_id != run_id]
+    since = before[0].create_timestamp if before else None
+    ended = instance.get_run_records(filters=dg.RunsFilter(
+        statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED], created_after=since))
+    return tuple(r.dagster_run.run_id for r in sorted(ended, key=lambda r: r.create_timestamp)
+                 if r.dagster_run.run_id != run_id)
+
 
 def outcome(result: dg.ExecuteInProcessResult) -> RunOutcome:
     """What the terminal needs to know of a finished run."""

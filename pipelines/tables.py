@@ -100,6 +100,8 @@ CHANGE_SETS_COLUMNS = [
       "`microtrials accept`) or 'withdrawn' (`microtrials withdraw`)"),
     C("reason", "VARCHAR", description="why it was held"),
     C("message", "VARCHAR", description="the line the officer was shown"),
+    C("run_id", "VARCHAR", description="the Dagster run whose load recorded it (blank for the accept and withdraw "
+      "commands, and for change sets recorded before it was kept)"),
     C("recorded_at", "TIMESTAMP", description="when the change set was recorded (UTC)"),
 ]
 

@@ -119,6 +119,9 @@ ALTER TABLE change_sets ADD COLUMN IF NOT EXISTS scores_changed INTEGER;
 ALTER TABLE change_sets ADD COLUMN IF NOT EXISTS arms_changed INTEGER;
 ALTER TABLE change_sets ADD COLUMN IF NOT EXISTS baselines_changed INTEGER;
 ALTER TABLE change_sets ADD COLUMN IF NOT EXISTS details_changed INTEGER;
+-- Added later: the Dagster run whose load recorded the change set (NULL: the accept or withdraw command, a
+-- load outside a run, or recorded before it was kept): a run that stopped before its summary is told later.
+ALTER TABLE change_sets ADD COLUMN IF NOT EXISTS run_id VARCHAR;
 
 -- What each withdrawal (microtrials withdraw) covers, one row per withdrawal: the whole school (every trial
 -- and round: both NULL), one trial (every outcome measure and round of it: key_round NULL), one round of

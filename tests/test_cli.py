@@ -149,3 +149,48 @@ def test_the_summary_names_trials_not_estimable_or_not_refreshed_and_fails_only_
     table.to_csv(out / "evidence_table.csv", index=False)
     _, nothing_new = cli.summary(tmp_path / "extracts", out, tmp_path / "w.duckdb", "run-2")
     assert nothing_new == "Reading / NGRT (no reason recorded); Maths / PUMA (the model did not converge this run)"
+
+
+def test_the_summary_tells_the_changes_of_a_run_that_stopped_after_loading(tmp_path, write_extract):
+    """Red team F10: a run killed after its load committed; the next run found every file unchanged and said
+    "changes to the warehouse: none", though change_sets held the lines the killed run never told."""
+    from microtrials import cli
+    from microtrials.ingest import warehouse
+    from microtrials.ingest.loading import load_files
+
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    first = write_extract("581001.csv", pupil_rows(20, urn="581001", intervention="Alpha", measure="Score"))
+    load_files(con, [first], b"summary-test-key-0123456789abcdef", run_id="run-told-0001")
+    more = write_extract("581001.csv", pupil_rows(24, urn="581001", intervention="Alpha", measure="Score"))
+    new = write_extract("581003.csv", pupil_rows(12, urn="581003", intervention="Alpha", measure="Score"))
+    load_files(con, [more, new], b"summary-test-key-0123456789abcdef", run_id="killed-run-0002")
+    assert con.execute("SELECT run_id, count(*) FROM change_sets GROUP BY 1 ORDER BY 1").fetchall() == [
+        ("killed-run-0002", 2), ("run-told-0001", 1)]
+    con.close()
+    (tmp_path / "out").mkdir()
+    lines, _ = cli.summary(tmp_path / "extracts", tmp_path / "out", tmp_path / "w.duckdb", "run-3", ("killed-run-0002",))
+    start = lines.index("applied by an interrupted run (killed-r: it stopped or failed after loading, before its "
+                        "summary), not told until now:")
+    assert lines[start + 1:start + 3] == ["  581001 Alpha: 20 pupils replaced by 24 (4 added)",
+                                          "  581003 Alpha: 12 pupils added"]
+    lines, _ = cli.summary(tmp_path / "extracts", tmp_path / "out", tmp_path / "w.duckdb", "run-4")
+    assert not any("interrupted run" in line for line in lines)
+
+
+def test_the_runs_left_untold_are_those_ended_unsuccessfully_since_the_last_successful_run():
+    from pipelines import launch
+    from pipelines.definitions import defs
+
+    job = defs.resolve_job_def("refresh")
+    status = dg.DagsterRunStatus
+    with dg.instance_for_test() as instance:
+        def run(state):
+            return instance.create_run_for_job(job_def=job, status=state).run_id
+
+        run(status.FAILURE)  # before the last successful run: its summary's business
+        run(status.SUCCESS)
+        killed, stopped = run(status.FAILURE), run(status.CANCELED)
+        run(status.STARTED)  # still going (another process): not ended
+        current = run(status.SUCCESS)
+        assert launch.unreported_runs(instance, current) == (killed, stopped)
+        assert launch.unreported_runs(instance, run(status.SUCCESS)) == ()  # once told, never again

@@ -118,7 +118,7 @@ def _load(context: dg.AssetExecutionContext, settings: Settings, warehouse_db: W
         if note:
             context.log.warning(note)
         _store_current_rounds(con, settings)
-        reports = loading.load_files(con, files, key, keys=_trial_keys(settings, context))
+        reports = loading.load_files(con, files, key, keys=_trial_keys(settings, context), run_id=context.run_id)
         present = {p.name for p in settings.extracts.iterdir()} if settings.extracts.is_dir() else set()
         _update_load_report(con, loading.load_report_frame(reports + ignored),
                             {p.name for p in files} | {r.file_name for r in ignored}, present)

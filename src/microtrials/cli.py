@@ -440,7 +440,7 @@ def run_pipeline(extracts: Path, out: Path, db: Path, new_pupil_key: bool = Fals
             reason += f"; nothing was published, the last good publication in {out} stays"
         print(f"microtrials run failed: {reason}", file=sys.stderr)
         return FAILED
-    lines, nothing_new = summary(extracts, out, db, result.run_id)
+    lines, nothing_new = summary(extracts, out, db, result.run_id, result.unreported)
     print("\n".join(lines))
     if nothing_new:
         print(f"microtrials run failed: no trial could be refreshed, the last published figures stay: {nothing_new}",
@@ -477,9 +477,11 @@ def check_key_matches(db: Path, key: bytes, new_key: bool) -> None:
         con.close()
 
 
-def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str], str]:
+def summary(extracts: Path, out: Path, db: Path, run_id: str,
+            unreported: tuple[str, ...] = ()) -> tuple[list[str], str]:
     """What the run did, for the terminal: files loaded / rejected / unchanged, rows set aside,
-    warnings, trials by status, then the officer's to-do list (:mod:`microtrials.summary`) and where
+    warnings, what the ``unreported`` runs changed (they stopped before their summary:
+    :func:`pipelines.launch.unreported_runs`), trials by status, then the officer's to-do list (:mod:`microtrials.summary`) and where
     the feedback and the site are; and, when every estimable trial failed to refresh (nothing new
     could be published), those trials with their reasons on one line (else '')."""
     import pandas as pd
@@ -500,6 +502,7 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
                             ws is None and extracts == (DEMO / "extracts").resolve(),
                             str(out / "registry_report.csv"))
         twice = change_sets.stored_twice(con) if warehouse.table_exists(con, "pupils") else ""
+        untold = change_sets.unreported_lines(con, unreported)
         warning_rows = None
         if facts.files is not None and "rows_with_warnings" not in facts.files and warehouse.table_exists(con, "load_warnings"):
             warning_rows = con.execute(
@@ -513,7 +516,7 @@ def summary(extracts: Path, out: Path, db: Path, run_id: str) -> tuple[list[str]
         lines.append(f"files: none in {extracts} (put the schools' extract files there and run again)")
     else:
         lines += _file_lines(report, extracts, warning_rows)
-    lines += [twice] if twice else []
+    lines += untold + ([twice] if twice else [])
     if "status" in table:
         counts = table["status"].value_counts()
         lines.append(f"trials: {len(table)} ({', '.join(f'{n} {s}' for s, n in counts.items())})" if len(table)

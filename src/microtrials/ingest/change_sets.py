@@ -352,13 +352,14 @@ CHANGE_SET_COLUMNS = [
     "delivery_id", "file_name", "school_urn", "intervention", "outcome_measure", "round", "key_intervention",
     "key_outcome_measure", "key_round", "pupils_before", "pupils_after", "outcomes_before", "outcomes_after",
     "added", "removed", "scores_changed", "arms_changed", "baselines_changed", "details_changed", "state", "reason",
-    "message",
+    "message", "run_id",
 ]
 
 
-def change_sets_table(change_sets: list[ChangeSet]) -> pa.Table:
-    """The ``change_sets`` rows of these change sets, as the Arrow table ``sql/insert_change_sets.sql`` reads."""
-    rows = [c.row() for c in change_sets]
+def change_sets_table(change_sets: list[ChangeSet], run_id: str | None = None) -> pa.Table:
+    """The ``change_sets`` rows of these change sets (recorded by Dagster run ``run_id``, if any), as the
+    Arrow table ``sql/insert_change_sets.sql`` reads."""
+    rows = [c.row() | {"run_id": run_id} for c in change_sets]
     counts = {"pupils_before", "pupils_after", "outcomes_before", "outcomes_after", "added", "removed",
               "scores_changed", "arms_changed", "baselines_changed", "details_changed"}
     return pa.table({c: pa.array([r[c] for r in rows], pa.int64() if c in counts else pa.string())
@@ -496,6 +497,20 @@ def withdrawal(con: duckdb.DuckDBPyConnection, keys: TrialKeys, school_urn: str,
             pupils_before=old.rows, outcomes_before=old.scores, removed=len(old.pupils), state=WITHDRAWN,
             show_measure=len(measures[key.intervention, key.round]) > 1))
     return Plan(out, _table(replace, REPLACE_SCHEMA))
+
+
+def unreported_lines(con: duckdb.DuckDBPyConnection, run_ids: list[str] | tuple[str, ...]) -> list[str]:
+    """What runs that never told a summary changed (``run_ids``: they stopped, were killed or failed after
+    their load committed; ``sql/unreported_change_sets.sql``): a heading naming them, then their change
+    lines (held ones first); [] when they changed nothing."""
+    if not run_ids or not warehouse.table_exists(con, "change_sets"):
+        return []
+    found = con.execute(warehouse.sql("unreported_change_sets"), {"runs": list(run_ids)}).fetchall()
+    if not found:
+        return []
+    runs = sorted({run[:8] for run, _ in found})
+    return [f"applied by an interrupted run ({', '.join(runs)}: it stopped or failed after loading, before its "
+            "summary), not told until now:", *(f"  {message}" for _, message in found)]
 
 
 def stored_twice(con: duckdb.DuckDBPyConnection) -> str:

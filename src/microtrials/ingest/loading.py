@@ -167,7 +167,7 @@ def extract_files(folder: Path) -> list[Path]:
 
 def load_files(
     con: duckdb.DuckDBPyConnection, paths: list[Path], key: bytes, new_pupil_key: bool = False, accept: bool = False,
-    keys: trial_key.TrialKeys | None = None,
+    keys: trial_key.TrialKeys | None = None, run_id: str | None = None,
 ) -> list[FileReport]:
     """Load ``paths`` in the order given, as :func:`load_file` would one by one, but faster.
 
@@ -184,8 +184,9 @@ def load_files(
     recorded, and only the change sets the hold rule would hold are applied (``accepted``).
     ``keys`` places the rows in trials and rounds (the registry the run reads); by default, the
     registry last stored in the warehouse (:func:`microtrials.ingest.trial_key.from_warehouse`).
+    ``run_id``: the Dagster run loading them, recorded with each change set.
     """
-    how = _How(accept, keys)
+    how = _How(accept, keys, run_id)
     check_key_unchanged(con, key, new_pupil_key)
     paths = [Path(p) for p in paths]
     chunks = [paths[first : first + BATCH_FILES] for first in range(0, len(paths), BATCH_FILES)]
@@ -285,6 +286,7 @@ class _How:
 
     accept: bool = False
     keys: trial_key.TrialKeys | None = None
+    run_id: str | None = None  # the Dagster run loading, recorded with each change set
 
 
 @dataclass
@@ -649,7 +651,7 @@ def _write(cur: duckdb.DuckDBPyConnection, group: list[_Delivery], how: _How) ->
                      "load_quarantine", "load_warnings"):
             cur.execute(warehouse.sql(name))
     cur.execute(warehouse.sql("load_delivery"))
-    record_change_sets(cur, plan.change_sets)
+    record_change_sets(cur, plan.change_sets, how.run_id)
     return changed
 
 
@@ -674,11 +676,13 @@ def _not_held(report: FileReport) -> FileReport:
     return dataclasses.replace(report, status="not held", reason=why, changes=[])
 
 
-def record_change_sets(cur: duckdb.DuckDBPyConnection, planned: list[change_sets.ChangeSet]) -> None:
-    """Insert ``planned`` into the ``change_sets`` table (inside the caller's transaction)."""
+def record_change_sets(cur: duckdb.DuckDBPyConnection, planned: list[change_sets.ChangeSet],
+                       run_id: str | None = None) -> None:
+    """Insert ``planned`` into the ``change_sets`` table (inside the caller's transaction), with the
+    Dagster run recording them, if any."""
     if not planned:
         return
-    with _registered(cur, {"batch_change_sets": change_sets.change_sets_table(planned)}):
+    with _registered(cur, {"batch_change_sets": change_sets.change_sets_table(planned, run_id)}):
         cur.execute(warehouse.sql("insert_change_sets"))
 
 
