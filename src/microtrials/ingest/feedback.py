@@ -168,14 +168,12 @@ def _rows(problems: pd.DataFrame | None, report, path: Path) -> pd.DataFrame:
         lines = set(problems["line"].dropna().astype(int))
         kept = getattr(report, "problem_cells", None)  # what the load kept; else read the file again
         values, pupil_ids = kept[:2] if kept is not None and lines <= kept[2] else _cells(path, lines)
-        ids = pa.array(sorted(pupil_ids), type=pa.string())
-        for row in problems.sort_values(["line", "column_name"], na_position="first").itertuples(index=False):
-            reason, fix = _split(row.reason)
-            column = row.column_name if isinstance(row.column_name, str) else ""
-            line = "" if pd.isna(row.line) else int(row.line)
-            value = values.get((line, column), "")
-            if value and not _quotable(column, value, ids):
-                value = HIDDEN
+        ordered = problems.sort_values(["line", "column_name"], na_position="first")
+        columns = [c if isinstance(c, str) else "" for c in ordered["column_name"]]
+        lines_of = ["" if pd.isna(line) else int(line) for line in ordered["line"]]
+        shown = _shown_values([values.get(key, "") for key in zip(lines_of, columns)], columns, pupil_ids)
+        for line, column, value, why in zip(lines_of, columns, shown, ordered["reason"]):
+            reason, fix = _split(why)
             out.append({"line": line, "column": column, "value": value, "reason": reason, "what_to_do": fix})
     for trial, why in [*getattr(report, "trials_rejected", {}).items(), *getattr(report, "trials_held", {}).items()]:
         reason, fix = _split(why)
@@ -192,9 +190,23 @@ def _rows(problems: pd.DataFrame | None, report, path: Path) -> pd.DataFrame:
     return pd.DataFrame(out, columns=COLUMNS)
 
 
-def _quotable(column: str, value: str, pupil_ids: pa.Array) -> bool:
-    """The identifier rule of :func:`microtrials.ingest.extracts.quotable`, for one cell."""
-    return bool(extracts.quotable(column, pa.array([str(value)], type=pa.string()), pupil_ids)[0].as_py())
+def _shown_values(values: list, columns: list[str], pupil_ids: set[str]) -> list[str]:
+    """Each cell as the feedback file shows it: the value sent when the identifier rule of
+    :func:`microtrials.ingest.extracts.quotable` allows it, else :data:`HIDDEN` (blank stays blank).
+    One rule check per column over all its cells, so a file with many rows set aside costs time in
+    proportion to its rows (a check per cell built the file's pupil_id set once per cell)."""
+    ids = pa.array(sorted(pupil_ids), type=pa.string())
+    shown = [str(v) if v else "" for v in values]
+    cells: dict[str, list[int]] = {}
+    for i, (column, value) in enumerate(zip(columns, shown)):
+        if value:
+            cells.setdefault(column, []).append(i)
+    for column, at in cells.items():
+        safe = extracts.quotable(column, pa.array([shown[i] for i in at], type=pa.string()), ids).to_pylist()
+        for i, ok in zip(at, safe):
+            if not ok:
+                shown[i] = HIDDEN
+    return shown
 
 
 def _split(reason: str) -> tuple[str, str]:
