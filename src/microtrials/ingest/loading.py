@@ -512,11 +512,12 @@ def _prepare(path: Path, data: bytes | OSError | extracts.FileTooLarge, delivery
         warned_by_reason=checked.warned_by_reason(),
         file_warnings=checked.file_warnings(),
     )
-    # The cells of the lines set aside or warned about, for the school's feedback file (in memory
-    # only: an attribute, not a field, so never in the stored report_json).
-    lines = {n for table in (checked.quarantine, checked.warnings) if "line" in table.column_names
-             for n in table.column("line").to_pylist() if n is not None}
-    report.problem_cells = (*feedback.problem_cells(extract.rows, lines), lines)
+    # The cells the entries of the lines set aside or warned about name, for the school's feedback
+    # file (in memory only: an attribute, not a field, so never in the stored report_json).
+    wanted = {(n, c) for table in (checked.quarantine, checked.warnings) if "line" in table.column_names
+              for n, c in zip(table.column("line").to_pylist(), table.column("column_name").to_pylist())
+              if n is not None and c is not None}
+    report.problem_cells = (*feedback.problem_cells(extract.rows, wanted), wanted)
     source = {"source_file": checked.file_name, "delivery_id": delivery_id}
     return _Delivery(
         delivery_id,
