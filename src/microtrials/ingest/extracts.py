@@ -219,6 +219,26 @@ class ValidatedExtract:
         return self.warnings.filter(pc.is_null(self.warnings.column("line"))).column("reason").to_pylist()
 
 
+def first_lines(entries: pa.Table, limit: int) -> tuple[pa.Table, int, int | None]:
+    """The quarantine or warning entries of the first ``limit`` lines they name (and those with no
+    line), how many lines after those were left out, and the last line kept (None when none was)."""
+    lines = entries.column("line")
+    if entries.num_rows <= limit:  # fewer entries than the limit: fewer lines too
+        return entries, 0, None
+    distinct = pc.unique(lines.drop_null())
+    if len(distinct) <= limit:
+        return entries, 0, None
+    last = distinct.take(pc.array_sort_indices(distinct))[limit - 1].as_py()
+    keep = pc.or_kleene(pc.is_null(lines), pc.less_equal(lines, last))
+    return entries.filter(keep), len(distinct) - limit, last
+
+
+def file_entry(rule: str, reason: str, school: str | None) -> pa.Table:
+    """One warning about the whole file (no line), for ``school``."""
+    entry = _entries([None], [rule], [reason])
+    return entry.set_column(1, "school_urn", pa.array([school], pa.string()))
+
+
 def distinct_lines(entries: pa.Table) -> int:
     """Distinct lines among quarantine or warning entries (file-level ones, with no line, left out)."""
     return _distinct_lines(entries)
