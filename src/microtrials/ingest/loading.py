@@ -561,8 +561,10 @@ def _list_first_lines(delivery: _Delivery) -> None:
     for note in notes:
         report.file_warnings.append(note)
         entry = _with_source(extracts.file_entry("rows not listed", note, report.school_urn), source)
-        others = [] if delivery.warnings is None else [delivery.warnings.select(entry.column_names)]
-        delivery.warnings = pa.concat_tables([entry, *others])
+        if delivery.warnings is not None:
+            entry = pa.concat_tables([entry.select(delivery.warnings.column_names).cast(delivery.warnings.schema),
+                                      delivery.warnings])
+        delivery.warnings = entry
 
 
 def _with_source(table: pa.Table, source: dict[str, str]) -> pa.Table:
