@@ -120,6 +120,18 @@ ALTER TABLE change_sets ADD COLUMN IF NOT EXISTS arms_changed INTEGER;
 ALTER TABLE change_sets ADD COLUMN IF NOT EXISTS baselines_changed INTEGER;
 ALTER TABLE change_sets ADD COLUMN IF NOT EXISTS details_changed INTEGER;
 
+-- What each withdrawal (microtrials withdraw) covers, one row per withdrawal: the whole school (every trial
+-- and round: both NULL), one trial (every outcome measure and round of it: key_round NULL), one round of
+-- every trial (key_intervention NULL), or one trial round. The loader holds any later file of the school
+-- with rows in it until accepted (change_sets.withdrawals). Added later: a warehouse written before has
+-- only the withdrawn change sets, each read as covering every outcome measure of its trial round.
+CREATE TABLE IF NOT EXISTS withdrawal_scopes (
+    school_urn          VARCHAR NOT NULL,
+    key_intervention    VARCHAR,            -- the trial key's intervention; NULL: every trial
+    key_round           VARCHAR,            -- the trial key's round; NULL: every round
+    recorded_at         TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
 -- The latest `deliveries` record under each file name: what the file of that name now is (an earlier
 -- content sent again under the name is a new delivery). The one definition the loader
 -- (sql/delivery_report.sql), its concurrency guard (delivery_seen.sql) and the sensor (recorded_files.sql)

@@ -382,7 +382,7 @@ def test_a_withdrawn_schools_file_with_one_score_changed_is_held_and_the_next_ru
     report = load_file(con, changed, KEY)
     assert report.status == "held" and report.rows_loaded == 0 and len(report.changes) == 1
     assert report.changes[0].startswith("222005 Café Readers 2026 Autumn: held, not applied: the school was withdrawn "
-                                        f"from this trial on {withdrawn_on(con)}")
+                                        f"from the network on {withdrawn_on(con)}")  # the whole school
     assert load_file(con, changed, KEY).status == "held"  # the next run
     assert pupils(con, "222005") == []
     other = load_file(con, write_extract("222006.csv", rows_in_round(8, "222006", "2025 Autumn"), header=ROUND_HEADER), KEY)
@@ -403,8 +403,125 @@ def test_a_file_held_before_the_school_was_withdrawn_is_held_again_under_a_new_n
     assert load_file(con, write_extract("222005_v2.csv", fewer), KEY).status == "held"
     withdraw(con, "222005")
     report = load_file(con, write_extract("222005_v3.csv", fewer), KEY)
-    assert report.status == "held" and f"withdrawn from this trial on {withdrawn_on(con)}" in report.changes[0]
+    assert report.status == "held" and f"withdrawn from the network on {withdrawn_on(con)}" in report.changes[0]
     assert pupils(con, "222005") == []
+
+
+NETWORK = (  # red team T03: a secondary outcome, a second round, a second trial
+    "intervention,outcome_measure,round,start_date,end_date,schools,secondary_outcomes\n"
+    "Alpha,Score,Autumn,2025-09-01,2025-12-19,520001 520002,Reading age\n"
+    "Alpha,Score,Spring,2026-01-05,2026-04-01,520001 520002,Reading age\n"
+    "Beta,Score,,2025-09-01,2026-07-17,520001 520002,\n"
+)
+
+
+@pytest.fixture
+def network(tmp_path):
+    connection = warehouse.connect(tmp_path / "network.duckdb")
+    parsed = registry.read_registry(NETWORK.encode())
+    assert not parsed.problems
+    history.store_registry(connection, parsed, NETWORK, datetime(2026, 9, 1))
+    yield connection
+    connection.close()
+
+
+def alpha(urn, measure="Score", round_name="Autumn", n=20, start=1):
+    return [row + [round_name] for row in pupil_rows(n, urn=urn, intervention="Alpha", measure=measure, start=start)]
+
+
+def beta(urn, n=20):
+    return [row + [""] for row in pupil_rows(n, urn=urn, intervention="Beta", measure="Score", start=700)]
+
+
+def stored(con, urn):
+    return con.execute("SELECT intervention, outcome_measure, coalesce(round, ''), count(*) FROM pupils "
+                       "WHERE school_urn = ? GROUP BY ALL ORDER BY ALL", [urn]).fetchall()
+
+
+def test_a_whole_school_withdrawal_holds_every_later_file_of_the_school_for_any_trial_or_round(network, write_extract):
+    """Red team F4 (t03): after `withdraw 520002`, its files for the same outcome, the registered secondary
+    outcome of the same trial round, the trial's other round and another trial all loaded but the first."""
+    from microtrials.ingest.loading import accept_file, withdraw
+
+    con = network
+    for urn in ("520001", "520002"):
+        load_file(con, write_extract(f"{urn}.csv", alpha(urn), header=ROUND_HEADER), KEY)
+    assert [c.message for c in withdraw(con, "520002")] == ["520002 Alpha Autumn: withdrawn, 20 pupils removed"]
+    later = {"same outcome": alpha("520002", start=30), "secondary outcome": alpha("520002", "Reading age"),
+             "other round": alpha("520002", round_name="Spring"), "other trial": beta("520002")}
+    files = {what: write_extract(f"520002_{n}.csv", rows, header=ROUND_HEADER) for n, (what, rows) in enumerate(later.items())}
+    on = withdrawn_on(con)
+    for what, path in files.items():
+        report = load_file(con, path, KEY)
+        assert report.status == "held" and report.rows_loaded == 0, (what, report.changes)
+        assert report.changes[0].endswith(
+            f": held, not applied: the school was withdrawn from the network on {on} (microtrials withdraw); it stays "
+            f"withdrawn (to bring the school back: microtrials accept {path.name})"), what
+        [why] = report.trials_held.values()
+        assert why.startswith(f"held, not loaded: the school was withdrawn from the network on {on}; if the school "
+                              "takes part in the network's trials again, tell the data team"), what
+    assert stored(con, "520002") == []
+    assert load_file(con, write_extract("520001_b.csv", beta("520001"), header=ROUND_HEADER), KEY).status == "loaded"
+    # the plan's progress: withdrawn from every round, awaited in none (any file it sends is held)
+    from microtrials.stats import trial_store
+
+    _, refresh, _ = trial_store.plan(con, registry.read_registry(NETWORK.encode()), today=date(2026, 5, 1))
+    progress = refresh.progress.set_index(["intervention", "round"])
+    assert list(progress["withdrawn_urns"]) == ["520002"] * 3
+    assert list(progress["awaited_urns"]) == ["", "520001", ""]  # 520001 has sent Alpha Autumn and Beta
+    # accepting brings the school back for that file's trial round (any outcome measure of it), not for the others
+    assert accept_file(con, files["secondary outcome"], KEY).changes == [
+        "520002 Alpha Autumn: 20 pupils added; accepted by the officer"]
+    again = write_extract("520002_again.csv", alpha("520002", start=30), header=ROUND_HEADER)
+    assert load_file(con, again, KEY).changes == ["520002 Alpha Autumn: 20 pupils added"]
+    assert load_file(con, write_extract("520002_spring2.csv", alpha("520002", round_name="Spring", n=21),
+                                        header=ROUND_HEADER), KEY).status == "held"
+    assert stored(con, "520002") == [("Alpha", "Reading age", "Autumn", 20), ("Alpha", "Score", "Autumn", 20)]
+
+
+def test_a_withdrawal_from_one_trial_holds_its_every_outcome_and_round_and_no_other_trial(network, write_extract):
+    from microtrials.ingest.loading import withdraw
+
+    con = network
+    both = alpha("520002") + beta("520002")
+    load_file(con, write_extract("520002.csv", both, header=ROUND_HEADER), KEY)
+    assert [c.message for c in withdraw(con, "520002", "alpha")] == ["520002 Alpha Autumn: withdrawn, 20 pupils removed"]
+    assert stored(con, "520002") == [("Beta", "Score", "", 20)]
+    on = withdrawn_on(con)
+    for n, rows in enumerate((alpha("520002", "Reading age"), alpha("520002", round_name="Spring"))):
+        report = load_file(con, write_extract(f"520002_{n}.csv", rows, header=ROUND_HEADER), KEY)
+        assert report.status == "held" and f"the school was withdrawn from this trial on {on}" in report.changes[0]
+    report = load_file(con, write_extract("520002_beta.csv", beta("520002", 24), header=ROUND_HEADER), KEY)
+    assert report.status == "loaded" and report.changes == ["520002 Beta: 20 pupils replaced by 24 (4 added)"]
+    # one round of the trial: the trial's other round loads, the round's other outcome measure is held
+    withdraw(con, "520002", "Beta")
+    load_file(con, write_extract("520001.csv", alpha("520001"), header=ROUND_HEADER), KEY)
+    load_file(con, write_extract("520001_spring.csv", alpha("520001", round_name="Spring"), header=ROUND_HEADER), KEY)
+    assert len(withdraw(con, "520001", "Alpha", "Autumn")) == 1
+    assert load_file(con, write_extract("520001_ra.csv", alpha("520001", "Reading age"), header=ROUND_HEADER),
+                     KEY).status == "held"
+    assert load_file(con, write_extract("520001_spring2.csv", alpha("520001", round_name="Spring", n=22),
+                                        header=ROUND_HEADER), KEY).status == "loaded"
+    scopes = con.execute("SELECT school_urn, key_intervention, key_round FROM withdrawal_scopes "
+                         "ORDER BY recorded_at").fetchall()
+    assert scopes == [("520002", "alpha", None), ("520002", "beta", None), ("520001", "alpha", "autumn")]
+
+
+def test_the_withdraw_command_says_which_later_files_are_held(network, write_extract, tmp_path, capsys):
+    from microtrials import cli
+
+    load_file(network, write_extract("520002.csv", alpha("520002") + beta("520002"), header=ROUND_HEADER), KEY)
+    load_file(network, write_extract("520001.csv", alpha("520001") + beta("520001"), header=ROUND_HEADER), KEY)
+    network.close()
+    db = str(tmp_path / "network.duckdb")
+    assert cli.main(["withdraw", "520002", "--trial", "alpha", "--db", db]) == 0
+    assert ("  any later file of the school with rows for Alpha (any outcome measure, any round), whatever its name "
+            "or content, is held, not loaded (microtrials accept FILE brings the school back for the trial rounds of "
+            "that file); its files may stay in the extracts folder") in capsys.readouterr().out
+    assert cli.main(["withdraw", "520002", "--db", db]) == 0
+    assert "  any later file of the school for any trial or round, whatever" in capsys.readouterr().out
+    assert cli.main(["withdraw", "520001", "--trial", "Alpha", "--round", "autumn", "--db", db]) == 0
+    assert "with rows for Alpha Autumn (any outcome measure), whatever" in capsys.readouterr().out
 
 
 def test_the_accept_and_withdraw_commands(con, write_extract, tmp_path, capsys, monkeypatch):

@@ -1,5 +1,6 @@
 """Model-based test: random delivery sequences against "the latest accepted delivery per (school, trial, round) wins"
-(after a withdrawal, any later file of the school for that trial round held until accepted, whatever its bytes)."""
+(after a withdrawal, any later file of the school for a trial round it covers held until accepted, whatever its bytes:
+every trial and round for a whole-school withdrawal, every round of the trial for one trial's)."""
 
 from __future__ import annotations
 
@@ -106,7 +107,10 @@ class Deliveries(RuleBasedStateMachine):
         self.model: dict[tuple[str, str, str], dict[str, str]] = {}
         self.files: dict[str, list[list[str]]] = {}  # name -> its rows
         self.status: dict[str, str] = {}  # name -> what the warehouse recorded: applied, held, rejected
-        self.withdrawn: set[tuple[str, str, str]] = set()  # keys withdrawn and not applied or accepted since
+        self.clock = itertools.count()  # orders withdrawals and applied changes
+        self.withdrawals: dict[tuple[str, str | None], int] = {}  # (school, trial or None for all) -> when, latest
+        self.applied_at: dict[tuple[str, str, str], int] = {}  # key -> when last applied or accepted
+        self.stored_when_withdrawn: set[tuple[str, str, str]] = set()  # keys whose rows a withdrawal removed
         self.names = itertools.count()
         self.recorded = 0
         self.deliver(school, file_blocks)
@@ -124,6 +128,14 @@ class Deliveries(RuleBasedStateMachine):
             out.setdefault(row_key(row), {})[row[1]] = row[5]
         return out
 
+    def withdrawn(self, key: tuple) -> str:
+        """'network' or 'trial': the latest withdrawal of the key's school covering its trial (the whole school,
+        or that trial) recorded after the key was last applied or accepted; '' for none."""
+        since = self.applied_at.get(key, -1)
+        covering = [(when, "network" if trial is None else "trial") for (school, trial), when in self.withdrawals.items()
+                    if school == key[0] and trial in (None, key[1]) and when > since]
+        return max(covering)[1] if covering else ""
+
     def would_hold(self, key: tuple, new: dict[str, str]) -> bool:
         """Held: the school was withdrawn from the key (whatever the file's bytes), or it would lose more than half
         of the stored pupils (those it leaves out, whatever it adds) or of the outcome scores."""
@@ -131,7 +143,7 @@ class Deliveries(RuleBasedStateMachine):
 
     def hold_rule(self, key: tuple, new: dict[str, str]) -> str:
         """Which rule holds the change ('' for none), the first that applies, as the reason says it."""
-        if key in self.withdrawn:
+        if self.withdrawn(key):
             return "withdrawn"
         old = self.model.get(key, {})
         scored = [sum(score != "" for score in pupils.values()) for pupils in (new, old)]
@@ -156,21 +168,25 @@ class Deliveries(RuleBasedStateMachine):
         assert got == want, (got, want)
         for key, new in changes.items():
             self.model[key] = new
-            self.withdrawn.discard(key)
+            self.applied_at[key] = next(self.clock)
 
     def expect_load(self, name: str, report) -> None:
         changes = self.delivered(name)
         held = {key for key, new in changes.items() if self.would_hold(key, new)}
         removed = [key for key, new in changes.items() if self.hold_rule(key, new) == "pupils removed"]
+        withdrawn = {key: self.withdrawn(key) for key in held if self.withdrawn(key)}
         self.apply(name, {key: new for key, new in changes.items() if key not in held})
-        if held & self.withdrawn:
+        if withdrawn:
             event("delivery: held, the school withdrawn from the trial round")
+        if set(withdrawn) - self.stored_when_withdrawn:
+            event("delivery: held, a trial round the school had sent nothing for when withdrawn")
         assert len(report.changes) == len(changes), (report.changes, changes)
         assert sum("held, not applied" in line for line in report.changes) == len(held)
         assert sum(": held, not applied: it would remove " in line for line in report.changes) == len(removed)
-        withdrawn_lines = [line for line in report.changes if "the school was withdrawn from this trial on " in line]
-        assert len(withdrawn_lines) == len(held & self.withdrawn), (report.changes, held & self.withdrawn)
-        assert all(line.endswith(f"(to bring the school back: microtrials accept {name})") for line in withdrawn_lines)
+        for scope, words in (("trial", "this trial"), ("network", "the network")):
+            lines = [line for line in report.changes if f"the school was withdrawn from {words} on " in line]
+            assert len(lines) == list(withdrawn.values()).count(scope), (report.changes, withdrawn)
+            assert all(line.endswith(f"(to bring the school back: microtrials accept {name})") for line in lines)
         expected = "loaded" if not held else ("held" if len(held) == len(changes) else "partly held")
         assert report.status == expected, (report.status, expected, report.reason)
         self.status[name] = report.status
@@ -249,7 +265,7 @@ class Deliveries(RuleBasedStateMachine):
 
     def refused(self, name: str) -> bool:
         """Whether the file carries rows for a key since withdrawn (any file of such rows is held)."""
-        return any(k in self.withdrawn for k in self.delivered(name))
+        return any(self.withdrawn(k) for k in self.delivered(name))
 
     def acceptable(self, name: str) -> bool:
         """A held file, or one loaded (so applied) that carries rows for a key since withdrawn."""
@@ -290,7 +306,9 @@ class Deliveries(RuleBasedStateMachine):
         event(f"withdraw: {'some rows' if gone else 'nothing to remove'}")
         for key in gone:
             del self.model[key]
-            self.withdrawn.add(key)
+            self.stored_when_withdrawn.add(key)
+        if gone:  # nothing removed: nothing recorded, no later file held
+            self.withdrawals[school, trial] = next(self.clock)
         self.recorded += len(gone)
 
     # ---- after every step --------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def registry(context: dg.AssetExecutionContext, settings: Settings, warehouse_db
         combos = (con.execute(warehouse.sql("delivered_combos")).df() if warehouse.table_exists(con, "pupils")
                   else None)
         results = con.execute(warehouse.sql("trial_results")).df() if warehouse.table_exists(con, "trial_results") else None
-        withdrawn = change_sets.withdrawn_keys(con)
+        withdrawn = change_sets.withdrawn_from_plan(con, parsed.rounds)
     plan = messages = None
     if combos is not None:
         matching = match_deliveries(parsed, combos)

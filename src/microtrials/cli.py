@@ -195,7 +195,9 @@ def _change_parsers(commands) -> None:
         "withdraw", help="remove a school's rows (the school withdrew, or asked for erasure)",
         description="Remove school URN's pupil rows (all, or one trial's and/or one round's) with the rows set "
         "aside that explained them; recorded as 'withdrawn' in change_sets, and the history says 'withdrawn'. "
-        "Any later file of the school with rows for those trial rounds is held until 'microtrials accept'.")
+        "Later files of the school are held until 'microtrials accept': without --trial/--round every file of "
+        "the school (any trial, any round); with --trial any outcome measure and round of that trial; with "
+        "--round that round, any outcome measure.")
     _workspace_option(withdraw)
     withdraw.add_argument("urn", help="the school's 6-digit URN")
     withdraw.add_argument("--trial", default=None, metavar="NAME",

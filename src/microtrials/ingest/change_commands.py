@@ -11,6 +11,7 @@ from microtrials.ingest import feedback
 from microtrials.ingest import loading
 from microtrials.ingest import privacy
 from microtrials.ingest import warehouse
+from microtrials.ingest.change_sets import ChangeSet
 from microtrials.errors import MicrotrialsError
 
 _URN = re.compile(r"^[0-9]{6}$")
@@ -62,9 +63,23 @@ def withdraw(urn: str, db: Path, trial: str | None = None, round_name: str | Non
         return 1, [f"school {urn}: the warehouse holds no rows{' for ' + which if which else ''}; nothing changed"]
     lines = [f"  {c.message}" for c in done]
     return 0, ["withdrawn from the warehouse (recorded in change_sets; the next run publishes without them):",
-               *lines, "  any later file of the school with rows for these trial rounds, whatever its name or content, "
-               "is held, not loaded (microtrials accept FILE brings the school back); its files may stay in the "
-               "extracts folder"]
+               *lines, f"  any later file of the school {held_scope(done[0], trial, round_name)}, "
+               "whatever its name or content, is held, not loaded (microtrials accept FILE brings the school back "
+               "for the trial rounds of that file); its files may stay in the extracts folder"]
+
+
+def held_scope(withdrawn: ChangeSet, trial: str | None, round_name: str | None) -> str:
+    """Which later files of the school a withdrawal holds, in the officer's words: 'for any trial or
+    round' (the whole school), 'with rows for Café Readers (any outcome measure, any round)', 'with rows
+    for round 2026 Autumn of any trial', or 'with rows for Café Readers 2026 Autumn (any outcome measure)'
+    (``withdrawn``: one of its change sets, for the registered names)."""
+    if trial and round_name:
+        return f"with rows for {withdrawn.intervention} {withdrawn.round} (any outcome measure)"
+    if trial:
+        return f"with rows for {withdrawn.intervention} (any outcome measure, any round)"
+    if round_name:
+        return f"with rows for round {withdrawn.round} of any trial"
+    return "for any trial or round"
 
 
 def replace_load_report_rows(con, frame: pd.DataFrame) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
@@ -10,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from microtrials.ingest import warehouse
-from microtrials.ingest.trial_key import TrialKey, TrialKeys, from_warehouse
+from microtrials.ingest.trial_key import TrialKey, TrialKeys, from_warehouse, plain_key
 from microtrials.publish.views import day
 
 APPLIED, HELD, ACCEPTED, WITHDRAWN = "applied", "held", "accepted", "withdrawn"
@@ -40,7 +41,8 @@ class ChangeSet:
     details_changed: int = 0  # pupils kept whose fsm, gender, year_group or send differs
     state: str = APPLIED
     reason: str = ""  # why it is held
-    withdrawn_on: datetime | None = None  # held because the school was withdrawn from this trial key then
+    withdrawn_on: datetime | None = None  # held because the school was withdrawn from this trial round then
+    withdrawn_whole: bool = False  # ... by a withdrawal of the whole school (every trial and round)
     show_measure: bool = False  # the delivery holds several outcome measures of this trial round
 
     @property
@@ -98,7 +100,8 @@ class ChangeSet:
     def school_text(self, rows_set_aside: bool) -> str:
         """Why the change was held and what to do, as the school's feedback file says it."""
         if self.withdrawn_on:
-            return f"held, not loaded: {withdrawn_text(self.withdrawn_on)}; {HOLD_FIX_WITHDRAWN} ({self.how_to_accept})"
+            fix = HOLD_FIX_WITHDRAWN_WHOLE if self.withdrawn_whole else HOLD_FIX_WITHDRAWN
+            return f"held, not loaded: {withdrawn_text(self.withdrawn_on, self.withdrawn_whole)}; {fix} ({self.how_to_accept})"
         action = (HOLD_FIX_ROWS if rows_set_aside else HOLD_FIX_LEFT)
         return f"held, not applied: {self.reason}, so the earlier rows stay as they were; {action}"
 
@@ -108,6 +111,7 @@ class ChangeSet:
         key = fields.pop("key")
         fields.pop("show_measure")
         fields.pop("withdrawn_on")
+        fields.pop("withdrawn_whole")
         return fields | {"key_intervention": key["intervention"], "key_outcome_measure": key["outcome_measure"],
                          "key_round": key["round"], "message": self.message}
 
@@ -133,10 +137,11 @@ def hold_reason(pupils_before: int, pupils_after: int, outcomes_before: int, out
     return ""
 
 
-def withdrawn_text(withdrawn_on: datetime) -> str:
-    """'the school was withdrawn from this trial on 7 December 2026': why a later file of the school
-    carrying rows for that trial round is held, whatever its bytes (the officer's line adds the command)."""
-    return f"the school was withdrawn from this trial on {day(withdrawn_on)}"
+def withdrawn_text(withdrawn_on: datetime, whole: bool = False) -> str:
+    """'the school was withdrawn from this trial on 7 December 2026' ('... from the network ...' when
+    the whole school was): why a later file of the school carrying rows for a trial round the withdrawal
+    covers is held, whatever its bytes (the officer's line adds the command)."""
+    return f"the school was withdrawn from {'the network' if whole else 'this trial'} on {day(withdrawn_on)}"
 
 
 # How a held change reads (the marker finds the held lines of a stored report), and what the school can do.
@@ -144,6 +149,8 @@ HELD_MARK = ": held, not applied: "
 HOLD_FIX_ROWS = "see the rows set aside and why, correct them and send the file again"
 HOLD_FIX_WITHDRAWN = ("if the school takes part in this trial again, tell the data team, who can load the file "
                       "on purpose")
+HOLD_FIX_WITHDRAWN_WHOLE = ("if the school takes part in the network's trials again, tell the data team, who can "
+                            "load the file on purpose")
 HOLD_FIX_LEFT = ("check the file holds every pupil randomised and every score, and send it again; if pupils "
                  "really left the trial, tell the data team, who can apply the file on purpose")
 
@@ -243,7 +250,7 @@ def _column(table: pa.Table, name: str) -> list:
 
 
 def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named: list[tuple] = (),
-                 accept: bool = False, withdrawn: dict[tuple[str, TrialKey], datetime] | None = None) -> Plan:
+                 accept: bool = False, withdrawn: Withdrawn | None = None) -> Plan:
     """What each delivery would do, per (school, trial key), and the rows to delete and insert.
 
     ``stored``: :func:`stored_rows` of the deliveries' schools; ``incoming``: the staged rows
@@ -253,12 +260,13 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
     round the registry places the school in.
 
     A change set that would lose (remove, whatever it adds) more than half of the school's pupils,
-    or more than half of its outcome scores, for its trial round is ``held`` (nothing of it applied), and so is one carrying rows for a (school,
-    key) in ``withdrawn`` (:func:`withdrawals`: the school was withdrawn from that trial round then,
-    and nothing delivered since; whatever the file's bytes), unless ``accept``: then the held ones
+    or more than half of its outcome scores, for its trial round is ``held`` (nothing of it applied), and so is one carrying rows for a
+    trial round a withdrawal of its school covers (``withdrawn``, :func:`withdrawals`: every outcome
+    measure of it, and for a whole-school withdrawal every trial and round; nothing applied or accepted
+    for that trial round since; whatever the file's bytes), unless ``accept``: then the held ones
     are ``accepted`` and applied, and the others are left out (an accept applies what was held only).
     """
-    withdrawn = withdrawn or {}
+    withdrawn = withdrawn or Withdrawn([], {})
     keyed = _Keyed(keys)
     after: dict[tuple, _Tally] = {}
     columns = [incoming.column(c).to_pylist() for c in
@@ -286,7 +294,7 @@ def plan_changes(stored: list[tuple], incoming: pa.Table, keys: TrialKeys, named
         if new.rows or old.rows:
             show = len(measures[file_name, key.intervention, key.round]) > 1
             change = _change_set(keyed.names[school, key], file_name, delivery_id, school, key, old, new, show,
-                                 accept, withdrawn.get((school, key)) if new.rows else None)
+                                 accept, withdrawn.held(school, key) if new.rows else None)
             change_sets.append(change)
     if accept:
         change_sets = [c for c in change_sets if c.state == ACCEPTED]
@@ -321,12 +329,12 @@ def _table(rows: set[tuple], schema: pa.Schema) -> pa.Table:
 
 def _change_set(names: tuple[str, str, str], file_name: str, delivery_id: str, school: str, key: TrialKey,
                 old: _Tally, new: _Tally, show_measure: bool, accept: bool,
-                withdrawn_on: datetime | None) -> ChangeSet:
-    """One planned change set, held or not (``withdrawn_on``: held, the school having been withdrawn
-    from this trial key then)."""
+                withdrawn: Withdrawal | None) -> ChangeSet:
+    """One planned change set, held or not (``withdrawn``: held, a withdrawal of the school covering
+    this trial round)."""
     intervention, measure, round_name = names
     added, removed = len(new.pupils - old.pupils), len(old.pupils - new.pupils)
-    reason = (f"{withdrawn_text(withdrawn_on)} (microtrials withdraw)" if withdrawn_on
+    reason = (f"{withdrawn_text(withdrawn.at, withdrawn.whole)} (microtrials withdraw)" if withdrawn
               else hold_reason(old.rows, new.rows, old.scores, new.scores, removed, added))
     return ChangeSet(
         school_urn=school, key=key, intervention=intervention, outcome_measure=measure, round=round_name,
@@ -335,7 +343,8 @@ def _change_set(names: tuple[str, str, str], file_name: str, delivery_id: str, s
         removed=removed, scores_changed=new.scores_changed(old), arms_changed=new.values_changed(old, 0, 0),
         baselines_changed=new.values_changed(old, 1, 1), details_changed=new.values_changed(old, 2, len(VALUES) - 1),
         state=(ACCEPTED if accept else HELD) if reason else APPLIED,
-        reason=reason, withdrawn_on=withdrawn_on, show_measure=show_measure,
+        reason=reason, withdrawn_on=withdrawn and withdrawn.at, withdrawn_whole=bool(withdrawn and withdrawn.whole),
+        show_measure=show_measure,
     )
 
 
@@ -356,22 +365,70 @@ def change_sets_table(change_sets: list[ChangeSet]) -> pa.Table:
                      for c in CHANGE_SET_COLUMNS})
 
 
-def withdrawals(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, TrialKey], datetime]:
-    """(school, trial key) -> when, of every withdrawal recorded in ``change_sets`` (``microtrials
-    withdraw``) that no later applied or accepted change set undid (``sql/withdrawn_schools.sql``): the
-    officer's explicit choice. The plan's progress reads it as "withdrawn", never "awaited"; the loader
-    holds any later file carrying rows for it until ``microtrials accept``."""
+@dataclass(frozen=True)
+class Withdrawal:
+    """A withdrawal holding a trial round: when it was recorded, and whether of the whole school."""
+
+    at: datetime
+    whole: bool
+
+
+class Withdrawn:
+    """The withdrawals recorded (:func:`withdrawals`), each (school, intervention or None for every
+    trial, round or None for every round, when), against when each (school, intervention, round)
+    last had a change set applied or accepted."""
+
+    def __init__(self, scopes: list[tuple[str, str | None, str | None, datetime]],
+                 applied: dict[tuple[str, str, str], datetime]) -> None:
+        self.scopes: dict[str, list[tuple[str | None, str | None, datetime]]] = {}
+        for school, intervention, round_key, at in scopes:
+            self.scopes.setdefault(school, []).append((intervention, round_key, at))
+        self.applied = applied
+
+    def held(self, school: str, key: TrialKey) -> Withdrawal | None:
+        """The latest withdrawal covering the key's trial round (any outcome measure) recorded after
+        anything was last applied or accepted for that trial round; None when there is none."""
+        since = self.applied.get((school, key.intervention, key.round))
+        covering = [(at, intervention is None and round_key is None)
+                    for intervention, round_key, at in self.scopes.get(school, ())
+                    if intervention in (None, key.intervention) and round_key in (None, key.round)
+                    and (since is None or at > since)]
+        return Withdrawal(*max(covering)) if covering else None
+
+
+def withdrawals(con: duckdb.DuckDBPyConnection) -> Withdrawn:
+    """Every withdrawal recorded (``microtrials withdraw``, the officer's explicit choice:
+    ``sql/withdrawal_scopes.sql``) and when each school's trial rounds were last applied or accepted
+    (``sql/rounds_applied.sql``): the loader holds any later file of the school carrying rows for a
+    trial round a withdrawal covers until ``microtrials accept``; an applied or accepted change set of
+    a trial round ends the withdrawals of it recorded before."""
     if not warehouse.table_exists(con, "change_sets"):
-        return {}
-    found: dict[tuple[str, TrialKey], datetime] = {}
-    for school, *key, withdrawn_at in con.execute(warehouse.sql("withdrawn_schools")).fetchall():
-        found[school, TrialKey(*key)] = max(withdrawn_at, found.get((school, TrialKey(*key)), withdrawn_at))
-    return found
+        return Withdrawn([], {})
+    applied = {(school, intervention, round_key): at
+               for school, intervention, round_key, at in con.execute(warehouse.sql("rounds_applied")).fetchall()}
+    return Withdrawn(con.execute(warehouse.sql("withdrawal_scopes")).fetchall(), applied)
 
 
 def withdrawn_keys(con: duckdb.DuckDBPyConnection) -> set[tuple[str, TrialKey]]:
-    """The (school, trial key)s of :func:`withdrawals`."""
-    return set(withdrawals(con))
+    """(school, trial key) of every withdrawn change set (the school's rows removed, ``microtrials
+    withdraw``) that no later applied or accepted change set of that key undid
+    (``sql/withdrawn_schools.sql``): the plan's progress reads it as "withdrawn", never "awaited"."""
+    if not warehouse.table_exists(con, "change_sets"):
+        return set()
+    return {(school, TrialKey(*key)) for school, *key, _ in con.execute(warehouse.sql("withdrawn_schools")).fetchall()}
+
+
+def withdrawn_from_plan(con: duckdb.DuckDBPyConnection, rounds: Iterable) -> set[tuple[str, TrialKey]]:
+    """:func:`withdrawn_keys`, and each planned school of these registered rounds (``registry.rounds``)
+    that a withdrawal in force covers for the round's primary outcome (:func:`withdrawals`: a school
+    withdrawn whole, or from the trial, before it sent this round): the plan's progress reads it as
+    "withdrawn", not "awaited", since any file it sends for the round is held."""
+    found = withdrawn_keys(con)
+    held = withdrawals(con)
+    for r in rounds:
+        key = plain_key(r.intervention, r.outcome_measure, r.round)
+        found |= {(str(urn), key) for urn in r.schools if held.held(str(urn), key)}
+    return found
 
 
 def superseded_files(con: duckdb.DuckDBPyConnection, file_names: list[str]) -> dict[str, str]:
@@ -407,13 +464,20 @@ def sent_before_withdrawal(con: duckdb.DuckDBPyConnection, delivery_ids: list[st
     return {delivery_id for delivery_id, school, *key in sent if (school, TrialKey(*key)) in withdrawn}
 
 
+def withdrawal_scope(keys: TrialKeys, school_urn: str, trial: str | None = None,
+                     round_name: str | None = None) -> tuple[str | None, str | None]:
+    """What ``microtrials withdraw`` covers, as trial key parts: (intervention, round), None for every
+    trial or every round (both None: the whole school)."""
+    return (keys.key(trial, "", school_urn).intervention if trial else None,
+            keys.key("", "", "", round_name).round if round_name else None)
+
+
 def withdrawal(con: duckdb.DuckDBPyConnection, keys: TrialKeys, school_urn: str, trial: str | None = None,
                round_name: str | None = None) -> Plan:
     """What withdrawing a school does: its stored rows (of one trial, by name or alias, and/or one
     round, when given) as ``withdrawn`` change sets, and the combinations to delete (``replace``)."""
     keyed = _Keyed(keys)
-    want_trial = keys.key(trial, "", school_urn).intervention if trial else None
-    want_round = keys.key("", "", "", round_name).round if round_name else None
+    want_trial, want_round = withdrawal_scope(keys, school_urn, trial, round_name)
     before: dict[TrialKey, _Tally] = {}
     replace = set()
     for school, intervention, measure, round_sent, pupil, outcome, *_ in stored_rows(con, [school_urn]):

@@ -733,12 +733,17 @@ def withdraw(con: duckdb.DuckDBPyConnection, school_urn: str, trial: str | None 
              round_name: str | None = None) -> list[change_sets.ChangeSet]:
     """Remove a school's pupil rows (all, one trial's by name or alias, and/or one round's) with
     the rows set aside and warnings that explained them, and record each (school, trial, round)
-    removed as a ``withdrawn`` change set, in one transaction. Returns the change sets (none:
-    nothing of the school matched, nothing changed)."""
+    removed as a ``withdrawn`` change set, and what the withdrawal covers in ``withdrawal_scopes``
+    (every later file of the school with rows in it is held until accepted), in one transaction.
+    Returns the change sets (none: nothing of the school matched, nothing changed or recorded)."""
     def work(cur: duckdb.DuckDBPyConnection) -> list[change_sets.ChangeSet]:
-        plan = change_sets.withdrawal(cur, trial_key.from_warehouse(cur), school_urn, trial, round_name)
+        keys = trial_key.from_warehouse(cur)
+        plan = change_sets.withdrawal(cur, keys, school_urn, trial, round_name)
         if not plan.change_sets:
             return []
+        intervention, round_key = change_sets.withdrawal_scope(keys, school_urn, trial, round_name)
+        cur.execute(warehouse.sql("insert_withdrawal_scope"),
+                    {"urn": school_urn, "intervention": intervention, "round": round_key})
         cur.register("batch_replace", plan.replace)
         whole = {"urn": school_urn, "whole": not trial and not round_name}
         cur.execute(warehouse.sql("delete_school_trials"))  # the combinations in batch_replace

@@ -399,6 +399,7 @@ def protection(evidence: pd.DataFrame, schools: dict[tuple[str, ...], pd.DataFra
             frame.attrs[UNPUBLISHED] = [str(u) for u in source["school_urn"]]
         per_school.append(frame)
     linked = _linked_cells(table, raw, per_school, raw_schools)
+    previous, earlier = rounds_named(linked, previous, earlier)
     blanked, unprotected = disclosure.link(linked, previous, earlier=earlier)
     if unprotected:
         problems.append(f"disclosure control: {len(unprotected)} count(s) or sum(s) could not be protected")
@@ -466,6 +467,81 @@ def earlier_as_registered(earlier: history.Earlier, registry: Registry | None) -
                        "groups": [[list(mapped(tuple(m), rename)) for m in g] for g in state.get("groups", [])]})
     rename = renames(earlier.shown)
     return history.Earlier({mapped(k, rename): v for k, v in earlier.shown.items()}, states)
+
+
+def rounds_named(linked: disclosure.Linked, previous: dict[tuple, float] | None, earlier: list[dict] | None,
+                 ) -> tuple[dict[tuple, float] | None, list[dict] | None]:
+    """``previous`` and the ``earlier`` states with a trial's counts keyed by the round(s) this
+    publication gives them where the registry has since named or renamed the trial's rounds: a trial
+    published with no round that has named rounds now is its only round (with several: its all-rounds
+    row; each school the round its pupils are in now); one round gone and one new since is the same
+    round renamed. Without this, naming a single-round trial's round would unlink the last publication:
+    86 - 80 = the 6 pupils of a joining school. (Linking two counts that are not the same pupils only
+    blanks more.)"""
+    now = _RoundsNow(linked)
+    if not now.rounds:
+        return previous, earlier
+
+    def state(kept: dict) -> dict:
+        move = now.mover([tuple(c[0]) for c in kept["cells"]])
+        return {"cells": [[list(move(tuple(k))), v, shown] for k, v, shown in kept["cells"]],
+                "relations": [[list(move(tuple(t))), [list(move(tuple(p))) for p in parts], prefer]
+                              for t, parts, prefer in kept["relations"]],
+                "groups": [[list(move(tuple(m))) for m in g] for g in kept.get("groups", [])]}
+
+    if previous is not None:  # a count the last publications keyed by its round already is that one
+        move = now.mover(list(previous))
+        previous = {**{move(k): v for k, v in previous.items()}, **previous}
+    return previous, None if earlier is None else [state(kept) for kept in earlier]
+
+
+class _RoundsNow:
+    """The rounds of each (trial, outcome) in this publication and the round(s) of each school in it."""
+
+    def __init__(self, linked: disclosure.Linked) -> None:
+        self.cumulative = match_key(CUMULATIVE_ROUND)
+        self.rounds: dict[tuple, set[str]] = {}
+        self.schools: dict[tuple, set[str]] = {}
+        for var in linked.values:
+            if var[0] != "differs" and len(var) == 4:
+                self.rounds.setdefault(var[:2], set()).add(var[2])
+            elif var[0] != "differs" and len(var) == 6:
+                self.schools.setdefault((*var[:2], var[3]), set()).add(var[2])
+
+    def mover(self, keys: list[tuple]):
+        """How one earlier publication's keys (``keys``: all of them) are keyed now."""
+        then: dict[tuple, set[str]] = {}
+        for key in keys:
+            at = 1 if key and key[0] == "differs" else 0
+            if len(key) >= at + 4:
+                then.setdefault(tuple(key[at:at + 2]), set()).add(key[at + 2])
+        moves = {trial: self._moves(trial, found) for trial, found in then.items() if trial in self.rounds}
+
+        def move(key: tuple) -> tuple:
+            at = 1 if key and key[0] == "differs" else 0
+            trial = tuple(key[at:at + 2])
+            to = moves.get(trial, {}).get(key[at + 2]) if len(key) >= at + 4 else None
+            if to is None:
+                return tuple(key)
+            rest = tuple(key[at + 3:])
+            if len(rest) == 1:  # the trial's own count
+                return (*key[:at], *trial, to, *rest)
+            school_round = to if to != self.cumulative else self._only(self.schools.get((*trial, rest[0]), set()))
+            return (*key[:at], *trial, school_round, rest[0], school_round, *rest[2:]) if school_round else tuple(key)
+        return move
+
+    def _moves(self, trial: tuple, then: set[str]) -> dict[str, str]:
+        """Old round -> its round now: no round then, named now; or one round gone and one new."""
+        now = self.rounds[trial] - {self.cumulative}
+        gone, new = then - now - {self.cumulative}, now - then
+        if "" in gone and not then - {"", self.cumulative}:
+            to = self._only(now) or (self.cumulative if self.cumulative in self.rounds[trial] else None)
+            return {"": to} if to else {}
+        return {self._only(gone): self._only(new)} if len(gone) == 1 and len(new) == 1 else {}
+
+    @staticmethod
+    def _only(found: set[str]) -> str | None:
+        return next(iter(found)) if len(found) == 1 else None
 
 
 def _trial_of(key: tuple) -> str:

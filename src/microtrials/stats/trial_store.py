@@ -284,7 +284,7 @@ def plan(con: duckdb.DuckDBPyConnection, registry: reg.Registry | None, today: d
     today = today or date.today()
     matching = reg.match_deliveries(registry, combos, today)
     out.messages = reg.messages_frame((*matching.messages, *reg.registry_notes(registry)))
-    out.progress = reg.plan_progress(registry, matching.combos, today, change_sets.withdrawn_keys(con))
+    out.progress = reg.plan_progress(registry, matching.combos, today, change_sets.withdrawn_from_plan(con, registry.rounds))
     switches = reg.outcome_switch_notes(versions or [], reg.first_results(matching.combos))
     return units.units_from_matching(registry, matching.combos), out, switches
 
