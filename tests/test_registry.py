@@ -165,6 +165,22 @@ def test_matching_rules():
     assert "111199" in rules["unplanned_school"].text and "2026 Spring" in rules["unplanned_school"].text
 
 
+def test_a_registered_round_sent_by_a_school_its_plan_does_not_list_is_a_warning():
+    """Red team (session 6, F8): 111101, planned in 2025 Autumn only, re-sent its pupils as 2026 Spring:
+    "20 pupils added" and the all-rounds row counted them twice, with nothing said."""
+    combos = _combos([["Reciprocal reading", "NGRT standardised score", "111101", None, 40],
+                      ["Reciprocal reading", "NGRT standardised score", "111101", "2026 Spring", 40],
+                      ["Reciprocal reading", "NGRT standardised score", "111104", "2026 Spring", 30]])
+    m = reg.match_deliveries(_registry(), combos, today=date(2026, 2, 1))
+    assert m.combos["round"].tolist() == ["2025 Autumn", "2026 Spring", "2026 Spring"]  # loaded as sent
+    assert [(msg.rule, msg.school_urn) for msg in m.messages] == [("unplanned_round", "111101")]
+    assert m.messages[0].text == (
+        "school 111101 sent rows for Reciprocal reading '2026 Spring', a round whose plan in trials.csv does not list "
+        "it (it is planned in '2025 Autumn'): if the school takes part in that round, add it to the round's schools; "
+        "if these are the same pupils as another round's, correct the round in the extract (the same pupils in two "
+        "rounds count twice in all rounds)")
+
+
 def test_secondary_outcome_and_unknown_round():
     combos = _combos([
         ["Reciprocal reading", "reading AGE", "111101", None, 40],

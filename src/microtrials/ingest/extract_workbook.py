@@ -24,7 +24,7 @@ MAX_UNPACKED_BYTES = 200 * 1024 * 1024
 # A value beyond these on the first sheet rejects the workbook (docs/loading.md): an extract is one
 # row per pupil per intervention (a large secondary school sends a few thousand) and a few columns.
 MAX_SHEET_ROWS = 100_000
-MAX_SHEET_COLUMNS = 256
+MAX_SHEET_COLUMNS = 256  # also the widest header a CSV extract may have (extracts._header)
 # A formula element in a sheet's XML (<f>, <f t="shared" .../>, with or without a namespace prefix).
 _FORMULA_TAG = re.compile(rb"<(?:\w+:)?f[\s>/]")
 

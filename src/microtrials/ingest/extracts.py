@@ -15,6 +15,7 @@ import csv
 import difflib
 import hashlib
 import io
+import itertools
 import os
 import re
 from collections import Counter
@@ -216,6 +217,26 @@ class ValidatedExtract:
         if not self.warnings.num_rows:
             return []
         return self.warnings.filter(pc.is_null(self.warnings.column("line"))).column("reason").to_pylist()
+
+
+def first_lines(entries: pa.Table, limit: int) -> tuple[pa.Table, int, int | None]:
+    """The quarantine or warning entries of the first ``limit`` lines they name (and those with no
+    line), how many lines after those were left out, and the last line kept (None when none was)."""
+    lines = entries.column("line")
+    if entries.num_rows <= limit:  # fewer entries than the limit: fewer lines too
+        return entries, 0, None
+    distinct = pc.unique(lines.drop_null())
+    if len(distinct) <= limit:
+        return entries, 0, None
+    last = distinct.take(pc.array_sort_indices(distinct))[limit - 1].as_py()
+    keep = pc.or_kleene(pc.is_null(lines), pc.less_equal(lines, last))
+    return entries.filter(keep), len(distinct) - limit, last
+
+
+def file_entry(rule: str, reason: str, school: str | None) -> pa.Table:
+    """One warning about the whole file (no line), for ``school``."""
+    entry = _entries([None], [rule], [reason])
+    return entry.set_column(1, "school_urn", pa.array([school], pa.string()))
 
 
 def distinct_lines(entries: pa.Table) -> int:
@@ -512,11 +533,21 @@ def _uncalculated_warning(cells: list[str]) -> pa.Table:
 
 
 def _header(name: str, text: str) -> list[str]:
-    first = _LINE_BREAK.split(text, maxsplit=1)[0]
+    """The header row's cells; a header wider than a workbook may be (:data:`workbook.MAX_SHEET_COLUMNS`)
+    rejects the file, counted on the line before any cell is split out (400,000 columns took 4 GB)."""
+    first = _first_line(text)
     if first.count('"') % 2:
         raise ExtractRejected(
             f'{name}: the header row has a quote (") that is not closed on the same line; '
             "remove it and send the file again"
+        )
+    width = _header_width(first)
+    if width > workbook.MAX_SHEET_COLUMNS:
+        raise ExtractRejected(
+            f"{name}: the header row has {width:,} columns, more than the {workbook.MAX_SHEET_COLUMNS} an extract "
+            f"may have (the extract format has {len(CONTRACT_COLUMNS)}: {', '.join(REQUIRED_COLUMNS)} and the "
+            "optional ones); delete the other columns (a spreadsheet may also have saved empty columns far to "
+            "the right) and send the file again with only the extract's columns"
         )
     try:
         header = next(csv.reader([first]), [])
@@ -530,6 +561,28 @@ def _header(name: str, text: str) -> list[str]:
             f"{name}: the first line is blank; the first line must be the header row (school_urn, pupil_id, ...)"
         )
     return header
+
+
+_QUOTED = re.compile(r'"[^"]*"')
+
+
+def _first_line(text: str) -> str:
+    end = _LINE_BREAK.search(text)
+    return text[: end.start()] if end else text
+
+
+def _leading_cells(line: str) -> list[str]:
+    """The line's first :data:`workbook.MAX_SHEET_COLUMNS` cells (or a few fewer when a quoted cell holds commas),
+    read without splitting the rest of a longer line."""
+    cut = next(itertools.islice(re.finditer(",", line), workbook.MAX_SHEET_COLUMNS - 1, None), None)
+    return next(csv.reader([line[: cut.start()] if cut else line]), [])
+
+
+def _header_width(first: str) -> int:
+    """The header line's columns, counted without splitting it: its commas outside double quotes, plus one
+    (a line with fewer commas than the cap is not searched for quotes)."""
+    commas = first.count(",")
+    return commas + 1 if commas < workbook.MAX_SHEET_COLUMNS else _QUOTED.sub("", first).count(",") + 1
 
 
 def _match_columns(name: str, header: list[str]) -> tuple[dict[str, int], list[str]]:
@@ -752,14 +805,20 @@ def only_urn(path: Path) -> str | None:
         if data.startswith(b"PK\x03\x04"):
             return None
         text, _ = _decode(path.name, data)
-        records = list(csv.reader(io.StringIO(text, newline="")))
-    except (ExtractRejected, OSError, csv.Error):
+        header = [normalise_header(cell) for cell in _leading_cells(_first_line(text))]
+        if "school_urn" not in header:
+            return None
+        index = header.index("school_urn")
+        records = csv.reader(io.StringIO(text, newline=""))  # a row at a time: a big file is never one list
+        next(records)
+        urns: set[str] = set()
+        for record in records:
+            if any(c.strip() for c in record):
+                urns.add((record[index] if index < len(record) else "").strip())
+                if len(urns) > 1:
+                    return None
+    except (ExtractRejected, OSError, csv.Error, StopIteration):
         return None
-    header = [normalise_header(cell) for cell in records[0]] if records else []
-    if "school_urn" not in header:
-        return None
-    index = header.index("school_urn")
-    urns = {(r[index] if index < len(r) else "").strip() for r in records[1:] if any(c.strip() for c in r)}
     return next(iter(urns)) if len(urns) == 1 and re.fullmatch(_URN, next(iter(urns))) else None
 
 

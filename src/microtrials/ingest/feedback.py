@@ -165,17 +165,16 @@ def _rows(problems: pd.DataFrame | None, report, path: Path) -> pd.DataFrame:
     """The report's problems, one row each: quarantine entries, warnings, trials not replaced."""
     out = []
     if problems is not None:
-        lines = set(problems["line"].dropna().astype(int))
+        wanted = {(int(line), column) for line, column in zip(problems["line"], problems["column_name"])
+                  if not pd.isna(line) and isinstance(column, str)}
         kept = getattr(report, "problem_cells", None)  # what the load kept; else read the file again
-        values, pupil_ids = kept[:2] if kept is not None and lines <= kept[2] else _cells(path, lines)
-        ids = pa.array(sorted(pupil_ids), type=pa.string())
-        for row in problems.sort_values(["line", "column_name"], na_position="first").itertuples(index=False):
-            reason, fix = _split(row.reason)
-            column = row.column_name if isinstance(row.column_name, str) else ""
-            line = "" if pd.isna(row.line) else int(row.line)
-            value = values.get((line, column), "")
-            if value and not _quotable(column, value, ids):
-                value = HIDDEN
+        values, pupil_ids = kept[:2] if kept is not None and wanted <= kept[2] else _cells(path, wanted)
+        ordered = problems.sort_values(["line", "column_name"], na_position="first")
+        columns = [c if isinstance(c, str) else "" for c in ordered["column_name"]]
+        lines_of = ["" if pd.isna(line) else int(line) for line in ordered["line"]]
+        shown = _shown_values([values.get(key, "") for key in zip(lines_of, columns)], columns, pupil_ids)
+        for line, column, value, why in zip(lines_of, columns, shown, ordered["reason"]):
+            reason, fix = _split(why)
             out.append({"line": line, "column": column, "value": value, "reason": reason, "what_to_do": fix})
     for trial, why in [*getattr(report, "trials_rejected", {}).items(), *getattr(report, "trials_held", {}).items()]:
         reason, fix = _split(why)
@@ -192,9 +191,23 @@ def _rows(problems: pd.DataFrame | None, report, path: Path) -> pd.DataFrame:
     return pd.DataFrame(out, columns=COLUMNS)
 
 
-def _quotable(column: str, value: str, pupil_ids: pa.Array) -> bool:
-    """The identifier rule of :func:`microtrials.ingest.extracts.quotable`, for one cell."""
-    return bool(extracts.quotable(column, pa.array([str(value)], type=pa.string()), pupil_ids)[0].as_py())
+def _shown_values(values: list, columns: list[str], pupil_ids: set[str]) -> list[str]:
+    """Each cell as the feedback file shows it: the value sent when the identifier rule of
+    :func:`microtrials.ingest.extracts.quotable` allows it, else :data:`HIDDEN` (blank stays blank).
+    One rule check per column over all its cells, so a file with many rows set aside costs time in
+    proportion to its rows (a check per cell built the file's pupil_id set once per cell)."""
+    ids = pa.array(sorted(pupil_ids), type=pa.string())
+    shown = [str(v) if v else "" for v in values]
+    cells: dict[str, list[int]] = {}
+    for i, (column, value) in enumerate(zip(columns, shown)):
+        if value:
+            cells.setdefault(column, []).append(i)
+    for column, at in cells.items():
+        safe = extracts.quotable(column, pa.array([shown[i] for i in at], type=pa.string()), ids).to_pylist()
+        for i, ok in zip(at, safe):
+            if not ok:
+                shown[i] = HIDDEN
+    return shown
 
 
 def _split(reason: str) -> tuple[str, str]:
@@ -212,28 +225,33 @@ def _delivery_id(path: Path) -> str:
         return ""
 
 
-def _cells(path: Path, lines: set[int]) -> tuple[dict[tuple[int, str], str], set[str]]:
+def _cells(path: Path, wanted: set[tuple[int, str]]) -> tuple[dict[tuple[int, str], str], set[str]]:
     """``problem_cells`` of the delivered file read again (when the load did not keep them)."""
     try:
         rows = extracts.read_extract(path).rows
     except (extracts.ExtractRejected, OSError, ValueError):  # values unknown: the reasons still say what is wrong
         return {}, set()
-    return problem_cells(rows, lines)
+    return problem_cells(rows, wanted)
 
 
-def problem_cells(rows: pa.Table, lines: set[int]) -> tuple[dict[tuple[int, str], str], set[str]]:
-    """(line, column) -> the cell as sent, for the given lines of an extract's rows
+def problem_cells(rows: pa.Table, wanted: set[tuple[int, str]]) -> tuple[dict[tuple[int, str], str], set[str]]:
+    """(line, column) -> the cell as sent, for the (line, column) pairs ``wanted`` of an extract's rows
     (``extracts.Extract.rows``); and which of those cells' values are a pupil_id of the file (never
     shown). The loader keeps this for each file it reads (``FileReport.problem_cells``, in memory
-    only), so the feedback files need not read every file again."""
-    if not lines or "line" not in rows.column_names:
+    only), so the feedback files need not read every file again; only the cells a quarantine entry
+    or warning names are kept (every cell of 200,000 rows set aside took 0.4 GB)."""
+    if not wanted or "line" not in rows.column_names:
         return {}, set()
-    wanted = rows.filter(pc.is_in(rows.column("line"), value_set=pa.array(sorted(lines), type=rows.schema.field("line").type)))
+    line_type = rows.schema.field("line").type
+    by_column: dict[str, list[int]] = {}
+    for line, column in wanted:
+        by_column.setdefault(column, []).append(line)
     cells = {}
-    for column in wanted.column_names:
-        if column == "line":
+    for column, lines in by_column.items():
+        if column == "line" or column not in rows.column_names:
             continue
-        for line, value in zip(wanted.column("line").to_pylist(), wanted.column(column).to_pylist()):
+        these = rows.filter(pc.is_in(rows.column("line"), value_set=pa.array(sorted(lines), type=line_type)))
+        for line, value in zip(these.column("line").to_pylist(), these.column(column).to_pylist()):
             cells[int(line), column] = value
     if "pupil_id" not in rows.column_names:
         return cells, set()

@@ -600,7 +600,8 @@ class OfficerMessage:
     """Something the officer should see in the load report and the UI (never stops a run)."""
 
     level: str  # "warning" (acted on, check it) or "error" (rows kept but not used as evidence)
-    rule: str  # short rule name: unregistered, round_needed, round_unknown, unplanned_school, exploratory, registry_row, rounds_differ
+    rule: str  # short rule name: unregistered, round_needed, round_unknown, unplanned_school, unplanned_round,
+    #            exploratory, registry_row, rounds_differ
     text: str
     intervention: str = ""
     school_urn: str = ""
@@ -657,6 +658,8 @@ class _Seen:
     needs_round: set[tuple[str, str]] = field(default_factory=set)
     unplanned: dict[tuple[str, str], str] = field(default_factory=dict)
     unknown_round: set[tuple[str, str, str]] = field(default_factory=set)
+    #: (trial, school, round): a registered round sent by a school the round's plan does not list
+    sent_unplanned: set[tuple[str, str, str]] = field(default_factory=set)
 
 
 def _match_row(keys: TrialKeys, combo, extras: list[str], seen: _Seen) -> dict:
@@ -682,6 +685,8 @@ def _match_row(keys: TrialKeys, combo, extras: list[str], seen: _Seen) -> dict:
         seen.needs_round.add((canonical, urn))
     elif placed.round_rule == "unplanned":
         seen.unplanned[(canonical, urn)] = placed.round.round
+    elif placed.round_rule == "sent" and placed.round.schools and urn not in placed.round.schools:
+        seen.sent_unplanned.add((canonical, urn, placed.round.round))
     if placed.round is not None:
         row["round"] = placed.round.round
         row["outcome_role"] = outcome_role(placed.round, str(combo.outcome_measure))
@@ -713,6 +718,15 @@ def _match_messages(keys: TrialKeys, seen: _Seen) -> list[OfficerMessage]:
             "warning", "unplanned_school",
             f"school {urn} is not in the plan for {canonical}: its rows joined the latest round "
             f"({_round_name(round_name)}); add the school to that round in {FILE_NAME} if that is right",
+            canonical, urn))
+    for canonical, urn, round_name in sorted(seen.sent_unplanned):
+        planned = ", ".join(_round_name(r.round) for r in keys.rounds_of(canonical) if urn in r.schools)
+        messages.append(OfficerMessage(
+            "warning", "unplanned_round",
+            f"school {urn} sent rows for {canonical} {_round_name(round_name)}, a round whose plan in {FILE_NAME} "
+            f"does not list it{f' (it is planned in {planned})' if planned else ''}: if the school takes part in "
+            "that round, add it to the round's schools; if these are the same pupils as another round's, correct "
+            "the round in the extract (the same pupils in two rounds count twice in all rounds)",
             canonical, urn))
     for (canonical, round_name, outcome), urns in sorted(seen.exploratory.items()):
         messages.append(OfficerMessage(
