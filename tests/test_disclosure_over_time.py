@@ -20,6 +20,12 @@ SCHOOL = "555504"
 
 def publication(con, out, data: dict, run: str, when: datetime) -> pd.DataFrame:
     """One publication as pipelines/assets/publishing.py makes it; the school table it published."""
+    return published_tables(con, out, data, run, when)[1][ROUND.lower()]
+
+
+def published_tables(con, out, data: dict, run: str, when: datetime) -> tuple[pd.DataFrame, dict]:
+    """One publication as pipelines/assets/publishing.py makes it: the evidence table and each row's
+    school table, indexed by round ('' for none)."""
     evidence, per_trial = build(data)
     kept = history.read_history(con)
     earlier = history.earlier_disclosure(con)
@@ -30,7 +36,8 @@ def publication(con, out, data: dict, run: str, when: datetime) -> pd.DataFrame:
     publish.publish_folder(out, files)
     history.confirm_disclosure_state(con, run)
     history.append_history(con, published, when, site.published_schools(published, schools))
-    return schools[0].set_index("school_urn")
+    rounds = [str(r) if isinstance(r, str) else "" for r in published["round"]]
+    return published.set_index(pd.Index(rounds)), {r.lower(): s.set_index("school_urn") for r, s in zip(rounds, schools)}
 
 
 def test_a_school_shown_blanked_and_shown_again_is_compared_with_what_it_first_showed(tmp_path):
@@ -65,19 +72,6 @@ def test_without_the_kept_states_the_third_publication_would_show_it(tmp_path):
     assert schools[0].set_index("school_urn").loc[SCHOOL, "n_intervention"] == 13
 
 
-def _published(con, out, data: dict, run: str, when: datetime) -> tuple[pd.DataFrame, dict]:
-    """As :func:`publication`: the evidence table and each row's school table, by round."""
-    evidence, per_trial = build(data)
-    kept = history.read_history(con)
-    earlier = history.earlier_disclosure(con)
-    previous = {**earlier.shown, **site.previous_counts(out, kept)}
-    published, schools, state = site.protection(evidence, per_trial, previous, earlier=earlier.states)
-    history.keep_disclosure_state(con, run, when, state, {**previous, **site.shown_counts(published, schools)})
-    history.confirm_disclosure_state(con, run)
-    rounds = [str(r) if isinstance(r, str) else "" for r in published["round"]]
-    return published.set_index(pd.Index(rounds)), {r: s.set_index("school_urn") for r, s in zip(rounds, schools)}
-
-
 FOUR = {f"55560{i}": (10, 10, 0) for i in range(1, 5)}
 JOINS = {"555605": (3, 3, 0)}
 
@@ -87,9 +81,9 @@ def test_naming_a_single_round_trials_round_keeps_it_compared_with_what_it_publi
     '2025-26' and a school of 3 + 3 joins: 86 - 80 gave the 6 (the counts were keyed by round)."""
     con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
     out = tmp_path / "out"
-    first, _ = _published(con, out, {TRIAL: {"": FOUR}}, "run-1", datetime(2026, 10, 1))
+    first, _ = published_tables(con, out, {TRIAL: {"": FOUR}}, "run-1", datetime(2026, 10, 1))
     assert first.loc["", "pupils_analysed"] == 80
-    second, schools = _published(con, out, {TRIAL: {"2025-26": {**FOUR, **JOINS}}}, "run-2", datetime(2026, 11, 1))
+    second, schools = published_tables(con, out, {TRIAL: {"2025-26": {**FOUR, **JOINS}}}, "run-2", datetime(2026, 11, 1))
     total, shown = second.loc["2025-26", "pupils_analysed"], schools["2025-26"]
     assert pd.isna(total) or total - 80 >= 10  # not 86 - 80 = 6
     blanked = shown["n_intervention"].isna()
@@ -101,9 +95,9 @@ def test_adding_a_second_round_keeps_the_first_compared_with_what_it_published_u
     row 166 - Year 2's 80 - the 80 published before gave the 6 as well."""
     con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
     out = tmp_path / "out"
-    _published(con, out, {TRIAL: {"": FOUR}}, "run-1", datetime(2026, 10, 1))
+    published_tables(con, out, {TRIAL: {"": FOUR}}, "run-1", datetime(2026, 10, 1))
     year_two = {f"55561{i}": (10, 10, 0) for i in range(1, 5)}
-    second, _ = _published(con, out, {TRIAL: {"Year 1": {**FOUR, **JOINS}, "Year 2": year_two}}, "run-2",
+    second, _ = published_tables(con, out, {TRIAL: {"Year 1": {**FOUR, **JOINS}, "Year 2": year_two}}, "run-2",
                            datetime(2026, 11, 1))
     year_one, everything = second.loc["Year 1", "pupils_analysed"], second.loc["all rounds", "pupils_analysed"]
     assert pd.isna(year_one) or year_one - 80 >= 10
@@ -116,7 +110,7 @@ def test_renaming_a_trials_only_round_keeps_it_compared_with_what_it_published_b
     new is the same round renamed (linking counts of other pupils would only blank more)."""
     con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
     out = tmp_path / "out"
-    _published(con, out, {TRIAL: {"Autumn": FOUR}}, "run-1", datetime(2026, 10, 1))
-    second, _ = _published(con, out, {TRIAL: {"2025 Autumn": {**FOUR, **JOINS}}}, "run-2", datetime(2026, 11, 1))
+    published_tables(con, out, {TRIAL: {"Autumn": FOUR}}, "run-1", datetime(2026, 10, 1))
+    second, _ = published_tables(con, out, {TRIAL: {"2025 Autumn": {**FOUR, **JOINS}}}, "run-2", datetime(2026, 11, 1))
     total = second.loc["2025 Autumn", "pupils_analysed"]
     assert pd.isna(total) or total - 80 >= 10
