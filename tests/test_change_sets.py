@@ -24,12 +24,18 @@ REGISTRY = (
 )
 
 
+def _warehouse_with(path, text: str):
+    """A warehouse whose registry in use is ``text`` (stored as of 1 September 2026)."""
+    connection = warehouse.connect(path)
+    parsed = registry.read_registry(text.encode())
+    assert not parsed.problems
+    history.store_registry(connection, parsed, text, datetime(2026, 9, 1))
+    return connection
+
+
 @pytest.fixture
 def con(tmp_path):
-    connection = warehouse.connect(tmp_path / "warehouse.duckdb")
-    parsed = registry.read_registry(REGISTRY.encode())
-    assert not parsed.problems
-    history.store_registry(connection, parsed, REGISTRY, datetime(2026, 9, 1))
+    connection = _warehouse_with(tmp_path / "warehouse.duckdb", REGISTRY)
     yield connection
     connection.close()
 
@@ -417,10 +423,7 @@ NETWORK = (  # red team T03: a secondary outcome, a second round, a second trial
 
 @pytest.fixture
 def network(tmp_path):
-    connection = warehouse.connect(tmp_path / "network.duckdb")
-    parsed = registry.read_registry(NETWORK.encode())
-    assert not parsed.problems
-    history.store_registry(connection, parsed, NETWORK, datetime(2026, 9, 1))
+    connection = _warehouse_with(tmp_path / "network.duckdb", NETWORK)
     yield connection
     connection.close()
 
