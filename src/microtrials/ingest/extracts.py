@@ -70,7 +70,6 @@ _NOT_SHOWN = "a value not shown here (it could identify a pupil)"
 _PUPIL_ID_SHOWN = "a pupil_id value (are the columns in the wrong order?)"
 
 
-# Bidi overrides/isolates/marks, zero-width characters, the BOM and C0/C1 controls (tab included).
 # Two words of letters ("Jane Smith"): a name, never quoted even when short.
 _TWO_WORDS = r"\pL{2,}[\s.,]+\pL{2,}"
 
