@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from hypothesis import event
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -23,6 +23,7 @@ from microtrials.ingest import warehouse
 from microtrials.ingest.loading import accept_file, load_file, withdraw
 from microtrials.ingest.privacy import pseudonymise
 from tests.conftest import EXTRACT_HEADER, extract_csv
+from tests.helpers.examples import examples
 
 KEY = b"stateful-test-key-not-secret-0123456789"
 HEADER = (*EXTRACT_HEADER, "round")
@@ -327,4 +328,7 @@ class Deliveries(RuleBasedStateMachine):
         assert per_key == self.recorded  # every change set recorded once
 
 
-TestDeliveries = pytest.mark.timeout(900)(pytest.mark.slow(Deliveries.TestCase))  # hundreds of sequences: the "ci" profile (tests/conftest.py)
+# 140 sequences of 8 steps under the "ci" profile (CI; ~75 s, so the suite stays under its 15 minutes), 28 under "dev"
+Deliveries.TestCase.settings = settings(max_examples=examples(140), stateful_step_count=8, deadline=None,
+                                        suppress_health_check=[HealthCheck.too_slow])
+TestDeliveries = pytest.mark.timeout(900)(pytest.mark.slow(Deliveries.TestCase))
